@@ -1,0 +1,239 @@
+//! A loaded model with its tokenizer, chat template and KV budget, and the single-sequence
+//! generation loop (`genie generate`). Serving builds on the same pieces with its own
+//! batching loop; this loop is the reference behaviour they must agree with.
+
+use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::error::{EngineError, Result};
+use crate::gguf;
+use crate::kv_budget::{KvBudget, KvReservation};
+use crate::kv_cache::KvCache;
+use crate::model::Model;
+use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::stop::StopMatcher;
+use crate::tokenizer::GgufTokenizer;
+use std::path::Path;
+
+/// How to load an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Compute threads (0 = one per core).
+    pub threads: usize,
+    /// Bytes of KV cache all sequences together may hold.
+    pub kv_capacity_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: 0,
+            kv_capacity_bytes: 2 << 30,
+        }
+    }
+}
+
+/// What to generate for one sequence.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Extra stop token ids (the model's end-of-turn tokens always stop).
+    pub stop_token_ids: Vec<u32>,
+    pub stop_strings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string ended the sequence.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+}
+
+/// One generated token as it streams out.
+#[derive(Clone, Debug)]
+pub struct TokenEvent {
+    pub sampled: Sampled,
+    /// Text released by this token (may be empty while a multi-byte character or a
+    /// possible stop string is pending).
+    pub text: String,
+}
+
+/// The finished sequence.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub logprobs: Vec<Sampled>,
+}
+
+/// Model + tokenizer + template + KV budget.
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: GgufTokenizer,
+    pub template: ChatTemplate,
+    pub budget: KvBudget,
+    eog_ids: Vec<u32>,
+}
+
+impl Engine {
+    /// Loads a GGUF model and builds its tokenizer and chat template from its metadata.
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
+        let g = gguf::load(path)?;
+        let tokenizer = GgufTokenizer::from_spec(g.tokenizer.clone())
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let tok_text = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_str(i))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let template = match &g.chat_template {
+            Some(src) => ChatTemplate::new(
+                src,
+                &tok_text(tokenizer.bos_token_id()),
+                &tok_text(tokenizer.eos_token_id()),
+            )
+            .map_err(|e| EngineError::ChatTemplate(e.to_string()))?,
+            None => ChatTemplate::chatml(),
+        };
+        let mut eog_ids: Vec<u32> = tokenizer.eos_token_id().into_iter().collect();
+        for name in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+        ] {
+            if let Some(id) = tokenizer.token_id(name) {
+                if !eog_ids.contains(&id) {
+                    eog_ids.push(id);
+                }
+            }
+        }
+        let model = Model::from_gguf(g, opts.threads)?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            budget: KvBudget::new(opts.kv_capacity_bytes),
+            eog_ids,
+        })
+    }
+
+    /// Token ids that end a turn for this model (eos, `<|im_end|>`, …).
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.eog_ids
+    }
+
+    /// Renders `messages` with the model's chat template.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.template
+            .render(messages, add_generation_prompt)
+            .map_err(|e| EngineError::ChatTemplate(e.to_string()))
+    }
+
+    /// Tokenizes text; `special` parses control tokens written in the text (rendered chat).
+    pub fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(text, special)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    /// Checks context length and reserves KV memory for the request's whole lifetime,
+    /// before any compute. Returns the reservation and an empty cache of that size.
+    pub fn admit(
+        &self,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    ) -> Result<(KvReservation, KvCache)> {
+        let ctx = self.model.config().context_length;
+        if prompt_tokens == 0 {
+            return Err(EngineError::InvalidRequest {
+                field: "prompt",
+                reason: "the prompt is empty after tokenization".into(),
+            });
+        }
+        if prompt_tokens + max_tokens > ctx {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens,
+                max_tokens,
+                context: ctx,
+            });
+        }
+        let tokens = prompt_tokens + max_tokens;
+        let reservation = self
+            .budget
+            .reserve(tokens * self.model.kv_shape().bytes_per_token())?;
+        Ok((reservation, self.model.new_cache(tokens)))
+    }
+
+    /// Generates one sequence, calling `on_token` for every token kept.
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        seed: u64,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generation> {
+        req.sampling
+            .validate(self.model.config().vocab_size)
+            .map_err(|e| EngineError::InvalidRequest {
+                field: "sampling",
+                reason: e.to_string(),
+            })?;
+        let (_reservation, mut cache) = self.admit(req.prompt_ids.len(), req.max_tokens)?;
+        let mut sampler = Sampler::new(req.sampling.clone(), seed);
+        let mut stops = StopMatcher::new(req.stop_strings.clone());
+        let mut detok = self.tokenizer.decode_stream(true);
+        let mut out = Generation {
+            prompt_tokens: req.prompt_ids.len(),
+            token_ids: Vec::new(),
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+            logprobs: Vec::new(),
+        };
+        if req.max_tokens == 0 {
+            return Ok(out);
+        }
+        let mut logits = self.model.prefill(&req.prompt_ids, &mut cache)?;
+        loop {
+            let s = sampler.sample(&mut logits);
+            if self.eog_ids.contains(&s.token) || req.stop_token_ids.contains(&s.token) {
+                out.finish_reason = FinishReason::Stop;
+                break;
+            }
+            sampler.record(s.token);
+            out.token_ids.push(s.token);
+            let piece = detok.step(s.token);
+            let released = stops.push(&piece);
+            out.text.push_str(&released.text);
+            on_token(&TokenEvent {
+                sampled: s.clone(),
+                text: released.text,
+            });
+            out.logprobs.push(s.clone());
+            if released.stopped.is_some() {
+                out.finish_reason = FinishReason::Stop;
+                return Ok(out);
+            }
+            if out.token_ids.len() >= req.max_tokens {
+                break;
+            }
+            logits = self
+                .model
+                .decode_batch(&mut [(s.token, &mut cache)])?
+                .pop()
+                .unwrap_or_default();
+        }
+        let tail = detok.finish();
+        let mut rest = stops.push(&tail).text;
+        rest.push_str(&stops.finish());
+        out.text.push_str(&rest);
+        Ok(out)
+    }
+}

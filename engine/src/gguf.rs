@@ -1,0 +1,437 @@
+//! Loading llama-architecture GGUF files: metadata and tensor directory are parsed by
+//! candle-core's GGUF reader; every dimension comes from the file's own metadata; tensor
+//! bytes are kept in their quantised block formats ([`crate::quant::QMatrix`]).
+
+use crate::error::{EngineError, Result};
+use crate::quant::{QMatrix, WeightFormat};
+use crate::tokenizer::TokenizerSpec;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use std::path::{Path, PathBuf};
+
+/// Model hyper-parameters, all read from GGUF metadata.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub architecture: String,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rope_base: f32,
+    pub rope_dim: usize,
+    pub rms_eps: f32,
+}
+
+impl ModelConfig {
+    /// Width of one layer's K (or V) for one token.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Bytes of f32 KV cache one token occupies across all layers (K and V).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layers * self.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    /// Checks internal consistency; the error names the offending quantity.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("block_count", self.n_layers),
+            ("attention.head_count", self.n_heads),
+            ("attention.head_count_kv", self.n_kv_heads),
+            ("embedding_length", self.hidden),
+            ("feed_forward_length", self.ffn),
+            ("vocab", self.vocab_size),
+            ("context_length", self.context_length),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(format!("{k} is 0"));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(format!(
+                "head_count {} is not a multiple of head_count_kv {}",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim * self.n_heads != self.hidden {
+            return Err(format!(
+                "head_dim {} x head_count {} != embedding_length {}",
+                self.head_dim, self.n_heads, self.hidden
+            ));
+        }
+        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+            return Err(format!(
+                "rope.dimension_count {} must be even and <= head_dim {}",
+                self.rope_dim, self.head_dim
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Weights of one transformer block.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: QMatrix,
+    pub wk: QMatrix,
+    pub wv: QMatrix,
+    pub wo: QMatrix,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: QMatrix,
+    pub w_up: QMatrix,
+    pub w_down: QMatrix,
+}
+
+/// All weights of a llama model.
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    pub token_embd: QMatrix,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: Vec<f32>,
+    /// `None` when the output head is tied to `token_embd`.
+    pub output: Option<QMatrix>,
+}
+
+impl ModelWeights {
+    pub fn output_head(&self) -> &QMatrix {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        let layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.size_bytes())
+                    .sum::<usize>()
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+            })
+            .sum();
+        layer
+            + self.token_embd.size_bytes()
+            + self.output.as_ref().map_or(0, |m| m.size_bytes())
+            + 4 * self.output_norm.len()
+    }
+}
+
+/// Everything the engine needs from one GGUF file.
+pub struct GgufModel {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    pub tokenizer: TokenizerSpec,
+    pub chat_template: Option<String>,
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    content: Content,
+    bytes: Vec<u8>,
+}
+
+impl Reader<'_> {
+    fn err(&self, reason: impl Into<String>) -> EngineError {
+        EngineError::ModelFormat {
+            path: self.path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| self.err(format!("metadata key `{key}` is missing")))?;
+        let n = match v {
+            Value::U8(x) => *x as u64,
+            Value::U16(x) => *x as u64,
+            Value::U32(x) => *x as u64,
+            Value::U64(x) => *x,
+            Value::I8(x) if *x >= 0 => *x as u64,
+            Value::I16(x) if *x >= 0 => *x as u64,
+            Value::I32(x) if *x >= 0 => *x as u64,
+            Value::I64(x) if *x >= 0 => *x as u64,
+            other => {
+                return Err(self.err(format!(
+                    "metadata key `{key}` should be a non-negative integer, found {other:?}"
+                )))
+            }
+        };
+        usize::try_from(n).map_err(|_| self.err(format!("metadata key `{key}` is too large")))
+    }
+
+    fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::F32(x)) => Ok(*x),
+            Some(Value::F64(x)) => Ok(*x as f32),
+            Some(other) => Err(self.err(format!(
+                "metadata key `{key}` should be a float, found {other:?}"
+            ))),
+        }
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn u32_opt(&self, key: &str) -> Option<u32> {
+        self.get(key).and_then(|v| v.to_u32().ok())
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(self.err(format!("`{key}` should hold strings, found {other:?}"))),
+                })
+                .collect(),
+            Some(other) => Err(self.err(format!("`{key}` should be an array, found {other:?}"))),
+        }
+    }
+
+    fn ints(&self, key: &str) -> Result<Vec<i32>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.to_i32().map_err(|_| {
+                        self.err(format!("`{key}` should hold i32 values, found {v:?}"))
+                    })
+                })
+                .collect(),
+            Some(other) => Err(self.err(format!("`{key}` should be an array, found {other:?}"))),
+        }
+    }
+
+    /// Tensor as `[rows, cols]` in its stored format.
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
+        let dims = info.shape.dims();
+        let (rows, cols) = match dims {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            _ => return Err(self.err(format!("tensor `{name}` has unexpected shape {dims:?}"))),
+        };
+        let (format, stored) = match info.ggml_dtype {
+            GgmlDType::F32 => (WeightFormat::F32, WeightFormat::F32.bytes_for(rows * cols)),
+            GgmlDType::F16 => (WeightFormat::F32, rows * cols * 2),
+            GgmlDType::Q4_1 => (
+                WeightFormat::Q4_1,
+                WeightFormat::Q4_1.bytes_for(rows * cols),
+            ),
+            GgmlDType::Q8_0 => (
+                WeightFormat::Q8_0,
+                WeightFormat::Q8_0.bytes_for(rows * cols),
+            ),
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "tensor `{name}` is {other:?}; this engine runs F32, F16, Q4_1 and Q8_0 tensors"
+                )))
+            }
+        };
+        let start = usize::try_from(self.content.tensor_data_offset + info.offset)
+            .map_err(|_| self.err(format!("tensor `{name}` offset overflows")))?;
+        let end = start
+            .checked_add(stored)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "tensor `{name}` extends past the end of the file (truncated download?)"
+                ))
+            })?;
+        let raw = &self.bytes[start..end];
+        if info.ggml_dtype == GgmlDType::F16 {
+            let data: Vec<u8> = raw
+                .chunks_exact(2)
+                .flat_map(|c| {
+                    half::f16::from_le_bytes([c[0], c[1]])
+                        .to_f32()
+                        .to_le_bytes()
+                })
+                .collect();
+            return QMatrix::from_bytes(format, rows, cols, &data)
+                .map_err(|e| self.err(format!("tensor `{name}`: {e}")));
+        }
+        QMatrix::from_bytes(format, rows, cols, raw)
+            .map_err(|e| self.err(format!("tensor `{name}`: {e}")))
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let m = self.matrix(name)?;
+        if m.rows() * m.cols() != len {
+            return Err(self.err(format!(
+                "tensor `{name}` has {} elements, expected {len}",
+                m.rows() * m.cols()
+            )));
+        }
+        let mut out = vec![0.0; len];
+        m.dequantize_row(0, &mut out);
+        Ok(out)
+    }
+
+    fn expect_shape(&self, name: &str, m: &QMatrix, rows: usize, cols: usize) -> Result<()> {
+        if m.rows() != rows || m.cols() != cols {
+            return Err(self.err(format!(
+                "tensor `{name}` is {}x{}, metadata implies {rows}x{cols}",
+                m.rows(),
+                m.cols()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a llama GGUF model.
+pub fn load(path: &Path) -> Result<GgufModel> {
+    if !path.exists() {
+        return Err(EngineError::ModelNotFound {
+            path: path.to_path_buf(),
+            hint: "run `genie model fetch` for the default model, or pass --model PATH / GENIE_MODEL to a llama GGUF file".into(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content =
+        Content::read(&mut std::io::Cursor::new(&bytes)).map_err(|e| EngineError::ModelFormat {
+            path: path.to_path_buf(),
+            reason: format!("{e} (is the file a complete GGUF? delete it and fetch again)"),
+        })?;
+    let r = Reader {
+        path,
+        content,
+        bytes,
+    };
+    let arch = r
+        .string("general.architecture")
+        .ok_or_else(|| r.err("metadata key `general.architecture` is missing"))?;
+    if arch != "llama" {
+        return Err(EngineError::Unsupported(format!(
+            "architecture `{arch}`; this engine runs llama-architecture GGUF models"
+        )));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = r.usize(&key("embedding_length"))?;
+    let n_heads = r.usize(&key("attention.head_count"))?;
+    let n_kv_heads = match r.get(&key("attention.head_count_kv")) {
+        Some(_) => r.usize(&key("attention.head_count_kv"))?,
+        None => n_heads,
+    };
+    let head_dim = if r.get(&key("attention.key_length")).is_some() {
+        r.usize(&key("attention.key_length"))?
+    } else {
+        hidden.checked_div(n_heads).unwrap_or(0)
+    };
+    let token_embd = r.matrix("token_embd.weight")?;
+    let config = ModelConfig {
+        name: r.string("general.name").unwrap_or_else(|| "unnamed".into()),
+        architecture: arch.clone(),
+        n_layers: r.usize(&key("block_count"))?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        hidden,
+        ffn: r.usize(&key("feed_forward_length"))?,
+        vocab_size: token_embd.rows(),
+        context_length: r.usize(&key("context_length"))?,
+        rope_base: r.f32_or(&key("rope.freq_base"), 10_000.0)?,
+        rope_dim: match r.get(&key("rope.dimension_count")) {
+            Some(_) => r.usize(&key("rope.dimension_count"))?,
+            None => head_dim,
+        },
+        rms_eps: r.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
+    };
+    config.validate().map_err(|e| r.err(e))?;
+    r.expect_shape("token_embd.weight", &token_embd, config.vocab_size, hidden)?;
+
+    let (h, kv, f) = (hidden, config.kv_dim(), config.ffn);
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for i in 0..config.n_layers {
+        let t = |s: &str| format!("blk.{i}.{s}.weight");
+        let m = |s: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let m = r.matrix(&t(s))?;
+            r.expect_shape(&t(s), &m, rows, cols)?;
+            Ok(m)
+        };
+        layers.push(LayerWeights {
+            attn_norm: r.vector(&t("attn_norm"), h)?,
+            wq: m("attn_q", h, h)?,
+            wk: m("attn_k", kv, h)?,
+            wv: m("attn_v", kv, h)?,
+            wo: m("attn_output", h, h)?,
+            ffn_norm: r.vector(&t("ffn_norm"), h)?,
+            w_gate: m("ffn_gate", f, h)?,
+            w_up: m("ffn_up", f, h)?,
+            w_down: m("ffn_down", h, f)?,
+        });
+    }
+    let output = if r.content.tensor_infos.contains_key("output.weight") {
+        let o = r.matrix("output.weight")?;
+        r.expect_shape("output.weight", &o, config.vocab_size, hidden)?;
+        Some(o)
+    } else {
+        None
+    };
+    let weights = ModelWeights {
+        token_embd,
+        layers,
+        output_norm: r.vector("output_norm.weight", hidden)?,
+        output,
+    };
+
+    let tokenizer = TokenizerSpec {
+        model: r
+            .string("tokenizer.ggml.model")
+            .ok_or_else(|| r.err("metadata key `tokenizer.ggml.model` is missing"))?,
+        pre: r.string("tokenizer.ggml.pre"),
+        tokens: r.strings("tokenizer.ggml.tokens")?,
+        merges: r.strings("tokenizer.ggml.merges")?,
+        token_types: r.ints("tokenizer.ggml.token_type")?,
+        bos_token_id: r.u32_opt("tokenizer.ggml.bos_token_id"),
+        eos_token_id: r.u32_opt("tokenizer.ggml.eos_token_id"),
+        add_bos_token: matches!(
+            r.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        ),
+    };
+    if tokenizer.tokens.len() != config.vocab_size {
+        return Err(r.err(format!(
+            "tokenizer has {} tokens but token_embd has {} rows",
+            tokenizer.tokens.len(),
+            config.vocab_size
+        )));
+    }
+    Ok(GgufModel {
+        path: path.to_path_buf(),
+        config,
+        weights,
+        tokenizer,
+        chat_template: r.string("tokenizer.chat_template"),
+    })
+}

@@ -1,0 +1,34 @@
+//! # genie-engine
+//!
+//! Genie's model engine. It owns everything between a GGUF file and a sampled token:
+//!
+//! - [`gguf`]: loading llama-architecture GGUF models (candle-core's GGUF reader), every
+//!   dimension taken from the file's metadata;
+//! - [`quant`]: the weights in their quantised block formats and the integer dot-product
+//!   kernels (AVX2 with run-time detection, portable scalar fallback);
+//! - [`model`]: the forward pass over **caller-owned** KV caches, batched across sequences;
+//! - [`kv_cache`]: the per-sequence KV cache, exportable layer by layer to self-describing
+//!   bytes and importable into another engine instance (the prefill→decode hand-off);
+//! - [`kv_budget`]: KV memory accounting against a capacity, refusing what cannot fit;
+//! - [`tokenizer`] and [`chat_template`]: the GGUF's own BPE tokenizer and Jinja chat
+//!   template; [`sampling`] and [`stop`]: token choice and streaming-safe stop strings;
+//! - [`generate`]: a single-sequence generation loop tying these together (the CLI's
+//!   `genie generate`); [`fetch`]: the default model, fetched and verified on first use.
+//!
+//! It does no networking: workers and the gateway build on it.
+
+pub mod chat_template;
+pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod gguf;
+pub mod kv_budget;
+pub mod kv_cache;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod sampling;
+pub mod stop;
+pub mod tokenizer;
+
+pub use error::{EngineError, Result};

@@ -1,0 +1,418 @@
+//! The llama forward pass over caller-owned KV caches.
+//!
+//! One [`Model::forward`] call runs any mix of sequences: a prefill is one segment with many
+//! tokens, a decode step is many segments with one token each. Matmuls are batched across
+//! every token of every segment (weights are streamed once per step); attention runs per
+//! token against that token's own sequence cache. Each token's arithmetic is independent
+//! of the rest of the batch, so batched decoding gives exactly the output of decoding alone.
+
+use crate::error::{EngineError, Result};
+use crate::gguf::{GgufModel, LayerWeights, ModelConfig, ModelWeights};
+use crate::kv_cache::{KvCache, KvShape};
+use crate::ops;
+use crate::quant::acts::QuantizedActs;
+use crate::quant::matmul::matmul;
+use crate::quant::QMatrix;
+use rayon::prelude::*;
+
+/// One sequence's share of a forward step: new tokens and the cache they extend.
+pub struct Segment<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// A loaded llama model with its own compute thread pool.
+pub struct Model {
+    config: ModelConfig,
+    weights: ModelWeights,
+    pool: rayon::ThreadPool,
+}
+
+/// Activations quantised once and shared by every matrix of the same format.
+struct SharedActs<'a> {
+    x: &'a [f32],
+    cached: Vec<QuantizedActs>,
+}
+
+impl<'a> SharedActs<'a> {
+    fn new(x: &'a [f32]) -> Self {
+        SharedActs {
+            x,
+            cached: Vec::new(),
+        }
+    }
+
+    fn mul(&mut self, w: &QMatrix, out: &mut [f32]) {
+        let fmt = w.format();
+        let idx = match self.cached.iter().position(|a| act_format_matches(a, fmt)) {
+            Some(i) => i,
+            None => {
+                self.cached.push(QuantizedActs::for_weight(w, self.x));
+                self.cached.len() - 1
+            }
+        };
+        matmul(w, &self.cached[idx], out);
+    }
+}
+
+fn act_format_matches(a: &QuantizedActs, w: crate::quant::WeightFormat) -> bool {
+    use crate::quant::WeightFormat as F;
+    matches!(
+        (a, w),
+        (QuantizedActs::F32 { .. }, F::F32)
+            | (QuantizedActs::Q8_1 { .. }, F::Q4_1)
+            | (QuantizedActs::Q8_0 { .. }, F::Q8_0)
+    )
+}
+
+impl Model {
+    /// Builds the model with `threads` compute threads (0 = one per available core).
+    pub fn new(config: ModelConfig, weights: ModelWeights, threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("genie-compute-{i}"))
+            .build()
+            .map_err(|e| EngineError::Unsupported(format!("cannot start compute threads: {e}")))?;
+        Ok(Model {
+            config,
+            weights,
+            pool,
+        })
+    }
+
+    pub fn from_gguf(m: GgufModel, threads: usize) -> Result<Self> {
+        Self::new(m.config, m.weights, threads)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn weights(&self) -> &ModelWeights {
+        &self.weights
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape::of(&self.config)
+    }
+
+    /// An empty cache for up to `capacity` tokens of this model.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.kv_shape(), capacity)
+    }
+
+    /// Runs `tokens` after what `cache` holds; returns the last token's logits.
+    pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let mut segs = [Segment { tokens, cache }];
+        Ok(self.forward(&mut segs)?.pop().unwrap_or_default())
+    }
+
+    /// One decode step for a batch: each `(token, cache)` pair advances by one token.
+    pub fn decode_batch(&self, batch: &mut [(u32, &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
+        let tokens: Vec<[u32; 1]> = batch.iter().map(|(t, _)| [*t]).collect();
+        let mut segs: Vec<Segment> = batch
+            .iter_mut()
+            .zip(&tokens)
+            .map(|((_, cache), t)| Segment { tokens: t, cache })
+            .collect();
+        self.forward(&mut segs)
+    }
+
+    /// Runs every segment; returns each segment's last-token logits.
+    pub fn forward(&self, segs: &mut [Segment]) -> Result<Vec<Vec<f32>>> {
+        self.forward_observed(segs, &mut |_, _| {})
+    }
+
+    /// Like [`Model::forward`], calling `on_layer(layer, segments)` as soon as each layer's
+    /// K/V for all new tokens is in the caches (so a prefill can ship layer `l` while
+    /// layer `l + 1` computes).
+    pub fn forward_observed(
+        &self,
+        segs: &mut [Segment],
+        on_layer: &mut (dyn FnMut(usize, &[Segment]) + Send),
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check(segs)?;
+        if segs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.pool.install(|| self.run(segs, on_layer))
+    }
+
+    fn check(&self, segs: &[Segment]) -> Result<()> {
+        let c = &self.config;
+        for s in segs {
+            if s.tokens.is_empty() {
+                return Err(EngineError::InvalidRequest {
+                    field: "tokens",
+                    reason: "a forward segment needs at least one token".into(),
+                });
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(EngineError::InvalidRequest {
+                    field: "tokens",
+                    reason: format!(
+                        "token id {t} is outside the vocabulary (size {})",
+                        c.vocab_size
+                    ),
+                });
+            }
+            if s.cache.shape() != self.kv_shape() {
+                return Err(EngineError::KvImport(format!(
+                    "cache shape {:?} does not match the model {:?}",
+                    s.cache.shape(),
+                    self.kv_shape()
+                )));
+            }
+            if !s.cache.is_consistent() {
+                return Err(EngineError::KvImport(
+                    "cache layers hold different token counts (incomplete import)".into(),
+                ));
+            }
+            let end = s.cache.len() + s.tokens.len();
+            if end > c.context_length {
+                return Err(EngineError::ContextOverflow {
+                    prompt_tokens: s.cache.len(),
+                    max_tokens: s.tokens.len(),
+                    context: c.context_length,
+                });
+            }
+            if end > s.cache.capacity() {
+                return Err(EngineError::InvalidRequest {
+                    field: "max_tokens",
+                    reason: format!(
+                        "sequence would reach {end} tokens but its KV cache was reserved for {}",
+                        s.cache.capacity()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        segs: &mut [Segment],
+        on_layer: &mut (dyn FnMut(usize, &[Segment]) + Send),
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (h, kv) = (c.hidden, c.kv_dim());
+        // (segment, position) of every token in the step, in order.
+        let mut token_at: Vec<(usize, usize)> = Vec::new();
+        for (si, s) in segs.iter().enumerate() {
+            let start = s.cache.len();
+            token_at.extend((0..s.tokens.len()).map(|i| (si, start + i)));
+        }
+        let n = token_at.len();
+        let mut x = vec![0.0f32; n * h];
+        for (row, tok) in x
+            .chunks_exact_mut(h)
+            .zip(segs.iter().flat_map(|s| s.tokens.iter()))
+        {
+            self.weights.token_embd.dequantize_row(*tok as usize, row);
+        }
+        let mut rope = Vec::with_capacity(n);
+        for &(_, pos) in &token_at {
+            let mut t = Vec::new();
+            ops::rope_table(pos, c.rope_dim, c.rope_base, &mut t);
+            rope.push(t);
+        }
+        let mut xn = vec![0.0f32; n * h];
+        let mut q = vec![0.0f32; n * h];
+        let mut k = vec![0.0f32; n * kv];
+        let mut v = vec![0.0f32; n * kv];
+        let mut att = vec![0.0f32; n * h];
+        let mut proj = vec![0.0f32; n * h];
+        let mut gate = vec![0.0f32; n * c.ffn];
+        let mut up = vec![0.0f32; n * c.ffn];
+        for (li, l) in self.weights.layers.iter().enumerate() {
+            ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn);
+            let mut acts = SharedActs::new(&xn);
+            acts.mul(&l.wq, &mut q);
+            acts.mul(&l.wk, &mut k);
+            acts.mul(&l.wv, &mut v);
+            for t in 0..n {
+                ops::apply_rope(&mut q[t * h..(t + 1) * h], c.head_dim, &rope[t]);
+                ops::apply_rope(&mut k[t * kv..(t + 1) * kv], c.head_dim, &rope[t]);
+            }
+            let mut first = 0;
+            for s in segs.iter_mut() {
+                let m = s.tokens.len();
+                s.cache.append(
+                    li,
+                    &k[first * kv..(first + m) * kv],
+                    &v[first * kv..(first + m) * kv],
+                );
+                first += m;
+            }
+            let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
+            self.attention(li, &q, &caches, &token_at, &mut att);
+            matmul_f32(&l.wo, &att, &mut proj);
+            ops::add_assign(&mut x, &proj);
+            self.ffn(l, &x, &mut xn, &mut gate, &mut up, &mut proj);
+            ops::add_assign(&mut x, &proj);
+            on_layer(li, segs);
+        }
+        // Logits for each segment's last token only.
+        let mut last = Vec::with_capacity(segs.len() * h);
+        let mut end = 0;
+        for s in segs.iter() {
+            end += s.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * h..end * h]);
+        }
+        let mut normed = vec![0.0f32; last.len()];
+        ops::rms_norm(&last, &self.weights.output_norm, c.rms_eps, &mut normed);
+        let head = self.weights.output_head();
+        let mut logits = vec![0.0f32; segs.len() * head.rows()];
+        matmul_f32(head, &normed, &mut logits);
+        Ok(logits
+            .chunks_exact(head.rows())
+            .map(|r| r.to_vec())
+            .collect())
+    }
+
+    fn ffn(
+        &self,
+        l: &LayerWeights,
+        x: &[f32],
+        xn: &mut [f32],
+        gate: &mut [f32],
+        up: &mut [f32],
+        out: &mut [f32],
+    ) {
+        ops::rms_norm(x, &l.ffn_norm, self.config.rms_eps, xn);
+        let mut acts = SharedActs::new(xn);
+        acts.mul(&l.w_gate, gate);
+        acts.mul(&l.w_up, up);
+        ops::silu_mul(gate, up);
+        matmul_f32(&l.w_down, gate, out);
+    }
+
+    /// Causal attention of every new token over its own sequence's cache (grouped-query:
+    /// query head `h` reads KV head `h / (n_heads / n_kv_heads)`).
+    ///
+    /// Work is split into (query block, KV head) tasks: a block is up to [`QUERY_BLOCK`]
+    /// consecutive tokens of one sequence, so each K/V row is widened from f16 once and
+    /// reused by every query head of its group and every token of the block. Each
+    /// (token, head) result is computed with the same operations in the same order
+    /// whatever the block, so batching never changes the output.
+    fn attention(
+        &self,
+        layer: usize,
+        q: &[f32],
+        caches: &[&KvCache],
+        token_at: &[(usize, usize)],
+        out: &mut [f32],
+    ) {
+        let c = &self.config;
+        let (hd, kv, hidden) = (c.head_dim, c.kv_dim(), c.hidden);
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut blocks: Vec<(usize, usize)> = Vec::new();
+        for (t, &(seg, _)) in token_at.iter().enumerate() {
+            match blocks.last_mut() {
+                Some((start, len)) if token_at[*start].0 == seg && *len < QUERY_BLOCK => *len += 1,
+                _ => blocks.push((t, 1)),
+            }
+        }
+        let tasks: Vec<(usize, usize)> = (0..blocks.len())
+            .flat_map(|b| (0..c.n_kv_heads).map(move |g| (b, g)))
+            .collect();
+        let ptr = OutPtr(out.as_mut_ptr());
+        tasks.par_iter().for_each_init(
+            || (Vec::new(), Vec::new(), vec![0.0f32; hd]),
+            |(scores, acc, row), &(b, g)| {
+                let (t0, m) = blocks[b];
+                let (seg, pos0) = token_at[t0];
+                let ctx = pos0 + m;
+                let (kc, vc) = (caches[seg].layer_k(layer), caches[seg].layer_v(layer));
+                let rows = m * group;
+                scores.clear();
+                scores.resize(rows * ctx, 0.0);
+                let qrow = |ti: usize, h: usize| {
+                    let head = g * group + h;
+                    &q[(t0 + ti) * hidden + head * hd..(t0 + ti) * hidden + (head + 1) * hd]
+                };
+                for j in 0..ctx {
+                    widen(&kc[j * kv + g * hd..j * kv + (g + 1) * hd], row);
+                    // token ti sees keys 0..=pos0+ti
+                    for ti in j.saturating_sub(pos0)..m {
+                        for h in 0..group {
+                            scores[(ti * group + h) * ctx + j] = ops::dot(qrow(ti, h), row) * scale;
+                        }
+                    }
+                }
+                for ti in 0..m {
+                    for h in 0..group {
+                        let r = &mut scores
+                            [(ti * group + h) * ctx..(ti * group + h) * ctx + pos0 + ti + 1];
+                        ops::softmax(r);
+                        // As llama.cpp's f16 KQV product: probabilities meet the f16 V cache
+                        // as f16. (Q stays f32 against the f16 K cache: one rounding fewer.)
+                        ops::round_to_f16(r);
+                    }
+                }
+                acc.clear();
+                acc.resize(rows * hd, 0.0);
+                for j in 0..ctx {
+                    widen(&vc[j * kv + g * hd..j * kv + (g + 1) * hd], row);
+                    for ti in j.saturating_sub(pos0)..m {
+                        for h in 0..group {
+                            let r = ti * group + h;
+                            ops::axpy(scores[r * ctx + j], row, &mut acc[r * hd..(r + 1) * hd]);
+                        }
+                    }
+                }
+                for ti in 0..m {
+                    for h in 0..group {
+                        let head = g * group + h;
+                        let dst = (t0 + ti) * hidden + head * hd;
+                        let r = ti * group + h;
+                        // SAFETY: each (token, head) slot of `out` belongs to exactly one
+                        // task; `dst + hd <= out.len()` because t0 + ti < n and head < n_heads.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                acc[r * hd..].as_ptr(),
+                                ptr.get().add(dst),
+                                hd,
+                            )
+                        };
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// Tokens of one sequence whose attention is computed together.
+const QUERY_BLOCK: usize = 16;
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: attention tasks write disjoint (token, head) slots of one buffer that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// f16 to f32, exactly (vectorised by `half` where the CPU allows).
+fn widen(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
+}
+
+fn matmul_f32(w: &QMatrix, x: &[f32], out: &mut [f32]) {
+    matmul(w, &QuantizedActs::for_weight(w, x), out);
+}

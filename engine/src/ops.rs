@@ -1,0 +1,159 @@
+//! Element-wise and per-row operations of the llama forward pass, written to follow
+//! llama.cpp's CPU arithmetic (f64 sum of squares in RMS norm, iterative RoPE angles).
+
+use crate::quant::dot_avx2::{self, Avx2};
+use crate::quant::{dot_scalar, kernel_kind, KernelKind};
+
+/// `out = x / sqrt(mean(x²) + eps) * weight`, row by row.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let sum: f64 = xr.iter().map(|v| (v * v) as f64).sum();
+        let mean = (sum / d as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = (v * scale) * w;
+        }
+    }
+}
+
+/// Cosine/sine table for one position: `rope_dim / 2` pairs.
+pub fn rope_table(pos: usize, rope_dim: usize, base: f32, out: &mut Vec<(f32, f32)>) {
+    out.clear();
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let mut theta = pos as f32;
+    for _ in 0..rope_dim / 2 {
+        out.push((theta.cos(), theta.sin()));
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head in `row` (GGUF llama convention).
+pub fn apply_rope(row: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
+    for head in row.chunks_exact_mut(head_dim) {
+        for (i, &(c, s)) in table.iter().enumerate() {
+            let x0 = head[2 * i];
+            let x1 = head[2 * i + 1];
+            head[2 * i] = x0 * c - x1 * s;
+            head[2 * i + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// `gate = silu(gate) * up`, in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `a += b`.
+pub fn add_assign(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// f32 dot product on the best kernel this CPU has.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    match avx2() {
+        Some(k) => dot_avx2::dot_f32(k, a, b),
+        None => dot_scalar::dot_f32(a, b),
+    }
+}
+
+/// `y += alpha * x` on the best kernel this CPU has.
+#[inline]
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    match avx2() {
+        Some(k) => dot_avx2::axpy_f32(k, alpha, x, y),
+        None => dot_scalar::axpy_f32(alpha, x, y),
+    }
+}
+
+/// f32 · f16 dot product on the best kernel this CPU has.
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    match avx2() {
+        Some(k) => dot_avx2::dot_f32_f16(k, a, b),
+        None => dot_scalar::dot_f32_f16(a, b),
+    }
+}
+
+/// `y += alpha * x` with f16 `x`, on the best kernel this CPU has.
+#[inline]
+pub fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
+    match avx2() {
+        Some(k) => dot_avx2::axpy_f16(k, alpha, x, y),
+        None => dot_scalar::axpy_f16(alpha, x, y),
+    }
+}
+
+/// Rounds every value to the nearest f16 (kept as f32).
+pub fn round_to_f16(x: &mut [f32]) {
+    for v in x {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
+#[inline]
+fn avx2() -> Option<Avx2> {
+    match kernel_kind() {
+        KernelKind::Avx2 => Avx2::new(),
+        KernelKind::Scalar => None,
+    }
+}
+
+/// Numerically stable softmax in place; the sum is accumulated in f64.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_of_constant_row_is_weight() {
+        let x = [2.0f32; 8];
+        let w: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let mut out = [0.0; 8];
+        rms_norm(&x, &w, 0.0, &mut out);
+        for (o, w) in out.iter().zip(&w) {
+            assert!((o - w).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let mut t = Vec::new();
+        rope_table(0, 4, 10000.0, &mut t);
+        let mut row = [1.0, 2.0, 3.0, 4.0];
+        apply_rope(&mut row, 4, &t);
+        assert_eq!(row, [1.0, 2.0, 3.0, 4.0]);
+        rope_table(7, 4, 10000.0, &mut t);
+        apply_rope(&mut row, 4, &t);
+        let n: f32 = row.iter().map(|v| v * v).sum();
+        assert!((n - 30.0).abs() < 1e-4);
+        // first pair rotated by 7 radians
+        assert!((row[0] - (7.0f32.cos() - 2.0 * 7.0f32.sin())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = [1.0, 2.0, 3.0, f32::NEG_INFINITY];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0] && x[3] == 0.0);
+    }
+}

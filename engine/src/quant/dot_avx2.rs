@@ -1,0 +1,410 @@
+//! AVX2 + FMA + F16C kernels, selected at run time. Every public function takes an
+//! [`Avx2`] token, which can only be obtained on a CPU that has those features, so the
+//! `unsafe` target-feature calls inside are sound.
+//!
+//! The multi-token kernels (`N` activation rows against one weight row) unpack each weight
+//! block once and reuse it for every token; each token keeps its own accumulator and sees
+//! exactly the same sequence of operations as with `N = 1`, so results do not depend on
+//! batch composition.
+
+use super::acts::ActBlock;
+use super::{BlockQ4_1, BlockQ8_0};
+
+/// Proof that the CPU supports AVX2, FMA and F16C.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+impl Avx2 {
+    pub fn new() -> Option<Self> {
+        available().then_some(Avx2(()))
+    }
+}
+
+/// True when this CPU can run the kernels in this module.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn f16(v: half::f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.to_bits() as i32)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize>(
+        w: [&[BlockQ4_1]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut summs = [[0.0f32; N]; R];
+        let lowmask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        for b in 0..w[0].len() {
+            let mut bx = [_mm256_setzero_si256(); R];
+            let mut dw = [0.0f32; R];
+            let mut mw = [0.0f32; R];
+            for r in 0..R {
+                let bw = w[r].get_unchecked(b);
+                dw[r] = f16(bw.d);
+                mw[r] = f16(bw.m);
+                let packed = _mm_loadu_si128(bw.qs.as_ptr() as *const __m128i);
+                let hi = _mm_srli_epi16(packed, 4);
+                bx[r] = _mm256_and_si256(_mm256_set_m128i(hi, packed), lowmask);
+            }
+            for t in 0..N {
+                let ba = a[t].get_unchecked(b);
+                let by = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
+                for r in 0..R {
+                    summs[r][t] += mw[r] * ba.s;
+                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                        _mm256_maddubs_epi16(bx[r], by),
+                        ones,
+                    ));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * ba.d), q, acc[r][t]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; N]; R];
+        for r in 0..R {
+            for t in 0..N {
+                out[r][t] = hsum(acc[r][t]) + summs[r][t];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[ActBlock]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let ones = _mm256_set1_epi16(1);
+        for (b, bw) in w.iter().enumerate() {
+            let dw = f16(bw.d);
+            let x = _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i);
+            let ax = _mm256_sign_epi8(x, x);
+            for t in 0..N {
+                let ba = a[t].get_unchecked(b);
+                let y = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
+                let sy = _mm256_sign_epi8(y, x);
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * ba.d), q, acc[t]);
+            }
+        }
+        let mut out = [0.0f32; N];
+        for t in 0..N {
+            out[t] = hsum(acc[t]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc0,
+            );
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        while i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc0,
+            );
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let va = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        while i + 8 <= n {
+            let yp = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                yp,
+                _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+            );
+            i += 8;
+        }
+        while i < n {
+            y[i] += alpha * x[i];
+            i += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32_f16(a: &[f32], b: &[half::f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let bp = b.as_ptr() as *const u16;
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i) as *const __m128i));
+            let b1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i + 8) as *const __m128i));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), b0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), b1, acc1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i) as *const __m128i));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), b0, acc0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            s += a[i] * b[i].to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let xp = x.as_ptr() as *const u16;
+        let va = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        while i + 8 <= n {
+            let yp = y.as_mut_ptr().add(i);
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+            _mm256_storeu_ps(yp, _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(yp)));
+            i += 8;
+        }
+        while i < n {
+            y[i] += alpha * x[i].to_f32();
+            i += 1;
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($name:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            imp::$name
+        }
+    }};
+}
+
+/// `R` Q4_1 weight rows against `N` Q8_1 activation rows: `out[r][t]`.
+#[inline]
+pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
+    _: Avx2,
+    w: [&[BlockQ4_1]; R],
+    a: [&[ActBlock]; N],
+) -> [[f32; N]; R] {
+    let len = w[0].len();
+    assert!(
+        w.iter().all(|r| r.len() == len),
+        "weight rows of different lengths"
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= len),
+        "activation row shorter than weight row"
+    );
+    // SAFETY: the `Avx2` token proves the target features; lengths checked above.
+    unsafe { dispatch!(dot_q4_1_q8_1)(w, a) }
+}
+
+/// One Q4_1 weight row against `N` Q8_1 activation rows.
+#[inline]
+pub fn dot_q4_1_q8_1<const N: usize>(k: Avx2, w: &[BlockQ4_1], a: [&[ActBlock]; N]) -> [f32; N] {
+    dot_q4_1_q8_1_tile::<1, N>(k, [w], a)[0]
+}
+
+/// Q8_0 weight row against `N` Q8_0 activation rows.
+#[inline]
+pub fn dot_q8_0_q8_0<const N: usize>(_: Avx2, w: &[BlockQ8_0], a: [&[ActBlock]; N]) -> [f32; N] {
+    for r in &a {
+        assert!(r.len() >= w.len(), "activation row shorter than weight row");
+    }
+    // SAFETY: as above.
+    unsafe { dispatch!(dot_q8_0_q8_0)(w, a) }
+}
+
+/// f32 dot product over the common length.
+#[inline]
+pub fn dot_f32(_: Avx2, a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: the token proves AVX2+FMA; the kernel reads only the common length.
+    unsafe { dispatch!(dot_f32)(a, b) }
+}
+
+/// `y += alpha * x` over the common length.
+#[inline]
+pub fn axpy_f32(_: Avx2, alpha: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { dispatch!(axpy_f32)(alpha, x, y) }
+}
+
+/// f32 values dotted with f16 values over the common length.
+#[inline]
+pub fn dot_f32_f16(_: Avx2, a: &[f32], b: &[half::f16]) -> f32 {
+    // SAFETY: the token proves AVX2+FMA+F16C; the kernel reads only the common length.
+    unsafe { dispatch!(dot_f32_f16)(a, b) }
+}
+
+/// `y += alpha * x` with f16 `x`, over the common length.
+#[inline]
+pub fn axpy_f16(_: Avx2, alpha: f32, x: &[half::f16], y: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { dispatch!(axpy_f16)(alpha, x, y) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{acts, dot_scalar, quantize_block_q4_1, QK};
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn rows(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n).map(|_| lcg(&mut s) * 3.0).collect()
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    #[test]
+    fn q4_1_matches_scalar_for_every_batch_width() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        };
+        let cols = QK * 18;
+        let w: Vec<_> = rows(1, cols).chunks(QK).map(quantize_block_q4_1).collect();
+        let a: Vec<Vec<acts::ActBlock>> = (0..4)
+            .map(|t| {
+                rows(10 + t, cols)
+                    .chunks(QK)
+                    .map(|c| acts::quantize_block_q8_1(c).into())
+                    .collect()
+            })
+            .collect();
+        let four = dot_q4_1_q8_1(k, &w, [&a[0], &a[1], &a[2], &a[3]]);
+        let w2: Vec<_> = rows(2, cols).chunks(QK).map(quantize_block_q4_1).collect();
+        let tile = dot_q4_1_q8_1_tile(k, [&w2, &w], [&a[0], &a[1], &a[2], &a[3]]);
+        assert_eq!(
+            tile[1].map(f32::to_bits),
+            four.map(f32::to_bits),
+            "row tiling changed the result"
+        );
+        let other = dot_q4_1_q8_1(k, &w2, [&a[2]])[0];
+        assert_eq!(tile[0][2].to_bits(), other.to_bits());
+        for t in 0..4 {
+            let one = dot_q4_1_q8_1(k, &w, [&a[t]])[0];
+            let reference = dot_scalar::dot_q4_1_q8_1(&w, &a[t]);
+            assert_eq!(
+                one.to_bits(),
+                four[t].to_bits(),
+                "batch width changed the result"
+            );
+            assert!(close(one, reference), "{one} vs scalar {reference}");
+        }
+    }
+
+    #[test]
+    fn q8_0_matches_scalar_including_minus_128() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        };
+        let cols = QK * 5;
+        let mut w: Vec<_> = rows(3, cols)
+            .chunks(QK)
+            .map(acts::quantize_block_q8_0)
+            .collect();
+        w[0].qs[3] = -128;
+        let a: Vec<acts::ActBlock> = rows(4, cols)
+            .chunks(QK)
+            .map(|c| acts::quantize_block_q8_0(c).into())
+            .collect();
+        let got = dot_q8_0_q8_0(k, &w, [&a, &a])[1];
+        let reference = dot_scalar::dot_q8_0_q8_0(&w, &a);
+        assert!(close(got, reference), "{got} vs {reference}");
+    }
+
+    #[test]
+    fn f32_kernels_match_scalar_on_odd_lengths() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/FMA");
+            return;
+        };
+        for n in [1, 7, 8, 15, 16, 17, 64, 100] {
+            let a = rows(5, n);
+            let b = rows(6, n);
+            assert!(
+                close(dot_f32(k, &a, &b), dot_scalar::dot_f32(&a, &b)),
+                "n={n}"
+            );
+            let mut y1 = rows(7, n);
+            let mut y2 = y1.clone();
+            axpy_f32(k, 0.3, &a, &mut y1);
+            dot_scalar::axpy_f32(0.3, &a, &mut y2);
+            for (p, q) in y1.iter().zip(&y2) {
+                assert!(close(*p, *q));
+            }
+            let h: Vec<half::f16> = b.iter().map(|&x| half::f16::from_f32(x)).collect();
+            assert!(
+                close(dot_f32_f16(k, &a, &h), dot_scalar::dot_f32_f16(&a, &h)),
+                "n={n}"
+            );
+            let mut y3 = rows(8, n);
+            let mut y4 = y3.clone();
+            axpy_f16(k, 0.7, &h, &mut y3);
+            dot_scalar::axpy_f16(0.7, &h, &mut y4);
+            for (p, q) in y3.iter().zip(&y4) {
+                assert!(close(*p, *q));
+            }
+        }
+    }
+}

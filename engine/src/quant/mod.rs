@@ -1,0 +1,313 @@
+//! Quantised weights and the integer dot-product kernels that run them.
+//!
+//! Weights stay in the GGUF's own block formats (Q4_1, Q8_0, or plain F32) so the
+//! arithmetic is the file's: activations are quantised per 32-element block to Q8_1
+//! (against Q4_1 weights) or Q8_0 (against Q8_0 weights), exactly as llama.cpp does,
+//! and each block contributes `d_w * d_a * Σ q_w q_a (+ m_w * s_a)`.
+//!
+//! Kernels: a portable scalar version ([`dot_scalar`]) is the reference; an AVX2/FMA
+//! version ([`dot_avx2`]) is selected at run time when the CPU has it. Both compute each
+//! (row, token) product with the same per-block order, so a token's result never depends
+//! on which other tokens share the batch.
+
+pub mod acts;
+pub mod dot_avx2;
+pub mod dot_scalar;
+pub mod matmul;
+
+use half::f16;
+
+/// Elements per quantisation block for every format used here.
+pub const QK: usize = 32;
+
+/// One Q4_1 block as stored in GGUF: scale, minimum, 32 unsigned nibbles.
+/// Element `j` is the low nibble of `qs[j]`, element `j + 16` the high nibble.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+/// One Q8_0 block: scale and 32 signed bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// One Q8_1 activation block: scale, `d * Σ qs`, 32 signed bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+/// The storage formats the engine executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    Q4_1,
+    Q8_0,
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "F32",
+            WeightFormat::Q4_1 => "Q4_1",
+            WeightFormat::Q8_0 => "Q8_0",
+        }
+    }
+
+    /// Bytes needed for `n` elements (n a multiple of [`QK`] for block formats).
+    pub fn bytes_for(self, n: usize) -> usize {
+        match self {
+            WeightFormat::F32 => n * 4,
+            WeightFormat::Q4_1 => n / QK * std::mem::size_of::<BlockQ4_1>(),
+            WeightFormat::Q8_0 => n / QK * std::mem::size_of::<BlockQ8_0>(),
+        }
+    }
+}
+
+/// A 2-D weight matrix `[rows, cols]`, row-major, each row quantised independently.
+#[derive(Clone, Debug)]
+pub enum QMatrix {
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    },
+    Q4_1 {
+        rows: usize,
+        cols: usize,
+        blocks: Vec<BlockQ4_1>,
+    },
+    Q8_0 {
+        rows: usize,
+        cols: usize,
+        blocks: Vec<BlockQ8_0>,
+    },
+}
+
+/// Why raw bytes could not become a [`QMatrix`].
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QuantError {
+    #[error("{format} matrix of {rows}x{cols} needs {expected} bytes, got {got}")]
+    Size {
+        format: &'static str,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{format} rows must hold a multiple of {QK} elements, got {cols}")]
+    RowLength { format: &'static str, cols: usize },
+}
+
+impl QMatrix {
+    /// Builds a matrix from the raw little-endian bytes of a GGUF tensor.
+    pub fn from_bytes(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Self, QuantError> {
+        if format != WeightFormat::F32 && cols % QK != 0 {
+            return Err(QuantError::RowLength {
+                format: format.name(),
+                cols,
+            });
+        }
+        let expected = format.bytes_for(rows * cols);
+        if bytes.len() != expected {
+            return Err(QuantError::Size {
+                format: format.name(),
+                rows,
+                cols,
+                expected,
+                got: bytes.len(),
+            });
+        }
+        Ok(match format {
+            WeightFormat::F32 => QMatrix::F32 {
+                rows,
+                cols,
+                data: bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            },
+            WeightFormat::Q4_1 => QMatrix::Q4_1 {
+                rows,
+                cols,
+                blocks: bytes
+                    .chunks_exact(20)
+                    .map(|c| {
+                        let mut qs = [0u8; 16];
+                        qs.copy_from_slice(&c[4..20]);
+                        BlockQ4_1 {
+                            d: f16::from_le_bytes([c[0], c[1]]),
+                            m: f16::from_le_bytes([c[2], c[3]]),
+                            qs,
+                        }
+                    })
+                    .collect(),
+            },
+            WeightFormat::Q8_0 => QMatrix::Q8_0 {
+                rows,
+                cols,
+                blocks: bytes
+                    .chunks_exact(34)
+                    .map(|c| {
+                        let mut qs = [0i8; QK];
+                        for (q, b) in qs.iter_mut().zip(&c[2..34]) {
+                            *q = *b as i8;
+                        }
+                        BlockQ8_0 {
+                            d: f16::from_le_bytes([c[0], c[1]]),
+                            qs,
+                        }
+                    })
+                    .collect(),
+            },
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            QMatrix::F32 { rows, .. } | QMatrix::Q4_1 { rows, .. } | QMatrix::Q8_0 { rows, .. } => {
+                *rows
+            }
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            QMatrix::F32 { cols, .. } | QMatrix::Q4_1 { cols, .. } | QMatrix::Q8_0 { cols, .. } => {
+                *cols
+            }
+        }
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        match self {
+            QMatrix::F32 { .. } => WeightFormat::F32,
+            QMatrix::Q4_1 { .. } => WeightFormat::Q4_1,
+            QMatrix::Q8_0 { .. } => WeightFormat::Q8_0,
+        }
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn size_bytes(&self) -> usize {
+        self.format().bytes_for(self.rows() * self.cols())
+    }
+
+    /// Writes row `r` as f32 into `out` (exact dequantisation: `d*q + m` or `d*q`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let cols = self.cols();
+        assert_eq!(out.len(), cols, "dequantize_row: output length");
+        match self {
+            QMatrix::F32 { data, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            QMatrix::Q4_1 { blocks, .. } => {
+                let nb = cols / QK;
+                for (b, chunk) in blocks[r * nb..(r + 1) * nb]
+                    .iter()
+                    .zip(out.chunks_exact_mut(QK))
+                {
+                    let d = b.d.to_f32();
+                    let m = b.m.to_f32();
+                    for j in 0..QK / 2 {
+                        chunk[j] = (b.qs[j] & 0x0f) as f32 * d + m;
+                        chunk[j + QK / 2] = (b.qs[j] >> 4) as f32 * d + m;
+                    }
+                }
+            }
+            QMatrix::Q8_0 { blocks, .. } => {
+                let nb = cols / QK;
+                for (b, chunk) in blocks[r * nb..(r + 1) * nb]
+                    .iter()
+                    .zip(out.chunks_exact_mut(QK))
+                {
+                    let d = b.d.to_f32();
+                    for (o, q) in chunk.iter_mut().zip(b.qs.iter()) {
+                        *o = *q as f32 * d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quantises an f32 matrix into `format` (used to build small test models).
+    pub fn quantize(format: WeightFormat, rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        match format {
+            WeightFormat::F32 => QMatrix::F32 {
+                rows,
+                cols,
+                data: data.to_vec(),
+            },
+            WeightFormat::Q4_1 => QMatrix::Q4_1 {
+                rows,
+                cols,
+                blocks: data.chunks_exact(QK).map(quantize_block_q4_1).collect(),
+            },
+            WeightFormat::Q8_0 => QMatrix::Q8_0 {
+                rows,
+                cols,
+                blocks: data
+                    .chunks_exact(QK)
+                    .map(acts::quantize_block_q8_0)
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// Reference Q4_1 quantisation of one block (min/max affine, 16 levels).
+pub fn quantize_block_q4_1(x: &[f32]) -> BlockQ4_1 {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let d = (max - min) / 15.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0u8; QK / 2];
+    for j in 0..QK / 2 {
+        let q0 = (((x[j] - min) * id + 0.5) as u8).min(15);
+        let q1 = (((x[j + QK / 2] - min) * id + 0.5) as u8).min(15);
+        qs[j] = q0 | (q1 << 4);
+    }
+    BlockQ4_1 {
+        d: f16::from_f32(d),
+        m: f16::from_f32(min),
+        qs,
+    }
+}
+
+/// Which kernel family this CPU runs; detected once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelKind {
+    Scalar,
+    Avx2,
+}
+
+/// The kernel family chosen for this process (`GENIE_KERNEL=scalar` forces the fallback).
+pub fn kernel_kind() -> KernelKind {
+    static KIND: std::sync::OnceLock<KernelKind> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
+        if std::env::var("GENIE_KERNEL").as_deref() == Ok("scalar") {
+            return KernelKind::Scalar;
+        }
+        if dot_avx2::available() {
+            KernelKind::Avx2
+        } else {
+            KernelKind::Scalar
+        }
+    })
+}

@@ -1,0 +1,463 @@
+//! Token sampling: pure functions of the logits, the parameters and a per-request RNG, so
+//! a seeded request is reproducible.
+//!
+//! Order of operations: logit_bias and presence/frequency penalties change the logits;
+//! logprobs (if asked) are the log-softmax of those logits; then temperature, top-k, top-p
+//! and the draw. Temperature 0 is greedy (ties go to the lowest id).
+
+/// Sampling parameters of one request (OpenAI semantics; `top_k` is an extension).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    pub seed: Option<u64>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Some(n): report the chosen token's logprob and the n most likely alternatives.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            logprobs: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SamplingError {
+    #[error("`{field}`: {reason}")]
+    InvalidParam { field: &'static str, reason: String },
+}
+
+/// Largest `logprobs` count accepted (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every range; the error names the field, the value and what is allowed.
+    pub fn validate(&self, vocab_size: usize) -> Result<(), SamplingError> {
+        let bad = |field, reason: String| Err(SamplingError::InvalidParam { field, reason });
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return bad(
+                "temperature",
+                format!("{} is not in [0, 2]", self.temperature),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("{} is not in (0, 1]", self.top_p));
+        }
+        for (field, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
+                return bad(field, format!("{v} is not in [-2, 2]"));
+            }
+        }
+        for &(tok, b) in &self.logit_bias {
+            if tok as usize >= vocab_size {
+                return bad(
+                    "logit_bias",
+                    format!("token id {tok} is not below the vocabulary size {vocab_size}"),
+                );
+            }
+            if !(b.is_finite() && (-100.0..=100.0).contains(&b)) {
+                return bad(
+                    "logit_bias",
+                    format!("bias {b} for token {tok} is not in [-100, 100]"),
+                );
+            }
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return bad(
+                "top_logprobs",
+                format!("{n} is more than {MAX_TOP_LOGPROBS}"),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+/// One sampled token with its log-probabilities when requested.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: Option<f32>,
+    pub top_logprobs: Vec<TokenLogprob>,
+}
+
+/// xoshiro256** seeded by SplitMix64: small, fast, identical on every platform.
+#[derive(Clone, Debug)]
+struct Rng([u64; 4]);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        out
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Per-sequence sampler: owns the RNG and the counts behind the penalties.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    counts: std::collections::HashMap<u32, u32>,
+}
+
+fn clean(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x
+    }
+}
+
+impl Sampler {
+    /// `fallback_seed` is used when the request has no seed of its own.
+    pub fn new(params: SamplingParams, fallback_seed: u64) -> Self {
+        let seed = params.seed.unwrap_or(fallback_seed);
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+            counts: Default::default(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a kept token (for presence/frequency penalties).
+    pub fn record(&mut self, token: u32) {
+        *self.counts.entry(token).or_insert(0) += 1;
+    }
+
+    /// Adjusts `logits` in place (bias, penalties) and picks a token.
+    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        let p = &self.params;
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&t, &c) in &self.counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+                }
+            }
+        }
+        let (greedy, want_logprobs) = (p.temperature == 0.0 || p.top_k == 1, p.logprobs);
+        let token = if greedy {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        let (logprob, top_logprobs) = match want_logprobs {
+            None => (None, Vec::new()),
+            Some(n) => {
+                let max = logits
+                    .iter()
+                    .copied()
+                    .map(clean)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let lse = max
+                    + (logits
+                        .iter()
+                        .map(|&l| ((clean(l) - max) as f64).exp())
+                        .sum::<f64>())
+                    .ln() as f32;
+                let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+                let n = n.min(idx.len());
+                let key = |i: &u32| clean(logits[*i as usize]);
+                if n > 0 {
+                    idx.select_nth_unstable_by(n - 1, |a, b| {
+                        key(b).total_cmp(&key(a)).then(a.cmp(b))
+                    });
+                }
+                idx.truncate(n);
+                idx.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+                let top = idx
+                    .into_iter()
+                    .map(|t| TokenLogprob {
+                        token: t,
+                        logprob: clean(logits[t as usize]) - lse,
+                    })
+                    .collect();
+                (Some(clean(logits[token as usize]) - lse), top)
+            }
+        };
+        Sampled {
+            token,
+            logprob,
+            top_logprobs,
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let max = logits
+            .iter()
+            .copied()
+            .map(clean)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return 0;
+        }
+        // Candidates: top-k first (partial selection), else every finite logit.
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| clean(l) > f32::NEG_INFINITY)
+            .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp()))
+            .collect();
+        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, desc);
+            cand.truncate(p.top_k);
+        }
+        if p.top_p < 1.0 {
+            cand.sort_unstable_by(desc);
+            let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
+            let mut acc = 0.0;
+            let mut keep = cand.len();
+            for (i, c) in cand.iter().enumerate() {
+                acc += c.1 as f64 / total;
+                if acc >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep.max(1));
+        }
+        let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
+        let mut r = self.rng.next_f64() * total;
+        for &(t, w) in &cand {
+            r -= w as f64;
+            if r < 0.0 {
+                return t;
+            }
+        }
+        cand.last().map_or(0, |c| c.0)
+    }
+}
+
+/// Index of the largest logit, lowest index on ties; NaN counts as -inf.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f32) -> SamplingParams {
+        SamplingParams {
+            temperature: t,
+            ..Default::default()
+        }
+    }
+
+    fn dist() -> Vec<f32> {
+        (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect()
+    }
+
+    #[test]
+    fn greedy_takes_argmax_lowest_on_ties_and_ignores_nan() {
+        let mut s = Sampler::new(SamplingParams::greedy(), 1);
+        assert_eq!(s.sample(&mut [1.0, 3.0, 3.0, 2.0]).token, 1);
+        assert_eq!(s.sample(&mut [f32::NAN, 0.5, f32::NAN]).token, 1);
+        let mut k1 = Sampler::new(
+            SamplingParams {
+                top_k: 1,
+                ..params(1.5)
+            },
+            9,
+        );
+        assert_eq!(k1.sample(&mut dist()).token, argmax(&dist()));
+        let mut tiny_p = Sampler::new(
+            SamplingParams {
+                top_p: 1e-6,
+                ..params(1.0)
+            },
+            9,
+        );
+        assert_eq!(tiny_p.sample(&mut dist()).token, argmax(&dist()));
+    }
+
+    #[test]
+    fn same_seed_same_tokens_different_seed_differs() {
+        let run = |seed| {
+            let mut s = Sampler::new(
+                SamplingParams {
+                    seed: Some(seed),
+                    ..params(1.0)
+                },
+                0,
+            );
+            (0..50)
+                .map(|_| s.sample(&mut dist()).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn frequencies_follow_softmax_with_temperature() {
+        let logits = [0.0f32, 1.0, 2.0, 0.5];
+        let t = 0.7;
+        let mut s = Sampler::new(params(t), 42);
+        let mut counts = [0usize; 4];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[s.sample(&mut logits.clone()).token as usize] += 1;
+        }
+        let z: f32 = logits.iter().map(|l| (l / t).exp()).sum();
+        for i in 0..4 {
+            let want = (logits[i] / t).exp() / z;
+            let got = counts[i] as f32 / n as f32;
+            assert!((want - got).abs() < 0.015, "token {i}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn bias_and_penalties_move_logits() {
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(0, 100.0)],
+                ..params(1.0)
+            },
+            3,
+        );
+        assert_eq!(s.sample(&mut dist()).token, 0);
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(argmax(&dist()), -100.0)],
+                ..SamplingParams::greedy()
+            },
+            3,
+        );
+        assert_ne!(s.sample(&mut dist()).token, argmax(&dist()));
+        let mut s = Sampler::new(
+            SamplingParams {
+                frequency_penalty: 2.0,
+                ..SamplingParams::greedy()
+            },
+            3,
+        );
+        let mut l = vec![1.0f32, 0.5];
+        s.record(0);
+        s.sample(&mut l);
+        assert_eq!(l[0], -1.0);
+    }
+
+    #[test]
+    fn logprobs_are_sorted_and_normalised() {
+        let mut s = Sampler::new(
+            SamplingParams {
+                logprobs: Some(3),
+                ..SamplingParams::greedy()
+            },
+            1,
+        );
+        let mut l = dist();
+        let out = s.sample(&mut l);
+        assert_eq!(out.top_logprobs.len(), 3);
+        assert!(out
+            .top_logprobs
+            .windows(2)
+            .all(|w| w[0].logprob >= w[1].logprob));
+        assert_eq!(out.top_logprobs[0].token, out.token);
+        let max = l.iter().copied().fold(f32::MIN, f32::max);
+        let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+        assert!((out.logprob.unwrap() - (l[out.token as usize] - lse)).abs() < 1e-5);
+        let total: f32 = l.iter().map(|x| (x - lse).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let v = |p: SamplingParams| p.validate(100).unwrap_err().to_string();
+        assert!(v(params(-1.0)).contains("temperature"));
+        assert!(v(SamplingParams {
+            top_p: 0.0,
+            ..params(1.0)
+        })
+        .contains("top_p"));
+        assert!(v(SamplingParams {
+            top_p: 1.5,
+            ..params(1.0)
+        })
+        .contains("top_p"));
+        assert!(v(SamplingParams {
+            logprobs: Some(21),
+            ..params(1.0)
+        })
+        .contains("top_logprobs"));
+        assert!(v(SamplingParams {
+            logit_bias: vec![(100, 1.0)],
+            ..params(1.0)
+        })
+        .contains("logit_bias"));
+        assert!(params(0.0).validate(100).is_ok());
+    }
+}

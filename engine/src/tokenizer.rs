@@ -1,0 +1,412 @@
+//! The model's own tokenizer, built from GGUF metadata (no tokenizer.json download).
+//!
+//! GGUF `gpt2` tokenizers are byte-level BPE: the vocabulary and merges come from the
+//! file, the pre-tokenizer (how text is split before BPE) is chosen from
+//! `tokenizer.ggml.pre` as llama.cpp does, and no prefix space is added. Control and
+//! user-defined tokens (`<|im_start|>`, …) are special tokens: they are recognised in text
+//! only when the caller asks for it (rendered chat templates), never in user content.
+
+use std::collections::HashMap;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// What the GGUF says about its tokenizer.
+#[derive(Clone, Debug, Default)]
+pub struct TokenizerSpec {
+    /// `tokenizer.ggml.model`; only `gpt2` (byte-level BPE) is supported.
+    pub model: String,
+    /// `tokenizer.ggml.pre`, e.g. `smollm`, `llama-bpe`, `gpt2`.
+    pub pre: Option<String>,
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    /// 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte; empty = all normal.
+    pub token_types: Vec<i32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub add_bos_token: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error(
+        "unsupported tokenizer model `{0}` (only GPT-2 style byte-level BPE, `gpt2`, is supported)"
+    )]
+    Unsupported(String),
+    #[error("malformed tokenizer metadata: {0}")]
+    Malformed(String),
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    UnknownId { id: u32, vocab: usize },
+}
+
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The regexes llama.cpp applies, in order, for a `tokenizer.ggml.pre` value.
+fn split_regexes(pre: Option<&str>) -> Vec<&'static str> {
+    match pre.unwrap_or("gpt2") {
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+            vec![r"\p{N}", GPT2_SPLIT]
+        }
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
+            vec![LLAMA3_SPLIT]
+        }
+        "qwen2" | "deepseek-r1-qwen" => vec![QWEN2_SPLIT],
+        _ => vec![GPT2_SPLIT],
+    }
+}
+
+/// GPT-2's byte ↔ printable-character table: character → byte.
+fn byte_decoder() -> HashMap<char, u8> {
+    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..=255u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    printable
+        .into_iter()
+        .zip(chars)
+        .filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b as u8)))
+        .collect()
+}
+
+/// A GGUF byte-level BPE tokenizer.
+pub struct GgufTokenizer {
+    with_special: Tokenizer,
+    plain: Tokenizer,
+    tokens: Vec<String>,
+    bytes: Vec<Vec<u8>>,
+    control: Vec<bool>,
+    ids: HashMap<String, u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+}
+
+impl GgufTokenizer {
+    pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+        if spec.model != "gpt2" {
+            return Err(TokenizerError::Unsupported(spec.model));
+        }
+        if spec.tokens.is_empty() {
+            return Err(TokenizerError::Malformed("the vocabulary is empty".into()));
+        }
+        let n = spec.tokens.len();
+        for (name, id) in [("bos", spec.bos_token_id), ("eos", spec.eos_token_id)] {
+            if let Some(id) = id.filter(|&i| i as usize >= n) {
+                return Err(TokenizerError::Malformed(format!(
+                    "{name} token id {id} is outside the vocabulary of {n}"
+                )));
+            }
+        }
+        let types = |i: usize| spec.token_types.get(i).copied().unwrap_or(1);
+        let special: Vec<bool> = (0..n).map(|i| matches!(types(i), 3 | 4)).collect();
+        let control: Vec<bool> = (0..n).map(|i| types(i) == 3).collect();
+
+        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(n);
+        for (i, t) in spec.tokens.iter().enumerate() {
+            vocab.entry(t.clone()).or_insert(i as u32);
+        }
+        let merges = spec
+            .merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| TokenizerError::Malformed(format!("merge `{m}` has no space")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let build = |with_special: bool| -> Result<Tokenizer, TokenizerError> {
+            let bpe = BPE::builder()
+                .vocab_and_merges(
+                    vocab
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect::<tokenizers::models::bpe::Vocab>(),
+                    merges.clone(),
+                )
+                .build()
+                .map_err(|e| TokenizerError::Malformed(e.to_string()))?;
+            let mut tk = Tokenizer::new(bpe);
+            let mut pre: Vec<PreTokenizerWrapper> = Vec::new();
+            for re in split_regexes(spec.pre.as_deref()) {
+                let split = Split::new(
+                    SplitPattern::Regex(re.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| TokenizerError::Malformed(e.to_string()))?;
+                pre.push(split.into());
+            }
+            pre.push(ByteLevel::new(false, false, false).into());
+            tk.with_pre_tokenizer(Some(Sequence::new(pre)));
+            tk.with_decoder(Some(ByteLevel::default()));
+            if with_special {
+                let added: Vec<AddedToken> = (0..n)
+                    .filter(|&i| special[i])
+                    .map(|i| AddedToken::from(spec.tokens[i].clone(), true))
+                    .collect();
+                tk.add_special_tokens(added)
+                    .map_err(|e| TokenizerError::Malformed(e.to_string()))?;
+            }
+            Ok(tk)
+        };
+        let dec = byte_decoder();
+        let bytes = spec
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if special[i] {
+                    t.as_bytes().to_vec()
+                } else {
+                    t.chars()
+                        .map(|c| dec.get(&c).copied())
+                        .collect::<Option<Vec<u8>>>()
+                        .unwrap_or_else(|| t.as_bytes().to_vec())
+                }
+            })
+            .collect();
+        Ok(GgufTokenizer {
+            with_special: build(true)?,
+            plain: build(false)?,
+            ids: vocab,
+            tokens: spec.tokens,
+            bytes,
+            control,
+            bos: spec.bos_token_id,
+            eos: spec.eos_token_id,
+            add_bos: spec.add_bos_token,
+        })
+    }
+
+    /// Tokenizes `text`. With `parse_special`, control tokens written literally in the text
+    /// (`<|im_start|>`) become their ids; without it they are ordinary text.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
+        let enc = tk
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`; `skip_special` drops control tokens.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        let mut out = Vec::new();
+        for &id in ids {
+            let b = self.token_bytes(id).ok_or(TokenizerError::UnknownId {
+                id,
+                vocab: self.vocab_size(),
+            })?;
+            if !(skip_special && self.is_control(id)) {
+                out.extend_from_slice(b);
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Raw bytes of one token (control tokens: their literal text).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize).map(Vec::as_slice)
+    }
+
+    /// The vocabulary string as stored in the GGUF.
+    pub fn token_str(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn bos_token_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Exact vocabulary lookup, e.g. `<|im_end|>`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.with_special
+    }
+
+    /// An incremental detokenizer for streaming.
+    pub fn decode_stream(&self, skip_special: bool) -> DecodeStream<'_> {
+        DecodeStream {
+            tok: self,
+            skip_special,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// Turns tokens into text as they arrive, holding back bytes of an unfinished UTF-8
+/// character (a token may end in the middle of one).
+pub struct DecodeStream<'a> {
+    tok: &'a GgufTokenizer,
+    skip_special: bool,
+    pending: Vec<u8>,
+}
+
+impl DecodeStream<'_> {
+    /// Adds one token; returns the text it completes (possibly empty). Unknown ids add nothing.
+    pub fn step(&mut self, id: u32) -> String {
+        if self.skip_special && self.tok.is_control(id) {
+            return String::new();
+        }
+        if let Some(b) = self.tok.token_bytes(id) {
+            self.pending.extend_from_slice(b);
+        }
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let good = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..good]).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete character at the end: keep it for the next token.
+                        None => {
+                            self.pending.drain(..good);
+                            return out;
+                        }
+                        // Invalid bytes: replace them and go on.
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..good + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// End of stream: any held bytes, lossily.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny byte-level vocabulary: all 256 byte characters, a few merges, two control tokens.
+    fn tiny() -> GgufTokenizer {
+        let dec = byte_decoder();
+        let mut by_byte: Vec<(u8, char)> = dec.iter().map(|(c, b)| (*b, *c)).collect();
+        by_byte.sort();
+        let mut tokens = vec!["<|im_start|>".to_string(), "<|im_end|>".to_string()];
+        tokens.extend(by_byte.iter().map(|(_, c)| c.to_string()));
+        tokens.extend(["he", "ll", "hell", "hello", "Ġw", "Ġwo"].map(String::from));
+        let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o"]
+            .map(String::from)
+            .to_vec();
+        let mut types = vec![3, 3];
+        types.resize(tokens.len(), 1);
+        GgufTokenizer::from_spec(TokenizerSpec {
+            model: "gpt2".into(),
+            pre: Some("smollm".into()),
+            tokens,
+            merges,
+            token_types: types,
+            bos_token_id: Some(0),
+            eos_token_id: Some(1),
+            add_bos_token: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn merges_apply_and_text_roundtrips() {
+        let t = tiny();
+        let ids = t.encode("hello wor", false).unwrap();
+        assert_eq!(t.token_str(ids[0]), Some("hello"));
+        assert_eq!(t.decode(&ids, false).unwrap(), "hello wor");
+        for s in ["a  b\n\n c", "héllo wörld ✓ 😀", "数字123", "\t x "] {
+            assert_eq!(t.decode(&t.encode(s, false).unwrap(), false).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn digits_are_split_one_by_one() {
+        let t = tiny();
+        let ids = t.encode("2024", false).unwrap();
+        assert_eq!(ids.len(), 4);
+    }
+
+    #[test]
+    fn special_tokens_only_when_asked() {
+        let t = tiny();
+        assert_eq!(t.encode("<|im_start|>hello", true).unwrap()[0], 0);
+        let plain = t.encode("<|im_start|>hello", false).unwrap();
+        assert!(plain.len() > 2 && !plain.contains(&0));
+        assert_eq!(t.decode(&[0, 1], true).unwrap(), "");
+        assert_eq!(t.decode(&[0], false).unwrap(), "<|im_start|>");
+    }
+
+    #[test]
+    fn stream_holds_back_partial_characters() {
+        let t = tiny();
+        let s = "añ😀b";
+        let ids = t.encode(s, false).unwrap();
+        let mut d = t.decode_stream(true);
+        let mut out = String::new();
+        for id in ids {
+            let piece = d.step(id);
+            assert!(!piece.contains('\u{FFFD}'));
+            out.push_str(&piece);
+        }
+        out.push_str(&d.finish());
+        assert_eq!(out, s);
+    }
+
+    #[test]
+    fn rejects_unsupported_models_and_bad_ids() {
+        let err = GgufTokenizer::from_spec(TokenizerSpec {
+            model: "llama".into(),
+            tokens: vec!["a".into()],
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("llama"));
+        assert!(tiny().decode(&[99_999], false).is_err());
+    }
+}

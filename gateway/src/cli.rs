@@ -1,0 +1,179 @@
+//! Sub-commands of the `genie` binary.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use genie_engine::chat_template::ChatMessage;
+use genie_engine::fetch;
+use genie_engine::generate::{Engine, EngineOptions, GenerateRequest};
+use genie_engine::sampling::SamplingParams;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "genie", version, about = "Genie: disaggregated LLM serving")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a completion for one prompt with the local engine.
+    Generate(GenerateArgs),
+    /// Manage the model file.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Fetch the default model into the cache (GENIE_CACHE_DIR, default ~/.cache/genie).
+    Fetch,
+    /// Print the model's configuration as read from its GGUF metadata.
+    Info(ModelArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Prefill and batched decode throughput of the engine, beside llama.cpp.
+    Engine(crate::bench::EngineBenchArgs),
+}
+
+/// Which model to load and how.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0, env = "GENIE_THREADS")]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Engine> {
+        let path = fetch::resolve_model(self.model.as_deref())?;
+        let opts = EngineOptions {
+            threads: self.threads,
+            ..EngineOptions::default()
+        };
+        Engine::load(&path, &opts).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as one user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print one JSON line: {"prompt_token_ids":[...],"token_ids":[...],"text":"..."}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Model(ModelCommand::Fetch) => {
+            let path = fetch::ensure_default_model()?;
+            let digest = fetch::sha256_file(&path)?;
+            println!("{} (sha256 {digest})", path.display());
+            Ok(())
+        }
+        Command::Model(ModelCommand::Info(a)) => {
+            let path = fetch::resolve_model(a.model.as_deref())?;
+            let g = genie_engine::gguf::load(&path)?;
+            let info = serde_json::json!({
+                "path": path,
+                "config": g.config,
+                "weights_bytes": g.weights.size_bytes(),
+                "kv_bytes_per_token": genie_engine::kv_cache::KvShape::of(&g.config).bytes_per_token(),
+                "has_chat_template": g.chat_template.is_some(),
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Engine(a)) => crate::bench::run_engine_bench(a),
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let engine = a.model.load()?;
+    let text = if a.chat {
+        engine.render_chat(
+            &[ChatMessage {
+                role: "user".into(),
+                content: a.prompt.clone(),
+            }],
+            true,
+        )?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt_ids = engine.tokenize(&text, a.chat)?;
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        seed: a.seed,
+        ..SamplingParams::default()
+    };
+    let req = GenerateRequest {
+        prompt_ids: prompt_ids.clone(),
+        max_tokens: a.max_tokens,
+        sampling,
+        stop_token_ids: Vec::new(),
+        stop_strings: a.stop.clone(),
+    };
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let stdout = std::io::stdout();
+    let mut streamed = 0usize;
+    let out = engine.generate(&req, seed, |ev| {
+        if !a.json && !ev.text.is_empty() {
+            let mut lock = stdout.lock();
+            let _ = lock.write_all(ev.text.as_bytes());
+            let _ = lock.flush();
+            streamed += ev.text.len();
+        }
+    })?;
+    if a.json {
+        let line = serde_json::json!({
+            "prompt_token_ids": prompt_ids,
+            "token_ids": out.token_ids,
+            "text": out.text,
+        });
+        println!("{line}");
+    } else {
+        let mut lock = stdout.lock();
+        lock.write_all(&out.text.as_bytes()[streamed..])?;
+        writeln!(lock)?;
+    }
+    Ok(())
+}

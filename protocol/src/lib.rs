@@ -1,0 +1,53 @@
+//! # genie-protocol
+//!
+//! The vocabulary every Genie crate shares: OpenAI-compatible request/response types,
+//! gateway↔worker messages, and id newtypes. Ids are never bare integers across crates.
+//!
+//! Today it holds the id newtypes; the OpenAI types and worker messages arrive with the
+//! gateway (`genie serve`) and the multi-process workers.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! id_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}-{:x}", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// One client request (may fan out into several sequences with `n > 1`).
+    RequestId
+);
+id_newtype!(
+    /// A registered prefill or decode worker.
+    WorkerId
+);
+id_newtype!(
+    /// One KV hand-off from a prefill worker to a decode worker.
+    TransferId
+);
+id_newtype!(
+    /// One generated sequence inside a worker.
+    SeqId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_serialise_as_plain_numbers_and_display_with_their_kind() {
+        assert_eq!(serde_json::to_string(&TransferId(42)).unwrap(), "42");
+        assert_eq!(serde_json::from_str::<SeqId>("7").unwrap(), SeqId(7));
+        assert_eq!(RequestId(255).to_string(), "RequestId-ff");
+    }
+}
