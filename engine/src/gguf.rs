@@ -321,7 +321,11 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let content =
         Content::read(&mut std::io::Cursor::new(&bytes)).map_err(|e| EngineError::ModelFormat {
             path: path.to_path_buf(),
-            reason: format!("{e} (is the file a complete GGUF? delete it and fetch again)"),
+            // candle appends a backtrace when RUST_BACKTRACE is set: keep the message only.
+            reason: format!(
+                "{} (is the file a complete GGUF? delete it and fetch again)",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
         })?;
     let r = Reader {
         path,

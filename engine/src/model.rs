@@ -11,7 +11,7 @@ use crate::gguf::{GgufModel, LayerWeights, ModelConfig, ModelWeights};
 use crate::kv_cache::{KvCache, KvShape};
 use crate::ops;
 use crate::quant::acts::QuantizedActs;
-use crate::quant::matmul::matmul;
+use crate::quant::matmul::{matmul, matmul_multi};
 use crate::quant::QMatrix;
 use rayon::prelude::*;
 
@@ -42,16 +42,29 @@ impl<'a> SharedActs<'a> {
         }
     }
 
-    fn mul(&mut self, w: &QMatrix, out: &mut [f32]) {
+    fn acts_for(&mut self, w: &QMatrix) -> usize {
         let fmt = w.format();
-        let idx = match self.cached.iter().position(|a| act_format_matches(a, fmt)) {
+        match self.cached.iter().position(|a| act_format_matches(a, fmt)) {
             Some(i) => i,
             None => {
                 self.cached.push(QuantizedActs::for_weight(w, self.x));
                 self.cached.len() - 1
             }
-        };
-        matmul(w, &self.cached[idx], out);
+        }
+    }
+
+    /// `outs[i] = ws[i] · x`, in one parallel region when the matrices share a format.
+    fn mul_all(&mut self, ws: &[&QMatrix], outs: &mut [&mut [f32]]) {
+        let fmt = ws[0].format();
+        if ws.iter().all(|w| w.format() == fmt) {
+            let i = self.acts_for(ws[0]);
+            matmul_multi(ws, &self.cached[i], outs);
+        } else {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                let i = self.acts_for(w);
+                matmul(w, &self.cached[i], out);
+            }
+        }
     }
 }
 
@@ -235,10 +248,7 @@ impl Model {
         let mut up = vec![0.0f32; n * c.ffn];
         for (li, l) in self.weights.layers.iter().enumerate() {
             ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn);
-            let mut acts = SharedActs::new(&xn);
-            acts.mul(&l.wq, &mut q);
-            acts.mul(&l.wk, &mut k);
-            acts.mul(&l.wv, &mut v);
+            SharedActs::new(&xn).mul_all(&[&l.wq, &l.wk, &l.wv], &mut [&mut q, &mut k, &mut v]);
             for t in 0..n {
                 ops::apply_rope(&mut q[t * h..(t + 1) * h], c.head_dim, &rope[t]);
                 ops::apply_rope(&mut k[t * kv..(t + 1) * kv], c.head_dim, &rope[t]);
@@ -289,9 +299,7 @@ impl Model {
         out: &mut [f32],
     ) {
         ops::rms_norm(x, &l.ffn_norm, self.config.rms_eps, xn);
-        let mut acts = SharedActs::new(xn);
-        acts.mul(&l.w_gate, gate);
-        acts.mul(&l.w_up, up);
+        SharedActs::new(xn).mul_all(&[&l.w_gate, &l.w_up], &mut [&mut *gate, &mut *up]);
         ops::silu_mul(gate, up);
         matmul_f32(&l.w_down, gate, out);
     }

@@ -16,37 +16,56 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Multiplies `w` (`[rows, cols]`) by every row of `x` (`[n, cols]`), writing `out` (`[n, rows]`).
 ///
 /// Panics if the shapes disagree (a programming error, not an input error).
 pub fn matmul(w: &QMatrix, x: &QuantizedActs, out: &mut [f32]) {
-    let rows = w.rows();
-    let cols = w.cols();
-    assert_eq!(x.cols(), cols, "matmul: activation width");
+    matmul_multi(&[w], x, &mut [out]);
+}
+
+/// Several matrices sharing one input (Q/K/V, gate/up) in a single parallel region:
+/// `outs[i] = ws[i] · x`. Fewer fork/join points per layer matter when decoding one token.
+pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "matmul: one output per matrix");
     let n = x.rows();
-    assert_eq!(out.len(), n * rows, "matmul: output size");
-    if n == 0 || rows == 0 {
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(x.cols(), w.cols(), "matmul: activation width");
+        assert_eq!(out.len(), n * w.rows(), "matmul: output size");
+    }
+    if n == 0 {
         return;
     }
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance threads, few enough to keep scheduling overhead small.
     let target_chunks = if threads == 1 { 1 } else { threads * 4 };
-    let chunk = rows.div_ceil(target_chunks).max(8);
-    let ptr = OutPtr(out.as_mut_ptr());
     let avx2 = match kernel_kind() {
         KernelKind::Avx2 => Avx2::new(),
         KernelKind::Scalar => None,
     };
-    // Rows of one task are walked in groups that stay cache-resident while every token
-    // tile streams past them (weights read from memory once per group, not per token).
-    let group = (48 * 1024 / w.format().bytes_for(cols).max(1)).clamp(1, chunk);
-    let run = |start: usize| {
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, chunk)
+    for (i, w) in ws.iter().enumerate() {
+        let chunk = w.rows().div_ceil(target_chunks).max(8);
+        tasks.extend((0..w.rows()).step_by(chunk).map(|s| (i, s, chunk)));
+    }
+    let run = |&(i, start, chunk): &(usize, usize, usize)| {
+        let w = ws[i];
+        let rows = w.rows();
         let end = (start + chunk).min(rows);
-        let p = ptr;
+        // Rows of one task are walked in groups that stay cache-resident while every token
+        // tile streams past them (weights read from memory once per group, not per token).
+        let group = (48 * 1024 / w.format().bytes_for(w.cols()).max(1)).clamp(1, chunk);
+        let p = ptrs[i];
         let put = |t: usize, r: usize, v: f32| {
-            // SAFETY: t < n and r < rows, so the index is in bounds; each (t, r) cell is
-            // written by exactly one task.
-            unsafe { *p.0.add(t * rows + r) = v }
+            // SAFETY: t < n and r < rows, so the index is in bounds of outs[i]; each
+            // (matrix, t, r) cell is written by exactly one task.
+            unsafe { *p.get().add(t * rows + r) = v }
         };
         for g in (start..end).step_by(group) {
             let g_end = (g + group).min(end);
@@ -67,11 +86,10 @@ pub fn matmul(w: &QMatrix, x: &QuantizedActs, out: &mut [f32]) {
             }
         }
     };
-    let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
-    if starts.len() == 1 || threads == 1 {
-        starts.into_iter().for_each(run);
+    if tasks.len() == 1 || threads == 1 {
+        tasks.iter().for_each(run);
     } else {
-        starts.into_par_iter().for_each(run);
+        tasks.par_iter().for_each(run);
     }
 }
 
