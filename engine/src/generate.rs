@@ -230,10 +230,12 @@ impl Engine {
                 .pop()
                 .unwrap_or_default();
         }
-        let tail = detok.finish();
-        let mut rest = stops.push(&tail).text;
-        rest.push_str(&stops.finish());
-        out.text.push_str(&rest);
+        let tail = stops.push(&detok.finish());
+        if tail.stopped.is_some() {
+            out.finish_reason = FinishReason::Stop;
+        }
+        out.text.push_str(&tail.text);
+        out.text.push_str(&stops.finish());
         Ok(out)
     }
 }

@@ -69,8 +69,12 @@ mod imp {
             let mut mw = [0.0f32; R];
             for r in 0..R {
                 let bw = w[r].get_unchecked(b);
-                dw[r] = f16(bw.d);
-                mw[r] = f16(bw.m);
+                // d and m are adjacent f16s: widen both with one conversion.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    bw as *const BlockQ4_1 as *const i32,
+                )));
+                dw[r] = _mm_cvtss_f32(dm);
+                mw[r] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
                 let packed = _mm_loadu_si128(bw.qs.as_ptr() as *const __m128i);
                 let hi = _mm_srli_epi16(packed, 4);
                 bx[r] = _mm256_and_si256(_mm256_set_m128i(hi, packed), lowmask);
@@ -98,24 +102,40 @@ mod imp {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[ActBlock]; N]) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
+    pub unsafe fn dot_q8_0_q8_0<const R: usize, const N: usize>(
+        w: [&[BlockQ8_0]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
         let ones = _mm256_set1_epi16(1);
-        for (b, bw) in w.iter().enumerate() {
-            let dw = f16(bw.d);
-            let x = _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i);
-            let ax = _mm256_sign_epi8(x, x);
+        for b in 0..w[0].len() {
+            let mut x = [_mm256_setzero_si256(); R];
+            let mut ax = [_mm256_setzero_si256(); R];
+            let mut dw = [0.0f32; R];
+            for r in 0..R {
+                let bw = w[r].get_unchecked(b);
+                dw[r] = f16(bw.d);
+                x[r] = _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i);
+                ax[r] = _mm256_sign_epi8(x[r], x[r]);
+            }
             for t in 0..N {
                 let ba = a[t].get_unchecked(b);
                 let y = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
-                let sy = _mm256_sign_epi8(y, x);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones));
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * ba.d), q, acc[t]);
+                for r in 0..R {
+                    let sy = _mm256_sign_epi8(y, x[r]);
+                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                        _mm256_maddubs_epi16(ax[r], sy),
+                        ones,
+                    ));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * ba.d), q, acc[r][t]);
+                }
             }
         }
-        let mut out = [0.0f32; N];
-        for t in 0..N {
-            out[t] = hsum(acc[t]);
+        let mut out = [[0.0f32; N]; R];
+        for r in 0..R {
+            for t in 0..N {
+                out[r][t] = hsum(acc[r][t]);
+            }
         }
         out
     }
@@ -255,14 +275,30 @@ pub fn dot_q4_1_q8_1<const N: usize>(k: Avx2, w: &[BlockQ4_1], a: [&[ActBlock]; 
     dot_q4_1_q8_1_tile::<1, N>(k, [w], a)[0]
 }
 
-/// Q8_0 weight row against `N` Q8_0 activation rows.
+/// `R` Q8_0 weight rows against `N` Q8_0 activation rows: `out[r][t]`.
 #[inline]
-pub fn dot_q8_0_q8_0<const N: usize>(_: Avx2, w: &[BlockQ8_0], a: [&[ActBlock]; N]) -> [f32; N] {
-    for r in &a {
-        assert!(r.len() >= w.len(), "activation row shorter than weight row");
-    }
-    // SAFETY: as above.
+pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
+    _: Avx2,
+    w: [&[BlockQ8_0]; R],
+    a: [&[ActBlock]; N],
+) -> [[f32; N]; R] {
+    let len = w[0].len();
+    assert!(
+        w.iter().all(|r| r.len() == len),
+        "weight rows of different lengths"
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= len),
+        "activation row shorter than weight row"
+    );
+    // SAFETY: the `Avx2` token proves the target features; lengths checked above.
     unsafe { dispatch!(dot_q8_0_q8_0)(w, a) }
+}
+
+/// One Q8_0 weight row against `N` Q8_0 activation rows.
+#[inline]
+pub fn dot_q8_0_q8_0<const N: usize>(k: Avx2, w: &[BlockQ8_0], a: [&[ActBlock]; N]) -> [f32; N] {
+    dot_q8_0_q8_0_tile::<1, N>(k, [w], a)[0]
 }
 
 /// f32 dot product over the common length.
@@ -371,6 +407,12 @@ mod tests {
         let got = dot_q8_0_q8_0(k, &w, [&a, &a])[1];
         let reference = dot_scalar::dot_q8_0_q8_0(&w, &a);
         assert!(close(got, reference), "{got} vs {reference}");
+        let tile = dot_q8_0_q8_0_tile(k, [&w, &w], [&a]);
+        assert_eq!(
+            tile[1][0].to_bits(),
+            got.to_bits(),
+            "row tiling changed the result"
+        );
     }
 
     #[test]

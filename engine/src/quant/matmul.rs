@@ -73,9 +73,9 @@ pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]])
             while t < n {
                 let width = if n - t >= TILE { TILE } else { 1 };
                 let mut r = g;
-                if let (Some(k), QMatrix::Q4_1 { .. }) = (avx2, w) {
+                if let (Some(k), QMatrix::Q4_1 { .. } | QMatrix::Q8_0 { .. }) = (avx2, w) {
                     while r + 2 <= g_end {
-                        q4_1_two_rows(k, w, r, x, t, width, &put);
+                        two_rows(k, w, r, x, t, width, &put);
                         r += 2;
                     }
                 }
@@ -93,9 +93,9 @@ pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]])
     }
 }
 
-/// Rows `r, r + 1` of a Q4_1 `w` against tokens `t0..t0 + width`: two independent
+/// Rows `r, r + 1` of a quantised `w` against tokens `t0..t0 + width`: two independent
 /// accumulation chains per token, the same arithmetic as one row at a time.
-fn q4_1_two_rows(
+fn two_rows(
     k: Avx2,
     w: &QMatrix,
     r: usize,
@@ -104,44 +104,57 @@ fn q4_1_two_rows(
     width: usize,
     put: &impl Fn(usize, usize, f32),
 ) {
-    let (QMatrix::Q4_1 { blocks, cols, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) = (w, x) else {
-        return row_pair_fallback(w, r, x, t0, width, Some(k), put);
-    };
-    let nb = cols / QK;
-    let w0 = &blocks[r * nb..(r + 1) * nb];
-    let w1 = &blocks[(r + 1) * nb..(r + 2) * nb];
-    let arow = |t: usize| &a[t * nb..(t + 1) * nb];
-    if width == TILE {
-        let v = dot_avx2::dot_q4_1_q8_1_tile(
-            k,
-            [w0, w1],
-            [arow(t0), arow(t0 + 1), arow(t0 + 2), arow(t0 + 3)],
-        );
+    let nb = w.cols() / QK;
+    let rows = |r: usize| r * nb..(r + 1) * nb;
+    let emit = |v: &[[f32; TILE]; 2], t0: usize| {
         for (ri, row) in v.iter().enumerate() {
             row.iter()
                 .enumerate()
                 .for_each(|(i, v)| put(t0 + i, r + ri, *v));
         }
-    } else {
-        for t in t0..t0 + width {
-            let v = dot_avx2::dot_q4_1_q8_1_tile(k, [w0, w1], [arow(t)]);
-            put(t, r, v[0][0]);
-            put(t, r + 1, v[1][0]);
+    };
+    match (w, x) {
+        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => {
+            let (w0, w1) = (&blocks[rows(r)], &blocks[rows(r + 1)]);
+            let arow = |t: usize| &a[rows(t)];
+            if width == TILE {
+                let v = dot_avx2::dot_q4_1_q8_1_tile(
+                    k,
+                    [w0, w1],
+                    [arow(t0), arow(t0 + 1), arow(t0 + 2), arow(t0 + 3)],
+                );
+                emit(&v, t0);
+            } else {
+                for t in t0..t0 + width {
+                    let v = dot_avx2::dot_q4_1_q8_1_tile(k, [w0, w1], [arow(t)]);
+                    put(t, r, v[0][0]);
+                    put(t, r + 1, v[1][0]);
+                }
+            }
+        }
+        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => {
+            let (w0, w1) = (&blocks[rows(r)], &blocks[rows(r + 1)]);
+            let arow = |t: usize| &a[rows(t)];
+            if width == TILE {
+                let v = dot_avx2::dot_q8_0_q8_0_tile(
+                    k,
+                    [w0, w1],
+                    [arow(t0), arow(t0 + 1), arow(t0 + 2), arow(t0 + 3)],
+                );
+                emit(&v, t0);
+            } else {
+                for t in t0..t0 + width {
+                    let v = dot_avx2::dot_q8_0_q8_0_tile(k, [w0, w1], [arow(t)]);
+                    put(t, r, v[0][0]);
+                    put(t, r + 1, v[1][0]);
+                }
+            }
+        }
+        _ => {
+            row_times_tile(w, r, x, t0, width, Some(k), put);
+            row_times_tile(w, r + 1, x, t0, width, Some(k), put);
         }
     }
-}
-
-fn row_pair_fallback(
-    w: &QMatrix,
-    r: usize,
-    x: &QuantizedActs,
-    t0: usize,
-    width: usize,
-    avx2: Option<Avx2>,
-    put: &impl Fn(usize, usize, f32),
-) {
-    row_times_tile(w, r, x, t0, width, avx2, put);
-    row_times_tile(w, r + 1, x, t0, width, avx2, put);
 }
 
 /// Row `r` of `w` against tokens `t0..t0 + width` (`width` is 1 or [`TILE`]).
