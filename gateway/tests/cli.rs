@@ -1,0 +1,103 @@
+//! The `genie` binary as a user runs it: real process, real model.
+
+use std::process::Command;
+
+fn genie() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_genie"))
+}
+
+#[test]
+fn generate_json_prints_prompt_ids_tokens_and_text() {
+    let out = genie()
+        .args([
+            "generate",
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "exactly one JSON line: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        v["prompt_token_ids"],
+        serde_json::json!([504, 3575, 282, 4649, 314])
+    );
+    // llama.cpp's greedy continuation of this prompt (tests/data in the engine crate).
+    assert_eq!(
+        v["token_ids"],
+        serde_json::json!([7042, 30, 198, 198, 504, 1797, 1918, 553])
+    );
+    assert_eq!(v["text"], " Paris.\n\nThe United States has");
+}
+
+#[test]
+fn generate_chat_stops_at_end_of_turn() {
+    let out = genie()
+        .args([
+            "generate",
+            "--chat",
+            "--prompt",
+            "List three primary colors.",
+            "--max-tokens",
+            "200",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = v["token_ids"].as_array().unwrap().len();
+    assert!(
+        n < 200,
+        "the reply should end with <|im_end|> before 200 tokens, got {n}"
+    );
+    assert!(!v["text"].as_str().unwrap().contains("<|im_end|>"));
+    assert_eq!(
+        v["prompt_token_ids"][0], 1,
+        "rendered template starts with <|im_start|>"
+    );
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message_not_a_panic() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "generate",
+                "--model",
+                "/nonexistent/m.gguf",
+                "--prompt",
+                "x",
+            ],
+            "not found",
+        ),
+        (
+            &["generate", "--prompt", "x", "--temperature", "-1"],
+            "temperature",
+        ),
+        (
+            &["generate", "--prompt", "x", "--max-tokens", "9000"],
+            "maximum context length is 8192",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = genie().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
