@@ -336,47 +336,45 @@ impl Model {
             .collect();
         let ptr = OutPtr(out.as_mut_ptr());
         tasks.par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), vec![0.0f32; hd]),
-            |(scores, acc, row), &(b, g)| {
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(scores, acc, rows_f32): &mut (Vec<f32>, Vec<f32>, Vec<f32>), &(b, g)| {
                 let (t0, m) = blocks[b];
                 let (seg, pos0) = token_at[t0];
                 let ctx = pos0 + m;
                 let (kc, vc) = (caches[seg].layer_k(layer), caches[seg].layer_v(layer));
                 let rows = m * group;
-                scores.clear();
-                scores.resize(rows * ctx, 0.0);
                 let qrow = |ti: usize, h: usize| {
                     let head = g * group + h;
                     &q[(t0 + ti) * hidden + head * hd..(t0 + ti) * hidden + (head + 1) * hd]
                 };
-                for j in 0..ctx {
-                    widen(&kc[j * kv + g * hd..j * kv + (g + 1) * hd], row);
-                    // token ti sees keys 0..=pos0+ti
-                    for ti in j.saturating_sub(pos0)..m {
-                        for h in 0..group {
-                            scores[(ti * group + h) * ctx + j] = ops::dot(qrow(ti, h), row) * scale;
-                        }
-                    }
-                }
+                // This KV head's keys for positions 0..ctx, widened once for the block.
+                widen_head(kc, kv, g * hd, hd, ctx, rows_f32);
+                scores.clear();
+                scores.resize(rows * ctx, 0.0);
                 for ti in 0..m {
+                    let seen = pos0 + ti + 1; // token ti sees keys 0..=pos0+ti
                     for h in 0..group {
-                        let r = &mut scores
-                            [(ti * group + h) * ctx..(ti * group + h) * ctx + pos0 + ti + 1];
-                        ops::softmax(r);
+                        let r = ti * group + h;
+                        let sc = &mut scores[r * ctx..r * ctx + seen];
+                        ops::dot_rows(qrow(ti, h), &rows_f32[..seen * hd], scale, sc);
+                        ops::softmax(sc);
                         // As llama.cpp's f16 KQV product: probabilities meet the f16 V cache
                         // as f16. (Q stays f32 against the f16 K cache: one rounding fewer.)
-                        ops::round_to_f16(r);
+                        ops::round_to_f16(sc);
                     }
                 }
+                widen_head(vc, kv, g * hd, hd, ctx, rows_f32);
                 acc.clear();
                 acc.resize(rows * hd, 0.0);
-                for j in 0..ctx {
-                    widen(&vc[j * kv + g * hd..j * kv + (g + 1) * hd], row);
-                    for ti in j.saturating_sub(pos0)..m {
-                        for h in 0..group {
-                            let r = ti * group + h;
-                            ops::axpy(scores[r * ctx + j], row, &mut acc[r * hd..(r + 1) * hd]);
-                        }
+                for ti in 0..m {
+                    let seen = pos0 + ti + 1;
+                    for h in 0..group {
+                        let r = ti * group + h;
+                        ops::weighted_rows(
+                            &scores[r * ctx..r * ctx + seen],
+                            &rows_f32[..seen * hd],
+                            &mut acc[r * hd..(r + 1) * hd],
+                        );
                     }
                 }
                 for ti in 0..m {
@@ -415,10 +413,21 @@ impl OutPtr {
     }
 }
 
-/// f16 to f32, exactly (vectorised by `half` where the CPU allows).
-fn widen(src: &[half::f16], dst: &mut [f32]) {
+/// Positions `0..ctx` of one KV head (`hd` values at `offset` in each `kv`-wide row of an
+/// f16 cache layer) widened exactly to f32, contiguous `[ctx][hd]` in `dst`.
+fn widen_head(
+    src: &[half::f16],
+    kv: usize,
+    offset: usize,
+    hd: usize,
+    ctx: usize,
+    dst: &mut Vec<f32>,
+) {
     use half::slice::HalfFloatSliceExt;
-    src.convert_to_f32_slice(dst);
+    dst.resize(ctx * hd, 0.0);
+    for (j, d) in dst.chunks_exact_mut(hd).enumerate() {
+        src[j * kv + offset..j * kv + offset + hd].convert_to_f32_slice(d);
+    }
 }
 
 fn matmul_f32(w: &QMatrix, x: &[f32], out: &mut [f32]) {

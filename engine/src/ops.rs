@@ -90,6 +90,31 @@ pub fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
     }
 }
 
+/// `out[j] = scale * (q · rows[j])` for consecutive `q.len()`-wide rows.
+pub fn dot_rows(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    match avx2() {
+        Some(k) => dot_avx2::dot_rows(k, q, rows, scale, out),
+        None => {
+            for (o, r) in out.iter_mut().zip(rows.chunks_exact(q.len())) {
+                *o = dot_scalar::dot_f32(q, r) * scale;
+            }
+        }
+    }
+}
+
+/// `out += Σ_j p[j] * rows[j]` for consecutive `out.len()`-wide rows, in order.
+pub fn weighted_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
+    match avx2() {
+        Some(k) => dot_avx2::weighted_rows(k, p, rows, out),
+        None => {
+            let hd = out.len();
+            for (&w, r) in p.iter().zip(rows.chunks_exact(hd)) {
+                dot_scalar::axpy_f32(w, r, out);
+            }
+        }
+    }
+}
+
 /// Rounds every value to the nearest f16 (kept as f32).
 pub fn round_to_f16(x: &mut [f32]) {
     for v in x {

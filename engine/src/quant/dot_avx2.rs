@@ -140,8 +140,32 @@ mod imp {
         out
     }
 
+    /// `out[j] = scale * (q · rows[j])` for every `hd`-wide row; each dot is computed
+    /// exactly as [`dot_f32`] computes it.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(hd)) {
+            *o = dot_f32_body(q, r) * scale;
+        }
+    }
+
+    /// `out += Σ_j p[j] * rows[j]`, in order of `j`, each step as [`axpy_f32`] does it.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
+        let hd = out.len();
+        for (&w, r) in p.iter().zip(rows.chunks_exact(hd)) {
+            axpy_f32_body(w, r, out);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        dot_f32_body(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_f32_body(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
@@ -177,6 +201,11 @@ mod imp {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+        axpy_f32_body(alpha, x, y)
+    }
+
+    #[inline(always)]
+    unsafe fn axpy_f32_body(alpha: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len().min(y.len());
         let va = _mm256_set1_ps(alpha);
         let mut i = 0;
@@ -299,6 +328,30 @@ pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
 #[inline]
 pub fn dot_q8_0_q8_0<const N: usize>(k: Avx2, w: &[BlockQ8_0], a: [&[ActBlock]; N]) -> [f32; N] {
     dot_q8_0_q8_0_tile::<1, N>(k, [w], a)[0]
+}
+
+/// `out[j] = scale * (q · rows[j])` over `q.len()`-wide rows (bit-identical to
+/// calling [`dot_f32`] per row).
+#[inline]
+pub fn dot_rows(_: Avx2, q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(
+        !q.is_empty() && rows.len() >= out.len() * q.len(),
+        "dot_rows: shapes"
+    );
+    // SAFETY: the token proves AVX2+FMA; every row read is inside `rows` (checked above).
+    unsafe { dispatch!(dot_rows)(q, rows, scale, out) }
+}
+
+/// `out += Σ_j p[j] * rows[j]` over `out.len()`-wide rows (bit-identical to calling
+/// [`axpy_f32`] per row in order).
+#[inline]
+pub fn weighted_rows(_: Avx2, p: &[f32], rows: &[f32], out: &mut [f32]) {
+    assert!(
+        !out.is_empty() && rows.len() >= p.len() * out.len(),
+        "weighted_rows: shapes"
+    );
+    // SAFETY: as above.
+    unsafe { dispatch!(weighted_rows)(p, rows, out) }
 }
 
 /// f32 dot product over the common length.
@@ -435,6 +488,17 @@ mod tests {
             for (p, q) in y1.iter().zip(&y2) {
                 assert!(close(*p, *q));
             }
+            let mut many = vec![0.0f32; 3];
+            let rows3: Vec<f32> = [a.clone(), b.clone(), a.clone()].concat();
+            dot_rows(k, &b, &rows3, 0.5, &mut many);
+            assert_eq!(many[1].to_bits(), (dot_f32(k, &b, &b) * 0.5).to_bits());
+            let mut w1 = rows(9, n);
+            let mut w2 = w1.clone();
+            weighted_rows(k, &[0.25, -1.5, 2.0], &rows3, &mut w1);
+            for (i, p) in [0.25f32, -1.5, 2.0].iter().enumerate() {
+                axpy_f32(k, *p, &rows3[i * n..(i + 1) * n], &mut w2);
+            }
+            assert_eq!(w1, w2);
             let h: Vec<half::f16> = b.iter().map(|&x| half::f16::from_f32(x)).collect();
             assert!(
                 close(dot_f32_f16(k, &a, &h), dot_scalar::dot_f32_f16(&a, &h)),
