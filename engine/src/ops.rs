@@ -54,42 +54,6 @@ pub fn add_assign(a: &mut [f32], b: &[f32]) {
     }
 }
 
-/// f32 dot product on the best kernel this CPU has.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    match avx2() {
-        Some(k) => dot_avx2::dot_f32(k, a, b),
-        None => dot_scalar::dot_f32(a, b),
-    }
-}
-
-/// `y += alpha * x` on the best kernel this CPU has.
-#[inline]
-pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    match avx2() {
-        Some(k) => dot_avx2::axpy_f32(k, alpha, x, y),
-        None => dot_scalar::axpy_f32(alpha, x, y),
-    }
-}
-
-/// f32 · f16 dot product on the best kernel this CPU has.
-#[inline]
-pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
-    match avx2() {
-        Some(k) => dot_avx2::dot_f32_f16(k, a, b),
-        None => dot_scalar::dot_f32_f16(a, b),
-    }
-}
-
-/// `y += alpha * x` with f16 `x`, on the best kernel this CPU has.
-#[inline]
-pub fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
-    match avx2() {
-        Some(k) => dot_avx2::axpy_f16(k, alpha, x, y),
-        None => dot_scalar::axpy_f16(alpha, x, y),
-    }
-}
-
 /// `out[j] = scale * (q · rows[j])` for consecutive `q.len()`-wide rows.
 pub fn dot_rows(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
     match avx2() {

@@ -222,51 +222,6 @@ mod imp {
             i += 1;
         }
     }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32_f16(a: &[f32], b: &[half::f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let bp = b.as_ptr() as *const u16;
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i) as *const __m128i));
-            let b1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i + 8) as *const __m128i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), b0, acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), b1, acc1);
-            i += 16;
-        }
-        while i + 8 <= n {
-            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i) as *const __m128i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), b0, acc0);
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(acc0, acc1));
-        while i < n {
-            s += a[i] * b[i].to_f32();
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let xp = x.as_ptr() as *const u16;
-        let va = _mm256_set1_ps(alpha);
-        let mut i = 0;
-        while i + 8 <= n {
-            let yp = y.as_mut_ptr().add(i);
-            let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
-            _mm256_storeu_ps(yp, _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(yp)));
-            i += 8;
-        }
-        while i < n {
-            y[i] += alpha * x[i].to_f32();
-            i += 1;
-        }
-    }
 }
 
 macro_rules! dispatch {
@@ -366,20 +321,6 @@ pub fn dot_f32(_: Avx2, a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy_f32(_: Avx2, alpha: f32, x: &[f32], y: &mut [f32]) {
     // SAFETY: as above.
     unsafe { dispatch!(axpy_f32)(alpha, x, y) }
-}
-
-/// f32 values dotted with f16 values over the common length.
-#[inline]
-pub fn dot_f32_f16(_: Avx2, a: &[f32], b: &[half::f16]) -> f32 {
-    // SAFETY: the token proves AVX2+FMA+F16C; the kernel reads only the common length.
-    unsafe { dispatch!(dot_f32_f16)(a, b) }
-}
-
-/// `y += alpha * x` with f16 `x`, over the common length.
-#[inline]
-pub fn axpy_f16(_: Avx2, alpha: f32, x: &[half::f16], y: &mut [f32]) {
-    // SAFETY: as above.
-    unsafe { dispatch!(axpy_f16)(alpha, x, y) }
 }
 
 #[cfg(test)]
@@ -499,18 +440,6 @@ mod tests {
                 axpy_f32(k, *p, &rows3[i * n..(i + 1) * n], &mut w2);
             }
             assert_eq!(w1, w2);
-            let h: Vec<half::f16> = b.iter().map(|&x| half::f16::from_f32(x)).collect();
-            assert!(
-                close(dot_f32_f16(k, &a, &h), dot_scalar::dot_f32_f16(&a, &h)),
-                "n={n}"
-            );
-            let mut y3 = rows(8, n);
-            let mut y4 = y3.clone();
-            axpy_f16(k, 0.7, &h, &mut y3);
-            dot_scalar::axpy_f16(0.7, &h, &mut y4);
-            for (p, q) in y3.iter().zip(&y4) {
-                assert!(close(*p, *q));
-            }
         }
     }
 }

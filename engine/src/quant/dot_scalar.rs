@@ -57,26 +57,3 @@ pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
         *yv += alpha * xv;
     }
 }
-
-/// Dot product of f32 values with f16 values (widened exactly to f32).
-pub fn dot_f32_f16(a: &[f32], b: &[half::f16]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len().min(b.len()) / 8;
-    for i in 0..chunks {
-        for k in 0..8 {
-            acc[k] += a[i * 8 + k] * b[i * 8 + k].to_f32();
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for i in chunks * 8..a.len().min(b.len()) {
-        s += a[i] * b[i].to_f32();
-    }
-    s
-}
-
-/// `y += alpha * x` with f16 `x`.
-pub fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
-    for (yv, xv) in y.iter_mut().zip(x) {
-        *yv += alpha * xv.to_f32();
-    }
-}
