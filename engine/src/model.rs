@@ -24,7 +24,7 @@ pub struct Segment<'a> {
 /// A loaded llama model with its own compute thread pool.
 pub struct Model {
     config: ModelConfig,
-    weights: ModelWeights,
+    weights: std::sync::Arc<ModelWeights>,
     pool: rayon::ThreadPool,
 }
 
@@ -81,6 +81,24 @@ fn act_format_matches(a: &QuantizedActs, w: crate::quant::WeightFormat) -> bool 
 impl Model {
     /// Builds the model with `threads` compute threads (0 = one per available core).
     pub fn new(config: ModelConfig, weights: ModelWeights, threads: usize) -> Result<Self> {
+        Self::with_shared(config, std::sync::Arc::new(weights), threads)
+    }
+
+    /// Another handle on the same weights with its own compute pool of `threads` threads
+    /// (0 = one per core): how two workers in one process share one copy of the model.
+    pub fn share(&self, threads: usize) -> Result<Self> {
+        Self::with_shared(
+            self.config.clone(),
+            std::sync::Arc::clone(&self.weights),
+            threads,
+        )
+    }
+
+    fn with_shared(
+        config: ModelConfig,
+        weights: std::sync::Arc<ModelWeights>,
+        threads: usize,
+    ) -> Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

@@ -96,14 +96,14 @@ impl SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenLogprob {
     pub token: u32,
     pub logprob: f32,
 }
 
 /// One sampled token with its log-probabilities when requested.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampled {
     pub token: u32,
     pub logprob: Option<f32>,
@@ -111,7 +111,7 @@ pub struct Sampled {
 }
 
 /// xoshiro256** seeded by SplitMix64: small, fast, identical on every platform.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Rng([u64; 4]);
 
 impl Rng {
@@ -146,7 +146,9 @@ impl Rng {
     }
 }
 
-/// Per-sequence sampler: owns the RNG and the counts behind the penalties.
+/// Per-sequence sampler: owns the RNG and the counts behind the penalties. It serialises,
+/// so a sequence can move from the worker that sampled its first token to another.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,

@@ -264,27 +264,34 @@ impl GgufTokenizer {
     pub fn decode_stream(&self, skip_special: bool) -> DecodeStream<'_> {
         DecodeStream {
             tok: self,
-            skip_special,
-            pending: Vec::new(),
+            inner: TextDecoder::new(skip_special),
         }
     }
 }
 
 /// Turns tokens into text as they arrive, holding back bytes of an unfinished UTF-8
-/// character (a token may end in the middle of one).
-pub struct DecodeStream<'a> {
-    tok: &'a GgufTokenizer,
+/// character (a token may end in the middle of one). Owns no tokenizer: each step is given
+/// one, so a decoder can live in a long-lived per-sequence state.
+#[derive(Clone, Debug, Default)]
+pub struct TextDecoder {
     skip_special: bool,
     pending: Vec<u8>,
 }
 
-impl DecodeStream<'_> {
+impl TextDecoder {
+    pub fn new(skip_special: bool) -> Self {
+        TextDecoder {
+            skip_special,
+            pending: Vec::new(),
+        }
+    }
+
     /// Adds one token; returns the text it completes (possibly empty). Unknown ids add nothing.
-    pub fn step(&mut self, id: u32) -> String {
-        if self.skip_special && self.tok.is_control(id) {
+    pub fn step(&mut self, tok: &GgufTokenizer, id: u32) -> String {
+        if self.skip_special && tok.is_control(id) {
             return String::new();
         }
-        if let Some(b) = self.tok.token_bytes(id) {
+        if let Some(b) = tok.token_bytes(id) {
             self.pending.extend_from_slice(b);
         }
         let mut out = String::new();
@@ -320,6 +327,24 @@ impl DecodeStream<'_> {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
+    }
+}
+
+/// A [`TextDecoder`] bound to its tokenizer.
+pub struct DecodeStream<'a> {
+    tok: &'a GgufTokenizer,
+    inner: TextDecoder,
+}
+
+impl DecodeStream<'_> {
+    /// Adds one token; returns the text it completes (possibly empty).
+    pub fn step(&mut self, id: u32) -> String {
+        self.inner.step(self.tok, id)
+    }
+
+    /// End of stream: any held bytes, lossily.
+    pub fn finish(&mut self) -> String {
+        self.inner.finish()
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the OpenAI-compatible API: gateway, prefill and decode workers in one process.
+    Serve(crate::serve::ServeArgs),
     /// Generate a completion for one prompt with the local engine.
     Generate(GenerateArgs),
     /// Manage the model file.
@@ -96,6 +98,7 @@ pub struct GenerateArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => crate::serve::run(a),
         Command::Generate(a) => generate(a),
         Command::Model(ModelCommand::Fetch) => {
             let path = fetch::ensure_default_model()?;

@@ -1,7 +1,18 @@
 //! `genie`: the command-line entry point of Genie.
 
+mod api_error;
+mod backend;
 mod bench;
+mod body;
 mod cli;
+mod config;
+mod frontend;
+mod handlers;
+mod metrics_setup;
+mod request;
+mod sequence;
+mod serve;
+mod server;
 
 use anyhow::Result;
 use clap::Parser;

@@ -1,5 +1,13 @@
 //! # genie-prefill-worker
 //!
-//! Will own the prefill service: run a prompt through `genie_engine::model::Model`, sample
-//! the first token and stream each layer's KV (`Model::forward_observed` reports layers as
-//! they finish) to the chosen decode worker. Nothing is implemented yet.
+//! The prefill service. Its compute thread takes queued prompts (several at once, up to a
+//! token budget, in one batched forward), and as soon as each layer's K/V is computed it
+//! exports that layer and hands it to the sequence's KV sink, so the transfer to the
+//! decode worker overlaps the rest of the prefill. It then samples the first token, sends
+//! it straight to the client's stream (time to first token does not wait for the
+//! transfer) and completes the transfer with the [`Handoff`](genie_protocol::worker::Handoff).
+//! A sequence that ends at its first token aborts its transfer, freeing the decode slot.
+
+mod worker;
+
+pub use worker::{PrefillConfig, PrefillJob, PrefillStats, PrefillWorker};

@@ -3,8 +3,14 @@
 //! The vocabulary every Genie crate shares: OpenAI-compatible request/response types,
 //! gateway↔worker messages, and id newtypes. Ids are never bare integers across crates.
 //!
-//! Today it holds the id newtypes; the OpenAI types and worker messages arrive with the
-//! gateway (`genie serve`) and the multi-process workers.
+//! - [`openai`]: the OpenAI request/response/error types the gateway speaks;
+//! - [`worker`]: sequence events workers send the gateway, and the prefill→decode hand-off;
+//! - id newtypes ([`RequestId`], [`WorkerId`], [`TransferId`], [`SeqId`]).
+//!
+//! Gateway↔worker messages for separate processes arrive with the multi-process workers.
+
+pub mod openai;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 

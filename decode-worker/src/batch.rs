@@ -1,0 +1,385 @@
+//! The continuous-batching loop: one thread, one forward step at a time.
+
+use crate::worker::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
+use genie_engine::kv_budget::KvBudget;
+use genie_engine::model::{Model, Segment};
+use genie_engine::sampling::{Sampled, Sampler};
+use genie_kv_transfer::KvMessage;
+use genie_protocol::worker::{Finish, Handoff, SeqEvent, TokenOut};
+use genie_protocol::TransferId;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A sequence whose KV is still arriving.
+struct Incoming {
+    seq: NewSeq,
+    deadline: Instant,
+    layers_seen: usize,
+}
+
+/// A sequence in (or ready to join) the running batch.
+struct Running {
+    seq: NewSeq,
+    /// The token the next step feeds.
+    next: u32,
+    generated: usize,
+}
+
+pub(crate) struct BatchLoop {
+    config: DecodeConfig,
+    model: Model,
+    budget: KvBudget,
+    stats: Arc<DecodeStats>,
+    on_free: Arc<dyn Fn() + Send + Sync>,
+    incoming: HashMap<TransferId, Incoming>,
+    prefills: VecDeque<(NewSeq, Vec<u32>)>,
+    ready: VecDeque<Running>,
+    running: Vec<Running>,
+    worker_label: String,
+}
+
+pub(crate) fn token_out(s: &Sampled) -> TokenOut {
+    TokenOut {
+        token: s.token,
+        logprob: s.logprob,
+        top_logprobs: s
+            .top_logprobs
+            .iter()
+            .map(|t| (t.token, t.logprob))
+            .collect(),
+    }
+}
+
+/// Samples the token after `logits`; sends it (or the finish) to the client. Returns the
+/// token to feed next when the sequence goes on.
+fn step_sequence(seq: &mut NewSeq, generated: &mut usize, logits: &mut [f32]) -> Option<u32> {
+    let s = seq.sampler.sample(logits);
+    if seq.stop_token_ids.contains(&s.token) {
+        let _ = seq.events.send(SeqEvent::Finished(Finish::Stop));
+        return None;
+    }
+    seq.sampler.record(s.token);
+    *generated += 1;
+    if seq.events.send(SeqEvent::Token(token_out(&s))).is_err() {
+        return None;
+    }
+    if *generated >= seq.max_tokens {
+        let _ = seq.events.send(SeqEvent::Finished(Finish::Length));
+        return None;
+    }
+    Some(s.token)
+}
+
+impl BatchLoop {
+    pub(crate) fn new(
+        config: DecodeConfig,
+        model: Model,
+        budget: KvBudget,
+        stats: Arc<DecodeStats>,
+        on_free: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let worker_label = config.id.0.to_string();
+        BatchLoop {
+            config,
+            model,
+            budget,
+            stats,
+            on_free,
+            incoming: HashMap::new(),
+            prefills: VecDeque::new(),
+            ready: VecDeque::new(),
+            running: Vec::new(),
+            worker_label,
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.running.is_empty() || !self.ready.is_empty() || !self.prefills.is_empty()
+    }
+
+    pub(crate) fn run(&mut self, rx: Receiver<DecodeInput>) {
+        loop {
+            // Block only when there is nothing to compute; wake for transfer deadlines.
+            if !self.has_work() {
+                let wait = self
+                    .incoming
+                    .values()
+                    .map(|i| i.deadline.saturating_duration_since(Instant::now()))
+                    .min()
+                    .unwrap_or(Duration::from_secs(3600));
+                match rx.recv_timeout(wait) {
+                    Ok(input) => {
+                        if !self.accept(input) {
+                            return;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(input) => {
+                        if !self.accept(input) {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            self.expire_and_cancel();
+            self.step();
+            self.publish();
+        }
+    }
+
+    /// Handles one input; false means shut down.
+    fn accept(&mut self, input: DecodeInput) -> bool {
+        match input {
+            DecodeInput::Shutdown => {
+                for seq in self.all_seqs() {
+                    let _ = seq
+                        .events
+                        .send(SeqEvent::Failed("the decode worker shut down".into()));
+                }
+                return false;
+            }
+            DecodeInput::Expect { transfer, seq } => {
+                self.incoming.insert(
+                    transfer,
+                    Incoming {
+                        seq,
+                        deadline: Instant::now() + self.config.transfer_timeout,
+                        layers_seen: 0,
+                    },
+                );
+            }
+            DecodeInput::Prefill { seq, prompt } => self.prefills.push_back((seq, prompt)),
+            DecodeInput::Kv(m) => self.on_kv(m),
+        }
+        true
+    }
+
+    fn all_seqs(&self) -> Vec<&NewSeq> {
+        self.incoming
+            .values()
+            .map(|i| &i.seq)
+            .chain(self.prefills.iter().map(|(s, _)| s))
+            .chain(self.ready.iter().map(|r| &r.seq))
+            .chain(self.running.iter().map(|r| &r.seq))
+            .collect()
+    }
+
+    fn on_kv(&mut self, m: KvMessage) {
+        let transfer = m.transfer();
+        let Some(inc) = self.incoming.get_mut(&transfer) else {
+            // Cancelled or expired: the reservation is already gone.
+            tracing::debug!(%transfer, "KV for a transfer this worker no longer expects");
+            return;
+        };
+        match m {
+            KvMessage::Layer { bytes, .. } => match inc.seq.cache.import_layer(&bytes) {
+                Ok(_) => inc.layers_seen += 1,
+                Err(e) => {
+                    let inc = self.incoming.remove(&transfer).expect("present");
+                    tracing::warn!(%transfer, error = %e, "KV layer refused");
+                    let _ = inc
+                        .seq
+                        .events
+                        .send(SeqEvent::Failed("KV transfer failed".into()));
+                    (self.on_free)();
+                }
+            },
+            KvMessage::Abort { reason, .. } => {
+                tracing::debug!(%transfer, %reason, "KV transfer aborted");
+                self.incoming.remove(&transfer);
+                (self.on_free)();
+            }
+            KvMessage::Complete { trailer, .. } => {
+                let inc = self.incoming.remove(&transfer).expect("present");
+                match self.admit_handoff(inc, &trailer) {
+                    Ok(r) => self.ready.push_back(r),
+                    Err(b) => {
+                        let (seq, why) = *b;
+                        tracing::warn!(%transfer, %why, "KV hand-off refused");
+                        let _ = seq
+                            .events
+                            .send(SeqEvent::Failed("KV transfer failed".into()));
+                        (self.on_free)();
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit_handoff(
+        &self,
+        inc: Incoming,
+        trailer: &[u8],
+    ) -> Result<Running, Box<(NewSeq, String)>> {
+        let mut seq = inc.seq;
+        let h: Handoff = match serde_json::from_slice(trailer) {
+            Ok(h) => h,
+            Err(e) => return Err(Box::new((seq, format!("bad trailer: {e}")))),
+        };
+        let n_layers = self.model.config().n_layers;
+        if inc.layers_seen != n_layers
+            || !seq.cache.is_consistent()
+            || seq.cache.len() != h.prompt_tokens as usize
+        {
+            let why = format!(
+                "incomplete KV: {} of {n_layers} layers, {} of {} tokens",
+                inc.layers_seen,
+                seq.cache.len(),
+                h.prompt_tokens
+            );
+            return Err(Box::new((seq, why)));
+        }
+        match serde_json::from_value::<Sampler>(h.sampler) {
+            Ok(s) => seq.sampler = s,
+            Err(e) => return Err(Box::new((seq, format!("bad sampler state: {e}")))),
+        }
+        Ok(Running {
+            seq,
+            next: h.first_token,
+            generated: 1,
+        })
+    }
+
+    /// Drops sequences whose client went away and transfers past their deadline.
+    fn expire_and_cancel(&mut self) {
+        let now = Instant::now();
+        let before = self.count();
+        self.incoming.retain(|_, i| {
+            if i.seq.events.is_closed() {
+                return false;
+            }
+            if now >= i.deadline {
+                let _ = i
+                    .seq
+                    .events
+                    .send(SeqEvent::Failed("KV transfer timed out".into()));
+                return false;
+            }
+            true
+        });
+        self.prefills.retain(|(s, _)| !s.events.is_closed());
+        self.ready.retain(|r| !r.seq.events.is_closed());
+        self.running.retain(|r| !r.seq.events.is_closed());
+        if self.count() < before {
+            (self.on_free)();
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.incoming.len() + self.prefills.len() + self.ready.len() + self.running.len()
+    }
+
+    /// One forward step: running decodes plus admitted colocated prefills.
+    fn step(&mut self) {
+        let max = self.config.max_batch;
+        while self.running.len() < max {
+            match self.ready.pop_front() {
+                Some(r) => {
+                    let _ = r.seq.events.send(SeqEvent::Running);
+                    self.running.push(r)
+                }
+                None => break,
+            }
+        }
+        let mut prefilling: Vec<(NewSeq, Vec<u32>)> = Vec::new();
+        let mut prompt_tokens = 0;
+        while self.running.len() + prefilling.len() < max {
+            let Some((_, p)) = self.prefills.front() else {
+                break;
+            };
+            if !prefilling.is_empty() && prompt_tokens + p.len() > self.config.max_prefill_tokens {
+                break;
+            }
+            let (s, p) = self.prefills.pop_front().expect("front exists");
+            let _ = s.events.send(SeqEvent::Running);
+            prompt_tokens += p.len();
+            prefilling.push((s, p));
+        }
+        if self.running.is_empty() && prefilling.is_empty() {
+            return;
+        }
+        let inputs: Vec<[u32; 1]> = self.running.iter().map(|r| [r.next]).collect();
+        let mut segs: Vec<Segment> = self
+            .running
+            .iter_mut()
+            .zip(&inputs)
+            .map(|(r, t)| Segment {
+                tokens: t,
+                cache: &mut r.seq.cache,
+            })
+            .collect();
+        for (s, p) in prefilling.iter_mut() {
+            segs.push(Segment {
+                tokens: p,
+                cache: &mut s.cache,
+            });
+        }
+        let n_decode = inputs.len();
+        metrics::histogram!("genie_decode_batch_size", "worker" => self.worker_label.clone())
+            .record(n_decode as f64);
+        let result = self.model.forward(&mut segs);
+        drop(segs);
+        let mut logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // Validated before admission, so this is an internal fault: fail the step's
+                // sequences, keep the worker alive for the others.
+                tracing::error!(error = %e, "decode step failed");
+                for r in self.running.drain(..) {
+                    let _ = r.seq.events.send(SeqEvent::Failed("internal error".into()));
+                }
+                for (s, _) in prefilling {
+                    let _ = s.events.send(SeqEvent::Failed("internal error".into()));
+                }
+                (self.on_free)();
+                return;
+            }
+        };
+        let prefill_logits = logits.split_off(n_decode);
+        let before = self.running.len() + prefilling.len();
+        let mut kept = Vec::with_capacity(self.running.len() + prefilling.len());
+        for (mut r, mut l) in self.running.drain(..).zip(logits) {
+            if let Some(t) = step_sequence(&mut r.seq, &mut r.generated, &mut l) {
+                r.next = t;
+                kept.push(r);
+            }
+        }
+        for ((mut seq, _), mut l) in prefilling.into_iter().zip(prefill_logits) {
+            let mut generated = 0;
+            if let Some(t) = step_sequence(&mut seq, &mut generated, &mut l) {
+                kept.push(Running {
+                    seq,
+                    next: t,
+                    generated,
+                });
+            }
+        }
+        self.running = kept;
+        if self.running.len() < before {
+            (self.on_free)();
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.stats;
+        s.load.store(self.count(), Ordering::Relaxed);
+        s.running.store(self.running.len(), Ordering::Relaxed);
+        let w = self.worker_label.clone();
+        metrics::gauge!("genie_num_requests_running", "worker" => w.clone())
+            .set(self.running.len() as f64);
+        metrics::gauge!("genie_kv_cache_usage_ratio", "worker" => w.clone())
+            .set(self.budget.usage_ratio());
+        metrics::gauge!("genie_kv_cache_used_bytes", "worker" => w)
+            .set(self.budget.used_bytes() as f64);
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP server: routes, API-key check, request metrics, health and Prometheus metrics.
+//! It takes a bound listener and a shutdown future, so tests bind port 0.
+
+use crate::api_error::ApiError;
+use crate::backend::Backend;
+use crate::frontend::Frontend;
+use crate::handlers;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub frontend: Arc<Frontend>,
+    pub backend: Arc<Backend>,
+    pub api_keys: Arc<Vec<String>>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Constant-time comparison so key checks do not leak how much of a key matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.api_keys.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        None => ApiError::unauthorized(
+            "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.",
+        )
+        .into_response(),
+        Some(k) if st.api_keys.iter().any(|a| same(a.as_bytes(), k.as_bytes())) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+    }
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    metrics::counter!(
+        "genie_requests_total",
+        "endpoint" => endpoint,
+        "status" => resp.status().as_u16().to_string()
+    )
+    .increment(1);
+    resp
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    if st.backend.is_ready() {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response()
+    } else {
+        ApiError::unavailable("a worker is not running").into_response()
+    }
+}
+
+async fn prometheus(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "No route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+pub fn router(st: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/models", get(handlers::models))
+        .route_layer(middleware::from_fn_with_state(st.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(st)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

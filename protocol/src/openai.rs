@@ -1,0 +1,372 @@
+//! OpenAI-compatible wire types: what clients send (`Deserialize`) and what the gateway
+//! answers (`Serialize`). Field names and shapes follow the OpenAI API reference; fields
+//! clients may send that Genie does not act on are accepted and ignored, as OpenAI does.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopSpec {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopSpec::One(s) => vec![s],
+            StopSpec::Many(v) => v,
+        }
+    }
+}
+
+/// One part of an array-form message `content`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Message `content`: a string or an array of parts (only `text` parts are supported).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RequestMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by both endpoints.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CommonParams {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Extension (vLLM, SGLang): keep only the k most likely tokens.
+    pub top_k: Option<i64>,
+    pub n: Option<u32>,
+    pub stop: Option<StopSpec>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub user: Option<String>,
+}
+
+/// Declares a request struct holding the shared sampling fields beside its own, written
+/// out (not `#[serde(flatten)]`) so a type error still reports which field it was.
+macro_rules! request_with_common {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Deserialize, PartialEq)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: $t,)*
+            #[serde(default)] pub max_tokens: Option<u64>,
+            #[serde(default)] pub temperature: Option<f32>,
+            #[serde(default)] pub top_p: Option<f32>,
+            #[serde(default)] pub top_k: Option<i64>,
+            #[serde(default)] pub n: Option<u32>,
+            #[serde(default)] pub stop: Option<StopSpec>,
+            #[serde(default)] pub seed: Option<i64>,
+            #[serde(default)] pub presence_penalty: Option<f32>,
+            #[serde(default)] pub frequency_penalty: Option<f32>,
+            #[serde(default)] pub logit_bias: Option<BTreeMap<String, f32>>,
+            #[serde(default)] pub stream: Option<bool>,
+            #[serde(default)] pub stream_options: Option<StreamOptions>,
+            #[serde(default)] pub user: Option<String>,
+        }
+
+        impl $name {
+            /// The shared sampling fields.
+            pub fn common(&self) -> CommonParams {
+                CommonParams {
+                    max_tokens: self.max_tokens,
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                    n: self.n,
+                    stop: self.stop.clone(),
+                    seed: self.seed,
+                    presence_penalty: self.presence_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    logit_bias: self.logit_bias.clone(),
+                    stream: self.stream,
+                    stream_options: self.stream_options.clone(),
+                    user: self.user.clone(),
+                }
+            }
+        }
+    };
+}
+
+request_with_common! {
+    /// `POST /v1/chat/completions`.
+    pub struct ChatCompletionRequest {
+        pub model: String,
+        pub messages: Vec<RequestMessage>,
+        #[serde(default)]
+        pub max_completion_tokens: Option<u64>,
+        #[serde(default)]
+        pub logprobs: Option<bool>,
+        #[serde(default)]
+        pub top_logprobs: Option<u32>,
+    }
+}
+
+/// `prompt`: a string, a list of strings, a token-id list, or a list of token-id lists.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PromptSpec {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+request_with_common! {
+    /// `POST /v1/completions`.
+    pub struct CompletionRequest {
+        pub model: String,
+        pub prompt: PromptSpec,
+        /// Completions-style logprobs: how many alternatives per position.
+        #[serde(default)]
+        pub logprobs: Option<u32>,
+        #[serde(default)]
+        pub echo: Option<bool>,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// Chat logprobs of one token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    pub system_fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// One SSE `data:` payload of a streamed chat completion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Only on the final usage chunk (`stream_options.include_usage`); `null` before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    pub system_fingerprint: String,
+}
+
+/// Completions-style logprobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// `text_completion` body, and (with `object` = `text_completion`) each streamed chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Completion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    pub system_fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// Extension: the model's context length in tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+/// The body of every error answer: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_request_accepts_string_and_part_content_and_both_stop_forms() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"system","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"hi"}]}],
+                "stop":"x","max_completion_tokens":5,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(
+            r.messages[1].content,
+            Some(MessageContent::Parts(vec![ContentPart {
+                kind: "text".into(),
+                text: Some("hi".into())
+            }]))
+        );
+        assert_eq!(r.common().stop.unwrap().into_vec(), vec!["x"]);
+        assert_eq!(r.max_completion_tokens, Some(5));
+        assert!(r.stream_options.unwrap().include_usage);
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        for (body, want) in [
+            (r#""a""#, PromptSpec::Text("a".into())),
+            (
+                r#"["a","b"]"#,
+                PromptSpec::Texts(vec!["a".into(), "b".into()]),
+            ),
+            (r#"[1,2]"#, PromptSpec::Tokens(vec![1, 2])),
+            (
+                r#"[[1],[2]]"#,
+                PromptSpec::TokenLists(vec![vec![1], vec![2]]),
+            ),
+        ] {
+            let r: CompletionRequest =
+                serde_json::from_str(&format!(r#"{{"model":"m","prompt":{body}}}"#)).unwrap();
+            assert_eq!(r.prompt, want);
+        }
+    }
+
+    #[test]
+    fn chunk_omits_usage_until_the_final_chunk() {
+        let c = ChatCompletionChunk {
+            id: "x".into(),
+            object: "chat.completion.chunk".into(),
+            created: 1,
+            model: "m".into(),
+            choices: vec![],
+            usage: None,
+            system_fingerprint: "genie".into(),
+        };
+        assert!(!serde_json::to_string(&c).unwrap().contains("usage"));
+    }
+}
