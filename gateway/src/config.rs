@@ -303,3 +303,21 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    /// Every TOML under configs/ that configures `genie serve` loads and validates.
+    #[test]
+    fn shipped_configs_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let local = dir.join("local.toml");
+        let c = ServeConfig::load(Some(&local), Default::default()).unwrap();
+        assert_eq!(
+            c,
+            ServeConfig::default(),
+            "local.toml documents the defaults"
+        );
+    }
+}

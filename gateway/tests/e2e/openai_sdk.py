@@ -1,0 +1,133 @@
+"""End-to-end checks of `genie serve` through the official `openai` Python SDK.
+
+Usage: python3 openai_sdk.py BASE_URL API_KEY MODEL
+The server must require API_KEY and allow at most 4 waiting sequences
+(GENIE_LIMITS__MAX_WAITING=4). Exits non-zero on the first failed check.
+"""
+
+import sys
+
+import openai
+from openai import OpenAI
+
+base, key, model = sys.argv[1], sys.argv[2], sys.argv[3]
+client = OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=120)
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    if not cond:
+        raise SystemExit(f"FAILED: {what}")
+    checks += 1
+
+
+def expect_error(cls, status, fn, what):
+    try:
+        fn()
+    except cls as e:
+        check(e.status_code == status, f"{what}: status {e.status_code}")
+        body = e.body if isinstance(e.body, dict) else {}
+        check(bool(body.get("message")), f"{what}: error envelope has a message: {e.body}")
+        return body
+    raise SystemExit(f"FAILED: {what}: no {cls.__name__} raised")
+
+
+# models
+models = client.models.list()
+check([m.id for m in models.data] == [model], f"models: {models}")
+
+# chat
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "system", "content": "You are terse."},
+              {"role": "user", "content": "What is 2+2?"}],
+    max_tokens=16, temperature=0)
+check(r.object == "chat.completion" and r.choices[0].message.role == "assistant", "chat shape")
+check(r.choices[0].finish_reason in ("stop", "length"), "chat finish_reason")
+check(r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, "chat usage sums")
+
+# max_tokens exactness (end of turn biased away so the limit is what stops it)
+for n in (1, 7, 20):
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=n, temperature=0, logit_bias={"2": -100})
+    check(r.usage.completion_tokens == n and r.choices[0].finish_reason == "length",
+          f"max_tokens={n}: {r.usage}, {r.choices[0].finish_reason}")
+r = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Tell me a long story."}],
+    max_completion_tokens=5, temperature=0, logit_bias={"2": -100})
+check(r.usage.completion_tokens == 5, f"max_completion_tokens: {r.usage}")
+
+# streaming with include_usage
+stream = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Say hello."}],
+    max_tokens=10, temperature=0, stream=True, stream_options={"include_usage": True})
+chunks = list(stream)
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+usage = [c.usage for c in chunks if c.usage]
+check(len(usage) == 1 and chunks[-1].usage is not None and chunks[-1].choices == [],
+      "stream ends with one usage chunk")
+finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+check(len(finish) == 1, f"one finish_reason: {finish}")
+plain = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=10, temperature=0)
+check(plain.choices[0].message.content == text, "stream text equals non-stream text")
+check(usage[0].completion_tokens == plain.usage.completion_tokens, "stream usage equals non-stream")
+
+# completions, plain and streamed
+c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
+check(c.choices[0].text == " Paris.\n\nThe United States has", f"completion text {c.choices[0].text!r}")
+check(c.usage.prompt_tokens == 5 and c.usage.completion_tokens == 8, f"completion usage {c.usage}")
+parts = list(client.completions.create(model=model, prompt="The capital of France is", max_tokens=8,
+                                       temperature=0, stream=True))
+check("".join(p.choices[0].text for p in parts if p.choices) == c.choices[0].text, "streamed completion")
+
+# n=2 with a seed: two different samples, each reproducible
+def sample(seed, n=2):
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Invent a name for a cat."}],
+        max_tokens=12, temperature=1.0, seed=seed, n=n)
+    return [ch.message.content for ch in sorted(r.choices, key=lambda ch: ch.index)]
+
+a, b = sample(1234), sample(1234)
+check(len(a) == 2 and a == b, f"seeded n=2 is reproducible: {a} vs {b}")
+check(sample(99) != a, "a different seed gives different samples")
+
+# stop strings: the stop text and what follows never reach the client
+full = client.completions.create(model=model, prompt="1, 2, 3,", max_tokens=12, temperature=0).choices[0].text
+check(" 5" in full, f"continuation contains ' 5': {full!r}")
+stopped = client.completions.create(model=model, prompt="1, 2, 3,", max_tokens=12, temperature=0, stop=[" 5"])
+check(stopped.choices[0].text == full[: full.index(" 5")] and stopped.choices[0].finish_reason == "stop",
+      f"stop string: {stopped.choices[0].text!r} from {full!r}")
+s = list(client.completions.create(model=model, prompt="1, 2, 3,", max_tokens=12, temperature=0,
+                                   stop=[" 5"], stream=True))
+check("".join(p.choices[0].text for p in s if p.choices) == stopped.choices[0].text, "streamed stop string")
+
+# logprobs
+r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                   temperature=0, logprobs=True, top_logprobs=3)
+lp = r.choices[0].logprobs.content
+check(len(lp) == 3 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in lp), "chat logprobs")
+
+# errors
+expect_error(openai.NotFoundError, 404,
+             lambda: client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}]),
+             "unknown model")
+body = expect_error(openai.BadRequestError, 400,
+                    lambda: client.completions.create(model=model, prompt="hello", max_tokens=9000),
+                    "context overflow")
+check("8192" in body["message"] and "9000" in body["message"], f"overflow message names both: {body}")
+body = expect_error(openai.BadRequestError, 400,
+                    lambda: client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
+                                                           temperature=5),
+                    "temperature out of range")
+check(body.get("param") == "temperature", f"param named: {body}")
+expect_error(openai.RateLimitError, 429,
+             lambda: client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
+                                                    max_tokens=2, n=5),
+             "queue full")
+bad = OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0)
+expect_error(openai.AuthenticationError, 401, lambda: bad.models.list(), "wrong API key")
+
+print(f"openai SDK {openai.__version__}: {checks} checks passed")

@@ -1,0 +1,411 @@
+//! `genie serve` as a client sees it: real process, real HTTP, real model.
+
+mod support;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::{Server, MODEL};
+
+async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn chat(content: &str, max_tokens: u64) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": content}],
+           "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// Reads an SSE body into its `data:` payloads.
+async fn sse(resp: reqwest::Response) -> Vec<String> {
+    let mut buf = String::new();
+    let mut s = resp.bytes_stream();
+    while let Some(b) = s.next().await {
+        buf.push_str(&String::from_utf8_lossy(&b.unwrap()));
+    }
+    buf.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: ").map(String::from))
+        .collect()
+}
+
+fn genie_generate(args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .arg("generate")
+        .args(args)
+        .args(["--json", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_answers_match_genie_generate_disaggregated_and_colocated() {
+    let q = "Name a planet of the solar system.";
+    let want = genie_generate(&["--chat", "--prompt", q, "--max-tokens", "24"]);
+    for mode in [
+        &["--threads", "1"][..],
+        &["--threads", "1", "--colocated"][..],
+    ] {
+        let s = Server::start(mode, &[]);
+        let health = reqwest::get(s.url("/health")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        let (st, v) = post(&s, "/v1/chat/completions", chat(q, 24)).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], MODEL);
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        assert_eq!(
+            v["choices"][0]["message"]["content"], want["text"],
+            "{mode:?}"
+        );
+        let prompt_len = want["prompt_token_ids"].as_array().unwrap().len() as u64;
+        assert_eq!(v["usage"]["prompt_tokens"], prompt_len);
+        let n = want["token_ids"].as_array().unwrap().len() as u64;
+        assert_eq!(v["usage"]["completion_tokens"], n);
+        assert_eq!(v["usage"]["total_tokens"], prompt_len + n);
+        // llama.cpp's greedy continuation of this raw prompt (engine golden data).
+        let (st, v) = post(
+            &s,
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], " Paris.\n\nThe United States has");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(v["usage"]["prompt_tokens"], 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_chat_sends_role_deltas_finish_usage_and_done() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let mut body = chat("Count from one to five.", 12);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse(r).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.windows(2).all(|w| w[0]["id"] == w[1]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .collect();
+    assert_eq!(finish.len(), 1);
+    assert_eq!(finish[0]["choices"][0]["finish_reason"], "length");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 12);
+    // Same text as the non-streamed answer.
+    let (_, v) = post(
+        &s,
+        "/v1/chat/completions",
+        chat("Count from one to five.", 12),
+    )
+    .await;
+    assert_eq!(v["choices"][0]["message"]["content"], text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_openai_error_envelope_with_status_and_field() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let c = reqwest::Client::new();
+    let raw = c
+        .post(s.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let v: Value = raw.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            400,
+            "model",
+        ),
+        (json!({"model": MODEL}), 400, "messages"),
+        (json!({"model": MODEL, "messages": []}), 400, "messages"),
+        (
+            json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}),
+            400,
+            "messages[0].role",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            400,
+            "messages[0].content[0].type",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
+            400,
+            "temperature",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 3}),
+            400,
+            "temperature",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}),
+            400,
+            "top_p",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}),
+            400,
+            "max_tokens",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 0}),
+            400,
+            "n",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}),
+            400,
+            "logit_bias",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"999999": 1}}),
+            400,
+            "logit_bias",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}),
+            400,
+            "stop",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}),
+            400,
+            "top_logprobs",
+        ),
+        (
+            json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+            "model",
+        ),
+    ];
+    for (body, status, param) in cases {
+        let (st, v) = post(&s, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(st, status, "{body} → {v}");
+        assert_eq!(v["error"]["param"], param, "{body} → {v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // Prompt + max_tokens beyond the context: both numbers in the message.
+    let (st, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8190}),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("8192") && m.contains("5 in the prompt") && m.contains("8190"),
+        "{m}"
+    );
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let (st, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": [[1, 2], [99999999]]}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("prompt")),
+        "{v}"
+    );
+    let r = c.get(s.url("/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/nothing"));
+    // The server is still healthy and answers after all of that.
+    let (st, _) = post(&s, "/v1/chat/completions", chat("hi", 2)).await;
+    assert_eq!(st, 200);
+    let bad = s.metric("genie_requests_total", &["status=\"400\""]).await;
+    assert!(bad >= 17.0, "400s counted: {bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_checked_and_never_logged() {
+    let s = Server::start(&["--threads", "1", "--api-key", "sk-genie-test"], &[]);
+    let c = reqwest::Client::new();
+    let r = c.get(s.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let r = c
+        .get(s.url("/v1/models"))
+        .bearer_auth("sk-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(s.url("/v1/models"))
+        .bearer_auth("sk-genie-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"][0]["id"], MODEL);
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
+    let m = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!m.contains("sk-genie-test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_waiting_queue_answers_429() {
+    let s = Server::start(&["--threads", "1"], &[("GENIE_LIMITS__MAX_WAITING", "2")]);
+    let mut body = chat("hi", 4);
+    body["n"] = json!(3);
+    let (st, v) = post(&s, "/v1/chat/completions", body).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    // The queue is empty again: a request that fits is served.
+    let mut body = chat("hi", 4);
+    body["n"] = json!(2);
+    let (st, v) = post(&s, "/v1/chat/completions", body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_frees_its_kv() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let mut body = chat("Write a very long story about a dragon.", 4000);
+    body["stream"] = json!(true);
+    body["ignore_eos"] = json!(true);
+    body["logit_bias"] = json!({"2": -100, "0": -100});
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut seen = 0;
+    while seen < 5 {
+        stream.next().await.unwrap().unwrap();
+        seen += 1;
+    }
+    let used = s.metric("genie_kv_cache_used_bytes", &[]).await;
+    assert!(used > 0.0, "the sequence holds KV while it runs");
+    drop(stream);
+    let generated_at_drop = s.metric("genie_decode_batch_size_count", &[]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let used = s.metric("genie_kv_cache_used_bytes", &[]).await;
+        let running = s.metric("genie_num_requests_running", &[]).await;
+        if used == 0.0 && running == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "KV still held: {used} bytes, {running} running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let steps_after = s.metric("genie_decode_batch_size_count", &[]).await - generated_at_drop;
+    assert!(
+        steps_after < 100.0,
+        "decode went on for {steps_after} steps after the disconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_streams_complete_and_share_decode_steps() {
+    let s = Server::start(&[], &[]);
+    let prompts: Vec<String> = (0..16)
+        .map(|i| format!("Tell me fact number {i} about the sea."))
+        .collect();
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut body = chat(p, 24);
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            body["logit_bias"] = json!({"2": -100});
+            let req = client
+                .post(s.url("/v1/chat/completions"))
+                .json(&body)
+                .send();
+            tokio::spawn(async move { sse(req.await.unwrap()).await })
+        })
+        .collect();
+    for t in tasks {
+        let events = t.await.unwrap();
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        // <|im_end|> (id 2) is biased away, so every sequence runs to max_tokens.
+        assert_eq!(usage["usage"]["completion_tokens"], 24, "{usage}");
+        assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    }
+    let steps = s.metric("genie_decode_batch_size_count", &[]).await;
+    let seqs = s.metric("genie_decode_batch_size_sum", &[]).await;
+    let mean = seqs / steps;
+    println!("decode steps {steps}, sequence-steps {seqs}, mean batch {mean:.2}");
+    assert!(
+        mean > 4.0,
+        "16 concurrent requests should share decode steps (mean batch {mean:.2})"
+    );
+}
