@@ -25,7 +25,10 @@ fn the_openai_python_sdk_works_against_genie_serve() {
     let key = "sk-genie-e2e";
     let s = Server::start(
         &["--threads", "1", "--api-key", key],
-        &[("GENIE_LIMITS__MAX_WAITING", "4")],
+        &[
+            ("GENIE_LIMITS__MAX_WAITING", "16"),
+            ("GENIE_LIMITS__MAX_N", "32"),
+        ],
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/openai_sdk.py");
     let out = std::process::Command::new("python3")

@@ -1,11 +1,15 @@
 """End-to-end checks of `genie serve` through the official `openai` Python SDK.
 
 Usage: python3 openai_sdk.py BASE_URL API_KEY MODEL
-The server must require API_KEY and allow at most 4 waiting sequences
-(GENIE_LIMITS__MAX_WAITING=4). Exits non-zero on the first failed check.
+The server must require API_KEY, allow at most 16 waiting sequences and n up to 32
+(GENIE_LIMITS__MAX_WAITING=16, GENIE_LIMITS__MAX_N=32). Exits non-zero on the first
+failed check.
 """
 
+import re
 import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 from openai import OpenAI
@@ -125,9 +129,38 @@ body = expect_error(openai.BadRequestError, 400,
 check(body.get("param") == "temperature", f"param named: {body}")
 expect_error(openai.RateLimitError, 429,
              lambda: client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
-                                                    max_tokens=2, n=5),
+                                                    max_tokens=2, n=17),
              "queue full")
 bad = OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0)
 expect_error(openai.AuthenticationError, 401, lambda: bad.models.list(), "wrong API key")
+
+
+# 16 concurrent streams: all complete with exact usage, sharing decode steps
+def batch_metric():
+    text = urllib.request.urlopen(base + "/metrics").read().decode()
+    total = {}
+    for name in ("genie_decode_batch_size_sum", "genie_decode_batch_size_count"):
+        total[name] = sum(float(m) for m in re.findall(r"^" + name + r"(?:\{[^}]*\})? (\S+)$", text, re.M))
+    return total["genie_decode_batch_size_sum"], total["genie_decode_batch_size_count"]
+
+
+def one_stream(i):
+    s = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": f"Write about the number {i}."}],
+        max_tokens=24, temperature=0.7, seed=i, stream=True, stream_options={"include_usage": True},
+        logit_bias={"2": -100})
+    chunks = list(s)
+    return chunks[-1].usage, sum(1 for c in chunks if c.choices and c.choices[0].finish_reason)
+
+
+before = batch_metric()
+with ThreadPoolExecutor(16) as pool:
+    results = list(pool.map(one_stream, range(16)))
+after = batch_metric()
+check(all(u is not None and u.completion_tokens == 24 and f == 1 for u, f in results),
+      f"16 concurrent streams complete with usage: {results}")
+seq_steps, steps = after[0] - before[0], after[1] - before[1]
+check(steps > 0 and seq_steps / steps > 2, f"16 streams shared decode steps: mean batch {seq_steps / max(steps, 1):.2f}")
+print(f"16 concurrent streams: {int(steps)} decode steps, mean batch {seq_steps / steps:.2f}")
 
 print(f"openai SDK {openai.__version__}: {checks} checks passed")
