@@ -2,9 +2,10 @@
 
 use crate::worker::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
 use genie_engine::kv_budget::KvBudget;
+use genie_engine::kv_cache::{KvCache, LayerHeader, LAYER_HEADER_LEN};
 use genie_engine::model::{Model, Segment};
 use genie_engine::sampling::{Sampled, Sampler};
-use genie_kv_transfer::KvMessage;
+use genie_kv_transfer::{KvMessage, LayerMeta, DTYPE_F16};
 use genie_protocol::worker::{Finish, Handoff, SeqEvent, TokenOut};
 use genie_protocol::TransferId;
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,28 @@ pub(crate) struct BatchLoop {
     ready: VecDeque<Running>,
     running: Vec<Running>,
     worker_label: String,
+}
+
+/// Imports one wire layer (metadata + K/V payload) through the engine's checked import.
+fn import(cache: &mut KvCache, m: LayerMeta, body: &[u8]) -> genie_engine::Result<()> {
+    if m.dtype != DTYPE_F16 {
+        return Err(genie_engine::EngineError::KvImport(format!(
+            "dtype code {} is not f16",
+            m.dtype
+        )));
+    }
+    let h = LayerHeader {
+        layer: m.layer as usize,
+        n_layers: m.n_layers as usize,
+        kv_heads: m.kv_heads as usize,
+        head_dim: m.head_dim as usize,
+        token_start: m.token_start as usize,
+        token_count: m.token_count as usize,
+    };
+    let mut chunk = Vec::with_capacity(LAYER_HEADER_LEN + body.len());
+    h.write(&mut chunk);
+    chunk.extend_from_slice(body);
+    cache.import_layer(&chunk).map(|_| ())
 }
 
 pub(crate) fn token_out(s: &Sampled) -> TokenOut {
@@ -182,18 +205,20 @@ impl BatchLoop {
             return;
         };
         match m {
-            KvMessage::Layer { bytes, .. } => match inc.seq.cache.import_layer(&bytes) {
-                Ok(_) => inc.layers_seen += 1,
-                Err(e) => {
-                    let inc = self.incoming.remove(&transfer).expect("present");
-                    tracing::warn!(%transfer, error = %e, "KV layer refused");
-                    let _ = inc
-                        .seq
-                        .events
-                        .send(SeqEvent::Failed("KV transfer failed".into()));
-                    (self.on_free)();
+            KvMessage::Layer { meta, bytes, .. } => {
+                match import(&mut inc.seq.cache, meta, &bytes) {
+                    Ok(_) => inc.layers_seen += 1,
+                    Err(e) => {
+                        let inc = self.incoming.remove(&transfer).expect("present");
+                        tracing::warn!(%transfer, error = %e, "KV layer refused");
+                        let _ = inc
+                            .seq
+                            .events
+                            .send(SeqEvent::Failed("KV transfer failed".into()));
+                        (self.on_free)();
+                    }
                 }
-            },
+            }
             KvMessage::Abort { reason, .. } => {
                 tracing::debug!(%transfer, %reason, "KV transfer aborted");
                 self.incoming.remove(&transfer);

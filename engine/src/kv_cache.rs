@@ -113,7 +113,8 @@ impl LayerHeader {
         })
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the header's wire form.
+    pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&LAYER_MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.push(DTYPE_F16);

@@ -1,7 +1,7 @@
 //! The in-process transport: endpoints are delivery functions registered by receivers in
 //! the same process (the decode worker pushes messages into its own input queue).
 
-use crate::{KvMessage, KvSink, KvTransport, TransferError};
+use crate::{KvMessage, KvSink, KvTransport, LayerMeta, TransferError};
 use genie_protocol::TransferId;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -85,12 +85,12 @@ impl InProcessSink {
 }
 
 impl KvSink for InProcessSink {
-    fn send_layer(&mut self, layer: usize, bytes: Vec<u8>) -> Result<(), TransferError> {
+    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
         self.started.get_or_insert_with(Instant::now);
         let n = bytes.len() as u64;
         self.push(KvMessage::Layer {
             transfer: self.transfer,
-            layer: layer as u32,
+            meta,
             bytes,
         })?;
         self.bytes += n;
@@ -146,13 +146,25 @@ mod tests {
         rx
     }
 
+    fn meta(layer: u32) -> LayerMeta {
+        LayerMeta {
+            layer,
+            n_layers: 2,
+            dtype: crate::DTYPE_F16,
+            kv_heads: 1,
+            head_dim: 1,
+            token_start: 0,
+            token_count: 1,
+        }
+    }
+
     #[test]
     fn layers_then_trailer_arrive_in_order() {
         let t = InProcessTransport::new();
         let rx = endpoint(&t, "d0");
         let mut s = t.open("d0", TransferId(7)).unwrap();
-        s.send_layer(0, vec![1, 2]).unwrap();
-        s.send_layer(1, vec![3]).unwrap();
+        s.send_layer(meta(0), vec![1, 2]).unwrap();
+        s.send_layer(meta(1), vec![3]).unwrap();
         s.complete(vec![9]).unwrap();
         let got: Vec<_> = rx.try_iter().collect();
         assert_eq!(
@@ -160,12 +172,12 @@ mod tests {
             vec![
                 KvMessage::Layer {
                     transfer: TransferId(7),
-                    layer: 0,
+                    meta: meta(0),
                     bytes: vec![1, 2]
                 },
                 KvMessage::Layer {
                     transfer: TransferId(7),
-                    layer: 1,
+                    meta: meta(1),
                     bytes: vec![3]
                 },
                 KvMessage::Complete {
@@ -182,7 +194,7 @@ mod tests {
         let rx = endpoint(&t, "d0");
         {
             let mut s = t.open("d0", TransferId(1)).unwrap();
-            s.send_layer(0, vec![1]).unwrap();
+            s.send_layer(meta(0), vec![1]).unwrap();
         }
         let got: Vec<_> = rx.try_iter().collect();
         assert!(matches!(
@@ -204,7 +216,7 @@ mod tests {
         drop(endpoint(&t, "d0"));
         let mut s = t.open("d0", TransferId(3)).unwrap();
         assert!(matches!(
-            s.send_layer(0, vec![1]),
+            s.send_layer(meta(0), vec![1]),
             Err(TransferError::EndpointClosed { .. })
         ));
     }

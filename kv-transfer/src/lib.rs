@@ -1,25 +1,33 @@
 //! # genie-kv-transfer
 //!
 //! Moves a sequence's KV cache from the prefill worker that computed it to the decode
-//! worker that continues it. The payload of each message is opaque to this crate (the
-//! engine's self-describing per-layer chunks); this crate owns how those bytes travel.
+//! worker that continues it.
 //!
 //! - [`KvMessage`]: what a receiver sees for one transfer id: one `Layer` per model layer
-//!   (sent as soon as the layer is computed, so transfer overlaps compute), then either
-//!   `Complete` (with a small trailer: the first sampled token and sampler state) or `Abort`.
-//! - [`KvTransport`]: opens a [`KvSink`] towards a named endpoint for one transfer id.
+//!   (sent as soon as the layer is computed, so transfer overlaps compute) with its
+//!   [`LayerMeta`] (layer, dtype, shape, token range), then either `Complete` (with a small
+//!   trailer: the first sampled token and sampler state) or `Abort`.
+//! - [`KvTransport`]: opens a [`KvSink`] towards an endpoint for one transfer id.
 //! - [`InProcessTransport`]: endpoints are receivers in the same process (`genie serve`).
-//!   TCP and RDMA transports arrive with the multi-process workers.
+//! - [`tcp`]: the TCP transport ([`TcpTransport`] to send, [`tcp::serve`] to receive) over
+//!   the versioned, checksummed frame format in [`wire`]; [`TransferRegistry`] is how a
+//!   receiver knows which transfer ids it expects (reserved before bytes arrive).
 //!
-//! Every sink records `genie_kv_transfer_bytes_total` and `genie_kv_transfer_seconds`
-//! (first layer handed over → trailer delivered). A sink dropped without `complete`
-//! sends `Abort`, so a failing prefill never leaves a decode reservation waiting.
+//! Every sink records `genie_kv_transfer_bytes_total` (layer payload bytes) and
+//! `genie_kv_transfer_seconds` (first layer handed over → trailer delivered), labelled by
+//! transport. A sink dropped without `complete` sends `Abort`, so a failing prefill never
+//! leaves a decode reservation waiting.
 
 mod in_process;
 mod message;
+pub mod registry;
+pub mod tcp;
+pub mod wire;
 
-pub use in_process::InProcessTransport;
-pub use message::KvMessage;
+pub use in_process::{Deliver, InProcessTransport};
+pub use message::{KvMessage, LayerMeta, DTYPE_F16};
+pub use registry::TransferRegistry;
+pub use tcp::TcpTransport;
 
 use genie_protocol::TransferId;
 
@@ -32,13 +40,15 @@ pub enum TransferError {
         endpoint: String,
         transfer: TransferId,
     },
+    #[error("KV endpoint `{endpoint}`: {reason}")]
+    Connect { endpoint: String, reason: String },
 }
 
 /// The sending half of one transfer.
 pub trait KvSink: Send {
-    /// Hands one layer's bytes to the transport.
-    fn send_layer(&mut self, layer: usize, bytes: Vec<u8>) -> Result<(), TransferError>;
-    /// Ends the transfer successfully with `trailer`.
+    /// Hands one layer's K/V bytes (K then V, shaped as `meta` says) to the transport.
+    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError>;
+    /// Ends the transfer successfully with `trailer`; returns once it is handed over.
     fn complete(self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError>;
     /// Ends the transfer unsuccessfully; the receiver drops what it holds for it.
     fn abort(self: Box<Self>, reason: &str);

@@ -2,12 +2,48 @@
 
 use genie_protocol::TransferId;
 
+/// Element type of a layer payload.
+pub const DTYPE_F16: u8 = 1;
+
+/// Which layer a payload holds and its shape: the payload is K then V, each
+/// `[token_count][kv_heads][head_dim]` elements of `dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerMeta {
+    pub layer: u32,
+    pub n_layers: u32,
+    pub dtype: u8,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub token_start: u32,
+    pub token_count: u32,
+}
+
+impl LayerMeta {
+    /// Bytes of one element of `dtype`, if known.
+    pub fn elem_bytes(&self) -> Option<usize> {
+        match self.dtype {
+            DTYPE_F16 => Some(2),
+            _ => None,
+        }
+    }
+
+    /// Payload bytes this shape implies (K and V).
+    pub fn payload_len(&self) -> Option<usize> {
+        let e = self.elem_bytes()?;
+        2usize
+            .checked_mul(self.token_count as usize)?
+            .checked_mul(self.kv_heads as usize)?
+            .checked_mul(self.head_dim as usize)?
+            .checked_mul(e)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvMessage {
-    /// One layer's exported K/V (the engine's self-describing chunk).
+    /// One layer's K/V.
     Layer {
         transfer: TransferId,
-        layer: u32,
+        meta: LayerMeta,
         bytes: Vec<u8>,
     },
     /// Every layer was sent; `trailer` carries what the decode side needs to continue.
@@ -15,7 +51,7 @@ pub enum KvMessage {
         transfer: TransferId,
         trailer: Vec<u8>,
     },
-    /// The sender gave up; drop everything held for this transfer.
+    /// The sender gave up (or the transfer broke); drop everything held for it.
     Abort {
         transfer: TransferId,
         reason: String,

@@ -1,8 +1,9 @@
 //! The prefill worker's handle and its compute loop.
 
+use genie_engine::kv_cache::{LayerHeader, LAYER_HEADER_LEN};
 use genie_engine::model::{Model, Segment};
 use genie_engine::sampling::{Sampled, Sampler};
-use genie_kv_transfer::KvSink;
+use genie_kv_transfer::{KvSink, LayerMeta, DTYPE_F16};
 use genie_protocol::worker::{Finish, Handoff, SeqEvent, TokenOut};
 use genie_protocol::{SeqId, WorkerId};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,11 +144,36 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
         if !jobs.is_empty() {
             metrics::histogram!("genie_prefill_batch_tokens", "worker" => label.clone())
                 .record(jobs.iter().map(|j| j.prompt.len()).sum::<usize>() as f64);
-            prefill(&model, jobs);
+            // A fault in one batch fails that batch's requests (their senders drop), not
+            // the worker.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prefill(&model, jobs)))
+                .is_err()
+            {
+                tracing::error!("prefill batch panicked; its requests failed");
+            }
         }
         stats.load.fetch_sub(n, Ordering::Relaxed);
         stats.queued_tokens.fetch_sub(t, Ordering::Relaxed);
     }
+}
+
+/// One layer of a segment's new tokens as wire metadata and K/V payload.
+fn export(seg: &Segment, layer: usize) -> (LayerMeta, Vec<u8>) {
+    let start = seg.cache.layer_len(layer) - seg.tokens.len();
+    let mut chunk = seg
+        .cache
+        .export_layer(layer, start..start + seg.tokens.len());
+    let h = LayerHeader::parse(&chunk).expect("the engine parses its own chunks");
+    let meta = LayerMeta {
+        layer: h.layer as u32,
+        n_layers: h.n_layers as u32,
+        dtype: DTYPE_F16,
+        kv_heads: h.kv_heads as u32,
+        head_dim: h.head_dim as u32,
+        token_start: h.token_start as u32,
+        token_count: h.token_count as u32,
+    };
+    (meta, chunk.split_off(LAYER_HEADER_LEN))
 }
 
 /// Prefills `jobs` in one forward, shipping each layer as it completes.
@@ -183,8 +209,8 @@ fn prefill(model: &Model, jobs: Vec<PrefillJob>) {
         let mut ship = |layer: usize, segs: &[Segment]| {
             for (seg, slot) in segs.iter().zip(sinks.iter_mut()) {
                 if let Some(sink) = slot {
-                    let bytes = seg.cache.export_layer(layer, 0..seg.tokens.len());
-                    if let Err(e) = sink.send_layer(layer, bytes) {
+                    let (meta, bytes) = export(seg, layer);
+                    if let Err(e) = sink.send_layer(meta, bytes) {
                         tracing::warn!(error = %e, "KV send failed; dropping the sequence");
                         *slot = None;
                     }

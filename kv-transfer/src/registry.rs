@@ -1,0 +1,122 @@
+//! The transfers a receiver expects: a decode worker registers a transfer id (with its
+//! byte bound and deadline) when it reserves KV for it, before any byte arrives; frames
+//! for ids it does not expect, past their deadline, or beyond their bound are refused.
+
+use genie_protocol::TransferId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("transfer {0} is not expected here")]
+    Unknown(TransferId),
+    #[error("transfer {0} expired")]
+    Expired(TransferId),
+    #[error("transfer {id} exceeds its {max} bytes")]
+    Oversize { id: TransferId, max: usize },
+}
+
+#[derive(Debug)]
+struct Expected {
+    deadline: Instant,
+    max_bytes: usize,
+    received: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TransferRegistry {
+    inner: Arc<Mutex<HashMap<TransferId, Expected>>>,
+}
+
+impl TransferRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TransferId, Expected>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Expects `id` carrying at most `max_bytes` of layer payload within `timeout`.
+    pub fn expect(&self, id: TransferId, max_bytes: usize, timeout: Duration) {
+        let mut m = self.lock();
+        let now = Instant::now();
+        m.retain(|_, e| e.deadline > now);
+        m.insert(
+            id,
+            Expected {
+                deadline: now + timeout,
+                max_bytes,
+                received: 0,
+            },
+        );
+    }
+
+    pub fn forget(&self, id: TransferId) {
+        self.lock().remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The time left for `id`, or why its frames are refused.
+    pub fn check(&self, id: TransferId) -> Result<Duration, RegistryError> {
+        let mut m = self.lock();
+        let e = m.get(&id).ok_or(RegistryError::Unknown(id))?;
+        let now = Instant::now();
+        if now >= e.deadline {
+            m.remove(&id);
+            return Err(RegistryError::Expired(id));
+        }
+        Ok(e.deadline - now)
+    }
+
+    /// Counts `n` more payload bytes for `id`.
+    pub fn account(&self, id: TransferId, n: usize) -> Result<(), RegistryError> {
+        let mut m = self.lock();
+        let e = m.get_mut(&id).ok_or(RegistryError::Unknown(id))?;
+        if e.received + n > e.max_bytes {
+            let max = e.max_bytes;
+            m.remove(&id);
+            return Err(RegistryError::Oversize { id, max });
+        }
+        e.received += n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_expired_and_oversize_transfers_are_refused() {
+        let r = TransferRegistry::new();
+        assert_eq!(
+            r.check(TransferId(1)),
+            Err(RegistryError::Unknown(TransferId(1)))
+        );
+        r.expect(TransferId(1), 100, Duration::from_secs(60));
+        assert!(r.check(TransferId(1)).is_ok());
+        r.account(TransferId(1), 60).unwrap();
+        assert_eq!(
+            r.account(TransferId(1), 60),
+            Err(RegistryError::Oversize {
+                id: TransferId(1),
+                max: 100
+            })
+        );
+        assert!(r.is_empty(), "an oversize transfer is dropped");
+        r.expect(TransferId(2), 100, Duration::ZERO);
+        assert_eq!(
+            r.check(TransferId(2)),
+            Err(RegistryError::Expired(TransferId(2)))
+        );
+    }
+}

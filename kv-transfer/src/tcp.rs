@@ -1,0 +1,312 @@
+//! The TCP transport. Sending: one connection per transfer, frames written by a writer
+//! thread so the prefill compute thread never waits on the network (layer `l` travels while
+//! layer `l + 1` computes). Receiving: [`serve`] accepts connections on the decode worker's
+//! KV port, checks every frame (wire format, registry, checksum) and delivers the messages;
+//! on any bad frame it aborts the transfer and closes the connection.
+
+use crate::registry::TransferRegistry;
+use crate::wire::{self, FRAME_HEADER_LEN};
+use crate::{Deliver, KvMessage, KvSink, KvTransport, LayerMeta, TransferError};
+use genie_protocol::TransferId;
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+/// Opens TCP connections to `host:port` KV endpoints.
+#[derive(Clone, Debug)]
+pub struct TcpTransport {
+    pub connect_timeout: Duration,
+    /// A write that makes no progress for this long fails the transfer (stalled receiver).
+    pub write_timeout: Duration,
+}
+
+impl Default for TcpTransport {
+    fn default() -> Self {
+        TcpTransport {
+            connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl KvTransport for TcpTransport {
+    fn open(&self, endpoint: &str, transfer: TransferId) -> Result<Box<dyn KvSink>, TransferError> {
+        let unreachable = |why: String| TransferError::Connect {
+            endpoint: endpoint.to_string(),
+            reason: why,
+        };
+        let addr = endpoint
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unreachable("no address".into()))?;
+        let stream = TcpStream::connect_timeout(&addr, self.connect_timeout)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_write_timeout(Some(self.write_timeout))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&failed);
+        let writer = std::thread::Builder::new()
+            .name("genie-kv-send".into())
+            .spawn(move || {
+                let mut s = stream;
+                for frame in rx {
+                    if let Err(e) = s.write_all(&frame) {
+                        f.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                }
+                s.flush()
+            })
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Box::new(TcpSink {
+            endpoint: endpoint.to_string(),
+            transfer,
+            tx: Some(tx),
+            writer: Some(writer),
+            failed,
+            started: None,
+            bytes: 0,
+            done: false,
+        }))
+    }
+
+    fn kind(&self) -> &'static str {
+        "tcp"
+    }
+}
+
+struct TcpSink {
+    endpoint: String,
+    transfer: TransferId,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    failed: Arc<AtomicBool>,
+    started: Option<Instant>,
+    bytes: u64,
+    done: bool,
+}
+
+impl TcpSink {
+    fn closed(&self, why: String) -> TransferError {
+        TransferError::Connect {
+            endpoint: self.endpoint.clone(),
+            reason: why,
+        }
+    }
+
+    fn push(&mut self, m: &KvMessage) -> Result<(), TransferError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.closed("the connection failed".into()));
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| self.closed("transfer already ended".into()))?;
+        tx.send(wire::encode(m))
+            .map_err(|_| self.closed("the writer stopped".into()))
+    }
+
+    /// Closes the frame queue and waits until everything queued is written.
+    fn drain(&mut self) -> Result<(), TransferError> {
+        self.tx = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(self.closed(e.to_string())),
+            Some(Err(_)) => Err(self.closed("the writer panicked".into())),
+        }
+    }
+}
+
+impl KvSink for TcpSink {
+    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+        self.started.get_or_insert_with(Instant::now);
+        let n = bytes.len() as u64;
+        self.push(&KvMessage::Layer {
+            transfer: self.transfer,
+            meta,
+            bytes,
+        })?;
+        self.bytes += n;
+        Ok(())
+    }
+
+    fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {
+        self.done = true;
+        self.push(&KvMessage::Complete {
+            transfer: self.transfer,
+            trailer,
+        })?;
+        self.drain()?;
+        metrics::counter!("genie_kv_transfer_bytes_total", "transport" => "tcp")
+            .increment(self.bytes);
+        if let Some(t) = self.started {
+            metrics::histogram!("genie_kv_transfer_seconds", "transport" => "tcp")
+                .record(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn abort(mut self: Box<Self>, reason: &str) {
+        self.done = true;
+        let _ = self.push(&KvMessage::Abort {
+            transfer: self.transfer,
+            reason: reason.to_string(),
+        });
+        let _ = self.drain();
+    }
+}
+
+impl Drop for TcpSink {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.push(&KvMessage::Abort {
+                transfer: self.transfer,
+                reason: "sender dropped the transfer".into(),
+            });
+            let _ = self.drain();
+        }
+    }
+}
+
+/// Accepts KV connections until the listener fails; each connection is served by its
+/// own task. `stall` bounds the wait for the next frame of a started transfer.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: TransferRegistry,
+    deliver: Deliver,
+    stall: Duration,
+) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "KV accept failed");
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let (reg, del) = (registry.clone(), Arc::clone(&deliver));
+        tokio::spawn(async move {
+            if let Err(e) = connection(sock, &reg, &del, stall).await {
+                tracing::warn!(%peer, error = %e, "KV connection refused");
+            }
+        });
+    }
+}
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("frame: {0}")]
+    Frame(#[from] wire::FrameError),
+    #[error("{0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("frame for transfer {got} on a connection carrying {want}")]
+    Mixed { got: TransferId, want: TransferId },
+    #[error("connection closed before transfer {0} completed")]
+    Truncated(TransferId),
+    #[error("no frame for {0:?}: stalled transfer")]
+    Stalled(Duration),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn read_exact_within(
+    sock: &mut tokio::net::TcpStream,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<(), ReceiveError> {
+    match tokio::time::timeout(limit, sock.read_exact(buf)).await {
+        Ok(r) => r.map(|_| ()).map_err(ReceiveError::from),
+        Err(_) => Err(ReceiveError::Stalled(limit)),
+    }
+}
+
+async fn connection(
+    mut sock: tokio::net::TcpStream,
+    registry: &TransferRegistry,
+    deliver: &Deliver,
+    stall: Duration,
+) -> Result<(), ReceiveError> {
+    let mut current: Option<TransferId> = None;
+    let result = frames(&mut sock, registry, deliver, stall, &mut current).await;
+    if let Err(e) = &result {
+        // Never leave a partial sequence behind: the receiver drops what it holds.
+        if let Some(t) = current {
+            registry.forget(t);
+            deliver(KvMessage::Abort {
+                transfer: t,
+                reason: format!("KV transfer broken: {e}"),
+            });
+        }
+    }
+    result
+}
+
+async fn frames(
+    sock: &mut tokio::net::TcpStream,
+    registry: &TransferRegistry,
+    deliver: &Deliver,
+    stall: Duration,
+    current: &mut Option<TransferId>,
+) -> Result<(), ReceiveError> {
+    loop {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        // Between transfers an idle connection may simply close.
+        let wait = if current.is_some() {
+            stall
+        } else {
+            Duration::from_secs(3600)
+        };
+        match tokio::time::timeout(wait, sock.read_exact(&mut h)).await {
+            Err(_) => return Err(ReceiveError::Stalled(wait)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return match current.take() {
+                    Some(t) => {
+                        *current = Some(t);
+                        Err(ReceiveError::Truncated(t))
+                    }
+                    None => Ok(()),
+                };
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(_)) => {}
+        }
+        let hdr = wire::parse_header(&h)?;
+        if let Some(c) = *current {
+            if c != hdr.transfer {
+                return Err(ReceiveError::Mixed {
+                    got: hdr.transfer,
+                    want: c,
+                });
+            }
+        }
+        let left = registry.check(hdr.transfer)?;
+        *current = Some(hdr.transfer);
+        let is_layer = hdr.kind == 1;
+        if is_layer {
+            registry.account(hdr.transfer, hdr.payload_len)?;
+        }
+        let mut payload = vec![0u8; hdr.payload_len];
+        read_exact_within(sock, &mut payload, left.min(stall)).await?;
+        let m = wire::finish(&hdr, payload)?;
+        let ends = !matches!(m, KvMessage::Layer { .. });
+        if ends {
+            registry.forget(hdr.transfer);
+            *current = None;
+        }
+        if !deliver(m) {
+            return Ok(());
+        }
+        if ends {
+            return Ok(());
+        }
+    }
+}

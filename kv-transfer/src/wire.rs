@@ -1,0 +1,246 @@
+//! The versioned binary frame format of the TCP transport (little-endian):
+//!
+//! | offset | field | type |
+//! |---:|---|---|
+//! | 0 | magic `GKVT` | `[u8; 4]` |
+//! | 4 | version ([`WIRE_VERSION`]) | u16 |
+//! | 6 | kind: 1 layer, 2 complete, 3 abort | u8 |
+//! | 7 | dtype (1 = f16; 0 when not a layer) | u8 |
+//! | 8 | transfer id | u64 |
+//! | 16 | layer, n_layers, kv_heads, head_dim, token_start, token_count | 6 × u32 |
+//! | 40 | payload length | u32 |
+//! | 44 | CRC-32 of the payload | u32 |
+//!
+//! then the payload: a layer's K then V; a complete frame's trailer; an abort's reason.
+
+use crate::message::{KvMessage, LayerMeta};
+use genie_protocol::TransferId;
+
+pub const WIRE_MAGIC: [u8; 4] = *b"GKVT";
+pub const WIRE_VERSION: u16 = 1;
+pub const FRAME_HEADER_LEN: usize = 48;
+/// Largest payload accepted in one frame.
+pub const MAX_PAYLOAD: usize = 1 << 30;
+
+const KIND_LAYER: u8 = 1;
+const KIND_COMPLETE: u8 = 2;
+const KIND_ABORT: u8 = 3;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("bad magic: not a Genie KV frame")]
+    Magic,
+    #[error("wire version {0}, this build speaks {WIRE_VERSION}")]
+    Version(u16),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("payload of {0} bytes is over the {MAX_PAYLOAD}-byte limit")]
+    Oversize(u64),
+    #[error("layer payload is {got} bytes, its shape needs {want}")]
+    Length { got: usize, want: usize },
+    #[error("unsupported dtype code {0}")]
+    Dtype(u8),
+    #[error("checksum mismatch (corrupted frame)")]
+    Checksum,
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: u8,
+    pub transfer: TransferId,
+    pub meta: LayerMeta,
+    pub payload_len: usize,
+    pub crc: u32,
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Encodes one message as header + payload.
+pub fn encode(m: &KvMessage) -> Vec<u8> {
+    let zero = LayerMeta {
+        layer: 0,
+        n_layers: 0,
+        dtype: 0,
+        kv_heads: 0,
+        head_dim: 0,
+        token_start: 0,
+        token_count: 0,
+    };
+    let (kind, transfer, meta, payload): (u8, TransferId, LayerMeta, &[u8]) = match m {
+        KvMessage::Layer {
+            transfer,
+            meta,
+            bytes,
+        } => (KIND_LAYER, *transfer, *meta, bytes),
+        KvMessage::Complete { transfer, trailer } => (KIND_COMPLETE, *transfer, zero, trailer),
+        KvMessage::Abort { transfer, reason } => (KIND_ABORT, *transfer, zero, reason.as_bytes()),
+    };
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&WIRE_MAGIC);
+    out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+    out.push(kind);
+    out.push(meta.dtype);
+    out.extend_from_slice(&transfer.0.to_le_bytes());
+    for v in [
+        meta.layer,
+        meta.n_layers,
+        meta.kv_heads,
+        meta.head_dim,
+        meta.token_start,
+        meta.token_count,
+    ] {
+        put_u32(&mut out, v);
+    }
+    put_u32(&mut out, payload.len() as u32);
+    put_u32(&mut out, crc32fast::hash(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Parses and checks a header (everything that can be checked before the payload).
+pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameError> {
+    if h[0..4] != WIRE_MAGIC {
+        return Err(FrameError::Magic);
+    }
+    let version = u16::from_le_bytes([h[4], h[5]]);
+    if version != WIRE_VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let kind = h[6];
+    if !(KIND_LAYER..=KIND_ABORT).contains(&kind) {
+        return Err(FrameError::Kind(kind));
+    }
+    let u = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&h[8..16]);
+    let meta = LayerMeta {
+        layer: u(16),
+        n_layers: u(20),
+        dtype: h[7],
+        kv_heads: u(24),
+        head_dim: u(28),
+        token_start: u(32),
+        token_count: u(36),
+    };
+    let payload_len = u(40) as usize;
+    if payload_len > MAX_PAYLOAD {
+        return Err(FrameError::Oversize(payload_len as u64));
+    }
+    if kind == KIND_LAYER {
+        let want = meta.payload_len().ok_or(FrameError::Dtype(meta.dtype))?;
+        if want != payload_len {
+            return Err(FrameError::Length {
+                got: payload_len,
+                want,
+            });
+        }
+    }
+    Ok(FrameHeader {
+        kind,
+        transfer: TransferId(u64::from_le_bytes(t)),
+        meta,
+        payload_len,
+        crc: u(44),
+    })
+}
+
+/// Checks the payload against the header and builds the message.
+pub fn finish(h: &FrameHeader, payload: Vec<u8>) -> Result<KvMessage, FrameError> {
+    if crc32fast::hash(&payload) != h.crc {
+        return Err(FrameError::Checksum);
+    }
+    Ok(match h.kind {
+        KIND_LAYER => KvMessage::Layer {
+            transfer: h.transfer,
+            meta: h.meta,
+            bytes: payload,
+        },
+        KIND_COMPLETE => KvMessage::Complete {
+            transfer: h.transfer,
+            trailer: payload,
+        },
+        _ => KvMessage::Abort {
+            transfer: h.transfer,
+            reason: String::from_utf8_lossy(&payload).into_owned(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::DTYPE_F16;
+
+    fn layer() -> KvMessage {
+        KvMessage::Layer {
+            transfer: TransferId(9),
+            meta: LayerMeta {
+                layer: 3,
+                n_layers: 30,
+                dtype: DTYPE_F16,
+                kv_heads: 3,
+                head_dim: 4,
+                token_start: 0,
+                token_count: 2,
+            },
+            bytes: (0..96u8).collect(),
+        }
+    }
+
+    fn roundtrip(bytes: &[u8]) -> Result<KvMessage, FrameError> {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h.copy_from_slice(&bytes[..FRAME_HEADER_LEN]);
+        let hdr = parse_header(&h)?;
+        finish(&hdr, bytes[FRAME_HEADER_LEN..].to_vec())
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        for m in [
+            layer(),
+            KvMessage::Complete {
+                transfer: TransferId(1),
+                trailer: b"{}".to_vec(),
+            },
+            KvMessage::Abort {
+                transfer: TransferId(2),
+                reason: "gone".into(),
+            },
+        ] {
+            assert_eq!(roundtrip(&encode(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_the_reason() {
+        let good = encode(&layer());
+        let mut b = good.clone();
+        b[0] = b'X';
+        assert_eq!(roundtrip(&b), Err(FrameError::Magic));
+        let mut b = good.clone();
+        b[4] = 9;
+        assert_eq!(roundtrip(&b), Err(FrameError::Version(9)));
+        let mut b = good.clone();
+        b[6] = 7;
+        assert_eq!(roundtrip(&b), Err(FrameError::Kind(7)));
+        let mut b = good.clone();
+        b[7] = 5;
+        assert_eq!(roundtrip(&b), Err(FrameError::Dtype(5)));
+        let mut b = good.clone();
+        b[36] = 3; // token_count 3: the shape now wants 144 bytes
+        assert_eq!(
+            roundtrip(&b),
+            Err(FrameError::Length { got: 96, want: 144 })
+        );
+        let mut b = good.clone();
+        b[40..44].copy_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(matches!(roundtrip(&b), Err(FrameError::Oversize(_))));
+        let mut b = good;
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert_eq!(roundtrip(&b), Err(FrameError::Checksum));
+    }
+}

@@ -1,0 +1,188 @@
+//! The TCP transport over real loopback sockets: good transfers arrive whole, bad frames
+//! close the connection and abort the transfer, never a partial sequence.
+
+use genie_kv_transfer::{
+    tcp, wire, KvMessage, KvTransport, LayerMeta, TcpTransport, TransferRegistry, DTYPE_F16,
+};
+use genie_protocol::TransferId;
+use std::io::Write;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+fn meta(layer: u32) -> LayerMeta {
+    LayerMeta {
+        layer,
+        n_layers: 2,
+        dtype: DTYPE_F16,
+        kv_heads: 1,
+        head_dim: 2,
+        token_start: 0,
+        token_count: 3,
+    }
+}
+
+/// Starts a receiver on 127.0.0.1:0; returns its address, registry and delivered messages.
+fn receiver(
+    rt: &tokio::runtime::Runtime,
+    stall: Duration,
+) -> (String, TransferRegistry, mpsc::Receiver<KvMessage>) {
+    let registry = TransferRegistry::new();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let deliver: genie_kv_transfer::Deliver = Arc::new(move |m| tx.lock().unwrap().send(m).is_ok());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(tcp::serve(listener, registry.clone(), deliver, stall));
+    (addr, registry, rx)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_transfer_arrives_layer_by_layer_then_completes() {
+    let rt = rt();
+    let (addr, reg, rx) = receiver(&rt, Duration::from_secs(5));
+    reg.expect(TransferId(5), 48, Duration::from_secs(30));
+    let mut s = TcpTransport::default().open(&addr, TransferId(5)).unwrap();
+    s.send_layer(meta(0), vec![1; 24]).unwrap();
+    s.send_layer(meta(1), vec![2; 24]).unwrap();
+    s.complete(b"trailer".to_vec()).unwrap();
+    let got: Vec<KvMessage> = (0..3).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert_eq!(
+        got[0],
+        KvMessage::Layer {
+            transfer: TransferId(5),
+            meta: meta(0),
+            bytes: vec![1; 24]
+        }
+    );
+    assert_eq!(
+        got[1],
+        KvMessage::Layer {
+            transfer: TransferId(5),
+            meta: meta(1),
+            bytes: vec![2; 24]
+        }
+    );
+    assert_eq!(
+        got[2],
+        KvMessage::Complete {
+            transfer: TransferId(5),
+            trailer: b"trailer".to_vec()
+        }
+    );
+    assert!(reg.is_empty(), "a completed transfer is forgotten");
+}
+
+#[test]
+fn unknown_transfers_are_refused_and_nothing_is_delivered() {
+    let rt = rt();
+    let (addr, _reg, rx) = receiver(&rt, Duration::from_secs(5));
+    let mut s = TcpTransport::default().open(&addr, TransferId(99)).unwrap();
+    let _ = s.send_layer(meta(0), vec![0; 24]);
+    let _ = s.complete(Vec::new());
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn corrupt_oversize_and_truncated_transfers_abort_instead_of_admitting_a_partial_sequence() {
+    let rt = rt();
+    let (addr, reg, rx) = receiver(&rt, Duration::from_secs(5));
+    let layer = |t: u64, fill: u8| {
+        wire::encode(&KvMessage::Layer {
+            transfer: TransferId(t),
+            meta: meta(0),
+            bytes: vec![fill; 24],
+        })
+    };
+
+    // Corrupted payload: the first good layer arrives, the corrupt one aborts.
+    reg.expect(TransferId(1), 1000, Duration::from_secs(30));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(&layer(1, 7)).unwrap();
+    let mut bad = layer(1, 8);
+    let n = bad.len();
+    bad[n - 1] ^= 0xff;
+    c.write_all(&bad).unwrap();
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        KvMessage::Layer { .. }
+    ));
+    match rx.recv_timeout(WAIT).unwrap() {
+        KvMessage::Abort { transfer, reason } => {
+            assert_eq!(transfer, TransferId(1));
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        m => panic!("expected abort, got {m:?}"),
+    }
+
+    // More bytes than the reservation allows.
+    reg.expect(TransferId(2), 24, Duration::from_secs(30));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(&layer(2, 1)).unwrap();
+    c.write_all(&layer(2, 1)).unwrap();
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        KvMessage::Layer { .. }
+    ));
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        KvMessage::Abort {
+            transfer: TransferId(2),
+            ..
+        }
+    ));
+
+    // The sender goes away after one layer (a prefill worker dying mid-transfer).
+    reg.expect(TransferId(3), 1000, Duration::from_secs(30));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(&layer(3, 1)).unwrap();
+    c.write_all(&layer(3, 1)[..20]).unwrap();
+    drop(c);
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        KvMessage::Layer { .. }
+    ));
+    match rx.recv_timeout(WAIT).unwrap() {
+        KvMessage::Abort { transfer, .. } => assert_eq!(transfer, TransferId(3)),
+        m => panic!("expected abort, got {m:?}"),
+    }
+
+    // Bad magic: the connection is closed; nothing is delivered.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(&[0u8; 64]).unwrap();
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn a_stalled_transfer_times_out() {
+    let rt = rt();
+    let (addr, reg, rx) = receiver(&rt, Duration::from_millis(200));
+    reg.expect(TransferId(4), 1000, Duration::from_secs(30));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(&wire::encode(&KvMessage::Layer {
+        transfer: TransferId(4),
+        meta: meta(0),
+        bytes: vec![0; 24],
+    }))
+    .unwrap();
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        KvMessage::Layer { .. }
+    ));
+    match rx.recv_timeout(WAIT).unwrap() {
+        KvMessage::Abort { reason, .. } => assert!(reason.contains("stalled"), "{reason}"),
+        m => panic!("expected abort, got {m:?}"),
+    }
+    drop(c);
+}
