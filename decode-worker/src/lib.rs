@@ -13,6 +13,7 @@
 //! the same forward step as the running decodes (the baseline that disaggregation beats).
 
 mod batch;
+pub mod service;
 mod worker;
 
 pub use worker::{DecodeConfig, DecodeInput, DecodeStats, DecodeWorker, NewSeq};

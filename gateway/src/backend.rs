@@ -1,11 +1,15 @@
-//! The local emulation backend of `genie serve`: prefill and decode workers as threads in
-//! this process, the in-process KV transport between them, and the dispatcher that asks
-//! the scheduler for a placement and starts both legs of each sequence.
+//! Where sequences run. The [`Backend`] owns the waiting queue, the scheduler and the
+//! placement loop; a [`Pool`] starts the legs of a placed sequence on its workers:
+//! [`LocalPool`] (`genie serve`: worker threads in this process, in-process KV transport)
+//! or [`RemotePool`](crate::remote::RemotePool) (`genie gateway`: worker processes reached
+//! over HTTP, KV over TCP).
 
 use crate::api_error::ApiError;
 use crate::config::{Mode, Routing, ServeConfig};
+use crate::remote::RemotePool;
 use genie_decode_worker::{DecodeConfig, DecodeInput, DecodeWorker, NewSeq};
 use genie_engine::kv_budget::KvBudget;
+use genie_engine::kv_cache::KvCache;
 use genie_engine::model::Model;
 use genie_engine::sampling::{Sampler, SamplingParams};
 use genie_kv_transfer::{InProcessTransport, KvTransport};
@@ -50,11 +54,33 @@ pub struct Dispatched {
     pub ticket: Option<WaitTicket>,
 }
 
+/// Why a pool could not start a placed sequence.
+pub enum StartError {
+    /// The decode worker has no KV room right now: wait for room, then place again.
+    Busy,
+    /// A worker could not be reached (and is now marked unhealthy): place again at once.
+    Retry,
+    Fatal(ApiError),
+}
+
+pub enum Pool {
+    Local(LocalPool),
+    Remote(Arc<RemotePool>),
+}
+
+impl Pool {
+    fn views(&self) -> Vec<WorkerView> {
+        match self {
+            Pool::Local(p) => p.views(),
+            Pool::Remote(p) => p.views(),
+        }
+    }
+}
+
 pub struct Backend {
-    prefill: Vec<PrefillWorker>,
-    decode: Vec<DecodeWorker>,
-    transport: InProcessTransport,
+    pub pool: Pool,
     scheduler: Mutex<Scheduler>,
+    disaggregated: bool,
     kv_freed: Arc<Notify>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -63,108 +89,76 @@ pub struct Backend {
     next_id: AtomicU64,
 }
 
-fn endpoint(id: WorkerId) -> String {
-    format!("decode-{}", id.0)
+fn scheduler(cfg: &ServeConfig) -> Scheduler {
+    let mode = match cfg.scheduler.mode {
+        Mode::Colocated => DisaggregationMode::Colocated,
+        Mode::Disaggregated => DisaggregationMode::Disaggregated {
+            min_prompt_tokens: cfg.scheduler.min_prompt_tokens,
+        },
+    };
+    let routing = match cfg.scheduler.routing {
+        Routing::LeastLoaded => RoutingPolicy::LeastLoaded,
+        Routing::RoundRobin => RoutingPolicy::RoundRobin,
+    };
+    Scheduler::new(routing, mode)
 }
 
 impl Backend {
-    /// Starts the workers, each with its own compute pool over the shared weights.
-    pub fn start(cfg: &ServeConfig, model: &Model) -> anyhow::Result<Self> {
-        let transport = InProcessTransport::new();
+    /// `genie serve`: worker threads in this process.
+    pub fn local(cfg: &ServeConfig, model: &Model) -> anyhow::Result<Self> {
         let kv_freed = Arc::new(Notify::new());
-        let mut decode = Vec::new();
-        for i in 0..cfg.decode.workers {
-            let id = WorkerId(100 + i as u64);
-            let notify = Arc::clone(&kv_freed);
-            let w = DecodeWorker::start(
-                DecodeConfig {
-                    id,
-                    max_batch: cfg.decode.max_batch,
-                    max_prefill_tokens: cfg.decode.max_prefill_tokens,
-                    transfer_timeout: Duration::from_secs(cfg.decode.transfer_timeout_secs),
-                },
-                model.share(cfg.decode.threads)?,
-                KvBudget::new(usize::try_from(cfg.decode.kv_cache_bytes).unwrap_or(usize::MAX)),
-                Arc::new(move || notify.notify_waiters()),
-            )?;
-            transport.register(&endpoint(id), w.kv_deliverer());
-            decode.push(w);
-        }
-        let mut prefill = Vec::new();
-        if cfg.scheduler.mode == Mode::Disaggregated {
-            for i in 0..cfg.prefill.workers {
-                prefill.push(PrefillWorker::start(
-                    PrefillConfig {
-                        id: WorkerId(i as u64),
-                        max_batch_tokens: cfg.prefill.max_batch_tokens,
-                    },
-                    model.share(cfg.prefill.threads)?,
-                )?);
-            }
-        }
-        let mode = match cfg.scheduler.mode {
-            Mode::Colocated => DisaggregationMode::Colocated,
-            Mode::Disaggregated => DisaggregationMode::Disaggregated {
-                min_prompt_tokens: cfg.scheduler.min_prompt_tokens,
-            },
-        };
-        let routing = match cfg.scheduler.routing {
-            Routing::LeastLoaded => RoutingPolicy::LeastLoaded,
-            Routing::RoundRobin => RoutingPolicy::RoundRobin,
-        };
+        let pool = LocalPool::launch(cfg, model, Arc::clone(&kv_freed))?;
+        Ok(Self::with_pool(
+            cfg,
+            Pool::Local(pool),
+            kv_freed,
+            model.kv_shape().bytes_per_token(),
+        ))
+    }
+
+    /// `genie gateway`: worker processes registered with (or listed for) this gateway.
+    pub fn remote(cfg: &ServeConfig, pool: Arc<RemotePool>, kv_bytes_per_token: usize) -> Self {
+        let kv_freed = pool.changed();
+        Self::with_pool(cfg, Pool::Remote(pool), kv_freed, kv_bytes_per_token)
+    }
+
+    fn with_pool(
+        cfg: &ServeConfig,
+        pool: Pool,
+        kv_freed: Arc<Notify>,
+        kv_bytes_per_token: usize,
+    ) -> Self {
         metrics::gauge!("genie_num_requests_waiting").set(0.0);
-        Ok(Backend {
-            prefill,
-            decode,
-            transport,
-            scheduler: Mutex::new(Scheduler::new(routing, mode)),
+        Backend {
+            pool,
+            scheduler: Mutex::new(scheduler(cfg)),
+            disaggregated: cfg.scheduler.mode == Mode::Disaggregated,
             kv_freed,
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: cfg.limits.max_waiting,
             queue_timeout: Duration::from_secs(cfg.limits.queue_timeout_secs),
-            kv_bytes_per_token: model.kv_shape().bytes_per_token(),
+            kv_bytes_per_token,
             next_id: AtomicU64::new(1),
-        })
-    }
-
-    /// Ready when every worker thread is alive and both phases have somewhere to run.
-    pub fn is_ready(&self) -> bool {
-        !self.decode.is_empty()
-            && self.decode.iter().all(|w| w.is_alive())
-            && self.prefill.iter().all(|w| w.is_alive())
-    }
-
-    pub fn mode_label(&self) -> &'static str {
-        if self.prefill.is_empty() {
-            "colocated"
-        } else {
-            "disaggregated"
         }
     }
 
-    fn views(&self) -> Vec<WorkerView> {
-        let p = self.prefill.iter().map(|w| WorkerView {
-            id: w.config.id,
-            role: Role::Prefill,
-            healthy: w.is_alive(),
-            load: w.stats().load.load(Ordering::Relaxed),
-            queued_tokens: w.stats().queued_tokens.load(Ordering::Relaxed),
-            kv_capacity_bytes: 0,
-            kv_free_bytes: 0,
-        });
-        let d = self.decode.iter().map(|w| {
-            let b = w.budget();
-            WorkerView {
-                id: w.config.id,
-                role: Role::Decode,
-                healthy: w.is_alive(),
-                load: w.stats().load(),
-                queued_tokens: 0,
-                kv_capacity_bytes: b.capacity_bytes() as u64,
-                kv_free_bytes: (b.capacity_bytes() - b.used_bytes()) as u64,
-            }
-        });
-        p.chain(d).collect()
+    /// Ready when a decode worker (and, disaggregated, a prefill worker) is healthy.
+    pub fn is_ready(&self) -> bool {
+        let views = self.pool.views();
+        let has = |r: Role| views.iter().any(|w| w.role == r && w.healthy);
+        let all_local_alive = match &self.pool {
+            Pool::Local(p) => p.all_alive(),
+            Pool::Remote(_) => true,
+        };
+        all_local_alive && has(Role::Decode) && (!self.disaggregated || has(Role::Prefill))
+    }
+
+    pub fn mode_label(&self) -> &'static str {
+        if self.disaggregated {
+            "disaggregated"
+        } else {
+            "colocated"
+        }
     }
 
     /// Enters the waiting queue or refuses with 429 when it is full.
@@ -200,23 +194,42 @@ impl Backend {
             kv_bytes: kv_bytes as u64,
         };
         let deadline = tokio::time::Instant::now() + self.queue_timeout;
-        let (placement, reservation, decode) = loop {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut retries = 0;
+        loop {
             let freed = self.kv_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             let placed = {
-                let views = self.views();
+                let views = self.pool.views();
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
                 s.place(&preq, &views)
             };
             match placed {
-                Ok(p) => {
-                    let Some(d) = self.decode.iter().find(|w| w.config.id == p.decode()) else {
-                        return Err(ApiError::internal());
+                Ok(placement) => {
+                    let started = match &self.pool {
+                        Pool::Local(p) => p.start(placement, &req, id, kv_bytes),
+                        Pool::Remote(p) => p.start(placement, &req, id).await,
                     };
-                    // Another request may have taken the room since the snapshot: retry.
-                    if let Ok(r) = d.budget().reserve(kv_bytes) {
-                        break (p, r, d);
+                    match started {
+                        Ok(events) => {
+                            return Ok(Dispatched {
+                                events,
+                                placement,
+                                ticket: Some(ticket),
+                            })
+                        }
+                        Err(StartError::Fatal(e)) => return Err(e),
+                        Err(StartError::Retry) if retries < 3 => {
+                            retries += 1;
+                            continue;
+                        }
+                        Err(StartError::Retry) => {
+                            return Err(ApiError::unavailable(
+                                "workers could not be reached; retry later",
+                            ))
+                        }
+                        Err(StartError::Busy) => {}
                     }
                 }
                 Err(PlaceError::NeverFits {
@@ -240,11 +253,112 @@ impl Backend {
                     "The server is overloaded: no KV cache room freed up in time. Retry later.",
                 ));
             }
+        }
+    }
+}
+
+/// Worker threads in this process.
+pub struct LocalPool {
+    prefill: Vec<PrefillWorker>,
+    decode: Vec<DecodeWorker>,
+    transport: InProcessTransport,
+}
+
+fn endpoint(id: WorkerId) -> String {
+    format!("decode-{}", id.0)
+}
+
+impl LocalPool {
+    /// Starts the workers, each with its own compute pool over the shared weights.
+    fn launch(cfg: &ServeConfig, model: &Model, kv_freed: Arc<Notify>) -> anyhow::Result<Self> {
+        let transport = InProcessTransport::new();
+        let mut decode = Vec::new();
+        for i in 0..cfg.decode.workers {
+            let id = WorkerId(100 + i as u64);
+            let notify = Arc::clone(&kv_freed);
+            let w = DecodeWorker::start(
+                DecodeConfig {
+                    id,
+                    max_batch: cfg.decode.max_batch,
+                    max_prefill_tokens: cfg.decode.max_prefill_tokens,
+                    transfer_timeout: Duration::from_secs(cfg.decode.transfer_timeout_secs),
+                },
+                model.share(cfg.decode.threads)?,
+                KvBudget::new(usize::try_from(cfg.decode.kv_cache_bytes).unwrap_or(usize::MAX)),
+                Arc::new(move || notify.notify_waiters()),
+            )?;
+            transport.register(&endpoint(id), w.kv_deliverer());
+            decode.push(w);
+        }
+        let mut prefill = Vec::new();
+        if cfg.scheduler.mode == Mode::Disaggregated {
+            for i in 0..cfg.prefill.workers {
+                prefill.push(PrefillWorker::start(
+                    PrefillConfig {
+                        id: WorkerId(i as u64),
+                        max_batch_tokens: cfg.prefill.max_batch_tokens,
+                    },
+                    model.share(cfg.prefill.threads)?,
+                )?);
+            }
+        }
+        Ok(LocalPool {
+            prefill,
+            decode,
+            transport,
+        })
+    }
+
+    fn all_alive(&self) -> bool {
+        self.decode.iter().all(|w| w.is_alive()) && self.prefill.iter().all(|w| w.is_alive())
+    }
+
+    fn views(&self) -> Vec<WorkerView> {
+        let p = self.prefill.iter().map(|w| WorkerView {
+            id: w.config.id,
+            role: Role::Prefill,
+            healthy: w.is_alive(),
+            load: w.stats().load.load(Ordering::Relaxed),
+            queued_tokens: w.stats().queued_tokens.load(Ordering::Relaxed),
+            kv_capacity_bytes: 0,
+            kv_free_bytes: 0,
+        });
+        let d = self.decode.iter().map(|w| {
+            let b = w.budget();
+            WorkerView {
+                id: w.config.id,
+                role: Role::Decode,
+                healthy: w.is_alive(),
+                load: w.stats().load(),
+                queued_tokens: 0,
+                kv_capacity_bytes: b.capacity_bytes() as u64,
+                kv_free_bytes: (b.capacity_bytes() - b.used_bytes()) as u64,
+            }
+        });
+        p.chain(d).collect()
+    }
+
+    fn start(
+        &self,
+        placement: Placement,
+        req: &SeqRequest,
+        id: u64,
+        kv_bytes: usize,
+    ) -> Result<UnboundedReceiver<SeqEvent>, StartError> {
+        let Some(decode) = self
+            .decode
+            .iter()
+            .find(|w| w.config.id == placement.decode())
+        else {
+            return Err(StartError::Fatal(ApiError::internal()));
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Another request may have taken the room since the snapshot: wait and retry.
+        let reservation = decode
+            .budget()
+            .reserve(kv_bytes)
+            .map_err(|_| StartError::Busy)?;
         let (tx, rx) = unbounded_channel();
-        let sampler = Sampler::new(req.sampling, req.seed);
-        let cache_tokens = req.prompt.len() + req.max_tokens;
+        let sampler = Sampler::new(req.sampling.clone(), req.seed);
         let seq = NewSeq {
             id: SeqId(id),
             max_tokens: req.max_tokens,
@@ -252,54 +366,49 @@ impl Backend {
             sampler: sampler.clone(),
             events: tx.clone(),
             reservation,
-            cache: decode_cache(decode, cache_tokens),
+            cache: KvCache::new(decode.kv_shape(), req.prompt.len() + req.max_tokens),
+        };
+        let stopped = |what: &str| {
+            StartError::Fatal(ApiError::unavailable(format!("the {what} worker stopped")))
         };
         match placement {
             Placement::Colocated { .. } => {
                 if !decode.send(DecodeInput::Prefill {
                     seq,
-                    prompt: req.prompt,
+                    prompt: req.prompt.clone(),
                 }) {
-                    return Err(ApiError::unavailable("the decode worker stopped"));
+                    return Err(stopped("decode"));
                 }
             }
             Placement::Disaggregated { prefill, .. } => {
                 let transfer = TransferId(id);
                 let Some(p) = self.prefill.iter().find(|w| w.config.id == prefill) else {
-                    return Err(ApiError::internal());
+                    return Err(StartError::Fatal(ApiError::internal()));
                 };
                 if !decode.send(DecodeInput::Expect { transfer, seq }) {
-                    return Err(ApiError::unavailable("the decode worker stopped"));
+                    return Err(stopped("decode"));
                 }
                 let sink = self
                     .transport
                     .open(&endpoint(decode.config.id), transfer)
                     .map_err(|e| {
                         tracing::error!(error = %e, "cannot open KV transfer");
-                        ApiError::internal()
+                        StartError::Fatal(ApiError::internal())
                     })?;
                 let job = PrefillJob {
                     id: SeqId(id),
-                    prompt: req.prompt,
+                    prompt: req.prompt.clone(),
                     max_tokens: req.max_tokens,
-                    stop_token_ids: req.stop_token_ids,
+                    stop_token_ids: req.stop_token_ids.clone(),
                     sampler,
                     events: tx,
                     sink,
                 };
                 if p.submit(job).is_err() {
-                    return Err(ApiError::unavailable("the prefill worker stopped"));
+                    return Err(stopped("prefill"));
                 }
             }
         }
-        Ok(Dispatched {
-            events: rx,
-            placement,
-            ticket: Some(ticket),
-        })
+        Ok(rx)
     }
-}
-
-fn decode_cache(w: &DecodeWorker, tokens: usize) -> genie_engine::kv_cache::KvCache {
-    genie_engine::kv_cache::KvCache::new(w.kv_shape(), tokens)
 }

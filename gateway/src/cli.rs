@@ -20,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve the OpenAI-compatible API: gateway, prefill and decode workers in one process.
     Serve(crate::serve::ServeArgs),
+    /// The gateway alone: the HTTP API over worker processes that register with it.
+    Gateway(crate::serve::ServeArgs),
+    /// A prefill worker process (registers with --gateway).
+    PrefillWorker(crate::roles::WorkerArgs),
+    /// A decode worker process (registers with --gateway).
+    DecodeWorker(crate::roles::WorkerArgs),
     /// Generate a completion for one prompt with the local engine.
     Generate(GenerateArgs),
     /// Manage the model file.
@@ -99,6 +105,13 @@ pub struct GenerateArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(a) => crate::serve::run(a),
+        Command::Gateway(a) => crate::roles::run_gateway(a),
+        Command::PrefillWorker(a) => {
+            crate::roles::run_worker(a, genie_protocol::worker::WorkerRole::Prefill)
+        }
+        Command::DecodeWorker(a) => {
+            crate::roles::run_worker(a, genie_protocol::worker::WorkerRole::Decode)
+        }
         Command::Generate(a) => generate(a),
         Command::Model(ModelCommand::Fetch) => {
             let path = fetch::ensure_default_model()?;

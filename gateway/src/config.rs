@@ -15,6 +15,27 @@ pub struct ServeConfig {
     pub prefill: PrefillSection,
     pub decode: DecodeSection,
     pub limits: LimitsSection,
+    pub workers: WorkersSection,
+}
+
+/// Worker processes (`genie gateway`): heartbeats and statically listed workers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersSection {
+    /// Heartbeat interval; a worker silent for 3 is unhealthy, for 10 forgotten.
+    pub heartbeat_ms: u64,
+    /// Workers the gateway polls instead of waiting for them to register.
+    #[serde(rename = "static")]
+    pub statics: Vec<crate::remote::StaticWorker>,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        WorkersSection {
+            heartbeat_ms: 1000,
+            statics: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -254,6 +275,23 @@ impl ServeConfig {
         }
         if self.limits.max_n == 0 {
             return err("limits.max_n", "must be at least 1");
+        }
+        if self.workers.heartbeat_ms < 50 {
+            return err("workers.heartbeat_ms", "must be at least 50");
+        }
+        for (i, w) in self.workers.statics.iter().enumerate() {
+            if !w.address.starts_with("http://") {
+                return Err(FieldError {
+                    field: format!("workers.static[{i}].address"),
+                    reason: "must be an http:// URL".into(),
+                });
+            }
+            if w.role == genie_protocol::worker::WorkerRole::Decode && w.kv_endpoint.is_none() {
+                return Err(FieldError {
+                    field: format!("workers.static[{i}].kv_endpoint"),
+                    reason: "a decode worker needs its KV endpoint (host:port)".into(),
+                });
+            }
         }
         if self.limits.max_body_bytes < 1024 {
             return err("limits.max_body_bytes", "must be at least 1024");

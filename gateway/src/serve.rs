@@ -73,9 +73,15 @@ impl ServeArgs {
     }
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
-    let cfg = ServeConfig::load(args.config.as_deref(), args.overrides())?;
-    let metrics = crate::metrics_setup::install()?;
+impl ServeArgs {
+    /// Defaults → TOML → environment → these flags, validated.
+    pub fn config_with_overrides(&self) -> Result<ServeConfig> {
+        ServeConfig::load(self.config.as_deref(), self.overrides())
+    }
+}
+
+/// Loads the configured model (fetching the default one on first use).
+pub fn load_engine(cfg: &ServeConfig) -> Result<(Engine, PathBuf)> {
     let path = fetch::resolve_model(cfg.model.path.as_deref())?;
     // The loading engine's own pool is unused: each worker gets its own over shared weights.
     let engine = Engine::load(
@@ -86,42 +92,68 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;
-    let eog_ids = engine.end_of_generation_ids().to_vec();
-    let Engine {
-        model,
-        tokenizer,
-        template,
-        ..
-    } = engine;
-    let mc = model.config().clone();
-    // Default id: the file name without its quantisation suffix
-    // (`SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct`).
-    let served_name = cfg.model.served_name.clone().unwrap_or_else(|| {
-        path.file_name()
-            .map(|s| {
-                s.to_string_lossy()
-                    .split('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| mc.name.clone())
+    Ok((engine, path))
+}
+
+impl Frontend {
+    /// Takes the tokenizer and template out of a loaded engine.
+    pub fn new(cfg: &ServeConfig, engine: Engine, path: &std::path::Path) -> Self {
+        let eog_ids = engine.end_of_generation_ids().to_vec();
+        let Engine {
+            model,
+            tokenizer,
+            template,
+            ..
+        } = engine;
+        let mc = model.config().clone();
+        // Default id: the file name without its quantisation suffix
+        // (`SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct`).
+        let served_name = cfg.model.served_name.clone().unwrap_or_else(|| {
+            path.file_name()
+                .map(|s| {
+                    s.to_string_lossy()
+                        .split('.')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| mc.name.clone())
+        });
+        Frontend {
+            served_name,
+            tokenizer,
+            template,
+            context_length: mc.context_length,
+            vocab_size: mc.vocab_size,
+            eog_ids,
+            default_max_tokens: cfg.limits.default_max_tokens,
+            max_n: cfg.limits.max_n,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// Keeps the Prometheus histograms bounded.
+pub fn spawn_upkeep(h: metrics_exporter_prometheus::PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            t.tick().await;
+            h.run_upkeep();
+        }
     });
-    let frontend = Arc::new(Frontend {
-        served_name: served_name.clone(),
-        tokenizer,
-        template,
-        context_length: mc.context_length,
-        vocab_size: mc.vocab_size,
-        eog_ids,
-        default_max_tokens: cfg.limits.default_max_tokens,
-        max_n: cfg.limits.max_n,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    let backend = Arc::new(Backend::start(&cfg, &model)?);
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let cfg = args.config_with_overrides()?;
+    let metrics = crate::metrics_setup::install()?;
+    let (engine, path) = load_engine(&cfg)?;
+    let model = engine.model.share(1)?;
+    let frontend = Arc::new(Frontend::new(&cfg, engine, &path));
+    let backend = Arc::new(Backend::local(&cfg, &model)?);
     drop(model);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -136,14 +168,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind {addr}"))?;
         let local = listener.local_addr()?;
-        let upkeep = metrics.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                t.tick().await;
-                upkeep.run_upkeep();
-            }
-        });
+        spawn_upkeep(metrics.clone());
+        let served_name = frontend.served_name.clone();
         let state = AppState {
             frontend,
             backend: Arc::clone(&backend),
@@ -171,7 +197,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

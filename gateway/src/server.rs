@@ -85,6 +85,43 @@ async fn prometheus(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
+fn remote(st: &AppState) -> Result<&Arc<crate::remote::RemotePool>, ApiError> {
+    match &st.backend.pool {
+        crate::backend::Pool::Remote(p) => Ok(p),
+        crate::backend::Pool::Local(_) => Err(ApiError::not_found(
+            "this server runs its workers in-process (genie serve); workers register with `genie gateway`",
+        )),
+    }
+}
+
+async fn register(
+    State(st): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: genie_protocol::worker::RegisterRequest = crate::body::parse(&body)?;
+    Ok(axum::Json(remote(&st)?.register(req)?).into_response())
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let status: genie_protocol::worker::WorkerStatus = crate::body::parse(&body)?;
+    if remote(&st)?.heartbeat(genie_protocol::WorkerId(id), status) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "worker {id} is not registered; register again"
+        )))
+    }
+}
+
+async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let list = remote(&st)?.list();
+    Ok(axum::Json(serde_json::json!({"object": "list", "data": list})).into_response())
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "No route for {} {}",
@@ -98,11 +135,14 @@ pub fn router(st: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/workers", get(workers))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
+        .route("/internal/workers", post(register))
+        .route("/internal/workers/{id}/heartbeat", post(heartbeat))
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -8,6 +8,7 @@
 //! transfer) and completes the transfer with the [`Handoff`](genie_protocol::worker::Handoff).
 //! A sequence that ends at its first token aborts its transfer, freeing the decode slot.
 
+pub mod service;
 mod worker;
 
 pub use worker::{PrefillConfig, PrefillJob, PrefillStats, PrefillWorker};

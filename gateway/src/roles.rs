@@ -1,0 +1,310 @@
+//! `genie gateway`, `genie prefill-worker`, `genie decode-worker`: the roles of `genie
+//! serve` as separate processes. Workers serve their control API over HTTP (and, decode, a
+//! TCP KV receiver), register with the gateway and heartbeat their load.
+
+use crate::backend::Backend;
+use crate::config::ServeConfig;
+use crate::frontend::Frontend;
+use crate::remote::RemotePool;
+use crate::serve::{load_engine, shutdown_signal, ServeArgs};
+use crate::server::{self, AppState};
+use anyhow::{Context, Result};
+use clap::Args;
+use genie_decode_worker::service::{self as dsvc, DecodeService};
+use genie_decode_worker::{DecodeConfig, DecodeWorker};
+use genie_engine::kv_budget::KvBudget;
+use genie_kv_transfer::{TcpTransport, TransferRegistry};
+use genie_prefill_worker::service::{self as psvc, PrefillService};
+use genie_prefill_worker::{PrefillConfig, PrefillWorker};
+use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerRole, WorkerStatus};
+use genie_protocol::WorkerId;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The gateway to register with (http://host:port).
+    #[arg(long, env = "GENIE_GATEWAY")]
+    pub gateway: String,
+    /// Address for this worker's control API (default 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port for the control API (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Port for the KV receiver (decode workers; 0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub kv_port: u16,
+    /// Host name the gateway and other workers should use to reach this worker (default:
+    /// the bound address).
+    #[arg(long)]
+    pub advertise_host: Option<String>,
+    /// Hardware label reported to the gateway.
+    #[arg(long, default_value = "cpu")]
+    pub hardware: String,
+    /// TOML configuration (the `prefill` / `decode` / `model` sections apply).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// A llama GGUF file (default: GENIE_MODEL, else the default model).
+    #[arg(long, env = "GENIE_MODEL")]
+    pub model: Option<std::path::PathBuf>,
+    /// Compute threads (0 = one per core).
+    #[arg(long, env = "GENIE_THREADS")]
+    pub threads: Option<usize>,
+}
+
+fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
+    let sa = ServeArgs {
+        config: a.config.clone(),
+        host: None,
+        port: None,
+        model: a.model.clone(),
+        colocated: false,
+        api_keys: Vec::new(),
+        threads: a.threads,
+    };
+    sa.config_with_overrides()
+}
+
+fn advertised(a: &WorkerArgs, bound: SocketAddr) -> Result<String> {
+    match &a.advertise_host {
+        Some(h) => Ok(format!("{h}:{}", bound.port())),
+        None if bound.ip().is_unspecified() => {
+            anyhow::bail!("--host {} binds every interface: give --advertise-host so others can reach this worker", bound.ip())
+        }
+        None => Ok(bound.to_string()),
+    }
+}
+
+/// Registers, then heartbeats forever; registers again when the gateway forgot us.
+async fn heartbeat_loop(
+    gateway: String,
+    mut reg: RegisterRequest,
+    status: impl Fn() -> WorkerStatus,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client without TLS builds");
+    let gateway = gateway.trim_end_matches('/').to_string();
+    loop {
+        reg.status = status();
+        let r = client
+            .post(format!("{gateway}/internal/workers"))
+            .json(&reg)
+            .send()
+            .await;
+        let resp: RegisterResponse = match r {
+            Ok(r) if r.status().is_success() => match r.json().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad registration answer");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "gateway refused registration");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway unreachable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let every = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let r = client
+                .post(format!(
+                    "{gateway}/internal/workers/{}/heartbeat",
+                    resp.id.0
+                ))
+                .json(&status())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => break,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+async fn metrics_route(
+    axum::extract::State(h): axum::extract::State<metrics_exporter_prometheus::PrometheusHandle>,
+) -> String {
+    h.render()
+}
+
+pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
+    let cfg = worker_cfg(&a)?;
+    let handle = crate::metrics_setup::install()?;
+    let (engine, _path) = load_engine(&cfg)?;
+    let model = engine.model;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("genie-http")
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("cannot bind {}:{}", a.host, a.port))?;
+        let address = format!("http://{}", advertised(&a, listener.local_addr()?)?);
+        let metrics_router = axum::Router::new()
+            .route("/metrics", axum::routing::get(metrics_route))
+            .with_state(handle.clone());
+        let (router, kv_endpoint, status): (
+            axum::Router,
+            Option<String>,
+            Box<dyn Fn() -> WorkerStatus + Send>,
+        ) = match role {
+            WorkerRole::Decode => {
+                let registry = TransferRegistry::new();
+                let timeout = Duration::from_secs(cfg.decode.transfer_timeout_secs);
+                let worker = DecodeWorker::start(
+                    DecodeConfig {
+                        id: WorkerId(0),
+                        max_batch: cfg.decode.max_batch,
+                        max_prefill_tokens: cfg.decode.max_prefill_tokens,
+                        transfer_timeout: timeout,
+                    },
+                    model.share(cfg.decode.threads)?,
+                    KvBudget::new(usize::try_from(cfg.decode.kv_cache_bytes).unwrap_or(usize::MAX)),
+                    Arc::new(|| {}),
+                )?;
+                let kv = tokio::net::TcpListener::bind((a.host.as_str(), a.kv_port))
+                    .await
+                    .with_context(|| format!("cannot bind the KV port {}:{}", a.host, a.kv_port))?;
+                let kv_endpoint = advertised(&a, kv.local_addr()?)?;
+                tokio::spawn(genie_kv_transfer::tcp::serve(
+                    kv,
+                    registry.clone(),
+                    worker.kv_deliverer(),
+                    timeout,
+                ));
+                let svc = Arc::new(DecodeService {
+                    worker,
+                    registry,
+                    transfer_timeout: timeout,
+                });
+                let s2 = Arc::clone(&svc);
+                (
+                    dsvc::router(svc),
+                    Some(kv_endpoint),
+                    Box::new(move || dsvc::status(&s2.worker)),
+                )
+            }
+            WorkerRole::Prefill => {
+                let worker = PrefillWorker::start(
+                    PrefillConfig {
+                        id: WorkerId(0),
+                        max_batch_tokens: cfg.prefill.max_batch_tokens,
+                    },
+                    model.share(cfg.prefill.threads)?,
+                )?;
+                let svc = Arc::new(PrefillService {
+                    worker,
+                    transport: Arc::new(TcpTransport::default()),
+                });
+                let s2 = Arc::clone(&svc);
+                (
+                    psvc::router(svc),
+                    None,
+                    Box::new(move || psvc::status(&s2.worker)),
+                )
+            }
+        };
+        drop(model);
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "Genie {} worker on {address}{}; gateway {}",
+                match role {
+                    WorkerRole::Prefill => "prefill",
+                    WorkerRole::Decode => "decode",
+                },
+                kv_endpoint
+                    .as_ref()
+                    .map(|k| format!(" (KV on {k})"))
+                    .unwrap_or_default(),
+                a.gateway
+            )?;
+            out.flush()?;
+        }
+        let reg = RegisterRequest {
+            role,
+            address,
+            kv_endpoint,
+            hardware: a.hardware.clone(),
+            status: WorkerStatus::default(),
+        };
+        tokio::spawn(heartbeat_loop(a.gateway.clone(), reg, status));
+        axum::serve(listener, router.merge(metrics_router))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+/// `genie gateway`: the HTTP API over registered (or static) worker processes.
+pub fn run_gateway(args: ServeArgs) -> Result<()> {
+    let cfg = args.config_with_overrides()?;
+    let metrics = crate::metrics_setup::install()?;
+    let (engine, path) = load_engine(&cfg)?;
+    let kv_bytes_per_token = engine.model.kv_shape().bytes_per_token();
+    let frontend = Arc::new(Frontend::new(&cfg, engine, &path));
+    let pool = Arc::new(RemotePool::new(
+        Duration::from_millis(cfg.workers.heartbeat_ms),
+        &cfg.workers.statics,
+    ));
+    let backend = Arc::new(Backend::remote(&cfg, Arc::clone(&pool), kv_bytes_per_token));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("genie-http")
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        let local = listener.local_addr()?;
+        crate::serve::spawn_upkeep(metrics.clone());
+        let p = Arc::clone(&pool);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(p.heartbeat);
+            loop {
+                t.tick().await;
+                p.sweep();
+                p.poll_static().await;
+            }
+        });
+        let state = AppState {
+            frontend: Arc::clone(&frontend),
+            backend: Arc::clone(&backend),
+            api_keys: Arc::new(cfg.server.api_keys.clone()),
+            metrics,
+        };
+        let app = server::router(state, cfg.limits.max_body_bytes);
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "Genie gateway serving `{}` on http://{local} ({}; workers register at http://{local}/internal/workers)",
+                frontend.served_name,
+                backend.mode_label(),
+            )?;
+            out.flush()?;
+        }
+        server::serve(listener, app, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
