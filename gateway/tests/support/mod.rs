@@ -16,9 +16,15 @@ pub struct Server {
 impl Server {
     /// Starts `genie serve --port 0 ARGS` with extra environment variables.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut all = vec!["serve", "--host", "127.0.0.1", "--port", "0"];
+        all.extend_from_slice(args);
+        Self::spawn(&all, env)
+    }
+
+    /// Starts `genie ARGS` and waits for the first `http://` address it prints.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_genie"));
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+        cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -46,6 +52,7 @@ impl Server {
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
             .to_string();
         Server { url, child }
     }
@@ -81,6 +88,14 @@ pub fn parse_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+impl Server {
+    /// Kills the process now (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {

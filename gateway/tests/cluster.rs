@@ -1,0 +1,228 @@
+//! The roles as separate processes on 127.0.0.1: a gateway, two prefill workers and two
+//! decode workers, the KV cache crossing real TCP connections.
+
+mod support;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::{Server, MODEL};
+
+struct Cluster {
+    gateway: Server,
+    prefill: Vec<Server>,
+    decode: Vec<Server>,
+}
+
+async fn workers(gw: &Server) -> Vec<Value> {
+    let v: Value = reqwest::get(gw.url("/v1/workers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+async fn healthy(gw: &Server) -> usize {
+    workers(gw)
+        .await
+        .iter()
+        .filter(|w| w["healthy"] == true)
+        .count()
+}
+
+async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn cluster(env: &[(&str, &str)]) -> Cluster {
+    let gateway = Server::spawn(&["gateway", "--host", "127.0.0.1", "--port", "0"], env);
+    let url = gateway.url.clone();
+    let start = |role: &str| {
+        Server::spawn(
+            &[
+                role,
+                "--gateway",
+                &url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--threads",
+                "1",
+            ],
+            env,
+        )
+    };
+    let prefill = vec![start("prefill-worker"), start("prefill-worker")];
+    let decode = vec![start("decode-worker"), start("decode-worker")];
+    wait_for("4 healthy workers", async || healthy(&gateway).await == 4).await;
+    let h = reqwest::get(gateway.url("/health")).await.unwrap();
+    assert_eq!(h.status(), 200);
+    Cluster {
+        gateway,
+        prefill,
+        decode,
+    }
+}
+
+async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn genie_generate(args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .arg("generate")
+        .args(args)
+        .args(["--json", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// KV bytes per prompt token: 2 (K, V) x layers x kv heads x head dim x 2 bytes (f16).
+const KV_BYTES_PER_TOKEN: f64 = (2 * 30 * 3 * 64 * 2) as f64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_prefill_two_decode_processes_answer_like_generate_and_move_exact_kv_bytes() {
+    let c = cluster(&[]).await;
+    let prompts = [
+        "Name a planet of the solar system.",
+        "What is the opposite of hot?",
+        "Write one sentence about the sea.",
+        "List two fruits.",
+    ];
+    let mut prompt_tokens = 0u64;
+    for p in prompts {
+        let want = genie_generate(&["--chat", "--prompt", p, "--max-tokens", "20"]);
+        let (st, v) = post(
+            &c.gateway,
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": p}], "max_tokens": 20, "temperature": 0}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"], want["text"], "{p}");
+        prompt_tokens += v["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    // Least-loaded routing with rotating ties spreads the work over both pairs.
+    let mut moved = 0.0;
+    let mut used_prefill = 0;
+    for p in &c.prefill {
+        let b = p
+            .metric("genie_kv_transfer_bytes_total", &["transport=\"tcp\""])
+            .await;
+        used_prefill += (b > 0.0) as usize;
+        moved += b;
+    }
+    assert_eq!(
+        moved,
+        KV_BYTES_PER_TOKEN * prompt_tokens as f64,
+        "KV bytes moved over TCP"
+    );
+    assert_eq!(used_prefill, 2, "both prefill workers took requests");
+    for d in &c.decode {
+        assert_eq!(d.metric("genie_kv_cache_used_bytes", &[]).await, 0.0);
+    }
+}
+
+/// Streams one request; returns Ok(completion text) or Err(error message), never hangs.
+async fn stream_one(url: String, i: usize) -> Result<String, String> {
+    let body = json!({"model": MODEL, "stream": true, "max_tokens": 400, "temperature": 0.8, "seed": i,
+                      "logit_bias": {"2": -100},
+                      "messages": [{"role": "user", "content": format!("Tell me a long story number {i}.")}]});
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await;
+    let r = r.map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    let mut s = r.bytes_stream();
+    let mut all = String::new();
+    while let Some(b) = s.next().await {
+        all.push_str(&String::from_utf8_lossy(&b.map_err(|e| e.to_string())?));
+    }
+    if all.contains("\"error\"") {
+        return Err("error event".into());
+    }
+    assert!(
+        all.trim_end().ends_with("data: [DONE]"),
+        "stream ended without [DONE]"
+    );
+    Ok(all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_workers_mid_batch_fails_requests_cleanly_and_leaks_no_kv() {
+    let mut c = cluster(&[]).await;
+    let url = c.gateway.url.clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(stream_one(url.clone(), i)))
+        .collect();
+    // Let the batch get going on both decode workers, then kill one worker of each role.
+    wait_for("sequences running", async || {
+        let mut running = 0.0;
+        for d in &c.decode {
+            running += d.metric("genie_num_requests_running", &[]).await;
+        }
+        running >= 2.0
+    })
+    .await;
+    c.prefill[0].kill();
+    c.decode[0].kill();
+    let t0 = Instant::now();
+    let mut ok = 0;
+    let mut failed = 0;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(120), t).await {
+            Ok(Ok(Ok(_))) => ok += 1,
+            Ok(Ok(Err(_))) => failed += 1,
+            Ok(Err(e)) => panic!("request task panicked: {e}"),
+            Err(_) => panic!("a request hung after workers were killed"),
+        }
+    }
+    println!(
+        "after the kills: {ok} completed, {failed} failed cleanly, in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(ok + failed, 8);
+    // The dead workers are noticed; the survivors hold no KV; new requests still work.
+    wait_for("dead workers marked unhealthy", async || {
+        healthy(&c.gateway).await == 2
+    })
+    .await;
+    wait_for("KV freed on the surviving decode worker", async || {
+        c.decode[1].metric("genie_kv_cache_used_bytes", &[]).await == 0.0
+    })
+    .await;
+    let (st, v) = post(
+        &c.gateway,
+        "/v1/chat/completions",
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        c.decode[1].metric("genie_kv_cache_used_bytes", &[]).await,
+        0.0
+    );
+}
