@@ -25,9 +25,10 @@ use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// The gateway to register with (http://host:port).
+    /// The gateway to register with (http://host:port). Without it the worker waits to be
+    /// polled by a gateway that lists it under `workers.static`.
     #[arg(long, env = "GENIE_GATEWAY")]
-    pub gateway: String,
+    pub gateway: Option<String>,
     /// Address for this worker's control API (default 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -226,7 +227,7 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "Genie {} worker on {address}{}; gateway {}",
+                "Genie {} worker on {address}{}; {}",
                 match role {
                     WorkerRole::Prefill => "prefill",
                     WorkerRole::Decode => "decode",
@@ -235,7 +236,10 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                     .as_ref()
                     .map(|k| format!(" (KV on {k})"))
                     .unwrap_or_default(),
-                a.gateway
+                match &a.gateway {
+                    Some(g) => format!("registering with {g}"),
+                    None => "static (no --gateway: waiting to be polled)".into(),
+                }
             )?;
             out.flush()?;
         }
@@ -246,7 +250,9 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             hardware: a.hardware.clone(),
             status: WorkerStatus::default(),
         };
-        tokio::spawn(heartbeat_loop(a.gateway.clone(), reg, status));
+        if let Some(g) = a.gateway.clone() {
+            tokio::spawn(heartbeat_loop(g, reg, status));
+        }
         axum::serve(listener, router.merge(metrics_router))
             .with_graceful_shutdown(shutdown_signal())
             .await?;

@@ -226,3 +226,57 @@ async fn killing_workers_mid_batch_fails_requests_cleanly_and_leaks_no_kv() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statically_listed_workers_are_polled_and_serve() {
+    let start = |role: &str| {
+        Server::spawn(
+            &[role, "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
+            &[],
+        )
+    };
+    let (p, d) = (start("prefill-worker"), start("decode-worker"));
+    let d_status: Value = reqwest::get(d.url("/internal/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(d_status["kv_capacity_bytes"].as_u64().unwrap() > 0);
+    let dir = std::env::temp_dir().join(format!("genie-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("static.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[workers]\nheartbeat_ms = 200\nstatic = [\n  {{ role = \"prefill\", address = \"{}\" }},\n  {{ role = \"decode\", address = \"{}\", kv_endpoint = \"{}\" }},\n]\n",
+            p.url,
+            d.url,
+            d.kv_endpoint.clone().expect("decode workers print their KV endpoint")
+        ),
+    )
+    .unwrap();
+    let gw = Server::spawn(
+        &[
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_for("2 healthy static workers", async || healthy(&gw).await == 2).await;
+    assert!(workers(&gw).await.iter().all(|w| w["source"] == "static"));
+    let (st, v) = post(
+        &gw,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], " Paris.\n\nThe United States has");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 pub struct Server {
     pub url: String,
+    /// `host:port` after "KV on" in the start-up line (decode workers).
+    pub kv_endpoint: Option<String>,
     child: Child,
 }
 
@@ -54,7 +56,16 @@ impl Server {
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
             .to_string();
-        Server { url, child }
+        let kv_endpoint = line
+            .split("KV on ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .map(String::from);
+        Server {
+            url,
+            kv_endpoint,
+            child,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
