@@ -207,7 +207,11 @@ impl BatchLoop {
         match m {
             KvMessage::Layer { meta, bytes, .. } => {
                 match import(&mut inc.seq.cache, meta, &bytes) {
-                    Ok(_) => inc.layers_seen += 1,
+                    Ok(_) => {
+                        inc.layers_seen += 1;
+                        // Only a stalled transfer expires: each layer renews the deadline.
+                        inc.deadline = Instant::now() + self.config.transfer_timeout;
+                    }
                     Err(e) => {
                         let inc = self.incoming.remove(&transfer).expect("present");
                         tracing::warn!(%transfer, error = %e, "KV layer refused");

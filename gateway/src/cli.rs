@@ -48,6 +48,10 @@ pub enum ModelCommand {
 pub enum BenchCommand {
     /// Prefill and batched decode throughput of the engine, beside llama.cpp.
     Engine(crate::bench::EngineBenchArgs),
+    /// KV transfer over TCP loopback beside a raw socket copy of the same bytes.
+    KvTransfer(crate::bench_kv::KvBenchArgs),
+    /// Time to first and second token, disaggregated vs colocated, across processes.
+    Disagg(crate::bench_disagg::DisaggBenchArgs),
 }
 
 /// Which model to load and how.
@@ -133,6 +137,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Engine(a)) => crate::bench::run_engine_bench(a),
+        Command::Bench(BenchCommand::KvTransfer(a)) => crate::bench_kv::run(a),
+        Command::Bench(BenchCommand::Disagg(a)) => crate::bench_disagg::run(a),
     }
 }
 

@@ -105,7 +105,8 @@ pub struct DecodeSection {
     pub max_prefill_tokens: usize,
     /// KV cache bytes each decode worker may hold.
     pub kv_cache_bytes: u64,
-    /// A KV transfer not finished by then is dropped and its request fails.
+    /// A KV transfer that makes no progress (no layer) for this long is dropped and its
+    /// request fails.
     pub transfer_timeout_secs: u64,
 }
 
@@ -162,7 +163,7 @@ impl Default for DecodeSection {
             max_batch: 64,
             max_prefill_tokens: 2048,
             kv_cache_bytes: 4 << 30,
-            transfer_timeout_secs: 30,
+            transfer_timeout_secs: 60,
         }
     }
 }

@@ -3,6 +3,8 @@
 mod api_error;
 mod backend;
 mod bench;
+mod bench_disagg;
+mod bench_kv;
 mod body;
 mod cli;
 mod config;

@@ -20,6 +20,8 @@ pub enum RegistryError {
 #[derive(Debug)]
 struct Expected {
     deadline: Instant,
+    /// Each frame moves the deadline this far ahead: only a stall expires a transfer.
+    patience: Duration,
     max_bytes: usize,
     received: usize,
 }
@@ -38,7 +40,8 @@ impl TransferRegistry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Expects `id` carrying at most `max_bytes` of layer payload within `timeout`.
+    /// Expects `id` carrying at most `max_bytes` of layer payload, each frame (the first
+    /// included) within `timeout` of the previous one.
     pub fn expect(&self, id: TransferId, max_bytes: usize, timeout: Duration) {
         let mut m = self.lock();
         let now = Instant::now();
@@ -47,6 +50,7 @@ impl TransferRegistry {
             id,
             Expected {
                 deadline: now + timeout,
+                patience: timeout,
                 max_bytes,
                 received: 0,
             },
@@ -87,6 +91,7 @@ impl TransferRegistry {
             return Err(RegistryError::Oversize { id, max });
         }
         e.received += n;
+        e.deadline = Instant::now() + e.patience;
         Ok(())
     }
 }

@@ -49,15 +49,20 @@ impl KvTransport for TcpTransport {
         stream
             .set_write_timeout(Some(self.write_timeout))
             .map_err(|e| unreachable(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        // The writer frames each message (checksum included) off the caller's thread and
+        // writes header and payload separately, so the payload is never copied.
+        let (tx, rx) = mpsc::channel::<KvMessage>();
         let failed = Arc::new(AtomicBool::new(false));
         let f = Arc::clone(&failed);
         let writer = std::thread::Builder::new()
             .name("genie-kv-send".into())
             .spawn(move || {
                 let mut s = stream;
-                for frame in rx {
-                    if let Err(e) = s.write_all(&frame) {
+                for m in rx {
+                    let r = s
+                        .write_all(&wire::header(&m))
+                        .and_then(|_| s.write_all(wire::payload(&m)));
+                    if let Err(e) = r {
                         f.store(true, Ordering::Release);
                         return Err(e);
                     }
@@ -85,7 +90,7 @@ impl KvTransport for TcpTransport {
 struct TcpSink {
     endpoint: String,
     transfer: TransferId,
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::Sender<KvMessage>>,
     writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     failed: Arc<AtomicBool>,
     started: Option<Instant>,
@@ -101,7 +106,7 @@ impl TcpSink {
         }
     }
 
-    fn push(&mut self, m: &KvMessage) -> Result<(), TransferError> {
+    fn push(&mut self, m: KvMessage) -> Result<(), TransferError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(self.closed("the connection failed".into()));
         }
@@ -109,7 +114,7 @@ impl TcpSink {
             .tx
             .as_ref()
             .ok_or_else(|| self.closed("transfer already ended".into()))?;
-        tx.send(wire::encode(m))
+        tx.send(m)
             .map_err(|_| self.closed("the writer stopped".into()))
     }
 
@@ -128,7 +133,7 @@ impl KvSink for TcpSink {
     fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
         self.started.get_or_insert_with(Instant::now);
         let n = bytes.len() as u64;
-        self.push(&KvMessage::Layer {
+        self.push(KvMessage::Layer {
             transfer: self.transfer,
             meta,
             bytes,
@@ -139,7 +144,7 @@ impl KvSink for TcpSink {
 
     fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {
         self.done = true;
-        self.push(&KvMessage::Complete {
+        self.push(KvMessage::Complete {
             transfer: self.transfer,
             trailer,
         })?;
@@ -155,7 +160,7 @@ impl KvSink for TcpSink {
 
     fn abort(mut self: Box<Self>, reason: &str) {
         self.done = true;
-        let _ = self.push(&KvMessage::Abort {
+        let _ = self.push(KvMessage::Abort {
             transfer: self.transfer,
             reason: reason.to_string(),
         });
@@ -166,7 +171,7 @@ impl KvSink for TcpSink {
 impl Drop for TcpSink {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.push(&KvMessage::Abort {
+            let _ = self.push(KvMessage::Abort {
                 transfer: self.transfer,
                 reason: "sender dropped the transfer".into(),
             });
@@ -294,9 +299,14 @@ async fn frames(
         if is_layer {
             registry.account(hdr.transfer, hdr.payload_len)?;
         }
+        // Read in slices and checksum each while it is still in cache.
         let mut payload = vec![0u8; hdr.payload_len];
-        read_exact_within(sock, &mut payload, left.min(stall)).await?;
-        let m = wire::finish(&hdr, payload)?;
+        let mut crc = crc32fast::Hasher::new();
+        for part in payload.chunks_mut(256 << 10) {
+            read_exact_within(sock, part, left.min(stall)).await?;
+            crc.update(part);
+        }
+        let m = wire::finish_checked(&hdr, payload, crc.finalize())?;
         let ends = !matches!(m, KvMessage::Layer { .. });
         if ends {
             registry.forget(hdr.transfer);

@@ -60,6 +60,22 @@ fn put_u32(out: &mut Vec<u8>, v: u32) {
 
 /// Encodes one message as header + payload.
 pub fn encode(m: &KvMessage) -> Vec<u8> {
+    let mut out = header(m);
+    out.extend_from_slice(payload(m));
+    out
+}
+
+/// The payload bytes of a message.
+pub fn payload(m: &KvMessage) -> &[u8] {
+    match m {
+        KvMessage::Layer { bytes, .. } => bytes,
+        KvMessage::Complete { trailer, .. } => trailer,
+        KvMessage::Abort { reason, .. } => reason.as_bytes(),
+    }
+}
+
+/// The frame header of a message (the payload follows it on the wire, unchanged).
+pub fn header(m: &KvMessage) -> Vec<u8> {
     let zero = LayerMeta {
         layer: 0,
         n_layers: 0,
@@ -78,7 +94,7 @@ pub fn encode(m: &KvMessage) -> Vec<u8> {
         KvMessage::Complete { transfer, trailer } => (KIND_COMPLETE, *transfer, zero, trailer),
         KvMessage::Abort { transfer, reason } => (KIND_ABORT, *transfer, zero, reason.as_bytes()),
     };
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN);
     out.extend_from_slice(&WIRE_MAGIC);
     out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
     out.push(kind);
@@ -96,7 +112,6 @@ pub fn encode(m: &KvMessage) -> Vec<u8> {
     }
     put_u32(&mut out, payload.len() as u32);
     put_u32(&mut out, crc32fast::hash(payload));
-    out.extend_from_slice(payload);
     out
 }
 
@@ -149,7 +164,17 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
 
 /// Checks the payload against the header and builds the message.
 pub fn finish(h: &FrameHeader, payload: Vec<u8>) -> Result<KvMessage, FrameError> {
-    if crc32fast::hash(&payload) != h.crc {
+    let crc = crc32fast::hash(&payload);
+    finish_checked(h, payload, crc)
+}
+
+/// Like [`finish`], with the payload's CRC-32 already computed.
+pub fn finish_checked(
+    h: &FrameHeader,
+    payload: Vec<u8>,
+    crc: u32,
+) -> Result<KvMessage, FrameError> {
+    if crc != h.crc {
         return Err(FrameError::Checksum);
     }
     Ok(match h.kind {

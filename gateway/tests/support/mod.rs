@@ -25,7 +25,20 @@ impl Server {
 
     /// Starts `genie ARGS` and waits for the first `http://` address it prints.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_genie"));
+        Self::spawn_in(&[], args, env)
+    }
+
+    /// Like [`Server::spawn`], run through `prefix` (e.g. `ip netns exec NS`).
+    pub fn spawn_in(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
+        let genie = env!("CARGO_BIN_EXE_genie");
+        let mut cmd = match prefix.split_first() {
+            None => Command::new(genie),
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(genie);
+                c
+            }
+        };
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -1,0 +1,181 @@
+//! `genie bench kv-transfer`: the TCP KV transport over loopback against a raw socket copy
+//! of the same bytes. Both move a prompt's worth of layers (this model's shape) from one
+//! thread to a receiver that sees every byte; the transport also frames, checksums and
+//! validates each layer and delivers it as a message, as a decode worker receives it.
+
+use anyhow::Result;
+use clap::Args;
+use genie_kv_transfer::{
+    tcp, KvMessage, KvTransport, LayerMeta, TcpTransport, TransferRegistry, DTYPE_F16,
+};
+use genie_protocol::TransferId;
+use std::io::{Read, Write};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct KvBenchArgs {
+    /// Prompt lengths (tokens) whose KV is moved.
+    #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+    pub tokens: Vec<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 3)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    /// Measurements per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The receiving side of the benchmark.
+struct Receiver<'a> {
+    addr: &'a str,
+    reg: &'a TransferRegistry,
+    rx: &'a mpsc::Receiver<KvMessage>,
+}
+
+/// Seconds to move `layers` payloads through the TCP transport.
+fn transport_once(
+    r: &Receiver,
+    id: u64,
+    meta: LayerMeta,
+    layers: usize,
+    payload: &[u8],
+) -> Result<f64> {
+    let (addr, reg, rx) = (r.addr, r.reg, r.rx);
+    reg.expect(
+        TransferId(id),
+        layers * payload.len(),
+        Duration::from_secs(60),
+    );
+    // The layers exist before the clock starts, as a prefill has them when it ships them.
+    let owned: Vec<Vec<u8>> = (0..layers).map(|_| payload.to_vec()).collect();
+    let t0 = Instant::now();
+    let mut sink = TcpTransport::default().open(addr, TransferId(id))?;
+    for (l, p) in owned.into_iter().enumerate() {
+        sink.send_layer(
+            LayerMeta {
+                layer: l as u32,
+                ..meta
+            },
+            p,
+        )?;
+    }
+    sink.complete(Vec::new())?;
+    let mut bytes = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60))? {
+            KvMessage::Layer { bytes: b, .. } => bytes += b.len(),
+            KvMessage::Complete { .. } => break,
+            KvMessage::Abort { reason, .. } => anyhow::bail!("transfer aborted: {reason}"),
+        }
+    }
+    anyhow::ensure!(
+        bytes == layers * payload.len(),
+        "receiver saw {bytes} bytes"
+    );
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Seconds to write the same bytes over a plain loopback socket to a reader that reads them all.
+fn raw_once(total: usize, chunk: &[u8]) -> Result<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got += n;
+        }
+    });
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut sent = 0;
+    while sent < total {
+        s.write_all(chunk)?;
+        sent += chunk.len();
+    }
+    drop(s);
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    anyhow::ensure!(got == total, "raw reader saw {got} of {total} bytes");
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+pub fn run(a: KvBenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let registry = TransferRegistry::new();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let deliver: genie_kv_transfer::Deliver =
+        Arc::new(move |m| tx.lock().map(|t| t.send(m).is_ok()).unwrap_or(false));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?.to_string();
+    rt.spawn(tcp::serve(
+        listener,
+        registry.clone(),
+        deliver,
+        Duration::from_secs(30),
+    ));
+    println!(
+        "| prompt tokens | KV bytes | genie TCP transport GB/s | raw socket copy GB/s | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let mut id = 1;
+    for &n in &a.tokens {
+        let meta = LayerMeta {
+            layer: 0,
+            n_layers: a.layers as u32,
+            dtype: DTYPE_F16,
+            kv_heads: a.kv_heads as u32,
+            head_dim: a.head_dim as u32,
+            token_start: 0,
+            token_count: n as u32,
+        };
+        let layer_bytes = meta.payload_len().unwrap_or(0);
+        let payload: Vec<u8> = (0..layer_bytes).map(|i| (i * 31) as u8).collect();
+        let total = layer_bytes * a.layers;
+        let mut t = Vec::new();
+        let mut r = Vec::new();
+        for _ in 0..a.repeat {
+            let recv = Receiver {
+                addr: &addr,
+                reg: &registry,
+                rx: &rx,
+            };
+            t.push(transport_once(&recv, id, meta, a.layers, &payload)?);
+            id += 1;
+            r.push(raw_once(total, &payload)?);
+        }
+        let (t, r) = (median(t), median(r));
+        let gb = |s: f64| total as f64 / s / 1e9;
+        println!(
+            "| {n} | {total} | {:.2} | {:.2} | {:.2} |",
+            gb(t),
+            gb(r),
+            r / t
+        );
+    }
+    println!(
+        "{} layers x {} KV heads x head dim {} x f16 (K and V), loopback, median of {}",
+        a.layers, a.kv_heads, a.head_dim, a.repeat
+    );
+    Ok(())
+}
