@@ -13,7 +13,7 @@ use clap::Args;
 use genie_decode_worker::service::{self as dsvc, DecodeService};
 use genie_decode_worker::{DecodeConfig, DecodeWorker};
 use genie_engine::kv_budget::KvBudget;
-use genie_kv_transfer::{TcpTransport, TransferRegistry};
+use genie_kv_transfer::{Deliver, NetTransport, TransferRegistry};
 use genie_prefill_worker::service::{self as psvc, PrefillService};
 use genie_prefill_worker::{PrefillConfig, PrefillWorker};
 use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerRole, WorkerStatus};
@@ -42,6 +42,10 @@ pub struct WorkerArgs {
     /// the bound address).
     #[arg(long)]
     pub advertise_host: Option<String>,
+    /// How decode workers receive KV: `tcp`, or `rdma` (builds with `--features rdma`; needs
+    /// an explicit --kv-port and an RDMA device).
+    #[arg(long, default_value = "tcp")]
+    pub kv_transport: String,
     /// Hardware label reported to the gateway.
     #[arg(long, default_value = "cpu")]
     pub hardware: String,
@@ -137,6 +141,36 @@ async fn heartbeat_loop(
     }
 }
 
+/// Starts the RDMA KV receiver; its endpoint is `rdma://host:port`.
+#[cfg(feature = "rdma")]
+fn start_rdma(
+    a: &WorkerArgs,
+    registry: &TransferRegistry,
+    deliver: Deliver,
+    stall: Duration,
+) -> Result<String> {
+    anyhow::ensure!(
+        a.kv_port != 0,
+        "--kv-transport rdma needs an explicit --kv-port"
+    );
+    let bind = format!("{}:{}", a.host, a.kv_port);
+    let ep = format!("rdma://{}", advertised(a, bind.parse()?)?);
+    let reg = registry.clone();
+    tokio::spawn(async move {
+        if let Err(e) = genie_kv_transfer::rdma::serve(&bind, reg, deliver, stall).await {
+            tracing::error!(error = %e, "the RDMA KV receiver stopped");
+        }
+    });
+    Ok(ep)
+}
+
+#[cfg(not(feature = "rdma"))]
+fn start_rdma(_: &WorkerArgs, _: &TransferRegistry, _: Deliver, _: Duration) -> Result<String> {
+    anyhow::bail!(
+        "this genie was built without RDMA: rebuild with `cargo build --release --features rdma`"
+    )
+}
+
 async fn metrics_route(
     axum::extract::State(h): axum::extract::State<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> String {
@@ -180,16 +214,25 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                     KvBudget::new(usize::try_from(cfg.decode.kv_cache_bytes).unwrap_or(usize::MAX)),
                     Arc::new(|| {}),
                 )?;
-                let kv = tokio::net::TcpListener::bind((a.host.as_str(), a.kv_port))
-                    .await
-                    .with_context(|| format!("cannot bind the KV port {}:{}", a.host, a.kv_port))?;
-                let kv_endpoint = advertised(&a, kv.local_addr()?)?;
-                tokio::spawn(genie_kv_transfer::tcp::serve(
-                    kv,
-                    registry.clone(),
-                    worker.kv_deliverer(),
-                    timeout,
-                ));
+                let kv_endpoint = match a.kv_transport.as_str() {
+                    "tcp" => {
+                        let kv = tokio::net::TcpListener::bind((a.host.as_str(), a.kv_port))
+                            .await
+                            .with_context(|| {
+                                format!("cannot bind the KV port {}:{}", a.host, a.kv_port)
+                            })?;
+                        let ep = advertised(&a, kv.local_addr()?)?;
+                        tokio::spawn(genie_kv_transfer::tcp::serve(
+                            kv,
+                            registry.clone(),
+                            worker.kv_deliverer(),
+                            timeout,
+                        ));
+                        ep
+                    }
+                    "rdma" => start_rdma(&a, &registry, worker.kv_deliverer(), timeout)?,
+                    other => anyhow::bail!("--kv-transport {other}: use tcp or rdma"),
+                };
                 let svc = Arc::new(DecodeService {
                     worker,
                     registry,
@@ -212,7 +255,7 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                 )?;
                 let svc = Arc::new(PrefillService {
                     worker,
-                    transport: Arc::new(TcpTransport::default()),
+                    transport: Arc::new(NetTransport::default()),
                 });
                 let s2 = Arc::clone(&svc);
                 (

@@ -13,6 +13,8 @@
 //!   the versioned, checksummed frame format in [`wire`]; [`TransferRegistry`] is how a
 //!   receiver knows which transfer ids it expects (reserved before bytes arrive).
 //!
+//! - `rdma` (cargo feature `rdma`): the same frames over RDMA send/receive (async-rdma).
+//!
 //! Every sink records `genie_kv_transfer_bytes_total` (layer payload bytes) and
 //! `genie_kv_transfer_seconds` (first layer handed over → trailer delivered), labelled by
 //! transport. A sink dropped without `complete` sends `Abort`, so a failing prefill never
@@ -20,6 +22,8 @@
 
 mod in_process;
 mod message;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod registry;
 pub mod tcp;
 pub mod wire;
@@ -60,4 +64,33 @@ pub trait KvTransport: Send + Sync {
     fn open(&self, endpoint: &str, transfer: TransferId) -> Result<Box<dyn KvSink>, TransferError>;
     /// Short name for plans and metrics (`in_process`, `tcp`, `rdma`).
     fn kind(&self) -> &'static str;
+}
+
+/// Picks the transport by the endpoint: `rdma://host:port` (needs the `rdma` feature) or
+/// `host:port` / `tcp://host:port`.
+#[derive(Clone, Debug, Default)]
+pub struct NetTransport {
+    pub tcp: TcpTransport,
+}
+
+impl KvTransport for NetTransport {
+    fn open(&self, endpoint: &str, transfer: TransferId) -> Result<Box<dyn KvSink>, TransferError> {
+        if endpoint.starts_with("rdma://") {
+            #[cfg(feature = "rdma")]
+            return rdma::RdmaTransport.open(endpoint, transfer);
+            #[cfg(not(feature = "rdma"))]
+            return Err(TransferError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: "this build has no RDMA transport (build with `--features rdma`)".into(),
+            });
+        }
+        self.tcp.open(
+            endpoint.strip_prefix("tcp://").unwrap_or(endpoint),
+            transfer,
+        )
+    }
+
+    fn kind(&self) -> &'static str {
+        "net"
+    }
 }
