@@ -26,6 +26,7 @@ mod message;
 pub mod rdma;
 pub mod registry;
 pub mod tcp;
+mod threaded;
 pub mod wire;
 
 pub use in_process::{Deliver, InProcessTransport};

@@ -9,14 +9,15 @@
 //! Soft-RoCE) exists — see docs/ARCHITECTURE.md.
 
 use crate::registry::TransferRegistry;
+use crate::threaded::ThreadedSink;
 use crate::wire::{self, FRAME_HEADER_LEN};
-use crate::{Deliver, KvMessage, KvSink, KvTransport, LayerMeta, TransferError};
+use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
 use genie_protocol::TransferId;
 use std::alloc::Layout;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest RDMA message; longer frames are split.
 pub const RDMA_MESSAGE_BYTES: usize = 4 << 20;
@@ -33,174 +34,58 @@ impl KvTransport for RdmaTransport {
             .strip_prefix(SCHEME)
             .unwrap_or(endpoint)
             .to_string();
-        let (tx, rx) = mpsc::channel::<KvMessage>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let failed = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&failed);
-        let writer = std::thread::Builder::new()
-            .name("genie-kv-rdma".into())
-            .spawn(move || -> Result<(), String> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async move {
-                    let rdma = match RdmaBuilder::default()
-                        .set_max_message_length(RDMA_MESSAGE_BYTES)
-                        .connect(addr.as_str())
-                        .await
-                    {
-                        Ok(r) => {
-                            let _ = ready_tx.send(Ok(()));
-                            r
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
+        let sink = ThreadedSink::start(endpoint, transfer, "rdma", "genie-kv-rdma", move |end| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let rdma = match RdmaBuilder::default()
+                    .set_max_message_length(RDMA_MESSAGE_BYTES)
+                    .connect(addr.as_str())
+                    .await
+                {
+                    Ok(r) => {
+                        let _ = ready_tx.send(Ok(()));
+                        r
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Err(e.to_string());
+                    }
+                };
+                for m in end.rx {
+                    let mut frame = wire::header(&m);
+                    frame.extend_from_slice(wire::payload(&m));
+                    for part in frame.chunks(RDMA_MESSAGE_BYTES) {
+                        let layout =
+                            Layout::from_size_align(part.len(), 8).map_err(|e| e.to_string())?;
+                        let mut lmr = rdma.alloc_local_mr(layout).map_err(|e| e.to_string())?;
+                        lmr.as_mut_slice().copy_from_slice(part);
+                        if let Err(e) = rdma.send(&lmr).await {
+                            end.failed.store(true, Ordering::Release);
                             return Err(e.to_string());
                         }
-                    };
-                    for m in rx {
-                        let mut frame = wire::header(&m);
-                        frame.extend_from_slice(wire::payload(&m));
-                        for part in frame.chunks(RDMA_MESSAGE_BYTES) {
-                            let layout = Layout::from_size_align(part.len(), 8)
-                                .map_err(|e| e.to_string())?;
-                            let mut lmr = rdma.alloc_local_mr(layout).map_err(|e| e.to_string())?;
-                            lmr.as_mut_slice().copy_from_slice(part);
-                            if let Err(e) = rdma.send(&lmr).await {
-                                f.store(true, Ordering::Release);
-                                return Err(e.to_string());
-                            }
-                        }
                     }
-                    Ok(())
-                })
+                }
+                Ok(())
             })
-            .map_err(|e| TransferError::Connect {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(TransferError::Connect {
-                    endpoint: endpoint.to_string(),
-                    reason,
-                })
-            }
-            Err(_) => {
-                return Err(TransferError::Connect {
-                    endpoint: endpoint.to_string(),
-                    reason: "the RDMA writer stopped".into(),
-                })
-            }
-        }
-        Ok(Box::new(RdmaSink {
+        })?;
+        // Report a failed connection now, not at the first layer.
+        let refused = |reason: String| TransferError::Connect {
             endpoint: endpoint.to_string(),
-            transfer,
-            tx: Some(tx),
-            writer: Some(writer),
-            failed,
-            started: None,
-            bytes: 0,
-            done: false,
-        }))
+            reason,
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Box::new(sink)),
+            Ok(Err(reason)) => Err(refused(reason)),
+            Err(_) => Err(refused("the RDMA writer stopped".into())),
+        }
     }
 
     fn kind(&self) -> &'static str {
         "rdma"
-    }
-}
-
-struct RdmaSink {
-    endpoint: String,
-    transfer: TransferId,
-    tx: Option<mpsc::Sender<KvMessage>>,
-    writer: Option<std::thread::JoinHandle<Result<(), String>>>,
-    failed: Arc<AtomicBool>,
-    started: Option<Instant>,
-    bytes: u64,
-    done: bool,
-}
-
-impl RdmaSink {
-    fn err(&self, reason: String) -> TransferError {
-        TransferError::Connect {
-            endpoint: self.endpoint.clone(),
-            reason,
-        }
-    }
-
-    fn push(&mut self, m: KvMessage) -> Result<(), TransferError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(self.err("the RDMA connection failed".into()));
-        }
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| self.err("transfer already ended".into()))?;
-        tx.send(m)
-            .map_err(|_| self.err("the RDMA writer stopped".into()))
-    }
-
-    fn drain(&mut self) -> Result<(), TransferError> {
-        self.tx = None;
-        match self.writer.take().map(|w| w.join()) {
-            Some(Ok(Ok(()))) | None => Ok(()),
-            Some(Ok(Err(e))) => Err(self.err(e)),
-            Some(Err(_)) => Err(self.err("the RDMA writer panicked".into())),
-        }
-    }
-}
-
-impl KvSink for RdmaSink {
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        self.started.get_or_insert_with(Instant::now);
-        let n = bytes.len() as u64;
-        self.push(KvMessage::Layer {
-            transfer: self.transfer,
-            meta,
-            bytes,
-        })?;
-        self.bytes += n;
-        Ok(())
-    }
-
-    fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {
-        self.done = true;
-        self.push(KvMessage::Complete {
-            transfer: self.transfer,
-            trailer,
-        })?;
-        self.drain()?;
-        metrics::counter!("genie_kv_transfer_bytes_total", "transport" => "rdma")
-            .increment(self.bytes);
-        if let Some(t) = self.started {
-            metrics::histogram!("genie_kv_transfer_seconds", "transport" => "rdma")
-                .record(t.elapsed().as_secs_f64());
-        }
-        Ok(())
-    }
-
-    fn abort(mut self: Box<Self>, reason: &str) {
-        self.done = true;
-        let _ = self.push(KvMessage::Abort {
-            transfer: self.transfer,
-            reason: reason.to_string(),
-        });
-        let _ = self.drain();
-    }
-}
-
-impl Drop for RdmaSink {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.push(KvMessage::Abort {
-                transfer: self.transfer,
-                reason: "sender dropped the transfer".into(),
-            });
-            let _ = self.drain();
-        }
     }
 }
 

@@ -5,14 +5,15 @@
 //! on any bad frame it aborts the transfer and closes the connection.
 
 use crate::registry::TransferRegistry;
+use crate::threaded::ThreadedSink;
 use crate::wire::{self, FRAME_HEADER_LEN};
-use crate::{Deliver, KvMessage, KvSink, KvTransport, LayerMeta, TransferError};
+use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use genie_protocol::TransferId;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// Opens TCP connections to `host:port` KV endpoints.
@@ -51,132 +52,24 @@ impl KvTransport for TcpTransport {
             .map_err(|e| unreachable(e.to_string()))?;
         // The writer frames each message (checksum included) off the caller's thread and
         // writes header and payload separately, so the payload is never copied.
-        let (tx, rx) = mpsc::channel::<KvMessage>();
-        let failed = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&failed);
-        let writer = std::thread::Builder::new()
-            .name("genie-kv-send".into())
-            .spawn(move || {
-                let mut s = stream;
-                for m in rx {
-                    let r = s
-                        .write_all(&wire::header(&m))
-                        .and_then(|_| s.write_all(wire::payload(&m)));
-                    if let Err(e) = r {
-                        f.store(true, Ordering::Release);
-                        return Err(e);
-                    }
+        let sink = ThreadedSink::start(endpoint, transfer, "tcp", "genie-kv-send", move |end| {
+            let mut s = stream;
+            for m in end.rx {
+                let r = s
+                    .write_all(&wire::header(&m))
+                    .and_then(|_| s.write_all(wire::payload(&m)));
+                if let Err(e) = r {
+                    end.failed.store(true, Ordering::Release);
+                    return Err(e.to_string());
                 }
-                s.flush()
-            })
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(Box::new(TcpSink {
-            endpoint: endpoint.to_string(),
-            transfer,
-            tx: Some(tx),
-            writer: Some(writer),
-            failed,
-            started: None,
-            bytes: 0,
-            done: false,
-        }))
+            }
+            s.flush().map_err(|e| e.to_string())
+        })?;
+        Ok(Box::new(sink))
     }
 
     fn kind(&self) -> &'static str {
         "tcp"
-    }
-}
-
-struct TcpSink {
-    endpoint: String,
-    transfer: TransferId,
-    tx: Option<mpsc::Sender<KvMessage>>,
-    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    failed: Arc<AtomicBool>,
-    started: Option<Instant>,
-    bytes: u64,
-    done: bool,
-}
-
-impl TcpSink {
-    fn closed(&self, why: String) -> TransferError {
-        TransferError::Connect {
-            endpoint: self.endpoint.clone(),
-            reason: why,
-        }
-    }
-
-    fn push(&mut self, m: KvMessage) -> Result<(), TransferError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(self.closed("the connection failed".into()));
-        }
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| self.closed("transfer already ended".into()))?;
-        tx.send(m)
-            .map_err(|_| self.closed("the writer stopped".into()))
-    }
-
-    /// Closes the frame queue and waits until everything queued is written.
-    fn drain(&mut self) -> Result<(), TransferError> {
-        self.tx = None;
-        match self.writer.take().map(|w| w.join()) {
-            Some(Ok(Ok(()))) | None => Ok(()),
-            Some(Ok(Err(e))) => Err(self.closed(e.to_string())),
-            Some(Err(_)) => Err(self.closed("the writer panicked".into())),
-        }
-    }
-}
-
-impl KvSink for TcpSink {
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        self.started.get_or_insert_with(Instant::now);
-        let n = bytes.len() as u64;
-        self.push(KvMessage::Layer {
-            transfer: self.transfer,
-            meta,
-            bytes,
-        })?;
-        self.bytes += n;
-        Ok(())
-    }
-
-    fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {
-        self.done = true;
-        self.push(KvMessage::Complete {
-            transfer: self.transfer,
-            trailer,
-        })?;
-        self.drain()?;
-        metrics::counter!("genie_kv_transfer_bytes_total", "transport" => "tcp")
-            .increment(self.bytes);
-        if let Some(t) = self.started {
-            metrics::histogram!("genie_kv_transfer_seconds", "transport" => "tcp")
-                .record(t.elapsed().as_secs_f64());
-        }
-        Ok(())
-    }
-
-    fn abort(mut self: Box<Self>, reason: &str) {
-        self.done = true;
-        let _ = self.push(KvMessage::Abort {
-            transfer: self.transfer,
-            reason: reason.to_string(),
-        });
-        let _ = self.drain();
-    }
-}
-
-impl Drop for TcpSink {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.push(KvMessage::Abort {
-                transfer: self.transfer,
-                reason: "sender dropped the transfer".into(),
-            });
-            let _ = self.drain();
-        }
     }
 }
 
