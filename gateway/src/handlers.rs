@@ -161,39 +161,29 @@ fn sse_error(msg: &str) -> Event {
     sse_json(&e.envelope())
 }
 
-pub async fn chat_completions(
-    State(st): State<AppState>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
-    let arrived = Instant::now();
-    let req: ChatCompletionRequest = body::parse(&bytes)?;
-    let spec = prepare(&st, req, prepare_chat).await?;
-    let merged = start(&st, &spec, arrived).await?;
-    let id = new_id("chatcmpl");
-    let created = unix_now();
-    let model = st.frontend.served_name.clone();
-    let want_logprobs = spec.sampling.logprobs.is_some();
-    if spec.stream {
-        return Ok(chat_stream(st, spec, merged, id, created, model).into_response());
-    }
-    let n = merged.seqs.len();
-    let mut texts = vec![String::new(); n];
-    let mut lps: Vec<Vec<ChatTokenLogprob>> = vec![Vec::new(); n];
-    let mut finish: Vec<Option<&'static str>> = vec![None; n];
-    let mut merged = merged;
+/// Every choice of a non-streamed answer: text, kept tokens, finish reason.
+struct Collected {
+    texts: Vec<String>,
+    tokens: Vec<Vec<TokenOut>>,
+    finish: Vec<&'static str>,
+}
+
+/// Runs every sequence to its end; `texts` holds each choice's prefix (completions' echo).
+async fn collect(merged: &mut Merged, mut texts: Vec<String>) -> Result<Collected, ApiError> {
+    let n = texts.len();
+    let mut tokens: Vec<Vec<TokenOut>> = vec![Vec::new(); n];
+    let mut finish: Vec<&'static str> = vec!["stop"; n];
     while let Some((i, piece)) = merged.next().await {
         let i = i as usize;
         match piece {
             Piece::Delta {
                 text,
-                tokens,
+                tokens: t,
                 finish: f,
             } => {
                 texts[i].push_str(&text);
-                if want_logprobs {
-                    lps[i].extend(chat_logprobs(&st, &tokens));
-                }
-                if f.is_some() {
+                tokens[i].extend(t);
+                if let Some(f) = f {
                     finish[i] = f;
                 }
             }
@@ -205,18 +195,170 @@ pub async fn chat_completions(
             }
         }
     }
+    Ok(Collected {
+        texts,
+        tokens,
+        finish,
+    })
+}
+
+enum Phase {
+    Body,
+    Usage,
+    Done,
+    End,
+}
+
+/// The SSE body shared by both endpoints: `first` events, then `on_piece`'s events for
+/// every piece, an error event if a sequence fails, the usage event (`usage` gets the
+/// completion tokens; `None` = not asked), and `[DONE]`.
+fn sse_body<P, U>(
+    merged: Merged,
+    first: Vec<Event>,
+    on_piece: P,
+    usage: U,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>
+where
+    P: FnMut(u32, String, Vec<TokenOut>, Option<&'static str>) -> Vec<Event> + Send + 'static,
+    U: Fn(u64) -> Option<Event> + Send + Sync + 'static,
+{
+    let state = (merged, Phase::Body, on_piece);
+    let body = stream::unfold(state, move |(mut m, phase, mut on_piece)| {
+        let ev = match phase {
+            Phase::Usage => Some(usage(completion_tokens(&m))),
+            _ => None,
+        };
+        async move {
+            match phase {
+                Phase::Body => match m.next().await {
+                    Some((
+                        i,
+                        Piece::Delta {
+                            text,
+                            tokens,
+                            finish,
+                        },
+                    )) => {
+                        let ev = on_piece(i, text, tokens, finish);
+                        Some((ev, (m, Phase::Body, on_piece)))
+                    }
+                    Some((_, Piece::Failed(msg))) => {
+                        Some((vec![sse_error(&msg)], (m, Phase::Done, on_piece)))
+                    }
+                    None => Some((Vec::new(), (m, Phase::Usage, on_piece))),
+                },
+                Phase::Usage => Some((
+                    ev.flatten().into_iter().collect(),
+                    (m, Phase::Done, on_piece),
+                )),
+                Phase::Done => Some((
+                    vec![Event::default().data("[DONE]")],
+                    (m, Phase::End, on_piece),
+                )),
+                Phase::End => None,
+            }
+        }
+    });
+    let events = stream::iter(first)
+        .chain(body.flat_map(stream::iter))
+        .map(Ok);
+    Sse::new(events)
+}
+
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: ChatCompletionRequest = body::parse(&bytes)?;
+    let spec = prepare(&st, req, prepare_chat).await?;
+    let mut merged = start(&st, &spec, arrived).await?;
+    let (id, created) = (new_id("chatcmpl"), unix_now());
+    let model = st.frontend.served_name.clone();
+    let want_logprobs = spec.sampling.logprobs.is_some();
+    let n = merged.seqs.len();
+    if spec.stream {
+        let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| {
+            sse_json(&ChatCompletionChunk {
+                id: id.clone(),
+                object: "chat.completion.chunk".into(),
+                created,
+                model: model.clone(),
+                choices,
+                usage,
+                system_fingerprint: FINGERPRINT.into(),
+            })
+        };
+        let first: Vec<Event> = (0..n as u32)
+            .map(|index| {
+                chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: Some("assistant".into()),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                )
+            })
+            .collect();
+        let piece_chunk = chunk.clone();
+        let on_piece = move |index, text: String, tokens: Vec<TokenOut>, finish: Option<&str>| {
+            let mut ev = Vec::new();
+            if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
+                ev.push(piece_chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: None,
+                            content: Some(text),
+                        },
+                        logprobs: want_logprobs.then(|| ChatLogprobs {
+                            content: chat_logprobs(&st, &tokens),
+                        }),
+                        finish_reason: None,
+                    }],
+                    None,
+                ));
+            }
+            if let Some(f) = finish {
+                ev.push(piece_chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta::default(),
+                        logprobs: None,
+                        finish_reason: Some(f.into()),
+                    }],
+                    None,
+                ));
+            }
+            ev
+        };
+        let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
+        let usage = move |c| include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c))));
+        return Ok(sse_body(merged, first, on_piece, usage).into_response());
+    }
+    let c = collect(&mut merged, vec![String::new(); n]).await?;
     let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
-    let choices = (0..n)
-        .map(|i| ChatChoice {
+    let choices = c
+        .texts
+        .into_iter()
+        .zip(c.tokens)
+        .zip(c.finish)
+        .enumerate()
+        .map(|(i, ((content, tokens), finish))| ChatChoice {
             index: i as u32,
             message: AssistantMessage {
                 role: "assistant".into(),
-                content: std::mem::take(&mut texts[i]),
+                content,
             },
             logprobs: want_logprobs.then(|| ChatLogprobs {
-                content: std::mem::take(&mut lps[i]),
+                content: chat_logprobs(&st, &tokens),
             }),
-            finish_reason: Some(finish[i].unwrap_or("stop").to_string()),
+            finish_reason: Some(finish.to_string()),
         })
         .collect();
     Ok(Json(ChatCompletion {
@@ -231,279 +373,75 @@ pub async fn chat_completions(
     .into_response())
 }
 
-enum Phase {
-    Body,
-    Usage,
-    Done,
-    End,
-}
-
-fn chat_stream(
-    st: AppState,
-    spec: GenSpec,
-    merged: Merged,
-    id: String,
-    created: u64,
-    model: String,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let chunk = {
-        let (id, model) = (id.clone(), model.clone());
-        move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
-            id: id.clone(),
-            object: "chat.completion.chunk".into(),
-            created,
-            model: model.clone(),
-            choices,
-            usage,
-            system_fingerprint: FINGERPRINT.into(),
-        }
-    };
-    let want_logprobs = spec.sampling.logprobs.is_some();
-    let first: Vec<Event> = (0..merged.seqs.len())
-        .map(|i| {
-            sse_json(&chunk(
-                vec![ChatChunkChoice {
-                    index: i as u32,
-                    delta: ChatDelta {
-                        role: Some("assistant".into()),
-                        content: Some(String::new()),
-                    },
-                    logprobs: None,
-                    finish_reason: None,
-                }],
-                None,
-            ))
-        })
-        .collect();
-    let body = stream::unfold((merged, Phase::Body), move |(mut m, phase)| {
-        let chunk = chunk.clone();
-        let st = st.clone();
-        let spec_usage = (spec.include_usage, prompt_tokens(&spec));
-        async move {
-            match phase {
-                Phase::Body => match m.next().await {
-                    Some((
-                        i,
-                        Piece::Delta {
-                            text,
-                            tokens,
-                            finish,
-                        },
-                    )) => {
-                        let mut ev = Vec::new();
-                        if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
-                            ev.push(sse_json(&chunk(
-                                vec![ChatChunkChoice {
-                                    index: i,
-                                    delta: ChatDelta {
-                                        role: None,
-                                        content: Some(text),
-                                    },
-                                    logprobs: want_logprobs.then(|| ChatLogprobs {
-                                        content: chat_logprobs(&st, &tokens),
-                                    }),
-                                    finish_reason: None,
-                                }],
-                                None,
-                            )));
-                        }
-                        if let Some(f) = finish {
-                            ev.push(sse_json(&chunk(
-                                vec![ChatChunkChoice {
-                                    index: i,
-                                    delta: ChatDelta::default(),
-                                    logprobs: None,
-                                    finish_reason: Some(f.into()),
-                                }],
-                                None,
-                            )));
-                        }
-                        Some((ev, (m, Phase::Body)))
-                    }
-                    Some((_, Piece::Failed(msg))) => {
-                        Some((vec![sse_error(&msg)], (m, Phase::Done)))
-                    }
-                    None => Some((Vec::new(), (m, Phase::Usage))),
-                },
-                Phase::Usage => {
-                    let ev = if spec_usage.0 {
-                        vec![sse_json(&chunk(
-                            Vec::new(),
-                            Some(Usage::new(spec_usage.1, completion_tokens(&m))),
-                        ))]
-                    } else {
-                        Vec::new()
-                    };
-                    Some((ev, (m, Phase::Done)))
-                }
-                Phase::Done => Some((vec![Event::default().data("[DONE]")], (m, Phase::End))),
-                Phase::End => None,
-            }
-        }
-    });
-    let events = stream::iter(first)
-        .chain(body.flat_map(stream::iter))
-        .map(Ok);
-    Sse::new(events)
-}
-
 pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: CompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_completion).await?;
-    let merged = start(&st, &spec, arrived).await?;
-    let id = new_id("cmpl");
-    let created = unix_now();
+    let mut merged = start(&st, &spec, arrived).await?;
+    let (id, created) = (new_id("cmpl"), unix_now());
     let model = st.frontend.served_name.clone();
     let want_logprobs = spec.sampling.logprobs.is_some();
-    let echo_text = |i: usize| -> String {
-        if spec.echo {
-            spec.prompts[i / spec.n].text.clone()
-        } else {
-            String::new()
-        }
-    };
-    let mk = {
-        let (id, model) = (id.clone(), model.clone());
-        move |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
-            id: id.clone(),
-            object: "text_completion".into(),
-            created,
-            model: model.clone(),
-            choices,
-            usage,
-            system_fingerprint: FINGERPRINT.into(),
-        }
-    };
     let n = merged.seqs.len();
+    let echoes: Vec<String> = (0..n)
+        .map(|i| {
+            if spec.echo {
+                spec.prompts[i / spec.n].text.clone()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let mk = move |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+        id: id.clone(),
+        object: "text_completion".into(),
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+        system_fingerprint: FINGERPRINT.into(),
+    };
     if spec.stream {
-        let echoes: Vec<String> = (0..n).map(echo_text).collect();
-        let include_usage = spec.include_usage;
-        let ptoks = prompt_tokens(&spec);
+        let choice = |index, text, logprobs, finish_reason| CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason,
+        };
         let first: Vec<Event> = echoes
-            .iter()
+            .into_iter()
             .enumerate()
             .filter(|(_, e)| !e.is_empty())
-            .map(|(i, e)| {
-                sse_json(&mk(
-                    vec![CompletionChoice {
-                        index: i as u32,
-                        text: e.clone(),
-                        logprobs: None,
-                        finish_reason: None,
-                    }],
-                    None,
-                ))
-            })
+            .map(|(i, e)| sse_json(&mk(vec![choice(i as u32, e, None, None)], None)))
             .collect();
-        let offsets = vec![0u32; n];
-        let body = stream::unfold(
-            (merged, Phase::Body, offsets),
-            move |(mut m, phase, mut offsets)| {
-                let mk = mk.clone();
-                let st = st.clone();
-                async move {
-                    match phase {
-                        Phase::Body => match m.next().await {
-                            Some((
-                                i,
-                                Piece::Delta {
-                                    text,
-                                    tokens,
-                                    finish,
-                                },
-                            )) => {
-                                let ev = if text.is_empty()
-                                    && finish.is_none()
-                                    && (!want_logprobs || tokens.is_empty())
-                                {
-                                    Vec::new()
-                                } else {
-                                    let lp = want_logprobs.then(|| {
-                                        completion_logprobs(&st, &tokens, &mut offsets[i as usize])
-                                    });
-                                    vec![sse_json(&mk(
-                                        vec![CompletionChoice {
-                                            index: i,
-                                            text,
-                                            logprobs: lp,
-                                            finish_reason: finish.map(String::from),
-                                        }],
-                                        None,
-                                    ))]
-                                };
-                                Some((ev, (m, Phase::Body, offsets)))
-                            }
-                            Some((_, Piece::Failed(msg))) => {
-                                Some((vec![sse_error(&msg)], (m, Phase::Done, offsets)))
-                            }
-                            None => Some((Vec::new(), (m, Phase::Usage, offsets))),
-                        },
-                        Phase::Usage => {
-                            let ev = if include_usage {
-                                vec![sse_json(&mk(
-                                    Vec::new(),
-                                    Some(Usage::new(ptoks, completion_tokens(&m))),
-                                ))]
-                            } else {
-                                Vec::new()
-                            };
-                            Some((ev, (m, Phase::Done, offsets)))
-                        }
-                        Phase::Done => Some((
-                            vec![Event::default().data("[DONE]")],
-                            (m, Phase::End, offsets),
-                        )),
-                        Phase::End => None,
-                    }
+        let mut offsets = vec![0u32; n];
+        let piece_mk = mk.clone();
+        let on_piece =
+            move |index: u32, text: String, tokens: Vec<TokenOut>, finish: Option<&str>| {
+                if text.is_empty() && finish.is_none() && (!want_logprobs || tokens.is_empty()) {
+                    return Vec::new();
                 }
-            },
-        );
-        let events = stream::iter(first)
-            .chain(body.flat_map(stream::iter))
-            .map(Ok::<_, Infallible>);
-        return Ok(Sse::new(events).into_response());
+                let lp = want_logprobs
+                    .then(|| completion_logprobs(&st, &tokens, &mut offsets[index as usize]));
+                let c = choice(index, text, lp, finish.map(String::from));
+                vec![sse_json(&piece_mk(vec![c], None))]
+            };
+        let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
+        let usage = move |c| include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c)))));
+        return Ok(sse_body(merged, first, on_piece, usage).into_response());
     }
-    let mut texts: Vec<String> = (0..n).map(echo_text).collect();
-    let mut lps: Vec<CompletionLogprobs> = vec![CompletionLogprobs::default(); n];
-    let mut offsets = vec![0u32; n];
-    let mut finish: Vec<Option<&'static str>> = vec![None; n];
-    let mut merged = merged;
-    while let Some((i, piece)) = merged.next().await {
-        let i = i as usize;
-        match piece {
-            Piece::Delta {
-                text,
-                tokens,
-                finish: f,
-            } => {
-                texts[i].push_str(&text);
-                if want_logprobs {
-                    let l = completion_logprobs(&st, &tokens, &mut offsets[i]);
-                    lps[i].tokens.extend(l.tokens);
-                    lps[i].token_logprobs.extend(l.token_logprobs);
-                    lps[i].top_logprobs.extend(l.top_logprobs);
-                    lps[i].text_offset.extend(l.text_offset);
-                }
-                if f.is_some() {
-                    finish[i] = f;
-                }
-            }
-            Piece::Failed(msg) => {
-                return Err(ApiError {
-                    message: msg,
-                    ..ApiError::internal()
-                })
-            }
-        }
-    }
+    let c = collect(&mut merged, echoes).await?;
     let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
-    let choices = (0..n)
-        .map(|i| CompletionChoice {
+    let choices = c
+        .texts
+        .into_iter()
+        .zip(c.tokens)
+        .zip(c.finish)
+        .enumerate()
+        .map(|(i, ((text, tokens), finish))| CompletionChoice {
             index: i as u32,
-            text: std::mem::take(&mut texts[i]),
-            logprobs: want_logprobs.then(|| std::mem::take(&mut lps[i])),
-            finish_reason: Some(finish[i].unwrap_or("stop").to_string()),
+            text,
+            logprobs: want_logprobs.then(|| completion_logprobs(&st, &tokens, &mut 0)),
+            finish_reason: Some(finish.to_string()),
         })
         .collect();
     Ok(Json(mk(choices, Some(usage))).into_response())
