@@ -6,8 +6,7 @@ use crate::backend::Backend;
 use crate::config::ServeConfig;
 use crate::frontend::Frontend;
 use crate::remote::RemotePool;
-use crate::serve::{load_engine, shutdown_signal, ServeArgs};
-use crate::server::{self, AppState};
+use crate::serve::{http_runtime, load_engine, serve_api, shutdown_signal, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use genie_decode_worker::service::{self as dsvc, DecodeService};
@@ -182,12 +181,7 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let handle = crate::metrics_setup::install()?;
     let (engine, _path) = load_engine(&cfg)?;
     let model = engine.model;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("genie-http")
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    http_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
             .with_context(|| format!("cannot bind {}:{}", a.host, a.port))?;
@@ -315,18 +309,11 @@ pub fn run_gateway(args: ServeArgs) -> Result<()> {
         &cfg.workers.statics,
     ));
     let backend = Arc::new(Backend::remote(&cfg, Arc::clone(&pool), kv_bytes_per_token));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("genie-http")
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot bind {addr}"))?;
-        let local = listener.local_addr()?;
-        crate::serve::spawn_upkeep(metrics.clone());
+    let (served_name, mode) = (frontend.served_name.clone(), backend.mode_label());
+    let banner = |local| {
+        format!("Genie gateway serving `{served_name}` on http://{local} ({mode}; workers register at http://{local}/internal/workers)")
+    };
+    http_runtime()?.block_on(async {
         let p = Arc::clone(&pool);
         tokio::spawn(async move {
             let mut t = tokio::time::interval(p.heartbeat);
@@ -336,24 +323,6 @@ pub fn run_gateway(args: ServeArgs) -> Result<()> {
                 p.poll_static().await;
             }
         });
-        let state = AppState {
-            frontend: Arc::clone(&frontend),
-            backend: Arc::clone(&backend),
-            api_keys: Arc::new(cfg.server.api_keys.clone()),
-            metrics,
-        };
-        let app = server::router(state, cfg.limits.max_body_bytes);
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "Genie gateway serving `{}` on http://{local} ({}; workers register at http://{local}/internal/workers)",
-                frontend.served_name,
-                backend.mode_label(),
-            )?;
-            out.flush()?;
-        }
-        server::serve(listener, app, shutdown_signal()).await?;
-        anyhow::Ok(())
+        serve_api(&cfg, frontend, backend, metrics, banner).await
     })
 }

@@ -147,6 +147,46 @@ pub fn spawn_upkeep(h: metrics_exporter_prometheus::PrometheusHandle) {
     });
 }
 
+/// The runtime the HTTP side runs on (compute has its own threads).
+pub fn http_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("genie-http")
+        .enable_all()
+        .build()?)
+}
+
+/// Binds the configured address, prints `banner(address)` as the first stdout line and
+/// serves the OpenAI API over `backend` until Ctrl-C / SIGTERM.
+pub async fn serve_api(
+    cfg: &ServeConfig,
+    frontend: Arc<Frontend>,
+    backend: Arc<Backend>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    banner: impl FnOnce(std::net::SocketAddr) -> String,
+) -> Result<()> {
+    let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot bind {addr}"))?;
+    let local = listener.local_addr()?;
+    spawn_upkeep(metrics.clone());
+    let state = AppState {
+        frontend,
+        backend,
+        api_keys: Arc::new(cfg.server.api_keys.clone()),
+        metrics,
+    };
+    let app = server::router(state, cfg.limits.max_body_bytes);
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", banner(local))?;
+        out.flush()?;
+    }
+    server::serve(listener, app, shutdown_signal()).await?;
+    Ok(())
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
     let cfg = args.config_with_overrides()?;
     let metrics = crate::metrics_setup::install()?;
@@ -155,43 +195,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let frontend = Arc::new(Frontend::new(&cfg, engine, &path));
     let backend = Arc::new(Backend::local(&cfg, &model)?);
     drop(model);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("genie-http")
-        .enable_all()
-        .build()?;
-    let served = Arc::clone(&backend);
-    rt.block_on(async move {
-        let backend = served;
-        let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot bind {addr}"))?;
-        let local = listener.local_addr()?;
-        spawn_upkeep(metrics.clone());
-        let served_name = frontend.served_name.clone();
-        let state = AppState {
-            frontend,
-            backend: Arc::clone(&backend),
-            api_keys: Arc::new(cfg.server.api_keys.clone()),
-            metrics,
-        };
-        let app = server::router(state, cfg.limits.max_body_bytes);
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "Genie serving `{served_name}` on http://{local} ({}; {} prefill + {} decode workers; API keys {})",
-                backend.mode_label(),
-                if backend.mode_label() == "colocated" { 0 } else { cfg.prefill.workers },
-                cfg.decode.workers,
-                if cfg.server.api_keys.is_empty() { "off" } else { "on" },
-            )?;
-            out.flush()?;
-        }
-        server::serve(listener, app, shutdown_signal()).await?;
-        anyhow::Ok(())
-    })?;
+    let served_name = frontend.served_name.clone();
+    let mode = backend.mode_label();
+    let banner = |local| {
+        format!(
+            "Genie serving `{served_name}` on http://{local} ({mode}; {} prefill + {} decode workers; API keys {})",
+            if mode == "colocated" { 0 } else { cfg.prefill.workers },
+            cfg.decode.workers,
+            if cfg.server.api_keys.is_empty() { "off" } else { "on" },
+        )
+    };
+    http_runtime()?.block_on(serve_api(
+        &cfg,
+        frontend,
+        Arc::clone(&backend),
+        metrics,
+        banner,
+    ))?;
     // Workers stop (and join) when the backend drops.
     drop(backend);
     Ok(())
