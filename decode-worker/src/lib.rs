@@ -11,6 +11,9 @@
 //! then `Complete` with the [`Handoff`](genie_protocol::worker::Handoff) (first token and
 //! sampler state). A colocated sequence ([`DecodeInput::Prefill`]) is prefilled here, in
 //! the same forward step as the running decodes (the baseline that disaggregation beats).
+//!
+//! [`service`] is the worker's HTTP control API when it runs as its own process
+//! (`genie decode-worker`).
 
 mod batch;
 pub mod service;

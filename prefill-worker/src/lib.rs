@@ -7,6 +7,9 @@
 //! it straight to the client's stream (time to first token does not wait for the
 //! transfer) and completes the transfer with the [`Handoff`](genie_protocol::worker::Handoff).
 //! A sequence that ends at its first token aborts its transfer, freeing the decode slot.
+//!
+//! [`service`] is the worker's HTTP control API when it runs as its own process
+//! (`genie prefill-worker`).
 
 pub mod service;
 mod worker;

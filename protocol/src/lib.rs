@@ -4,10 +4,10 @@
 //! gateway↔worker messages, and id newtypes. Ids are never bare integers across crates.
 //!
 //! - [`openai`]: the OpenAI request/response/error types the gateway speaks;
-//! - [`worker`]: sequence events workers send the gateway, and the prefill→decode hand-off;
+//! - [`worker`]: sequence events workers send the gateway, the prefill→decode hand-off, and
+//!   the gateway↔worker control messages of separate processes (registration, status,
+//!   prefill and decode requests, the worker list);
 //! - id newtypes ([`RequestId`], [`WorkerId`], [`TransferId`], [`SeqId`]).
-//!
-//! Gateway↔worker messages for separate processes arrive with the multi-process workers.
 
 pub mod openai;
 pub mod worker;
