@@ -21,6 +21,12 @@ mod server;
 use anyhow::Result;
 use clap::Parser;
 
+/// mimalloc reuses freed memory instead of returning it to the kernel at once: KV layers
+/// received over the network (megabytes each, allocated and freed per layer) measured
+/// 1.3-1.5x faster than with glibc's allocator, which unmaps and re-faults them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -10,7 +10,7 @@
 
 use crate::registry::TransferRegistry;
 use crate::threaded::ThreadedSink;
-use crate::wire::{self, FRAME_HEADER_LEN};
+use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
 use genie_protocol::TransferId;
@@ -41,8 +41,11 @@ impl KvTransport for RdmaTransport {
                 .build()
                 .map_err(|e| e.to_string())?;
             rt.block_on(async move {
+                // rnr_retry 7 = retry without limit while the receiver posts its buffers
+                // (connect can return before the listener is ready to receive).
                 let rdma = match RdmaBuilder::default()
                     .set_max_message_length(RDMA_MESSAGE_BYTES)
+                    .set_rnr_retry(7)
                     .connect(addr.as_str())
                     .await
                 {
@@ -56,8 +59,7 @@ impl KvTransport for RdmaTransport {
                     }
                 };
                 for m in end.rx {
-                    let mut frame = wire::header(&m);
-                    frame.extend_from_slice(wire::payload(&m));
+                    let frame = wire::encode(&m);
                     for part in frame.chunks(RDMA_MESSAGE_BYTES) {
                         let layout =
                             Layout::from_size_align(part.len(), 8).map_err(|e| e.to_string())?;
@@ -125,10 +127,15 @@ pub async fn serve(
                         return;
                     }
                 };
-                if let Err(e) = assembler.push(&msg, &reg, &del) {
-                    tracing::warn!(error = %e, "RDMA KV connection refused");
-                    assembler.fail(&reg, &del, &e);
-                    return;
+                match assembler.push(&msg, &reg, &del) {
+                    // One transfer per connection: it ended, so does the connection.
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "RDMA KV connection refused");
+                        assembler.fail(&reg, &del, &e);
+                        return;
+                    }
                 }
             }
         });
@@ -153,16 +160,17 @@ impl Assembler {
         }
     }
 
+    /// Adds received bytes and delivers every complete frame; true once the transfer ended.
     fn push(
         &mut self,
         bytes: &[u8],
         reg: &TransferRegistry,
         deliver: &Deliver,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         self.buf.extend_from_slice(bytes);
         loop {
             if self.buf.len() < FRAME_HEADER_LEN {
-                return Ok(());
+                return Ok(false);
             }
             let mut h = [0u8; FRAME_HEADER_LEN];
             h.copy_from_slice(&self.buf[..FRAME_HEADER_LEN]);
@@ -177,22 +185,27 @@ impl Assembler {
             }
             reg.check(hdr.transfer).map_err(|e| e.to_string())?;
             self.current = Some(hdr.transfer);
-            if self.buf.len() < FRAME_HEADER_LEN + hdr.payload_len {
-                return Ok(());
+            let end = FRAME_HEADER_LEN + hdr.payload_len;
+            if self.buf.len() < end + CHECKSUM_LEN {
+                return Ok(false);
             }
             if hdr.kind == 1 {
                 reg.account(hdr.transfer, hdr.payload_len)
                     .map_err(|e| e.to_string())?;
             }
-            let payload = self.buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + hdr.payload_len].to_vec();
-            self.buf.drain(..FRAME_HEADER_LEN + hdr.payload_len);
-            let m = wire::finish(&hdr, payload).map_err(|e| e.to_string())?;
-            if !matches!(m, KvMessage::Layer { .. }) {
+            let payload = self.buf[FRAME_HEADER_LEN..end].to_vec();
+            let mut sent = [0u8; CHECKSUM_LEN];
+            sent.copy_from_slice(&self.buf[end..end + CHECKSUM_LEN]);
+            self.buf.drain(..end + CHECKSUM_LEN);
+            let m =
+                wire::finish(&hdr, payload, u32::from_le_bytes(sent)).map_err(|e| e.to_string())?;
+            let ends = !matches!(m, KvMessage::Layer { .. });
+            if ends {
                 reg.forget(hdr.transfer);
                 self.current = None;
             }
-            if !deliver(m) {
-                return Ok(());
+            if !deliver(m) || ends {
+                return Ok(true);
             }
         }
     }

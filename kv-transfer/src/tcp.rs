@@ -6,15 +6,18 @@
 
 use crate::registry::TransferRegistry;
 use crate::threaded::ThreadedSink;
-use crate::wire::{self, FRAME_HEADER_LEN};
+use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use genie_protocol::TransferId;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+
+/// Payload slice checksummed and written at a time (fits in L2 with room to spare).
+const SEND_SLICE: usize = 256 << 10;
 
 /// Opens TCP connections to `host:port` KV endpoints.
 #[derive(Clone, Debug)]
@@ -50,15 +53,13 @@ impl KvTransport for TcpTransport {
         stream
             .set_write_timeout(Some(self.write_timeout))
             .map_err(|e| unreachable(e.to_string()))?;
-        // The writer frames each message (checksum included) off the caller's thread and
-        // writes header and payload separately, so the payload is never copied.
+        // The writer frames each message off the caller's thread, writes the payload from
+        // where it lies (never copied) and checksums each slice just before writing it, so
+        // the slice is in cache for the socket copy: one pass over the KV, not two.
         let sink = ThreadedSink::start(endpoint, transfer, "tcp", "genie-kv-send", move |end| {
             let mut s = stream;
             for m in end.rx {
-                let r = s
-                    .write_all(&wire::header(&m))
-                    .and_then(|_| s.write_all(wire::payload(&m)));
-                if let Err(e) = r {
+                if let Err(e) = write_frame(&mut s, &m) {
                     end.failed.store(true, Ordering::Release);
                     return Err(e.to_string());
                 }
@@ -71,6 +72,48 @@ impl KvTransport for TcpTransport {
     fn kind(&self) -> &'static str {
         "tcp"
     }
+}
+
+/// Writes one frame: the header goes out with the first payload slice and the checksum with
+/// the last (one `writev` each), so a small layer is one segment on the wire, not three.
+fn write_frame(s: &mut TcpStream, m: &KvMessage) -> std::io::Result<()> {
+    let header = wire::header(m);
+    let payload = wire::payload(m);
+    let mut crc = crc32fast::Hasher::new();
+    let slices: Vec<&[u8]> = if payload.is_empty() {
+        vec![&[][..]]
+    } else {
+        payload.chunks(SEND_SLICE).collect()
+    };
+    let last = slices.len() - 1;
+    for (i, part) in slices.into_iter().enumerate() {
+        crc.update(part);
+        let sum = if i == last {
+            std::mem::take(&mut crc).finalize().to_le_bytes()
+        } else {
+            [0; CHECKSUM_LEN]
+        };
+        let mut bufs = [
+            IoSlice::new(if i == 0 { &header } else { &[] }),
+            IoSlice::new(part),
+            IoSlice::new(if i == last { &sum } else { &[] }),
+        ];
+        write_all_vectored(s, &mut bufs)?;
+    }
+    Ok(())
+}
+
+fn write_all_vectored(s: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match s.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Accepts KV connections until the listener fails; each connection is served by its
@@ -114,17 +157,6 @@ pub enum ReceiveError {
     Stalled(Duration),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-}
-
-async fn read_exact_within(
-    sock: &mut tokio::net::TcpStream,
-    buf: &mut [u8],
-    limit: Duration,
-) -> Result<(), ReceiveError> {
-    match tokio::time::timeout(limit, sock.read_exact(buf)).await {
-        Ok(r) => r.map(|_| ()).map_err(ReceiveError::from),
-        Err(_) => Err(ReceiveError::Stalled(limit)),
-    }
 }
 
 async fn connection(
@@ -192,14 +224,32 @@ async fn frames(
         if is_layer {
             registry.account(hdr.transfer, hdr.payload_len)?;
         }
-        // Read in slices and checksum each while it is still in cache.
-        let mut payload = vec![0u8; hdr.payload_len];
+        // Read into uninitialised capacity (no zeroing pass) and checksum each read's
+        // bytes while they are still in cache.
+        let mut payload = Vec::with_capacity(hdr.payload_len);
         let mut crc = crc32fast::Hasher::new();
-        for part in payload.chunks_mut(256 << 10) {
-            read_exact_within(sock, part, left.min(stall)).await?;
-            crc.update(part);
+        let limit = left.min(stall);
+        while payload.len() < hdr.payload_len {
+            let at = payload.len();
+            let mut rest = (&mut *sock).take((hdr.payload_len - at) as u64);
+            let n = match tokio::time::timeout(limit, rest.read_buf(&mut payload)).await {
+                Err(_) => return Err(ReceiveError::Stalled(limit)),
+                Ok(r) => r?,
+            };
+            if n == 0 {
+                return Err(ReceiveError::Truncated(hdr.transfer));
+            }
+            crc.update(&payload[at..]);
         }
-        let m = wire::finish_checked(&hdr, payload, crc.finalize())?;
+        let mut sent = [0u8; CHECKSUM_LEN];
+        match tokio::time::timeout(limit, sock.read_exact(&mut sent)).await {
+            Err(_) => return Err(ReceiveError::Stalled(limit)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(ReceiveError::Truncated(hdr.transfer))
+            }
+            Ok(r) => r?,
+        };
+        let m = wire::finish_checked(&hdr, payload, crc.finalize(), u32::from_le_bytes(sent))?;
         let ends = !matches!(m, KvMessage::Layer { .. });
         if ends {
             registry.forget(hdr.transfer);

@@ -9,16 +9,21 @@
 //! | 8 | transfer id | u64 |
 //! | 16 | layer, n_layers, kv_heads, head_dim, token_start, token_count | 6 × u32 |
 //! | 40 | payload length | u32 |
-//! | 44 | CRC-32 of the payload | u32 |
+//! | 44 | CRC-32 of bytes 0..44 (the header) | u32 |
 //!
-//! then the payload: a layer's K then V; a complete frame's trailer; an abort's reason.
+//! then the payload (a layer's K then V; a complete frame's trailer; an abort's reason), then
+//! the CRC-32 of the payload (u32). The payload checksum follows the payload so a sender can
+//! checksum each slice just before writing it (one pass over memory, not two) and a receiver
+//! while it reads; the header has its own so a bad header is refused before any payload.
 
 use crate::message::{KvMessage, LayerMeta};
 use genie_protocol::TransferId;
 
 pub const WIRE_MAGIC: [u8; 4] = *b"GKVT";
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 pub const FRAME_HEADER_LEN: usize = 48;
+/// The payload checksum after each payload.
+pub const CHECKSUM_LEN: usize = 4;
 /// Largest payload accepted in one frame.
 pub const MAX_PAYLOAD: usize = 1 << 30;
 
@@ -40,7 +45,9 @@ pub enum FrameError {
     Length { got: usize, want: usize },
     #[error("unsupported dtype code {0}")]
     Dtype(u8),
-    #[error("checksum mismatch (corrupted frame)")]
+    #[error("header checksum mismatch (corrupted frame header)")]
+    HeaderChecksum,
+    #[error("payload checksum mismatch (corrupted frame)")]
     Checksum,
 }
 
@@ -51,17 +58,25 @@ pub struct FrameHeader {
     pub transfer: TransferId,
     pub meta: LayerMeta,
     pub payload_len: usize,
-    pub crc: u32,
+}
+
+impl FrameHeader {
+    /// Bytes of this frame after its header: payload and checksum.
+    pub fn rest_len(&self) -> usize {
+        self.payload_len + CHECKSUM_LEN
+    }
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-/// Encodes one message as header + payload.
+/// Encodes one message as a whole frame: header, payload, payload checksum.
 pub fn encode(m: &KvMessage) -> Vec<u8> {
     let mut out = header(m);
-    out.extend_from_slice(payload(m));
+    let p = payload(m);
+    out.extend_from_slice(p);
+    out.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
     out
 }
 
@@ -74,7 +89,8 @@ pub fn payload(m: &KvMessage) -> &[u8] {
     }
 }
 
-/// The frame header of a message (the payload follows it on the wire, unchanged).
+/// The frame header of a message (the payload follows it on the wire, unchanged, then the
+/// payload's CRC-32).
 pub fn header(m: &KvMessage) -> Vec<u8> {
     let zero = LayerMeta {
         layer: 0,
@@ -111,7 +127,8 @@ pub fn header(m: &KvMessage) -> Vec<u8> {
         put_u32(&mut out, v);
     }
     put_u32(&mut out, payload.len() as u32);
-    put_u32(&mut out, crc32fast::hash(payload));
+    let crc = crc32fast::hash(&out);
+    put_u32(&mut out, crc);
     out
 }
 
@@ -123,6 +140,9 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
     let version = u16::from_le_bytes([h[4], h[5]]);
     if version != WIRE_VERSION {
         return Err(FrameError::Version(version));
+    }
+    if crc32fast::hash(&h[..44]).to_le_bytes() != h[44..48] {
+        return Err(FrameError::HeaderChecksum);
     }
     let kind = h[6];
     if !(KIND_LAYER..=KIND_ABORT).contains(&kind) {
@@ -158,23 +178,23 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
         transfer: TransferId(u64::from_le_bytes(t)),
         meta,
         payload_len,
-        crc: u(44),
     })
 }
 
-/// Checks the payload against the header and builds the message.
-pub fn finish(h: &FrameHeader, payload: Vec<u8>) -> Result<KvMessage, FrameError> {
+/// Checks a payload against the checksum that followed it and builds the message.
+pub fn finish(h: &FrameHeader, payload: Vec<u8>, sent_crc: u32) -> Result<KvMessage, FrameError> {
     let crc = crc32fast::hash(&payload);
-    finish_checked(h, payload, crc)
+    finish_checked(h, payload, crc, sent_crc)
 }
 
-/// Like [`finish`], with the payload's CRC-32 already computed.
+/// Like [`finish`], with the payload's CRC-32 already computed (`crc`) while it was read.
 pub fn finish_checked(
     h: &FrameHeader,
     payload: Vec<u8>,
     crc: u32,
+    sent_crc: u32,
 ) -> Result<KvMessage, FrameError> {
-    if crc != h.crc {
+    if crc != sent_crc {
         return Err(FrameError::Checksum);
     }
     Ok(match h.kind {
@@ -219,7 +239,14 @@ mod tests {
         let mut h = [0u8; FRAME_HEADER_LEN];
         h.copy_from_slice(&bytes[..FRAME_HEADER_LEN]);
         let hdr = parse_header(&h)?;
-        finish(&hdr, bytes[FRAME_HEADER_LEN..].to_vec())
+        let end = FRAME_HEADER_LEN + hdr.payload_len;
+        let mut crc = [0u8; CHECKSUM_LEN];
+        crc.copy_from_slice(&bytes[end..end + CHECKSUM_LEN]);
+        finish(
+            &hdr,
+            bytes[FRAME_HEADER_LEN..end].to_vec(),
+            u32::from_le_bytes(crc),
+        )
     }
 
     #[test]
@@ -239,30 +266,43 @@ mod tests {
         }
     }
 
+    /// A header edited in place, its checksum made to match again (a well-formed lie).
+    fn resealed(mut b: Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        edit(&mut b);
+        let crc = crc32fast::hash(&b[..44]);
+        b[44..48].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
     #[test]
     fn bad_frames_are_refused_with_the_reason() {
         let good = encode(&layer());
-        let mut b = good.clone();
-        b[0] = b'X';
+        let b = resealed(good.clone(), |b| b[0] = b'X');
         assert_eq!(roundtrip(&b), Err(FrameError::Magic));
-        let mut b = good.clone();
-        b[4] = 9;
+        let b = resealed(good.clone(), |b| b[4] = 9);
         assert_eq!(roundtrip(&b), Err(FrameError::Version(9)));
-        let mut b = good.clone();
-        b[6] = 7;
+        let b = resealed(good.clone(), |b| b[6] = 7);
         assert_eq!(roundtrip(&b), Err(FrameError::Kind(7)));
-        let mut b = good.clone();
-        b[7] = 5;
+        let b = resealed(good.clone(), |b| b[7] = 5);
         assert_eq!(roundtrip(&b), Err(FrameError::Dtype(5)));
-        let mut b = good.clone();
-        b[36] = 3; // token_count 3: the shape now wants 144 bytes
+        // token_count 3: the shape now wants 144 bytes
+        let b = resealed(good.clone(), |b| b[36] = 3);
         assert_eq!(
             roundtrip(&b),
             Err(FrameError::Length { got: 96, want: 144 })
         );
-        let mut b = good.clone();
-        b[40..44].copy_from_slice(&(u32::MAX).to_le_bytes());
+        let b = resealed(good.clone(), |b| {
+            b[40..44].copy_from_slice(&(u32::MAX).to_le_bytes())
+        });
         assert!(matches!(roundtrip(&b), Err(FrameError::Oversize(_))));
+        // A header corrupted in flight: refused before its payload is read.
+        let mut b = good.clone();
+        b[20] ^= 1;
+        assert_eq!(roundtrip(&b), Err(FrameError::HeaderChecksum));
+        // A payload byte or the payload checksum corrupted.
+        let mut b = good.clone();
+        b[FRAME_HEADER_LEN + 5] ^= 1;
+        assert_eq!(roundtrip(&b), Err(FrameError::Checksum));
         let mut b = good;
         let last = b.len() - 1;
         b[last] ^= 1;
