@@ -34,6 +34,8 @@ pub enum EngineError {
     },
     #[error("KV cache import refused: {0}")]
     KvImport(String),
+    #[error("the forward was cancelled: no sequence in it is wanted any more")]
+    Cancelled,
     #[error("model fetch failed: {0}")]
     Fetch(String),
     #[error("I/O error on {path}: {source}")]

@@ -14,6 +14,7 @@ use crate::quant::acts::QuantizedActs;
 use crate::quant::matmul::{matmul, matmul_multi};
 use crate::quant::QMatrix;
 use rayon::prelude::*;
+use std::ops::ControlFlow;
 
 /// One sequence's share of a forward step: new tokens and the cache they extend.
 pub struct Segment<'a> {
@@ -160,16 +161,18 @@ impl Model {
 
     /// Runs every segment; returns each segment's last-token logits.
     pub fn forward(&self, segs: &mut [Segment]) -> Result<Vec<Vec<f32>>> {
-        self.forward_observed(segs, &mut |_, _| {})
+        self.forward_observed(segs, &mut |_, _| ControlFlow::Continue(()))
     }
 
     /// Like [`Model::forward`], calling `on_layer(layer, segments)` as soon as each layer's
     /// K/V for all new tokens is in the caches (so a prefill can ship layer `l` while
-    /// layer `l + 1` computes).
+    /// layer `l + 1` computes). `on_layer` returning `Break` stops the forward there with
+    /// [`EngineError::Cancelled`] (nobody wants the result any more); the caches then hold
+    /// layers of different lengths and must be dropped or truncated.
     pub fn forward_observed(
         &self,
         segs: &mut [Segment],
-        on_layer: &mut (dyn FnMut(usize, &[Segment]) + Send),
+        on_layer: &mut (dyn FnMut(usize, &[Segment]) -> ControlFlow<()> + Send),
     ) -> Result<Vec<Vec<f32>>> {
         self.check(segs)?;
         if segs.is_empty() {
@@ -232,7 +235,7 @@ impl Model {
     fn run(
         &self,
         segs: &mut [Segment],
-        on_layer: &mut (dyn FnMut(usize, &[Segment]) + Send),
+        on_layer: &mut (dyn FnMut(usize, &[Segment]) -> ControlFlow<()> + Send),
     ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (h, kv) = (c.hidden, c.kv_dim());
@@ -287,7 +290,9 @@ impl Model {
             ops::add_assign(&mut x, &proj);
             self.ffn(l, &x, &mut xn, &mut gate, &mut up, &mut proj);
             ops::add_assign(&mut x, &proj);
-            on_layer(li, segs);
+            if on_layer(li, segs).is_break() {
+                return Err(EngineError::Cancelled);
+            }
         }
         // Logits for each segment's last token only.
         let mut last = Vec::with_capacity(segs.len() * h);

@@ -8,7 +8,7 @@ use crate::sequence::{Merged, Piece, SeqState};
 use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
@@ -17,7 +17,7 @@ use genie_protocol::worker::TokenOut;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const FINGERPRINT: &str = "genie";
 
@@ -262,8 +262,13 @@ where
     let events = stream::iter(first)
         .chain(body.flat_map(stream::iter))
         .map(Ok);
-    Sse::new(events)
+    // A comment line whenever the stream has been quiet for a second (a long prompt still
+    // prefilling): clients skip it, and writing it is how a hang-up is noticed at all, so
+    // the sequence is cancelled within about two seconds instead of at its first token.
+    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
+
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 pub async fn chat_completions(
     State(st): State<AppState>,

@@ -186,3 +186,42 @@ fn a_stalled_transfer_times_out() {
     }
     drop(c);
 }
+
+#[test]
+fn a_sender_facing_a_stalled_receiver_times_out() {
+    // A peer that accepts and never reads: once the socket buffers fill, the writer's
+    // timeout fails the transfer; the caller learns it from `complete`, no hang.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let transport = TcpTransport {
+        write_timeout: Duration::from_millis(300),
+        ..TcpTransport::default()
+    };
+    let mut sink = transport.open(&addr, TransferId(8)).unwrap();
+    let big = LayerMeta {
+        kv_heads: 8,
+        head_dim: 128,
+        token_count: 4096,
+        ..meta(0)
+    };
+    let t0 = std::time::Instant::now();
+    let mut failed_early = false;
+    for layer in 0..2 {
+        let bytes = vec![7u8; big.payload_len().unwrap()];
+        if sink.send_layer(LayerMeta { layer, ..big }, bytes).is_err() {
+            failed_early = true;
+            break;
+        }
+    }
+    if !failed_early {
+        let err = sink.complete(Vec::new()).unwrap_err();
+        assert!(err.to_string().contains(&addr), "{err}");
+    }
+    assert!(
+        t0.elapsed() < WAIT,
+        "the stalled send took {:?}",
+        t0.elapsed()
+    );
+    drop(held.join().unwrap());
+}

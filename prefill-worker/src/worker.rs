@@ -3,9 +3,11 @@
 use genie_engine::kv_cache::{LayerHeader, LAYER_HEADER_LEN};
 use genie_engine::model::{Model, Segment};
 use genie_engine::sampling::{Sampled, Sampler};
+use genie_engine::EngineError;
 use genie_kv_transfer::{KvSink, LayerMeta, DTYPE_F16};
 use genie_protocol::worker::{Finish, Handoff, SeqEvent, TokenOut};
 use genie_protocol::{SeqId, WorkerId};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -146,11 +148,12 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
                 .record(jobs.iter().map(|j| j.prompt.len()).sum::<usize>() as f64);
             // A fault in one batch fails that batch's requests (their senders drop), not
             // the worker.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prefill(&model, jobs)))
-                .is_err()
-            {
+            let run = std::panic::AssertUnwindSafe(|| prefill(&model, jobs, &label));
+            if std::panic::catch_unwind(run).is_err() {
                 tracing::error!("prefill batch panicked; its requests failed");
             }
+            // The batch's caches are gone, whichever way it ended.
+            metrics::gauge!("genie_kv_cache_used_bytes", "worker" => label.clone()).set(0.0);
         }
         stats.load.fetch_sub(n, Ordering::Relaxed);
         stats.queued_tokens.fetch_sub(t, Ordering::Relaxed);
@@ -176,12 +179,17 @@ fn export(seg: &Segment, layer: usize) -> (LayerMeta, Vec<u8>) {
     (meta, chunk.split_off(LAYER_HEADER_LEN))
 }
 
-/// Prefills `jobs` in one forward, shipping each layer as it completes.
-fn prefill(model: &Model, jobs: Vec<PrefillJob>) {
+/// Prefills `jobs` in one forward, shipping each layer as it completes. A sequence whose
+/// client leaves mid-prefill has its transfer aborted at the next layer, so the decode
+/// worker frees its reservation without waiting for the batch to end.
+fn prefill(model: &Model, jobs: Vec<PrefillJob>, label: &str) {
     let mut caches: Vec<_> = jobs
         .iter()
         .map(|j| model.new_cache(j.prompt.len()))
         .collect();
+    let reserved: usize = caches.iter().map(|c| c.reserved_bytes()).sum();
+    metrics::gauge!("genie_kv_cache_used_bytes", "worker" => label.to_string())
+        .set(reserved as f64);
     let mut sinks: Vec<Option<Box<dyn KvSink>>> = Vec::with_capacity(jobs.len());
     let mut rest = Vec::with_capacity(jobs.len());
     for j in jobs {
@@ -207,7 +215,14 @@ fn prefill(model: &Model, jobs: Vec<PrefillJob>) {
             })
             .collect();
         let mut ship = |layer: usize, segs: &[Segment]| {
-            for (seg, slot) in segs.iter().zip(sinks.iter_mut()) {
+            for ((seg, slot), r) in segs.iter().zip(sinks.iter_mut()).zip(&rest) {
+                if r.5.is_closed() {
+                    if let Some(sink) = slot.take() {
+                        sink.abort("client went away");
+                        metrics::counter!("genie_prefill_cancelled_total", "worker" => label.to_string())
+                            .increment(1);
+                    }
+                }
                 if let Some(sink) = slot {
                     let (meta, bytes) = export(seg, layer);
                     if let Err(e) = sink.send_layer(meta, bytes) {
@@ -216,11 +231,24 @@ fn prefill(model: &Model, jobs: Vec<PrefillJob>) {
                     }
                 }
             }
+            // Nobody left to prefill for: stop computing.
+            if sinks.iter().all(Option::is_none) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         };
         model.forward_observed(&mut segs, &mut ship)
     };
     let logits = match result {
         Ok(l) => l,
+        Err(EngineError::Cancelled) => {
+            // Every sequence's client left or its transfer failed; tell any still listening.
+            for r in &rest {
+                let _ = r.5.send(SeqEvent::Failed("KV transfer failed".into()));
+            }
+            return;
+        }
         Err(e) => {
             tracing::error!(error = %e, "prefill failed");
             for (r, sink) in rest.iter().zip(sinks) {
