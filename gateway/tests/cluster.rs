@@ -400,3 +400,30 @@ async fn a_client_that_disconnects_cancels_both_legs_and_frees_kv_on_both() {
     .await;
     assert_eq!(st, 200, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_is_marked_unhealthy_forgotten_and_readmitted_when_it_returns() {
+    // Heartbeats every 100 ms: unhealthy after 3 missed, forgotten after 10.
+    let c = cluster(&[("GENIE_WORKERS__HEARTBEAT_MS", "100")]).await;
+    c.decode[0].signal("STOP");
+    wait_for("the frozen worker marked unhealthy", async || {
+        healthy(&c.gateway).await == 3
+    })
+    .await;
+    wait_for("the frozen worker forgotten", async || {
+        workers(&c.gateway).await.len() == 3
+    })
+    .await;
+    // Requests meanwhile go to the healthy pair.
+    let ask = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
+    let (st, v) = post(&c.gateway, "/v1/chat/completions", ask.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    c.decode[0].signal("CONT");
+    wait_for("the returning worker re-admitted", async || {
+        healthy(&c.gateway).await == 4
+    })
+    .await;
+    assert_eq!(workers(&c.gateway).await.len(), 4);
+    let (st, v) = post(&c.gateway, "/v1/chat/completions", ask).await;
+    assert_eq!(st, 200, "{v}");
+}

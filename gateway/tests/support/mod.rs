@@ -115,6 +115,15 @@ pub fn parse_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 impl Server {
+    /// Sends a signal by name (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} failed");
+    }
+
     /// Kills the process now (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
