@@ -1,0 +1,98 @@
+//! The run's report: JSON for machines (`--json FILE`), markdown for people (stdout).
+
+use crate::stats::{Percentiles, Summary};
+use serde::Serialize;
+use std::fmt::Write;
+
+/// What was run, against what.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunConfig {
+    pub url: String,
+    pub model: String,
+    pub endpoint: crate::client::Endpoint,
+    /// `closed (concurrency N)`, `open (Poisson R req/s)` or `trace FILE`.
+    pub mode: String,
+    pub input_tokens: String,
+    pub output_tokens: String,
+    pub requests: Option<usize>,
+    pub duration_s: Option<f64>,
+    pub warmup: usize,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    /// Unix seconds at the start of the measured run.
+    pub started_unix_s: u64,
+    pub config: RunConfig,
+    pub summary: Summary,
+}
+
+fn row(out: &mut String, name: &str, p: &Percentiles) {
+    let _ = writeln!(
+        out,
+        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        p.mean_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.count
+    );
+}
+
+/// A markdown summary of `r`.
+pub fn markdown(r: &Report) -> String {
+    let c = &r.config;
+    let s = &r.summary;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## genie-loadtest: {} ({:?}) at {}\n",
+        c.model, c.endpoint, c.url
+    );
+    let _ = writeln!(
+        out,
+        "{}; input tokens {}, output tokens {}; {} requests ({} completed, {} failed, error rate {:.2} %) in {:.2} s\n",
+        c.mode, c.input_tokens, c.output_tokens, s.requests, s.completed, s.failed,
+        s.error_rate * 100.0, s.duration_s
+    );
+    let _ = writeln!(
+        out,
+        "| latency (ms) | mean | p50 | p90 | p99 | max | samples |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    row(&mut out, "TTFT", &s.ttft);
+    row(&mut out, "ITL", &s.itl);
+    row(&mut out, "TPOT", &s.tpot);
+    row(&mut out, "end to end", &s.e2e);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| throughput | value |");
+    let _ = writeln!(out, "|---|---:|");
+    let _ = writeln!(out, "| requests/s | {:.3} |", s.request_throughput);
+    let _ = writeln!(
+        out,
+        "| output tokens/s | {:.1} |",
+        s.output_token_throughput
+    );
+    let _ = writeln!(out, "| input tokens/s | {:.1} |", s.input_token_throughput);
+    let _ = writeln!(out, "| mean prompt tokens | {:.1} |", s.mean_prompt_tokens);
+    let _ = writeln!(out, "| mean output tokens | {:.1} |", s.mean_output_tokens);
+    if let Some(g) = &s.goodput {
+        let slo = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        let _ = writeln!(
+            out,
+            "| goodput (TTFT ≤ {}, TPOT ≤ {}) | {:.3} req/s ({} of {}, {:.1} %) |",
+            slo(g.slo.ttft_ms),
+            slo(g.slo.itl_ms),
+            g.requests_per_s,
+            g.met,
+            s.requests,
+            g.fraction * 100.0
+        );
+    }
+    if !s.errors.is_empty() {
+        let _ = writeln!(out, "\nErrors:");
+        for (e, n) in &s.errors {
+            let _ = writeln!(out, "- {n} x {e}");
+        }
+    }
+    out
+}

@@ -1,0 +1,189 @@
+//! Drives a load: closed loop (a fixed number of requests in flight), open loop (Poisson
+//! arrivals at a rate, whatever the server's pace) or a trace's arrivals.
+
+use crate::client::{self, Outcome, Target};
+use crate::workload::{poisson_arrivals, synthetic_prompt, Lengths, Planned, TraceEntry};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    Closed { concurrency: usize },
+    Open { rate: f64 },
+    Trace(Vec<TraceEntry>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub mode: Mode,
+    /// Stop after this many requests (all of a trace when unset).
+    pub requests: Option<usize>,
+    /// Stop sending after this long.
+    pub duration: Option<Duration>,
+    pub input: Lengths,
+    pub output: Lengths,
+    pub seed: u64,
+    /// Unmeasured requests sent one by one first.
+    pub warmup: usize,
+    pub progress: bool,
+}
+
+/// Request `i`'s lengths and prompt: a function of the seed and `i` only, so every mode
+/// and every rerun sends the same requests.
+fn request(load: &Load, i: usize) -> (u32, u32, String) {
+    let mut rng = StdRng::seed_from_u64(load.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (input, output) = (load.input.sample(&mut rng), load.output.sample(&mut rng));
+    (input, output, synthetic_prompt(input, &mut rng))
+}
+
+fn bar(total: Option<usize>, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = match total {
+        Some(n) => ProgressBar::new(n as u64),
+        None => ProgressBar::new_spinner(),
+    };
+    b.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// Runs `load` against `target`; returns the measured outcomes in completion order.
+pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap_or_default();
+    for i in 0..load.warmup {
+        let (input, output, prompt) = request(load, usize::MAX - i);
+        let _ = client::send(&client, target, &prompt, input, output, Instant::now()).await;
+    }
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let deadline = load.duration.map(|d| start + d);
+    let plan: Vec<Planned> = match &load.mode {
+        Mode::Closed { .. } => Vec::new(),
+        Mode::Open { rate } => {
+            // Enough arrivals for the request budget, or for the duration at this rate.
+            let n = load.requests.unwrap_or_else(|| {
+                let d = load.duration.map_or(60.0, |d| d.as_secs_f64());
+                (rate * d * 2.0).ceil() as usize + 16
+            });
+            let mut rng = StdRng::seed_from_u64(load.seed);
+            poisson_arrivals(*rate, n, &mut rng)
+                .into_iter()
+                .enumerate()
+                .map(|(i, at)| {
+                    let (input_tokens, output_tokens, _) = request(load, i);
+                    Planned {
+                        at,
+                        input_tokens,
+                        output_tokens,
+                    }
+                })
+                .collect()
+        }
+        Mode::Trace(entries) => entries
+            .iter()
+            .take(load.requests.unwrap_or(usize::MAX))
+            .map(|e| Planned {
+                at: Duration::from_secs_f64(e.arrival_s),
+                input_tokens: e.input_tokens,
+                output_tokens: e.output_tokens,
+            })
+            .collect(),
+    };
+    let total = match &load.mode {
+        Mode::Closed { .. } => load.requests,
+        _ => load.requests.or((deadline.is_none()).then_some(plan.len())),
+    };
+    let progress = bar(total, load.progress);
+    let record = |o: Outcome, outcomes: &Arc<Mutex<Vec<Outcome>>>, progress: &ProgressBar| {
+        progress.inc(1);
+        if !o.ok {
+            progress.set_message(format!(
+                "{} failed",
+                outcomes
+                    .lock()
+                    .map(|v| v.iter().filter(|o: &&Outcome| !o.ok).count() + 1)
+                    .unwrap_or(0)
+            ));
+        }
+        if let Ok(mut v) = outcomes.lock() {
+            v.push(o);
+        }
+    };
+    match &load.mode {
+        Mode::Closed { concurrency } => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..*concurrency)
+                .map(|_| {
+                    let (client, target, load) = (client.clone(), target.clone(), load.clone());
+                    let (next, outcomes, progress) =
+                        (Arc::clone(&next), Arc::clone(&outcomes), progress.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if load.requests.is_some_and(|n| i >= n)
+                                || deadline.is_some_and(|d| Instant::now() >= d)
+                            {
+                                return;
+                            }
+                            let (input, output, prompt) = request(&load, i);
+                            let o =
+                                client::send(&client, &target, &prompt, input, output, start).await;
+                            record(o, &outcomes, &progress);
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.await;
+            }
+        }
+        Mode::Open { .. } | Mode::Trace(_) => {
+            let mut tasks = Vec::new();
+            for (i, p) in plan.into_iter().enumerate() {
+                let at = start + p.at;
+                if deadline.is_some_and(|d| at >= d) {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let prompt = match &load.mode {
+                    Mode::Trace(_) => {
+                        let mut rng = StdRng::seed_from_u64(load.seed ^ i as u64);
+                        synthetic_prompt(p.input_tokens, &mut rng)
+                    }
+                    _ => request(load, i).2,
+                };
+                let (client, target) = (client.clone(), target.clone());
+                let (outcomes, progress) = (Arc::clone(&outcomes), progress.clone());
+                tasks.push(tokio::spawn(async move {
+                    let o = client::send(
+                        &client,
+                        &target,
+                        &prompt,
+                        p.input_tokens,
+                        p.output_tokens,
+                        start,
+                    )
+                    .await;
+                    record(o, &outcomes, &progress);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let v = outcomes.lock().map(|v| v.clone()).unwrap_or_default();
+    v
+}

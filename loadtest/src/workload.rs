@@ -1,0 +1,310 @@
+//! What to send and when: length distributions, synthetic prompts, traces and arrival
+//! schedules. Pure and seeded, so a run's workload is reproducible and unit-tested.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use rand_distr::{Distribution, Exp, Normal};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A token-length distribution: `256`, `uniform:128:512`, `normal:256:64`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Lengths {
+    Fixed(u32),
+    Uniform { lo: u32, hi: u32 },
+    Normal { mean: f64, std: f64 },
+}
+
+impl std::str::FromStr for Lengths {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |v: &str, what: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| format!("`{v}` is not a non-negative number ({what} in `{s}`)"))
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let l = match parts.as_slice() {
+            [n] => Lengths::Fixed(num(n, "length")? as u32),
+            ["uniform", lo, hi] => {
+                let (lo, hi) = (num(lo, "low")? as u32, num(hi, "high")? as u32);
+                if lo > hi {
+                    return Err(format!("uniform low {lo} is above high {hi}"));
+                }
+                Lengths::Uniform { lo, hi }
+            }
+            ["normal", m, sd] => Lengths::Normal {
+                mean: num(m, "mean")?,
+                std: num(sd, "std")?,
+            },
+            _ => {
+                return Err(format!(
+                    "`{s}`: expected N, uniform:LO:HI or normal:MEAN:STD"
+                ))
+            }
+        };
+        if l == Lengths::Fixed(0) {
+            return Err("a length must be at least 1".into());
+        }
+        Ok(l)
+    }
+}
+
+impl Lengths {
+    /// One length, at least 1.
+    pub fn sample(&self, rng: &mut StdRng) -> u32 {
+        let v = match *self {
+            Lengths::Fixed(n) => n,
+            Lengths::Uniform { lo, hi } => rng.random_range(lo..=hi),
+            Lengths::Normal { mean, std } => match Normal::new(mean, std) {
+                Ok(d) => d.sample(rng).round().max(1.0) as u32,
+                Err(_) => mean.round() as u32,
+            },
+        };
+        v.max(1)
+    }
+}
+
+/// Common English words, each a single token (with its leading space) for GPT-2-style BPE
+/// vocabularies such as SmolLM2's: a prompt of `n` of them is `n` tokens there, and close
+/// to `n` for other tokenizers. The server's `usage` gives the exact count either way.
+const WORDS: &[&str] = &[
+    "time",
+    "people",
+    "year",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+];
+
+/// A prompt of `tokens` words drawn with `rng` (distinct prompts defeat prefix caches).
+pub fn synthetic_prompt(tokens: u32, rng: &mut StdRng) -> String {
+    let mut s = String::with_capacity(tokens as usize * 7);
+    for _ in 0..tokens {
+        s.push(' ');
+        s.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    }
+    s
+}
+
+/// One line of a trace file (JSONL): when the request arrives (seconds from the start)
+/// and its input and output lengths in tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceEntry {
+    pub arrival_s: f64,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+}
+
+/// Parses a JSONL trace; errors name the line and why.
+pub fn parse_trace(text: &str) -> Result<Vec<TraceEntry>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let e: TraceEntry =
+            serde_json::from_str(line).map_err(|e| format!("trace line {}: {e}", i + 1))?;
+        if !(e.arrival_s.is_finite() && e.arrival_s >= 0.0) {
+            return Err(format!("trace line {}: arrival_s must be >= 0", i + 1));
+        }
+        if e.input_tokens == 0 || e.output_tokens == 0 {
+            return Err(format!(
+                "trace line {}: input_tokens and output_tokens must be >= 1",
+                i + 1
+            ));
+        }
+        out.push(e);
+    }
+    if out.is_empty() {
+        return Err("the trace holds no requests".into());
+    }
+    out.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
+    Ok(out)
+}
+
+/// One planned request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// When to send it, from the start (open loop and traces; zero in closed loop).
+    pub at: Duration,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+}
+
+/// Poisson arrivals at `rate` requests per second: `n` send times from the start.
+pub fn poisson_arrivals(rate: f64, n: usize, rng: &mut StdRng) -> Vec<Duration> {
+    let exp = Exp::new(rate).expect("rate checked positive");
+    let mut t = 0.0;
+    (0..n)
+        .map(|_| {
+            t += exp.sample(rng);
+            Duration::from_secs_f64(t)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn lengths_parse_sample_and_refuse_with_the_reason() {
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!("256".parse::<Lengths>().unwrap().sample(&mut rng), 256);
+        let u: Lengths = "uniform:10:20".parse().unwrap();
+        for _ in 0..100 {
+            assert!((10..=20).contains(&u.sample(&mut rng)));
+        }
+        let n: Lengths = "normal:100:10".parse().unwrap();
+        let mean = (0..2000).map(|_| n.sample(&mut rng) as f64).sum::<f64>() / 2000.0;
+        assert!((mean - 100.0).abs() < 2.0, "{mean}");
+        assert!("uniform:20:10"
+            .parse::<Lengths>()
+            .unwrap_err()
+            .contains("above"));
+        assert!("x"
+            .parse::<Lengths>()
+            .unwrap_err()
+            .contains("not a non-negative number"));
+        assert!("poisson:3"
+            .parse::<Lengths>()
+            .unwrap_err()
+            .contains("expected"));
+        assert!("0".parse::<Lengths>().unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn prompts_have_the_asked_word_count_and_differ() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let a = synthetic_prompt(50, &mut rng);
+        let b = synthetic_prompt(50, &mut rng);
+        assert_eq!(a.split_whitespace().count(), 50);
+        assert_ne!(a, b);
+        assert!(a.starts_with(' '));
+    }
+
+    #[test]
+    fn poisson_arrivals_have_the_asked_rate() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let t = poisson_arrivals(20.0, 4000, &mut rng);
+        assert!(t.windows(2).all(|w| w[0] <= w[1]));
+        let rate = 4000.0 / t.last().unwrap().as_secs_f64();
+        assert!((rate - 20.0).abs() < 1.0, "{rate}");
+    }
+
+    #[test]
+    fn traces_parse_sort_and_name_bad_lines() {
+        let t = parse_trace(
+            "{\"arrival_s\": 1.5, \"input_tokens\": 10, \"output_tokens\": 4}\n\n# comment\n{\"arrival_s\": 0.5, \"input_tokens\": 3, \"output_tokens\": 2}\n",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].arrival_s, 0.5);
+        let e = parse_trace("{\"arrival_s\": 1, \"input_tokens\": 0, \"output_tokens\": 4}")
+            .unwrap_err();
+        assert!(e.contains("line 1") && e.contains(">= 1"), "{e}");
+        let e = parse_trace("{\"arrival\": 1}").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(parse_trace("\n").unwrap_err().contains("no requests"));
+    }
+}
