@@ -42,6 +42,19 @@ pub enum ModelCommand {
     Fetch,
     /// Print the model's configuration as read from its GGUF metadata.
     Info(ModelArgs),
+    /// Write the model's tokenizer as a Hugging Face tokenizer directory (tokenizer.json,
+    /// tokenizer_config.json with the chat template) for clients that count tokens
+    /// themselves, such as aiperf and genai-perf.
+    Tokenizer(TokenizerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizerArgs {
+    /// Directory to write (created if missing).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,10 +149,36 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
+        Command::Model(ModelCommand::Tokenizer(a)) => export_tokenizer(a),
         Command::Bench(BenchCommand::Engine(a)) => crate::bench::run_engine_bench(a),
         Command::Bench(BenchCommand::KvTransfer(a)) => crate::bench_kv::run(a),
         Command::Bench(BenchCommand::Disagg(a)) => crate::bench_disagg::run(a),
     }
+}
+
+fn export_tokenizer(a: TokenizerArgs) -> Result<()> {
+    let path = fetch::resolve_model(a.model.model.as_deref())?;
+    let g = genie_engine::gguf::load(&path)?;
+    let tok = genie_engine::tokenizer::GgufTokenizer::from_spec(g.tokenizer.clone())?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let json = a.out.join("tokenizer.json");
+    tok.inner()
+        .save(&json, false)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", json.display()))?;
+    let name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).map(String::from);
+    let config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": name(tok.bos_token_id()),
+        "eos_token": name(tok.eos_token_id()),
+        "model_max_length": g.config.context_length,
+        "add_bos_token": g.tokenizer.add_bos_token,
+        "chat_template": g.chat_template,
+    });
+    let cfg = a.out.join("tokenizer_config.json");
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&config)?)
+        .with_context(|| format!("writing {}", cfg.display()))?;
+    println!("{}", a.out.display());
+    Ok(())
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

@@ -101,3 +101,35 @@ fn bad_input_fails_with_a_clear_message_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn model_tokenizer_writes_a_hugging_face_tokenizer_directory() {
+    let dir = std::env::temp_dir().join(format!("genie-tokenizer-{}", std::process::id()));
+    let out = genie()
+        .args(["model", "tokenizer", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap()).unwrap()
+    };
+    let tok = read("tokenizer.json");
+    assert_eq!(tok["model"]["type"], "BPE");
+    assert_eq!(tok["model"]["vocab"].as_object().unwrap().len(), 49152);
+    assert_eq!(
+        tok["model"]["vocab"]["ĠParis"], 7042,
+        "the ids genie generates"
+    );
+    let cfg = read("tokenizer_config.json");
+    assert_eq!(cfg["eos_token"], "<|im_end|>");
+    assert_eq!(cfg["model_max_length"], 8192);
+    assert!(cfg["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

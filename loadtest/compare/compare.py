@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Genie beside llama.cpp's OpenAI server: the same GGUF, the same thread count, the same
+load (genie-loadtest), then the ratios.
+
+    python3 loadtest/compare/compare.py                 # llama-cpp-python's server
+    python3 loadtest/compare/compare.py --llama-server /path/to/llama-server
+
+Genie runs twice: colocated (one worker with --threads T: the same threads as the peer) and
+disaggregated (`genie serve`'s default: a prefill and a decode worker, T threads each,
+sharing the same cores). The peer: `python -m llama_cpp.server` (pip install
+'llama-cpp-python[server]', one request at a time) or the native `llama-server` with
+parallel slots (the stronger peer). Prints a markdown table; --json FILE keeps every report.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_ready(url, proc, path, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode} before it was ready ({url})")
+        try:
+            if urllib.request.urlopen(url + path, timeout=2).status == 200:
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"{url}{path} not ready after {timeout} s")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def load(loadtest, url, concurrency, a, out_dir, name):
+    path = os.path.join(out_dir, f"{name}-c{concurrency}.json")
+    cmd = [loadtest, "--url", url, "--concurrency", str(concurrency), "--requests",
+           str(a.requests * concurrency), "--input-tokens", str(a.input_tokens),
+           "--output-tokens", str(a.output_tokens), "--ban-tokens", "0,1,2",
+           "--endpoint", "completions", "--json", path, "--no-progress",
+           "--warmup", "2", "--max-error-rate", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{name}: genie-loadtest failed:\n{r.stdout}\n{r.stderr}")
+    with open(path) as f:
+        return json.load(f)["summary"]
+
+
+def run_server(cmd, url, ready_path, env=None):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    wait_ready(url, proc, ready_path)
+    return proc
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--genie", default=os.path.join(ROOT, "target/release/genie"))
+    p.add_argument("--loadtest", default=os.path.join(ROOT, "target/release/genie-loadtest"))
+    p.add_argument("--llama-server", help="native llama-server binary (else llama-cpp-python's server)")
+    p.add_argument("--slots", type=int, default=4, help="llama-server parallel slots")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--concurrency", default="1,4")
+    p.add_argument("--requests", type=int, default=8, help="requests per unit of concurrency")
+    p.add_argument("--input-tokens", type=int, default=128)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--json", help="write every summary here")
+    a = p.parse_args()
+    for b in (a.genie, a.loadtest):
+        if not os.access(b, os.X_OK):
+            sys.exit(f"{b} is missing: cargo build --release first")
+    model = subprocess.run([a.genie, "model", "fetch"], capture_output=True, text=True,
+                           check=True).stdout.split()[0]
+    levels = [int(c) for c in a.concurrency.split(",")]
+    out_dir = tempfile.mkdtemp(prefix="genie-compare-")
+    results = {}
+    systems = [
+        ("genie colocated", [a.genie, "serve", "--colocated", "--threads", str(a.threads)], "/health"),
+        ("genie disaggregated", [a.genie, "serve", "--threads", str(a.threads)], "/health"),
+    ]
+    if a.llama_server:
+        peer = "llama-server"
+        systems.append((peer, [a.llama_server, "-m", model, "-t", str(a.threads), "-tb", str(a.threads),
+                               "-np", str(a.slots), "-c", str(8192), "--host", "127.0.0.1"], "/health"))
+    else:
+        peer = "llama-cpp-python"
+        systems.append((peer, [sys.executable, "-m", "llama_cpp.server", "--model", model,
+                               "--n_threads", str(a.threads), "--n_ctx", "4096",
+                               "--interrupt_requests", "False", "--host", "127.0.0.1"], "/v1/models"))
+    for name, cmd, ready in systems:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = cmd + ["--port", str(port)]
+        print(f"# {name}: {' '.join(cmd)}", file=sys.stderr)
+        proc = run_server(cmd, url, ready)
+        try:
+            for c in levels:
+                results[(name, c)] = load(a.loadtest, url, c, a, out_dir, name.replace(" ", "-"))
+                s = results[(name, c)]
+                print(f"  concurrency {c}: {s['output_token_throughput']:.1f} output tok/s, "
+                      f"TTFT p50 {s['ttft']['p50_ms']:.0f} ms, ITL p50 {s['itl']['p50_ms']:.1f} ms",
+                      file=sys.stderr)
+        finally:
+            stop(proc)
+    print(f"\nSame GGUF ({os.path.basename(model)}), {a.threads} threads, /v1/completions streamed, "
+          f"{a.input_tokens} prompt tokens, {a.output_tokens} output tokens (eos banned), "
+          f"{a.requests} requests per unit of concurrency. Ratios are Genie / {peer}: above 1 "
+          "is better for throughput, below 1 is better for latency.\n")
+    print(f"| concurrency | system | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | TPOT mean ms |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for c in levels:
+        for name, _, _ in systems:
+            s = results[(name, c)]
+            print(f"| {c} | {name} | {s['output_token_throughput']:.1f} | {s['request_throughput']:.2f} | "
+                  f"{s['ttft']['p50_ms']:.0f} | {s['ttft']['p99_ms']:.0f} | {s['itl']['p50_ms']:.1f} | "
+                  f"{s['tpot']['mean_ms']:.1f} |")
+    print(f"\n| concurrency | Genie mode | throughput ratio | TTFT p50 ratio | ITL p50 ratio | TPOT ratio |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for c in levels:
+        q = results[(peer, c)]
+        for name, _, _ in systems[:2]:
+            s = results[(name, c)]
+            r = lambda x, y: x / y if y else float("nan")
+            print(f"| {c} | {name.split()[1]} | {r(s['output_token_throughput'], q['output_token_throughput']):.2f} | "
+                  f"{r(s['ttft']['p50_ms'], q['ttft']['p50_ms']):.2f} | {r(s['itl']['p50_ms'], q['itl']['p50_ms']):.2f} | "
+                  f"{r(s['tpot']['mean_ms'], q['tpot']['mean_ms']):.2f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({f"{n} c{c}": s for (n, c), s in results.items()}, f, indent=2)
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
