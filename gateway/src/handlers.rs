@@ -79,7 +79,11 @@ async fn start(st: &AppState, spec: &GenSpec, arrived: Instant) -> Result<Merged
                 max_tokens: spec.max_tokens,
                 sampling,
                 seed: spec.seed_for(base, c),
-                stop_token_ids: st.frontend.eog_ids.clone(),
+                stop_token_ids: if spec.ignore_eos {
+                    Vec::new()
+                } else {
+                    st.frontend.eog_ids.clone()
+                },
             };
             let ticket = tickets.pop().expect("one ticket per sequence");
             let d = st.backend.dispatch(req, ticket).await?;

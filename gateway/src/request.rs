@@ -31,6 +31,8 @@ pub struct GenSpec {
     pub stream: bool,
     pub include_usage: bool,
     pub echo: bool,
+    /// Do not stop at end-of-turn / eos (the `ignore_eos` extension).
+    pub ignore_eos: bool,
 }
 
 impl GenSpec {
@@ -265,6 +267,7 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
         stream: c.stream.unwrap_or(false),
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         echo: false,
+        ignore_eos: c.ignore_eos.unwrap_or(false),
     })
 }
 
@@ -353,5 +356,6 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         stream: c.stream.unwrap_or(false),
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         echo: r.echo.unwrap_or(false),
+        ignore_eos: c.ignore_eos.unwrap_or(false),
     })
 }

@@ -89,6 +89,27 @@ async fn greedy_answers_match_genie_generate_disaggregated_and_colocated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_eos_generates_past_the_end_of_turn_up_to_max_tokens() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let (st, v) = post(&s, "/v1/chat/completions", chat("Say hi.", 40)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let natural = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(natural < 40, "{v}");
+    let mut body = chat("Say hi.", 40);
+    body["ignore_eos"] = json!(true);
+    let (st, v) = post(&s, "/v1/chat/completions", body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 40);
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        !text.contains("<|im_end|>"),
+        "special tokens stay out of the text: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_chat_sends_role_deltas_finish_usage_and_done() {
     let s = Server::start(&["--threads", "1"], &[]);
     let mut body = chat("Count from one to five.", 12);

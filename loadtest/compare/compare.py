@@ -33,18 +33,26 @@ def free_port():
     return port
 
 
+def log_tail(proc):
+    log = getattr(proc, "log_path", None)
+    if not log:
+        return ""
+    with open(log, errors="replace") as f:
+        return "".join(f.readlines()[-20:])
+
+
 def wait_ready(url, proc, path, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode} before it was ready ({url})")
+            sys.exit(f"server exited with {proc.returncode} before it was ready ({url}):\n{log_tail(proc)}")
         try:
             if urllib.request.urlopen(url + path, timeout=2).status == 200:
                 return
         except Exception:
             pass
         time.sleep(0.5)
-    sys.exit(f"{url}{path} not ready after {timeout} s")
+    sys.exit(f"{url}{path} not ready after {timeout} s:\n{log_tail(proc)}")
 
 
 def stop(proc):
@@ -71,8 +79,10 @@ def load(loadtest, url, concurrency, a, out_dir, name):
 
 
 def run_server(cmd, url, ready_path, env=None):
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=env, text=True)
+    # Output goes to a file: a pipe nobody reads fills up and stalls a chatty server.
+    log = tempfile.NamedTemporaryFile(prefix="genie-compare-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.log_path = log.name
     wait_ready(url, proc, ready_path)
     return proc
 

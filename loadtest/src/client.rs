@@ -27,6 +27,8 @@ pub struct Target {
     /// Token ids sent with `logit_bias` -100 (ban end-of-turn tokens so every request
     /// produces exactly its output length).
     pub ban_tokens: Vec<u32>,
+    /// Send `ignore_eos: true` (an extension Genie, vLLM, SGLang and llama.cpp honour).
+    pub ignore_eos: bool,
     pub temperature: f64,
     /// Whole-request limit.
     pub timeout: Duration,
@@ -72,6 +74,9 @@ pub fn body(t: &Target, prompt: &str, max_tokens: u32) -> Value {
     match t.endpoint {
         Endpoint::Chat => b["messages"] = json!([{"role": "user", "content": prompt}]),
         Endpoint::Completions => b["prompt"] = json!(prompt),
+    }
+    if t.ignore_eos {
+        b["ignore_eos"] = json!(true);
     }
     if !t.ban_tokens.is_empty() {
         let bias: serde_json::Map<String, Value> = t
@@ -255,6 +260,7 @@ mod tests {
             endpoint: Endpoint::Chat,
             api_key: None,
             ban_tokens: vec![0, 2],
+            ignore_eos: true,
             temperature: 0.0,
             timeout: Duration::from_secs(1),
         };
@@ -262,6 +268,7 @@ mod tests {
         assert_eq!(b["messages"][0]["content"], "hello");
         assert_eq!(b["max_tokens"], 9);
         assert_eq!(b["logit_bias"]["2"], -100);
+        assert_eq!(b["ignore_eos"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
         t.endpoint = Endpoint::Completions;
         assert_eq!(body(&t, "hello", 9)["prompt"], "hello");

@@ -50,12 +50,15 @@ struct Args {
     /// (SmolLM2: 0,1,2 are <|endoftext|>, <|im_start|>, <|im_end|>).
     #[arg(long, value_delimiter = ',')]
     ban_tokens: Vec<u32>,
+    /// Send `ignore_eos: true` (a server extension: Genie, vLLM, SGLang, llama.cpp).
+    #[arg(long)]
+    ignore_eos: bool,
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
     /// TTFT objective for goodput, in milliseconds.
     #[arg(long)]
     slo_ttft_ms: Option<f64>,
-    /// Inter-token objective for goodput (checked against each request's TPOT), in ms.
+    /// Inter-token objective for goodput: every gap between a request's tokens, in ms.
     #[arg(long)]
     slo_itl_ms: Option<f64>,
     /// Write the full report as JSON here.
@@ -151,6 +154,7 @@ fn load_test(a: Args) -> Result<()> {
             endpoint: a.endpoint,
             api_key: a.api_key.clone(),
             ban_tokens: a.ban_tokens.clone(),
+            ignore_eos: a.ignore_eos,
             temperature: a.temperature,
             timeout: Duration::from_secs_f64(a.timeout),
         };

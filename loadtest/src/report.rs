@@ -33,8 +33,8 @@ pub struct Report {
 fn row(out: &mut String, name: &str, p: &Percentiles) {
     let _ = writeln!(
         out,
-        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        p.mean_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.count
+        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+        p.mean_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms, p.count
     );
 }
 
@@ -79,7 +79,7 @@ pub fn markdown(r: &Report) -> String {
         let slo = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
         let _ = writeln!(
             out,
-            "| goodput (TTFT ≤ {}, TPOT ≤ {}) | {:.3} req/s ({} of {}, {:.1} %) |",
+            "| goodput (TTFT ≤ {}, every ITL ≤ {}) | {:.3} req/s ({} of {}, {:.1} %) |",
             slo(g.slo.ttft_ms),
             slo(g.slo.itl_ms),
             g.requests_per_s,

@@ -16,6 +16,7 @@ pub struct Percentiles {
     pub p90_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
     pub max_ms: f64,
 }
 
@@ -42,6 +43,7 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
         p90_ms: ms(h.value_at_quantile(0.90)),
         p95_ms: ms(h.value_at_quantile(0.95)),
         p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
         max_ms: ms(h.max()),
     }
 }
@@ -50,7 +52,8 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Slo {
     pub ttft_ms: Option<f64>,
-    /// Checked against the request's mean inter-token latency (its TPOT).
+    /// Every inter-token gap of the request must be within it (a stall anywhere in the
+    /// answer misses the objective, as a reader of the stream would feel it).
     pub itl_ms: Option<f64>,
 }
 
@@ -66,7 +69,7 @@ impl Slo {
             .is_none_or(|slo| o.ttft.is_some_and(|t| ms(t) <= slo))
             && self
                 .itl_ms
-                .is_none_or(|slo| o.tpot().is_none_or(|t| ms(t) <= slo))
+                .is_none_or(|slo| o.itl.iter().all(|&gap| ms(gap) <= slo))
     }
 }
 
@@ -226,6 +229,21 @@ mod tests {
         assert_eq!(g.met, 2, "the slow request and the failure miss the SLO");
         assert!((g.fraction - 0.5).abs() < 1e-9);
         assert_eq!(s.errors.get("HTTP 429: queue full"), Some(&1));
+    }
+
+    #[test]
+    fn one_stall_misses_the_itl_objective_even_when_the_mean_is_fine() {
+        let smooth = outcome(0, 50, &[10; 10], true);
+        let mut gaps = [5; 10];
+        gaps[9] = 45; // mean gap 9.5 ms, one stall of 45 ms
+        let stalled = outcome(0, 50, &gaps, true);
+        let slo = Slo {
+            ttft_ms: None,
+            itl_ms: Some(20.0),
+        };
+        assert!(slo.met_by(&smooth));
+        assert!(stalled.tpot().unwrap() < Duration::from_millis(20));
+        assert!(!slo.met_by(&stalled));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct CommonParams {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+    /// Extension (vLLM, SGLang, llama.cpp): keep generating past end-of-turn / eos, up to
+    /// `max_tokens` (benchmark clients use it for fixed output lengths).
+    pub ignore_eos: Option<bool>,
 }
 
 /// Declares a request struct holding the shared sampling fields beside its own, written
@@ -94,6 +97,7 @@ macro_rules! request_with_common {
             #[serde(default)] pub stream: Option<bool>,
             #[serde(default)] pub stream_options: Option<StreamOptions>,
             #[serde(default)] pub user: Option<String>,
+            #[serde(default)] pub ignore_eos: Option<bool>,
         }
 
         impl $name {
@@ -113,6 +117,7 @@ macro_rules! request_with_common {
                     stream: self.stream,
                     stream_options: self.stream_options.clone(),
                     user: self.user.clone(),
+                    ignore_eos: self.ignore_eos,
                 }
             }
         }
