@@ -56,9 +56,9 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| latency (ms) | mean | p50 | p90 | p99 | max | samples |"
+        "| latency (ms) | mean | p50 | p90 | p99 | p99.9 | max | samples |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     row(&mut out, "TTFT", &s.ttft);
     row(&mut out, "ITL", &s.itl);
     row(&mut out, "TPOT", &s.tpot);

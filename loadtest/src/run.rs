@@ -57,8 +57,11 @@ fn bar(total: Option<usize>, show: bool) -> ProgressBar {
 
 /// Runs `load` against `target`; returns the measured outcomes in completion order.
 pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
+    // A fresh connection per request: servers that close kept-alive connections after a
+    // few requests (llama.cpp's server does after 5) would otherwise fail the request that
+    // raced the close. On loopback the connect costs about 0.1 ms, the same for every server.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap_or_default();
     for i in 0..load.warmup {

@@ -159,6 +159,15 @@ async fn closed_loop_figures_follow_the_server_timing() {
         text.contains("| TTFT |"),
         "markdown summary on stdout: {text}"
     );
+    // Every row of the latency table has as many cells as its header.
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| latency"))
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert_eq!(table.len(), 6, "{text}");
+    let cells = |l: &str| l.matches('|').count();
+    assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
