@@ -358,5 +358,11 @@ mod shipped_configs {
             ServeConfig::default(),
             "local.toml documents the defaults"
         );
+        let cluster =
+            ServeConfig::load(Some(&dir.join("cluster.toml")), Default::default()).unwrap();
+        assert_eq!(cluster.server.host, "0.0.0.0");
+        assert_eq!(cluster.scheduler.min_prompt_tokens, 64);
+        assert_eq!(cluster.workers.heartbeat_ms, 500);
+        assert_eq!(cluster.decode.kv_cache_bytes, 8 << 30);
     }
 }
