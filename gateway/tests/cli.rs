@@ -1,6 +1,9 @@
 //! The `genie` binary as a user runs it: real process, real model.
 
+mod support;
+
 use std::process::Command;
+use support::genie_ok;
 
 fn genie() -> Command {
     Command::new(env!("CARGO_BIN_EXE_genie"))
@@ -8,22 +11,14 @@ fn genie() -> Command {
 
 #[test]
 fn generate_json_prints_prompt_ids_tokens_and_text() {
-    let out = genie()
-        .args([
-            "generate",
-            "--prompt",
-            "The capital of France is",
-            "--max-tokens",
-            "8",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = genie_ok(&[
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "exactly one JSON line: {stdout}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -41,24 +36,13 @@ fn generate_json_prints_prompt_ids_tokens_and_text() {
 
 #[test]
 fn generate_chat_stops_at_end_of_turn() {
-    let out = genie()
-        .args([
-            "generate",
-            "--chat",
-            "--prompt",
-            "List three primary colors.",
-            "--max-tokens",
-            "200",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = support::genie_generate(&[
+        "--chat",
+        "--prompt",
+        "List three primary colors.",
+        "--max-tokens",
+        "200",
+    ]);
     let n = v["token_ids"].as_array().unwrap().len();
     assert!(
         n < 200,
@@ -105,15 +89,7 @@ fn bad_input_fails_with_a_clear_message_not_a_panic() {
 #[test]
 fn model_tokenizer_writes_a_hugging_face_tokenizer_directory() {
     let dir = std::env::temp_dir().join(format!("genie-tokenizer-{}", std::process::id()));
-    let out = genie()
-        .args(["model", "tokenizer", "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    genie_ok(&["model", "tokenizer", "--out", dir.to_str().unwrap()]);
     let read = |f: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap()).unwrap()
     };

@@ -6,7 +6,7 @@ mod support;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::{Server, MODEL};
+use support::{genie_generate, Server, MODEL};
 
 struct Cluster {
     gateway: Server,
@@ -79,21 +79,6 @@ async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-fn genie_generate(args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
-        .arg("generate")
-        .args(args)
-        .args(["--json", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// KV bytes per prompt token: 2 (K, V) x layers x kv heads x head dim x 2 bytes (f16).

@@ -4,7 +4,7 @@ mod support;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{Server, MODEL};
+use support::{genie_generate, Server, MODEL};
 
 async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -32,21 +32,6 @@ async fn sse(resp: reqwest::Response) -> Vec<String> {
     buf.split("\n\n")
         .filter_map(|e| e.trim().strip_prefix("data: ").map(String::from))
         .collect()
-}
-
-fn genie_generate(args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
-        .arg("generate")
-        .args(args)
-        .args(["--json", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

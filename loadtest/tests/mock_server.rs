@@ -82,7 +82,16 @@ async fn start() -> String {
     format!("http://{addr}")
 }
 
-fn loadtest(args: &[&str]) -> (bool, String, Value) {
+/// Runs `genie-loadtest` off the async runtime (the mock server lives on it); returns
+/// whether it succeeded, its output, and its JSON report.
+async fn loadtest(args: &[&str]) -> (bool, String, Value) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || run_binary(&args))
+        .await
+        .unwrap()
+}
+
+fn run_binary(args: &[String]) -> (bool, String, Value) {
     let dir = std::env::temp_dir().join(format!(
         "genie-loadtest-{}-{}",
         std::process::id(),
@@ -113,24 +122,21 @@ fn loadtest(args: &[&str]) -> (bool, String, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_figures_follow_the_server_timing() {
     let url = start().await;
-    let (ok, text, r) = tokio::task::spawn_blocking(move || {
-        loadtest(&[
-            "--url",
-            &url,
-            "--concurrency",
-            "3",
-            "--requests",
-            "9",
-            "--input-tokens",
-            "17",
-            "--output-tokens",
-            "6",
-            "--slo-ttft-ms",
-            "5000",
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, text, r) = loadtest(&[
+        "--url",
+        &url,
+        "--concurrency",
+        "3",
+        "--requests",
+        "9",
+        "--input-tokens",
+        "17",
+        "--output-tokens",
+        "6",
+        "--slo-ttft-ms",
+        "5000",
+    ])
+    .await;
     assert!(ok, "{text}");
     let s = &r["summary"];
     assert_eq!(s["completed"], 9, "{text}");
@@ -173,23 +179,19 @@ async fn closed_loop_figures_follow_the_server_timing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_and_fail_the_run_past_the_threshold() {
     let url = format!("{}/flaky", start().await);
-    let u = url.clone();
-    let (ok, text, r) = tokio::task::spawn_blocking(move || {
-        loadtest(&[
-            "--url",
-            &u,
-            "--model",
-            "m",
-            "--requests",
-            "6",
-            "--output-tokens",
-            "3",
-            "--warmup",
-            "0",
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, text, r) = loadtest(&[
+        "--url",
+        &url,
+        "--model",
+        "m",
+        "--requests",
+        "6",
+        "--output-tokens",
+        "3",
+        "--warmup",
+        "0",
+    ])
+    .await;
     assert!(
         !ok,
         "half the requests failed, the default threshold is 0: {text}"
@@ -197,46 +199,40 @@ async fn errors_are_counted_and_fail_the_run_past_the_threshold() {
     assert!(text.contains("error rate 50.00 %"), "{text}");
     assert_eq!(r["summary"]["failed"], 3);
     assert!(text.contains("3 x HTTP 503: overloaded"), "{text}");
-    let (ok, text, _) = tokio::task::spawn_blocking(move || {
-        loadtest(&[
-            "--url",
-            &url,
-            "--model",
-            "m",
-            "--requests",
-            "6",
-            "--output-tokens",
-            "3",
-            "--warmup",
-            "0",
-            "--max-error-rate",
-            "0.6",
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, text, _) = loadtest(&[
+        "--url",
+        &url,
+        "--model",
+        "m",
+        "--requests",
+        "6",
+        "--output-tokens",
+        "3",
+        "--warmup",
+        "0",
+        "--max-error-rate",
+        "0.6",
+    ])
+    .await;
     assert!(ok, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_sends_at_the_asked_rate_whatever_the_server_pace() {
     let url = start().await;
-    let (ok, text, r) = tokio::task::spawn_blocking(move || {
-        loadtest(&[
-            "--url",
-            &url,
-            "--rate",
-            "40",
-            "--requests",
-            "20",
-            "--output-tokens",
-            "10",
-            "--seed",
-            "7",
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, text, r) = loadtest(&[
+        "--url",
+        &url,
+        "--rate",
+        "40",
+        "--requests",
+        "20",
+        "--output-tokens",
+        "10",
+        "--seed",
+        "7",
+    ])
+    .await;
     assert!(ok, "{text}");
     let s = &r["summary"];
     assert_eq!(s["completed"], 20);

@@ -140,3 +140,26 @@ impl Drop for Server {
 
 /// The model id `genie serve` reports for the default model.
 pub const MODEL: &str = "SmolLM2-135M-Instruct";
+
+/// Runs the `genie` binary with `args` to completion; fails the test (with its stderr) if it
+/// exits unsuccessfully.
+pub fn genie_ok(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(args)
+        .output()
+        .expect("run genie");
+    assert!(
+        out.status.success(),
+        "genie {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `genie generate ARGS --json --threads 1`, parsed.
+pub fn genie_generate(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["generate"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "--threads", "1"]);
+    serde_json::from_slice(&genie_ok(&all).stdout).expect("genie generate --json prints JSON")
+}
