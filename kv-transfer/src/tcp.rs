@@ -159,6 +159,21 @@ pub enum ReceiveError {
     Io(#[from] std::io::Error),
 }
 
+/// Fills `buf` within `limit`; `Ok(false)` when the stream ended first (the caller knows
+/// whether that truncated a transfer).
+async fn fill(
+    sock: &mut tokio::net::TcpStream,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<bool, ReceiveError> {
+    match tokio::time::timeout(limit, sock.read_exact(buf)).await {
+        Err(_) => Err(ReceiveError::Stalled(limit)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(_)) => Ok(true),
+    }
+}
+
 async fn connection(
     mut sock: tokio::net::TcpStream,
     registry: &TransferRegistry,
@@ -195,19 +210,11 @@ async fn frames(
         } else {
             Duration::from_secs(3600)
         };
-        match tokio::time::timeout(wait, sock.read_exact(&mut h)).await {
-            Err(_) => return Err(ReceiveError::Stalled(wait)),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return match current.take() {
-                    Some(t) => {
-                        *current = Some(t);
-                        Err(ReceiveError::Truncated(t))
-                    }
-                    None => Ok(()),
-                };
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(_)) => {}
+        if !fill(sock, &mut h, wait).await? {
+            return match *current {
+                Some(t) => Err(ReceiveError::Truncated(t)),
+                None => Ok(()),
+            };
         }
         let hdr = wire::parse_header(&h)?;
         if let Some(c) = *current {
@@ -242,13 +249,9 @@ async fn frames(
             crc.update(&payload[at..]);
         }
         let mut sent = [0u8; CHECKSUM_LEN];
-        match tokio::time::timeout(limit, sock.read_exact(&mut sent)).await {
-            Err(_) => return Err(ReceiveError::Stalled(limit)),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(ReceiveError::Truncated(hdr.transfer))
-            }
-            Ok(r) => r?,
-        };
+        if !fill(sock, &mut sent, limit).await? {
+            return Err(ReceiveError::Truncated(hdr.transfer));
+        }
         let m = wire::finish_checked(&hdr, payload, crc.finalize(), u32::from_le_bytes(sent))?;
         let ends = !matches!(m, KvMessage::Layer { .. });
         if ends {

@@ -22,7 +22,7 @@ import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, free_port, run_server, stop  # noqa: E402
+from compare import ROOT, free_port, run_server, stop, wait_ready  # noqa: E402
 
 
 def loadtest(binary, url, args, path):
@@ -92,7 +92,6 @@ def main():
                 ["taskset", "-c", str(core), a.genie, role, "--gateway", url, "--host", "127.0.0.1",
                  "--port", "0", "--threads", "1"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from compare import wait_ready
         wait_ready(url, gw, "/health")
         results["disaggregated"] = mixed_load(a, url, out_dir, "disaggregated")
     finally:

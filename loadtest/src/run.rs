@@ -2,7 +2,7 @@
 //! arrivals at a rate, whatever the server's pace) or a trace's arrivals.
 
 use crate::client::{self, Outcome, Target};
-use crate::workload::{poisson_arrivals, synthetic_prompt, Lengths, Planned, TraceEntry};
+use crate::workload::{poisson_arrivals, synthetic_prompt, Lengths, TraceEntry};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -32,11 +32,13 @@ pub struct Load {
     pub progress: bool,
 }
 
-/// Request `i`'s lengths and prompt: a function of the seed and `i` only, so every mode
-/// and every rerun sends the same requests.
-fn request(load: &Load, i: usize) -> (u32, u32, String) {
+/// Request `i`: its lengths (drawn, unless a trace fixes them) and its prompt, from a
+/// generator seeded by the seed and `i` only, so every mode and every rerun sends the same
+/// requests.
+fn request(load: &Load, i: usize, fixed: Option<(u32, u32)>) -> (u32, u32, String) {
     let mut rng = StdRng::seed_from_u64(load.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let (input, output) = (load.input.sample(&mut rng), load.output.sample(&mut rng));
+    let (input, output) =
+        fixed.unwrap_or_else(|| (load.input.sample(&mut rng), load.output.sample(&mut rng)));
     (input, output, synthetic_prompt(input, &mut rng))
 }
 
@@ -65,13 +67,15 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
         .build()
         .unwrap_or_default();
     for i in 0..load.warmup {
-        let (input, output, prompt) = request(load, usize::MAX - i);
+        let (input, output, prompt) = request(load, usize::MAX - i, None);
         let _ = client::send(&client, target, &prompt, input, output, Instant::now()).await;
     }
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let deadline = load.duration.map(|d| start + d);
-    let plan: Vec<Planned> = match &load.mode {
+    // Open loop and traces: when each request is sent, and its lengths if a trace fixes
+    // them (prompts are built at send time).
+    let plan: Vec<(Duration, Option<(u32, u32)>)> = match &load.mode {
         Mode::Closed { .. } => Vec::new(),
         Mode::Open { rate } => {
             // Enough arrivals for the request budget, or for the duration at this rate.
@@ -82,24 +86,15 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
             let mut rng = StdRng::seed_from_u64(load.seed);
             poisson_arrivals(*rate, n, &mut rng)
                 .into_iter()
-                .enumerate()
-                .map(|(i, at)| {
-                    let (input_tokens, output_tokens, _) = request(load, i);
-                    Planned {
-                        at,
-                        input_tokens,
-                        output_tokens,
-                    }
-                })
+                .map(|at| (at, None))
                 .collect()
         }
         Mode::Trace(entries) => entries
             .iter()
             .take(load.requests.unwrap_or(usize::MAX))
-            .map(|e| Planned {
-                at: Duration::from_secs_f64(e.arrival_s),
-                input_tokens: e.input_tokens,
-                output_tokens: e.output_tokens,
+            .map(|e| {
+                let at = Duration::from_secs_f64(e.arrival_s);
+                (at, Some((e.input_tokens, e.output_tokens)))
             })
             .collect(),
     };
@@ -110,17 +105,12 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
     let progress = bar(total, load.progress);
     let record = |o: Outcome, outcomes: &Arc<Mutex<Vec<Outcome>>>, progress: &ProgressBar| {
         progress.inc(1);
-        if !o.ok {
-            progress.set_message(format!(
-                "{} failed",
-                outcomes
-                    .lock()
-                    .map(|v| v.iter().filter(|o: &&Outcome| !o.ok).count() + 1)
-                    .unwrap_or(0)
-            ));
-        }
-        if let Ok(mut v) = outcomes.lock() {
-            v.push(o);
+        let Ok(mut v) = outcomes.lock() else { return };
+        let failed = !o.ok;
+        v.push(o);
+        if failed {
+            let n = v.iter().filter(|o| !o.ok).count();
+            progress.set_message(format!("{n} failed"));
         }
     };
     match &load.mode {
@@ -139,7 +129,7 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
                             {
                                 return;
                             }
-                            let (input, output, prompt) = request(&load, i);
+                            let (input, output, prompt) = request(&load, i, None);
                             let o =
                                 client::send(&client, &target, &prompt, input, output, start).await;
                             record(o, &outcomes, &progress);
@@ -153,31 +143,17 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
         }
         Mode::Open { .. } | Mode::Trace(_) => {
             let mut tasks = Vec::new();
-            for (i, p) in plan.into_iter().enumerate() {
-                let at = start + p.at;
+            for (i, (offset, fixed)) in plan.into_iter().enumerate() {
+                let at = start + offset;
                 if deadline.is_some_and(|d| at >= d) {
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
-                let prompt = match &load.mode {
-                    Mode::Trace(_) => {
-                        let mut rng = StdRng::seed_from_u64(load.seed ^ i as u64);
-                        synthetic_prompt(p.input_tokens, &mut rng)
-                    }
-                    _ => request(load, i).2,
-                };
+                let (input, output, prompt) = request(load, i, fixed);
                 let (client, target) = (client.clone(), target.clone());
                 let (outcomes, progress) = (Arc::clone(&outcomes), progress.clone());
                 tasks.push(tokio::spawn(async move {
-                    let o = client::send(
-                        &client,
-                        &target,
-                        &prompt,
-                        p.input_tokens,
-                        p.output_tokens,
-                        start,
-                    )
-                    .await;
+                    let o = client::send(&client, &target, &prompt, input, output, start).await;
                     record(o, &outcomes, &progress);
                 }));
             }

@@ -221,15 +221,6 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceEntry>, String> {
     Ok(out)
 }
 
-/// One planned request.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Planned {
-    /// When to send it, from the start (open loop and traces; zero in closed loop).
-    pub at: Duration,
-    pub input_tokens: u32,
-    pub output_tokens: u32,
-}
-
 /// Poisson arrivals at `rate` requests per second: `n` send times from the start.
 pub fn poisson_arrivals(rate: f64, n: usize, rng: &mut StdRng) -> Vec<Duration> {
     let exp = Exp::new(rate).expect("rate checked positive");

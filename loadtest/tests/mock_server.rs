@@ -241,3 +241,33 @@ async fn open_loop_sends_at_the_asked_rate_whatever_the_server_pace() {
     let d = s["duration_s"].as_f64().unwrap();
     assert!((0.3..3.0).contains(&d), "open loop took {d} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_is_replayed_with_its_arrivals_and_lengths() {
+    let url = start().await;
+    let trace = std::env::temp_dir().join(format!("genie-trace-{}.jsonl", std::process::id()));
+    std::fs::write(
+        &trace,
+        "{\"arrival_s\": 0.0, \"input_tokens\": 5, \"output_tokens\": 2}\n\
+         {\"arrival_s\": 0.3, \"input_tokens\": 9, \"output_tokens\": 4}\n\
+         {\"arrival_s\": 0.6, \"input_tokens\": 7, \"output_tokens\": 6}\n",
+    )
+    .unwrap();
+    let (ok, text, r) = loadtest(&["--url", &url, "--trace", trace.to_str().unwrap()]).await;
+    assert!(ok, "{text}");
+    let s = &r["summary"];
+    assert_eq!(s["completed"], 3);
+    assert_eq!(
+        s["mean_output_tokens"], 4.0,
+        "(2 + 4 + 6) / 3 from the trace"
+    );
+    assert_eq!(
+        s["mean_prompt_tokens"], 7.0,
+        "(5 + 9 + 7) / 3 words from the trace"
+    );
+    assert!(
+        s["duration_s"].as_f64().unwrap() >= 0.6,
+        "the last arrival is at 0.6 s"
+    );
+    let _ = std::fs::remove_file(&trace);
+}
