@@ -6,6 +6,9 @@
 
 use crate::api_error::ApiError;
 use crate::config::{Mode, Routing, ServeConfig};
+use genie_protocol::openai::GenieHint;
+use genie_scheduler::placement::prefix_hash;
+use genie_scheduler::{ExecutionPlan, Op, RequestFacts};
 use crate::remote::RemotePool;
 use genie_decode_worker::{DecodeConfig, DecodeInput, DecodeWorker, NewSeq};
 use genie_engine::kv_budget::KvBudget;
@@ -17,8 +20,7 @@ use genie_prefill_worker::{PrefillConfig, PrefillJob, PrefillWorker};
 use genie_protocol::worker::SeqEvent;
 use genie_protocol::{SeqId, TransferId, WorkerId};
 use genie_scheduler::{
-    DisaggregationMode, PlaceError, Placement, PlacementRequest, Role, RoutingPolicy, Scheduler,
-    WorkerView,
+    PlaceError, Placement, PlacementRequest, Role, RoutingPolicy, Scheduler, WorkerView,
 };
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ pub struct SeqRequest {
     pub sampling: SamplingParams,
     pub seed: u64,
     pub stop_token_ids: Vec<u32>,
+    pub hint: GenieHint,
 }
 
 /// Counts a sequence as waiting until it is dropped (at its first event).
@@ -52,6 +55,10 @@ pub struct Dispatched {
     pub events: UnboundedReceiver<SeqEvent>,
     pub placement: Placement,
     pub ticket: Option<WaitTicket>,
+    /// The KV transfer's id (disaggregated sequences).
+    pub transfer: Option<u64>,
+    /// Why it was placed so.
+    pub reason: String,
 }
 
 /// Why a pool could not start a placed sequence.
@@ -69,7 +76,7 @@ pub enum Pool {
 }
 
 impl Pool {
-    fn views(&self) -> Vec<WorkerView> {
+    pub fn views(&self) -> Vec<WorkerView> {
         match self {
             Pool::Local(p) => p.views(),
             Pool::Remote(p) => p.views(),
@@ -80,6 +87,9 @@ impl Pool {
 pub struct Backend {
     pub pool: Pool,
     scheduler: Mutex<Scheduler>,
+    pub plan: Arc<ExecutionPlan>,
+    pub routing: Routing,
+    prefix_tokens: usize,
     disaggregated: bool,
     kv_freed: Arc<Notify>,
     waiting: Arc<AtomicUsize>,
@@ -90,22 +100,17 @@ pub struct Backend {
 }
 
 fn scheduler(cfg: &ServeConfig) -> Scheduler {
-    let mode = match cfg.scheduler.mode {
-        Mode::Colocated => DisaggregationMode::Colocated,
-        Mode::Disaggregated => DisaggregationMode::Disaggregated {
-            min_prompt_tokens: cfg.scheduler.min_prompt_tokens,
-        },
-    };
-    let routing = match cfg.scheduler.routing {
+    Scheduler::new(match cfg.scheduler.routing {
         Routing::LeastLoaded => RoutingPolicy::LeastLoaded,
         Routing::RoundRobin => RoutingPolicy::RoundRobin,
-    };
-    Scheduler::new(routing, mode)
+        Routing::PowerOfTwo => RoutingPolicy::PowerOfTwo,
+        Routing::PrefixAffinity => RoutingPolicy::PrefixAffinity,
+    })
 }
 
 impl Backend {
     /// `genie serve`: worker threads in this process.
-    pub fn local(cfg: &ServeConfig, model: &Model) -> anyhow::Result<Self> {
+    pub fn local(cfg: &ServeConfig, model: &Model, plan: ExecutionPlan) -> anyhow::Result<Self> {
         let kv_freed = Arc::new(Notify::new());
         let pool = LocalPool::launch(cfg, model, Arc::clone(&kv_freed))?;
         Ok(Self::with_pool(
@@ -113,13 +118,19 @@ impl Backend {
             Pool::Local(pool),
             kv_freed,
             model.kv_shape().bytes_per_token(),
+            plan,
         ))
     }
 
     /// `genie gateway`: worker processes registered with (or listed for) this gateway.
-    pub fn remote(cfg: &ServeConfig, pool: Arc<RemotePool>, kv_bytes_per_token: usize) -> Self {
+    pub fn remote(
+        cfg: &ServeConfig,
+        pool: Arc<RemotePool>,
+        kv_bytes_per_token: usize,
+        plan: ExecutionPlan,
+    ) -> Self {
         let kv_freed = pool.changed();
-        Self::with_pool(cfg, Pool::Remote(pool), kv_freed, kv_bytes_per_token)
+        Self::with_pool(cfg, Pool::Remote(pool), kv_freed, kv_bytes_per_token, plan)
     }
 
     fn with_pool(
@@ -127,11 +138,15 @@ impl Backend {
         pool: Pool,
         kv_freed: Arc<Notify>,
         kv_bytes_per_token: usize,
+        plan: ExecutionPlan,
     ) -> Self {
         metrics::gauge!("genie_num_requests_waiting").set(0.0);
         Backend {
             pool,
             scheduler: Mutex::new(scheduler(cfg)),
+            plan: Arc::new(plan),
+            routing: cfg.scheduler.routing,
+            prefix_tokens: cfg.scheduler.prefix_tokens,
             disaggregated: cfg.scheduler.mode == Mode::Disaggregated,
             kv_freed,
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -181,6 +196,74 @@ impl Backend {
         Ok(tickets)
     }
 
+    /// The plan's (or the client's) call for one sequence: disaggregate or not, worker
+    /// pins, the prefix hash, and the reason in words.
+    fn decide(
+        &self,
+        req: &SeqRequest,
+        kv_bytes: u64,
+    ) -> Result<(PlacementRequest, String), ApiError> {
+        let facts = RequestFacts {
+            prompt_tokens: req.prompt.len(),
+            max_tokens: req.max_tokens,
+            inputs: Vec::new(),
+        };
+        let (mut disaggregate, mut reason) = match self.plan.prefill_for(&facts) {
+            Some((s, colocated)) => (
+                !colocated,
+                format!("plan stage `{}` ({})", s.phase, s.selector_label),
+            ),
+            None => (
+                false,
+                "no prefill stage selects it: prefill on the decode worker".into(),
+            ),
+        };
+        let hint = req.hint;
+        let wants = hint.disaggregate.or(hint.prefill_worker.map(|_| true));
+        if let Some(d) = wants {
+            if d && !self.disaggregated {
+                return Err(ApiError::invalid(
+                    "genie.disaggregate",
+                    "this server runs no prefill workers (colocated mode), so a request cannot be disaggregated",
+                ));
+            }
+            if !d && hint.prefill_worker.is_some() {
+                return Err(ApiError::invalid(
+                    "genie.prefill_worker",
+                    "names a prefill worker but `genie.disaggregate` is false",
+                ));
+            }
+            disaggregate = d;
+            reason = format!("client hint (disaggregate = {d})");
+        }
+        let pinned = |op: Op, colocated: bool| {
+            self.plan
+                .stages
+                .iter()
+                .find(|s| s.op == op && s.colocated_with.is_empty() != colocated)
+                .and_then(|s| s.pinned_worker)
+                .map(WorkerId)
+        };
+        let mut preq = PlacementRequest::new(req.prompt.len(), kv_bytes, disaggregate);
+        preq.prefill_worker = hint
+            .prefill_worker
+            .map(WorkerId)
+            .or_else(|| pinned(Op::Prefill, false));
+        preq.decode_worker = hint
+            .decode_worker
+            .map(WorkerId)
+            .or_else(|| pinned(Op::Decode, true));
+        if hint.prefill_worker.is_some() || hint.decode_worker.is_some() {
+            reason.push_str("; worker chosen by the client");
+        } else if preq.prefill_worker.is_some() || preq.decode_worker.is_some() {
+            reason.push_str("; worker pinned by the plan");
+        }
+        if self.routing == Routing::PrefixAffinity {
+            preq.prefix_hash = Some(prefix_hash(&req.prompt, self.prefix_tokens));
+        }
+        Ok((preq, reason))
+    }
+
     /// Places one sequence (waiting for KV room if every decode worker is full) and starts
     /// its legs: the decode worker reserves the KV first, then the prefill worker starts.
     pub async fn dispatch(
@@ -189,10 +272,7 @@ impl Backend {
         ticket: WaitTicket,
     ) -> Result<Dispatched, ApiError> {
         let kv_bytes = (req.prompt.len() + req.max_tokens) * self.kv_bytes_per_token;
-        let preq = PlacementRequest {
-            prompt_tokens: req.prompt.len(),
-            kv_bytes: kv_bytes as u64,
-        };
+        let (preq, reason) = self.decide(&req, kv_bytes as u64)?;
         let deadline = tokio::time::Instant::now() + self.queue_timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut retries = 0;
@@ -217,6 +297,8 @@ impl Backend {
                                 events,
                                 placement,
                                 ticket: Some(ticket),
+                                transfer: placement.prefill().map(|_| id),
+                                reason,
                             })
                         }
                         Err(StartError::Fatal(e)) => return Err(e),
@@ -240,6 +322,18 @@ impl Backend {
                         "max_tokens",
                         format!("the request needs {needed_bytes} bytes of KV cache ({} prompt + {} completion tokens) but a decode worker holds at most {largest_bytes}; lower `max_tokens`", req.prompt.len(), req.max_tokens),
                     ));
+                }
+                Err(PlaceError::NoSuchWorker { role, id }) => {
+                    let field = match role {
+                        Role::Prefill => "genie.prefill_worker",
+                        Role::Decode => "genie.decode_worker",
+                    };
+                    let msg = format!("there is no {role:?} worker {} (see GET /v1/plans for the workers)", id.0).to_lowercase();
+                    return Err(if req.hint.prefill_worker.is_some() || req.hint.decode_worker.is_some() {
+                        ApiError::invalid(field, msg)
+                    } else {
+                        ApiError::unavailable(format!("the plan pins a worker: {msg}"))
+                    });
                 }
                 Err(PlaceError::NoWorker(role)) => {
                     return Err(ApiError::unavailable(format!(

@@ -34,6 +34,9 @@ pub enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The ExecutionPlan a config compiles to: show, validate, explain, render.
+    #[command(subcommand)]
+    Plan(crate::plan_cli::PlanCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Model(ModelCommand::Tokenizer(a)) => export_tokenizer(a),
+        Command::Plan(c) => crate::plan_cli::run(c),
         Command::Bench(BenchCommand::Engine(a)) => crate::bench::run_engine_bench(a),
         Command::Bench(BenchCommand::KvTransfer(a)) => crate::bench_kv::run(a),
         Command::Bench(BenchCommand::Disagg(a)) => crate::bench_disagg::run(a),

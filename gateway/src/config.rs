@@ -16,6 +16,8 @@ pub struct ServeConfig {
     pub decode: DecodeSection,
     pub limits: LimitsSection,
     pub workers: WorkersSection,
+    /// The ExecutionPlan: policy, model profile, cluster, overrides.
+    pub plan: crate::plan_config::PlanSection,
 }
 
 /// Worker processes (`genie gateway`): heartbeats and statically listed workers.
@@ -70,6 +72,8 @@ pub enum Mode {
 pub enum Routing {
     LeastLoaded,
     RoundRobin,
+    PowerOfTwo,
+    PrefixAffinity,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -80,7 +84,10 @@ pub struct SchedulerSection {
     pub mode: Mode,
     /// In disaggregated mode, shorter prompts prefill on the decode worker.
     pub min_prompt_tokens: usize,
+    /// `least_loaded`, `round_robin`, `power_of_two` or `prefix_affinity`.
     pub routing: Routing,
+    /// Prompt tokens that make up the prefix `prefix_affinity` routes by.
+    pub prefix_tokens: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -141,6 +148,7 @@ impl Default for SchedulerSection {
             mode: Mode::Disaggregated,
             min_prompt_tokens: 0,
             routing: Routing::LeastLoaded,
+            prefix_tokens: 64,
         }
     }
 }
@@ -246,6 +254,9 @@ impl ServeConfig {
                 "prefill.workers",
                 "disaggregated mode needs at least 1 prefill worker (or set scheduler.mode = \"colocated\")",
             );
+        }
+        if self.scheduler.prefix_tokens == 0 {
+            return err("scheduler.prefix_tokens", "must be at least 1");
         }
         if self.prefill.workers > 64 {
             return err("prefill.workers", "at most 64 in one process");

@@ -4,7 +4,8 @@ use crate::api_error::ApiError;
 use crate::backend::SeqRequest;
 use crate::body;
 use crate::request::{prepare_chat, prepare_completion, GenSpec};
-use crate::sequence::{Merged, Piece, SeqState};
+use crate::sequence::{Merged, Piece, PlanTrace, SeqState};
+use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
 use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -63,12 +64,18 @@ where
         })?
 }
 
-/// Queues and dispatches every sequence of the request.
-async fn start(st: &AppState, spec: &GenSpec, arrived: Instant) -> Result<Merged, ApiError> {
+/// Queues and dispatches every sequence of the request, recording its plan under `id`.
+async fn start(
+    st: &AppState,
+    spec: &GenSpec,
+    arrived: Instant,
+    id: &str,
+) -> Result<Merged, ApiError> {
     let total = spec.prompts.len() * spec.n;
     let mut tickets = st.backend.enter_queue(total)?;
     let base = spec.sampling.seed.unwrap_or_else(random_seed);
     let mut seqs = Vec::with_capacity(total);
+    let mut placed = Vec::with_capacity(total);
     for (pi, prompt) in spec.prompts.iter().enumerate() {
         metrics::counter!("genie_prompt_tokens_total").increment(prompt.ids.len() as u64);
         for c in 0..spec.n {
@@ -84,21 +91,77 @@ async fn start(st: &AppState, spec: &GenSpec, arrived: Instant) -> Result<Merged
                 } else {
                     st.frontend.eog_ids.clone()
                 },
+                hint: spec.hint,
             };
             let ticket = tickets.pop().expect("one ticket per sequence");
             let d = st.backend.dispatch(req, ticket).await?;
-            tracing::debug!(placement = ?d.placement, "sequence placed");
+            tracing::debug!(placement = ?d.placement, reason = %d.reason, "sequence placed");
             let index = (pi * spec.n + c) as u32;
+            placed.push(SeqPlan {
+                index,
+                placement: d.placement,
+                transfer_id: d.transfer,
+                reason: d.reason.clone(),
+                measured: None,
+            });
+            let trace = PlanTrace {
+                log: st.plans.clone(),
+                request_id: id.to_string(),
+                placed_ms: arrived.elapsed().as_secs_f64() * 1e3,
+            };
             seqs.push(SeqState::new(
                 index,
                 d,
                 st.frontend.clone(),
                 spec.stop.clone(),
                 arrived,
+                Some(trace),
             ));
         }
     }
+    st.plans.insert(request_plan(st, spec, id, placed));
     Ok(Merged::new(seqs))
+}
+
+fn request_plan(st: &AppState, spec: &GenSpec, id: &str, sequences: Vec<SeqPlan>) -> RequestPlan {
+    let plan = &st.backend.plan;
+    let facts = RequestFacts {
+        prompt_tokens: spec.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0),
+        max_tokens: spec.max_tokens,
+        inputs: Vec::new(),
+    };
+    let h = spec.hint;
+    let hinted = h.disaggregate.is_some() || h.prefill_worker.is_some() || h.decode_worker.is_some();
+    RequestPlan {
+        id: id.into(),
+        created: unix_now(),
+        policy: plan.policy.clone(),
+        plan_version: plan.version,
+        prompt_tokens: facts.prompt_tokens,
+        max_tokens: spec.max_tokens,
+        stages: plan
+            .active_stages(&facts)
+            .iter()
+            .map(|s| s.phase.clone())
+            .collect(),
+        hint: hinted.then(|| PlacementHint {
+            disaggregate: h.disaggregate,
+            prefill_worker: h.prefill_worker.map(genie_protocol::WorkerId),
+            decode_worker: h.decode_worker.map(genie_protocol::WorkerId),
+        }),
+        predicted: plan.predict(&facts),
+        sequences,
+    }
+}
+
+/// The header that gives clients the id of the request's plan.
+pub const REQUEST_ID_HEADER: &str = "x-genie-request-id";
+
+fn with_request_id(mut r: Response, id: &str) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    r
 }
 
 fn prompt_tokens(spec: &GenSpec) -> u64 {
@@ -281,8 +344,9 @@ pub async fn chat_completions(
     let arrived = Instant::now();
     let req: ChatCompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_chat).await?;
-    let mut merged = start(&st, &spec, arrived).await?;
     let (id, created) = (new_id("chatcmpl"), unix_now());
+    let mut merged = start(&st, &spec, arrived, &id).await?;
+    let rid = id.clone();
     let model = st.frontend.served_name.clone();
     let want_logprobs = spec.sampling.logprobs.is_some();
     let n = merged.seqs.len();
@@ -348,7 +412,10 @@ pub async fn chat_completions(
         };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c| include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c))));
-        return Ok(sse_body(merged, first, on_piece, usage).into_response());
+        return Ok(with_request_id(
+            sse_body(merged, first, on_piece, usage).into_response(),
+            &rid,
+        ));
     }
     let c = collect(&mut merged, vec![String::new(); n]).await?;
     let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
@@ -370,7 +437,7 @@ pub async fn chat_completions(
             finish_reason: Some(finish.to_string()),
         })
         .collect();
-    Ok(Json(ChatCompletion {
+    let body = Json(ChatCompletion {
         id,
         object: "chat.completion".into(),
         created,
@@ -378,16 +445,17 @@ pub async fn chat_completions(
         choices,
         usage,
         system_fingerprint: FINGERPRINT.into(),
-    })
-    .into_response())
+    });
+    Ok(with_request_id(body.into_response(), &rid))
 }
 
 pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: CompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_completion).await?;
-    let mut merged = start(&st, &spec, arrived).await?;
     let (id, created) = (new_id("cmpl"), unix_now());
+    let mut merged = start(&st, &spec, arrived, &id).await?;
+    let rid = id.clone();
     let model = st.frontend.served_name.clone();
     let want_logprobs = spec.sampling.logprobs.is_some();
     let n = merged.seqs.len();
@@ -436,7 +504,10 @@ pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Res
             };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c| include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c)))));
-        return Ok(sse_body(merged, first, on_piece, usage).into_response());
+        return Ok(with_request_id(
+            sse_body(merged, first, on_piece, usage).into_response(),
+            &rid,
+        ));
     }
     let c = collect(&mut merged, echoes).await?;
     let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
@@ -453,7 +524,10 @@ pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Res
             finish_reason: Some(finish.to_string()),
         })
         .collect();
-    Ok(Json(mk(choices, Some(usage))).into_response())
+    Ok(with_request_id(
+        Json(mk(choices, Some(usage))).into_response(),
+        &rid,
+    ))
 }
 
 pub async fn models(State(st): State<AppState>) -> Json<ModelList> {

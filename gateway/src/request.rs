@@ -33,6 +33,8 @@ pub struct GenSpec {
     pub echo: bool,
     /// Do not stop at end-of-turn / eos (the `ignore_eos` extension).
     pub ignore_eos: bool,
+    /// The `genie` placement hint.
+    pub hint: genie_protocol::openai::GenieHint,
 }
 
 impl GenSpec {
@@ -268,6 +270,7 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         echo: false,
         ignore_eos: c.ignore_eos.unwrap_or(false),
+        hint: c.genie.unwrap_or_default(),
     })
 }
 
@@ -357,5 +360,6 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         echo: r.echo.unwrap_or(false),
         ignore_eos: c.ignore_eos.unwrap_or(false),
+        hint: c.genie.unwrap_or_default(),
     })
 }

@@ -303,12 +303,22 @@ pub fn run_gateway(args: ServeArgs) -> Result<()> {
     let metrics = crate::metrics_setup::install()?;
     let (engine, path) = load_engine(&cfg)?;
     let kv_bytes_per_token = engine.model.kv_shape().bytes_per_token();
+    let plan = crate::plan_config::served_plan(
+        &cfg,
+        &engine.model,
+        genie_scheduler::Transport::Tcp,
+    )?;
     let frontend = Arc::new(Frontend::new(&cfg, engine, &path));
     let pool = Arc::new(RemotePool::new(
         Duration::from_millis(cfg.workers.heartbeat_ms),
         &cfg.workers.statics,
     ));
-    let backend = Arc::new(Backend::remote(&cfg, Arc::clone(&pool), kv_bytes_per_token));
+    let backend = Arc::new(Backend::remote(
+        &cfg,
+        Arc::clone(&pool),
+        kv_bytes_per_token,
+        plan,
+    ));
     let (served_name, mode) = (frontend.served_name.clone(), backend.mode_label());
     let banner = |local| {
         format!("Genie gateway serving `{served_name}` on http://{local} ({mode}; workers register at http://{local}/internal/workers)")

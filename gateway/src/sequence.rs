@@ -27,8 +27,18 @@ pub enum Piece {
     Failed(String),
 }
 
+/// Where a sequence reports how it went: the plan log and its request's id.
+pub struct PlanTrace {
+    pub log: Arc<crate::plan_log::PlanLog>,
+    pub request_id: String,
+    /// Arrival to placement.
+    pub placed_ms: f64,
+}
+
 pub struct SeqState {
     pub index: u32,
+    trace: Option<PlanTrace>,
+    first_token: Option<Instant>,
     rx: Option<UnboundedReceiver<SeqEvent>>,
     ticket: Option<WaitTicket>,
     fe: Arc<Frontend>,
@@ -47,9 +57,12 @@ impl SeqState {
         fe: Arc<Frontend>,
         stop: Vec<String>,
         arrived: Instant,
+        trace: Option<PlanTrace>,
     ) -> Self {
         SeqState {
             index,
+            trace,
+            first_token: None,
             rx: Some(d.events),
             ticket: d.ticket,
             fe,
@@ -71,7 +84,31 @@ impl SeqState {
         metrics::histogram!("genie_e2e_request_latency_seconds")
             .record(self.arrived.elapsed().as_secs_f64());
         metrics::counter!("genie_generation_tokens_total").increment(self.completion_tokens as u64);
-        let _ = reason;
+        self.report(reason);
+    }
+
+    /// Puts the measured timings into the request's plan.
+    fn report(&mut self, reason: &str) {
+        let Some(t) = self.trace.take() else { return };
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let itl = match (self.first_token, self.last_token) {
+            (Some(a), Some(b)) if self.completion_tokens > 1 => {
+                Some(ms(b - a) / (self.completion_tokens - 1) as f64)
+            }
+            _ => None,
+        };
+        t.log.measured(
+            &t.request_id,
+            self.index,
+            genie_scheduler::Measured {
+                placed_ms: t.placed_ms,
+                ttft_ms: self.first_token.map(|f| ms(f - self.arrived)),
+                itl_ms: itl,
+                e2e_ms: ms(self.arrived.elapsed()),
+                completion_tokens: self.completion_tokens,
+                finish_reason: reason.into(),
+            },
+        );
     }
 
     /// Applies one worker event; `None` when it changes nothing the client sees.
@@ -91,6 +128,7 @@ impl SeqState {
                         .record((now - prev).as_secs_f64()),
                 }
                 self.last_token = Some(now);
+                self.first_token.get_or_insert(now);
                 self.completion_tokens += 1;
                 let piece = self.decoder.step(&self.fe.tokenizer, t.token);
                 let out = self.stops.push(&piece);
@@ -132,6 +170,15 @@ impl SeqState {
                     "the worker running this sequence stopped".into(),
                 ))
             }
+        }
+    }
+}
+
+impl Drop for SeqState {
+    /// A sequence dropped before it ended: the client went away.
+    fn drop(&mut self) {
+        if !self.done {
+            self.report("cancelled");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `genie serve`: load the model, start the workers, serve HTTP until Ctrl-C / SIGTERM.
 
+use genie_scheduler::Transport;
 use crate::backend::Backend;
 use crate::config::ServeConfig;
 use crate::frontend::Frontend;
@@ -147,6 +148,9 @@ pub fn spawn_upkeep(h: metrics_exporter_prometheus::PrometheusHandle) {
     });
 }
 
+/// Request plans kept for `GET /v1/plans/requests`.
+const PLAN_LOG_CAPACITY: usize = 1024;
+
 /// The runtime the HTTP side runs on (compute has its own threads).
 pub fn http_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -176,6 +180,7 @@ pub async fn serve_api(
         backend,
         api_keys: Arc::new(cfg.server.api_keys.clone()),
         metrics,
+        plans: Arc::new(crate::plan_log::PlanLog::new(PLAN_LOG_CAPACITY)),
     };
     let app = server::router(state, cfg.limits.max_body_bytes);
     {
@@ -192,8 +197,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let metrics = crate::metrics_setup::install()?;
     let (engine, path) = load_engine(&cfg)?;
     let model = engine.model.share(1)?;
+    let plan = crate::plan_config::served_plan(&cfg, &model, Transport::InProcess)?;
     let frontend = Arc::new(Frontend::new(&cfg, engine, &path));
-    let backend = Arc::new(Backend::local(&cfg, &model)?);
+    let backend = Arc::new(Backend::local(&cfg, &model, plan)?);
     drop(model);
     let served_name = frontend.served_name.clone();
     let mode = backend.mode_label();

@@ -21,6 +21,7 @@ pub struct AppState {
     pub backend: Arc<Backend>,
     pub api_keys: Arc<Vec<String>>,
     pub metrics: PrometheusHandle,
+    pub plans: Arc<crate::plan_log::PlanLog>,
 }
 
 /// Constant-time comparison so key checks do not leak how much of a key matched.
@@ -136,10 +137,14 @@ pub fn router(st: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
         .route("/v1/workers", get(workers))
+        .route("/v1/plans", get(crate::plan_api::active))
+        .route("/v1/plans/requests", get(crate::plan_api::recent))
+        .route("/v1/plans/requests/{id}", get(crate::plan_api::one))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/health", get(health))
+        .route("/plan", get(crate::plan_api::page))
         .route("/metrics", get(prometheus))
         .route("/internal/workers", post(register))
         .route("/internal/workers/{id}/heartbeat", post(heartbeat))

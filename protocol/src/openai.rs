@@ -74,6 +74,25 @@ pub struct CommonParams {
     /// Extension (vLLM, SGLang, llama.cpp): keep generating past end-of-turn / eos, up to
     /// `max_tokens` (benchmark clients use it for fixed output lengths).
     pub ignore_eos: Option<bool>,
+    /// Extension (Genie): a placement hint for this request.
+    pub genie: Option<GenieHint>,
+}
+
+/// The `genie` request extension: where to run this request, overriding the plan.
+/// OpenAI SDKs send it with `extra_body={"genie": {...}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenieHint {
+    /// `true`: prefill on a prefill worker and ship the KV; `false`: prefill on the decode
+    /// worker. Unset: the plan decides (by prompt length).
+    #[serde(default)]
+    pub disaggregate: Option<bool>,
+    /// Run the prefill on this worker (an id from `GET /v1/workers` or `GET /v1/plans`).
+    #[serde(default)]
+    pub prefill_worker: Option<u64>,
+    /// Run the decode on this worker.
+    #[serde(default)]
+    pub decode_worker: Option<u64>,
 }
 
 /// Declares a request struct holding the shared sampling fields beside its own, written
@@ -98,6 +117,7 @@ macro_rules! request_with_common {
             #[serde(default)] pub stream_options: Option<StreamOptions>,
             #[serde(default)] pub user: Option<String>,
             #[serde(default)] pub ignore_eos: Option<bool>,
+            #[serde(default)] pub genie: Option<GenieHint>,
         }
 
         impl $name {
@@ -118,6 +138,7 @@ macro_rules! request_with_common {
                     stream_options: self.stream_options.clone(),
                     user: self.user.clone(),
                     ignore_eos: self.ignore_eos,
+                    genie: self.genie,
                 }
             }
         }

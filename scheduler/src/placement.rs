@@ -1,4 +1,7 @@
-//! Per-request placement: which workers run a request's prefill and decode phases.
+//! Per-request placement: which workers run a request's prefill and decode phases. Whether
+//! the request is disaggregated at all is the plan's call ([`ExecutionPlan::prefill_for`]
+//! (crate::plan::ExecutionPlan::prefill_for)) or the client's hint; this module picks the
+//! workers by a routing policy over their reported load and free KV, honouring pins.
 
 use genie_protocol::WorkerId;
 use serde::{Deserialize, Serialize};
@@ -28,19 +31,32 @@ pub struct WorkerView {
 #[serde(rename_all = "snake_case")]
 pub enum RoutingPolicy {
     RoundRobin,
+    /// Fewest sequences, then fewest queued prompt tokens, then most free KV.
     #[default]
     LeastLoaded,
+    /// Two workers drawn at random, the less loaded wins: near least-loaded balance
+    /// without every gateway herding onto the same idle worker.
+    PowerOfTwo,
+    /// The same prompt prefix goes to the same worker (rendezvous hashing, stable as
+    /// workers come and go) unless that worker is `AFFINITY_SLACK` sequences busier than
+    /// the least loaded one.
+    PrefixAffinity,
 }
 
-/// When a request is disaggregated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "mode")]
-pub enum DisaggregationMode {
-    /// Prefill always runs on the decode worker (the baseline).
-    Colocated,
-    /// Prompts of at least `min_prompt_tokens` prefill on a prefill worker; shorter ones
-    /// prefill on the decode worker (conditional disaggregation).
-    Disaggregated { min_prompt_tokens: usize },
+/// How much busier than the least loaded worker an affinity target may be.
+pub const AFFINITY_SLACK: usize = 4;
+
+/// A client's placement hint (the `genie` request extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementHint {
+    /// Force (true) or forbid (false) a separate prefill worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disaggregate: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_worker: Option<WorkerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_worker: Option<WorkerId>,
 }
 
 /// The facts of one sequence that placement needs.
@@ -49,6 +65,26 @@ pub struct PlacementRequest {
     pub prompt_tokens: usize,
     /// KV bytes the sequence holds at most (prompt + max_tokens).
     pub kv_bytes: u64,
+    /// The plan's decision: prefill on a prefill worker (true) or on the decode worker.
+    pub disaggregate: bool,
+    /// Hash of the prompt's first tokens (for prefix affinity).
+    pub prefix_hash: Option<u64>,
+    /// Worker pins: the client's hint, else the plan's overrides.
+    pub prefill_worker: Option<WorkerId>,
+    pub decode_worker: Option<WorkerId>,
+}
+
+impl PlacementRequest {
+    pub fn new(prompt_tokens: usize, kv_bytes: u64, disaggregate: bool) -> Self {
+        PlacementRequest {
+            prompt_tokens,
+            kv_bytes,
+            disaggregate,
+            prefix_hash: None,
+            prefill_worker: None,
+            decode_worker: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +113,9 @@ impl Placement {
 pub enum PlaceError {
     #[error("no healthy {0:?} worker")]
     NoWorker(Role),
+    /// A pinned worker (hint or override) is not registered with that role.
+    #[error("there is no {role:?} worker {id}")]
+    NoSuchWorker { role: Role, id: WorkerId },
     /// The sequence needs more KV than any decode worker has in all: it can never run.
     #[error("the request needs {needed_bytes} bytes of KV cache; the largest decode worker holds {largest_bytes}")]
     NeverFits {
@@ -88,20 +127,41 @@ pub enum PlaceError {
     Busy { needed_bytes: u64 },
 }
 
-/// Placement state: the policy and the round-robin cursors.
+/// Placement state: the routing policy, round-robin cursors and the random stream of
+/// power-of-two choices (seeded, so a decision log replays exactly).
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     pub routing: RoutingPolicy,
-    pub mode: DisaggregationMode,
     cursor: [usize; 2],
+    rng: u64,
+}
+
+fn load_key(w: &WorkerView) -> (usize, usize, u64) {
+    (w.load, w.queued_tokens, u64::MAX - w.kv_free_bytes)
+}
+
+/// SplitMix64 finaliser: a well-mixed 64-bit hash of `x`.
+pub fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Hash of the first `n` tokens of a prompt (all of it when shorter).
+pub fn prefix_hash(tokens: &[u32], n: usize) -> u64 {
+    tokens
+        .iter()
+        .take(n)
+        .fold(0xCBF2_9CE4_8422_2325, |h, &t| mix64(h ^ t as u64))
 }
 
 impl Scheduler {
-    pub fn new(routing: RoutingPolicy, mode: DisaggregationMode) -> Self {
+    pub fn new(routing: RoutingPolicy) -> Self {
         Scheduler {
             routing,
-            mode,
             cursor: [0, 0],
+            rng: 0x2545_F491_4F6C_DD1D,
         }
     }
 
@@ -111,190 +171,122 @@ impl Scheduler {
         req: &PlacementRequest,
         workers: &[WorkerView],
     ) -> Result<Placement, PlaceError> {
-        let decoders: Vec<&WorkerView> = workers
-            .iter()
-            .filter(|w| w.role == Role::Decode && w.healthy)
-            .collect();
-        if decoders.is_empty() {
-            return Err(PlaceError::NoWorker(Role::Decode));
+        let mut largest = None::<u64>;
+        for w in workers.iter().filter(|w| w.role == Role::Decode && w.healthy) {
+            largest = Some(largest.unwrap_or(0).max(w.kv_capacity_bytes));
         }
-        let largest = decoders
-            .iter()
-            .map(|w| w.kv_capacity_bytes)
-            .max()
-            .unwrap_or(0);
+        let Some(largest) = largest else {
+            return Err(PlaceError::NoWorker(Role::Decode));
+        };
         if req.kv_bytes > largest {
             return Err(PlaceError::NeverFits {
                 needed_bytes: req.kv_bytes,
                 largest_bytes: largest,
             });
         }
-        let fits: Vec<&WorkerView> = decoders
-            .into_iter()
-            .filter(|w| w.kv_free_bytes >= req.kv_bytes)
-            .collect();
-        let decode = self.pick(Role::Decode, &fits).ok_or(PlaceError::Busy {
-            needed_bytes: req.kv_bytes,
-        })?;
-        let disaggregate = match self.mode {
-            DisaggregationMode::Colocated => false,
-            DisaggregationMode::Disaggregated { min_prompt_tokens } => {
-                req.prompt_tokens >= min_prompt_tokens
-            }
-        };
-        if !disaggregate {
+        let fits = |w: &WorkerView| w.kv_free_bytes >= req.kv_bytes;
+        let decode = self
+            .pick(Role::Decode, req, workers, req.decode_worker, &fits)?
+            .ok_or(PlaceError::Busy {
+                needed_bytes: req.kv_bytes,
+            })?;
+        if !req.disaggregate {
             return Ok(Placement::Colocated { decode });
         }
-        let prefillers: Vec<&WorkerView> = workers
-            .iter()
-            .filter(|w| w.role == Role::Prefill && w.healthy)
-            .collect();
         let prefill = self
-            .pick(Role::Prefill, &prefillers)
+            .pick(Role::Prefill, req, workers, req.prefill_worker, &|_| true)?
             .ok_or(PlaceError::NoWorker(Role::Prefill))?;
         Ok(Placement::Disaggregated { prefill, decode })
     }
 
-    fn pick(&mut self, role: Role, candidates: &[&WorkerView]) -> Option<WorkerId> {
-        if candidates.is_empty() {
-            return None;
+    fn pick(
+        &mut self,
+        role: Role,
+        req: &PlacementRequest,
+        workers: &[WorkerView],
+        pinned: Option<WorkerId>,
+        ok: &dyn Fn(&WorkerView) -> bool,
+    ) -> Result<Option<WorkerId>, PlaceError> {
+        if let Some(id) = pinned {
+            let Some(w) = workers.iter().find(|w| w.id == id && w.role == role) else {
+                return Err(PlaceError::NoSuchWorker { role, id });
+            };
+            if !w.healthy {
+                return Err(PlaceError::NoWorker(role));
+            }
+            return Ok(ok(w).then_some(id));
         }
+        let eligible = |w: &&WorkerView| w.role == role && w.healthy && ok(w);
+        let n = workers.iter().filter(eligible).count();
+        if n == 0 {
+            return Ok(None);
+        }
+        let nth = |i: usize| workers.iter().filter(eligible).nth(i).expect("i < n");
         let slot = &mut self.cursor[role as usize];
         let w = match self.routing {
             RoutingPolicy::RoundRobin => {
-                let w = candidates[*slot % candidates.len()];
+                let w = nth(*slot % n);
                 *slot = slot.wrapping_add(1);
                 w
             }
-            // Fewest sequences, then fewest queued prompt tokens, then most free KV; ties
-            // rotate so equal workers share the work.
+            // Ties rotate so equal workers share the work.
             RoutingPolicy::LeastLoaded => {
-                let start = *slot % candidates.len();
+                let start = *slot % n;
                 *slot = slot.wrapping_add(1);
-                let rotated = candidates[start..].iter().chain(&candidates[..start]);
-                *rotated
-                    .min_by_key(|w| (w.load, w.queued_tokens, u64::MAX - w.kv_free_bytes))
-                    .expect("candidates is not empty")
+                workers
+                    .iter()
+                    .filter(eligible)
+                    .enumerate()
+                    .min_by_key(|(i, w)| (load_key(w), (i + n - start) % n))
+                    .map(|(_, w)| w)
+                    .expect("n > 0")
+            }
+            RoutingPolicy::PowerOfTwo => {
+                self.rng = mix64(self.rng);
+                let a = (self.rng % n as u64) as usize;
+                let b = if n == 1 {
+                    a
+                } else {
+                    let r = ((self.rng >> 32) % (n as u64 - 1)) as usize;
+                    if r >= a {
+                        r + 1
+                    } else {
+                        r
+                    }
+                };
+                let (wa, wb) = (nth(a), nth(b));
+                if load_key(wb) < load_key(wa) {
+                    wb
+                } else {
+                    wa
+                }
+            }
+            RoutingPolicy::PrefixAffinity => {
+                let least = workers
+                    .iter()
+                    .filter(eligible)
+                    .map(|w| w.load)
+                    .min()
+                    .expect("n > 0");
+                match req.prefix_hash {
+                    Some(h) => workers
+                        .iter()
+                        .filter(eligible)
+                        .filter(|w| w.load <= least + AFFINITY_SLACK)
+                        .max_by_key(|w| mix64(h ^ mix64(w.id.0)))
+                        .expect("the least loaded worker qualifies"),
+                    None => workers
+                        .iter()
+                        .filter(eligible)
+                        .min_by_key(|w| load_key(w))
+                        .expect("n > 0"),
+                }
             }
         };
-        Some(w.id)
+        Ok(Some(w.id))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn w(id: u64, role: Role, load: usize, free: u64) -> WorkerView {
-        WorkerView {
-            id: WorkerId(id),
-            role,
-            healthy: true,
-            load,
-            queued_tokens: 0,
-            kv_capacity_bytes: 1000,
-            kv_free_bytes: free,
-        }
-    }
-
-    fn req(prompt: usize, kv: u64) -> PlacementRequest {
-        PlacementRequest {
-            prompt_tokens: prompt,
-            kv_bytes: kv,
-        }
-    }
-
-    #[test]
-    fn short_prompts_stay_on_the_decode_worker_long_ones_disaggregate() {
-        let ws = [w(1, Role::Prefill, 0, 0), w(2, Role::Decode, 0, 1000)];
-        let mut s = Scheduler::new(
-            RoutingPolicy::LeastLoaded,
-            DisaggregationMode::Disaggregated {
-                min_prompt_tokens: 64,
-            },
-        );
-        assert_eq!(
-            s.place(&req(10, 100), &ws),
-            Ok(Placement::Colocated {
-                decode: WorkerId(2)
-            })
-        );
-        assert_eq!(
-            s.place(&req(64, 100), &ws),
-            Ok(Placement::Disaggregated {
-                prefill: WorkerId(1),
-                decode: WorkerId(2)
-            })
-        );
-        let mut c = Scheduler::new(RoutingPolicy::LeastLoaded, DisaggregationMode::Colocated);
-        assert_eq!(
-            c.place(&req(5000, 100), &ws),
-            Ok(Placement::Colocated {
-                decode: WorkerId(2)
-            })
-        );
-    }
-
-    #[test]
-    fn least_loaded_prefers_idle_workers_and_skips_full_or_unhealthy_ones() {
-        let mut sick = w(3, Role::Decode, 0, 1000);
-        sick.healthy = false;
-        let ws = [
-            w(1, Role::Decode, 5, 1000),
-            w(2, Role::Decode, 1, 1000),
-            sick,
-            w(4, Role::Decode, 0, 10),
-            w(9, Role::Prefill, 0, 0),
-        ];
-        let mut s = Scheduler::new(
-            RoutingPolicy::LeastLoaded,
-            DisaggregationMode::Disaggregated {
-                min_prompt_tokens: 0,
-            },
-        );
-        for _ in 0..4 {
-            assert_eq!(s.place(&req(8, 100), &ws).unwrap().decode(), WorkerId(2));
-        }
-    }
-
-    #[test]
-    fn round_robin_rotates() {
-        let ws = [w(1, Role::Decode, 9, 1000), w(2, Role::Decode, 0, 1000)];
-        let mut s = Scheduler::new(RoutingPolicy::RoundRobin, DisaggregationMode::Colocated);
-        let got: Vec<u64> = (0..4)
-            .map(|_| s.place(&req(1, 1), &ws).unwrap().decode().0)
-            .collect();
-        assert_eq!(got, vec![1, 2, 1, 2]);
-    }
-
-    #[test]
-    fn capacity_errors_say_whether_to_wait_or_give_up() {
-        let ws = [w(1, Role::Decode, 0, 50), w(2, Role::Prefill, 0, 0)];
-        let mut s = Scheduler::new(RoutingPolicy::LeastLoaded, DisaggregationMode::Colocated);
-        assert_eq!(
-            s.place(&req(1, 2000), &ws),
-            Err(PlaceError::NeverFits {
-                needed_bytes: 2000,
-                largest_bytes: 1000
-            })
-        );
-        assert_eq!(
-            s.place(&req(1, 100), &ws),
-            Err(PlaceError::Busy { needed_bytes: 100 })
-        );
-        assert_eq!(
-            s.place(&req(1, 1), &[w(2, Role::Prefill, 0, 0)]),
-            Err(PlaceError::NoWorker(Role::Decode))
-        );
-        let mut d = Scheduler::new(
-            RoutingPolicy::LeastLoaded,
-            DisaggregationMode::Disaggregated {
-                min_prompt_tokens: 0,
-            },
-        );
-        assert_eq!(
-            d.place(&req(1, 1), &[w(1, Role::Decode, 0, 50)]),
-            Err(PlaceError::NoWorker(Role::Prefill))
-        );
-    }
-}
+#[path = "placement_tests.rs"]
+mod tests;

@@ -1,0 +1,115 @@
+//! `genie plan show|validate|explain|render`: the plan a config compiles to, without
+//! serving it.
+
+use crate::config::ServeConfig;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use genie_scheduler::{render, ExecutionPlan, Transport};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Print the plan (JSON with `stages` and `edges` by default).
+    Show(PlanArgs),
+    /// Compile the plan and say whether it is valid (exit 1 with the field and reason if not).
+    Validate(PlanArgs),
+    /// Every placement decision and data movement in words.
+    Explain(PlanArgs),
+    /// Draw the plan (DOT by default; pipe to `dot -Tsvg`, or paste Mermaid into a doc).
+    Render(PlanArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Deployment {
+    /// `genie serve`: workers are threads of one process (in-process KV transport).
+    Serve,
+    /// `genie gateway` with worker processes (KV over TCP).
+    Gateway,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The config to plan (e.g. configs/hetero-h100-a100.toml); unset = the defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// A llama GGUF to take the model profile from when the config has no `[plan.model]`
+    /// (default: the config's model, else GENIE_MODEL, else the default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// How the derived pools are linked when the config lists no `[plan.cluster]`.
+    #[arg(long, value_enum, default_value = "serve")]
+    pub deployment: Deployment,
+}
+
+fn compile(a: &PlanArgs) -> Result<ExecutionPlan> {
+    let cfg = ServeConfig::load(a.config.as_deref(), Default::default())?;
+    let served = if cfg.plan.model.is_some() {
+        None
+    } else {
+        let path =
+            genie_engine::fetch::resolve_model(a.model.as_deref().or(cfg.model.path.as_deref()))?;
+        let g = genie_engine::gguf::load(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let model = genie_engine::model::Model::from_gguf(g, 1)?;
+        Some(crate::plan_config::profile_of(&model))
+    };
+    let transport = match a.deployment {
+        Deployment::Serve => Transport::InProcess,
+        Deployment::Gateway => Transport::Tcp,
+    };
+    cfg.compile_plan(served, transport)
+        .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))
+}
+
+pub fn run(cmd: PlanCommand) -> Result<()> {
+    match cmd {
+        PlanCommand::Show(a) => {
+            let plan = compile(&a)?;
+            print(&plan, a.format.unwrap_or(Format::Json))
+        }
+        PlanCommand::Render(a) => {
+            let plan = compile(&a)?;
+            print(&plan, a.format.unwrap_or(Format::Dot))
+        }
+        PlanCommand::Explain(a) => {
+            print!("{}", render::explain(&compile(&a)?));
+            Ok(())
+        }
+        PlanCommand::Validate(a) => {
+            let plan = compile(&a)?;
+            let servable = match crate::plan_config::check_servable(&plan) {
+                Ok(()) => "servable by genie serve / genie gateway".to_string(),
+                Err(e) => format!("not served by the gateway ({})", e.reason),
+            };
+            println!(
+                "valid: policy `{}`, {} stages, {} edges, {} warnings; {servable}",
+                plan.policy,
+                plan.stages.len(),
+                plan.edges.len(),
+                plan.warnings.len()
+            );
+            for w in &plan.warnings {
+                println!("warning: {w}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print(plan: &ExecutionPlan, f: Format) -> Result<()> {
+    match f {
+        Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+        Format::Dot => print!("{}", render::to_dot(plan)),
+        Format::Mermaid => print!("{}", render::to_mermaid(plan)),
+    }
+    Ok(())
+}

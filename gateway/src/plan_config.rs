@@ -1,0 +1,184 @@
+//! The `[plan]` config section and how a config becomes an ExecutionPlan: the policy (a
+//! pattern, phases written out, or derived from `[scheduler]`), the model profile (a
+//! preset, dimensions, or the served GGUF) and the cluster (pools written out, or derived
+//! from `[prefill]`/`[decode]`), compiled by the scheduler.
+
+use crate::config::{Mode, ServeConfig};
+use genie_scheduler::inventory::{Inventory, Transport};
+use genie_scheduler::patterns::{llm, PolicySpec};
+use genie_scheduler::{compile, ExecutionPlan, ModelProfile, Pin, PlanError, PlanErrorKind};
+use genie_scheduler::{Op, Policy, ResourcePolicy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSection {
+    /// A pattern with its arguments or phases written out; unset = `llm.prefill_decode`
+    /// (or `llm.colocated`) over the `[prefill]` and `[decode]` workers, as `[scheduler]`
+    /// says.
+    pub policy: Option<PolicySpec>,
+    /// A preset name (`preset = "llama-3-70b"`) or the dimensions written out; unset = the
+    /// served model's GGUF.
+    pub model: Option<ProfileSpec>,
+    /// Pools and links; unset = a `prefill` and a `decode` pool of CPU workers.
+    pub cluster: Option<Inventory>,
+    /// Overrides: pin a phase to a pool or to one worker.
+    pub pins: Vec<Pin>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ProfileSpec {
+    Preset { preset: String },
+    Explicit(Box<ModelProfile>),
+}
+
+/// The plan's model profile from a loaded model: every dimension from the GGUF.
+pub fn profile_of(model: &genie_engine::model::Model) -> ModelProfile {
+    let c = model.config();
+    let (h, kv, ffn) = (c.hidden as u64, c.kv_dim() as u64, c.ffn as u64);
+    let per_layer = h * (h + 2 * kv) + h * h + 3 * h * ffn + 2 * h;
+    let embed = c.vocab_size as u64 * h;
+    let head = if model.weights().output.is_some() {
+        embed
+    } else {
+        0
+    };
+    ModelProfile {
+        name: c.name.clone(),
+        architecture: c.architecture.clone(),
+        layers: c.n_layers,
+        hidden: c.hidden,
+        heads: c.n_heads,
+        kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab_size,
+        context: c.context_length,
+        params: embed + c.n_layers as u64 * per_layer + h + head,
+        weight_bytes: model.weights().size_bytes() as u64,
+        kv_elem_bytes: model.kv_shape().bytes_per_token() / (2 * c.n_layers * c.kv_dim()),
+        act_elem_bytes: 4,
+        experts: None,
+        encoders: Vec::new(),
+    }
+}
+
+fn invalid(field: &str, reason: String) -> PlanError {
+    PlanError {
+        kind: PlanErrorKind::InvalidValue,
+        field: field.into(),
+        reason,
+    }
+}
+
+impl ServeConfig {
+    /// The policy this config asks for.
+    pub fn plan_policy(&self) -> Policy {
+        if let Some(p) = &self.plan.policy {
+            return p.policy();
+        }
+        let decode = ResourcePolicy::scale_to(self.decode.workers as u32, "cpu");
+        match self.scheduler.mode {
+            Mode::Colocated => llm::colocated(decode),
+            Mode::Disaggregated => llm::prefill_decode(
+                ResourcePolicy::scale_out(self.prefill.workers as u32, "cpu"),
+                decode,
+                self.scheduler.min_prompt_tokens,
+            ),
+        }
+    }
+
+    /// The cluster this config describes; `transport` links the derived pools.
+    pub fn plan_cluster(&self, transport: Transport) -> Inventory {
+        if let Some(c) = &self.plan.cluster {
+            return c.clone();
+        }
+        let prefill = match self.scheduler.mode {
+            Mode::Colocated => 0,
+            Mode::Disaggregated => self.prefill.workers as u32,
+        };
+        Inventory {
+            default_transport: Some(transport),
+            ..Inventory::local(prefill, self.decode.workers as u32)
+        }
+    }
+
+    /// The model profile: `[plan.model]`, else `served` (the GGUF being served).
+    pub fn plan_model(&self, served: Option<ModelProfile>) -> Result<ModelProfile, PlanError> {
+        match (&self.plan.model, served) {
+            (Some(ProfileSpec::Preset { preset }), _) => ModelProfile::preset(preset)
+                .ok_or_else(|| {
+                    invalid(
+                        "plan.model.preset",
+                        format!(
+                            "unknown preset `{preset}` (presets: {})",
+                            ModelProfile::PRESETS.join(", ")
+                        ),
+                    )
+                }),
+            (Some(ProfileSpec::Explicit(p)), _) => Ok((**p).clone()),
+            (None, Some(p)) => Ok(p),
+            (None, None) => Err(invalid(
+                "plan.model",
+                "no model profile: set plan.model or serve a GGUF".into(),
+            )),
+        }
+    }
+
+    /// Compiles the plan; `served` is the served model's profile when one is loaded.
+    pub fn compile_plan(
+        &self,
+        served: Option<ModelProfile>,
+        transport: Transport,
+    ) -> Result<ExecutionPlan, PlanError> {
+        let model = self.plan_model(served)?;
+        compile(
+            &self.plan_policy(),
+            &model,
+            &self.plan_cluster(transport),
+            &self.plan.pins,
+        )
+    }
+}
+
+/// Can the gateway run this plan? It executes prefill and decode phases (with or without
+/// a KV handoff); pipeline, expert-parallel and fusion plans compile, render and simulate
+/// but are not served by `genie serve` / `genie gateway`.
+pub fn check_servable(plan: &ExecutionPlan) -> Result<(), PlanError> {
+    for (i, s) in plan.stages.iter().enumerate() {
+        if !matches!(s.op, Op::Prefill | Op::Decode) {
+            return Err(PlanError {
+                kind: PlanErrorKind::Conflict,
+                field: format!("plan.policy (stage {i}, `{}`)", s.phase),
+                reason: format!(
+                    "the gateway serves prefill and decode phases; `{}` ({}) can be shown, validated, rendered and simulated with `genie plan`",
+                    plan.policy, s.op_label
+                ),
+            });
+        }
+    }
+    if !plan.stages.iter().any(|s| s.op == Op::Decode) {
+        return Err(invalid(
+            "plan.policy",
+            "a served plan needs a decode phase".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The plan `genie serve` / `genie gateway` runs: compiled for the served model, checked
+/// to be servable; errors say which config field to fix.
+pub fn served_plan(
+    cfg: &ServeConfig,
+    model: &genie_engine::model::Model,
+    transport: Transport,
+) -> anyhow::Result<ExecutionPlan> {
+    let plan = cfg
+        .compile_plan(Some(profile_of(model)), transport)
+        .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))?;
+    check_servable(&plan).map_err(|e| anyhow::anyhow!("invalid plan: {e}"))?;
+    for w in &plan.warnings {
+        tracing::warn!(warning = %w, "plan");
+    }
+    Ok(plan)
+}

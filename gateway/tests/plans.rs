@@ -1,0 +1,249 @@
+//! The ExecutionPlan as users see it: `genie plan` on the shipped configs, `GET /v1/plans`,
+//! one plan per request behind `x-genie-request-id`, placement hints, and the plan page
+//! drawn by a real browser (headless Chromium).
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{genie_ok, Server};
+
+fn config(name: &str) -> String {
+    format!("{}/../configs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn post(s: &Server, body: Value) -> (u16, Option<String>, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let id = r
+        .headers()
+        .get("x-genie-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, id, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(s: &Server, path: &str) -> (u16, Value) {
+    let r = reqwest::get(s.url(path)).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn completion(prompt: &str, extra: Value) -> Value {
+    let mut b = json!({"model": support::MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0});
+    if let (Some(o), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    b
+}
+
+const LONG: &str = "The history of the printing press begins in the fifteenth century, when \
+    Johannes Gutenberg combined movable metal type, oil-based ink and a wooden screw press \
+    into a system that could produce books faster than any scribe. Within fifty years";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
+    let s = Server::start(&["--config", &config("1p1d.toml"), "--threads", "1"], &[]);
+    let (st, plan) = get(&s, "/v1/plans").await;
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["object"], "plan");
+    assert_eq!(plan["policy"], "llm.prefill_decode");
+    let stages: Vec<&str> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["prefill", "prefill_local", "decode"]);
+    assert_eq!(plan["edges"][0]["tensor"]["name"], "kv_cache");
+    let workers = plan["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().any(|w| w["role"] == "prefill" && w["pool"] == "prefill"));
+
+    // A short prompt prefills on the decode worker; a long one is disaggregated.
+    let (st, id, body) = post(&s, completion("Hi", json!({}))).await;
+    assert_eq!(st, 200, "{body}");
+    let id = id.expect("x-genie-request-id header");
+    assert_eq!(body["id"], id.as_str());
+    let (st, rp) = get(&s, &format!("/v1/plans/requests/{id}")).await;
+    assert_eq!(st, 200, "{rp}");
+    assert_eq!(rp["stages"], json!(["prefill_local", "decode"]));
+    let seq = &rp["sequences"][0];
+    assert_eq!(seq["placement"]["kind"], "colocated", "{rp}");
+    assert!(seq["reason"].as_str().unwrap().contains("prefill_local"), "{rp}");
+    assert_eq!(seq["measured"]["completion_tokens"], body["usage"]["completion_tokens"]);
+    assert!(seq["measured"]["e2e_ms"].as_f64().unwrap() > 0.0);
+
+    let (st, id, long) = post(&s, completion(LONG, json!({}))).await;
+    assert_eq!(st, 200, "{long}");
+    let id = id.unwrap();
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{id}")).await;
+    assert_eq!(rp["stages"], json!(["prefill", "decode"]));
+    let seq = &rp["sequences"][0];
+    assert_eq!(seq["placement"]["kind"], "disaggregated", "{rp}");
+    assert!(seq["transfer_id"].is_u64(), "{rp}");
+    assert!(rp["predicted"]["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert!(rp["predicted"]["transfer_bytes"].as_u64().unwrap() > 0);
+    assert!(seq["measured"]["ttft_ms"].as_f64().unwrap() > 0.0, "{rp}");
+
+    // The client's hint overrides the plan, and the answer does not change.
+    let (st, id, hinted) = post(&s, completion(LONG, json!({"genie": {"disaggregate": false}}))).await;
+    assert_eq!(st, 200, "{hinted}");
+    assert_eq!(hinted["choices"][0]["text"], long["choices"][0]["text"]);
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    assert_eq!(rp["sequences"][0]["placement"]["kind"], "colocated");
+    assert!(rp["sequences"][0]["reason"].as_str().unwrap().contains("client hint"));
+    assert_eq!(rp["hint"]["disaggregate"], false);
+    let decode_id = workers.iter().find(|w| w["role"] == "decode").unwrap()["id"].clone();
+    let (st, id, _) = post(&s, completion("Hi", json!({"genie": {"decode_worker": decode_id}}))).await;
+    assert_eq!(st, 200);
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    assert_eq!(rp["sequences"][0]["placement"]["decode"], decode_id);
+
+    // Bad hints are refused with the field named.
+    let (st, _, e) = post(&s, completion("Hi", json!({"genie": {"decode_worker": 999}}))).await;
+    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("genie.decode_worker")), "{e}");
+    let (st, _, e) = post(&s, completion("Hi", json!({"genie": {"prefill_worker": 0, "disaggregate": false}}))).await;
+    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("genie.prefill_worker")), "{e}");
+    let (st, _, e) = post(&s, completion("Hi", json!({"genie": {"teleport": true}}))).await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("teleport"), "{e}");
+
+    // Streams carry the header too; unknown ids are a 404 envelope; the list is newest first.
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .json(&completion("Hi", json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["x-genie-request-id"].to_str().unwrap().to_string();
+    let _ = r.text().await.unwrap();
+    let (st, e) = get(&s, "/v1/plans/requests/cmpl-nope").await;
+    assert_eq!(st, 404);
+    assert!(e["error"]["message"].as_str().unwrap().contains("cmpl-nope"));
+    let (_, list) = get(&s, "/v1/plans/requests?limit=2").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["data"][0]["id"], sid.as_str());
+}
+
+/// Debian's `chromium`; None where it is not installed (CI installs it and must not skip).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install chromium for the plan page test"
+        );
+        eprintln!("SKIPPED: no chromium here (apt-get install chromium)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_page_draws_the_plan_and_live_placements_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let s = Server::start(&["--threads", "1"], &[]);
+    let (st, id, _) = post(&s, completion(LONG, json!({}))).await;
+    assert_eq!(st, 200);
+    let id = id.unwrap();
+    let url = s.url("/plan");
+    let profile = std::env::temp_dir().join(format!("genie-chromium-{}", std::process::id()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--virtual-time-budget=8000",
+                &format!("--user-data-dir={}", profile.display()),
+                "--dump-dom",
+                &url,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains(r#"data-state="ready""#), "page did not render: {dom}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        r#"class="stage active" data-phase="prefill""#,
+        r#"class="stage active" data-phase="decode""#,
+        r#"data-from="prefill" data-to="decode" data-tensor="kv_cache""#,
+        r#"class="worker""#,
+        &format!(r#"class="request" data-id="{id}" data-placement="disaggregated""#),
+        "llm.prefill_decode",
+    ] {
+        assert!(dom.contains(needle), "{needle} missing from the page: {dom}");
+    }
+}
+
+#[test]
+fn genie_plan_shows_validates_explains_and_renders() {
+    // The default plan is read from the model's GGUF; the preset for it says the same.
+    let out = genie_ok(&["plan", "show"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["stages"].is_array() && v["edges"].is_array(), "{v}");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["model"]["params"], 134_515_008u64);
+    assert_eq!(v["model"]["weight_bytes"], 96_576_768u64);
+    assert_eq!(v["model"]["kv_bytes_per_token"], 23_040);
+
+    for f in [
+        "local.toml",
+        "1p1d.toml",
+        "2p2d.toml",
+        "cluster.toml",
+        "pipeline-2stage.toml",
+        "hetero-h100-a100.toml",
+        "moe-expert-parallel.toml",
+        "multimodal-fusion.toml",
+    ] {
+        let out = genie_ok(&["plan", "validate", "--config", &config(f)]);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid:"), "{f}");
+    }
+    let out = genie_ok(&["plan", "explain", "--config", &config("hetero-h100-a100.toml")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("as 4 replica(s) of 2 device(s)"), "{text}");
+    let out = genie_ok(&["plan", "render", "--config", &config("pipeline-2stage.toml")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stage_0 -> stage_1"));
+    let out = genie_ok(&[
+        "plan",
+        "show",
+        "--config",
+        &config("multimodal-fusion.toml"),
+        "--format",
+        "mermaid",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("flowchart LR"));
+
+    // An invalid config: exit 1, the field and the reason.
+    let dir = std::env::temp_dir().join(format!("genie-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[plan.model]\npreset = \"llama-3-8b\"\n[plan.policy]\npattern = \"llm.prefill_decode\"\nprefill = { scale_out = { gpus = 2, hardware = \"B200\" } }\ndecode = { scale_to = { gpus = 1, hardware = \"cpu\" } }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(["plan", "validate", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("phases[0].resources.hardware") && err.contains("B200"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

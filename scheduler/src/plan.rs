@@ -1,0 +1,231 @@
+//! The ExecutionPlan: what [`compile`](crate::compile::compile) makes of a policy, a model
+//! and a cluster. Stages (phase, op, pool, replicas, residency, cost) and edges (tensor,
+//! bytes per token, transport, criticality), serialised as versioned JSON.
+
+use crate::inventory::Transport;
+use crate::policy::{Op, RequestFacts, Selector};
+use crate::profile::{Residency, TensorKind};
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a field changes meaning or goes away.
+pub const PLAN_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionPlan {
+    pub version: u32,
+    /// The policy (or pattern) it was compiled from.
+    pub policy: String,
+    pub model: ModelSummary,
+    pub stages: Vec<Stage>,
+    pub edges: Vec<Edge>,
+    /// Things that hold but deserve a look (a scale-out that got fewer GPUs than asked).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub architecture: String,
+    pub layers: usize,
+    pub params: u64,
+    pub weight_bytes: u64,
+    pub kv_bytes_per_token: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    ScaleOut,
+    ScaleTo,
+}
+
+/// One phase placed on a pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The phase's name.
+    pub phase: String,
+    pub op: Op,
+    pub op_label: String,
+    pub selector: Selector,
+    pub selector_label: String,
+    pub pool: String,
+    pub hardware: String,
+    pub scaling: Scaling,
+    /// Accelerators given to the stage: `replicas` x `gpus_per_replica`.
+    pub gpus: u32,
+    pub replicas: u32,
+    /// Accelerators one replica spans so that its weights fit (tensor parallel degree).
+    pub gpus_per_replica: u32,
+    /// Pool chosen by an override (config pin) rather than by hardware type.
+    pub pinned_pool: bool,
+    /// Runtime override: requests of this stage go to this worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_worker: Option<u64>,
+    /// Layers `start..end` it computes.
+    pub layers: [usize; 2],
+    /// Experts `first..end` of every MoE layer it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<[usize; 2]>,
+    /// Tensors it must sit beside.
+    pub colocated_with: Vec<String>,
+    pub residency: Vec<Resident>,
+    pub cost: StageCost,
+}
+
+/// A tensor resident on a stage's workers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resident {
+    pub tensor: String,
+    pub residency: Residency,
+    /// Fixed size per replica (weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Size per token (KV cache, activations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_token: Option<u64>,
+}
+
+/// The cost model's estimate for one replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageCost {
+    pub flops_per_token: f64,
+    /// Compute-bound time per prompt token (per input item for encoders).
+    pub prompt_ms_per_token: f64,
+    /// Memory-bound time of one decode step at batch 1 (weights read once); 0 when the
+    /// stage does no decode steps.
+    pub step_ms: f64,
+    pub weight_bytes_per_replica: u64,
+    /// Tokens of KV cache one replica holds beside its weights (stages that keep KV).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_capacity_tokens: Option<u64>,
+}
+
+/// How often an edge's tensor moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rate {
+    /// Once per request, sized by the prompt (a KV handoff, encoder embeddings).
+    OncePerRequest,
+    /// For the prompt and again on every decode step.
+    EveryStep,
+}
+
+/// What waits on an edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criticality {
+    /// On the path to the first token.
+    Ttft,
+    /// On the path of every token (inter-token latency).
+    EveryToken,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+    pub tensor: TensorSpec,
+    pub rate: Rate,
+    pub transport: Transport,
+    pub gbps: f64,
+    pub criticality: Criticality,
+    /// Time to move 1,000 tokens' worth at `gbps` (0 for local edges).
+    pub ms_per_1k_tokens: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub kind: TensorKind,
+    pub bytes_per_token: u64,
+    pub residency: Residency,
+}
+
+/// The cost model's prediction for one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Predicted {
+    pub ttft_ms: f64,
+    /// Time between tokens at batch 1.
+    pub itl_ms: f64,
+    /// Bytes that cross the network (non-local edges).
+    pub transfer_bytes: u64,
+    pub transfer_ms: f64,
+}
+
+impl ExecutionPlan {
+    pub fn stage(&self, phase: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.phase == phase)
+    }
+
+    /// Stages a request takes, in plan order.
+    pub fn active_stages(&self, facts: &RequestFacts) -> Vec<&Stage> {
+        self.stages
+            .iter()
+            .filter(|s| s.selector.matches(facts))
+            .collect()
+    }
+
+    /// The prefill stage a request takes and whether it runs on the decode worker (its
+    /// KV cache stays put) rather than shipping the KV.
+    pub fn prefill_for(&self, facts: &RequestFacts) -> Option<(&Stage, bool)> {
+        self.active_stages(facts)
+            .into_iter()
+            .find(|s| s.op == Op::Prefill)
+            .map(|s| (s, s.colocated_with.iter().any(|t| t == "kv_cache")))
+    }
+
+    /// TTFT along the slowest path through the active stages, ITL as the sum of the
+    /// decode-step stages and the per-token edges. Transfers of a KV cache are streamed
+    /// layer by layer, so only one layer's share adds to TTFT.
+    pub fn predict(&self, facts: &RequestFacts) -> Predicted {
+        let active: Vec<&Stage> = self.active_stages(facts);
+        let is_active = |name: &str| active.iter().any(|s| s.phase == name);
+        let tokens = facts.prompt_tokens as f64;
+        let mut done: Vec<(String, f64)> = Vec::new();
+        let mut out = Predicted::default();
+        // Stages are in dependency order (compile sorts them).
+        for s in &active {
+            let work = match s.op {
+                Op::Encode { modality } if modality != crate::profile::Modality::Text => {
+                    facts.inputs.iter().filter(|m| **m == modality).count() as f64
+                }
+                op if op.prompt_work() => tokens,
+                _ => 0.0,
+            };
+            let mut start: f64 = 0.0;
+            for e in self
+                .edges
+                .iter()
+                .filter(|e| e.to == s.phase && is_active(&e.from))
+            {
+                let ready = done
+                    .iter()
+                    .find(|(n, _)| *n == e.from)
+                    .map_or(0.0, |d| d.1);
+                let bytes = e.tensor.bytes_per_token as f64 * tokens;
+                let ms = e.ms_per_1k_tokens * tokens / 1000.0;
+                if e.transport != Transport::Local {
+                    out.transfer_bytes += bytes as u64;
+                    out.transfer_ms += ms;
+                }
+                let on_path = match e.tensor.kind {
+                    TensorKind::KvCache => ms / self.model.layers.max(1) as f64,
+                    _ => ms,
+                };
+                start = start.max(ready + on_path);
+            }
+            let finish = start + work * s.cost.prompt_ms_per_token;
+            out.ttft_ms = out.ttft_ms.max(finish);
+            done.push((s.phase.clone(), finish));
+            if s.op.step_work() {
+                out.itl_ms += s.cost.step_ms;
+            }
+        }
+        for e in &self.edges {
+            if e.rate == Rate::EveryStep && is_active(&e.from) && is_active(&e.to) {
+                out.itl_ms += e.ms_per_1k_tokens / 1000.0;
+            }
+        }
+        out
+    }
+}
