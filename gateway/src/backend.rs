@@ -6,9 +6,6 @@
 
 use crate::api_error::ApiError;
 use crate::config::{Mode, Routing, ServeConfig};
-use genie_protocol::openai::GenieHint;
-use genie_scheduler::placement::prefix_hash;
-use genie_scheduler::{ExecutionPlan, Op, RequestFacts};
 use crate::remote::RemotePool;
 use genie_decode_worker::{DecodeConfig, DecodeInput, DecodeWorker, NewSeq};
 use genie_engine::kv_budget::KvBudget;
@@ -17,8 +14,11 @@ use genie_engine::model::Model;
 use genie_engine::sampling::{Sampler, SamplingParams};
 use genie_kv_transfer::{InProcessTransport, KvTransport};
 use genie_prefill_worker::{PrefillConfig, PrefillJob, PrefillWorker};
+use genie_protocol::openai::GenieHint;
 use genie_protocol::worker::SeqEvent;
 use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_scheduler::placement::prefix_hash;
+use genie_scheduler::{ExecutionPlan, Op, RequestFacts};
 use genie_scheduler::{
     PlaceError, Placement, PlacementRequest, Role, RoutingPolicy, Scheduler, WorkerView,
 };
@@ -328,12 +328,18 @@ impl Backend {
                         Role::Prefill => "genie.prefill_worker",
                         Role::Decode => "genie.decode_worker",
                     };
-                    let msg = format!("there is no {role:?} worker {} (see GET /v1/plans for the workers)", id.0).to_lowercase();
-                    return Err(if req.hint.prefill_worker.is_some() || req.hint.decode_worker.is_some() {
-                        ApiError::invalid(field, msg)
-                    } else {
-                        ApiError::unavailable(format!("the plan pins a worker: {msg}"))
-                    });
+                    let msg = format!(
+                        "there is no {role:?} worker {} (see GET /v1/plans for the workers)",
+                        id.0
+                    )
+                    .to_lowercase();
+                    return Err(
+                        if req.hint.prefill_worker.is_some() || req.hint.decode_worker.is_some() {
+                            ApiError::invalid(field, msg)
+                        } else {
+                            ApiError::unavailable(format!("the plan pins a worker: {msg}"))
+                        },
+                    );
                 }
                 Err(PlaceError::NoWorker(role)) => {
                     return Err(ApiError::unavailable(format!(

@@ -68,6 +68,8 @@ pub enum BenchCommand {
     KvTransfer(crate::bench_kv::KvBenchArgs),
     /// Time to first and second token, disaggregated vs colocated, across processes.
     Disagg(crate::bench_disagg::DisaggBenchArgs),
+    /// Placement decision time with many registered workers, per routing policy.
+    Scheduler(crate::bench_sched::SchedBenchArgs),
 }
 
 /// Which model to load and how.
@@ -157,6 +159,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Engine(a)) => crate::bench::run_engine_bench(a),
         Command::Bench(BenchCommand::KvTransfer(a)) => crate::bench_kv::run(a),
         Command::Bench(BenchCommand::Disagg(a)) => crate::bench_disagg::run(a),
+        Command::Bench(BenchCommand::Scheduler(a)) => crate::bench_sched::run(a),
     }
 }
 

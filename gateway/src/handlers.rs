@@ -5,7 +5,6 @@ use crate::backend::SeqRequest;
 use crate::body;
 use crate::request::{prepare_chat, prepare_completion, GenSpec};
 use crate::sequence::{Merged, Piece, PlanTrace, SeqState};
-use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
 use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,6 +14,7 @@ use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use genie_protocol::openai::*;
 use genie_protocol::worker::TokenOut;
+use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,7 +131,8 @@ fn request_plan(st: &AppState, spec: &GenSpec, id: &str, sequences: Vec<SeqPlan>
         inputs: Vec::new(),
     };
     let h = spec.hint;
-    let hinted = h.disaggregate.is_some() || h.prefill_worker.is_some() || h.decode_worker.is_some();
+    let hinted =
+        h.disaggregate.is_some() || h.prefill_worker.is_some() || h.decode_worker.is_some();
     RequestPlan {
         id: id.into(),
         created: unix_now(),

@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod bench_disagg;
 mod bench_kv;
+mod bench_sched;
 mod body;
 mod cli;
 mod config;

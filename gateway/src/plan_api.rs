@@ -45,7 +45,10 @@ pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
     let mut v = serde_json::to_value(plan.as_ref()).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("object".into(), "plan".into());
-        o.insert("routing".into(), serde_json::to_value(st.backend.routing).unwrap_or_default());
+        o.insert(
+            "routing".into(),
+            serde_json::to_value(st.backend.routing).unwrap_or_default(),
+        );
         o.insert("workers".into(), workers.into());
     }
     Json(v)

@@ -17,6 +17,32 @@ pub enum PlanCommand {
     Explain(PlanArgs),
     /// Draw the plan (DOT by default; pipe to `dot -Tsvg`, or paste Mermaid into a doc).
     Render(PlanArgs),
+    /// Run the plan's cost model over a synthetic workload (Poisson arrivals, seeded):
+    /// TTFT and end-to-end percentiles, stage utilisation, queueing.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    #[arg(long, default_value_t = 500)]
+    pub requests: usize,
+    /// Mean arrivals per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 1024)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_tokens: usize,
+    /// Images per request (multimodal plans).
+    #[arg(long, default_value_t = 0)]
+    pub images: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -84,6 +110,7 @@ pub fn run(cmd: PlanCommand) -> Result<()> {
             print!("{}", render::explain(&compile(&a)?));
             Ok(())
         }
+        PlanCommand::Simulate(a) => simulate(a),
         PlanCommand::Validate(a) => {
             let plan = compile(&a)?;
             let servable = match crate::plan_config::check_servable(&plan) {
@@ -110,6 +137,53 @@ fn print(plan: &ExecutionPlan, f: Format) -> Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
         Format::Dot => print!("{}", render::to_dot(plan)),
         Format::Mermaid => print!("{}", render::to_mermaid(plan)),
+    }
+    Ok(())
+}
+
+fn simulate(a: SimulateArgs) -> Result<()> {
+    if !(a.rate > 0.0 && a.rate.is_finite()) {
+        anyhow::bail!("--rate must be a positive number of requests per second");
+    }
+    let plan = compile(&a.plan)?;
+    let w = genie_scheduler::simulate::Workload {
+        requests: a.requests,
+        rate_per_s: a.rate,
+        prompt_tokens: a.prompt_tokens,
+        output_tokens: a.output_tokens,
+        inputs: vec![genie_scheduler::Modality::Image; a.images],
+        seed: a.seed,
+    };
+    let r = genie_scheduler::simulate::simulate(&plan, &w);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} requests of {} prompt + {} output tokens at {}/s through `{}` (simulated):",
+        r.requests, a.prompt_tokens, a.output_tokens, a.rate, plan.policy
+    );
+    let p = |x: &genie_scheduler::simulate::Percentiles| {
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            x.p50, x.p90, x.p99, x.max
+        )
+    };
+    println!("  TTFT: {}", p(&r.ttft_ms));
+    println!("  e2e:  {}", p(&r.e2e_ms));
+    println!(
+        "  output throughput {:.1} tok/s over {:.1} s",
+        r.output_tokens_per_s,
+        r.makespan_ms / 1e3
+    );
+    for s in &r.stages {
+        println!(
+            "  stage {:<16} {} replica(s), prompt-work utilisation {:>5.1} %, longest wait {:.1} ms",
+            s.phase,
+            s.replicas,
+            s.utilisation * 100.0,
+            s.max_wait_ms
+        );
     }
     Ok(())
 }

@@ -106,8 +106,8 @@ impl ServeConfig {
     /// The model profile: `[plan.model]`, else `served` (the GGUF being served).
     pub fn plan_model(&self, served: Option<ModelProfile>) -> Result<ModelProfile, PlanError> {
         match (&self.plan.model, served) {
-            (Some(ProfileSpec::Preset { preset }), _) => ModelProfile::preset(preset)
-                .ok_or_else(|| {
+            (Some(ProfileSpec::Preset { preset }), _) => {
+                ModelProfile::preset(preset).ok_or_else(|| {
                     invalid(
                         "plan.model.preset",
                         format!(
@@ -115,7 +115,8 @@ impl ServeConfig {
                             ModelProfile::PRESETS.join(", ")
                         ),
                     )
-                }),
+                })
+            }
             (Some(ProfileSpec::Explicit(p)), _) => Ok((**p).clone()),
             (None, Some(p)) => Ok(p),
             (None, None) => Err(invalid(

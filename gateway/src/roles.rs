@@ -303,11 +303,8 @@ pub fn run_gateway(args: ServeArgs) -> Result<()> {
     let metrics = crate::metrics_setup::install()?;
     let (engine, path) = load_engine(&cfg)?;
     let kv_bytes_per_token = engine.model.kv_shape().bytes_per_token();
-    let plan = crate::plan_config::served_plan(
-        &cfg,
-        &engine.model,
-        genie_scheduler::Transport::Tcp,
-    )?;
+    let plan =
+        crate::plan_config::served_plan(&cfg, &engine.model, genie_scheduler::Transport::Tcp)?;
     let frontend = Arc::new(Frontend::new(&cfg, engine, &path));
     let pool = Arc::new(RemotePool::new(
         Duration::from_millis(cfg.workers.heartbeat_ms),

@@ -1,6 +1,5 @@
 //! `genie serve`: load the model, start the workers, serve HTTP until Ctrl-C / SIGTERM.
 
-use genie_scheduler::Transport;
 use crate::backend::Backend;
 use crate::config::ServeConfig;
 use crate::frontend::Frontend;
@@ -10,6 +9,7 @@ use clap::Args;
 use figment::value::{Dict, Value};
 use genie_engine::fetch;
 use genie_engine::generate::{Engine, EngineOptions};
+use genie_scheduler::Transport;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;

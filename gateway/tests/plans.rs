@@ -33,7 +33,8 @@ async fn get(s: &Server, path: &str) -> (u16, Value) {
 }
 
 fn completion(prompt: &str, extra: Value) -> Value {
-    let mut b = json!({"model": support::MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0});
+    let mut b =
+        json!({"model": support::MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0});
     if let (Some(o), Some(e)) = (b.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());
     }
@@ -61,7 +62,9 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
     assert_eq!(plan["edges"][0]["tensor"]["name"], "kv_cache");
     let workers = plan["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2);
-    assert!(workers.iter().any(|w| w["role"] == "prefill" && w["pool"] == "prefill"));
+    assert!(workers
+        .iter()
+        .any(|w| w["role"] == "prefill" && w["pool"] == "prefill"));
 
     // A short prompt prefills on the decode worker; a long one is disaggregated.
     let (st, id, body) = post(&s, completion("Hi", json!({}))).await;
@@ -73,8 +76,14 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
     assert_eq!(rp["stages"], json!(["prefill_local", "decode"]));
     let seq = &rp["sequences"][0];
     assert_eq!(seq["placement"]["kind"], "colocated", "{rp}");
-    assert!(seq["reason"].as_str().unwrap().contains("prefill_local"), "{rp}");
-    assert_eq!(seq["measured"]["completion_tokens"], body["usage"]["completion_tokens"]);
+    assert!(
+        seq["reason"].as_str().unwrap().contains("prefill_local"),
+        "{rp}"
+    );
+    assert_eq!(
+        seq["measured"]["completion_tokens"],
+        body["usage"]["completion_tokens"]
+    );
     assert!(seq["measured"]["e2e_ms"].as_f64().unwrap() > 0.0);
 
     let (st, id, long) = post(&s, completion(LONG, json!({}))).await;
@@ -90,27 +99,60 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
     assert!(seq["measured"]["ttft_ms"].as_f64().unwrap() > 0.0, "{rp}");
 
     // The client's hint overrides the plan, and the answer does not change.
-    let (st, id, hinted) = post(&s, completion(LONG, json!({"genie": {"disaggregate": false}}))).await;
+    let (st, id, hinted) = post(
+        &s,
+        completion(LONG, json!({"genie": {"disaggregate": false}})),
+    )
+    .await;
     assert_eq!(st, 200, "{hinted}");
     assert_eq!(hinted["choices"][0]["text"], long["choices"][0]["text"]);
     let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
     assert_eq!(rp["sequences"][0]["placement"]["kind"], "colocated");
-    assert!(rp["sequences"][0]["reason"].as_str().unwrap().contains("client hint"));
+    assert!(rp["sequences"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("client hint"));
     assert_eq!(rp["hint"]["disaggregate"], false);
     let decode_id = workers.iter().find(|w| w["role"] == "decode").unwrap()["id"].clone();
-    let (st, id, _) = post(&s, completion("Hi", json!({"genie": {"decode_worker": decode_id}}))).await;
+    let (st, id, _) = post(
+        &s,
+        completion("Hi", json!({"genie": {"decode_worker": decode_id}})),
+    )
+    .await;
     assert_eq!(st, 200);
     let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
     assert_eq!(rp["sequences"][0]["placement"]["decode"], decode_id);
 
     // Bad hints are refused with the field named.
-    let (st, _, e) = post(&s, completion("Hi", json!({"genie": {"decode_worker": 999}}))).await;
-    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("genie.decode_worker")), "{e}");
-    let (st, _, e) = post(&s, completion("Hi", json!({"genie": {"prefill_worker": 0, "disaggregate": false}}))).await;
-    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("genie.prefill_worker")), "{e}");
+    let (st, _, e) = post(
+        &s,
+        completion("Hi", json!({"genie": {"decode_worker": 999}})),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"]["param"].as_str()),
+        (400, Some("genie.decode_worker")),
+        "{e}"
+    );
+    let (st, _, e) = post(
+        &s,
+        completion(
+            "Hi",
+            json!({"genie": {"prefill_worker": 0, "disaggregate": false}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"]["param"].as_str()),
+        (400, Some("genie.prefill_worker")),
+        "{e}"
+    );
     let (st, _, e) = post(&s, completion("Hi", json!({"genie": {"teleport": true}}))).await;
     assert_eq!(st, 400, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("teleport"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("teleport"),
+        "{e}"
+    );
 
     // Streams carry the header too; unknown ids are a 404 envelope; the list is newest first.
     let r = reqwest::Client::new()
@@ -119,11 +161,17 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
         .send()
         .await
         .unwrap();
-    let sid = r.headers()["x-genie-request-id"].to_str().unwrap().to_string();
+    let sid = r.headers()["x-genie-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let _ = r.text().await.unwrap();
     let (st, e) = get(&s, "/v1/plans/requests/cmpl-nope").await;
     assert_eq!(st, 404);
-    assert!(e["error"]["message"].as_str().unwrap().contains("cmpl-nope"));
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cmpl-nope"));
     let (_, list) = get(&s, "/v1/plans/requests?limit=2").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
     assert_eq!(list["data"][0]["id"], sid.as_str());
@@ -177,7 +225,11 @@ async fn the_plan_page_draws_the_plan_and_live_placements_in_a_browser() {
     .await
     .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains(r#"data-state="ready""#), "page did not render: {dom}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        dom.contains(r#"data-state="ready""#),
+        "page did not render: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for needle in [
         r#"class="stage active" data-phase="prefill""#,
         r#"class="stage active" data-phase="decode""#,
@@ -186,7 +238,10 @@ async fn the_plan_page_draws_the_plan_and_live_placements_in_a_browser() {
         &format!(r#"class="request" data-id="{id}" data-placement="disaggregated""#),
         "llm.prefill_decode",
     ] {
-        assert!(dom.contains(needle), "{needle} missing from the page: {dom}");
+        assert!(
+            dom.contains(needle),
+            "{needle} missing from the page: {dom}"
+        );
     }
 }
 
@@ -212,12 +267,25 @@ fn genie_plan_shows_validates_explains_and_renders() {
         "multimodal-fusion.toml",
     ] {
         let out = genie_ok(&["plan", "validate", "--config", &config(f)]);
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid:"), "{f}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("valid:"),
+            "{f}"
+        );
     }
-    let out = genie_ok(&["plan", "explain", "--config", &config("hetero-h100-a100.toml")]);
+    let out = genie_ok(&[
+        "plan",
+        "explain",
+        "--config",
+        &config("hetero-h100-a100.toml"),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("as 4 replica(s) of 2 device(s)"), "{text}");
-    let out = genie_ok(&["plan", "render", "--config", &config("pipeline-2stage.toml")]);
+    let out = genie_ok(&[
+        "plan",
+        "render",
+        "--config",
+        &config("pipeline-2stage.toml"),
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("stage_0 -> stage_1"));
     let out = genie_ok(&[
         "plan",
@@ -244,6 +312,9 @@ fn genie_plan_shows_validates_explains_and_renders() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("phases[0].resources.hardware") && err.contains("B200"), "{err}");
+    assert!(
+        err.contains("phases[0].resources.hardware") && err.contains("B200"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,6 +16,7 @@
 //! - [`placement`]: the per-request decision: colocated or disaggregated, which workers,
 //!   by a routing policy (round robin, least loaded, power of two choices, prefix affinity).
 //! - [`request_plan`]: one request's plan as clients and the plan page see it.
+//! - [`simulate`]: a discrete-event run of any plan over a synthetic workload.
 
 pub mod compile;
 pub mod inventory;
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod profile;
 pub mod render;
 pub mod request_plan;
+pub mod simulate;
 
 pub use compile::{compile, Pin, PlanError, PlanErrorKind};
 pub use inventory::{Hardware, Inventory, Link, Pool, Transport};

@@ -99,9 +99,12 @@ pub mod moe {
         );
         for shard in 0..shards {
             p = p.phase(
-                Phase::new(format!("experts_{shard}"), Op::ExpertShard { shard, shards })
-                    .resources(experts.clone())
-                    .consumes("routed_tokens"),
+                Phase::new(
+                    format!("experts_{shard}"),
+                    Op::ExpertShard { shard, shards },
+                )
+                .resources(experts.clone())
+                .consumes("routed_tokens"),
             );
         }
         p
@@ -111,8 +114,9 @@ pub mod moe {
 pub mod multimodal {
     use super::*;
 
-    /// Vision and text branches encode in parallel on their own hardware; the language
-    /// model fuses them (the prompt pass) and a decode pool generates.
+    /// Vision and text branches encode in parallel on their own hardware (the text
+    /// embedder sits on the language model's workers); the language model fuses them (the
+    /// prompt pass) and a decode pool generates.
     pub fn parallel_fusion(
         vision: ResourcePolicy,
         fusion: ResourcePolicy,
@@ -140,13 +144,15 @@ pub mod multimodal {
                 )
                 .resources(fusion.clone())
                 .consumes("prompt")
-                .produces("text_embeddings", TensorKind::Embeddings),
+                .produces("text_embeddings", TensorKind::Embeddings)
+                .colocate_with("text_embeddings"),
             )
             .phase(
                 Phase::new("fusion", Op::Fuse)
                     .resources(fusion)
                     .consumes("image_embeddings")
                     .consumes("text_embeddings")
+                    .colocate_with("text_embeddings")
                     .produces("kv_cache", TensorKind::KvCache),
             )
             .phase(
@@ -180,7 +186,9 @@ fn stages(name: &str, num_stages: usize, per_stage: ResourcePolicy, stateful: bo
         }
         if stateful {
             let kv = format!("kv_cache_{stage}");
-            ph = ph.produces(kv.clone(), TensorKind::KvCache).colocate_with(kv);
+            ph = ph
+                .produces(kv.clone(), TensorKind::KvCache)
+                .colocate_with(kv);
         }
         p = p.phase(ph);
     }
@@ -344,7 +352,9 @@ mod tests {
         let bad = "pattern = \"llm.colocated\"\n";
         let e = toml::from_str::<PolicySpec>(bad).unwrap_err().to_string();
         assert!(e.contains("workers"), "{e}");
-        let e = toml::from_str::<PolicySpec>("name = \"x\"\n").unwrap_err().to_string();
+        let e = toml::from_str::<PolicySpec>("name = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("phases"), "{e}");
     }
 
@@ -353,7 +363,10 @@ mod tests {
         let p = llm::pipeline_parallel(3, ResourcePolicy::scale_to(1, "cpu"));
         assert_eq!(p.phases[1].consumes, ["hidden_0"]);
         assert_eq!(p.phases[2].consumes, ["hidden_1"]);
-        assert!(p.phases[2].produces.iter().all(|o| o.kind == TensorKind::KvCache));
+        assert!(p.phases[2]
+            .produces
+            .iter()
+            .all(|o| o.kind == TensorKind::KvCache));
         let v = vision::pipeline_parallel(2, ResourcePolicy::scale_to(1, "cpu"));
         assert!(v.phases.iter().all(|ph| ph.data_dependencies.is_empty()));
     }

@@ -172,7 +172,10 @@ impl Scheduler {
         workers: &[WorkerView],
     ) -> Result<Placement, PlaceError> {
         let mut largest = None::<u64>;
-        for w in workers.iter().filter(|w| w.role == Role::Decode && w.healthy) {
+        for w in workers
+            .iter()
+            .filter(|w| w.role == Role::Decode && w.healthy)
+        {
             largest = Some(largest.unwrap_or(0).max(w.kv_capacity_bytes));
         }
         let Some(largest) = largest else {

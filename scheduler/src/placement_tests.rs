@@ -79,7 +79,10 @@ fn power_of_two_never_picks_the_busiest_of_three_and_replays() {
     let got: Vec<u64> = (0..200)
         .map(|_| s.place(&req(1, false), &ws).unwrap().decode().0)
         .collect();
-    assert!(!got.contains(&1), "worker 1 is busier than any other pair member");
+    assert!(
+        !got.contains(&1),
+        "worker 1 is busier than any other pair member"
+    );
     // Both idle-ish workers get chosen: 2 whenever drawn, 3 only against 1.
     let twos = got.iter().filter(|&&x| x == 2).count();
     assert!(twos > 100 && twos < 200, "{twos}");
@@ -116,7 +119,10 @@ fn prefix_affinity_is_sticky_spreads_prefixes_and_yields_to_load() {
         .collect();
     assert!(spread.len() >= 6, "{spread:?}");
     // Removing another worker does not move this prefix (rendezvous hashing).
-    let other = ws.iter().position(|v| v.id != first && v.role == Role::Prefill).unwrap();
+    let other = ws
+        .iter()
+        .position(|v| v.id != first && v.role == Role::Prefill)
+        .unwrap();
     let mut fewer = ws.clone();
     fewer.remove(other);
     assert_eq!(place(&mut s, &fewer, &a), first);
@@ -155,7 +161,10 @@ fn pins_and_hints_choose_the_worker_or_say_why_not() {
     );
     r.decode_worker = Some(WorkerId(10));
     r.kv_bytes = 2000;
-    assert!(matches!(s.place(&r, &ws), Err(PlaceError::NeverFits { .. })));
+    assert!(matches!(
+        s.place(&r, &ws),
+        Err(PlaceError::NeverFits { .. })
+    ));
 }
 
 #[test]

@@ -198,10 +198,7 @@ impl ExecutionPlan {
                 .iter()
                 .filter(|e| e.to == s.phase && is_active(&e.from))
             {
-                let ready = done
-                    .iter()
-                    .find(|(n, _)| *n == e.from)
-                    .map_or(0.0, |d| d.1);
+                let ready = done.iter().find(|(n, _)| *n == e.from).map_or(0.0, |d| d.1);
                 let bytes = e.tensor.bytes_per_token as f64 * tokens;
                 let ms = e.ms_per_1k_tokens * tokens / 1000.0;
                 if e.transport != Transport::Local {

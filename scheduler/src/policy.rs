@@ -273,9 +273,8 @@ impl ResourcePolicy {
 
     pub fn hardware(&self) -> &str {
         match self {
-            ResourcePolicy::ScaleOut { hardware, .. } | ResourcePolicy::ScaleTo { hardware, .. } => {
-                hardware
-            }
+            ResourcePolicy::ScaleOut { hardware, .. }
+            | ResourcePolicy::ScaleTo { hardware, .. } => hardware,
         }
     }
 }
@@ -382,7 +381,13 @@ mod tests {
         let s = Selector::prompt_tokens(..64);
         assert!(s.matches(&f(63)) && !s.matches(&f(64)));
         let s = Selector::prompt_tokens(10..=20);
-        assert_eq!(s, Selector::PromptTokens { min: Some(10), max: Some(21) });
+        assert_eq!(
+            s,
+            Selector::PromptTokens {
+                min: Some(10),
+                max: Some(21)
+            }
+        );
         assert!(!Selector::Modality(Modality::Image).matches(&f(5)));
         let img = RequestFacts {
             inputs: vec![Modality::Image],
@@ -421,12 +426,13 @@ mod tests {
 
     #[test]
     fn closures_do_not_pretend_to_round_trip() {
-        let p = Policy::new("c").phase(
-            Phase::new("x", Op::Prefill).selector(Selector::closure("mine", |_| true)),
-        );
+        let p = Policy::new("c")
+            .phase(Phase::new("x", Op::Prefill).selector(Selector::closure("mine", |_| true)));
         let json = serde_json::to_string(&p).unwrap();
         assert!(json.contains(r#""custom":"mine""#), "{json}");
-        let e = serde_json::from_str::<Policy>(&json).unwrap_err().to_string();
+        let e = serde_json::from_str::<Policy>(&json)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Rust closure"), "{e}");
     }
 }

@@ -198,7 +198,16 @@ impl ModelProfile {
                 weight_bytes: SMOLLM2_Q4_1_WEIGHT_BYTES,
                 kv_elem_bytes: 2,
                 act_elem_bytes: 4,
-                ..llama("SmolLM2-135M-Instruct", 30, 576, 9, 3, 49152, 8192, 134_515_008)
+                ..llama(
+                    "SmolLM2-135M-Instruct",
+                    30,
+                    576,
+                    9,
+                    3,
+                    49152,
+                    8192,
+                    134_515_008,
+                )
             },
             "llama-3-8b" => llama("Llama-3-8B", 32, 4096, 32, 8, 128_256, 8192, 8_030_000_000),
             "llama-3-70b" => llama(
@@ -218,7 +227,16 @@ impl ModelProfile {
                     active: 2,
                     expert_params: 45_100_000_000,
                 }),
-                ..llama("Mixtral-8x7B", 32, 4096, 32, 8, 32_000, 32_768, 46_700_000_000)
+                ..llama(
+                    "Mixtral-8x7B",
+                    32,
+                    4096,
+                    32,
+                    8,
+                    32_000,
+                    32_768,
+                    46_700_000_000,
+                )
             },
             "llava-1.5-7b" => ModelProfile {
                 architecture: "llava".into(),
@@ -228,7 +246,16 @@ impl ModelProfile {
                     weight_bytes: 608_000_000,
                     tokens_per_item: 576,
                 }],
-                ..llama("LLaVA-1.5-7B", 32, 4096, 32, 32, 32_000, 4096, 7_060_000_000)
+                ..llama(
+                    "LLaVA-1.5-7B",
+                    32,
+                    4096,
+                    32,
+                    32,
+                    32_000,
+                    4096,
+                    7_060_000_000,
+                )
             },
             "vit-huge" => ModelProfile {
                 architecture: "vit".into(),

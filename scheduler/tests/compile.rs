@@ -57,7 +57,12 @@ fn prefill_decode_on_a_heterogeneous_cluster() {
     let prefill = plan.stage("prefill").unwrap();
     // 70B in bf16 (141 GB) needs two 80 GB GPUs per replica.
     assert_eq!(
-        (prefill.pool.as_str(), prefill.gpus, prefill.gpus_per_replica, prefill.replicas),
+        (
+            prefill.pool.as_str(),
+            prefill.gpus,
+            prefill.gpus_per_replica,
+            prefill.replicas
+        ),
         ("h100", 8, 2, 4)
     );
     let decode = plan.stage("decode").unwrap();
@@ -71,7 +76,10 @@ fn prefill_decode_on_a_heterogeneous_cluster() {
         .unwrap();
     assert_eq!(kv.transport, Transport::Rdma);
     assert_eq!(kv.tensor.bytes_per_token, 2 * 80 * 8 * 128 * 2);
-    assert_eq!((kv.rate, kv.criticality), (Rate::OncePerRequest, Criticality::Ttft));
+    assert_eq!(
+        (kv.rate, kv.criticality),
+        (Rate::OncePerRequest, Criticality::Ttft)
+    );
     let local = plan
         .edges
         .iter()
@@ -87,7 +95,10 @@ fn prefill_decode_on_a_heterogeneous_cluster() {
     assert_eq!((s.phase.as_str(), colocated), ("prefill", false));
     let p = plan.predict(&facts(4000));
     assert_eq!(p.transfer_bytes, 4000 * kv.tensor.bytes_per_token);
-    assert!(p.ttft_ms > 0.0 && p.itl_ms > 0.0 && p.transfer_ms > 0.0, "{p:?}");
+    assert!(
+        p.ttft_ms > 0.0 && p.itl_ms > 0.0 && p.transfer_ms > 0.0,
+        "{p:?}"
+    );
     assert_eq!(plan.predict(&facts(10)).transfer_bytes, 0);
 
     let json = serde_json::to_value(&plan).unwrap();
@@ -122,7 +133,10 @@ fn the_local_backend_is_the_same_pattern_on_cpu_pools() {
         &[],
     )
     .unwrap();
-    assert!(colocated.edges.iter().all(|e| e.transport == Transport::Local));
+    assert!(colocated
+        .edges
+        .iter()
+        .all(|e| e.transport == Transport::Local));
     assert!(colocated.prefill_for(&facts(5000)).unwrap().1);
 }
 
@@ -146,8 +160,14 @@ fn pipeline_stages_split_the_layers_and_ship_hidden_states() {
     assert_eq!(plan.stages[0].layers, [0, 15]);
     assert_eq!(plan.stages[1].layers, [15, 30]);
     let e = &plan.edges[0];
-    assert_eq!((e.tensor.name.as_str(), e.tensor.bytes_per_token), ("hidden_0", 576 * 4));
-    assert_eq!((e.rate, e.criticality), (Rate::EveryStep, Criticality::EveryToken));
+    assert_eq!(
+        (e.tensor.name.as_str(), e.tensor.bytes_per_token),
+        ("hidden_0", 576 * 4)
+    );
+    assert_eq!(
+        (e.rate, e.criticality),
+        (Rate::EveryStep, Criticality::EveryToken)
+    );
     // Each stage keeps the KV of its own 15 layers.
     let kv = &plan.stages[1].residency[1];
     assert_eq!(kv.bytes_per_token, Some(2 * 15 * 3 * 64 * 2));
@@ -220,15 +240,24 @@ fn invalid_input_names_the_field_and_the_reason() {
     let e = error_of(&p, "llama-3-8b", &inv, &[]);
     assert_eq!(
         (e.kind, e.field.as_str()),
-        (PlanErrorKind::UnknownHardware, "phases[0].resources.hardware")
+        (
+            PlanErrorKind::UnknownHardware,
+            "phases[0].resources.hardware"
+        )
     );
     assert!(e.reason.contains("h100 (H100 x8)"), "{e}");
 
     // More pipeline stages than layers.
     let p = vision::pipeline_parallel(40, ResourcePolicy::scale_out(1, "H100"));
     let e = error_of(&p, "smollm2-135m", &inv, &[]);
-    assert_eq!((e.kind, e.field.as_str()), (PlanErrorKind::ModelMismatch, "phases[0].op"));
-    assert!(e.reason.contains("40 pipeline stages") && e.reason.contains("30 layers"), "{e}");
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (PlanErrorKind::ModelMismatch, "phases[0].op")
+    );
+    assert!(
+        e.reason.contains("40 pipeline stages") && e.reason.contains("30 layers"),
+        "{e}"
+    );
 
     // Experts on a dense model; an image encoder on a text model.
     let p = moe::expert_parallel(
@@ -236,7 +265,10 @@ fn invalid_input_names_the_field_and_the_reason() {
         ResourcePolicy::scale_to(1, "H100"),
         ResourcePolicy::scale_to(1, "A100"),
     );
-    assert_eq!(error_of(&p, "llama-3-8b", &inv, &[]).kind, PlanErrorKind::ModelMismatch);
+    assert_eq!(
+        error_of(&p, "llama-3-8b", &inv, &[]).kind,
+        PlanErrorKind::ModelMismatch
+    );
     let p = multimodal::parallel_fusion(
         ResourcePolicy::scale_out(1, "A100"),
         ResourcePolicy::scale_out(1, "H100"),
@@ -252,7 +284,10 @@ fn invalid_input_names_the_field_and_the_reason() {
         0,
     );
     let e = error_of(&p, "llama-3-8b", &inv, &[]);
-    assert_eq!((e.kind, e.field.as_str()), (PlanErrorKind::Capacity, "phases[1].resources"));
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (PlanErrorKind::Capacity, "phases[1].resources")
+    );
     assert!(e.reason.contains("scale_to 6 A100"), "{e}");
 
     // Scale-out past the pool is allowed, with a warning.
@@ -279,13 +314,19 @@ fn invalid_input_names_the_field_and_the_reason() {
                 .consumes("x")
                 .produces("y", TensorKind::Hidden),
         );
-    assert_eq!(error_of(&p, "llama-3-8b", &inv, &[]).kind, PlanErrorKind::Cycle);
+    assert_eq!(
+        error_of(&p, "llama-3-8b", &inv, &[]).kind,
+        PlanErrorKind::Cycle
+    );
 
     // Duplicate phase names; a selector nothing matches.
     let p = Policy::new("dup")
         .phase(Phase::new("a", Op::Prefill).resources(ResourcePolicy::scale_to(1, "H100")))
         .phase(Phase::new("a", Op::Decode).resources(ResourcePolicy::scale_to(1, "H100")));
-    assert_eq!(error_of(&p, "llama-3-8b", &inv, &[]).field, "phases[1].name");
+    assert_eq!(
+        error_of(&p, "llama-3-8b", &inv, &[]).field,
+        "phases[1].name"
+    );
     let p = Policy::new("sel").phase(
         Phase::new("a", Op::Prefill)
             .resources(ResourcePolicy::scale_to(1, "H100"))
@@ -341,7 +382,10 @@ fn pins_override_the_hardware_choice_and_are_checked() {
         }],
     )
     .unwrap_err();
-    assert_eq!((e.kind, e.field.as_str()), (PlanErrorKind::UnknownPhase, "plan.pins[0].phase"));
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (PlanErrorKind::UnknownPhase, "plan.pins[0].phase")
+    );
     let plan = compile(
         &p,
         &model,
@@ -362,14 +406,26 @@ fn renderings_show_every_stage_and_edge() {
     let plan = compile(&pd(64), &model, &hetero(), &[]).unwrap();
     let dot = render::to_dot(&plan);
     assert!(dot.starts_with("digraph plan {"), "{dot}");
-    for s in ["prefill ->", "prefill_local ->", "cluster_h100", "cluster_a100", "rdma"] {
+    for s in [
+        "prefill ->",
+        "prefill_local ->",
+        "cluster_h100",
+        "cluster_a100",
+        "rdma",
+    ] {
         assert!(dot.contains(s), "{s} missing from {dot}");
     }
     let mm = render::to_mermaid(&plan);
     assert!(mm.starts_with("flowchart LR"));
-    assert!(mm.contains("prefill -->|") && mm.contains("prefill_local -.->|"), "{mm}");
+    assert!(
+        mm.contains("prefill -->|") && mm.contains("prefill_local -.->|"),
+        "{mm}"
+    );
     let text = render::explain(&plan);
-    assert!(text.contains("`prefill` runs prefill on pool `h100`"), "{text}");
+    assert!(
+        text.contains("`prefill` runs prefill on pool `h100`"),
+        "{text}"
+    );
     assert!(text.contains("prompt tokens >= 64"), "{text}");
     assert!(text.contains("over rdma at 400 Gbit/s"), "{text}");
 }
