@@ -71,7 +71,7 @@ pub async fn one(State(st): State<AppState>, Path(id): Path<String>) -> Result<R
     match st.plans.get(&id) {
         Some(p) => Ok(Json(p).into_response()),
         None => Err(ApiError::not_found(format!(
-            "no plan for request `{id}`: unknown id, or one of more than the last 1024 requests"
+            "no plan for request `{id}`: the id is unknown or older than the last 1,024 requests"
         ))),
     }
 }
