@@ -22,6 +22,14 @@ pub struct Segment<'a> {
     pub cache: &'a mut KvCache,
 }
 
+/// What a pipeline stage hands on: hidden states to the next stage, or (the last stage)
+/// each segment's last-token logits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOutput {
+    Hidden(Vec<f32>),
+    Logits(Vec<Vec<f32>>),
+}
+
 /// A loaded llama model with its own compute thread pool.
 pub struct Model {
     config: ModelConfig,
@@ -182,6 +190,10 @@ impl Model {
     }
 
     fn check(&self, segs: &[Segment]) -> Result<()> {
+        self.check_shape(segs, self.kv_shape())
+    }
+
+    fn check_shape(&self, segs: &[Segment], shape: KvShape) -> Result<()> {
         let c = &self.config;
         for s in segs {
             if s.tokens.is_empty() {
@@ -199,11 +211,11 @@ impl Model {
                     ),
                 });
             }
-            if s.cache.shape() != self.kv_shape() {
+            if s.cache.shape() != shape {
                 return Err(EngineError::KvImport(format!(
                     "cache shape {:?} does not match the model {:?}",
                     s.cache.shape(),
-                    self.kv_shape()
+                    shape
                 )));
             }
             if !s.cache.is_consistent() {
@@ -237,6 +249,107 @@ impl Model {
         segs: &mut [Segment],
         on_layer: &mut (dyn FnMut(usize, &[Segment]) -> ControlFlow<()> + Send),
     ) -> Result<Vec<Vec<f32>>> {
+        let mut x = self.embed(segs);
+        self.run_layers(segs, 0..self.config.n_layers, &mut x, on_layer)?;
+        Ok(self.head(segs, &x))
+    }
+
+    /// Runs layers `layers` of the model: the first stage of a pipeline embeds the tokens
+    /// (`hidden: None`), a later one continues from the previous stage's hidden states
+    /// (`[tokens][hidden]` f32, in segment order). Each segment's cache holds only this
+    /// stage's layers ([`Model::stage_shape`]). The last stage returns each segment's
+    /// last-token logits, the others the hidden states to hand on. Stages composed this
+    /// way compute exactly what [`Model::forward`] does: the same operations in the same
+    /// order, split at a layer boundary.
+    pub fn forward_stage(
+        &self,
+        layers: std::ops::Range<usize>,
+        segs: &mut [Segment],
+        hidden: Option<Vec<f32>>,
+    ) -> Result<StageOutput> {
+        let c = &self.config;
+        if layers.start >= layers.end || layers.end > c.n_layers {
+            return Err(EngineError::InvalidRequest {
+                field: "layers",
+                reason: format!(
+                    "layers {}..{} is not a non-empty range of the model's {} layers",
+                    layers.start, layers.end, c.n_layers
+                ),
+            });
+        }
+        self.check_shape(segs, self.stage_shape(layers.len()))?;
+        let n: usize = segs.iter().map(|s| s.tokens.len()).sum();
+        match &hidden {
+            None if layers.start != 0 => {
+                return Err(EngineError::InvalidRequest {
+                    field: "hidden",
+                    reason: format!(
+                        "a stage starting at layer {} needs the previous stage's hidden states",
+                        layers.start
+                    ),
+                })
+            }
+            Some(h) if h.len() != n * c.hidden => {
+                return Err(EngineError::InvalidRequest {
+                    field: "hidden",
+                    reason: format!(
+                        "{} hidden values for {n} tokens of width {}",
+                        h.len(),
+                        c.hidden
+                    ),
+                })
+            }
+            _ => {}
+        }
+        if segs.is_empty() {
+            return Ok(StageOutput::Hidden(Vec::new()));
+        }
+        let last = layers.end == c.n_layers;
+        self.pool.install(|| {
+            let mut x = match hidden {
+                Some(h) => h,
+                None => self.embed(segs),
+            };
+            self.run_layers(segs, layers, &mut x, &mut |_, _| ControlFlow::Continue(()))?;
+            Ok(if last {
+                StageOutput::Logits(self.head(segs, &x))
+            } else {
+                StageOutput::Hidden(x)
+            })
+        })
+    }
+
+    /// The KV shape of a stage that holds `layers` of the model's layers.
+    pub fn stage_shape(&self, layers: usize) -> KvShape {
+        KvShape {
+            n_layers: layers,
+            ..self.kv_shape()
+        }
+    }
+
+    /// Token embeddings of every new token, in segment order.
+    fn embed(&self, segs: &[Segment]) -> Vec<f32> {
+        let h = self.config.hidden;
+        let n: usize = segs.iter().map(|s| s.tokens.len()).sum();
+        let mut x = vec![0.0f32; n * h];
+        for (row, tok) in x
+            .chunks_exact_mut(h)
+            .zip(segs.iter().flat_map(|s| s.tokens.iter()))
+        {
+            self.weights.token_embd.dequantize_row(*tok as usize, row);
+        }
+        x
+    }
+
+    /// Layers `layers` over the residual stream `x`; cache layer `l - layers.start` holds
+    /// model layer `l`.
+    fn run_layers(
+        &self,
+        segs: &mut [Segment],
+        layers: std::ops::Range<usize>,
+        x: &mut [f32],
+        on_layer: &mut (dyn FnMut(usize, &[Segment]) -> ControlFlow<()> + Send),
+    ) -> Result<()> {
         let c = &self.config;
         let (h, kv) = (c.hidden, c.kv_dim());
         // (segment, position) of every token in the step, in order.
@@ -246,13 +359,6 @@ impl Model {
             token_at.extend((0..s.tokens.len()).map(|i| (si, start + i)));
         }
         let n = token_at.len();
-        let mut x = vec![0.0f32; n * h];
-        for (row, tok) in x
-            .chunks_exact_mut(h)
-            .zip(segs.iter().flat_map(|s| s.tokens.iter()))
-        {
-            self.weights.token_embd.dequantize_row(*tok as usize, row);
-        }
         let mut rope = Vec::with_capacity(n);
         for &(_, pos) in &token_at {
             let mut t = Vec::new();
@@ -267,8 +373,11 @@ impl Model {
         let mut proj = vec![0.0f32; n * h];
         let mut gate = vec![0.0f32; n * c.ffn];
         let mut up = vec![0.0f32; n * c.ffn];
-        for (li, l) in self.weights.layers.iter().enumerate() {
-            ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn);
+        let first_layer = layers.start;
+        for li in layers {
+            let l = &self.weights.layers[li];
+            let cl = li - first_layer;
+            ops::rms_norm(x, &l.attn_norm, c.rms_eps, &mut xn);
             SharedActs::new(&xn).mul_all(&[&l.wq, &l.wk, &l.wv], &mut [&mut q, &mut k, &mut v]);
             for t in 0..n {
                 ops::apply_rope(&mut q[t * h..(t + 1) * h], c.head_dim, &rope[t]);
@@ -278,23 +387,28 @@ impl Model {
             for s in segs.iter_mut() {
                 let m = s.tokens.len();
                 s.cache.append(
-                    li,
+                    cl,
                     &k[first * kv..(first + m) * kv],
                     &v[first * kv..(first + m) * kv],
                 );
                 first += m;
             }
             let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
-            self.attention(li, &q, &caches, &token_at, &mut att);
+            self.attention(cl, &q, &caches, &token_at, &mut att);
             matmul_f32(&l.wo, &att, &mut proj);
-            ops::add_assign(&mut x, &proj);
-            self.ffn(l, &x, &mut xn, &mut gate, &mut up, &mut proj);
-            ops::add_assign(&mut x, &proj);
+            ops::add_assign(x, &proj);
+            self.ffn(l, x, &mut xn, &mut gate, &mut up, &mut proj);
+            ops::add_assign(x, &proj);
             if on_layer(li, segs).is_break() {
                 return Err(EngineError::Cancelled);
             }
         }
-        // Logits for each segment's last token only.
+        Ok(())
+    }
+
+    /// Logits for each segment's last token only.
+    fn head(&self, segs: &[Segment], x: &[f32]) -> Vec<Vec<f32>> {
+        let h = self.config.hidden;
         let mut last = Vec::with_capacity(segs.len() * h);
         let mut end = 0;
         for s in segs.iter() {
@@ -302,14 +416,19 @@ impl Model {
             last.extend_from_slice(&x[(end - 1) * h..end * h]);
         }
         let mut normed = vec![0.0f32; last.len()];
-        ops::rms_norm(&last, &self.weights.output_norm, c.rms_eps, &mut normed);
+        ops::rms_norm(
+            &last,
+            &self.weights.output_norm,
+            self.config.rms_eps,
+            &mut normed,
+        );
         let head = self.weights.output_head();
         let mut logits = vec![0.0f32; segs.len() * head.rows()];
         matmul_f32(head, &normed, &mut logits);
-        Ok(logits
+        logits
             .chunks_exact(head.rows())
             .map(|r| r.to_vec())
-            .collect())
+            .collect()
     }
 
     fn ffn(

@@ -322,3 +322,71 @@ fn stop_strings_and_seeds_behave() {
     assert_eq!(sampled(5), sampled(5));
     assert_ne!(sampled(5), sampled(6));
 }
+
+#[test]
+fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
+    use genie_engine::model::{Segment, StageOutput};
+    let m = &engine().model;
+    let layers = m.config().n_layers;
+    let (_, prompt) = prompt_of(engine(), &golden()[0]);
+    // Unsplit: prefill then 6 greedy steps, keeping every step's logits.
+    let mut whole = m.new_cache(prompt.len() + 8);
+    let mut want = vec![m.prefill(&prompt, &mut whole).unwrap()];
+    for _ in 0..6 {
+        let t = argmax(want.last().unwrap()) as u32;
+        want.push(m.decode_batch(&mut [(t, &mut whole)]).unwrap().remove(0));
+    }
+    for cuts in [vec![15], vec![1, 29], vec![7, 14, 22]] {
+        let mut bounds = vec![0];
+        bounds.extend(&cuts);
+        bounds.push(layers);
+        let mut caches: Vec<KvCache> = bounds
+            .windows(2)
+            .map(|w| KvCache::new(m.stage_shape(w[1] - w[0]), prompt.len() + 8))
+            .collect();
+        let mut step = |tokens: &[u32]| -> Vec<f32> {
+            let mut hidden = None;
+            for (w, cache) in bounds.windows(2).zip(caches.iter_mut()) {
+                let mut segs = [Segment { tokens, cache }];
+                match m
+                    .forward_stage(w[0]..w[1], &mut segs, hidden.take())
+                    .unwrap()
+                {
+                    StageOutput::Hidden(h) => hidden = Some(h),
+                    StageOutput::Logits(mut l) => return l.remove(0),
+                }
+            }
+            unreachable!("the last stage returns logits")
+        };
+        let mut got = vec![step(&prompt)];
+        for _ in 0..6 {
+            let t = argmax(got.last().unwrap()) as u32;
+            got.push(step(&[t]));
+        }
+        assert_eq!(got, want, "stages split at {cuts:?}");
+    }
+    // A later stage without hidden states, or a bad range, is refused.
+    let mut c = KvCache::new(m.stage_shape(15), 8);
+    let e = m
+        .forward_stage(
+            15..30,
+            &mut [Segment {
+                tokens: &[1],
+                cache: &mut c,
+            }],
+            None,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("hidden"), "{e}");
+    let e = m
+        .forward_stage(
+            20..10,
+            &mut [Segment {
+                tokens: &[1],
+                cache: &mut c,
+            }],
+            None,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("layers"), "{e}");
+}
