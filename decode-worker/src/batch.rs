@@ -223,6 +223,15 @@ impl BatchLoop {
                     }
                 }
             }
+            KvMessage::Hidden { .. } => {
+                let inc = self.incoming.remove(&transfer).expect("present");
+                tracing::warn!(%transfer, "hidden states sent to a decode worker's KV port");
+                let _ = inc
+                    .seq
+                    .events
+                    .send(SeqEvent::Failed("KV transfer failed".into()));
+                (self.on_free)();
+            }
             KvMessage::Abort { reason, .. } => {
                 tracing::debug!(%transfer, %reason, "KV transfer aborted");
                 self.incoming.remove(&transfer);

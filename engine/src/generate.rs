@@ -145,13 +145,8 @@ impl Engine {
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
-    /// Checks context length and reserves KV memory for the request's whole lifetime,
-    /// before any compute. Returns the reservation and an empty cache of that size.
-    pub fn admit(
-        &self,
-        prompt_tokens: usize,
-        max_tokens: usize,
-    ) -> Result<(KvReservation, KvCache)> {
+    /// Refuses an empty prompt or one that, with `max_tokens`, overflows the context.
+    pub fn check_context(&self, prompt_tokens: usize, max_tokens: usize) -> Result<()> {
         let ctx = self.model.config().context_length;
         if prompt_tokens == 0 {
             return Err(EngineError::InvalidRequest {
@@ -166,6 +161,17 @@ impl Engine {
                 context: ctx,
             });
         }
+        Ok(())
+    }
+
+    /// Checks context length and reserves KV memory for the request's whole lifetime,
+    /// before any compute. Returns the reservation and an empty cache of that size.
+    pub fn admit(
+        &self,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    ) -> Result<(KvReservation, KvCache)> {
+        self.check_context(prompt_tokens, max_tokens)?;
         let tokens = prompt_tokens + max_tokens;
         let reservation = self
             .budget
@@ -178,6 +184,32 @@ impl Engine {
         &self,
         req: &GenerateRequest,
         seed: u64,
+        on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generation> {
+        let (_reservation, mut cache) = self.admit(req.prompt_ids.len(), req.max_tokens)?;
+        let mut forward = |tokens: &[u32]| -> Result<Vec<f32>> {
+            if cache.is_empty() {
+                self.model.prefill(tokens, &mut cache)
+            } else {
+                Ok(self
+                    .model
+                    .decode_batch(&mut [(tokens[0], &mut cache)])?
+                    .pop()
+                    .unwrap_or_default())
+            }
+        };
+        self.generate_with(req, seed, &mut forward, on_token)
+    }
+
+    /// The sampling loop over any forward pass: `forward(tokens)` runs the prompt (first
+    /// call) or one new token and returns the last token's logits, wherever the layers
+    /// run (this process, or a pipeline of stage workers). Sampling, stop tokens and
+    /// stop strings are the same as [`Engine::generate`].
+    pub fn generate_with(
+        &self,
+        req: &GenerateRequest,
+        seed: u64,
+        forward: &mut dyn FnMut(&[u32]) -> Result<Vec<f32>>,
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
         req.sampling
@@ -186,7 +218,7 @@ impl Engine {
                 field: "sampling",
                 reason: e.to_string(),
             })?;
-        let (_reservation, mut cache) = self.admit(req.prompt_ids.len(), req.max_tokens)?;
+        self.check_context(req.prompt_ids.len(), req.max_tokens)?;
         let mut sampler = Sampler::new(req.sampling.clone(), seed);
         let mut stops = StopMatcher::new(req.stop_strings.clone());
         let mut detok = self.tokenizer.decode_stream(true);
@@ -200,7 +232,7 @@ impl Engine {
         if req.max_tokens == 0 {
             return Ok(out);
         }
-        let mut logits = self.model.prefill(&req.prompt_ids, &mut cache)?;
+        let mut logits = forward(&req.prompt_ids)?;
         loop {
             let s = sampler.sample(&mut logits);
             if self.eog_ids.contains(&s.token) || req.stop_token_ids.contains(&s.token) {
@@ -224,11 +256,7 @@ impl Engine {
             if out.token_ids.len() >= req.max_tokens {
                 break;
             }
-            logits = self
-                .model
-                .decode_batch(&mut [(s.token, &mut cache)])?
-                .pop()
-                .unwrap_or_default();
+            logits = forward(&[s.token])?;
         }
         let tail = stops.push(&detok.finish());
         if tail.stopped.is_some() {

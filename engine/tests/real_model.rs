@@ -380,7 +380,7 @@ fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
     assert!(e.to_string().contains("hidden"), "{e}");
     let e = m
         .forward_stage(
-            20..10,
+            20..31,
             &mut [Segment {
                 tokens: &[1],
                 cache: &mut c,

@@ -77,7 +77,9 @@ fn transport_once(
     let mut bytes = 0;
     loop {
         match rx.recv_timeout(Duration::from_secs(60))? {
-            KvMessage::Layer { bytes: b, .. } => bytes += b.len(),
+            KvMessage::Layer { bytes: b, .. } | KvMessage::Hidden { bytes: b, .. } => {
+                bytes += b.len()
+            }
             KvMessage::Complete { .. } => break,
             KvMessage::Abort { reason, .. } => anyhow::bail!("transfer aborted: {reason}"),
         }

@@ -122,6 +122,64 @@ pub struct GenerateArgs {
     /// Print one JSON line: {"prompt_token_ids":[...],"token_ids":[...],"text":"..."}.
     #[arg(long)]
     pub json: bool,
+    /// Run the layers as N pipeline stages (worker threads, hidden states between them
+    /// over kv-transfer on TCP loopback), split as `llm.pipeline_parallel` splits them.
+    #[arg(long, conflicts_with = "pipeline_config")]
+    pub pipeline_stages: Option<usize>,
+    /// Run the layers as the pipeline stages of this config's plan (`llm.pipeline_parallel`,
+    /// e.g. configs/pipeline-2stage.toml).
+    #[arg(long)]
+    pub pipeline_config: Option<PathBuf>,
+}
+
+/// Layer ranges of the pipeline stages asked for, if any.
+fn pipeline_ranges(
+    a: &GenerateArgs,
+    engine: &Engine,
+) -> Result<Option<Vec<std::ops::Range<usize>>>> {
+    let layers = engine.model.config().n_layers;
+    if let Some(n) = a.pipeline_stages {
+        anyhow::ensure!(
+            (1..=layers).contains(&n),
+            "--pipeline-stages must be between 1 and the model's {layers} layers"
+        );
+        return Ok(Some(
+            (0..n)
+                .map(|i| {
+                    let (s, e) = genie_scheduler::policy::balanced(layers, i, n);
+                    s..e
+                })
+                .collect(),
+        ));
+    }
+    let Some(path) = &a.pipeline_config else {
+        return Ok(None);
+    };
+    let cfg = crate::config::ServeConfig::load(Some(path), Default::default())?;
+    let plan = cfg
+        .compile_plan(
+            Some(crate::plan_config::profile_of(&engine.model)),
+            genie_scheduler::Transport::Tcp,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))?;
+    let stages: Vec<std::ops::Range<usize>> = plan
+        .stages
+        .iter()
+        .filter(|s| matches!(s.op, genie_scheduler::Op::PipelineStage { .. }))
+        .map(|s| s.layers[0]..s.layers[1])
+        .collect();
+    anyhow::ensure!(
+        !stages.is_empty() && stages.len() == plan.stages.len(),
+        "{} does not plan a pipeline (policy `{}`); use a `llm.pipeline_parallel` config",
+        path.display(),
+        plan.policy
+    );
+    anyhow::ensure!(
+        stages.last().is_some_and(|r| r.end == layers),
+        "the plan's stages cover layers 0..{} but the model has {layers}",
+        stages.last().map_or(0, |r| r.end)
+    );
+    Ok(Some(stages))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -223,14 +281,26 @@ fn generate(a: GenerateArgs) -> Result<()> {
     });
     let stdout = std::io::stdout();
     let mut streamed = 0usize;
-    let out = engine.generate(&req, seed, |ev| {
+    let on_token = |ev: &genie_engine::generate::TokenEvent| {
         if !a.json && !ev.text.is_empty() {
             let mut lock = stdout.lock();
             let _ = lock.write_all(ev.text.as_bytes());
             let _ = lock.flush();
             streamed += ev.text.len();
         }
-    })?;
+    };
+    let out = match pipeline_ranges(&a, &engine)? {
+        None => engine.generate(&req, seed, on_token)?,
+        Some(ranges) => {
+            let threads = a.model.threads.div_ceil(ranges.len()).max(1);
+            let mut pipe = crate::pipeline::Pipeline::start(&engine.model, &ranges, threads)?;
+            for (i, (r, ep)) in pipe.describe().into_iter().enumerate() {
+                tracing::info!(stage = i, layers = ?r, kv_endpoint = ?ep, "pipeline stage");
+            }
+            let mut seq = pipe.sequence(prompt_ids.len() + a.max_tokens)?;
+            engine.generate_with(&req, seed, &mut |t| seq.forward(t), on_token)?
+        }
+    };
     if a.json {
         let line = serde_json::json!({
             "prompt_token_ids": prompt_ids,

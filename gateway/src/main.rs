@@ -12,6 +12,7 @@ mod config;
 mod frontend;
 mod handlers;
 mod metrics_setup;
+mod pipeline;
 mod plan_api;
 mod plan_cli;
 mod plan_config;

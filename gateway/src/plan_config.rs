@@ -152,8 +152,14 @@ pub fn check_servable(plan: &ExecutionPlan) -> Result<(), PlanError> {
                 kind: PlanErrorKind::Conflict,
                 field: format!("plan.policy (stage {i}, `{}`)", s.phase),
                 reason: format!(
-                    "the gateway serves prefill and decode phases; `{}` ({}) can be shown, validated, rendered and simulated with `genie plan`",
-                    plan.policy, s.op_label
+                    "the gateway serves prefill and decode phases; `{}` ({}) can be shown, validated, rendered and simulated with `genie plan`{}",
+                    plan.policy,
+                    s.op_label,
+                    if matches!(s.op, Op::PipelineStage { .. }) {
+                        ", and run with `genie generate --pipeline-config FILE`"
+                    } else {
+                        ""
+                    }
                 ),
             });
         }

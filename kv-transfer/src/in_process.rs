@@ -84,17 +84,34 @@ impl InProcessSink {
     }
 }
 
-impl KvSink for InProcessSink {
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+impl InProcessSink {
+    /// Delivers a layer or hidden-state message, counting its bytes.
+    fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError> {
         self.started.get_or_insert_with(Instant::now);
-        let n = bytes.len() as u64;
-        self.push(KvMessage::Layer {
-            transfer: self.transfer,
-            meta,
-            bytes,
-        })?;
+        let n = crate::wire::payload(&m).len() as u64;
+        self.push(m)?;
         self.bytes += n;
         Ok(())
+    }
+}
+
+impl KvSink for InProcessSink {
+    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+        let transfer = self.transfer;
+        self.send_data(KvMessage::Layer {
+            transfer,
+            meta,
+            bytes,
+        })
+    }
+
+    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+        let transfer = self.transfer;
+        self.send_data(KvMessage::Hidden {
+            transfer,
+            meta,
+            bytes,
+        })
     }
 
     fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {

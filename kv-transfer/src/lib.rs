@@ -6,7 +6,9 @@
 //! - [`KvMessage`]: what a receiver sees for one transfer id: one `Layer` per model layer
 //!   (sent as soon as the layer is computed, so transfer overlaps compute) with its
 //!   [`LayerMeta`] (layer, dtype, shape, token range), then either `Complete` (with a small
-//!   trailer: the first sampled token and sampler state) or `Abort`.
+//!   trailer: the first sampled token and sampler state) or `Abort`. Pipeline-parallel
+//!   stages use the same transfers for `Hidden` frames: one step's hidden states at a
+//!   stage boundary.
 //! - [`KvTransport`]: opens a [`KvSink`] towards an endpoint for one transfer id.
 //! - [`InProcessTransport`]: endpoints are receivers in the same process (`genie serve`).
 //! - [`tcp`]: the TCP transport ([`TcpTransport`] to send, [`tcp::serve`] to receive) over
@@ -30,7 +32,7 @@ mod threaded;
 pub mod wire;
 
 pub use in_process::{Deliver, InProcessTransport};
-pub use message::{KvMessage, LayerMeta, DTYPE_F16};
+pub use message::{KvMessage, LayerMeta, DTYPE_F16, DTYPE_F32};
 pub use registry::TransferRegistry;
 pub use tcp::TcpTransport;
 
@@ -53,6 +55,9 @@ pub enum TransferError {
 pub trait KvSink: Send {
     /// Hands one layer's K/V bytes (K then V, shaped as `meta` says) to the transport.
     fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError>;
+    /// Hands one step's hidden states (`[token_count][width]` f32, shaped as `meta` says)
+    /// to the next pipeline stage.
+    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError>;
     /// Ends the transfer successfully with `trailer`; returns once it is handed over.
     fn complete(self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError>;
     /// Ends the transfer unsuccessfully; the receiver drops what it holds for it.

@@ -189,7 +189,7 @@ impl Assembler {
             if self.buf.len() < end + CHECKSUM_LEN {
                 return Ok(false);
             }
-            if hdr.kind == 1 {
+            if wire::carries_data(hdr.kind) {
                 reg.account(hdr.transfer, hdr.payload_len)
                     .map_err(|e| e.to_string())?;
             }
@@ -199,7 +199,7 @@ impl Assembler {
             self.buf.drain(..end + CHECKSUM_LEN);
             let m =
                 wire::finish(&hdr, payload, u32::from_le_bytes(sent)).map_err(|e| e.to_string())?;
-            let ends = !matches!(m, KvMessage::Layer { .. });
+            let ends = m.ends_transfer();
             if ends {
                 reg.forget(hdr.transfer);
                 self.current = None;

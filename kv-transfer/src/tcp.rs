@@ -227,8 +227,7 @@ async fn frames(
         }
         let left = registry.check(hdr.transfer)?;
         *current = Some(hdr.transfer);
-        let is_layer = hdr.kind == 1;
-        if is_layer {
+        if wire::carries_data(hdr.kind) {
             registry.account(hdr.transfer, hdr.payload_len)?;
         }
         // Read into uninitialised capacity (no zeroing pass) and checksum each read's
@@ -253,7 +252,7 @@ async fn frames(
             return Err(ReceiveError::Truncated(hdr.transfer));
         }
         let m = wire::finish_checked(&hdr, payload, crc.finalize(), u32::from_le_bytes(sent))?;
-        let ends = !matches!(m, KvMessage::Layer { .. });
+        let ends = m.ends_transfer();
         if ends {
             registry.forget(hdr.transfer);
             *current = None;

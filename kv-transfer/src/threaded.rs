@@ -81,6 +81,15 @@ impl ThreadedSink {
             .map_err(|_| self.err("the writer stopped".into()))
     }
 
+    /// Queues a layer or hidden-state frame, counting its bytes.
+    fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError> {
+        self.started.get_or_insert_with(Instant::now);
+        let n = crate::wire::payload(&m).len() as u64;
+        self.push(m)?;
+        self.bytes += n;
+        Ok(())
+    }
+
     /// Closes the queue and waits until everything queued is written.
     fn drain(&mut self) -> Result<(), TransferError> {
         self.tx = None;
@@ -94,15 +103,21 @@ impl ThreadedSink {
 
 impl KvSink for ThreadedSink {
     fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        self.started.get_or_insert_with(Instant::now);
-        let n = bytes.len() as u64;
-        self.push(KvMessage::Layer {
-            transfer: self.transfer,
+        let transfer = self.transfer;
+        self.send_data(KvMessage::Layer {
+            transfer,
             meta,
             bytes,
-        })?;
-        self.bytes += n;
-        Ok(())
+        })
+    }
+
+    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+        let transfer = self.transfer;
+        self.send_data(KvMessage::Hidden {
+            transfer,
+            meta,
+            bytes,
+        })
     }
 
     fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {

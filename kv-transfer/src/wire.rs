@@ -4,8 +4,8 @@
 //! |---:|---|---|
 //! | 0 | magic `GKVT` | `[u8; 4]` |
 //! | 4 | version ([`WIRE_VERSION`]) | u16 |
-//! | 6 | kind: 1 layer, 2 complete, 3 abort | u8 |
-//! | 7 | dtype (1 = f16; 0 when not a layer) | u8 |
+//! | 6 | kind: 1 layer, 2 complete, 3 abort, 4 hidden states | u8 |
+//! | 7 | dtype (1 = f16, 2 = f32; 0 for complete and abort) | u8 |
 //! | 8 | transfer id | u64 |
 //! | 16 | layer, n_layers, kv_heads, head_dim, token_start, token_count | 6 × u32 |
 //! | 40 | payload length | u32 |
@@ -30,6 +30,12 @@ pub const MAX_PAYLOAD: usize = 1 << 30;
 const KIND_LAYER: u8 = 1;
 const KIND_COMPLETE: u8 = 2;
 const KIND_ABORT: u8 = 3;
+const KIND_HIDDEN: u8 = 4;
+
+/// Does a frame of this kind carry data counted against the transfer's reservation?
+pub fn carries_data(kind: u8) -> bool {
+    kind == KIND_LAYER || kind == KIND_HIDDEN
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -83,7 +89,7 @@ pub fn encode(m: &KvMessage) -> Vec<u8> {
 /// The payload bytes of a message.
 pub fn payload(m: &KvMessage) -> &[u8] {
     match m {
-        KvMessage::Layer { bytes, .. } => bytes,
+        KvMessage::Layer { bytes, .. } | KvMessage::Hidden { bytes, .. } => bytes,
         KvMessage::Complete { trailer, .. } => trailer,
         KvMessage::Abort { reason, .. } => reason.as_bytes(),
     }
@@ -107,6 +113,11 @@ pub fn header(m: &KvMessage) -> Vec<u8> {
             meta,
             bytes,
         } => (KIND_LAYER, *transfer, *meta, bytes),
+        KvMessage::Hidden {
+            transfer,
+            meta,
+            bytes,
+        } => (KIND_HIDDEN, *transfer, *meta, bytes),
         KvMessage::Complete { transfer, trailer } => (KIND_COMPLETE, *transfer, zero, trailer),
         KvMessage::Abort { transfer, reason } => (KIND_ABORT, *transfer, zero, reason.as_bytes()),
     };
@@ -145,7 +156,7 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
         return Err(FrameError::HeaderChecksum);
     }
     let kind = h[6];
-    if !(KIND_LAYER..=KIND_ABORT).contains(&kind) {
+    if !(KIND_LAYER..=KIND_HIDDEN).contains(&kind) {
         return Err(FrameError::Kind(kind));
     }
     let u = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
@@ -164,8 +175,13 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
     if payload_len > MAX_PAYLOAD {
         return Err(FrameError::Oversize(payload_len as u64));
     }
-    if kind == KIND_LAYER {
-        let want = meta.payload_len().ok_or(FrameError::Dtype(meta.dtype))?;
+    if carries_data(kind) {
+        let want = if kind == KIND_LAYER {
+            meta.payload_len()
+        } else {
+            meta.hidden_len()
+        }
+        .ok_or(FrameError::Dtype(meta.dtype))?;
         if want != payload_len {
             return Err(FrameError::Length {
                 got: payload_len,
@@ -199,6 +215,11 @@ pub fn finish_checked(
     }
     Ok(match h.kind {
         KIND_LAYER => KvMessage::Layer {
+            transfer: h.transfer,
+            meta: h.meta,
+            bytes: payload,
+        },
+        KIND_HIDDEN => KvMessage::Hidden {
             transfer: h.transfer,
             meta: h.meta,
             bytes: payload,
@@ -261,9 +282,40 @@ mod tests {
                 transfer: TransferId(2),
                 reason: "gone".into(),
             },
+            hidden(),
         ] {
             assert_eq!(roundtrip(&encode(&m)).unwrap(), m);
         }
+    }
+
+    /// Two tokens of a width-6 residual stream entering layer 15 of 30.
+    fn hidden() -> KvMessage {
+        KvMessage::Hidden {
+            transfer: TransferId(5),
+            meta: LayerMeta {
+                layer: 15,
+                n_layers: 30,
+                dtype: crate::message::DTYPE_F32,
+                kv_heads: 1,
+                head_dim: 6,
+                token_start: 7,
+                token_count: 2,
+            },
+            bytes: (0..48).collect(),
+        }
+    }
+
+    #[test]
+    fn hidden_state_frames_check_their_shape() {
+        // 2 tokens x 6 x f32 = 48 bytes; a K/V-sized (96) or f16-typed frame is refused.
+        let good = encode(&hidden());
+        assert_eq!(good.len(), FRAME_HEADER_LEN + 48 + CHECKSUM_LEN);
+        let b = resealed(good.clone(), |b| {
+            b[36..40].copy_from_slice(&4u32.to_le_bytes())
+        });
+        assert_eq!(roundtrip(&b), Err(FrameError::Length { got: 48, want: 96 }));
+        let b = resealed(good, |b| b[7] = 9);
+        assert_eq!(roundtrip(&b), Err(FrameError::Dtype(9)));
     }
 
     /// A header edited in place, its checksum made to match again (a well-formed lie).
