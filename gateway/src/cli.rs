@@ -26,6 +26,9 @@ pub enum Command {
     PrefillWorker(crate::roles::WorkerArgs),
     /// A decode worker process (registers with --gateway).
     DecodeWorker(crate::roles::WorkerArgs),
+    /// One pipeline stage as a process (`--layers A..B`), driven by
+    /// `genie generate --pipeline-workers`.
+    StageWorker(crate::stage_role::StageArgs),
     /// Generate a completion for one prompt with the local engine.
     Generate(GenerateArgs),
     /// Manage the model file.
@@ -124,8 +127,12 @@ pub struct GenerateArgs {
     pub json: bool,
     /// Run the layers as N pipeline stages (worker threads, hidden states between them
     /// over kv-transfer on TCP loopback), split as `llm.pipeline_parallel` splits them.
-    #[arg(long, conflicts_with = "pipeline_config")]
+    #[arg(long, conflicts_with_all = ["pipeline_config", "pipeline_workers"])]
     pub pipeline_stages: Option<usize>,
+    /// Run the layers on these `genie stage-worker` processes (comma-separated control
+    /// URLs, in pipeline order); this process only samples.
+    #[arg(long, value_delimiter = ',', conflicts_with = "pipeline_config")]
+    pub pipeline_workers: Vec<String>,
     /// Run the layers as the pipeline stages of this config's plan (`llm.pipeline_parallel`,
     /// e.g. configs/pipeline-2stage.toml).
     #[arg(long)]
@@ -192,6 +199,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::DecodeWorker(a) => {
             crate::roles::run_worker(a, genie_protocol::worker::WorkerRole::Decode)
         }
+        Command::StageWorker(a) => crate::stage_role::run(a),
         Command::Generate(a) => generate(a),
         Command::Model(ModelCommand::Fetch) => {
             let path = fetch::ensure_default_model()?;
@@ -289,11 +297,29 @@ fn generate(a: GenerateArgs) -> Result<()> {
             streamed += ev.text.len();
         }
     };
-    let out = match pipeline_ranges(&a, &engine)? {
+    let c = engine.model.config();
+    let pipe = if !a.pipeline_workers.is_empty() {
+        Some(crate::pipeline::Pipeline::remote(
+            &a.pipeline_workers,
+            c.vocab_size,
+            c.n_layers,
+        )?)
+    } else {
+        match pipeline_ranges(&a, &engine)? {
+            None => None,
+            Some(ranges) => {
+                let threads = a.model.threads.div_ceil(ranges.len()).max(1);
+                Some(crate::pipeline::Pipeline::local(
+                    &engine.model,
+                    &ranges,
+                    threads,
+                )?)
+            }
+        }
+    };
+    let out = match pipe {
         None => engine.generate(&req, seed, on_token)?,
-        Some(ranges) => {
-            let threads = a.model.threads.div_ceil(ranges.len()).max(1);
-            let mut pipe = crate::pipeline::Pipeline::start(&engine.model, &ranges, threads)?;
+        Some(mut pipe) => {
             for (i, (r, ep)) in pipe.describe().into_iter().enumerate() {
                 tracing::info!(stage = i, layers = ?r, kv_endpoint = ?ep, "pipeline stage");
             }

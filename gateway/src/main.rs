@@ -23,6 +23,7 @@ mod roles;
 mod sequence;
 mod serve;
 mod server;
+mod stage_role;
 
 use anyhow::Result;
 use clap::Parser;

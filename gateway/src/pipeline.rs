@@ -1,10 +1,14 @@
 //! Pipeline-parallel execution of the llama model: the layers split into stages (as the
 //! plan's `llm.pipeline_parallel` pattern splits them), each stage a worker with its own
-//! compute pool and the KV cache of its own layers only. Hidden states cross every stage
-//! boundary through kv-transfer: each hop of a sequence is one transfer over TCP, one
-//! checksummed `Hidden` frame per forward step, `Complete` when the sequence ends. The
-//! last stage's logits return to the sampler, which feeds the next token to stage 0.
-//! The output is the unsplit model's, bit for bit (`Model::forward_stage`).
+//! compute pool and the KV cache of its own layers only: threads of this process
+//! ([`Pipeline::local`]) or `genie stage-worker` processes ([`Pipeline::remote`]).
+//!
+//! Every hop is kv-transfer over TCP, one transfer per sequence per hop: each stage sends
+//! one checksummed `Hidden` frame per forward step to the next stage, and the last stage
+//! sends the logits the same way to the driver, which samples (the engine's own loop,
+//! `Engine::generate_with`) and hands the next token to stage 0. A failing stage aborts
+//! its transfer; the abort travels down the chain to the driver. The output is the
+//! unsplit model's, bit for bit (`Model::forward_stage`).
 
 use anyhow::{anyhow, Context, Result};
 use genie_engine::kv_cache::KvCache;
@@ -13,17 +17,23 @@ use genie_kv_transfer::{
     tcp, KvMessage, KvSink, KvTransport, LayerMeta, TcpTransport, TransferRegistry, DTYPE_F32,
 };
 use genie_protocol::TransferId;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A hop that makes no progress for this long fails the sequence.
-const HOP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const HOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 enum StageMsg {
-    /// A new sequence: its id (the transfer id of every hop) and its token capacity.
-    Begin { seq: u64, capacity: usize },
+    /// A new sequence: its id (the transfer id of every hop), its token capacity and
+    /// where this stage sends its output (the next stage, or the driver).
+    Begin {
+        seq: u64,
+        capacity: usize,
+        next: String,
+    },
     /// The next tokens of the sequence (stage 0 only).
     Tokens(Vec<u32>),
     /// What the previous stage sent (later stages only).
@@ -32,122 +42,385 @@ enum StageMsg {
     End,
 }
 
-struct StageHandle {
-    layers: Range<usize>,
+/// Starts a KV receiver on `listener` that forwards every message to `to`.
+fn receive(
+    rt: &tokio::runtime::Handle,
+    listener: std::net::TcpListener,
+    registry: &TransferRegistry,
+    to: impl Fn(KvMessage) -> bool + Send + Sync + 'static,
+) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let _guard = rt.enter();
+    let l = tokio::net::TcpListener::from_std(listener)?;
+    rt.spawn(tcp::serve(l, registry.clone(), Arc::new(to), HOP_TIMEOUT));
+    Ok(())
+}
+
+/// One stage: a worker thread running `layers`, and (after the first stage) the KV
+/// receiver its hidden states arrive on.
+pub struct StageWorker {
+    pub layers: Range<usize>,
+    pub n_layers: usize,
+    /// `host:port` of the KV receiver (stages after the first).
+    pub kv_endpoint: Option<String>,
+    registry: TransferRegistry,
+    width: usize,
     inbox: mpsc::Sender<StageMsg>,
-    /// The KV endpoint of stages after the first, and the transfers it expects.
-    endpoint: Option<(String, TransferRegistry)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl StageWorker {
+    /// Starts the stage; `kv` is the bound KV listener and the endpoint to advertise for
+    /// it (required unless the stage starts at layer 0).
+    pub fn start(
+        index: usize,
+        model: Model,
+        layers: Range<usize>,
+        rt: &tokio::runtime::Handle,
+        kv: Option<(std::net::TcpListener, String)>,
+    ) -> Result<Self> {
+        let n_layers = model.config().n_layers;
+        anyhow::ensure!(
+            layers.start < layers.end && layers.end <= n_layers,
+            "stage layers {layers:?} are not a non-empty range of the model's {n_layers} layers"
+        );
+        let (tx, rx) = mpsc::channel::<StageMsg>();
+        let registry = TransferRegistry::new();
+        let kv_endpoint = match kv {
+            Some((listener, advertised)) if layers.start > 0 => {
+                let inbox = tx.clone();
+                receive(rt, listener, &registry, move |m| {
+                    inbox.send(StageMsg::Kv(m)).is_ok()
+                })?;
+                Some(advertised)
+            }
+            None if layers.start > 0 => {
+                anyhow::bail!("stage {index} (layers {layers:?}) needs a KV listener")
+            }
+            _ => None,
+        };
+        let width = model.config().hidden;
+        let worker = Stage {
+            index,
+            layers: layers.clone(),
+            model,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("genie-stage-{index}"))
+            .spawn(move || worker.run(rx))
+            .context("starting a stage worker")?;
+        Ok(StageWorker {
+            layers,
+            n_layers,
+            kv_endpoint,
+            registry,
+            width,
+            inbox: tx,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, m: StageMsg) -> Result<()> {
+        self.inbox
+            .send(m)
+            .map_err(|_| anyhow!("the stage worker for layers {:?} stopped", self.layers))
+    }
+
+    /// Expects sequence `seq` (at most `capacity` tokens) and says where to send output.
+    pub fn begin(&self, seq: u64, capacity: usize, next: &str) -> Result<()> {
+        if self.kv_endpoint.is_some() {
+            self.registry
+                .expect(TransferId(seq), capacity * self.width * 4, HOP_TIMEOUT);
+        }
+        self.send(StageMsg::Begin {
+            seq,
+            capacity,
+            next: next.to_string(),
+        })
+    }
+
+    pub fn tokens(&self, tokens: Vec<u32>) -> Result<()> {
+        self.send(StageMsg::Tokens(tokens))
+    }
+
+    pub fn end(&self) -> Result<()> {
+        self.send(StageMsg::End)
+    }
+}
+
+impl Drop for StageWorker {
+    fn drop(&mut self) {
+        // The worker ends when every sender of its inbox is gone (the KV receiver holds
+        // one until its runtime stops), so it is not joined here.
+        drop(self.thread.take());
+    }
+}
+
+/// What the driver reaches the stages through.
+trait Stages {
+    fn begin(&self, i: usize, seq: u64, capacity: usize, next: &str) -> Result<()>;
+    fn tokens(&self, tokens: &[u32]) -> Result<()>;
+    fn end(&self) -> Result<()>;
+}
+
+impl Stages for Vec<StageWorker> {
+    fn begin(&self, i: usize, seq: u64, capacity: usize, next: &str) -> Result<()> {
+        self[i].begin(seq, capacity, next)
+    }
+    fn tokens(&self, tokens: &[u32]) -> Result<()> {
+        self[0].tokens(tokens.to_vec())
+    }
+    fn end(&self) -> Result<()> {
+        self[0].end()
+    }
+}
+
+/// The stage-worker control API's bodies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeginBody {
+    pub seq: u64,
+    pub capacity: usize,
+    /// `host:port` where this stage sends its output.
+    pub next: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensBody {
+    pub tokens: Vec<u32>,
+}
+
+/// What `GET /internal/stage` says about a stage worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageInfo {
+    pub layers: [usize; 2],
+    pub n_layers: usize,
+    pub kv_endpoint: Option<String>,
+}
+
+/// `genie stage-worker` processes reached over HTTP.
+struct RemoteStages {
+    urls: Vec<String>,
+    client: reqwest::Client,
+    rt: tokio::runtime::Handle,
+}
+
+impl RemoteStages {
+    fn post(&self, i: usize, path: &str, body: serde_json::Value) -> Result<()> {
+        let url = format!("{}{path}", self.urls[i]);
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("POST {url}"))?;
+            let st = r.status();
+            anyhow::ensure!(
+                st.is_success(),
+                "POST {url}: {st} {}",
+                r.text().await.unwrap_or_default()
+            );
+            Ok(())
+        })
+    }
+}
+
+impl Stages for RemoteStages {
+    fn begin(&self, i: usize, seq: u64, capacity: usize, next: &str) -> Result<()> {
+        let body = serde_json::to_value(BeginBody {
+            seq,
+            capacity,
+            next: next.to_string(),
+        })?;
+        self.post(i, "/internal/stage/begin", body)
+    }
+    fn tokens(&self, tokens: &[u32]) -> Result<()> {
+        self.post(
+            0,
+            "/internal/stage/tokens",
+            serde_json::json!({ "tokens": tokens }),
+        )
+    }
+    fn end(&self) -> Result<()> {
+        self.post(0, "/internal/stage/end", serde_json::json!({}))
+    }
+}
+
+/// The driver: the stages, and the KV receiver the last stage's logits arrive on.
 pub struct Pipeline {
-    stages: Vec<StageHandle>,
-    results: mpsc::Receiver<Result<Vec<f32>, String>>,
-    /// Each stage says when it has let a sequence go.
-    ended: mpsc::Receiver<usize>,
-    width: usize,
+    stages: Box<dyn Stages>,
+    layers: Vec<Range<usize>>,
+    endpoints: Vec<Option<String>>,
+    collector: String,
+    registry: TransferRegistry,
+    logits: mpsc::Receiver<KvMessage>,
+    vocab: usize,
     next_seq: u64,
     rt: Option<tokio::runtime::Runtime>,
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("genie-pipeline-kv")
+        .enable_all()
+        .build()?)
+}
+
+fn loopback_listener() -> Result<(std::net::TcpListener, String)> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?.to_string();
+    Ok((l, addr))
+}
+
+fn check_cover(ranges: &[Range<usize>], layers: usize) -> Result<()> {
+    let contiguous = ranges.first().is_some_and(|r| r.start == 0)
+        && ranges.last().is_some_and(|r| r.end == layers)
+        && ranges.windows(2).all(|w| w[0].end == w[1].start)
+        && ranges.iter().all(|r| r.start < r.end);
+    anyhow::ensure!(
+        contiguous,
+        "pipeline stages {ranges:?} must split layers 0..{layers} into contiguous, non-empty ranges"
+    );
+    Ok(())
+}
+
 impl Pipeline {
-    /// Starts one stage worker per layer range (contiguous, covering every layer), each
-    /// with `threads` compute threads over the shared weights.
-    pub fn start(model: &Model, ranges: &[Range<usize>], threads: usize) -> Result<Self> {
-        let layers = model.config().n_layers;
-        let contiguous = ranges.first().is_some_and(|r| r.start == 0)
-            && ranges.last().is_some_and(|r| r.end == layers)
-            && ranges.windows(2).all(|w| w[0].end == w[1].start)
-            && ranges.iter().all(|r| r.start < r.end);
-        anyhow::ensure!(
-            contiguous,
-            "pipeline stages {ranges:?} must split layers 0..{layers} into contiguous, non-empty ranges"
-        );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("genie-stage-kv")
-            .enable_all()
-            .build()?;
-        let (res_tx, results) = mpsc::channel();
-        let (end_tx, ended) = mpsc::channel();
-        let mut stages: Vec<StageHandle> = Vec::new();
-        // Build from the last stage back, so each stage knows where its successor listens.
-        let mut next: Option<String> = None;
-        for (i, r) in ranges.iter().enumerate().rev() {
-            let (tx, rx) = mpsc::channel::<StageMsg>();
-            let endpoint = if i > 0 {
-                let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-                let addr = listener.local_addr()?.to_string();
-                let registry = TransferRegistry::new();
-                let inbox = tx.clone();
-                let deliver: genie_kv_transfer::Deliver =
-                    Arc::new(move |m| inbox.send(StageMsg::Kv(m)).is_ok());
-                rt.spawn(tcp::serve(listener, registry.clone(), deliver, HOP_TIMEOUT));
-                Some((addr, registry))
+    /// Stage workers as threads of this process (each with `threads` compute threads over
+    /// the shared weights), linked over TCP on loopback.
+    pub fn local(model: &Model, ranges: &[Range<usize>], threads: usize) -> Result<Self> {
+        let c = model.config();
+        check_cover(ranges, c.n_layers)?;
+        let rt = runtime()?;
+        let mut workers = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let kv = if r.start > 0 {
+                Some(loopback_listener()?)
             } else {
                 None
             };
-            let worker = Stage {
-                index: i,
-                layers: r.clone(),
-                model: model.share(threads)?,
-                next: next.clone(),
-                results: res_tx.clone(),
-                ended: end_tx.clone(),
-                last: i + 1 == ranges.len(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("genie-stage-{i}"))
-                .spawn(move || worker.run(rx))
-                .context("starting a stage worker")?;
-            next = endpoint.as_ref().map(|(a, _)| a.clone());
-            stages.push(StageHandle {
-                layers: r.clone(),
-                inbox: tx,
-                endpoint,
-                thread: Some(thread),
-            });
+            workers.push(StageWorker::start(
+                i,
+                model.share(threads)?,
+                r.clone(),
+                rt.handle(),
+                kv,
+            )?);
         }
-        stages.reverse();
+        let endpoints = workers.iter().map(|w| w.kv_endpoint.clone()).collect();
+        Self::driver(
+            Box::new(workers),
+            ranges.to_vec(),
+            endpoints,
+            c.vocab_size,
+            rt,
+        )
+    }
+
+    /// `genie stage-worker` processes at `urls`, in pipeline order.
+    pub fn remote(urls: &[String], vocab: usize, n_layers: usize) -> Result<Self> {
+        let rt = runtime()?;
+        let client = reqwest::Client::new();
+        let mut ranges = Vec::new();
+        let mut endpoints = Vec::new();
+        for u in urls {
+            let url = format!("{}/internal/stage", u.trim_end_matches('/'));
+            let info: StageInfo = rt.block_on(async {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}"))?
+                    .error_for_status()?
+                    .json()
+                    .await
+                    .with_context(|| format!("GET {url}: not a stage worker"))
+            })?;
+            anyhow::ensure!(
+                info.n_layers == n_layers,
+                "{u} runs a model of {} layers, this one has {n_layers}",
+                info.n_layers
+            );
+            ranges.push(info.layers[0]..info.layers[1]);
+            endpoints.push(info.kv_endpoint);
+        }
+        check_cover(&ranges, n_layers)?;
+        let stages = RemoteStages {
+            urls: urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
+            client,
+            rt: rt.handle().clone(),
+        };
+        Self::driver(Box::new(stages), ranges, endpoints, vocab, rt)
+    }
+
+    fn driver(
+        stages: Box<dyn Stages>,
+        layers: Vec<Range<usize>>,
+        endpoints: Vec<Option<String>>,
+        vocab: usize,
+        rt: tokio::runtime::Runtime,
+    ) -> Result<Self> {
+        let (listener, collector) = loopback_listener()?;
+        let registry = TransferRegistry::new();
+        let (tx, logits) = mpsc::channel();
+        receive(rt.handle(), listener, &registry, move |m| {
+            tx.send(m).is_ok()
+        })?;
         Ok(Pipeline {
             stages,
-            results,
-            ended,
-            width: model.config().hidden,
+            layers,
+            endpoints,
+            collector,
+            registry,
+            logits,
+            vocab,
             next_seq: 1,
             rt: Some(rt),
         })
     }
 
-    /// Layer range and KV endpoint (`host:port`, stages after the first) of each stage.
+    /// Layer range and KV endpoint of each stage.
     pub fn describe(&self) -> Vec<(Range<usize>, Option<String>)> {
-        self.stages
+        self.layers
             .iter()
-            .map(|s| (s.layers.clone(), s.endpoint.as_ref().map(|e| e.0.clone())))
+            .cloned()
+            .zip(self.endpoints.iter().cloned())
             .collect()
     }
 
-    /// Starts a sequence of at most `capacity` tokens; returns a forward function for
-    /// [`Engine::generate_with`](genie_engine::generate::Engine::generate_with).
+    /// Starts a sequence of at most `capacity` tokens on every stage.
     pub fn sequence(&mut self, capacity: usize) -> Result<PipelineSeq<'_>> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let max_bytes = capacity * self.width * 4;
-        for s in &self.stages {
-            if let Some((_, reg)) = &s.endpoint {
-                reg.expect(TransferId(seq), max_bytes, HOP_TIMEOUT);
-            }
-        }
-        for s in &self.stages {
-            s.inbox
-                .send(StageMsg::Begin { seq, capacity })
-                .map_err(|_| anyhow!("a pipeline stage stopped"))?;
+        self.registry
+            .expect(TransferId(seq), capacity * self.vocab * 4, HOP_TIMEOUT);
+        for i in 0..self.layers.len() {
+            let next = match self.endpoints.get(i + 1) {
+                Some(Some(ep)) => ep.clone(),
+                Some(None) => anyhow::bail!("stage {} has no KV endpoint", i + 1),
+                None => self.collector.clone(),
+            };
+            self.stages.begin(i, seq, capacity, &next)?;
         }
         Ok(PipelineSeq { pipe: self })
     }
 }
 
-/// One running sequence; ends (every hop completes) when dropped.
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// One running sequence; ends on every stage (each hop's transfer completes) when dropped.
 pub struct PipelineSeq<'a> {
     pipe: &'a mut Pipeline,
 }
@@ -155,52 +428,43 @@ pub struct PipelineSeq<'a> {
 impl PipelineSeq<'_> {
     /// Runs `tokens` through every stage; the last token's logits.
     pub fn forward(&mut self, tokens: &[u32]) -> genie_engine::Result<Vec<f32>> {
-        let stopped = || genie_engine::EngineError::InvalidRequest {
+        let fail = |reason: String| genie_engine::EngineError::InvalidRequest {
             field: "pipeline",
-            reason: "a pipeline stage stopped".into(),
+            reason,
         };
-        self.pipe.stages[0]
-            .inbox
-            .send(StageMsg::Tokens(tokens.to_vec()))
-            .map_err(|_| stopped())?;
-        match self.pipe.results.recv_timeout(HOP_TIMEOUT) {
-            Ok(Ok(logits)) => Ok(logits),
-            Ok(Err(reason)) => Err(genie_engine::EngineError::InvalidRequest {
-                field: "pipeline",
-                reason,
-            }),
-            Err(_) => Err(stopped()),
+        self.pipe
+            .stages
+            .tokens(tokens)
+            .map_err(|e| fail(e.to_string()))?;
+        match self.pipe.logits.recv_timeout(HOP_TIMEOUT) {
+            Ok(KvMessage::Hidden { meta, bytes, .. })
+                if meta.head_dim as usize == self.pipe.vocab =>
+            {
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect())
+            }
+            Ok(KvMessage::Abort { reason, .. }) => Err(fail(reason)),
+            Ok(_) => Err(fail(
+                "the last stage sent something other than logits".into(),
+            )),
+            Err(_) => Err(fail(format!(
+                "no logits from the last stage within {HOP_TIMEOUT:?}"
+            ))),
         }
     }
 }
 
 impl Drop for PipelineSeq<'_> {
-    /// Ends the sequence on every stage (each hop's transfer completes) before returning.
     fn drop(&mut self) {
-        let _ = self.pipe.stages[0].inbox.send(StageMsg::End);
-        for _ in 0..self.pipe.stages.len() {
-            if self.pipe.ended.recv_timeout(HOP_TIMEOUT).is_err() {
-                break;
+        if self.pipe.stages.end().is_ok() {
+            // The chain has ended when the last stage completes its transfer to us.
+            while let Ok(m) = self.pipe.logits.recv_timeout(HOP_TIMEOUT) {
+                if m.ends_transfer() {
+                    break;
+                }
             }
-        }
-    }
-}
-
-impl Drop for Pipeline {
-    /// Stops every stage: closing the inboxes ends stage 0, stopping the KV receivers
-    /// drops the last senders of the others; then waits for them.
-    fn drop(&mut self) {
-        let threads: Vec<_> = self
-            .stages
-            .iter_mut()
-            .filter_map(|s| s.thread.take())
-            .collect();
-        self.stages.clear();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-        for t in threads {
-            let _ = t.join();
         }
     }
 }
@@ -210,18 +474,14 @@ struct Stage {
     index: usize,
     layers: Range<usize>,
     model: Model,
-    /// Where the next stage listens (none for the last).
-    next: Option<String>,
-    results: mpsc::Sender<Result<Vec<f32>, String>>,
-    ended: mpsc::Sender<usize>,
-    last: bool,
 }
 
 struct Running {
     seq: u64,
     cache: KvCache,
-    sink: Option<Box<dyn KvSink>>,
-    /// Hidden-state frames and bytes handed to the next stage.
+    sink: Box<dyn KvSink>,
+    next: String,
+    /// Frames and bytes handed on.
     sent: (usize, usize),
 }
 
@@ -230,26 +490,31 @@ impl Stage {
         let mut cur: Option<Running> = None;
         for msg in inbox {
             let step = match msg {
-                StageMsg::Begin { seq, capacity } => {
-                    let sink = match &self.next {
-                        Some(ep) => match TcpTransport::default().open(ep, TransferId(seq)) {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                let _ = self.results.send(Err(format!(
-                                    "stage {} cannot reach the next stage: {e}",
-                                    self.index
-                                )));
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
-                    cur = Some(Running {
-                        seq,
-                        cache: KvCache::new(self.model.stage_shape(self.layers.len()), capacity),
-                        sink,
-                        sent: (0, 0),
-                    });
+                StageMsg::Begin {
+                    seq,
+                    capacity,
+                    next,
+                } => {
+                    if let Some(old) = cur.take() {
+                        old.sink.abort("a new sequence replaced it");
+                    }
+                    match TcpTransport::default().open(&next, TransferId(seq)) {
+                        Ok(sink) => {
+                            cur = Some(Running {
+                                seq,
+                                cache: KvCache::new(
+                                    self.model.stage_shape(self.layers.len()),
+                                    capacity,
+                                ),
+                                sink,
+                                next,
+                                sent: (0, 0),
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(stage = self.index, error = %e, "cannot reach the next hop")
+                        }
+                    }
                     continue;
                 }
                 StageMsg::Tokens(t) => Ok((t, None)),
@@ -258,20 +523,17 @@ impl Stage {
                     .map(|h| (vec![0; meta.token_count as usize], Some(h))),
                 StageMsg::End | StageMsg::Kv(KvMessage::Complete { .. }) => {
                     if let Some(r) = cur.take() {
-                        if let Some(s) = r.sink {
-                            let done = s.complete(Vec::new());
-                            tracing::info!(
-                                "pipeline stage {} (layers {:?}) sent {} hidden-state frames, {} bytes, to {} for sequence {}: {}",
-                                self.index,
-                                self.layers,
-                                r.sent.0,
-                                r.sent.1,
-                                self.next.as_deref().unwrap_or("-"),
-                                r.seq,
-                                if done.is_ok() { "complete" } else { "failed" }
-                            );
-                        }
-                        let _ = self.ended.send(self.index);
+                        let done = r.sink.complete(Vec::new());
+                        tracing::info!(
+                            "pipeline stage {} (layers {:?}) sent {} frames, {} bytes, to {} for sequence {}: {}",
+                            self.index,
+                            self.layers,
+                            r.sent.0,
+                            r.sent.1,
+                            r.next,
+                            r.seq,
+                            if done.is_ok() { "complete" } else { "failed" }
+                        );
                     }
                     continue;
                 }
@@ -283,18 +545,15 @@ impl Stage {
             let result = step.and_then(|(tokens, hidden)| {
                 let r = cur
                     .as_mut()
-                    .ok_or_else(|| "no sequence is running".to_string())?;
+                    .ok_or_else(|| "no sequence is running on this stage".to_string())?;
                 self.step(r, &tokens, hidden)
             });
             if let Err(e) = result {
-                // The sequence is over for every stage: drop it, tell the sampler.
+                // The sequence is over: the abort travels on to the driver.
+                tracing::warn!(stage = self.index, error = %e, "pipeline sequence failed");
                 if let Some(r) = cur.take() {
-                    let _ = self.ended.send(self.index);
-                    if let Some(s) = r.sink {
-                        s.abort(&e);
-                    }
+                    r.sink.abort(&format!("stage {}: {e}", self.index));
                 }
-                let _ = self.results.send(Err(format!("stage {}: {e}", self.index)));
             }
         }
     }
@@ -330,7 +589,8 @@ impl Stage {
             .collect())
     }
 
-    /// Runs this stage's layers and hands the result on.
+    /// Runs this stage's layers and hands the result on: hidden states to the next
+    /// stage, or the last token's logits to the driver.
     fn step(
         &self,
         r: &mut Running,
@@ -346,33 +606,29 @@ impl Stage {
             .model
             .forward_stage(self.layers.clone(), &mut segs, hidden)
             .map_err(|e| e.to_string())?;
-        match out {
-            StageOutput::Logits(mut l) if self.last => {
-                let _ = self.results.send(Ok(l.pop().unwrap_or_default()));
-                Ok(())
-            }
-            StageOutput::Hidden(h) => {
-                let c = self.model.config();
-                let meta = LayerMeta {
-                    layer: self.layers.end as u32,
-                    n_layers: c.n_layers as u32,
-                    dtype: DTYPE_F32,
-                    kv_heads: 1,
-                    head_dim: c.hidden as u32,
-                    token_start: start as u32,
-                    token_count: tokens.len() as u32,
-                };
-                let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let n = bytes.len();
-                r.sink
-                    .as_mut()
-                    .ok_or("no next stage to hand hidden states to")?
-                    .send_hidden(meta, bytes)
-                    .map_err(|e| e.to_string())?;
-                r.sent = (r.sent.0 + 1, r.sent.1 + n);
-                Ok(())
-            }
-            StageOutput::Logits(_) => Err("a middle stage produced logits".into()),
-        }
+        let c = self.model.config();
+        let (values, width, first, count) = match out {
+            StageOutput::Hidden(h) => (h, c.hidden, start, tokens.len()),
+            StageOutput::Logits(mut l) => (
+                l.pop().unwrap_or_default(),
+                c.vocab_size,
+                start + tokens.len() - 1,
+                1,
+            ),
+        };
+        let meta = LayerMeta {
+            layer: self.layers.end as u32,
+            n_layers: c.n_layers as u32,
+            dtype: DTYPE_F32,
+            kv_heads: 1,
+            head_dim: width as u32,
+            token_start: first as u32,
+            token_count: count as u32,
+        };
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let n = bytes.len();
+        r.sink.send_hidden(meta, bytes).map_err(|e| e.to_string())?;
+        r.sent = (r.sent.0 + 1, r.sent.1 + n);
+        Ok(())
     }
 }

@@ -122,6 +122,56 @@ async fn two_prefill_two_decode_processes_answer_like_generate_and_move_exact_kv
         "KV bytes moved over TCP"
     );
     assert_eq!(used_prefill, 2, "both prefill workers took requests");
+    // The gateway's plan shows the registered processes in its pools, and a request's
+    // plan names the worker processes and the transfer that ran it.
+    let plan: Value = reqwest::get(c.gateway.url("/v1/plans"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let edge = &plan["edges"][0];
+    assert_eq!(
+        (edge["tensor"]["name"].as_str(), edge["transport"].as_str()),
+        (Some("kv_cache"), Some("tcp")),
+        "{plan}"
+    );
+    let pools: Vec<(String, String)> = plan["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["role"].as_str().unwrap().to_string(),
+                w["pool"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pools
+            .iter()
+            .filter(|(r, p)| r == "prefill" && p == "prefill")
+            .count(),
+        2,
+        "{plan}"
+    );
+    assert_eq!(
+        pools
+            .iter()
+            .filter(|(r, p)| r == "decode" && p == "decode")
+            .count(),
+        2,
+        "{plan}"
+    );
+    let recent: Value = reqwest::get(c.gateway.url("/v1/plans/requests?limit=1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seq = &recent["data"][0]["sequences"][0];
+    assert_eq!(seq["placement"]["kind"], "disaggregated", "{recent}");
+    assert!(seq["transfer_id"].is_u64(), "{recent}");
     // A sequence's KV is freed at the end of the step that sent its last token, which can
     // be just after the client has its answer.
     wait_for("decode KV back to 0", async || {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::genie_generate;
+use support::{genie_generate, Server};
 
 fn config(name: &str) -> String {
     format!("{}/../configs/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -77,13 +77,17 @@ fn hidden_states_cross_each_stage_boundary_over_tcp() {
     let generated = v["token_ids"].as_array().unwrap().len();
     let prompt = v["prompt_token_ids"].as_array().unwrap().len();
     let log = String::from_utf8_lossy(&out.stderr);
-    // Every token but the last sampled one crosses both boundaries: the prompt in one
-    // frame, then one frame per step; 576 f32 values per token.
-    let frames = 1 + generated - 1;
-    let bytes = (prompt + generated - 1) * 576 * 4;
-    for (stage, layers) in [(0, "0..10"), (1, "10..20")] {
+    // One frame per forward: the prompt, then each sampled token but the last. Hidden
+    // states are 576 f32 per token; the last stage sends one token's 49,152 logits.
+    let frames = generated;
+    let hidden = (prompt + generated - 1) * 576 * 4;
+    for (stage, layers, bytes) in [
+        (0, "0..10", hidden),
+        (1, "10..20", hidden),
+        (2, "20..30", generated * 49_152 * 4),
+    ] {
         let line = format!(
-            "pipeline stage {stage} (layers {layers}) sent {frames} hidden-state frames, {bytes} bytes, to 127.0.0.1:"
+            "pipeline stage {stage} (layers {layers}) sent {frames} frames, {bytes} bytes, to 127.0.0.1:"
         );
         assert!(log.contains(&line), "{line} missing from:\n{log}");
     }
@@ -104,4 +108,93 @@ fn a_config_that_plans_no_pipeline_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not plan a pipeline"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_worker_processes_run_the_pipeline_over_tcp() {
+    let s0 = Server::spawn(
+        &["stage-worker", "--layers", "0..15", "--threads", "1"],
+        &[],
+    );
+    let s1 = Server::spawn(
+        &["stage-worker", "--layers", "15..30", "--threads", "1"],
+        &[],
+    );
+    assert!(s0.kv_endpoint.is_none() && s1.kv_endpoint.is_some());
+    let info: serde_json::Value = reqwest::get(s1.url("/internal/stage"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["layers"], serde_json::json!([15, 30]));
+    let workers = format!("{},{}", s0.url, s1.url);
+    for p in [
+        &["--prompt", "The capital of France is", "--max-tokens", "16"][..],
+        &[
+            "--chat",
+            "--prompt",
+            "Name three colors.",
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "9",
+        ][..],
+    ] {
+        let want = genie_generate(p);
+        let mut args: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+        args.extend(["--pipeline-workers".to_string(), workers.clone()]);
+        let got = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            genie_generate(&refs)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, want, "{p:?}");
+    }
+    // The hidden states and the logits crossed TCP between the processes.
+    let (h0, h1) = (
+        s0.metric("genie_kv_transfer_bytes_total", &["transport=\"tcp\""])
+            .await,
+        s1.metric("genie_kv_transfer_bytes_total", &["transport=\"tcp\""])
+            .await,
+    );
+    assert!(
+        h0 > 0.0 && h0 % (576.0 * 4.0) == 0.0,
+        "stage 0 sent {h0} bytes"
+    );
+    assert!(
+        h1 > 0.0 && h1 % (49_152.0 * 4.0) == 0.0,
+        "stage 1 sent {h1} bytes"
+    );
+
+    // Bad control requests are refused with the field named; a second stage takes no tokens.
+    let c = reqwest::Client::new();
+    let r = c
+        .post(s1.url("/internal/stage/tokens"))
+        .json(&serde_json::json!({"tokens": [1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(s0.url("/internal/stage/begin"))
+        .json(&serde_json::json!({"seq": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Stages that do not cover the model are refused before any work.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(["generate", "--prompt", "Hi", "--pipeline-workers", &s1.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("contiguous"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
