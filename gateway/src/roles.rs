@@ -28,19 +28,8 @@ pub struct WorkerArgs {
     /// polled by a gateway that lists it under `workers.static`.
     #[arg(long, env = "GENIE_GATEWAY")]
     pub gateway: Option<String>,
-    /// Address for this worker's control API (default 127.0.0.1).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port for the control API (0 picks a free one).
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
-    /// Port for the KV receiver (decode workers; 0 picks a free one).
-    #[arg(long, default_value_t = 0)]
-    pub kv_port: u16,
-    /// Host name the gateway and other workers should use to reach this worker (default:
-    /// the bound address).
-    #[arg(long)]
-    pub advertise_host: Option<String>,
+    #[command(flatten)]
+    pub listen: Listen,
     /// How decode workers receive KV: `tcp`, or `rdma` (builds with `--features rdma`; needs
     /// an explicit --kv-port and an RDMA device).
     #[arg(long, default_value = "tcp")]
@@ -72,14 +61,39 @@ fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
     sa.config_with_overrides()
 }
 
-fn advertised(a: &WorkerArgs, bound: SocketAddr) -> Result<String> {
-    match &a.advertise_host {
-        Some(h) => Ok(format!("{h}:{}", bound.port())),
-        None if bound.ip().is_unspecified() => {
-            anyhow::bail!("--host {} binds every interface: give --advertise-host so others can reach this worker", bound.ip())
+/// Where a worker process listens and how others reach it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Listen {
+    /// Address for this worker's control API and KV port (default 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port for the control API (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Port for the KV receiver (decode workers, later pipeline stages; 0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub kv_port: u16,
+    /// Host name the gateway and other workers should use to reach this worker (default:
+    /// the bound address).
+    #[arg(long)]
+    pub advertise_host: Option<String>,
+}
+
+impl Listen {
+    /// `host:port` others use for a socket bound at `bound`.
+    pub fn advertised(&self, bound: SocketAddr) -> Result<String> {
+        match &self.advertise_host {
+            Some(h) => Ok(format!("{h}:{}", bound.port())),
+            None if bound.ip().is_unspecified() => {
+                anyhow::bail!("--host {} binds every interface: give --advertise-host so others can reach this worker", bound.ip())
+            }
+            None => Ok(bound.to_string()),
         }
-        None => Ok(bound.to_string()),
     }
+}
+
+fn advertised(a: &WorkerArgs, bound: SocketAddr) -> Result<String> {
+    a.listen.advertised(bound)
 }
 
 /// Registers, then heartbeats forever; registers again when the gateway forgot us.
@@ -149,10 +163,10 @@ fn start_rdma(
     stall: Duration,
 ) -> Result<String> {
     anyhow::ensure!(
-        a.kv_port != 0,
+        a.listen.kv_port != 0,
         "--kv-transport rdma needs an explicit --kv-port"
     );
-    let bind = format!("{}:{}", a.host, a.kv_port);
+    let bind = format!("{}:{}", a.listen.host, a.listen.kv_port);
     let ep = format!("rdma://{}", advertised(a, bind.parse()?)?);
     let reg = registry.clone();
     tokio::spawn(async move {
@@ -182,9 +196,10 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let (engine, _path) = load_engine(&cfg)?;
     let model = engine.model;
     http_runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+        let l = &a.listen;
+        let listener = tokio::net::TcpListener::bind((l.host.as_str(), l.port))
             .await
-            .with_context(|| format!("cannot bind {}:{}", a.host, a.port))?;
+            .with_context(|| format!("cannot bind {}:{}", l.host, l.port))?;
         let address = format!("http://{}", advertised(&a, listener.local_addr()?)?);
         let metrics_router = axum::Router::new()
             .route("/metrics", axum::routing::get(metrics_route))
@@ -210,10 +225,10 @@ pub fn run_worker(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                 )?;
                 let kv_endpoint = match a.kv_transport.as_str() {
                     "tcp" => {
-                        let kv = tokio::net::TcpListener::bind((a.host.as_str(), a.kv_port))
+                        let kv = tokio::net::TcpListener::bind((l.host.as_str(), l.kv_port))
                             .await
                             .with_context(|| {
-                                format!("cannot bind the KV port {}:{}", a.host, a.kv_port)
+                                format!("cannot bind the KV port {}:{}", l.host, l.kv_port)
                             })?;
                         let ep = advertised(&a, kv.local_addr()?)?;
                         tokio::spawn(genie_kv_transfer::tcp::serve(

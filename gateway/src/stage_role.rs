@@ -23,17 +23,8 @@ pub struct StageArgs {
     /// a 30-layer model; `genie plan show --config configs/pipeline-2stage.toml` lists them).
     #[arg(long)]
     pub layers: String,
-    /// Address for the control API and the KV port (default 127.0.0.1).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
-    /// Port hidden states arrive on (stages after the first; 0 picks a free one).
-    #[arg(long, default_value_t = 0)]
-    pub kv_port: u16,
-    /// Host name other stages should use to reach this one (default: the bound address).
-    #[arg(long)]
-    pub advertise_host: Option<String>,
+    #[command(flatten)]
+    pub listen: crate::roles::Listen,
     /// A llama GGUF file (default: GENIE_MODEL, else the default model).
     #[arg(long, env = "GENIE_MODEL")]
     pub model: Option<std::path::PathBuf>,
@@ -52,17 +43,6 @@ fn parse_layers(s: &str) -> Result<std::ops::Range<usize>> {
     );
     anyhow::ensure!(a < b, "--layers {a}..{b} is empty");
     Ok(a..b)
-}
-
-fn advertise(a: &StageArgs, bound: std::net::SocketAddr) -> Result<String> {
-    match &a.advertise_host {
-        Some(h) => Ok(format!("{h}:{}", bound.port())),
-        None if bound.ip().is_unspecified() => anyhow::bail!(
-            "--host {} binds every interface: give --advertise-host",
-            bound.ip()
-        ),
-        None => Ok(bound.to_string()),
-    }
 }
 
 async fn info(State(w): State<Arc<StageWorker>>) -> Json<StageInfo> {
@@ -133,9 +113,10 @@ pub fn run(a: StageArgs) -> Result<()> {
     drop(engine);
     let rt = http_runtime()?;
     let kv = if layers.start > 0 {
-        let l = std::net::TcpListener::bind((a.host.as_str(), a.kv_port))
-            .with_context(|| format!("cannot bind the KV port {}:{}", a.host, a.kv_port))?;
-        let ep = advertise(&a, l.local_addr()?)?;
+        let (host, port) = (a.listen.host.as_str(), a.listen.kv_port);
+        let l = std::net::TcpListener::bind((host, port))
+            .with_context(|| format!("cannot bind the KV port {host}:{port}"))?;
+        let ep = a.listen.advertised(l.local_addr()?)?;
         Some((l, ep))
     } else {
         None
@@ -148,10 +129,11 @@ pub fn run(a: StageArgs) -> Result<()> {
         kv,
     )?);
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+        let l = &a.listen;
+        let listener = tokio::net::TcpListener::bind((l.host.as_str(), l.port))
             .await
-            .with_context(|| format!("cannot bind {}:{}", a.host, a.port))?;
-        let address = format!("http://{}", advertise(&a, listener.local_addr()?)?);
+            .with_context(|| format!("cannot bind {}:{}", l.host, l.port))?;
+        let address = format!("http://{}", l.advertised(listener.local_addr()?)?);
         let m = metrics.clone();
         let app = Router::new()
             .route("/internal/stage", get(info))
