@@ -318,3 +318,60 @@ fn genie_plan_shows_validates_explains_and_renders() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_pin_sends_every_request_to_the_pinned_worker() {
+    let dir = std::env::temp_dir().join(format!("genie-pin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("pinned.toml");
+    // Two decode workers (ids 100 and 101 in one process); the decode phase is pinned to
+    // the second, which least-loaded routing alone would not always pick.
+    std::fs::write(
+        &cfg,
+        "[decode]\nworkers = 2\nthreads = 1\n[prefill]\nthreads = 1\n[[plan.pins]]\nphase = \"decode\"\nworker = 101\n",
+    )
+    .unwrap();
+    let s = Server::start(&["--config", cfg.to_str().unwrap()], &[]);
+    let (_, plan) = get(&s, "/v1/plans").await;
+    let decode = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["phase"] == "decode")
+        .unwrap()
+        .clone();
+    assert_eq!(decode["pinned_worker"], 101, "{plan}");
+    for _ in 0..4 {
+        let (st, id, body) = post(&s, completion(LONG, json!({}))).await;
+        assert_eq!(st, 200, "{body}");
+        let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+        let seq = &rp["sequences"][0];
+        assert_eq!(seq["placement"]["decode"], 101, "{rp}");
+        assert!(
+            seq["reason"]
+                .as_str()
+                .unwrap()
+                .contains("pinned by the plan"),
+            "{rp}"
+        );
+    }
+    drop(s);
+
+    // A pin to a worker that does not exist: requests fail with a 503 that says so.
+    std::fs::write(
+        &cfg,
+        "[decode]\nthreads = 1\n[prefill]\nthreads = 1\n[[plan.pins]]\nphase = \"decode\"\nworker = 7\n",
+    )
+    .unwrap();
+    let s = Server::start(&["--config", cfg.to_str().unwrap()], &[]);
+    let (st, _, e) = post(&s, completion("Hi", json!({}))).await;
+    assert_eq!(st, 503, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the plan pins a worker"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
