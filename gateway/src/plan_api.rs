@@ -50,6 +50,12 @@ pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
             serde_json::to_value(st.backend.routing).unwrap_or_default(),
         );
         o.insert("workers".into(), workers.into());
+        // Predicted vs measured over the plans kept: how far to trust the cost model.
+        let calibration = genie_scheduler::calibrate(&st.plans.recent(1024));
+        o.insert(
+            "calibration".into(),
+            serde_json::to_value(calibration).unwrap_or_default(),
+        );
     }
     Json(v)
 }

@@ -97,6 +97,12 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
     assert!(rp["predicted"]["ttft_ms"].as_f64().unwrap() > 0.0);
     assert!(rp["predicted"]["transfer_bytes"].as_u64().unwrap() > 0);
     assert!(seq["measured"]["ttft_ms"].as_f64().unwrap() > 0.0, "{rp}");
+    let (_, plan) = get(&s, "/v1/plans").await;
+    assert_eq!(plan["calibration"]["sequences"], 2, "{plan}");
+    assert!(
+        plan["calibration"]["ttft_ratio"]["p50"].as_f64().unwrap() > 0.0,
+        "{plan}"
+    );
 
     // The client's hint overrides the plan, and the answer does not change.
     let (st, id, hinted) = post(

@@ -39,4 +39,4 @@ pub use placement::{
 pub use plan::{ExecutionPlan, Predicted, Stage, PLAN_VERSION};
 pub use policy::{DataDependency, Op, Phase, Policy, RequestFacts, ResourcePolicy, Selector};
 pub use profile::{Modality, ModelProfile, TensorKind};
-pub use request_plan::{Measured, RequestPlan, SeqPlan};
+pub use request_plan::{calibrate, Calibration, Measured, RequestPlan, SeqPlan};

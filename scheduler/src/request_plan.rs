@@ -54,3 +54,121 @@ pub struct Measured {
     /// `stop`, `length`, `error` or `cancelled` (the client went away).
     pub finish_reason: String,
 }
+
+/// How the cost model's predictions compare with what was measured over recent requests:
+/// the ratio measured / predicted (1.0 = exact), the input of profile-guided tuning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Calibration {
+    /// Sequences with both a prediction and a measurement.
+    pub sequences: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ratio: Option<RatioSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_ratio: Option<RatioSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RatioSummary {
+    pub p10: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+impl RatioSummary {
+    fn of(mut v: Vec<f64>) -> Option<Self> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some(RatioSummary {
+            p10: at(0.1),
+            p50: at(0.5),
+            p90: at(0.9),
+        })
+    }
+}
+
+/// Measured / predicted TTFT and inter-token latency over `plans` (finished sequences
+/// only; cancelled and failed ones say nothing about the cost model).
+pub fn calibrate<'a>(plans: impl IntoIterator<Item = &'a RequestPlan>) -> Calibration {
+    let (mut ttft, mut itl, mut n) = (Vec::new(), Vec::new(), 0);
+    for p in plans {
+        for s in &p.sequences {
+            let Some(m) = &s.measured else { continue };
+            if !matches!(m.finish_reason.as_str(), "stop" | "length") {
+                continue;
+            }
+            n += 1;
+            if let Some(t) = m.ttft_ms.filter(|_| p.predicted.ttft_ms > 0.0) {
+                ttft.push(t / p.predicted.ttft_ms);
+            }
+            if let Some(t) = m.itl_ms.filter(|_| p.predicted.itl_ms > 0.0) {
+                itl.push(t / p.predicted.itl_ms);
+            }
+        }
+    }
+    Calibration {
+        sequences: n,
+        ttft_ratio: RatioSummary::of(ttft),
+        itl_ratio: RatioSummary::of(itl),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genie_protocol::WorkerId;
+
+    fn plan(pred_ttft: f64, ttft: Option<f64>, finish: &str) -> RequestPlan {
+        RequestPlan {
+            id: "x".into(),
+            created: 0,
+            policy: "p".into(),
+            plan_version: 1,
+            prompt_tokens: 10,
+            max_tokens: 4,
+            stages: vec![],
+            hint: None,
+            predicted: Predicted {
+                ttft_ms: pred_ttft,
+                itl_ms: 10.0,
+                transfer_bytes: 0,
+                transfer_ms: 0.0,
+            },
+            sequences: vec![SeqPlan {
+                index: 0,
+                placement: Placement::Colocated {
+                    decode: WorkerId(1),
+                },
+                transfer_id: None,
+                reason: String::new(),
+                measured: ttft.map(|t| Measured {
+                    placed_ms: 0.0,
+                    ttft_ms: Some(t),
+                    itl_ms: Some(20.0),
+                    e2e_ms: t + 60.0,
+                    completion_tokens: 4,
+                    finish_reason: finish.into(),
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn ratios_cover_finished_sequences_only() {
+        let plans = [
+            plan(100.0, Some(50.0), "stop"),
+            plan(100.0, Some(100.0), "length"),
+            plan(100.0, Some(300.0), "length"),
+            plan(100.0, Some(9999.0), "cancelled"),
+            plan(100.0, None, "stop"),
+        ];
+        let c = calibrate(&plans);
+        assert_eq!(c.sequences, 3);
+        let t = c.ttft_ratio.unwrap();
+        assert_eq!((t.p10, t.p50, t.p90), (0.5, 1.0, 3.0));
+        assert_eq!(c.itl_ratio.unwrap().p50, 2.0);
+        assert_eq!(calibrate(&[]), Calibration::default());
+    }
+}
