@@ -33,6 +33,7 @@ enum StageMsg {
         seq: u64,
         capacity: usize,
         next: String,
+        sink: Box<dyn KvSink>,
     },
     /// The next tokens of the sequence (stage 0 only).
     Tokens(Vec<u32>),
@@ -126,8 +127,12 @@ impl StageWorker {
             .map_err(|_| anyhow!("the stage worker for layers {:?} stopped", self.layers))
     }
 
-    /// Expects sequence `seq` (at most `capacity` tokens) and says where to send output.
+    /// Expects sequence `seq` (at most `capacity` tokens) and connects to `next`, where
+    /// its output goes; an unreachable next hop fails here, before any work.
     pub fn begin(&self, seq: u64, capacity: usize, next: &str) -> Result<()> {
+        let sink = TcpTransport::default()
+            .open(next, TransferId(seq))
+            .with_context(|| format!("stage {:?} cannot reach its next hop", self.layers))?;
         if self.kv_endpoint.is_some() {
             self.registry
                 .expect(TransferId(seq), capacity * self.width * 4, HOP_TIMEOUT);
@@ -136,6 +141,7 @@ impl StageWorker {
             seq,
             capacity,
             next: next.to_string(),
+            sink,
         })
     }
 
@@ -494,27 +500,18 @@ impl Stage {
                     seq,
                     capacity,
                     next,
+                    sink,
                 } => {
                     if let Some(old) = cur.take() {
                         old.sink.abort("a new sequence replaced it");
                     }
-                    match TcpTransport::default().open(&next, TransferId(seq)) {
-                        Ok(sink) => {
-                            cur = Some(Running {
-                                seq,
-                                cache: KvCache::new(
-                                    self.model.stage_shape(self.layers.len()),
-                                    capacity,
-                                ),
-                                sink,
-                                next,
-                                sent: (0, 0),
-                            })
-                        }
-                        Err(e) => {
-                            tracing::warn!(stage = self.index, error = %e, "cannot reach the next hop")
-                        }
-                    }
+                    cur = Some(Running {
+                        seq,
+                        cache: KvCache::new(self.model.stage_shape(self.layers.len()), capacity),
+                        sink,
+                        next,
+                        sent: (0, 0),
+                    });
                     continue;
                 }
                 StageMsg::Tokens(t) => Ok((t, None)),

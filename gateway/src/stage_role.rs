@@ -66,7 +66,11 @@ async fn begin(
     if b.capacity == 0 {
         return Err(ApiError::invalid("capacity", "must be at least 1"));
     }
-    done(w.begin(b.seq, b.capacity, &b.next))
+    // Connecting to the next hop blocks (up to its connect timeout): off the runtime.
+    let r = tokio::task::spawn_blocking(move || w.begin(b.seq, b.capacity, &b.next))
+        .await
+        .map_err(|_| ApiError::internal())?;
+    done(r)
 }
 
 async fn tokens(

@@ -186,6 +186,21 @@ async fn stage_worker_processes_run_the_pipeline_over_tcp() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // An unreachable next hop fails the begin at once (no sequence left waiting).
+    let t = std::time::Instant::now();
+    let r = c
+        .post(s0.url("/internal/stage/begin"))
+        .json(&serde_json::json!({"seq": 99, "capacity": 8, "next": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("cannot reach its next hop"));
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
     // Stages that do not cover the model are refused before any work.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
         .args(["generate", "--prompt", "Hi", "--pipeline-workers", &s1.url])
