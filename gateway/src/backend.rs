@@ -18,7 +18,7 @@ use genie_protocol::openai::GenieHint;
 use genie_protocol::worker::SeqEvent;
 use genie_protocol::{SeqId, TransferId, WorkerId};
 use genie_scheduler::placement::prefix_hash;
-use genie_scheduler::{ExecutionPlan, Op, RequestFacts};
+use genie_scheduler::{ExecutionPlan, RequestFacts};
 use genie_scheduler::{
     PlaceError, Placement, PlacementRequest, Role, RoutingPolicy, Scheduler, WorkerView,
 };
@@ -236,11 +236,9 @@ impl Backend {
             disaggregate = d;
             reason = format!("client hint (disaggregate = {d})");
         }
-        let pinned = |op: Op, colocated: bool| {
+        let pinned = |role| {
             self.plan
-                .stages
-                .iter()
-                .find(|s| s.op == op && s.colocated_with.is_empty() != colocated)
+                .stage_of(role)
                 .and_then(|s| s.pinned_worker)
                 .map(WorkerId)
         };
@@ -248,11 +246,11 @@ impl Backend {
         preq.prefill_worker = hint
             .prefill_worker
             .map(WorkerId)
-            .or_else(|| pinned(Op::Prefill, false));
+            .or_else(|| pinned(Role::Prefill));
         preq.decode_worker = hint
             .decode_worker
             .map(WorkerId)
-            .or_else(|| pinned(Op::Decode, true));
+            .or_else(|| pinned(Role::Decode));
         if hint.prefill_worker.is_some() || hint.decode_worker.is_some() {
             reason.push_str("; worker chosen by the client");
         } else if preq.prefill_worker.is_some() || preq.decode_worker.is_some() {

@@ -67,7 +67,6 @@ pub struct StageWorker {
     registry: TransferRegistry,
     width: usize,
     inbox: mpsc::Sender<StageMsg>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StageWorker {
@@ -106,7 +105,9 @@ impl StageWorker {
             layers: layers.clone(),
             model,
         };
-        let thread = std::thread::Builder::new()
+        // Not joined: the worker ends when every sender of its inbox is gone (the KV
+        // receiver holds one until its runtime stops).
+        std::thread::Builder::new()
             .name(format!("genie-stage-{index}"))
             .spawn(move || worker.run(rx))
             .context("starting a stage worker")?;
@@ -117,7 +118,6 @@ impl StageWorker {
             registry,
             width,
             inbox: tx,
-            thread: Some(thread),
         })
     }
 
@@ -151,14 +151,6 @@ impl StageWorker {
 
     pub fn end(&self) -> Result<()> {
         self.send(StageMsg::End)
-    }
-}
-
-impl Drop for StageWorker {
-    fn drop(&mut self) {
-        // The worker ends when every sender of its inbox is gone (the KV receiver holds
-        // one until its runtime stops), so it is not joined here.
-        drop(self.thread.take());
     }
 }
 

@@ -9,21 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use genie_scheduler::{Op, Role};
 use serde::Deserialize;
 
 /// The active plan, its routing policy and every worker with the pool it serves.
 pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
     let plan = &st.backend.plan;
-    let pool_of = |role: Role| {
-        plan.stages
-            .iter()
-            .find(|s| match role {
-                Role::Prefill => s.op == Op::Prefill && s.colocated_with.is_empty(),
-                Role::Decode => s.op == Op::Decode,
-            })
-            .map(|s| s.pool.clone())
-    };
+    let pool_of = |role| plan.stage_of(role).map(|s| s.pool.clone());
     let workers: Vec<serde_json::Value> = st
         .backend
         .pool

@@ -1,7 +1,7 @@
 //! The in-process transport: endpoints are delivery functions registered by receivers in
 //! the same process (the decode worker pushes messages into its own input queue).
 
-use crate::{KvMessage, KvSink, KvTransport, LayerMeta, TransferError};
+use crate::{KvMessage, KvSink, KvTransport, TransferError};
 use genie_protocol::TransferId;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -84,34 +84,17 @@ impl InProcessSink {
     }
 }
 
-impl InProcessSink {
-    /// Delivers a layer or hidden-state message, counting its bytes.
+impl KvSink for InProcessSink {
+    fn transfer(&self) -> TransferId {
+        self.transfer
+    }
+
     fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError> {
         self.started.get_or_insert_with(Instant::now);
         let n = crate::wire::payload(&m).len() as u64;
         self.push(m)?;
         self.bytes += n;
         Ok(())
-    }
-}
-
-impl KvSink for InProcessSink {
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        let transfer = self.transfer;
-        self.send_data(KvMessage::Layer {
-            transfer,
-            meta,
-            bytes,
-        })
-    }
-
-    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        let transfer = self.transfer;
-        self.send_data(KvMessage::Hidden {
-            transfer,
-            meta,
-            bytes,
-        })
     }
 
     fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {
@@ -154,6 +137,7 @@ impl Drop for InProcessSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LayerMeta;
     use std::sync::mpsc;
 
     fn endpoint(t: &InProcessTransport, name: &str) -> mpsc::Receiver<KvMessage> {

@@ -53,11 +53,29 @@ pub enum TransferError {
 
 /// The sending half of one transfer.
 pub trait KvSink: Send {
+    /// The transfer this sink carries.
+    fn transfer(&self) -> TransferId;
+    /// Hands one data message (`Layer` or `Hidden`) to the transport, counting its bytes.
+    fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError>;
     /// Hands one layer's K/V bytes (K then V, shaped as `meta` says) to the transport.
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError>;
+    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+        let transfer = self.transfer();
+        self.send_data(KvMessage::Layer {
+            transfer,
+            meta,
+            bytes,
+        })
+    }
     /// Hands one step's hidden states (`[token_count][width]` f32, shaped as `meta` says)
     /// to the next pipeline stage.
-    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError>;
+    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+        let transfer = self.transfer();
+        self.send_data(KvMessage::Hidden {
+            transfer,
+            meta,
+            bytes,
+        })
+    }
     /// Ends the transfer successfully with `trailer`; returns once it is handed over.
     fn complete(self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError>;
     /// Ends the transfer unsuccessfully; the receiver drops what it holds for it.

@@ -2,7 +2,7 @@
 //! thread (owned by the transport: TCP or RDMA) puts them on the wire, so the prefill
 //! compute thread never waits on the network.
 
-use crate::{KvMessage, KvSink, LayerMeta, TransferError};
+use crate::{KvMessage, KvSink, TransferError};
 use genie_protocol::TransferId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -81,15 +81,6 @@ impl ThreadedSink {
             .map_err(|_| self.err("the writer stopped".into()))
     }
 
-    /// Queues a layer or hidden-state frame, counting its bytes.
-    fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError> {
-        self.started.get_or_insert_with(Instant::now);
-        let n = crate::wire::payload(&m).len() as u64;
-        self.push(m)?;
-        self.bytes += n;
-        Ok(())
-    }
-
     /// Closes the queue and waits until everything queued is written.
     fn drain(&mut self) -> Result<(), TransferError> {
         self.tx = None;
@@ -102,22 +93,16 @@ impl ThreadedSink {
 }
 
 impl KvSink for ThreadedSink {
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        let transfer = self.transfer;
-        self.send_data(KvMessage::Layer {
-            transfer,
-            meta,
-            bytes,
-        })
+    fn transfer(&self) -> TransferId {
+        self.transfer
     }
 
-    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
-        let transfer = self.transfer;
-        self.send_data(KvMessage::Hidden {
-            transfer,
-            meta,
-            bytes,
-        })
+    fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError> {
+        self.started.get_or_insert_with(Instant::now);
+        let n = crate::wire::payload(&m).len() as u64;
+        self.push(m)?;
+        self.bytes += n;
+        Ok(())
     }
 
     fn complete(mut self: Box<Self>, trailer: Vec<u8>) -> Result<(), TransferError> {

@@ -152,9 +152,49 @@ pub struct Predicted {
     pub transfer_ms: f64,
 }
 
+impl Stage {
+    /// Units of prompt work the request gives this stage: prompt tokens, or input items
+    /// of its modality for an encoder; 0 for decode-only stages.
+    pub fn prompt_units(&self, facts: &RequestFacts) -> f64 {
+        match self.op {
+            Op::Encode { modality } if modality != crate::profile::Modality::Text => {
+                facts.inputs.iter().filter(|m| **m == modality).count() as f64
+            }
+            op if op.prompt_work() => facts.prompt_tokens as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+impl Edge {
+    /// Time to move the tensor for `tokens` tokens.
+    pub fn transfer_ms(&self, tokens: f64) -> f64 {
+        self.ms_per_1k_tokens * tokens / 1000.0
+    }
+
+    /// The part of [`Edge::transfer_ms`] that delays the consumer: a KV cache streams
+    /// layer by layer while the producer computes, so one layer's share of `layers`.
+    pub fn on_path_ms(&self, tokens: f64, layers: usize) -> f64 {
+        match self.tensor.kind {
+            TensorKind::KvCache => self.transfer_ms(tokens) / layers.max(1) as f64,
+            _ => self.transfer_ms(tokens),
+        }
+    }
+}
+
 impl ExecutionPlan {
     pub fn stage(&self, phase: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.phase == phase)
+    }
+
+    /// The stage a worker role serves: the prefill stage that ships its KV (prefill
+    /// workers), or the decode stage (decode workers).
+    pub fn stage_of(&self, role: crate::placement::Role) -> Option<&Stage> {
+        use crate::placement::Role;
+        self.stages.iter().find(|s| match role {
+            Role::Prefill => s.op == Op::Prefill && s.colocated_with.is_empty(),
+            Role::Decode => s.op == Op::Decode,
+        })
     }
 
     /// Stages a request takes, in plan order.
@@ -185,13 +225,6 @@ impl ExecutionPlan {
         let mut out = Predicted::default();
         // Stages are in dependency order (compile sorts them).
         for s in &active {
-            let work = match s.op {
-                Op::Encode { modality } if modality != crate::profile::Modality::Text => {
-                    facts.inputs.iter().filter(|m| **m == modality).count() as f64
-                }
-                op if op.prompt_work() => tokens,
-                _ => 0.0,
-            };
             let mut start: f64 = 0.0;
             for e in self
                 .edges
@@ -199,19 +232,13 @@ impl ExecutionPlan {
                 .filter(|e| e.to == s.phase && is_active(&e.from))
             {
                 let ready = done.iter().find(|(n, _)| *n == e.from).map_or(0.0, |d| d.1);
-                let bytes = e.tensor.bytes_per_token as f64 * tokens;
-                let ms = e.ms_per_1k_tokens * tokens / 1000.0;
                 if e.transport != Transport::Local {
-                    out.transfer_bytes += bytes as u64;
-                    out.transfer_ms += ms;
+                    out.transfer_bytes += (e.tensor.bytes_per_token as f64 * tokens) as u64;
+                    out.transfer_ms += e.transfer_ms(tokens);
                 }
-                let on_path = match e.tensor.kind {
-                    TensorKind::KvCache => ms / self.model.layers.max(1) as f64,
-                    _ => ms,
-                };
-                start = start.max(ready + on_path);
+                start = start.max(ready + e.on_path_ms(tokens, self.model.layers));
             }
-            let finish = start + work * s.cost.prompt_ms_per_token;
+            let finish = start + s.prompt_units(facts) * s.cost.prompt_ms_per_token;
             out.ttft_ms = out.ttft_ms.max(finish);
             done.push((s.phase.clone(), finish));
             if s.op.step_work() {

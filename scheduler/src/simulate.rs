@@ -10,7 +10,7 @@
 use crate::placement::mix64;
 use crate::plan::ExecutionPlan;
 use crate::policy::RequestFacts;
-use crate::profile::{Modality, TensorKind};
+use crate::profile::Modality;
 use crate::Transport;
 use serde::{Deserialize, Serialize};
 
@@ -109,21 +109,12 @@ pub fn simulate(plan: &ExecutionPlan, w: &Workload) -> SimReport {
                 };
                 let ms = if e.transport == Transport::Local {
                     0.0
-                } else if e.tensor.kind == TensorKind::KvCache {
-                    e.ms_per_1k_tokens * tokens / 1000.0 / plan.model.layers.max(1) as f64
                 } else {
-                    e.ms_per_1k_tokens * tokens / 1000.0
+                    e.on_path_ms(tokens, plan.model.layers)
                 };
                 ready = ready.max(t + ms);
             }
-            let work = match s.op {
-                crate::Op::Encode { modality } if modality != Modality::Text => {
-                    w.inputs.iter().filter(|m| **m == modality).count() as f64
-                }
-                op if op.prompt_work() => tokens,
-                _ => 0.0,
-            };
-            let service = work * s.cost.prompt_ms_per_token;
+            let service = s.prompt_units(&facts) * s.cost.prompt_ms_per_token;
             let finish = if service > 0.0 {
                 let (r, at) = free[i]
                     .iter()
