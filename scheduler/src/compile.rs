@@ -503,20 +503,24 @@ fn assign_pools(policy: &Policy, inv: &Inventory, pins: &[Pin]) -> Result<Vec<St
     use PlanErrorKind::*;
     let mut out: Vec<Option<String>> = vec![None; policy.phases.len()];
     for (i, ph) in policy.phases.iter().enumerate() {
+        // A config pin wins over the phase's own `pool`; errors name whichever set it.
         let pinned = pins
             .iter()
+            .enumerate()
             .rev()
-            .find(|p| p.phase == ph.name)
-            .and_then(|p| p.pool.clone())
-            .or_else(|| ph.pool.clone());
-        if let Some(name) = pinned {
+            .find_map(|(k, p)| {
+                let pool = p.pool.clone().filter(|_| p.phase == ph.name)?;
+                Some((pool, format!("plan.pins[{k}].pool")))
+            })
+            .or_else(|| ph.pool.clone().map(|p| (p, format!("phases[{i}].pool"))));
+        if let Some((name, field)) = pinned {
             let Some(pool) = inv.pool(&name) else {
-                return err(UnknownPool, format!("phases[{i}].pool"), format!("phase `{}` is pinned to pool `{name}`, which the cluster does not have (pools: {})", ph.name, list(&inv.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())));
+                return err(UnknownPool, field, format!("phase `{}` is pinned to pool `{name}`, which the cluster does not have (pools: {})", ph.name, list(&inv.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())));
             };
             if pool.hardware != ph.resources.hardware() {
                 return err(
                     Conflict,
-                    format!("phases[{i}].pool"),
+                    field,
                     format!(
                         "phase `{}` asks for {} but is pinned to pool `{name}` of {}",
                         ph.name,

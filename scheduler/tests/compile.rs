@@ -367,10 +367,54 @@ fn pins_override_the_hardware_choice_and_are_checked() {
     assert_eq!(plan.stage("prefill_local").unwrap().pool, "a100-spare");
     assert!(render::explain(&plan).contains("pinned by an override"));
 
-    let e = compile(&p, &model, &inv, &[pin("nowhere")]).unwrap_err();
-    assert_eq!(e.kind, PlanErrorKind::UnknownPool);
+    // A bad config pin is named by its own field, not the phase it pins.
+    let worker_pin = Pin {
+        phase: "prefill".into(),
+        pool: None,
+        worker: Some(3),
+    };
+    let e = compile(&p, &model, &inv, &[worker_pin.clone(), pin("nowhere")]).unwrap_err();
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (PlanErrorKind::UnknownPool, "plan.pins[1].pool")
+    );
+    assert!(
+        e.reason.contains("`nowhere`") && e.reason.contains("a100-spare"),
+        "{e}"
+    );
     let e = compile(&p, &model, &inv, &[pin("h100")]).unwrap_err();
-    assert_eq!(e.kind, PlanErrorKind::Conflict);
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (PlanErrorKind::Conflict, "plan.pins[0].pool")
+    );
+    // A pool written on the phase itself is named as the phase's field.
+    let mut own = p.clone();
+    own.phases[2].pool = Some("nowhere".into());
+    let e = compile(&own, &model, &inv, &[]).unwrap_err();
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (PlanErrorKind::UnknownPool, "phases[2].pool")
+    );
+    // The pin wins over the phase's own pool, and a later worker-only pin keeps it.
+    let plan = compile(
+        &own,
+        &model,
+        &inv,
+        &[
+            pin("a100-spare"),
+            Pin {
+                phase: "decode".into(),
+                pool: None,
+                worker: Some(101),
+            },
+        ],
+    )
+    .unwrap();
+    let d = plan.stage("decode").unwrap();
+    assert_eq!(
+        (d.pool.as_str(), d.pinned_worker),
+        ("a100-spare", Some(101))
+    );
     let e = compile(
         &p,
         &model,
@@ -428,4 +472,116 @@ fn renderings_show_every_stage_and_edge() {
     );
     assert!(text.contains("prompt tokens >= 64"), "{text}");
     assert!(text.contains("over rdma at 400 Gbit/s"), "{text}");
+}
+
+#[test]
+fn moe_plans_render_and_simulate() {
+    let plan = compile(
+        &moe::expert_parallel(
+            4,
+            ResourcePolicy::scale_to(2, "H100"),
+            ResourcePolicy::scale_to(1, "A100"),
+        ),
+        &ModelProfile::preset("mixtral-8x7b").unwrap(),
+        &hetero(),
+        &[],
+    )
+    .unwrap();
+    let dot = render::to_dot(&plan);
+    for s in [
+        "cluster_h100",
+        "cluster_a100",
+        "attention (attention + router)",
+        "experts_3 (expert shard 4/4)",
+        "attention -> experts_0",
+        "attention -> experts_3",
+        "routed_tokens:",
+        "every step",
+        "penwidth=2",
+    ] {
+        assert!(dot.contains(s), "{s} missing from {dot}");
+    }
+    let mm = render::to_mermaid(&plan);
+    assert!(mm.starts_with("flowchart LR"), "{mm}");
+    for k in 0..4 {
+        let to = format!("| experts_{k}");
+        assert!(
+            mm.lines()
+                .any(|l| l.trim_start().starts_with("attention -->|") && l.ends_with(&to)),
+            "no attention -> experts_{k} edge in {mm}"
+        );
+    }
+    let text = render::explain(&plan);
+    assert!(text.contains("experts 6..8 of every MoE layer"), "{text}");
+
+    let load = |rate| simulate::Workload {
+        requests: 200,
+        rate_per_s: rate,
+        prompt_tokens: 2048,
+        output_tokens: 32,
+        inputs: vec![],
+        seed: 3,
+    };
+    let light = simulate::simulate(&plan, &load(0.5));
+    let heavy = simulate::simulate(&plan, &load(500.0));
+    let phases: Vec<&str> = light.stages.iter().map(|s| s.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "attention",
+            "experts_0",
+            "experts_1",
+            "experts_2",
+            "experts_3"
+        ]
+    );
+    assert!(
+        light.ttft_ms.p50 > 0.0 && light.output_tokens_per_s > 0.0,
+        "{light:?}"
+    );
+    assert!(heavy.ttft_ms.p99 > light.ttft_ms.p99, "{light:?} {heavy:?}");
+    assert!(
+        heavy.stages[0].max_wait_ms > light.stages[0].max_wait_ms,
+        "{light:?} {heavy:?}"
+    );
+}
+
+#[test]
+fn a_vision_pipeline_compiles_into_stateless_stages() {
+    let vit = ModelProfile::preset("vit-huge").unwrap();
+    let inv = Inventory {
+        pools: vec![Pool {
+            name: "l40s".into(),
+            hardware: "L40S".into(),
+            count: 2,
+        }],
+        default_transport: Some(Transport::Tcp),
+        ..Inventory::default()
+    };
+    let plan = compile(
+        &vision::pipeline_parallel(2, ResourcePolicy::scale_to(1, "L40S")),
+        &vit,
+        &inv,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(plan.policy, "vision.pipeline_parallel");
+    let half = vit.layers / 2;
+    assert_eq!(plan.stages[0].layers, [0, half]);
+    assert_eq!(plan.stages[1].layers, [half, vit.layers]);
+    // Weights only: a vision pipeline keeps no KV cache between requests.
+    for s in &plan.stages {
+        assert_eq!(s.pool, "l40s");
+        assert_eq!(s.residency.len(), 1, "{s:?}");
+        assert_eq!(s.residency[0].tensor, "weights");
+        assert_eq!(s.cost.kv_capacity_tokens, None);
+    }
+    assert_eq!(plan.edges.len(), 1);
+    let e = &plan.edges[0];
+    assert_eq!((e.from.as_str(), e.to.as_str()), ("stage_0", "stage_1"));
+    assert_eq!(e.tensor.name, "hidden_0");
+    assert_eq!(e.transport, Transport::Tcp);
+    let p = plan.predict(&facts(257));
+    assert!(p.ttft_ms > 0.0 && p.transfer_bytes > 0, "{p:?}");
+    assert!(render::to_dot(&plan).contains("stage_0 -> stage_1"));
 }
