@@ -329,23 +329,79 @@ mod tests {
 
     #[test]
     fn toml_patterns_equal_the_rust_functions() {
-        let text = r#"
-            pattern = "moe.expert_parallel"
-            shards = 4
-            attention = { scale_to = { gpus = 2, hardware = "H100" } }
-            experts = { scale_to = { gpus = 1, hardware = "A100" } }
-        "#;
-        let spec: PolicySpec = toml::from_str(text).unwrap();
-        let p = spec.policy();
-        assert_eq!(
-            p,
-            moe::expert_parallel(
-                4,
-                ResourcePolicy::scale_to(2, "H100"),
-                ResourcePolicy::scale_to(1, "A100")
-            )
+        let (h100, a100, l40s) = (
+            ResourcePolicy::scale_to(2, "H100"),
+            ResourcePolicy::scale_to(1, "A100"),
+            ResourcePolicy::scale_out(2, "L40S"),
         );
-        assert_eq!(p.phases.len(), 5);
+        let cases = [
+            (
+                r#"
+                pattern = "llm.prefill_decode"
+                prefill = { scale_to = { gpus = 2, hardware = "H100" } }
+                decode = { scale_to = { gpus = 1, hardware = "A100" } }
+                min_prompt_tokens = 64
+                "#,
+                llm::prefill_decode(h100.clone(), a100.clone(), 64),
+            ),
+            (
+                // min_prompt_tokens defaults to 0: no prefill_local phase.
+                r#"
+                pattern = "llm.prefill_decode"
+                prefill = { scale_to = { gpus = 2, hardware = "H100" } }
+                decode = { scale_to = { gpus = 1, hardware = "A100" } }
+                "#,
+                llm::prefill_decode(h100.clone(), a100.clone(), 0),
+            ),
+            (
+                r#"
+                pattern = "llm.colocated"
+                workers = { scale_to = { gpus = 1, hardware = "A100" } }
+                "#,
+                llm::colocated(a100.clone()),
+            ),
+            (
+                r#"
+                pattern = "llm.pipeline_parallel"
+                num_stages = 3
+                per_stage = { scale_to = { gpus = 1, hardware = "A100" } }
+                "#,
+                llm::pipeline_parallel(3, a100.clone()),
+            ),
+            (
+                r#"
+                pattern = "vision.pipeline_parallel"
+                num_stages = 2
+                per_stage = { scale_out = { gpus = 2, hardware = "L40S" } }
+                "#,
+                vision::pipeline_parallel(2, l40s.clone()),
+            ),
+            (
+                r#"
+                pattern = "moe.expert_parallel"
+                shards = 4
+                attention = { scale_to = { gpus = 2, hardware = "H100" } }
+                experts = { scale_to = { gpus = 1, hardware = "A100" } }
+                "#,
+                moe::expert_parallel(4, h100.clone(), a100.clone()),
+            ),
+            (
+                r#"
+                pattern = "multimodal.parallel_fusion"
+                vision = { scale_out = { gpus = 2, hardware = "L40S" } }
+                fusion = { scale_to = { gpus = 2, hardware = "H100" } }
+                decode = { scale_to = { gpus = 1, hardware = "A100" } }
+                "#,
+                multimodal::parallel_fusion(l40s.clone(), h100.clone(), a100.clone()),
+            ),
+        ];
+        for (text, built) in cases {
+            let spec: PolicySpec = toml::from_str(text).unwrap();
+            assert_eq!(spec.policy(), built, "{text}");
+            // The spec writes back to the same TOML.
+            let back: PolicySpec = toml::from_str(&toml::to_string(&spec).unwrap()).unwrap();
+            assert_eq!(back, spec, "{text}");
+        }
         let bad = "pattern = \"llm.teleport\"\n";
         let e = toml::from_str::<PolicySpec>(bad).unwrap_err().to_string();
         assert!(e.contains("llm.teleport"), "{e}");
@@ -356,6 +412,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("phases"), "{e}");
+    }
+
+    #[test]
+    fn an_explicit_toml_policy_equals_its_builders() {
+        let text = r#"
+            name = "hand-written"
+
+            [[phases]]
+            name = "vision"
+            op = { kind = "encode", modality = "image" }
+            selector = { modality = "image" }
+            resources = { scale_out = { gpus = 2, hardware = "L40S" } }
+            consumes = ["image"]
+            produces = [{ name = "image_embeddings", kind = "embeddings" }]
+
+            [[phases]]
+            name = "prefill"
+            op = { kind = "prefill" }
+            selector = { prompt_tokens = { min = 128 } }
+            resources = { scale_out = { gpus = 4, hardware = "H100" } }
+            consumes = ["prompt", "image_embeddings"]
+            produces = [{ name = "kv_cache", kind = "kv_cache" }]
+            pool = "h100-east"
+
+            [[phases]]
+            name = "prefill_short"
+            op = { kind = "prefill" }
+            selector = { prompt_tokens = { max = 128 } }
+            resources = { scale_to = { gpus = 1, hardware = "A100" } }
+            consumes = ["prompt"]
+            produces = [{ name = "kv_cache", kind = "kv_cache" }]
+            data_dependencies = [{ colocate_with = "kv_cache" }]
+
+            [[phases]]
+            name = "decode"
+            op = { kind = "decode" }
+            selector = "decode_step"
+            resources = { scale_to = { gpus = 1, hardware = "A100" } }
+            consumes = ["kv_cache"]
+            data_dependencies = [{ colocate_with = "kv_cache" }]
+        "#;
+        let built = Policy::new("hand-written")
+            .phase(
+                Phase::new(
+                    "vision",
+                    Op::Encode {
+                        modality: Modality::Image,
+                    },
+                )
+                .selector(Selector::Modality(Modality::Image))
+                .resources(ResourcePolicy::scale_out(2, "L40S"))
+                .consumes("image")
+                .produces("image_embeddings", TensorKind::Embeddings),
+            )
+            .phase(
+                Phase::new("prefill", Op::Prefill)
+                    .selector(Selector::prompt_tokens(128..))
+                    .resources(ResourcePolicy::scale_out(4, "H100"))
+                    .consumes("prompt")
+                    .consumes("image_embeddings")
+                    .produces("kv_cache", TensorKind::KvCache)
+                    .pin_pool("h100-east"),
+            )
+            .phase(
+                Phase::new("prefill_short", Op::Prefill)
+                    .selector(Selector::prompt_tokens(..128))
+                    .resources(ResourcePolicy::scale_to(1, "A100"))
+                    .consumes("prompt")
+                    .produces("kv_cache", TensorKind::KvCache)
+                    .colocate_with("kv_cache"),
+            )
+            .phase(
+                Phase::new("decode", Op::Decode)
+                    .selector(Selector::DecodeStep)
+                    .resources(ResourcePolicy::scale_to(1, "A100"))
+                    .consumes("kv_cache")
+                    .colocate_with("kv_cache"),
+            );
+        let spec: PolicySpec = toml::from_str(text).unwrap();
+        assert_eq!(spec, PolicySpec::Explicit(built.clone()));
+        let back: Policy = toml::from_str(&toml::to_string(&built).unwrap()).unwrap();
+        assert_eq!(back, built);
     }
 
     #[test]
