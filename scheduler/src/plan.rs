@@ -144,12 +144,17 @@ pub struct TensorSpec {
 /// The cost model's prediction for one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct Predicted {
+    /// Queueing included (`queue_ms`).
     pub ttft_ms: f64,
     /// Time between tokens at batch 1.
     pub itl_ms: f64,
     /// Bytes that cross the network (non-local edges).
     pub transfer_bytes: u64,
     pub transfer_ms: f64,
+    /// The part of `ttft_ms` spent waiting for prompt work already queued on the workers
+    /// the request was placed on (first come, first served, as the simulator models it).
+    #[serde(default)]
+    pub queue_ms: f64,
 }
 
 impl Stage {
@@ -162,6 +167,20 @@ impl Stage {
             }
             op if op.prompt_work() => facts.prompt_tokens as f64,
             _ => 0.0,
+        }
+    }
+
+    /// [`Stage::prompt_units`] on a request's path `taken`: a decode stage that no
+    /// prefill-like stage on the path feeds (the request prefills on the decode worker)
+    /// does the prompt work itself.
+    pub fn prompt_units_in(&self, taken: &[&Stage], facts: &RequestFacts) -> f64 {
+        let fed = taken
+            .iter()
+            .any(|s| s.op.prompt_work() && !matches!(s.op, Op::Encode { .. }));
+        if self.op == Op::Decode && !fed {
+            facts.prompt_tokens as f64
+        } else {
+            self.prompt_units(facts)
         }
     }
 }
@@ -214,31 +233,79 @@ impl ExecutionPlan {
             .map(|s| (s, s.colocated_with.iter().any(|t| t == "kv_cache")))
     }
 
-    /// TTFT along the slowest path through the active stages, ITL as the sum of the
-    /// decode-step stages and the per-token edges. Transfers of a KV cache are streamed
-    /// layer by layer, so only one layer's share adds to TTFT.
+    /// The stages a placed request takes: the plan's own choice, except that the prefill
+    /// follows the placement. A client hint can send a prompt the plan would prefill on the
+    /// decode worker to a prefill worker (`disaggregated`), or keep one the plan would ship
+    /// on the decode worker: then the KV-shipping prefill stage gives way to the plan's
+    /// colocated one (`prefill_local`), or to none, and the decode stage prefills.
+    pub fn taken_stages(&self, facts: &RequestFacts, disaggregated: bool) -> Vec<&Stage> {
+        let active = self.active_stages(facts);
+        let planned = self.prefill_for(facts).is_some_and(|(_, local)| !local);
+        if planned == disaggregated {
+            return active;
+        }
+        let prefill = if disaggregated {
+            self.stage_of(crate::placement::Role::Prefill)
+        } else {
+            self.stages
+                .iter()
+                .find(|s| s.op == Op::Prefill && s.colocated_with.iter().any(|t| t == "kv_cache"))
+        };
+        self.stages
+            .iter()
+            .filter(|s| {
+                if s.op == Op::Prefill {
+                    prefill.is_some_and(|p| std::ptr::eq(p, *s))
+                } else {
+                    active.iter().any(|a| std::ptr::eq(*a, *s))
+                }
+            })
+            .collect()
+    }
+
+    /// The prediction for the stages the plan itself picks, on idle workers.
     pub fn predict(&self, facts: &RequestFacts) -> Predicted {
-        let active: Vec<&Stage> = self.active_stages(facts);
-        let is_active = |name: &str| active.iter().any(|s| s.phase == name);
+        self.predict_taken(facts, &self.active_stages(facts), &|_| 0)
+    }
+
+    /// TTFT along the slowest path through `taken` (from [`ExecutionPlan::taken_stages`]),
+    /// ITL as the sum of the decode-step stages and the per-token edges. A stage starts
+    /// its prompt work once its inputs arrive and its worker has worked off the
+    /// `queued(stage)` prompt units already waiting there. Transfers of a KV cache are
+    /// streamed layer by layer, so only one layer's share adds to TTFT. A decode stage
+    /// that no prefill stage feeds prefills the prompt itself.
+    pub fn predict_taken(
+        &self,
+        facts: &RequestFacts,
+        taken: &[&Stage],
+        queued: &dyn Fn(&Stage) -> usize,
+    ) -> Predicted {
+        let is_taken = |name: &str| taken.iter().any(|s| s.phase == name);
         let tokens = facts.prompt_tokens as f64;
         let mut done: Vec<(String, f64)> = Vec::new();
         let mut out = Predicted::default();
         // Stages are in dependency order (compile sorts them).
-        for s in &active {
-            let mut start: f64 = 0.0;
+        for s in taken {
+            let mut ready: f64 = 0.0;
             for e in self
                 .edges
                 .iter()
-                .filter(|e| e.to == s.phase && is_active(&e.from))
+                .filter(|e| e.to == s.phase && is_taken(&e.from))
             {
-                let ready = done.iter().find(|(n, _)| *n == e.from).map_or(0.0, |d| d.1);
+                let sent = done.iter().find(|(n, _)| *n == e.from).map_or(0.0, |d| d.1);
                 if e.transport != Transport::Local {
                     out.transfer_bytes += (e.tensor.bytes_per_token as f64 * tokens) as u64;
                     out.transfer_ms += e.transfer_ms(tokens);
                 }
-                start = start.max(ready + e.on_path_ms(tokens, self.model.layers));
+                ready = ready.max(sent + e.on_path_ms(tokens, self.model.layers));
             }
-            let finish = start + s.prompt_units(facts) * s.cost.prompt_ms_per_token;
+            let units = s.prompt_units_in(taken, facts);
+            let mut finish = ready;
+            if units > 0.0 {
+                let free_at = queued(s) as f64 * s.cost.prompt_ms_per_token;
+                out.queue_ms += (free_at - ready).max(0.0);
+                finish = ready.max(free_at) + units * s.cost.prompt_ms_per_token;
+            }
             out.ttft_ms = out.ttft_ms.max(finish);
             done.push((s.phase.clone(), finish));
             if s.op.step_work() {
@@ -246,7 +313,7 @@ impl ExecutionPlan {
             }
         }
         for e in &self.edges {
-            if e.rate == Rate::EveryStep && is_active(&e.from) && is_active(&e.to) {
+            if e.rate == Rate::EveryStep && is_taken(&e.from) && is_taken(&e.to) {
                 out.itl_ms += e.ms_per_1k_tokens / 1000.0;
             }
         }

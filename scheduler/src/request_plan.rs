@@ -135,6 +135,7 @@ mod tests {
                 itl_ms: 10.0,
                 transfer_bytes: 0,
                 transfer_ms: 0.0,
+                queue_ms: 0.0,
             },
             sequences: vec![SeqPlan {
                 index: 0,

@@ -8,7 +8,7 @@
 //! keeps memory-bound decode steps close to flat as the batch grows); prompt work queues.
 
 use crate::placement::mix64;
-use crate::plan::ExecutionPlan;
+use crate::plan::{ExecutionPlan, Stage};
 use crate::policy::RequestFacts;
 use crate::profile::Modality;
 use crate::Transport;
@@ -80,6 +80,7 @@ pub fn simulate(plan: &ExecutionPlan, w: &Workload) -> SimReport {
     let active: Vec<usize> = (0..plan.stages.len())
         .filter(|&i| plan.stages[i].selector.matches(&facts))
         .collect();
+    let taken: Vec<&Stage> = active.iter().map(|&i| &plan.stages[i]).collect();
     let itl = plan.predict(&facts).itl_ms;
     let mut free: Vec<Vec<f64>> = plan
         .stages
@@ -114,7 +115,7 @@ pub fn simulate(plan: &ExecutionPlan, w: &Workload) -> SimReport {
                 };
                 ready = ready.max(t + ms);
             }
-            let service = s.prompt_units(&facts) * s.cost.prompt_ms_per_token;
+            let service = s.prompt_units_in(&taken, &facts) * s.cost.prompt_ms_per_token;
             let finish = if service > 0.0 {
                 let (r, at) = free[i]
                     .iter()

@@ -1,0 +1,217 @@
+//! One request's path through a compiled plan: which prefill stage a selector (a closure
+//! included) picks, how placement routes it, how a client's hint moves the prefill and
+//! the prediction with it, and what work already queued on a worker adds to TTFT.
+
+use genie_protocol::WorkerId;
+use genie_scheduler::inventory::Inventory;
+use genie_scheduler::patterns::llm;
+use genie_scheduler::render;
+use genie_scheduler::*;
+
+fn facts(prompt: usize) -> RequestFacts {
+    RequestFacts {
+        prompt_tokens: prompt,
+        max_tokens: 16,
+        inputs: vec![],
+    }
+}
+
+fn names(stages: &[&Stage]) -> Vec<String> {
+    stages.iter().map(|s| s.phase.clone()).collect()
+}
+
+fn smollm() -> ModelProfile {
+    ModelProfile::preset("smollm2-135m").unwrap()
+}
+
+/// Relative equality for costs summed in a different order.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn worker(id: u64, role: Role) -> WorkerView {
+    WorkerView {
+        id: WorkerId(id),
+        role,
+        healthy: true,
+        load: 0,
+        queued_tokens: 0,
+        kv_capacity_bytes: 1 << 30,
+        kv_free_bytes: 1 << 30,
+    }
+}
+
+#[test]
+fn a_closure_selector_picks_the_prefill_stage_per_request_and_routing_follows() {
+    // Odd-length prompts ship their KV from a prefill worker, even ones prefill on the
+    // decode worker: a rule no TOML selector can say.
+    let policy = Policy::new("by parity")
+        .phase(
+            Phase::new("prefill", Op::Prefill)
+                .selector(Selector::closure("odd prompts", |f| {
+                    f.prompt_tokens % 2 == 1
+                }))
+                .resources(ResourcePolicy::scale_out(1, "cpu"))
+                .consumes("prompt")
+                .produces("kv_cache", TensorKind::KvCache),
+        )
+        .phase(
+            Phase::new("prefill_local", Op::Prefill)
+                .selector(Selector::closure("even prompts", |f| {
+                    f.prompt_tokens % 2 == 0
+                }))
+                .resources(ResourcePolicy::scale_to(1, "cpu"))
+                .consumes("prompt")
+                .produces("kv_cache", TensorKind::KvCache)
+                .colocate_with("kv_cache"),
+        )
+        .phase(
+            Phase::new("decode", Op::Decode)
+                .selector(Selector::DecodeStep)
+                .resources(ResourcePolicy::scale_to(1, "cpu"))
+                .consumes("kv_cache")
+                .colocate_with("kv_cache"),
+        );
+    let plan = compile(&policy, &smollm(), &Inventory::local(1, 1), &[]).unwrap();
+    assert_eq!(
+        plan.stage("prefill").unwrap().selector_label,
+        "custom: odd prompts"
+    );
+    assert!(render::explain(&plan).contains("for custom: even prompts"));
+
+    let workers = [worker(0, Role::Prefill), worker(100, Role::Decode)];
+    let mut sched = Scheduler::new(RoutingPolicy::LeastLoaded);
+    for (tokens, stage, placement) in [
+        (
+            7,
+            "prefill",
+            Placement::Disaggregated {
+                prefill: WorkerId(0),
+                decode: WorkerId(100),
+            },
+        ),
+        (
+            8,
+            "prefill_local",
+            Placement::Colocated {
+                decode: WorkerId(100),
+            },
+        ),
+    ] {
+        let f = facts(tokens);
+        let (s, local) = plan.prefill_for(&f).unwrap();
+        assert_eq!(s.phase, stage, "{tokens} tokens");
+        assert_eq!(names(&plan.active_stages(&f)), [stage, "decode"]);
+        let req = PlacementRequest::new(tokens, 1024, !local);
+        assert_eq!(
+            sched.place(&req, &workers),
+            Ok(placement),
+            "{tokens} tokens"
+        );
+        // Without a hint the path taken is the plan's own.
+        assert_eq!(plan.taken_stages(&f, !local), plan.active_stages(&f));
+    }
+}
+
+#[test]
+fn a_hint_moves_the_prefill_and_the_prediction_follows() {
+    let plan = compile(
+        &llm::prefill_decode(
+            ResourcePolicy::scale_out(1, "cpu"),
+            ResourcePolicy::scale_to(1, "cpu"),
+            32,
+        ),
+        &smollm(),
+        &Inventory::local(1, 1),
+        &[],
+    )
+    .unwrap();
+    let kv_per_token = plan.edges[0].tensor.bytes_per_token;
+    let long = facts(200);
+    assert_eq!(
+        names(&plan.taken_stages(&long, true)),
+        ["prefill", "decode"]
+    );
+    assert!(plan.predict(&long).transfer_bytes > 0);
+
+    // Kept on the decode worker: the colocated prefill stage runs it and nothing moves.
+    let kept = plan.taken_stages(&long, false);
+    assert_eq!(names(&kept), ["prefill_local", "decode"]);
+    let p = plan.predict_taken(&long, &kept, &|_| 0);
+    assert_eq!((p.transfer_bytes, p.transfer_ms), (0, 0.0), "{p:?}");
+    let local = plan.stage("prefill_local").unwrap();
+    assert!(
+        close(p.ttft_ms, 200.0 * local.cost.prompt_ms_per_token),
+        "{p:?}"
+    );
+    assert_eq!(p.itl_ms, plan.predict(&long).itl_ms);
+
+    // A short prompt sent to a prefill worker: its KV crosses to the decode worker.
+    let short = facts(10);
+    assert_eq!(
+        names(&plan.taken_stages(&short, false)),
+        ["prefill_local", "decode"]
+    );
+    let sent = plan.taken_stages(&short, true);
+    assert_eq!(names(&sent), ["prefill", "decode"]);
+    let p = plan.predict_taken(&short, &sent, &|_| 0);
+    assert_eq!(p.transfer_bytes, 10 * kv_per_token);
+    assert!(p.transfer_ms > 0.0 && p.ttft_ms > 0.0, "{p:?}");
+
+    // A plan with no colocated prefill stage: the decode worker prefills, and pays for it.
+    let plain = compile(
+        &llm::prefill_decode(
+            ResourcePolicy::scale_out(1, "cpu"),
+            ResourcePolicy::scale_to(1, "cpu"),
+            0,
+        ),
+        &smollm(),
+        &Inventory::local(1, 1),
+        &[],
+    )
+    .unwrap();
+    let kept = plain.taken_stages(&long, false);
+    assert_eq!(names(&kept), ["decode"]);
+    let p = plain.predict_taken(&long, &kept, &|_| 0);
+    let decode = plain.stage("decode").unwrap();
+    assert_eq!(p.transfer_bytes, 0);
+    assert!(
+        close(p.ttft_ms, 200.0 * decode.cost.prompt_ms_per_token),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn prompt_work_queued_on_the_placed_worker_adds_to_the_predicted_ttft() {
+    let plan = compile(
+        &llm::prefill_decode(
+            ResourcePolicy::scale_out(1, "cpu"),
+            ResourcePolicy::scale_to(1, "cpu"),
+            32,
+        ),
+        &smollm(),
+        &Inventory::local(1, 1),
+        &[],
+    )
+    .unwrap();
+    let long = facts(200);
+    let taken = plan.taken_stages(&long, true);
+    let idle = plan.predict_taken(&long, &taken, &|_| 0);
+    assert_eq!(idle, plan.predict(&long));
+    assert_eq!(idle.queue_ms, 0.0);
+    let behind = |s: &Stage| if s.phase == "prefill" { 1000 } else { 0 };
+    let busy = plan.predict_taken(&long, &taken, &behind);
+    let per_token = plan.stage("prefill").unwrap().cost.prompt_ms_per_token;
+    assert!(close(busy.queue_ms, 1000.0 * per_token), "{busy:?}");
+    assert!(
+        close(busy.ttft_ms, idle.ttft_ms + busy.queue_ms),
+        "{busy:?}"
+    );
+    assert_eq!(
+        (busy.itl_ms, busy.transfer_bytes),
+        (idle.itl_ms, idle.transfer_bytes)
+    );
+    // Work queued on a stage the request does not take changes nothing.
+    let elsewhere = |s: &Stage| if s.phase == "prefill_local" { 1000 } else { 0 };
+    assert_eq!(plan.predict_taken(&long, &taken, &elsewhere), idle);
+}
