@@ -59,6 +59,9 @@ pub struct Dispatched {
     pub transfer: Option<u64>,
     /// Why it was placed so.
     pub reason: String,
+    /// Prompt tokens already queued on the worker that prefills it, when it was placed
+    /// (what the cost model's queueing term reads).
+    pub queued_tokens: usize,
 }
 
 /// Why a pool could not start a placed sequence.
@@ -89,7 +92,10 @@ pub struct Backend {
     scheduler: Mutex<Scheduler>,
     pub plan: Arc<ExecutionPlan>,
     pub routing: Routing,
-    prefix_tokens: usize,
+    /// Prompt tokens `prefix_affinity` routes by.
+    pub prefix_tokens: usize,
+    /// The config field that pins each role's worker (`plan.pins[k].worker`), for errors.
+    pinned_by: Vec<(Role, String)>,
     disaggregated: bool,
     kv_freed: Arc<Notify>,
     waiting: Arc<AtomicUsize>,
@@ -141,12 +147,25 @@ impl Backend {
         plan: ExecutionPlan,
     ) -> Self {
         metrics::gauge!("genie_num_requests_waiting").set(0.0);
+        let pinned_by = [Role::Prefill, Role::Decode]
+            .into_iter()
+            .filter_map(|role| {
+                let phase = &plan.stage_of(role)?.phase;
+                let k = cfg
+                    .plan
+                    .pins
+                    .iter()
+                    .rposition(|p| &p.phase == phase && p.worker.is_some())?;
+                Some((role, format!("plan.pins[{k}].worker")))
+            })
+            .collect();
         Backend {
             pool,
             scheduler: Mutex::new(scheduler(cfg)),
             plan: Arc::new(plan),
             routing: cfg.scheduler.routing,
             prefix_tokens: cfg.scheduler.prefix_tokens,
+            pinned_by,
             disaggregated: cfg.scheduler.mode == Mode::Disaggregated,
             kv_freed,
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -278,13 +297,21 @@ impl Backend {
             let freed = self.kv_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            let views = self.pool.views();
             let placed = {
-                let views = self.pool.views();
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
                 s.place(&preq, &views)
             };
             match placed {
                 Ok(placement) => {
+                    let (prefills, role) = match placement.prefill() {
+                        Some(p) => (p, Role::Prefill),
+                        None => (placement.decode(), Role::Decode),
+                    };
+                    let queued_tokens = views
+                        .iter()
+                        .find(|w| w.id == prefills && w.role == role)
+                        .map_or(0, |w| w.queued_tokens);
                     let started = match &self.pool {
                         Pool::Local(p) => p.start(placement, &req, id, kv_bytes),
                         Pool::Remote(p) => p.start(placement, &req, id).await,
@@ -297,6 +324,7 @@ impl Backend {
                                 ticket: Some(ticket),
                                 transfer: placement.prefill().map(|_| id),
                                 reason,
+                                queued_tokens,
                             })
                         }
                         Err(StartError::Fatal(e)) => return Err(e),
@@ -331,13 +359,21 @@ impl Backend {
                         id.0
                     )
                     .to_lowercase();
-                    return Err(
-                        if req.hint.prefill_worker.is_some() || req.hint.decode_worker.is_some() {
-                            ApiError::invalid(field, msg)
-                        } else {
-                            ApiError::unavailable(format!("the plan pins a worker: {msg}"))
-                        },
-                    );
+                    let hinted = match role {
+                        Role::Prefill => req.hint.prefill_worker.is_some(),
+                        Role::Decode => req.hint.decode_worker.is_some(),
+                    };
+                    if hinted {
+                        return Err(ApiError::invalid(field, msg));
+                    }
+                    let pin = self
+                        .pinned_by
+                        .iter()
+                        .find(|(r, _)| *r == role)
+                        .map_or("plan.pins", |(_, f)| f.as_str());
+                    return Err(ApiError::unavailable(format!(
+                        "the plan pins a worker ({pin}): {msg}"
+                    )));
                 }
                 Err(PlaceError::NoWorker(role)) => {
                     return Err(ApiError::unavailable(format!(

@@ -76,6 +76,7 @@ async fn start(
     let base = spec.sampling.seed.unwrap_or_else(random_seed);
     let mut seqs = Vec::with_capacity(total);
     let mut placed = Vec::with_capacity(total);
+    let mut queued = Vec::with_capacity(total);
     for (pi, prompt) in spec.prompts.iter().enumerate() {
         metrics::counter!("genie_prompt_tokens_total").increment(prompt.ids.len() as u64);
         for c in 0..spec.n {
@@ -97,6 +98,7 @@ async fn start(
             let d = st.backend.dispatch(req, ticket).await?;
             tracing::debug!(placement = ?d.placement, reason = %d.reason, "sequence placed");
             let index = (pi * spec.n + c) as u32;
+            queued.push(d.queued_tokens);
             placed.push(SeqPlan {
                 index,
                 placement: d.placement,
@@ -119,17 +121,38 @@ async fn start(
             ));
         }
     }
-    st.plans.insert(request_plan(st, spec, id, placed));
+    st.plans.insert(request_plan(st, spec, id, placed, &queued));
     Ok(Merged::new(seqs))
 }
 
-fn request_plan(st: &AppState, spec: &GenSpec, id: &str, sequences: Vec<SeqPlan>) -> RequestPlan {
+/// The request's plan: the stages and prediction of its longest prompt's first sequence as
+/// placed (a hint may have moved its prefill), behind the prompt work queued on the worker
+/// that prefilled it; `queued` is that per sequence.
+fn request_plan(
+    st: &AppState,
+    spec: &GenSpec,
+    id: &str,
+    sequences: Vec<SeqPlan>,
+    queued: &[usize],
+) -> RequestPlan {
     let plan = &st.backend.plan;
+    let longest = (0..spec.prompts.len())
+        .max_by_key(|&i| spec.prompts[i].ids.len())
+        .unwrap_or(0);
+    let lead = longest * spec.n;
     let facts = RequestFacts {
-        prompt_tokens: spec.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0),
+        prompt_tokens: spec.prompts.get(longest).map_or(0, |p| p.ids.len()),
         max_tokens: spec.max_tokens,
         inputs: Vec::new(),
     };
+    let disaggregated = sequences
+        .get(lead)
+        .is_some_and(|s| s.placement.prefill().is_some());
+    let taken = plan.taken_stages(&facts, disaggregated);
+    let ahead = queued.get(lead).copied().unwrap_or(0);
+    // Served plans have one stage with prompt work on the path, on the worker that
+    // prefilled: the queue is ahead of that one.
+    let predicted = plan.predict_taken(&facts, &taken, &|_| ahead);
     let h = spec.hint;
     let hinted =
         h.disaggregate.is_some() || h.prefill_worker.is_some() || h.decode_worker.is_some();
@@ -140,17 +163,13 @@ fn request_plan(st: &AppState, spec: &GenSpec, id: &str, sequences: Vec<SeqPlan>
         plan_version: plan.version,
         prompt_tokens: facts.prompt_tokens,
         max_tokens: spec.max_tokens,
-        stages: plan
-            .active_stages(&facts)
-            .iter()
-            .map(|s| s.phase.clone())
-            .collect(),
+        stages: taken.iter().map(|s| s.phase.clone()).collect(),
         hint: hinted.then(|| PlacementHint {
             disaggregate: h.disaggregate,
             prefill_worker: h.prefill_worker.map(genie_protocol::WorkerId),
             decode_worker: h.decode_worker.map(genie_protocol::WorkerId),
         }),
-        predicted: plan.predict(&facts),
+        predicted,
         sequences,
     }
 }

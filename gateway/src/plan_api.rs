@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-/// The active plan, its routing policy and every worker with the pool it serves.
+/// The active plan, its routing policy (with `prefix_tokens` under `prefix_affinity`) and
+/// every worker with the pool it serves.
 pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
     let plan = &st.backend.plan;
     let pool_of = |role| plan.stage_of(role).map(|s| s.pool.clone());
@@ -40,6 +41,9 @@ pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
             "routing".into(),
             serde_json::to_value(st.backend.routing).unwrap_or_default(),
         );
+        if st.backend.routing == crate::config::Routing::PrefixAffinity {
+            o.insert("prefix_tokens".into(), st.backend.prefix_tokens.into());
+        }
         o.insert("workers".into(), workers.into());
         // Predicted vs measured over the plans kept: how far to trust the cost model.
         let calibration = genie_scheduler::calibrate(&st.plans.recent(1024));

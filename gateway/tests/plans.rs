@@ -12,8 +12,13 @@ fn config(name: &str) -> String {
 }
 
 async fn post(s: &Server, body: Value) -> (u16, Option<String>, Value) {
+    post_to(s, "/v1/completions", body).await
+}
+
+/// POSTs `body` to `path`: the status, the `x-genie-request-id` header and the body.
+async fn post_to(s: &Server, path: &str, body: Value) -> (u16, Option<String>, Value) {
     let r = reqwest::Client::new()
-        .post(s.url("/v1/completions"))
+        .post(s.url(path))
         .json(&body)
         .send()
         .await
@@ -119,6 +124,56 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
         .unwrap()
         .contains("client hint"));
     assert_eq!(rp["hint"]["disaggregate"], false);
+    // The plan reports the path the request took: the KV stayed on the decode worker.
+    assert_eq!(rp["stages"], json!(["prefill_local", "decode"]), "{rp}");
+    assert_eq!(rp["predicted"]["transfer_bytes"], 0, "{rp}");
+    assert_eq!(rp["predicted"]["transfer_ms"], 0.0, "{rp}");
+    assert!(rp["predicted"]["ttft_ms"].as_f64().unwrap() > 0.0, "{rp}");
+
+    // A short prompt the plan keeps local, sent to the prefill worker by the client.
+    let (st, id, forced) = post(
+        &s,
+        completion("Hi", json!({"genie": {"disaggregate": true}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{forced}");
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    let seq = &rp["sequences"][0];
+    assert_eq!(seq["placement"]["kind"], "disaggregated", "{rp}");
+    assert!(seq["transfer_id"].is_u64(), "{rp}");
+    assert!(seq["reason"]
+        .as_str()
+        .unwrap()
+        .contains("client hint (disaggregate = true)"));
+    assert_eq!(rp["stages"], json!(["prefill", "decode"]), "{rp}");
+    assert!(
+        rp["predicted"]["transfer_bytes"].as_u64().unwrap() > 0,
+        "{rp}"
+    );
+
+    // The hint and the request-id header work the same on chat completions.
+    let (st, id, chat) = post_to(
+        &s,
+        "/v1/chat/completions",
+        json!({
+            "model": support::MODEL,
+            "messages": [{"role": "user", "content": LONG}],
+            "max_tokens": 4,
+            "temperature": 0,
+            "genie": {"disaggregate": false},
+        }),
+    )
+    .await;
+    assert_eq!(st, 200, "{chat}");
+    let id = id.expect("x-genie-request-id on chat completions");
+    assert!(id.starts_with("chatcmpl-"), "{id}");
+    assert_eq!(chat["id"], id.as_str());
+    let (st, rp) = get(&s, &format!("/v1/plans/requests/{id}")).await;
+    assert_eq!(st, 200, "{rp}");
+    assert_eq!(rp["sequences"][0]["placement"]["kind"], "colocated", "{rp}");
+    assert_eq!(rp["hint"]["disaggregate"], false, "{rp}");
+    assert_eq!(rp["stages"], json!(["prefill_local", "decode"]), "{rp}");
+    assert!(rp["prompt_tokens"].as_u64().unwrap() >= 32, "{rp}");
     let decode_id = workers.iter().find(|w| w["role"] == "decode").unwrap()["id"].clone();
     let (st, id, _) = post(
         &s,
@@ -262,20 +317,15 @@ fn genie_plan_shows_validates_explains_and_renders() {
     assert_eq!(v["model"]["weight_bytes"], 96_576_768u64);
     assert_eq!(v["model"]["kv_bytes_per_token"], 23_040);
 
-    for f in [
-        "local.toml",
-        "1p1d.toml",
-        "2p2d.toml",
-        "cluster.toml",
-        "pipeline-2stage.toml",
-        "hetero-h100-a100.toml",
-        "moe-expert-parallel.toml",
-        "multimodal-fusion.toml",
-    ] {
-        let out = genie_ok(&["plan", "validate", "--config", &config(f)]);
+    // Every shipped config compiles to a valid plan; a new one cannot be missed.
+    let shipped = support::shipped_configs();
+    assert!(shipped.len() >= 8, "{shipped:?}");
+    for f in &shipped {
+        let out = genie_ok(&["plan", "validate", "--config", f.to_str().unwrap()]);
         assert!(
             String::from_utf8_lossy(&out.stdout).starts_with("valid:"),
-            "{f}"
+            "{}",
+            f.display()
         );
     }
     let out = genie_ok(&[
@@ -312,14 +362,28 @@ fn genie_plan_shows_validates_explains_and_renders() {
         "[plan.model]\npreset = \"llama-3-8b\"\n[plan.policy]\npattern = \"llm.prefill_decode\"\nprefill = { scale_out = { gpus = 2, hardware = \"B200\" } }\ndecode = { scale_to = { gpus = 1, hardware = \"cpu\" } }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
-        .args(["plan", "validate", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let validate = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+            .args(["plan", "validate", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = validate(&bad);
     assert!(
         err.contains("phases[0].resources.hardware") && err.contains("B200"),
+        "{err}"
+    );
+    // A pin to a pool the cluster lacks is named by the pin's own field.
+    std::fs::write(
+        &bad,
+        "[plan.model]\npreset = \"smollm2-135m\"\n[[plan.pins]]\nphase = \"decode\"\nworker = 100\n[[plan.pins]]\nphase = \"decode\"\npool = \"gpu-east\"\n",
+    )
+    .unwrap();
+    let err = validate(&bad);
+    assert!(
+        err.contains("`plan.pins[1].pool`") && err.contains("gpu-east"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -376,8 +440,161 @@ async fn a_config_pin_sends_every_request_to_the_pinned_worker() {
         e["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("the plan pins a worker"),
+            .contains("the plan pins a worker (plan.pins[0].worker)"),
         "{e}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The prefill worker a request's first sequence ran on.
+async fn prefill_worker_of(s: &Server, prompt: &str, extra: Value) -> u64 {
+    let mut body = completion(prompt, extra);
+    body["max_tokens"] = json!(2);
+    let (st, id, b) = post(s, body).await;
+    assert_eq!(st, 200, "{b}");
+    let (_, rp) = get(s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    let p = &rp["sequences"][0]["placement"];
+    assert_eq!(p["kind"], "disaggregated", "{rp}");
+    p["prefill"].as_u64().unwrap()
+}
+
+/// `genie serve` with two prefill workers and the given `[scheduler]` routing.
+fn two_prefill_workers(dir: &std::path::Path, routing: &str) -> Server {
+    let cfg = dir.join(format!("{routing}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[scheduler]\nrouting = \"{routing}\"\nprefix_tokens = 16\n\
+             [prefill]\nworkers = 2\nthreads = 1\n[decode]\nthreads = 1\n"
+        ),
+    )
+    .unwrap();
+    Server::start(&["--config", cfg.to_str().unwrap()], &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_routing_policy_picks_the_prefill_worker() {
+    let dir = std::env::temp_dir().join(format!("genie-routing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let s = two_prefill_workers(&dir, "prefix_affinity");
+    let (_, plan) = get(&s, "/v1/plans").await;
+    assert_eq!(plan["routing"], "prefix_affinity", "{plan}");
+    assert_eq!(plan["prefix_tokens"], 16, "{plan}");
+    let prefill: Vec<u64> = plan["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["role"] == "prefill")
+        .map(|w| w["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(prefill, [0, 1], "{plan}");
+    // Prompts that share their first 16 tokens go to one prefill worker, every time.
+    let home = prefill_worker_of(&s, LONG, json!({})).await;
+    for tail in [" the", " printers of Venice", " books were cheap"] {
+        let got = prefill_worker_of(&s, &format!("{LONG}{tail}"), json!({})).await;
+        assert_eq!(got, home, "{tail:?}");
+    }
+    // Different prefixes spread over both workers.
+    let mut seen = std::collections::BTreeSet::new();
+    for topic in [
+        "rivers",
+        "volcanoes",
+        "bees",
+        "glaciers",
+        "comets",
+        "deserts",
+    ] {
+        let prompt = format!("Write one sentence about {topic}.");
+        seen.insert(prefill_worker_of(&s, &prompt, json!({})).await);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // A client pin to the other worker wins over affinity.
+    let other = 1 - home;
+    let (st, id, b) = post(
+        &s,
+        completion(LONG, json!({"genie": {"prefill_worker": other}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    let seq = &rp["sequences"][0];
+    assert_eq!(seq["placement"]["prefill"], other, "{rp}");
+    assert!(
+        seq["reason"]
+            .as_str()
+            .unwrap()
+            .contains("worker chosen by the client"),
+        "{rp}"
+    );
+    drop(s);
+
+    // Round robin: the same prompt alternates between the workers.
+    let s = two_prefill_workers(&dir, "round_robin");
+    let (_, plan) = get(&s, "/v1/plans").await;
+    assert_eq!(plan["routing"], "round_robin", "{plan}");
+    assert!(plan.get("prefix_tokens").is_none(), "{plan}");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(prefill_worker_of(&s, LONG, json!({})).await);
+    }
+    assert_ne!(got[0], got[1], "{got:?}");
+    assert_eq!((got[2], got[3]), (got[0], got[1]), "{got:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn genie_plan_simulate_reports_a_shipped_plan_under_load() {
+    let cfg = config("multimodal-fusion.toml");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec!["plan", "simulate", "--config", cfg.as_str()];
+        a.extend_from_slice(&["--images", "1", "--rate", "20", "--requests", "50"]);
+        a.extend_from_slice(extra);
+        a
+    };
+    let out = genie_ok(&args(&[]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(
+            "50 requests of 1024 prompt + 128 output tokens at 20/s through `multimodal.parallel_fusion` (simulated):"
+        ),
+        "{text}"
+    );
+    for needle in [
+        "  TTFT: p50 ",
+        "  e2e:  p50 ",
+        "output throughput",
+        "stage vision_encoder",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    let out = genie_ok(&args(&["--json"]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["requests"], 50, "{r}");
+    let phases: Vec<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        ["vision_encoder", "text_embedder", "fusion", "decode"],
+        "{r}"
+    );
+    let ttft = &r["ttft_ms"];
+    assert!(ttft["p50"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        ttft["p99"].as_f64().unwrap() >= ttft["p50"].as_f64().unwrap(),
+        "{r}"
+    );
+    // Seeded: the same run gives the same report.
+    assert_eq!(genie_ok(&args(&["--json"])).stdout, out.stdout);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(["plan", "simulate", "--config", &cfg, "--rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }

@@ -6,6 +6,7 @@ The server must require API_KEY, allow at most 16 waiting sequences and n up to 
 failed check.
 """
 
+import json
 import re
 import sys
 import urllib.request
@@ -113,6 +114,26 @@ r = client.chat.completions.create(model=model, messages=[{"role": "user", "cont
                                    temperature=0, logprobs=True, top_logprobs=3)
 lp = r.choices[0].logprobs.content
 check(len(lp) == 3 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in lp), "chat logprobs")
+
+# the `genie` placement hint through extra_body, confirmed by the request's plan
+def plan_of(request_id):
+    req = urllib.request.Request(f"{base}/v1/plans/requests/{request_id}",
+                                 headers={"Authorization": f"Bearer {key}"})
+    return json.load(urllib.request.urlopen(req))
+
+
+hello = [{"role": "user", "content": "Say hello."}]
+raw = client.chat.completions.with_raw_response.create(
+    model=model, messages=hello, max_tokens=4, temperature=0, extra_body={"genie": {"disaggregate": False}})
+r = raw.parse()
+rid = raw.headers.get("x-genie-request-id")
+check(rid == r.id, f"x-genie-request-id {rid!r} is the response id {r.id!r}")
+plan = plan_of(rid)
+check(plan["hint"] == {"disaggregate": False} and plan["sequences"][0]["placement"]["kind"] == "colocated",
+      f"extra_body genie hint keeps the prefill on the decode worker: {plan}")
+unhinted = plan_of(client.chat.completions.create(model=model, messages=hello, max_tokens=4, temperature=0).id)
+check(unhinted["sequences"][0]["placement"]["kind"] == "disaggregated" and "hint" not in unhinted,
+      f"without the hint the default plan disaggregates: {unhinted}")
 
 # errors
 expect_error(openai.NotFoundError, 404,

@@ -163,3 +163,15 @@ pub fn genie_generate(args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(&["--json", "--threads", "1"]);
     serde_json::from_slice(&genie_ok(&all).stdout).expect("genie generate --json prints JSON")
 }
+
+/// Every `configs/*.toml` in the repository, sorted.
+pub fn shipped_configs() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    found.sort();
+    found
+}
