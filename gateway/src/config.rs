@@ -358,10 +358,22 @@ mod tests {
 mod shipped_configs {
     use super::*;
 
-    /// Every TOML under configs/ that configures `genie serve` loads and validates.
+    /// Every TOML under configs/ loads and validates (found by listing the folder, so a
+    /// new config cannot go unchecked).
     #[test]
     fn shipped_configs_validate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut checked = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                if let Err(e) = ServeConfig::load(Some(&path), Default::default()) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked.push(path);
+            }
+        }
+        assert!(checked.len() >= 8, "{checked:?}");
         let local = dir.join("local.toml");
         let c = ServeConfig::load(Some(&local), Default::default()).unwrap();
         assert_eq!(

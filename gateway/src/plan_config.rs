@@ -189,3 +189,139 @@ pub fn served_plan(
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genie_scheduler::patterns::moe;
+    use genie_scheduler::{Modality, Phase, Selector, TensorKind};
+
+    fn load(name: &str, text: &str) -> ServeConfig {
+        let dir = std::env::temp_dir().join(format!("genie-plan-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        let c = ServeConfig::load(Some(&f), Default::default());
+        std::fs::remove_file(&f).unwrap();
+        c.unwrap()
+    }
+
+    /// Phases written out under `[[plan.policy.phases]]` read through the config loader
+    /// (figment) are the policy the builders make.
+    #[test]
+    fn a_config_policy_written_out_equals_its_builders() {
+        let cfg = load(
+            "explicit.toml",
+            r#"
+[plan.model]
+preset = "llava-1.5-7b"
+
+[plan.policy]
+name = "hand-written"
+
+[[plan.policy.phases]]
+name = "vision"
+op = { kind = "encode", modality = "image" }
+selector = { modality = "image" }
+resources = { scale_out = { gpus = 2, hardware = "L40S" } }
+consumes = ["image"]
+produces = [{ name = "image_embeddings", kind = "embeddings" }]
+
+[[plan.policy.phases]]
+name = "prefill"
+op = { kind = "prefill" }
+selector = { prompt_tokens = { min = 128 } }
+resources = { scale_out = { gpus = 4, hardware = "H100" } }
+consumes = ["prompt", "image_embeddings"]
+produces = [{ name = "kv_cache", kind = "kv_cache" }]
+pool = "h100-east"
+
+[[plan.policy.phases]]
+name = "prefill_short"
+op = { kind = "prefill" }
+selector = { prompt_tokens = { max = 128 } }
+resources = { scale_to = { gpus = 1, hardware = "A100" } }
+consumes = ["prompt"]
+produces = [{ name = "kv_cache", kind = "kv_cache" }]
+data_dependencies = [{ colocate_with = "kv_cache" }]
+
+[[plan.policy.phases]]
+name = "decode"
+op = { kind = "decode" }
+selector = "decode_step"
+resources = { scale_to = { gpus = 1, hardware = "A100" } }
+consumes = ["kv_cache"]
+data_dependencies = [{ colocate_with = "kv_cache" }]
+
+[plan.cluster]
+pools = [
+  { name = "l40s", hardware = "L40S", count = 2 },
+  { name = "h100", hardware = "H100", count = 4 },
+  { name = "h100-east", hardware = "H100", count = 4 },
+  { name = "a100", hardware = "A100", count = 2 },
+]
+"#,
+        );
+        let built = Policy::new("hand-written")
+            .phase(
+                Phase::new(
+                    "vision",
+                    Op::Encode {
+                        modality: Modality::Image,
+                    },
+                )
+                .selector(Selector::Modality(Modality::Image))
+                .resources(ResourcePolicy::scale_out(2, "L40S"))
+                .consumes("image")
+                .produces("image_embeddings", TensorKind::Embeddings),
+            )
+            .phase(
+                Phase::new("prefill", Op::Prefill)
+                    .selector(Selector::prompt_tokens(128..))
+                    .resources(ResourcePolicy::scale_out(4, "H100"))
+                    .consumes("prompt")
+                    .consumes("image_embeddings")
+                    .produces("kv_cache", TensorKind::KvCache)
+                    .pin_pool("h100-east"),
+            )
+            .phase(
+                Phase::new("prefill_short", Op::Prefill)
+                    .selector(Selector::prompt_tokens(..128))
+                    .resources(ResourcePolicy::scale_to(1, "A100"))
+                    .consumes("prompt")
+                    .produces("kv_cache", TensorKind::KvCache)
+                    .colocate_with("kv_cache"),
+            )
+            .phase(
+                Phase::new("decode", Op::Decode)
+                    .selector(Selector::DecodeStep)
+                    .resources(ResourcePolicy::scale_to(1, "A100"))
+                    .consumes("kv_cache")
+                    .colocate_with("kv_cache"),
+            );
+        assert_eq!(cfg.plan_policy(), built);
+        let plan = cfg.compile_plan(None, Transport::Tcp).unwrap();
+        let prefill = plan.stage("prefill").unwrap();
+        assert!(
+            prefill.pinned_pool && prefill.pool == "h100-east",
+            "{prefill:?}"
+        );
+        assert_eq!(plan.stage("prefill_short").unwrap().pool, "a100");
+    }
+
+    /// A shipped pattern config read through the loader is the pattern function's policy.
+    #[test]
+    fn a_shipped_pattern_config_equals_the_pattern_function() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/moe-expert-parallel.toml");
+        let cfg = ServeConfig::load(Some(&path), Default::default()).unwrap();
+        assert_eq!(
+            cfg.plan_policy(),
+            moe::expert_parallel(
+                4,
+                ResourcePolicy::scale_to(2, "H100"),
+                ResourcePolicy::scale_to(1, "A100")
+            )
+        );
+    }
+}
