@@ -292,13 +292,7 @@ pools = [
                     .produces("kv_cache", TensorKind::KvCache)
                     .colocate_with("kv_cache"),
             )
-            .phase(
-                Phase::new("decode", Op::Decode)
-                    .selector(Selector::DecodeStep)
-                    .resources(ResourcePolicy::scale_to(1, "A100"))
-                    .consumes("kv_cache")
-                    .colocate_with("kv_cache"),
-            );
+            .phase(llm::decode_phase(ResourcePolicy::scale_to(1, "A100")));
         assert_eq!(cfg.plan_policy(), built);
         let plan = cfg.compile_plan(None, Transport::Tcp).unwrap();
         let prefill = plan.stage("prefill").unwrap();

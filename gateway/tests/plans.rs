@@ -37,6 +37,16 @@ async fn get(s: &Server, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The `phase` of every entry of `v["stages"]` (a plan, a simulation report).
+fn phases(v: &Value) -> Vec<&str> {
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap())
+        .collect()
+}
+
 fn completion(prompt: &str, extra: Value) -> Value {
     let mut b =
         json!({"model": support::MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0});
@@ -57,13 +67,7 @@ async fn every_request_gets_a_plan_the_client_can_read_and_steer() {
     assert_eq!(st, 200, "{plan}");
     assert_eq!(plan["object"], "plan");
     assert_eq!(plan["policy"], "llm.prefill_decode");
-    let stages: Vec<&str> = plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["phase"].as_str().unwrap())
-        .collect();
-    assert_eq!(stages, ["prefill", "prefill_local", "decode"]);
+    assert_eq!(phases(&plan), ["prefill", "prefill_local", "decode"]);
     assert_eq!(plan["edges"][0]["tensor"]["name"], "kv_cache");
     let workers = plan["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2);
@@ -571,14 +575,8 @@ fn genie_plan_simulate_reports_a_shipped_plan_under_load() {
     let out = genie_ok(&args(&["--json"]));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["requests"], 50, "{r}");
-    let phases: Vec<&str> = r["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["phase"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        phases,
+        phases(&r),
         ["vision_encoder", "text_embedder", "fusion", "decode"],
         "{r}"
     );

@@ -24,6 +24,22 @@ fn smollm() -> ModelProfile {
     ModelProfile::preset("smollm2-135m").unwrap()
 }
 
+/// `genie serve`'s plan: one prefill and one decode CPU worker, prompts under
+/// `min_prompt_tokens` prefilled on the decode worker.
+fn local_prefill_decode(min_prompt_tokens: usize) -> ExecutionPlan {
+    compile(
+        &llm::prefill_decode(
+            ResourcePolicy::scale_out(1, "cpu"),
+            ResourcePolicy::scale_to(1, "cpu"),
+            min_prompt_tokens,
+        ),
+        &smollm(),
+        &Inventory::local(1, 1),
+        &[],
+    )
+    .unwrap()
+}
+
 /// Relative equality for costs summed in a different order.
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
@@ -65,13 +81,7 @@ fn a_closure_selector_picks_the_prefill_stage_per_request_and_routing_follows() 
                 .produces("kv_cache", TensorKind::KvCache)
                 .colocate_with("kv_cache"),
         )
-        .phase(
-            Phase::new("decode", Op::Decode)
-                .selector(Selector::DecodeStep)
-                .resources(ResourcePolicy::scale_to(1, "cpu"))
-                .consumes("kv_cache")
-                .colocate_with("kv_cache"),
-        );
+        .phase(llm::decode_phase(ResourcePolicy::scale_to(1, "cpu")));
     let plan = compile(&policy, &smollm(), &Inventory::local(1, 1), &[]).unwrap();
     assert_eq!(
         plan.stage("prefill").unwrap().selector_label,
@@ -115,17 +125,7 @@ fn a_closure_selector_picks_the_prefill_stage_per_request_and_routing_follows() 
 
 #[test]
 fn a_hint_moves_the_prefill_and_the_prediction_follows() {
-    let plan = compile(
-        &llm::prefill_decode(
-            ResourcePolicy::scale_out(1, "cpu"),
-            ResourcePolicy::scale_to(1, "cpu"),
-            32,
-        ),
-        &smollm(),
-        &Inventory::local(1, 1),
-        &[],
-    )
-    .unwrap();
+    let plan = local_prefill_decode(32);
     let kv_per_token = plan.edges[0].tensor.bytes_per_token;
     let long = facts(200);
     assert_eq!(
@@ -159,17 +159,7 @@ fn a_hint_moves_the_prefill_and_the_prediction_follows() {
     assert!(p.transfer_ms > 0.0 && p.ttft_ms > 0.0, "{p:?}");
 
     // A plan with no colocated prefill stage: the decode worker prefills, and pays for it.
-    let plain = compile(
-        &llm::prefill_decode(
-            ResourcePolicy::scale_out(1, "cpu"),
-            ResourcePolicy::scale_to(1, "cpu"),
-            0,
-        ),
-        &smollm(),
-        &Inventory::local(1, 1),
-        &[],
-    )
-    .unwrap();
+    let plain = local_prefill_decode(0);
     let kept = plain.taken_stages(&long, false);
     assert_eq!(names(&kept), ["decode"]);
     let p = plain.predict_taken(&long, &kept, &|_| 0);
@@ -183,17 +173,7 @@ fn a_hint_moves_the_prefill_and_the_prediction_follows() {
 
 #[test]
 fn prompt_work_queued_on_the_placed_worker_adds_to_the_predicted_ttft() {
-    let plan = compile(
-        &llm::prefill_decode(
-            ResourcePolicy::scale_out(1, "cpu"),
-            ResourcePolicy::scale_to(1, "cpu"),
-            32,
-        ),
-        &smollm(),
-        &Inventory::local(1, 1),
-        &[],
-    )
-    .unwrap();
+    let plan = local_prefill_decode(32);
     let long = facts(200);
     let taken = plan.taken_stages(&long, true);
     let idle = plan.predict_taken(&long, &taken, &|_| 0);
