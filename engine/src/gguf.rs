@@ -54,7 +54,7 @@ impl ModelConfig {
                 return Err(format!("{k} is 0"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_heads, self.n_kv_heads
@@ -66,7 +66,7 @@ impl ModelConfig {
                 self.head_dim, self.n_heads, self.hidden
             ));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return Err(format!(
                 "rope.dimension_count {} must be even and <= head_dim {}",
                 self.rope_dim, self.head_dim

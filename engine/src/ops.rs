@@ -89,7 +89,7 @@ pub fn round_to_f16(x: &mut [f32]) {
 #[inline]
 fn avx2() -> Option<Avx2> {
     match kernel_kind() {
-        KernelKind::Avx2 => Avx2::new(),
+        KernelKind::Avx2 | KernelKind::Avx512 => Avx2::new(),
         KernelKind::Scalar => None,
     }
 }

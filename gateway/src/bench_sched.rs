@@ -60,7 +60,7 @@ pub fn run(a: SchedBenchArgs) -> anyhow::Result<()> {
                 } else {
                     Role::Decode
                 },
-                healthy: h % 50 != 0,
+                healthy: !h.is_multiple_of(50),
                 load: (h % 64) as usize,
                 queued_tokens: ((h >> 8) % 8192) as usize,
                 kv_capacity_bytes: 64 << 30,

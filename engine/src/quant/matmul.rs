@@ -2,13 +2,16 @@
 //! across the current rayon pool by row ranges. Each output element is computed by one
 //! kernel call whose arithmetic does not depend on the other rows of the batch.
 
-use super::acts::QuantizedActs;
+use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
-use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, QK};
+use super::dot_avx512::{self, Avx512};
+use super::{dot_scalar, kernel_kind, BlockQ4_1, BlockQ8_0, KernelKind, QMatrix, QK};
 use rayon::prelude::*;
 
 /// Tokens processed together against one unpacked weight row.
 const TILE: usize = 4;
+/// Tokens per tile for the AVX-512 kernels, which have registers for twice as many.
+const WIDE_TILE: usize = 8;
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -32,6 +35,21 @@ pub fn matmul(w: &QMatrix, x: &QuantizedActs, out: &mut [f32]) {
 /// Several matrices sharing one input (Q/K/V, gate/up) in a single parallel region:
 /// `outs[i] = ws[i] · x`. Fewer fork/join points per layer matter when decoding one token.
 pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]]) {
+    let kernels = match kernel_kind() {
+        KernelKind::Avx512 => (Avx2::new(), Avx512::new()),
+        KernelKind::Avx2 => (Avx2::new(), None),
+        KernelKind::Scalar => (None, None),
+    };
+    matmul_with(kernels, ws, x, outs)
+}
+
+/// [`matmul_multi`] with an explicit kernel choice (AVX2 token, AVX-512 token).
+fn matmul_with(
+    (avx2, avx512): (Option<Avx2>, Option<Avx512>),
+    ws: &[&QMatrix],
+    x: &QuantizedActs,
+    outs: &mut [&mut [f32]],
+) {
     assert_eq!(ws.len(), outs.len(), "matmul: one output per matrix");
     let n = x.rows();
     for (w, out) in ws.iter().zip(outs.iter()) {
@@ -44,10 +62,6 @@ pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]])
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance threads, few enough to keep scheduling overhead small.
     let target_chunks = if threads == 1 { 1 } else { threads * 4 };
-    let avx2 = match kernel_kind() {
-        KernelKind::Avx2 => Avx2::new(),
-        KernelKind::Scalar => None,
-    };
     let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, chunk)
     for (i, w) in ws.iter().enumerate() {
@@ -71,12 +85,27 @@ pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]])
             let g_end = (g + group).min(end);
             let mut t = 0;
             while t < n {
-                let width = if n - t >= TILE { TILE } else { 1 };
+                let width = match n - t {
+                    left if left >= WIDE_TILE && avx512.is_some() => WIDE_TILE,
+                    left if left >= TILE => TILE,
+                    _ => 1,
+                };
                 let mut r = g;
-                if let (Some(k), QMatrix::Q4_1 { .. } | QMatrix::Q8_0 { .. }) = (avx2, w) {
-                    while r + 2 <= g_end {
-                        two_rows(k, w, r, x, t, width, &put);
-                        r += 2;
+                if matches!(w, QMatrix::Q4_1 { .. } | QMatrix::Q8_0 { .. }) {
+                    if let Some(k) = avx512 {
+                        while r + 4 <= g_end {
+                            rows_tile::<_, 4>(k, w, r, x, t, width, &put);
+                            r += 4;
+                        }
+                        if r + 2 <= g_end {
+                            rows_tile::<_, 2>(k, w, r, x, t, width, &put);
+                            r += 2;
+                        }
+                    } else if let Some(k) = avx2 {
+                        while r + 2 <= g_end {
+                            rows_tile::<_, 2>(k, w, r, x, t, width, &put);
+                            r += 2;
+                        }
                     }
                 }
                 for r in r..g_end {
@@ -93,10 +122,59 @@ pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]])
     }
 }
 
-/// Rows `r, r + 1` of a quantised `w` against tokens `t0..t0 + width`: two independent
-/// accumulation chains per token, the same arithmetic as one row at a time.
-fn two_rows(
-    k: Avx2,
+/// A multi-row, multi-token kernel family: `R` weight rows against `N` activation rows.
+trait TileKernel: Copy {
+    fn q4_1<const R: usize, const N: usize>(
+        self,
+        w: [&[BlockQ4_1]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R];
+    fn q8_0<const R: usize, const N: usize>(
+        self,
+        w: [&[BlockQ8_0]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R];
+}
+
+impl TileKernel for Avx2 {
+    fn q4_1<const R: usize, const N: usize>(
+        self,
+        w: [&[BlockQ4_1]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        dot_avx2::dot_q4_1_q8_1_tile(self, w, a)
+    }
+    fn q8_0<const R: usize, const N: usize>(
+        self,
+        w: [&[BlockQ8_0]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        dot_avx2::dot_q8_0_q8_0_tile(self, w, a)
+    }
+}
+
+impl TileKernel for Avx512 {
+    fn q4_1<const R: usize, const N: usize>(
+        self,
+        w: [&[BlockQ4_1]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        dot_avx512::dot_q4_1_q8_1_tile(self, w, a)
+    }
+    fn q8_0<const R: usize, const N: usize>(
+        self,
+        w: [&[BlockQ8_0]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        dot_avx512::dot_q8_0_q8_0_tile(self, w, a)
+    }
+}
+
+/// Rows `r..r + R` of a quantised `w` against tokens `t0..t0 + width` (`width` is 1,
+/// [`TILE`] or [`WIDE_TILE`]): `R` independent accumulation chains per token, the same
+/// arithmetic as one row at a time.
+fn rows_tile<K: TileKernel, const R: usize>(
+    k: K,
     w: &QMatrix,
     r: usize,
     x: &QuantizedActs,
@@ -104,55 +182,39 @@ fn two_rows(
     width: usize,
     put: &impl Fn(usize, usize, f32),
 ) {
+    match width {
+        WIDE_TILE => rows_tokens::<K, R, WIDE_TILE>(k, w, r, x, t0, put),
+        TILE => rows_tokens::<K, R, TILE>(k, w, r, x, t0, put),
+        _ => (t0..t0 + width).for_each(|t| rows_tokens::<K, R, 1>(k, w, r, x, t, put)),
+    }
+}
+
+/// Rows `r..r + R` against exactly the `N` tokens `t0..t0 + N`.
+fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
+    k: K,
+    w: &QMatrix,
+    r: usize,
+    x: &QuantizedActs,
+    t0: usize,
+    put: &impl Fn(usize, usize, f32),
+) {
     let nb = w.cols() / QK;
-    let rows = |r: usize| r * nb..(r + 1) * nb;
-    let emit = |v: &[[f32; TILE]; 2], t0: usize| {
-        for (ri, row) in v.iter().enumerate() {
-            row.iter()
-                .enumerate()
-                .for_each(|(i, v)| put(t0 + i, r + ri, *v));
-        }
+    let span = |r: usize| r * nb..(r + 1) * nb;
+    let v: [[f32; N]; R] = match (w, x) {
+        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => k.q4_1(
+            std::array::from_fn(|i| &blocks[span(r + i)]),
+            std::array::from_fn(|i| &a[span(t0 + i)]),
+        ),
+        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => k.q8_0(
+            std::array::from_fn(|i| &blocks[span(r + i)]),
+            std::array::from_fn(|i| &a[span(t0 + i)]),
+        ),
+        // Activations of another format: the per-row path reports the mismatch.
+        _ => return (r..r + R).for_each(|r| row_times_tile(w, r, x, t0, N, None, put)),
     };
-    match (w, x) {
-        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => {
-            let (w0, w1) = (&blocks[rows(r)], &blocks[rows(r + 1)]);
-            let arow = |t: usize| &a[rows(t)];
-            if width == TILE {
-                let v = dot_avx2::dot_q4_1_q8_1_tile(
-                    k,
-                    [w0, w1],
-                    [arow(t0), arow(t0 + 1), arow(t0 + 2), arow(t0 + 3)],
-                );
-                emit(&v, t0);
-            } else {
-                for t in t0..t0 + width {
-                    let v = dot_avx2::dot_q4_1_q8_1_tile(k, [w0, w1], [arow(t)]);
-                    put(t, r, v[0][0]);
-                    put(t, r + 1, v[1][0]);
-                }
-            }
-        }
-        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => {
-            let (w0, w1) = (&blocks[rows(r)], &blocks[rows(r + 1)]);
-            let arow = |t: usize| &a[rows(t)];
-            if width == TILE {
-                let v = dot_avx2::dot_q8_0_q8_0_tile(
-                    k,
-                    [w0, w1],
-                    [arow(t0), arow(t0 + 1), arow(t0 + 2), arow(t0 + 3)],
-                );
-                emit(&v, t0);
-            } else {
-                for t in t0..t0 + width {
-                    let v = dot_avx2::dot_q8_0_q8_0_tile(k, [w0, w1], [arow(t)]);
-                    put(t, r, v[0][0]);
-                    put(t, r + 1, v[1][0]);
-                }
-            }
-        }
-        _ => {
-            row_times_tile(w, r, x, t0, width, Some(k), put);
-            row_times_tile(w, r + 1, x, t0, width, Some(k), put);
+    for (ri, row) in v.iter().enumerate() {
+        for (i, v) in row.iter().enumerate() {
+            put(t0 + i, r + ri, *v);
         }
     }
 }
@@ -272,6 +334,49 @@ mod tests {
                         WeightFormat::Q4_1 => 0.2,
                     };
                     assert!((out[t * rows + r] - exact).abs() < tol, "{format:?} {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_family_gives_the_same_bits_on_ragged_shapes() {
+        // Row counts that leave 1-3 rows after the 4-row tiles, token counts that leave
+        // 1-3 tokens after the 8- and 4-token tiles: every path of the driver is taken.
+        let Some(k2) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        };
+        let k5 = Avx512::new();
+        if k5.is_none() {
+            eprintln!("AVX-512 VNNI absent: comparing AVX2 with itself row by row only");
+        }
+        for (rows, n) in [(37, 7), (64, 16), (130, 5), (9, 1), (6, 3), (20, 13)] {
+            let cols = 96;
+            let wf = data(rows as u64, rows * cols);
+            let xf = data(7 + n as u64, n * cols);
+            for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+                let w = QMatrix::quantize(format, rows, cols, &wf);
+                let x = QuantizedActs::for_weight(&w, &xf);
+                let run = |kernels| {
+                    let mut out = vec![0.0f32; n * rows];
+                    matmul_with(kernels, &[&w], &x, &mut [&mut out]);
+                    out
+                };
+                let avx2 = run((Some(k2), None));
+                let best = run((Some(k2), k5));
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&best),
+                    bits(&avx2),
+                    "{format:?} {rows}x{cols}, {n} tokens"
+                );
+                let scalar = run((None, None));
+                for (a, b) in avx2.iter().zip(&scalar) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                        "{format:?}: {a} vs {b}"
+                    );
                 }
             }
         }

@@ -1,0 +1,355 @@
+//! AVX-512 VNNI kernels, selected at run time, that compute **bit for bit** what the AVX2
+//! kernels in [`super::dot_avx2`] compute — and so what llama.cpp's `vec_dot_q4_1_q8_1` /
+//! `vec_dot_q8_0_q8_0` compute on a VNNI build.
+//!
+//! Why they are identical: the AVX2 kernels keep, per (row, token), eight f32 partial sums;
+//! each 32-weight block adds `fma(d_w·d_a, cvt(i32 lane sums), acc)` where lane `j` holds
+//! the exact integer sum of products of bytes `4j..4j+3`. `vpdpbusd` yields the very same
+//! eight exact integers in one instruction (`maddubs` + `madd` do it in two, and never
+//! saturate on these inputs). A 512-bit register holds the eight lanes of *two* (row, token)
+//! pairs — two weight rows against one activation row broadcast to both halves — so every
+//! lane sees the same operations in the same order as in the AVX2 kernel, only twice as
+//! many pairs per instruction. The per-block minimum term (`m_w · s_a`, mul then add) and
+//! the final horizontal sum are kept in the same order too. Tests compare every bit.
+//!
+//! Q8_0 weights are signed, so `vpdpbusd` (unsigned × signed) takes the activations offset
+//! by 128 as its unsigned operand and starts each lane at `-128 · Σ w` of its four bytes:
+//! the result is the exact integer `Σ a·w` again.
+
+use super::acts::ActBlock;
+use super::{BlockQ4_1, BlockQ8_0};
+
+/// Proof that the CPU supports AVX-512 F/BW/VL/VNNI (and AVX2, FMA, F16C).
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512(());
+
+impl Avx512 {
+    pub fn new() -> Option<Self> {
+        available().then_some(Avx512(()))
+    }
+}
+
+/// True when this CPU can run the kernels in this module.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::dot_avx2::available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// The AVX2 kernels' horizontal sum, on one 256-bit half.
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline(always)]
+    unsafe fn halves(v: __m512) -> [__m256; 2] {
+        [
+            _mm512_castps512_ps256(v),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)),
+        ]
+    }
+
+    /// `[d0, m0, d1, m1, d2, m2, d3, m3]` widened from the first four bytes (the adjacent
+    /// f16 `d` and `m`, or `d` and the first two quants) of up to four blocks.
+    #[inline(always)]
+    unsafe fn heads<const R: usize>(p: [*const u8; R]) -> __m256 {
+        let mut v = [0i32; 4];
+        for r in 0..R {
+            v[r] = std::ptr::read_unaligned(p[r] as *const i32);
+        }
+        _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i))
+    }
+
+    /// Per row pair `p`: `[d_{2p} ×8 | d_{2p+1} ×8]` from [`heads`]' output.
+    #[inline(always)]
+    unsafe fn pair_scales(dm: __m256, p: usize) -> __m512 {
+        let (a, b) = (4 * p as i32, 4 * p as i32 + 2);
+        let idx = _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a);
+        _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(dm))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize>(
+        w: [&[BlockQ4_1]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        debug_assert!(R.is_multiple_of(2) && R <= 4);
+        let pairs = R / 2;
+        let mut acc = [[_mm512_setzero_ps(); N]; 2];
+        let mut summs = [_mm_setzero_ps(); N]; // lane r: row r's minimum term
+        let lowmask = _mm512_set1_epi8(0x0f);
+        // 16-bit lanes of the second and fourth 128-bit quarter shift by 4: high nibbles.
+        let shifts = _mm512_set_epi64(
+            0x0004_0004_0004_0004,
+            0x0004_0004_0004_0004,
+            0,
+            0,
+            0x0004_0004_0004_0004,
+            0x0004_0004_0004_0004,
+            0,
+            0,
+        );
+        let mins = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+        let zero = _mm512_setzero_si512();
+        for b in 0..w[0].len() {
+            let mut ptrs = [std::ptr::null::<u8>(); R];
+            for r in 0..R {
+                ptrs[r] = w[r].get_unchecked(b) as *const BlockQ4_1 as *const u8;
+            }
+            let dm = heads::<R>(ptrs);
+            let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, mins));
+            let mut bx = [zero; 2];
+            let mut dw = [_mm512_setzero_ps(); 2];
+            for p in 0..pairs {
+                let q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    w[2 * p].get_unchecked(b).qs.as_ptr() as *const __m128i,
+                ));
+                let q1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    w[2 * p + 1].get_unchecked(b).qs.as_ptr() as *const __m128i,
+                ));
+                let both = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                bx[p] = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), lowmask);
+                dw[p] = pair_scales(dm, p);
+            }
+            for t in 0..N {
+                let ba = a[t].get_unchecked(b);
+                let by =
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i));
+                let da = _mm512_set1_ps(ba.d);
+                summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, _mm_set1_ps(ba.s)));
+                for p in 0..pairs {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, bx[p], by));
+                    acc[p][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw[p], da), q, acc[p][t]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; N]; R];
+        for t in 0..N {
+            let mut s = [0.0f32; 4];
+            _mm_storeu_ps(s.as_mut_ptr(), summs[t]);
+            for p in 0..pairs {
+                let [lo, hi] = halves(acc[p][t]);
+                out[2 * p][t] = hsum256(lo) + s[2 * p];
+                out[2 * p + 1][t] = hsum256(hi) + s[2 * p + 1];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_q8_0<const R: usize, const N: usize>(
+        w: [&[BlockQ8_0]; R],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; N]; R] {
+        debug_assert!(R.is_multiple_of(2) && R <= 4);
+        let pairs = R / 2;
+        let mut acc = [[_mm512_setzero_ps(); N]; 2];
+        let zero = _mm512_setzero_si512();
+        let offset = _mm512_set1_epi8(-128i8);
+        for b in 0..w[0].len() {
+            let mut ptrs = [std::ptr::null::<u8>(); R];
+            for r in 0..R {
+                ptrs[r] = w[r].get_unchecked(b) as *const BlockQ8_0 as *const u8;
+            }
+            // Only the d lanes (0, 2, 4, 6) of these are used.
+            let dm = heads::<R>(ptrs);
+            let mut bx = [zero; 2];
+            let mut start = [zero; 2];
+            let mut dw = [_mm512_setzero_ps(); 2];
+            for p in 0..pairs {
+                let q0 =
+                    _mm256_loadu_si256(w[2 * p].get_unchecked(b).qs.as_ptr() as *const __m256i);
+                let q1 =
+                    _mm256_loadu_si256(w[2 * p + 1].get_unchecked(b).qs.as_ptr() as *const __m256i);
+                bx[p] = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                // -128 · Σ w per lane: (0x80 as u8 = 128) · w, negated.
+                start[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, bx[p]));
+                dw[p] = pair_scales(dm, p);
+            }
+            for t in 0..N {
+                let ba = a[t].get_unchecked(b);
+                let y = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
+                // a + 128 as unsigned bytes: flipping the sign bit.
+                let uy = _mm512_xor_si512(_mm512_broadcast_i64x4(y), offset);
+                let da = _mm512_set1_ps(ba.d);
+                for p in 0..pairs {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], uy, bx[p]));
+                    acc[p][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw[p], da), q, acc[p][t]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; N]; R];
+        for t in 0..N {
+            for p in 0..pairs {
+                let [lo, hi] = halves(acc[p][t]);
+                out[2 * p][t] = hsum256(lo);
+                out[2 * p + 1][t] = hsum256(hi);
+            }
+        }
+        out
+    }
+}
+
+fn check_lengths<W, const R: usize, const N: usize>(w: &[&[W]; R], a: &[&[ActBlock]; N]) {
+    assert!(
+        R == 2 || R == 4,
+        "the AVX-512 tiles take 2 or 4 weight rows"
+    );
+    let len = w[0].len();
+    assert!(
+        w.iter().all(|r| r.len() == len),
+        "weight rows of different lengths"
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= len),
+        "activation row shorter than weight row"
+    );
+}
+
+/// `R` (2 or 4) Q4_1 weight rows against `N` Q8_1 activation rows: `out[r][t]`, each
+/// bit-identical to [`super::dot_avx2::dot_q4_1_q8_1`] of that row and token.
+#[inline]
+pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
+    _: Avx512,
+    w: [&[BlockQ4_1]; R],
+    a: [&[ActBlock]; N],
+) -> [[f32; N]; R] {
+    check_lengths(&w, &a);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the `Avx512` token proves the target features; lengths checked above.
+    unsafe {
+        imp::dot_q4_1_q8_1(w, a)
+    }
+}
+
+/// `R` (2 or 4) Q8_0 weight rows against `N` Q8_0 activation rows: `out[r][t]`, each
+/// bit-identical to [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
+#[inline]
+pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
+    _: Avx512,
+    w: [&[BlockQ8_0]; R],
+    a: [&[ActBlock]; N],
+) -> [[f32; N]; R] {
+    check_lengths(&w, &a);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    unsafe {
+        imp::dot_q8_0_q8_0(w, a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dot_avx2::{self, Avx2};
+    use super::super::{acts, quantize_block_q4_1, QK};
+    use super::*;
+
+    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn act_rows(n: usize, cols: usize, q8_1: bool) -> Vec<Vec<ActBlock>> {
+        (0..n)
+            .map(|t| {
+                values(100 + t as u64, cols, 4.0)
+                    .chunks(QK)
+                    .map(|c| {
+                        if q8_1 {
+                            acts::quantize_block_q8_1(c).into()
+                        } else {
+                            acts::quantize_block_q8_0(c).into()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn tokens() -> Option<(Avx512, Avx2)> {
+        let k = Avx512::new().zip(Avx2::new());
+        if k.is_none() {
+            eprintln!("skipped: CPU lacks AVX-512 VNNI");
+        }
+        k
+    }
+
+    #[test]
+    fn q4_1_tiles_equal_the_avx2_kernel_bit_for_bit() {
+        let Some((k, k2)) = tokens() else { return };
+        let cols = QK * 18;
+        let w: Vec<Vec<_>> = (0..4)
+            .map(|r| {
+                values(r, cols, 2.0)
+                    .chunks(QK)
+                    .map(quantize_block_q4_1)
+                    .collect()
+            })
+            .collect();
+        let a = act_rows(4, cols, true);
+        let rows = [&w[0][..], &w[1], &w[2], &w[3]];
+        let four = dot_q4_1_q8_1_tile(k, rows, [&a[0][..], &a[1], &a[2], &a[3]]);
+        let two = dot_q4_1_q8_1_tile(k, [&w[2][..], &w[3]], [&a[1][..]]);
+        for r in 0..4 {
+            for t in 0..4 {
+                let want = dot_avx2::dot_q4_1_q8_1(k2, &w[r], [&a[t]])[0];
+                assert_eq!(four[r][t].to_bits(), want.to_bits(), "row {r} token {t}");
+            }
+        }
+        assert_eq!(two[1][0].to_bits(), four[3][1].to_bits());
+    }
+
+    #[test]
+    fn q8_0_tiles_equal_the_avx2_kernel_bit_for_bit_including_minus_128() {
+        let Some((k, k2)) = tokens() else { return };
+        let cols = QK * 7;
+        let mut w: Vec<Vec<_>> = (0..4)
+            .map(|r| {
+                values(10 + r, cols, 2.0)
+                    .chunks(QK)
+                    .map(acts::quantize_block_q8_0)
+                    .collect()
+            })
+            .collect();
+        w[1][0].qs[5] = -128;
+        w[2][3].qs = [-128; QK];
+        let mut a = act_rows(3, cols, false);
+        a[0][2].qs = [127; QK];
+        a[2][1].qs = [-127; QK];
+        let rows = [&w[0][..], &w[1], &w[2], &w[3]];
+        let got = dot_q8_0_q8_0_tile(k, rows, [&a[0][..], &a[1], &a[2]]);
+        for r in 0..4 {
+            for t in 0..3 {
+                let want = dot_avx2::dot_q8_0_q8_0(k2, &w[r], [&a[t]])[0];
+                assert_eq!(got[r][t].to_bits(), want.to_bits(), "row {r} token {t}");
+            }
+        }
+    }
+}
