@@ -477,6 +477,7 @@ impl Model {
             .flat_map(|b| (0..c.n_kv_heads).map(move |g| (b, g)))
             .collect();
         let ptr = OutPtr(out.as_mut_ptr());
+        let fused = ops::f16_kernels();
         tasks.par_iter().for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
             |(scores, acc, rows_f32): &mut (Vec<f32>, Vec<f32>, Vec<f32>), &(b, g)| {
@@ -489,6 +490,26 @@ impl Model {
                     let head = g * group + h;
                     &q[(t0 + ti) * hidden + head * hd..(t0 + ti) * hidden + (head + 1) * hd]
                 };
+                if m == 1 {
+                    if let Some(k) = fused {
+                        let qs = |h: usize| qrow(0, h);
+                        acc.clear();
+                        acc.resize(rows * hd, 0.0);
+                        let done =
+                            attend_f16(k, group, &qs, kc, vc, kv, g * hd, ctx, scale, scores, acc);
+                        if done {
+                            // SAFETY: as below: the group's heads of token t0 belong to this task.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    acc.as_ptr(),
+                                    ptr.get().add(t0 * hidden + g * group * hd),
+                                    rows * hd,
+                                )
+                            };
+                            return;
+                        }
+                    }
+                }
                 // This KV head's keys for positions 0..ctx, widened once for the block.
                 widen_head(kc, kv, g * hd, hd, ctx, rows_f32);
                 scores.clear();
@@ -540,6 +561,63 @@ impl Model {
     }
 }
 
+/// One token's attention for the `group` query heads `qs(h)` of one KV head, reading the
+/// f16 cache directly (each K/V row widened once, in registers, for every head of the
+/// group): the same operations in the same order as the widen-then-f32 path below, so
+/// the result is bit-identical. Writes `[group][hd]` into `out`; false (nothing done)
+/// for group sizes it has no kernel for.
+#[allow(clippy::too_many_arguments)]
+fn attend_f16<'q>(
+    k: crate::quant::dot_avx2::Avx2,
+    group: usize,
+    qs: &dyn Fn(usize) -> &'q [f32],
+    kc: &[half::f16],
+    vc: &[half::f16],
+    kv: usize,
+    offset: usize,
+    ctx: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> bool {
+    fn run<'q, const G: usize>(
+        k: crate::quant::dot_avx2::Avx2,
+        qs: &dyn Fn(usize) -> &'q [f32],
+        (kc, vc, kv, offset): (&[half::f16], &[half::f16], usize, usize),
+        ctx: usize,
+        scale: f32,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        use crate::quant::dot_avx2::{dot_rows_f16, weighted_rows_f16};
+        scores.clear();
+        scores.resize(G * ctx, 0.0);
+        let hd = out.len() / G;
+        {
+            let mut sc = scores.chunks_exact_mut(ctx);
+            let sc: [&mut [f32]; G] = std::array::from_fn(|_| sc.next().expect("G rows"));
+            dot_rows_f16(k, std::array::from_fn(qs), kc, kv, offset, scale, sc);
+        }
+        for sc in scores.chunks_exact_mut(ctx) {
+            ops::softmax(sc);
+            ops::round_to_f16(sc);
+        }
+        let mut o = out.chunks_exact_mut(hd);
+        let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
+        let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx..(h + 1) * ctx]);
+        weighted_rows_f16(k, p, vc, kv, offset, o);
+    }
+    let cache = (kc, vc, kv, offset);
+    match group {
+        1 => run::<1>(k, qs, cache, ctx, scale, scores, out),
+        2 => run::<2>(k, qs, cache, ctx, scale, scores, out),
+        3 => run::<3>(k, qs, cache, ctx, scale, scores, out),
+        4 => run::<4>(k, qs, cache, ctx, scale, scores, out),
+        _ => return false,
+    }
+    true
+}
+
 /// Tokens of one sequence whose attention is computed together.
 const QUERY_BLOCK: usize = 16;
 
@@ -565,11 +643,8 @@ fn widen_head(
     ctx: usize,
     dst: &mut Vec<f32>,
 ) {
-    use half::slice::HalfFloatSliceExt;
     dst.resize(ctx * hd, 0.0);
-    for (j, d) in dst.chunks_exact_mut(hd).enumerate() {
-        src[j * kv + offset..j * kv + offset + hd].convert_to_f32_slice(d);
-    }
+    ops::widen_f16_rows(src, kv, offset, hd, dst);
 }
 
 fn matmul_f32(w: &QMatrix, x: &[f32], out: &mut [f32]) {

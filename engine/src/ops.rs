@@ -4,16 +4,28 @@
 use crate::quant::dot_avx2::{self, Avx2};
 use crate::quant::{dot_scalar, kernel_kind, KernelKind};
 
+/// Element-wise work on this many values or more is split across the compute pool
+/// (each value's arithmetic is the same either way).
+const PARALLEL_ELEMENTS: usize = 8 * 1024;
+
 /// `out = x / sqrt(mean(x²) + eps) * weight`, row by row.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    use rayon::prelude::*;
     let d = weight.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+    let row = |(xr, or): (&[f32], &mut [f32])| {
         let sum: f64 = xr.iter().map(|v| (v * v) as f64).sum();
         let mean = (sum / d as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
             *o = (v * scale) * w;
         }
+    };
+    if x.len() >= PARALLEL_ELEMENTS {
+        x.par_chunks_exact(d)
+            .zip(out.par_chunks_exact_mut(d))
+            .for_each(row);
+    } else {
+        x.chunks_exact(d).zip(out.chunks_exact_mut(d)).for_each(row);
     }
 }
 
@@ -42,8 +54,18 @@ pub fn apply_rope(row: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
 
 /// `gate = silu(gate) * up`, in place.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    use rayon::prelude::*;
+    let run = |(g, u): (&mut [f32], &[f32])| {
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    };
+    if gate.len() >= PARALLEL_ELEMENTS {
+        gate.par_chunks_mut(4096)
+            .zip(up.par_chunks(4096))
+            .for_each(run);
+    } else {
+        run((gate, up));
     }
 }
 
@@ -61,6 +83,26 @@ pub fn dot_rows(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
         None => {
             for (o, r) in out.iter_mut().zip(rows.chunks_exact(q.len())) {
                 *o = dot_scalar::dot_f32(q, r) * scale;
+            }
+        }
+    }
+}
+
+/// Rows of `width` f16 values at `offset` in each `stride`-wide row of `src`, widened
+/// exactly to f32, contiguously into `dst` (`dst.len() / width` rows).
+pub fn widen_f16_rows(
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    match avx2() {
+        Some(k) => dot_avx2::widen_f16_rows(k, src, stride, offset, width, dst),
+        None => {
+            use half::slice::HalfFloatSliceExt;
+            for (j, d) in dst.chunks_exact_mut(width).enumerate() {
+                src[j * stride + offset..j * stride + offset + width].convert_to_f32_slice(d);
             }
         }
     }
@@ -84,6 +126,12 @@ pub fn round_to_f16(x: &mut [f32]) {
     for v in x {
         *v = half::f16::from_f32(*v).to_f32();
     }
+}
+
+/// The kernels that read f16 rows directly, when this CPU has them and they are not
+/// capped off (`GENIE_KERNEL=scalar`).
+pub fn f16_kernels() -> Option<Avx2> {
+    avx2()
 }
 
 #[inline]

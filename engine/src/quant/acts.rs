@@ -93,10 +93,88 @@ pub enum QuantizedActs {
 /// Quantises every block, in parallel on the current rayon pool when there are many.
 fn quantize_all(x: &[f32], f: impl Fn(&[f32]) -> ActBlock + Sync + Send) -> Vec<ActBlock> {
     use rayon::prelude::*;
-    if x.len() >= 64 * 1024 {
+    if x.len() >= 16 * 1024 {
         x.par_chunks_exact(QK).map(f).collect()
     } else {
         x.chunks_exact(QK).map(f).collect()
+    }
+}
+
+/// One block to Q8_1 (`with_sum`) or Q8_0, as an [`ActBlock`]: the vectorised version
+/// where the CPU has AVX2, else the scalar one; both give the same bits.
+fn act_block(x: &[f32], with_sum: bool) -> ActBlock {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernel_kind() != super::KernelKind::Scalar {
+        // SAFETY: kernel_kind() is not Scalar only where AVX2/FMA/F16C were detected.
+        return unsafe { simd::act_block(x, with_sum) };
+    }
+    if with_sum {
+        quantize_block_q8_1(x).into()
+    } else {
+        quantize_block_q8_0(x).into()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{ActBlock, QK};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// The scalar quantisers' arithmetic, eight lanes at a time: `|x|` maximum (exact),
+    /// `d = amax / 127`, `q = round_half_even(x * (127 / amax))` (the same f32 product,
+    /// rounded by the same rule), the exact integer sum of `q`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn act_block(x: &[f32], with_sum: bool) -> ActBlock {
+        assert!(x.len() >= QK);
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v[i], id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        let sum = {
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1)))
+        };
+        // i32 -> i8 (values within ±127): the packs interleave 128-bit lanes, the
+        // permutation puts the 32 bytes back in order.
+        let w16a = _mm256_packs_epi32(q[0], q[1]);
+        let w16b = _mm256_packs_epi32(q[2], q[3]);
+        let bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packs_epi16(w16a, w16b),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        );
+        let mut qs = [0i8; QK];
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes);
+        ActBlock {
+            d: f16::from_f32(d).to_f32(),
+            s: if with_sum {
+                f16::from_f32(d * sum as f32).to_f32()
+            } else {
+                0.0
+            },
+            qs,
+        }
     }
 }
 
@@ -119,11 +197,11 @@ impl QuantizedActs {
             },
             WeightFormat::Q4_1 => QuantizedActs::Q8_1 {
                 cols,
-                blocks: quantize_all(x, |c| quantize_block_q8_1(c).into()),
+                blocks: quantize_all(x, |c| act_block(c, true)),
             },
             WeightFormat::Q8_0 => QuantizedActs::Q8_0 {
                 cols,
-                blocks: quantize_all(x, |c| quantize_block_q8_0(c).into()),
+                blocks: quantize_all(x, |c| act_block(c, false)),
             },
         }
     }
@@ -176,6 +254,42 @@ mod tests {
         }
         for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -127.5, 0.49999997] {
             assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+        }
+    }
+
+    #[test]
+    fn vectorised_quantisers_give_the_scalar_bits() {
+        if super::super::kernel_kind() == super::super::KernelKind::Scalar {
+            eprintln!("skipped: no vector kernels on this CPU");
+            return;
+        }
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut blocks: Vec<Vec<f32>> = (0..200)
+            .map(|i| (0..32).map(|_| next() * (1 + i % 7) as f32 * 3.0).collect())
+            .collect();
+        blocks.push(vec![0.0; 32]);
+        // Exact ties after scaling: amax 127 makes x * 127 / amax == x.
+        blocks.push(
+            (0..32)
+                .map(|i| if i == 0 { 127.0 } else { i as f32 - 15.5 })
+                .collect(),
+        );
+        blocks.push(
+            (0..32)
+                .map(|i| if i == 3 { -127.0 } else { 0.5 * i as f32 })
+                .collect(),
+        );
+        for b in &blocks {
+            let q1: ActBlock = quantize_block_q8_1(b).into();
+            let q0: ActBlock = quantize_block_q8_0(b).into();
+            assert_eq!(act_block(b, true), q1, "{b:?}");
+            assert_eq!(act_block(b, false), q0, "{b:?}");
         }
     }
 

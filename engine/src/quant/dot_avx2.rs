@@ -159,6 +159,118 @@ mod imp {
         }
     }
 
+    /// `out[h][j] = scale * (q[h] · row_j)` for `G` query rows against the f16 rows
+    /// `row_j = src[j * stride + offset..][..hd]`, each row widened once for all `G`;
+    /// every product and sum in the order of [`dot_f32_body`] on the widened row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows_f16<const G: usize>(
+        q: [&[f32]; G],
+        src: &[half::f16],
+        stride: usize,
+        offset: usize,
+        scale: f32,
+        out: [&mut [f32]; G],
+    ) {
+        let hd = q[0].len();
+        let sp = src.as_ptr() as *const u16;
+        let widen = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        for j in 0..out[0].len() {
+            let row = sp.add(j * stride + offset);
+            let mut acc0 = [_mm256_setzero_ps(); G];
+            let mut acc1 = [_mm256_setzero_ps(); G];
+            let mut i = 0;
+            while i + 16 <= hd {
+                let (k0, k1) = (widen(row.add(i)), widen(row.add(i + 8)));
+                for h in 0..G {
+                    let qp = q[h].as_ptr().add(i);
+                    acc0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), k0, acc0[h]);
+                    acc1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8)), k1, acc1[h]);
+                }
+                i += 16;
+            }
+            while i + 8 <= hd {
+                let k0 = widen(row.add(i));
+                for h in 0..G {
+                    acc0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h].as_ptr().add(i)), k0, acc0[h]);
+                }
+                i += 8;
+            }
+            for h in 0..G {
+                let mut s = hsum(_mm256_add_ps(acc0[h], acc1[h]));
+                for (t, qv) in q[h].iter().enumerate().skip(i) {
+                    s += qv * half::f16::from_bits(*row.add(t)).to_f32();
+                }
+                *out[h].get_unchecked_mut(j) = s * scale;
+            }
+        }
+    }
+
+    /// `out[h] += Σ_j p[h][j] * row_j` over the f16 rows `row_j` (as in
+    /// [`dot_rows_f16`]), in order of `j`, each step as [`axpy_f32_body`] does it on the
+    /// widened row; each row is widened once for all `G` outputs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_rows_f16<const G: usize>(
+        p: [&[f32]; G],
+        src: &[half::f16],
+        stride: usize,
+        offset: usize,
+        out: [&mut [f32]; G],
+    ) {
+        let hd = out[0].len();
+        let sp = src.as_ptr() as *const u16;
+        let op: [*mut f32; G] = out.map(|o| o.as_mut_ptr());
+        for j in 0..p[0].len() {
+            let row = sp.add(j * stride + offset);
+            let w: [f32; G] = std::array::from_fn(|h| *p[h].get_unchecked(j));
+            let mut i = 0;
+            while i + 8 <= hd {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
+                for h in 0..G {
+                    let yp = op[h].add(i);
+                    _mm256_storeu_ps(
+                        yp,
+                        _mm256_fmadd_ps(_mm256_set1_ps(w[h]), x, _mm256_loadu_ps(yp)),
+                    );
+                }
+                i += 8;
+            }
+            while i < hd {
+                let x = half::f16::from_bits(*row.add(i)).to_f32();
+                for h in 0..G {
+                    *op[h].add(i) += w[h] * x;
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// Rows `0..rows` of `width` f16 values, each at `offset` in a `stride`-wide row of
+    /// `src`, widened exactly to f32 and written contiguously to `dst`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn widen_f16_rows(
+        src: &[half::f16],
+        stride: usize,
+        offset: usize,
+        width: usize,
+        dst: &mut [f32],
+    ) {
+        let rows = dst.len() / width;
+        let (sp, dp) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+        for j in 0..rows {
+            let (s, d) = (sp.add(j * stride + offset), dp.add(j * width));
+            let mut i = 0;
+            while i + 8 <= width {
+                let h = _mm_loadu_si128(s.add(i) as *const __m128i);
+                _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(h));
+                i += 8;
+            }
+            while i < width {
+                *d.add(i) = half::f16::from_bits(*s.add(i)).to_f32();
+                i += 1;
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         dot_f32_body(a, b)
@@ -309,6 +421,76 @@ pub fn weighted_rows(_: Avx2, p: &[f32], rows: &[f32], out: &mut [f32]) {
     unsafe { dispatch!(weighted_rows)(p, rows, out) }
 }
 
+fn check_f16_rows(src: &[half::f16], stride: usize, offset: usize, width: usize, rows: usize) {
+    assert!(
+        width > 0
+            && offset + width <= stride
+            && (rows == 0 || (rows - 1) * stride + offset + width <= src.len()),
+        "f16 rows: shapes"
+    );
+}
+
+/// `out[h][j] = scale * (q[h] · row_j)` for `G` query rows against f16 rows
+/// `row_j = src[j * stride + offset..][..q[h].len()]`, `j < out[h].len()`: bit-identical to
+/// widening each row to f32 and calling [`dot_rows`] per query row.
+#[inline]
+pub fn dot_rows_f16<const G: usize>(
+    _: Avx2,
+    q: [&[f32]; G],
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    out: [&mut [f32]; G],
+) {
+    let (hd, rows) = (q[0].len(), out[0].len());
+    assert!(
+        q.iter().all(|q| q.len() == hd) && out.iter().all(|o| o.len() == rows),
+        "dot_rows_f16: shapes"
+    );
+    check_f16_rows(src, stride, offset, hd, rows);
+    // SAFETY: the token proves AVX2+FMA+F16C; every read is inside `src` and `q`, every
+    // write inside `out` (checked above).
+    unsafe { dispatch!(dot_rows_f16)(q, src, stride, offset, scale, out) }
+}
+
+/// `out[h] += Σ_j p[h][j] * row_j` over f16 rows (as in [`dot_rows_f16`]), bit-identical
+/// to widening each row and calling [`weighted_rows`] per output.
+#[inline]
+pub fn weighted_rows_f16<const G: usize>(
+    _: Avx2,
+    p: [&[f32]; G],
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    out: [&mut [f32]; G],
+) {
+    let (hd, rows) = (out[0].len(), p[0].len());
+    assert!(
+        p.iter().all(|p| p.len() == rows) && out.iter().all(|o| o.len() == hd),
+        "weighted_rows_f16: shapes"
+    );
+    check_f16_rows(src, stride, offset, hd, rows);
+    // SAFETY: as above.
+    unsafe { dispatch!(weighted_rows_f16)(p, src, stride, offset, out) }
+}
+
+/// Widens `dst.len() / width` rows of `width` f16 values (row `j` at
+/// `src[j * stride + offset..]`) to f32, contiguously into `dst`; exact, as `f16::to_f32`.
+#[inline]
+pub fn widen_f16_rows(
+    _: Avx2,
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    check_f16_rows(src, stride, offset, width, dst.len() / width.max(1));
+    // SAFETY: the token proves AVX2+F16C; every read is inside `src` (checked above).
+    unsafe { dispatch!(widen_f16_rows)(src, stride, offset, width, dst) }
+}
+
 /// f32 dot product over the common length.
 #[inline]
 pub fn dot_f32(_: Avx2, a: &[f32], b: &[f32]) -> f32 {
@@ -407,6 +589,80 @@ mod tests {
             got.to_bits(),
             "row tiling changed the result"
         );
+    }
+
+    #[test]
+    fn f16_rows_widen_exactly() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/F16C");
+            return;
+        };
+        let src: Vec<half::f16> = rows(11, 7 * 30)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        for (offset, width) in [(0, 30), (3, 19), (10, 8), (5, 1)] {
+            let mut dst = vec![0.0f32; 7 * width];
+            widen_f16_rows(k, &src, 30, offset, width, &mut dst);
+            for j in 0..7 {
+                for i in 0..width {
+                    assert_eq!(dst[j * width + i], src[j * 30 + offset + i].to_f32());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_f16_attention_kernels_equal_widen_then_f32_bit_for_bit() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/F16C");
+            return;
+        };
+        // hd 64 (the model's), and widths that take the 8-wide and scalar tails.
+        for (hd, stride, offset) in [(64, 192, 64), (27, 40, 13), (8, 8, 0)] {
+            let n = 9;
+            let src: Vec<half::f16> = rows(21, n * stride)
+                .into_iter()
+                .map(half::f16::from_f32)
+                .collect();
+            let mut wide = vec![0.0f32; n * hd];
+            widen_f16_rows(k, &src, stride, offset, hd, &mut wide);
+            let qs: Vec<Vec<f32>> = (0..3).map(|h| rows(30 + h, hd)).collect();
+            let mut fused = vec![vec![0.0f32; n]; 3];
+            let [a, b, c] = &mut fused[..] else {
+                unreachable!()
+            };
+            dot_rows_f16(
+                k,
+                [&qs[0][..], &qs[1], &qs[2]],
+                &src,
+                stride,
+                offset,
+                0.125,
+                [a, b, c],
+            );
+            let ps: Vec<Vec<f32>> = (0..3).map(|h| rows(40 + h, n)).collect();
+            let mut acc_f = vec![rows(50, hd); 3];
+            let [x, y, z] = &mut acc_f[..] else {
+                unreachable!()
+            };
+            weighted_rows_f16(
+                k,
+                [&ps[0][..], &ps[1], &ps[2]],
+                &src,
+                stride,
+                offset,
+                [x, y, z],
+            );
+            for h in 0..3 {
+                let mut want = vec![0.0f32; n];
+                dot_rows(k, &qs[h], &wide, 0.125, &mut want);
+                assert_eq!(fused[h], want, "dot hd {hd} head {h}");
+                let mut acc = rows(50, hd);
+                weighted_rows(k, &ps[h], &wide, &mut acc);
+                assert_eq!(acc_f[h], acc, "weighted hd {hd} head {h}");
+            }
+        }
     }
 
     #[test]

@@ -111,13 +111,32 @@ mod imp {
         );
         let mins = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
         let zero = _mm512_setzero_si512();
-        for b in 0..w[0].len() {
+        let heads_at = |b: usize| {
             let mut ptrs = [std::ptr::null::<u8>(); R];
             for r in 0..R {
                 ptrs[r] = w[r].get_unchecked(b) as *const BlockQ4_1 as *const u8;
             }
-            let dm = heads::<R>(ptrs);
-            let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, mins));
+            heads::<R>(ptrs)
+        };
+        // The minimum terms first, in their own pass: the same sums in the same order,
+        // without holding N more registers beside the 2N accumulators below.
+        for b in 0..w[0].len() {
+            let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(heads_at(b), mins));
+            for t in 0..N {
+                let s = _mm_set1_ps(a[t].get_unchecked(b).s);
+                summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, s));
+            }
+        }
+        // The next tile's rows follow this tile's in memory: stream them in while this
+        // one computes (R blocks' worth per block step covers the next R rows in time).
+        let next = w[R - 1].as_ptr_range().end as *const i8;
+        for b in 0..w[0].len() {
+            for l in 0..(R * std::mem::size_of::<BlockQ4_1>()).div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    next.add(b * R * std::mem::size_of::<BlockQ4_1>() + 64 * l),
+                );
+            }
+            let dm = heads_at(b);
             let mut bx = [zero; 2];
             let mut dw = [_mm512_setzero_ps(); 2];
             for p in 0..pairs {
@@ -136,7 +155,6 @@ mod imp {
                 let by =
                     _mm512_broadcast_i64x4(_mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i));
                 let da = _mm512_set1_ps(ba.d);
-                summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, _mm_set1_ps(ba.s)));
                 for p in 0..pairs {
                     let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, bx[p], by));
                     acc[p][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw[p], da), q, acc[p][t]);
@@ -166,10 +184,16 @@ mod imp {
         let mut acc = [[_mm512_setzero_ps(); N]; 2];
         let zero = _mm512_setzero_si512();
         let offset = _mm512_set1_epi8(-128i8);
+        let next = w[R - 1].as_ptr_range().end as *const i8;
         for b in 0..w[0].len() {
             let mut ptrs = [std::ptr::null::<u8>(); R];
             for r in 0..R {
                 ptrs[r] = w[r].get_unchecked(b) as *const BlockQ8_0 as *const u8;
+            }
+            for l in 0..(R * std::mem::size_of::<BlockQ8_0>()).div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    next.add(b * R * std::mem::size_of::<BlockQ8_0>() + 64 * l),
+                );
             }
             // Only the d lanes (0, 2, 4, 6) of these are used.
             let dm = heads::<R>(ptrs);

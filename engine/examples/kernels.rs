@@ -1,0 +1,60 @@
+//! Single-thread kernel timings: one Q4_1 FFN-sized matrix (1536 x 576) and one Q8_0
+//! output-head slice (4096 x 576) times 1, 4, 8 and 16 activation rows, per kernel family.
+//! Best of many runs, so a busy machine shows the kernel and not the neighbours.
+//!
+//! `cargo run --release -p genie-engine --example kernels`
+
+use genie_engine::quant::acts::QuantizedActs;
+use genie_engine::quant::matmul::matmul;
+use genie_engine::quant::{QMatrix, WeightFormat};
+use std::time::Instant;
+
+fn data(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn main() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("one thread");
+    println!(
+        "kernels: {:?} (GENIE_KERNEL=avx2|scalar caps it)",
+        genie_engine::quant::kernel_kind()
+    );
+    println!("| matrix | tokens | best µs | GMAC/s |");
+    println!("|---|---:|---:|---:|");
+    for (format, rows, cols) in [
+        (WeightFormat::Q4_1, 1536, 576),
+        (WeightFormat::Q8_0, 4096, 576),
+        (WeightFormat::Q8_0, 49152, 576),
+        (WeightFormat::Q4_1, 49152, 576),
+    ] {
+        let w = QMatrix::quantize(format, rows, cols, &data(1, rows * cols));
+        for n in [1, 4, 8, 16] {
+            let x = QuantizedActs::for_weight(&w, &data(2, n * cols));
+            let mut out = vec![0.0f32; n * rows];
+            let mut best = f64::INFINITY;
+            pool.install(|| {
+                for _ in 0..(400 * 1536 / rows).max(8) {
+                    let t0 = Instant::now();
+                    matmul(&w, &x, &mut out);
+                    best = best.min(t0.elapsed().as_secs_f64());
+                }
+            });
+            let macs = (rows * cols * n) as f64;
+            println!(
+                "| {} {rows}x{cols} | {n} | {:.1} | {:.1} |",
+                format.name(),
+                best * 1e6,
+                macs / best / 1e9
+            );
+        }
+    }
+}
