@@ -74,7 +74,9 @@ fn matmul_with(
         let end = (start + chunk).min(rows);
         // Rows of one task are walked in groups that stay cache-resident while every token
         // tile streams past them (weights read from memory once per group, not per token).
-        let group = (48 * 1024 / w.format().bytes_for(w.cols()).max(1)).clamp(1, chunk);
+        // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end.
+        let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
+        let group = (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk);
         let p = ptrs[i];
         let put = |t: usize, r: usize, v: f32| {
             // SAFETY: t < n and r < rows, so the index is in bounds of outs[i]; each
