@@ -490,25 +490,31 @@ impl Model {
                     let head = g * group + h;
                     &q[(t0 + ti) * hidden + head * hd..(t0 + ti) * hidden + (head + 1) * hd]
                 };
-                if m == 1 {
-                    if let Some(k) = fused {
-                        let qs = |h: usize| qrow(0, h);
-                        acc.clear();
-                        acc.resize(rows * hd, 0.0);
-                        let done =
-                            attend_f16(k, group, &qs, kc, vc, kv, g * hd, ctx, scale, scores, acc);
-                        if done {
-                            // SAFETY: as below: the group's heads of token t0 belong to this task.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    acc.as_ptr(),
-                                    ptr.get().add(t0 * hidden + g * group * hd),
-                                    rows * hd,
-                                )
-                            };
-                            return;
-                        }
+                if let (1, Some(k), 1..=4) = (m, fused, group) {
+                    let mut qs: [&[f32]; 4] = [&[]; 4];
+                    for (h, q) in qs.iter_mut().enumerate().take(group) {
+                        *q = qrow(0, h);
                     }
+                    acc.clear();
+                    acc.resize(rows * hd, 0.0);
+                    attend_f16(
+                        k,
+                        &qs[..group],
+                        (kc, vc, kv, g * hd),
+                        ctx,
+                        scale,
+                        scores,
+                        acc,
+                    );
+                    // SAFETY: as below: the group's heads of token t0 belong to this task.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            acc.as_ptr(),
+                            ptr.get().add(t0 * hidden + g * group * hd),
+                            rows * hd,
+                        )
+                    };
+                    return;
                 }
                 // This KV head's keys for positions 0..ctx, widened once for the block.
                 widen_head(kc, kv, g * hd, hd, ctx, rows_f32);
@@ -564,26 +570,21 @@ impl Model {
 /// One token's attention for the `group` query heads `qs(h)` of one KV head, reading the
 /// f16 cache directly (each K/V row widened once, in registers, for every head of the
 /// group): the same operations in the same order as the widen-then-f32 path below, so
-/// the result is bit-identical. Writes `[group][hd]` into `out`; false (nothing done)
-/// for group sizes it has no kernel for.
-#[allow(clippy::too_many_arguments)]
-fn attend_f16<'q>(
+/// the result is bit-identical. Writes `[group][hd]` into `out` for a group of 1 to 4
+/// query heads.
+fn attend_f16(
     k: crate::quant::dot_avx2::Avx2,
-    group: usize,
-    qs: &dyn Fn(usize) -> &'q [f32],
-    kc: &[half::f16],
-    vc: &[half::f16],
-    kv: usize,
-    offset: usize,
+    qs: &[&[f32]],
+    cache: F16Head,
     ctx: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
-) -> bool {
-    fn run<'q, const G: usize>(
+) {
+    fn run<const G: usize>(
         k: crate::quant::dot_avx2::Avx2,
-        qs: &dyn Fn(usize) -> &'q [f32],
-        (kc, vc, kv, offset): (&[half::f16], &[half::f16], usize, usize),
+        qs: &[&[f32]],
+        (kc, vc, kv, offset): F16Head,
         ctx: usize,
         scale: f32,
         scores: &mut Vec<f32>,
@@ -596,7 +597,7 @@ fn attend_f16<'q>(
         {
             let mut sc = scores.chunks_exact_mut(ctx);
             let sc: [&mut [f32]; G] = std::array::from_fn(|_| sc.next().expect("G rows"));
-            dot_rows_f16(k, std::array::from_fn(qs), kc, kv, offset, scale, sc);
+            dot_rows_f16(k, std::array::from_fn(|h| qs[h]), kc, kv, offset, scale, sc);
         }
         for sc in scores.chunks_exact_mut(ctx) {
             ops::softmax(sc);
@@ -607,16 +608,17 @@ fn attend_f16<'q>(
         let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx..(h + 1) * ctx]);
         weighted_rows_f16(k, p, vc, kv, offset, o);
     }
-    let cache = (kc, vc, kv, offset);
-    match group {
+    match qs.len() {
         1 => run::<1>(k, qs, cache, ctx, scale, scores, out),
         2 => run::<2>(k, qs, cache, ctx, scale, scores, out),
         3 => run::<3>(k, qs, cache, ctx, scale, scores, out),
         4 => run::<4>(k, qs, cache, ctx, scale, scores, out),
-        _ => return false,
+        n => unreachable!("attend_f16 takes 1 to 4 query heads, got {n}"),
     }
-    true
 }
+
+/// One KV head of one cache layer: K rows, V rows, the row width and the head's offset.
+type F16Head<'c> = (&'c [half::f16], &'c [half::f16], usize, usize);
 
 /// Tokens of one sequence whose attention is computed together.
 const QUERY_BLOCK: usize = 16;
