@@ -573,7 +573,7 @@ impl Model {
 /// the result is bit-identical. Writes `[group][hd]` into `out` for a group of 1 to 4
 /// query heads.
 fn attend_f16(
-    k: crate::quant::dot_avx2::Avx2,
+    k: ops::F16Kernels,
     qs: &[&[f32]],
     cache: F16Head,
     ctx: usize,
@@ -582,7 +582,7 @@ fn attend_f16(
     out: &mut [f32],
 ) {
     fn run<const G: usize>(
-        k: crate::quant::dot_avx2::Avx2,
+        k: ops::F16Kernels,
         qs: &[&[f32]],
         (kc, vc, kv, offset): F16Head,
         ctx: usize,
@@ -590,14 +590,19 @@ fn attend_f16(
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        use crate::quant::dot_avx2::{dot_rows_f16, weighted_rows_f16};
+        use crate::quant::{dot_avx2, dot_avx512};
         scores.clear();
         scores.resize(G * ctx, 0.0);
         let hd = out.len() / G;
+        let wide = k.avx512.filter(|_| dot_avx512::attention_width_ok(hd));
         {
             let mut sc = scores.chunks_exact_mut(ctx);
             let sc: [&mut [f32]; G] = std::array::from_fn(|_| sc.next().expect("G rows"));
-            dot_rows_f16(k, std::array::from_fn(|h| qs[h]), kc, kv, offset, scale, sc);
+            let q = std::array::from_fn(|h| qs[h]);
+            match wide {
+                Some(k5) => dot_avx512::dot_rows_f16(k5, q, kc, kv, offset, scale, sc),
+                None => dot_avx2::dot_rows_f16(k.avx2, q, kc, kv, offset, scale, sc),
+            }
         }
         for sc in scores.chunks_exact_mut(ctx) {
             ops::softmax(sc);
@@ -606,7 +611,10 @@ fn attend_f16(
         let mut o = out.chunks_exact_mut(hd);
         let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
         let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx..(h + 1) * ctx]);
-        weighted_rows_f16(k, p, vc, kv, offset, o);
+        match wide {
+            Some(k5) => dot_avx512::weighted_rows_f16(k5, p, vc, kv, offset, o),
+            None => dot_avx2::weighted_rows_f16(k.avx2, p, vc, kv, offset, o),
+        }
     }
     match qs.len() {
         1 => run::<1>(k, qs, cache, ctx, scale, scores, out),

@@ -4,9 +4,12 @@
 use crate::quant::dot_avx2::{self, Avx2};
 use crate::quant::{dot_scalar, kernel_kind, KernelKind};
 
-/// Element-wise work on this many values or more is split across the compute pool
-/// (each value's arithmetic is the same either way).
-const PARALLEL_ELEMENTS: usize = 8 * 1024;
+/// Element-wise work on this many values or more is split across the compute pool (each
+/// value's arithmetic is the same either way). A parallel region costs a wake-up of the
+/// other threads, worth it for the `exp` of SiLU from a few thousand values and for
+/// the cheap arithmetic of RMS norm only from many more.
+const PARALLEL_EXP_ELEMENTS: usize = 8 * 1024;
+const PARALLEL_ELEMENTS: usize = 64 * 1024;
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, row by row.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -60,7 +63,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
     };
-    if gate.len() >= PARALLEL_ELEMENTS {
+    if gate.len() >= PARALLEL_EXP_ELEMENTS {
         gate.par_chunks_mut(4096)
             .zip(up.par_chunks(4096))
             .for_each(run);
@@ -123,15 +126,33 @@ pub fn weighted_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
 
 /// Rounds every value to the nearest f16 (kept as f32).
 pub fn round_to_f16(x: &mut [f32]) {
-    for v in x {
-        *v = half::f16::from_f32(*v).to_f32();
+    match avx2() {
+        Some(k) => dot_avx2::round_to_f16(k, x),
+        None => {
+            for v in x {
+                *v = half::f16::from_f32(*v).to_f32();
+            }
+        }
     }
 }
 
-/// The kernels that read f16 rows directly, when this CPU has them and they are not
-/// capped off (`GENIE_KERNEL=scalar`).
-pub fn f16_kernels() -> Option<Avx2> {
-    avx2()
+/// The attention kernels that read f16 rows directly: AVX2, and AVX-512 where the kernel
+/// family allows it (all bit-identical).
+#[derive(Clone, Copy, Debug)]
+pub struct F16Kernels {
+    pub avx2: Avx2,
+    pub avx512: Option<crate::quant::dot_avx512::Avx512>,
+}
+
+/// The f16 attention kernels this CPU has, unless capped off (`GENIE_KERNEL=scalar`).
+pub fn f16_kernels() -> Option<F16Kernels> {
+    avx2().map(|avx2| F16Kernels {
+        avx2,
+        avx512: match kernel_kind() {
+            KernelKind::Avx512 => crate::quant::dot_avx512::Avx512::new(),
+            _ => None,
+        },
+    })
 }
 
 #[inline]

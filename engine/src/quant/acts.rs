@@ -93,7 +93,7 @@ pub enum QuantizedActs {
 /// Quantises every block, in parallel on the current rayon pool when there are many.
 fn quantize_all(x: &[f32], f: impl Fn(&[f32]) -> ActBlock + Sync + Send) -> Vec<ActBlock> {
     use rayon::prelude::*;
-    if x.len() >= 16 * 1024 {
+    if x.len() >= 64 * 1024 {
         x.par_chunks_exact(QK).map(f).collect()
     } else {
         x.chunks_exact(QK).map(f).collect()

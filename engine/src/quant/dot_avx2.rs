@@ -271,6 +271,24 @@ mod imp {
         }
     }
 
+    /// Every value rounded to the nearest f16 (ties to even) and widened back: the
+    /// conversion `half::f16::from_f32` makes, eight at a time.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn round_to_f16(x: &mut [f32]) {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+            _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            *p.add(i) = half::f16::from_f32(*p.add(i)).to_f32();
+            i += 1;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         dot_f32_body(a, b)
@@ -491,6 +509,13 @@ pub fn widen_f16_rows(
     unsafe { dispatch!(widen_f16_rows)(src, stride, offset, width, dst) }
 }
 
+/// Rounds every value to the nearest f16 and back, as `half::f16::from_f32(v).to_f32()`.
+#[inline]
+pub fn round_to_f16(_: Avx2, x: &mut [f32]) {
+    // SAFETY: the token proves AVX2+F16C; the kernel stays inside `x`.
+    unsafe { dispatch!(round_to_f16)(x) }
+}
+
 /// f32 dot product over the common length.
 #[inline]
 pub fn dot_f32(_: Avx2, a: &[f32], b: &[f32]) -> f32 {
@@ -663,6 +688,31 @@ mod tests {
                 assert_eq!(acc_f[h], acc, "weighted hd {hd} head {h}");
             }
         }
+    }
+
+    #[test]
+    fn f16_rounding_equals_the_half_crate() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/F16C");
+            return;
+        };
+        let mut x = rows(61, 1001);
+        // Ties, subnormals, overflow, zero signs.
+        x.extend([
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            1e-6,
+            -3e-7,
+            70000.0,
+            -0.0,
+            0.0,
+        ]);
+        let want: Vec<u32> = x
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_f32().to_bits())
+            .collect();
+        round_to_f16(k, &mut x);
+        assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub fn available() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
+// The kernels index several register arrays (accumulators, rows, chunks) by one index.
+#[allow(clippy::needless_range_loop)]
 mod imp {
     use super::*;
     use std::arch::x86_64::*;
@@ -232,6 +234,108 @@ mod imp {
         }
         out
     }
+
+    /// [`super::super::dot_avx2::dot_rows_f16`] for `hd % 16 == 0`: one 512-bit chain per
+    /// (head, key row) whose low and high halves are that kernel's two 256-bit chains,
+    /// four key rows at a time for independent chains; the same sums in the same order.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn dot_rows_f16<const G: usize>(
+        q: [&[f32]; G],
+        src: &[half::f16],
+        stride: usize,
+        offset: usize,
+        scale: f32,
+        out: [&mut [f32]; G],
+    ) {
+        const ROWS: usize = 4;
+        let hd = q[0].len();
+        let rows = out[0].len();
+        let sp = src.as_ptr() as *const u16;
+        let op: [*mut f32; G] = out.map(|o| o.as_mut_ptr());
+        let key = |j: usize, i: usize| {
+            _mm512_cvtph_ps(_mm256_loadu_si256(
+                sp.add(j * stride + offset + i) as *const __m256i
+            ))
+        };
+        let finish = |acc: __m512| {
+            let [lo, hi] = halves(acc);
+            let s = _mm256_add_ps(lo, hi);
+            hsum256(s) * scale
+        };
+        let mut j = 0;
+        while j + ROWS <= rows {
+            let mut acc = [[_mm512_setzero_ps(); ROWS]; G];
+            let mut i = 0;
+            while i < hd {
+                for r in 0..ROWS {
+                    let k = key(j + r, i);
+                    for h in 0..G {
+                        let qv = _mm512_loadu_ps(q[h].as_ptr().add(i));
+                        acc[h][r] = _mm512_fmadd_ps(qv, k, acc[h][r]);
+                    }
+                }
+                i += 16;
+            }
+            for h in 0..G {
+                for r in 0..ROWS {
+                    *op[h].add(j + r) = finish(acc[h][r]);
+                }
+            }
+            j += ROWS;
+        }
+        while j < rows {
+            let mut acc = [_mm512_setzero_ps(); G];
+            let mut i = 0;
+            while i < hd {
+                let k = key(j, i);
+                for h in 0..G {
+                    acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q[h].as_ptr().add(i)), k, acc[h]);
+                }
+                i += 16;
+            }
+            for h in 0..G {
+                *op[h].add(j) = finish(acc[h]);
+            }
+            j += 1;
+        }
+    }
+
+    /// [`super::super::dot_avx2::weighted_rows_f16`] for `hd % 16 == 0` and `hd <= 64`:
+    /// each output row stays in registers over all value rows (the same lane-wise FMAs in
+    /// the same order of rows), written back once.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn weighted_rows_f16<const G: usize>(
+        p: [&[f32]; G],
+        src: &[half::f16],
+        stride: usize,
+        offset: usize,
+        out: [&mut [f32]; G],
+    ) {
+        const MAX: usize = 4; // 64 lanes of 16
+        let chunks = out[0].len() / 16;
+        let sp = src.as_ptr() as *const u16;
+        let mut acc = [[_mm512_setzero_ps(); MAX]; G];
+        for h in 0..G {
+            for c in 0..chunks {
+                acc[h][c] = _mm512_loadu_ps(out[h].as_ptr().add(16 * c));
+            }
+        }
+        for j in 0..p[0].len() {
+            let row = sp.add(j * stride + offset);
+            for c in 0..chunks {
+                let x = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * c) as *const __m256i));
+                for h in 0..G {
+                    let w = _mm512_set1_ps(*p[h].get_unchecked(j));
+                    acc[h][c] = _mm512_fmadd_ps(w, x, acc[h][c]);
+                }
+            }
+        }
+        for (h, o) in out.into_iter().enumerate() {
+            for c in 0..chunks {
+                _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), acc[h][c]);
+            }
+        }
+    }
 }
 
 fn check_lengths<W, const R: usize, const N: usize>(w: &[&[W]; R], a: &[&[ActBlock]; N]) {
@@ -282,6 +386,71 @@ pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
     }
 }
 
+/// Whether the AVX-512 attention kernels below take rows of width `hd`.
+pub fn attention_width_ok(hd: usize) -> bool {
+    hd > 0 && hd.is_multiple_of(16) && hd <= 64
+}
+
+fn check_f16_rows(src: &[half::f16], stride: usize, offset: usize, hd: usize, rows: usize) {
+    assert!(
+        attention_width_ok(hd)
+            && offset + hd <= stride
+            && (rows == 0 || (rows - 1) * stride + offset + hd <= src.len()),
+        "f16 rows: shapes"
+    );
+}
+
+/// `out[h][j] = scale * (q[h] · row_j)` over f16 rows, bit-identical to
+/// [`super::dot_avx2::dot_rows_f16`]; `q[h].len()` must satisfy [`attention_width_ok`].
+#[inline]
+pub fn dot_rows_f16<const G: usize>(
+    _: Avx512,
+    q: [&[f32]; G],
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    out: [&mut [f32]; G],
+) {
+    let (hd, rows) = (q[0].len(), out[0].len());
+    assert!(
+        q.iter().all(|q| q.len() == hd) && out.iter().all(|o| o.len() == rows),
+        "dot_rows_f16: shapes"
+    );
+    check_f16_rows(src, stride, offset, hd, rows);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the token proves the target features; every access is inside the slices
+    // (checked above).
+    unsafe {
+        imp::dot_rows_f16(q, src, stride, offset, scale, out)
+    }
+}
+
+/// `out[h] += Σ_j p[h][j] * row_j` over f16 rows, bit-identical to
+/// [`super::dot_avx2::weighted_rows_f16`]; `out[h].len()` must satisfy
+/// [`attention_width_ok`].
+#[inline]
+pub fn weighted_rows_f16<const G: usize>(
+    _: Avx512,
+    p: [&[f32]; G],
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    out: [&mut [f32]; G],
+) {
+    let (hd, rows) = (out[0].len(), p[0].len());
+    assert!(
+        p.iter().all(|p| p.len() == rows) && out.iter().all(|o| o.len() == hd),
+        "weighted_rows_f16: shapes"
+    );
+    check_f16_rows(src, stride, offset, hd, rows);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    unsafe {
+        imp::weighted_rows_f16(p, src, stride, offset, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::dot_avx2::{self, Avx2};
@@ -323,6 +492,47 @@ mod tests {
             eprintln!("skipped: CPU lacks AVX-512 VNNI");
         }
         k
+    }
+
+    #[test]
+    fn attention_kernels_equal_the_avx2_ones_bit_for_bit() {
+        let Some((k, k2)) = tokens() else { return };
+        for (hd, stride, offset, n) in [(64, 192, 64, 13), (16, 48, 32, 5), (32, 32, 0, 4)] {
+            let src: Vec<half::f16> = values(3, n * stride, 2.0)
+                .into_iter()
+                .map(half::f16::from_f32)
+                .collect();
+            let qs: Vec<Vec<f32>> = (0..3).map(|h| values(20 + h, hd, 1.5)).collect();
+            let q = [&qs[0][..], &qs[1], &qs[2]];
+            let mut a = vec![vec![0.0f32; n]; 3];
+            let mut b = a.clone();
+            {
+                let [a0, a1, a2] = &mut a[..] else {
+                    unreachable!()
+                };
+                dot_rows_f16(k, q, &src, stride, offset, 0.125, [a0, a1, a2]);
+                let [b0, b1, b2] = &mut b[..] else {
+                    unreachable!()
+                };
+                dot_avx2::dot_rows_f16(k2, q, &src, stride, offset, 0.125, [b0, b1, b2]);
+            }
+            assert_eq!(a, b, "scores, hd {hd}");
+            let ps: Vec<Vec<f32>> = (0..3).map(|h| values(40 + h, n, 0.5)).collect();
+            let p = [&ps[0][..], &ps[1], &ps[2]];
+            let mut x = vec![values(50, hd, 1.0); 3];
+            let mut y = x.clone();
+            {
+                let [x0, x1, x2] = &mut x[..] else {
+                    unreachable!()
+                };
+                weighted_rows_f16(k, p, &src, stride, offset, [x0, x1, x2]);
+                let [y0, y1, y2] = &mut y[..] else {
+                    unreachable!()
+                };
+                dot_avx2::weighted_rows_f16(k2, p, &src, stride, offset, [y0, y1, y2]);
+            }
+            assert_eq!(x, y, "weighted sums, hd {hd}");
+        }
     }
 
     #[test]

@@ -68,20 +68,22 @@ fn matmul_with(
         let chunk = w.rows().div_ceil(target_chunks).max(8);
         tasks.extend((0..w.rows()).step_by(chunk).map(|s| (i, s, chunk)));
     }
-    let run = |&(i, start, chunk): &(usize, usize, usize)| {
+    let rows_of = |i: usize, start: usize, end: usize| {
         let w = ws[i];
         let rows = w.rows();
-        let end = (start + chunk).min(rows);
+        let chunk = end - start;
         // Rows of one task are walked in groups that stay cache-resident while every token
         // tile streams past them (weights read from memory once per group, not per token).
         // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end.
         let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
         let group = (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk);
         let p = ptrs[i];
-        let put = |t: usize, r: usize, v: f32| {
-            // SAFETY: t < n and r < rows, so the index is in bounds of outs[i]; each
-            // (matrix, t, r) cell is written by exactly one task.
-            unsafe { *p.get().add(t * rows + r) = v }
+        // Writes rows `r..r + v.len()` of token `t` (contiguous in the output).
+        let put = |t: usize, r: usize, v: &[f32]| {
+            assert!(t < n && r + v.len() <= rows, "matmul: output cell");
+            // SAFETY: in bounds of outs[i] (checked above); each (matrix, t, r) cell is
+            // written by exactly one task.
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p.get().add(t * rows + r), v.len()) }
         };
         for g in (start..end).step_by(group) {
             let g_end = (g + group).min(end);
@@ -116,6 +118,9 @@ fn matmul_with(
                 t += width;
             }
         }
+    };
+    let run = |&(i, start, chunk): &(usize, usize, usize)| {
+        rows_of(i, start, (start + chunk).min(ws[i].rows()))
     };
     if tasks.len() == 1 || threads == 1 {
         tasks.iter().for_each(run);
@@ -182,7 +187,7 @@ fn rows_tile<K: TileKernel, const R: usize>(
     x: &QuantizedActs,
     t0: usize,
     width: usize,
-    put: &impl Fn(usize, usize, f32),
+    put: &impl Fn(usize, usize, &[f32]),
 ) {
     match width {
         WIDE_TILE => rows_tokens::<K, R, WIDE_TILE>(k, w, r, x, t0, put),
@@ -198,7 +203,7 @@ fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
     r: usize,
     x: &QuantizedActs,
     t0: usize,
-    put: &impl Fn(usize, usize, f32),
+    put: &impl Fn(usize, usize, &[f32]),
 ) {
     let nb = w.cols() / QK;
     let span = |r: usize| r * nb..(r + 1) * nb;
@@ -214,11 +219,8 @@ fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
         // Activations of another format: the per-row path reports the mismatch.
         _ => return (r..r + R).for_each(|r| row_times_tile(w, r, x, t0, N, None, put)),
     };
-    for (ri, row) in v.iter().enumerate() {
-        for (i, v) in row.iter().enumerate() {
-            put(t0 + i, r + ri, *v);
-        }
-    }
+    // Token by token: the tile's R rows are contiguous in each token's output row.
+    (0..N).for_each(|i| put(t0 + i, r, &std::array::from_fn::<f32, R, _>(|ri| v[ri][i])));
 }
 
 /// Row `r` of `w` against tokens `t0..t0 + width` (`width` is 1 or [`TILE`]).
@@ -229,7 +231,7 @@ fn row_times_tile(
     t0: usize,
     width: usize,
     avx2: Option<Avx2>,
-    put: &impl Fn(usize, usize, f32),
+    put: &impl Fn(usize, usize, &[f32]),
 ) {
     let cols = w.cols();
     let nb = cols / QK;
@@ -246,13 +248,12 @@ fn row_times_tile(
                     );
                     v.into_iter()
                         .enumerate()
-                        .for_each(|(i, v)| put(t0 + i, r, v));
+                        .for_each(|(i, v)| put(t0 + i, r, &[v]));
                 }
                 (Some(k), _) => (t0..t0 + width)
-                    .for_each(|t| put(t, r, dot_avx2::dot_q4_1_q8_1(k, wr, [arow(t)])[0])),
-                (None, _) => {
-                    (t0..t0 + width).for_each(|t| put(t, r, dot_scalar::dot_q4_1_q8_1(wr, arow(t))))
-                }
+                    .for_each(|t| put(t, r, &dot_avx2::dot_q4_1_q8_1(k, wr, [arow(t)]))),
+                (None, _) => (t0..t0 + width)
+                    .for_each(|t| put(t, r, &[dot_scalar::dot_q4_1_q8_1(wr, arow(t))])),
             }
         }
         (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => {
@@ -267,13 +268,12 @@ fn row_times_tile(
                     );
                     v.into_iter()
                         .enumerate()
-                        .for_each(|(i, v)| put(t0 + i, r, v));
+                        .for_each(|(i, v)| put(t0 + i, r, &[v]));
                 }
                 (Some(k), _) => (t0..t0 + width)
-                    .for_each(|t| put(t, r, dot_avx2::dot_q8_0_q8_0(k, wr, [arow(t)])[0])),
-                (None, _) => {
-                    (t0..t0 + width).for_each(|t| put(t, r, dot_scalar::dot_q8_0_q8_0(wr, arow(t))))
-                }
+                    .for_each(|t| put(t, r, &dot_avx2::dot_q8_0_q8_0(k, wr, [arow(t)]))),
+                (None, _) => (t0..t0 + width)
+                    .for_each(|t| put(t, r, &[dot_scalar::dot_q8_0_q8_0(wr, arow(t))])),
             }
         }
         (QMatrix::F32 { data, .. }, QuantizedActs::F32 { data: a, .. }) => {
@@ -284,7 +284,7 @@ fn row_times_tile(
                     Some(k) => dot_avx2::dot_f32(k, wr, xr),
                     None => dot_scalar::dot_f32(wr, xr),
                 };
-                put(t, r, v);
+                put(t, r, &[v]);
             }
         }
         (w, _) => panic!(
