@@ -439,13 +439,53 @@ pub fn weighted_rows(_: Avx2, p: &[f32], rows: &[f32], out: &mut [f32]) {
     unsafe { dispatch!(weighted_rows)(p, rows, out) }
 }
 
-fn check_f16_rows(src: &[half::f16], stride: usize, offset: usize, width: usize, rows: usize) {
+pub(super) fn check_f16_rows(
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    width: usize,
+    rows: usize,
+) {
     assert!(
         width > 0
             && offset + width <= stride
             && (rows == 0 || (rows - 1) * stride + offset + width <= src.len()),
         "f16 rows: shapes"
     );
+}
+
+/// The shapes [`dot_rows_f16`] needs (shared with the AVX-512 kernels); returns `hd`.
+pub(super) fn check_scores(
+    q: &[&[f32]],
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    out: &[&mut [f32]],
+) -> usize {
+    let (hd, rows) = (q[0].len(), out[0].len());
+    assert!(
+        q.iter().all(|q| q.len() == hd) && out.iter().all(|o| o.len() == rows),
+        "dot_rows_f16: shapes"
+    );
+    check_f16_rows(src, stride, offset, hd, rows);
+    hd
+}
+
+/// The shapes [`weighted_rows_f16`] needs (shared with the AVX-512 kernels); returns `hd`.
+pub(super) fn check_weighted(
+    p: &[&[f32]],
+    src: &[half::f16],
+    stride: usize,
+    offset: usize,
+    out: &[&mut [f32]],
+) -> usize {
+    let (hd, rows) = (out[0].len(), p[0].len());
+    assert!(
+        p.iter().all(|p| p.len() == rows) && out.iter().all(|o| o.len() == hd),
+        "weighted_rows_f16: shapes"
+    );
+    check_f16_rows(src, stride, offset, hd, rows);
+    hd
 }
 
 /// `out[h][j] = scale * (q[h] · row_j)` for `G` query rows against f16 rows
@@ -461,12 +501,7 @@ pub fn dot_rows_f16<const G: usize>(
     scale: f32,
     out: [&mut [f32]; G],
 ) {
-    let (hd, rows) = (q[0].len(), out[0].len());
-    assert!(
-        q.iter().all(|q| q.len() == hd) && out.iter().all(|o| o.len() == rows),
-        "dot_rows_f16: shapes"
-    );
-    check_f16_rows(src, stride, offset, hd, rows);
+    check_scores(&q, src, stride, offset, &out);
     // SAFETY: the token proves AVX2+FMA+F16C; every read is inside `src` and `q`, every
     // write inside `out` (checked above).
     unsafe { dispatch!(dot_rows_f16)(q, src, stride, offset, scale, out) }
@@ -483,12 +518,7 @@ pub fn weighted_rows_f16<const G: usize>(
     offset: usize,
     out: [&mut [f32]; G],
 ) {
-    let (hd, rows) = (out[0].len(), p[0].len());
-    assert!(
-        p.iter().all(|p| p.len() == rows) && out.iter().all(|o| o.len() == hd),
-        "weighted_rows_f16: shapes"
-    );
-    check_f16_rows(src, stride, offset, hd, rows);
+    check_weighted(&p, src, stride, offset, &out);
     // SAFETY: as above.
     unsafe { dispatch!(weighted_rows_f16)(p, src, stride, offset, out) }
 }

@@ -391,15 +391,6 @@ pub fn attention_width_ok(hd: usize) -> bool {
     hd > 0 && hd.is_multiple_of(16) && hd <= 64
 }
 
-fn check_f16_rows(src: &[half::f16], stride: usize, offset: usize, hd: usize, rows: usize) {
-    assert!(
-        attention_width_ok(hd)
-            && offset + hd <= stride
-            && (rows == 0 || (rows - 1) * stride + offset + hd <= src.len()),
-        "f16 rows: shapes"
-    );
-}
-
 /// `out[h][j] = scale * (q[h] · row_j)` over f16 rows, bit-identical to
 /// [`super::dot_avx2::dot_rows_f16`]; `q[h].len()` must satisfy [`attention_width_ok`].
 #[inline]
@@ -412,12 +403,8 @@ pub fn dot_rows_f16<const G: usize>(
     scale: f32,
     out: [&mut [f32]; G],
 ) {
-    let (hd, rows) = (q[0].len(), out[0].len());
-    assert!(
-        q.iter().all(|q| q.len() == hd) && out.iter().all(|o| o.len() == rows),
-        "dot_rows_f16: shapes"
-    );
-    check_f16_rows(src, stride, offset, hd, rows);
+    let hd = super::dot_avx2::check_scores(&q, src, stride, offset, &out);
+    assert!(attention_width_ok(hd), "dot_rows_f16: width {hd}");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the token proves the target features; every access is inside the slices
     // (checked above).
@@ -438,12 +425,8 @@ pub fn weighted_rows_f16<const G: usize>(
     offset: usize,
     out: [&mut [f32]; G],
 ) {
-    let (hd, rows) = (out[0].len(), p[0].len());
-    assert!(
-        p.iter().all(|p| p.len() == rows) && out.iter().all(|o| o.len() == hd),
-        "weighted_rows_f16: shapes"
-    );
-    check_f16_rows(src, stride, offset, hd, rows);
+    let hd = super::dot_avx2::check_weighted(&p, src, stride, offset, &out);
+    assert!(attention_width_ok(hd), "weighted_rows_f16: width {hd}");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as above.
     unsafe {
