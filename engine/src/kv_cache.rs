@@ -210,8 +210,8 @@ impl KvCache {
     /// Appends K/V rows (`n * kv_dim` each, rounded to f16) to one layer.
     pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
         debug_assert_eq!(k.len(), v.len());
-        self.k[layer].extend(k.iter().map(|&x| f16::from_f32(x)));
-        self.v[layer].extend(v.iter().map(|&x| f16::from_f32(x)));
+        crate::ops::extend_f16(&mut self.k[layer], k);
+        crate::ops::extend_f16(&mut self.v[layer], v);
     }
 
     /// Drops every token at position `len` and beyond (all layers).

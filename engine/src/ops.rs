@@ -15,20 +15,49 @@ const PARALLEL_ELEMENTS: usize = 64 * 1024;
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     use rayon::prelude::*;
     let d = weight.len();
-    let row = |(xr, or): (&[f32], &mut [f32])| {
-        let sum: f64 = xr.iter().map(|v| (v * v) as f64).sum();
-        let mean = (sum / d as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
-            *o = (v * scale) * w;
+    // Four rows at a time: each row's f64 sum still adds its squares in order, but the
+    // four chains are independent, so they overlap instead of waiting on each other.
+    let rows = |(xr, or): (&[f32], &mut [f32])| {
+        let mut xs = xr.chunks_exact(4 * d);
+        let mut os = or.chunks_exact_mut(4 * d);
+        for (x4, o4) in (&mut xs).zip(&mut os) {
+            let mut sum = [0.0f64; 4];
+            for k in 0..d {
+                for (r, s) in sum.iter_mut().enumerate() {
+                    let v = x4[r * d + k];
+                    *s += (v * v) as f64;
+                }
+            }
+            for (r, s) in sum.iter().enumerate() {
+                scale_row(
+                    &x4[r * d..(r + 1) * d],
+                    weight,
+                    *s,
+                    eps,
+                    &mut o4[r * d..(r + 1) * d],
+                );
+            }
+        }
+        let (xr, or) = (xs.remainder(), os.into_remainder());
+        for (xr, or) in xr.chunks_exact(d).zip(or.chunks_exact_mut(d)) {
+            let sum = xr.iter().fold(0.0f64, |s, v| s + (v * v) as f64);
+            scale_row(xr, weight, sum, eps, or);
         }
     };
     if x.len() >= PARALLEL_ELEMENTS {
-        x.par_chunks_exact(d)
-            .zip(out.par_chunks_exact_mut(d))
-            .for_each(row);
+        x.par_chunks(4 * d)
+            .zip(out.par_chunks_mut(4 * d))
+            .for_each(rows);
     } else {
-        x.chunks_exact(d).zip(out.chunks_exact_mut(d)).for_each(row);
+        rows((x, out));
+    }
+}
+
+fn scale_row(x: &[f32], weight: &[f32], sum: f64, eps: f32, out: &mut [f32]) {
+    let mean = (sum / weight.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = (v * scale) * w;
     }
 }
 
@@ -124,6 +153,14 @@ pub fn weighted_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Appends `x` rounded to f16 (nearest, ties to even: `half::f16::from_f32`) to `dst`.
+pub fn extend_f16(dst: &mut Vec<half::f16>, x: &[f32]) {
+    match avx2() {
+        Some(k) => dot_avx2::extend_f16(k, dst, x),
+        None => dst.extend(x.iter().map(|&v| half::f16::from_f32(v))),
+    }
+}
+
 /// Rounds every value to the nearest f16 (kept as f32).
 pub fn round_to_f16(x: &mut [f32]) {
     match avx2() {
@@ -180,6 +217,28 @@ pub fn softmax(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rms_norm_gives_the_one_row_bits_for_any_row_count() {
+        let d = 37;
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / 13.0).collect();
+        let x: Vec<f32> = (0..d * 11)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 97.0)
+            .collect();
+        let mut all = vec![0.0; x.len()];
+        rms_norm(&x, &w, 1e-5, &mut all);
+        for (r, row) in x.chunks_exact(d).enumerate() {
+            // The reference: one row, its squares summed in order in f64.
+            let sum = row.iter().fold(0.0f64, |s, v| s + (v * v) as f64);
+            let scale = 1.0 / ((sum / d as f64) as f32 + 1e-5).sqrt();
+            for k in 0..d {
+                assert_eq!(
+                    all[r * d + k].to_bits(),
+                    ((row[k] * scale) * w[k]).to_bits()
+                );
+            }
+        }
+    }
 
     #[test]
     fn rms_norm_of_constant_row_is_weight() {

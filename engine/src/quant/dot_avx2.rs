@@ -271,6 +271,23 @@ mod imp {
         }
     }
 
+    /// `x` rounded to f16 (ties to even) into `dst[..x.len()]`, eight at a time.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn narrow_f16(x: &[f32], dst: *mut u16) {
+        let n = x.len();
+        let p = x.as_ptr();
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+            _mm_storeu_si128(dst.add(i) as *mut __m128i, h);
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) = half::f16::from_f32(*p.add(i)).to_bits();
+            i += 1;
+        }
+    }
+
     /// Every value rounded to the nearest f16 (ties to even) and widened back: the
     /// conversion `half::f16::from_f32` makes, eight at a time.
     #[target_feature(enable = "avx2,f16c")]
@@ -539,6 +556,19 @@ pub fn widen_f16_rows(
     unsafe { dispatch!(widen_f16_rows)(src, stride, offset, width, dst) }
 }
 
+/// Appends `x` rounded to f16 to `dst`, as `half::f16::from_f32` rounds.
+#[inline]
+pub fn extend_f16(_: Avx2, dst: &mut Vec<half::f16>, x: &[f32]) {
+    dst.reserve(x.len());
+    let len = dst.len();
+    // SAFETY: the token proves AVX2+F16C; `reserve` made room for `x.len()` more values,
+    // all of which the kernel writes before the length grows over them (f16 is plain bits).
+    unsafe {
+        dispatch!(narrow_f16)(x, dst.as_mut_ptr().add(len) as *mut u16);
+        dst.set_len(len + x.len());
+    }
+}
+
 /// Rounds every value to the nearest f16 and back, as `half::f16::from_f32(v).to_f32()`.
 #[inline]
 pub fn round_to_f16(_: Avx2, x: &mut [f32]) {
@@ -741,6 +771,11 @@ mod tests {
             .iter()
             .map(|v| half::f16::from_f32(*v).to_f32().to_bits())
             .collect();
+        let mut narrowed = vec![half::f16::from_f32(9.0)];
+        extend_f16(k, &mut narrowed, &x);
+        assert_eq!(narrowed[0].to_f32(), 9.0);
+        let narrowed: Vec<u32> = narrowed[1..].iter().map(|h| h.to_f32().to_bits()).collect();
+        assert_eq!(narrowed, want);
         round_to_f16(k, &mut x);
         assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
     }
