@@ -54,8 +54,10 @@ mod imp {
         _mm_cvtss_f32(s)
     }
 
+    /// With `MINIMA` false the minimum terms are left out (the caller adds those of
+    /// [`min_terms`]).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize>(
+    pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize, const MINIMA: bool>(
         w: [&[BlockQ4_1]; R],
         a: [&[ActBlock]; N],
     ) -> [[f32; N]; R] {
@@ -83,7 +85,9 @@ mod imp {
                 let ba = a[t].get_unchecked(b);
                 let by = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
                 for r in 0..R {
-                    summs[r][t] += mw[r] * ba.s;
+                    if MINIMA {
+                        summs[r][t] += mw[r] * ba.s;
+                    }
                     let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(
                         _mm256_maddubs_epi16(bx[r], by),
                         ones,
@@ -96,6 +100,38 @@ mod imp {
         for r in 0..R {
             for t in 0..N {
                 out[r][t] = hsum(acc[r][t]) + summs[r][t];
+            }
+        }
+        out
+    }
+
+    /// The minimum terms of one strip of sixteen Q4_1 rows for `N` tokens (two 8-lane
+    /// halves): lane `r` of `out[t]` is `Σ_b m[r][b] · s[t][b]`, multiplied then added in
+    /// block order from zero, as the tile kernels sum them.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // acc and out indexed by the same token
+    pub unsafe fn min_terms<const N: usize>(
+        mins: &[half::f16],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; 16]; N] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        let mp = mins.as_ptr() as *const __m128i;
+        for b in 0..mins.len() / 16 {
+            let m = [
+                _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b))),
+                _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b + 1))),
+            ];
+            for t in 0..N {
+                let s = _mm256_set1_ps(a[t].get_unchecked(b).s);
+                for h in 0..2 {
+                    acc[t][h] = _mm256_add_ps(acc[t][h], _mm256_mul_ps(m[h], s));
+                }
+            }
+        }
+        let mut out = [[0.0f32; 16]; N];
+        for t in 0..N {
+            for h in 0..2 {
+                _mm256_storeu_ps(out[t].as_mut_ptr().add(8 * h), acc[t][h]);
             }
         }
         out
@@ -397,7 +433,48 @@ pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
         "activation row shorter than weight row"
     );
     // SAFETY: the `Avx2` token proves the target features; lengths checked above.
-    unsafe { dispatch!(dot_q4_1_q8_1)(w, a) }
+    unsafe { imp::dot_q4_1_q8_1::<R, N, true>(w, a) }
+}
+
+/// [`dot_q4_1_q8_1_tile`] without the minimum terms: `out[r][t] + min_terms(..)[t][r]` is
+/// bit-identical to the full tile's `out[r][t]`.
+#[inline]
+pub fn dot_q4_1_q8_1_tile_dots<const R: usize, const N: usize>(
+    _: Avx2,
+    w: [&[BlockQ4_1]; R],
+    a: [&[ActBlock]; N],
+) -> [[f32; N]; R] {
+    let len = w[0].len();
+    assert!(
+        w.iter().all(|r| r.len() == len),
+        "weight rows of different lengths"
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= len),
+        "activation row shorter than weight row"
+    );
+    // SAFETY: as above.
+    unsafe { imp::dot_q4_1_q8_1::<R, N, false>(w, a) }
+}
+
+/// The Q4_1 minimum terms of one strip of [`super::MIN_STRIP`] rows for `N` tokens:
+/// `out[t][lane] = Σ_b m[lane][b] · s[t][b]` (`mins` is the strip's `[block][16]` slice
+/// of [`super::strip_minima`]), the same bits the tile kernels' own minimum pass sums.
+#[inline]
+pub fn min_terms<const N: usize>(
+    _: Avx2,
+    mins: &[half::f16],
+    a: [&[ActBlock]; N],
+) -> [[f32; super::MIN_STRIP]; N] {
+    const _: () = assert!(super::MIN_STRIP == 16);
+    let nb = mins.len() / super::MIN_STRIP;
+    assert!(
+        mins.len() == nb * super::MIN_STRIP && a.iter().all(|r| r.len() >= nb),
+        "min_terms: shapes"
+    );
+    // SAFETY: the token proves the target features; every read is inside `mins` and
+    // `a[t]` (checked above).
+    unsafe { imp::min_terms(mins, a) }
 }
 
 /// One Q4_1 weight row against `N` Q8_1 activation rows.

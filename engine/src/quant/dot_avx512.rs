@@ -71,6 +71,125 @@ mod imp {
         ]
     }
 
+    /// One step of the AVX2 kernels' horizontal sum (`lo128 + hi128` of a 256-bit half)
+    /// for the four halves of `a` and `b`: 128-bit lane `k` of the result is the four
+    /// partial sums of half `k` of `[a.lo, a.hi, b.lo, b.hi]`.
+    #[inline(always)]
+    unsafe fn fold_halves(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
+    }
+
+    /// The next step (`s + movehl(s)`: lanes 0+2 and 1+3) of two folded vectors at once:
+    /// lane `k` becomes `[a_k: 0+2, 1+3, b_k: 0+2, 1+3]`.
+    #[inline(always)]
+    unsafe fn fold_pairs(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(a, b),
+            _mm512_shuffle_ps::<0xEE>(a, b),
+        )
+    }
+
+    /// The last step (lane 0 + lane 1) of two [`fold_pairs`] results: 128-bit lane `k`
+    /// holds the finished sums of half `k` of the four folded vectors behind them.
+    #[inline(always)]
+    unsafe fn fold_last(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(a, b),
+            _mm512_shuffle_ps::<0xDD>(a, b),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn lane128(v: __m512, c: usize) -> __m128 {
+        match c {
+            0 => _mm512_castps512_ps128(v),
+            1 => _mm512_extractf32x4_ps::<1>(v),
+            2 => _mm512_extractf32x4_ps::<2>(v),
+            _ => _mm512_extractf32x4_ps::<3>(v),
+        }
+    }
+
+    /// `R` (2 or 4) floats from `p` into the low lanes of a vector.
+    #[inline(always)]
+    unsafe fn load_row<const R: usize>(p: *const f32) -> __m128 {
+        if R == 4 {
+            _mm_loadu_ps(p)
+        } else {
+            _mm_castpd_ps(_mm_load_sd(p as *const f64))
+        }
+    }
+
+    /// Finishes a tile: `acc[p][t]` holds, in its two 256-bit halves, the eight lane
+    /// sums of rows `2p` and `2p + 1` for token `t`. Each half is summed exactly as the
+    /// AVX2 kernels' `hsum` does (`lo + hi`, then lanes 0+2 and 1+3, then 0+1), sixteen
+    /// halves per three shuffle-and-add steps instead of one at a time; lane `r` of
+    /// `add[t]` is added to row `r` (the Q4_1 minimum term, or zero), and token `t`'s `R`
+    /// results are stored to `out[t]`.
+    #[inline(always)]
+    unsafe fn finish<const R: usize, const N: usize>(
+        acc: &[[__m512; N]; 2],
+        add: &[__m128; N],
+        out: [*mut f32; N],
+    ) {
+        let zero = _mm512_setzero_ps();
+        // Folded vectors: with four rows one per token (lane k = row k); with two rows
+        // one per two tokens (lanes: t row 0, t row 1, t+1 row 0, t+1 row 1).
+        let mut f = [zero; 8];
+        let folded = if R == 4 {
+            for t in 0..N {
+                f[t] = fold_halves(acc[0][t], acc[1][t]);
+            }
+            N
+        } else {
+            for i in 0..N.div_ceil(2) {
+                let b = if 2 * i + 1 < N {
+                    acc[0][2 * i + 1]
+                } else {
+                    zero
+                };
+                f[i] = fold_halves(acc[0][2 * i], b);
+            }
+            N.div_ceil(2)
+        };
+        // 4x4 transpose of 32-bit lanes across the 128-bit lanes: after it, 128-bit
+        // lane c holds folded vector 4j + c's four sums — its token's rows in order.
+        let transpose = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        for j in 0..folded.div_ceil(4) {
+            let u = fold_last(
+                fold_pairs(f[4 * j], f[4 * j + 1]),
+                fold_pairs(f[4 * j + 2], f[4 * j + 3]),
+            );
+            let u = _mm512_permutexvar_ps(transpose, u);
+            for c in 0..4 {
+                let v = lane128(u, c);
+                if R == 4 {
+                    let t = 4 * j + c;
+                    if t < N {
+                        _mm_storeu_ps(out[t], _mm_add_ps(v, add[t]));
+                    }
+                } else {
+                    let t = 8 * j + 2 * c;
+                    if t < N {
+                        let both = t + 1 < N;
+                        let m = if both {
+                            _mm_movelh_ps(add[t], add[t + 1])
+                        } else {
+                            add[t]
+                        };
+                        let v = _mm_castps_pd(_mm_add_ps(v, m));
+                        _mm_store_sd(out[t] as *mut f64, v);
+                        if both {
+                            _mm_storeh_pd(out[t + 1] as *mut f64, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// `[d0, m0, d1, m1, d2, m2, d3, m3]` widened from the first four bytes (the adjacent
     /// f16 `d` and `m`, or `d` and the first two quants) of up to four blocks.
     #[inline(always)]
@@ -90,11 +209,16 @@ mod imp {
         _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(dm))
     }
 
+    /// Writes row `r`'s result for token `t` to `out[t][r]`. With `OWN_MINIMA` the
+    /// minimum terms are summed here; without, `minima[t][r]` (from [`min_terms`]) is
+    /// added in their place — the same bits.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize>(
+    pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize, const OWN_MINIMA: bool>(
         w: [&[BlockQ4_1]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R] {
+        minima: [*const f32; N],
+        out: [*mut f32; N],
+    ) {
         debug_assert!(R.is_multiple_of(2) && R <= 4);
         let pairs = R / 2;
         let mut acc = [[_mm512_setzero_ps(); N]; 2];
@@ -122,7 +246,7 @@ mod imp {
         };
         // The minimum terms first, in their own pass: the same sums in the same order,
         // without holding N more registers beside the 2N accumulators below.
-        for b in 0..w[0].len() {
+        for b in 0..if OWN_MINIMA { w[0].len() } else { 0 } {
             let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(heads_at(b), mins));
             for t in 0..N {
                 let s = _mm_set1_ps(a[t].get_unchecked(b).s);
@@ -163,15 +287,35 @@ mod imp {
                 }
             }
         }
-        let mut out = [[0.0f32; N]; R];
-        for t in 0..N {
-            let mut s = [0.0f32; 4];
-            _mm_storeu_ps(s.as_mut_ptr(), summs[t]);
-            for p in 0..pairs {
-                let [lo, hi] = halves(acc[p][t]);
-                out[2 * p][t] = hsum256(lo) + s[2 * p];
-                out[2 * p + 1][t] = hsum256(hi) + s[2 * p + 1];
+        if !OWN_MINIMA {
+            for t in 0..N {
+                summs[t] = load_row::<R>(minima[t]);
             }
+        }
+        finish::<R, N>(&acc, &summs, out);
+    }
+
+    /// The minimum terms of one strip of sixteen Q4_1 rows (`mins`: `[block][16]` f16, as
+    /// [`super::super::strip_minima`] lays them out) for `N` tokens: lane `r` of
+    /// `out[t]` is `Σ_b m[r][b] · s[t][b]`, multiplied then added in block order from
+    /// zero — the sums the tile kernels keep (a `0 +` first step is exact).
+    #[target_feature(enable = "avx512f,avx512vl,f16c")]
+    pub unsafe fn min_terms<const N: usize>(
+        mins: &[half::f16],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; 16]; N] {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mp = mins.as_ptr() as *const __m256i;
+        for b in 0..mins.len() / 16 {
+            let m = _mm512_cvtph_ps(_mm256_loadu_si256(mp.add(b)));
+            for t in 0..N {
+                let s = _mm512_set1_ps(a[t].get_unchecked(b).s);
+                acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(m, s));
+            }
+        }
+        let mut out = [[0.0f32; 16]; N];
+        for t in 0..N {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
         out
     }
@@ -180,7 +324,8 @@ mod imp {
     pub unsafe fn dot_q8_0_q8_0<const R: usize, const N: usize>(
         w: [&[BlockQ8_0]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R] {
+        out: [*mut f32; N],
+    ) {
         debug_assert!(R.is_multiple_of(2) && R <= 4);
         let pairs = R / 2;
         let mut acc = [[_mm512_setzero_ps(); N]; 2];
@@ -224,15 +369,7 @@ mod imp {
                 }
             }
         }
-        let mut out = [[0.0f32; N]; R];
-        for t in 0..N {
-            for p in 0..pairs {
-                let [lo, hi] = halves(acc[p][t]);
-                out[2 * p][t] = hsum256(lo);
-                out[2 * p + 1][t] = hsum256(hi);
-            }
-        }
-        out
+        finish::<R, N>(&acc, &[_mm_setzero_ps(); N], out);
     }
 
     /// [`super::super::dot_avx2::dot_rows_f16`] for `hd % 16 == 0`: one 512-bit chain per
@@ -358,15 +495,44 @@ fn check_lengths<W, const R: usize, const N: usize>(w: &[&[W]; R], a: &[&[ActBlo
 /// bit-identical to [`super::dot_avx2::dot_q4_1_q8_1`] of that row and token.
 #[inline]
 pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
-    _: Avx512,
+    k: Avx512,
     w: [&[BlockQ4_1]; R],
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
+    let mut t_major = [[0.0f32; R]; N];
+    {
+        let mut rows = t_major.iter_mut();
+        let out = std::array::from_fn(|_| &mut rows.next().expect("N rows")[..]);
+        dot_q4_1_q8_1_into(k, w, a, None, out);
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| t_major[t][r]))
+}
+
+/// [`dot_q4_1_q8_1_tile`] written token by token: `out[t][r]` (`out[t].len() == R`).
+/// With `minima`, `minima[t][r]` (the strip pass of [`min_terms`]) stands in for the
+/// kernel's own minimum pass: the same bits, without summing them per tile.
+#[inline]
+pub fn dot_q4_1_q8_1_into<const R: usize, const N: usize>(
+    _: Avx512,
+    w: [&[BlockQ4_1]; R],
+    a: [&[ActBlock]; N],
+    minima: Option<[&[f32]; N]>,
+    out: [&mut [f32]; N],
+) {
     check_lengths(&w, &a);
+    assert!(out.iter().all(|o| o.len() == R), "one output per row");
+    let out = out.map(|o| o.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the `Avx512` token proves the target features; lengths checked above.
+    // SAFETY: the `Avx512` token proves the target features; lengths checked above
+    // (every `out[t]` and `minima[t]` holds `R` floats).
     unsafe {
-        imp::dot_q4_1_q8_1(w, a)
+        match minima {
+            Some(m) => {
+                assert!(m.iter().all(|m| m.len() == R), "one minimum term per row");
+                imp::dot_q4_1_q8_1::<R, N, false>(w, a, m.map(|m| m.as_ptr()), out)
+            }
+            None => imp::dot_q4_1_q8_1::<R, N, true>(w, a, [std::ptr::null(); N], out),
+        }
     }
 }
 
@@ -374,15 +540,57 @@ pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
 /// bit-identical to [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
 #[inline]
 pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
-    _: Avx512,
+    k: Avx512,
     w: [&[BlockQ8_0]; R],
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
+    let mut t_major = [[0.0f32; R]; N];
+    {
+        let mut rows = t_major.iter_mut();
+        let out = std::array::from_fn(|_| &mut rows.next().expect("N rows")[..]);
+        dot_q8_0_q8_0_into(k, w, a, out);
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| t_major[t][r]))
+}
+
+/// [`dot_q8_0_q8_0_tile`] written token by token: `out[t][r]` (`out[t].len() == R`).
+#[inline]
+pub fn dot_q8_0_q8_0_into<const R: usize, const N: usize>(
+    _: Avx512,
+    w: [&[BlockQ8_0]; R],
+    a: [&[ActBlock]; N],
+    out: [&mut [f32]; N],
+) {
     check_lengths(&w, &a);
+    assert!(out.iter().all(|o| o.len() == R), "one output per row");
+    let out = out.map(|o| o.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as above.
     unsafe {
-        imp::dot_q8_0_q8_0(w, a)
+        imp::dot_q8_0_q8_0(w, a, out)
+    }
+}
+
+/// The Q4_1 minimum terms of one strip of [`super::MIN_STRIP`] rows for `N` tokens:
+/// `out[t][lane] = Σ_b m[lane][b] · s[t][b]` (`mins` is the strip's `[block][16]` slice
+/// of [`super::strip_minima`]), the same bits the tile kernels' own minimum pass sums.
+#[inline]
+pub fn min_terms<const N: usize>(
+    _: Avx512,
+    mins: &[half::f16],
+    a: [&[ActBlock]; N],
+) -> [[f32; super::MIN_STRIP]; N] {
+    const _: () = assert!(super::MIN_STRIP == 16);
+    let nb = mins.len() / super::MIN_STRIP;
+    assert!(
+        mins.len() == nb * super::MIN_STRIP && a.iter().all(|r| r.len() >= nb),
+        "min_terms: shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the token proves the target features; every block read is inside `a[t]`
+    // and every strip row inside `mins` (checked above).
+    unsafe {
+        imp::min_terms(mins, a)
     }
 }
 
@@ -516,6 +724,62 @@ mod tests {
             }
             assert_eq!(x, y, "weighted sums, hd {hd}");
         }
+    }
+
+    /// Every token count and row count the driver uses, with the kernel's own minimum
+    /// pass and with the strip pass's terms added instead: the AVX2 kernel's bits.
+    #[test]
+    fn q4_1_tiles_written_token_by_token_equal_the_avx2_kernel_with_either_minima() {
+        fn check<const R: usize, const N: usize>(k: Avx512, k2: Avx2) {
+            let cols = QK * 7;
+            let w: Vec<Vec<_>> = (0..16)
+                .map(|r| {
+                    values(60 + r, cols, 2.0)
+                        .chunks(QK)
+                        .map(quantize_block_q4_1)
+                        .collect()
+                })
+                .collect();
+            let blocks: Vec<_> = w.iter().flatten().copied().collect();
+            let strip = super::super::strip_minima(16, 7, &blocks);
+            let a = act_rows(N, cols, true);
+            let ar: [&[ActBlock]; N] = std::array::from_fn(|t| &a[t][..]);
+            let terms = min_terms(k, &strip, ar);
+            for first in [0, 16 - R] {
+                let wr: [&[BlockQ4_1]; R] = std::array::from_fn(|i| &w[first + i][..]);
+                let mins: Vec<Vec<f32>> = (0..N)
+                    .map(|t| terms[t][first..first + R].to_vec())
+                    .collect();
+                for with_strip in [false, true] {
+                    let mut got = vec![vec![f32::NAN; R]; N];
+                    {
+                        let mut it = got.iter_mut();
+                        let out = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                        let m = with_strip.then(|| std::array::from_fn(|t| &mins[t][..]));
+                        dot_q4_1_q8_1_into(k, wr, ar, m, out);
+                    }
+                    for t in 0..N {
+                        for r in 0..R {
+                            let want = dot_avx2::dot_q4_1_q8_1(k2, &w[first + r], [&a[t]])[0];
+                            assert_eq!(
+                                got[t][r].to_bits(),
+                                want.to_bits(),
+                                "R {R} N {N} row {} token {t} strip {with_strip}",
+                                first + r
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let Some((k, k2)) = tokens() else { return };
+        check::<4, 1>(k, k2);
+        check::<4, 4>(k, k2);
+        check::<4, 8>(k, k2);
+        check::<2, 1>(k, k2);
+        check::<2, 3>(k, k2);
+        check::<2, 4>(k, k2);
+        check::<2, 8>(k, k2);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
-use super::{dot_scalar, kernel_kind, BlockQ4_1, BlockQ8_0, KernelKind, QMatrix, QK};
+use super::{dot_scalar, kernel_kind, BlockQ4_1, BlockQ8_0, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
 
 /// Tokens processed together against one unpacked weight row.
@@ -22,6 +22,36 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// One matrix's output `[tokens][rows]`, shared by the tasks of a matmul: each task owns
+/// the (token, row) cells of its row range, and every cell is written exactly once.
+struct Out {
+    ptr: OutPtr,
+    rows: usize,
+    tokens: usize,
+}
+
+impl Out {
+    /// Token `t`'s cells for rows `r..r + len`.
+    ///
+    /// # Safety
+    /// No other live slice may cover these cells: the caller owns them (its task's rows)
+    /// and holds at most one slice per (token, row range).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn cells<'a>(&self, t: usize, r: usize, len: usize) -> &'a mut [f32] {
+        assert!(
+            t < self.tokens && r + len <= self.rows,
+            "matmul: output cell"
+        );
+        std::slice::from_raw_parts_mut(self.ptr.get().add(t * self.rows + r), len)
+    }
+
+    /// Writes rows `r..r + v.len()` of token `t`.
+    fn put(&self, t: usize, r: usize, v: &[f32]) {
+        // SAFETY: the calling task owns these cells and holds no slice of them.
+        unsafe { self.cells(t, r, v.len()) }.copy_from_slice(v)
     }
 }
 
@@ -77,16 +107,30 @@ fn matmul_with(
         // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end.
         let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
         let group = (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk);
-        let p = ptrs[i];
-        // Writes rows `r..r + v.len()` of token `t` (contiguous in the output).
-        let put = |t: usize, r: usize, v: &[f32]| {
-            assert!(t < n && r + v.len() <= rows, "matmul: output cell");
-            // SAFETY: in bounds of outs[i] (checked above); each (matrix, t, r) cell is
-            // written by exactly one task.
-            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p.get().add(t * rows + r), v.len()) }
+        let out = Out {
+            ptr: ptrs[i],
+            rows,
+            tokens: n,
         };
+        let put = |t: usize, r: usize, v: &[f32]| out.put(t, r, v);
         for g in (start..end).step_by(group) {
             let g_end = (g + group).min(end);
+            // Batches of tokens take the Q4_1 minimum terms from one strip pass per group
+            // (sixteen rows a load) instead of a pass inside every tile.
+            let minima = match (w, x) {
+                (QMatrix::Q4_1 { minima, .. }, QuantizedActs::Q8_1 { blocks, .. }) if n >= TILE => {
+                    let nb = w.cols() / QK;
+                    match (avx512, avx2) {
+                        (Some(k), _) => Some(GroupMinima::new(k, minima, nb, g..g_end, blocks, n)),
+                        (None, Some(k)) => {
+                            Some(GroupMinima::new(k, minima, nb, g..g_end, blocks, n))
+                        }
+                        (None, None) => None,
+                    }
+                }
+                _ => None,
+            };
+            let minima = minima.as_ref();
             let mut t = 0;
             while t < n {
                 let width = match n - t {
@@ -98,16 +142,16 @@ fn matmul_with(
                 if matches!(w, QMatrix::Q4_1 { .. } | QMatrix::Q8_0 { .. }) {
                     if let Some(k) = avx512 {
                         while r + 4 <= g_end {
-                            rows_tile::<_, 4>(k, w, r, x, t, width, &put);
+                            rows_tile::<_, 4>(k, w, r, x, t, width, minima, &out);
                             r += 4;
                         }
                         if r + 2 <= g_end {
-                            rows_tile::<_, 2>(k, w, r, x, t, width, &put);
+                            rows_tile::<_, 2>(k, w, r, x, t, width, minima, &out);
                             r += 2;
                         }
                     } else if let Some(k) = avx2 {
                         while r + 2 <= g_end {
-                            rows_tile::<_, 2>(k, w, r, x, t, width, &put);
+                            rows_tile::<_, 2>(k, w, r, x, t, width, minima, &out);
                             r += 2;
                         }
                     }
@@ -129,57 +173,177 @@ fn matmul_with(
     }
 }
 
-/// A multi-row, multi-token kernel family: `R` weight rows against `N` activation rows.
+/// The Q4_1 minimum terms `Σ_b m[r][b] · s[t][b]` of rows `first..first + rows` for every
+/// token of a batch, `terms[t * rows + (r - first)]`: the sums a tile kernel's own minimum
+/// pass computes, bit for bit, so `dots + term` is the full kernel's result.
+struct GroupMinima {
+    first: usize,
+    rows: usize,
+    terms: Vec<f32>,
+}
+
+impl GroupMinima {
+    fn new<K: TileKernel>(
+        k: K,
+        minima: &[half::f16],
+        nb: usize,
+        rows: std::ops::Range<usize>,
+        a: &[ActBlock],
+        n: usize,
+    ) -> Self {
+        let (first, len) = (rows.start, rows.len());
+        let mut terms = vec![0.0f32; n * len];
+        let arow = |t: usize| &a[t * nb..(t + 1) * nb];
+        for strip in first / MIN_STRIP..(rows.end).div_ceil(MIN_STRIP) {
+            let mins = &minima[strip * nb * MIN_STRIP..(strip + 1) * nb * MIN_STRIP];
+            // The strip's rows that fall in this group.
+            let lo = (strip * MIN_STRIP).max(first);
+            let hi = ((strip + 1) * MIN_STRIP).min(rows.end);
+            let mut store = |t: usize, v: &[f32; MIN_STRIP]| {
+                terms[t * len + lo - first..t * len + hi - first]
+                    .copy_from_slice(&v[lo - strip * MIN_STRIP..hi - strip * MIN_STRIP]);
+            };
+            let mut t = 0;
+            while t < n {
+                let step = if n - t >= K::MIN_TOKENS {
+                    K::MIN_TOKENS
+                } else {
+                    1
+                };
+                if step == 8 {
+                    let v = k.min_terms::<8>(mins, std::array::from_fn(|i| arow(t + i)));
+                    v.iter().enumerate().for_each(|(i, v)| store(t + i, v));
+                } else if step == 4 {
+                    let v = k.min_terms::<4>(mins, std::array::from_fn(|i| arow(t + i)));
+                    v.iter().enumerate().for_each(|(i, v)| store(t + i, v));
+                } else {
+                    store(t, &k.min_terms::<1>(mins, [arow(t)])[0]);
+                }
+                t += step;
+            }
+        }
+        GroupMinima {
+            first,
+            rows: len,
+            terms,
+        }
+    }
+
+    /// Token `t`'s terms for rows `r..r + len`.
+    fn of(&self, t: usize, r: usize, len: usize) -> &[f32] {
+        let at = t * self.rows + r - self.first;
+        &self.terms[at..at + len]
+    }
+}
+
+/// A multi-row, multi-token kernel family: `R` weight rows against `N` activation rows,
+/// each token's `R` results written to its own `out[t]` (contiguous in the output).
 trait TileKernel: Copy {
+    /// Tokens per call of [`TileKernel::min_terms`] that fit the family's registers.
+    const MIN_TOKENS: usize;
+    /// With `minima`, `minima[t][r]` is added in place of the kernel's own minimum pass.
     fn q4_1<const R: usize, const N: usize>(
         self,
         w: [&[BlockQ4_1]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R];
+        minima: Option<[&[f32]; N]>,
+        out: [&mut [f32]; N],
+    );
     fn q8_0<const R: usize, const N: usize>(
         self,
         w: [&[BlockQ8_0]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R];
+        out: [&mut [f32]; N],
+    );
+    /// The minimum terms of one strip of [`MIN_STRIP`] rows.
+    fn min_terms<const N: usize>(
+        self,
+        mins: &[half::f16],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; MIN_STRIP]; N];
+}
+
+/// `out[t][r] = v[r][t]`.
+fn write_t_major<const R: usize, const N: usize>(v: [[f32; N]; R], out: [&mut [f32]; N]) {
+    for (t, o) in out.into_iter().enumerate() {
+        for (r, cell) in o.iter_mut().enumerate() {
+            *cell = v[r][t];
+        }
+    }
 }
 
 impl TileKernel for Avx2 {
+    const MIN_TOKENS: usize = 4;
     fn q4_1<const R: usize, const N: usize>(
         self,
         w: [&[BlockQ4_1]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R] {
-        dot_avx2::dot_q4_1_q8_1_tile(self, w, a)
+        minima: Option<[&[f32]; N]>,
+        out: [&mut [f32]; N],
+    ) {
+        let v = match minima {
+            Some(m) => {
+                let mut v = dot_avx2::dot_q4_1_q8_1_tile_dots(self, w, a);
+                for (r, row) in v.iter_mut().enumerate() {
+                    for (t, d) in row.iter_mut().enumerate() {
+                        *d += m[t][r];
+                    }
+                }
+                v
+            }
+            None => dot_avx2::dot_q4_1_q8_1_tile(self, w, a),
+        };
+        write_t_major(v, out)
     }
     fn q8_0<const R: usize, const N: usize>(
         self,
         w: [&[BlockQ8_0]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R] {
-        dot_avx2::dot_q8_0_q8_0_tile(self, w, a)
+        out: [&mut [f32]; N],
+    ) {
+        write_t_major(dot_avx2::dot_q8_0_q8_0_tile(self, w, a), out)
+    }
+    fn min_terms<const N: usize>(
+        self,
+        mins: &[half::f16],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; MIN_STRIP]; N] {
+        dot_avx2::min_terms(self, mins, a)
     }
 }
 
 impl TileKernel for Avx512 {
+    const MIN_TOKENS: usize = 8;
     fn q4_1<const R: usize, const N: usize>(
         self,
         w: [&[BlockQ4_1]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R] {
-        dot_avx512::dot_q4_1_q8_1_tile(self, w, a)
+        minima: Option<[&[f32]; N]>,
+        out: [&mut [f32]; N],
+    ) {
+        dot_avx512::dot_q4_1_q8_1_into(self, w, a, minima, out)
     }
     fn q8_0<const R: usize, const N: usize>(
         self,
         w: [&[BlockQ8_0]; R],
         a: [&[ActBlock]; N],
-    ) -> [[f32; N]; R] {
-        dot_avx512::dot_q8_0_q8_0_tile(self, w, a)
+        out: [&mut [f32]; N],
+    ) {
+        dot_avx512::dot_q8_0_q8_0_into(self, w, a, out)
+    }
+    fn min_terms<const N: usize>(
+        self,
+        mins: &[half::f16],
+        a: [&[ActBlock]; N],
+    ) -> [[f32; MIN_STRIP]; N] {
+        dot_avx512::min_terms(self, mins, a)
     }
 }
 
 /// Rows `r..r + R` of a quantised `w` against tokens `t0..t0 + width` (`width` is 1,
 /// [`TILE`] or [`WIDE_TILE`]): `R` independent accumulation chains per token, the same
 /// arithmetic as one row at a time.
+#[allow(clippy::too_many_arguments)]
 fn rows_tile<K: TileKernel, const R: usize>(
     k: K,
     w: &QMatrix,
@@ -187,12 +351,13 @@ fn rows_tile<K: TileKernel, const R: usize>(
     x: &QuantizedActs,
     t0: usize,
     width: usize,
-    put: &impl Fn(usize, usize, &[f32]),
+    minima: Option<&GroupMinima>,
+    out: &Out,
 ) {
     match width {
-        WIDE_TILE => rows_tokens::<K, R, WIDE_TILE>(k, w, r, x, t0, put),
-        TILE => rows_tokens::<K, R, TILE>(k, w, r, x, t0, put),
-        _ => (t0..t0 + width).for_each(|t| rows_tokens::<K, R, 1>(k, w, r, x, t, put)),
+        WIDE_TILE => rows_tokens::<K, R, WIDE_TILE>(k, w, r, x, t0, minima, out),
+        TILE => rows_tokens::<K, R, TILE>(k, w, r, x, t0, minima, out),
+        _ => (t0..t0 + width).for_each(|t| rows_tokens::<K, R, 1>(k, w, r, x, t, minima, out)),
     }
 }
 
@@ -203,24 +368,30 @@ fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
     r: usize,
     x: &QuantizedActs,
     t0: usize,
-    put: &impl Fn(usize, usize, &[f32]),
+    minima: Option<&GroupMinima>,
+    out: &Out,
 ) {
     let nb = w.cols() / QK;
     let span = |r: usize| r * nb..(r + 1) * nb;
-    let v: [[f32; N]; R] = match (w, x) {
-        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => k.q4_1(
+    // SAFETY: the tile's (token, row) cells belong to this call alone (see `Out`), and
+    // the N tokens are distinct, so the N slices do not overlap.
+    let cells: [&mut [f32]; N] = std::array::from_fn(|i| unsafe { out.cells(t0 + i, r, R) });
+    match (w, x) {
+        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => k.q4_1::<R, N>(
             std::array::from_fn(|i| &blocks[span(r + i)]),
             std::array::from_fn(|i| &a[span(t0 + i)]),
+            minima.map(|m| std::array::from_fn(|i| m.of(t0 + i, r, R))),
+            cells,
         ),
-        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => k.q8_0(
+        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => k.q8_0::<R, N>(
             std::array::from_fn(|i| &blocks[span(r + i)]),
             std::array::from_fn(|i| &a[span(t0 + i)]),
+            cells,
         ),
         // Activations of another format: the per-row path reports the mismatch.
-        _ => return (r..r + R).for_each(|r| row_times_tile(w, r, x, t0, N, None, put)),
-    };
-    // Token by token: the tile's R rows are contiguous in each token's output row.
-    (0..N).for_each(|i| put(t0 + i, r, &std::array::from_fn::<f32, R, _>(|ri| v[ri][i])));
+        _ => (r..r + R)
+            .for_each(|r| row_times_tile(w, r, x, t0, N, None, &|t, r, v| out.put(t, r, v))),
+    }
 }
 
 /// Row `r` of `w` against tokens `t0..t0 + width` (`width` is 1 or [`TILE`]).

@@ -92,6 +92,8 @@ pub enum QMatrix {
         rows: usize,
         cols: usize,
         blocks: Vec<BlockQ4_1>,
+        /// The blocks' minima again, transposed by [`strip_minima`] for the batched kernels.
+        minima: Vec<f16>,
     },
     Q8_0 {
         rows: usize,
@@ -116,6 +118,18 @@ pub enum QuantError {
 }
 
 impl QMatrix {
+    /// A Q4_1 matrix from its blocks (`rows * cols / QK` of them, row-major).
+    pub fn q4_1(rows: usize, cols: usize, blocks: Vec<BlockQ4_1>) -> Self {
+        assert_eq!(blocks.len() * QK, rows * cols, "Q4_1 matrix: block count");
+        let minima = strip_minima(rows, cols / QK, &blocks);
+        QMatrix::Q4_1 {
+            rows,
+            cols,
+            blocks,
+            minima,
+        }
+    }
+
     /// Builds a matrix from the raw little-endian bytes of a GGUF tensor.
     pub fn from_bytes(
         format: WeightFormat,
@@ -148,10 +162,10 @@ impl QMatrix {
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect(),
             },
-            WeightFormat::Q4_1 => QMatrix::Q4_1 {
+            WeightFormat::Q4_1 => QMatrix::q4_1(
                 rows,
                 cols,
-                blocks: bytes
+                bytes
                     .chunks_exact(20)
                     .map(|c| {
                         let mut qs = [0u8; 16];
@@ -163,7 +177,7 @@ impl QMatrix {
                         }
                     })
                     .collect(),
-            },
+            ),
             WeightFormat::Q8_0 => QMatrix::Q8_0 {
                 rows,
                 cols,
@@ -208,7 +222,8 @@ impl QMatrix {
         }
     }
 
-    /// Bytes the weights occupy in memory.
+    /// Bytes of the quantised blocks: what a one-token step reads (Q4_1's transposed
+    /// minima, read by batched steps only, add a tenth to that in memory).
     pub fn size_bytes(&self) -> usize {
         self.format().bytes_for(self.rows() * self.cols())
     }
@@ -257,11 +272,11 @@ impl QMatrix {
                 cols,
                 data: data.to_vec(),
             },
-            WeightFormat::Q4_1 => QMatrix::Q4_1 {
+            WeightFormat::Q4_1 => QMatrix::q4_1(
                 rows,
                 cols,
-                blocks: data.chunks_exact(QK).map(quantize_block_q4_1).collect(),
-            },
+                data.chunks_exact(QK).map(quantize_block_q4_1).collect(),
+            ),
             WeightFormat::Q8_0 => QMatrix::Q8_0 {
                 rows,
                 cols,
@@ -272,6 +287,25 @@ impl QMatrix {
             },
         }
     }
+}
+
+/// Rows per strip of a Q4_1 matrix's transposed minima.
+pub const MIN_STRIP: usize = 16;
+
+/// The minima `m` of `rows` rows of `nb` Q4_1 blocks, transposed in strips of
+/// [`MIN_STRIP`] rows: element `[strip][block][row in strip]`, rows past the end zero.
+/// A batched step computes the minimum terms `Σ_b m[r][b] · s[t][b]` of sixteen rows per
+/// load from this instead of gathering each row's `m` from its blocks.
+pub fn strip_minima(rows: usize, nb: usize, blocks: &[BlockQ4_1]) -> Vec<f16> {
+    let strips = rows.div_ceil(MIN_STRIP);
+    let mut out = vec![f16::ZERO; strips * nb * MIN_STRIP];
+    for (r, row) in blocks.chunks_exact(nb.max(1)).enumerate().take(rows) {
+        let (strip, lane) = (r / MIN_STRIP, r % MIN_STRIP);
+        for (b, block) in row.iter().enumerate() {
+            out[(strip * nb + b) * MIN_STRIP + lane] = block.m;
+        }
+    }
+    out
 }
 
 /// Reference Q4_1 quantisation of one block (min/max affine, 16 levels).
