@@ -71,6 +71,16 @@ mod imp {
         ]
     }
 
+    /// `[a.lo256 + a.hi256 | b.lo256 + b.hi256]`: two 512-bit chains reduced to the two
+    /// 256-bit chains' sum each, as `_mm256_add_ps(lo, hi)` does one at a time.
+    #[inline(always)]
+    unsafe fn add_halves(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        )
+    }
+
     /// One step of the AVX2 kernels' horizontal sum (`lo128 + hi128` of a 256-bit half)
     /// for the four halves of `a` and `b`: 128-bit lane `k` of the result is the four
     /// partial sums of half `k` of `[a.lo, a.hi, b.lo, b.hi]`.
@@ -413,10 +423,21 @@ mod imp {
                 }
                 i += 16;
             }
+            // Each (head, key) chain summed as `finish` does — 256-bit halves added, then
+            // the AVX2 hsum's pairs — for all four keys and up to four heads at once:
+            // 128-bit lane h of `u` ends up holding head h's four scores in key order.
+            let zero = _mm512_setzero_ps();
+            let at = |h: usize, r: usize| if h < G { acc[h][r] } else { zero };
+            let f: [__m512; ROWS] = std::array::from_fn(|r| {
+                fold_halves(
+                    add_halves(at(0, r), at(1, r)),
+                    add_halves(at(2, r), at(3, r)),
+                )
+            });
+            let u = fold_last(fold_pairs(f[0], f[1]), fold_pairs(f[2], f[3]));
+            let u = _mm512_mul_ps(u, _mm512_set1_ps(scale));
             for h in 0..G {
-                for r in 0..ROWS {
-                    *op[h].add(j + r) = finish(acc[h][r]);
-                }
+                _mm_storeu_ps(op[h].add(j), lane128(u, h));
             }
             j += ROWS;
         }
@@ -687,43 +708,45 @@ mod tests {
 
     #[test]
     fn attention_kernels_equal_the_avx2_ones_bit_for_bit() {
-        let Some((k, k2)) = tokens() else { return };
-        for (hd, stride, offset, n) in [(64, 192, 64, 13), (16, 48, 32, 5), (32, 32, 0, 4)] {
-            let src: Vec<half::f16> = values(3, n * stride, 2.0)
-                .into_iter()
-                .map(half::f16::from_f32)
-                .collect();
-            let qs: Vec<Vec<f32>> = (0..3).map(|h| values(20 + h, hd, 1.5)).collect();
-            let q = [&qs[0][..], &qs[1], &qs[2]];
-            let mut a = vec![vec![0.0f32; n]; 3];
-            let mut b = a.clone();
-            {
-                let [a0, a1, a2] = &mut a[..] else {
-                    unreachable!()
-                };
-                dot_rows_f16(k, q, &src, stride, offset, 0.125, [a0, a1, a2]);
-                let [b0, b1, b2] = &mut b[..] else {
-                    unreachable!()
-                };
-                dot_avx2::dot_rows_f16(k2, q, &src, stride, offset, 0.125, [b0, b1, b2]);
+        fn check<const G: usize>(k: Avx512, k2: Avx2) {
+            for (hd, stride, offset, n) in [(64, 192, 64, 13), (16, 48, 32, 5), (32, 32, 0, 4)] {
+                let src: Vec<half::f16> = values(3, n * stride, 2.0)
+                    .into_iter()
+                    .map(half::f16::from_f32)
+                    .collect();
+                let qs: Vec<Vec<f32>> = (0..G).map(|h| values(20 + h as u64, hd, 1.5)).collect();
+                let q: [&[f32]; G] = std::array::from_fn(|h| &qs[h][..]);
+                let mut a = vec![vec![0.0f32; n]; G];
+                let mut b = a.clone();
+                {
+                    let mut it = a.iter_mut();
+                    let out = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                    dot_rows_f16(k, q, &src, stride, offset, 0.125, out);
+                    let mut it = b.iter_mut();
+                    let out = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                    dot_avx2::dot_rows_f16(k2, q, &src, stride, offset, 0.125, out);
+                }
+                assert_eq!(a, b, "scores, {G} heads, hd {hd}");
+                let ps: Vec<Vec<f32>> = (0..G).map(|h| values(40 + h as u64, n, 0.5)).collect();
+                let p: [&[f32]; G] = std::array::from_fn(|h| &ps[h][..]);
+                let mut x = vec![values(50, hd, 1.0); G];
+                let mut y = x.clone();
+                {
+                    let mut it = x.iter_mut();
+                    let out = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                    weighted_rows_f16(k, p, &src, stride, offset, out);
+                    let mut it = y.iter_mut();
+                    let out = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                    dot_avx2::weighted_rows_f16(k2, p, &src, stride, offset, out);
+                }
+                assert_eq!(x, y, "weighted sums, {G} heads, hd {hd}");
             }
-            assert_eq!(a, b, "scores, hd {hd}");
-            let ps: Vec<Vec<f32>> = (0..3).map(|h| values(40 + h, n, 0.5)).collect();
-            let p = [&ps[0][..], &ps[1], &ps[2]];
-            let mut x = vec![values(50, hd, 1.0); 3];
-            let mut y = x.clone();
-            {
-                let [x0, x1, x2] = &mut x[..] else {
-                    unreachable!()
-                };
-                weighted_rows_f16(k, p, &src, stride, offset, [x0, x1, x2]);
-                let [y0, y1, y2] = &mut y[..] else {
-                    unreachable!()
-                };
-                dot_avx2::weighted_rows_f16(k2, p, &src, stride, offset, [y0, y1, y2]);
-            }
-            assert_eq!(x, y, "weighted sums, hd {hd}");
         }
+        let Some((k, k2)) = tokens() else { return };
+        check::<1>(k, k2);
+        check::<2>(k, k2);
+        check::<3>(k, k2);
+        check::<4>(k, k2);
     }
 
     /// Every token count and row count the driver uses, with the kernel's own minimum

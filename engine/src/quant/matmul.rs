@@ -120,6 +120,12 @@ fn matmul_with(
             let minima = match (w, x) {
                 (QMatrix::Q4_1 { minima, .. }, QuantizedActs::Q8_1 { blocks, .. }) if n >= TILE => {
                     let nb = w.cols() / QK;
+                    // The strips come from memory: ask for this group's at the start of
+                    // a task and for the next group's while this one's tiles run.
+                    if g == start {
+                        prefetch_minima(minima, nb, g..g_end);
+                    }
+                    prefetch_minima(minima, nb, g_end..(g_end + group).min(end));
                     match (avx512, avx2) {
                         (Some(k), _) => Some(GroupMinima::new(k, minima, nb, g..g_end, blocks, n)),
                         (None, Some(k)) => {
@@ -180,6 +186,25 @@ struct GroupMinima {
     first: usize,
     rows: usize,
     terms: Vec<f32>,
+}
+
+/// Prefetches the transposed minima strips that cover `rows`.
+fn prefetch_minima(minima: &[half::f16], nb: usize, rows: std::ops::Range<usize>) {
+    if rows.is_empty() {
+        return;
+    }
+    let strip_len = nb * MIN_STRIP;
+    let span =
+        &minima[rows.start / MIN_STRIP * strip_len..rows.end.div_ceil(MIN_STRIP) * strip_len];
+    #[cfg(target_arch = "x86_64")]
+    for line in span.chunks(32) {
+        // SAFETY: a prefetch of an address inside `minima`; it never faults.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+    }
 }
 
 impl GroupMinima {
