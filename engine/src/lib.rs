@@ -19,6 +19,7 @@
 
 pub mod chat_template;
 pub mod error;
+pub mod expf;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

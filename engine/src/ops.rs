@@ -87,11 +87,7 @@ pub fn apply_rope(row: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
 /// `gate = silu(gate) * up`, in place.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     use rayon::prelude::*;
-    let run = |(g, u): (&mut [f32], &[f32])| {
-        for (g, u) in g.iter_mut().zip(u) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
-    };
+    let run = |(g, u): (&mut [f32], &[f32])| crate::expf::silu_mul_in_place(g, u);
     if gate.len() >= PARALLEL_EXP_ELEMENTS {
         gate.par_chunks_mut(4096)
             .zip(up.par_chunks(4096))
@@ -200,14 +196,11 @@ fn avx2() -> Option<Avx2> {
     }
 }
 
-/// Numerically stable softmax in place; the sum is accumulated in f64.
+/// Numerically stable softmax in place; the sum is accumulated in f64, in order.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
+    crate::expf::exp_sub_in_place(x, max);
+    let sum = x.iter().fold(0.0f64, |s, v| s + *v as f64);
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
