@@ -11,7 +11,7 @@ use crate::gguf::{GgufModel, LayerWeights, ModelConfig, ModelWeights};
 use crate::kv_cache::{KvCache, KvShape};
 use crate::ops;
 use crate::quant::acts::QuantizedActs;
-use crate::quant::matmul::{matmul, matmul_multi};
+use crate::quant::matmul::{matmul, matmul_multi, matmul_tokens};
 use crate::quant::QMatrix;
 use rayon::prelude::*;
 use std::ops::ControlFlow;
@@ -423,12 +423,11 @@ impl Model {
             &mut normed,
         );
         let head = self.weights.output_head();
-        let mut logits = vec![0.0f32; segs.len() * head.rows()];
-        matmul_f32(head, &normed, &mut logits);
+        // Each sequence's logits written in place (no copy of a batch-wide buffer).
+        let mut logits: Vec<Vec<f32>> = segs.iter().map(|_| vec![0.0f32; head.rows()]).collect();
+        let mut rows: Vec<&mut [f32]> = logits.iter_mut().map(|l| &mut l[..]).collect();
+        matmul_tokens(head, &QuantizedActs::for_weight(head, &normed), &mut rows);
         logits
-            .chunks_exact(head.rows())
-            .map(|r| r.to_vec())
-            .collect()
     }
 
     fn ffn(

@@ -73,35 +73,48 @@ fn prefill_rate(model: &Model, n: usize, repeat: usize) -> Result<f64> {
     Ok(median(rates))
 }
 
-fn decode_rate(
+/// Aggregate decode tok/s of one measurement: `batch` sequences holding `ctx` prompt
+/// tokens each, `steps` greedy steps timed.
+fn decode_rate(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f64> {
+    let mut caches: Vec<KvCache> = (0..batch)
+        .map(|_| model.new_cache(ctx + steps + 1))
+        .collect();
+    let mut tokens = Vec::with_capacity(batch);
+    for (i, c) in caches.iter_mut().enumerate() {
+        // Different prompts per sequence so the batch is not one sequence repeated.
+        let mut ids = synthetic_ids(ctx + i);
+        ids.drain(..i);
+        tokens.push(argmax(&model.prefill(&ids, c)?));
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let mut items: Vec<(u32, &mut KvCache)> =
+            tokens.iter().copied().zip(caches.iter_mut()).collect();
+        let logits = model.decode_batch(&mut items)?;
+        tokens = logits.iter().map(|l| argmax(l)).collect();
+    }
+    Ok((batch * steps) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Every batch size measured once per round, the rounds one after another, so each
+/// batch size's measurements are spread over the same stretch of time (a shared host's
+/// neighbours slow them alike): `rates[i][round]` for `batches[i]`.
+fn decode_rounds(
     model: &Model,
-    batch: usize,
+    batches: &[usize],
     ctx: usize,
     steps: usize,
-    repeat: usize,
-) -> Result<f64> {
-    let mut rates = Vec::new();
-    for _ in 0..repeat {
-        let mut caches: Vec<KvCache> = (0..batch)
-            .map(|_| model.new_cache(ctx + steps + 1))
-            .collect();
-        let mut tokens = Vec::with_capacity(batch);
-        for (i, c) in caches.iter_mut().enumerate() {
-            // Different prompts per sequence so the batch is not one sequence repeated.
-            let mut ids = synthetic_ids(ctx + i);
-            ids.drain(..i);
-            tokens.push(argmax(&model.prefill(&ids, c)?));
+    rounds: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let mut rates = vec![Vec::with_capacity(rounds); batches.len()];
+    for _ in 0..rounds {
+        for (i, &b) in batches.iter().enumerate() {
+            rates[i].push(
+                decode_rate(model, b, ctx, steps).with_context(|| format!("decode batch {b}"))?,
+            );
         }
-        let t0 = Instant::now();
-        for _ in 0..steps {
-            let mut items: Vec<(u32, &mut KvCache)> =
-                tokens.iter().copied().zip(caches.iter_mut()).collect();
-            let logits = model.decode_batch(&mut items)?;
-            tokens = logits.iter().map(|l| argmax(l)).collect();
-        }
-        rates.push((batch * steps) as f64 / t0.elapsed().as_secs_f64());
     }
-    Ok(median(rates))
+    Ok(rates)
 }
 
 fn llama_cpp(
@@ -163,13 +176,13 @@ pub fn run_engine_bench(a: EngineBenchArgs) -> Result<()> {
             prefill_rate(model, n, a.repeat).with_context(|| format!("prefill {n}"))?,
         ));
     }
-    let mut decode = Vec::new();
-    for &b in &a.batch {
-        decode.push((
-            b,
-            decode_rate(model, b, a.decode_context, a.decode_steps, a.repeat)?,
-        ));
-    }
+    let rounds = decode_rounds(model, &a.batch, a.decode_context, a.decode_steps, a.repeat)?;
+    let decode: Vec<(usize, f64)> = a
+        .batch
+        .iter()
+        .zip(&rounds)
+        .map(|(&b, r)| (b, median(r.clone())))
+        .collect();
     eprintln!("llama.cpp: measuring…");
     let peer = llama_cpp(&a, &path, threads);
     let peer_prefill = |n: usize| {
@@ -192,13 +205,29 @@ pub fn run_engine_bench(a: EngineBenchArgs) -> Result<()> {
         let theirs = if b == 1 { peer_decode } else { None };
         row(format!("decode batch {b} (aggregate)"), r, theirs);
     }
-    if let Some(b1) = b1 {
-        for &(b, r) in decode.iter().filter(|(b, _)| *b > 1) {
-            println!("decode batch {b} / batch 1 = {:.2}x", r / b1);
+    let ones = a.batch.iter().position(|&b| b == 1);
+    if let (Some(b1), Some(ones)) = (b1, ones) {
+        for (i, &(b, r)) in decode.iter().enumerate().filter(|(_, (b, _))| *b > 1) {
+            // Each round's ratio compares measurements taken back to back.
+            let per_round: Vec<f64> = rounds[i]
+                .iter()
+                .zip(&rounds[ones])
+                .map(|(x, y)| x / y)
+                .collect();
+            let (lo, hi) = per_round
+                .iter()
+                .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+                    (lo.min(*v), hi.max(*v))
+                });
+            println!(
+                "decode batch {b} / batch 1 = {:.2}x (medians); per round {:.2}x median, {lo:.2}-{hi:.2}x",
+                r / b1,
+                median(per_round.clone())
+            );
         }
     }
     println!(
-        "threads {threads}, kernels {kernel}, decode context {} + {} steps, median of {}",
+        "threads {threads}, kernels {kernel}, decode context {} + {} steps, median of {} (decode: rounds of every batch size in turn)",
         a.decode_context, a.decode_steps, a.repeat
     );
     if let Some(file) = &a.json {

@@ -557,6 +557,119 @@ pub fn dot_q4_1_q8_1_into<const R: usize, const N: usize>(
     }
 }
 
+/// An even number of consecutive rows of a quantised matrix against `N` tokens, four
+/// rows per tile (two for a last pair), with one check of the shapes for the whole span
+/// instead of one per tile. `blocks` holds the whole matrix, `nb` blocks a row; token
+/// `t`'s results for rows `rows` go to `out[t]` (`rows.len()` long), and for Q4_1 with
+/// `minima`, `minima[t]` holds the same rows' minimum terms.
+pub struct RowSpan<'a, B, const N: usize> {
+    pub blocks: &'a [B],
+    pub nb: usize,
+    pub rows: std::ops::Range<usize>,
+    pub a: [&'a [ActBlock]; N],
+    pub out: [&'a mut [f32]; N],
+}
+
+impl<B, const N: usize> RowSpan<'_, B, N> {
+    fn check(&self) {
+        let len = self.rows.len();
+        assert!(len.is_multiple_of(2), "row span: an even number of rows");
+        assert!(
+            self.rows.end * self.nb <= self.blocks.len(),
+            "row span: rows past the matrix"
+        );
+        assert!(
+            self.a.iter().all(|r| r.len() >= self.nb),
+            "activation row shorter than weight row"
+        );
+        assert!(
+            self.out.iter().all(|o| o.len() == len),
+            "one output per row"
+        );
+    }
+
+    /// Per tile of `R` rows at `r`: the weight rows, and each token's output pointer.
+    ///
+    /// # Safety
+    /// [`RowSpan::check`] passed and `r + R <= rows.end`.
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&mut self, r: usize) -> ([&[B]; R], [*mut f32; N]) {
+        let (nb, first) = (self.nb, self.rows.start);
+        let w = std::array::from_fn(|i| {
+            std::slice::from_raw_parts(self.blocks.as_ptr().add((r + i) * nb), nb)
+        });
+        (
+            w,
+            std::array::from_fn(|t| self.out[t].as_mut_ptr().add(r - first)),
+        )
+    }
+}
+
+/// [`dot_q4_1_q8_1_into`] over a [`RowSpan`].
+pub fn dot_q4_1_q8_1_rows<const N: usize>(
+    _: Avx512,
+    mut span: RowSpan<'_, BlockQ4_1, N>,
+    minima: Option<[&[f32]; N]>,
+) {
+    span.check();
+    let (first, end) = (span.rows.start, span.rows.end);
+    if let Some(m) = &minima {
+        assert!(
+            m.iter().all(|m| m.len() == end - first),
+            "one minimum term per row"
+        );
+    }
+    let a = span.a;
+    let mut r = first;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the token proves the target features; the span's shapes were checked once
+    // above, and every tile lies inside it.
+    unsafe {
+        let mins = |r: usize| -> [*const f32; N] {
+            match &minima {
+                Some(m) => std::array::from_fn(|t| m[t].as_ptr().add(r - first)),
+                None => [std::ptr::null(); N],
+            }
+        };
+        while r + 4 <= end {
+            let (w, out) = span.tile::<4>(r);
+            match minima {
+                Some(_) => imp::dot_q4_1_q8_1::<4, N, false>(w, a, mins(r), out),
+                None => imp::dot_q4_1_q8_1::<4, N, true>(w, a, mins(r), out),
+            }
+            r += 4;
+        }
+        if r < end {
+            let (w, out) = span.tile::<2>(r);
+            match minima {
+                Some(_) => imp::dot_q4_1_q8_1::<2, N, false>(w, a, mins(r), out),
+                None => imp::dot_q4_1_q8_1::<2, N, true>(w, a, mins(r), out),
+            }
+        }
+    }
+}
+
+/// [`dot_q8_0_q8_0_into`] over a [`RowSpan`].
+pub fn dot_q8_0_q8_0_rows<const N: usize>(_: Avx512, mut span: RowSpan<'_, BlockQ8_0, N>) {
+    span.check();
+    let (first, end) = (span.rows.start, span.rows.end);
+    let a = span.a;
+    let mut r = first;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    unsafe {
+        while r + 4 <= end {
+            let (w, out) = span.tile::<4>(r);
+            imp::dot_q8_0_q8_0::<4, N>(w, a, out);
+            r += 4;
+        }
+        if r < end {
+            let (w, out) = span.tile::<2>(r);
+            imp::dot_q8_0_q8_0::<2, N>(w, a, out);
+        }
+    }
+}
+
 /// `R` (2 or 4) Q8_0 weight rows against `N` Q8_0 activation rows: `out[r][t]`, each
 /// bit-identical to [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
 #[inline]

@@ -25,27 +25,24 @@ impl OutPtr {
     }
 }
 
-/// One matrix's output `[tokens][rows]`, shared by the tasks of a matmul: each task owns
-/// the (token, row) cells of its row range, and every cell is written exactly once.
-struct Out {
-    ptr: OutPtr,
+/// One matrix's output, a row of `rows` cells per token (`token_rows[t]`), shared by the
+/// tasks of a matmul: each task owns the (token, row) cells of its row range, and every
+/// cell is written exactly once.
+struct Out<'a> {
+    token_rows: &'a [OutPtr],
     rows: usize,
-    tokens: usize,
 }
 
-impl Out {
+impl Out<'_> {
     /// Token `t`'s cells for rows `r..r + len`.
     ///
     /// # Safety
     /// No other live slice may cover these cells: the caller owns them (its task's rows)
     /// and holds at most one slice per (token, row range).
     #[allow(clippy::mut_from_ref)]
-    unsafe fn cells<'a>(&self, t: usize, r: usize, len: usize) -> &'a mut [f32] {
-        assert!(
-            t < self.tokens && r + len <= self.rows,
-            "matmul: output cell"
-        );
-        std::slice::from_raw_parts_mut(self.ptr.get().add(t * self.rows + r), len)
+    unsafe fn cells<'b>(&self, t: usize, r: usize, len: usize) -> &'b mut [f32] {
+        assert!(r + len <= self.rows, "matmul: output cell");
+        std::slice::from_raw_parts_mut(self.token_rows[t].get().add(r), len)
     }
 
     /// Writes rows `r..r + v.len()` of token `t`.
@@ -65,17 +62,32 @@ pub fn matmul(w: &QMatrix, x: &QuantizedActs, out: &mut [f32]) {
 /// Several matrices sharing one input (Q/K/V, gate/up) in a single parallel region:
 /// `outs[i] = ws[i] · x`. Fewer fork/join points per layer matter when decoding one token.
 pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]]) {
-    let kernels = match kernel_kind() {
+    matmul_with(kernels(), ws, x, outs)
+}
+
+/// [`matmul`] with each token's output row in a buffer of its own (`outs[t]`, `w.rows()`
+/// long): the logits of a batch go straight to each sequence's vector.
+pub fn matmul_tokens(w: &QMatrix, x: &QuantizedActs, outs: &mut [&mut [f32]]) {
+    assert_eq!(outs.len(), x.rows(), "matmul: one output row per token");
+    assert!(
+        outs.iter().all(|o| o.len() == w.rows()),
+        "matmul: output row size"
+    );
+    let rows: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    run_tasks(kernels(), &[w], x, &[rows]);
+}
+
+fn kernels() -> (Option<Avx2>, Option<Avx512>) {
+    match kernel_kind() {
         KernelKind::Avx512 => (Avx2::new(), Avx512::new()),
         KernelKind::Avx2 => (Avx2::new(), None),
         KernelKind::Scalar => (None, None),
-    };
-    matmul_with(kernels, ws, x, outs)
+    }
 }
 
 /// [`matmul_multi`] with an explicit kernel choice (AVX2 token, AVX-512 token).
 fn matmul_with(
-    (avx2, avx512): (Option<Avx2>, Option<Avx512>),
+    kernels: (Option<Avx2>, Option<Avx512>),
     ws: &[&QMatrix],
     x: &QuantizedActs,
     outs: &mut [&mut [f32]],
@@ -86,13 +98,37 @@ fn matmul_with(
         assert_eq!(x.cols(), w.cols(), "matmul: activation width");
         assert_eq!(out.len(), n * w.rows(), "matmul: output size");
     }
+    let targets: Vec<Vec<OutPtr>> = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(w, o)| {
+            (0..n)
+                // SAFETY: t * rows <= o.len() (checked above).
+                .map(|t| OutPtr(unsafe { o.as_mut_ptr().add(t * w.rows()) }))
+                .collect()
+        })
+        .collect();
+    run_tasks(kernels, ws, x, &targets)
+}
+
+/// The parallel body: `targets[i][t]` points at token `t`'s `ws[i].rows()` outputs.
+fn run_tasks(
+    (avx2, avx512): (Option<Avx2>, Option<Avx512>),
+    ws: &[&QMatrix],
+    x: &QuantizedActs,
+    targets: &[Vec<OutPtr>],
+) {
+    let n = x.rows();
+    for (w, t) in ws.iter().zip(targets) {
+        assert_eq!(x.cols(), w.cols(), "matmul: activation width");
+        assert_eq!(t.len(), n, "matmul: one output row per token");
+    }
     if n == 0 {
         return;
     }
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance threads, few enough to keep scheduling overhead small.
     let target_chunks = if threads == 1 { 1 } else { threads * 4 };
-    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, chunk)
     for (i, w) in ws.iter().enumerate() {
         let chunk = w.rows().div_ceil(target_chunks).max(8);
@@ -108,9 +144,8 @@ fn matmul_with(
         let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
         let group = (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk);
         let out = Out {
-            ptr: ptrs[i],
+            token_rows: &targets[i],
             rows,
-            tokens: n,
         };
         let put = |t: usize, r: usize, v: &[f32]| out.put(t, r, v);
         for g in (start..end).step_by(group) {
@@ -147,14 +182,17 @@ fn matmul_with(
                 let mut r = g;
                 if matches!(w, QMatrix::Q4_1 { .. } | QMatrix::Q8_0 { .. }) {
                     if let Some(k) = avx512 {
-                        while r + 4 <= g_end {
-                            rows_tile::<_, 4>(k, w, r, x, t, width, minima, &out);
-                            r += 4;
+                        let even = (g_end - g) / 2 * 2;
+                        match width {
+                            WIDE_TILE => {
+                                span_tokens::<WIDE_TILE>(k, w, g..g + even, x, t, minima, &out)
+                            }
+                            TILE => span_tokens::<TILE>(k, w, g..g + even, x, t, minima, &out),
+                            _ => (t..t + width).for_each(|t| {
+                                span_tokens::<1>(k, w, g..g + even, x, t, minima, &out)
+                            }),
                         }
-                        if r + 2 <= g_end {
-                            rows_tile::<_, 2>(k, w, r, x, t, width, minima, &out);
-                            r += 2;
-                        }
+                        r = g + even;
                     } else if let Some(k) = avx2 {
                         while r + 2 <= g_end {
                             rows_tile::<_, 2>(k, w, r, x, t, width, minima, &out);
@@ -365,6 +403,54 @@ impl TileKernel for Avx512 {
     }
 }
 
+/// Rows `rows` (an even number) of a quantised `w` against the `N` tokens `t0..t0 + N`
+/// with the AVX-512 kernels, one call for the whole span.
+fn span_tokens<const N: usize>(
+    k: Avx512,
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    x: &QuantizedActs,
+    t0: usize,
+    minima: Option<&GroupMinima>,
+    out: &Out<'_>,
+) {
+    let nb = w.cols() / QK;
+    let len = rows.len();
+    // SAFETY: the span's (token, row) cells belong to this task alone (see `Out`), and
+    // the N tokens are distinct, so the N slices do not overlap.
+    let cells: [&mut [f32]; N] =
+        std::array::from_fn(|i| unsafe { out.cells(t0 + i, rows.start, len) });
+    match (w, x) {
+        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => {
+            dot_avx512::dot_q4_1_q8_1_rows(
+                k,
+                dot_avx512::RowSpan {
+                    blocks,
+                    nb,
+                    rows: rows.clone(),
+                    a: std::array::from_fn(|i| &a[(t0 + i) * nb..(t0 + i + 1) * nb]),
+                    out: cells,
+                },
+                minima.map(|m| std::array::from_fn(|i| m.of(t0 + i, rows.start, len))),
+            )
+        }
+        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => {
+            dot_avx512::dot_q8_0_q8_0_rows(
+                k,
+                dot_avx512::RowSpan {
+                    blocks,
+                    nb,
+                    rows,
+                    a: std::array::from_fn(|i| &a[(t0 + i) * nb..(t0 + i + 1) * nb]),
+                    out: cells,
+                },
+            )
+        }
+        // Activations of another format: the per-row path reports the mismatch.
+        _ => rows.for_each(|r| row_times_tile(w, r, x, t0, N, None, &|t, r, v| out.put(t, r, v))),
+    }
+}
+
 /// Rows `r..r + R` of a quantised `w` against tokens `t0..t0 + width` (`width` is 1,
 /// [`TILE`] or [`WIDE_TILE`]): `R` independent accumulation chains per token, the same
 /// arithmetic as one row at a time.
@@ -377,7 +463,7 @@ fn rows_tile<K: TileKernel, const R: usize>(
     t0: usize,
     width: usize,
     minima: Option<&GroupMinima>,
-    out: &Out,
+    out: &Out<'_>,
 ) {
     match width {
         WIDE_TILE => rows_tokens::<K, R, WIDE_TILE>(k, w, r, x, t0, minima, out),
@@ -394,7 +480,7 @@ fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
     x: &QuantizedActs,
     t0: usize,
     minima: Option<&GroupMinima>,
-    out: &Out,
+    out: &Out<'_>,
 ) {
     let nb = w.cols() / QK;
     let span = |r: usize| r * nb..(r + 1) * nb;
