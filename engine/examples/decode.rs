@@ -16,16 +16,6 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn main() {
     let (batch, ctx, steps, rounds) = (arg(1, 16), arg(2, 64), arg(3, 32), arg(4, 20));
     let path = genie_engine::fetch::resolve_model(None).expect("model");
@@ -51,7 +41,9 @@ fn main() {
         let ids: Vec<u32> = (0..ctx as u32)
             .map(|j| (j * 7919 + i as u32 * 104729 + 17) % vocab)
             .collect();
-        first.push(argmax(&model.prefill(&ids, c).expect("prefill")));
+        first.push(genie_engine::sampling::argmax(
+            &model.prefill(&ids, c).expect("prefill"),
+        ));
     }
     eprintln!(
         "decode: batch {batch}, context {ctx}, {steps} steps x {rounds} rounds, {} threads, {:?}",
@@ -69,7 +61,10 @@ fn main() {
             let mut items: Vec<(u32, &mut KvCache)> =
                 tokens.iter().copied().zip(caches.iter_mut()).collect();
             let logits = model.decode_batch(&mut items).expect("decode");
-            tokens = logits.iter().map(|l| argmax(l)).collect();
+            tokens = logits
+                .iter()
+                .map(|l| genie_engine::sampling::argmax(l))
+                .collect();
         }
         rates.push((batch * steps) as f64 / t0.elapsed().as_secs_f64());
     }

@@ -49,16 +49,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn prefill_rate(model: &Model, n: usize, repeat: usize) -> Result<f64> {
     let ids = synthetic_ids(n);
     let mut warm = model.new_cache(n);
@@ -84,14 +74,17 @@ fn decode_rate(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<
         // Different prompts per sequence so the batch is not one sequence repeated.
         let mut ids = synthetic_ids(ctx + i);
         ids.drain(..i);
-        tokens.push(argmax(&model.prefill(&ids, c)?));
+        tokens.push(genie_engine::sampling::argmax(&model.prefill(&ids, c)?));
     }
     let t0 = Instant::now();
     for _ in 0..steps {
         let mut items: Vec<(u32, &mut KvCache)> =
             tokens.iter().copied().zip(caches.iter_mut()).collect();
         let logits = model.decode_batch(&mut items)?;
-        tokens = logits.iter().map(|l| argmax(l)).collect();
+        tokens = logits
+            .iter()
+            .map(|l| genie_engine::sampling::argmax(l))
+            .collect();
     }
     Ok((batch * steps) as f64 / t0.elapsed().as_secs_f64())
 }
