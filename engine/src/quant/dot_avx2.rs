@@ -684,10 +684,6 @@ mod tests {
         (0..n).map(|_| lcg(&mut s) * 3.0).collect()
     }
 
-    fn close(a: f32, b: f32) -> bool {
-        (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
-    }
-
     #[test]
     fn q4_1_matches_scalar_for_every_batch_width() {
         let Some(k) = Avx2::new() else {
@@ -722,7 +718,11 @@ mod tests {
                 four[t].to_bits(),
                 "batch width changed the result"
             );
-            assert!(close(one, reference), "{one} vs scalar {reference}");
+            assert_eq!(
+                one.to_bits(),
+                reference.to_bits(),
+                "{one} vs scalar {reference}"
+            );
         }
     }
 
@@ -744,7 +744,7 @@ mod tests {
             .collect();
         let got = dot_q8_0_q8_0(k, &w, [&a, &a])[1];
         let reference = dot_scalar::dot_q8_0_q8_0(&w, &a);
-        assert!(close(got, reference), "{got} vs {reference}");
+        assert_eq!(got.to_bits(), reference.to_bits(), "{got} vs {reference}");
         let tile = dot_q8_0_q8_0_tile(k, [&w, &w], [&a]);
         assert_eq!(
             tile[1][0].to_bits(),
@@ -866,8 +866,9 @@ mod tests {
         for n in [1, 7, 8, 15, 16, 17, 64, 100] {
             let a = rows(5, n);
             let b = rows(6, n);
-            assert!(
-                close(dot_f32(k, &a, &b), dot_scalar::dot_f32(&a, &b)),
+            assert_eq!(
+                dot_f32(k, &a, &b).to_bits(),
+                dot_scalar::dot_f32(&a, &b).to_bits(),
                 "n={n}"
             );
             let mut y1 = rows(7, n);
@@ -875,7 +876,7 @@ mod tests {
             axpy_f32(k, 0.3, &a, &mut y1);
             dot_scalar::axpy_f32(0.3, &a, &mut y2);
             for (p, q) in y1.iter().zip(&y2) {
-                assert!(close(*p, *q));
+                assert_eq!(p.to_bits(), q.to_bits(), "axpy n={n}");
             }
             let mut many = vec![0.0f32; 3];
             let rows3: Vec<f32> = [a.clone(), b.clone(), a.clone()].concat();

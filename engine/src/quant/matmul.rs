@@ -656,12 +656,11 @@ mod tests {
                     "{format:?} {rows}x{cols}, {n} tokens"
                 );
                 let scalar = run((None, None));
-                for (a, b) in avx2.iter().zip(&scalar) {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
-                        "{format:?}: {a} vs {b}"
-                    );
-                }
+                assert_eq!(
+                    bits(&scalar),
+                    bits(&avx2),
+                    "scalar, {format:?} {rows}x{cols}, {n} tokens"
+                );
             }
         }
     }
