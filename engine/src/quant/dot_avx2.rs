@@ -423,15 +423,7 @@ pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
     w: [&[BlockQ4_1]; R],
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
-    let len = w[0].len();
-    assert!(
-        w.iter().all(|r| r.len() == len),
-        "weight rows of different lengths"
-    );
-    assert!(
-        a.iter().all(|r| r.len() >= len),
-        "activation row shorter than weight row"
-    );
+    super::check_tile(&w, &a);
     // SAFETY: the `Avx2` token proves the target features; lengths checked above.
     unsafe { imp::dot_q4_1_q8_1::<R, N, true>(w, a) }
 }
@@ -444,15 +436,7 @@ pub fn dot_q4_1_q8_1_tile_dots<const R: usize, const N: usize>(
     w: [&[BlockQ4_1]; R],
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
-    let len = w[0].len();
-    assert!(
-        w.iter().all(|r| r.len() == len),
-        "weight rows of different lengths"
-    );
-    assert!(
-        a.iter().all(|r| r.len() >= len),
-        "activation row shorter than weight row"
-    );
+    super::check_tile(&w, &a);
     // SAFETY: as above.
     unsafe { imp::dot_q4_1_q8_1::<R, N, false>(w, a) }
 }
@@ -467,11 +451,7 @@ pub fn min_terms<const N: usize>(
     a: [&[ActBlock]; N],
 ) -> [[f32; super::MIN_STRIP]; N] {
     const _: () = assert!(super::MIN_STRIP == 16);
-    let nb = mins.len() / super::MIN_STRIP;
-    assert!(
-        mins.len() == nb * super::MIN_STRIP && a.iter().all(|r| r.len() >= nb),
-        "min_terms: shapes"
-    );
+    super::check_strip(mins, &a);
     // SAFETY: the token proves the target features; every read is inside `mins` and
     // `a[t]` (checked above).
     unsafe { imp::min_terms(mins, a) }
@@ -490,15 +470,7 @@ pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
     w: [&[BlockQ8_0]; R],
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
-    let len = w[0].len();
-    assert!(
-        w.iter().all(|r| r.len() == len),
-        "weight rows of different lengths"
-    );
-    assert!(
-        a.iter().all(|r| r.len() >= len),
-        "activation row shorter than weight row"
-    );
+    super::check_tile(&w, &a);
     // SAFETY: the `Avx2` token proves the target features; lengths checked above.
     unsafe { dispatch!(dot_q8_0_q8_0)(w, a) }
 }

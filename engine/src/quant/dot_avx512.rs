@@ -501,15 +501,7 @@ fn check_lengths<W, const R: usize, const N: usize>(w: &[&[W]; R], a: &[&[ActBlo
         R == 2 || R == 4,
         "the AVX-512 tiles take 2 or 4 weight rows"
     );
-    let len = w[0].len();
-    assert!(
-        w.iter().all(|r| r.len() == len),
-        "weight rows of different lengths"
-    );
-    assert!(
-        a.iter().all(|r| r.len() >= len),
-        "activation row shorter than weight row"
-    );
+    super::check_tile(w, a);
 }
 
 /// `R` (2 or 4) Q4_1 weight rows against `N` Q8_1 activation rows: `out[r][t]`, each
@@ -715,11 +707,7 @@ pub fn min_terms<const N: usize>(
     a: [&[ActBlock]; N],
 ) -> [[f32; super::MIN_STRIP]; N] {
     const _: () = assert!(super::MIN_STRIP == 16);
-    let nb = mins.len() / super::MIN_STRIP;
-    assert!(
-        mins.len() == nb * super::MIN_STRIP && a.iter().all(|r| r.len() >= nb),
-        "min_terms: shapes"
-    );
+    super::check_strip(mins, &a);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the token proves the target features; every block read is inside `a[t]`
     // and every strip row inside `mins` (checked above).

@@ -5,7 +5,7 @@
 use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
-use super::{dot_scalar, kernel_kind, BlockQ4_1, BlockQ8_0, KernelKind, QMatrix, MIN_STRIP, QK};
+use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
 
 /// Tokens processed together against one unpacked weight row.
@@ -195,7 +195,7 @@ fn run_tasks(
                         r = g + even;
                     } else if let Some(k) = avx2 {
                         while r + 2 <= g_end {
-                            rows_tile::<_, 2>(k, w, r, x, t, width, minima, &out);
+                            rows_tile::<2>(k, w, r, x, t, width, minima, &out);
                             r += 2;
                         }
                     }
@@ -246,7 +246,7 @@ fn prefetch_minima(minima: &[half::f16], nb: usize, rows: std::ops::Range<usize>
 }
 
 impl GroupMinima {
-    fn new<K: TileKernel>(
+    fn new<K: StripMinima>(
         k: K,
         minima: &[half::f16],
         nb: usize,
@@ -299,25 +299,10 @@ impl GroupMinima {
     }
 }
 
-/// A multi-row, multi-token kernel family: `R` weight rows against `N` activation rows,
-/// each token's `R` results written to its own `out[t]` (contiguous in the output).
-trait TileKernel: Copy {
-    /// Tokens per call of [`TileKernel::min_terms`] that fit the family's registers.
+/// The strip pass of the Q4_1 minimum terms, in both SIMD families.
+trait StripMinima: Copy {
+    /// Tokens per call of [`StripMinima::min_terms`] that fit the family's registers.
     const MIN_TOKENS: usize;
-    /// With `minima`, `minima[t][r]` is added in place of the kernel's own minimum pass.
-    fn q4_1<const R: usize, const N: usize>(
-        self,
-        w: [&[BlockQ4_1]; R],
-        a: [&[ActBlock]; N],
-        minima: Option<[&[f32]; N]>,
-        out: [&mut [f32]; N],
-    );
-    fn q8_0<const R: usize, const N: usize>(
-        self,
-        w: [&[BlockQ8_0]; R],
-        a: [&[ActBlock]; N],
-        out: [&mut [f32]; N],
-    );
     /// The minimum terms of one strip of [`MIN_STRIP`] rows.
     fn min_terms<const N: usize>(
         self,
@@ -326,46 +311,8 @@ trait TileKernel: Copy {
     ) -> [[f32; MIN_STRIP]; N];
 }
 
-/// `out[t][r] = v[r][t]`.
-fn write_t_major<const R: usize, const N: usize>(v: [[f32; N]; R], out: [&mut [f32]; N]) {
-    for (t, o) in out.into_iter().enumerate() {
-        for (r, cell) in o.iter_mut().enumerate() {
-            *cell = v[r][t];
-        }
-    }
-}
-
-impl TileKernel for Avx2 {
+impl StripMinima for Avx2 {
     const MIN_TOKENS: usize = 4;
-    fn q4_1<const R: usize, const N: usize>(
-        self,
-        w: [&[BlockQ4_1]; R],
-        a: [&[ActBlock]; N],
-        minima: Option<[&[f32]; N]>,
-        out: [&mut [f32]; N],
-    ) {
-        let v = match minima {
-            Some(m) => {
-                let mut v = dot_avx2::dot_q4_1_q8_1_tile_dots(self, w, a);
-                for (r, row) in v.iter_mut().enumerate() {
-                    for (t, d) in row.iter_mut().enumerate() {
-                        *d += m[t][r];
-                    }
-                }
-                v
-            }
-            None => dot_avx2::dot_q4_1_q8_1_tile(self, w, a),
-        };
-        write_t_major(v, out)
-    }
-    fn q8_0<const R: usize, const N: usize>(
-        self,
-        w: [&[BlockQ8_0]; R],
-        a: [&[ActBlock]; N],
-        out: [&mut [f32]; N],
-    ) {
-        write_t_major(dot_avx2::dot_q8_0_q8_0_tile(self, w, a), out)
-    }
     fn min_terms<const N: usize>(
         self,
         mins: &[half::f16],
@@ -375,25 +322,8 @@ impl TileKernel for Avx2 {
     }
 }
 
-impl TileKernel for Avx512 {
+impl StripMinima for Avx512 {
     const MIN_TOKENS: usize = 8;
-    fn q4_1<const R: usize, const N: usize>(
-        self,
-        w: [&[BlockQ4_1]; R],
-        a: [&[ActBlock]; N],
-        minima: Option<[&[f32]; N]>,
-        out: [&mut [f32]; N],
-    ) {
-        dot_avx512::dot_q4_1_q8_1_into(self, w, a, minima, out)
-    }
-    fn q8_0<const R: usize, const N: usize>(
-        self,
-        w: [&[BlockQ8_0]; R],
-        a: [&[ActBlock]; N],
-        out: [&mut [f32]; N],
-    ) {
-        dot_avx512::dot_q8_0_q8_0_into(self, w, a, out)
-    }
     fn min_terms<const N: usize>(
         self,
         mins: &[half::f16],
@@ -451,12 +381,12 @@ fn span_tokens<const N: usize>(
     }
 }
 
-/// Rows `r..r + R` of a quantised `w` against tokens `t0..t0 + width` (`width` is 1,
-/// [`TILE`] or [`WIDE_TILE`]): `R` independent accumulation chains per token, the same
+/// Rows `r..r + R` of a quantised `w` against tokens `t0..t0 + width` (`width` is 1 or
+/// [`TILE`]) with the AVX2 tiles: `R` independent accumulation chains per token, the same
 /// arithmetic as one row at a time.
 #[allow(clippy::too_many_arguments)]
-fn rows_tile<K: TileKernel, const R: usize>(
-    k: K,
+fn rows_tile<const R: usize>(
+    k: Avx2,
     w: &QMatrix,
     r: usize,
     x: &QuantizedActs,
@@ -466,15 +396,15 @@ fn rows_tile<K: TileKernel, const R: usize>(
     out: &Out<'_>,
 ) {
     match width {
-        WIDE_TILE => rows_tokens::<K, R, WIDE_TILE>(k, w, r, x, t0, minima, out),
-        TILE => rows_tokens::<K, R, TILE>(k, w, r, x, t0, minima, out),
-        _ => (t0..t0 + width).for_each(|t| rows_tokens::<K, R, 1>(k, w, r, x, t, minima, out)),
+        TILE => rows_tokens::<R, TILE>(k, w, r, x, t0, minima, out),
+        _ => (t0..t0 + width).for_each(|t| rows_tokens::<R, 1>(k, w, r, x, t, minima, out)),
     }
 }
 
-/// Rows `r..r + R` against exactly the `N` tokens `t0..t0 + N`.
-fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
-    k: K,
+/// Rows `r..r + R` against exactly the `N` tokens `t0..t0 + N`; with `minima`, the strip
+/// pass's terms are added in place of the tile's own minimum pass (the same bits).
+fn rows_tokens<const R: usize, const N: usize>(
+    k: Avx2,
     w: &QMatrix,
     r: usize,
     x: &QuantizedActs,
@@ -484,25 +414,38 @@ fn rows_tokens<K: TileKernel, const R: usize, const N: usize>(
 ) {
     let nb = w.cols() / QK;
     let span = |r: usize| r * nb..(r + 1) * nb;
-    // SAFETY: the tile's (token, row) cells belong to this call alone (see `Out`), and
-    // the N tokens are distinct, so the N slices do not overlap.
-    let cells: [&mut [f32]; N] = std::array::from_fn(|i| unsafe { out.cells(t0 + i, r, R) });
-    match (w, x) {
-        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => k.q4_1::<R, N>(
-            std::array::from_fn(|i| &blocks[span(r + i)]),
-            std::array::from_fn(|i| &a[span(t0 + i)]),
-            minima.map(|m| std::array::from_fn(|i| m.of(t0 + i, r, R))),
-            cells,
-        ),
-        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => k.q8_0::<R, N>(
-            std::array::from_fn(|i| &blocks[span(r + i)]),
-            std::array::from_fn(|i| &a[span(t0 + i)]),
-            cells,
-        ),
+    let v: [[f32; N]; R] = match (w, x) {
+        (QMatrix::Q4_1 { blocks, .. }, QuantizedActs::Q8_1 { blocks: a, .. }) => {
+            let wr = std::array::from_fn(|i| &blocks[span(r + i)]);
+            let ar = std::array::from_fn(|i| &a[span(t0 + i)]);
+            match minima {
+                Some(m) => {
+                    let mut v = dot_avx2::dot_q4_1_q8_1_tile_dots(k, wr, ar);
+                    for (ri, row) in v.iter_mut().enumerate() {
+                        for (i, d) in row.iter_mut().enumerate() {
+                            *d += m.of(t0 + i, r + ri, 1)[0];
+                        }
+                    }
+                    v
+                }
+                None => dot_avx2::dot_q4_1_q8_1_tile(k, wr, ar),
+            }
+        }
+        (QMatrix::Q8_0 { blocks, .. }, QuantizedActs::Q8_0 { blocks: a, .. }) => {
+            dot_avx2::dot_q8_0_q8_0_tile(
+                k,
+                std::array::from_fn(|i| &blocks[span(r + i)]),
+                std::array::from_fn(|i| &a[span(t0 + i)]),
+            )
+        }
         // Activations of another format: the per-row path reports the mismatch.
-        _ => (r..r + R)
-            .for_each(|r| row_times_tile(w, r, x, t0, N, None, &|t, r, v| out.put(t, r, v))),
-    }
+        _ => {
+            return (r..r + R)
+                .for_each(|r| row_times_tile(w, r, x, t0, N, Some(k), &|t, r, v| out.put(t, r, v)))
+        }
+    };
+    // Token by token: the tile's R rows are contiguous in each token's output row.
+    (0..N).for_each(|i| out.put(t0 + i, r, &std::array::from_fn::<f32, R, _>(|ri| v[ri][i])));
 }
 
 /// Row `r` of `w` against tokens `t0..t0 + width` (`width` is 1 or [`TILE`]).

@@ -289,6 +289,34 @@ impl QMatrix {
     }
 }
 
+/// Panics unless the `R` weight rows of a tile have one length and every activation row
+/// is at least that long: what every tile kernel reads.
+pub(crate) fn check_tile<W, const R: usize, const N: usize>(
+    w: &[&[W]; R],
+    a: &[&[acts::ActBlock]; N],
+) {
+    let len = w[0].len();
+    assert!(
+        w.iter().all(|r| r.len() == len),
+        "weight rows of different lengths"
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= len),
+        "activation row shorter than weight row"
+    );
+}
+
+/// Blocks per row in a strip of transposed minima (`mins` is `[block][MIN_STRIP]`), after
+/// checking that every activation row has that many: what the strip kernels read.
+pub(crate) fn check_strip<const N: usize>(mins: &[f16], a: &[&[acts::ActBlock]; N]) -> usize {
+    let nb = mins.len() / MIN_STRIP;
+    assert!(
+        mins.len() == nb * MIN_STRIP && a.iter().all(|r| r.len() >= nb),
+        "min_terms: shapes"
+    );
+    nb
+}
+
 /// Rows per strip of a Q4_1 matrix's transposed minima.
 pub const MIN_STRIP: usize = 16;
 
