@@ -15,7 +15,7 @@ const WIDE_TILE: usize = 8;
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (token, row) cells of one output buffer that outlives them.
+// SAFETY: tasks write disjoint (token, row) cells of output buffers that outlive them.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
