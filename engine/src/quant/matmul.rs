@@ -5,6 +5,7 @@
 use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
+use super::strips::{self, Strips, STRIP, STRIP_TOKENS};
 use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
 
@@ -129,27 +130,65 @@ fn run_tasks(
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance threads, few enough to keep scheduling overhead small.
     let target_chunks = if threads == 1 { 1 } else { threads * 4 };
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, chunk)
+    let with_strips = ws.iter().any(|w| strips_of(w, avx512).is_some());
+    let ua = match x {
+        QuantizedActs::Q8_0 { blocks, .. } if with_strips => strips::offset_quants(blocks),
+        _ => Vec::new(),
+    };
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, end)
     for (i, w) in ws.iter().enumerate() {
-        let chunk = w.rows().div_ceil(target_chunks).max(8);
-        tasks.extend((0..w.rows()).step_by(chunk).map(|s| (i, s, chunk)));
+        let rows = w.rows();
+        if strips_of(w, avx512).is_some() {
+            // Whole strips per task (a ragged tail rides with the last), in near-equal
+            // shares of the strips.
+            let units = rows.div_ceil(STRIP);
+            let parts = target_chunks.min(units);
+            tasks.extend((0..parts).map(|p| {
+                let edge = |p: usize| (p * units / parts * STRIP).min(rows);
+                (i, edge(p), edge(p + 1))
+            }));
+        } else {
+            let chunk = rows.div_ceil(target_chunks).max(8);
+            tasks.extend(
+                (0..rows)
+                    .step_by(chunk)
+                    .map(|s| (i, s, (s + chunk).min(rows))),
+            );
+        }
     }
     let rows_of = |i: usize, start: usize, end: usize| {
         let w = ws[i];
         let rows = w.rows();
         let chunk = end - start;
+        let strips = strips_of(w, avx512);
         // Rows of one task are walked in groups that stay cache-resident while every token
         // tile streams past them (weights read from memory once per group, not per token).
-        // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end.
+        // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end (of
+        // 16 with strips, so groups start on a strip).
         let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
-        let group = (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk);
+        let group = match strips {
+            Some(_) => (fit / STRIP * STRIP).max(STRIP).min(chunk),
+            None => (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk),
+        };
         let out = Out {
             token_rows: &targets[i],
             rows,
         };
         let put = |t: usize, r: usize, v: &[f32]| out.put(t, r, v);
-        for g in (start..end).step_by(group) {
-            let g_end = (g + group).min(end);
+        for g_start in (start..end).step_by(group) {
+            let g_end = (g_start + group).min(end);
+            // The group's full strips first, with the strip kernel; any rows after the
+            // last full strip go on to the row-major tiles below.
+            let mut g = g_start;
+            if let (Some(k), Some(s)) = (avx512, strips) {
+                let last = g_end.min(s.rows());
+                if g < last && strip_span(k, w, s, g / STRIP..last / STRIP, x, &ua, &out) {
+                    g = last;
+                }
+            }
+            if g == g_end {
+                continue;
+            }
             // Batches of tokens take the Q4_1 minimum terms from one strip pass per group
             // (sixteen rows a load) instead of a pass inside every tile.
             let minima = match (w, x) {
@@ -207,14 +246,91 @@ fn run_tasks(
             }
         }
     };
-    let run = |&(i, start, chunk): &(usize, usize, usize)| {
-        rows_of(i, start, (start + chunk).min(ws[i].rows()))
-    };
+    let run = |&(i, start, end): &(usize, usize, usize)| rows_of(i, start, end);
     if tasks.len() == 1 || threads == 1 {
         tasks.iter().for_each(run);
     } else {
         tasks.par_iter().for_each(run);
     }
+}
+
+/// `w`'s strip copy, where the AVX-512 kernels run and the matrix has one.
+fn strips_of(w: &QMatrix, avx512: Option<Avx512>) -> Option<&Strips> {
+    match (w, avx512) {
+        (QMatrix::Q4_1 { strips, .. } | QMatrix::Q8_0 { strips, .. }, Some(_)) => strips.as_ref(),
+        _ => None,
+    }
+}
+
+/// Strips `strips` of `w` (its copy `s`) against every token of the batch, up to
+/// [`STRIP_TOKENS`] tokens a call: the weights of the span stay in cache while the token
+/// tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`]. False
+/// (nothing done) when `x` is not in the format `w` takes.
+fn strip_span(
+    k: Avx512,
+    w: &QMatrix,
+    s: &Strips,
+    strips: std::ops::Range<usize>,
+    x: &QuantizedActs,
+    ua: &[[u8; QK]],
+    out: &Out<'_>,
+) -> bool {
+    let a = match (w, x) {
+        (QMatrix::Q4_1 { .. }, QuantizedActs::Q8_1 { blocks, .. })
+        | (QMatrix::Q8_0 { .. }, QuantizedActs::Q8_0 { blocks, .. }) => blocks,
+        _ => return false,
+    };
+    #[allow(clippy::too_many_arguments)]
+    fn tile<const N: usize>(
+        k: Avx512,
+        w: &QMatrix,
+        s: &Strips,
+        strips: std::ops::Range<usize>,
+        a: &[ActBlock],
+        ua: &[[u8; QK]],
+        t0: usize,
+        out: &Out<'_>,
+    ) {
+        let nb = s.nb;
+        let span = |t: usize| (t0 + t) * nb..(t0 + t + 1) * nb;
+        let acts = std::array::from_fn(|t| &a[span(t)]);
+        for strip in strips {
+            // SAFETY: the strip's (token, row) cells belong to this task alone (see
+            // `Out`), and the N tokens are distinct, so the N slices do not overlap.
+            let cells = std::array::from_fn(|t| unsafe { out.cells(t0 + t, strip * STRIP, STRIP) });
+            match w {
+                QMatrix::Q4_1 { minima, .. } => {
+                    strips::dot_q4_1_strip::<N>(k, s, minima, strip, acts, cells)
+                }
+                _ => strips::dot_q8_0_strip::<N>(
+                    k,
+                    s,
+                    strip,
+                    acts,
+                    std::array::from_fn(|t| &ua[span(t)]),
+                    cells,
+                ),
+            }
+        }
+    }
+    let n = a.len() / s.nb.max(1);
+    let mut t = 0;
+    while t < n {
+        let width = (n - t).min(STRIP_TOKENS);
+        let r = strips.clone();
+        match width {
+            8 => tile::<8>(k, w, s, r, a, ua, t, out),
+            7 => tile::<7>(k, w, s, r, a, ua, t, out),
+            6 => tile::<6>(k, w, s, r, a, ua, t, out),
+            5 => tile::<5>(k, w, s, r, a, ua, t, out),
+            4 => tile::<4>(k, w, s, r, a, ua, t, out),
+            3 => tile::<3>(k, w, s, r, a, ua, t, out),
+            2 => tile::<2>(k, w, s, r, a, ua, t, out),
+            _ => tile::<1>(k, w, s, r, a, ua, t, out),
+        }
+        t += width;
+    }
+    true
 }
 
 /// The Q4_1 minimum terms `Σ_b m[r][b] · s[t][b]` of rows `first..first + rows` for every

@@ -17,6 +17,7 @@ pub mod dot_avx2;
 pub mod dot_avx512;
 pub mod dot_scalar;
 pub mod matmul;
+pub mod strips;
 
 use half::f16;
 
@@ -94,11 +95,16 @@ pub enum QMatrix {
         blocks: Vec<BlockQ4_1>,
         /// The blocks' minima again, transposed by [`strip_minima`] for the batched kernels.
         minima: Vec<f16>,
+        /// The full strips again, laid out for the AVX-512 strip kernel; built only where
+        /// this process runs that family ([`kernel_kind`]).
+        strips: Option<strips::Strips>,
     },
     Q8_0 {
         rows: usize,
         cols: usize,
         blocks: Vec<BlockQ8_0>,
+        /// As for Q4_1: the full strips for the AVX-512 strip kernel, where it runs.
+        strips: Option<strips::Strips>,
     },
 }
 
@@ -122,11 +128,27 @@ impl QMatrix {
     pub fn q4_1(rows: usize, cols: usize, blocks: Vec<BlockQ4_1>) -> Self {
         assert_eq!(blocks.len() * QK, rows * cols, "Q4_1 matrix: block count");
         let minima = strip_minima(rows, cols / QK, &blocks);
+        let strips = (kernel_kind() == KernelKind::Avx512)
+            .then(|| strips::Strips::q4_1(rows, cols / QK, &blocks));
         QMatrix::Q4_1 {
             rows,
             cols,
             blocks,
             minima,
+            strips,
+        }
+    }
+
+    /// A Q8_0 matrix from its blocks (`rows * cols / QK` of them, row-major).
+    pub fn q8_0(rows: usize, cols: usize, blocks: Vec<BlockQ8_0>) -> Self {
+        assert_eq!(blocks.len() * QK, rows * cols, "Q8_0 matrix: block count");
+        let strips = (kernel_kind() == KernelKind::Avx512)
+            .then(|| strips::Strips::q8_0(rows, cols / QK, &blocks));
+        QMatrix::Q8_0 {
+            rows,
+            cols,
+            blocks,
+            strips,
         }
     }
 
@@ -178,10 +200,10 @@ impl QMatrix {
                     })
                     .collect(),
             ),
-            WeightFormat::Q8_0 => QMatrix::Q8_0 {
+            WeightFormat::Q8_0 => QMatrix::q8_0(
                 rows,
                 cols,
-                blocks: bytes
+                bytes
                     .chunks_exact(34)
                     .map(|c| {
                         let mut qs = [0i8; QK];
@@ -194,7 +216,7 @@ impl QMatrix {
                         }
                     })
                     .collect(),
-            },
+            ),
         })
     }
 
@@ -222,8 +244,9 @@ impl QMatrix {
         }
     }
 
-    /// Bytes of the quantised blocks: what a one-token step reads (Q4_1's transposed
-    /// minima, read by batched steps only, add a tenth to that in memory).
+    /// Bytes of the quantised blocks: what a one-token step reads. In memory, Q4_1 adds a
+    /// tenth for the transposed minima and, on AVX-512 CPUs, the strip copy (about as
+    /// much again; the strip kernel reads it instead of the blocks).
     pub fn size_bytes(&self) -> usize {
         self.format().bytes_for(self.rows() * self.cols())
     }
@@ -277,14 +300,13 @@ impl QMatrix {
                 cols,
                 data.chunks_exact(QK).map(quantize_block_q4_1).collect(),
             ),
-            WeightFormat::Q8_0 => QMatrix::Q8_0 {
+            WeightFormat::Q8_0 => QMatrix::q8_0(
                 rows,
                 cols,
-                blocks: data
-                    .chunks_exact(QK)
+                data.chunks_exact(QK)
                     .map(acts::quantize_block_q8_0)
                     .collect(),
-            },
+            ),
         }
     }
 }

@@ -1,0 +1,547 @@
+//! Q4_1 rows re-laid in strips of sixteen for an AVX-512 kernel that keeps one row per
+//! 32-bit lane, and that kernel.
+//!
+//! Why: llama.cpp's `vec_dot_q4_1_q8_1` keeps, per (row, token), eight f32 chains — lane
+//! `k` adds `fma(d_w·d_a, cvt(Σ_{j<4} q_w[4k+j]·q_a[4k+j]), acc_k)` block after block —
+//! and ends with a fixed tree `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))` plus the minimum
+//! term. The row-major tiles in [`super::dot_avx512`] hold two (row, token) pairs' eight
+//! lanes in one register, so every 64 products cost a `vpdpbusd`, a convert, a multiply
+//! (`d_w·d_a`) and an FMA. Here a register holds chain `k` of *sixteen rows* for one
+//! token: `vpdpbusd` takes the sixteen rows' bytes `4k..4k+3` against the token's dword
+//! `k` broadcast, and one multiply gives the sixteen rows' `d_w·d_a` for all eight
+//! chains. Every chain sees the same operations in the same order, the final tree is
+//! eight vertical adds instead of shuffles, and a 64-product step costs three
+//! instructions instead of four. Tests compare every bit with the row-major kernels.
+//!
+//! Layout: for strip `s` (rows `16s..16s+16`) and block `b`, four 64-byte lines; byte
+//! `4r + j` of line `k'` is row `r`'s `qs[4k' + j]`, so its low nibbles are chain `k'`'s
+//! quants and its high nibbles chain `k' + 4`'s. The rows' scales are kept as
+//! `[strip][block][row]` f16; the minima are [`super::strip_minima`]'s, the same shape.
+
+use super::acts::ActBlock;
+use super::dot_avx512::Avx512;
+use super::{BlockQ4_1, BlockQ8_0, MIN_STRIP, QK};
+use half::f16;
+
+/// Rows per strip: one per 32-bit lane of a 512-bit register.
+pub const STRIP: usize = 16;
+const _: () = assert!(STRIP == MIN_STRIP);
+
+/// Most tokens one strip-kernel call takes (two chains of each in registers).
+pub const STRIP_TOKENS: usize = 8;
+
+/// One 64-byte, 64-byte-aligned line of strip quants.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct Line(pub [u8; 64]);
+
+/// The full strips of a Q4_1 or Q8_0 matrix (rows past the last multiple of [`STRIP`]
+/// stay with the row-major kernels).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Strips {
+    /// Full strips.
+    pub strips: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    /// Lines per (strip, block): 4 for Q4_1, 8 for Q8_0.
+    pub lines: usize,
+    /// `[strip][block][lines]` (see the module doc).
+    pub qs: Vec<Line>,
+    /// `[strip][block][row]` scales.
+    pub d: Vec<f16>,
+}
+
+impl Strips {
+    /// Re-lays the full strips of `rows` row-major Q4_1 rows of `nb` blocks.
+    pub fn q4_1(rows: usize, nb: usize, blocks: &[BlockQ4_1]) -> Self {
+        Self::build(rows, nb, blocks, 4, |b| b.d, |b, k, r| b.qs[4 * k + r])
+    }
+
+    /// Re-lays the full strips of `rows` row-major Q8_0 rows of `nb` blocks.
+    pub fn q8_0(rows: usize, nb: usize, blocks: &[BlockQ8_0]) -> Self {
+        Self::build(
+            rows,
+            nb,
+            blocks,
+            8,
+            |b| b.d,
+            |b, k, r| b.qs[4 * k + r] as u8,
+        )
+    }
+
+    fn build<B>(
+        rows: usize,
+        nb: usize,
+        blocks: &[B],
+        lines: usize,
+        scale: impl Fn(&B) -> f16,
+        byte: impl Fn(&B, usize, usize) -> u8,
+    ) -> Self {
+        assert_eq!(blocks.len(), rows * nb, "strips: block count");
+        let strips = rows / STRIP;
+        let mut qs = vec![Line([0; 64]); strips * nb * lines];
+        let mut d = vec![f16::ZERO; strips * nb * STRIP];
+        for s in 0..strips {
+            for b in 0..nb {
+                let at = s * nb + b;
+                for r in 0..STRIP {
+                    let block = &blocks[(s * STRIP + r) * nb + b];
+                    d[at * STRIP + r] = scale(block);
+                    for k in 0..lines {
+                        for j in 0..4 {
+                            qs[at * lines + k].0[4 * r + j] = byte(block, k, j);
+                        }
+                    }
+                }
+            }
+        }
+        Strips {
+            strips,
+            nb,
+            lines,
+            qs,
+            d,
+        }
+    }
+
+    /// Rows covered by full strips.
+    pub fn rows(&self) -> usize {
+        self.strips * STRIP
+    }
+
+    /// Bytes held (quants and scales).
+    pub fn size_bytes(&self) -> usize {
+        self.qs.len() * 64 + self.d.len() * 2
+    }
+
+    /// Checks one kernel call's shapes; the strip's first (block) index.
+    fn check<const N: usize>(
+        &self,
+        lines: usize,
+        strip: usize,
+        a: &[&[ActBlock]; N],
+        out: &[&mut [f32]; N],
+    ) -> usize {
+        assert_eq!(self.lines, lines, "strip kernel: strips of another format");
+        assert!(
+            (1..=STRIP_TOKENS).contains(&N),
+            "strip kernel: 1 to 8 tokens"
+        );
+        assert!(
+            strip < self.strips,
+            "strip kernel: strip {strip} of {}",
+            self.strips
+        );
+        assert!(
+            a.iter().all(|r| r.len() >= self.nb),
+            "activation row shorter than weight row"
+        );
+        assert!(
+            out.iter().all(|o| o.len() == STRIP),
+            "one output per strip row"
+        );
+        strip * self.nb
+    }
+}
+
+/// Strip `strip` of a Q4_1 `w` (with `mins`, the matrix's [`super::strip_minima`])
+/// against `N` (1 to [`STRIP_TOKENS`]) tokens: `out[t][r]` for the strip's sixteen rows,
+/// each bit-identical to [`super::dot_avx2::dot_q4_1_q8_1`] of that row and token.
+#[inline]
+pub fn dot_q4_1_strip<const N: usize>(
+    _: Avx512,
+    w: &Strips,
+    mins: &[f16],
+    strip: usize,
+    a: [&[ActBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = w.check(4, strip, &a, &out);
+    assert!(mins.len() >= (at + w.nb) * STRIP, "strip kernel: minima");
+    if w.nb == 0 {
+        // Rows of no elements: empty sums.
+        out.into_iter().for_each(|o| o.fill(0.0));
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the token proves the target features; the strip's lines, scales and minima
+    // and every token's blocks lie inside their slices (checked above), and each `out[t]`
+    // holds sixteen floats.
+    unsafe {
+        imp::strip::<N, false>(
+            w.qs.as_ptr().add(at * 4),
+            w.d.as_ptr().add(at * STRIP),
+            mins.as_ptr().add(at * STRIP),
+            [std::ptr::null(); N],
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        )
+    }
+}
+
+/// Strip `strip` of a Q8_0 `w` against `N` (1 to [`STRIP_TOKENS`]) tokens, `ua[t]`
+/// being token `t`'s [`offset_quants`]: `out[t][r]`, each bit-identical to
+/// [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
+#[inline]
+pub fn dot_q8_0_strip<const N: usize>(
+    _: Avx512,
+    w: &Strips,
+    strip: usize,
+    a: [&[ActBlock]; N],
+    ua: [&[[u8; QK]]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = w.check(8, strip, &a, &out);
+    assert!(
+        ua.iter().all(|c| c.len() >= w.nb),
+        "strip kernel: offset activations"
+    );
+    if w.nb == 0 {
+        out.into_iter().for_each(|o| o.fill(0.0));
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `dot_q4_1_strip`; every token's offset quants cover its blocks.
+    unsafe {
+        imp::strip::<N, true>(
+            w.qs.as_ptr().add(at * 8),
+            w.d.as_ptr().add(at * STRIP),
+            std::ptr::null(),
+            ua.map(|c| c.as_ptr()),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        )
+    }
+}
+
+/// Q8_0 activation quants plus 128, as unsigned bytes (`vpdpbusd` takes one operand
+/// unsigned): what the Q8_0 strip kernel multiplies the signed weights by.
+pub fn offset_quants(a: &[ActBlock]) -> Vec<[u8; QK]> {
+    a.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// A hint to fetch the line at `p` (which may lie past the data: a prefetch never
+    /// faults).
+    #[inline(always)]
+    unsafe fn prefetch<T>(p: *const T) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+
+    /// Blocks whose `d_w·d_a` products are formed ahead of the chains that use them.
+    const CHUNK: usize = 32;
+
+    /// One strip against `N` tokens; `Q8` picks the format (Q8_0 lines and `ua`, or
+    /// Q4_1 lines and `mins`).
+    ///
+    /// # Safety
+    /// The CPU has the features; `nb > 0`; `qs` and `d` point at one strip's `lines · nb`
+    /// lines and `16 nb` scales, and for Q4_1 `mins` at its `16 nb` minima, for Q8_0
+    /// each `ua[t]` at `nb` blocks of offset quants; each `a[t]` holds `nb` blocks and each `out[t]`
+    /// sixteen floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn strip<const N: usize, const Q8: bool>(
+        qs: *const Line,
+        d: *const f16,
+        mins: *const f16,
+        ua: [*const [u8; QK]; N],
+        nb: usize,
+        a: [&[ActBlock]; N],
+        out: [*mut f32; N],
+    ) {
+        let lines = if Q8 { 8 } else { 4 };
+        let lowmask = _mm512_set1_epi8(0x0f);
+        let offset = _mm512_set1_epi8(-128i8);
+        // Chain k of every token, kept here between chunks (written by the first).
+        let mut chains: [[MaybeUninit<__m512>; N]; 8] = [[MaybeUninit::uninit(); N]; 8];
+        let mut summ = [_mm512_setzero_ps(); N];
+        let mut scales: [[MaybeUninit<__m512>; N]; CHUNK] = [[MaybeUninit::uninit(); N]; CHUNK];
+        let mut c0 = 0;
+        while c0 < nb {
+            let len = (nb - c0).min(CHUNK);
+            // d_w·d_a of each (block, token), sixteen rows at once; for Q4_1 the minimum
+            // terms (mul then add, block order) on the way.
+            for i in 0..len {
+                let b = c0 + i;
+                if b % 2 == 0 {
+                    // The next strip's scales and minima (two blocks a line).
+                    prefetch(d.wrapping_add(STRIP * (nb + b)));
+                    if !Q8 {
+                        prefetch(mins.wrapping_add(STRIP * (nb + b)));
+                    }
+                }
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d.add(STRIP * b) as *const __m256i));
+                for t in 0..N {
+                    let ab = a[t].get_unchecked(b);
+                    scales[i][t].write(_mm512_mul_ps(dw, _mm512_set1_ps(ab.d)));
+                }
+                if !Q8 {
+                    let mw =
+                        _mm512_cvtph_ps(_mm256_loadu_si256(mins.add(STRIP * b) as *const __m256i));
+                    for t in 0..N {
+                        let s = _mm512_set1_ps(a[t].get_unchecked(b).s);
+                        summ[t] = _mm512_add_ps(summ[t], _mm512_mul_ps(mw, s));
+                    }
+                }
+            }
+            // Chains k and k + 4 in one pass: a Q4_1 line's low and high nibbles, or
+            // two Q8_0 lines.
+            for k in 0..4 {
+                let (mut lo, mut hi) = if c0 == 0 {
+                    ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N])
+                } else {
+                    (
+                        chains[k].map(|c| c.assume_init()),
+                        chains[k + 4].map(|c| c.assume_init()),
+                    )
+                };
+                for i in 0..len {
+                    let b = c0 + i;
+                    // The next strip's lines of this (block, pass): streamed in while
+                    // this strip computes, so the next call finds them in cache.
+                    prefetch(qs.wrapping_add(lines * (nb + b) + k));
+                    // Q8_0: the weights are signed, the activations offset by 128; each
+                    // lane starts at -128 · Σ w of its four bytes, so it ends at the
+                    // exact Σ w·a. (Q4_1 lanes start at zero.)
+                    let zero = _mm512_setzero_si512();
+                    let (mut zl, mut zh) = (zero, zero);
+                    let (wl, wh) = if Q8 {
+                        prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
+                        let wl = _mm512_load_si512(qs.add(lines * b + k) as *const __m512i);
+                        let wh = _mm512_load_si512(qs.add(lines * b + k + 4) as *const __m512i);
+                        zl = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wl));
+                        zh = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wh));
+                        (wl, wh)
+                    } else {
+                        let line = _mm512_load_si512(qs.add(lines * b + k) as *const __m512i);
+                        (
+                            _mm512_and_si512(line, lowmask),
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(line), lowmask),
+                        )
+                    };
+                    for t in 0..N {
+                        let q = if Q8 {
+                            (*ua[t].add(b)).as_ptr() as *const i32
+                        } else {
+                            a[t].get_unchecked(b).qs.as_ptr() as *const i32
+                        };
+                        let al = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k)));
+                        let ah = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k + 4)));
+                        // vpdpbusd takes its first operand unsigned: the nibbles (Q4_1) or
+                        // the offset activations against the signed weights (Q8_0).
+                        let (xl, xh) = if Q8 {
+                            (
+                                _mm512_dpbusd_epi32(zl, al, wl),
+                                _mm512_dpbusd_epi32(zh, ah, wh),
+                            )
+                        } else {
+                            (
+                                _mm512_dpbusd_epi32(zl, wl, al),
+                                _mm512_dpbusd_epi32(zh, wh, ah),
+                            )
+                        };
+                        let xl = _mm512_cvtepi32_ps(xl);
+                        let xh = _mm512_cvtepi32_ps(xh);
+                        let s = scales[i][t].assume_init();
+                        lo[t] = _mm512_fmadd_ps(s, xl, lo[t]);
+                        hi[t] = _mm512_fmadd_ps(s, xh, hi[t]);
+                    }
+                }
+                chains[k] = lo.map(MaybeUninit::new);
+                chains[k + 4] = hi.map(MaybeUninit::new);
+            }
+            c0 += len;
+        }
+        for t in 0..N {
+            // SAFETY (of the reads): `nb > 0` (the caller's promise), so the first chunk
+            // wrote every chain.
+            let c = |k: usize| chains[k][t].assume_init();
+            let sum = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(c(0), c(4)), _mm512_add_ps(c(2), c(6))),
+                _mm512_add_ps(_mm512_add_ps(c(1), c(5)), _mm512_add_ps(c(3), c(7))),
+            );
+            // llama.cpp adds the Q4_1 minimum term after the tree; Q8_0 has none.
+            let v = if Q8 { sum } else { _mm512_add_ps(sum, summ[t]) };
+            _mm512_storeu_ps(out[t], v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::acts::QuantizedActs;
+    use super::super::dot_avx2::{self, Avx2};
+    use super::super::{quantize_block_q4_1, strip_minima, BlockQ8_0, WeightFormat, QK};
+    use super::*;
+
+    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn strip_kernel_equals_the_avx2_kernel_bit_for_bit() {
+        let (Some(k), Some(k2)) = (Avx512::new(), Avx2::new()) else {
+            eprintln!("no AVX-512 VNNI here: strip kernel not tested");
+            return;
+        };
+        fn check<const N: usize>(k: Avx512, k2: Avx2, rows: usize, nb: usize) {
+            let cols = nb * QK;
+            let w: Vec<BlockQ4_1> = values(3, rows * cols, 2.0)
+                .chunks_exact(QK)
+                .map(quantize_block_q4_1)
+                .collect();
+            let strips = Strips::q4_1(rows, nb, &w);
+            let mins = strip_minima(rows, nb, &w);
+            let acts: Vec<Vec<ActBlock>> = (0..N)
+                .map(|t| {
+                    match QuantizedActs::new(
+                        WeightFormat::Q4_1,
+                        cols,
+                        &values(100 + t as u64, cols, 6.0),
+                    ) {
+                        QuantizedActs::Q8_1 { blocks, .. } => blocks,
+                        _ => unreachable!("Q4_1 takes Q8_1 activations"),
+                    }
+                })
+                .collect();
+            for s in 0..strips.strips {
+                let mut out = [[0.0f32; STRIP]; N];
+                {
+                    let mut o = out.iter_mut();
+                    dot_q4_1_strip::<N>(
+                        k,
+                        &strips,
+                        &mins,
+                        s,
+                        std::array::from_fn(|t| &acts[t][..]),
+                        std::array::from_fn(|_| &mut o.next().unwrap()[..]),
+                    );
+                }
+                for t in 0..N {
+                    for r in 0..STRIP {
+                        let row = &w[(s * STRIP + r) * nb..(s * STRIP + r + 1) * nb];
+                        let [want] = dot_avx2::dot_q4_1_q8_1(k2, row, [&acts[t][..]]);
+                        assert_eq!(
+                            out[t][r].to_bits(),
+                            want.to_bits(),
+                            "N={N} nb={nb} strip {s} row {r} token {t}"
+                        );
+                    }
+                }
+            }
+        }
+        // One chunk, several chunks with a ragged last one, a ragged row tail.
+        for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+            check::<1>(k, k2, rows, nb);
+            check::<3>(k, k2, rows, nb);
+            check::<8>(k, k2, rows, nb);
+        }
+    }
+
+    #[test]
+    fn q8_0_strip_kernel_equals_the_avx2_kernel_bit_for_bit_over_the_full_byte_range() {
+        let (Some(k), Some(k2)) = (Avx512::new(), Avx2::new()) else {
+            eprintln!("no AVX-512 VNNI here: strip kernel not tested");
+            return;
+        };
+        // Weights over all of -128..=127; activations over -127..=127, all that Q8_0
+        // quantisation gives (llama.cpp's AVX2 sign trick, which the AVX2 kernel keeps,
+        // differs from the exact product only for -128 times -128).
+        fn bytes(seed: u64, n: usize, min: i8) -> Vec<i8> {
+            values(seed, n, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match i % 17 {
+                    0 => min,
+                    1 => 127,
+                    _ => ((v + 0.5) * 254.99 - 127.0) as i8,
+                })
+                .collect()
+        }
+        fn check<const N: usize>(k: Avx512, k2: Avx2, rows: usize, nb: usize) {
+            let scales = values(5, rows * nb + N * nb, 0.02);
+            let wq = bytes(6, rows * nb * QK, -128);
+            let w: Vec<BlockQ8_0> = (0..rows * nb)
+                .map(|i| BlockQ8_0 {
+                    d: f16::from_f32(scales[i]),
+                    qs: std::array::from_fn(|j| wq[i * QK + j]),
+                })
+                .collect();
+            let aq = bytes(7, N * nb * QK, -127);
+            let acts: Vec<Vec<ActBlock>> = (0..N)
+                .map(|t| {
+                    (0..nb)
+                        .map(|b| ActBlock {
+                            d: f16::from_f32(scales[rows * nb + t * nb + b]).to_f32(),
+                            s: 0.0,
+                            qs: std::array::from_fn(|j| aq[(t * nb + b) * QK + j]),
+                        })
+                        .collect()
+                })
+                .collect();
+            let ua: Vec<Vec<[u8; QK]>> = acts.iter().map(|a| offset_quants(a)).collect();
+            let strips = Strips::q8_0(rows, nb, &w);
+            for s in 0..strips.strips {
+                let mut out = [[0.0f32; STRIP]; N];
+                {
+                    let mut o = out.iter_mut();
+                    dot_q8_0_strip::<N>(
+                        k,
+                        &strips,
+                        s,
+                        std::array::from_fn(|t| &acts[t][..]),
+                        std::array::from_fn(|t| &ua[t][..]),
+                        std::array::from_fn(|_| &mut o.next().unwrap()[..]),
+                    );
+                }
+                for t in 0..N {
+                    for r in 0..STRIP {
+                        let row = &w[(s * STRIP + r) * nb..(s * STRIP + r + 1) * nb];
+                        let [want] = dot_avx2::dot_q8_0_q8_0(k2, row, [&acts[t][..]]);
+                        assert_eq!(
+                            out[t][r].to_bits(),
+                            want.to_bits(),
+                            "N={N} nb={nb} strip {s} row {r} token {t}"
+                        );
+                    }
+                }
+            }
+        }
+        for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+            check::<1>(k, k2, rows, nb);
+            check::<5>(k, k2, rows, nb);
+            check::<8>(k, k2, rows, nb);
+        }
+    }
+
+    #[test]
+    fn layout_puts_row_bytes_in_their_lanes() {
+        let w: Vec<BlockQ4_1> = (0..32)
+            .map(|i| BlockQ4_1 {
+                d: f16::from_f32(i as f32),
+                m: f16::ZERO,
+                qs: std::array::from_fn(|j| (i * 16 + j) as u8),
+            })
+            .collect();
+        let s = Strips::q4_1(32, 1, &w);
+        assert_eq!(s.strips, 2);
+        assert_eq!(s.qs[4 + 2].0[4 * 3 + 1], (19 * 16 + 9) as u8); // strip 1 row 3 qs[9]
+        assert_eq!(s.d[STRIP + 5], f16::from_f32(21.0));
+    }
+}
