@@ -382,29 +382,6 @@ mod imp {
         finish::<R, N>(&acc, &[_mm_setzero_ps(); N], out);
     }
 
-    /// Cache rows this far ahead of the one being read are asked for: a decode step's
-    /// keys and values come from memory (a batch's caches outgrow the caches), and the
-    /// rows of one head are strided, which the hardware prefetchers follow poorly.
-    const AHEAD: usize = 24;
-
-    /// Prefetches the `hd` f16 values at `offset` of rows `j..j + R` (those before
-    /// `rows`) of a cache layer of row width `stride`.
-    #[inline(always)]
-    unsafe fn prefetch_rows<const R: usize>(
-        sp: *const u16,
-        j: usize,
-        rows: usize,
-        stride: usize,
-        offset: usize,
-        hd: usize,
-    ) {
-        for r in j..(j + R).min(rows) {
-            let p = sp.add(r * stride + offset) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(p);
-            _mm_prefetch::<_MM_HINT_T0>(p.add(2 * hd - 1));
-        }
-    }
-
     /// [`super::super::dot_avx2::dot_rows_f16`] for `hd % 16 == 0`: one 512-bit chain per
     /// (head, key row) whose low and high halves are that kernel's two 256-bit chains,
     /// four key rows at a time for independent chains; the same sums in the same order.
@@ -434,7 +411,6 @@ mod imp {
         };
         let mut j = 0;
         while j + ROWS <= rows {
-            prefetch_rows::<ROWS>(sp, j + AHEAD, rows, stride, offset, hd);
             let mut acc = [[_mm512_setzero_ps(); ROWS]; G];
             let mut i = 0;
             while i < hd {
@@ -502,9 +478,7 @@ mod imp {
                 acc[h][c] = _mm512_loadu_ps(out[h].as_ptr().add(16 * c));
             }
         }
-        let rows = p[0].len();
-        for j in 0..rows {
-            prefetch_rows::<1>(sp, j + AHEAD, rows, stride, offset, 16 * chunks);
+        for j in 0..p[0].len() {
             let row = sp.add(j * stride + offset);
             for c in 0..chunks {
                 let x = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * c) as *const __m256i));
