@@ -8,7 +8,9 @@
 //! Kernels: a portable scalar version ([`dot_scalar`]) is the reference; an AVX2/FMA
 //! version ([`dot_avx2`]) is selected at run time when the CPU has it, and on CPUs with
 //! AVX-512 VNNI an AVX-512 version ([`dot_avx512`]) that is bit-identical to the AVX2 one
-//! and runs two (row, token) pairs per instruction. Each computes every (row, token)
+//! and runs two (row, token) pairs per instruction, beside which [`strips`] re-lays each
+//! Q4_1/Q8_0 matrix's full 16-row strips for a kernel that keeps one row per lane (the
+//! same bits again, fewer instructions). Each computes every (row, token)
 //! product with the same per-block order, so a token's result never depends on which other
 //! tokens share the batch.
 
