@@ -394,6 +394,33 @@ mod tests {
             .collect()
     }
 
+    /// Runs `kernel` on every strip and compares each (token, row) cell's bits with
+    /// `want(row, token)`.
+    fn each_cell<const N: usize>(
+        strips: usize,
+        kernel: impl Fn(usize, [&mut [f32]; N]),
+        want: impl Fn(usize, usize) -> f32,
+        what: &str,
+    ) {
+        for s in 0..strips {
+            let mut out = [[0.0f32; STRIP]; N];
+            {
+                let mut o = out.iter_mut();
+                kernel(s, std::array::from_fn(|_| &mut o.next().unwrap()[..]));
+            }
+            for (t, cells) in out.iter().enumerate() {
+                for (r, got) in cells.iter().enumerate() {
+                    let w = want(s * STRIP + r, t);
+                    assert_eq!(
+                        got.to_bits(),
+                        w.to_bits(),
+                        "{what} strip {s} row {r} token {t}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn strip_kernel_equals_the_avx2_kernel_bit_for_bit() {
         let (Some(k), Some(k2)) = (Avx512::new(), Avx2::new()) else {
@@ -420,31 +447,23 @@ mod tests {
                     }
                 })
                 .collect();
-            for s in 0..strips.strips {
-                let mut out = [[0.0f32; STRIP]; N];
-                {
-                    let mut o = out.iter_mut();
+            each_cell::<N>(
+                strips.strips,
+                |s, out| {
                     dot_q4_1_strip::<N>(
                         k,
                         &strips,
                         &mins,
                         s,
                         std::array::from_fn(|t| &acts[t][..]),
-                        std::array::from_fn(|_| &mut o.next().unwrap()[..]),
-                    );
-                }
-                for t in 0..N {
-                    for r in 0..STRIP {
-                        let row = &w[(s * STRIP + r) * nb..(s * STRIP + r + 1) * nb];
-                        let [want] = dot_avx2::dot_q4_1_q8_1(k2, row, [&acts[t][..]]);
-                        assert_eq!(
-                            out[t][r].to_bits(),
-                            want.to_bits(),
-                            "N={N} nb={nb} strip {s} row {r} token {t}"
-                        );
-                    }
-                }
-            }
+                        out,
+                    )
+                },
+                |row, t| {
+                    dot_avx2::dot_q4_1_q8_1(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
+                },
+                &format!("N={N} nb={nb}"),
+            );
         }
         // One chunk, several chunks with a ragged last one, a ragged row tail.
         for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
@@ -497,31 +516,17 @@ mod tests {
                 .collect();
             let ua: Vec<Vec<[u8; QK]>> = acts.iter().map(|a| offset_quants(a)).collect();
             let strips = Strips::q8_0(rows, nb, &w);
-            for s in 0..strips.strips {
-                let mut out = [[0.0f32; STRIP]; N];
-                {
-                    let mut o = out.iter_mut();
-                    dot_q8_0_strip::<N>(
-                        k,
-                        &strips,
-                        s,
-                        std::array::from_fn(|t| &acts[t][..]),
-                        std::array::from_fn(|t| &ua[t][..]),
-                        std::array::from_fn(|_| &mut o.next().unwrap()[..]),
-                    );
-                }
-                for t in 0..N {
-                    for r in 0..STRIP {
-                        let row = &w[(s * STRIP + r) * nb..(s * STRIP + r + 1) * nb];
-                        let [want] = dot_avx2::dot_q8_0_q8_0(k2, row, [&acts[t][..]]);
-                        assert_eq!(
-                            out[t][r].to_bits(),
-                            want.to_bits(),
-                            "N={N} nb={nb} strip {s} row {r} token {t}"
-                        );
-                    }
-                }
-            }
+            each_cell::<N>(
+                strips.strips,
+                |s, out| {
+                    let a = std::array::from_fn(|t| &acts[t][..]);
+                    dot_q8_0_strip::<N>(k, &strips, s, a, std::array::from_fn(|t| &ua[t][..]), out)
+                },
+                |row, t| {
+                    dot_avx2::dot_q8_0_q8_0(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
+                },
+                &format!("N={N} nb={nb}"),
+            );
         }
         for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
             check::<1>(k, k2, rows, nb);
