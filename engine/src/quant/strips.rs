@@ -109,11 +109,6 @@ impl Strips {
         self.strips * STRIP
     }
 
-    /// Bytes held (quants and scales).
-    pub fn size_bytes(&self) -> usize {
-        self.qs.len() * 64 + self.d.len() * 2
-    }
-
     /// Checks one kernel call's shapes; the strip's first (block) index.
     fn check<const N: usize>(
         &self,
