@@ -770,17 +770,7 @@ mod tests {
     use super::super::{acts, quantize_block_q4_1, QK};
     use super::*;
 
-    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use super::super::test_values as values;
 
     fn act_rows(n: usize, cols: usize, q8_1: bool) -> Vec<Vec<ActBlock>> {
         (0..n)

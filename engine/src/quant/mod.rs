@@ -341,6 +341,20 @@ pub(crate) fn check_strip<const N: usize>(mins: &[f16], a: &[&[acts::ActBlock]; 
     nb
 }
 
+/// Deterministic test data in `[-scale, scale)` (a 64-bit LCG), shared by the kernel tests.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 /// Rows per strip of a Q4_1 matrix's transposed minima.
 pub const MIN_STRIP: usize = 16;
 

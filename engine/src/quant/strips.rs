@@ -377,16 +377,9 @@ mod tests {
     use super::super::{quantize_block_q4_1, strip_minima, BlockQ8_0, WeightFormat, QK};
     use super::*;
 
+    /// Values in `[-scale / 2, scale / 2)`.
     fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-            })
-            .collect()
+        super::super::test_values(seed, n, scale / 2.0)
     }
 
     /// Runs `kernel` on every strip and compares each (token, row) cell's bits with
