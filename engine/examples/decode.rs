@@ -4,6 +4,11 @@
 //!
 //! `cargo run --release -p genie-engine --example decode -- [BATCH] [CONTEXT] [STEPS] [ROUNDS]`
 //! (defaults 16, 64, 32, 20; GENIE_MODEL or the cached default model; GENIE_THREADS).
+//!
+//! `GENIE_AB_SIDE_FETCH=BYTES` alternates rounds between the default side-fetch budget
+//! (A) and BYTES (B) in this one process and reports the median of each adjacent pair's
+//! B/A ratio: on a shared host, neighbouring rounds see the same neighbours, so the
+//! pairs resolve effects that separate runs cannot.
 
 use genie_engine::generate::{Engine, EngineOptions};
 use genie_engine::kv_cache::KvCache;
@@ -16,6 +21,11 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let (batch, ctx, steps, rounds) = (arg(1, 16), arg(2, 64), arg(3, 32), arg(4, 20));
     let path = genie_engine::fetch::resolve_model(None).expect("model");
@@ -23,7 +33,7 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let engine = Engine::load(
+    let mut engine = Engine::load(
         &path,
         &EngineOptions {
             threads,
@@ -31,7 +41,10 @@ fn main() {
         },
     )
     .expect("load");
-    let model = &engine.model;
+    let ab: Option<usize> = std::env::var("GENIE_AB_SIDE_FETCH")
+        .ok()
+        .map(|b| b.parse().expect("GENIE_AB_SIDE_FETCH: bytes"));
+    let model = &mut engine.model;
     let vocab = model.config().vocab_size as u32;
     let mut caches: Vec<KvCache> = (0..batch)
         .map(|_| model.new_cache(ctx + steps + 1))
@@ -51,7 +64,16 @@ fn main() {
         genie_engine::quant::kernel_kind()
     );
     let mut rates = Vec::new();
-    for _ in 0..rounds {
+    let mut pairs = Vec::new();
+    for round in 0..rounds {
+        if let Some(b) = ab {
+            let bytes = if round % 2 == 0 {
+                genie_engine::model::SIDE_FETCH_BYTES
+            } else {
+                b
+            };
+            model.set_side_fetch_bytes(bytes);
+        }
         for c in caches.iter_mut() {
             c.truncate(ctx);
         }
@@ -67,6 +89,22 @@ fn main() {
                 .collect();
         }
         rates.push((batch * steps) as f64 / t0.elapsed().as_secs_f64());
+        if ab.is_some() && round % 2 == 1 {
+            pairs.push(rates[round] / rates[round - 1]);
+        }
+    }
+    if !pairs.is_empty() {
+        let a: Vec<f64> = rates.iter().step_by(2).copied().collect();
+        let b: Vec<f64> = rates.iter().skip(1).step_by(2).copied().collect();
+        println!(
+            "A/B: A median {:.1}, B median {:.1} tok/s; B/A per pair median {:.3} (min {:.3}, max {:.3}, {} pairs)",
+            median(a),
+            median(b),
+            median(pairs.clone()),
+            pairs.iter().copied().fold(f64::INFINITY, f64::min),
+            pairs.iter().copied().fold(0.0, f64::max),
+            pairs.len()
+        );
     }
     rates.sort_by(f64::total_cmp);
     println!(

@@ -11,7 +11,8 @@ use crate::gguf::{GgufModel, LayerWeights, ModelConfig, ModelWeights};
 use crate::kv_cache::{KvCache, KvShape};
 use crate::ops;
 use crate::quant::acts::QuantizedActs;
-use crate::quant::matmul::{matmul, matmul_multi, matmul_tokens};
+use crate::quant::matmul::{matmul, matmul_multi_fetching, matmul_tokens};
+use crate::quant::side_fetch::SideFetch;
 use crate::quant::QMatrix;
 use rayon::prelude::*;
 use std::ops::ControlFlow;
@@ -35,6 +36,7 @@ pub struct Model {
     config: ModelConfig,
     weights: std::sync::Arc<ModelWeights>,
     pool: rayon::ThreadPool,
+    side_fetch_bytes: usize,
 }
 
 /// Activations quantised once and shared by every matrix of the same format.
@@ -44,10 +46,11 @@ struct SharedActs<'a> {
 }
 
 impl<'a> SharedActs<'a> {
-    fn new(x: &'a [f32]) -> Self {
+    /// `x` with its quantisation for one format already made.
+    fn with(x: &'a [f32], acts: QuantizedActs) -> Self {
         SharedActs {
             x,
-            cached: Vec::new(),
+            cached: vec![acts],
         }
     }
 
@@ -64,10 +67,15 @@ impl<'a> SharedActs<'a> {
 
     /// `outs[i] = ws[i] · x`, in one parallel region when the matrices share a format.
     fn mul_all(&mut self, ws: &[&QMatrix], outs: &mut [&mut [f32]]) {
+        self.mul_all_fetching(ws, outs, &SideFetch::new())
+    }
+
+    /// [`SharedActs::mul_all`], prefetching `side` while it computes.
+    fn mul_all_fetching(&mut self, ws: &[&QMatrix], outs: &mut [&mut [f32]], side: &SideFetch) {
         let fmt = ws[0].format();
         if ws.iter().all(|w| w.format() == fmt) {
             let i = self.acts_for(ws[0]);
-            matmul_multi(ws, &self.cached[i], outs);
+            matmul_multi_fetching(ws, &self.cached[i], outs, side);
         } else {
             for (w, out) in ws.iter().zip(outs.iter_mut()) {
                 let i = self.acts_for(w);
@@ -122,7 +130,14 @@ impl Model {
             config,
             weights,
             pool,
+            side_fetch_bytes: SIDE_FETCH_BYTES,
         })
+    }
+
+    /// How many bytes of the next layer's K/V each layer's gate/up matmul prefetches
+    /// (default [`SIDE_FETCH_BYTES`]; 0 turns it off). Changes speed only, never values.
+    pub fn set_side_fetch_bytes(&mut self, bytes: usize) {
+        self.side_fetch_bytes = bytes;
     }
 
     pub fn from_gguf(m: GgufModel, threads: usize) -> Result<Self> {
@@ -377,8 +392,9 @@ impl Model {
         for li in layers {
             let l = &self.weights.layers[li];
             let cl = li - first_layer;
-            ops::rms_norm(x, &l.attn_norm, c.rms_eps, &mut xn);
-            SharedActs::new(&xn).mul_all(&[&l.wq, &l.wk, &l.wv], &mut [&mut q, &mut k, &mut v]);
+            let acts = norm_then_quantize(x, &l.attn_norm, c.rms_eps, &mut xn, &l.wq);
+            SharedActs::with(&xn, acts)
+                .mul_all(&[&l.wq, &l.wk, &l.wv], &mut [&mut q, &mut k, &mut v]);
             for t in 0..n {
                 ops::apply_rope(&mut q[t * h..(t + 1) * h], c.head_dim, &rope[t]);
                 ops::apply_rope(&mut k[t * kv..(t + 1) * kv], c.head_dim, &rope[t]);
@@ -397,7 +413,16 @@ impl Model {
             self.attention(cl, &q, &caches, &token_at, &mut att);
             matmul_f32(&l.wo, &att, &mut proj);
             ops::add_assign(x, &proj);
-            self.ffn(l, x, &mut xn, &mut gate, &mut up, &mut proj);
+            // The next layer's attention reads every sequence's K/V of that layer from
+            // memory; the gate/up matmul is compute-bound at a batch, so it fetches them.
+            let mut side = SideFetch::with_budget(self.side_fetch_bytes);
+            if let Some(next) = Some(cl + 1).filter(|&c| c < segs[0].cache.shape().n_layers) {
+                for s in segs.iter() {
+                    side.add(s.cache.layer_k(next));
+                    side.add(s.cache.layer_v(next));
+                }
+            }
+            self.ffn(l, x, &mut xn, [&mut gate, &mut up], &mut proj, &side);
             ops::add_assign(x, &proj);
             if on_layer(li, segs).is_break() {
                 return Err(EngineError::Cancelled);
@@ -435,14 +460,26 @@ impl Model {
         l: &LayerWeights,
         x: &[f32],
         xn: &mut [f32],
-        gate: &mut [f32],
-        up: &mut [f32],
+        [gate, up]: [&mut [f32]; 2],
         out: &mut [f32],
+        side: &SideFetch,
     ) {
-        ops::rms_norm(x, &l.ffn_norm, self.config.rms_eps, xn);
-        SharedActs::new(xn).mul_all(&[&l.w_gate, &l.w_up], &mut [&mut *gate, &mut *up]);
-        ops::silu_mul(gate, up);
-        matmul_f32(&l.w_down, gate, out);
+        let acts = norm_then_quantize(x, &l.ffn_norm, self.config.rms_eps, xn, &l.w_gate);
+        SharedActs::with(xn, acts).mul_all_fetching(
+            &[&l.w_gate, &l.w_up],
+            &mut [&mut *gate, &mut *up],
+            side,
+        );
+        // SiLU and the down projection's quantisation in one region.
+        let ffn = self.config.ffn;
+        let acts = QuantizedActs::make_then_quantize(
+            l.w_down.format(),
+            ffn,
+            gate,
+            ops::PARALLEL_EXP_ELEMENTS.div_ceil(ffn),
+            |first, g| crate::expf::silu_mul_in_place(g, &up[first * ffn..][..g.len()]),
+        );
+        matmul(&l.w_down, &acts, out);
     }
 
     /// Causal attention of every new token over its own sequence's cache (grouped-query:
@@ -627,6 +664,10 @@ fn attend_f16(
 /// One KV head of one cache layer: K rows, V rows, the row width and the head's offset.
 type F16Head<'c> = (&'c [half::f16], &'c [half::f16], usize, usize);
 
+/// The most K/V bytes a layer's gate/up matmul prefetches for the next layer's
+/// attention: about what stays in the caches until then (more would be evicted unread).
+pub const SIDE_FETCH_BYTES: usize = 1536 * 1024;
+
 /// Tokens of one sequence whose attention is computed together.
 const QUERY_BLOCK: usize = 16;
 
@@ -654,6 +695,25 @@ fn widen_head(
 ) {
     dst.resize(ctx * hd, 0.0);
     ops::widen_f16_rows(src, kv, offset, hd, dst);
+}
+
+/// Rows of a batch from which RMS norm and the quantisation of its output run split
+/// across the compute threads (below it one thread does both: the wake-up would cost
+/// more than it saves).
+const NORM_PARALLEL_ROWS: usize = 8;
+
+/// `xn = rms_norm(x)` and `xn` quantised for `w`, in one parallel region for a batch.
+fn norm_then_quantize(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    xn: &mut [f32],
+    w: &QMatrix,
+) -> QuantizedActs {
+    let d = weight.len();
+    QuantizedActs::make_then_quantize(w.format(), d, xn, NORM_PARALLEL_ROWS, |first, out| {
+        ops::rms_norm(&x[first * d..][..out.len()], weight, eps, out)
+    })
 }
 
 fn matmul_f32(w: &QMatrix, x: &[f32], out: &mut [f32]) {

@@ -8,7 +8,7 @@ use crate::quant::{dot_scalar, kernel_kind, KernelKind};
 /// value's arithmetic is the same either way). A parallel region costs a wake-up of the
 /// other threads, worth it for the `exp` of SiLU from a few thousand values and for
 /// the cheap arithmetic of RMS norm only from many more.
-const PARALLEL_EXP_ELEMENTS: usize = 8 * 1024;
+pub(crate) const PARALLEL_EXP_ELEMENTS: usize = 8 * 1024;
 const PARALLEL_ELEMENTS: usize = 64 * 1024;
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, row by row.
@@ -62,25 +62,35 @@ fn scale_row(x: &[f32], weight: &[f32], sum: f64, eps: f32, out: &mut [f32]) {
 }
 
 /// Cosine/sine table for one position: `rope_dim / 2` pairs.
-pub fn rope_table(pos: usize, rope_dim: usize, base: f32, out: &mut Vec<(f32, f32)>) {
+pub fn rope_table(pos: usize, rope_dim: usize, base: f32, out: &mut Vec<[f32; 2]>) {
     out.clear();
     let theta_scale = base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
     for _ in 0..rope_dim / 2 {
-        out.push((theta.cos(), theta.sin()));
+        out.push([theta.cos(), theta.sin()]);
         theta *= theta_scale;
     }
 }
 
-/// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head in `row` (GGUF llama convention).
-pub fn apply_rope(row: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
+/// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head in `row` by the table's
+/// `[cos, sin]` pairs (GGUF llama convention): `x0·c − x1·s`, `x0·s + x1·c`, each product
+/// rounded then added (the AVX2 version gives the same bits).
+pub fn apply_rope(row: &mut [f32], head_dim: usize, table: &[[f32; 2]]) {
+    let avx2 = avx2();
     for head in row.chunks_exact_mut(head_dim) {
-        for (i, &(c, s)) in table.iter().enumerate() {
-            let x0 = head[2 * i];
-            let x1 = head[2 * i + 1];
-            head[2 * i] = x0 * c - x1 * s;
-            head[2 * i + 1] = x0 * s + x1 * c;
+        match avx2 {
+            Some(k) => dot_avx2::rope_pairs(k, head, table.as_flattened()),
+            None => rope_pairs(head, table),
         }
+    }
+}
+
+/// The scalar rotation of one head's first `table.len()` pairs.
+fn rope_pairs(head: &mut [f32], table: &[[f32; 2]]) {
+    for (x, &[c, s]) in head.chunks_exact_mut(2).zip(table) {
+        let (x0, x1) = (x[0], x[1]);
+        x[0] = x0 * c - x1 * s;
+        x[1] = x0 * s + x1 * c;
     }
 }
 
@@ -257,6 +267,30 @@ mod tests {
         assert!((n - 30.0).abs() < 1e-4);
         // first pair rotated by 7 radians
         assert!((row[0] - (7.0f32.cos() - 2.0 * 7.0f32.sin())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn vectorised_rope_gives_the_scalar_bits() {
+        let Some(k) = avx2() else {
+            eprintln!("no AVX2 here: vectorised rope not tested");
+            return;
+        };
+        // Full and partial rotary widths, and a width with a tail past the last 8 lanes.
+        for (hd, rope_dim) in [(64, 64), (64, 32), (22, 22), (6, 4)] {
+            let mut t = Vec::new();
+            rope_table(1234, rope_dim, 10000.0, &mut t);
+            let x: Vec<f32> = (0..hd * 3)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
+                .collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            for (ha, hb) in a.chunks_exact_mut(hd).zip(b.chunks_exact_mut(hd)) {
+                rope_pairs(ha, &t);
+                dot_avx2::rope_pairs(k, hb, t.as_flattened());
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "head dim {hd}, rope dim {rope_dim}");
+            assert_ne!(a, x, "the rotation changed the row");
+        }
     }
 
     #[test]

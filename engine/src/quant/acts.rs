@@ -206,6 +206,78 @@ impl QuantizedActs {
         }
     }
 
+    /// Runs `make` over `x` in chunks of whole `cols`-wide rows and quantises each chunk's
+    /// output as soon as it is made, for multiplication by a matrix of `format` — one
+    /// parallel region when there are at least `parallel_rows` rows, so the element-wise
+    /// step before a matmul (RMS norm, SiLU) and the quantisation of its result do not run
+    /// on one thread while the others wait. `make(first_row, chunk)` rewrites `chunk`
+    /// (rows `first_row..`) in place. Every block is quantised from the same values as
+    /// by [`QuantizedActs::new`] after `make` over all of `x`, so the bits are the same.
+    pub fn make_then_quantize(
+        format: WeightFormat,
+        cols: usize,
+        x: &mut [f32],
+        parallel_rows: usize,
+        make: impl Fn(usize, &mut [f32]) + Sync + Send,
+    ) -> Self {
+        use rayon::prelude::*;
+        assert_eq!(
+            x.len() % cols,
+            0,
+            "activation length not a multiple of cols"
+        );
+        let n = x.len() / cols;
+        let threads = rayon::current_num_threads().max(1);
+        let parallel = threads > 1 && n >= parallel_rows.max(2);
+        let with_sum = match format {
+            WeightFormat::F32 => {
+                if parallel {
+                    let rows = n.div_ceil(threads);
+                    x.par_chunks_mut(rows * cols)
+                        .enumerate()
+                        .for_each(|(i, c)| make(i * rows, c));
+                } else {
+                    make(0, x);
+                }
+                return QuantizedActs::F32 {
+                    cols,
+                    data: x.to_vec(),
+                };
+            }
+            WeightFormat::Q4_1 => true,
+            WeightFormat::Q8_0 => false,
+        };
+        assert_eq!(cols % QK, 0, "quantised activations need whole blocks");
+        let per_row = cols / QK;
+        let mut blocks = vec![
+            ActBlock {
+                d: 0.0,
+                s: 0.0,
+                qs: [0; QK]
+            };
+            n * per_row
+        ];
+        let run = |first: usize, x: &mut [f32], out: &mut [ActBlock]| {
+            make(first, x);
+            for (b, c) in out.iter_mut().zip(x.chunks_exact(QK)) {
+                *b = act_block(c, with_sum);
+            }
+        };
+        if parallel {
+            let rows = n.div_ceil(threads);
+            x.par_chunks_mut(rows * cols)
+                .zip(blocks.par_chunks_mut(rows * per_row))
+                .enumerate()
+                .for_each(|(i, (x, b))| run(i * rows, x, b));
+        } else {
+            run(0, x, &mut blocks);
+        }
+        match format {
+            WeightFormat::Q4_1 => QuantizedActs::Q8_1 { cols, blocks },
+            _ => QuantizedActs::Q8_0 { cols, blocks },
+        }
+    }
+
     pub fn cols(&self) -> usize {
         match self {
             QuantizedActs::F32 { cols, .. }
@@ -290,6 +362,56 @@ mod tests {
             let q0: ActBlock = quantize_block_q8_0(b).into();
             assert_eq!(act_block(b, true), q1, "{b:?}");
             assert_eq!(act_block(b, false), q0, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn making_and_quantising_by_chunks_gives_the_whole_batch_bits() {
+        let cols = 96;
+        let make = |first: usize, c: &mut [f32]| {
+            for (i, v) in c.iter_mut().enumerate() {
+                // Depends on the absolute row, so a wrong `first` changes the values.
+                let row = first + i / cols;
+                *v = (*v * 1.5 - row as f32).sin() * (row + 1) as f32;
+            }
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for rows in [1, 2, 7, 16] {
+            let x: Vec<f32> = (0..rows * cols).map(|i| (i % 37) as f32 * 0.25).collect();
+            let mut whole = x.clone();
+            make(0, &mut whole);
+            for format in [WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::F32] {
+                let want = QuantizedActs::new(format, cols, &whole);
+                for parallel_rows in [1, 4, usize::MAX] {
+                    let mut y = x.clone();
+                    let got = pool.install(|| {
+                        QuantizedActs::make_then_quantize(format, cols, &mut y, parallel_rows, make)
+                    });
+                    assert_eq!(y, whole, "{rows} rows: the made values");
+                    let same = match (&got, &want) {
+                        (
+                            QuantizedActs::F32 { data: a, .. },
+                            QuantizedActs::F32 { data: b, .. },
+                        ) => a == b,
+                        (
+                            QuantizedActs::Q8_1 { blocks: a, .. },
+                            QuantizedActs::Q8_1 { blocks: b, .. },
+                        )
+                        | (
+                            QuantizedActs::Q8_0 { blocks: a, .. },
+                            QuantizedActs::Q8_0 { blocks: b, .. },
+                        ) => a == b,
+                        _ => false,
+                    };
+                    assert!(
+                        same,
+                        "{rows} rows, {format:?}, parallel from {parallel_rows}"
+                    );
+                }
+            }
         }
     }
 

@@ -342,6 +342,29 @@ mod imp {
         }
     }
 
+    /// Four pairs a step: `x·[c c]` and `swap(x)·[s s]`, then `addsub` (even lanes
+    /// subtract, odd lanes add), as the scalar rotation rounds and adds.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn rope_pairs(head: &mut [f32], table: &[f32]) {
+        let n = table.len() / 2 * 2;
+        let (x, t) = (head.as_mut_ptr(), table.as_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_loadu_ps(x.add(i));
+            let cs = _mm256_loadu_ps(t.add(i));
+            let a = _mm256_mul_ps(v, _mm256_moveldup_ps(cs));
+            let b = _mm256_mul_ps(_mm256_permute_ps::<0b1011_0001>(v), _mm256_movehdup_ps(cs));
+            _mm256_storeu_ps(x.add(i), _mm256_addsub_ps(a, b));
+            i += 8;
+        }
+        while i < n {
+            let (x0, x1, c, s) = (*x.add(i), *x.add(i + 1), *t.add(i), *t.add(i + 1));
+            *x.add(i) = x0 * c - x1 * s;
+            *x.add(i + 1) = x0 * s + x1 * c;
+            i += 2;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         dot_f32_body(a, b)
@@ -623,6 +646,16 @@ pub fn extend_f16(_: Avx2, dst: &mut Vec<half::f16>, x: &[f32]) {
 pub fn round_to_f16(_: Avx2, x: &mut [f32]) {
     // SAFETY: the token proves AVX2+F16C; the kernel stays inside `x`.
     unsafe { dispatch!(round_to_f16)(x) }
+}
+
+/// Rotates the first `table.len() / 2` pairs of `head` by the flattened `[cos, sin]`
+/// pairs of `table`, bit-identical to the scalar rotation (`x0·c − x1·s`, `x0·s + x1·c`,
+/// products rounded, then added: `addsub` pairs them the same way).
+#[inline]
+pub fn rope_pairs(_: Avx2, head: &mut [f32], table: &[f32]) {
+    assert!(table.len() <= head.len(), "rope: table wider than the head");
+    // SAFETY: the token proves AVX2; the kernel stays inside `table.len()` values of both.
+    unsafe { dispatch!(rope_pairs)(head, table) }
 }
 
 /// f32 dot product over the common length.

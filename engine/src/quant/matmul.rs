@@ -5,6 +5,7 @@
 use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
+use super::side_fetch::{SideCursor, SideFetch};
 use super::strips::{self, Strips, STRIP, STRIP_TOKENS};
 use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
@@ -63,7 +64,18 @@ pub fn matmul(w: &QMatrix, x: &QuantizedActs, out: &mut [f32]) {
 /// Several matrices sharing one input (Q/K/V, gate/up) in a single parallel region:
 /// `outs[i] = ws[i] · x`. Fewer fork/join points per layer matter when decoding one token.
 pub fn matmul_multi(ws: &[&QMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]]) {
-    matmul_with(kernels(), ws, x, outs)
+    matmul_with(kernels(), ws, x, outs, &SideFetch::new())
+}
+
+/// [`matmul_multi`] that also prefetches `side`'s lines, spread over its tasks and their
+/// strips: memory the next step needs, fetched while this one computes.
+pub fn matmul_multi_fetching(
+    ws: &[&QMatrix],
+    x: &QuantizedActs,
+    outs: &mut [&mut [f32]],
+    side: &SideFetch,
+) {
+    matmul_with(kernels(), ws, x, outs, side)
 }
 
 /// [`matmul`] with each token's output row in a buffer of its own (`outs[t]`, `w.rows()`
@@ -75,7 +87,7 @@ pub fn matmul_tokens(w: &QMatrix, x: &QuantizedActs, outs: &mut [&mut [f32]]) {
         "matmul: output row size"
     );
     let rows: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-    run_tasks(kernels(), &[w], x, &[rows]);
+    run_tasks(kernels(), &[w], x, &[rows], &SideFetch::new());
 }
 
 fn kernels() -> (Option<Avx2>, Option<Avx512>) {
@@ -92,6 +104,7 @@ fn matmul_with(
     ws: &[&QMatrix],
     x: &QuantizedActs,
     outs: &mut [&mut [f32]],
+    side: &SideFetch,
 ) {
     assert_eq!(ws.len(), outs.len(), "matmul: one output per matrix");
     let n = x.rows();
@@ -109,7 +122,7 @@ fn matmul_with(
                 .collect()
         })
         .collect();
-    run_tasks(kernels, ws, x, &targets)
+    run_tasks(kernels, ws, x, &targets, side)
 }
 
 /// The parallel body: `targets[i][t]` points at token `t`'s `ws[i].rows()` outputs.
@@ -118,6 +131,7 @@ fn run_tasks(
     ws: &[&QMatrix],
     x: &QuantizedActs,
     targets: &[Vec<OutPtr>],
+    side: &SideFetch,
 ) {
     let n = x.rows();
     for (w, t) in ws.iter().zip(targets) {
@@ -156,7 +170,7 @@ fn run_tasks(
             );
         }
     }
-    let rows_of = |i: usize, start: usize, end: usize| {
+    let rows_of = |i: usize, start: usize, end: usize, fetch: &mut SideCursor| {
         let w = ws[i];
         let rows = w.rows();
         let chunk = end - start;
@@ -182,7 +196,12 @@ fn run_tasks(
             let mut g = g_start;
             if let (Some(k), Some(s)) = (avx512, strips) {
                 let last = g_end.min(s.rows());
-                if g < last && strip_span(k, w, s, g / STRIP..last / STRIP, x, &ua, &out) {
+                // The side lines spread over every strip visit of the task.
+                let visits = (end.min(s.rows()) / STRIP).saturating_sub(start / STRIP)
+                    * n.div_ceil(STRIP_TOKENS);
+                let per = fetch.left().div_ceil(visits.max(1));
+                let span = g / STRIP..last / STRIP;
+                if g < last && strip_span(k, w, s, span, x, &ua, &out, fetch, per) {
                     g = last;
                 }
             }
@@ -246,11 +265,16 @@ fn run_tasks(
             }
         }
     };
-    let run = |&(i, start, end): &(usize, usize, usize)| rows_of(i, start, end);
+    let parts = tasks.len();
+    let run = |(p, &(i, start, end)): (usize, &(usize, usize, usize))| {
+        let mut fetch = side.share(p, parts);
+        rows_of(i, start, end, &mut fetch);
+        fetch.finish();
+    };
     if tasks.len() == 1 || threads == 1 {
-        tasks.iter().for_each(run);
+        tasks.iter().enumerate().for_each(run);
     } else {
-        tasks.par_iter().for_each(run);
+        tasks.par_iter().enumerate().for_each(run);
     }
 }
 
@@ -264,8 +288,10 @@ fn strips_of(w: &QMatrix, avx512: Option<Avx512>) -> Option<&Strips> {
 
 /// Strips `strips` of `w` (its copy `s`) against every token of the batch, up to
 /// [`STRIP_TOKENS`] tokens a call: the weights of the span stay in cache while the token
-/// tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`]. False
-/// (nothing done) when `x` is not in the format `w` takes.
+/// tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`]. `per` of
+/// `fetch`'s lines are issued after each strip. False (nothing done) when `x` is not in
+/// the format `w` takes.
+#[allow(clippy::too_many_arguments)]
 fn strip_span(
     k: Avx512,
     w: &QMatrix,
@@ -274,6 +300,8 @@ fn strip_span(
     x: &QuantizedActs,
     ua: &[[u8; QK]],
     out: &Out<'_>,
+    fetch: &mut SideCursor,
+    per: usize,
 ) -> bool {
     let a = match (w, x) {
         (QMatrix::Q4_1 { .. }, QuantizedActs::Q8_1 { blocks, .. })
@@ -290,6 +318,8 @@ fn strip_span(
         ua: &[[u8; QK]],
         t0: usize,
         out: &Out<'_>,
+        fetch: &mut SideCursor,
+        per: usize,
     ) {
         let nb = s.nb;
         let span = |t: usize| (t0 + t) * nb..(t0 + t + 1) * nb;
@@ -311,6 +341,7 @@ fn strip_span(
                     cells,
                 ),
             }
+            fetch.issue(per);
         }
     }
     let n = a.len() / s.nb.max(1);
@@ -319,14 +350,14 @@ fn strip_span(
         let width = (n - t).min(STRIP_TOKENS);
         let r = strips.clone();
         match width {
-            8 => tile::<8>(k, w, s, r, a, ua, t, out),
-            7 => tile::<7>(k, w, s, r, a, ua, t, out),
-            6 => tile::<6>(k, w, s, r, a, ua, t, out),
-            5 => tile::<5>(k, w, s, r, a, ua, t, out),
-            4 => tile::<4>(k, w, s, r, a, ua, t, out),
-            3 => tile::<3>(k, w, s, r, a, ua, t, out),
-            2 => tile::<2>(k, w, s, r, a, ua, t, out),
-            _ => tile::<1>(k, w, s, r, a, ua, t, out),
+            8 => tile::<8>(k, w, s, r, a, ua, t, out, fetch, per),
+            7 => tile::<7>(k, w, s, r, a, ua, t, out, fetch, per),
+            6 => tile::<6>(k, w, s, r, a, ua, t, out, fetch, per),
+            5 => tile::<5>(k, w, s, r, a, ua, t, out, fetch, per),
+            4 => tile::<4>(k, w, s, r, a, ua, t, out, fetch, per),
+            3 => tile::<3>(k, w, s, r, a, ua, t, out, fetch, per),
+            2 => tile::<2>(k, w, s, r, a, ua, t, out, fetch, per),
+            _ => tile::<1>(k, w, s, r, a, ua, t, out, fetch, per),
         }
         t += width;
     }
@@ -703,7 +734,7 @@ mod tests {
                 let x = QuantizedActs::for_weight(&w, &xf);
                 let run = |kernels| {
                     let mut out = vec![0.0f32; n * rows];
-                    matmul_with(kernels, &[&w], &x, &mut [&mut out]);
+                    matmul_with(kernels, &[&w], &x, &mut [&mut out], &SideFetch::new());
                     out
                 };
                 let avx2 = run((Some(k2), None));

@@ -19,6 +19,7 @@ pub mod dot_avx2;
 pub mod dot_avx512;
 pub mod dot_scalar;
 pub mod matmul;
+pub mod side_fetch;
 pub mod strips;
 
 use half::f16;
