@@ -94,19 +94,6 @@ fn rope_pairs(head: &mut [f32], table: &[[f32; 2]]) {
     }
 }
 
-/// `gate = silu(gate) * up`, in place.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    use rayon::prelude::*;
-    let run = |(g, u): (&mut [f32], &[f32])| crate::expf::silu_mul_in_place(g, u);
-    if gate.len() >= PARALLEL_EXP_ELEMENTS {
-        gate.par_chunks_mut(4096)
-            .zip(up.par_chunks(4096))
-            .for_each(run);
-    } else {
-        run((gate, up));
-    }
-}
-
 /// `a += b`.
 pub fn add_assign(a: &mut [f32], b: &[f32]) {
     for (x, y) in a.iter_mut().zip(b) {

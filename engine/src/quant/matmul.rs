@@ -196,8 +196,8 @@ fn run_tasks(
             let mut g = g_start;
             if let (Some(k), Some(s)) = (avx512, strips) {
                 let last = g_end.min(s.rows());
-                // The side lines spread over every strip visit of the task.
-                let visits = (end.min(s.rows()) / STRIP).saturating_sub(start / STRIP)
+                // The side lines left, spread over the task's strip visits left.
+                let visits = (end.min(s.rows()) / STRIP).saturating_sub(g / STRIP)
                     * n.div_ceil(STRIP_TOKENS);
                 let per = fetch.left().div_ceil(visits.max(1));
                 let span = g / STRIP..last / STRIP;
