@@ -441,17 +441,13 @@ impl Model {
             last.extend_from_slice(&x[(end - 1) * h..end * h]);
         }
         let mut normed = vec![0.0f32; last.len()];
-        ops::rms_norm(
-            &last,
-            &self.weights.output_norm,
-            self.config.rms_eps,
-            &mut normed,
-        );
         let head = self.weights.output_head();
+        let eps = self.config.rms_eps;
+        let acts = norm_then_quantize(&last, &self.weights.output_norm, eps, &mut normed, head);
         // Each sequence's logits written in place (no copy of a batch-wide buffer).
         let mut logits: Vec<Vec<f32>> = segs.iter().map(|_| vec![0.0f32; head.rows()]).collect();
         let mut rows: Vec<&mut [f32]> = logits.iter_mut().map(|l| &mut l[..]).collect();
-        matmul_tokens(head, &QuantizedActs::for_weight(head, &normed), &mut rows);
+        matmul_tokens(head, &acts, &mut rows);
         logits
     }
 
