@@ -14,7 +14,7 @@ import time
 
 
 def synthetic_ids(n):
-    # Must match `synthetic_ids` in gateway/src/bench.rs.
+    # Must match `synthetic_ids` in bench/src/engine.rs.
     return [(i * 7919) % 40000 + 100 for i in range(n)]
 
 

@@ -1,13 +1,14 @@
 //! The continuous-batching loop: one thread, one forward step at a time.
 
-use crate::worker::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
+use crate::types::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
 use genie_engine::kv_budget::KvBudget;
-use genie_engine::kv_cache::{KvCache, LayerHeader, LAYER_HEADER_LEN};
 use genie_engine::model::{Model, Segment};
-use genie_engine::sampling::{Sampled, Sampler};
-use genie_kv_transfer::{KvMessage, LayerMeta, DTYPE_F16};
-use genie_protocol::worker::{Finish, Handoff, SeqEvent, TokenOut};
+use genie_engine::sampling::Sampler;
+use genie_kv_transfer::KvMessage;
+use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::TransferId;
+use genie_worker_core::thread::Inbox;
+use genie_worker_core::{next_token, Next};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -42,58 +43,24 @@ pub(crate) struct BatchLoop {
     worker_label: String,
 }
 
-/// Imports one wire layer (metadata + K/V payload) through the engine's checked import.
-fn import(cache: &mut KvCache, m: LayerMeta, body: &[u8]) -> genie_engine::Result<()> {
-    if m.dtype != DTYPE_F16 {
-        return Err(genie_engine::EngineError::KvImport(format!(
-            "dtype code {} is not f16",
-            m.dtype
-        )));
-    }
-    let h = LayerHeader {
-        layer: m.layer as usize,
-        n_layers: m.n_layers as usize,
-        kv_heads: m.kv_heads as usize,
-        head_dim: m.head_dim as usize,
-        token_start: m.token_start as usize,
-        token_count: m.token_count as usize,
-    };
-    let mut chunk = Vec::with_capacity(LAYER_HEADER_LEN + body.len());
-    h.write(&mut chunk);
-    chunk.extend_from_slice(body);
-    cache.import_layer(&chunk).map(|_| ())
-}
-
-pub(crate) fn token_out(s: &Sampled) -> TokenOut {
-    TokenOut {
-        token: s.token,
-        logprob: s.logprob,
-        top_logprobs: s
-            .top_logprobs
-            .iter()
-            .map(|t| (t.token, t.logprob))
-            .collect(),
-    }
-}
-
-/// Samples the token after `logits`; sends it (or the finish) to the client. Returns the
-/// token to feed next when the sequence goes on.
+/// The token after `logits` for a sequence, by the workers' shared rule.
 fn step_sequence(seq: &mut NewSeq, generated: &mut usize, logits: &mut [f32]) -> Option<u32> {
-    let s = seq.sampler.sample(logits);
-    if seq.stop_token_ids.contains(&s.token) {
-        let _ = seq.events.send(SeqEvent::Finished(Finish::Stop));
-        return None;
+    match next_token(
+        &mut seq.sampler,
+        logits,
+        &seq.stop_token_ids,
+        generated,
+        seq.max_tokens,
+        &seq.events,
+    ) {
+        Next::Continue(t) => Some(t),
+        Next::Ended => None,
     }
-    seq.sampler.record(s.token);
-    *generated += 1;
-    if seq.events.send(SeqEvent::Token(token_out(&s))).is_err() {
-        return None;
-    }
-    if *generated >= seq.max_tokens {
-        let _ = seq.events.send(SeqEvent::Finished(Finish::Length));
-        return None;
-    }
-    Some(s.token)
+}
+
+fn transfer_failed(seq: &NewSeq, why: &str) {
+    seq.events
+        .send(SeqEvent::failed(FailureCode::TransferFailed, why));
 }
 
 impl BatchLoop {
@@ -123,7 +90,7 @@ impl BatchLoop {
         !self.running.is_empty() || !self.ready.is_empty() || !self.prefills.is_empty()
     }
 
-    pub(crate) fn run(&mut self, rx: Receiver<DecodeInput>) {
+    pub(crate) fn run(&mut self, rx: Receiver<Inbox<DecodeInput>>) {
         loop {
             // Block only when there is nothing to compute; wake for transfer deadlines.
             if !self.has_work() {
@@ -161,16 +128,20 @@ impl BatchLoop {
     }
 
     /// Handles one input; false means shut down.
-    fn accept(&mut self, input: DecodeInput) -> bool {
-        match input {
-            DecodeInput::Shutdown => {
+    fn accept(&mut self, input: Inbox<DecodeInput>) -> bool {
+        let input = match input {
+            Inbox::Work(i) => i,
+            Inbox::Shutdown => {
                 for seq in self.all_seqs() {
-                    let _ = seq
-                        .events
-                        .send(SeqEvent::Failed("the decode worker shut down".into()));
+                    seq.events.send(SeqEvent::failed(
+                        FailureCode::Stopped,
+                        "the decode worker shut down",
+                    ));
                 }
                 return false;
             }
+        };
+        match input {
             DecodeInput::Expect { transfer, seq } => {
                 self.incoming.insert(
                     transfer,
@@ -206,7 +177,7 @@ impl BatchLoop {
         };
         match m {
             KvMessage::Layer { meta, bytes, .. } => {
-                match import(&mut inc.seq.cache, meta, &bytes) {
+                match inc.seq.cache.import_layer(&meta, &bytes) {
                     Ok(_) => {
                         inc.layers_seen += 1;
                         // Only a stalled transfer expires: each layer renews the deadline.
@@ -215,10 +186,7 @@ impl BatchLoop {
                     Err(e) => {
                         let inc = self.incoming.remove(&transfer).expect("present");
                         tracing::warn!(%transfer, error = %e, "KV layer refused");
-                        let _ = inc
-                            .seq
-                            .events
-                            .send(SeqEvent::Failed("KV transfer failed".into()));
+                        transfer_failed(&inc.seq, "KV transfer failed");
                         (self.on_free)();
                     }
                 }
@@ -226,10 +194,7 @@ impl BatchLoop {
             KvMessage::Hidden { .. } => {
                 let inc = self.incoming.remove(&transfer).expect("present");
                 tracing::warn!(%transfer, "hidden states sent to a decode worker's KV port");
-                let _ = inc
-                    .seq
-                    .events
-                    .send(SeqEvent::Failed("KV transfer failed".into()));
+                transfer_failed(&inc.seq, "KV transfer failed");
                 (self.on_free)();
             }
             KvMessage::Abort { reason, .. } => {
@@ -244,9 +209,7 @@ impl BatchLoop {
                     Err(b) => {
                         let (seq, why) = *b;
                         tracing::warn!(%transfer, %why, "KV hand-off refused");
-                        let _ = seq
-                            .events
-                            .send(SeqEvent::Failed("KV transfer failed".into()));
+                        transfer_failed(&seq, "KV transfer failed");
                         (self.on_free)();
                     }
                 }
@@ -297,10 +260,7 @@ impl BatchLoop {
                 return false;
             }
             if now >= i.deadline {
-                let _ = i
-                    .seq
-                    .events
-                    .send(SeqEvent::Failed("KV transfer timed out".into()));
+                transfer_failed(&i.seq, "KV transfer timed out");
                 return false;
             }
             true
@@ -323,7 +283,7 @@ impl BatchLoop {
         while self.running.len() < max {
             match self.ready.pop_front() {
                 Some(r) => {
-                    let _ = r.seq.events.send(SeqEvent::Running);
+                    r.seq.events.send(SeqEvent::Running);
                     self.running.push(r)
                 }
                 None => break,
@@ -339,7 +299,7 @@ impl BatchLoop {
                 break;
             }
             let (s, p) = self.prefills.pop_front().expect("front exists");
-            let _ = s.events.send(SeqEvent::Running);
+            s.events.send(SeqEvent::Running);
             prompt_tokens += p.len();
             prefilling.push((s, p));
         }
@@ -373,11 +333,12 @@ impl BatchLoop {
                 // Validated before admission, so this is an internal fault: fail the step's
                 // sequences, keep the worker alive for the others.
                 tracing::error!(error = %e, "decode step failed");
+                let internal = || SeqEvent::failed(FailureCode::Internal, "internal error");
                 for r in self.running.drain(..) {
-                    let _ = r.seq.events.send(SeqEvent::Failed("internal error".into()));
+                    r.seq.events.send(internal());
                 }
                 for (s, _) in prefilling {
-                    let _ = s.events.send(SeqEvent::Failed("internal error".into()));
+                    s.events.send(internal());
                 }
                 (self.on_free)();
                 return;

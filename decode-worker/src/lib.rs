@@ -5,18 +5,18 @@
 //! [`Model::forward`](genie_engine::model::Model::forward)); sequences join between steps
 //! as their KV arrives and leave the moment they finish or their client goes away.
 //!
-//! A disaggregated sequence arrives in three parts: [`DecodeInput::Expect`] (sent by the
-//! gateway, carrying the KV reservation made *before* any bytes move), then one
-//! [`KvMessage::Layer`](genie_kv_transfer::KvMessage) per layer from the prefill worker,
-//! then `Complete` with the [`Handoff`](genie_protocol::worker::Handoff) (first token and
-//! sampler state). A colocated sequence ([`DecodeInput::Prefill`]) is prefilled here, in
-//! the same forward step as the running decodes (the baseline that disaggregation beats).
-//!
-//! [`service`] is the worker's HTTP control API when it runs as its own process
-//! (`genie decode-worker`).
+//! [`DecodeWorker::admit`] is the one way in, for the gateway's in-process pool and for
+//! this crate's HTTP [`service`] alike: it reserves the sequence's KV before anything
+//! moves. A disaggregated sequence ([`KvSource::Transfer`]) then receives one
+//! [`KvMessage::Layer`](genie_kv_transfer::KvMessage) per layer from the prefill worker and
+//! `Complete` with the [`Handoff`](genie_protocol::worker::Handoff) (first token and
+//! sampler state); a colocated one ([`KvSource::Prompt`]) is prefilled here, in the same
+//! forward step as the running decodes (the baseline that disaggregation beats).
 
 mod batch;
 pub mod service;
+mod types;
 mod worker;
 
-pub use worker::{DecodeConfig, DecodeInput, DecodeStats, DecodeWorker, NewSeq};
+pub use types::{DecodeConfig, DecodeSeq, DecodeStats, KvSource, DEFAULT_QUEUE};
+pub use worker::DecodeWorker;

@@ -1,99 +1,39 @@
-//! The decode worker's handle and its input messages.
+//! The decode worker's handle: admission (KV reserved before anything is queued), its
+//! input queue, its KV budget and its compute thread.
 
 use crate::batch::BatchLoop;
-use genie_engine::kv_budget::{KvBudget, KvReservation};
+use crate::types::{DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, NewSeq};
+use genie_engine::kv_budget::KvBudget;
 use genie_engine::kv_cache::{KvCache, KvShape};
 use genie_engine::model::Model;
-use genie_engine::sampling::Sampler;
-use genie_kv_transfer::KvMessage;
-use genie_protocol::worker::SeqEvent;
-use genie_protocol::{SeqId, TransferId, WorkerId};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use genie_kv_transfer::{Deliver, TransferRegistry};
+use genie_protocol::worker::WorkerStatus;
+use genie_worker_core::thread::Inbox;
+use genie_worker_core::{AdmitError, EventSender, WorkerThread};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
-
-#[derive(Clone, Debug)]
-pub struct DecodeConfig {
-    pub id: WorkerId,
-    /// Most sequences in one decode step.
-    pub max_batch: usize,
-    /// Most prompt tokens prefilled in one step (colocated sequences).
-    pub max_prefill_tokens: usize,
-    /// A transfer whose KV has not all arrived by then is dropped.
-    pub transfer_timeout: Duration,
-}
-
-/// One sequence as the decode worker is given it.
-pub struct NewSeq {
-    pub id: SeqId,
-    /// Tokens to generate in all (including a first token sampled by a prefill worker).
-    pub max_tokens: usize,
-    /// Token ids that end the sequence (end of turn, eos, request `stop` ids).
-    pub stop_token_ids: Vec<u32>,
-    /// Replaced by the hand-off's sampler for disaggregated sequences.
-    pub sampler: Sampler,
-    pub events: UnboundedSender<SeqEvent>,
-    /// The sequence's KV bytes, held until it leaves this worker.
-    pub reservation: KvReservation,
-    pub cache: KvCache,
-}
-
-pub enum DecodeInput {
-    /// Reserve a slot for a sequence whose KV will arrive as `transfer`.
-    Expect {
-        transfer: TransferId,
-        seq: NewSeq,
-    },
-    /// Prefill `prompt` here, then decode (colocated).
-    Prefill {
-        seq: NewSeq,
-        prompt: Vec<u32>,
-    },
-    /// KV transfer traffic for an expected sequence.
-    Kv(KvMessage),
-    Shutdown,
-}
-
-/// Live counters the gateway reads for placement and metrics.
-#[derive(Debug, Default)]
-pub struct DecodeStats {
-    /// Sequences expected, queued or running here.
-    pub load: AtomicUsize,
-    /// Sequences in the running batch.
-    pub running: AtomicUsize,
-}
-
-impl DecodeStats {
-    pub fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
-    }
-    pub fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
-    }
-}
 
 /// A decode worker: its input queue, its KV budget and its compute thread.
 pub struct DecodeWorker {
     pub config: DecodeConfig,
-    tx: mpsc::Sender<DecodeInput>,
+    thread: WorkerThread<DecodeInput>,
     budget: KvBudget,
     kv_shape: KvShape,
     stats: Arc<DecodeStats>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Where a network KV receiver learns which transfers to accept (none in-process).
+    registry: Option<TransferRegistry>,
 }
 
 impl DecodeWorker {
     /// Starts the worker's thread. `on_free` is called whenever sequences leave (their KV
-    /// is released), so a gateway waiting for room can retry.
+    /// is released), so a gateway waiting for room can retry. `registry` is the network
+    /// KV receiver's, when this worker receives KV over the network.
     pub fn start(
         config: DecodeConfig,
         model: Model,
         budget: KvBudget,
         on_free: Arc<dyn Fn() + Send + Sync>,
+        registry: Option<TransferRegistry>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(DecodeStats::default());
         let kv_shape = model.kv_shape();
         let mut batch = BatchLoop::new(
@@ -103,36 +43,81 @@ impl DecodeWorker {
             Arc::clone(&stats),
             on_free,
         );
-        let thread = std::thread::Builder::new()
-            .name(format!("genie-decode-{}", config.id.0))
-            .spawn(move || batch.run(rx))?;
+        let thread = WorkerThread::start(
+            format!("genie-decode-{}", config.id.0),
+            config.queue,
+            move |rx| batch.run(rx),
+        )?;
         Ok(DecodeWorker {
             config,
-            tx,
+            thread,
             budget,
             kv_shape,
             stats,
-            thread: Some(thread),
+            registry,
         })
     }
 
-    /// Queues an input; false if the worker has stopped.
-    pub fn send(&self, input: DecodeInput) -> bool {
-        self.tx.send(input).is_ok()
-    }
-
-    /// A sender for the KV transport to deliver into this worker's queue.
-    pub fn kv_deliverer(&self) -> Arc<dyn Fn(KvMessage) -> bool + Send + Sync> {
-        let tx = std::sync::Mutex::new(self.tx.clone());
-        Arc::new(move |m| {
-            tx.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(DecodeInput::Kv(m))
-                .is_ok()
+    /// Admits one sequence: reserves its whole KV (prompt + `max_tokens`) or refuses with
+    /// [`AdmitError::NoKvRoom`], registers an expected transfer with the KV receiver before
+    /// any byte can arrive, and queues it ([`AdmitError::Busy`] when the queue is full).
+    /// Its events go to `events`; dropping their receiver cancels it. A refusal leaves
+    /// nothing reserved.
+    pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<(), AdmitError> {
+        let prompt_tokens = s.source.prompt_tokens();
+        if prompt_tokens == 0 {
+            return Err(AdmitError::Invalid("the prompt is empty".into()));
+        }
+        if s.max_tokens == 0 {
+            return Err(AdmitError::Invalid("max_tokens must be at least 1".into()));
+        }
+        let tokens = prompt_tokens.saturating_add(s.max_tokens);
+        let needed = tokens.saturating_mul(self.kv_shape.bytes_per_token());
+        let reservation = self.budget.reserve(needed).map_err(|_| AdmitError::NoKvRoom {
+            needed_bytes: needed,
+            free_bytes: self.budget.free_bytes(),
+        })?;
+        let seq = NewSeq {
+            max_tokens: s.max_tokens,
+            stop_token_ids: s.stop_token_ids,
+            sampler: s.sampler,
+            events,
+            _reservation: reservation,
+            cache: KvCache::new(self.kv_shape, tokens),
+        };
+        let input = match s.source {
+            KvSource::Prompt(prompt) => DecodeInput::Prefill { seq, prompt },
+            KvSource::Transfer { transfer, .. } => {
+                if let Some(r) = &self.registry {
+                    r.expect(
+                        transfer,
+                        prompt_tokens * self.kv_shape.bytes_per_token(),
+                        self.config.transfer_timeout,
+                    );
+                }
+                DecodeInput::Expect { transfer, seq }
+            }
+        };
+        let transfer = match &input {
+            DecodeInput::Expect { transfer, .. } => Some(*transfer),
+            _ => None,
+        };
+        self.thread.try_send(input).map_err(|(e, _)| {
+            if let (Some(r), Some(t)) = (&self.registry, transfer) {
+                r.forget(t);
+            }
+            e
         })
     }
 
-    /// The KV shape of this worker's model (for sizing caches it will receive).
+    /// What the KV receiver delivers into: this worker's queue. It waits for room (KV of
+    /// an admitted sequence is never dropped); false once the worker has stopped.
+    pub fn kv_deliverer(&self) -> Deliver {
+        let tx = self.thread.sender();
+        Arc::new(move |m| tx.send(Inbox::Work(DecodeInput::Kv(m))).is_ok())
+    }
+
+    /// The KV shape of this worker's model.
     pub fn kv_shape(&self) -> KvShape {
         self.kv_shape
     }
@@ -146,15 +131,18 @@ impl DecodeWorker {
     }
 
     pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.thread.is_alive()
     }
-}
 
-impl Drop for DecodeWorker {
-    fn drop(&mut self) {
-        let _ = self.tx.send(DecodeInput::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Load and KV room, as heartbeats and the gateway's placement read them.
+    pub fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            load: self.stats.load() as u64,
+            queued_tokens: 0,
+            running: self.stats.running() as u64,
+            kv_capacity_bytes: self.budget.capacity_bytes() as u64,
+            kv_free_bytes: self.budget.free_bytes() as u64,
+            max_batch: self.config.max_batch as u64,
         }
     }
 }

@@ -110,12 +110,15 @@ pub fn exp_sub_in_place(x: &mut [f32], sub: f32) {
     match family() {
         #[cfg(target_arch = "x86_64")]
         Family::Avx512 => {
-            // SAFETY: the AVX-512 kernel family implies AVX-512F and FMA on this CPU.
+            // SAFETY: the AVX-512 kernel family is chosen only where
+            // `dot_avx512::available()` detected AVX-512F and (through
+            // `dot_avx2::available()`) FMA on this CPU.
             unsafe { avx512::exp_sub_in_place(x, sub) }
         }
         #[cfg(target_arch = "x86_64")]
         Family::Fma => {
-            // SAFETY: the AVX2 kernel family implies FMA on this CPU.
+            // SAFETY: the AVX2 kernel family is chosen only where `dot_avx2::available()`
+            // detected FMA (with AVX2 and F16C) on this CPU.
             unsafe { fma::exp_sub_in_place(x, sub) }
         }
         Family::Scalar => x.iter_mut().for_each(|v| *v = expf(*v - sub)),
@@ -129,12 +132,13 @@ pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
     match family() {
         #[cfg(target_arch = "x86_64")]
         Family::Avx512 => {
-            // SAFETY: as above.
+            // SAFETY: AVX-512F and FMA were detected, as in `exp_sub_in_place`; the
+            // lengths are equal (asserted above), as the kernel needs.
             unsafe { avx512::silu_mul_in_place(gate, up) }
         }
         #[cfg(target_arch = "x86_64")]
         Family::Fma => {
-            // SAFETY: as above.
+            // SAFETY: FMA was detected, as in `exp_sub_in_place`.
             unsafe { fma::silu_mul_in_place(gate, up) }
         }
         Family::Scalar => silu_scalar(gate, up),
@@ -174,11 +178,16 @@ fn family() -> Family {
 #[cfg(target_arch = "x86_64")]
 mod fma {
     /// The reference loop with `mul_add` as the FMA instruction rather than a libm call.
+    ///
+    /// # Safety
+    /// The CPU has FMA.
     #[target_feature(enable = "fma")]
     pub unsafe fn exp_sub_in_place(x: &mut [f32], sub: f32) {
         x.iter_mut().for_each(|v| *v = super::expf(*v - sub));
     }
 
+    /// # Safety
+    /// The CPU has FMA.
     #[target_feature(enable = "fma")]
     pub unsafe fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
         super::silu_scalar(gate, up)
@@ -191,80 +200,110 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// Eight lanes of the reference's main path, from f64 `xd`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA (the callers are kernels with those target features).
     #[inline(always)]
     unsafe fn exp8(xd: __m512d, table: &[__m512i; 4]) -> __m256 {
-        let inv = _mm512_set1_pd(INV_LN2_N);
-        let shift = _mm512_set1_pd(SHIFT);
-        let shifted = _mm512_fmadd_pd(inv, xd, shift);
-        let ki = _mm512_castpd_si512(shifted);
-        let kd = _mm512_sub_pd(shifted, shift);
-        let r = _mm512_fmsub_pd(inv, xd, kd);
-        // Table entry ki % 32: entries 0-15 and 16-31 by the low four bits, then bit 4.
-        let lo = _mm512_permutex2var_epi64(table[0], ki, table[1]);
-        let hi = _mm512_permutex2var_epi64(table[2], ki, table[3]);
-        let upper = _mm512_test_epi64_mask(ki, _mm512_set1_epi64(16));
-        let t = _mm512_mask_blend_epi64(upper, lo, hi);
-        let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
-        let z = _mm512_fmadd_pd(r, _mm512_set1_pd(C0), _mm512_set1_pd(C1));
-        let r2 = _mm512_mul_pd(r, r);
-        let y = _mm512_fmadd_pd(r, _mm512_set1_pd(C2), _mm512_set1_pd(1.0));
-        let y = _mm512_fmadd_pd(z, r2, y);
-        _mm512_cvtpd_ps(_mm512_mul_pd(y, s))
+        // SAFETY: AVX-512F and FMA are this fn's precondition; register operations only,
+        // no memory access.
+        unsafe {
+            let inv = _mm512_set1_pd(INV_LN2_N);
+            let shift = _mm512_set1_pd(SHIFT);
+            let shifted = _mm512_fmadd_pd(inv, xd, shift);
+            let ki = _mm512_castpd_si512(shifted);
+            let kd = _mm512_sub_pd(shifted, shift);
+            let r = _mm512_fmsub_pd(inv, xd, kd);
+            // Table entry ki % 32: entries 0-15 and 16-31 by the low four bits, then bit 4.
+            let lo = _mm512_permutex2var_epi64(table[0], ki, table[1]);
+            let hi = _mm512_permutex2var_epi64(table[2], ki, table[3]);
+            let upper = _mm512_test_epi64_mask(ki, _mm512_set1_epi64(16));
+            let t = _mm512_mask_blend_epi64(upper, lo, hi);
+            let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
+            let z = _mm512_fmadd_pd(r, _mm512_set1_pd(C0), _mm512_set1_pd(C1));
+            let r2 = _mm512_mul_pd(r, r);
+            let y = _mm512_fmadd_pd(r, _mm512_set1_pd(C2), _mm512_set1_pd(1.0));
+            let y = _mm512_fmadd_pd(z, r2, y);
+            _mm512_cvtpd_ps(_mm512_mul_pd(y, s))
+        }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F (the callers are kernels with that target feature).
     #[inline(always)]
     unsafe fn load_table() -> [__m512i; 4] {
+        // `TABLE` is a const of plain integers, so the borrow `as_ptr` takes is promoted
+        // to a static: the pointer stays valid.
         let p = TABLE.as_ptr() as *const __m512i;
-        [
-            _mm512_loadu_si512(p),
-            _mm512_loadu_si512(p.add(1)),
-            _mm512_loadu_si512(p.add(2)),
-            _mm512_loadu_si512(p.add(3)),
-        ]
+        // SAFETY: AVX-512F is this fn's precondition; `TABLE` is 32 u64s (256 bytes), and
+        // the four unaligned 64-byte loads cover exactly those.
+        unsafe {
+            [
+                _mm512_loadu_si512(p),
+                _mm512_loadu_si512(p.add(1)),
+                _mm512_loadu_si512(p.add(2)),
+                _mm512_loadu_si512(p.add(3)),
+            ]
+        }
     }
 
     /// Sixteen `e^x`; lanes with `|x| ≥ 88` (rare) are redone by the reference.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA (the callers are kernels with those target features).
     #[inline(always)]
     unsafe fn exp16(x: __m512, table: &[__m512i; 4]) -> __m512 {
-        let lo = exp8(_mm512_cvtps_pd(_mm512_castps512_ps256(x)), table);
-        let hi = exp8(
-            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(x),
-            ))),
-            table,
-        );
-        let mut y = _mm512_insertf64x4::<1>(
-            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
-            _mm256_castps_pd(hi),
-        );
-        let top = _mm512_and_si512(
-            _mm512_srli_epi32::<20>(_mm512_castps_si512(x)),
-            _mm512_set1_epi32(0x7ff),
-        );
-        let large = _mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(LARGE_TOP as i32));
-        if large != 0 {
-            let mut xs = [0.0f32; 16];
-            let mut ys = [0.0f32; 16];
-            _mm512_storeu_ps(xs.as_mut_ptr(), x);
-            _mm512_storeu_ps(ys.as_mut_ptr(), _mm512_castpd_ps(y));
-            for i in 0..16 {
-                if large & (1 << i) != 0 {
-                    ys[i] = super::large(xs[i]);
+        // SAFETY: AVX-512F and FMA are this fn's precondition (and `exp8`'s); the only
+        // memory accesses are 16-float stores and a load of the local arrays `xs` and
+        // `ys`, sixteen floats each.
+        unsafe {
+            let lo = exp8(_mm512_cvtps_pd(_mm512_castps512_ps256(x)), table);
+            let hi = exp8(
+                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                    _mm512_castps_pd(x),
+                ))),
+                table,
+            );
+            let mut y = _mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                _mm256_castps_pd(hi),
+            );
+            let top = _mm512_and_si512(
+                _mm512_srli_epi32::<20>(_mm512_castps_si512(x)),
+                _mm512_set1_epi32(0x7ff),
+            );
+            let large = _mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(LARGE_TOP as i32));
+            if large != 0 {
+                let mut xs = [0.0f32; 16];
+                let mut ys = [0.0f32; 16];
+                _mm512_storeu_ps(xs.as_mut_ptr(), x);
+                _mm512_storeu_ps(ys.as_mut_ptr(), _mm512_castpd_ps(y));
+                for i in 0..16 {
+                    if large & (1 << i) != 0 {
+                        ys[i] = super::large(xs[i]);
+                    }
                 }
+                y = _mm512_castps_pd(_mm512_loadu_ps(ys.as_ptr()));
             }
-            y = _mm512_castps_pd(_mm512_loadu_ps(ys.as_ptr()));
+            _mm512_castpd_ps(y)
         }
-        _mm512_castpd_ps(y)
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F and FMA.
     #[target_feature(enable = "avx512f,fma")]
     pub unsafe fn exp_sub_in_place(x: &mut [f32], sub: f32) {
-        let table = load_table();
+        // SAFETY: this fn's target features include the AVX-512F `load_table` needs.
+        let table = unsafe { load_table() };
         let s = _mm512_set1_ps(sub);
         let mut chunks = x.chunks_exact_mut(16);
         for c in &mut chunks {
-            let v = _mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), s);
-            _mm512_storeu_ps(c.as_mut_ptr(), exp16(v, &table));
+            // SAFETY: `c` is a chunk of exactly sixteen floats: the unaligned load and
+            // store stay inside it; the target features include what `exp16` needs.
+            unsafe {
+                let v = _mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), s);
+                _mm512_storeu_ps(c.as_mut_ptr(), exp16(v, &table));
+            }
         }
         chunks
             .into_remainder()
@@ -272,17 +311,25 @@ mod avx512 {
             .for_each(|v| *v = super::expf(*v - sub));
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F and FMA; `up` is at least as long as `gate`.
     #[target_feature(enable = "avx512f,fma")]
     pub unsafe fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
-        let table = load_table();
+        // SAFETY: this fn's target features include the AVX-512F `load_table` needs.
+        let table = unsafe { load_table() };
         let one = _mm512_set1_ps(1.0);
         let n = gate.len() / 16 * 16;
         for i in (0..n).step_by(16) {
-            let g = _mm512_loadu_ps(gate.as_ptr().add(i));
-            let u = _mm512_loadu_ps(up.as_ptr().add(i));
-            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g), &table);
-            let v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
-            _mm512_storeu_ps(gate.as_mut_ptr().add(i), v);
+            // SAFETY: `i + 16 <= n <= gate.len() <= up.len()` (the last by this fn's
+            // contract): the unaligned loads and the store stay inside `gate` and `up`;
+            // the target features include what `exp16` needs.
+            unsafe {
+                let g = _mm512_loadu_ps(gate.as_ptr().add(i));
+                let u = _mm512_loadu_ps(up.as_ptr().add(i));
+                let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g), &table);
+                let v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+                _mm512_storeu_ps(gate.as_mut_ptr().add(i), v);
+            }
         }
         super::silu_scalar(&mut gate[n..], &up[n..]);
     }
@@ -351,7 +398,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: FMA detected just above.
+                // SAFETY (both closures): FMA was detected just above, on this CPU.
                 v.push((
                     "fma",
                     |x, s| unsafe { fma::exp_sub_in_place(x, s) },
@@ -361,7 +408,8 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                // SAFETY: the features detected just above.
+                // SAFETY (both closures): AVX-512F and FMA were detected just above; the
+                // test calls `silu_mul` only with `up` as long as `gate`, as it needs.
                 v.push((
                     "avx512",
                     |x, s| unsafe { avx512::exp_sub_in_place(x, s) },

@@ -42,14 +42,7 @@ pub struct GenerateRequest {
     pub stop_strings: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// A stop token or stop string ended the sequence.
-    Stop,
-    /// `max_tokens` was reached.
-    Length,
-}
+pub use genie_protocol::worker::FinishReason;
 
 /// One generated token as it streams out.
 #[derive(Clone, Debug)]
@@ -83,35 +76,8 @@ impl Engine {
     /// Loads a GGUF model and builds its tokenizer and chat template from its metadata.
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
         let g = gguf::load(path)?;
-        let tokenizer = GgufTokenizer::from_spec(g.tokenizer.clone())
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        let tok_text = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.token_str(i))
-                .unwrap_or_default()
-                .to_string()
-        };
-        let template = match &g.chat_template {
-            Some(src) => ChatTemplate::new(
-                src,
-                &tok_text(tokenizer.bos_token_id()),
-                &tok_text(tokenizer.eos_token_id()),
-            )
-            .map_err(|e| EngineError::ChatTemplate(e.to_string()))?,
-            None => ChatTemplate::chatml(),
-        };
-        let mut eog_ids: Vec<u32> = tokenizer.eos_token_id().into_iter().collect();
-        for name in [
-            "<|im_end|>",
-            "<|endoftext|>",
-            "<|eot_id|>",
-            "<|end_of_text|>",
-        ] {
-            if let Some(id) = tokenizer.token_id(name) {
-                if !eog_ids.contains(&id) {
-                    eog_ids.push(id);
-                }
-            }
-        }
+        let (tokenizer, template, eog_ids) =
+            crate::model_text::text_parts(g.tokenizer.clone(), g.chat_template.as_deref())?;
         let model = Model::from_gguf(g, opts.threads)?;
         Ok(Engine {
             model,

@@ -124,6 +124,23 @@ impl ModelWeights {
     }
 }
 
+/// What a GGUF file says about its model without its tensor data: the configuration,
+/// tokenizer and chat template, and how many bytes the weights would take loaded. Read by
+/// [`read_meta`], which touches only the file's header (a gateway needs megabytes, not the
+/// weights).
+#[derive(Clone, Debug)]
+pub struct GgufMeta {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub tokenizer: TokenizerSpec,
+    pub chat_template: Option<String>,
+    /// Bytes the weights take once loaded ([`ModelWeights::size_bytes`]), from the tensor
+    /// directory.
+    pub weights_bytes: usize,
+    /// The file has its own `output.weight` (else the head is tied to `token_embd`).
+    pub has_output: bool,
+}
+
 /// Everything the engine needs from one GGUF file.
 pub struct GgufModel {
     pub path: PathBuf,
@@ -133,9 +150,24 @@ pub struct GgufModel {
     pub chat_template: Option<String>,
 }
 
+impl GgufModel {
+    /// The metadata side of a loaded model (what [`read_meta`] reads from the header).
+    pub fn meta(&self) -> GgufMeta {
+        GgufMeta {
+            path: self.path.clone(),
+            config: self.config.clone(),
+            tokenizer: self.tokenizer.clone(),
+            chat_template: self.chat_template.clone(),
+            weights_bytes: self.weights.size_bytes(),
+            has_output: self.weights.output.is_some(),
+        }
+    }
+}
+
 struct Reader<'a> {
     path: &'a Path,
     content: Content,
+    /// The whole file; empty when only the metadata was read.
     bytes: Vec<u8>,
 }
 
@@ -224,8 +256,8 @@ impl Reader<'_> {
         }
     }
 
-    /// Tensor as `[rows, cols]` in its stored format.
-    fn matrix(&self, name: &str) -> Result<QMatrix> {
+    /// A tensor's `[rows, cols]`, its format once loaded and its bytes in the file.
+    fn layout(&self, name: &str) -> Result<(usize, usize, WeightFormat, usize)> {
         let info = self
             .content
             .tensor_infos
@@ -254,6 +286,19 @@ impl Reader<'_> {
                 )))
             }
         };
+        Ok((rows, cols, format, stored))
+    }
+
+    /// Bytes tensor `name` takes once loaded (F16 widens to F32).
+    fn loaded_bytes(&self, name: &str) -> Result<usize> {
+        let (rows, cols, format, _) = self.layout(name)?;
+        Ok(format.bytes_for(rows * cols))
+    }
+
+    /// Tensor as `[rows, cols]` in its stored format.
+    fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let (rows, cols, format, stored) = self.layout(name)?;
+        let info = &self.content.tensor_infos[name];
         let start = usize::try_from(self.content.tensor_data_offset + info.offset)
             .map_err(|_| self.err(format!("tensor `{name}` offset overflows")))?;
         let end = start
@@ -306,72 +351,174 @@ impl Reader<'_> {
     }
 }
 
-/// Reads and validates a llama GGUF model.
+fn missing(path: &Path) -> EngineError {
+    EngineError::ModelNotFound {
+        path: path.to_path_buf(),
+        hint: "run `genie model fetch` for the default model, or pass --model PATH / GENIE_MODEL to a llama GGUF file".into(),
+    }
+}
+
+/// Parses the header (metadata and tensor directory) from `reader`.
+fn content<R: std::io::Read + std::io::Seek>(path: &Path, reader: &mut R) -> Result<Content> {
+    Content::read(reader).map_err(|e| EngineError::ModelFormat {
+        path: path.to_path_buf(),
+        // candle appends a backtrace when RUST_BACKTRACE is set: keep the message only.
+        reason: format!(
+            "{} (is the file a complete GGUF? delete it and fetch again)",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
+    })
+}
+
+/// The tensor names a llama model is loaded from (`output.weight` only when present).
+fn weight_names(n_layers: usize, has_output: bool) -> Vec<String> {
+    let mut v = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
+    if has_output {
+        v.push("output.weight".into());
+    }
+    for i in 0..n_layers {
+        for t in [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            v.push(format!("blk.{i}.{t}.weight"));
+        }
+    }
+    v
+}
+
+/// Reads the configuration, tokenizer and chat template of a llama GGUF from its header
+/// only: no tensor data is read.
+pub fn read_meta(path: &Path) -> Result<GgufMeta> {
+    if !path.exists() {
+        return Err(missing(path));
+    }
+    let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = content(path, &mut std::io::BufReader::new(file))?;
+    let r = Reader {
+        path,
+        content,
+        bytes: Vec::new(),
+    };
+    r.meta()
+}
+
+impl Reader<'_> {
+    /// Everything but the tensor data.
+    fn meta(&self) -> Result<GgufMeta> {
+        let r = self;
+        let arch = r
+            .string("general.architecture")
+            .ok_or_else(|| r.err("metadata key `general.architecture` is missing"))?;
+        if arch != "llama" {
+            return Err(EngineError::Unsupported(format!(
+                "architecture `{arch}`; this engine runs llama-architecture GGUF models"
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = r.usize(&key("embedding_length"))?;
+        let n_heads = r.usize(&key("attention.head_count"))?;
+        let n_kv_heads = match r.get(&key("attention.head_count_kv")) {
+            Some(_) => r.usize(&key("attention.head_count_kv"))?,
+            None => n_heads,
+        };
+        let head_dim = if r.get(&key("attention.key_length")).is_some() {
+            r.usize(&key("attention.key_length"))?
+        } else {
+            hidden.checked_div(n_heads).unwrap_or(0)
+        };
+        let (vocab_size, embd_cols, _, _) = r.layout("token_embd.weight")?;
+        let config = ModelConfig {
+            name: r.string("general.name").unwrap_or_else(|| "unnamed".into()),
+            architecture: arch.clone(),
+            n_layers: r.usize(&key("block_count"))?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            hidden,
+            ffn: r.usize(&key("feed_forward_length"))?,
+            vocab_size,
+            context_length: r.usize(&key("context_length"))?,
+            rope_base: r.f32_or(&key("rope.freq_base"), 10_000.0)?,
+            rope_dim: match r.get(&key("rope.dimension_count")) {
+                Some(_) => r.usize(&key("rope.dimension_count"))?,
+                None => head_dim,
+            },
+            rms_eps: r.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
+        };
+        config.validate().map_err(|e| r.err(e))?;
+        if embd_cols != hidden {
+            return Err(r.err(format!(
+                "tensor `token_embd.weight` is {vocab_size}x{embd_cols}, metadata implies {vocab_size}x{hidden}"
+            )));
+        }
+        let tokenizer = TokenizerSpec {
+            model: r
+                .string("tokenizer.ggml.model")
+                .ok_or_else(|| r.err("metadata key `tokenizer.ggml.model` is missing"))?,
+            pre: r.string("tokenizer.ggml.pre"),
+            tokens: r.strings("tokenizer.ggml.tokens")?,
+            merges: r.strings("tokenizer.ggml.merges")?,
+            token_types: r.ints("tokenizer.ggml.token_type")?,
+            bos_token_id: r.u32_opt("tokenizer.ggml.bos_token_id"),
+            eos_token_id: r.u32_opt("tokenizer.ggml.eos_token_id"),
+            add_bos_token: matches!(
+                r.get("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
+        };
+        if tokenizer.tokens.len() != config.vocab_size {
+            return Err(r.err(format!(
+                "tokenizer has {} tokens but token_embd has {} rows",
+                tokenizer.tokens.len(),
+                config.vocab_size
+            )));
+        }
+        let has_output = r.content.tensor_infos.contains_key("output.weight");
+        let weights_bytes = weight_names(config.n_layers, has_output)
+            .iter()
+            .map(|n| r.loaded_bytes(n))
+            .sum::<Result<usize>>()?;
+        Ok(GgufMeta {
+            path: r.path.to_path_buf(),
+            config,
+            tokenizer,
+            chat_template: r.string("tokenizer.chat_template"),
+            weights_bytes,
+            has_output,
+        })
+    }
+}
+
+/// Reads and validates a llama GGUF model, weights included.
 pub fn load(path: &Path) -> Result<GgufModel> {
     if !path.exists() {
-        return Err(EngineError::ModelNotFound {
-            path: path.to_path_buf(),
-            hint: "run `genie model fetch` for the default model, or pass --model PATH / GENIE_MODEL to a llama GGUF file".into(),
-        });
+        return Err(missing(path));
     }
     let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let content =
-        Content::read(&mut std::io::Cursor::new(&bytes)).map_err(|e| EngineError::ModelFormat {
-            path: path.to_path_buf(),
-            // candle appends a backtrace when RUST_BACKTRACE is set: keep the message only.
-            reason: format!(
-                "{} (is the file a complete GGUF? delete it and fetch again)",
-                e.to_string().lines().next().unwrap_or_default()
-            ),
-        })?;
+    let content = content(path, &mut std::io::Cursor::new(&bytes))?;
     let r = Reader {
         path,
         content,
         bytes,
     };
-    let arch = r
-        .string("general.architecture")
-        .ok_or_else(|| r.err("metadata key `general.architecture` is missing"))?;
-    if arch != "llama" {
-        return Err(EngineError::Unsupported(format!(
-            "architecture `{arch}`; this engine runs llama-architecture GGUF models"
-        )));
-    }
-    let key = |k: &str| format!("{arch}.{k}");
-    let hidden = r.usize(&key("embedding_length"))?;
-    let n_heads = r.usize(&key("attention.head_count"))?;
-    let n_kv_heads = match r.get(&key("attention.head_count_kv")) {
-        Some(_) => r.usize(&key("attention.head_count_kv"))?,
-        None => n_heads,
-    };
-    let head_dim = if r.get(&key("attention.key_length")).is_some() {
-        r.usize(&key("attention.key_length"))?
-    } else {
-        hidden.checked_div(n_heads).unwrap_or(0)
-    };
+    let meta = r.meta()?;
+    let config = meta.config.clone();
+    let hidden = config.hidden;
     let token_embd = r.matrix("token_embd.weight")?;
-    let config = ModelConfig {
-        name: r.string("general.name").unwrap_or_else(|| "unnamed".into()),
-        architecture: arch.clone(),
-        n_layers: r.usize(&key("block_count"))?,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        hidden,
-        ffn: r.usize(&key("feed_forward_length"))?,
-        vocab_size: token_embd.rows(),
-        context_length: r.usize(&key("context_length"))?,
-        rope_base: r.f32_or(&key("rope.freq_base"), 10_000.0)?,
-        rope_dim: match r.get(&key("rope.dimension_count")) {
-            Some(_) => r.usize(&key("rope.dimension_count"))?,
-            None => head_dim,
-        },
-        rms_eps: r.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
-    };
-    config.validate().map_err(|e| r.err(e))?;
     r.expect_shape("token_embd.weight", &token_embd, config.vocab_size, hidden)?;
 
     let (h, kv, f) = (hidden, config.kv_dim(), config.ffn);
@@ -395,7 +542,7 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             w_down: m("ffn_down", h, f)?,
         });
     }
-    let output = if r.content.tensor_infos.contains_key("output.weight") {
+    let output = if meta.has_output {
         let o = r.matrix("output.weight")?;
         r.expect_shape("output.weight", &o, config.vocab_size, hidden)?;
         Some(o)
@@ -408,34 +555,12 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         output_norm: r.vector("output_norm.weight", hidden)?,
         output,
     };
-
-    let tokenizer = TokenizerSpec {
-        model: r
-            .string("tokenizer.ggml.model")
-            .ok_or_else(|| r.err("metadata key `tokenizer.ggml.model` is missing"))?,
-        pre: r.string("tokenizer.ggml.pre"),
-        tokens: r.strings("tokenizer.ggml.tokens")?,
-        merges: r.strings("tokenizer.ggml.merges")?,
-        token_types: r.ints("tokenizer.ggml.token_type")?,
-        bos_token_id: r.u32_opt("tokenizer.ggml.bos_token_id"),
-        eos_token_id: r.u32_opt("tokenizer.ggml.eos_token_id"),
-        add_bos_token: matches!(
-            r.get("tokenizer.ggml.add_bos_token"),
-            Some(Value::Bool(true))
-        ),
-    };
-    if tokenizer.tokens.len() != config.vocab_size {
-        return Err(r.err(format!(
-            "tokenizer has {} tokens but token_embd has {} rows",
-            tokenizer.tokens.len(),
-            config.vocab_size
-        )));
-    }
+    debug_assert_eq!(weights.size_bytes(), meta.weights_bytes);
     Ok(GgufModel {
         path: path.to_path_buf(),
         config,
         weights,
-        tokenizer,
-        chat_template: r.string("tokenizer.chat_template"),
+        tokenizer: meta.tokenizer,
+        chat_template: meta.chat_template,
     })
 }

@@ -66,6 +66,12 @@ impl KvBudget {
         self.lock().used
     }
 
+    /// Bytes not reserved: what the next reservation may take.
+    pub fn free_bytes(&self) -> usize {
+        let s = self.lock();
+        s.capacity - s.used
+    }
+
     /// Fraction of the capacity in use, 0.0..=1.0.
     pub fn usage_ratio(&self) -> f64 {
         let s = self.lock();

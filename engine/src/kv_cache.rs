@@ -4,32 +4,17 @@
 //! it can be exported layer by layer to self-describing bytes and imported into another
 //! engine instance (another worker), which then continues decoding bit-identically.
 //!
-//! Wire layout of one exported layer (little-endian), [`LAYER_HEADER_LEN`] bytes of header:
-//!
-//! | field | type | meaning |
-//! |---|---|---|
-//! | magic | `[u8; 4]` | `GKV1` |
-//! | version | u16 | [`FORMAT_VERSION`] |
-//! | dtype | u8 | 1 = f16 |
-//! | reserved | u8 | 0 |
-//! | layer | u32 | layer index |
-//! | n_layers | u32 | layers in the model |
-//! | kv_heads | u32 | KV heads |
-//! | head_dim | u32 | head dimension |
-//! | token_start | u32 | first token position in this chunk |
-//! | token_count | u32 | tokens in this chunk |
-//!
-//! followed by K as `[token_count][kv_heads][head_dim]` and V in the same shape.
+//! A layer is exported as its [`LayerShape`] (the description shared with the KV
+//! transports, `genie_protocol::kv`) and the K then V bytes, written into a buffer the
+//! caller owns; an import takes the shape and the bytes as they arrived. Nothing is parsed
+//! back and nothing is copied twice.
 
 use crate::error::{EngineError, Result};
 use crate::gguf::ModelConfig;
+use genie_protocol::kv::{LayerShape, DTYPE_F16};
 use half::f16;
 use std::ops::Range;
 
-pub const LAYER_MAGIC: [u8; 4] = *b"GKV1";
-pub const FORMAT_VERSION: u16 = 1;
-pub const LAYER_HEADER_LEN: usize = 32;
-const DTYPE_F16: u8 = 1;
 /// Bytes of one stored K or V element (f16, as llama.cpp's default cache type).
 pub const ELEM_BYTES: usize = 2;
 
@@ -57,78 +42,6 @@ impl KvShape {
     /// Bytes of K and V for one token across all layers.
     pub fn bytes_per_token(&self) -> usize {
         2 * self.n_layers * self.kv_dim() * ELEM_BYTES
-    }
-}
-
-/// Parsed header of one exported layer chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LayerHeader {
-    pub layer: usize,
-    pub n_layers: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub token_start: usize,
-    pub token_count: usize,
-}
-
-impl LayerHeader {
-    /// Body bytes (K then V) that follow the header.
-    pub fn body_len(&self) -> usize {
-        2 * self.token_count * self.kv_heads * self.head_dim * ELEM_BYTES
-    }
-
-    pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let bad = |m: String| EngineError::KvImport(m);
-        if bytes.len() < LAYER_HEADER_LEN {
-            return Err(bad(format!(
-                "chunk of {} bytes is shorter than the {LAYER_HEADER_LEN}-byte header",
-                bytes.len()
-            )));
-        }
-        if bytes[0..4] != LAYER_MAGIC {
-            return Err(bad("bad magic (not a Genie KV layer chunk)".into()));
-        }
-        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {version}, this engine reads version {FORMAT_VERSION}"
-            )));
-        }
-        if bytes[6] != DTYPE_F16 {
-            return Err(bad(format!(
-                "dtype code {} is not f16 ({DTYPE_F16})",
-                bytes[6]
-            )));
-        }
-        let u = |i: usize| {
-            u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
-        };
-        Ok(LayerHeader {
-            layer: u(8),
-            n_layers: u(12),
-            kv_heads: u(16),
-            head_dim: u(20),
-            token_start: u(24),
-            token_count: u(28),
-        })
-    }
-
-    /// Appends the header's wire form.
-    pub fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&LAYER_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.push(DTYPE_F16);
-        out.push(0);
-        for v in [
-            self.layer,
-            self.n_layers,
-            self.kv_heads,
-            self.head_dim,
-            self.token_start,
-            self.token_count,
-        ] {
-            out.extend_from_slice(&(v as u32).to_le_bytes());
-        }
     }
 }
 
@@ -223,89 +136,105 @@ impl KvCache {
         }
     }
 
-    /// Serialises tokens `range` of `layer` as one self-describing chunk.
-    pub fn export_layer(&self, layer: usize, range: Range<usize>) -> Vec<u8> {
+    /// Writes K then V of tokens `range` of `layer` (little-endian f16) to the end of
+    /// `out` and returns their shape. `out` is the caller's: a transport can send it as it
+    /// is.
+    pub fn export_layer_into(
+        &self,
+        layer: usize,
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> LayerShape {
         assert!(
             layer < self.shape.n_layers,
-            "export_layer: layer out of range"
+            "export_layer_into: layer out of range"
         );
         assert!(
             range.end <= self.layer_len(layer),
-            "export_layer: range past end"
+            "export_layer_into: range past end"
         );
         let kv = self.shape.kv_dim();
-        let header = LayerHeader {
-            layer,
-            n_layers: self.shape.n_layers,
-            kv_heads: self.shape.kv_heads,
-            head_dim: self.shape.head_dim,
-            token_start: range.start,
-            token_count: range.len(),
+        let shape = LayerShape {
+            layer: layer as u32,
+            n_layers: self.shape.n_layers as u32,
+            dtype: DTYPE_F16,
+            kv_heads: self.shape.kv_heads as u32,
+            head_dim: self.shape.head_dim as u32,
+            token_start: range.start as u32,
+            token_count: range.len() as u32,
         };
-        let mut out = Vec::with_capacity(LAYER_HEADER_LEN + header.body_len());
-        header.write(&mut out);
+        out.reserve(2 * range.len() * kv * ELEM_BYTES);
         for src in [&self.k[layer], &self.v[layer]] {
             for x in &src[range.start * kv..range.end * kv] {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        out
+        shape
     }
 
-    /// Every layer, all tokens: one chunk per layer.
-    pub fn export_all(&self) -> Vec<Vec<u8>> {
+    /// Every layer, all tokens: one `(shape, bytes)` per layer.
+    pub fn export_all(&self) -> Vec<(LayerShape, Vec<u8>)> {
         let n = self.len();
         (0..self.shape.n_layers)
-            .map(|l| self.export_layer(l, 0..n))
+            .map(|l| {
+                let mut bytes = Vec::new();
+                let shape = self.export_layer_into(l, 0..n, &mut bytes);
+                (shape, bytes)
+            })
             .collect()
     }
 
-    /// Appends one exported chunk. It must describe this model's shape, continue the layer
-    /// exactly where it ends, fit the capacity and carry exactly its declared bytes;
-    /// otherwise nothing is changed and the error says why.
-    pub fn import_layer(&mut self, chunk: &[u8]) -> Result<LayerHeader> {
-        let h = LayerHeader::parse(chunk)?;
+    /// Appends one layer's K/V as exported by [`KvCache::export_layer_into`]. The shape
+    /// must be this model's (f16), continue the layer exactly where it ends and fit the
+    /// capacity, and `bytes` must be exactly what it declares; otherwise nothing changes
+    /// and the error says why.
+    pub fn import_layer(&mut self, shape: &LayerShape, bytes: &[u8]) -> Result<()> {
         let bad = |m: String| Err(EngineError::KvImport(m));
-        if h.n_layers != self.shape.n_layers
-            || h.kv_heads != self.shape.kv_heads
-            || h.head_dim != self.shape.head_dim
+        if shape.dtype != DTYPE_F16 {
+            return bad(format!("dtype code {} is not f16 ({DTYPE_F16})", shape.dtype));
+        }
+        let (layer, start, count) = (
+            shape.layer as usize,
+            shape.token_start as usize,
+            shape.token_count as usize,
+        );
+        if shape.n_layers as usize != self.shape.n_layers
+            || shape.kv_heads as usize != self.shape.kv_heads
+            || shape.head_dim as usize != self.shape.head_dim
         {
             return bad(format!(
-                "chunk shape {} layers x {} kv heads x {} head dim does not match this model ({} x {} x {})",
-                h.n_layers, h.kv_heads, h.head_dim, self.shape.n_layers, self.shape.kv_heads, self.shape.head_dim
+                "layer shape {} layers x {} kv heads x {} head dim does not match this model ({} x {} x {})",
+                shape.n_layers, shape.kv_heads, shape.head_dim, self.shape.n_layers, self.shape.kv_heads, self.shape.head_dim
             ));
         }
-        if h.layer >= self.shape.n_layers {
-            return bad(format!("layer {} out of range", h.layer));
+        if layer >= self.shape.n_layers {
+            return bad(format!("layer {layer} out of range"));
         }
-        let have = self.layer_len(h.layer);
-        if h.token_start != have {
+        let have = self.layer_len(layer);
+        if start != have {
             return bad(format!(
-                "layer {} holds {have} tokens, chunk starts at {}",
-                h.layer, h.token_start
+                "layer {layer} holds {have} tokens, the chunk starts at {start}"
             ));
         }
-        if have + h.token_count > self.capacity {
+        if have + count > self.capacity {
             return bad(format!(
-                "chunk would grow layer {} to {} tokens, capacity is {}",
-                h.layer,
-                have + h.token_count,
+                "the chunk would grow layer {layer} to {} tokens, capacity is {}",
+                have + count,
                 self.capacity
             ));
         }
-        let body = &chunk[LAYER_HEADER_LEN..];
-        if body.len() != h.body_len() {
+        let expected = 2 * count * self.shape.kv_dim() * ELEM_BYTES;
+        if bytes.len() != expected {
             return bad(format!(
-                "chunk body is {} bytes, header declares {}",
-                body.len(),
-                h.body_len()
+                "the chunk is {} bytes, its shape declares {expected}",
+                bytes.len()
             ));
         }
-        let (k, v) = body.split_at(body.len() / 2);
+        let (k, v) = bytes.split_at(bytes.len() / 2);
         let to_f16 = |c: &[u8]| f16::from_le_bytes([c[0], c[1]]);
-        self.k[h.layer].extend(k.chunks_exact(2).map(to_f16));
-        self.v[h.layer].extend(v.chunks_exact(2).map(to_f16));
-        Ok(h)
+        self.k[layer].extend(k.chunks_exact(2).map(to_f16));
+        self.v[layer].extend(v.chunks_exact(2).map(to_f16));
+        Ok(())
     }
 }
 
@@ -331,13 +260,21 @@ mod tests {
         c
     }
 
+    fn export(c: &KvCache, layer: usize, range: Range<usize>) -> (LayerShape, Vec<u8>) {
+        let mut out = Vec::new();
+        let shape = c.export_layer_into(layer, range, &mut out);
+        (shape, out)
+    }
+
     #[test]
     fn export_import_roundtrip_is_exact_and_resumable() {
         let src = filled(5);
         let mut dst = KvCache::new(shape(), 16);
         for l in 0..2 {
-            dst.import_layer(&src.export_layer(l, 0..3)).unwrap();
-            dst.import_layer(&src.export_layer(l, 3..5)).unwrap();
+            let (s, b) = export(&src, l, 0..3);
+            dst.import_layer(&s, &b).unwrap();
+            let (s, b) = export(&src, l, 3..5);
+            dst.import_layer(&s, &b).unwrap();
         }
         assert_eq!(dst.len(), 5);
         for l in 0..2 {
@@ -347,61 +284,35 @@ mod tests {
     }
 
     #[test]
+    fn export_appends_to_the_callers_buffer() {
+        let src = filled(2);
+        let mut out = vec![7u8; 3];
+        let s = src.export_layer_into(1, 0..2, &mut out);
+        assert_eq!(out.len(), 3 + s.payload_len().unwrap());
+        assert_eq!(&out[..3], &[7, 7, 7]);
+    }
+
+    #[test]
     fn import_refuses_bad_chunks_without_changing_the_cache() {
         let src = filled(3);
-        let good = src.export_layer(0, 0..3);
+        let (good, bytes) = export(&src, 0, 0..3);
         let mut dst = KvCache::new(shape(), 16);
-        let cases: Vec<(Vec<u8>, &str)> = vec![
-            (good[..10].to_vec(), "shorter"),
-            (
-                {
-                    let mut b = good.clone();
-                    b[0] = b'X';
-                    b
-                },
-                "magic",
-            ),
-            (
-                {
-                    let mut b = good.clone();
-                    b[4] = 9;
-                    b
-                },
-                "version",
-            ),
-            (
-                {
-                    let mut b = good.clone();
-                    b.pop();
-                    b
-                },
-                "body",
-            ),
-            (
-                {
-                    let mut b = good.clone();
-                    b[24] = 1;
-                    b
-                },
-                "starts at",
-            ),
-            (
-                {
-                    let mut b = good.clone();
-                    b[16] = 7;
-                    b
-                },
-                "does not match",
-            ),
+        let cases: Vec<(LayerShape, Vec<u8>, &str)> = vec![
+            (good, bytes[..10].to_vec(), "declares"),
+            (LayerShape { dtype: 2, ..good }, bytes.clone(), "not f16"),
+            (good, bytes[..bytes.len() - 1].to_vec(), "declares"),
+            (LayerShape { token_start: 1, ..good }, bytes.clone(), "starts at"),
+            (LayerShape { kv_heads: 7, ..good }, bytes.clone(), "does not match"),
+            (LayerShape { layer: 5, ..good }, bytes.clone(), "out of range"),
         ];
-        for (chunk, want) in cases {
-            let err = dst.import_layer(&chunk).unwrap_err().to_string();
+        for (s, b, want) in cases {
+            let err = dst.import_layer(&s, &b).unwrap_err().to_string();
             assert!(err.contains(want), "{err} should mention {want}");
             assert_eq!(dst.layer_len(0), 0);
         }
         let mut small = KvCache::new(shape(), 2);
         assert!(small
-            .import_layer(&good)
+            .import_layer(&good, &bytes)
             .unwrap_err()
             .to_string()
             .contains("capacity"));
@@ -411,10 +322,12 @@ mod tests {
     fn len_counts_only_tokens_every_layer_has() {
         let src = filled(4);
         let mut dst = KvCache::new(shape(), 16);
-        dst.import_layer(&src.export_layer(0, 0..4)).unwrap();
+        let (s, b) = export(&src, 0, 0..4);
+        dst.import_layer(&s, &b).unwrap();
         assert_eq!(dst.len(), 0);
         assert!(!dst.is_consistent());
-        dst.import_layer(&src.export_layer(1, 0..4)).unwrap();
+        let (s, b) = export(&src, 1, 0..4);
+        dst.import_layer(&s, &b).unwrap();
         assert_eq!(dst.len(), 4);
         assert_eq!(dst.used_bytes(), 4 * shape().bytes_per_token());
         dst.truncate(1);

@@ -7,8 +7,11 @@
 //! - [`quant`]: the weights in their quantised block formats and the integer dot-product
 //!   kernels (AVX2 with run-time detection, portable scalar fallback);
 //! - [`model`]: the forward pass over **caller-owned** KV caches, batched across sequences;
-//! - [`kv_cache`]: the per-sequence KV cache, exportable layer by layer to self-describing
-//!   bytes and importable into another engine instance (the prefill→decode hand-off);
+//! - [`kv_cache`]: the per-sequence KV cache, exportable layer by layer (a
+//!   `genie_protocol::kv::LayerShape` and its bytes) and importable into another engine
+//!   instance (the prefill→decode hand-off);
+//! - [`model_text`]: tokenizer, chat template and configuration from GGUF metadata alone
+//!   (what a gateway needs; no tensor data is read);
 //! - [`kv_budget`]: KV memory accounting against a capacity, refusing what cannot fit;
 //! - [`tokenizer`] and [`chat_template`]: the GGUF's own BPE tokenizer and Jinja chat
 //!   template; [`sampling`] and [`stop`]: token choice and streaming-safe stop strings;
@@ -26,6 +29,7 @@ pub mod gguf;
 pub mod kv_budget;
 pub mod kv_cache;
 pub mod model;
+pub mod model_text;
 pub mod ops;
 pub mod quant;
 pub mod sampling;

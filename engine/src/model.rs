@@ -538,7 +538,10 @@ impl Model {
                         scores,
                         acc,
                     );
-                    // SAFETY: as below: the group's heads of token t0 belong to this task.
+                    // SAFETY: the group's `group` heads of token `t0` (`rows * hd` values, as
+                    // `m == 1`) belong to this task alone and end at `(g + 1) * group * hd
+                    // <= n_heads * hd <= hidden`, inside `out` (`n * hidden`, as
+                    // `run_layers` sizes it); `acc` is a separate buffer of `rows * hd`.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             acc.as_ptr(),
@@ -584,7 +587,9 @@ impl Model {
                         let dst = (t0 + ti) * hidden + head * hd;
                         let r = ti * group + h;
                         // SAFETY: each (token, head) slot of `out` belongs to exactly one
-                        // task; `dst + hd <= out.len()` because t0 + ti < n and head < n_heads.
+                        // task; `dst + hd <= out.len()` because t0 + ti < n, head < n_heads
+                        // and `out` holds `n * hidden` values (as `run_layers` sizes it);
+                        // `acc[r * hd..]` holds at least `hd` values (`r < rows`).
                         unsafe {
                             std::ptr::copy_nonoverlapping(
                                 acc[r * hd..].as_ptr(),
@@ -669,8 +674,11 @@ const QUERY_BLOCK: usize = 16;
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: attention tasks write disjoint (token, head) slots of one buffer that outlives them.
+// SAFETY: the pointer is into `attention`'s `out`, whose exclusive borrow that fn holds
+// until every task has finished; attention tasks write disjoint (token, head) slots of it.
 unsafe impl Send for OutPtr {}
+// SAFETY: shared `&OutPtr`s only copy the pointer out; the writes through it go to the
+// (token, head) slots of the one task that owns them, so concurrent use does not race.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {

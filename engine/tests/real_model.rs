@@ -4,7 +4,8 @@
 //! capacity refusal.
 
 use genie_engine::chat_template::ChatMessage;
-use genie_engine::generate::{Engine, EngineOptions, FinishReason, GenerateRequest};
+use genie_engine::generate::{Engine, EngineOptions, GenerateRequest};
+use genie_protocol::worker::FinishReason;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::sampling::{argmax, SamplingParams};
 use genie_engine::{fetch, EngineError};
@@ -205,8 +206,8 @@ fn kv_exported_to_bytes_continues_bit_identically_in_another_engine() {
     let chunks = a.export_all();
     assert_eq!(chunks.len(), e.model.config().n_layers);
     let mut b = other.model.new_cache(prompt.len() + n);
-    for c in &chunks {
-        b.import_layer(c).unwrap();
+    for (shape, bytes) in &chunks {
+        b.import_layer(shape, bytes).unwrap();
     }
     assert_eq!(b.len(), prompt.len());
     let mut toks = Vec::new();

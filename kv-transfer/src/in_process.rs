@@ -137,7 +137,7 @@ impl Drop for InProcessSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LayerMeta;
+    use crate::LayerShape;
     use std::sync::mpsc;
 
     fn endpoint(t: &InProcessTransport, name: &str) -> mpsc::Receiver<KvMessage> {
@@ -147,8 +147,8 @@ mod tests {
         rx
     }
 
-    fn meta(layer: u32) -> LayerMeta {
-        LayerMeta {
+    fn meta(layer: u32) -> LayerShape {
+        LayerShape {
             layer,
             n_layers: 2,
             dtype: crate::DTYPE_F16,

@@ -5,7 +5,7 @@
 //!
 //! - [`KvMessage`]: what a receiver sees for one transfer id: one `Layer` per model layer
 //!   (sent as soon as the layer is computed, so transfer overlaps compute) with its
-//!   [`LayerMeta`] (layer, dtype, shape, token range), then either `Complete` (with a small
+//!   [`LayerShape`] (layer, dtype, shape, token range), then either `Complete` (with a small
 //!   trailer: the first sampled token and sampler state) or `Abort`. Pipeline-parallel
 //!   stages use the same transfers for `Hidden` frames: one step's hidden states at a
 //!   stage boundary.
@@ -32,7 +32,8 @@ mod threaded;
 pub mod wire;
 
 pub use in_process::{Deliver, InProcessTransport};
-pub use message::{KvMessage, LayerMeta, DTYPE_F16, DTYPE_F32};
+pub use genie_protocol::kv::{LayerShape, DTYPE_F16, DTYPE_F32};
+pub use message::KvMessage;
 pub use registry::TransferRegistry;
 pub use tcp::TcpTransport;
 
@@ -58,7 +59,7 @@ pub trait KvSink: Send {
     /// Hands one data message (`Layer` or `Hidden`) to the transport, counting its bytes.
     fn send_data(&mut self, m: KvMessage) -> Result<(), TransferError>;
     /// Hands one layer's K/V bytes (K then V, shaped as `meta` says) to the transport.
-    fn send_layer(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+    fn send_layer(&mut self, meta: LayerShape, bytes: Vec<u8>) -> Result<(), TransferError> {
         let transfer = self.transfer();
         self.send_data(KvMessage::Layer {
             transfer,
@@ -68,7 +69,7 @@ pub trait KvSink: Send {
     }
     /// Hands one step's hidden states (`[token_count][width]` f32, shaped as `meta` says)
     /// to the next pipeline stage.
-    fn send_hidden(&mut self, meta: LayerMeta, bytes: Vec<u8>) -> Result<(), TransferError> {
+    fn send_hidden(&mut self, meta: LayerShape, bytes: Vec<u8>) -> Result<(), TransferError> {
         let transfer = self.transfer();
         self.send_data(KvMessage::Hidden {
             transfer,

@@ -97,15 +97,19 @@ pub async fn serve(
     registry: TransferRegistry,
     deliver: Deliver,
     stall: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let listener = RdmaListener::bind(addr).await?;
     loop {
-        let rdma = match listener.accept(1, 1, RDMA_MESSAGE_BYTES).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "RDMA accept failed");
-                continue;
-            }
+        let rdma = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            a = listener.accept(1, 1, RDMA_MESSAGE_BYTES) => match a {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "RDMA accept failed");
+                    continue;
+                }
+            },
         };
         let (reg, del) = (registry.clone(), Arc::clone(&deliver));
         tokio::spawn(async move {

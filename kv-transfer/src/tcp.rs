@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
 /// Payload slice checksummed and written at a time (fits in L2 with room to spare).
 const SEND_SLICE: usize = 256 << 10;
@@ -116,29 +117,48 @@ fn write_all_vectored(s: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::i
     Ok(())
 }
 
-/// Accepts KV connections until the listener fails; each connection is served by its
-/// own task. `stall` bounds the wait for the next frame of a started transfer.
+/// Accepts KV connections until `shutdown` is cancelled; each connection is served by
+/// its own task, which also ends then (aborting the transfer it carried). `stall` bounds
+/// the wait for the next frame of a started transfer.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: TransferRegistry,
     deliver: Deliver,
     stall: Duration,
+    shutdown: CancellationToken,
 ) {
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
-        let (sock, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "KV accept failed");
-                continue;
-            }
+        let (sock, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "KV accept failed");
+                    continue;
+                }
+            },
         };
         let _ = sock.set_nodelay(true);
-        let (reg, del) = (registry.clone(), Arc::clone(&deliver));
-        tokio::spawn(async move {
-            if let Err(e) = connection(sock, &reg, &del, stall).await {
+        let (reg, del, stop) = (registry.clone(), Arc::clone(&deliver), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = connection(sock, &reg, &del, stall, stop).await {
                 tracing::warn!(%peer, error = %e, "KV connection refused");
             }
         });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Hands a message to the receiver. Delivery may wait for room in a bounded queue (the
+/// decode worker's), so on a multi-threaded runtime it tells the runtime it blocks.
+fn hand_over(deliver: &Deliver, m: KvMessage) -> bool {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| deliver(m))
+        }
+        _ => deliver(m),
     }
 }
 
@@ -157,6 +177,8 @@ pub enum ReceiveError {
     Stalled(Duration),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the receiver is shutting down")]
+    ShuttingDown,
 }
 
 /// Fills `buf` within `limit`; `Ok(false)` when the stream ended first (the caller knows
@@ -179,17 +201,24 @@ async fn connection(
     registry: &TransferRegistry,
     deliver: &Deliver,
     stall: Duration,
+    shutdown: CancellationToken,
 ) -> Result<(), ReceiveError> {
     let mut current: Option<TransferId> = None;
-    let result = frames(&mut sock, registry, deliver, stall, &mut current).await;
+    let result = tokio::select! {
+        r = frames(&mut sock, registry, deliver, stall, &mut current) => r,
+        _ = shutdown.cancelled() => Err(ReceiveError::ShuttingDown),
+    };
     if let Err(e) = &result {
         // Never leave a partial sequence behind: the receiver drops what it holds.
         if let Some(t) = current {
             registry.forget(t);
-            deliver(KvMessage::Abort {
-                transfer: t,
-                reason: format!("KV transfer broken: {e}"),
-            });
+            hand_over(
+                deliver,
+                KvMessage::Abort {
+                    transfer: t,
+                    reason: format!("KV transfer broken: {e}"),
+                },
+            );
         }
     }
     result
@@ -257,7 +286,7 @@ async fn frames(
             registry.forget(hdr.transfer);
             *current = None;
         }
-        if !deliver(m) {
+        if !hand_over(deliver, m) {
             return Ok(());
         }
         if ends {

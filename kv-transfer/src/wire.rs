@@ -16,7 +16,8 @@
 //! checksum each slice just before writing it (one pass over memory, not two) and a receiver
 //! while it reads; the header has its own so a bad header is refused before any payload.
 
-use crate::message::{KvMessage, LayerMeta};
+use crate::message::KvMessage;
+use crate::LayerShape;
 use genie_protocol::TransferId;
 
 pub const WIRE_MAGIC: [u8; 4] = *b"GKVT";
@@ -62,7 +63,7 @@ pub enum FrameError {
 pub struct FrameHeader {
     pub kind: u8,
     pub transfer: TransferId,
-    pub meta: LayerMeta,
+    pub meta: LayerShape,
     pub payload_len: usize,
 }
 
@@ -98,7 +99,7 @@ pub fn payload(m: &KvMessage) -> &[u8] {
 /// The frame header of a message (the payload follows it on the wire, unchanged, then the
 /// payload's CRC-32).
 pub fn header(m: &KvMessage) -> Vec<u8> {
-    let zero = LayerMeta {
+    let zero = LayerShape {
         layer: 0,
         n_layers: 0,
         dtype: 0,
@@ -107,7 +108,7 @@ pub fn header(m: &KvMessage) -> Vec<u8> {
         token_start: 0,
         token_count: 0,
     };
-    let (kind, transfer, meta, payload): (u8, TransferId, LayerMeta, &[u8]) = match m {
+    let (kind, transfer, meta, payload): (u8, TransferId, LayerShape, &[u8]) = match m {
         KvMessage::Layer {
             transfer,
             meta,
@@ -162,7 +163,7 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
     let u = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let mut t = [0u8; 8];
     t.copy_from_slice(&h[8..16]);
-    let meta = LayerMeta {
+    let meta = LayerShape {
         layer: u(16),
         n_layers: u(20),
         dtype: h[7],
@@ -238,12 +239,12 @@ pub fn finish_checked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::DTYPE_F16;
+    use crate::DTYPE_F16;
 
     fn layer() -> KvMessage {
         KvMessage::Layer {
             transfer: TransferId(9),
-            meta: LayerMeta {
+            meta: LayerShape {
                 layer: 3,
                 n_layers: 30,
                 dtype: DTYPE_F16,
@@ -292,10 +293,10 @@ mod tests {
     fn hidden() -> KvMessage {
         KvMessage::Hidden {
             transfer: TransferId(5),
-            meta: LayerMeta {
+            meta: LayerShape {
                 layer: 15,
                 n_layers: 30,
-                dtype: crate::message::DTYPE_F32,
+                dtype: crate::DTYPE_F32,
                 kv_heads: 1,
                 head_dim: 6,
                 token_start: 7,

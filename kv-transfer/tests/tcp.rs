@@ -2,15 +2,15 @@
 //! close the connection and abort the transfer, never a partial sequence.
 
 use genie_kv_transfer::{
-    tcp, wire, KvMessage, KvTransport, LayerMeta, TcpTransport, TransferRegistry, DTYPE_F16,
+    tcp, wire, KvMessage, KvTransport, LayerShape, TcpTransport, TransferRegistry, DTYPE_F16,
 };
 use genie_protocol::TransferId;
 use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-fn meta(layer: u32) -> LayerMeta {
-    LayerMeta {
+fn meta(layer: u32) -> LayerShape {
+    LayerShape {
         layer,
         n_layers: 2,
         dtype: DTYPE_F16,
@@ -34,7 +34,13 @@ fn receiver(
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    rt.spawn(tcp::serve(listener, registry.clone(), deliver, stall));
+    rt.spawn(tcp::serve(
+        listener,
+        registry.clone(),
+        deliver,
+        stall,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     (addr, registry, rx)
 }
 
@@ -199,7 +205,7 @@ fn a_sender_facing_a_stalled_receiver_times_out() {
         ..TcpTransport::default()
     };
     let mut sink = transport.open(&addr, TransferId(8)).unwrap();
-    let big = LayerMeta {
+    let big = LayerShape {
         kv_heads: 8,
         head_dim: 128,
         token_count: 4096,
@@ -209,7 +215,7 @@ fn a_sender_facing_a_stalled_receiver_times_out() {
     let mut failed_early = false;
     for layer in 0..2 {
         let bytes = vec![7u8; big.payload_len().unwrap()];
-        if sink.send_layer(LayerMeta { layer, ..big }, bytes).is_err() {
+        if sink.send_layer(LayerShape { layer, ..big }, bytes).is_err() {
             failed_early = true;
             break;
         }

@@ -8,10 +8,10 @@
 //! transfer) and completes the transfer with the [`Handoff`](genie_protocol::worker::Handoff).
 //! A sequence that ends at its first token aborts its transfer, freeing the decode slot.
 //!
-//! [`service`] is the worker's HTTP control API when it runs as its own process
-//! (`genie prefill-worker`).
+//! [`PrefillWorker::admit`] is the one way in, for the gateway's in-process pool and for
+//! this crate's HTTP [`service`] (`genie prefill-worker`) alike.
 
 pub mod service;
 mod worker;
 
-pub use worker::{PrefillConfig, PrefillJob, PrefillStats, PrefillWorker};
+pub use worker::{PrefillConfig, PrefillSeq, PrefillStats, PrefillWorker, DEFAULT_QUEUE};

@@ -1,127 +1,55 @@
-//! The prefill worker's control API for a separate process (`genie prefill-worker`):
-//! `POST /internal/prefill` queues one prompt, opens the TCP KV transfer to the decode
-//! worker named in the request, and streams the sequence's first events as JSON lines.
+//! The prefill worker's control API for a separate process (`genie prefill-worker`), a
+//! thin adapter over [`PrefillWorker::admit`]: `POST /internal/prefill` admits one prompt
+//! (opening the KV transfer to the decode worker named in the request) and streams the
+//! sequence's first events as JSON lines; `GET /internal/status` reports load.
 
-use crate::worker::{PrefillJob, PrefillWorker};
-use axum::body::{Body, Bytes};
+use crate::worker::{PrefillSeq, PrefillWorker};
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
 use genie_engine::sampling::Sampler;
-use genie_kv_transfer::KvTransport;
-use genie_protocol::worker::{PrefillRequest, SeqEvent, WorkerStatus};
-use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use genie_protocol::worker::{PrefillRequest, WorkerStatus};
+use genie_worker_core::control::{event_response, health};
+use genie_worker_core::{event_channel, AdmitError};
 use std::sync::Arc;
 
-pub struct PrefillService {
-    pub worker: PrefillWorker,
-    pub transport: Arc<dyn KvTransport>,
-}
-
-fn refuse(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
-
-fn event_body(rx: tokio::sync::mpsc::UnboundedReceiver<SeqEvent>) -> Body {
-    let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = rx.recv().await?;
-        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-        line.push(b'\n');
-        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
-    });
-    Body::from_stream(s.boxed())
-}
-
-async fn prefill(
-    State(svc): State<Arc<PrefillService>>,
-    Json(req): Json<PrefillRequest>,
-) -> Response {
+async fn prefill(State(w): State<Arc<PrefillWorker>>, Json(req): Json<PrefillRequest>) -> Response {
     let sampler: Sampler = match serde_json::from_value(req.sampler) {
         Ok(s) => s,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "sampler",
-                format!("bad sampler state: {e}"),
-            )
-        }
+        Err(e) => return AdmitError::Invalid(format!("bad sampler state: {e}")).into_response(),
     };
-    if req.prompt.is_empty() {
-        return refuse(StatusCode::BAD_REQUEST, "prompt", "empty prompt".into());
-    }
-    let transport = Arc::clone(&svc.transport);
-    let (endpoint, transfer) = (req.kv_endpoint.clone(), req.transfer);
-    let sink = match tokio::task::spawn_blocking(move || transport.open(&endpoint, transfer)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse(StatusCode::BAD_GATEWAY, "kv_connect", e.to_string()),
-        Err(_) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "connect task failed".into(),
-            )
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let job = PrefillJob {
+    let max_tokens = req.max_tokens as usize;
+    let (tx, rx) = event_channel(max_tokens);
+    let seq = PrefillSeq {
         id: req.seq,
+        transfer: req.transfer,
+        kv_endpoint: req.kv_endpoint,
         prompt: req.prompt,
-        max_tokens: req.max_tokens as usize,
+        max_tokens,
         stop_token_ids: req.stop_token_ids,
         sampler,
-        events: tx,
-        sink,
     };
-    if svc.worker.submit(job).is_err() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopped",
-            "the prefill loop stopped".into(),
-        );
-    }
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        event_body(rx),
-    )
-        .into_response()
-}
-
-pub fn status(w: &PrefillWorker) -> WorkerStatus {
-    WorkerStatus {
-        load: w.stats().load.load(Ordering::Relaxed) as u64,
-        queued_tokens: w.stats().queued_tokens.load(Ordering::Relaxed) as u64,
-        running: 0,
-        kv_capacity_bytes: 0,
-        kv_free_bytes: 0,
-        max_batch: w.config.max_batch_tokens as u64,
+    // Opening the transfer connects to the decode worker: off the runtime.
+    match tokio::task::spawn_blocking(move || w.admit(seq, tx)).await {
+        Ok(Ok(())) => event_response(rx),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => AdmitError::Stopped.into_response(),
     }
 }
 
-async fn status_handler(State(svc): State<Arc<PrefillService>>) -> Json<WorkerStatus> {
-    Json(status(&svc.worker))
+async fn status(State(w): State<Arc<PrefillWorker>>) -> Json<WorkerStatus> {
+    Json(w.status())
 }
 
-async fn health(State(svc): State<Arc<PrefillService>>) -> StatusCode {
-    if svc.worker.is_alive() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
+async fn alive(State(w): State<Arc<PrefillWorker>>) -> axum::http::StatusCode {
+    health(w.is_alive())
 }
 
-pub fn router(svc: Arc<PrefillService>) -> Router {
+pub fn router(worker: Arc<PrefillWorker>) -> Router {
     Router::new()
         .route("/internal/prefill", post(prefill))
-        .route("/internal/status", get(status_handler))
-        .route("/health", get(health))
-        .with_state(svc)
+        .route("/internal/status", get(status))
+        .route("/health", get(alive))
+        .with_state(worker)
 }

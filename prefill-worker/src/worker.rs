@@ -1,35 +1,56 @@
-//! The prefill worker's handle and its compute loop.
+//! The prefill worker's handle, its admission and its compute loop.
 
-use genie_engine::kv_cache::{LayerHeader, LAYER_HEADER_LEN};
 use genie_engine::model::{Model, Segment};
-use genie_engine::sampling::{Sampled, Sampler};
+use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
-use genie_kv_transfer::{KvSink, LayerMeta, DTYPE_F16};
-use genie_protocol::worker::{Finish, Handoff, SeqEvent, TokenOut};
-use genie_protocol::{SeqId, WorkerId};
+use genie_kv_transfer::{KvSink, KvTransport};
+use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
+use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_worker_core::thread::Inbox;
+use genie_worker_core::{next_token, AdmitError, EventSender, Next, WorkerThread};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use tokio::sync::mpsc::UnboundedSender;
+
+/// Prompts a prefill worker's queue holds at most; a full queue refuses as busy.
+pub const DEFAULT_QUEUE: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct PrefillConfig {
     pub id: WorkerId,
     /// Most prompt tokens in one forward (a longer single prompt still runs alone).
     pub max_batch_tokens: usize,
+    /// Capacity of the input queue.
+    pub queue: usize,
 }
 
-/// One prompt to prefill.
-pub struct PrefillJob {
+/// One prompt to prefill, and where its KV goes.
+pub struct PrefillSeq {
     pub id: SeqId,
+    pub transfer: TransferId,
+    /// The decode worker's KV endpoint, which reserved the sequence's KV.
+    pub kv_endpoint: String,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub stop_token_ids: Vec<u32>,
     pub sampler: Sampler,
-    pub events: UnboundedSender<SeqEvent>,
+}
+
+/// A queued prompt with its open transfer.
+struct Job {
+    seq: Prompted,
     /// Towards the decode worker that reserved the sequence's KV.
-    pub sink: Box<dyn KvSink>,
+    sink: Box<dyn KvSink>,
+}
+
+/// What a queued prompt needs besides its transfer.
+struct Prompted {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    stop_token_ids: Vec<u32>,
+    sampler: Sampler,
+    events: EventSender,
 }
 
 #[derive(Debug, Default)]
@@ -40,47 +61,71 @@ pub struct PrefillStats {
     pub queued_tokens: AtomicUsize,
 }
 
-enum Input {
-    Job(Box<PrefillJob>),
-    Shutdown,
-}
-
 pub struct PrefillWorker {
     pub config: PrefillConfig,
-    tx: mpsc::Sender<Input>,
+    thread: WorkerThread<Job>,
+    transport: Arc<dyn KvTransport>,
     stats: Arc<PrefillStats>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PrefillWorker {
-    pub fn start(config: PrefillConfig, model: Model) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
+    /// Starts the compute thread; `transport` reaches the decode workers' KV endpoints.
+    pub fn start(
+        config: PrefillConfig,
+        model: Model,
+        transport: Arc<dyn KvTransport>,
+    ) -> std::io::Result<Self> {
         let stats = Arc::new(PrefillStats::default());
         let st = Arc::clone(&stats);
         let cfg = config.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("genie-prefill-{}", config.id.0))
-            .spawn(move || run(cfg, model, st, rx))?;
+        let thread = WorkerThread::start(
+            format!("genie-prefill-{}", config.id.0),
+            config.queue,
+            move |rx| run(cfg, model, st, rx),
+        )?;
         Ok(PrefillWorker {
             config,
-            tx,
+            thread,
+            transport,
             stats,
-            thread: Some(thread),
         })
     }
 
-    /// Queues a job; gives it back if the worker has stopped.
-    pub fn submit(&self, job: PrefillJob) -> Result<(), Box<PrefillJob>> {
+    /// Admits one prompt: opens its KV transfer to the decode worker (which has already
+    /// reserved the KV; [`AdmitError::KvUnreachable`] when it cannot be reached) and
+    /// queues it ([`AdmitError::Busy`] when the queue is full). The first token (or the
+    /// end) goes to `events`. Opening a network transfer may block for the transport's
+    /// connect timeout: call it off any async runtime.
+    pub fn admit(&self, s: PrefillSeq, events: EventSender) -> Result<(), AdmitError> {
+        if s.prompt.is_empty() {
+            return Err(AdmitError::Invalid("the prompt is empty".into()));
+        }
+        if s.max_tokens == 0 {
+            return Err(AdmitError::Invalid("max_tokens must be at least 1".into()));
+        }
+        let sink = self
+            .transport
+            .open(&s.kv_endpoint, s.transfer)
+            .map_err(|e| AdmitError::KvUnreachable(e.to_string()))?;
+        let n = s.prompt.len();
         self.stats.load.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .queued_tokens
-            .fetch_add(job.prompt.len(), Ordering::Relaxed);
-        self.tx
-            .send(Input::Job(Box::new(job)))
-            .map_err(|e| match e.0 {
-                Input::Job(j) => j,
-                Input::Shutdown => unreachable!("only jobs are submitted"),
-            })
+        self.stats.queued_tokens.fetch_add(n, Ordering::Relaxed);
+        let job = Job {
+            seq: Prompted {
+                prompt: s.prompt,
+                max_tokens: s.max_tokens,
+                stop_token_ids: s.stop_token_ids,
+                sampler: s.sampler,
+                events,
+            },
+            sink,
+        };
+        self.thread.try_send(job).map_err(|(e, job)| {
+            self.stats.load.fetch_sub(1, Ordering::Relaxed);
+            self.stats.queued_tokens.fetch_sub(n, Ordering::Relaxed);
+            job.sink.abort("the prefill worker refused the sequence");
+            e
+        })
     }
 
     pub fn stats(&self) -> &PrefillStats {
@@ -88,64 +133,55 @@ impl PrefillWorker {
     }
 
     pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.thread.is_alive()
     }
-}
 
-impl Drop for PrefillWorker {
-    fn drop(&mut self) {
-        let _ = self.tx.send(Input::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Load and queued prompt tokens, as heartbeats and the gateway's placement read them.
+    pub fn status(&self) -> genie_protocol::worker::WorkerStatus {
+        genie_protocol::worker::WorkerStatus {
+            load: self.stats.load.load(Ordering::Relaxed) as u64,
+            queued_tokens: self.stats.queued_tokens.load(Ordering::Relaxed) as u64,
+            running: 0,
+            kv_capacity_bytes: 0,
+            kv_free_bytes: 0,
+            max_batch: self.config.max_batch_tokens as u64,
         }
     }
 }
 
-fn token_out(s: &Sampled) -> TokenOut {
-    TokenOut {
-        token: s.token,
-        logprob: s.logprob,
-        top_logprobs: s
-            .top_logprobs
-            .iter()
-            .map(|t| (t.token, t.logprob))
-            .collect(),
-    }
-}
-
-fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiver<Input>) {
+fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiver<Inbox<Job>>) {
     let label = config.id.0.to_string();
-    let mut carry: Option<PrefillJob> = None;
+    let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv() {
-                Ok(Input::Job(j)) => *j,
-                Ok(Input::Shutdown) | Err(_) => return,
+                Ok(Inbox::Work(j)) => j,
+                Ok(Inbox::Shutdown) | Err(_) => return,
             },
         };
         let mut jobs = vec![first];
-        let mut tokens = jobs[0].prompt.len();
+        let mut tokens = jobs[0].seq.prompt.len();
         loop {
             match rx.try_recv() {
-                Ok(Input::Job(j)) => {
-                    if tokens + j.prompt.len() > config.max_batch_tokens {
-                        carry = Some(*j);
+                Ok(Inbox::Work(j)) => {
+                    if tokens + j.seq.prompt.len() > config.max_batch_tokens {
+                        carry = Some(j);
                         break;
                     }
-                    tokens += j.prompt.len();
-                    jobs.push(*j);
+                    tokens += j.seq.prompt.len();
+                    jobs.push(j);
                 }
-                Ok(Input::Shutdown) => return,
+                Ok(Inbox::Shutdown) => return,
                 Err(_) => break,
             }
         }
         let (n, t) = (jobs.len(), tokens);
         // Clients that left while queued: dropping the job aborts its transfer.
-        jobs.retain(|j| !j.events.is_closed());
+        jobs.retain(|j| !j.seq.events.is_closed());
         if !jobs.is_empty() {
             metrics::histogram!("genie_prefill_batch_tokens", "worker" => label.clone())
-                .record(jobs.iter().map(|j| j.prompt.len()).sum::<usize>() as f64);
+                .record(jobs.iter().map(|j| j.seq.prompt.len()).sum::<usize>() as f64);
             // A fault in one batch fails that batch's requests (their senders drop), not
             // the worker.
             let run = std::panic::AssertUnwindSafe(|| prefill(&model, jobs, &label));
@@ -160,63 +196,37 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
     }
 }
 
-/// One layer of a segment's new tokens as wire metadata and K/V payload.
-fn export(seg: &Segment, layer: usize) -> (LayerMeta, Vec<u8>) {
-    let start = seg.cache.layer_len(layer) - seg.tokens.len();
-    let mut chunk = seg
-        .cache
-        .export_layer(layer, start..start + seg.tokens.len());
-    let h = LayerHeader::parse(&chunk).expect("the engine parses its own chunks");
-    let meta = LayerMeta {
-        layer: h.layer as u32,
-        n_layers: h.n_layers as u32,
-        dtype: DTYPE_F16,
-        kv_heads: h.kv_heads as u32,
-        head_dim: h.head_dim as u32,
-        token_start: h.token_start as u32,
-        token_count: h.token_count as u32,
-    };
-    (meta, chunk.split_off(LAYER_HEADER_LEN))
+fn fail(events: &EventSender, code: FailureCode, message: &str) {
+    events.send(SeqEvent::failed(code, message));
 }
 
 /// Prefills `jobs` in one forward, shipping each layer as it completes. A sequence whose
 /// client leaves mid-prefill has its transfer aborted at the next layer, so the decode
 /// worker frees its reservation without waiting for the batch to end.
-fn prefill(model: &Model, jobs: Vec<PrefillJob>, label: &str) {
+fn prefill(model: &Model, jobs: Vec<Job>, label: &str) {
     let mut caches: Vec<_> = jobs
         .iter()
-        .map(|j| model.new_cache(j.prompt.len()))
+        .map(|j| model.new_cache(j.seq.prompt.len()))
         .collect();
     let reserved: usize = caches.iter().map(|c| c.reserved_bytes()).sum();
     metrics::gauge!("genie_kv_cache_used_bytes", "worker" => label.to_string())
         .set(reserved as f64);
-    let mut sinks: Vec<Option<Box<dyn KvSink>>> = Vec::with_capacity(jobs.len());
-    let mut rest = Vec::with_capacity(jobs.len());
-    for j in jobs {
-        let PrefillJob {
-            id,
-            prompt,
-            max_tokens,
-            stop_token_ids,
-            sampler,
-            events,
-            sink,
-        } = j;
-        sinks.push(Some(sink));
-        rest.push((id, prompt, max_tokens, stop_token_ids, sampler, events));
-    }
+    // The sinks apart from the jobs: the per-layer hook takes them while the forward
+    // borrows the prompts.
+    let (mut sinks, jobs): (Vec<Option<Box<dyn KvSink>>>, Vec<Prompted>) =
+        jobs.into_iter().map(|j| (Some(j.sink), j.seq)).unzip();
     let result = {
-        let mut segs: Vec<Segment> = rest
+        let mut segs: Vec<Segment> = jobs
             .iter()
             .zip(caches.iter_mut())
-            .map(|(r, c)| Segment {
-                tokens: &r.1,
+            .map(|(j, c)| Segment {
+                tokens: &j.prompt,
                 cache: c,
             })
             .collect();
         let mut ship = |layer: usize, segs: &[Segment]| {
-            for ((seg, slot), r) in segs.iter().zip(sinks.iter_mut()).zip(&rest) {
-                if r.5.is_closed() {
+            for ((seg, slot), j) in segs.iter().zip(sinks.iter_mut()).zip(&jobs) {
+                if j.events.is_closed() {
                     if let Some(sink) = slot.take() {
                         sink.abort("client went away");
                         metrics::counter!("genie_prefill_cancelled_total", "worker" => label.to_string())
@@ -224,8 +234,14 @@ fn prefill(model: &Model, jobs: Vec<PrefillJob>, label: &str) {
                     }
                 }
                 if let Some(sink) = slot {
-                    let (meta, bytes) = export(seg, layer);
-                    if let Err(e) = sink.send_layer(meta, bytes) {
+                    let start = seg.cache.layer_len(layer) - seg.tokens.len();
+                    let mut bytes = Vec::new();
+                    let shape = seg.cache.export_layer_into(
+                        layer,
+                        start..start + seg.tokens.len(),
+                        &mut bytes,
+                    );
+                    if let Err(e) = sink.send_layer(shape, bytes) {
                         tracing::warn!(error = %e, "KV send failed; dropping the sequence");
                         *slot = None;
                     }
@@ -244,53 +260,52 @@ fn prefill(model: &Model, jobs: Vec<PrefillJob>, label: &str) {
         Ok(l) => l,
         Err(EngineError::Cancelled) => {
             // Every sequence's client left or its transfer failed; tell any still listening.
-            for r in &rest {
-                let _ = r.5.send(SeqEvent::Failed("KV transfer failed".into()));
+            for j in &jobs {
+                fail(&j.events, FailureCode::TransferFailed, "KV transfer failed");
             }
             return;
         }
         Err(e) => {
             tracing::error!(error = %e, "prefill failed");
-            for (r, sink) in rest.iter().zip(sinks) {
+            for (j, sink) in jobs.iter().zip(sinks) {
                 if let Some(s) = sink {
                     s.abort("prefill failed");
                 }
-                let _ = r.5.send(SeqEvent::Failed("internal error".into()));
+                fail(&j.events, FailureCode::Internal, "internal error");
             }
             return;
         }
     };
-    for ((r, sink), mut l) in rest.into_iter().zip(sinks).zip(logits) {
-        let (_id, prompt, max_tokens, stop_ids, mut sampler, events) = r;
+    for ((mut j, sink), mut l) in jobs.into_iter().zip(sinks).zip(logits) {
         let Some(sink) = sink else {
-            let _ = events.send(SeqEvent::Failed("KV transfer failed".into()));
+            fail(&j.events, FailureCode::TransferFailed, "KV transfer failed");
             continue;
         };
-        let s = sampler.sample(&mut l);
-        if stop_ids.contains(&s.token) {
-            sink.abort("finished at the first token");
-            let _ = events.send(SeqEvent::Finished(Finish::Stop));
-            continue;
-        }
-        sampler.record(s.token);
-        if events.send(SeqEvent::Token(token_out(&s))).is_err() {
-            sink.abort("client went away");
-            continue;
-        }
-        if max_tokens <= 1 {
-            sink.abort("finished at the first token");
-            let _ = events.send(SeqEvent::Finished(Finish::Length));
-            continue;
-        }
+        let mut generated = 0;
+        let first = match next_token(
+            &mut j.sampler,
+            &mut l,
+            &j.stop_token_ids,
+            &mut generated,
+            j.max_tokens,
+            &j.events,
+        ) {
+            Next::Continue(t) => t,
+            Next::Ended => {
+                // Finished at the first token (or the client left): free the decode slot.
+                sink.abort("finished at the first token");
+                continue;
+            }
+        };
         let handoff = Handoff {
-            prompt_tokens: prompt.len() as u32,
-            first_token: s.token,
-            sampler: serde_json::to_value(&sampler).unwrap_or_default(),
+            prompt_tokens: j.prompt.len() as u32,
+            first_token: first,
+            sampler: serde_json::to_value(&j.sampler).unwrap_or_default(),
         };
         let trailer = serde_json::to_vec(&handoff).unwrap_or_default();
         if let Err(e) = sink.complete(trailer) {
             tracing::warn!(error = %e, "KV hand-off failed");
-            let _ = events.send(SeqEvent::Failed("KV transfer failed".into()));
+            fail(&j.events, FailureCode::TransferFailed, "KV transfer failed");
         }
     }
 }

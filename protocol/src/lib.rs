@@ -3,12 +3,15 @@
 //! The vocabulary every Genie crate shares: OpenAI-compatible request/response types,
 //! gateway↔worker messages, and id newtypes. Ids are never bare integers across crates.
 //!
+//! - [`kv`]: [`kv::LayerShape`], the shape of one layer of KV as the engine exports it and
+//!   the KV transports carry it;
 //! - [`openai`]: the OpenAI request/response/error types the gateway speaks;
 //! - [`worker`]: sequence events workers send the gateway, the prefill→decode hand-off, and
 //!   the gateway↔worker control messages of separate processes (registration, status,
 //!   prefill and decode requests, the worker list);
 //! - id newtypes ([`RequestId`], [`WorkerId`], [`TransferId`], [`SeqId`]).
 
+pub mod kv;
 pub mod openai;
 pub mod worker;
 

@@ -13,13 +13,101 @@ pub struct TokenOut {
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Why a sequence ended normally. The one finish-reason type: the engine's generation
+/// loop, the workers and the HTTP API all speak it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Finish {
-    /// A stop token ended the sequence.
+pub enum FinishReason {
+    /// A stop token or stop string ended the sequence.
     Stop,
     /// `max_tokens` was reached.
     Length,
+}
+
+impl FinishReason {
+    /// The OpenAI `finish_reason` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Why a worker could not start or continue a sequence: decided once, where the failure
+/// happens, so the gateway chooses retry, wait or fail from the code, never from text or
+/// an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The worker's input queue is full: another worker (or later) may take it.
+    Busy,
+    /// The decode worker has no KV room for the sequence now: wait for room.
+    NoKvRoom,
+    /// The client went away; nobody is listening.
+    Cancelled,
+    /// The KV transfer broke, timed out or was refused by the decode worker.
+    TransferFailed,
+    /// The prefill worker cannot reach the decode worker's KV endpoint.
+    KvUnreachable,
+    /// The control request was malformed (a gateway/worker version mismatch).
+    InvalidRequest,
+    /// The worker is shutting down or its compute thread has stopped.
+    Stopped,
+    /// The worker's event stream broke off (the worker process died or was cut off).
+    WorkerLost,
+    /// Anything else; details go to the worker's log, not to the client.
+    Internal,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::Busy => "busy",
+            FailureCode::NoKvRoom => "no_kv_room",
+            FailureCode::Cancelled => "cancelled",
+            FailureCode::TransferFailed => "transfer_failed",
+            FailureCode::KvUnreachable => "kv_unreachable",
+            FailureCode::InvalidRequest => "invalid_request",
+            FailureCode::Stopped => "stopped",
+            FailureCode::WorkerLost => "worker_lost",
+            FailureCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A typed failure with a message that is safe to show a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: FailureCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// The body of a worker control API refusal: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlError {
+    pub error: Failure,
 }
 
 /// Events of one sequence, in order: tokens, then exactly one `Finished` or `Failed`.
@@ -28,9 +116,9 @@ pub enum SeqEvent {
     /// The sequence's decode worker started running it (it left the waiting queue).
     Running,
     Token(TokenOut),
-    Finished(Finish),
-    /// The sequence could not go on; the message is safe to show a client.
-    Failed(String),
+    Finished(FinishReason),
+    /// The sequence could not go on.
+    Failed(Failure),
 }
 
 /// The trailer of a KV transfer: what the decode worker needs to continue the sequence.
@@ -128,4 +216,23 @@ pub struct WorkerInfo {
     pub source: String,
     pub seconds_since_seen: f64,
     pub status: WorkerStatus,
+}
+
+impl SeqEvent {
+    /// A failure event.
+    pub fn failed(code: FailureCode, message: impl Into<String>) -> Self {
+        SeqEvent::Failed(Failure::new(code, message))
+    }
+
+    /// `Finished` and `Failed` end a sequence's stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, SeqEvent::Finished(_) | SeqEvent::Failed(_))
+    }
+}
+
+/// Most events one sequence can send: `Running`, one `Token` per generated token, and one
+/// final event. A channel of this capacity never finds itself full, so a worker's compute
+/// thread never waits on a slow client, yet the channel is bounded.
+pub fn events_capacity(max_tokens: usize) -> usize {
+    max_tokens.saturating_add(3)
 }

@@ -105,7 +105,8 @@ fn quantize_all(x: &[f32], f: impl Fn(&[f32]) -> ActBlock + Sync + Send) -> Vec<
 fn act_block(x: &[f32], with_sum: bool) -> ActBlock {
     #[cfg(target_arch = "x86_64")]
     if super::kernel_kind() != super::KernelKind::Scalar {
-        // SAFETY: kernel_kind() is not Scalar only where AVX2/FMA/F16C were detected.
+        // SAFETY: kernel_kind() is not Scalar only where `dot_avx2::available()` detected
+        // AVX2, FMA and F16C on this CPU.
         return unsafe { simd::act_block(x, with_sum) };
     }
     if with_sum {
@@ -124,16 +125,23 @@ mod simd {
     /// The scalar quantisers' arithmetic, eight lanes at a time: `|x|` maximum (exact),
     /// `d = amax / 127`, `q = round_half_even(x * (127 / amax))` (the same f32 product,
     /// rounded by the same rule), the exact integer sum of `q`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn act_block(x: &[f32], with_sum: bool) -> ActBlock {
         assert!(x.len() >= QK);
         let p = x.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
+        // SAFETY: `x.len() >= QK == 32` (asserted above): the four unaligned 8-value
+        // loads cover `x[..32]`.
+        let v = unsafe {
+            [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ]
+        };
         let sign = _mm256_set1_ps(-0.0);
         let mut m = _mm256_andnot_ps(sign, v[0]);
         for vi in &v[1..] {
@@ -165,7 +173,8 @@ mod simd {
             _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
         );
         let mut qs = [0i8; QK];
-        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes);
+        // SAFETY: an unaligned store of 32 bytes into the 32-byte array `qs`.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes) };
         ActBlock {
             d: f16::from_f32(d).to_f32(),
             s: if with_sum {

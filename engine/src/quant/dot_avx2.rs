@@ -39,23 +39,36 @@ mod imp {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU has F16C (the callers are kernels with `#[target_feature]` F16C).
     #[inline(always)]
     unsafe fn f16(v: half::f16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.to_bits() as i32)))
+        // SAFETY: F16C is this fn's precondition; the rest is SSE2, baseline on x86_64.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.to_bits() as i32))) }
     }
 
+    /// # Safety
+    /// The CPU has AVX (the callers are kernels with `#[target_feature]` AVX2).
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
+        // SAFETY: AVX is this fn's precondition, and implies the SSE3 of `movehdup`;
+        // register operations only, no memory access.
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
     }
 
     /// With `MINIMA` false the minimum terms are left out (the caller adds those of
     /// [`min_terms`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; every `w[r]` holds `w[0].len()` blocks and every
+    /// `a[t]` at least that many ([`super::super::check_tile`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize, const MINIMA: bool>(
         w: [&[BlockQ4_1]; R],
@@ -70,20 +83,27 @@ mod imp {
             let mut dw = [0.0f32; R];
             let mut mw = [0.0f32; R];
             for r in 0..R {
-                let bw = w[r].get_unchecked(b);
+                // SAFETY: `b < w[0].len()`, which every weight row holds (the caller's
+                // contract).
+                let bw = unsafe { w[r].get_unchecked(b) };
                 // d and m are adjacent f16s: widen both with one conversion.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
-                    bw as *const BlockQ4_1 as *const i32,
-                )));
+                // SAFETY: `BlockQ4_1` is `repr(C)` with `d` and `m` in its first four
+                // bytes; the read is of `*bw` only, unaligned allowed.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe {
+                    std::ptr::read_unaligned(bw as *const BlockQ4_1 as *const i32)
+                }));
                 dw[r] = _mm_cvtss_f32(dm);
                 mw[r] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                let packed = _mm_loadu_si128(bw.qs.as_ptr() as *const __m128i);
+                // SAFETY: reads the 16 bytes of `bw.qs` (an unaligned load).
+                let packed = unsafe { _mm_loadu_si128(bw.qs.as_ptr() as *const __m128i) };
                 let hi = _mm_srli_epi16(packed, 4);
                 bx[r] = _mm256_and_si256(_mm256_set_m128i(hi, packed), lowmask);
             }
             for t in 0..N {
-                let ba = a[t].get_unchecked(b);
-                let by = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
+                // SAFETY: `b < w[0].len() <= a[t].len()` (the caller's contract).
+                let ba = unsafe { a[t].get_unchecked(b) };
+                // SAFETY: reads the 32 bytes of `ba.qs` (an unaligned load).
+                let by = unsafe { _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i) };
                 for r in 0..R {
                     if MINIMA {
                         summs[r][t] += mw[r] * ba.s;
@@ -99,7 +119,8 @@ mod imp {
         let mut out = [[0.0f32; N]; R];
         for r in 0..R {
             for t in 0..N {
-                out[r][t] = hsum(acc[r][t]) + summs[r][t];
+                // SAFETY: this fn's target features include the AVX `hsum` needs.
+                out[r][t] = unsafe { hsum(acc[r][t]) } + summs[r][t];
             }
         }
         out
@@ -108,6 +129,10 @@ mod imp {
     /// The minimum terms of one strip of sixteen Q4_1 rows for `N` tokens (two 8-lane
     /// halves): lane `r` of `out[t]` is `Σ_b m[r][b] · s[t][b]`, multiplied then added in
     /// block order from zero, as the tile kernels sum them.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; every `a[t]` holds at least `mins.len() / 16`
+    /// blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::needless_range_loop)] // acc and out indexed by the same token
     pub unsafe fn min_terms<const N: usize>(
@@ -117,12 +142,17 @@ mod imp {
         let mut acc = [[_mm256_setzero_ps(); 2]; N];
         let mp = mins.as_ptr() as *const __m128i;
         for b in 0..mins.len() / 16 {
-            let m = [
-                _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b))),
-                _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b + 1))),
-            ];
+            // SAFETY: `b < mins.len() / 16`, so the two 8-value (16-byte) halves of block
+            // `b`'s sixteen minima lie inside `mins`; unaligned loads.
+            let m = unsafe {
+                [
+                    _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b))),
+                    _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b + 1))),
+                ]
+            };
             for t in 0..N {
-                let s = _mm256_set1_ps(a[t].get_unchecked(b).s);
+                // SAFETY: `b < mins.len() / 16 <= a[t].len()` (the caller's contract).
+                let s = _mm256_set1_ps(unsafe { a[t].get_unchecked(b) }.s);
                 for h in 0..2 {
                     acc[t][h] = _mm256_add_ps(acc[t][h], _mm256_mul_ps(m[h], s));
                 }
@@ -131,12 +161,16 @@ mod imp {
         let mut out = [[0.0f32; 16]; N];
         for t in 0..N {
             for h in 0..2 {
-                _mm256_storeu_ps(out[t].as_mut_ptr().add(8 * h), acc[t][h]);
+                // SAFETY: `8 * h + 8 <= 16`: the store stays inside `out[t]`.
+                unsafe { _mm256_storeu_ps(out[t].as_mut_ptr().add(8 * h), acc[t][h]) };
             }
         }
         out
     }
 
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; every `w[r]` holds `w[0].len()` blocks and every
+    /// `a[t]` at least that many ([`super::super::check_tile`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8_0_q8_0<const R: usize, const N: usize>(
         w: [&[BlockQ8_0]; R],
@@ -149,14 +183,20 @@ mod imp {
             let mut ax = [_mm256_setzero_si256(); R];
             let mut dw = [0.0f32; R];
             for r in 0..R {
-                let bw = w[r].get_unchecked(b);
-                dw[r] = f16(bw.d);
-                x[r] = _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i);
+                // SAFETY: `b < w[0].len()`, which every weight row holds (the caller's
+                // contract).
+                let bw = unsafe { w[r].get_unchecked(b) };
+                // SAFETY: this fn's target features include the F16C `f16` needs.
+                dw[r] = unsafe { f16(bw.d) };
+                // SAFETY: reads the 32 bytes of `bw.qs` (an unaligned load).
+                x[r] = unsafe { _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i) };
                 ax[r] = _mm256_sign_epi8(x[r], x[r]);
             }
             for t in 0..N {
-                let ba = a[t].get_unchecked(b);
-                let y = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
+                // SAFETY: `b < w[0].len() <= a[t].len()` (the caller's contract).
+                let ba = unsafe { a[t].get_unchecked(b) };
+                // SAFETY: reads the 32 bytes of `ba.qs` (an unaligned load).
+                let y = unsafe { _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i) };
                 for r in 0..R {
                     let sy = _mm256_sign_epi8(y, x[r]);
                     let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(
@@ -170,7 +210,8 @@ mod imp {
         let mut out = [[0.0f32; N]; R];
         for r in 0..R {
             for t in 0..N {
-                out[r][t] = hsum(acc[r][t]);
+                // SAFETY: this fn's target features include the AVX `hsum` needs.
+                out[r][t] = unsafe { hsum(acc[r][t]) };
             }
         }
         out
@@ -178,26 +219,39 @@ mod imp {
 
     /// `out[j] = scale * (q · rows[j])` for every `hd`-wide row; each dot is computed
     /// exactly as [`dot_f32`] computes it.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `q` is not empty.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows(q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
         let hd = q.len();
         for (o, r) in out.iter_mut().zip(rows.chunks_exact(hd)) {
-            *o = dot_f32_body(q, r) * scale;
+            // SAFETY: this fn's target features include the AVX and FMA the body needs.
+            *o = unsafe { dot_f32_body(q, r) } * scale;
         }
     }
 
     /// `out += Σ_j p[j] * rows[j]`, in order of `j`, each step as [`axpy_f32`] does it.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `out` is not empty.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn weighted_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
         let hd = out.len();
         for (&w, r) in p.iter().zip(rows.chunks_exact(hd)) {
-            axpy_f32_body(w, r, out);
+            // SAFETY: this fn's target features include the AVX and FMA the body needs.
+            unsafe { axpy_f32_body(w, r, out) };
         }
     }
 
     /// `out[h][j] = scale * (q[h] · row_j)` for `G` query rows against the f16 rows
     /// `row_j = src[j * stride + offset..][..hd]`, each row widened once for all `G`;
     /// every product and sum in the order of [`dot_f32_body`] on the widened row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; the shapes pass [`super::check_scores`]: every
+    /// `q[h]` is `hd` long, every `out[h]` `rows` long, and row `j < rows` of `src`
+    /// (`src[j * stride + offset..][..hd]`) lies inside `src`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows_f16<const G: usize>(
         q: [&[f32]; G],
@@ -209,34 +263,48 @@ mod imp {
     ) {
         let hd = q[0].len();
         let sp = src.as_ptr() as *const u16;
-        let widen = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        // SAFETY: every call below passes a pointer to eight values of one row, `i + 8 <=
+        // hd` into it, so inside `src` (the caller's contract); an unaligned load.
+        let widen = |p: *const u16| _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) });
         for j in 0..out[0].len() {
-            let row = sp.add(j * stride + offset);
+            // SAFETY: `j < rows`, so `j * stride + offset` is inside `src` (the caller's
+            // contract).
+            let row = unsafe { sp.add(j * stride + offset) };
             let mut acc0 = [_mm256_setzero_ps(); G];
             let mut acc1 = [_mm256_setzero_ps(); G];
             let mut i = 0;
             while i + 16 <= hd {
-                let (k0, k1) = (widen(row.add(i)), widen(row.add(i + 8)));
+                // SAFETY: `i + 16 <= hd`: both eight-value halves are inside row `j`.
+                let (k0, k1) = unsafe { (widen(row.add(i)), widen(row.add(i + 8))) };
                 for h in 0..G {
-                    let qp = q[h].as_ptr().add(i);
-                    acc0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), k0, acc0[h]);
-                    acc1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8)), k1, acc1[h]);
+                    // SAFETY: `i + 16 <= hd == q[h].len()`: both loads are inside `q[h]`.
+                    unsafe {
+                        let qp = q[h].as_ptr().add(i);
+                        acc0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), k0, acc0[h]);
+                        acc1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8)), k1, acc1[h]);
+                    }
                 }
                 i += 16;
             }
             while i + 8 <= hd {
-                let k0 = widen(row.add(i));
+                // SAFETY: `i + 8 <= hd`: eight values inside row `j`.
+                let k0 = widen(unsafe { row.add(i) });
                 for h in 0..G {
-                    acc0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h].as_ptr().add(i)), k0, acc0[h]);
+                    // SAFETY: `i + 8 <= hd == q[h].len()`.
+                    let qv = unsafe { _mm256_loadu_ps(q[h].as_ptr().add(i)) };
+                    acc0[h] = _mm256_fmadd_ps(qv, k0, acc0[h]);
                 }
                 i += 8;
             }
             for h in 0..G {
-                let mut s = hsum(_mm256_add_ps(acc0[h], acc1[h]));
+                // SAFETY: this fn's target features include the AVX `hsum` needs.
+                let mut s = unsafe { hsum(_mm256_add_ps(acc0[h], acc1[h])) };
                 for (t, qv) in q[h].iter().enumerate().skip(i) {
-                    s += qv * half::f16::from_bits(*row.add(t)).to_f32();
+                    // SAFETY: `t < q[h].len() == hd`: inside row `j`.
+                    s += qv * half::f16::from_bits(unsafe { *row.add(t) }).to_f32();
                 }
-                *out[h].get_unchecked_mut(j) = s * scale;
+                // SAFETY: `j < rows == out[h].len()`.
+                *unsafe { out[h].get_unchecked_mut(j) } = s * scale;
             }
         }
     }
@@ -244,6 +312,11 @@ mod imp {
     /// `out[h] += Σ_j p[h][j] * row_j` over the f16 rows `row_j` (as in
     /// [`dot_rows_f16`]), in order of `j`, each step as [`axpy_f32_body`] does it on the
     /// widened row; each row is widened once for all `G` outputs.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; the shapes pass [`super::check_weighted`]: every
+    /// `out[h]` is `hd` long, every `p[h]` `rows` long, and row `j < rows` of `src`
+    /// (`src[j * stride + offset..][..hd]`) lies inside `src`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn weighted_rows_f16<const G: usize>(
         p: [&[f32]; G],
@@ -256,24 +329,34 @@ mod imp {
         let sp = src.as_ptr() as *const u16;
         let op: [*mut f32; G] = out.map(|o| o.as_mut_ptr());
         for j in 0..p[0].len() {
-            let row = sp.add(j * stride + offset);
-            let w: [f32; G] = std::array::from_fn(|h| *p[h].get_unchecked(j));
+            // SAFETY: `j < rows`, so `j * stride + offset` is inside `src` (the caller's
+            // contract).
+            let row = unsafe { sp.add(j * stride + offset) };
+            // SAFETY: `j < rows == p[h].len()`.
+            let w: [f32; G] = std::array::from_fn(|h| unsafe { *p[h].get_unchecked(j) });
             let mut i = 0;
             while i + 8 <= hd {
-                let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
+                // SAFETY: `i + 8 <= hd`: eight values inside row `j`; an unaligned load.
+                let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(row.add(i) as *const __m128i) });
                 for h in 0..G {
-                    let yp = op[h].add(i);
-                    _mm256_storeu_ps(
-                        yp,
-                        _mm256_fmadd_ps(_mm256_set1_ps(w[h]), x, _mm256_loadu_ps(yp)),
-                    );
+                    // SAFETY: `i + 8 <= hd == out[h].len()`; `op[h]` comes from the
+                    // exclusive borrow `out[h]`, which nothing else uses meanwhile.
+                    unsafe {
+                        let yp = op[h].add(i);
+                        _mm256_storeu_ps(
+                            yp,
+                            _mm256_fmadd_ps(_mm256_set1_ps(w[h]), x, _mm256_loadu_ps(yp)),
+                        );
+                    }
                 }
                 i += 8;
             }
             while i < hd {
-                let x = half::f16::from_bits(*row.add(i)).to_f32();
+                // SAFETY: `i < hd`: inside row `j`.
+                let x = half::f16::from_bits(unsafe { *row.add(i) }).to_f32();
                 for h in 0..G {
-                    *op[h].add(i) += w[h] * x;
+                    // SAFETY: `i < hd == out[h].len()`, through the exclusive borrow.
+                    unsafe { *op[h].add(i) += w[h] * x };
                 }
                 i += 1;
             }
@@ -282,6 +365,10 @@ mod imp {
 
     /// Rows `0..rows` of `width` f16 values, each at `offset` in a `stride`-wide row of
     /// `src`, widened exactly to f32 and written contiguously to `dst`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `width > 0` and the shapes pass
+    /// [`super::check_f16_rows`] for `dst.len() / width` rows.
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn widen_f16_rows(
         src: &[half::f16],
@@ -293,111 +380,155 @@ mod imp {
         let rows = dst.len() / width;
         let (sp, dp) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
         for j in 0..rows {
-            let (s, d) = (sp.add(j * stride + offset), dp.add(j * width));
+            // SAFETY: `j < rows`: row `j` of `src` starts inside it (the caller's
+            // contract) and `(j + 1) * width <= dst.len()`.
+            let (s, d) = unsafe { (sp.add(j * stride + offset), dp.add(j * width)) };
             let mut i = 0;
             while i + 8 <= width {
-                let h = _mm_loadu_si128(s.add(i) as *const __m128i);
-                _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(h));
+                // SAFETY: `i + 8 <= width`: eight values inside source row `j` and inside
+                // destination row `j`; unaligned load and store.
+                unsafe {
+                    let h = _mm_loadu_si128(s.add(i) as *const __m128i);
+                    _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(h));
+                }
                 i += 8;
             }
             while i < width {
-                *d.add(i) = half::f16::from_bits(*s.add(i)).to_f32();
+                // SAFETY: `i < width`: inside both rows.
+                unsafe { *d.add(i) = half::f16::from_bits(*s.add(i)).to_f32() };
                 i += 1;
             }
         }
     }
 
     /// `x` rounded to f16 (ties to even) into `dst[..x.len()]`, eight at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `dst` is valid for writes of `x.len()` `u16`s.
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn narrow_f16(x: &[f32], dst: *mut u16) {
         let n = x.len();
         let p = x.as_ptr();
         let mut i = 0;
         while i + 8 <= n {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
-            _mm_storeu_si128(dst.add(i) as *mut __m128i, h);
+            // SAFETY: `i + 8 <= n`: eight values inside `x`, and inside the `n` that
+            // `dst` takes (the caller's contract); unaligned load and store.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+                _mm_storeu_si128(dst.add(i) as *mut __m128i, h);
+            }
             i += 8;
         }
         while i < n {
-            *dst.add(i) = half::f16::from_f32(*p.add(i)).to_bits();
+            // SAFETY: `i < n`: inside `x` and `dst`.
+            unsafe { *dst.add(i) = half::f16::from_f32(*p.add(i)).to_bits() };
             i += 1;
         }
     }
 
     /// Every value rounded to the nearest f16 (ties to even) and widened back: the
     /// conversion `half::f16::from_f32` makes, eight at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn round_to_f16(x: &mut [f32]) {
         let n = x.len();
         let p = x.as_mut_ptr();
         let mut i = 0;
         while i + 8 <= n {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
-            _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+            // SAFETY: `i + 8 <= n == x.len()`: load and store inside `x`.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+                _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+            }
             i += 8;
         }
         while i < n {
-            *p.add(i) = half::f16::from_f32(*p.add(i)).to_f32();
+            // SAFETY: `i < n == x.len()`.
+            unsafe { *p.add(i) = half::f16::from_f32(*p.add(i)).to_f32() };
             i += 1;
         }
     }
 
     /// Four pairs a step: `x·[c c]` and `swap(x)·[s s]`, then `addsub` (even lanes
     /// subtract, odd lanes add), as the scalar rotation rounds and adds.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `table.len() <= head.len()`.
     #[target_feature(enable = "avx2")]
     pub unsafe fn rope_pairs(head: &mut [f32], table: &[f32]) {
         let n = table.len() / 2 * 2;
         let (x, t) = (head.as_mut_ptr(), table.as_ptr());
         let mut i = 0;
         while i + 8 <= n {
-            let v = _mm256_loadu_ps(x.add(i));
-            let cs = _mm256_loadu_ps(t.add(i));
+            // SAFETY: `i + 8 <= n <= table.len() <= head.len()` (the caller's contract):
+            // loads and store inside `head` and `table`.
+            let (v, cs) = unsafe { (_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(t.add(i))) };
             let a = _mm256_mul_ps(v, _mm256_moveldup_ps(cs));
             let b = _mm256_mul_ps(_mm256_permute_ps::<0b1011_0001>(v), _mm256_movehdup_ps(cs));
-            _mm256_storeu_ps(x.add(i), _mm256_addsub_ps(a, b));
+            // SAFETY: as for the loads.
+            unsafe { _mm256_storeu_ps(x.add(i), _mm256_addsub_ps(a, b)) };
             i += 8;
         }
         while i < n {
-            let (x0, x1, c, s) = (*x.add(i), *x.add(i + 1), *t.add(i), *t.add(i + 1));
-            *x.add(i) = x0 * c - x1 * s;
-            *x.add(i + 1) = x0 * s + x1 * c;
+            // SAFETY: `i` and `n` are even and `i < n`, so `i + 1 < n <= table.len() <=
+            // head.len()`.
+            unsafe {
+                let (x0, x1, c, s) = (*x.add(i), *x.add(i + 1), *t.add(i), *t.add(i + 1));
+                *x.add(i) = x0 * c - x1 * s;
+                *x.add(i + 1) = x0 * s + x1 * c;
+            }
             i += 2;
         }
     }
 
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        dot_f32_body(a, b)
+        // SAFETY: this fn's target features include the AVX and FMA the body needs.
+        unsafe { dot_f32_body(a, b) }
     }
 
+    /// # Safety
+    /// The CPU has AVX and FMA (the callers are kernels with those target features).
     #[inline(always)]
     unsafe fn dot_f32_body(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
+        // SAFETY: AVX is this fn's precondition.
+        let (mut acc0, mut acc1) = unsafe { (_mm256_setzero_ps(), _mm256_setzero_ps()) };
         let mut i = 0;
         while i + 16 <= n {
-            acc0 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-                acc0,
-            );
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
-                _mm256_loadu_ps(b.as_ptr().add(i + 8)),
-                acc1,
-            );
+            // SAFETY: AVX and FMA are this fn's precondition; `i + 16 <= n`, the common
+            // length, so all four unaligned loads are inside `a` and `b`.
+            unsafe {
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    acc0,
+                );
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                    acc1,
+                );
+            }
             i += 16;
         }
         while i + 8 <= n {
-            acc0 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-                acc0,
-            );
+            // SAFETY: as above, with `i + 8 <= n`.
+            unsafe {
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    acc0,
+                );
+            }
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        // SAFETY: AVX is this fn's precondition (and `hsum`'s).
+        let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
         while i < n {
             s += a[i] * b[i];
             i += 1;
@@ -405,22 +536,32 @@ mod imp {
         s
     }
 
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
-        axpy_f32_body(alpha, x, y)
+        // SAFETY: this fn's target features include the AVX and FMA the body needs.
+        unsafe { axpy_f32_body(alpha, x, y) }
     }
 
+    /// # Safety
+    /// The CPU has AVX and FMA (the callers are kernels with those target features).
     #[inline(always)]
     unsafe fn axpy_f32_body(alpha: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len().min(y.len());
-        let va = _mm256_set1_ps(alpha);
+        // SAFETY: AVX is this fn's precondition.
+        let va = unsafe { _mm256_set1_ps(alpha) };
         let mut i = 0;
         while i + 8 <= n {
-            let yp = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                yp,
-                _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
-            );
+            // SAFETY: AVX and FMA are this fn's precondition; `i + 8 <= n`, the common
+            // length, so the unaligned loads and the store are inside `x` and `y`.
+            unsafe {
+                let yp = y.as_mut_ptr().add(i);
+                _mm256_storeu_ps(
+                    yp,
+                    _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+                );
+            }
             i += 8;
         }
         while i < n {
@@ -447,7 +588,9 @@ pub fn dot_q4_1_q8_1_tile<const R: usize, const N: usize>(
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
     super::check_tile(&w, &a);
-    // SAFETY: the `Avx2` token proves the target features; lengths checked above.
+    // SAFETY: the `Avx2` token (built only by `Avx2::new` after `available()`) proves
+    // AVX2, FMA and F16C; `check_tile` gave every weight row one length and every
+    // activation row at least that many blocks.
     unsafe { imp::dot_q4_1_q8_1::<R, N, true>(w, a) }
 }
 
@@ -460,7 +603,9 @@ pub fn dot_q4_1_q8_1_tile_dots<const R: usize, const N: usize>(
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
     super::check_tile(&w, &a);
-    // SAFETY: as above.
+    // SAFETY: the `Avx2` token (built only by `Avx2::new` after `available()`) proves
+    // AVX2, FMA and F16C; `check_tile` gave every weight row one length and every
+    // activation row at least that many blocks.
     unsafe { imp::dot_q4_1_q8_1::<R, N, false>(w, a) }
 }
 
@@ -475,8 +620,8 @@ pub fn min_terms<const N: usize>(
 ) -> [[f32; super::MIN_STRIP]; N] {
     const _: () = assert!(super::MIN_STRIP == 16);
     super::check_strip(mins, &a);
-    // SAFETY: the token proves the target features; every read is inside `mins` and
-    // `a[t]` (checked above).
+    // SAFETY: the `Avx2` token proves AVX2, FMA and F16C; `check_strip` asserted every
+    // `a[t]` holds at least `mins.len() / 16` blocks.
     unsafe { imp::min_terms(mins, a) }
 }
 
@@ -494,7 +639,8 @@ pub fn dot_q8_0_q8_0_tile<const R: usize, const N: usize>(
     a: [&[ActBlock]; N],
 ) -> [[f32; N]; R] {
     super::check_tile(&w, &a);
-    // SAFETY: the `Avx2` token proves the target features; lengths checked above.
+    // SAFETY: the `Avx2` token proves AVX2, FMA and F16C; `check_tile` gave every weight
+    // row one length and every activation row at least that many blocks.
     unsafe { dispatch!(dot_q8_0_q8_0)(w, a) }
 }
 
@@ -512,7 +658,8 @@ pub fn dot_rows(_: Avx2, q: &[f32], rows: &[f32], scale: f32, out: &mut [f32]) {
         !q.is_empty() && rows.len() >= out.len() * q.len(),
         "dot_rows: shapes"
     );
-    // SAFETY: the token proves AVX2+FMA; every row read is inside `rows` (checked above).
+    // SAFETY: the token proves AVX2+FMA; `q` is not empty (asserted above), and the
+    // kernel reads only whole `q.len()`-wide rows of `rows`.
     unsafe { dispatch!(dot_rows)(q, rows, scale, out) }
 }
 
@@ -524,7 +671,8 @@ pub fn weighted_rows(_: Avx2, p: &[f32], rows: &[f32], out: &mut [f32]) {
         !out.is_empty() && rows.len() >= p.len() * out.len(),
         "weighted_rows: shapes"
     );
-    // SAFETY: as above.
+    // SAFETY: the token proves AVX2+FMA; `out` is not empty (asserted above), and the
+    // kernel reads only whole `out.len()`-wide rows of `rows`.
     unsafe { dispatch!(weighted_rows)(p, rows, out) }
 }
 
@@ -591,8 +739,8 @@ pub fn dot_rows_f16<const G: usize>(
     out: [&mut [f32]; G],
 ) {
     check_scores(&q, src, stride, offset, &out);
-    // SAFETY: the token proves AVX2+FMA+F16C; every read is inside `src` and `q`, every
-    // write inside `out` (checked above).
+    // SAFETY: the token proves AVX2+FMA+F16C; `check_scores` asserted the shapes the
+    // kernel needs: every read is inside `src` and `q`, every write inside `out`.
     unsafe { dispatch!(dot_rows_f16)(q, src, stride, offset, scale, out) }
 }
 
@@ -608,7 +756,8 @@ pub fn weighted_rows_f16<const G: usize>(
     out: [&mut [f32]; G],
 ) {
     check_weighted(&p, src, stride, offset, &out);
-    // SAFETY: as above.
+    // SAFETY: the token proves AVX2+FMA+F16C; `check_weighted` asserted the shapes the
+    // kernel needs: every read is inside `src` and `p`, every write inside `out`.
     unsafe { dispatch!(weighted_rows_f16)(p, src, stride, offset, out) }
 }
 
@@ -624,7 +773,9 @@ pub fn widen_f16_rows(
     dst: &mut [f32],
 ) {
     check_f16_rows(src, stride, offset, width, dst.len() / width.max(1));
-    // SAFETY: the token proves AVX2+F16C; every read is inside `src` (checked above).
+    // SAFETY: the token proves AVX2+F16C; `check_f16_rows` asserted `width > 0` and that
+    // every row read is inside `src`; the writes are the `dst.len() / width` whole rows
+    // of `dst`.
     unsafe { dispatch!(widen_f16_rows)(src, stride, offset, width, dst) }
 }
 
@@ -654,7 +805,8 @@ pub fn round_to_f16(_: Avx2, x: &mut [f32]) {
 #[inline]
 pub fn rope_pairs(_: Avx2, head: &mut [f32], table: &[f32]) {
     assert!(table.len() <= head.len(), "rope: table wider than the head");
-    // SAFETY: the token proves AVX2; the kernel stays inside `table.len()` values of both.
+    // SAFETY: the token proves AVX2; `table.len() <= head.len()` (asserted above), and
+    // the kernel stays inside `table.len()` values of both.
     unsafe { dispatch!(rope_pairs)(head, table) }
 }
 
@@ -668,7 +820,8 @@ pub fn dot_f32(_: Avx2, a: &[f32], b: &[f32]) -> f32 {
 /// `y += alpha * x` over the common length.
 #[inline]
 pub fn axpy_f32(_: Avx2, alpha: f32, x: &[f32], y: &mut [f32]) {
-    // SAFETY: as above.
+    // SAFETY: the token proves AVX2+FMA; the kernel reads and writes only the common
+    // length of `x` and `y`.
     unsafe { dispatch!(axpy_f32)(alpha, x, y) }
 }
 

@@ -52,83 +52,135 @@ mod imp {
     use super::*;
     use std::arch::x86_64::*;
 
+    // The helpers below have no `#[target_feature]` of their own (so that they can be
+    // `#[inline(always)]`); each is called only from the kernels of this module, whose
+    // target features cover what it uses, and says so as its `# Safety` precondition.
+
     /// The AVX2 kernels' horizontal sum, on one 256-bit half.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
     #[inline(always)]
     unsafe fn hsum256(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
+        // SAFETY: AVX (which implies the SSE3 of `movehdup`) is this fn's precondition;
+        // register operations only, no memory access.
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn halves(v: __m512) -> [__m256; 2] {
-        [
-            _mm512_castps512_ps256(v),
-            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)),
-        ]
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            [
+                _mm512_castps512_ps256(v),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)),
+            ]
+        }
     }
 
     /// `[a.lo256 + a.hi256 | b.lo256 + b.hi256]`: two 512-bit chains reduced to the two
     /// 256-bit chains' sum each, as `_mm256_add_ps(lo, hi)` does one at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn add_halves(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(a, b),
-            _mm512_shuffle_f32x4::<0xEE>(a, b),
-        )
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x44>(a, b),
+                _mm512_shuffle_f32x4::<0xEE>(a, b),
+            )
+        }
     }
 
     /// One step of the AVX2 kernels' horizontal sum (`lo128 + hi128` of a 256-bit half)
     /// for the four halves of `a` and `b`: 128-bit lane `k` of the result is the four
     /// partial sums of half `k` of `[a.lo, a.hi, b.lo, b.hi]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn fold_halves(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x88>(a, b),
-            _mm512_shuffle_f32x4::<0xDD>(a, b),
-        )
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x88>(a, b),
+                _mm512_shuffle_f32x4::<0xDD>(a, b),
+            )
+        }
     }
 
     /// The next step (`s + movehl(s)`: lanes 0+2 and 1+3) of two folded vectors at once:
     /// lane `k` becomes `[a_k: 0+2, 1+3, b_k: 0+2, 1+3]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn fold_pairs(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_ps::<0x44>(a, b),
-            _mm512_shuffle_ps::<0xEE>(a, b),
-        )
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0x44>(a, b),
+                _mm512_shuffle_ps::<0xEE>(a, b),
+            )
+        }
     }
 
     /// The last step (lane 0 + lane 1) of two [`fold_pairs`] results: 128-bit lane `k`
     /// holds the finished sums of half `k` of the four folded vectors behind them.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn fold_last(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_ps::<0x88>(a, b),
-            _mm512_shuffle_ps::<0xDD>(a, b),
-        )
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0x88>(a, b),
+                _mm512_shuffle_ps::<0xDD>(a, b),
+            )
+        }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn lane128(v: __m512, c: usize) -> __m128 {
-        match c {
-            0 => _mm512_castps512_ps128(v),
-            1 => _mm512_extractf32x4_ps::<1>(v),
-            2 => _mm512_extractf32x4_ps::<2>(v),
-            _ => _mm512_extractf32x4_ps::<3>(v),
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            match c {
+                0 => _mm512_castps512_ps128(v),
+                1 => _mm512_extractf32x4_ps::<1>(v),
+                2 => _mm512_extractf32x4_ps::<2>(v),
+                _ => _mm512_extractf32x4_ps::<3>(v),
+            }
         }
     }
 
     /// `R` (2 or 4) floats from `p` into the low lanes of a vector.
+    ///
+    /// # Safety
+    /// `p` is valid for reads of `R` floats (SSE2 is baseline on x86_64).
     #[inline(always)]
     unsafe fn load_row<const R: usize>(p: *const f32) -> __m128 {
-        if R == 4 {
-            _mm_loadu_ps(p)
-        } else {
-            _mm_castpd_ps(_mm_load_sd(p as *const f64))
+        // SAFETY: `p` is valid for `R` floats (this fn's precondition): 16 bytes when
+        // `R == 4`, else (`R == 2`) 8 bytes; unaligned loads.
+        unsafe {
+            if R == 4 {
+                _mm_loadu_ps(p)
+            } else {
+                _mm_castpd_ps(_mm_load_sd(p as *const f64))
+            }
         }
     }
 
@@ -138,19 +190,25 @@ mod imp {
     /// halves per three shuffle-and-add steps instead of one at a time; lane `r` of
     /// `add[t]` is added to row `r` (the Q4_1 minimum term, or zero), and token `t`'s `R`
     /// results are stored to `out[t]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `R` is 2 or 4 and every `out[t]` is valid for writes of `R`
+    /// floats.
     #[inline(always)]
     unsafe fn finish<const R: usize, const N: usize>(
         acc: &[[__m512; N]; 2],
         add: &[__m128; N],
         out: [*mut f32; N],
     ) {
-        let zero = _mm512_setzero_ps();
+        // SAFETY: AVX-512F is this fn's precondition; no memory access.
+        let zero = unsafe { _mm512_setzero_ps() };
         // Folded vectors: with four rows one per token (lane k = row k); with two rows
         // one per two tokens (lanes: t row 0, t row 1, t+1 row 0, t+1 row 1).
         let mut f = [zero; 8];
         let folded = if R == 4 {
             for t in 0..N {
-                f[t] = fold_halves(acc[0][t], acc[1][t]);
+                // SAFETY: AVX-512F, as above.
+                f[t] = unsafe { fold_halves(acc[0][t], acc[1][t]) };
             }
             N
         } else {
@@ -160,39 +218,53 @@ mod imp {
                 } else {
                     zero
                 };
-                f[i] = fold_halves(acc[0][2 * i], b);
+                // SAFETY: AVX-512F, as above.
+                f[i] = unsafe { fold_halves(acc[0][2 * i], b) };
             }
             N.div_ceil(2)
         };
         // 4x4 transpose of 32-bit lanes across the 128-bit lanes: after it, 128-bit
         // lane c holds folded vector 4j + c's four sums — its token's rows in order.
-        let transpose = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        // SAFETY: AVX-512F, as above.
+        let transpose =
+            unsafe { _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0) };
         for j in 0..folded.div_ceil(4) {
-            let u = fold_last(
-                fold_pairs(f[4 * j], f[4 * j + 1]),
-                fold_pairs(f[4 * j + 2], f[4 * j + 3]),
-            );
-            let u = _mm512_permutexvar_ps(transpose, u);
+            // SAFETY: AVX-512F, as above; register operations only.
+            let u = unsafe {
+                let u = fold_last(
+                    fold_pairs(f[4 * j], f[4 * j + 1]),
+                    fold_pairs(f[4 * j + 2], f[4 * j + 3]),
+                );
+                _mm512_permutexvar_ps(transpose, u)
+            };
             for c in 0..4 {
-                let v = lane128(u, c);
+                // SAFETY: AVX-512F, as above.
+                let v = unsafe { lane128(u, c) };
                 if R == 4 {
                     let t = 4 * j + c;
                     if t < N {
-                        _mm_storeu_ps(out[t], _mm_add_ps(v, add[t]));
+                        // SAFETY: `out[t]` is valid for `R == 4` floats (this fn's
+                        // precondition): an unaligned 16-byte store.
+                        unsafe { _mm_storeu_ps(out[t], _mm_add_ps(v, add[t])) };
                     }
                 } else {
                     let t = 8 * j + 2 * c;
                     if t < N {
                         let both = t + 1 < N;
-                        let m = if both {
-                            _mm_movelh_ps(add[t], add[t + 1])
-                        } else {
-                            add[t]
-                        };
-                        let v = _mm_castps_pd(_mm_add_ps(v, m));
-                        _mm_store_sd(out[t] as *mut f64, v);
-                        if both {
-                            _mm_storeh_pd(out[t + 1] as *mut f64, v);
+                        // SAFETY: `R == 2`: `out[t]` (and, when `both`, `out[t + 1]`, as
+                        // `t + 1 < N`) is valid for two floats (this fn's precondition):
+                        // 8-byte stores of the low and high halves of `v`.
+                        unsafe {
+                            let m = if both {
+                                _mm_movelh_ps(add[t], add[t + 1])
+                            } else {
+                                add[t]
+                            };
+                            let v = _mm_castps_pd(_mm_add_ps(v, m));
+                            _mm_store_sd(out[t] as *mut f64, v);
+                            if both {
+                                _mm_storeh_pd(out[t + 1] as *mut f64, v);
+                            }
                         }
                     }
                 }
@@ -202,26 +274,43 @@ mod imp {
 
     /// `[d0, m0, d1, m1, d2, m2, d3, m3]` widened from the first four bytes (the adjacent
     /// f16 `d` and `m`, or `d` and the first two quants) of up to four blocks.
+    ///
+    /// # Safety
+    /// The CPU has AVX and F16C; `R <= 4` and every `p[r]` is valid for reads of four
+    /// bytes.
     #[inline(always)]
     unsafe fn heads<const R: usize>(p: [*const u8; R]) -> __m256 {
         let mut v = [0i32; 4];
         for r in 0..R {
-            v[r] = std::ptr::read_unaligned(p[r] as *const i32);
+            // SAFETY: `p[r]` is valid for four bytes (this fn's precondition); unaligned.
+            v[r] = unsafe { std::ptr::read_unaligned(p[r] as *const i32) };
         }
-        _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i))
+        // SAFETY: F16C is this fn's precondition; the load reads the 16 bytes of `v`.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i)) }
     }
 
     /// Per row pair `p`: `[d_{2p} ×8 | d_{2p+1} ×8]` from [`heads`]' output.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn pair_scales(dm: __m256, p: usize) -> __m512 {
         let (a, b) = (4 * p as i32, 4 * p as i32 + 2);
-        let idx = _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a);
-        _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(dm))
+        // SAFETY: AVX-512F is this fn's precondition; register operations only.
+        unsafe {
+            let idx = _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a);
+            _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(dm))
+        }
     }
 
     /// Writes row `r`'s result for token `t` to `out[t][r]`. With `OWN_MINIMA` the
     /// minimum terms are summed here; without, `minima[t][r]` (from [`min_terms`]) is
     /// added in their place — the same bits.
+    ///
+    /// # Safety
+    /// The CPU has the target features; `R` is 2 or 4; every `w[r]` holds `w[0].len()`
+    /// blocks and every `a[t]` at least that many; every `out[t]` is valid for writes of
+    /// `R` floats, and without `OWN_MINIMA` every `minima[t]` for reads of `R` floats.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize, const OWN_MINIMA: bool>(
         w: [&[BlockQ4_1]; R],
@@ -247,49 +336,68 @@ mod imp {
         );
         let mins = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
         let zero = _mm512_setzero_si512();
+        // Called with `b < w[0].len()` only.
         let heads_at = |b: usize| {
             let mut ptrs = [std::ptr::null::<u8>(); R];
             for r in 0..R {
-                ptrs[r] = w[r].get_unchecked(b) as *const BlockQ4_1 as *const u8;
+                // SAFETY: `b < w[0].len()`, which every weight row holds (the caller's
+                // contract).
+                ptrs[r] = unsafe { w[r].get_unchecked(b) } as *const BlockQ4_1 as *const u8;
             }
-            heads::<R>(ptrs)
+            // SAFETY: `R <= 4`; each pointer is to a whole 20-byte block; this fn's
+            // target features include the AVX and F16C `heads` needs.
+            unsafe { heads::<R>(ptrs) }
         };
         // The minimum terms first, in their own pass: the same sums in the same order,
         // without holding N more registers beside the 2N accumulators below.
         for b in 0..if OWN_MINIMA { w[0].len() } else { 0 } {
             let mw = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(heads_at(b), mins));
             for t in 0..N {
-                let s = _mm_set1_ps(a[t].get_unchecked(b).s);
+                // SAFETY: `b < w[0].len() <= a[t].len()` (the caller's contract).
+                let s = _mm_set1_ps(unsafe { a[t].get_unchecked(b) }.s);
                 summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, s));
             }
         }
         // The next tile's rows follow this tile's in memory: stream them in while this
         // one computes (R blocks' worth per block step covers the next R rows in time).
+        // Past the last tile of a matrix these addresses leave the allocation, so they
+        // are formed with `wrapping_add` (a prefetch never faults, whatever the address).
         let next = w[R - 1].as_ptr_range().end as *const i8;
         for b in 0..w[0].len() {
             for l in 0..(R * std::mem::size_of::<BlockQ4_1>()).div_ceil(64) {
                 _mm_prefetch::<_MM_HINT_T0>(
-                    next.add(b * R * std::mem::size_of::<BlockQ4_1>() + 64 * l),
+                    next.wrapping_add(b * R * std::mem::size_of::<BlockQ4_1>() + 64 * l),
                 );
             }
             let dm = heads_at(b);
             let mut bx = [zero; 2];
             let mut dw = [_mm512_setzero_ps(); 2];
             for p in 0..pairs {
-                let q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                    w[2 * p].get_unchecked(b).qs.as_ptr() as *const __m128i,
-                ));
-                let q1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                    w[2 * p + 1].get_unchecked(b).qs.as_ptr() as *const __m128i,
-                ));
+                // SAFETY: `2 * p + 1 < R` and `b < w[0].len()`, which every weight row
+                // holds (the caller's contract); each load reads the 16 bytes of one
+                // block's `qs` (unaligned).
+                let (q0, q1) = unsafe {
+                    (
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                            w[2 * p].get_unchecked(b).qs.as_ptr() as *const __m128i,
+                        )),
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                            w[2 * p + 1].get_unchecked(b).qs.as_ptr() as *const __m128i,
+                        )),
+                    )
+                };
                 let both = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
                 bx[p] = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), lowmask);
-                dw[p] = pair_scales(dm, p);
+                // SAFETY: this fn's target features include AVX-512F.
+                dw[p] = unsafe { pair_scales(dm, p) };
             }
             for t in 0..N {
-                let ba = a[t].get_unchecked(b);
-                let by =
-                    _mm512_broadcast_i64x4(_mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i));
+                // SAFETY: `b < w[0].len() <= a[t].len()` (the caller's contract).
+                let ba = unsafe { a[t].get_unchecked(b) };
+                // SAFETY: reads the 32 bytes of `ba.qs` (unaligned).
+                let by = _mm512_broadcast_i64x4(unsafe {
+                    _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i)
+                });
                 let da = _mm512_set1_ps(ba.d);
                 for p in 0..pairs {
                     let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, bx[p], by));
@@ -299,16 +407,24 @@ mod imp {
         }
         if !OWN_MINIMA {
             for t in 0..N {
-                summs[t] = load_row::<R>(minima[t]);
+                // SAFETY: without `OWN_MINIMA` every `minima[t]` is valid for `R` floats
+                // (the caller's contract).
+                summs[t] = unsafe { load_row::<R>(minima[t]) };
             }
         }
-        finish::<R, N>(&acc, &summs, out);
+        // SAFETY: `R` is 2 or 4 and every `out[t]` is valid for `R` floats (the caller's
+        // contract); this fn's target features include AVX-512F.
+        unsafe { finish::<R, N>(&acc, &summs, out) };
     }
 
     /// The minimum terms of one strip of sixteen Q4_1 rows (`mins`: `[block][16]` f16, as
     /// [`super::super::strip_minima`] lays them out) for `N` tokens: lane `r` of
     /// `out[t]` is `Σ_b m[r][b] · s[t][b]`, multiplied then added in block order from
     /// zero — the sums the tile kernels keep (a `0 +` first step is exact).
+    ///
+    /// # Safety
+    /// The CPU has the target features; every `a[t]` holds at least `mins.len() / 16`
+    /// blocks.
     #[target_feature(enable = "avx512f,avx512vl,f16c")]
     pub unsafe fn min_terms<const N: usize>(
         mins: &[half::f16],
@@ -317,19 +433,27 @@ mod imp {
         let mut acc = [_mm512_setzero_ps(); N];
         let mp = mins.as_ptr() as *const __m256i;
         for b in 0..mins.len() / 16 {
-            let m = _mm512_cvtph_ps(_mm256_loadu_si256(mp.add(b)));
+            // SAFETY: `b < mins.len() / 16`: block `b`'s sixteen minima (32 bytes) lie
+            // inside `mins`; an unaligned load.
+            let m = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(mp.add(b)) });
             for t in 0..N {
-                let s = _mm512_set1_ps(a[t].get_unchecked(b).s);
+                // SAFETY: `b < mins.len() / 16 <= a[t].len()` (the caller's contract).
+                let s = _mm512_set1_ps(unsafe { a[t].get_unchecked(b) }.s);
                 acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(m, s));
             }
         }
         let mut out = [[0.0f32; 16]; N];
         for t in 0..N {
-            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+            // SAFETY: an unaligned store of sixteen floats into the array `out[t]`.
+            unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
         }
         out
     }
 
+    /// # Safety
+    /// The CPU has the target features; `R` is 2 or 4; every `w[r]` holds `w[0].len()`
+    /// blocks and every `a[t]` at least that many; every `out[t]` is valid for writes of
+    /// `R` floats.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q8_0_q8_0<const R: usize, const N: usize>(
         w: [&[BlockQ8_0]; R],
@@ -341,35 +465,51 @@ mod imp {
         let mut acc = [[_mm512_setzero_ps(); N]; 2];
         let zero = _mm512_setzero_si512();
         let offset = _mm512_set1_epi8(-128i8);
+        // The next tile's rows, prefetched as in `dot_q4_1_q8_1` (`wrapping_add`: past
+        // the last tile the addresses leave the allocation; a prefetch never faults).
         let next = w[R - 1].as_ptr_range().end as *const i8;
         for b in 0..w[0].len() {
             let mut ptrs = [std::ptr::null::<u8>(); R];
             for r in 0..R {
-                ptrs[r] = w[r].get_unchecked(b) as *const BlockQ8_0 as *const u8;
+                // SAFETY: `b < w[0].len()`, which every weight row holds (the caller's
+                // contract).
+                ptrs[r] = unsafe { w[r].get_unchecked(b) } as *const BlockQ8_0 as *const u8;
             }
             for l in 0..(R * std::mem::size_of::<BlockQ8_0>()).div_ceil(64) {
                 _mm_prefetch::<_MM_HINT_T0>(
-                    next.add(b * R * std::mem::size_of::<BlockQ8_0>() + 64 * l),
+                    next.wrapping_add(b * R * std::mem::size_of::<BlockQ8_0>() + 64 * l),
                 );
             }
             // Only the d lanes (0, 2, 4, 6) of these are used.
-            let dm = heads::<R>(ptrs);
+            // SAFETY: `R <= 4`; each pointer is to a whole 34-byte block; this fn's
+            // target features include the AVX and F16C `heads` needs.
+            let dm = unsafe { heads::<R>(ptrs) };
             let mut bx = [zero; 2];
             let mut start = [zero; 2];
             let mut dw = [_mm512_setzero_ps(); 2];
             for p in 0..pairs {
-                let q0 =
-                    _mm256_loadu_si256(w[2 * p].get_unchecked(b).qs.as_ptr() as *const __m256i);
-                let q1 =
-                    _mm256_loadu_si256(w[2 * p + 1].get_unchecked(b).qs.as_ptr() as *const __m256i);
+                // SAFETY: `2 * p + 1 < R` and `b < w[0].len()`, which every weight row
+                // holds (the caller's contract); each load reads the 32 bytes of one
+                // block's `qs` (unaligned).
+                let (q0, q1) = unsafe {
+                    (
+                        _mm256_loadu_si256(w[2 * p].get_unchecked(b).qs.as_ptr() as *const __m256i),
+                        _mm256_loadu_si256(
+                            w[2 * p + 1].get_unchecked(b).qs.as_ptr() as *const __m256i
+                        ),
+                    )
+                };
                 bx[p] = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
                 // -128 · Σ w per lane: (0x80 as u8 = 128) · w, negated.
                 start[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, bx[p]));
-                dw[p] = pair_scales(dm, p);
+                // SAFETY: this fn's target features include AVX-512F.
+                dw[p] = unsafe { pair_scales(dm, p) };
             }
             for t in 0..N {
-                let ba = a[t].get_unchecked(b);
-                let y = _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i);
+                // SAFETY: `b < w[0].len() <= a[t].len()` (the caller's contract).
+                let ba = unsafe { a[t].get_unchecked(b) };
+                // SAFETY: reads the 32 bytes of `ba.qs` (unaligned).
+                let y = unsafe { _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i) };
                 // a + 128 as unsigned bytes: flipping the sign bit.
                 let uy = _mm512_xor_si512(_mm512_broadcast_i64x4(y), offset);
                 let da = _mm512_set1_ps(ba.d);
@@ -379,12 +519,20 @@ mod imp {
                 }
             }
         }
-        finish::<R, N>(&acc, &[_mm_setzero_ps(); N], out);
+        // SAFETY: `R` is 2 or 4 and every `out[t]` is valid for `R` floats (the caller's
+        // contract); this fn's target features include AVX-512F.
+        unsafe { finish::<R, N>(&acc, &[_mm_setzero_ps(); N], out) };
     }
 
     /// [`super::super::dot_avx2::dot_rows_f16`] for `hd % 16 == 0`: one 512-bit chain per
     /// (head, key row) whose low and high halves are that kernel's two 256-bit chains,
     /// four key rows at a time for independent chains; the same sums in the same order.
+    ///
+    /// # Safety
+    /// The CPU has the target features; the shapes pass
+    /// [`super::super::dot_avx2::check_scores`] (every `q[h]` is `hd` long, every
+    /// `out[h]` `rows` long, row `j < rows` of `src` lies inside it), and `hd` passes
+    /// [`super::attention_width_ok`].
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     pub unsafe fn dot_rows_f16<const G: usize>(
         q: [&[f32]; G],
@@ -399,15 +547,22 @@ mod imp {
         let rows = out[0].len();
         let sp = src.as_ptr() as *const u16;
         let op: [*mut f32; G] = out.map(|o| o.as_mut_ptr());
+        // Called with `j < rows` and `i + 16 <= hd` only (`hd` is a multiple of 16).
         let key = |j: usize, i: usize| {
-            _mm512_cvtph_ps(_mm256_loadu_si256(
-                sp.add(j * stride + offset + i) as *const __m256i
-            ))
+            // SAFETY: sixteen values of row `j < rows`, `i + 16 <= hd` into it, so inside
+            // `src` (the caller's contract); an unaligned 32-byte load.
+            _mm512_cvtph_ps(unsafe {
+                _mm256_loadu_si256(sp.add(j * stride + offset + i) as *const __m256i)
+            })
         };
         let finish = |acc: __m512| {
-            let [lo, hi] = halves(acc);
-            let s = _mm256_add_ps(lo, hi);
-            hsum256(s) * scale
+            // SAFETY: this fn's target features include the AVX-512F and AVX that
+            // `halves` and `hsum256` need; register operations only.
+            unsafe {
+                let [lo, hi] = halves(acc);
+                let s = _mm256_add_ps(lo, hi);
+                hsum256(s) * scale
+            }
         };
         let mut j = 0;
         while j + ROWS <= rows {
@@ -417,7 +572,9 @@ mod imp {
                 for r in 0..ROWS {
                     let k = key(j + r, i);
                     for h in 0..G {
-                        let qv = _mm512_loadu_ps(q[h].as_ptr().add(i));
+                        // SAFETY: `i + 16 <= hd == q[h].len()` (`hd` a multiple of 16);
+                        // an unaligned load.
+                        let qv = unsafe { _mm512_loadu_ps(q[h].as_ptr().add(i)) };
                         acc[h][r] = _mm512_fmadd_ps(qv, k, acc[h][r]);
                     }
                 }
@@ -428,16 +585,21 @@ mod imp {
             // 128-bit lane h of `u` ends up holding head h's four scores in key order.
             let zero = _mm512_setzero_ps();
             let at = |h: usize, r: usize| if h < G { acc[h][r] } else { zero };
-            let f: [__m512; ROWS] = std::array::from_fn(|r| {
+            // SAFETY: this fn's target features include the AVX-512F the fold helpers
+            // need; register operations only.
+            let f: [__m512; ROWS] = std::array::from_fn(|r| unsafe {
                 fold_halves(
                     add_halves(at(0, r), at(1, r)),
                     add_halves(at(2, r), at(3, r)),
                 )
             });
-            let u = fold_last(fold_pairs(f[0], f[1]), fold_pairs(f[2], f[3]));
+            // SAFETY: AVX-512F, as for `f`; register operations only.
+            let u = unsafe { fold_last(fold_pairs(f[0], f[1]), fold_pairs(f[2], f[3])) };
             let u = _mm512_mul_ps(u, _mm512_set1_ps(scale));
             for h in 0..G {
-                _mm_storeu_ps(op[h].add(j), lane128(u, h));
+                // SAFETY: `j + 4 <= rows == out[h].len()`: an unaligned store of four
+                // floats through the exclusive borrow `out[h]`; AVX-512F for `lane128`.
+                unsafe { _mm_storeu_ps(op[h].add(j), lane128(u, h)) };
             }
             j += ROWS;
         }
@@ -447,12 +609,15 @@ mod imp {
             while i < hd {
                 let k = key(j, i);
                 for h in 0..G {
-                    acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q[h].as_ptr().add(i)), k, acc[h]);
+                    // SAFETY: `i + 16 <= hd == q[h].len()`; an unaligned load.
+                    let qv = unsafe { _mm512_loadu_ps(q[h].as_ptr().add(i)) };
+                    acc[h] = _mm512_fmadd_ps(qv, k, acc[h]);
                 }
                 i += 16;
             }
             for h in 0..G {
-                *op[h].add(j) = finish(acc[h]);
+                // SAFETY: `j < rows == out[h].len()`, through the exclusive borrow.
+                unsafe { *op[h].add(j) = finish(acc[h]) };
             }
             j += 1;
         }
@@ -461,6 +626,12 @@ mod imp {
     /// [`super::super::dot_avx2::weighted_rows_f16`] for `hd % 16 == 0` and `hd <= 64`:
     /// each output row stays in registers over all value rows (the same lane-wise FMAs in
     /// the same order of rows), written back once.
+    ///
+    /// # Safety
+    /// The CPU has the target features; the shapes pass
+    /// [`super::super::dot_avx2::check_weighted`] (every `out[h]` is `hd` long, every
+    /// `p[h]` `rows` long, row `j < rows` of `src` lies inside it), and `hd` passes
+    /// [`super::attention_width_ok`].
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     pub unsafe fn weighted_rows_f16<const G: usize>(
         p: [&[f32]; G],
@@ -475,22 +646,31 @@ mod imp {
         let mut acc = [[_mm512_setzero_ps(); MAX]; G];
         for h in 0..G {
             for c in 0..chunks {
-                acc[h][c] = _mm512_loadu_ps(out[h].as_ptr().add(16 * c));
+                // SAFETY: `16 * c + 16 <= hd == out[h].len()`; an unaligned load.
+                acc[h][c] = unsafe { _mm512_loadu_ps(out[h].as_ptr().add(16 * c)) };
             }
         }
         for j in 0..p[0].len() {
-            let row = sp.add(j * stride + offset);
+            // SAFETY: `j < rows`, so `j * stride + offset` is inside `src` (the caller's
+            // contract).
+            let row = unsafe { sp.add(j * stride + offset) };
             for c in 0..chunks {
-                let x = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * c) as *const __m256i));
+                // SAFETY: `16 * c + 16 <= hd`: sixteen values inside row `j`; an
+                // unaligned 32-byte load.
+                let x = _mm512_cvtph_ps(unsafe {
+                    _mm256_loadu_si256(row.add(16 * c) as *const __m256i)
+                });
                 for h in 0..G {
-                    let w = _mm512_set1_ps(*p[h].get_unchecked(j));
+                    // SAFETY: `j < rows == p[h].len()`.
+                    let w = _mm512_set1_ps(unsafe { *p[h].get_unchecked(j) });
                     acc[h][c] = _mm512_fmadd_ps(w, x, acc[h][c]);
                 }
             }
         }
         for (h, o) in out.into_iter().enumerate() {
             for c in 0..chunks {
-                _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), acc[h][c]);
+                // SAFETY: `16 * c + 16 <= hd == o.len()`; an unaligned store.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), acc[h][c]) };
             }
         }
     }
@@ -536,8 +716,9 @@ pub fn dot_q4_1_q8_1_into<const R: usize, const N: usize>(
     assert!(out.iter().all(|o| o.len() == R), "one output per row");
     let out = out.map(|o| o.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the `Avx512` token proves the target features; lengths checked above
-    // (every `out[t]` and `minima[t]` holds `R` floats).
+    // SAFETY: the `Avx512` token proves the target features; `check_lengths` asserted
+    // `R` is 2 or 4 and the rows' lengths; every `out[t]` holds `R` floats (asserted
+    // above), and so does every `minima[t]` (asserted before its kernel call).
     unsafe {
         match minima {
             Some(m) => {
@@ -583,16 +764,20 @@ impl<B, const N: usize> RowSpan<'_, B, N> {
     /// Per tile of `R` rows at `r`: the weight rows, and each token's output pointer.
     ///
     /// # Safety
-    /// [`RowSpan::check`] passed and `r + R <= rows.end`.
+    /// [`RowSpan::check`] passed and `rows.start <= r`, `r + R <= rows.end`.
     #[inline(always)]
     unsafe fn tile<const R: usize>(&mut self, r: usize) -> ([&[B]; R], [*mut f32; N]) {
         let (nb, first) = (self.nb, self.rows.start);
-        let w = std::array::from_fn(|i| {
+        // SAFETY: `r + i < r + R <= rows.end` and `rows.end * nb <= blocks.len()` (the
+        // contract and `check`): row `r + i`'s `nb` blocks lie inside `blocks`.
+        let w = std::array::from_fn(|i| unsafe {
             std::slice::from_raw_parts(self.blocks.as_ptr().add((r + i) * nb), nb)
         });
         (
             w,
-            std::array::from_fn(|t| self.out[t].as_mut_ptr().add(r - first)),
+            // SAFETY: `first <= r` and `r + R <= rows.end` (the contract), and `out[t]`
+            // holds `rows.len()` floats (`check`): the offset is inside `out[t]`.
+            std::array::from_fn(|t| unsafe { self.out[t].as_mut_ptr().add(r - first) }),
         )
     }
 }
@@ -614,8 +799,11 @@ pub fn dot_q4_1_q8_1_rows<const N: usize>(
     let a = span.a;
     let mut r = first;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the token proves the target features; the span's shapes were checked once
-    // above, and every tile lies inside it.
+    // SAFETY: the `Avx512` token (built only by `Avx512::new` after `available()`) proves
+    // the target features; `span.check()` passed, and every tile `r..r + 4` or
+    // `r..r + 2` lies inside `first..end`, so its rows hold `nb` blocks each, every
+    // `a[t]` at least `nb`, and each output (and, with `minima`, minimum-term) pointer
+    // has 4 (or 2) floats of `out[t]` (`minima[t]`, asserted `rows.len()` long above).
     unsafe {
         let mins = |r: usize| -> [*const f32; N] {
             match &minima {
@@ -648,7 +836,10 @@ pub fn dot_q8_0_q8_0_rows<const N: usize>(_: Avx512, mut span: RowSpan<'_, Block
     let a = span.a;
     let mut r = first;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
+    // SAFETY: the `Avx512` token (built only by `Avx512::new` after `available()`) proves
+    // the target features; `span.check()` passed, and every tile `r..r + 4` or
+    // `r..r + 2` lies inside `first..end`, so its rows hold `nb` blocks each, every
+    // `a[t]` at least `nb`, and each output pointer has 4 (or 2) floats of `out[t]`.
     unsafe {
         while r + 4 <= end {
             let (w, out) = span.tile::<4>(r);
@@ -691,7 +882,9 @@ pub fn dot_q8_0_q8_0_into<const R: usize, const N: usize>(
     assert!(out.iter().all(|o| o.len() == R), "one output per row");
     let out = out.map(|o| o.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
+    // SAFETY: the `Avx512` token proves the target features; `check_lengths` asserted
+    // `R` is 2 or 4 and the rows' lengths, and every `out[t]` holds `R` floats (asserted
+    // above).
     unsafe {
         imp::dot_q8_0_q8_0(w, a, out)
     }
@@ -709,8 +902,8 @@ pub fn min_terms<const N: usize>(
     const _: () = assert!(super::MIN_STRIP == 16);
     super::check_strip(mins, &a);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the token proves the target features; every block read is inside `a[t]`
-    // and every strip row inside `mins` (checked above).
+    // SAFETY: the `Avx512` token proves the target features; `check_strip` asserted
+    // every `a[t]` holds at least `mins.len() / 16` blocks.
     unsafe {
         imp::min_terms(mins, a)
     }
@@ -736,8 +929,8 @@ pub fn dot_rows_f16<const G: usize>(
     let hd = super::dot_avx2::check_scores(&q, src, stride, offset, &out);
     assert!(attention_width_ok(hd), "dot_rows_f16: width {hd}");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the token proves the target features; every access is inside the slices
-    // (checked above).
+    // SAFETY: the `Avx512` token proves the target features; `check_scores` asserted
+    // the shapes and `attention_width_ok` the width the kernel needs.
     unsafe {
         imp::dot_rows_f16(q, src, stride, offset, scale, out)
     }
@@ -758,7 +951,8 @@ pub fn weighted_rows_f16<const G: usize>(
     let hd = super::dot_avx2::check_weighted(&p, src, stride, offset, &out);
     assert!(attention_width_ok(hd), "weighted_rows_f16: width {hd}");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
+    // SAFETY: the `Avx512` token proves the target features; `check_weighted` asserted
+    // the shapes and `attention_width_ok` the width the kernel needs.
     unsafe {
         imp::weighted_rows_f16(p, src, stride, offset, out)
     }

@@ -17,8 +17,12 @@ const WIDE_TILE: usize = 8;
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (token, row) cells of output buffers that outlive them.
+// SAFETY: an `OutPtr` is only a pointer into an output buffer that outlives the tasks
+// given it (`matmul_with`/`matmul_tokens` hold its exclusive borrow until `run_tasks`
+// returns); tasks write through it only via `Out::cells`, to disjoint (token, row) cells.
 unsafe impl Send for OutPtr {}
+// SAFETY: shared `&OutPtr`s only copy the pointer out; every write through it goes to
+// cells owned by one task alone (see `Out`), so concurrent use does not race.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
@@ -44,7 +48,10 @@ impl Out<'_> {
     #[allow(clippy::mut_from_ref)]
     unsafe fn cells<'b>(&self, t: usize, r: usize, len: usize) -> &'b mut [f32] {
         assert!(r + len <= self.rows, "matmul: output cell");
-        std::slice::from_raw_parts_mut(self.token_rows[t].get().add(r), len)
+        // SAFETY: `token_rows[t]` points at token `t`'s `rows` cells of a live output
+        // buffer and `r + len <= rows` (asserted above), so the slice is in bounds; no
+        // other live slice covers it (this fn's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.token_rows[t].get().add(r), len) }
     }
 
     /// Writes rows `r..r + v.len()` of token `t`.
@@ -117,7 +124,8 @@ fn matmul_with(
         .zip(outs.iter_mut())
         .map(|(w, o)| {
             (0..n)
-                // SAFETY: t * rows <= o.len() (checked above).
+                // SAFETY: `t < n` and `o.len() == n * rows` (asserted above), so the
+                // offset `t * rows` stays inside `o`.
                 .map(|t| OutPtr(unsafe { o.as_mut_ptr().add(t * w.rows()) }))
                 .collect()
         })

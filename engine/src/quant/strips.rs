@@ -159,9 +159,11 @@ pub fn dot_q4_1_strip<const N: usize>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the token proves the target features; the strip's lines, scales and minima
-    // and every token's blocks lie inside their slices (checked above), and each `out[t]`
-    // holds sixteen floats.
+    // SAFETY: the `Avx512` token proves the target features; `strip < w.strips` and the
+    // strips are of Q4_1 (`w.check`), so the strip's `4 nb` lines and `16 nb` scales lie
+    // inside `w.qs` and `w.d`, and its `16 nb` minima inside `mins` (asserted above);
+    // every `a[t]` holds at least `nb` blocks, each `out[t]` sixteen floats, and `nb > 0`
+    // (all checked above).
     unsafe {
         imp::strip::<N, false>(
             w.qs.as_ptr().add(at * 4),
@@ -197,7 +199,10 @@ pub fn dot_q8_0_strip<const N: usize>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `dot_q4_1_strip`; every token's offset quants cover its blocks.
+    // SAFETY: the `Avx512` token proves the target features; `strip < w.strips` and the
+    // strips are of Q8_0 (`w.check`), so the strip's `8 nb` lines and `16 nb` scales lie
+    // inside `w.qs` and `w.d`; every `a[t]` and `ua[t]` holds at least `nb` blocks, each
+    // `out[t]` sixteen floats, and `nb > 0` (all checked above).
     unsafe {
         imp::strip::<N, true>(
             w.qs.as_ptr().add(at * 8),
@@ -227,8 +232,10 @@ mod imp {
     /// A hint to fetch the line at `p` (which may lie past the data: a prefetch never
     /// faults).
     #[inline(always)]
-    unsafe fn prefetch<T>(p: *const T) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    fn prefetch<T>(p: *const T) {
+        // SAFETY: `_mm_prefetch` needs only SSE, part of the x86_64 baseline; it is a
+        // hint that never dereferences or faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
     }
 
     /// Blocks whose `d_w·d_a` products are formed ahead of the chains that use them.
@@ -273,16 +280,25 @@ mod imp {
                         prefetch(mins.wrapping_add(STRIP * (nb + b)));
                     }
                 }
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d.add(STRIP * b) as *const __m256i));
+                // SAFETY: `b < nb`: block `b`'s sixteen scales (32 bytes) lie inside the
+                // strip's `16 nb` at `d` (the caller's contract); an unaligned load.
+                let dw = _mm512_cvtph_ps(unsafe {
+                    _mm256_loadu_si256(d.add(STRIP * b) as *const __m256i)
+                });
                 for t in 0..N {
-                    let ab = a[t].get_unchecked(b);
+                    // SAFETY: `b < nb <= a[t].len()` (the caller's contract).
+                    let ab = unsafe { a[t].get_unchecked(b) };
                     scales[i][t].write(_mm512_mul_ps(dw, _mm512_set1_ps(ab.d)));
                 }
                 if !Q8 {
-                    let mw =
-                        _mm512_cvtph_ps(_mm256_loadu_si256(mins.add(STRIP * b) as *const __m256i));
+                    // SAFETY: Q4_1: `mins` points at the strip's `16 nb` minima (the
+                    // caller's contract) and `b < nb`; an unaligned 32-byte load.
+                    let mw = _mm512_cvtph_ps(unsafe {
+                        _mm256_loadu_si256(mins.add(STRIP * b) as *const __m256i)
+                    });
                     for t in 0..N {
-                        let s = _mm512_set1_ps(a[t].get_unchecked(b).s);
+                        // SAFETY: `b < nb <= a[t].len()` (the caller's contract).
+                        let s = _mm512_set1_ps(unsafe { a[t].get_unchecked(b) }.s);
                         summ[t] = _mm512_add_ps(summ[t], _mm512_mul_ps(mw, s));
                     }
                 }
@@ -293,10 +309,14 @@ mod imp {
                 let (mut lo, mut hi) = if c0 == 0 {
                     ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N])
                 } else {
-                    (
-                        chains[k].map(|c| c.assume_init()),
-                        chains[k + 4].map(|c| c.assume_init()),
-                    )
+                    // SAFETY: `c0 > 0`: the first chunk's pass `k` wrote chains `k` and
+                    // `k + 4` of every token.
+                    unsafe {
+                        (
+                            chains[k].map(|c| c.assume_init()),
+                            chains[k + 4].map(|c| c.assume_init()),
+                        )
+                    }
                 };
                 for i in 0..len {
                     let b = c0 + i;
@@ -310,26 +330,48 @@ mod imp {
                     let (mut zl, mut zh) = (zero, zero);
                     let (wl, wh) = if Q8 {
                         prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
-                        let wl = _mm512_load_si512(qs.add(lines * b + k) as *const __m512i);
-                        let wh = _mm512_load_si512(qs.add(lines * b + k + 4) as *const __m512i);
+                        // SAFETY: `b < nb` and `k + 4 < 8 == lines`: lines `lines * b + k`
+                        // and `+ 4` are among the strip's `lines · nb` at `qs` (the
+                        // caller's contract); `Line` is 64-byte aligned, as the aligned
+                        // load needs.
+                        let (wl, wh) = unsafe {
+                            (
+                                _mm512_load_si512(qs.add(lines * b + k) as *const __m512i),
+                                _mm512_load_si512(qs.add(lines * b + k + 4) as *const __m512i),
+                            )
+                        };
                         zl = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wl));
                         zh = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wh));
                         (wl, wh)
                     } else {
-                        let line = _mm512_load_si512(qs.add(lines * b + k) as *const __m512i);
+                        // SAFETY: `b < nb` and `k < 4 == lines`: inside the strip's lines
+                        // (the caller's contract); `Line` is 64-byte aligned.
+                        let line =
+                            unsafe { _mm512_load_si512(qs.add(lines * b + k) as *const __m512i) };
                         (
                             _mm512_and_si512(line, lowmask),
                             _mm512_and_si512(_mm512_srli_epi16::<4>(line), lowmask),
                         )
                     };
                     for t in 0..N {
-                        let q = if Q8 {
-                            (*ua[t].add(b)).as_ptr() as *const i32
-                        } else {
-                            a[t].get_unchecked(b).qs.as_ptr() as *const i32
+                        // SAFETY: `b < nb`, and for Q8_0 `ua[t]` points at `nb` blocks of
+                        // offset quants, for Q4_1 `a[t]` holds `nb` blocks (the caller's
+                        // contract): `q` points at one block's 32 quant bytes.
+                        let q = unsafe {
+                            if Q8 {
+                                (*ua[t].add(b)).as_ptr() as *const i32
+                            } else {
+                                a[t].get_unchecked(b).qs.as_ptr() as *const i32
+                            }
                         };
-                        let al = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k)));
-                        let ah = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k + 4)));
+                        // SAFETY: `k + 4 < 8`: both dwords are inside those 32 bytes;
+                        // unaligned reads.
+                        let (al, ah) = unsafe {
+                            (
+                                _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k))),
+                                _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k + 4))),
+                            )
+                        };
                         // vpdpbusd takes its first operand unsigned: the nibbles (Q4_1) or
                         // the offset activations against the signed weights (Q8_0).
                         let (xl, xh) = if Q8 {
@@ -345,7 +387,8 @@ mod imp {
                         };
                         let xl = _mm512_cvtepi32_ps(xl);
                         let xh = _mm512_cvtepi32_ps(xh);
-                        let s = scales[i][t].assume_init();
+                        // SAFETY: `i < len`: the scale pass above wrote `scales[i][t]`.
+                        let s = unsafe { scales[i][t].assume_init() };
                         lo[t] = _mm512_fmadd_ps(s, xl, lo[t]);
                         hi[t] = _mm512_fmadd_ps(s, xh, hi[t]);
                     }
@@ -356,16 +399,17 @@ mod imp {
             c0 += len;
         }
         for t in 0..N {
-            // SAFETY (of the reads): `nb > 0` (the caller's promise), so the first chunk
-            // wrote every chain.
-            let c = |k: usize| chains[k][t].assume_init();
+            // SAFETY: `nb > 0` (the caller's contract), so the first chunk wrote every
+            // chain.
+            let c = |k: usize| unsafe { chains[k][t].assume_init() };
             let sum = _mm512_add_ps(
                 _mm512_add_ps(_mm512_add_ps(c(0), c(4)), _mm512_add_ps(c(2), c(6))),
                 _mm512_add_ps(_mm512_add_ps(c(1), c(5)), _mm512_add_ps(c(3), c(7))),
             );
             // llama.cpp adds the Q4_1 minimum term after the tree; Q8_0 has none.
             let v = if Q8 { sum } else { _mm512_add_ps(sum, summ[t]) };
-            _mm512_storeu_ps(out[t], v);
+            // SAFETY: `out[t]` points at sixteen floats (the caller's contract).
+            unsafe { _mm512_storeu_ps(out[t], v) };
         }
     }
 }

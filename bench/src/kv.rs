@@ -1,0 +1,201 @@
+//! `genie bench kv-transfer`: the TCP KV transport over loopback against a raw socket copy
+//! of the same bytes. All move a prompt's worth of layers (this model's shape) from one
+//! thread to a receiver that sees every byte; the transport also frames, checksums and
+//! validates each layer and delivers it as a message, as a decode worker receives it. Two
+//! raw baselines, both sending the same layer buffers: the receiver keeps the bytes (reads
+//! them into memory holding the whole transfer, reserved and touched beforehand), or
+//! discards them (reads into one reused, cache-hot 1 MiB buffer: an upper bound no receiver
+//! that keeps the KV can reach).
+
+use anyhow::Result;
+use clap::Args;
+use genie_kv_transfer::{
+    tcp, KvMessage, KvTransport, LayerShape, TcpTransport, TransferRegistry, DTYPE_F16,
+};
+use genie_protocol::TransferId;
+use std::io::{Read, Write};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct KvBenchArgs {
+    /// Prompt lengths (tokens) whose KV is moved.
+    #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+    pub tokens: Vec<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 3)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    /// Measurements per figure (the median is reported; loopback timings on a 2-core VM
+    /// swing by tens of percent run to run, so many).
+    #[arg(long, default_value_t = 25)]
+    pub repeat: usize,
+}
+
+use crate::stats::median;
+
+/// The receiving side of the benchmark.
+struct Receiver<'a> {
+    addr: &'a str,
+    reg: &'a TransferRegistry,
+    rx: &'a mpsc::Receiver<KvMessage>,
+}
+
+/// Seconds to move `layers` payloads through the TCP transport.
+fn transport_once(
+    r: &Receiver,
+    id: u64,
+    meta: LayerShape,
+    layers: usize,
+    payload: &[u8],
+) -> Result<f64> {
+    let (addr, reg, rx) = (r.addr, r.reg, r.rx);
+    reg.expect(
+        TransferId(id),
+        layers * payload.len(),
+        Duration::from_secs(60),
+    );
+    // The layers exist before the clock starts, as a prefill has them when it ships them.
+    let owned: Vec<Vec<u8>> = (0..layers).map(|_| payload.to_vec()).collect();
+    let t0 = Instant::now();
+    let mut sink = TcpTransport::default().open(addr, TransferId(id))?;
+    for (l, p) in owned.into_iter().enumerate() {
+        sink.send_layer(
+            LayerShape {
+                layer: l as u32,
+                ..meta
+            },
+            p,
+        )?;
+    }
+    sink.complete(Vec::new())?;
+    let mut bytes = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60))? {
+            KvMessage::Layer { bytes: b, .. } | KvMessage::Hidden { bytes: b, .. } => {
+                bytes += b.len()
+            }
+            KvMessage::Complete { .. } => break,
+            KvMessage::Abort { reason, .. } => anyhow::bail!("transfer aborted: {reason}"),
+        }
+    }
+    anyhow::ensure!(
+        bytes == layers * payload.len(),
+        "receiver saw {bytes} bytes"
+    );
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Seconds to write the same layers (one buffer each, as the transport sends them) over a
+/// plain loopback socket to a reader that reads them all: into one reused 1 MiB buffer
+/// (`keep` false: the bytes are discarded and the buffer stays in cache, an upper bound), or
+/// into a destination holding the whole transfer, allocated and touched before the clock
+/// starts (`keep` true: a receiver that lands the KV in memory it reserved beforehand).
+fn raw_once(layers: &[Vec<u8>], keep: bool) -> Result<f64> {
+    let total: usize = layers.iter().map(Vec::len).sum();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut buf = vec![1u8; if keep { total } else { 1 << 20 }];
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut got = 0;
+        loop {
+            let at = if keep { got } else { 0 };
+            let n = s.read(&mut buf[at..])?;
+            if n == 0 {
+                std::hint::black_box(&buf);
+                return Ok(got);
+            }
+            got += n;
+        }
+    });
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    for l in layers {
+        s.write_all(l)?;
+    }
+    drop(s);
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    anyhow::ensure!(got == total, "raw reader saw {got} of {total} bytes");
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+pub fn run(a: KvBenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let registry = TransferRegistry::new();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let deliver: genie_kv_transfer::Deliver =
+        Arc::new(move |m| tx.lock().map(|t| t.send(m).is_ok()).unwrap_or(false));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?.to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    rt.spawn(tcp::serve(
+        listener,
+        registry.clone(),
+        deliver,
+        Duration::from_secs(30),
+        shutdown,
+    ));
+    println!("| prompt tokens | KV bytes | genie TCP transport GB/s | raw copy, bytes kept GB/s | ratio | raw copy, reused 1 MiB buffer GB/s | ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut id = 1;
+    for &n in &a.tokens {
+        let meta = LayerShape {
+            layer: 0,
+            n_layers: a.layers as u32,
+            dtype: DTYPE_F16,
+            kv_heads: a.kv_heads as u32,
+            head_dim: a.head_dim as u32,
+            token_start: 0,
+            token_count: n as u32,
+        };
+        let layer_bytes = meta.payload_len().unwrap_or(0);
+        let payload: Vec<u8> = (0..layer_bytes).map(|i| (i * 31) as u8).collect();
+        let total = layer_bytes * a.layers;
+        let mut t = Vec::new();
+        let mut r = Vec::new();
+        let mut l = Vec::new();
+        for _ in 0..a.repeat {
+            let recv = Receiver {
+                addr: &addr,
+                reg: &registry,
+                rx: &rx,
+            };
+            t.push(transport_once(&recv, id, meta, a.layers, &payload)?);
+            id += 1;
+            // The raw copies send the same layers from the same kind of memory: one
+            // buffer per layer, filled before the clock starts.
+            let layers: Vec<Vec<u8>> = (0..a.layers).map(|_| payload.clone()).collect();
+            r.push(raw_once(&layers, false)?);
+            l.push(raw_once(&layers, true)?);
+        }
+        // Ratios are taken within each round (the three runs back to back) and their median
+        // reported: the VM's speed drifts between rounds far more than within one.
+        let ratio = |base: &[f64]| crate::stats::median_ratio(base, &t);
+        let (kept, discarded) = (ratio(&l), ratio(&r));
+        let gb = |s: Vec<f64>| total as f64 / median(s) / 1e9;
+        println!(
+            "| {n} | {total} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            gb(t),
+            gb(l),
+            kept,
+            gb(r),
+            discarded
+        );
+    }
+    println!(
+        "{} layers x {} KV heads x head dim {} x f16 (K and V), loopback; medians of {} rounds, ratios within each round",
+        a.layers, a.kv_heads, a.head_dim, a.repeat
+    );
+    Ok(())
+}

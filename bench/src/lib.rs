@@ -1,0 +1,16 @@
+//! # genie-bench
+//!
+//! `genie bench`: benchmarks that print figures, each with its own arguments, all
+//! reporting through [`stats`]:
+//!
+//! - [`engine`]: prefill and batched decode throughput of the engine, beside llama.cpp;
+//! - [`kv`]: the TCP KV transport beside a raw socket copy of the same bytes;
+//! - [`disagg`]: time to first and second token, disaggregated vs colocated, across
+//!   processes (it starts the current `genie` binary's roles);
+//! - [`sched`]: placement decision time with many workers, per routing policy.
+
+pub mod disagg;
+pub mod engine;
+pub mod kv;
+pub mod sched;
+pub mod stats;

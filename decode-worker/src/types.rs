@@ -1,0 +1,99 @@
+//! The decode worker's vocabulary: its settings, the sequences it is given and the inputs
+//! its batch loop reads.
+
+use genie_engine::kv_budget::KvReservation;
+use genie_engine::kv_cache::KvCache;
+use genie_engine::sampling::Sampler;
+use genie_kv_transfer::KvMessage;
+use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_worker_core::EventSender;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Inputs a decode worker's queue holds at most (sequences and KV traffic); a full queue
+/// refuses new sequences as busy.
+pub const DEFAULT_QUEUE: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct DecodeConfig {
+    pub id: WorkerId,
+    /// Most sequences in one decode step.
+    pub max_batch: usize,
+    /// Most prompt tokens prefilled in one step (colocated sequences).
+    pub max_prefill_tokens: usize,
+    /// A transfer whose KV has not all arrived by then is dropped.
+    pub transfer_timeout: Duration,
+    /// Capacity of the input queue.
+    pub queue: usize,
+}
+
+/// Where a sequence's prompt KV comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvSource {
+    /// Prefill the prompt here (colocated).
+    Prompt(Vec<u32>),
+    /// A prefill worker sends the prompt's KV as `transfer`.
+    Transfer {
+        transfer: TransferId,
+        prompt_tokens: usize,
+    },
+}
+
+impl KvSource {
+    pub fn prompt_tokens(&self) -> usize {
+        match self {
+            KvSource::Prompt(p) => p.len(),
+            KvSource::Transfer { prompt_tokens, .. } => *prompt_tokens,
+        }
+    }
+}
+
+/// A sequence to admit.
+pub struct DecodeSeq {
+    pub id: SeqId,
+    pub source: KvSource,
+    /// Tokens to generate in all (including a first token sampled by a prefill worker).
+    pub max_tokens: usize,
+    /// Token ids that end the sequence (end of turn, eos).
+    pub stop_token_ids: Vec<u32>,
+    /// Replaced by the hand-off's sampler for disaggregated sequences.
+    pub sampler: Sampler,
+}
+
+/// An admitted sequence as the batch loop holds it.
+pub(crate) struct NewSeq {
+    pub max_tokens: usize,
+    pub stop_token_ids: Vec<u32>,
+    pub sampler: Sampler,
+    pub events: EventSender,
+    /// The sequence's KV bytes, held until it leaves this worker.
+    pub _reservation: KvReservation,
+    pub cache: KvCache,
+}
+
+pub(crate) enum DecodeInput {
+    /// A sequence whose KV will arrive as `transfer`.
+    Expect { transfer: TransferId, seq: NewSeq },
+    /// Prefill `prompt` here, then decode (colocated).
+    Prefill { seq: NewSeq, prompt: Vec<u32> },
+    /// KV transfer traffic for an expected sequence.
+    Kv(KvMessage),
+}
+
+/// Live counters the gateway reads for placement and metrics.
+#[derive(Debug, Default)]
+pub struct DecodeStats {
+    /// Sequences expected, queued or running here.
+    pub load: AtomicUsize,
+    /// Sequences in the running batch.
+    pub running: AtomicUsize,
+}
+
+impl DecodeStats {
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,36 @@
+//! `genie gateway`: the HTTP API over worker processes that register with it (or are
+//! listed in its config). It reads the model's GGUF metadata only — tokenizer, chat
+//! template, dimensions — never its tensor data.
+
+use crate::process::{http_runtime, Background};
+use crate::run_serve::{dispatch_config, frontend, model_path, serve_api, ServeArgs};
+use anyhow::Result;
+use genie_engine::model_text::ModelText;
+use genie_router::{Dispatcher, Registry, RemotePool};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let cfg = args.config_with_overrides()?;
+    genie_server::metrics_setup::install()?;
+    let path = model_path(&cfg)?;
+    let text = ModelText::open(&path)?;
+    let plan = crate::plan_setup::served_plan(&cfg, &text, genie_scheduler::Transport::Tcp)?;
+    let registry = Arc::new(Registry::new(
+        Duration::from_millis(cfg.workers.heartbeat_ms),
+        &cfg.workers.statics,
+    ));
+    let pool = Arc::new(RemotePool::new(Arc::clone(&registry)));
+    let dcfg = dispatch_config(&cfg, &plan, text.kv_shape().bytes_per_token());
+    let dispatcher = Arc::new(Dispatcher::new(dcfg, Arc::clone(&pool) as _, plan));
+    let frontend = Arc::new(frontend(&cfg, text, &path));
+    let (served_name, mode) = (frontend.served_name.clone(), dispatcher.mode_label());
+    let banner_for = |local| {
+        format!("Genie gateway serving `{served_name}` on http://{local} ({mode}; workers register at http://{local}/internal/workers)")
+    };
+    let bg = Background::default();
+    http_runtime()?.block_on(async {
+        bg.spawn(Arc::clone(&pool).upkeep(bg.shutdown.clone()));
+        serve_api(&cfg, frontend, dispatcher, Some(registry), &bg, banner_for).await
+    })
+}

@@ -1,0 +1,289 @@
+//! `genie prefill-worker` and `genie decode-worker`: the roles of `genie serve` as
+//! separate processes. A worker serves its control API over HTTP (and, decode, a KV
+//! receiver), registers with the gateway and heartbeats its load until shutdown.
+
+use crate::config::ServeConfig;
+use crate::process::{banner, http_runtime, Background, Listen};
+use crate::run_serve::{load_model, model_path, ServeArgs};
+use anyhow::{Context, Result};
+use clap::Args;
+use genie_decode_worker::{DecodeConfig, DecodeWorker};
+use genie_engine::kv_budget::KvBudget;
+use genie_engine::model::Model;
+use genie_kv_transfer::{Deliver, NetTransport, TransferRegistry};
+use genie_prefill_worker::{PrefillConfig, PrefillWorker};
+use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerRole, WorkerStatus};
+use genie_protocol::WorkerId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The gateway to register with (http://host:port). Without it the worker waits to be
+    /// polled by a gateway that lists it under `workers.static`.
+    #[arg(long, env = "GENIE_GATEWAY")]
+    pub gateway: Option<String>,
+    #[command(flatten)]
+    pub listen: Listen,
+    /// How decode workers receive KV: `tcp`, or `rdma` (builds with `--features rdma`; needs
+    /// an explicit --kv-port and an RDMA device).
+    #[arg(long, default_value = "tcp")]
+    pub kv_transport: String,
+    /// Hardware label reported to the gateway.
+    #[arg(long, default_value = "cpu")]
+    pub hardware: String,
+    /// TOML configuration (the `prefill` / `decode` / `model` sections apply).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// A llama GGUF file (default: GENIE_MODEL, else the default model).
+    #[arg(long, env = "GENIE_MODEL")]
+    pub model: Option<std::path::PathBuf>,
+    /// Compute threads (0 = one per core).
+    #[arg(long, env = "GENIE_THREADS")]
+    pub threads: Option<usize>,
+}
+
+fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
+    let sa = ServeArgs {
+        config: a.config.clone(),
+        host: None,
+        port: None,
+        model: a.model.clone(),
+        colocated: false,
+        api_keys: Vec::new(),
+        threads: a.threads,
+    };
+    sa.config_with_overrides()
+}
+
+/// Sleeps `d`, or returns false at once when shutdown begins.
+async fn pause(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Registers, then heartbeats until shutdown; registers again when the gateway forgot us.
+async fn heartbeat_loop(
+    gateway: String,
+    mut reg: RegisterRequest,
+    status: impl Fn() -> WorkerStatus,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client without TLS builds");
+    let gateway = gateway.trim_end_matches('/').to_string();
+    loop {
+        reg.status = status();
+        let r = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.post(format!("{gateway}/internal/workers")).json(&reg).send() => r,
+        };
+        let resp: RegisterResponse = match r {
+            Ok(r) if r.status().is_success() => match r.json().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad registration answer");
+                    if !pause(Duration::from_secs(1), &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "gateway refused registration");
+                if !pause(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway unreachable; retrying");
+                if !pause(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let every = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+        loop {
+            if !pause(every, &stop).await {
+                return;
+            }
+            let url = format!("{gateway}/internal/workers/{}/heartbeat", resp.id.0);
+            match client.post(url).json(&status()).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => break,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Starts the RDMA KV receiver; its endpoint is `rdma://host:port`.
+#[cfg(feature = "rdma")]
+fn start_rdma(
+    a: &WorkerArgs,
+    registry: &TransferRegistry,
+    deliver: Deliver,
+    stall: Duration,
+    bg: &Background,
+) -> Result<String> {
+    anyhow::ensure!(
+        a.listen.kv_port != 0,
+        "--kv-transport rdma needs an explicit --kv-port"
+    );
+    let bind = format!("{}:{}", a.listen.host, a.listen.kv_port);
+    let ep = format!("rdma://{}", a.listen.advertised(bind.parse()?)?);
+    let reg = registry.clone();
+    let stop = bg.shutdown.clone();
+    bg.spawn(async move {
+        if let Err(e) = genie_kv_transfer::rdma::serve(&bind, reg, deliver, stall, stop).await {
+            tracing::error!(error = %e, "the RDMA KV receiver stopped");
+        }
+    });
+    Ok(ep)
+}
+
+#[cfg(not(feature = "rdma"))]
+fn start_rdma(
+    _: &WorkerArgs,
+    _: &TransferRegistry,
+    _: Deliver,
+    _: Duration,
+    _: &Background,
+) -> Result<String> {
+    anyhow::bail!(
+        "this genie was built without RDMA: rebuild with `cargo build --release --features rdma`"
+    )
+}
+
+/// The decode worker with its KV receiver: its router, KV endpoint and status source.
+async fn decode_role(
+    a: &WorkerArgs,
+    cfg: &ServeConfig,
+    model: &Model,
+    bg: &Background,
+) -> Result<(axum::Router, String, Box<dyn Fn() -> WorkerStatus + Send>)> {
+    let l = &a.listen;
+    let registry = TransferRegistry::new();
+    let timeout = Duration::from_secs(cfg.decode.transfer_timeout_secs);
+    let worker = Arc::new(DecodeWorker::start(
+        DecodeConfig {
+            id: WorkerId(0),
+            max_batch: cfg.decode.max_batch,
+            max_prefill_tokens: cfg.decode.max_prefill_tokens,
+            transfer_timeout: timeout,
+            queue: genie_decode_worker::DEFAULT_QUEUE,
+        },
+        model.share(cfg.decode.threads)?,
+        KvBudget::new(usize::try_from(cfg.decode.kv_cache_bytes).unwrap_or(usize::MAX)),
+        Arc::new(|| {}),
+        Some(registry.clone()),
+    )?);
+    let kv_endpoint = match a.kv_transport.as_str() {
+        "tcp" => {
+            let kv = tokio::net::TcpListener::bind((l.host.as_str(), l.kv_port))
+                .await
+                .with_context(|| format!("cannot bind the KV port {}:{}", l.host, l.kv_port))?;
+            let ep = l.advertised(kv.local_addr()?)?;
+            bg.spawn(genie_kv_transfer::tcp::serve(
+                kv,
+                registry,
+                worker.kv_deliverer(),
+                timeout,
+                bg.shutdown.clone(),
+            ));
+            ep
+        }
+        "rdma" => start_rdma(a, &registry, worker.kv_deliverer(), timeout, bg)?,
+        other => anyhow::bail!("--kv-transport {other}: use tcp or rdma"),
+    };
+    let w = Arc::clone(&worker);
+    Ok((
+        genie_decode_worker::service::router(worker),
+        kv_endpoint,
+        Box::new(move || w.status()),
+    ))
+}
+
+pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
+    let cfg = worker_cfg(&a)?;
+    let handle = genie_server::metrics_setup::install()?;
+    let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, 1)?;
+    let bg = Background::default();
+    http_runtime()?.block_on(async move {
+        let l = &a.listen;
+        let listener = tokio::net::TcpListener::bind((l.host.as_str(), l.port))
+            .await
+            .with_context(|| format!("cannot bind {}:{}", l.host, l.port))?;
+        let address = format!("http://{}", l.advertised(listener.local_addr()?)?);
+        let metrics_router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move { handle.render() }),
+        );
+        let (router, kv_endpoint, status): (
+            axum::Router,
+            Option<String>,
+            Box<dyn Fn() -> WorkerStatus + Send>,
+        ) = match role {
+            WorkerRole::Decode => {
+                let (r, ep, s) = decode_role(&a, &cfg, &model, &bg).await?;
+                (r, Some(ep), s)
+            }
+            WorkerRole::Prefill => {
+                let worker = Arc::new(PrefillWorker::start(
+                    PrefillConfig {
+                        id: WorkerId(0),
+                        max_batch_tokens: cfg.prefill.max_batch_tokens,
+                        queue: genie_prefill_worker::DEFAULT_QUEUE,
+                    },
+                    model.share(cfg.prefill.threads)?,
+                    Arc::new(NetTransport::default()),
+                )?);
+                let w = Arc::clone(&worker);
+                (
+                    genie_prefill_worker::service::router(worker),
+                    None,
+                    Box::new(move || w.status()),
+                )
+            }
+        };
+        drop(model);
+        banner(&format!(
+            "Genie {} worker on {address}{}; {}",
+            match role {
+                WorkerRole::Prefill => "prefill",
+                WorkerRole::Decode => "decode",
+            },
+            kv_endpoint
+                .as_ref()
+                .map(|k| format!(" (KV on {k})"))
+                .unwrap_or_default(),
+            match &a.gateway {
+                Some(g) => format!("registering with {g}"),
+                None => "static (no --gateway: waiting to be polled)".into(),
+            }
+        ))?;
+        let reg = RegisterRequest {
+            role,
+            address,
+            kv_endpoint,
+            hardware: a.hardware.clone(),
+            status: WorkerStatus::default(),
+        };
+        if let Some(g) = a.gateway.clone() {
+            bg.spawn(heartbeat_loop(g, reg, status, bg.shutdown.clone()));
+        }
+        let stop = bg.on_signal();
+        axum::serve(listener, router.merge(metrics_router))
+            .with_graceful_shutdown(stop)
+            .await?;
+        bg.stop().await;
+        anyhow::Ok(())
+    })
+}

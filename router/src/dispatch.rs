@@ -1,0 +1,331 @@
+//! The dispatcher: the waiting queue, the plan's call for each sequence (disaggregate or
+//! not, pins, hints), placement by the scheduler, and starting the legs on a
+//! [`WorkerPool`], waiting for KV room and retrying elsewhere as the pool's typed answers
+//! say.
+
+use crate::error::DispatchError;
+use crate::pool::{SeqSpec, StartError, WorkerPool};
+use genie_engine::sampling::SamplingParams;
+use genie_protocol::openai::GenieHint;
+use genie_protocol::worker::SeqEvent;
+use genie_protocol::{SeqId, WorkerId};
+use genie_scheduler::placement::prefix_hash;
+use genie_scheduler::{
+    ExecutionPlan, PlaceError, Placement, PlacementRequest, RequestFacts, Role, RoutingPolicy,
+    Scheduler, WorkerView,
+};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+
+/// Start attempts a sequence gets when workers refuse it as unavailable.
+const MAX_RETRIES: usize = 3;
+
+/// How the dispatcher behaves.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub routing: RoutingPolicy,
+    /// Prompt tokens `prefix_affinity` routes by.
+    pub prefix_tokens: usize,
+    /// Prefill workers run (else every sequence prefills on its decode worker).
+    pub disaggregated: bool,
+    /// Sequences waiting for their first event; more are refused.
+    pub max_waiting: usize,
+    /// How long a sequence waits for KV room before it is refused.
+    pub queue_timeout: Duration,
+    pub kv_bytes_per_token: usize,
+    /// The config field that pins each role's worker (`plan.pins[k].worker`), for errors.
+    pub pinned_by: Vec<(Role, String)>,
+}
+
+/// One sequence to run.
+#[derive(Clone, Debug)]
+pub struct SeqRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub stop_token_ids: Vec<u32>,
+    pub hint: GenieHint,
+}
+
+/// Counts a sequence as waiting until it is dropped (at its first event).
+pub struct WaitTicket {
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Drop for WaitTicket {
+    fn drop(&mut self) {
+        let left = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("genie_num_requests_waiting").set(left as f64);
+    }
+}
+
+/// A placed sequence: its event stream and where it runs.
+pub struct Dispatched {
+    pub events: Receiver<SeqEvent>,
+    pub placement: Placement,
+    pub ticket: Option<WaitTicket>,
+    /// The KV transfer's id (disaggregated sequences).
+    pub transfer: Option<u64>,
+    /// Why it was placed so.
+    pub reason: String,
+    /// Prompt tokens already queued on the worker that prefills it, when it was placed
+    /// (what the cost model's queueing term reads).
+    pub queued_tokens: usize,
+}
+
+pub struct Dispatcher {
+    pool: Arc<dyn WorkerPool>,
+    scheduler: Mutex<Scheduler>,
+    pub plan: Arc<ExecutionPlan>,
+    cfg: DispatchConfig,
+    waiting: Arc<AtomicUsize>,
+    next_id: AtomicU64,
+}
+
+impl Dispatcher {
+    pub fn new(cfg: DispatchConfig, pool: Arc<dyn WorkerPool>, plan: ExecutionPlan) -> Self {
+        metrics::gauge!("genie_num_requests_waiting").set(0.0);
+        Dispatcher {
+            pool,
+            scheduler: Mutex::new(Scheduler::new(cfg.routing)),
+            plan: Arc::new(plan),
+            cfg,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn config(&self) -> &DispatchConfig {
+        &self.cfg
+    }
+
+    /// Every worker as placement sees it.
+    pub fn views(&self) -> Vec<WorkerView> {
+        self.pool.views()
+    }
+
+    /// Ready when a decode worker (and, disaggregated, a prefill worker) is healthy.
+    pub fn is_ready(&self) -> bool {
+        let views = self.pool.views();
+        let has = |r: Role| views.iter().any(|w| w.role == r && w.healthy);
+        self.pool.all_alive() && has(Role::Decode) && (!self.cfg.disaggregated || has(Role::Prefill))
+    }
+
+    pub fn mode_label(&self) -> &'static str {
+        if self.cfg.disaggregated {
+            "disaggregated"
+        } else {
+            "colocated"
+        }
+    }
+
+    /// Enters the waiting queue, or is refused when it is full.
+    pub fn enter_queue(&self, sequences: usize) -> Result<Vec<WaitTicket>, DispatchError> {
+        let now = self.waiting.fetch_add(sequences, Ordering::AcqRel) + sequences;
+        let tickets: Vec<WaitTicket> = (0..sequences)
+            .map(|_| WaitTicket {
+                waiting: Arc::clone(&self.waiting),
+            })
+            .collect();
+        if now > self.cfg.max_waiting {
+            drop(tickets);
+            return Err(DispatchError::Overloaded {
+                waiting: now - sequences,
+                limit: self.cfg.max_waiting,
+            });
+        }
+        metrics::gauge!("genie_num_requests_waiting").set(now as f64);
+        Ok(tickets)
+    }
+
+    /// The plan's (or the client's) call for one sequence: disaggregate or not, worker
+    /// pins, the prefix hash, and the reason in words.
+    fn decide(
+        &self,
+        req: &SeqRequest,
+        kv_bytes: u64,
+    ) -> Result<(PlacementRequest, String), DispatchError> {
+        let facts = RequestFacts {
+            prompt_tokens: req.prompt.len(),
+            max_tokens: req.max_tokens,
+            inputs: Vec::new(),
+        };
+        let (mut disaggregate, mut reason) = match self.plan.prefill_for(&facts) {
+            Some((s, colocated)) => (
+                !colocated,
+                format!("plan stage `{}` ({})", s.phase, s.selector_label),
+            ),
+            None => (
+                false,
+                "no prefill stage selects it: prefill on the decode worker".into(),
+            ),
+        };
+        let hint = req.hint;
+        let wants = hint.disaggregate.or(hint.prefill_worker.map(|_| true));
+        if let Some(d) = wants {
+            if d && !self.cfg.disaggregated {
+                return Err(DispatchError::InvalidHint {
+                    field: "genie.disaggregate",
+                    reason: "this server runs no prefill workers (colocated mode), so a request cannot be disaggregated".into(),
+                });
+            }
+            if !d && hint.prefill_worker.is_some() {
+                return Err(DispatchError::InvalidHint {
+                    field: "genie.prefill_worker",
+                    reason: "names a prefill worker but `genie.disaggregate` is false".into(),
+                });
+            }
+            disaggregate = d;
+            reason = format!("client hint (disaggregate = {d})");
+        }
+        let pinned = |role| {
+            self.plan
+                .stage_of(role)
+                .and_then(|s| s.pinned_worker)
+                .map(WorkerId)
+        };
+        let mut preq = PlacementRequest::new(req.prompt.len(), kv_bytes, disaggregate);
+        preq.prefill_worker = hint
+            .prefill_worker
+            .map(WorkerId)
+            .or_else(|| pinned(Role::Prefill));
+        preq.decode_worker = hint
+            .decode_worker
+            .map(WorkerId)
+            .or_else(|| pinned(Role::Decode));
+        if hint.prefill_worker.is_some() || hint.decode_worker.is_some() {
+            reason.push_str("; worker chosen by the client");
+        } else if preq.prefill_worker.is_some() || preq.decode_worker.is_some() {
+            reason.push_str("; worker pinned by the plan");
+        }
+        if self.cfg.routing == RoutingPolicy::PrefixAffinity {
+            preq.prefix_hash = Some(prefix_hash(&req.prompt, self.cfg.prefix_tokens));
+        }
+        Ok((preq, reason))
+    }
+
+    /// What a placement refusal means for this request.
+    fn place_error(&self, e: PlaceError, req: &SeqRequest) -> DispatchError {
+        match e {
+            PlaceError::NeverFits {
+                needed_bytes,
+                largest_bytes,
+            } => DispatchError::NeverFits {
+                needed_bytes,
+                largest_bytes,
+                prompt_tokens: req.prompt.len(),
+                max_tokens: req.max_tokens,
+            },
+            PlaceError::NoSuchWorker { role, id } => {
+                let (field, hinted) = match role {
+                    Role::Prefill => ("genie.prefill_worker", req.hint.prefill_worker.is_some()),
+                    Role::Decode => ("genie.decode_worker", req.hint.decode_worker.is_some()),
+                };
+                if hinted {
+                    return DispatchError::UnknownWorker { field, role, id };
+                }
+                let pin = self
+                    .cfg
+                    .pinned_by
+                    .iter()
+                    .find(|(r, _)| *r == role)
+                    .map_or("plan.pins", |(_, f)| f.as_str());
+                DispatchError::PinnedWorkerMissing {
+                    pin: pin.to_string(),
+                    role,
+                    id,
+                }
+            }
+            PlaceError::NoWorker(role) => DispatchError::NoWorker(role),
+            PlaceError::Busy { .. } => unreachable!("busy is waited on, not returned"),
+        }
+    }
+
+    /// Places one sequence (waiting for KV room if every decode worker is full) and starts
+    /// its legs: the decode worker reserves the KV first, then the prefill worker starts.
+    /// A worker that refuses as unavailable is left out of this sequence's next placement.
+    pub async fn dispatch(
+        &self,
+        req: SeqRequest,
+        ticket: WaitTicket,
+    ) -> Result<Dispatched, DispatchError> {
+        let kv_bytes = (req.prompt.len() + req.max_tokens) * self.cfg.kv_bytes_per_token;
+        let (preq, reason) = self.decide(&req, kv_bytes as u64)?;
+        let deadline = tokio::time::Instant::now() + self.cfg.queue_timeout;
+        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let seq = SeqSpec {
+            id,
+            prompt: req.prompt.clone(),
+            max_tokens: req.max_tokens,
+            sampling: req.sampling.clone(),
+            seed: req.seed,
+            stop_token_ids: req.stop_token_ids.clone(),
+        };
+        let changed = self.pool.changed();
+        let mut refused: Vec<WorkerId> = Vec::new();
+        loop {
+            let freed = changed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let mut views = self.pool.views();
+            for v in views.iter_mut().filter(|v| refused.contains(&v.id)) {
+                v.healthy = false;
+            }
+            let placed = {
+                let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                s.place(&preq, &views)
+            };
+            match placed {
+                Ok(placement) => {
+                    let (prefills, role) = match placement.prefill() {
+                        Some(p) => (p, Role::Prefill),
+                        None => (placement.decode(), Role::Decode),
+                    };
+                    let queued_tokens = views
+                        .iter()
+                        .find(|w| w.id == prefills && w.role == role)
+                        .map_or(0, |w| w.queued_tokens);
+                    match self.pool.start(placement, &seq).await {
+                        Ok(events) => {
+                            return Ok(Dispatched {
+                                events,
+                                placement,
+                                ticket: Some(ticket),
+                                transfer: placement.prefill().map(|_| id.0),
+                                reason,
+                                queued_tokens,
+                            })
+                        }
+                        Err(StartError::Failed(why)) => {
+                            tracing::error!(%why, "a worker failed to start a sequence");
+                            return Err(DispatchError::Failed(why));
+                        }
+                        Err(StartError::Retry { worker, reason }) => {
+                            tracing::debug!(%worker, %reason, "worker refused; placing elsewhere");
+                            if refused.len() >= MAX_RETRIES {
+                                return Err(DispatchError::Unreachable);
+                            }
+                            refused.push(worker);
+                            continue;
+                        }
+                        Err(StartError::NoRoom) => {}
+                    }
+                }
+                Err(PlaceError::Busy { .. }) => {}
+                Err(e) => {
+                    // A worker left out after refusing is "no worker", not a bad request.
+                    if !refused.is_empty() && matches!(e, PlaceError::NoWorker(_)) {
+                        return Err(DispatchError::Unreachable);
+                    }
+                    return Err(self.place_error(e, &req));
+                }
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(DispatchError::QueueTimeout);
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! # genie-router
+//!
+//! Where sequences run. The [`Dispatcher`] owns the waiting queue, asks the
+//! ExecutionPlan and the scheduler where each sequence goes and starts it on a
+//! [`WorkerPool`]: [`LocalPool`] (`genie serve`: worker threads in this process, KV over
+//! the in-process transport) or [`RemotePool`] (`genie gateway`: worker processes
+//! registered in a [`Registry`], reached over HTTP, KV between them over TCP). Every
+//! refusal is a typed [`DispatchError`]; the HTTP server maps it to a status.
+
+pub mod dispatch;
+pub mod error;
+pub mod local;
+pub mod pool;
+pub mod remote;
+
+pub use dispatch::{DispatchConfig, Dispatched, Dispatcher, SeqRequest, WaitTicket};
+pub use error::DispatchError;
+pub use local::LocalPool;
+pub use pool::{SeqSpec, StartError, WorkerPool};
+pub use remote::{Registry, RegistryError, RemotePool, StaticWorker};

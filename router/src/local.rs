@@ -1,0 +1,150 @@
+//! `genie serve`'s pool: prefill and decode workers as threads of this process, KV over
+//! the in-process transport. Sequences enter through the same admission the workers'
+//! HTTP services call ([`DecodeWorker::admit`], [`PrefillWorker::admit`]).
+
+use crate::pool::{view, SeqSpec, StartError, WorkerPool};
+use futures_util::future::BoxFuture;
+use genie_decode_worker::{DecodeSeq, DecodeWorker, KvSource};
+use genie_engine::sampling::Sampler;
+use genie_kv_transfer::InProcessTransport;
+use genie_prefill_worker::{PrefillSeq, PrefillWorker};
+use genie_protocol::worker::{SeqEvent, WorkerRole};
+use genie_protocol::{TransferId, WorkerId};
+use genie_scheduler::{Placement, WorkerView};
+use genie_worker_core::{event_channel, AdmitError};
+use std::sync::Arc;
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::Notify;
+
+/// Worker threads in this process.
+pub struct LocalPool {
+    prefill: Vec<PrefillWorker>,
+    decode: Vec<DecodeWorker>,
+    changed: Arc<Notify>,
+}
+
+/// The in-process KV endpoint name of decode worker `id`.
+pub fn endpoint(id: WorkerId) -> String {
+    format!("decode-{}", id.0)
+}
+
+impl LocalPool {
+    /// A pool over started workers. Each decode worker must be registered with
+    /// `transport` under [`endpoint`] (its id) and call `changed` when KV frees.
+    pub fn new(
+        prefill: Vec<PrefillWorker>,
+        decode: Vec<DecodeWorker>,
+        transport: &InProcessTransport,
+        changed: Arc<Notify>,
+    ) -> Self {
+        for w in &decode {
+            transport.register(&endpoint(w.config.id), w.kv_deliverer());
+        }
+        LocalPool {
+            prefill,
+            decode,
+            changed,
+        }
+    }
+
+    fn start_now(
+        &self,
+        placement: Placement,
+        seq: &SeqSpec,
+    ) -> Result<Receiver<SeqEvent>, StartError> {
+        let decode = self
+            .decode
+            .iter()
+            .find(|w| w.config.id == placement.decode())
+            .ok_or_else(|| StartError::Failed(format!("no decode worker {}", placement.decode())))?;
+        let (tx, rx) = event_channel(seq.max_tokens);
+        let sampler = Sampler::new(seq.sampling.clone(), seq.seed);
+        let transfer = TransferId(seq.id.0);
+        let source = match placement {
+            Placement::Colocated { .. } => KvSource::Prompt(seq.prompt.clone()),
+            Placement::Disaggregated { .. } => KvSource::Transfer {
+                transfer,
+                prompt_tokens: seq.prompt.len(),
+            },
+        };
+        decode
+            .admit(
+                DecodeSeq {
+                    id: seq.id,
+                    source,
+                    max_tokens: seq.max_tokens,
+                    stop_token_ids: seq.stop_token_ids.clone(),
+                    sampler: sampler.clone(),
+                },
+                tx.clone(),
+            )
+            .map_err(|e| start_error(decode.config.id, e))?;
+        if let Placement::Disaggregated { prefill, .. } = placement {
+            let p = self
+                .prefill
+                .iter()
+                .find(|w| w.config.id == prefill)
+                .ok_or_else(|| StartError::Failed(format!("no prefill worker {prefill}")))?;
+            // On a refusal `rx` drops here, which cancels the decode leg and frees its KV.
+            p.admit(
+                PrefillSeq {
+                    id: seq.id,
+                    transfer,
+                    kv_endpoint: endpoint(decode.config.id),
+                    prompt: seq.prompt.clone(),
+                    max_tokens: seq.max_tokens,
+                    stop_token_ids: seq.stop_token_ids.clone(),
+                    sampler,
+                },
+                tx,
+            )
+            .map_err(|e| start_error(prefill, e))?;
+        }
+        Ok(rx)
+    }
+}
+
+/// How the dispatcher acts on worker `id`'s refusal.
+fn start_error(id: WorkerId, e: AdmitError) -> StartError {
+    match e {
+        AdmitError::NoKvRoom { .. } => StartError::NoRoom,
+        AdmitError::Busy | AdmitError::KvUnreachable(_) | AdmitError::Stopped => {
+            StartError::Retry {
+                worker: id,
+                reason: e.to_string(),
+            }
+        }
+        AdmitError::Invalid(_) => StartError::Failed(e.to_string()),
+    }
+}
+
+impl WorkerPool for LocalPool {
+    fn views(&self) -> Vec<WorkerView> {
+        let p = self
+            .prefill
+            .iter()
+            .map(|w| view(w.config.id, WorkerRole::Prefill, w.is_alive(), &w.status()));
+        let d = self
+            .decode
+            .iter()
+            .map(|w| view(w.config.id, WorkerRole::Decode, w.is_alive(), &w.status()));
+        p.chain(d).collect()
+    }
+
+    fn all_alive(&self) -> bool {
+        self.decode.iter().all(|w| w.is_alive()) && self.prefill.iter().all(|w| w.is_alive())
+    }
+
+    fn changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+
+    fn start<'a>(
+        &'a self,
+        placement: Placement,
+        seq: &'a SeqSpec,
+    ) -> BoxFuture<'a, Result<Receiver<SeqEvent>, StartError>> {
+        // In-process admission never blocks: the transport only looks up an endpoint.
+        Box::pin(std::future::ready(self.start_now(placement, seq)))
+    }
+}

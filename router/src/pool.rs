@@ -1,0 +1,78 @@
+//! The worker contract: what the dispatcher needs of a pool of prefill and decode workers,
+//! whether they are threads of this process or processes elsewhere.
+
+use futures_util::future::BoxFuture;
+use genie_engine::sampling::SamplingParams;
+use genie_protocol::worker::{SeqEvent, WorkerRole, WorkerStatus};
+use genie_protocol::{SeqId, WorkerId};
+use genie_scheduler::{Placement, Role, WorkerView};
+use std::sync::Arc;
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::Notify;
+
+/// One sequence to start on the workers a placement chose.
+#[derive(Clone, Debug)]
+pub struct SeqSpec {
+    pub id: SeqId,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub stop_token_ids: Vec<u32>,
+}
+
+/// Why a pool could not start a placed sequence, as the dispatcher acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The decode worker has no KV room right now: wait for room, then place again.
+    #[error("no KV room on the decode worker")]
+    NoRoom,
+    /// `worker` cannot take it now (full queue, unreachable, stopping): place again at
+    /// once, on another worker.
+    #[error("worker {worker} unavailable: {reason}")]
+    Retry { worker: WorkerId, reason: String },
+    /// A worker refused the sequence for good or failed; the request fails.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A pool of workers the dispatcher places sequences on.
+pub trait WorkerPool: Send + Sync {
+    /// A snapshot of every worker's role, health, load and KV room.
+    fn views(&self) -> Vec<WorkerView>;
+
+    /// Every worker this pool itself runs is alive (in-process threads); a remote pool
+    /// answers true and reports health per worker in its views.
+    fn all_alive(&self) -> bool {
+        true
+    }
+
+    /// Notified whenever load or health changes (KV freed, a worker registered): requests
+    /// waiting for room place again.
+    fn changed(&self) -> Arc<Notify>;
+
+    /// Starts both legs of a placed sequence: the decode worker reserves the KV first,
+    /// then the prefill worker (if any) starts. Events come in order on the receiver;
+    /// dropping it cancels the sequence on every worker.
+    fn start<'a>(
+        &'a self,
+        placement: Placement,
+        seq: &'a SeqSpec,
+    ) -> BoxFuture<'a, Result<Receiver<SeqEvent>, StartError>>;
+}
+
+/// The scheduler's view of a worker from its reported status.
+pub fn view(id: WorkerId, role: WorkerRole, healthy: bool, s: &WorkerStatus) -> WorkerView {
+    WorkerView {
+        id,
+        role: match role {
+            WorkerRole::Prefill => Role::Prefill,
+            WorkerRole::Decode => Role::Decode,
+        },
+        healthy,
+        load: s.load as usize,
+        queued_tokens: s.queued_tokens as usize,
+        kv_capacity_bytes: s.kv_capacity_bytes,
+        kv_free_bytes: s.kv_free_bytes,
+    }
+}

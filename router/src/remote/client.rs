@@ -1,0 +1,228 @@
+//! Starting a placed sequence on worker processes: the decode leg first
+//! (`POST /internal/decode`, KV reserved before the prefill starts), then the prefill leg
+//! (`POST /internal/prefill`); their JSON-lines event streams are merged, in order, into
+//! the sequence's one bounded channel. A refusal is read by its typed code.
+
+use super::registry::Registry;
+use crate::pool::{SeqSpec, StartError};
+use futures_util::StreamExt;
+use genie_engine::sampling::Sampler;
+use genie_protocol::worker::{
+    events_capacity, ControlError, DecodeRequest, FailureCode, PrefillRequest, SeqEvent,
+    WorkerStatus,
+};
+use genie_protocol::{TransferId, WorkerId};
+use genie_scheduler::Placement;
+use std::sync::Arc;
+use tokio::sync::mpsc::{channel, Receiver, Sender};
+use tokio::sync::Notify;
+
+/// Polls the static workers' status endpoints; an unreachable one is marked unhealthy.
+pub async fn poll_static(client: &reqwest::Client, registry: &Registry) {
+    for (id, addr) in registry.statics() {
+        let r = client
+            .get(format!("{addr}/internal/status"))
+            .timeout(registry.heartbeat * 2)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(s) = r.json::<WorkerStatus>().await {
+                    registry.heartbeat(id, s);
+                }
+            }
+            _ => registry.mark_dead(id),
+        }
+    }
+}
+
+/// A worker's refusal: the typed code from its body (`internal` when it has none).
+async fn refusal(resp: reqwest::Response) -> (FailureCode, String) {
+    let status = resp.status();
+    match resp.json::<ControlError>().await {
+        Ok(e) => (e.error.code, e.error.message),
+        Err(_) => (FailureCode::Internal, format!("status {status}")),
+    }
+}
+
+/// POSTs a control request; an unreachable worker is marked unhealthy.
+async fn post<T: serde::Serialize>(
+    client: &reqwest::Client,
+    registry: &Registry,
+    worker: WorkerId,
+    url: String,
+    body: &T,
+) -> Result<reqwest::Response, StartError> {
+    client.post(url).json(body).send().await.map_err(|e| {
+        tracing::warn!(%worker, error = %e, "worker unreachable");
+        registry.mark_dead(worker);
+        StartError::Retry {
+            worker,
+            reason: "unreachable".into(),
+        }
+    })
+}
+
+/// Starts both legs of a placed sequence and returns its merged event stream.
+pub async fn start(
+    client: &reqwest::Client,
+    registry: &Registry,
+    placement: Placement,
+    seq: &SeqSpec,
+) -> Result<Receiver<SeqEvent>, StartError> {
+    let (decode_id, prefill_id) = (placement.decode(), placement.prefill());
+    let gone = |worker: WorkerId| StartError::Retry {
+        worker,
+        reason: "no longer registered".into(),
+    };
+    let retry = |worker: WorkerId, reason: String| StartError::Retry { worker, reason };
+    let (daddr, kv_endpoint) = registry.addresses(decode_id).ok_or_else(|| gone(decode_id))?;
+    let sampler = serde_json::to_value(Sampler::new(seq.sampling.clone(), seq.seed))
+        .map_err(|e| StartError::Failed(format!("sampler state: {e}")))?;
+    let transfer = TransferId(seq.id.0);
+    let dreq = DecodeRequest {
+        seq: seq.id,
+        transfer,
+        prompt_tokens: seq.prompt.len() as u32,
+        prompt: prefill_id.is_none().then(|| seq.prompt.clone()),
+        max_tokens: seq.max_tokens as u32,
+        stop_token_ids: seq.stop_token_ids.clone(),
+        sampler: sampler.clone(),
+    };
+    let url = format!("{daddr}/internal/decode");
+    let dresp = post(client, registry, decode_id, url, &dreq).await?;
+    if !dresp.status().is_success() {
+        let (code, msg) = refusal(dresp).await;
+        return Err(match code {
+            FailureCode::NoKvRoom => StartError::NoRoom,
+            FailureCode::Busy => retry(decode_id, msg),
+            FailureCode::Stopped => {
+                registry.mark_dead(decode_id);
+                retry(decode_id, msg)
+            }
+            _ => {
+                tracing::error!(worker = %decode_id, %code, %msg, "decode worker refused a sequence");
+                StartError::Failed(msg)
+            }
+        });
+    }
+    let (tx, rx) = channel(events_capacity(seq.max_tokens));
+    let changed = registry.changed();
+    let Some(prefill_id) = prefill_id else {
+        tokio::spawn(forward(None, dresp, tx, changed));
+        return Ok(rx);
+    };
+    let (paddr, _) = registry.addresses(prefill_id).ok_or_else(|| gone(prefill_id))?;
+    let kv_endpoint = kv_endpoint
+        .ok_or_else(|| StartError::Failed(format!("decode worker {decode_id} has no KV endpoint")))?;
+    let preq = PrefillRequest {
+        seq: seq.id,
+        transfer,
+        kv_endpoint,
+        prompt: seq.prompt.clone(),
+        max_tokens: seq.max_tokens as u32,
+        stop_token_ids: seq.stop_token_ids.clone(),
+        sampler,
+    };
+    // On any failure below, dropping `dresp` closes the decode leg, which frees its KV.
+    let url = format!("{paddr}/internal/prefill");
+    let presp = post(client, registry, prefill_id, url, &preq).await?;
+    if !presp.status().is_success() {
+        let (code, msg) = refusal(presp).await;
+        return Err(match code {
+            FailureCode::KvUnreachable => {
+                // The prefill worker could not reach the decode worker's KV port.
+                registry.mark_dead(decode_id);
+                retry(decode_id, msg)
+            }
+            FailureCode::Busy => retry(prefill_id, msg),
+            FailureCode::Stopped => {
+                registry.mark_dead(prefill_id);
+                retry(prefill_id, msg)
+            }
+            _ => {
+                tracing::error!(worker = %prefill_id, %code, %msg, "prefill worker refused a sequence");
+                StartError::Failed(msg)
+            }
+        });
+    }
+    tokio::spawn(forward(Some(presp), dresp, tx, changed));
+    Ok(rx)
+}
+
+/// Events of one JSON-lines body; an `Err` item means the body broke off.
+fn events(resp: reqwest::Response) -> impl futures_util::Stream<Item = Result<SeqEvent, ()>> {
+    futures_util::stream::unfold(
+        (resp.bytes_stream(), Vec::<u8>::new(), false),
+        |(mut body, mut buf, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let ev =
+                        serde_json::from_slice::<SeqEvent>(&line[..line.len() - 1]).map_err(|_| ());
+                    return Some((ev, (body, buf, false)));
+                }
+                match body.next().await {
+                    Some(Ok(b)) => buf.extend_from_slice(&b),
+                    Some(Err(_)) => return Some((Err(()), (body, buf, true))),
+                    None => return None,
+                }
+            }
+        },
+    )
+}
+
+fn lost(which: &str) -> SeqEvent {
+    SeqEvent::failed(FailureCode::WorkerLost, format!("the {which} worker was lost"))
+}
+
+/// Forwards the prefill leg's events (the first token), then the decode leg's, into the
+/// sequence's stream, waiting for room (backpressure reaches the workers' streams). A leg
+/// that ends without a final event is a lost worker: the client gets an error, never a
+/// hang. When the client goes away both legs are dropped, which closes their connections
+/// and cancels the sequence on both workers.
+async fn forward(
+    prefill: Option<reqwest::Response>,
+    decode: reqwest::Response,
+    tx: Sender<SeqEvent>,
+    changed: Arc<Notify>,
+) {
+    let run = async {
+        if let Some(p) = prefill {
+            let mut got_token = false;
+            let mut s = std::pin::pin!(events(p));
+            while let Some(ev) = s.next().await {
+                let Ok(ev) = ev else {
+                    let _ = tx.send(lost("prefill")).await;
+                    return;
+                };
+                got_token |= matches!(ev, SeqEvent::Token(_));
+                let end = ev.is_terminal();
+                if tx.send(ev).await.is_err() || end {
+                    return;
+                }
+            }
+            if !got_token {
+                let _ = tx.send(lost("prefill")).await;
+                return;
+            }
+        }
+        let mut s = std::pin::pin!(events(decode));
+        while let Some(ev) = s.next().await {
+            let Ok(ev) = ev else { break };
+            let end = ev.is_terminal();
+            if tx.send(ev).await.is_err() || end {
+                return;
+            }
+        }
+        let _ = tx.send(lost("decode")).await;
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = tx.closed() => {}
+    }
+    changed.notify_waiters();
+}

@@ -1,0 +1,210 @@
+//! Who the gateway's worker processes are: registration, heartbeats, static workers from
+//! the config, health by silence, and the list `GET /v1/workers` shows.
+
+use crate::pool::view;
+use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerInfo, WorkerRole, WorkerStatus};
+use genie_protocol::WorkerId;
+use genie_scheduler::WorkerView;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// A worker named in configuration rather than registered.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticWorker {
+    pub role: WorkerRole,
+    pub address: String,
+    #[serde(default)]
+    pub kv_endpoint: Option<String>,
+    #[serde(default = "default_hardware")]
+    pub hardware: String,
+}
+
+fn default_hardware() -> String {
+    "cpu".into()
+}
+
+/// A registration refused: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct RegistryError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+struct Entry {
+    info: RegisterRequest,
+    last_seen: Option<Instant>,
+    healthy: bool,
+    is_static: bool,
+}
+
+pub struct Registry {
+    workers: RwLock<HashMap<WorkerId, Entry>>,
+    next_id: AtomicU64,
+    pub heartbeat: Duration,
+    changed: Arc<Notify>,
+}
+
+impl Registry {
+    pub fn new(heartbeat: Duration, statics: &[StaticWorker]) -> Self {
+        let reg = Registry {
+            workers: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            heartbeat,
+            changed: Arc::new(Notify::new()),
+        };
+        for s in statics {
+            let id = WorkerId(reg.next_id.fetch_add(1, Ordering::Relaxed));
+            reg.write().insert(
+                id,
+                Entry {
+                    info: RegisterRequest {
+                        role: s.role,
+                        address: s.address.trim_end_matches('/').to_string(),
+                        kv_endpoint: s.kv_endpoint.clone(),
+                        hardware: s.hardware.clone(),
+                        status: WorkerStatus::default(),
+                    },
+                    last_seen: None,
+                    healthy: false,
+                    is_static: true,
+                },
+            );
+        }
+        reg
+    }
+
+    /// Notified whenever worker load or health changes (requests waiting for room retry).
+    pub fn changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<WorkerId, Entry>> {
+        self.workers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<WorkerId, Entry>> {
+        self.workers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, mut req: RegisterRequest) -> Result<RegisterResponse, RegistryError> {
+        if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
+            return Err(RegistryError {
+                field: "address",
+                reason: "`address` must be an http:// URL".into(),
+            });
+        }
+        if req.role == WorkerRole::Decode && req.kv_endpoint.is_none() {
+            return Err(RegistryError {
+                field: "kv_endpoint",
+                reason: "a decode worker must give its KV endpoint".into(),
+            });
+        }
+        req.address = req.address.trim_end_matches('/').to_string();
+        let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        tracing::info!(%id, role = ?req.role, address = %req.address, "worker registered");
+        self.write().insert(
+            id,
+            Entry {
+                info: req,
+                last_seen: Some(Instant::now()),
+                healthy: true,
+                is_static: false,
+            },
+        );
+        self.changed.notify_waiters();
+        Ok(RegisterResponse {
+            id,
+            heartbeat_interval_ms: self.heartbeat.as_millis() as u64,
+        })
+    }
+
+    /// False when the worker is unknown (removed): it should register again.
+    pub fn heartbeat(&self, id: WorkerId, status: WorkerStatus) -> bool {
+        let mut w = self.write();
+        let Some(e) = w.get_mut(&id) else {
+            return false;
+        };
+        e.info.status = status;
+        e.last_seen = Some(Instant::now());
+        e.healthy = true;
+        drop(w);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Marks a worker unhealthy until its next heartbeat (it could not be reached).
+    pub fn mark_dead(&self, id: WorkerId) {
+        if let Some(e) = self.write().get_mut(&id) {
+            if e.healthy {
+                tracing::warn!(%id, "worker unreachable; marked unhealthy");
+            }
+            e.healthy = false;
+        }
+    }
+
+    /// Marks workers silent for 3 heartbeats unhealthy and forgets registered workers silent
+    /// for 10 (a returning worker registers again).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut w = self.write();
+        w.retain(|id, e| {
+            let silent = e.last_seen.map_or(Duration::MAX, |t| now - t);
+            if silent > self.heartbeat * 3 && e.healthy {
+                tracing::warn!(%id, "worker missed its heartbeats; marked unhealthy");
+                e.healthy = false;
+            }
+            e.is_static || silent <= self.heartbeat * 10
+        });
+    }
+
+    /// The static workers' ids and control addresses.
+    pub fn statics(&self) -> Vec<(WorkerId, String)> {
+        self.read()
+            .iter()
+            .filter(|(_, e)| e.is_static)
+            .map(|(id, e)| (*id, e.info.address.clone()))
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<WorkerInfo> {
+        let now = Instant::now();
+        let mut v: Vec<WorkerInfo> = self
+            .read()
+            .iter()
+            .map(|(id, e)| WorkerInfo {
+                id: *id,
+                role: e.info.role,
+                address: e.info.address.clone(),
+                kv_endpoint: e.info.kv_endpoint.clone(),
+                hardware: e.info.hardware.clone(),
+                healthy: e.healthy,
+                source: if e.is_static { "static" } else { "registered" }.into(),
+                seconds_since_seen: e
+                    .last_seen
+                    .map_or(f64::INFINITY, |t| (now - t).as_secs_f64()),
+                status: e.info.status.clone(),
+            })
+            .collect();
+        v.sort_by_key(|w| w.id);
+        v
+    }
+
+    pub fn views(&self) -> Vec<WorkerView> {
+        self.read()
+            .iter()
+            .map(|(id, e)| view(*id, e.info.role, e.healthy, &e.info.status))
+            .collect()
+    }
+
+    /// A worker's control address and KV endpoint.
+    pub fn addresses(&self, id: WorkerId) -> Option<(String, Option<String>)> {
+        self.read()
+            .get(&id)
+            .map(|e| (e.info.address.clone(), e.info.kv_endpoint.clone()))
+    }
+}

@@ -1,0 +1,70 @@
+//! What the HTTP API itself needs of the model: tokenizer, chat template and the facts
+//! that bound a request (context length, vocabulary, end-of-turn ids). Built from GGUF
+//! metadata alone ([`ModelText`]), so a gateway never holds the weights.
+
+use genie_engine::chat_template::ChatTemplate;
+use genie_engine::model_text::ModelText;
+use genie_engine::tokenizer::GgufTokenizer;
+use std::path::Path;
+
+pub struct Frontend {
+    pub served_name: String,
+    pub tokenizer: GgufTokenizer,
+    pub template: ChatTemplate,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    /// Token ids that end a turn (eos, `<|im_end|>`, …).
+    pub eog_ids: Vec<u32>,
+    pub default_max_tokens: usize,
+    pub max_n: usize,
+    pub created: u64,
+}
+
+/// Request limits the API enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `max_tokens` when a request gives none (capped by the context left).
+    pub default_max_tokens: usize,
+    /// Largest `n`.
+    pub max_n: usize,
+}
+
+impl Frontend {
+    pub fn new(served_name: String, text: ModelText, limits: Limits) -> Self {
+        Frontend {
+            served_name,
+            tokenizer: text.tokenizer,
+            template: text.template,
+            context_length: text.config.context_length,
+            vocab_size: text.config.vocab_size,
+            eog_ids: text.eog_ids,
+            default_max_tokens: limits.default_max_tokens,
+            max_n: limits.max_n,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// The model id clients send by default: the file name without its quantisation
+    /// suffix (`SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct`), else `fallback`
+    /// (the GGUF's `general.name`).
+    pub fn default_name(path: &Path, fallback: &str) -> String {
+        path.file_name()
+            .map(|s| {
+                s.to_string_lossy()
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| fallback.to_string())
+    }
+
+    /// A token's text as clients see it in logprobs (lossy for partial UTF-8).
+    pub fn token_text(&self, id: u32) -> (String, Vec<u8>) {
+        let b = self.tokenizer.token_bytes(id).unwrap_or_default().to_vec();
+        (String::from_utf8_lossy(&b).into_owned(), b)
+    }
+}

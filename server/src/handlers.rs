@@ -1,0 +1,484 @@
+//! The OpenAI endpoints: chat completions, completions, models; bodies and SSE chunks.
+
+use crate::api_error::ApiError;
+use crate::app::AppState;
+use crate::body;
+use crate::request::{prepare_chat, prepare_completion, GenSpec};
+use crate::sequence::{Merged, Piece, PlanTrace, SeqState};
+use crate::sse::{sse_body, sse_json};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use genie_protocol::openai::*;
+use genie_protocol::worker::{FinishReason, TokenOut};
+use futures_util::StreamExt;
+use genie_router::SeqRequest;
+use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+const FINGERPRINT: &str = "genie";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn new_id(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "{prefix}-{nanos:x}{:04x}",
+        N.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
+}
+
+fn random_seed() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos
+        ^ N.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .rotate_left(17)
+}
+
+/// Tokenizes and validates off the async runtime.
+async fn prepare<R, F>(st: &AppState, req: R, f: F) -> Result<GenSpec, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&crate::frontend::Frontend, R) -> Result<GenSpec, ApiError> + Send + 'static,
+{
+    let fe = st.frontend.clone();
+    tokio::task::spawn_blocking(move || f(&fe, req))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "request preparation panicked");
+            ApiError::internal()
+        })?
+}
+
+/// Queues and dispatches every sequence of the request, recording its plan under `id`.
+async fn start(
+    st: &AppState,
+    spec: &GenSpec,
+    arrived: Instant,
+    id: &str,
+) -> Result<Merged, ApiError> {
+    let total = spec.prompts.len() * spec.n;
+    let mut tickets = st.dispatcher.enter_queue(total)?;
+    let base = spec.sampling.seed.unwrap_or_else(random_seed);
+    let mut seqs = Vec::with_capacity(total);
+    let mut placed = Vec::with_capacity(total);
+    let mut queued = Vec::with_capacity(total);
+    for (pi, prompt) in spec.prompts.iter().enumerate() {
+        metrics::counter!("genie_prompt_tokens_total").increment(prompt.ids.len() as u64);
+        for c in 0..spec.n {
+            let mut sampling = spec.sampling.clone();
+            sampling.seed = Some(spec.seed_for(base, c));
+            let req = SeqRequest {
+                prompt: prompt.ids.clone(),
+                max_tokens: spec.max_tokens,
+                sampling,
+                seed: spec.seed_for(base, c),
+                stop_token_ids: if spec.ignore_eos {
+                    Vec::new()
+                } else {
+                    st.frontend.eog_ids.clone()
+                },
+                hint: spec.hint,
+            };
+            let ticket = tickets.pop().expect("one ticket per sequence");
+            let d = st.dispatcher.dispatch(req, ticket).await?;
+            tracing::debug!(placement = ?d.placement, reason = %d.reason, "sequence placed");
+            let index = (pi * spec.n + c) as u32;
+            queued.push(d.queued_tokens);
+            placed.push(SeqPlan {
+                index,
+                placement: d.placement,
+                transfer_id: d.transfer,
+                reason: d.reason.clone(),
+                measured: None,
+            });
+            let trace = PlanTrace {
+                log: st.plans.clone(),
+                request_id: id.to_string(),
+                placed_ms: arrived.elapsed().as_secs_f64() * 1e3,
+            };
+            seqs.push(SeqState::new(
+                index,
+                d,
+                st.frontend.clone(),
+                spec.stop.clone(),
+                arrived,
+                Some(trace),
+            ));
+        }
+    }
+    st.plans.insert(request_plan(st, spec, id, placed, &queued));
+    Ok(Merged::new(seqs))
+}
+
+/// The request's plan: the stages and prediction of its longest prompt's first sequence as
+/// placed (a hint may have moved its prefill), behind the prompt work queued on the worker
+/// that prefilled it; `queued` is that per sequence.
+fn request_plan(
+    st: &AppState,
+    spec: &GenSpec,
+    id: &str,
+    sequences: Vec<SeqPlan>,
+    queued: &[usize],
+) -> RequestPlan {
+    let plan = &st.dispatcher.plan;
+    let longest = (0..spec.prompts.len())
+        .max_by_key(|&i| spec.prompts[i].ids.len())
+        .unwrap_or(0);
+    let lead = longest * spec.n;
+    let facts = RequestFacts {
+        prompt_tokens: spec.prompts.get(longest).map_or(0, |p| p.ids.len()),
+        max_tokens: spec.max_tokens,
+        inputs: Vec::new(),
+    };
+    let disaggregated = sequences
+        .get(lead)
+        .is_some_and(|s| s.placement.prefill().is_some());
+    let taken = plan.taken_stages(&facts, disaggregated);
+    let ahead = queued.get(lead).copied().unwrap_or(0);
+    // Served plans have one stage with prompt work on the path, on the worker that
+    // prefilled: the queue is ahead of that one.
+    let predicted = plan.predict_taken(&facts, &taken, &|_| ahead);
+    let h = spec.hint;
+    let hinted =
+        h.disaggregate.is_some() || h.prefill_worker.is_some() || h.decode_worker.is_some();
+    RequestPlan {
+        id: id.into(),
+        created: unix_now(),
+        policy: plan.policy.clone(),
+        plan_version: plan.version,
+        prompt_tokens: facts.prompt_tokens,
+        max_tokens: spec.max_tokens,
+        stages: taken.iter().map(|s| s.phase.clone()).collect(),
+        hint: hinted.then(|| PlacementHint {
+            disaggregate: h.disaggregate,
+            prefill_worker: h.prefill_worker.map(genie_protocol::WorkerId),
+            decode_worker: h.decode_worker.map(genie_protocol::WorkerId),
+        }),
+        predicted,
+        sequences,
+    }
+}
+
+/// The header that gives clients the id of the request's plan.
+pub const REQUEST_ID_HEADER: &str = "x-genie-request-id";
+
+fn with_request_id(mut r: Response, id: &str) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    r
+}
+
+fn prompt_tokens(spec: &GenSpec) -> u64 {
+    spec.prompts.iter().map(|p| p.ids.len() as u64).sum()
+}
+
+fn completion_tokens(m: &Merged) -> u64 {
+    m.completion_tokens()
+}
+
+fn chat_logprobs(st: &AppState, tokens: &[TokenOut]) -> Vec<ChatTokenLogprob> {
+    tokens
+        .iter()
+        .map(|t| {
+            let (token, bytes) = st.frontend.token_text(t.token);
+            ChatTokenLogprob {
+                token,
+                logprob: t.logprob.unwrap_or(0.0),
+                bytes,
+                top_logprobs: t
+                    .top_logprobs
+                    .iter()
+                    .map(|&(id, lp)| {
+                        let (token, bytes) = st.frontend.token_text(id);
+                        ChatTopLogprob {
+                            token,
+                            logprob: lp,
+                            bytes,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn completion_logprobs(st: &AppState, tokens: &[TokenOut], offset: &mut u32) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    for t in tokens {
+        let (text, _) = st.frontend.token_text(t.token);
+        out.text_offset.push(*offset);
+        *offset += text.len() as u32;
+        out.tokens.push(text);
+        out.token_logprobs.push(t.logprob.unwrap_or(0.0));
+        out.top_logprobs.push(
+            t.top_logprobs
+                .iter()
+                .map(|&(id, lp)| (st.frontend.token_text(id).0, lp))
+                .collect::<BTreeMap<_, _>>(),
+        );
+    }
+    out
+}
+
+/// Every choice of a non-streamed answer: text, kept tokens, finish reason.
+struct Collected {
+    texts: Vec<String>,
+    tokens: Vec<Vec<TokenOut>>,
+    finish: Vec<FinishReason>,
+}
+
+/// Runs every sequence to its end; `texts` holds each choice's prefix (completions' echo).
+async fn collect(merged: &mut Merged, mut texts: Vec<String>) -> Result<Collected, ApiError> {
+    let n = texts.len();
+    let mut tokens: Vec<Vec<TokenOut>> = vec![Vec::new(); n];
+    let mut finish: Vec<FinishReason> = vec![FinishReason::Stop; n];
+    while let Some((i, piece)) = merged.next().await {
+        let i = i as usize;
+        match piece {
+            Piece::Delta {
+                text,
+                tokens: t,
+                finish: f,
+            } => {
+                texts[i].push_str(&text);
+                tokens[i].extend(t);
+                if let Some(f) = f {
+                    finish[i] = f;
+                }
+            }
+            Piece::Failed(msg) => {
+                return Err(ApiError {
+                    message: msg,
+                    ..ApiError::internal()
+                })
+            }
+        }
+    }
+    Ok(Collected {
+        texts,
+        tokens,
+        finish,
+    })
+}
+
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: ChatCompletionRequest = body::parse(&bytes)?;
+    let spec = prepare(&st, req, prepare_chat).await?;
+    let (id, created) = (new_id("chatcmpl"), unix_now());
+    let mut merged = start(&st, &spec, arrived, &id).await?;
+    let rid = id.clone();
+    let model = st.frontend.served_name.clone();
+    let want_logprobs = spec.sampling.logprobs.is_some();
+    let n = merged.seqs.len();
+    if spec.stream {
+        let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| {
+            sse_json(&ChatCompletionChunk {
+                id: id.clone(),
+                object: "chat.completion.chunk".into(),
+                created,
+                model: model.clone(),
+                choices,
+                usage,
+                system_fingerprint: FINGERPRINT.into(),
+            })
+        };
+        let first: Vec<Event> = (0..n as u32)
+            .map(|index| {
+                chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: Some("assistant".into()),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                )
+            })
+            .collect();
+        let piece_chunk = chunk.clone();
+        let on_piece = move |index, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
+            let mut ev = Vec::new();
+            if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
+                ev.push(piece_chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: None,
+                            content: Some(text),
+                        },
+                        logprobs: want_logprobs.then(|| ChatLogprobs {
+                            content: chat_logprobs(&st, &tokens),
+                        }),
+                        finish_reason: None,
+                    }],
+                    None,
+                ));
+            }
+            if let Some(f) = finish {
+                ev.push(piece_chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta::default(),
+                        logprobs: None,
+                        finish_reason: Some(f.as_str().into()),
+                    }],
+                    None,
+                ));
+            }
+            ev
+        };
+        let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
+        let usage = move |c| include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c))));
+        return Ok(with_request_id(
+            sse_body(merged, first, on_piece, usage).into_response(),
+            &rid,
+        ));
+    }
+    let c = collect(&mut merged, vec![String::new(); n]).await?;
+    let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
+    let choices = c
+        .texts
+        .into_iter()
+        .zip(c.tokens)
+        .zip(c.finish)
+        .enumerate()
+        .map(|(i, ((content, tokens), finish))| ChatChoice {
+            index: i as u32,
+            message: AssistantMessage {
+                role: "assistant".into(),
+                content,
+            },
+            logprobs: want_logprobs.then(|| ChatLogprobs {
+                content: chat_logprobs(&st, &tokens),
+            }),
+            finish_reason: Some(finish.as_str().to_string()),
+        })
+        .collect();
+    let body = Json(ChatCompletion {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model,
+        choices,
+        usage,
+        system_fingerprint: FINGERPRINT.into(),
+    });
+    Ok(with_request_id(body.into_response(), &rid))
+}
+
+pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: CompletionRequest = body::parse(&bytes)?;
+    let spec = prepare(&st, req, prepare_completion).await?;
+    let (id, created) = (new_id("cmpl"), unix_now());
+    let mut merged = start(&st, &spec, arrived, &id).await?;
+    let rid = id.clone();
+    let model = st.frontend.served_name.clone();
+    let want_logprobs = spec.sampling.logprobs.is_some();
+    let n = merged.seqs.len();
+    let echoes: Vec<String> = (0..n)
+        .map(|i| {
+            if spec.echo {
+                spec.prompts[i / spec.n].text.clone()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let mk = move |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+        id: id.clone(),
+        object: "text_completion".into(),
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+        system_fingerprint: FINGERPRINT.into(),
+    };
+    if spec.stream {
+        let choice = |index, text, logprobs, finish_reason| CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason,
+        };
+        let first: Vec<Event> = echoes
+            .into_iter()
+            .enumerate()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(i, e)| sse_json(&mk(vec![choice(i as u32, e, None, None)], None)))
+            .collect();
+        let mut offsets = vec![0u32; n];
+        let piece_mk = mk.clone();
+        let on_piece =
+            move |index: u32, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
+                if text.is_empty() && finish.is_none() && (!want_logprobs || tokens.is_empty()) {
+                    return Vec::new();
+                }
+                let lp = want_logprobs
+                    .then(|| completion_logprobs(&st, &tokens, &mut offsets[index as usize]));
+                let c = choice(index, text, lp, finish.map(|f| f.as_str().to_string()));
+                vec![sse_json(&piece_mk(vec![c], None))]
+            };
+        let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
+        let usage = move |c| include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c)))));
+        return Ok(with_request_id(
+            sse_body(merged, first, on_piece, usage).into_response(),
+            &rid,
+        ));
+    }
+    let c = collect(&mut merged, echoes).await?;
+    let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
+    let choices = c
+        .texts
+        .into_iter()
+        .zip(c.tokens)
+        .zip(c.finish)
+        .enumerate()
+        .map(|(i, ((text, tokens), finish))| CompletionChoice {
+            index: i as u32,
+            text,
+            logprobs: want_logprobs.then(|| completion_logprobs(&st, &tokens, &mut 0)),
+            finish_reason: Some(finish.as_str().to_string()),
+        })
+        .collect();
+    Ok(with_request_id(
+        Json(mk(choices, Some(usage))).into_response(),
+        &rid,
+    ))
+}
+
+pub async fn models(State(st): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: st.frontend.served_name.clone(),
+            object: "model".into(),
+            created: st.frontend.created,
+            owned_by: "genie".into(),
+            max_model_len: Some(st.frontend.context_length as u64),
+        }],
+    })
+}

@@ -1,0 +1,92 @@
+//! Server-sent events: the stream both endpoints answer with when `stream` is set.
+
+use crate::api_error::ApiError;
+use crate::sequence::{Merged, Piece};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, StreamExt};
+use genie_protocol::worker::{FinishReason, TokenOut};
+use std::convert::Infallible;
+use std::time::Duration;
+
+/// One SSE event carrying `v` as JSON.
+pub fn sse_json<T: serde::Serialize>(v: &T) -> Event {
+    Event::default().data(serde_json::to_string(v).unwrap_or_default())
+}
+
+/// An error event in the OpenAI envelope (a sequence failed mid-stream).
+fn sse_error(msg: &str) -> Event {
+    let e = ApiError {
+        message: msg.to_string(),
+        ..ApiError::internal()
+    };
+    sse_json(&e.envelope())
+}
+
+enum Phase {
+    Body,
+    Usage,
+    Done,
+    End,
+}
+
+/// The SSE body shared by both endpoints: `first` events, then `on_piece`'s events for
+/// every piece, an error event if a sequence fails, the usage event (`usage` gets the
+/// completion tokens; `None` = not asked), and `[DONE]`.
+pub fn sse_body<P, U>(
+    merged: Merged,
+    first: Vec<Event>,
+    on_piece: P,
+    usage: U,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>
+where
+    P: FnMut(u32, String, Vec<TokenOut>, Option<FinishReason>) -> Vec<Event> + Send + 'static,
+    U: Fn(u64) -> Option<Event> + Send + Sync + 'static,
+{
+    let state = (merged, Phase::Body, on_piece);
+    let body = stream::unfold(state, move |(mut m, phase, mut on_piece)| {
+        let ev = match phase {
+            Phase::Usage => Some(usage(m.completion_tokens())),
+            _ => None,
+        };
+        async move {
+            match phase {
+                Phase::Body => match m.next().await {
+                    Some((
+                        i,
+                        Piece::Delta {
+                            text,
+                            tokens,
+                            finish,
+                        },
+                    )) => {
+                        let ev = on_piece(i, text, tokens, finish);
+                        Some((ev, (m, Phase::Body, on_piece)))
+                    }
+                    Some((_, Piece::Failed(msg))) => {
+                        Some((vec![sse_error(&msg)], (m, Phase::Done, on_piece)))
+                    }
+                    None => Some((Vec::new(), (m, Phase::Usage, on_piece))),
+                },
+                Phase::Usage => Some((
+                    ev.flatten().into_iter().collect(),
+                    (m, Phase::Done, on_piece),
+                )),
+                Phase::Done => Some((
+                    vec![Event::default().data("[DONE]")],
+                    (m, Phase::End, on_piece),
+                )),
+                Phase::End => None,
+            }
+        }
+    });
+    let events = stream::iter(first)
+        .chain(body.flat_map(stream::iter))
+        .map(Ok);
+    // A comment line whenever the stream has been quiet for a second (a long prompt still
+    // prefilling): clients skip it, and writing it is how a hang-up is noticed at all, so
+    // the sequence is cancelled within about two seconds instead of at its first token.
+    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}
+
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
