@@ -73,10 +73,13 @@ impl DecodeWorker {
         }
         let tokens = prompt_tokens.saturating_add(s.max_tokens);
         let needed = tokens.saturating_mul(self.kv_shape.bytes_per_token());
-        let reservation = self.budget.reserve(needed).map_err(|_| AdmitError::NoKvRoom {
-            needed_bytes: needed,
-            free_bytes: self.budget.free_bytes(),
-        })?;
+        let reservation = self
+            .budget
+            .reserve(needed)
+            .map_err(|_| AdmitError::NoKvRoom {
+                needed_bytes: needed,
+                free_bytes: self.budget.free_bytes(),
+            })?;
         let seq = NewSeq {
             max_tokens: s.max_tokens,
             stop_token_ids: s.stop_token_ids,

@@ -398,21 +398,23 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY (both closures): FMA was detected just above, on this CPU.
                 v.push((
                     "fma",
+                    // SAFETY: FMA was detected just above, on this CPU.
                     |x, s| unsafe { fma::exp_sub_in_place(x, s) },
+                    // SAFETY: FMA was detected just above, on this CPU.
                     |g, u| unsafe { fma::silu_mul_in_place(g, u) },
                 ));
             }
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                // SAFETY (both closures): AVX-512F and FMA were detected just above; the
-                // test calls `silu_mul` only with `up` as long as `gate`, as it needs.
                 v.push((
                     "avx512",
+                    // SAFETY: AVX-512F and FMA were detected just above, on this CPU.
                     |x, s| unsafe { avx512::exp_sub_in_place(x, s) },
+                    // SAFETY: AVX-512F and FMA were detected just above; the test calls
+                    // `silu_mul` only with `up` as long as `gate`, as the kernel needs.
                     |g, u| unsafe { avx512::silu_mul_in_place(g, u) },
                 ));
             } else {

@@ -191,7 +191,10 @@ impl KvCache {
     pub fn import_layer(&mut self, shape: &LayerShape, bytes: &[u8]) -> Result<()> {
         let bad = |m: String| Err(EngineError::KvImport(m));
         if shape.dtype != DTYPE_F16 {
-            return bad(format!("dtype code {} is not f16 ({DTYPE_F16})", shape.dtype));
+            return bad(format!(
+                "dtype code {} is not f16 ({DTYPE_F16})",
+                shape.dtype
+            ));
         }
         let (layer, start, count) = (
             shape.layer as usize,
@@ -301,9 +304,27 @@ mod tests {
             (good, bytes[..10].to_vec(), "declares"),
             (LayerShape { dtype: 2, ..good }, bytes.clone(), "not f16"),
             (good, bytes[..bytes.len() - 1].to_vec(), "declares"),
-            (LayerShape { token_start: 1, ..good }, bytes.clone(), "starts at"),
-            (LayerShape { kv_heads: 7, ..good }, bytes.clone(), "does not match"),
-            (LayerShape { layer: 5, ..good }, bytes.clone(), "out of range"),
+            (
+                LayerShape {
+                    token_start: 1,
+                    ..good
+                },
+                bytes.clone(),
+                "starts at",
+            ),
+            (
+                LayerShape {
+                    kv_heads: 7,
+                    ..good
+                },
+                bytes.clone(),
+                "does not match",
+            ),
+            (
+                LayerShape { layer: 5, ..good },
+                bytes.clone(),
+                "out of range",
+            ),
         ];
         for (s, b, want) in cases {
             let err = dst.import_layer(&s, &b).unwrap_err().to_string();

@@ -5,10 +5,10 @@
 
 use genie_engine::chat_template::ChatMessage;
 use genie_engine::generate::{Engine, EngineOptions, GenerateRequest};
-use genie_protocol::worker::FinishReason;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::sampling::{argmax, SamplingParams};
 use genie_engine::{fetch, EngineError};
+use genie_protocol::worker::FinishReason;
 use std::sync::OnceLock;
 
 fn engine() -> &'static Engine {

@@ -345,4 +345,3 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     Ok(())
 }
-

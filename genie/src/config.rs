@@ -47,7 +47,6 @@ pub enum ProfileSpec {
     Explicit(Box<ModelProfile>),
 }
 
-
 /// Worker processes (`genie gateway`): heartbeats and statically listed workers.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

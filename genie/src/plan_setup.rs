@@ -157,7 +157,11 @@ pub fn served_plan(
 ) -> anyhow::Result<ExecutionPlan> {
     let plan = cfg
         .compile_plan(
-            Some(profile_of(&text.config, text.weights_bytes, text.has_output)),
+            Some(profile_of(
+                &text.config,
+                text.weights_bytes,
+                text.has_output,
+            )),
             transport,
         )
         .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))?;

@@ -87,7 +87,10 @@ impl Background {
 }
 
 /// Keeps the Prometheus histograms bounded until shutdown.
-pub async fn metrics_upkeep(h: metrics_exporter_prometheus::PrometheusHandle, stop: CancellationToken) {
+pub async fn metrics_upkeep(
+    h: metrics_exporter_prometheus::PrometheusHandle,
+    stop: CancellationToken,
+) {
     let mut t = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -31,8 +31,8 @@ pub mod tcp;
 mod threaded;
 pub mod wire;
 
-pub use in_process::{Deliver, InProcessTransport};
 pub use genie_protocol::kv::{LayerShape, DTYPE_F16, DTYPE_F32};
+pub use in_process::{Deliver, InProcessTransport};
 pub use message::KvMessage;
 pub use registry::TransferRegistry;
 pub use tcp::TcpTransport;

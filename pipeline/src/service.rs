@@ -49,10 +49,9 @@ fn done(r: anyhow::Result<()>) -> Response {
     }
 }
 
-/// Parses a JSON body, refusing it with the failing field's path.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde::Deserialize::deserialize(de).map_err(|e: serde_json::Error| invalid(format!("bad body: {e}")))
+/// Parses a JSON body; the error says what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad body: {e}"))
 }
 
 async fn info(State(w): State<Arc<StageWorker>>) -> Json<StageInfo> {
@@ -66,7 +65,7 @@ async fn info(State(w): State<Arc<StageWorker>>) -> Json<StageInfo> {
 async fn begin(State(w): State<Arc<StageWorker>>, body: axum::body::Bytes) -> Response {
     let b: BeginBody = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return invalid(e),
     };
     if b.capacity == 0 {
         return invalid("`capacity` must be at least 1");
@@ -86,7 +85,7 @@ async fn tokens(State(w): State<Arc<StageWorker>>, body: axum::body::Bytes) -> R
     }
     let b: TokensBody = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return invalid(e),
     };
     if b.tokens.is_empty() {
         return invalid("`tokens` must not be empty");

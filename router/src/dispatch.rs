@@ -111,7 +111,9 @@ impl Dispatcher {
     pub fn is_ready(&self) -> bool {
         let views = self.pool.views();
         let has = |r: Role| views.iter().any(|w| w.role == r && w.healthy);
-        self.pool.all_alive() && has(Role::Decode) && (!self.cfg.disaggregated || has(Role::Prefill))
+        self.pool.all_alive()
+            && has(Role::Decode)
+            && (!self.cfg.disaggregated || has(Role::Prefill))
     }
 
     pub fn mode_label(&self) -> &'static str {

@@ -56,7 +56,9 @@ impl LocalPool {
             .decode
             .iter()
             .find(|w| w.config.id == placement.decode())
-            .ok_or_else(|| StartError::Failed(format!("no decode worker {}", placement.decode())))?;
+            .ok_or_else(|| {
+                StartError::Failed(format!("no decode worker {}", placement.decode()))
+            })?;
         let (tx, rx) = event_channel(seq.max_tokens);
         let sampler = Sampler::new(seq.sampling.clone(), seq.seed);
         let transfer = TransferId(seq.id.0);

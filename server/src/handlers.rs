@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use genie_protocol::openai::*;
 use genie_protocol::worker::{FinishReason, TokenOut};
-use futures_util::StreamExt;
 use genie_router::SeqRequest;
 use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
 use std::collections::BTreeMap;
@@ -319,37 +319,38 @@ pub async fn chat_completions(
             })
             .collect();
         let piece_chunk = chunk.clone();
-        let on_piece = move |index, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
-            let mut ev = Vec::new();
-            if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
-                ev.push(piece_chunk(
-                    vec![ChatChunkChoice {
-                        index,
-                        delta: ChatDelta {
-                            role: None,
-                            content: Some(text),
-                        },
-                        logprobs: want_logprobs.then(|| ChatLogprobs {
-                            content: chat_logprobs(&st, &tokens),
-                        }),
-                        finish_reason: None,
-                    }],
-                    None,
-                ));
-            }
-            if let Some(f) = finish {
-                ev.push(piece_chunk(
-                    vec![ChatChunkChoice {
-                        index,
-                        delta: ChatDelta::default(),
-                        logprobs: None,
-                        finish_reason: Some(f.as_str().into()),
-                    }],
-                    None,
-                ));
-            }
-            ev
-        };
+        let on_piece =
+            move |index, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
+                let mut ev = Vec::new();
+                if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
+                    ev.push(piece_chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta {
+                                role: None,
+                                content: Some(text),
+                            },
+                            logprobs: want_logprobs.then(|| ChatLogprobs {
+                                content: chat_logprobs(&st, &tokens),
+                            }),
+                            finish_reason: None,
+                        }],
+                        None,
+                    ));
+                }
+                if let Some(f) = finish {
+                    ev.push(piece_chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta::default(),
+                            logprobs: None,
+                            finish_reason: Some(f.as_str().into()),
+                        }],
+                        None,
+                    ));
+                }
+                ev
+            };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c| include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c))));
         return Ok(with_request_id(

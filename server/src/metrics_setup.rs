@@ -1,9 +1,11 @@
 //! The process-wide Prometheus recorder (installed once) and its histogram buckets.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Held while installing, so two first callers cannot both try.
+static INSTALLING: Mutex<()> = Mutex::new(());
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5,
@@ -14,6 +16,10 @@ const TOKEN_BUCKETS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
 
 /// Installs the recorder on first call; later calls return the same handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let _installing = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }

@@ -3,12 +3,12 @@
 //! cancels the sequence (by dropping its event receiver) when a stop string ends it.
 //! [`Merged`] polls all sequences of one request as a single stream.
 
-use genie_router::{Dispatched, WaitTicket};
 use crate::frontend::Frontend;
 use futures_util::Stream;
 use genie_engine::stop::StopMatcher;
 use genie_engine::tokenizer::TextDecoder;
 use genie_protocol::worker::{FinishReason, SeqEvent, TokenOut};
+use genie_router::{Dispatched, WaitTicket};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

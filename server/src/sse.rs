@@ -89,4 +89,3 @@ where
 }
 
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(1);
-

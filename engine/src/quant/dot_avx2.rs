@@ -265,7 +265,8 @@ mod imp {
         let sp = src.as_ptr() as *const u16;
         // SAFETY: every call below passes a pointer to eight values of one row, `i + 8 <=
         // hd` into it, so inside `src` (the caller's contract); an unaligned load.
-        let widen = |p: *const u16| _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) });
+        let widen =
+            |p: *const u16| _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) });
         for j in 0..out[0].len() {
             // SAFETY: `j < rows`, so `j * stride + offset` is inside `src` (the caller's
             // contract).

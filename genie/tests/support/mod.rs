@@ -124,6 +124,11 @@ impl Server {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process now (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

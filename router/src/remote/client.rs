@@ -76,7 +76,9 @@ pub async fn start(
         reason: "no longer registered".into(),
     };
     let retry = |worker: WorkerId, reason: String| StartError::Retry { worker, reason };
-    let (daddr, kv_endpoint) = registry.addresses(decode_id).ok_or_else(|| gone(decode_id))?;
+    let (daddr, kv_endpoint) = registry
+        .addresses(decode_id)
+        .ok_or_else(|| gone(decode_id))?;
     let sampler = serde_json::to_value(Sampler::new(seq.sampling.clone(), seq.seed))
         .map_err(|e| StartError::Failed(format!("sampler state: {e}")))?;
     let transfer = TransferId(seq.id.0);
@@ -112,9 +114,12 @@ pub async fn start(
         tokio::spawn(forward(None, dresp, tx, changed));
         return Ok(rx);
     };
-    let (paddr, _) = registry.addresses(prefill_id).ok_or_else(|| gone(prefill_id))?;
-    let kv_endpoint = kv_endpoint
-        .ok_or_else(|| StartError::Failed(format!("decode worker {decode_id} has no KV endpoint")))?;
+    let (paddr, _) = registry
+        .addresses(prefill_id)
+        .ok_or_else(|| gone(prefill_id))?;
+    let kv_endpoint = kv_endpoint.ok_or_else(|| {
+        StartError::Failed(format!("decode worker {decode_id} has no KV endpoint"))
+    })?;
     let preq = PrefillRequest {
         seq: seq.id,
         transfer,
@@ -176,7 +181,10 @@ fn events(resp: reqwest::Response) -> impl futures_util::Stream<Item = Result<Se
 }
 
 fn lost(which: &str) -> SeqEvent {
-    SeqEvent::failed(FailureCode::WorkerLost, format!("the {which} worker was lost"))
+    SeqEvent::failed(
+        FailureCode::WorkerLost,
+        format!("the {which} worker was lost"),
+    )
 }
 
 /// Forwards the prefill leg's events (the first token), then the decode leg's, into the

@@ -2,7 +2,9 @@
 //! the config, health by silence, and the list `GET /v1/workers` shows.
 
 use crate::pool::view;
-use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerInfo, WorkerRole, WorkerStatus};
+use genie_protocol::worker::{
+    RegisterRequest, RegisterResponse, WorkerInfo, WorkerRole, WorkerStatus,
+};
 use genie_protocol::WorkerId;
 use genie_scheduler::WorkerView;
 use std::collections::HashMap;

@@ -1,0 +1,266 @@
+//! The HTTP API in-process (`build_app`, no child process, no socket) over a fake
+//! `WorkerPool`: how dispatch answers busy, full, dead and unknown workers. The pool
+//! stands in for workers only; the app, the dispatcher and the scheduler are the real
+//! ones, and the tokenizer is the default model's (read from its GGUF metadata).
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures_util::future::BoxFuture;
+use genie_engine::model_text::ModelText;
+use genie_protocol::worker::{FinishReason, SeqEvent, TokenOut};
+use genie_protocol::WorkerId;
+use genie_router::{DispatchConfig, Dispatcher, SeqSpec, StartError, WorkerPool};
+use genie_scheduler::patterns::llm;
+use genie_scheduler::{
+    compile, Inventory, ModelProfile, Placement, ResourcePolicy, Role, RoutingPolicy, WorkerView,
+};
+use genie_server::frontend::Limits;
+use genie_server::{build_app, AppState, Frontend, PlanLog};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+/// What a fake decode worker does with a sequence.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Worker {
+    /// Runs it: `max_tokens` tokens, then `length`.
+    Runs,
+    /// Refuses: its queue is full.
+    Busy,
+    /// Has no KV room now.
+    Full,
+    /// Cannot be reached (and is unhealthy from then on).
+    Dead,
+}
+
+struct FakePool {
+    workers: Vec<(WorkerId, Worker, usize)>,
+    dead: Mutex<Vec<WorkerId>>,
+    /// Every start, in order: which worker was asked.
+    asked: Mutex<Vec<WorkerId>>,
+    changed: Arc<Notify>,
+}
+
+impl FakePool {
+    /// Decode workers `(behaviour, load)` with ids 1, 2, ….
+    fn new(workers: &[(Worker, usize)]) -> Arc<Self> {
+        Arc::new(FakePool {
+            workers: workers
+                .iter()
+                .enumerate()
+                .map(|(i, &(w, load))| (WorkerId(i as u64 + 1), w, load))
+                .collect(),
+            dead: Mutex::new(Vec::new()),
+            asked: Mutex::new(Vec::new()),
+            changed: Arc::new(Notify::new()),
+        })
+    }
+
+    fn asked(&self) -> Vec<u64> {
+        self.asked.lock().unwrap().iter().map(|w| w.0).collect()
+    }
+}
+
+impl WorkerPool for FakePool {
+    fn views(&self) -> Vec<WorkerView> {
+        let dead = self.dead.lock().unwrap();
+        self.workers
+            .iter()
+            .map(|&(id, _, load)| WorkerView {
+                id,
+                role: Role::Decode,
+                healthy: !dead.contains(&id),
+                load,
+                queued_tokens: 0,
+                kv_capacity_bytes: 1 << 30,
+                kv_free_bytes: 1 << 30,
+            })
+            .collect()
+    }
+
+    fn changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+
+    fn start<'a>(
+        &'a self,
+        placement: Placement,
+        seq: &'a SeqSpec,
+    ) -> BoxFuture<'a, Result<Receiver<SeqEvent>, StartError>> {
+        let id = placement.decode();
+        self.asked.lock().unwrap().push(id);
+        let behaviour = self.workers.iter().find(|w| w.0 == id).unwrap().1;
+        let r = match behaviour {
+            Worker::Runs => {
+                let (tx, rx) = tokio::sync::mpsc::channel(seq.max_tokens + 3);
+                for _ in 0..seq.max_tokens {
+                    let t = TokenOut {
+                        token: 100,
+                        logprob: None,
+                        top_logprobs: Vec::new(),
+                    };
+                    tx.try_send(SeqEvent::Token(t)).unwrap();
+                }
+                tx.try_send(SeqEvent::Finished(FinishReason::Length))
+                    .unwrap();
+                Ok(rx)
+            }
+            Worker::Busy => Err(StartError::Retry {
+                worker: id,
+                reason: "queue full".into(),
+            }),
+            Worker::Full => Err(StartError::NoRoom),
+            Worker::Dead => {
+                self.dead.lock().unwrap().push(id);
+                Err(StartError::Retry {
+                    worker: id,
+                    reason: "unreachable".into(),
+                })
+            }
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
+    let path = genie_engine::fetch::resolve_model(None).expect("the default model");
+    let text = ModelText::open(&path).expect("GGUF metadata");
+    let kv_bytes_per_token = text.kv_shape().bytes_per_token();
+    let decode = pool.workers.len() as u32;
+    let plan = compile(
+        &llm::colocated(ResourcePolicy::scale_to(decode, "cpu")),
+        &ModelProfile::preset("smollm2-135m").unwrap(),
+        &Inventory::local(0, decode),
+        &[],
+    )
+    .unwrap();
+    let dispatcher = Dispatcher::new(
+        DispatchConfig {
+            routing: RoutingPolicy::LeastLoaded,
+            prefix_tokens: 64,
+            disaggregated: false,
+            max_waiting: 16,
+            queue_timeout,
+            kv_bytes_per_token,
+            pinned_by: Vec::new(),
+        },
+        pool,
+        plan,
+    );
+    let limits = Limits {
+        default_max_tokens: 16,
+        max_n: 4,
+    };
+    build_app(AppState {
+        frontend: Arc::new(Frontend::new("m".into(), text, limits)),
+        dispatcher: Arc::new(dispatcher),
+        registry: None,
+        api_keys: Arc::new(Vec::new()),
+        metrics: genie_server::metrics_setup::install().unwrap(),
+        plans: Arc::new(PlanLog::new(16)),
+        max_body_bytes: 1 << 20,
+    })
+}
+
+async fn complete(app: axum::Router, extra: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    let mut body = serde_json::json!({"model": "m", "prompt": "Hello there", "max_tokens": 3});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_busy_worker_is_retried_on_another() {
+    // Worker 1 is the least loaded, so it is asked first; it refuses as busy.
+    let pool = FakePool::new(&[(Worker::Busy, 0), (Worker::Runs, 5)]);
+    let (status, body) = complete(
+        app(Arc::clone(&pool), Duration::from_secs(5)),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(pool.asked(), [1, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_kv_room_is_a_429_after_the_queue_timeout() {
+    let pool = FakePool::new(&[(Worker::Full, 0), (Worker::Full, 1)]);
+    let timeout = Duration::from_secs(30);
+    let started = tokio::time::Instant::now();
+    let (status, body) = complete(app(Arc::clone(&pool), timeout), serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no KV cache room"),
+        "{body}"
+    );
+    // It waited the whole timeout (paused time: no real waiting), having tried once.
+    assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+    assert_eq!(pool.asked(), [1]);
+}
+
+#[tokio::test]
+async fn a_dead_worker_is_a_clean_503() {
+    let pool = FakePool::new(&[(Worker::Dead, 0)]);
+    let (status, body) = complete(
+        app(Arc::clone(&pool), Duration::from_secs(5)),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert_eq!(
+        body["error"]["message"],
+        "workers could not be reached; retry later"
+    );
+    assert_eq!(pool.asked(), [1]);
+    // Now it is unhealthy: the next request is refused without asking it.
+    let (status, body) = complete(
+        app(Arc::clone(&pool), Duration::from_secs(5)),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "no healthy decode worker is available"
+    );
+    assert_eq!(pool.asked(), [1]);
+}
+
+#[tokio::test]
+async fn a_hint_to_an_unknown_worker_is_a_400_naming_the_field() {
+    let pool = FakePool::new(&[(Worker::Runs, 0)]);
+    let hint = serde_json::json!({"genie": {"decode_worker": 999}});
+    let (status, body) = complete(app(Arc::clone(&pool), Duration::from_secs(5)), hint).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["param"], "genie.decode_worker");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("999"),
+        "{body}"
+    );
+    assert!(pool.asked().is_empty());
+    // A hint to disaggregate on a colocated server names its field too.
+    let hint = serde_json::json!({"genie": {"disaggregate": true}});
+    let (status, body) = complete(app(pool, Duration::from_secs(5)), hint).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["param"], "genie.disaggregate");
+}
