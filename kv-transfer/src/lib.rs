@@ -28,13 +28,14 @@ mod message;
 pub mod rdma;
 pub mod registry;
 pub mod tcp;
-mod threaded;
+mod sender;
 pub mod wire;
 
 pub use genie_protocol::kv::{LayerShape, DTYPE_F16, DTYPE_F32};
 pub use in_process::{Deliver, InProcessTransport};
 pub use message::KvMessage;
 pub use registry::TransferRegistry;
+pub use sender::SEND_QUEUE;
 pub use tcp::TcpTransport;
 
 use genie_protocol::TransferId;

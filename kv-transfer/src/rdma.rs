@@ -9,7 +9,7 @@
 //! Soft-RoCE) exists — see docs/ARCHITECTURE.md.
 
 use crate::registry::TransferRegistry;
-use crate::threaded::ThreadedSink;
+use crate::sender::TaskSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
@@ -35,12 +35,8 @@ impl KvTransport for RdmaTransport {
             .unwrap_or(endpoint)
             .to_string();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let sink = ThreadedSink::start(endpoint, transfer, "rdma", "genie-kv-rdma", move |end| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
+        let sink = TaskSink::start(endpoint, transfer, "rdma", move |mut end| {
+            async move {
                 // rnr_retry 7 = retry without limit while the receiver posts its buffers
                 // (connect can return before the listener is ready to receive).
                 let rdma = match RdmaBuilder::default()
@@ -58,7 +54,7 @@ impl KvTransport for RdmaTransport {
                         return Err(e.to_string());
                     }
                 };
-                for m in end.rx {
+                while let Some(m) = end.rx.recv().await {
                     let frame = wire::encode(&m);
                     for part in frame.chunks(RDMA_MESSAGE_BYTES) {
                         let layout =
@@ -72,8 +68,8 @@ impl KvTransport for RdmaTransport {
                     }
                 }
                 Ok(())
-            })
-        })?;
+            }
+        });
         // Report a failed connection now, not at the first layer.
         let refused = |reason: String| TransferError::Connect {
             endpoint: endpoint.to_string(),

@@ -1,20 +1,20 @@
-//! The TCP transport. Sending: one connection per transfer, frames written by a writer
-//! thread so the prefill compute thread never waits on the network (layer `l` travels while
-//! layer `l + 1` computes). Receiving: [`serve`] accepts connections on the decode worker's
+//! The TCP transport. Sending: one connection per transfer, frames written by a task on
+//! the process's KV-sending runtime so the prefill compute thread never waits on the
+//! network (layer `l` travels while layer `l + 1` computes). Receiving: [`serve`] accepts connections on the decode worker's
 //! KV port, checks every frame (wire format, registry, checksum) and delivers the messages;
 //! on any bad frame it aborts the transfer and closes the connection.
 
 use crate::registry::TransferRegistry;
-use crate::threaded::ThreadedSink;
+use crate::sender::TaskSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use genie_protocol::TransferId;
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Payload slice checksummed and written at a time (fits in L2 with room to spare).
@@ -52,21 +52,26 @@ impl KvTransport for TcpTransport {
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         stream
-            .set_write_timeout(Some(self.write_timeout))
+            .set_nonblocking(true)
             .map_err(|e| unreachable(e.to_string()))?;
+        let stream = {
+            let _rt = crate::sender::runtime().enter();
+            tokio::net::TcpStream::from_std(stream).map_err(|e| unreachable(e.to_string()))?
+        };
+        let stall = self.write_timeout;
         // The writer frames each message off the caller's thread, writes the payload from
         // where it lies (never copied) and checksums each slice just before writing it, so
         // the slice is in cache for the socket copy: one pass over the KV, not two.
-        let sink = ThreadedSink::start(endpoint, transfer, "tcp", "genie-kv-send", move |end| {
+        let sink = TaskSink::start(endpoint, transfer, "tcp", move |mut end| async move {
             let mut s = stream;
-            for m in end.rx {
-                if let Err(e) = write_frame(&mut s, &m) {
+            while let Some(m) = end.rx.recv().await {
+                if let Err(e) = write_frame(&mut s, &m, stall).await {
                     end.failed.store(true, Ordering::Release);
                     return Err(e.to_string());
                 }
             }
-            s.flush().map_err(|e| e.to_string())
-        })?;
+            s.flush().await.map_err(|e| e.to_string())
+        });
         Ok(Box::new(sink))
     }
 
@@ -77,7 +82,12 @@ impl KvTransport for TcpTransport {
 
 /// Writes one frame: the header goes out with the first payload slice and the checksum with
 /// the last (one `writev` each), so a small layer is one segment on the wire, not three.
-fn write_frame(s: &mut TcpStream, m: &KvMessage) -> std::io::Result<()> {
+/// A write that makes no progress for `stall` fails.
+async fn write_frame(
+    s: &mut tokio::net::TcpStream,
+    m: &KvMessage,
+    stall: Duration,
+) -> std::io::Result<()> {
     let header = wire::header(m);
     let payload = wire::payload(m);
     let mut crc = crc32fast::Hasher::new();
@@ -99,20 +109,25 @@ fn write_frame(s: &mut TcpStream, m: &KvMessage) -> std::io::Result<()> {
             IoSlice::new(part),
             IoSlice::new(if i == last { &sum } else { &[] }),
         ];
-        write_all_vectored(s, &mut bufs)?;
+        write_all_vectored(s, &mut bufs, stall).await?;
     }
     Ok(())
 }
 
-fn write_all_vectored(s: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+async fn write_all_vectored(
+    s: &mut tokio::net::TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    stall: Duration,
+) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        match s.write_vectored(bufs) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let n = tokio::time::timeout(stall, s.write_vectored(bufs))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "KV write stalled"))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
+        IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
 }

@@ -34,6 +34,10 @@ pub fn available() -> bool {
     }
 }
 
+/// The horizontal sum every AVX kernel family shares (the AVX-512 kernels fold to it).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use imp::hsum;
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::*;
@@ -50,7 +54,7 @@ mod imp {
     /// # Safety
     /// The CPU has AVX (the callers are kernels with `#[target_feature]` AVX2).
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: AVX is this fn's precondition, and implies the SSE3 of `movehdup`;
         // register operations only, no memory access.
         unsafe {

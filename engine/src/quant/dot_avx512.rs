@@ -56,22 +56,14 @@ mod imp {
     // `#[inline(always)]`); each is called only from the kernels of this module, whose
     // target features cover what it uses, and says so as its `# Safety` precondition.
 
-    /// The AVX2 kernels' horizontal sum, on one 256-bit half.
+    /// The AVX2 kernels' horizontal sum, on one 256-bit half (the same function).
     ///
     /// # Safety
     /// The CPU has AVX.
     #[inline(always)]
     unsafe fn hsum256(v: __m256) -> f32 {
-        // SAFETY: AVX (which implies the SSE3 of `movehdup`) is this fn's precondition;
-        // register operations only, no memory access.
-        unsafe {
-            let lo = _mm256_castps256_ps128(v);
-            let hi = _mm256_extractf128_ps(v, 1);
-            let s = _mm_add_ps(lo, hi);
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            _mm_cvtss_f32(s)
-        }
+        // SAFETY: AVX is this fn's precondition and `hsum`'s only one.
+        unsafe { crate::quant::dot_avx2::hsum(v) }
     }
 
     /// # Safety
