@@ -464,3 +464,53 @@ async fn a_silent_worker_is_marked_unhealthy_forgotten_and_readmitted_when_it_re
     let (st, v) = post(&c.gateway, "/v1/chat/completions", ask).await;
     assert_eq!(st, 200, "{v}");
 }
+
+/// SIGTERM is an orderly shutdown for every role: the HTTP server drains, the spawned
+/// loops (heartbeats, KV receiver, registry upkeep, metrics upkeep) stop, the worker
+/// threads are joined, and the process exits 0 on its own.
+#[tokio::test]
+async fn sigterm_stops_each_role_in_order() {
+    let mut gateway = Server::spawn(
+        &[
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--colocated",
+        ],
+        &[],
+    );
+    let url = gateway.url.clone();
+    let mut decode = Server::spawn(
+        &[
+            "decode-worker",
+            "--gateway",
+            &url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+        ],
+        &[],
+    );
+    wait_for("a healthy decode worker", async || {
+        healthy(&gateway).await == 1
+    })
+    .await;
+    let (status, body) = post(
+        &gateway,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "Hello", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    decode.signal("TERM");
+    let s = decode.wait_exit(Duration::from_secs(30));
+    assert!(s.is_some_and(|s| s.success()), "decode worker: {s:?}");
+    gateway.signal("TERM");
+    let s = gateway.wait_exit(Duration::from_secs(30));
+    assert!(s.is_some_and(|s| s.success()), "gateway: {s:?}");
+}

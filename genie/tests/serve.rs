@@ -415,3 +415,35 @@ async fn sixteen_concurrent_streams_complete_and_share_decode_steps() {
         "16 concurrent requests should share decode steps (mean batch {mean:.2})"
     );
 }
+
+/// SIGTERM with a stream in flight: the server stops taking connections, lets the
+/// stream finish, stops its loops, joins its worker threads and exits 0 by itself.
+#[tokio::test]
+async fn sigterm_drains_the_open_stream_and_exits_cleanly() {
+    let mut s = Server::start(&["--threads", "1"], &[]);
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .json(
+            &json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 24,
+            "stream": true, "ignore_eos": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    // The first chunk is out: the sequence is running.
+    stream.next().await.unwrap().unwrap();
+    s.signal("TERM");
+    let mut body = String::new();
+    while let Some(b) = stream.next().await {
+        body.push_str(&String::from_utf8_lossy(&b.unwrap()));
+    }
+    assert!(
+        body.contains("[DONE]"),
+        "the open stream ran to its end: {body}"
+    );
+    assert!(body.contains("\"finish_reason\":\"length\""), "{body}");
+    let status = s.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.is_some_and(|st| st.success()), "{status:?}");
+}

@@ -28,15 +28,15 @@ mod message;
 pub mod rdma;
 pub mod registry;
 pub mod tcp;
-mod sender;
+mod threaded;
 pub mod wire;
 
 pub use genie_protocol::kv::{LayerShape, DTYPE_F16, DTYPE_F32};
 pub use in_process::{Deliver, InProcessTransport};
 pub use message::KvMessage;
 pub use registry::TransferRegistry;
-pub use sender::SEND_QUEUE;
 pub use tcp::TcpTransport;
+pub use threaded::SEND_QUEUE;
 
 use genie_protocol::TransferId;
 

@@ -9,7 +9,7 @@
 //! Soft-RoCE) exists — see docs/ARCHITECTURE.md.
 
 use crate::registry::TransferRegistry;
-use crate::sender::TaskSink;
+use crate::threaded::ThreadedSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
@@ -35,8 +35,12 @@ impl KvTransport for RdmaTransport {
             .unwrap_or(endpoint)
             .to_string();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let sink = TaskSink::start(endpoint, transfer, "rdma", move |mut end| {
-            async move {
+        let sink = ThreadedSink::start(endpoint, transfer, "rdma", "genie-kv-rdma", move |end| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
                 // rnr_retry 7 = retry without limit while the receiver posts its buffers
                 // (connect can return before the listener is ready to receive).
                 let rdma = match RdmaBuilder::default()
@@ -54,7 +58,7 @@ impl KvTransport for RdmaTransport {
                         return Err(e.to_string());
                     }
                 };
-                while let Some(m) = end.rx.recv().await {
+                for m in end.rx {
                     let frame = wire::encode(&m);
                     for part in frame.chunks(RDMA_MESSAGE_BYTES) {
                         let layout =
@@ -68,8 +72,8 @@ impl KvTransport for RdmaTransport {
                     }
                 }
                 Ok(())
-            }
-        });
+            })
+        })?;
         // Report a failed connection now, not at the first layer.
         let refused = |reason: String| TransferError::Connect {
             endpoint: endpoint.to_string(),

@@ -1,20 +1,21 @@
-//! The TCP transport. Sending: one connection per transfer, frames written by a task on
-//! the process's KV-sending runtime so the prefill compute thread never waits on the
-//! network (layer `l` travels while layer `l + 1` computes). Receiving: [`serve`] accepts connections on the decode worker's
+//! The TCP transport. Sending: one connection per transfer, frames written by a writer on
+//! the process's KV-sending runtime (a reused thread of its blocking pool) so the prefill
+//! compute thread never waits on the network (layer `l` travels while layer `l + 1`
+//! computes). Receiving: [`serve`] accepts connections on the decode worker's
 //! KV port, checks every frame (wire format, registry, checksum) and delivers the messages;
 //! on any bad frame it aborts the transfer and closes the connection.
 
 use crate::registry::TransferRegistry;
-use crate::sender::TaskSink;
+use crate::threaded::ThreadedSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use genie_protocol::TransferId;
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 /// Payload slice checksummed and written at a time (fits in L2 with room to spare).
@@ -52,26 +53,21 @@ impl KvTransport for TcpTransport {
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         stream
-            .set_nonblocking(true)
+            .set_write_timeout(Some(self.write_timeout))
             .map_err(|e| unreachable(e.to_string()))?;
-        let stream = {
-            let _rt = crate::sender::runtime().enter();
-            tokio::net::TcpStream::from_std(stream).map_err(|e| unreachable(e.to_string()))?
-        };
-        let stall = self.write_timeout;
         // The writer frames each message off the caller's thread, writes the payload from
         // where it lies (never copied) and checksums each slice just before writing it, so
         // the slice is in cache for the socket copy: one pass over the KV, not two.
-        let sink = TaskSink::start(endpoint, transfer, "tcp", move |mut end| async move {
+        let sink = ThreadedSink::start(endpoint, transfer, "tcp", "genie-kv-send", move |end| {
             let mut s = stream;
-            while let Some(m) = end.rx.recv().await {
-                if let Err(e) = write_frame(&mut s, &m, stall).await {
+            for m in end.rx {
+                if let Err(e) = write_frame(&mut s, &m) {
                     end.failed.store(true, Ordering::Release);
                     return Err(e.to_string());
                 }
             }
-            s.flush().await.map_err(|e| e.to_string())
-        });
+            s.flush().map_err(|e| e.to_string())
+        })?;
         Ok(Box::new(sink))
     }
 
@@ -82,12 +78,7 @@ impl KvTransport for TcpTransport {
 
 /// Writes one frame: the header goes out with the first payload slice and the checksum with
 /// the last (one `writev` each), so a small layer is one segment on the wire, not three.
-/// A write that makes no progress for `stall` fails.
-async fn write_frame(
-    s: &mut tokio::net::TcpStream,
-    m: &KvMessage,
-    stall: Duration,
-) -> std::io::Result<()> {
+fn write_frame(s: &mut TcpStream, m: &KvMessage) -> std::io::Result<()> {
     let header = wire::header(m);
     let payload = wire::payload(m);
     let mut crc = crc32fast::Hasher::new();
@@ -109,25 +100,20 @@ async fn write_frame(
             IoSlice::new(part),
             IoSlice::new(if i == last { &sum } else { &[] }),
         ];
-        write_all_vectored(s, &mut bufs, stall).await?;
+        write_all_vectored(s, &mut bufs)?;
     }
     Ok(())
 }
 
-async fn write_all_vectored(
-    s: &mut tokio::net::TcpStream,
-    mut bufs: &mut [IoSlice<'_>],
-    stall: Duration,
-) -> std::io::Result<()> {
+fn write_all_vectored(s: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        let n = tokio::time::timeout(stall, s.write_vectored(bufs))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "KV write stalled"))??;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        match s.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
 }
@@ -166,15 +152,13 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-/// Hands a message to the receiver. Delivery may wait for room in a bounded queue (the
-/// decode worker's), so on a multi-threaded runtime it tells the runtime it blocks.
+/// Hands a message to the receiver. Delivery into a bounded queue (the decode worker's)
+/// waits only while that queue is full, which holds this connection's task (and its
+/// runtime thread) until the worker drains it: backpressure on the sender's socket. It is
+/// not wrapped in `block_in_place`, which would hand the runtime's core to another thread
+/// on every message.
 fn hand_over(deliver: &Deliver, m: KvMessage) -> bool {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-            tokio::task::block_in_place(|| deliver(m))
-        }
-        _ => deliver(m),
-    }
+    deliver(m)
 }
 
 /// Why a connection was closed.

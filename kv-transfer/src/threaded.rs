@@ -1,88 +1,72 @@
 //! The sending half shared by the network transports: the caller queues messages on a
-//! bounded queue, and a task on the process's one KV-sending runtime puts them on the
-//! wire, so the prefill compute thread never waits on the network (unless the network
-//! falls a whole queue behind: then it waits, which is the backpressure). Transfers are
-//! tasks, not OS threads.
+//! bounded queue, a writer thread (owned by the transport: TCP or RDMA) puts them on the
+//! wire, so the prefill compute thread never waits on the network (unless it falls a whole
+//! queue behind). One thread per transfer: the two alternatives tried, a task per transfer
+//! on a shared runtime and a job on a shared blocking pool, moved 256-token transfers
+//! 25-40 % slower in `genie bench kv-transfer` (BENCHMARKS.md).
 
 use crate::{KvMessage, KvSink, TransferError};
 use genie_protocol::TransferId;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
 
-/// Messages a transfer may have queued ahead of the wire (layers are up to megabytes).
-pub const SEND_QUEUE: usize = 8;
-
-/// The runtime every outgoing transfer of this process is written on: one thread,
-/// started on first use. Its tasks end with their transfers.
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("genie-kv-send")
-            .enable_all()
-            .build()
-            .expect("the KV sending runtime starts")
-    })
-}
-
-/// What a transport's writer task gets: the messages to send and a flag to raise when
+/// What a transport's writer thread gets: the messages to send and a flag to raise when
 /// the connection fails (so later sends fail fast).
 pub(crate) struct WriterEnd {
     pub rx: mpsc::Receiver<KvMessage>,
     pub failed: Arc<AtomicBool>,
 }
 
-pub(crate) struct TaskSink {
+/// Messages a transfer may have queued ahead of the wire (layers are up to megabytes; a
+/// model's whole prompt KV for the models served here).
+pub const SEND_QUEUE: usize = 64;
+
+pub(crate) struct ThreadedSink {
     endpoint: String,
     transfer: TransferId,
     kind: &'static str,
-    tx: Option<mpsc::Sender<KvMessage>>,
-    written: Option<oneshot::Receiver<Result<(), String>>>,
+    tx: Option<mpsc::SyncSender<KvMessage>>,
+    writer: Option<std::thread::JoinHandle<Result<(), String>>>,
     failed: Arc<AtomicBool>,
     started: Option<Instant>,
     bytes: u64,
     done: bool,
 }
 
-impl TaskSink {
-    /// Spawns `write` on the sending runtime; it returns when the queue closes. Use the
-    /// sink from threads outside any async runtime (it waits for room and for the end).
-    pub(crate) fn start<F, Fut>(
+impl ThreadedSink {
+    /// Starts `write` on a thread named `thread`; it returns when the queue closes.
+    pub(crate) fn start(
         endpoint: &str,
         transfer: TransferId,
         kind: &'static str,
-        write: F,
-    ) -> Self
-    where
-        F: FnOnce(WriterEnd) -> Fut,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        thread: &str,
+        write: impl FnOnce(WriterEnd) -> Result<(), String> + Send + 'static,
+    ) -> Result<Self, TransferError> {
+        let (tx, rx) = mpsc::sync_channel(SEND_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let end = WriterEnd {
             rx,
             failed: Arc::clone(&failed),
         };
-        let (done_tx, written) = oneshot::channel();
-        let task = write(end);
-        runtime().spawn(async move {
-            let _ = done_tx.send(task.await);
-        });
-        TaskSink {
+        let writer = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || write(end))
+            .map_err(|e| TransferError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(ThreadedSink {
             endpoint: endpoint.to_string(),
             transfer,
             kind,
             tx: Some(tx),
-            written: Some(written),
+            writer: Some(writer),
             failed,
             started: None,
             bytes: 0,
             done: false,
-        }
+        })
     }
 
     fn err(&self, reason: String) -> TransferError {
@@ -100,22 +84,22 @@ impl TaskSink {
             .tx
             .as_ref()
             .ok_or_else(|| self.err("transfer already ended".into()))?;
-        tx.blocking_send(m)
+        tx.send(m)
             .map_err(|_| self.err("the writer stopped".into()))
     }
 
     /// Closes the queue and waits until everything queued is written.
     fn drain(&mut self) -> Result<(), TransferError> {
         self.tx = None;
-        match self.written.take().map(|w| w.blocking_recv()) {
+        match self.writer.take().map(|w| w.join()) {
             Some(Ok(Ok(()))) | None => Ok(()),
             Some(Ok(Err(e))) => Err(self.err(e)),
-            Some(Err(_)) => Err(self.err("the writer task stopped".into())),
+            Some(Err(_)) => Err(self.err("the writer panicked".into())),
         }
     }
 }
 
-impl KvSink for TaskSink {
+impl KvSink for ThreadedSink {
     fn transfer(&self) -> TransferId {
         self.transfer
     }
@@ -154,7 +138,7 @@ impl KvSink for TaskSink {
     }
 }
 
-impl Drop for TaskSink {
+impl Drop for ThreadedSink {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.push(KvMessage::Abort {
