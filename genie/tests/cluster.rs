@@ -40,25 +40,28 @@ async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// A worker process of `role` registering with the gateway at `url`, one compute thread.
+fn worker(role: &str, url: &str, env: &[(&str, &str)]) -> Server {
+    Server::spawn(
+        &[
+            role,
+            "--gateway",
+            url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+        ],
+        env,
+    )
+}
+
 async fn cluster(env: &[(&str, &str)]) -> Cluster {
     let gateway = Server::spawn(&["gateway", "--host", "127.0.0.1", "--port", "0"], env);
     let url = gateway.url.clone();
-    let start = |role: &str| {
-        Server::spawn(
-            &[
-                role,
-                "--gateway",
-                &url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--threads",
-                "1",
-            ],
-            env,
-        )
-    };
+    let start = |role: &str| worker(role, &url, env);
     let prefill = vec![start("prefill-worker"), start("prefill-worker")];
     let decode = vec![start("decode-worker"), start("decode-worker")];
     wait_for("4 healthy workers", async || healthy(&gateway).await == 4).await;
@@ -481,21 +484,7 @@ async fn sigterm_stops_each_role_in_order() {
         ],
         &[],
     );
-    let url = gateway.url.clone();
-    let mut decode = Server::spawn(
-        &[
-            "decode-worker",
-            "--gateway",
-            &url,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-        ],
-        &[],
-    );
+    let mut decode = worker("decode-worker", &gateway.url, &[]);
     wait_for("a healthy decode worker", async || {
         healthy(&gateway).await == 1
     })
