@@ -31,7 +31,6 @@ async fn decode(State(w): State<Arc<DecodeWorker>>, Json(req): Json<DecodeReques
     let max_tokens = req.max_tokens as usize;
     let (tx, rx) = event_channel(max_tokens);
     let seq = DecodeSeq {
-        id: req.seq,
         source,
         max_tokens,
         stop_token_ids: req.stop_token_ids,

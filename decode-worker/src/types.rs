@@ -5,7 +5,7 @@ use genie_engine::kv_budget::KvReservation;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::sampling::Sampler;
 use genie_kv_transfer::KvMessage;
-use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::EventSender;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,7 +50,6 @@ impl KvSource {
 
 /// A sequence to admit.
 pub struct DecodeSeq {
-    pub id: SeqId,
     pub source: KvSource,
     /// Tokens to generate in all (including a first token sampled by a prefill worker).
     pub max_tokens: usize,

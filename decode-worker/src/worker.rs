@@ -6,8 +6,10 @@ use crate::types::{DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, 
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::kv_cache::{KvCache, KvShape};
 use genie_engine::model::Model;
+use genie_engine::EngineError;
 use genie_kv_transfer::{Deliver, TransferRegistry};
 use genie_protocol::worker::WorkerStatus;
+use genie_worker_core::admit::check_lengths;
 use genie_worker_core::thread::Inbox;
 use genie_worker_core::{AdmitError, EventSender, WorkerThread};
 use std::sync::Arc;
@@ -65,21 +67,21 @@ impl DecodeWorker {
     /// nothing reserved.
     pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<(), AdmitError> {
         let prompt_tokens = s.source.prompt_tokens();
-        if prompt_tokens == 0 {
-            return Err(AdmitError::Invalid("the prompt is empty".into()));
-        }
-        if s.max_tokens == 0 {
-            return Err(AdmitError::Invalid("max_tokens must be at least 1".into()));
-        }
+        check_lengths(prompt_tokens, s.max_tokens)?;
         let tokens = prompt_tokens.saturating_add(s.max_tokens);
         let needed = tokens.saturating_mul(self.kv_shape.bytes_per_token());
-        let reservation = self
-            .budget
-            .reserve(needed)
-            .map_err(|_| AdmitError::NoKvRoom {
+        let reservation = self.budget.reserve(needed).map_err(|e| {
+            let free_bytes = match e {
+                EngineError::KvCapacity {
+                    available_bytes, ..
+                } => available_bytes,
+                _ => self.budget.free_bytes(),
+            };
+            AdmitError::NoKvRoom {
                 needed_bytes: needed,
-                free_bytes: self.budget.free_bytes(),
-            })?;
+                free_bytes,
+            }
+        })?;
         let seq = NewSeq {
             max_tokens: s.max_tokens,
             stop_token_ids: s.stop_token_ids,
@@ -88,25 +90,19 @@ impl DecodeWorker {
             _reservation: reservation,
             cache: KvCache::new(self.kv_shape, tokens),
         };
-        let input = match s.source {
-            KvSource::Prompt(prompt) => DecodeInput::Prefill { seq, prompt },
+        let (input, expected) = match s.source {
+            KvSource::Prompt(prompt) => (DecodeInput::Prefill { seq, prompt }, None),
             KvSource::Transfer { transfer, .. } => {
-                if let Some(r) = &self.registry {
-                    r.expect(
-                        transfer,
-                        prompt_tokens * self.kv_shape.bytes_per_token(),
-                        self.config.transfer_timeout,
-                    );
-                }
-                DecodeInput::Expect { transfer, seq }
+                (DecodeInput::Expect { transfer, seq }, Some(transfer))
             }
         };
-        let transfer = match &input {
-            DecodeInput::Expect { transfer, .. } => Some(*transfer),
-            _ => None,
-        };
+        // Registered before the sequence is queued: its first byte may come right after.
+        if let (Some(r), Some(t)) = (&self.registry, expected) {
+            let bytes = prompt_tokens * self.kv_shape.bytes_per_token();
+            r.expect(t, bytes, self.config.transfer_timeout);
+        }
         self.thread.try_send(input).map_err(|(e, _)| {
-            if let (Some(r), Some(t)) = (&self.registry, transfer) {
+            if let (Some(r), Some(t)) = (&self.registry, expected) {
                 r.forget(t);
             }
             e

@@ -8,7 +8,7 @@ use genie_engine::model::Model;
 use genie_engine::sampling::{Sampler, SamplingParams};
 use genie_kv_transfer::TransferRegistry;
 use genie_protocol::worker::{FinishReason, SeqEvent};
-use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::{event_channel, AdmitError};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -45,9 +45,8 @@ fn worker(tokens: usize, registry: Option<TransferRegistry>) -> (DecodeWorker, m
     (w, freed)
 }
 
-fn seq(id: u64, source: KvSource, max_tokens: usize) -> DecodeSeq {
+fn seq(source: KvSource, max_tokens: usize) -> DecodeSeq {
     DecodeSeq {
-        id: SeqId(id),
         source,
         max_tokens,
         stop_token_ids: Vec::new(),
@@ -65,13 +64,13 @@ fn admission_reserves_prompt_plus_max_tokens_refuses_when_full_and_frees_on_canc
         prompt_tokens: 30,
     };
     let (tx, rx) = event_channel(40);
-    w.admit(seq(1, transfer, 40), tx).unwrap();
+    w.admit(seq(transfer, 40), tx).unwrap();
     assert_eq!(w.budget().used_bytes(), 70 * per_token);
 
     // 31 more tokens do not fit in the 30 left: refused, nothing reserved.
     let (tx2, _rx2) = event_channel(21);
     let e = w
-        .admit(seq(2, KvSource::Prompt(vec![1; 10]), 21), tx2)
+        .admit(seq(KvSource::Prompt(vec![1; 10]), 21), tx2)
         .unwrap_err();
     assert_eq!(
         e,
@@ -85,7 +84,7 @@ fn admission_reserves_prompt_plus_max_tokens_refuses_when_full_and_frees_on_canc
     // The client goes away: the worker drops the sequence at its next turn and frees it.
     drop(rx);
     let (tx3, mut rx3) = event_channel(2);
-    w.admit(seq(3, KvSource::Prompt(vec![1, 2, 3]), 2), tx3)
+    w.admit(seq(KvSource::Prompt(vec![1, 2, 3]), 2), tx3)
         .unwrap();
     freed.recv_timeout(Duration::from_secs(60)).unwrap();
     // Sequence 3 runs to its end (2 tokens) and frees its KV too.
@@ -111,18 +110,16 @@ fn an_expected_transfer_is_registered_before_admission_returns_and_bad_input_is_
         prompt_tokens: 4,
     };
     let (tx, _rx) = event_channel(4);
-    w.admit(seq(1, transfer, 4), tx).unwrap();
+    w.admit(seq(transfer, 4), tx).unwrap();
     assert!(registry.check(TransferId(9)).is_ok());
     assert!(registry.check(TransferId(10)).is_err());
 
     let (tx, _rx) = event_channel(4);
     let e = w
-        .admit(seq(2, KvSource::Prompt(Vec::new()), 4), tx)
+        .admit(seq(KvSource::Prompt(Vec::new()), 4), tx)
         .unwrap_err();
     assert!(matches!(e, AdmitError::Invalid(_)), "{e}");
     let (tx, _rx) = event_channel(0);
-    let e = w
-        .admit(seq(3, KvSource::Prompt(vec![1]), 0), tx)
-        .unwrap_err();
+    let e = w.admit(seq(KvSource::Prompt(vec![1]), 0), tx).unwrap_err();
     assert!(matches!(e, AdmitError::Invalid(_)), "{e}");
 }

@@ -1,7 +1,7 @@
 //! What every long-running role of the binary shares: the HTTP runtime, the shutdown
 //! signal and the orderly shutdown of spawned loops, where it listens, its start-up line.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,9 +56,17 @@ impl Background {
         self.tasks.spawn(f);
     }
 
+    /// Serves `app` on `listener` until Ctrl-C / SIGTERM, lets open requests finish, then
+    /// stops every loop.
+    pub async fn serve(&self, listener: tokio::net::TcpListener, app: axum::Router) -> Result<()> {
+        genie_server::serve(listener, app, self.on_signal()).await?;
+        self.stop().await;
+        Ok(())
+    }
+
     /// Cancels the token on Ctrl-C / SIGTERM; the returned future resolves when it is
     /// cancelled (by the signal or by anyone else).
-    pub fn on_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn on_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let token = self.shutdown.clone();
         self.tasks.spawn({
             let token = token.clone();
@@ -100,6 +108,14 @@ pub async fn metrics_upkeep(
     }
 }
 
+/// `GET /metrics` of a worker process.
+pub fn metrics_route(h: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move { h.render() }),
+    )
+}
+
 /// Prints the start-up line (the first stdout line; tests and scripts read the address
 /// from it).
 pub fn banner(line: &str) -> Result<()> {
@@ -128,6 +144,15 @@ pub struct Listen {
 }
 
 impl Listen {
+    /// Binds the control API's port; the listener and the `http://` address others use.
+    pub async fn bind_control(&self) -> Result<(tokio::net::TcpListener, String)> {
+        let listener = tokio::net::TcpListener::bind((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("cannot bind {}:{}", self.host, self.port))?;
+        let address = format!("http://{}", self.advertised(listener.local_addr()?)?);
+        Ok((listener, address))
+    }
+
     /// `host:port` others use for a socket bound at `bound`.
     pub fn advertised(&self, bound: SocketAddr) -> Result<String> {
         match &self.advertise_host {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let cfg = args.config_with_overrides()?;
-    genie_server::metrics_setup::install()?;
+    let metrics = genie_server::metrics_setup::install()?;
     let path = model_path(&cfg)?;
     let text = ModelText::open(&path)?;
     let plan = crate::plan_setup::served_plan(&cfg, &text, genie_scheduler::Transport::Tcp)?;
@@ -31,6 +31,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let bg = Background::default();
     http_runtime()?.block_on(async {
         bg.spawn(Arc::clone(&pool).upkeep(bg.shutdown.clone()));
-        serve_api(&cfg, frontend, dispatcher, Some(registry), &bg, banner_for).await
+        serve_api(
+            &cfg,
+            metrics,
+            frontend,
+            dispatcher,
+            Some(registry),
+            &bg,
+            banner_for,
+        )
+        .await
     })
 }

@@ -154,6 +154,7 @@ const PLAN_LOG_CAPACITY: usize = 1024;
 /// `bg` stops.
 pub async fn serve_api(
     cfg: &ServeConfig,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
     frontend: Arc<Frontend>,
     dispatcher: Arc<Dispatcher>,
     registry: Option<Arc<Registry>>,
@@ -165,7 +166,6 @@ pub async fn serve_api(
         .await
         .with_context(|| format!("cannot bind {addr}"))?;
     let local = listener.local_addr()?;
-    let metrics = genie_server::metrics_setup::install()?;
     bg.spawn(metrics_upkeep(metrics.clone(), bg.shutdown.clone()));
     let state = AppState {
         frontend,
@@ -177,10 +177,7 @@ pub async fn serve_api(
         max_body_bytes: cfg.limits.max_body_bytes,
     };
     banner(&banner_for(local))?;
-    let stop = bg.on_signal();
-    genie_server::serve(listener, build_app(state), stop).await?;
-    bg.stop().await;
-    Ok(())
+    bg.serve(listener, build_app(state)).await
 }
 
 /// Starts `genie serve`'s workers (threads over the shared weights) in a pool.
@@ -223,7 +220,8 @@ fn local_pool(cfg: &ServeConfig, model: &Model) -> Result<LocalPool> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let cfg = args.config_with_overrides()?;
-    genie_server::metrics_setup::install()?;
+    // Installed before the workers start, so their metrics are recorded from the first.
+    let metrics = genie_server::metrics_setup::install()?;
     let path = model_path(&cfg)?;
     let g = load_model(&path)?;
     let text = ModelText::from_meta(g.meta())?;
@@ -248,6 +246,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let bg = Background::default();
     http_runtime()?.block_on(serve_api(
         &cfg,
+        metrics,
         frontend,
         Arc::clone(&dispatcher),
         None,

@@ -4,7 +4,7 @@
 //! Its control API is `genie_pipeline::service` (unauthenticated: keep it on a private
 //! network), plus `/metrics`.
 
-use crate::process::{banner, http_runtime, Background, Listen};
+use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -79,15 +79,9 @@ pub fn run(a: StageArgs) -> Result<()> {
         bg.shutdown.clone(),
     )?);
     rt.block_on(async move {
-        let l = &a.listen;
-        let listener = tokio::net::TcpListener::bind((l.host.as_str(), l.port))
-            .await
-            .with_context(|| format!("cannot bind {}:{}", l.host, l.port))?;
-        let address = format!("http://{}", l.advertised(listener.local_addr()?)?);
-        let app = genie_pipeline::service::router(Arc::clone(&worker)).route(
-            "/metrics",
-            axum::routing::get(move || async move { metrics.render() }),
-        );
+        let (listener, address) = a.listen.bind_control().await?;
+        let app =
+            genie_pipeline::service::router(Arc::clone(&worker)).merge(metrics_route(metrics));
         banner(&format!(
             "Genie stage worker (layers {}..{} of {n_layers}) on {address}{}",
             layers.start,
@@ -98,11 +92,6 @@ pub fn run(a: StageArgs) -> Result<()> {
                 .map(|k| format!(" (KV on {k})"))
                 .unwrap_or_default()
         ))?;
-        let stop = bg.on_signal();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await?;
-        bg.stop().await;
-        anyhow::Ok(())
+        bg.serve(listener, app).await
     })
 }

@@ -3,7 +3,7 @@
 //! receiver), registers with the gateway and heartbeats its load until shutdown.
 
 use crate::config::ServeConfig;
-use crate::process::{banner, http_runtime, Background, Listen};
+use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -217,15 +217,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, 1)?;
     let bg = Background::default();
     http_runtime()?.block_on(async move {
-        let l = &a.listen;
-        let listener = tokio::net::TcpListener::bind((l.host.as_str(), l.port))
-            .await
-            .with_context(|| format!("cannot bind {}:{}", l.host, l.port))?;
-        let address = format!("http://{}", l.advertised(listener.local_addr()?)?);
-        let metrics_router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || async move { handle.render() }),
-        );
+        let (listener, address) = a.listen.bind_control().await?;
         let (router, kv_endpoint, status): (
             axum::Router,
             Option<String>,
@@ -279,11 +271,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
         if let Some(g) = a.gateway.clone() {
             bg.spawn(heartbeat_loop(g, reg, status, bg.shutdown.clone()));
         }
-        let stop = bg.on_signal();
-        axum::serve(listener, router.merge(metrics_router))
-            .with_graceful_shutdown(stop)
-            .await?;
-        bg.stop().await;
-        anyhow::Ok(())
+        bg.serve(listener, router.merge(metrics_route(handle)))
+            .await
     })
 }

@@ -1,7 +1,6 @@
-//! The TCP transport. Sending: one connection per transfer, frames written by a writer on
-//! the process's KV-sending runtime (a reused thread of its blocking pool) so the prefill
-//! compute thread never waits on the network (layer `l` travels while layer `l + 1`
-//! computes). Receiving: [`serve`] accepts connections on the decode worker's
+//! The TCP transport. Sending: one connection per transfer, frames written by a writer
+//! thread so the prefill compute thread never waits on the network (layer `l` travels while
+//! layer `l + 1` computes). Receiving: [`serve`] accepts connections on the decode worker's
 //! KV port, checks every frame (wire format, registry, checksum) and delivers the messages;
 //! on any bad frame it aborts the transfer and closes the connection.
 
@@ -120,7 +119,9 @@ fn write_all_vectored(s: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::i
 
 /// Accepts KV connections until `shutdown` is cancelled; each connection is served by
 /// its own task, which also ends then (aborting the transfer it carried). `stall` bounds
-/// the wait for the next frame of a started transfer.
+/// the wait for the next frame of a started transfer. Delivery into a bounded queue (the
+/// decode worker's) waits while that queue is full, holding the connection's task until
+/// the worker drains it: backpressure on the sender's socket.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: TransferRegistry,
@@ -150,15 +151,6 @@ pub async fn serve(
     }
     tasks.close();
     tasks.wait().await;
-}
-
-/// Hands a message to the receiver. Delivery into a bounded queue (the decode worker's)
-/// waits only while that queue is full, which holds this connection's task (and its
-/// runtime thread) until the worker drains it: backpressure on the sender's socket. It is
-/// not wrapped in `block_in_place`, which would hand the runtime's core to another thread
-/// on every message.
-fn hand_over(deliver: &Deliver, m: KvMessage) -> bool {
-    deliver(m)
 }
 
 /// Why a connection was closed.
@@ -211,13 +203,10 @@ async fn connection(
         // Never leave a partial sequence behind: the receiver drops what it holds.
         if let Some(t) = current {
             registry.forget(t);
-            hand_over(
-                deliver,
-                KvMessage::Abort {
-                    transfer: t,
-                    reason: format!("KV transfer broken: {e}"),
-                },
-            );
+            deliver(KvMessage::Abort {
+                transfer: t,
+                reason: format!("KV transfer broken: {e}"),
+            });
         }
     }
     result
@@ -285,7 +274,7 @@ async fn frames(
             registry.forget(hdr.transfer);
             *current = None;
         }
-        if !hand_over(deliver, m) {
+        if !deliver(m) {
             return Ok(());
         }
         if ends {

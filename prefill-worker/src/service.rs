@@ -22,7 +22,6 @@ async fn prefill(State(w): State<Arc<PrefillWorker>>, Json(req): Json<PrefillReq
     let max_tokens = req.max_tokens as usize;
     let (tx, rx) = event_channel(max_tokens);
     let seq = PrefillSeq {
-        id: req.seq,
         transfer: req.transfer,
         kv_endpoint: req.kv_endpoint,
         prompt: req.prompt,

@@ -5,7 +5,8 @@ use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
 use genie_kv_transfer::{KvSink, KvTransport};
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
-use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_protocol::{TransferId, WorkerId};
+use genie_worker_core::admit::check_lengths;
 use genie_worker_core::thread::Inbox;
 use genie_worker_core::{next_token, AdmitError, EventSender, Next, WorkerThread};
 use std::ops::ControlFlow;
@@ -27,7 +28,6 @@ pub struct PrefillConfig {
 
 /// One prompt to prefill, and where its KV goes.
 pub struct PrefillSeq {
-    pub id: SeqId,
     pub transfer: TransferId,
     /// The decode worker's KV endpoint, which reserved the sequence's KV.
     pub kv_endpoint: String,
@@ -97,12 +97,7 @@ impl PrefillWorker {
     /// end) goes to `events`. Opening a network transfer may block for the transport's
     /// connect timeout: call it off any async runtime.
     pub fn admit(&self, s: PrefillSeq, events: EventSender) -> Result<(), AdmitError> {
-        if s.prompt.is_empty() {
-            return Err(AdmitError::Invalid("the prompt is empty".into()));
-        }
-        if s.max_tokens == 0 {
-            return Err(AdmitError::Invalid("max_tokens must be at least 1".into()));
-        }
+        check_lengths(s.prompt.len(), s.max_tokens)?;
         let sink = self
             .transport
             .open(&s.kv_endpoint, s.transfer)

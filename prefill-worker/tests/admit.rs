@@ -7,7 +7,7 @@ use genie_engine::sampling::{Sampler, SamplingParams};
 use genie_kv_transfer::{InProcessTransport, KvMessage};
 use genie_prefill_worker::{PrefillConfig, PrefillSeq, PrefillWorker};
 use genie_protocol::worker::SeqEvent;
-use genie_protocol::{SeqId, TransferId, WorkerId};
+use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::{event_channel, AdmitError};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
@@ -39,7 +39,6 @@ fn worker() -> (PrefillWorker, mpsc::Receiver<KvMessage>, usize) {
 
 fn seq(id: u64, endpoint: &str, prompt: Vec<u32>) -> PrefillSeq {
     PrefillSeq {
-        id: SeqId(id),
         transfer: TransferId(id),
         kv_endpoint: endpoint.into(),
         prompt,

@@ -2,7 +2,7 @@
 //! the in-process transport. Sequences enter through the same admission the workers'
 //! HTTP services call ([`DecodeWorker::admit`], [`PrefillWorker::admit`]).
 
-use crate::pool::{view, SeqSpec, StartError, WorkerPool};
+use crate::pool::{on_refusal, view, SeqSpec, StartError, WorkerPool};
 use futures_util::future::BoxFuture;
 use genie_decode_worker::{DecodeSeq, DecodeWorker, KvSource};
 use genie_engine::sampling::Sampler;
@@ -29,8 +29,9 @@ pub fn endpoint(id: WorkerId) -> String {
 }
 
 impl LocalPool {
-    /// A pool over started workers. Each decode worker must be registered with
-    /// `transport` under [`endpoint`] (its id) and call `changed` when KV frees.
+    /// A pool over started workers; registers each decode worker with `transport` under
+    /// [`endpoint`] (its id), which the prefill workers' transport must be. Each decode
+    /// worker must call `changed` when KV frees.
     pub fn new(
         prefill: Vec<PrefillWorker>,
         decode: Vec<DecodeWorker>,
@@ -72,7 +73,6 @@ impl LocalPool {
         decode
             .admit(
                 DecodeSeq {
-                    id: seq.id,
                     source,
                     max_tokens: seq.max_tokens,
                     stop_token_ids: seq.stop_token_ids.clone(),
@@ -80,7 +80,7 @@ impl LocalPool {
                 },
                 tx.clone(),
             )
-            .map_err(|e| start_error(decode.config.id, e))?;
+            .map_err(|e| refused(e, decode.config.id, decode.config.id))?;
         if let Placement::Disaggregated { prefill, .. } = placement {
             let p = self
                 .prefill
@@ -90,7 +90,6 @@ impl LocalPool {
             // On a refusal `rx` drops here, which cancels the decode leg and frees its KV.
             p.admit(
                 PrefillSeq {
-                    id: seq.id,
                     transfer,
                     kv_endpoint: endpoint(decode.config.id),
                     prompt: seq.prompt.clone(),
@@ -100,24 +99,15 @@ impl LocalPool {
                 },
                 tx,
             )
-            .map_err(|e| start_error(prefill, e))?;
+            .map_err(|e| refused(e, prefill, decode.config.id))?;
         }
         Ok(rx)
     }
 }
 
-/// How the dispatcher acts on worker `id`'s refusal.
-fn start_error(id: WorkerId, e: AdmitError) -> StartError {
-    match e {
-        AdmitError::NoKvRoom { .. } => StartError::NoRoom,
-        AdmitError::Busy | AdmitError::KvUnreachable(_) | AdmitError::Stopped => {
-            StartError::Retry {
-                worker: id,
-                reason: e.to_string(),
-            }
-        }
-        AdmitError::Invalid(_) => StartError::Failed(e.to_string()),
-    }
+/// A worker's admission refusal as the dispatcher acts on it.
+fn refused(e: AdmitError, leg: WorkerId, decode: WorkerId) -> StartError {
+    on_refusal(e.code(), leg, decode, e.to_string())
 }
 
 impl WorkerPool for LocalPool {

@@ -3,7 +3,7 @@
 
 use futures_util::future::BoxFuture;
 use genie_engine::sampling::SamplingParams;
-use genie_protocol::worker::{SeqEvent, WorkerRole, WorkerStatus};
+use genie_protocol::worker::{FailureCode, SeqEvent, WorkerRole, WorkerStatus};
 use genie_protocol::{SeqId, WorkerId};
 use genie_scheduler::{Placement, Role, WorkerView};
 use std::sync::Arc;
@@ -34,6 +34,30 @@ pub enum StartError {
     /// A worker refused the sequence for good or failed; the request fails.
     #[error("{0}")]
     Failed(String),
+}
+
+/// What the dispatcher does when `leg` (the worker asked to start one leg of a sequence
+/// whose decode worker is `decode`) refuses with `code`: wait for room, place again
+/// without the worker at fault, or fail. The one reading of refusal codes, for every pool.
+pub fn on_refusal(
+    code: FailureCode,
+    leg: WorkerId,
+    decode: WorkerId,
+    reason: String,
+) -> StartError {
+    match code {
+        FailureCode::NoKvRoom => StartError::NoRoom,
+        FailureCode::Busy | FailureCode::Stopped => StartError::Retry {
+            worker: leg,
+            reason,
+        },
+        // The prefill worker could not reach the decode worker's KV endpoint.
+        FailureCode::KvUnreachable => StartError::Retry {
+            worker: decode,
+            reason,
+        },
+        _ => StartError::Failed(reason),
+    }
 }
 
 /// A pool of workers the dispatcher places sequences on.

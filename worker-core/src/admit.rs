@@ -40,3 +40,15 @@ impl AdmitError {
         Failure::new(self.code(), self.to_string())
     }
 }
+
+/// The checks every worker makes before admitting a sequence: a prompt to run and at
+/// least one token to generate.
+pub fn check_lengths(prompt_tokens: usize, max_tokens: usize) -> Result<(), AdmitError> {
+    if prompt_tokens == 0 {
+        return Err(AdmitError::Invalid("the prompt is empty".into()));
+    }
+    if max_tokens == 0 {
+        return Err(AdmitError::Invalid("max_tokens must be at least 1".into()));
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! the sequence's one bounded channel. A refusal is read by its typed code.
 
 use super::registry::Registry;
-use crate::pool::{SeqSpec, StartError};
+use crate::pool::{on_refusal, SeqSpec, StartError};
 use futures_util::StreamExt;
 use genie_engine::sampling::Sampler;
 use genie_protocol::worker::{
@@ -45,6 +45,28 @@ async fn refusal(resp: reqwest::Response) -> (FailureCode, String) {
     }
 }
 
+/// `leg`'s refusal read by its code ([`on_refusal`]). A worker left out because it is
+/// stopping or unreachable is also marked unhealthy; a busy one is not.
+async fn refused(
+    registry: &Registry,
+    resp: reqwest::Response,
+    leg: WorkerId,
+    decode: WorkerId,
+) -> StartError {
+    let (code, msg) = refusal(resp).await;
+    let e = on_refusal(code, leg, decode, msg);
+    match &e {
+        StartError::Retry { worker, .. } if code != FailureCode::Busy => {
+            registry.mark_dead(*worker)
+        }
+        StartError::Failed(msg) => {
+            tracing::error!(worker = %leg, %code, %msg, "a worker refused a sequence")
+        }
+        _ => {}
+    }
+    e
+}
+
 /// POSTs a control request; an unreachable worker is marked unhealthy.
 async fn post<T: serde::Serialize>(
     client: &reqwest::Client,
@@ -75,7 +97,6 @@ pub async fn start(
         worker,
         reason: "no longer registered".into(),
     };
-    let retry = |worker: WorkerId, reason: String| StartError::Retry { worker, reason };
     let (daddr, kv_endpoint) = registry
         .addresses(decode_id)
         .ok_or_else(|| gone(decode_id))?;
@@ -94,19 +115,7 @@ pub async fn start(
     let url = format!("{daddr}/internal/decode");
     let dresp = post(client, registry, decode_id, url, &dreq).await?;
     if !dresp.status().is_success() {
-        let (code, msg) = refusal(dresp).await;
-        return Err(match code {
-            FailureCode::NoKvRoom => StartError::NoRoom,
-            FailureCode::Busy => retry(decode_id, msg),
-            FailureCode::Stopped => {
-                registry.mark_dead(decode_id);
-                retry(decode_id, msg)
-            }
-            _ => {
-                tracing::error!(worker = %decode_id, %code, %msg, "decode worker refused a sequence");
-                StartError::Failed(msg)
-            }
-        });
+        return Err(refused(registry, dresp, decode_id, decode_id).await);
     }
     let (tx, rx) = channel(events_capacity(seq.max_tokens));
     let changed = registry.changed();
@@ -133,23 +142,7 @@ pub async fn start(
     let url = format!("{paddr}/internal/prefill");
     let presp = post(client, registry, prefill_id, url, &preq).await?;
     if !presp.status().is_success() {
-        let (code, msg) = refusal(presp).await;
-        return Err(match code {
-            FailureCode::KvUnreachable => {
-                // The prefill worker could not reach the decode worker's KV port.
-                registry.mark_dead(decode_id);
-                retry(decode_id, msg)
-            }
-            FailureCode::Busy => retry(prefill_id, msg),
-            FailureCode::Stopped => {
-                registry.mark_dead(prefill_id);
-                retry(prefill_id, msg)
-            }
-            _ => {
-                tracing::error!(worker = %prefill_id, %code, %msg, "prefill worker refused a sequence");
-                StartError::Failed(msg)
-            }
-        });
+        return Err(refused(registry, presp, prefill_id, decode_id).await);
     }
     tokio::spawn(forward(Some(presp), dresp, tx, changed));
     Ok(rx)
