@@ -15,6 +15,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often an idle worker checks whether sequences waiting for KV were cancelled.
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
 /// A sequence whose KV is still arriving.
 struct Incoming {
     seq: NewSeq,
@@ -92,14 +95,15 @@ impl BatchLoop {
 
     pub(crate) fn run(&mut self, rx: Receiver<Inbox<DecodeInput>>) {
         loop {
-            // Block only when there is nothing to compute; wake for transfer deadlines.
+            // Block only when there is nothing to compute; wake for transfer deadlines and
+            // to see whether a waiting sequence's gateway went away (its KV is freed).
             if !self.has_work() {
                 let wait = self
                     .incoming
                     .values()
                     .map(|i| i.deadline.saturating_duration_since(Instant::now()))
                     .min()
-                    .unwrap_or(Duration::from_secs(3600));
+                    .map_or(Duration::from_secs(3600), |d| d.min(CANCEL_CHECK));
                 match rx.recv_timeout(wait) {
                     Ok(input) => {
                         if !self.accept(input) {
@@ -147,7 +151,7 @@ impl BatchLoop {
                     transfer,
                     Incoming {
                         seq,
-                        deadline: Instant::now() + self.config.transfer_timeout,
+                        deadline: Instant::now() + self.config.kv_wait_timeout,
                         layers_seen: 0,
                     },
                 );

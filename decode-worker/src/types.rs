@@ -21,8 +21,11 @@ pub struct DecodeConfig {
     pub max_batch: usize,
     /// Most prompt tokens prefilled in one step (colocated sequences).
     pub max_prefill_tokens: usize,
-    /// A transfer whose KV has not all arrived by then is dropped.
+    /// A transfer that stalls this long between two layers is dropped.
     pub transfer_timeout: Duration,
+    /// How long a reserved sequence waits for its transfer's first layer (the prefill
+    /// worker's queue: the gateway cancels it sooner if that worker is lost).
+    pub kv_wait_timeout: Duration,
     /// Capacity of the input queue.
     pub queue: usize,
 }

@@ -99,7 +99,12 @@ impl DecodeWorker {
         // Registered before the sequence is queued: its first byte may come right after.
         if let (Some(r), Some(t)) = (&self.registry, expected) {
             let bytes = prompt_tokens * self.kv_shape.bytes_per_token();
-            r.expect(t, bytes, self.config.transfer_timeout);
+            r.expect_within(
+                t,
+                bytes,
+                self.config.kv_wait_timeout,
+                self.config.transfer_timeout,
+            );
         }
         self.thread.try_send(input).map_err(|(e, _)| {
             if let (Some(r), Some(t)) = (&self.registry, expected) {

@@ -32,6 +32,7 @@ fn worker(tokens: usize, registry: Option<TransferRegistry>) -> (DecodeWorker, m
             max_batch: 8,
             max_prefill_tokens: 512,
             transfer_timeout: Duration::from_secs(60),
+            kv_wait_timeout: Duration::from_secs(600),
             queue: 16,
         },
         m,

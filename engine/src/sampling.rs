@@ -178,6 +178,24 @@ impl Sampler {
         &self.params
     }
 
+    /// The sampler exactly as it stood after sampling and keeping `generated`, rebuilt
+    /// from the request alone: a sequence moved to another worker mid-stream continues
+    /// with the same random stream and penalty counts. Each kept token cost one RNG draw
+    /// when sampling is random ([`Sampler::sample`] draws once per step; the only step
+    /// that does not, all logits NaN or −inf, keeps token 0 and cannot recur in a real
+    /// model), none when it is greedy.
+    pub fn resume(params: SamplingParams, fallback_seed: u64, generated: &[u32]) -> Self {
+        let mut s = Sampler::new(params, fallback_seed);
+        let random = !(s.params.temperature == 0.0 || s.params.top_k == 1);
+        for &t in generated {
+            if random {
+                s.rng.next_f64();
+            }
+            s.record(t);
+        }
+        s
+    }
+
     /// Records a kept token (for presence/frequency penalties).
     pub fn record(&mut self, token: u32) {
         *self.counts.entry(token).or_insert(0) += 1;
@@ -429,6 +447,43 @@ mod tests {
             let got = counts[i] as f32 / n as f32;
             assert!((want - got).abs() < 0.015, "token {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn a_resumed_sampler_continues_the_same_stream() {
+        // Varying logits per step, penalties on: the resumed sampler must pick what the
+        // uninterrupted one picks from step k on.
+        let logits = |step: usize| -> Vec<f32> {
+            (0..64)
+                .map(|i| (((i * 7 + step * 13) % 29) as f32) * 0.1)
+                .collect()
+        };
+        let p = SamplingParams {
+            frequency_penalty: 0.3,
+            top_p: 0.9,
+            ..params(0.8)
+        };
+        let mut whole = Sampler::new(p.clone(), 11);
+        let mut kept = Vec::new();
+        for step in 0..40 {
+            let t = whole.sample(&mut logits(step)).token;
+            whole.record(t);
+            kept.push(t);
+        }
+        for k in [0usize, 1, 17, 39] {
+            let mut resumed = Sampler::resume(p.clone(), 11, &kept[..k]);
+            for (step, &t) in kept.iter().enumerate().skip(k) {
+                assert_eq!(
+                    resumed.sample(&mut logits(step)).token,
+                    t,
+                    "k={k} step={step}"
+                );
+                resumed.record(t);
+            }
+        }
+        // Greedy draws nothing: resuming is the counts alone.
+        let g = Sampler::resume(SamplingParams::greedy(), 5, &[3, 3]);
+        assert_eq!(g.counts.get(&3), Some(&2));
     }
 
     #[test]

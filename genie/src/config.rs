@@ -106,6 +106,9 @@ pub struct SchedulerSection {
     pub routing: RoutingPolicy,
     /// Prompt tokens that make up the prefix `prefix_affinity` routes by.
     pub prefix_tokens: usize,
+    /// Times a sequence that loses a worker mid-stream is moved to live workers before it
+    /// fails (0: never moved).
+    pub migration_limit: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -130,9 +133,13 @@ pub struct DecodeSection {
     pub max_prefill_tokens: usize,
     /// KV cache bytes each decode worker may hold.
     pub kv_cache_bytes: u64,
-    /// A KV transfer that makes no progress (no layer) for this long is dropped and its
-    /// request fails.
+    /// A KV transfer that makes no progress (no layer) for this long once it has started
+    /// is dropped (the gateway then moves the sequence elsewhere).
     pub transfer_timeout_secs: u64,
+    /// How long a sequence with reserved KV waits for its transfer's first layer: the
+    /// prefill worker's queue. A backstop only: the gateway cancels the sequence (freeing
+    /// the KV) as soon as its prefill worker is lost or the client goes away.
+    pub kv_wait_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -148,6 +155,9 @@ pub struct LimitsSection {
     pub max_n: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// A streaming client that reads nothing for this long (its buffers full) has its
+    /// sequences cancelled and their KV freed.
+    pub stream_stall_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -167,6 +177,7 @@ impl Default for SchedulerSection {
             min_prompt_tokens: 0,
             routing: RoutingPolicy::LeastLoaded,
             prefix_tokens: 64,
+            migration_limit: 2,
         }
     }
 }
@@ -190,6 +201,7 @@ impl Default for DecodeSection {
             max_prefill_tokens: 2048,
             kv_cache_bytes: 4 << 30,
             transfer_timeout_secs: 60,
+            kv_wait_timeout_secs: 600,
         }
     }
 }
@@ -202,6 +214,7 @@ impl Default for LimitsSection {
             default_max_tokens: 2048,
             max_n: 16,
             max_body_bytes: 4 << 20,
+            stream_stall_secs: 30,
         }
     }
 }
@@ -297,6 +310,9 @@ impl ServeConfig {
         if self.decode.transfer_timeout_secs == 0 {
             return err("decode.transfer_timeout_secs", "must be at least 1");
         }
+        if self.decode.kv_wait_timeout_secs == 0 {
+            return err("decode.kv_wait_timeout_secs", "must be at least 1");
+        }
         if self.limits.max_waiting == 0 {
             return err("limits.max_waiting", "must be at least 1");
         }
@@ -305,6 +321,9 @@ impl ServeConfig {
         }
         if self.limits.max_n == 0 {
             return err("limits.max_n", "must be at least 1");
+        }
+        if self.limits.stream_stall_secs == 0 {
+            return err("limits.stream_stall_secs", "must be at least 1");
         }
         if self.workers.heartbeat_ms < 50 {
             return err("workers.heartbeat_ms", "must be at least 50");

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
     /// TOML configuration (see configs/local.toml); flags and GENIE_<SECTION>__<KEY>
     /// environment variables override it.
@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Compute threads of each worker (0 = one per core).
     #[arg(long, env = "GENIE_THREADS")]
     pub threads: Option<usize>,
+    /// Times a sequence is moved to live workers when it loses one mid-stream before it
+    /// fails (0: never; default 2).
+    #[arg(long)]
+    pub migration_limit: Option<usize>,
 }
 
 impl ServeArgs {
@@ -79,6 +83,9 @@ impl ServeArgs {
         if let Some(t) = self.threads {
             section("prefill", "threads", Value::from(t));
             section("decode", "threads", Value::from(t));
+        }
+        if let Some(n) = self.migration_limit {
+            section("scheduler", "migration_limit", Value::from(n));
         }
         d
     }
@@ -143,6 +150,7 @@ pub fn dispatch_config(
         queue_timeout: Duration::from_secs(cfg.limits.queue_timeout_secs),
         kv_bytes_per_token,
         pinned_by,
+        migration_limit: cfg.scheduler.migration_limit,
     }
 }
 
@@ -175,6 +183,7 @@ pub async fn serve_api(
         metrics,
         plans: Arc::new(PlanLog::new(PLAN_LOG_CAPACITY)),
         max_body_bytes: cfg.limits.max_body_bytes,
+        stall_timeout: Duration::from_secs(cfg.limits.stream_stall_secs),
     };
     banner(&banner_for(local))?;
     bg.serve(listener, build_app(state)).await
@@ -193,6 +202,7 @@ fn local_pool(cfg: &ServeConfig, model: &Model) -> Result<LocalPool> {
                 max_batch: cfg.decode.max_batch,
                 max_prefill_tokens: cfg.decode.max_prefill_tokens,
                 transfer_timeout: Duration::from_secs(cfg.decode.transfer_timeout_secs),
+                kv_wait_timeout: Duration::from_secs(cfg.decode.kv_wait_timeout_secs),
                 queue: genie_decode_worker::DEFAULT_QUEUE,
             },
             model.share(cfg.decode.threads)?,

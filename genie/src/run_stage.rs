@@ -48,8 +48,8 @@ pub fn run(a: StageArgs) -> Result<()> {
         port: None,
         model: a.model.clone(),
         colocated: true,
-        api_keys: Vec::new(),
         threads: a.threads,
+        ..ServeArgs::default()
     }
     .config_with_overrides()?;
     let metrics = genie_server::metrics_setup::install()?;

@@ -51,8 +51,8 @@ fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
         port: None,
         model: a.model.clone(),
         colocated: false,
-        api_keys: Vec::new(),
         threads: a.threads,
+        ..ServeArgs::default()
     };
     sa.config_with_overrides()
 }
@@ -178,6 +178,7 @@ async fn decode_role(
             max_batch: cfg.decode.max_batch,
             max_prefill_tokens: cfg.decode.max_prefill_tokens,
             transfer_timeout: timeout,
+            kv_wait_timeout: Duration::from_secs(cfg.decode.kv_wait_timeout_secs),
             queue: genie_decode_worker::DEFAULT_QUEUE,
         },
         model.share(cfg.decode.threads)?,

@@ -213,8 +213,8 @@ async fn stream_one(url: String, i: usize) -> Result<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_workers_mid_batch_fails_requests_cleanly_and_leaks_no_kv() {
-    let mut c = cluster(&[]).await;
+async fn with_migration_off_killing_workers_mid_batch_fails_requests_cleanly_and_leaks_no_kv() {
+    let mut c = cluster(&[("GENIE_SCHEDULER__MIGRATION_LIMIT", "0")]).await;
     let url = c.gateway.url.clone();
     let tasks: Vec<_> = (0..8)
         .map(|i| tokio::spawn(stream_one(url.clone(), i)))
@@ -268,6 +268,144 @@ async fn killing_workers_mid_batch_fails_requests_cleanly_and_leaks_no_kv() {
         c.decode[1].metric("genie_kv_cache_used_bytes", &[]).await == 0.0
     })
     .await;
+}
+
+/// One streamed chat completion's text and the number of chunks it came in.
+async fn stream_text(url: &str, body: &Value) -> Result<String, String> {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    let mut s = r.bytes_stream();
+    let mut raw = String::new();
+    while let Some(b) = s.next().await {
+        raw.push_str(&String::from_utf8_lossy(&b.map_err(|e| e.to_string())?));
+    }
+    let mut text = String::new();
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            return Ok(text);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| format!("{e}: {data}"))?;
+        if v.get("error").is_some() {
+            return Err(format!("error event: {v}"));
+        }
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    Err("stream ended without [DONE]".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_on_killed_workers_move_and_continue_token_for_token() {
+    let mut c = cluster(&[]).await;
+    let url = c.gateway.url.clone();
+    // Two greedy and two seeded sampled requests, long enough to be cut mid-stream.
+    let bodies: Vec<Value> = (0..4)
+        .map(|i| {
+            let sampling = if i % 2 == 0 {
+                json!({"temperature": 0})
+            } else {
+                json!({"temperature": 0.8, "seed": 100 + i})
+            };
+            let mut b = json!({"model": MODEL, "stream": true, "max_tokens": 160,
+                "logit_bias": {"2": -100},
+                "messages": [{"role": "user", "content": format!("Tell me a long story about the number {i}.")}]});
+            b.as_object_mut()
+                .unwrap()
+                .extend(sampling.as_object().unwrap().clone());
+            b
+        })
+        .collect();
+    let run_all = || {
+        bodies
+            .iter()
+            .map(|b| {
+                let (url, b) = (url.clone(), b.clone());
+                tokio::spawn(async move { stream_text(&url, &b).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut want = Vec::new();
+    for t in run_all() {
+        want.push(t.await.unwrap().expect("the uninterrupted run"));
+    }
+    // Again, and kill -9 one worker of each role once every stream has its first token
+    // and both decode workers run sequences.
+    let ttft = "genie_time_to_first_token_seconds_count";
+    let before = c.gateway.metric(ttft, &[]).await;
+    let tasks = run_all();
+    wait_for(
+        "every stream under way on both decode workers",
+        async || {
+            for d in &c.decode {
+                if d.metric("genie_num_requests_running", &[]).await < 1.0 {
+                    return false;
+                }
+            }
+            c.gateway.metric(ttft, &[]).await >= before + 4.0
+        },
+    )
+    .await;
+    c.prefill[0].kill();
+    c.decode[0].kill();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(180), t)
+            .await
+            .expect("a moved request hung")
+            .unwrap();
+        assert_eq!(got.as_deref(), Ok(want[i].as_str()), "request {i}");
+    }
+    let moved = c
+        .gateway
+        .metric("genie_request_migrations_total", &["outcome=\"migrated\""])
+        .await;
+    assert!(moved >= 1.0, "no sequence was moved ({moved})");
+    println!("{moved} sequence(s) moved after kill -9, every stream token for token");
+    wait_for("KV freed on the surviving decode worker", async || {
+        c.decode[1].metric("genie_kv_cache_used_bytes", &[]).await == 0.0
+    })
+    .await;
+}
+
+/// Requests sent to a prefill worker that froze (SIGSTOP: its connections stay open,
+/// nothing answers) are placed again once it misses its heartbeats, not left hanging
+/// until a transfer timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_a_frozen_prefill_worker_move_within_the_heartbeat_timeout() {
+    // Heartbeats every 200 ms: unhealthy after 3 missed.
+    let c = cluster(&[("GENIE_WORKERS__HEARTBEAT_MS", "200")]).await;
+    c.prefill[0].signal("STOP");
+    let url = c.gateway.url.clone();
+    let t0 = Instant::now();
+    // Four at once: placement still counts the frozen worker healthy, so some go to it.
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let body = json!({"model": MODEL, "stream": true, "max_tokens": 8, "temperature": 0,
+                    "messages": [{"role": "user", "content": format!("Say hello to friend {i}.")}]});
+                stream_text(&url, &body).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a request on the frozen worker hung")
+            .unwrap();
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let took = t0.elapsed();
+    println!("4 requests with one prefill worker frozen: {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    c.prefill[0].signal("CONT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

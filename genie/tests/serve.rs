@@ -416,6 +416,48 @@ async fn sixteen_concurrent_streams_complete_and_share_decode_steps() {
     );
 }
 
+/// A prefill backlog longer than the KV transfer timeout fails nothing: the decode
+/// worker's stall deadline starts with the transfer, not with the reservation (before the
+/// fix, admitted requests failed mid-stream with "KV transfer timed out").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefill_backlog_longer_than_the_transfer_timeout_fails_no_admitted_request() {
+    let s = Server::start(
+        &["--threads", "1"],
+        &[
+            ("GENIE_DECODE__TRANSFER_TIMEOUT_SECS", "1"),
+            ("GENIE_PREFILL__MAX_BATCH_TOKENS", "128"),
+            ("GENIE_SCHEDULER__MIGRATION_LIMIT", "0"),
+        ],
+    );
+    let long = "Describe the sea, the sky and the mountains in great detail. ".repeat(12);
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let body = chat(&format!("{i}: {long}"), 4);
+            let req = client
+                .post(s.url("/v1/chat/completions"))
+                .json(&body)
+                .send();
+            tokio::spawn(async move {
+                let r = req.await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    }
+    let took = started.elapsed();
+    println!("12 long prompts through one prefill thread in {took:?}");
+    assert!(
+        took > std::time::Duration::from_secs(2),
+        "the backlog must outlast the 1 s transfer timeout for this test to mean anything ({took:?})"
+    );
+}
+
 /// SIGTERM with a stream in flight: the server stops taking connections, lets the
 /// stream finish, stops its loops, joins its worker threads and exits 0 by itself.
 #[tokio::test]

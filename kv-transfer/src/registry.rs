@@ -43,14 +43,27 @@ impl TransferRegistry {
     /// Expects `id` carrying at most `max_bytes` of layer payload, each frame (the first
     /// included) within `timeout` of the previous one.
     pub fn expect(&self, id: TransferId, max_bytes: usize, timeout: Duration) {
+        self.expect_within(id, max_bytes, timeout, timeout);
+    }
+
+    /// Expects `id` carrying at most `max_bytes`: its first frame within `first` (the
+    /// sender may queue the work before it sends anything), each later one within
+    /// `patience` of the previous one (a stall).
+    pub fn expect_within(
+        &self,
+        id: TransferId,
+        max_bytes: usize,
+        first: Duration,
+        patience: Duration,
+    ) {
         let mut m = self.lock();
         let now = Instant::now();
         m.retain(|_, e| e.deadline > now);
         m.insert(
             id,
             Expected {
-                deadline: now + timeout,
-                patience: timeout,
+                deadline: now + first,
+                patience,
                 max_bytes,
                 received: 0,
             },

@@ -37,6 +37,9 @@ pub struct DispatchConfig {
     pub kv_bytes_per_token: usize,
     /// The config field that pins each role's worker (`plan.pins[k].worker`), for errors.
     pub pinned_by: Vec<(Role, String)>,
+    /// Times a sequence is moved to live workers after losing one mid-stream before it
+    /// fails (0: never moved).
+    pub migration_limit: usize,
 }
 
 /// One sequence to run.
@@ -60,6 +63,13 @@ impl Drop for WaitTicket {
         let left = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
         metrics::gauge!("genie_num_requests_waiting").set(left as f64);
     }
+}
+
+/// A sequence's legs, started: its events and where it runs.
+pub(crate) struct Started {
+    pub(crate) events: Receiver<SeqEvent>,
+    pub(crate) placement: Placement,
+    pub(crate) queued_tokens: usize,
 }
 
 /// A placed sequence: its event stream and where it runs.
@@ -249,23 +259,73 @@ impl Dispatcher {
     /// Places one sequence (waiting for KV room if every decode worker is full) and starts
     /// its legs: the decode worker reserves the KV first, then the prefill worker starts.
     /// A worker that refuses as unavailable is left out of this sequence's next placement.
+    /// Unless migration is off, a supervisor moves the sequence to live workers when one
+    /// of its workers is lost mid-stream ([`crate::migrate`]); the events come as one
+    /// stream either way.
     pub async fn dispatch(
-        &self,
+        self: &Arc<Self>,
         req: SeqRequest,
         ticket: WaitTicket,
     ) -> Result<Dispatched, DispatchError> {
         let kv_bytes = (req.prompt.len() + req.max_tokens) * self.cfg.kv_bytes_per_token;
         let (preq, reason) = self.decide(&req, kv_bytes as u64)?;
-        let deadline = tokio::time::Instant::now() + self.cfg.queue_timeout;
-        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let seq = SeqSpec {
-            id,
+            id: self.new_id(),
             prompt: req.prompt.clone(),
             max_tokens: req.max_tokens,
             sampling: req.sampling.clone(),
             seed: req.seed,
             stop_token_ids: req.stop_token_ids.clone(),
+            resumed: 0,
         };
+        let started = self.place_and_start(&preq, &seq, &req, &[]).await?;
+        let (placement, queued_tokens) = (started.placement, started.queued_tokens);
+        let events = if self.cfg.migration_limit > 0 {
+            crate::migrate::supervise(Arc::clone(self), req, preq, seq.clone(), started)
+        } else {
+            started.events
+        };
+        Ok(Dispatched {
+            events,
+            placement,
+            ticket: Some(ticket),
+            transfer: placement.prefill().map(|_| seq.id.0),
+            reason,
+            queued_tokens,
+        })
+    }
+
+    /// Resolves when a worker of `placement` is no longer alive (a worker that froze
+    /// while answering a start call never answers it).
+    async fn lost_worker(&self, placement: Placement) -> WorkerId {
+        let workers = [Some(placement.decode()), placement.prefill()];
+        loop {
+            tokio::time::sleep(crate::migrate::LIVENESS_CHECK).await;
+            if let Some(w) = workers.into_iter().flatten().find(|w| !self.pool.alive(*w)) {
+                return w;
+            }
+        }
+    }
+
+    pub(crate) fn new_id(&self) -> SeqId {
+        SeqId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<dyn WorkerPool> {
+        &self.pool
+    }
+
+    /// The placement loop: place `seq` on healthy workers other than `exclude`, start its
+    /// legs, wait for KV room (up to the queue timeout) and place again without a worker
+    /// that refused as unavailable. `req` is the client's request, for errors.
+    pub(crate) async fn place_and_start(
+        &self,
+        preq: &PlacementRequest,
+        seq: &SeqSpec,
+        req: &SeqRequest,
+        exclude: &[WorkerId],
+    ) -> Result<Started, DispatchError> {
+        let deadline = tokio::time::Instant::now() + self.cfg.queue_timeout;
         let changed = self.pool.changed();
         let mut refused: Vec<WorkerId> = Vec::new();
         loop {
@@ -273,12 +333,15 @@ impl Dispatcher {
             tokio::pin!(freed);
             freed.as_mut().enable();
             let mut views = self.pool.views();
-            for v in views.iter_mut().filter(|v| refused.contains(&v.id)) {
+            for v in views
+                .iter_mut()
+                .filter(|v| refused.contains(&v.id) || exclude.contains(&v.id))
+            {
                 v.healthy = false;
             }
             let placed = {
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-                s.place(&preq, &views)
+                s.place(preq, &views)
             };
             match placed {
                 Ok(placement) => {
@@ -290,14 +353,18 @@ impl Dispatcher {
                         .iter()
                         .find(|w| w.id == prefills && w.role == role)
                         .map_or(0, |w| w.queued_tokens);
-                    match self.pool.start(placement, &seq).await {
+                    let started = tokio::select! {
+                        r = self.pool.start(placement, seq) => r,
+                        w = self.lost_worker(placement) => Err(StartError::Retry {
+                            worker: w,
+                            reason: "lost while starting the sequence".into(),
+                        }),
+                    };
+                    match started {
                         Ok(events) => {
-                            return Ok(Dispatched {
+                            return Ok(Started {
                                 events,
                                 placement,
-                                ticket: Some(ticket),
-                                transfer: placement.prefill().map(|_| id.0),
-                                reason,
                                 queued_tokens,
                             })
                         }
@@ -318,11 +385,13 @@ impl Dispatcher {
                 }
                 Err(PlaceError::Busy { .. }) => {}
                 Err(e) => {
-                    // A worker left out after refusing is "no worker", not a bad request.
-                    if !refused.is_empty() && matches!(e, PlaceError::NoWorker(_)) {
+                    // A worker left out after refusing (or lost) is "no worker", not a bad
+                    // request.
+                    let left_out = !refused.is_empty() || !exclude.is_empty();
+                    if left_out && matches!(e, PlaceError::NoWorker(_)) {
                         return Err(DispatchError::Unreachable);
                     }
-                    return Err(self.place_error(e, &req));
+                    return Err(self.place_error(e, req));
                 }
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {

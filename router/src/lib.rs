@@ -10,6 +10,7 @@
 pub mod dispatch;
 pub mod error;
 pub mod local;
+mod migrate;
 pub mod pool;
 pub mod remote;
 

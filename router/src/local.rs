@@ -5,7 +5,6 @@
 use crate::pool::{on_refusal, view, SeqSpec, StartError, WorkerPool};
 use futures_util::future::BoxFuture;
 use genie_decode_worker::{DecodeSeq, DecodeWorker, KvSource};
-use genie_engine::sampling::Sampler;
 use genie_kv_transfer::InProcessTransport;
 use genie_prefill_worker::{PrefillSeq, PrefillWorker};
 use genie_protocol::worker::{SeqEvent, WorkerRole};
@@ -61,7 +60,7 @@ impl LocalPool {
                 StartError::Failed(format!("no decode worker {}", placement.decode()))
             })?;
         let (tx, rx) = event_channel(seq.max_tokens);
-        let sampler = Sampler::new(seq.sampling.clone(), seq.seed);
+        let sampler = seq.sampler();
         let transfer = TransferId(seq.id.0);
         let source = match placement {
             Placement::Colocated { .. } => KvSource::Prompt(seq.prompt.clone()),
@@ -125,6 +124,21 @@ impl WorkerPool for LocalPool {
 
     fn all_alive(&self) -> bool {
         self.decode.iter().all(|w| w.is_alive()) && self.prefill.iter().all(|w| w.is_alive())
+    }
+
+    fn alive(&self, id: WorkerId) -> bool {
+        let decode = self
+            .decode
+            .iter()
+            .find(|w| w.config.id == id)
+            .map(|w| w.is_alive());
+        let prefill = || {
+            self.prefill
+                .iter()
+                .find(|w| w.config.id == id)
+                .map(|w| w.is_alive())
+        };
+        decode.or_else(prefill).unwrap_or(false)
     }
 
     fn changed(&self) -> Arc<Notify> {

@@ -2,7 +2,7 @@
 //! whether they are threads of this process or processes elsewhere.
 
 use futures_util::future::BoxFuture;
-use genie_engine::sampling::SamplingParams;
+use genie_engine::sampling::{Sampler, SamplingParams};
 use genie_protocol::worker::{FailureCode, SeqEvent, WorkerRole, WorkerStatus};
 use genie_protocol::{SeqId, WorkerId};
 use genie_scheduler::{Placement, Role, WorkerView};
@@ -19,6 +19,17 @@ pub struct SeqSpec {
     pub sampling: SamplingParams,
     pub seed: u64,
     pub stop_token_ids: Vec<u32>,
+    /// How many of `prompt`'s last tokens this sequence generated itself before it moved
+    /// here from a lost worker (0 for a new sequence): the sampler resumes after them.
+    pub resumed: usize,
+}
+
+impl SeqSpec {
+    /// The sampler this sequence's next token is drawn with.
+    pub fn sampler(&self) -> Sampler {
+        let generated = &self.prompt[self.prompt.len() - self.resumed..];
+        Sampler::resume(self.sampling.clone(), self.seed, generated)
+    }
 }
 
 /// Why a pool could not start a placed sequence, as the dispatcher acts on it.
@@ -74,6 +85,12 @@ pub trait WorkerPool: Send + Sync {
     /// Notified whenever load or health changes (KV freed, a worker registered): requests
     /// waiting for room place again.
     fn changed(&self) -> Arc<Notify>;
+
+    /// `id` is registered and healthy: a sequence running on a worker that is not is
+    /// moved elsewhere.
+    fn alive(&self, id: WorkerId) -> bool {
+        self.views().iter().any(|w| w.id == id && w.healthy)
+    }
 
     /// Starts both legs of a placed sequence: the decode worker reserves the KV first,
     /// then the prefill worker (if any) starts. Events come in order on the receiver;

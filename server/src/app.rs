@@ -28,6 +28,8 @@ pub struct AppState {
     pub plans: Arc<PlanLog>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// A streaming client that reads nothing for this long has its sequences cancelled.
+    pub stall_timeout: std::time::Duration,
 }
 
 /// Constant-time comparison so key checks do not leak how much of a key matched.

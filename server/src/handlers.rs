@@ -319,6 +319,7 @@ pub async fn chat_completions(
             })
             .collect();
         let piece_chunk = chunk.clone();
+        let stall = st.stall_timeout;
         let on_piece =
             move |index, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
                 let mut ev = Vec::new();
@@ -354,7 +355,7 @@ pub async fn chat_completions(
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c| include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c))));
         return Ok(with_request_id(
-            sse_body(merged, first, on_piece, usage).into_response(),
+            sse_body(merged, first, on_piece, usage, stall).into_response(),
             &rid,
         ));
     }
@@ -433,6 +434,7 @@ pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Res
             .collect();
         let mut offsets = vec![0u32; n];
         let piece_mk = mk.clone();
+        let stall = st.stall_timeout;
         let on_piece =
             move |index: u32, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
                 if text.is_empty() && finish.is_none() && (!want_logprobs || tokens.is_empty()) {
@@ -446,7 +448,7 @@ pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Res
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c| include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c)))));
         return Ok(with_request_id(
-            sse_body(merged, first, on_piece, usage).into_response(),
+            sse_body(merged, first, on_piece, usage, stall).into_response(),
             &rid,
         ));
     }

@@ -29,14 +29,23 @@ enum Phase {
     End,
 }
 
+/// Events produced but not yet written to the client; past them the producer waits.
+const STREAM_BUFFER: usize = 64;
+
 /// The SSE body shared by both endpoints: `first` events, then `on_piece`'s events for
 /// every piece, an error event if a sequence fails, the usage event (`usage` gets the
 /// completion tokens; `None` = not asked), and `[DONE]`.
+///
+/// A client that stops reading is bounded twice: at most [`STREAM_BUFFER`] events wait
+/// for it here (the workers' event channels are bounded too), and once an event has
+/// waited `stall` for room, the request's sequences are cancelled (their KV freed) and
+/// the response ends.
 pub fn sse_body<P, U>(
     merged: Merged,
     first: Vec<Event>,
     on_piece: P,
     usage: U,
+    stall: Duration,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>
 where
     P: FnMut(u32, String, Vec<TokenOut>, Option<FinishReason>) -> Vec<Event> + Send + 'static,
@@ -79,9 +88,26 @@ where
             }
         }
     });
-    let events = stream::iter(first)
-        .chain(body.flat_map(stream::iter))
-        .map(Ok);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body.flat_map(stream::iter));
+        while let Some(ev) = body.next().await {
+            match tokio::time::timeout(stall, tx.send(ev)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return, // the client hung up
+                Err(_) => {
+                    metrics::counter!("genie_stalled_streams_total").increment(1);
+                    tracing::warn!(
+                        stall_secs = stall.as_secs_f64(),
+                        "a client stopped reading its stream: its sequences are cancelled"
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    let rest = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let events = stream::iter(first).chain(rest).map(Ok);
     // A comment line whenever the stream has been quiet for a second (a long prompt still
     // prefilling): clients skip it, and writing it is how a hang-up is noticed at all, so
     // the sequence is cancelled within about two seconds instead of at its first token.

@@ -33,6 +33,22 @@ enum Worker {
     Full,
     /// Cannot be reached (and is unhealthy from then on).
     Dead,
+    /// Runs it, but its process dies after this many tokens: the stream breaks off.
+    Dies(usize),
+    /// Runs it, then freezes after this many tokens: the stream stays open with nothing
+    /// on it, and the worker stops heartbeating (unhealthy from then on).
+    Freezes(usize),
+}
+
+/// The token a fake worker generates at `position` of the whole sequence (prompt and
+/// completion): a sequence moved elsewhere continues the same series only if it resumes
+/// at the right place.
+fn token_at(position: usize) -> TokenOut {
+    TokenOut {
+        token: 1000 + position as u32,
+        logprob: None,
+        top_logprobs: Vec::new(),
+    }
 }
 
 struct FakePool {
@@ -40,6 +56,10 @@ struct FakePool {
     dead: Mutex<Vec<WorkerId>>,
     /// Every start, in order: which worker was asked.
     asked: Mutex<Vec<WorkerId>>,
+    /// Every start, in order: how many generated tokens it resumed after.
+    resumed: Mutex<Vec<usize>>,
+    /// Streams of frozen workers, held open.
+    frozen: Mutex<Vec<tokio::sync::mpsc::Sender<SeqEvent>>>,
     changed: Arc<Notify>,
 }
 
@@ -54,6 +74,8 @@ impl FakePool {
                 .collect(),
             dead: Mutex::new(Vec::new()),
             asked: Mutex::new(Vec::new()),
+            resumed: Mutex::new(Vec::new()),
+            frozen: Mutex::new(Vec::new()),
             changed: Arc::new(Notify::new()),
         })
     }
@@ -92,19 +114,30 @@ impl WorkerPool for FakePool {
         let id = placement.decode();
         self.asked.lock().unwrap().push(id);
         let behaviour = self.workers.iter().find(|w| w.0 == id).unwrap().1;
+        self.resumed.lock().unwrap().push(seq.resumed);
+        let run = |tokens: usize| {
+            let (tx, rx) = tokio::sync::mpsc::channel(seq.max_tokens + 3);
+            for i in 0..tokens.min(seq.max_tokens) {
+                tx.try_send(SeqEvent::Token(token_at(seq.prompt.len() + i)))
+                    .unwrap();
+            }
+            (tx, rx)
+        };
         let r = match behaviour {
             Worker::Runs => {
-                let (tx, rx) = tokio::sync::mpsc::channel(seq.max_tokens + 3);
-                for _ in 0..seq.max_tokens {
-                    let t = TokenOut {
-                        token: 100,
-                        logprob: None,
-                        top_logprobs: Vec::new(),
-                    };
-                    tx.try_send(SeqEvent::Token(t)).unwrap();
-                }
+                let (tx, rx) = run(seq.max_tokens);
                 tx.try_send(SeqEvent::Finished(FinishReason::Length))
                     .unwrap();
+                Ok(rx)
+            }
+            Worker::Dies(k) => {
+                self.dead.lock().unwrap().push(id);
+                Ok(run(k).1)
+            }
+            Worker::Freezes(k) => {
+                self.dead.lock().unwrap().push(id);
+                let (tx, rx) = run(k);
+                self.frozen.lock().unwrap().push(tx);
                 Ok(rx)
             }
             Worker::Busy => Err(StartError::Retry {
@@ -145,6 +178,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
             queue_timeout,
             kv_bytes_per_token,
             pinned_by: Vec::new(),
+            migration_limit: 2,
         },
         pool,
         plan,
@@ -161,6 +195,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
         metrics: genie_server::metrics_setup::install().unwrap(),
         plans: Arc::new(PlanLog::new(16)),
         max_body_bytes: 1 << 20,
+        stall_timeout: Duration::from_secs(30),
     })
 }
 
@@ -263,4 +298,56 @@ async fn a_hint_to_an_unknown_worker_is_a_400_naming_the_field() {
     let (status, body) = complete(app(pool, Duration::from_secs(5)), hint).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["param"], "genie.disaggregate");
+}
+
+/// The completion text and token count of `max_tokens` 6 on `pool`.
+async fn six_tokens(pool: &Arc<FakePool>) -> (StatusCode, serde_json::Value) {
+    complete(
+        app(Arc::clone(pool), Duration::from_secs(5)),
+        serde_json::json!({"max_tokens": 6}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_sequence_whose_worker_dies_continues_on_another_token_for_token() {
+    let (status, whole) = six_tokens(&FakePool::new(&[(Worker::Runs, 0)])).await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    let pool = FakePool::new(&[(Worker::Dies(2), 0), (Worker::Runs, 5)]);
+    let (status, body) = six_tokens(&pool).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pool.asked(), [1, 2]);
+    assert_eq!(*pool.resumed.lock().unwrap(), [0, 2]);
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][0]["text"], whole["choices"][0]["text"]);
+}
+
+#[tokio::test]
+async fn a_frozen_worker_loses_its_sequence_once_it_stops_heartbeating() {
+    let (_, whole) = six_tokens(&FakePool::new(&[(Worker::Runs, 0)])).await;
+    let pool = FakePool::new(&[(Worker::Freezes(3), 0), (Worker::Runs, 5)]);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), six_tokens(&pool))
+        .await
+        .expect("moved within the liveness check, not hung");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pool.asked(), [1, 2]);
+    assert_eq!(*pool.resumed.lock().unwrap(), [0, 3]);
+    assert_eq!(body["choices"][0]["text"], whole["choices"][0]["text"]);
+}
+
+#[tokio::test]
+async fn past_the_migration_limit_the_sequence_fails_cleanly() {
+    let pool = FakePool::new(&[
+        (Worker::Dies(1), 0),
+        (Worker::Dies(1), 1),
+        (Worker::Dies(1), 2),
+        (Worker::Runs, 3),
+    ]);
+    let (status, body) = six_tokens(&pool).await;
+    // Moved twice (the limit), lost a third time: an error, and worker 4 never asked.
+    assert_eq!(pool.asked(), [1, 2, 3]);
+    assert!(status.is_server_error(), "{status} {body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("migration limit"), "{body}");
 }

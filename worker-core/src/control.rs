@@ -9,18 +9,31 @@ use axum::Json;
 use futures_util::StreamExt;
 use genie_protocol::worker::{ControlError, Failure, FailureCode, SeqEvent};
 use std::convert::Infallible;
+use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 
 /// The content type of a sequence's event stream.
 pub const NDJSON: &str = "application/x-ndjson";
 
+/// After this long without an event the body carries an empty line: a write is how the
+/// server learns that the gateway's connection is gone.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// A sequence's events as a JSON-lines response; the client closing it drops `rx`, which
-/// the worker sees as a cancelled sequence.
+/// the worker sees as a cancelled sequence. While no event comes (a sequence waiting for
+/// its KV), an empty line goes out every [`KEEPALIVE`] so that a vanished client is
+/// noticed and its reservation freed within seconds, not when the sequence would have
+/// produced its next event. Readers skip empty lines.
 pub fn event_response(rx: Receiver<SeqEvent>) -> Response {
     let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = rx.recv().await?;
-        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-        line.push(b'\n');
+        let line = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Ok(ev) => {
+                let mut line = serde_json::to_vec(&ev?).unwrap_or_default();
+                line.push(b'\n');
+                line
+            }
+            Err(_) => b"\n".to_vec(),
+        };
         Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
     });
     (

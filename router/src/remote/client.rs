@@ -6,7 +6,6 @@
 use super::registry::Registry;
 use crate::pool::{on_refusal, SeqSpec, StartError};
 use futures_util::StreamExt;
-use genie_engine::sampling::Sampler;
 use genie_protocol::worker::{
     events_capacity, ControlError, DecodeRequest, FailureCode, PrefillRequest, SeqEvent,
     WorkerStatus,
@@ -100,7 +99,7 @@ pub async fn start(
     let (daddr, kv_endpoint) = registry
         .addresses(decode_id)
         .ok_or_else(|| gone(decode_id))?;
-    let sampler = serde_json::to_value(Sampler::new(seq.sampling.clone(), seq.seed))
+    let sampler = serde_json::to_value(seq.sampler())
         .map_err(|e| StartError::Failed(format!("sampler state: {e}")))?;
     let transfer = TransferId(seq.id.0);
     let dreq = DecodeRequest {
@@ -159,6 +158,9 @@ fn events(resp: reqwest::Response) -> impl futures_util::Stream<Item = Result<Se
             loop {
                 if let Some(i) = buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=i).collect();
+                    if line.len() == 1 {
+                        continue; // the worker's keep-alive
+                    }
                     let ev =
                         serde_json::from_slice::<SeqEvent>(&line[..line.len() - 1]).map_err(|_| ());
                     return Some((ev, (body, buf, false)));

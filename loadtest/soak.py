@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Soak under worker deaths: a gateway, two prefill and two decode worker processes,
+genie-loadtest at concurrency 8, and every KILL_EVERY seconds one worker picked at random
+is killed with SIGKILL and a fresh one of its role started in its place.
+
+Passes when the load test loses no request (a sequence on a killed worker is moved to live
+workers: every request completes, within the migration limit), every live worker's KV
+gauge is back to 0 afterwards, and the gateway's RSS at the end is within 10 % of its RSS
+after warm-up. Prints the figures BENCHMARKS.md quotes.
+
+Usage: loadtest/soak.py BIN_DIR [--duration 180] [--kill-every 30] [--seed 1]
+"""
+
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+
+def fetch(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def metric(text, name):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Proc:
+    """A genie process; its address is the first http:// URL it prints."""
+
+    def __init__(self, args, env, role):
+        self.role = role
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  env=env, text=True)
+        line = self.p.stdout.readline()
+        m = re.search(r"http://[0-9.:]+", line)
+        if not m:
+            self.p.kill()
+            sys.exit(f"{role}: no address in {line!r}")
+        self.url = m.group(0)
+        # Keep draining stdout so the process never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.p.stdout], daemon=True).start()
+
+    def kill(self):
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bin")
+    ap.add_argument("--duration", type=int, default=180)
+    ap.add_argument("--kill-every", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    genie = os.path.join(a.bin, "genie")
+    loadtest = os.path.join(a.bin, "genie-loadtest")
+    rng = random.Random(a.seed)
+
+    env = dict(os.environ)
+    tmp = tempfile.mkdtemp(prefix="genie-soak-")
+    # The cluster secret travels in the environment, never on a command line.
+    env["GENIE_CLUSTER_SECRET"] = os.urandom(32).hex()
+    env.setdefault("RUST_LOG", "warn")
+
+    procs = []
+    try:
+        gw = Proc([genie, "gateway", "--host", "127.0.0.1", "--port", "0"], env, "gateway")
+        procs.append(gw)
+
+        def start(role):
+            p = Proc([genie, role, "--gateway", gw.url, "--host", "127.0.0.1", "--port", "0",
+                      "--threads", "1"], env, role)
+            procs.append(p)
+            return p
+
+        workers = [start("prefill-worker"), start("prefill-worker"),
+                   start("decode-worker"), start("decode-worker")]
+
+        def healthy():
+            import json
+            data = json.loads(fetch(gw.url + "/v1/workers"))["data"]
+            return sum(1 for w in data if w.get("healthy"))
+
+        deadline = time.time() + 120
+        while healthy() < 4:
+            if time.time() > deadline:
+                sys.exit("the workers did not register in 120 s")
+            time.sleep(0.5)
+
+        report = os.path.join(tmp, "report.json")
+        lt = subprocess.Popen([loadtest, "--url", gw.url, "--concurrency", "8",
+                               "--duration", str(a.duration), "--input-tokens", "uniform:16:256",
+                               "--output-tokens", "uniform:16:128", "--ban-tokens", "0,1,2",
+                               "--temperature", "0.7", "--no-progress", "--timeout", "120",
+                               "--json", report])
+        t0 = time.time()
+        time.sleep(min(10, a.kill_every / 2))
+        rss_start = rss_kib(gw.p.pid)
+        kills = []
+        next_kill = t0 + a.kill_every
+        while lt.poll() is None:
+            if time.time() >= next_kill and time.time() < t0 + a.duration - 5:
+                victim = rng.choice(workers)
+                victim.kill()
+                workers.remove(victim)
+                workers.append(start(victim.role))
+                kills.append((round(time.time() - t0, 1), victim.role))
+                print(f"soak: t={kills[-1][0]} s killed a {victim.role} (SIGKILL), started another",
+                      flush=True)
+                next_kill += a.kill_every
+            time.sleep(0.2)
+        lt_rc = lt.returncode
+
+        import json
+        r = json.load(open(report))
+        # Every live worker's KV back to 0 (the killed ones took theirs with them).
+        deadline = time.time() + 30
+        while True:
+            kv = {w.url: metric(fetch(w.url + "/metrics"), "genie_kv_cache_used_bytes")
+                  for w in workers}
+            if all(v == 0 for v in kv.values()) or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        gwm = fetch(gw.url + "/metrics")
+        migrated = {o: metric(gwm, f'genie_request_migrations_total{{outcome="{o}"}}')
+                    for o in ("migrated", "exhausted", "failed")}
+        rss_end = rss_kib(gw.p.pid)
+        growth = (rss_end - rss_start) / rss_start
+
+        print("\n== soak figures")
+        print(f"duration {a.duration} s, kills {len(kills)}: {kills}")
+        print(f"requests {r['requests']}, completed {r['completed']}, failed {r['failed']}, "
+              f"errors {r.get('errors', {})}")
+        print(f"migrations {migrated}")
+        print(f"KV used bytes per live worker after the load: {list(kv.values())}")
+        print(f"gateway RSS {rss_start} KiB after warm-up -> {rss_end} KiB at the end "
+              f"({growth:+.1%})")
+        ok = True
+        if lt_rc != 0 or r["failed"] != 0:
+            print("FAIL: requests were lost", file=sys.stderr)
+            ok = False
+        if any(v != 0 for v in kv.values()):
+            print("FAIL: KV still held after the load", file=sys.stderr)
+            ok = False
+        if abs(growth) > 0.10:
+            print("FAIL: gateway RSS moved more than 10 %", file=sys.stderr)
+            ok = False
+        if not kills:
+            print("FAIL: nothing was killed (duration too short)", file=sys.stderr)
+            ok = False
+        sys.exit(0 if ok else 1)
+    finally:
+        for p in procs:
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()
