@@ -377,6 +377,56 @@ async fn a_client_that_disconnects_mid_stream_frees_its_kv() {
     );
 }
 
+/// A client that stops reading its stream (its receive window shut) cannot hold a
+/// sequence and its KV forever: the server buffers a bounded amount, then cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_stream_is_cut_off_and_its_kv_freed() {
+    use tokio::io::AsyncWriteExt;
+    let s = Server::start(
+        &["--threads", "1"],
+        &[("GENIE_LIMITS__STREAM_STALL_SECS", "2")],
+    );
+    let mut body = chat("Write a very long story about a dragon.", 4000);
+    body["stream"] = json!(true);
+    body["ignore_eos"] = json!(true);
+    // ~2 KB per token event: the socket buffers fill after a few hundred tokens.
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(20);
+    body["n"] = json!(4);
+    let body = body.to_string();
+    let addr: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut conn = sock.connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    // Never read. The sequence runs until the buffers fill, then waits, then is cut.
+    let t0 = std::time::Instant::now();
+    let deadline = t0 + std::time::Duration::from_secs(120);
+    loop {
+        let stalled = s.metric("genie_stalled_streams_total", &[]).await;
+        let used = s.metric("genie_kv_cache_used_bytes", &[]).await;
+        if stalled == 1.0 && used == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: stalled {stalled}, KV {used} bytes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let tokens = s.metric("genie_decode_batch_size_sum", &[]).await;
+    println!(
+        "cut off after {:?}, {tokens} tokens generated of 4 x 4000",
+        t0.elapsed()
+    );
+    assert!(tokens < 4.0 * 4000.0, "it ran to the end: nothing was cut");
+    drop(conn);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_streams_complete_and_share_decode_steps() {
     let s = Server::start(&[], &[]);
