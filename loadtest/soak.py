@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Soak under worker deaths: a gateway, two prefill and two decode worker processes,
-genie-loadtest at concurrency 8, and every KILL_EVERY seconds one worker picked at random
-is killed with SIGKILL and a fresh one of its role started in its place.
+genie-loadtest at concurrency 8, and every KILL_EVERY seconds one worker is killed with
+SIGKILL (prefill and decode in turn, from a random first role; a random worker of the
+role) and a fresh one of its role started in its place.
 
 Passes when the load test loses no request (a sequence on a killed worker is moved to live
 workers: every request completes, within the migration limit), every live worker's KV
@@ -118,18 +119,23 @@ def main():
 
         report = os.path.join(tmp, "report.json")
         lt = subprocess.Popen([loadtest, "--url", gw.url, "--concurrency", "8",
-                               "--duration", str(a.duration), "--input-tokens", "uniform:16:256",
-                               "--output-tokens", "uniform:16:128", "--ban-tokens", "0,1,2",
+                               "--duration", str(a.duration), "--input-tokens", "uniform:16:128",
+                               "--output-tokens", "uniform:16:64", "--ban-tokens", "0,1,2",
                                "--temperature", "0.7", "--no-progress", "--timeout", "120",
                                "--json", report])
         t0 = time.time()
-        time.sleep(min(10, a.kill_every / 2))
+        # Warm-up: the gateway's allocator and buffers settle under the load first.
+        time.sleep(min(20, a.kill_every * 2 / 3))
         rss_start = rss_kib(gw.p.pid)
         kills = []
+        roles = rng.sample(["prefill-worker", "decode-worker"], 2)
         next_kill = t0 + a.kill_every
         while lt.poll() is None:
             if time.time() >= next_kill and time.time() < t0 + a.duration - 5:
-                victim = rng.choice(workers)
+                # Roles alternate (from a random first one) so both kinds die; which
+                # worker of the role is random.
+                role = roles[len(kills) % 2]
+                victim = rng.choice([w for w in workers if w.role == role])
                 victim.kill()
                 workers.remove(victim)
                 workers.append(start(victim.role))
@@ -141,7 +147,7 @@ def main():
         lt_rc = lt.returncode
 
         import json
-        r = json.load(open(report))
+        r = json.load(open(report))["summary"]
         # Every live worker's KV back to 0 (the killed ones took theirs with them).
         deadline = time.time() + 30
         while True:

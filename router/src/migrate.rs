@@ -11,8 +11,10 @@
 //! kernels give the same bits for a token whether it is prefilled or decoded, so a greedy
 //! or seeded run continues token for token as the uninterrupted one would.
 //!
-//! At most `migration_limit` moves per sequence; past it, or when no live worker can take
-//! it, the client gets a clean error event. `genie_request_migrations_total{outcome}`
+//! At most `migration_limit` moves per sequence once tokens have flowed (a sequence lost
+//! before its first token is simply started again elsewhere, at most [`MAX_RESTARTS`]
+//! times); past that, or when no live worker can take it, the client gets a clean error
+//! event. `genie_request_migrations_total{outcome}`
 //! counts `migrated`, `exhausted` and `failed`.
 
 use crate::dispatch::{Dispatcher, SeqRequest, Started};
@@ -27,6 +29,9 @@ use tokio::sync::mpsc::{channel, Receiver, Sender};
 /// How often a running sequence checks that its workers are still alive (a frozen worker
 /// sends nothing; the pool's heartbeat timeout decides when it is lost).
 pub(crate) const LIVENESS_CHECK: Duration = Duration::from_millis(500);
+
+/// Times a sequence lost before its first token is started again elsewhere.
+const MAX_RESTARTS: usize = 3;
 
 /// Failures that mean a worker or the link between two was lost, not that the sequence
 /// itself is bad: these are moved, the others reach the client.
@@ -114,7 +119,7 @@ async fn run(
         got_token: false,
     };
     let mut generated: Vec<u32> = Vec::new();
-    let mut moves = 0;
+    let (mut moves, mut restarts) = (0, 0);
     let mut tick = tokio::time::interval(LIVENESS_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -152,14 +157,21 @@ async fn run(
             let _ = tx.send(SeqEvent::Finished(FinishReason::Length)).await;
             return;
         }
-        moves += 1;
-        let limit = dispatcher.config().migration_limit;
-        if moves > limit {
+        // Lost before its first token, a sequence is simply started again elsewhere (no
+        // client has seen anything of it); those restarts are bounded too, so that a
+        // request that kills every worker it reaches cannot go round the pool.
+        let (used, limit, what) = if generated.is_empty() {
+            restarts += 1;
+            (restarts, MAX_RESTARTS, "restarted before its first token")
+        } else {
+            moves += 1;
+            let limit = dispatcher.config().migration_limit;
+            (moves, limit, "moved mid-stream")
+        };
+        if used > limit {
             count("exhausted");
-            tracing::warn!(seq = %seq.id, %why, limit, "sequence lost its worker past the migration limit");
-            let msg = format!(
-                "{why}; the sequence was already moved {limit} time(s), the migration limit"
-            );
+            tracing::warn!(seq = %seq.id, %why, limit, what, "sequence lost its worker past the limit");
+            let msg = format!("{why}; the sequence was already {what} {limit} time(s), the limit");
             let _ = tx
                 .send(SeqEvent::failed(FailureCode::WorkerLost, msg))
                 .await;

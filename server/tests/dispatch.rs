@@ -349,5 +349,20 @@ async fn past_the_migration_limit_the_sequence_fails_cleanly() {
     assert_eq!(pool.asked(), [1, 2, 3]);
     assert!(status.is_server_error(), "{status} {body}");
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("migration limit"), "{body}");
+    assert!(msg.contains("moved mid-stream 2 time(s)"), "{body}");
+}
+
+#[tokio::test]
+async fn a_sequence_lost_before_its_first_token_is_started_again_elsewhere() {
+    let (_, whole) = six_tokens(&FakePool::new(&[(Worker::Runs, 0)])).await;
+    let pool = FakePool::new(&[
+        (Worker::Dies(0), 0),
+        (Worker::Dies(0), 1),
+        (Worker::Runs, 2),
+    ]);
+    let (status, body) = six_tokens(&pool).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pool.asked(), [1, 2, 3]);
+    assert_eq!(*pool.resumed.lock().unwrap(), [0, 0, 0]);
+    assert_eq!(body["choices"][0]["text"], whole["choices"][0]["text"]);
 }
