@@ -58,6 +58,14 @@ fn worker(role: &str, url: &str, env: &[(&str, &str)]) -> Server {
     )
 }
 
+/// A worker process of `role` that registers nowhere (a static worker), one thread.
+fn worker_standalone(role: &str) -> Server {
+    Server::spawn(
+        &[role, "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
+        &[],
+    )
+}
+
 async fn cluster(env: &[(&str, &str)]) -> Cluster {
     let gateway = Server::spawn(&["gateway", "--host", "127.0.0.1", "--port", "0"], env);
     let url = gateway.url.clone();
@@ -406,6 +414,47 @@ async fn requests_on_a_frozen_prefill_worker_move_within_the_heartbeat_timeout()
     println!("4 requests with one prefill worker frozen: {took:?}");
     assert!(took < Duration::from_secs(20), "{took:?}");
     c.prefill[0].signal("CONT");
+}
+
+/// A caller that reserves KV on a decode worker (`POST /internal/decode`) and goes away
+/// before any KV arrives gets its reservation released within seconds (the keep-alive
+/// line is how the worker notices), not at the transfer's first-layer deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decode_reservation_whose_caller_left_is_released_within_seconds() {
+    use genie_engine::sampling::{Sampler, SamplingParams};
+    use genie_protocol::worker::DecodeRequest;
+    let d = worker_standalone("decode-worker");
+    let req = DecodeRequest {
+        seq: genie_protocol::SeqId(1),
+        transfer: genie_protocol::TransferId(1),
+        prompt_tokens: 4000,
+        prompt: None,
+        max_tokens: 4000,
+        stop_token_ids: Vec::new(),
+        sampler: serde_json::to_value(Sampler::new(SamplingParams::greedy(), 1)).unwrap(),
+    };
+    let r = reqwest::Client::new()
+        .post(d.url("/internal/decode"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let held = d.metric("genie_kv_cache_used_bytes", &[]).await;
+    assert_eq!(
+        held,
+        8000.0 * KV_BYTES_PER_TOKEN,
+        "prompt + max_tokens reserved"
+    );
+    drop(r);
+    let t0 = Instant::now();
+    wait_for("the reservation released", async || {
+        d.metric("genie_kv_cache_used_bytes", &[]).await == 0.0
+    })
+    .await;
+    let took = t0.elapsed();
+    println!("reservation of a departed caller released after {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
