@@ -91,7 +91,14 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(STREAM_BUFFER);
     tokio::spawn(async move {
         let mut body = std::pin::pin!(body.flat_map(stream::iter));
-        while let Some(ev) = body.next().await {
+        loop {
+            // A client that hangs up while nothing is produced (a prompt still prefilling)
+            // closes `tx` (the SSE keep-alive notices): stop at once, which cancels.
+            let ev = tokio::select! {
+                ev = body.next() => ev,
+                _ = tx.closed() => return,
+            };
+            let Some(ev) = ev else { return };
             match tokio::time::timeout(stall, tx.send(ev)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return, // the client hung up
