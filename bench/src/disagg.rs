@@ -36,9 +36,29 @@ impl Drop for Proc {
     }
 }
 
+/// The cluster secret the benchmark's processes share: the caller's GENIE_CLUSTER_SECRET,
+/// else 32 random bytes (hex) made for this run. Children get it through the environment,
+/// never the command line.
+fn cluster_secret() -> Result<&'static str> {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(s) = SECRET.get() {
+        return Ok(s);
+    }
+    let s = match std::env::var("GENIE_CLUSTER_SECRET") {
+        Ok(s) if !s.is_empty() => s,
+        _ => {
+            let mut b = [0u8; 32];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        }
+    };
+    Ok(SECRET.get_or_init(|| s))
+}
+
 fn spawn(args: &[String]) -> Result<Proc> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
+        .env("GENIE_CLUSTER_SECRET", cluster_secret()?)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;

@@ -1,6 +1,9 @@
 //! `genie prefill-worker` and `genie decode-worker`: the roles of `genie serve` as
 //! separate processes. A worker serves its control API over HTTP (and, decode, a KV
-//! receiver), registers with the gateway and heartbeats its load until shutdown.
+//! receiver), registers with the gateway and heartbeats its load until shutdown. With the
+//! cluster secret every `/internal/*` call it serves must be signed, every call it makes
+//! (registration, heartbeats) is, and its KV receiver and sender use the KV hello;
+//! `/health` and `/metrics` stay open (they carry no prompt text and change nothing).
 
 use crate::config::ServeConfig;
 use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
@@ -10,10 +13,12 @@ use clap::Args;
 use genie_decode_worker::{DecodeConfig, DecodeWorker};
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::model::Model;
-use genie_kv_transfer::{Deliver, NetTransport, TransferRegistry};
+use genie_kv_transfer::{Deliver, NetTransport, TcpTransport, TransferRegistry};
 use genie_prefill_worker::{PrefillConfig, PrefillWorker};
 use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerRole, WorkerStatus};
 use genie_protocol::WorkerId;
+use genie_cluster_auth::http::{send_signed, verify_internal, Guard};
+use genie_cluster_auth::{ClusterSecret, Verifier};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +47,8 @@ pub struct WorkerArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, env = "GENIE_THREADS")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
@@ -53,6 +60,9 @@ fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
         colocated: false,
         api_keys: Vec::new(),
         threads: a.threads,
+        internal_port: None,
+        internal_host: None,
+        cluster: a.cluster.clone(),
     };
     sa.config_with_overrides()
 }
@@ -70,8 +80,10 @@ async fn heartbeat_loop(
     gateway: String,
     mut reg: RegisterRequest,
     status: impl Fn() -> WorkerStatus,
+    secret: Option<ClusterSecret>,
     stop: CancellationToken,
 ) {
+    let secret = secret.as_ref();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -81,7 +93,7 @@ async fn heartbeat_loop(
         reg.status = status();
         let r = tokio::select! {
             _ = stop.cancelled() => return,
-            r = client.post(format!("{gateway}/internal/workers")).json(&reg).send() => r,
+            r = send_signed(client.post(format!("{gateway}/internal/workers")).json(&reg), secret) => r,
         };
         let resp: RegisterResponse = match r {
             Ok(r) if r.status().is_success() => match r.json().await {
@@ -115,7 +127,7 @@ async fn heartbeat_loop(
                 return;
             }
             let url = format!("{gateway}/internal/workers/{}/heartbeat", resp.id.0);
-            match client.post(url).json(&status()).send().await {
+            match send_signed(client.post(url).json(&status()), secret).await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => break,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -167,10 +179,14 @@ async fn decode_role(
     a: &WorkerArgs,
     cfg: &ServeConfig,
     model: &Model,
+    verifier: Option<&Arc<Verifier>>,
     bg: &Background,
 ) -> Result<(axum::Router, String, Box<dyn Fn() -> WorkerStatus + Send>)> {
     let l = &a.listen;
-    let registry = TransferRegistry::new();
+    let registry = match verifier {
+        Some(v) => TransferRegistry::with_auth(Arc::clone(v)),
+        None => TransferRegistry::new(),
+    };
     let timeout = Duration::from_secs(cfg.decode.transfer_timeout_secs);
     let worker = Arc::new(DecodeWorker::start(
         DecodeConfig {
@@ -213,6 +229,12 @@ async fn decode_role(
 
 pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let cfg = worker_cfg(&a)?;
+    let role_name = match role {
+        WorkerRole::Prefill => "genie prefill-worker",
+        WorkerRole::Decode => "genie decode-worker",
+    };
+    let secret = crate::cluster::secret(&a.cluster, &cfg, role_name)?;
+    let verifier = secret.clone().map(|s| Arc::new(Verifier::new(s)));
     let handle = genie_server::metrics_setup::install()?;
     let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, 1)?;
     let bg = Background::default();
@@ -224,7 +246,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             Box<dyn Fn() -> WorkerStatus + Send>,
         ) = match role {
             WorkerRole::Decode => {
-                let (r, ep, s) = decode_role(&a, &cfg, &model, &bg).await?;
+                let (r, ep, s) = decode_role(&a, &cfg, &model, verifier.as_ref(), &bg).await?;
                 (r, Some(ep), s)
             }
             WorkerRole::Prefill => {
@@ -235,7 +257,12 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                         queue: genie_prefill_worker::DEFAULT_QUEUE,
                     },
                     model.share(cfg.prefill.threads)?,
-                    Arc::new(NetTransport::default()),
+                    Arc::new(NetTransport {
+                        tcp: TcpTransport {
+                            secret: secret.clone(),
+                            ..TcpTransport::default()
+                        },
+                    }),
                 )?);
                 let w = Arc::clone(&worker);
                 (
@@ -269,8 +296,15 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             status: WorkerStatus::default(),
         };
         if let Some(g) = a.gateway.clone() {
-            bg.spawn(heartbeat_loop(g, reg, status, bg.shutdown.clone()));
+            bg.spawn(heartbeat_loop(g, reg, status, secret, bg.shutdown.clone()));
         }
+        let router = match verifier {
+            Some(v) => router.layer(axum::middleware::from_fn_with_state(
+                Guard::new(v, cfg.limits.max_body_bytes),
+                verify_internal,
+            )),
+            None => router,
+        };
         bg.serve(listener, router.merge(metrics_route(handle)))
             .await
     })

@@ -279,9 +279,8 @@ async fn statically_listed_workers_are_polled_and_serve() {
         )
     };
     let (p, d) = (start("prefill-worker"), start("decode-worker"));
-    let d_status: Value = reqwest::get(d.url("/internal/status"))
+    let d_status: Value = support::signed(reqwest::Client::new().get(d.url("/internal/status")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
