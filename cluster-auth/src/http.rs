@@ -82,7 +82,8 @@ pub async fn verify_internal(State(g): State<Guard>, req: Request, next: Next) -
         tracing::warn!(method = %parts.method, path = parts.uri.path(), code = e.code(), "control-plane request refused");
         return e.into_response();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Sends `rb`, signed with `secret` when there is one (an insecure cluster sends it as is).

@@ -54,7 +54,9 @@ impl Verifier {
     /// Checks a KV hello; the transfer id it claims when it verifies.
     pub fn verify_kv_hello(&self, h: &[u8; HELLO_LEN]) -> Result<u64, AuthError> {
         if h[..4] != HELLO_MAGIC {
-            return Err(AuthError::Malformed("a KV connection must start with its hello"));
+            return Err(AuthError::Malformed(
+                "a KV connection must start with its hello",
+            ));
         }
         if h[4..6] != HELLO_VERSION.to_le_bytes() {
             return Err(AuthError::Malformed("unknown KV hello version"));
@@ -89,9 +91,15 @@ mod tests {
         other[8] = 44; // claims another transfer under the same MAC
         assert_eq!(v.verify_kv_hello(&other), Err(AuthError::BadMac));
         let wrong = ClusterSecret::new(&[8; 32], &SecretSource::Env).unwrap();
-        assert_eq!(v.verify_kv_hello(&wrong.kv_hello(42)), Err(AuthError::BadMac));
+        assert_eq!(
+            v.verify_kv_hello(&wrong.kv_hello(42)),
+            Err(AuthError::BadMac)
+        );
         let stale = s.kv_hello_at(42, unix_now() - 60, [5; 16]);
-        assert!(matches!(v.verify_kv_hello(&stale), Err(AuthError::Stale { .. })));
+        assert!(matches!(
+            v.verify_kv_hello(&stale),
+            Err(AuthError::Stale { .. })
+        ));
         assert!(matches!(
             v.verify_kv_hello(&[0; HELLO_LEN]),
             Err(AuthError::Malformed(_))

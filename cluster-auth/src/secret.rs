@@ -79,7 +79,10 @@ impl ClusterSecret {
             return Ok(Some((Self::from_file(p, &s)?, s)));
         }
         if let Some(v) = env.filter(|v| !v.is_empty()) {
-            return Ok(Some((Self::new(v.as_bytes(), &SecretSource::Env)?, SecretSource::Env)));
+            return Ok(Some((
+                Self::new(v.as_bytes(), &SecretSource::Env)?,
+                SecretSource::Env,
+            )));
         }
         if let Some(p) = config_file {
             let s = SecretSource::Config(p.to_path_buf());
@@ -115,8 +118,8 @@ mod tests {
         let e = ClusterSecret::new(b"short\n", &SecretSource::Env).unwrap_err();
         assert!(e.to_string().contains("at least 32"), "{e}");
         assert!(!e.to_string().contains("short\n"));
-        let s = ClusterSecret::new(b"0123456789abcdef0123456789abcdef\n", &SecretSource::Env)
-            .unwrap();
+        let s =
+            ClusterSecret::new(b"0123456789abcdef0123456789abcdef\n", &SecretSource::Env).unwrap();
         assert_eq!(&*s.0, b"0123456789abcdef0123456789abcdef");
         assert!(!format!("{s:?} {s}").contains("0123"));
     }
@@ -129,11 +132,20 @@ mod tests {
         std::fs::write(&a, "a".repeat(40) + "\n").unwrap();
         std::fs::write(&b, "b".repeat(40)).unwrap();
         let env = "e".repeat(40);
-        let (s, src) = ClusterSecret::resolve(Some(&a), Some(&env), Some(&b)).unwrap().unwrap();
-        assert_eq!((src, &*s.0), (SecretSource::Flag(a.clone()), "a".repeat(40).as_bytes()));
-        let (s, src) = ClusterSecret::resolve(None, Some(&env), Some(&b)).unwrap().unwrap();
+        let (s, src) = ClusterSecret::resolve(Some(&a), Some(&env), Some(&b))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (src, &*s.0),
+            (SecretSource::Flag(a.clone()), "a".repeat(40).as_bytes())
+        );
+        let (s, src) = ClusterSecret::resolve(None, Some(&env), Some(&b))
+            .unwrap()
+            .unwrap();
         assert_eq!((src, &*s.0), (SecretSource::Env, env.as_bytes()));
-        let (_, src) = ClusterSecret::resolve(None, Some(""), Some(&b)).unwrap().unwrap();
+        let (_, src) = ClusterSecret::resolve(None, Some(""), Some(&b))
+            .unwrap()
+            .unwrap();
         assert_eq!(src, SecretSource::Config(b.clone()));
         assert!(ClusterSecret::resolve(None, None, None).unwrap().is_none());
         let e = ClusterSecret::resolve(Some(&dir.join("missing")), None, None).unwrap_err();

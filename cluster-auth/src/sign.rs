@@ -31,10 +31,12 @@ pub(crate) fn random_nonce() -> [u8; 16] {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -56,7 +58,9 @@ pub enum AuthError {
     Missing,
     #[error("the cluster signature is malformed ({0})")]
     Malformed(&'static str),
-    #[error("the cluster signature does not match: wrong cluster secret, or the request was altered")]
+    #[error(
+        "the cluster signature does not match: wrong cluster secret, or the request was altered"
+    )]
     BadMac,
     #[error("the cluster signature's timestamp is {skew} s away from this host's clock (at most {window} s accepted)")]
     Stale { skew: u64, window: u64 },
@@ -275,23 +279,37 @@ mod tests {
     #[test]
     fn missing_malformed_and_stale_proofs() {
         let v = Verifier::new(secret(b'k'));
-        let e = v.verify_http("GET", "/internal/status", None, b"").unwrap_err();
+        let e = v
+            .verify_http("GET", "/internal/status", None, b"")
+            .unwrap_err();
         assert_eq!((e.status(), e.code()), (401, "cluster_auth_missing"));
-        for bad in ["", "v2,t=1", "v1,t=x,n=00,m=00", "v1,t=1,n=zz,m=00", "v1,q=1"] {
+        for bad in [
+            "",
+            "v2,t=1",
+            "v1,t=x,n=00,m=00",
+            "v1,t=1,n=zz,m=00",
+            "v1,q=1",
+        ] {
             let e = v.verify_http("GET", "/", Some(bad), b"").unwrap_err();
             assert_eq!(e.status(), 401, "{bad}: {e}");
         }
         let now = unix_now();
         let old = secret(b'k').sign_http_at(now - 31, [1; 16], "GET", "/internal/status", b"");
-        let e = v.verify_http("GET", "/internal/status", Some(&old), b"").unwrap_err();
-        assert!(matches!(e, AuthError::Stale { .. }) && e.status() == 403, "{e}");
+        let e = v
+            .verify_http("GET", "/internal/status", Some(&old), b"")
+            .unwrap_err();
+        assert!(
+            matches!(e, AuthError::Stale { .. }) && e.status() == 403,
+            "{e}"
+        );
         let future = secret(b'k').sign_http_at(now + 31, [2; 16], "GET", "/internal/status", b"");
         assert!(matches!(
             v.verify_http("GET", "/internal/status", Some(&future), b""),
             Err(AuthError::Stale { .. })
         ));
         let edge = secret(b'k').sign_http_at(now - 29, [3; 16], "GET", "/internal/status", b"");
-        v.verify_http("GET", "/internal/status", Some(&edge), b"").unwrap();
+        v.verify_http("GET", "/internal/status", Some(&edge), b"")
+            .unwrap();
     }
 
     #[test]
@@ -299,7 +317,8 @@ mod tests {
         let v = Verifier::new(secret(b'k'));
         let t = 1_000_000;
         let sig = secret(b'k').sign_http_at(t, [7; 16], "GET", "/internal/status", b"");
-        v.verify_http_at(t, "GET", "/internal/status", Some(&sig), b"").unwrap();
+        v.verify_http_at(t, "GET", "/internal/status", Some(&sig), b"")
+            .unwrap();
         assert_eq!(
             v.verify_http_at(t + 30, "GET", "/internal/status", Some(&sig), b""),
             Err(AuthError::Replayed)

@@ -3,7 +3,7 @@
 //! template, dimensions — never its tensor data.
 
 use crate::process::{http_runtime, Background};
-use crate::run_serve::{dispatch_config, frontend, model_path, serve_api, ServeArgs};
+use crate::run_serve::{dispatch_config, frontend, model_path, serve_api, ControlPlane, ServeArgs};
 use anyhow::Result;
 use genie_engine::model_text::ModelText;
 use genie_router::{Dispatcher, Registry, RemotePool};
@@ -38,8 +38,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             metrics,
             frontend,
             dispatcher,
-            Some(registry),
-            secret,
+            Some(ControlPlane { registry, secret }),
             &bg,
             banner_for,
         )

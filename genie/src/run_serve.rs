@@ -164,6 +164,13 @@ pub fn dispatch_config(
 /// Request plans kept for `GET /v1/plans/requests`.
 const PLAN_LOG_CAPACITY: usize = 1024;
 
+/// A gateway's control plane: its worker registry and the cluster secret its calls must
+/// be signed with (`None`: an insecure cluster).
+pub struct ControlPlane {
+    pub registry: Arc<Registry>,
+    pub secret: Option<genie_cluster_auth::ClusterSecret>,
+}
+
 /// Binds the configured address, prints `banner_for(address)` as the first stdout line
 /// and serves the API until Ctrl-C / SIGTERM; then the server drains and every loop in
 /// `bg` stops.
@@ -172,8 +179,7 @@ pub async fn serve_api(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     frontend: Arc<Frontend>,
     dispatcher: Arc<Dispatcher>,
-    registry: Option<Arc<Registry>>,
-    cluster: Option<genie_cluster_auth::ClusterSecret>,
+    control: Option<ControlPlane>,
     bg: &Background,
     banner_for: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) -> String,
 ) -> Result<()> {
@@ -182,9 +188,17 @@ pub async fn serve_api(
         .await
         .with_context(|| format!("cannot bind {addr}"))?;
     let local = listener.local_addr()?;
+    let (registry, cluster) = match control {
+        Some(c) => (Some(c.registry), c.secret),
+        None => (None, None),
+    };
     let internal = match (registry.is_some(), cfg.server.internal_port) {
         (true, Some(port)) => {
-            let host = cfg.server.internal_host.as_ref().unwrap_or(&cfg.server.host);
+            let host = cfg
+                .server
+                .internal_host
+                .as_ref()
+                .unwrap_or(&cfg.server.host);
             let addr = format!("{host}:{port}");
             let l = tokio::net::TcpListener::bind(&addr)
                 .await
@@ -300,7 +314,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         metrics,
         frontend,
         Arc::clone(&dispatcher),
-        None,
         None,
         &bg,
         banner_for,

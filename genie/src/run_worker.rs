@@ -10,6 +10,8 @@ use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
+use genie_cluster_auth::http::{send_signed, verify_internal, Guard};
+use genie_cluster_auth::{ClusterSecret, Verifier};
 use genie_decode_worker::{DecodeConfig, DecodeWorker};
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::model::Model;
@@ -17,8 +19,6 @@ use genie_kv_transfer::{Deliver, NetTransport, TcpTransport, TransferRegistry};
 use genie_prefill_worker::{PrefillConfig, PrefillWorker};
 use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerRole, WorkerStatus};
 use genie_protocol::WorkerId;
-use genie_cluster_auth::http::{send_signed, verify_internal, Guard};
-use genie_cluster_auth::{ClusterSecret, Verifier};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +106,13 @@ async fn heartbeat_loop(
                     continue;
                 }
             },
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                tracing::warn!(status = %r.status(), "the gateway refused our cluster signature: both must use the same cluster secret, and clocks must agree within 30 s");
+                if !pause(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "gateway refused registration");
                 if !pause(Duration::from_secs(1), &stop).await {

@@ -14,9 +14,9 @@ use crate::registry::TransferRegistry;
 use crate::threaded::ThreadedSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
+use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
 use genie_cluster_auth::kv::HELLO_LEN;
 use genie_cluster_auth::ClusterSecret;
-use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
 use genie_protocol::TransferId;
 use std::alloc::Layout;
 use std::sync::atomic::Ordering;
@@ -67,7 +67,8 @@ impl KvTransport for RdmaTransport {
                     }
                 };
                 if let Some(h) = hello {
-                    let layout = Layout::from_size_align(HELLO_LEN, 8).map_err(|e| e.to_string())?;
+                    let layout =
+                        Layout::from_size_align(HELLO_LEN, 8).map_err(|e| e.to_string())?;
                     let mut lmr = rdma.alloc_local_mr(layout).map_err(|e| e.to_string())?;
                     lmr.as_mut_slice().copy_from_slice(&h);
                     if let Err(e) = rdma.send(&lmr).await {

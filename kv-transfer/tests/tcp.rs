@@ -237,9 +237,8 @@ fn authenticated_receiver(
     rt: &tokio::runtime::Runtime,
     secret: &genie_cluster_auth::ClusterSecret,
 ) -> (String, TransferRegistry, mpsc::Receiver<KvMessage>) {
-    let registry = TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(
-        secret.clone(),
-    )));
+    let registry =
+        TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(secret.clone())));
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let deliver: genie_kv_transfer::Deliver = Arc::new(move |m| tx.lock().unwrap().send(m).is_ok());
@@ -280,11 +279,9 @@ fn closed_after(addr: &str, hello: Option<[u8; 72]>, frame: &[u8]) -> bool {
 #[test]
 fn with_the_cluster_secret_only_a_peer_with_the_hello_delivers_and_only_once() {
     let rt = rt();
-    let secret = genie_cluster_auth::ClusterSecret::new(
-        &[b's'; 32],
-        &genie_cluster_auth::SecretSource::Env,
-    )
-    .unwrap();
+    let secret =
+        genie_cluster_auth::ClusterSecret::new(&[b's'; 32], &genie_cluster_auth::SecretSource::Env)
+            .unwrap();
     let wrong =
         genie_cluster_auth::ClusterSecret::new(&[b'x'; 32], &genie_cluster_auth::SecretSource::Env)
             .unwrap();
@@ -302,7 +299,11 @@ fn with_the_cluster_secret_only_a_peer_with_the_hello_delivers_and_only_once() {
     assert!(closed_after(&addr, Some(wrong.kv_hello(7)), &layer));
     assert!(closed_after(&addr, Some(secret.kv_hello(8)), &layer));
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
-    assert_eq!(reg.len(), 1, "refused peers did not consume the expected transfer");
+    assert_eq!(
+        reg.len(),
+        1,
+        "refused peers did not consume the expected transfer"
+    );
 
     // The genuine sender delivers.
     let transport = TcpTransport {
@@ -312,7 +313,13 @@ fn with_the_cluster_secret_only_a_peer_with_the_hello_delivers_and_only_once() {
     let mut s = transport.open(&addr, TransferId(7)).unwrap();
     s.send_layer(meta(0), vec![1; 24]).unwrap();
     let got = rx.recv_timeout(WAIT).unwrap();
-    assert!(matches!(got, KvMessage::Layer { transfer: TransferId(7), .. }));
+    assert!(matches!(
+        got,
+        KvMessage::Layer {
+            transfer: TransferId(7),
+            ..
+        }
+    ));
     // While it runs, a second hello for the same transfer (fresh nonce, right secret) is
     // refused: one connection per transfer.
     assert!(closed_after(&addr, Some(secret.kv_hello(7)), &layer));
@@ -323,7 +330,19 @@ fn with_the_cluster_secret_only_a_peer_with_the_hello_delivers_and_only_once() {
     s.send_layer(meta(1), vec![2; 24]).unwrap();
     s.complete(b"t".to_vec()).unwrap();
     let rest: Vec<KvMessage> = (0..2).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
-    assert!(matches!(rest[1], KvMessage::Complete { transfer: TransferId(7), .. }), "{rest:?}");
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "transfer 9 delivered nothing");
+    assert!(
+        matches!(
+            rest[1],
+            KvMessage::Complete {
+                transfer: TransferId(7),
+                ..
+            }
+        ),
+        "{rest:?}"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "transfer 9 delivered nothing"
+    );
     assert_eq!(reg.len(), 1, "transfer 9 is still expected");
 }

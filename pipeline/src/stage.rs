@@ -3,9 +3,9 @@
 //! KV receiver), sending its output to the next hop named per sequence.
 
 use anyhow::{anyhow, Context, Result};
+use genie_cluster_auth::ClusterSecret;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::model::{Model, Segment, StageOutput};
-use genie_cluster_auth::ClusterSecret;
 use genie_kv_transfer::{
     tcp, KvMessage, KvSink, KvTransport, LayerShape, TcpTransport, TransferRegistry, DTYPE_F32,
 };
@@ -39,9 +39,9 @@ pub(crate) enum StageMsg {
 /// A receiver's registry: with the cluster secret, connections must open with its hello.
 pub(crate) fn registry_for(secret: Option<&ClusterSecret>) -> TransferRegistry {
     match secret {
-        Some(s) => TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(
-            s.clone(),
-        ))),
+        Some(s) => {
+            TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(s.clone())))
+        }
         None => TransferRegistry::new(),
     }
 }
@@ -156,7 +156,7 @@ impl StageWorker {
             ..TcpTransport::default()
         }
         .open(next, TransferId(seq))
-            .with_context(|| format!("stage {:?} cannot reach its next hop", self.layers))?;
+        .with_context(|| format!("stage {:?} cannot reach its next hop", self.layers))?;
         if self.kv_endpoint.is_some() {
             self.registry
                 .expect(TransferId(seq), capacity * self.width * 4, HOP_TIMEOUT);

@@ -90,14 +90,17 @@ async fn post<T: serde::Serialize>(
     url: String,
     body: &T,
 ) -> Result<reqwest::Response, StartError> {
-    client.send(client.http.post(url).json(body)).await.map_err(|e| {
-        tracing::warn!(%worker, error = %e, "worker unreachable");
-        registry.mark_dead(worker);
-        StartError::Retry {
-            worker,
-            reason: "unreachable".into(),
-        }
-    })
+    client
+        .send(client.http.post(url).json(body))
+        .await
+        .map_err(|e| {
+            tracing::warn!(%worker, error = %e, "worker unreachable");
+            registry.mark_dead(worker);
+            StartError::Retry {
+                worker,
+                reason: "unreachable".into(),
+            }
+        })
 }
 
 /// Starts both legs of a placed sequence and returns its merged event stream.
