@@ -137,6 +137,9 @@ pub struct GenerateArgs {
     /// e.g. configs/pipeline-2stage.toml).
     #[arg(long)]
     pub pipeline_config: Option<PathBuf>,
+    /// The cluster secret of the `--pipeline-workers` (as for the workers themselves).
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 /// Layer ranges of the pipeline stages asked for, if any.
@@ -301,10 +304,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // The pipeline's network runs on this runtime; the sampling loop stays on this thread.
     let rt = crate::process::http_runtime()?;
     let pipe = if !a.pipeline_workers.is_empty() {
+        let secret = crate::cluster::secret(
+            &a.cluster,
+            &crate::config::ServeConfig::default(),
+            "genie generate --pipeline-workers",
+        )?;
         Some(genie_pipeline::Pipeline::remote(
             &a.pipeline_workers,
             c.vocab_size,
             c.n_layers,
+            secret,
             rt.handle().clone(),
         )?)
     } else {

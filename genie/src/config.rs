@@ -20,6 +20,8 @@ pub struct ServeConfig {
     pub decode: DecodeSection,
     pub limits: LimitsSection,
     pub workers: WorkersSection,
+    /// The cluster secret of a multi-process deployment.
+    pub cluster: ClusterSection,
     /// The ExecutionPlan: policy, model profile, cluster, overrides.
     pub plan: PlanSection,
 }
@@ -45,6 +47,16 @@ pub struct PlanSection {
 pub enum ProfileSpec {
     Preset { preset: String },
     Explicit(Box<ModelProfile>),
+}
+
+/// The cluster secret (`genie gateway` and the workers; `genie serve` ignores it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// A file holding the secret (`--cluster-secret-file` and GENIE_CLUSTER_SECRET win).
+    pub secret_file: Option<PathBuf>,
+    /// Run without a secret (as `--insecure-cluster`).
+    pub insecure: bool,
 }
 
 /// Worker processes (`genie gateway`): heartbeats and statically listed workers.
@@ -76,6 +88,17 @@ pub struct ServerSection {
     pub port: u16,
     /// Bearer keys accepted on `/v1/*`; empty = no authentication.
     pub api_keys: Vec<String>,
+    /// `genie gateway`: serve the control plane (`/internal/*`) on this port of
+    /// `internal_host` instead of the public listener (which then 404s `/internal/*`).
+    pub internal_port: Option<u16>,
+    /// Address of the control-plane listener (default: `host`); bind it to a private
+    /// interface.
+    pub internal_host: Option<String>,
+    /// `/metrics` needs the API key (when keys are set). Default: open (no prompt text).
+    pub metrics_need_key: bool,
+    /// `/plan` (the page) needs the API key. Default: open; its data, `/v1/plans*`,
+    /// always needs the key.
+    pub plan_needs_key: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -166,6 +189,10 @@ impl Default for ServerSection {
             host: "127.0.0.1".into(),
             port: 8000,
             api_keys: Vec::new(),
+            internal_port: None,
+            internal_host: None,
+            metrics_need_key: false,
+            plan_needs_key: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the work lives in the library crates.
 
 mod cli;
+mod cluster;
 mod config;
 mod plan_cli;
 mod plan_setup;

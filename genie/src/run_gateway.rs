@@ -3,7 +3,7 @@
 //! template, dimensions — never its tensor data.
 
 use crate::process::{http_runtime, Background};
-use crate::run_serve::{dispatch_config, frontend, model_path, serve_api, ServeArgs};
+use crate::run_serve::{dispatch_config, frontend, model_path, serve_api, ControlPlane, ServeArgs};
 use anyhow::Result;
 use genie_engine::model_text::ModelText;
 use genie_router::{Dispatcher, Registry, RemotePool};
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let cfg = args.config_with_overrides()?;
+    let secret = crate::cluster::secret(&args.cluster, &cfg, "genie gateway")?;
     let metrics = genie_server::metrics_setup::install()?;
     let path = model_path(&cfg)?;
     let text = ModelText::open(&path)?;
@@ -20,13 +21,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Duration::from_millis(cfg.workers.heartbeat_ms),
         &cfg.workers.statics,
     ));
-    let pool = Arc::new(RemotePool::new(Arc::clone(&registry)));
+    let pool = Arc::new(RemotePool::new(Arc::clone(&registry), secret.clone()));
     let dcfg = dispatch_config(&cfg, &plan, text.kv_shape().bytes_per_token());
     let dispatcher = Arc::new(Dispatcher::new(dcfg, Arc::clone(&pool) as _, plan));
     let frontend = Arc::new(frontend(&cfg, text, &path));
     let (served_name, mode) = (frontend.served_name.clone(), dispatcher.mode_label());
-    let banner_for = |local| {
-        format!("Genie gateway serving `{served_name}` on http://{local} ({mode}; workers register at http://{local}/internal/workers)")
+    let banner_for = |local, internal: Option<std::net::SocketAddr>| {
+        let control = internal.unwrap_or(local);
+        format!("Genie gateway serving `{served_name}` on http://{local} ({mode}; workers register at http://{control}/internal/workers)")
     };
     let bg = Background::default();
     http_runtime()?.block_on(async {
@@ -36,7 +38,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             metrics,
             frontend,
             dispatcher,
-            Some(registry),
+            Some(ControlPlane { registry, secret }),
             &bg,
             banner_for,
         )

@@ -18,7 +18,7 @@ use genie_protocol::WorkerId;
 use genie_router::{DispatchConfig, Dispatcher, LocalPool, Registry};
 use genie_scheduler::{ExecutionPlan, Role, Transport};
 use genie_server::frontend::Limits;
-use genie_server::{build_app, AppState, Frontend, PlanLog};
+use genie_server::{build_app_with, build_apps, AppOptions, AppState, Frontend, PlanLog};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +52,15 @@ pub struct ServeArgs {
     /// fails (0: never; default 2).
     #[arg(long)]
     pub migration_limit: Option<usize>,
+    /// `genie gateway`: serve the control plane (`/internal/*`) on its own listener at this
+    /// port; the public port then serves only /v1/*, /health, /metrics and /plan.
+    #[arg(long)]
+    pub internal_port: Option<u16>,
+    /// Address of the control-plane listener (default: --host).
+    #[arg(long)]
+    pub internal_host: Option<String>,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 impl ServeArgs {
@@ -79,6 +88,12 @@ impl ServeArgs {
         }
         if self.colocated {
             section("scheduler", "mode", Value::from("colocated"));
+        }
+        if let Some(p) = self.internal_port {
+            section("server", "internal_port", Value::from(p));
+        }
+        if let Some(h) = &self.internal_host {
+            section("server", "internal_host", Value::from(h.clone()));
         }
         if let Some(t) = self.threads {
             section("prefill", "threads", Value::from(t));
@@ -157,6 +172,13 @@ pub fn dispatch_config(
 /// Request plans kept for `GET /v1/plans/requests`.
 const PLAN_LOG_CAPACITY: usize = 1024;
 
+/// A gateway's control plane: its worker registry and the cluster secret its calls must
+/// be signed with (`None`: an insecure cluster).
+pub struct ControlPlane {
+    pub registry: Arc<Registry>,
+    pub secret: Option<genie_cluster_auth::ClusterSecret>,
+}
+
 /// Binds the configured address, prints `banner_for(address)` as the first stdout line
 /// and serves the API until Ctrl-C / SIGTERM; then the server drains and every loop in
 /// `bg` stops.
@@ -165,15 +187,35 @@ pub async fn serve_api(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     frontend: Arc<Frontend>,
     dispatcher: Arc<Dispatcher>,
-    registry: Option<Arc<Registry>>,
+    control: Option<ControlPlane>,
     bg: &Background,
-    banner_for: impl FnOnce(std::net::SocketAddr) -> String,
+    banner_for: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) -> String,
 ) -> Result<()> {
     let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot bind {addr}"))?;
     let local = listener.local_addr()?;
+    let (registry, cluster) = match control {
+        Some(c) => (Some(c.registry), c.secret),
+        None => (None, None),
+    };
+    let internal = match (registry.is_some(), cfg.server.internal_port) {
+        (true, Some(port)) => {
+            let host = cfg
+                .server
+                .internal_host
+                .as_ref()
+                .unwrap_or(&cfg.server.host);
+            let addr = format!("{host}:{port}");
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot bind the internal listener {addr}"))?;
+            Some(l)
+        }
+        _ => None,
+    };
+    let internal_local = internal.as_ref().map(|l| l.local_addr()).transpose()?;
     bg.spawn(metrics_upkeep(metrics.clone(), bg.shutdown.clone()));
     let state = AppState {
         frontend,
@@ -185,8 +227,31 @@ pub async fn serve_api(
         max_body_bytes: cfg.limits.max_body_bytes,
         stall_timeout: Duration::from_secs(cfg.limits.stream_stall_secs),
     };
-    banner(&banner_for(local))?;
-    bg.serve(listener, build_app(state)).await
+    let opts = AppOptions {
+        cluster: cluster.map(|s| {
+            genie_cluster_auth::http::Guard::new(
+                Arc::new(genie_cluster_auth::Verifier::new(s)),
+                cfg.limits.max_body_bytes,
+            )
+        }),
+        metrics_need_key: cfg.server.metrics_need_key,
+        plan_needs_key: cfg.server.plan_needs_key,
+    };
+    banner(&banner_for(local, internal_local))?;
+    match internal {
+        None => bg.serve(listener, build_app_with(state, opts)).await,
+        Some(l) => {
+            let (public, control) = build_apps(state, opts);
+            let control = control.fallback(genie_server::app::not_found);
+            let stop = bg.shutdown.clone();
+            bg.spawn(async move {
+                if let Err(e) = genie_server::serve(l, control, stop.cancelled_owned()).await {
+                    tracing::error!(error = %e, "the internal listener stopped");
+                }
+            });
+            bg.serve(listener, public).await
+        }
+    }
 }
 
 /// Starts `genie serve`'s workers (threads over the shared weights) in a pool.
@@ -245,7 +310,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let frontend = Arc::new(frontend(&cfg, text, &path));
     let served_name = frontend.served_name.clone();
     let mode = dispatcher.mode_label();
-    let banner_for = |local| {
+    let banner_for = |local, _| {
         format!(
             "Genie serving `{served_name}` on http://{local} ({mode}; {} prefill + {} decode workers; API keys {})",
             if mode == "colocated" { 0 } else { cfg.prefill.workers },

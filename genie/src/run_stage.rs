@@ -1,8 +1,9 @@
 //! `genie stage-worker`: one pipeline stage as its own process. It runs layers
 //! `--layers A..B` of the model, keeps their KV cache, receives hidden states on its KV
 //! port (stages after the first) and sends its output to the next hop named per sequence.
-//! Its control API is `genie_pipeline::service` (unauthenticated: keep it on a private
-//! network), plus `/metrics`.
+//! Its control API is `genie_pipeline::service` (every `/internal/*` call signed with the
+//! cluster secret, as its KV connections open with the KV hello), plus `/metrics` and
+//! `/health`, which stay open.
 
 use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
 use crate::run_serve::{load_model, model_path, ServeArgs};
@@ -26,6 +27,8 @@ pub struct StageArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, env = "GENIE_THREADS")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 fn parse_layers(s: &str) -> Result<std::ops::Range<usize>> {
@@ -49,9 +52,11 @@ pub fn run(a: StageArgs) -> Result<()> {
         model: a.model.clone(),
         colocated: true,
         threads: a.threads,
+        cluster: a.cluster.clone(),
         ..ServeArgs::default()
     }
     .config_with_overrides()?;
+    let secret = crate::cluster::secret(&a.cluster, &cfg, "genie stage-worker")?;
     let metrics = genie_server::metrics_setup::install()?;
     let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, a.threads.unwrap_or(0))?;
     let n_layers = model.config().n_layers;
@@ -76,12 +81,22 @@ pub fn run(a: StageArgs) -> Result<()> {
         layers.clone(),
         rt.handle(),
         kv,
+        secret.clone(),
         bg.shutdown.clone(),
     )?);
     rt.block_on(async move {
         let (listener, address) = a.listen.bind_control().await?;
-        let app =
-            genie_pipeline::service::router(Arc::clone(&worker)).merge(metrics_route(metrics));
+        let mut app = genie_pipeline::service::router(Arc::clone(&worker));
+        if let Some(s) = secret {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                genie_cluster_auth::http::Guard::new(
+                    Arc::new(genie_cluster_auth::Verifier::new(s)),
+                    cfg.limits.max_body_bytes,
+                ),
+                genie_cluster_auth::http::verify_internal,
+            ));
+        }
+        let app = app.merge(metrics_route(metrics));
         banner(&format!(
             "Genie stage worker (layers {}..{} of {n_layers}) on {address}{}",
             layers.start,

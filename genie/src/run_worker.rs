@@ -1,16 +1,21 @@
 //! `genie prefill-worker` and `genie decode-worker`: the roles of `genie serve` as
 //! separate processes. A worker serves its control API over HTTP (and, decode, a KV
-//! receiver), registers with the gateway and heartbeats its load until shutdown.
+//! receiver), registers with the gateway and heartbeats its load until shutdown. With the
+//! cluster secret every `/internal/*` call it serves must be signed, every call it makes
+//! (registration, heartbeats) is, and its KV receiver and sender use the KV hello;
+//! `/health` and `/metrics` stay open (they carry no prompt text and change nothing).
 
 use crate::config::ServeConfig;
 use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
+use genie_cluster_auth::http::{send_signed, verify_internal, Guard};
+use genie_cluster_auth::{ClusterSecret, Verifier};
 use genie_decode_worker::{DecodeConfig, DecodeWorker};
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::model::Model;
-use genie_kv_transfer::{Deliver, NetTransport, TransferRegistry};
+use genie_kv_transfer::{Deliver, NetTransport, TcpTransport, TransferRegistry};
 use genie_prefill_worker::{PrefillConfig, PrefillWorker};
 use genie_protocol::worker::{RegisterRequest, RegisterResponse, WorkerRole, WorkerStatus};
 use genie_protocol::WorkerId;
@@ -42,6 +47,8 @@ pub struct WorkerArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, env = "GENIE_THREADS")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
@@ -52,6 +59,7 @@ fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
         model: a.model.clone(),
         colocated: false,
         threads: a.threads,
+        cluster: a.cluster.clone(),
         ..ServeArgs::default()
     };
     sa.config_with_overrides()
@@ -70,8 +78,10 @@ async fn heartbeat_loop(
     gateway: String,
     mut reg: RegisterRequest,
     status: impl Fn() -> WorkerStatus,
+    secret: Option<ClusterSecret>,
     stop: CancellationToken,
 ) {
+    let secret = secret.as_ref();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -81,7 +91,7 @@ async fn heartbeat_loop(
         reg.status = status();
         let r = tokio::select! {
             _ = stop.cancelled() => return,
-            r = client.post(format!("{gateway}/internal/workers")).json(&reg).send() => r,
+            r = send_signed(client.post(format!("{gateway}/internal/workers")).json(&reg), secret) => r,
         };
         let resp: RegisterResponse = match r {
             Ok(r) if r.status().is_success() => match r.json().await {
@@ -94,6 +104,13 @@ async fn heartbeat_loop(
                     continue;
                 }
             },
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                tracing::warn!(status = %r.status(), "the gateway refused our cluster signature: both must use the same cluster secret, and clocks must agree within 30 s");
+                if !pause(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "gateway refused registration");
                 if !pause(Duration::from_secs(1), &stop).await {
@@ -115,7 +132,7 @@ async fn heartbeat_loop(
                 return;
             }
             let url = format!("{gateway}/internal/workers/{}/heartbeat", resp.id.0);
-            match client.post(url).json(&status()).send().await {
+            match send_signed(client.post(url).json(&status()), secret).await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => break,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -167,10 +184,14 @@ async fn decode_role(
     a: &WorkerArgs,
     cfg: &ServeConfig,
     model: &Model,
+    verifier: Option<&Arc<Verifier>>,
     bg: &Background,
 ) -> Result<(axum::Router, String, Box<dyn Fn() -> WorkerStatus + Send>)> {
     let l = &a.listen;
-    let registry = TransferRegistry::new();
+    let registry = match verifier {
+        Some(v) => TransferRegistry::with_auth(Arc::clone(v)),
+        None => TransferRegistry::new(),
+    };
     let timeout = Duration::from_secs(cfg.decode.transfer_timeout_secs);
     let worker = Arc::new(DecodeWorker::start(
         DecodeConfig {
@@ -214,6 +235,12 @@ async fn decode_role(
 
 pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let cfg = worker_cfg(&a)?;
+    let role_name = match role {
+        WorkerRole::Prefill => "genie prefill-worker",
+        WorkerRole::Decode => "genie decode-worker",
+    };
+    let secret = crate::cluster::secret(&a.cluster, &cfg, role_name)?;
+    let verifier = secret.clone().map(|s| Arc::new(Verifier::new(s)));
     let handle = genie_server::metrics_setup::install()?;
     let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, 1)?;
     let bg = Background::default();
@@ -225,7 +252,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             Box<dyn Fn() -> WorkerStatus + Send>,
         ) = match role {
             WorkerRole::Decode => {
-                let (r, ep, s) = decode_role(&a, &cfg, &model, &bg).await?;
+                let (r, ep, s) = decode_role(&a, &cfg, &model, verifier.as_ref(), &bg).await?;
                 (r, Some(ep), s)
             }
             WorkerRole::Prefill => {
@@ -236,7 +263,12 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                         queue: genie_prefill_worker::DEFAULT_QUEUE,
                     },
                     model.share(cfg.prefill.threads)?,
-                    Arc::new(NetTransport::default()),
+                    Arc::new(NetTransport {
+                        tcp: TcpTransport {
+                            secret: secret.clone(),
+                            ..TcpTransport::default()
+                        },
+                    }),
                 )?);
                 let w = Arc::clone(&worker);
                 (
@@ -270,8 +302,15 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             status: WorkerStatus::default(),
         };
         if let Some(g) = a.gateway.clone() {
-            bg.spawn(heartbeat_loop(g, reg, status, bg.shutdown.clone()));
+            bg.spawn(heartbeat_loop(g, reg, status, secret, bg.shutdown.clone()));
         }
+        let router = match verifier {
+            Some(v) => router.layer(axum::middleware::from_fn_with_state(
+                Guard::new(v, cfg.limits.max_body_bytes),
+                verify_internal,
+            )),
+            None => router,
+        };
         bg.serve(listener, router.merge(metrics_route(handle)))
             .await
     })

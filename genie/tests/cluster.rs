@@ -439,12 +439,12 @@ async fn a_decode_reservation_whose_caller_left_is_released_within_seconds() {
         stop_token_ids: Vec::new(),
         sampler: serde_json::to_value(Sampler::new(SamplingParams::greedy(), 1)).unwrap(),
     };
-    let r = reqwest::Client::new()
-        .post(d.url("/internal/decode"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    let r = support::signed(
+        reqwest::Client::new()
+            .post(d.url("/internal/decode"))
+            .json(&req),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let held = d.metric("genie_kv_cache_used_bytes", &[]).await;
     assert_eq!(
@@ -472,9 +472,8 @@ async fn statically_listed_workers_are_polled_and_serve() {
         )
     };
     let (p, d) = (start("prefill-worker"), start("decode-worker"));
-    let d_status: Value = reqwest::get(d.url("/internal/status"))
+    let d_status: Value = support::signed(reqwest::Client::new().get(d.url("/internal/status")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

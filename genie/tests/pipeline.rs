@@ -121,9 +121,19 @@ async fn stage_worker_processes_run_the_pipeline_over_tcp() {
         &[],
     );
     assert!(s0.kv_endpoint.is_none() && s1.kv_endpoint.is_some());
-    let info: serde_json::Value = reqwest::get(s1.url("/internal/stage"))
+    // The control API takes only calls signed with the cluster secret.
+    let c = reqwest::Client::new();
+    for r in [
+        c.get(s1.url("/internal/stage")).send().await.unwrap(),
+        c.post(s0.url("/internal/stage/end")).send().await.unwrap(),
+    ] {
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "cluster_auth_missing", "{v}");
+    }
+    assert_eq!(reqwest::get(s1.url("/health")).await.unwrap().status(), 200);
+    let info: serde_json::Value = support::signed(c.get(s1.url("/internal/stage")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -171,29 +181,25 @@ async fn stage_worker_processes_run_the_pipeline_over_tcp() {
     );
 
     // Bad control requests are refused with the field named; a second stage takes no tokens.
-    let c = reqwest::Client::new();
-    let r = c
-        .post(s1.url("/internal/stage/tokens"))
-        .json(&serde_json::json!({"tokens": [1]}))
-        .send()
-        .await
-        .unwrap();
+    let r = support::signed(
+        c.post(s1.url("/internal/stage/tokens"))
+            .json(&serde_json::json!({"tokens": [1]})),
+    )
+    .await;
     assert_eq!(r.status(), 400);
-    let r = c
-        .post(s0.url("/internal/stage/begin"))
-        .json(&serde_json::json!({"seq": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = support::signed(
+        c.post(s0.url("/internal/stage/begin"))
+            .json(&serde_json::json!({"seq": 1})),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     // An unreachable next hop fails the begin at once (no sequence left waiting).
     let t = std::time::Instant::now();
-    let r = c
-        .post(s0.url("/internal/stage/begin"))
-        .json(&serde_json::json!({"seq": 99, "capacity": 8, "next": "127.0.0.1:1"}))
-        .send()
-        .await
-        .unwrap();
+    let r = support::signed(
+        c.post(s0.url("/internal/stage/begin"))
+            .json(&serde_json::json!({"seq": 99, "capacity": 8, "next": "127.0.0.1:1"})),
+    )
+    .await;
     assert_eq!(r.status(), 503);
     assert!(r
         .text()
@@ -204,6 +210,7 @@ async fn stage_worker_processes_run_the_pipeline_over_tcp() {
     // Stages that do not cover the model are refused before any work.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
         .args(["generate", "--prompt", "Hi", "--pipeline-workers", &s1.url])
+        .env(support::SECRET_ENV, support::CLUSTER_SECRET)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -103,7 +103,10 @@ impl KvTransport for NetTransport {
     fn open(&self, endpoint: &str, transfer: TransferId) -> Result<Box<dyn KvSink>, TransferError> {
         if endpoint.starts_with("rdma://") {
             #[cfg(feature = "rdma")]
-            return rdma::RdmaTransport.open(endpoint, transfer);
+            return rdma::RdmaTransport {
+                secret: self.tcp.secret.clone(),
+            }
+            .open(endpoint, transfer);
             #[cfg(not(feature = "rdma"))]
             return Err(TransferError::Connect {
                 endpoint: endpoint.to_string(),

@@ -6,13 +6,17 @@
 //! registry of expected transfers, checksum), aborting the transfer on any failure.
 //! Endpoints are written `rdma://host:port` (the port of the RDMA connection manager's TCP
 //! side-channel). Built and type-checked in CI; run only where an RDMA device (a real NIC or
-//! Soft-RoCE) exists — see docs/ARCHITECTURE.md.
+//! Soft-RoCE) exists — see docs/ARCHITECTURE.md. With the cluster secret the connection's
+//! first message is the sender's hello ([`genie_cluster_auth::kv`]), checked as on TCP
+//! before any frame is read.
 
 use crate::registry::TransferRegistry;
 use crate::threaded::ThreadedSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
 use async_rdma::{LocalMrReadAccess, LocalMrWriteAccess, RdmaBuilder, RdmaListener};
+use genie_cluster_auth::kv::HELLO_LEN;
+use genie_cluster_auth::ClusterSecret;
 use genie_protocol::TransferId;
 use std::alloc::Layout;
 use std::sync::atomic::Ordering;
@@ -26,7 +30,10 @@ pub const SCHEME: &str = "rdma://";
 
 /// Opens RDMA connections to `rdma://host:port` endpoints.
 #[derive(Clone, Debug, Default)]
-pub struct RdmaTransport;
+pub struct RdmaTransport {
+    /// The cluster secret: each connection's first message is a hello made with it.
+    pub secret: Option<ClusterSecret>,
+}
 
 impl KvTransport for RdmaTransport {
     fn open(&self, endpoint: &str, transfer: TransferId) -> Result<Box<dyn KvSink>, TransferError> {
@@ -35,6 +42,7 @@ impl KvTransport for RdmaTransport {
             .unwrap_or(endpoint)
             .to_string();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let hello = self.secret.as_ref().map(|s| s.kv_hello(transfer.0));
         let sink = ThreadedSink::start(endpoint, transfer, "rdma", "genie-kv-rdma", move |end| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -58,6 +66,16 @@ impl KvTransport for RdmaTransport {
                         return Err(e.to_string());
                     }
                 };
+                if let Some(h) = hello {
+                    let layout =
+                        Layout::from_size_align(HELLO_LEN, 8).map_err(|e| e.to_string())?;
+                    let mut lmr = rdma.alloc_local_mr(layout).map_err(|e| e.to_string())?;
+                    lmr.as_mut_slice().copy_from_slice(&h);
+                    if let Err(e) = rdma.send(&lmr).await {
+                        end.failed.store(true, Ordering::Release);
+                        return Err(e.to_string());
+                    }
+                }
                 for m in end.rx {
                     let frame = wire::encode(&m);
                     for part in frame.chunks(RDMA_MESSAGE_BYTES) {
@@ -114,6 +132,24 @@ pub async fn serve(
         let (reg, del) = (registry.clone(), Arc::clone(&deliver));
         tokio::spawn(async move {
             let mut assembler = Assembler::default();
+            if reg.needs_hello() {
+                // A connection whose hello fails is dropped with nothing aborted.
+                let wait = crate::tcp::HELLO_TIMEOUT;
+                let claimed = match tokio::time::timeout(wait, rdma.receive()).await {
+                    Ok(Ok(lmr)) => <[u8; HELLO_LEN]>::try_from(lmr.as_slice())
+                        .map_err(|_| "the first message is not a KV hello".to_string())
+                        .and_then(|h| reg.claim(&h).map_err(|e| e.to_string())),
+                    Ok(Err(e)) => Err(format!("RDMA receive failed: {e}")),
+                    Err(_) => Err(format!("no KV hello within {wait:?}")),
+                };
+                match claimed {
+                    Ok(t) => assembler.current = Some(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "RDMA KV connection refused");
+                        return;
+                    }
+                }
+            }
             loop {
                 let wait = if assembler.current.is_some() {
                     stall

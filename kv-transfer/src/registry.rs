@@ -1,7 +1,11 @@
 //! The transfers a receiver expects: a decode worker registers a transfer id (with its
 //! byte bound and deadline) when it reserves KV for it, before any byte arrives; frames
 //! for ids it does not expect, past their deadline, or beyond their bound are refused.
+//! With the cluster secret ([`TransferRegistry::with_auth`]) a connection must first
+//! present a hello naming one expected transfer, which only one hello may claim.
 
+use genie_cluster_auth::kv::HELLO_LEN;
+use genie_cluster_auth::{AuthError, Verifier};
 use genie_protocol::TransferId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,10 @@ pub enum RegistryError {
     Expired(TransferId),
     #[error("transfer {id} exceeds its {max} bytes")]
     Oversize { id: TransferId, max: usize },
+    #[error("transfer {0} was already claimed by another connection")]
+    Claimed(TransferId),
+    #[error("KV hello refused: {0}")]
+    Auth(#[from] AuthError),
 }
 
 #[derive(Debug)]
@@ -24,16 +32,51 @@ struct Expected {
     patience: Duration,
     max_bytes: usize,
     received: usize,
+    /// A verified hello has claimed it (only one connection may carry it).
+    claimed: bool,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct TransferRegistry {
     inner: Arc<Mutex<HashMap<TransferId, Expected>>>,
+    /// Set: connections must open with a hello made with the cluster secret.
+    auth: Option<Arc<Verifier>>,
 }
 
 impl TransferRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry whose receivers accept only connections that open with a hello made
+    /// with the cluster secret `verifier` checks.
+    pub fn with_auth(verifier: Arc<Verifier>) -> Self {
+        TransferRegistry {
+            auth: Some(verifier),
+            ..Self::default()
+        }
+    }
+
+    /// Does a connection need a hello before its frames?
+    pub fn needs_hello(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Checks a connection's hello: a valid proof naming a transfer that is expected and
+    /// not yet claimed, which it then claims. A refused hello changes nothing.
+    pub fn claim(&self, hello: &[u8; HELLO_LEN]) -> Result<TransferId, RegistryError> {
+        let Some(v) = &self.auth else {
+            return Err(AuthError::Malformed("this receiver takes no hello").into());
+        };
+        let id = TransferId(v.verify_kv_hello(hello)?);
+        self.check(id)?;
+        let mut m = self.lock();
+        let e = m.get_mut(&id).ok_or(RegistryError::Unknown(id))?;
+        if e.claimed {
+            return Err(RegistryError::Claimed(id));
+        }
+        e.claimed = true;
+        Ok(id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TransferId, Expected>> {
@@ -66,6 +109,7 @@ impl TransferRegistry {
                 patience,
                 max_bytes,
                 received: 0,
+                claimed: false,
             },
         );
     }

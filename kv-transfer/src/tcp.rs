@@ -2,12 +2,16 @@
 //! thread so the prefill compute thread never waits on the network (layer `l` travels while
 //! layer `l + 1` computes). Receiving: [`serve`] accepts connections on the decode worker's
 //! KV port, checks every frame (wire format, registry, checksum) and delivers the messages;
-//! on any bad frame it aborts the transfer and closes the connection.
+//! on any bad frame it aborts the transfer and closes the connection. With the cluster
+//! secret the sender's first bytes are its hello ([`genie_cluster_auth::kv`]); the receiver
+//! reads nothing more from a connection whose hello does not verify.
 
 use crate::registry::TransferRegistry;
 use crate::threaded::ThreadedSink;
 use crate::wire::{self, CHECKSUM_LEN, FRAME_HEADER_LEN};
 use crate::{Deliver, KvMessage, KvSink, KvTransport, TransferError};
+use genie_cluster_auth::kv::HELLO_LEN;
+use genie_cluster_auth::ClusterSecret;
 use genie_protocol::TransferId;
 use std::io::{IoSlice, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -26,6 +30,8 @@ pub struct TcpTransport {
     pub connect_timeout: Duration,
     /// A write that makes no progress for this long fails the transfer (stalled receiver).
     pub write_timeout: Duration,
+    /// The cluster secret: each connection opens with a hello made with it.
+    pub secret: Option<ClusterSecret>,
 }
 
 impl Default for TcpTransport {
@@ -33,6 +39,7 @@ impl Default for TcpTransport {
         TcpTransport {
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            secret: None,
         }
     }
 }
@@ -54,6 +61,12 @@ impl KvTransport for TcpTransport {
         stream
             .set_write_timeout(Some(self.write_timeout))
             .map_err(|e| unreachable(e.to_string()))?;
+        let mut stream = stream;
+        if let Some(secret) = &self.secret {
+            stream
+                .write_all(&secret.kv_hello(transfer.0))
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
         // The writer frames each message off the caller's thread, writes the payload from
         // where it lies (never copied) and checksums each slice just before writing it, so
         // the slice is in cache for the socket copy: one pass over the KV, not two.
@@ -170,7 +183,12 @@ pub enum ReceiveError {
     Io(#[from] std::io::Error),
     #[error("the receiver is shutting down")]
     ShuttingDown,
+    #[error("no KV hello within {0:?}")]
+    NoHello(Duration),
 }
+
+/// How long a new connection may take to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fills `buf` within `limit`; `Ok(false)` when the stream ended first (the caller knows
 /// whether that truncated a transfer).
@@ -195,6 +213,18 @@ async fn connection(
     shutdown: CancellationToken,
 ) -> Result<(), ReceiveError> {
     let mut current: Option<TransferId> = None;
+    if registry.needs_hello() {
+        // Nothing is aborted or delivered for a connection whose hello fails: a forged
+        // hello naming an expected transfer must not break it.
+        let mut h = [0u8; HELLO_LEN];
+        if !fill(&mut sock, &mut h, HELLO_TIMEOUT)
+            .await
+            .map_err(|_| ReceiveError::NoHello(HELLO_TIMEOUT))?
+        {
+            return Err(ReceiveError::NoHello(HELLO_TIMEOUT));
+        }
+        current = Some(registry.claim(&h)?);
+    }
     let result = tokio::select! {
         r = frames(&mut sock, registry, deliver, stall, &mut current) => r,
         _ = shutdown.cancelled() => Err(ReceiveError::ShuttingDown),

@@ -231,3 +231,118 @@ fn a_sender_facing_a_stalled_receiver_times_out() {
     );
     drop(held.join().unwrap());
 }
+
+/// A receiver whose registry demands the KV hello made with `secret`.
+fn authenticated_receiver(
+    rt: &tokio::runtime::Runtime,
+    secret: &genie_cluster_auth::ClusterSecret,
+) -> (String, TransferRegistry, mpsc::Receiver<KvMessage>) {
+    let registry =
+        TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(secret.clone())));
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let deliver: genie_kv_transfer::Deliver = Arc::new(move |m| tx.lock().unwrap().send(m).is_ok());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(tcp::serve(
+        listener,
+        registry.clone(),
+        deliver,
+        Duration::from_secs(5),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    (addr, registry, rx)
+}
+
+/// Writes `hello` (if any) then `frame` on a raw connection; true if the receiver closed
+/// it (instead of waiting for more).
+fn closed_after(addr: &str, hello: Option<[u8; 72]>, frame: &[u8]) -> bool {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    if let Some(h) = hello {
+        s.write_all(&h).unwrap();
+    }
+    let _ = s.write_all(frame);
+    let mut buf = [0u8; 1];
+    match std::io::Read::read(&mut s, &mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn with_the_cluster_secret_only_a_peer_with_the_hello_delivers_and_only_once() {
+    let rt = rt();
+    let secret =
+        genie_cluster_auth::ClusterSecret::new(&[b's'; 32], &genie_cluster_auth::SecretSource::Env)
+            .unwrap();
+    let wrong =
+        genie_cluster_auth::ClusterSecret::new(&[b'x'; 32], &genie_cluster_auth::SecretSource::Env)
+            .unwrap();
+    let (addr, reg, rx) = authenticated_receiver(&rt, &secret);
+    reg.expect(TransferId(7), 48, Duration::from_secs(30));
+    let layer = wire::encode(&KvMessage::Layer {
+        transfer: TransferId(7),
+        meta: meta(0),
+        bytes: vec![9; 24],
+    });
+    // No hello, a hello made with another secret, a valid hello for a transfer not
+    // expected: each connection is closed, nothing is delivered, and the expected transfer
+    // is still there, unclaimed.
+    assert!(closed_after(&addr, None, &layer));
+    assert!(closed_after(&addr, Some(wrong.kv_hello(7)), &layer));
+    assert!(closed_after(&addr, Some(secret.kv_hello(8)), &layer));
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(
+        reg.len(),
+        1,
+        "refused peers did not consume the expected transfer"
+    );
+
+    // The genuine sender delivers.
+    let transport = TcpTransport {
+        secret: Some(secret.clone()),
+        ..TcpTransport::default()
+    };
+    let mut s = transport.open(&addr, TransferId(7)).unwrap();
+    s.send_layer(meta(0), vec![1; 24]).unwrap();
+    let got = rx.recv_timeout(WAIT).unwrap();
+    assert!(matches!(
+        got,
+        KvMessage::Layer {
+            transfer: TransferId(7),
+            ..
+        }
+    ));
+    // While it runs, a second hello for the same transfer (fresh nonce, right secret) is
+    // refused: one connection per transfer.
+    assert!(closed_after(&addr, Some(secret.kv_hello(7)), &layer));
+    // And a transport without the secret is refused outright.
+    reg.expect(TransferId(9), 48, Duration::from_secs(30));
+    let mut plain = TcpTransport::default().open(&addr, TransferId(9)).unwrap();
+    let _ = plain.send_layer(meta(0), vec![0; 24]);
+    s.send_layer(meta(1), vec![2; 24]).unwrap();
+    s.complete(b"t".to_vec()).unwrap();
+    let rest: Vec<KvMessage> = (0..2).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert!(
+        matches!(
+            rest[1],
+            KvMessage::Complete {
+                transfer: TransferId(7),
+                ..
+            }
+        ),
+        "{rest:?}"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "transfer 9 delivered nothing"
+    );
+    assert_eq!(reg.len(), 1, "transfer 9 is still expected");
+}

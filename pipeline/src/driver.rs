@@ -6,6 +6,8 @@
 use crate::service::{BeginBody, StageInfo};
 use crate::stage::{receive, StageWorker, HOP_TIMEOUT};
 use anyhow::{Context, Result};
+use genie_cluster_auth::http::send_signed;
+use genie_cluster_auth::ClusterSecret;
 use genie_kv_transfer::{KvMessage, TransferRegistry};
 use genie_protocol::TransferId;
 use std::ops::Range;
@@ -36,6 +38,7 @@ impl Stages for Vec<StageWorker> {
 struct RemoteStages {
     urls: Vec<String>,
     client: reqwest::Client,
+    secret: Option<ClusterSecret>,
     rt: Handle,
 }
 
@@ -43,11 +46,7 @@ impl RemoteStages {
     fn post(&self, i: usize, path: &str, body: serde_json::Value) -> Result<()> {
         let url = format!("{}{path}", self.urls[i]);
         self.rt.block_on(async {
-            let r = self
-                .client
-                .post(&url)
-                .json(&body)
-                .send()
+            let r = send_signed(self.client.post(&url).json(&body), self.secret.as_ref())
                 .await
                 .with_context(|| format!("POST {url}"))?;
             let st = r.status();
@@ -140,6 +139,8 @@ impl Pipeline {
                 r.clone(),
                 &rt,
                 kv,
+                // One process on loopback, as in-process transfers: no secret to prove.
+                None,
                 shutdown.clone(),
             )?);
         }
@@ -150,22 +151,28 @@ impl Pipeline {
             endpoints,
             c.vocab_size,
             rt,
+            None,
             shutdown,
         )
     }
 
-    /// `genie stage-worker` processes at `urls`, in pipeline order, reached on `rt`.
+    /// `genie stage-worker` processes at `urls`, in pipeline order, reached on `rt`, every
+    /// call and the logits' KV connection authenticated with `secret` when given.
     /// Call from outside the runtime (the driver waits on it).
-    pub fn remote(urls: &[String], vocab: usize, n_layers: usize, rt: Handle) -> Result<Self> {
+    pub fn remote(
+        urls: &[String],
+        vocab: usize,
+        n_layers: usize,
+        secret: Option<ClusterSecret>,
+        rt: Handle,
+    ) -> Result<Self> {
         let client = reqwest::Client::new();
         let mut ranges = Vec::new();
         let mut endpoints = Vec::new();
         for u in urls {
             let url = format!("{}/internal/stage", u.trim_end_matches('/'));
             let info: StageInfo = rt.block_on(async {
-                client
-                    .get(&url)
-                    .send()
+                send_signed(client.get(&url), secret.as_ref())
                     .await
                     .with_context(|| format!("GET {url}"))?
                     .error_for_status()?
@@ -188,6 +195,7 @@ impl Pipeline {
                 .map(|u| u.trim_end_matches('/').to_string())
                 .collect(),
             client,
+            secret: secret.clone(),
             rt: rt.clone(),
         };
         Self::driver(
@@ -196,6 +204,7 @@ impl Pipeline {
             endpoints,
             vocab,
             rt,
+            secret,
             CancellationToken::new(),
         )
     }
@@ -206,10 +215,11 @@ impl Pipeline {
         endpoints: Vec<Option<String>>,
         vocab: usize,
         rt: Handle,
+        secret: Option<ClusterSecret>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let (listener, collector) = loopback_listener()?;
-        let registry = TransferRegistry::new();
+        let registry = crate::stage::registry_for(secret.as_ref());
         let (tx, logits) = mpsc::channel();
         receive(
             &rt,

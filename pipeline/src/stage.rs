@@ -3,6 +3,7 @@
 //! KV receiver), sending its output to the next hop named per sequence.
 
 use anyhow::{anyhow, Context, Result};
+use genie_cluster_auth::ClusterSecret;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::model::{Model, Segment, StageOutput};
 use genie_kv_transfer::{
@@ -33,6 +34,16 @@ pub(crate) enum StageMsg {
     Kv(KvMessage),
     /// The sequence ended (stage 0; later stages learn it from `Complete`).
     End,
+}
+
+/// A receiver's registry: with the cluster secret, connections must open with its hello.
+pub(crate) fn registry_for(secret: Option<&ClusterSecret>) -> TransferRegistry {
+    match secret {
+        Some(s) => {
+            TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(s.clone())))
+        }
+        None => TransferRegistry::new(),
+    }
 }
 
 /// Starts a KV receiver on `listener` that forwards every message to `to`, until
@@ -67,17 +78,21 @@ pub struct StageWorker {
     registry: TransferRegistry,
     width: usize,
     inbox: mpsc::Sender<StageMsg>,
+    /// The cluster secret: its hidden states go out with the KV hello.
+    secret: Option<ClusterSecret>,
 }
 
 impl StageWorker {
     /// Starts the stage; `kv` is the bound KV listener and the endpoint to advertise for
-    /// it (required unless the stage starts at layer 0).
+    /// it (required unless the stage starts at layer 0). With `secret`, its KV receiver
+    /// takes only connections that open with a hello made with it, and it sends one.
     pub fn start(
         index: usize,
         model: Model,
         layers: Range<usize>,
         rt: &tokio::runtime::Handle,
         kv: Option<(std::net::TcpListener, String)>,
+        secret: Option<ClusterSecret>,
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let n_layers = model.config().n_layers;
@@ -86,7 +101,7 @@ impl StageWorker {
             "stage layers {layers:?} are not a non-empty range of the model's {n_layers} layers"
         );
         let (tx, rx) = mpsc::channel::<StageMsg>();
-        let registry = TransferRegistry::new();
+        let registry = registry_for(secret.as_ref());
         let kv_endpoint = match kv {
             Some((listener, advertised)) if layers.start > 0 => {
                 let inbox = tx.clone();
@@ -123,6 +138,7 @@ impl StageWorker {
             registry,
             width,
             inbox: tx,
+            secret,
         })
     }
 
@@ -135,9 +151,12 @@ impl StageWorker {
     /// Expects sequence `seq` (at most `capacity` tokens) and connects to `next`, where
     /// its output goes; an unreachable next hop fails here, before any work.
     pub fn begin(&self, seq: u64, capacity: usize, next: &str) -> Result<()> {
-        let sink = TcpTransport::default()
-            .open(next, TransferId(seq))
-            .with_context(|| format!("stage {:?} cannot reach its next hop", self.layers))?;
+        let sink = TcpTransport {
+            secret: self.secret.clone(),
+            ..TcpTransport::default()
+        }
+        .open(next, TransferId(seq))
+        .with_context(|| format!("stage {:?} cannot reach its next hop", self.layers))?;
         if self.kv_endpoint.is_some() {
             self.registry
                 .expect(TransferId(seq), capacity * self.width * 4, HOP_TIMEOUT);

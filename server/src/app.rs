@@ -1,6 +1,8 @@
 //! The HTTP application: routes, the API-key check, request metrics, health, Prometheus
 //! metrics and, on a gateway, the worker registry's endpoints. [`serve`] takes a bound
-//! listener and a shutdown future, so tests bind port 0.
+//! listener and a shutdown future, so tests bind port 0. [`build_apps`] splits the public
+//! API from the control plane (`/internal/*`, verified with the cluster secret) so a
+//! gateway can serve the two on separate listeners.
 
 use crate::api_error::ApiError;
 use crate::frontend::Frontend;
@@ -130,7 +132,8 @@ async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(serde_json::json!({"object": "list", "data": list})).into_response())
 }
 
-async fn not_found(req: Request) -> ApiError {
+/// The 404 for a path no route serves, in the OpenAI envelope.
+pub async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "No route for {} {}",
         req.method(),
@@ -138,8 +141,37 @@ async fn not_found(req: Request) -> ApiError {
     ))
 }
 
-/// The whole HTTP API over `st`.
+/// Which of the routes outside `/v1/*` need the API key, and the control plane's guard.
+#[derive(Clone, Debug, Default)]
+pub struct AppOptions {
+    /// Verifies the cluster signature on `/internal/*`; `None` on an insecure cluster (and
+    /// in `genie serve`, which has no control plane).
+    pub cluster: Option<genie_cluster_auth::http::Guard>,
+    /// `GET /metrics` needs the API key (when keys are configured). Metrics carry no
+    /// prompt text, so it is open by default for scrapers.
+    pub metrics_need_key: bool,
+    /// `GET /plan` (the page; the data it draws comes from `/v1/plans*`, which always need
+    /// the key) needs the API key.
+    pub plan_needs_key: bool,
+}
+
+/// The whole HTTP API over `st` on one listener: the public routes and, authenticated by
+/// the cluster secret when `opts.cluster` is set, the control plane.
+pub fn build_app_with(st: AppState, opts: AppOptions) -> Router {
+    let (public, internal) = build_apps(st, opts);
+    public.merge(internal)
+}
+
+/// The whole HTTP API over `st` with the default options (no cluster secret).
 pub fn build_app(st: AppState) -> Router {
+    build_app_with(st, AppOptions::default())
+}
+
+/// The public API (`/v1/*`, `/health`, `/metrics`, `/plan`; anything else 404) and the
+/// control plane (`/internal/*`: worker registration and heartbeats, every request
+/// verified by `opts.cluster` when set), to serve on one listener or two.
+pub fn build_apps(st: AppState, opts: AppOptions) -> (Router, Router) {
+    let key = || middleware::from_fn_with_state(st.clone(), auth);
     let v1 = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
@@ -148,19 +180,42 @@ pub fn build_app(st: AppState) -> Router {
         .route("/v1/plans", get(crate::plan_api::active))
         .route("/v1/plans/requests", get(crate::plan_api::recent))
         .route("/v1/plans/requests/{id}", get(crate::plan_api::one))
-        .route_layer(middleware::from_fn_with_state(st.clone(), auth));
+        .route_layer(key());
+    let mut metrics = Router::new().route("/metrics", get(prometheus));
+    if opts.metrics_need_key {
+        metrics = metrics.route_layer(key());
+    }
+    let mut plan = Router::new().route("/plan", get(crate::plan_api::page));
+    if opts.plan_needs_key {
+        plan = plan.route_layer(key());
+    }
     let max_body = st.max_body_bytes;
-    Router::new()
+    let public = Router::new()
         .merge(v1)
+        .merge(metrics)
+        .merge(plan)
         .route("/health", get(health))
-        .route("/plan", get(crate::plan_api::page))
-        .route("/metrics", get(prometheus))
-        .route("/internal/workers", post(register))
-        .route("/internal/workers/{id}/heartbeat", post(heartbeat))
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(st)
+        .with_state(st.clone());
+    let mut internal = Router::new()
+        .route("/internal/workers", post(register))
+        .route("/internal/workers/{id}/heartbeat", post(heartbeat));
+    if let Some(g) = opts.cluster {
+        // On the whole router: routes added here later are covered too.
+        internal = internal.layer(middleware::from_fn_with_state(
+            g,
+            genie_cluster_auth::http::verify_internal,
+        ));
+    }
+    // No fallback here (two merged routers cannot both have one): a separate internal
+    // listener adds [`not_found`] itself.
+    let internal = internal
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(st);
+    (public, internal)
 }
 
 /// Serves until `shutdown` resolves, then lets open requests finish.

@@ -28,6 +28,6 @@ pub mod sequence;
 pub mod sse;
 
 pub use api_error::ApiError;
-pub use app::{build_app, serve, AppState};
+pub use app::{build_app, build_app_with, build_apps, serve, AppOptions, AppState};
 pub use frontend::Frontend;
 pub use plan_log::PlanLog;

@@ -8,10 +8,40 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The cluster secret the tests' gateways and workers share.
+pub const CLUSTER_SECRET: &str = "genie-tests-cluster-secret-0123456789abcdef";
+pub const SECRET_ENV: &str = "GENIE_CLUSTER_SECRET";
+
+/// Does `genie ARGS` start a role of a multi-process cluster?
+fn needs_secret(args: &[&str]) -> bool {
+    matches!(
+        args.first(),
+        Some(&("gateway" | "prefill-worker" | "decode-worker" | "stage-worker"))
+    ) || args.contains(&"--pipeline-workers")
+}
+
+/// The tests' cluster secret, to sign direct control-plane calls.
+pub fn cluster_secret() -> genie_cluster_auth::ClusterSecret {
+    genie_cluster_auth::ClusterSecret::new(
+        CLUSTER_SECRET.as_bytes(),
+        &genie_cluster_auth::SecretSource::Env,
+    )
+    .unwrap()
+}
+
+/// Sends `rb` signed with the tests' cluster secret.
+pub async fn signed(rb: reqwest::RequestBuilder) -> reqwest::Response {
+    genie_cluster_auth::http::send_signed(rb, Some(&cluster_secret()))
+        .await
+        .unwrap()
+}
+
 pub struct Server {
     pub url: String,
     /// `host:port` after "KV on" in the start-up line (decode workers).
     pub kv_endpoint: Option<String>,
+    /// The whole start-up line.
+    pub banner: String,
     child: Child,
 }
 
@@ -42,6 +72,11 @@ impl Server {
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Multi-process roles share the tests' cluster secret unless the test gives its own
+        // (an empty GENIE_CLUSTER_SECRET means none).
+        if needs_secret(args) && !env.iter().any(|(k, _)| *k == SECRET_ENV) {
+            cmd.env(SECRET_ENV, CLUSTER_SECRET);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -77,6 +112,7 @@ impl Server {
         Server {
             url,
             kv_endpoint,
+            banner: line,
             child,
         }
     }
@@ -165,6 +201,7 @@ pub const MODEL: &str = "SmolLM2-135M-Instruct";
 pub fn genie_ok(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_genie"))
         .args(args)
+        .envs(needs_secret(args).then_some((SECRET_ENV, CLUSTER_SECRET)))
         .output()
         .expect("run genie");
     assert!(

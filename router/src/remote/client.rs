@@ -1,11 +1,13 @@
 //! Starting a placed sequence on worker processes: the decode leg first
 //! (`POST /internal/decode`, KV reserved before the prefill starts), then the prefill leg
 //! (`POST /internal/prefill`); their JSON-lines event streams are merged, in order, into
-//! the sequence's one bounded channel. A refusal is read by its typed code.
+//! the sequence's one bounded channel. A refusal is read by its typed code. Every call is
+//! signed with the cluster secret (when the cluster has one).
 
 use super::registry::Registry;
 use crate::pool::{on_refusal, SeqSpec, StartError};
 use futures_util::StreamExt;
+use genie_cluster_auth::ClusterSecret;
 use genie_protocol::worker::{
     events_capacity, ControlError, DecodeRequest, FailureCode, PrefillRequest, SeqEvent,
     WorkerStatus,
@@ -16,14 +18,27 @@ use std::sync::Arc;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 use tokio::sync::Notify;
 
+/// The gateway's HTTP client for worker control calls and the secret it signs them with.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub http: reqwest::Client,
+    pub secret: Option<ClusterSecret>,
+}
+
+impl Signed {
+    async fn send(&self, rb: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        genie_cluster_auth::http::send_signed(rb, self.secret.as_ref()).await
+    }
+}
+
 /// Polls the static workers' status endpoints; an unreachable one is marked unhealthy.
-pub async fn poll_static(client: &reqwest::Client, registry: &Registry) {
+pub async fn poll_static(client: &Signed, registry: &Registry) {
     for (id, addr) in registry.statics() {
-        let r = client
+        let rb = client
+            .http
             .get(format!("{addr}/internal/status"))
-            .timeout(registry.heartbeat * 2)
-            .send()
-            .await;
+            .timeout(registry.heartbeat * 2);
+        let r = client.send(rb).await;
         match r {
             Ok(r) if r.status().is_success() => {
                 if let Ok(s) = r.json::<WorkerStatus>().await {
@@ -68,25 +83,28 @@ async fn refused(
 
 /// POSTs a control request; an unreachable worker is marked unhealthy.
 async fn post<T: serde::Serialize>(
-    client: &reqwest::Client,
+    client: &Signed,
     registry: &Registry,
     worker: WorkerId,
     url: String,
     body: &T,
 ) -> Result<reqwest::Response, StartError> {
-    client.post(url).json(body).send().await.map_err(|e| {
-        tracing::warn!(%worker, error = %e, "worker unreachable");
-        registry.mark_dead(worker);
-        StartError::Retry {
-            worker,
-            reason: "unreachable".into(),
-        }
-    })
+    client
+        .send(client.http.post(url).json(body))
+        .await
+        .map_err(|e| {
+            tracing::warn!(%worker, error = %e, "worker unreachable");
+            registry.mark_dead(worker);
+            StartError::Retry {
+                worker,
+                reason: "unreachable".into(),
+            }
+        })
 }
 
 /// Starts both legs of a placed sequence and returns its merged event stream.
 pub async fn start(
-    client: &reqwest::Client,
+    client: &Signed,
     registry: &Registry,
     placement: Placement,
     seq: &SeqSpec,

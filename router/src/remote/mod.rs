@@ -10,6 +10,7 @@ pub use registry::{Registry, RegistryError, StaticWorker};
 
 use crate::pool::{SeqSpec, StartError, WorkerPool};
 use futures_util::future::BoxFuture;
+use genie_cluster_auth::ClusterSecret;
 use genie_protocol::worker::SeqEvent;
 use genie_scheduler::{Placement, WorkerView};
 use std::sync::Arc;
@@ -21,17 +22,21 @@ use tokio_util::sync::CancellationToken;
 /// Registered (or listed) worker processes, reached over HTTP, KV between them over TCP.
 pub struct RemotePool {
     pub registry: Arc<Registry>,
-    client: reqwest::Client,
+    client: client::Signed,
 }
 
 impl RemotePool {
-    pub fn new(registry: Arc<Registry>) -> Self {
+    /// A pool whose control calls are signed with `secret` (`None`: an insecure cluster).
+    pub fn new(registry: Arc<Registry>, secret: Option<ClusterSecret>) -> Self {
         RemotePool {
             registry,
-            client: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .build()
-                .expect("an HTTP client without TLS builds"),
+            client: client::Signed {
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .build()
+                    .expect("an HTTP client without TLS builds"),
+                secret,
+            },
         }
     }
 
