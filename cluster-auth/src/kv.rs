@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn hellos_verify_once_and_only_with_the_secret() {
-        let s = ClusterSecret::new(&[9; 32], &SecretSource::Env).unwrap();
+        let s = ClusterSecret::new(&[7; 32], &SecretSource::Env).unwrap();
         let v = Verifier::new(s.clone());
         let h = s.kv_hello(42);
         assert_eq!(v.verify_kv_hello(&h), Ok(42));
