@@ -3,7 +3,7 @@
 //! dispatcher's settings and serving the API until a signal.
 
 use crate::config::{Mode, ServeConfig};
-use crate::process::{banner, http_runtime, metrics_upkeep, Background};
+use crate::process::{banner, http_runtime, metrics_upkeep, Background, Edge};
 use anyhow::{Context, Result};
 use clap::Args;
 use figment::value::{Dict, Value};
@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Compute threads of each worker (0 = one per core).
     #[arg(long, env = "GENIE_THREADS")]
     pub threads: Option<usize>,
+    /// Seconds requests in flight may take to finish after SIGTERM / Ctrl-C (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
 }
 
 impl ServeArgs {
@@ -69,6 +72,9 @@ impl ServeArgs {
         }
         if !self.api_keys.is_empty() {
             section("server", "api_keys", Value::from(self.api_keys.clone()));
+        }
+        if let Some(t) = self.drain_timeout {
+            section("server", "drain_timeout_secs", Value::from(t));
         }
         if let Some(m) = &self.model {
             section("model", "path", Value::from(m.display().to_string()));
@@ -177,7 +183,8 @@ pub async fn serve_api(
         max_body_bytes: cfg.limits.max_body_bytes,
     };
     banner(&banner_for(local))?;
-    bg.serve(listener, build_app(state)).await
+    let edge = Edge::new(&cfg.server, genie_server::edge::shutting_down);
+    bg.serve(listener, build_app(state), edge).await
 }
 
 /// Starts `genie serve`'s workers (threads over the shared weights) in a pool.

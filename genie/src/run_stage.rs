@@ -4,7 +4,7 @@
 //! Its control API is `genie_pipeline::service` (unauthenticated: keep it on a private
 //! network), plus `/metrics`.
 
-use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
+use crate::process::{banner, http_runtime, metrics_route, stopped_refusal, Background, Edge, Listen};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -50,6 +50,7 @@ pub fn run(a: StageArgs) -> Result<()> {
         colocated: true,
         api_keys: Vec::new(),
         threads: a.threads,
+        drain_timeout: a.listen.drain_timeout,
     }
     .config_with_overrides()?;
     let metrics = genie_server::metrics_setup::install()?;
@@ -92,6 +93,7 @@ pub fn run(a: StageArgs) -> Result<()> {
                 .map(|k| format!(" (KV on {k})"))
                 .unwrap_or_default()
         ))?;
-        bg.serve(listener, app).await
+        let edge = Edge::new(&cfg.server, stopped_refusal);
+        bg.serve(listener, app, edge).await
     })
 }

@@ -123,6 +123,18 @@ async fn heartbeat(
     }
 }
 
+/// A draining worker leaves: the gateway stops placing on it at once.
+async fn deregister(
+    State(st): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<Response, ApiError> {
+    if registry(&st)?.deregister(genie_protocol::WorkerId(id)) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!("worker {id} is not registered")))
+    }
+}
+
 async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
     let list = registry(&st)?.list();
     Ok(axum::Json(serde_json::json!({"object": "list", "data": list})).into_response())
@@ -155,6 +167,7 @@ pub fn build_app(st: AppState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/internal/workers", post(register))
         .route("/internal/workers/{id}/heartbeat", post(heartbeat))
+        .route("/internal/workers/{id}/deregister", post(deregister))
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(max_body))
