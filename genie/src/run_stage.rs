@@ -4,7 +4,9 @@
 //! Its control API is `genie_pipeline::service` (unauthenticated: keep it on a private
 //! network), plus `/metrics`.
 
-use crate::process::{banner, http_runtime, metrics_route, stopped_refusal, Background, Edge, Listen};
+use crate::process::{
+    banner, http_runtime, metrics_route, stopped_refusal, Background, Edge, Listen,
+};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;

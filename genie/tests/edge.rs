@@ -51,7 +51,9 @@ async fn every_edge_error_is_an_envelope_and_stalled_connections_are_closed() {
     let r = http
         .post(s.url("/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body(format!("{{\"model\":\"{MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"{big}\"}}]}}"))
+        .body(format!(
+            "{{\"model\":\"{MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"{big}\"}}]}}"
+        ))
         .send()
         .await
         .unwrap();
@@ -60,7 +62,11 @@ async fn every_edge_error_is_an_envelope_and_stalled_connections_are_closed() {
     assert_eq!(envelope_of(&v)["code"], "request_too_large", "{v}");
 
     // A wrong method: a JSON 405 naming what is allowed, not an empty body.
-    let r = http.get(s.url("/v1/chat/completions")).send().await.unwrap();
+    let r = http
+        .get(s.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert!(r.headers().contains_key("allow"));
     let v: Value = r.json().await.unwrap();
@@ -124,13 +130,14 @@ async fn every_edge_error_is_an_envelope_and_stalled_connections_are_closed() {
     let t = Instant::now();
     for c in &mut partial {
         assert!(
-            read_until_closed(c, Duration::from_secs(10)).await.is_some(),
+            read_until_closed(c, Duration::from_secs(10))
+                .await
+                .is_some(),
             "a connection with partial headers stayed open"
         );
     }
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     drop(partial);
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +158,10 @@ async fn connections_past_the_cap_get_one_503_envelope_and_are_closed() {
         .await
         .expect("a connection past the cap is answered and closed");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
     let body = answer.split("\r\n\r\n").nth(1).unwrap();
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(envelope_of(&v)["code"], "too_many_connections");

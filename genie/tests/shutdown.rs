@@ -15,8 +15,10 @@ use support::{Server, MODEL};
 async fn open_stream(s: &Server, max_tokens: u64) -> tokio::task::JoinHandle<Vec<String>> {
     let r = reqwest::Client::new()
         .post(s.url("/v1/completions"))
-        .json(&json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": max_tokens,
-                      "stream": true, "ignore_eos": true, "temperature": 0}))
+        .json(
+            &json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": max_tokens,
+                      "stream": true, "ignore_eos": true, "temperature": 0}),
+        )
         .send()
         .await
         .unwrap();
@@ -60,7 +62,9 @@ async fn wait_for_refusal(s: &Server) {
 
 fn finished_normally(events: &[String]) -> bool {
     events.last().map(String::as_str) == Some("[DONE]")
-        && events.iter().any(|e| e.contains("\"finish_reason\":\"length\""))
+        && events
+            .iter()
+            .any(|e| e.contains("\"finish_reason\":\"length\""))
         && !events.iter().any(|e| e.contains("\"error\""))
 }
 
@@ -101,12 +105,19 @@ async fn past_the_drain_deadline_open_streams_get_an_error_event_and_the_process
     s.signal("TERM");
     for st in streams {
         let events = st.await.unwrap();
-        assert!(cut_with_an_error_event(&events), "{:?}", &events[events.len().saturating_sub(3)..]);
+        assert!(
+            cut_with_an_error_event(&events),
+            "{:?}",
+            &events[events.len().saturating_sub(3)..]
+        );
     }
     let status = s.wait_exit(Duration::from_secs(15));
     assert!(status.is_some_and(|st| st.success()), "{status:?}");
     let took = t.elapsed();
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(12), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
 }
 
 /// A second SIGTERM ends the drain at once, long before its 120 s deadline.
@@ -119,7 +130,11 @@ async fn a_second_signal_ends_the_drain_at_once() {
     wait_for_refusal(&s).await;
     s.signal("INT");
     let events = a.await.unwrap();
-    assert!(cut_with_an_error_event(&events), "{:?}", &events[events.len().saturating_sub(3)..]);
+    assert!(
+        cut_with_an_error_event(&events),
+        "{:?}",
+        &events[events.len().saturating_sub(3)..]
+    );
     let status = s.wait_exit(Duration::from_secs(15));
     assert!(status.is_some_and(|st| st.success()), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
@@ -158,8 +173,20 @@ async fn a_draining_worker_deregisters_refuses_new_sequences_and_finishes_its_st
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v: Value = http.get(gateway.url("/v1/workers")).send().await.unwrap().json().await.unwrap();
-        let h: reqwest::StatusCode = http.get(gateway.url("/health")).send().await.unwrap().status();
+        let v: Value = http
+            .get(gateway.url("/v1/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let h: reqwest::StatusCode = http
+            .get(gateway.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status();
         if listed(&v, "decode") == 1 && listed(&v, "prefill") == 1 && h == 200 {
             break;
         }
@@ -170,11 +197,21 @@ async fn a_draining_worker_deregisters_refuses_new_sequences_and_finishes_its_st
     let t = Instant::now();
     decode.signal("TERM");
     loop {
-        let v: Value = http.get(gateway.url("/v1/workers")).send().await.unwrap().json().await.unwrap();
+        let v: Value = http
+            .get(gateway.url("/v1/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if listed(&v, "decode") == 0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_millis(2500), "still listed: {v}");
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "still listed: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = http

@@ -131,7 +131,9 @@ async fn deregister(
     if registry(&st)?.deregister(genie_protocol::WorkerId(id)) {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::not_found(format!("worker {id} is not registered")))
+        Err(ApiError::not_found(format!(
+            "worker {id} is not registered"
+        )))
     }
 }
 

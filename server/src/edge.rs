@@ -176,7 +176,9 @@ fn is_stream(resp: &Response) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson"))
+        .is_some_and(|t| {
+            t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson")
+        })
 }
 
 fn is_sse(resp_content_type: Option<&HeaderValue>) -> bool {
@@ -239,8 +241,7 @@ fn stoppable_body(body: Body, sse: bool, stop: CancellationToken, in_flight: InF
         match next {
             None => {
                 drop(inner);
-                st.sse
-                    .then(|| (Ok(Bytes::from(stopped_sse_tail())), st))
+                st.sse.then(|| (Ok(Bytes::from(stopped_sse_tail())), st))
             }
             Some(item) => {
                 let item = item?;
