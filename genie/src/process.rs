@@ -67,6 +67,12 @@ impl Signals {
     }
 }
 
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// How a process's listener is served and drained.
 #[derive(Clone)]
 pub struct Edge {
@@ -141,7 +147,8 @@ impl Background {
             _ = self.shutdown.cancelled() => {},
             r = &mut server => {
                 self.stop().await;
-                return Ok(r.context("the HTTP server task failed")??);
+                r.context("the HTTP server task failed")??;
+                return Ok(());
             }
         }
         drain.begin();
