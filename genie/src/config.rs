@@ -99,6 +99,16 @@ pub struct ServerSection {
     /// `/plan` (the page) needs the API key. Default: open; its data, `/v1/plans*`,
     /// always needs the key.
     pub plan_needs_key: bool,
+    /// On SIGTERM / Ctrl-C, how long requests in flight may go on finishing (new ones get
+    /// 503 + `Retry-After` meanwhile); past it open streams get an error event and end.
+    pub drain_timeout_secs: u64,
+    /// A connection that does not finish sending a request's headers within this is closed.
+    pub header_read_timeout_secs: u64,
+    /// A request whose body has not arrived within this after its headers gets a 408.
+    pub body_read_timeout_secs: u64,
+    /// Most connections open at once on a listener; past it a new one gets a 503 and is
+    /// closed.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -193,6 +203,10 @@ impl Default for ServerSection {
             internal_host: None,
             metrics_need_key: false,
             plan_needs_key: false,
+            drain_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_connections: 1024,
         }
     }
 }
@@ -261,6 +275,17 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+impl ServerSection {
+    /// How every listener of the process is served.
+    pub fn edge(&self) -> genie_server::edge::EdgeConfig {
+        genie_server::edge::EdgeConfig {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 impl ServeConfig {
     /// Layers the sources; `overrides` are the command-line flags that were given.
     pub fn load(file: Option<&Path>, overrides: figment::value::Dict) -> anyhow::Result<Self> {
@@ -303,6 +328,15 @@ impl ServeConfig {
         };
         if self.server.host.trim().is_empty() {
             return err("server.host", "must not be empty");
+        }
+        if self.server.header_read_timeout_secs == 0 {
+            return err("server.header_read_timeout_secs", "must be at least 1");
+        }
+        if self.server.body_read_timeout_secs == 0 {
+            return err("server.body_read_timeout_secs", "must be at least 1");
+        }
+        if self.server.max_connections == 0 {
+            return err("server.max_connections", "must be at least 1");
         }
         if self.server.api_keys.iter().any(|k| k.trim().is_empty()) {
             return err("server.api_keys", "keys must not be empty strings");

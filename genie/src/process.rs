@@ -1,7 +1,9 @@
-//! What every long-running role of the binary shares: the HTTP runtime, the shutdown
-//! signal and the orderly shutdown of spawned loops, where it listens, its start-up line.
+//! What every long-running role of the binary shares: the HTTP runtime, the signals, the
+//! orderly shutdown (drain, then the spawned loops), where it listens, its start-up line.
 
+use crate::config::ServerSection;
 use anyhow::{Context, Result};
+use genie_server::edge::{Drain, EdgeConfig, Refusal};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,33 +19,99 @@ pub fn http_runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and Ctrl-C (SIGINT) as one stream of shutdown requests. The handlers are
+/// installed once, so a second signal during the drain is seen, not lost between two
+/// registrations.
+pub struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves at the next SIGTERM or Ctrl-C.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = one(&mut self.term) => {},
+                _ = one(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-/// The loops a process spawns beside its HTTP server, and the one token that stops them
-/// all: a signal cancels it, the server drains, then every loop is awaited.
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a process's listener is served and drained.
+#[derive(Clone)]
+pub struct Edge {
+    pub cfg: EdgeConfig,
+    /// How long requests in flight may take to finish after the first signal.
+    pub drain_timeout: Duration,
+    /// What a new request gets while draining.
+    pub refuse: Refusal,
+}
+
+impl Edge {
+    pub fn new(server: &ServerSection, refuse: Refusal) -> Self {
+        Edge {
+            cfg: server.edge(),
+            drain_timeout: Duration::from_secs(server.drain_timeout_secs),
+            refuse,
+        }
+    }
+}
+
+/// A draining worker's answer to new work: the typed `stopped` refusal, which the
+/// gateway reads as "place it elsewhere".
+pub fn stopped_refusal() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    genie_worker_core::AdmitError::Stopped.into_response()
+}
+
+/// Streams given this long to take their error event once the drain deadline passed.
+const STREAM_STOP_GRACE: Duration = Duration::from_secs(2);
+/// Connections given this long to close once the listener stops.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(3);
+
+/// The loops a process spawns beside its HTTP server, and the tokens that stop them:
+/// the first signal cancels `draining` (new work refused, a worker deregisters, requests
+/// in flight go on), the end of the drain cancels `shutdown`, then every loop is awaited.
 #[derive(Clone, Default)]
 pub struct Background {
     pub shutdown: CancellationToken,
+    pub draining: CancellationToken,
     pub tasks: TaskTracker,
 }
 
@@ -56,33 +124,66 @@ impl Background {
         self.tasks.spawn(f);
     }
 
-    /// Serves `app` on `listener` until Ctrl-C / SIGTERM, lets open requests finish, then
-    /// stops every loop.
-    pub async fn serve(&self, listener: tokio::net::TcpListener, app: axum::Router) -> Result<()> {
-        genie_server::serve(listener, app, self.on_signal()).await?;
-        self.stop().await;
-        Ok(())
-    }
-
-    /// Cancels the token on Ctrl-C / SIGTERM; the returned future resolves when it is
-    /// cancelled (by the signal or by anyone else).
-    fn on_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let token = self.shutdown.clone();
-        self.tasks.spawn({
-            let token = token.clone();
-            async move {
-                tokio::select! {
-                    _ = shutdown_signal() => token.cancel(),
-                    _ = token.cancelled() => {}
-                }
-            }
+    /// Serves `app` on `listener` until SIGTERM / Ctrl-C (or [`Background::shutdown`]),
+    /// then drains: new requests get `edge.refuse`, requests in flight have
+    /// `edge.drain_timeout` to finish; past it, or at a second signal, open streams get
+    /// an error event and end. Then the listener closes and every loop stops.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        edge: Edge,
+    ) -> Result<()> {
+        let mut signals = Signals::new();
+        let drain = Drain::new();
+        let app = genie_server::edge::layer(app, &edge.cfg, drain.clone(), edge.refuse);
+        let stop_listener = CancellationToken::new();
+        let mut server = tokio::spawn({
+            let (cfg, stop) = (edge.cfg.clone(), stop_listener.clone());
+            async move { genie_server::edge::serve(listener, app, &cfg, stop, CONNECTION_GRACE).await }
         });
-        async move { token.cancelled().await }
+        tokio::select! {
+            _ = signals.next() => {},
+            _ = self.shutdown.cancelled() => {},
+            r = &mut server => {
+                self.stop().await;
+                r.context("the HTTP server task failed")??;
+                return Ok(());
+            }
+        }
+        drain.begin();
+        self.draining.cancel();
+        tracing::info!(
+            in_flight = drain.in_flight(),
+            timeout_s = edge.drain_timeout.as_secs_f64(),
+            "draining: new requests are refused, requests in flight may finish"
+        );
+        let cut = tokio::select! {
+            _ = drain.idle() => false,
+            _ = tokio::time::sleep(edge.drain_timeout) => {
+                tracing::warn!(in_flight = drain.in_flight(), "drain deadline passed; ending open streams");
+                true
+            }
+            _ = signals.next() => {
+                tracing::warn!(in_flight = drain.in_flight(), "second signal; ending open streams now");
+                true
+            }
+        };
+        if cut {
+            drain.stop_streams();
+            let _ = tokio::time::timeout(STREAM_STOP_GRACE, drain.idle()).await;
+        }
+        stop_listener.cancel();
+        let served = server.await;
+        self.stop().await;
+        served.context("the HTTP server task failed")??;
+        Ok(())
     }
 
     /// Stops every loop and waits for them (bounded: a stuck loop is reported, not
     /// waited on forever).
     pub async fn stop(&self) {
+        self.draining.cancel();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
@@ -141,6 +242,9 @@ pub struct Listen {
     /// the bound address).
     #[arg(long)]
     pub advertise_host: Option<String>,
+    /// Seconds sequences in flight may take to finish after SIGTERM / Ctrl-C (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
 }
 
 impl Listen {

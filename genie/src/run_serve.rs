@@ -3,7 +3,7 @@
 //! dispatcher's settings and serving the API until a signal.
 
 use crate::config::{Mode, ServeConfig};
-use crate::process::{banner, http_runtime, metrics_upkeep, Background};
+use crate::process::{banner, http_runtime, metrics_upkeep, Background, Edge};
 use anyhow::{Context, Result};
 use clap::Args;
 use figment::value::{Dict, Value};
@@ -61,6 +61,9 @@ pub struct ServeArgs {
     pub internal_host: Option<String>,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+    /// Seconds requests in flight may take to finish after SIGTERM / Ctrl-C (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
 }
 
 impl ServeArgs {
@@ -82,6 +85,9 @@ impl ServeArgs {
         }
         if !self.api_keys.is_empty() {
             section("server", "api_keys", Value::from(self.api_keys.clone()));
+        }
+        if let Some(t) = self.drain_timeout {
+            section("server", "drain_timeout_secs", Value::from(t));
         }
         if let Some(m) = &self.model {
             section("model", "path", Value::from(m.display().to_string()));
@@ -238,18 +244,31 @@ pub async fn serve_api(
         plan_needs_key: cfg.server.plan_needs_key,
     };
     banner(&banner_for(local, internal_local))?;
+    let edge = Edge::new(&cfg.server, genie_server::edge::shutting_down);
     match internal {
-        None => bg.serve(listener, build_app_with(state, opts)).await,
+        None => bg.serve(listener, build_app_with(state, opts), edge).await,
         Some(l) => {
             let (public, control) = build_apps(state, opts);
             let control = control.fallback(genie_server::app::not_found);
-            let stop = bg.shutdown.clone();
+            // The control plane gets the same edge (timeouts, connection cap, envelope
+            // errors) on its own listener; it closes when the public one has drained.
+            let control =
+                genie_server::edge::layer(control, &edge.cfg, Default::default(), edge.refuse);
+            let (cfg, stop) = (edge.cfg.clone(), bg.shutdown.clone());
             bg.spawn(async move {
-                if let Err(e) = genie_server::serve(l, control, stop.cancelled_owned()).await {
+                let r = genie_server::edge::serve(
+                    l,
+                    control,
+                    &cfg,
+                    stop,
+                    crate::process::CONNECTION_GRACE,
+                )
+                .await;
+                if let Err(e) = r {
                     tracing::error!(error = %e, "the internal listener stopped");
                 }
             });
-            bg.serve(listener, public).await
+            bg.serve(listener, public, edge).await
         }
     }
 }

@@ -5,7 +5,9 @@
 //! cluster secret, as its KV connections open with the KV hello), plus `/metrics` and
 //! `/health`, which stay open.
 
-use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
+use crate::process::{
+    banner, http_runtime, metrics_route, stopped_refusal, Background, Edge, Listen,
+};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -53,6 +55,7 @@ pub fn run(a: StageArgs) -> Result<()> {
         colocated: true,
         threads: a.threads,
         cluster: a.cluster.clone(),
+        drain_timeout: a.listen.drain_timeout,
         ..ServeArgs::default()
     }
     .config_with_overrides()?;
@@ -107,6 +110,7 @@ pub fn run(a: StageArgs) -> Result<()> {
                 .map(|k| format!(" (KV on {k})"))
                 .unwrap_or_default()
         ))?;
-        bg.serve(listener, app).await
+        let edge = Edge::new(&cfg.server, stopped_refusal);
+        bg.serve(listener, app, edge).await
     })
 }

@@ -6,7 +6,9 @@
 //! `/health` and `/metrics` stay open (they carry no prompt text and change nothing).
 
 use crate::config::ServeConfig;
-use crate::process::{banner, http_runtime, metrics_route, Background, Listen};
+use crate::process::{
+    banner, http_runtime, metrics_route, stopped_refusal, Background, Edge, Listen,
+};
 use crate::run_serve::{load_model, model_path, ServeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -60,6 +62,7 @@ fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
         colocated: false,
         threads: a.threads,
         cluster: a.cluster.clone(),
+        drain_timeout: a.listen.drain_timeout,
         ..ServeArgs::default()
     };
     sa.config_with_overrides()
@@ -73,10 +76,12 @@ async fn pause(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// Registers, then heartbeats until shutdown; registers again when the gateway forgot us.
+/// Registers, then heartbeats until the drain begins; registers again when the gateway
+/// forgot us. A worker registered when the drain begins deregisters, so the gateway stops
+/// placing on it at once instead of after missed heartbeats.
 async fn heartbeat_loop(
     gateway: String,
-    mut reg: RegisterRequest,
+    reg: RegisterRequest,
     status: impl Fn() -> WorkerStatus,
     secret: Option<ClusterSecret>,
     stop: CancellationToken,
@@ -87,7 +92,38 @@ async fn heartbeat_loop(
         .build()
         .expect("an HTTP client without TLS builds");
     let gateway = gateway.trim_end_matches('/').to_string();
+    let mut registered = None;
+    heartbeats(
+        &client,
+        &gateway,
+        reg,
+        status,
+        secret,
+        &stop,
+        &mut registered,
+    )
+    .await;
+    if let Some(id) = registered {
+        let url = format!("{gateway}/internal/workers/{}/deregister", id.0);
+        match send_signed(client.post(url), secret).await {
+            Ok(r) if r.status().is_success() => tracing::info!(%id, "deregistered"),
+            Ok(r) => tracing::warn!(status = %r.status(), "the gateway refused deregistration"),
+            Err(e) => tracing::warn!(error = %e, "deregistration failed"),
+        }
+    }
+}
+
+async fn heartbeats(
+    client: &reqwest::Client,
+    gateway: &str,
+    mut reg: RegisterRequest,
+    status: impl Fn() -> WorkerStatus,
+    secret: Option<&ClusterSecret>,
+    stop: &CancellationToken,
+    registered: &mut Option<WorkerId>,
+) {
     loop {
+        *registered = None;
         reg.status = status();
         let r = tokio::select! {
             _ = stop.cancelled() => return,
@@ -98,7 +134,7 @@ async fn heartbeat_loop(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "bad registration answer");
-                    if !pause(Duration::from_secs(1), &stop).await {
+                    if !pause(Duration::from_secs(1), stop).await {
                         return;
                     }
                     continue;
@@ -113,22 +149,23 @@ async fn heartbeat_loop(
             }
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "gateway refused registration");
-                if !pause(Duration::from_secs(1), &stop).await {
+                if !pause(Duration::from_secs(1), stop).await {
                     return;
                 }
                 continue;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "gateway unreachable; retrying");
-                if !pause(Duration::from_secs(1), &stop).await {
+                if !pause(Duration::from_secs(1), stop).await {
                     return;
                 }
                 continue;
             }
         };
+        *registered = Some(resp.id);
         let every = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
         loop {
-            if !pause(every, &stop).await {
+            if !pause(every, stop).await {
                 return;
             }
             let url = format!("{gateway}/internal/workers/{}/heartbeat", resp.id.0);
@@ -302,7 +339,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             status: WorkerStatus::default(),
         };
         if let Some(g) = a.gateway.clone() {
-            bg.spawn(heartbeat_loop(g, reg, status, secret, bg.shutdown.clone()));
+            bg.spawn(heartbeat_loop(g, reg, status, secret, bg.draining.clone()));
         }
         let router = match verifier {
             Some(v) => router.layer(axum::middleware::from_fn_with_state(
@@ -311,7 +348,8 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             )),
             None => router,
         };
-        bg.serve(listener, router.merge(metrics_route(handle)))
+        let edge = Edge::new(&cfg.server, stopped_refusal);
+        bg.serve(listener, router.merge(metrics_route(handle)), edge)
             .await
     })
 }

@@ -86,10 +86,12 @@ pub trait WorkerPool: Send + Sync {
     /// waiting for room place again.
     fn changed(&self) -> Arc<Notify>;
 
-    /// `id` is registered and healthy: a sequence running on a worker that is not is
-    /// moved elsewhere.
+    /// `id` is not known to be lost: a sequence running on a worker that the pool lists as
+    /// unhealthy (it missed its heartbeats) is moved elsewhere. A worker the pool no longer
+    /// lists at all deregistered to drain: its streams end by themselves, and if it dies
+    /// meanwhile they break off, which moves them just the same.
     fn alive(&self, id: WorkerId) -> bool {
-        self.views().iter().any(|w| w.id == id && w.healthy)
+        !self.views().iter().any(|w| w.id == id && !w.healthy)
     }
 
     /// Starts both legs of a placed sequence: the decode worker reserves the KV first,

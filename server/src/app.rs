@@ -127,6 +127,20 @@ async fn heartbeat(
     }
 }
 
+/// A draining worker leaves: the gateway stops placing on it at once.
+async fn deregister(
+    State(st): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<Response, ApiError> {
+    if registry(&st)?.deregister(genie_protocol::WorkerId(id)) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "worker {id} is not registered"
+        )))
+    }
+}
+
 async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
     let list = registry(&st)?.list();
     Ok(axum::Json(serde_json::json!({"object": "list", "data": list})).into_response())
@@ -201,7 +215,8 @@ pub fn build_apps(st: AppState, opts: AppOptions) -> (Router, Router) {
         .with_state(st.clone());
     let mut internal = Router::new()
         .route("/internal/workers", post(register))
-        .route("/internal/workers/{id}/heartbeat", post(heartbeat));
+        .route("/internal/workers/{id}/heartbeat", post(heartbeat))
+        .route("/internal/workers/{id}/deregister", post(deregister));
     if let Some(g) = opts.cluster {
         // On the whole router: routes added here later are covered too.
         internal = internal.layer(middleware::from_fn_with_state(

@@ -13,11 +13,14 @@
 //! - [`sequence`]: one running sequence as the client sees it (detokenization, stop
 //!   strings, latency metrics);
 //! - [`plan_api`] and [`plan_log`]: `/v1/plans…` and the `/plan` page;
-//! - [`metrics_setup`]: the process's Prometheus recorder.
+//! - [`metrics_setup`]: the process's Prometheus recorder;
+//! - [`edge`]: how a listener is served: connection cap, read timeouts, errors in the
+//!   envelope, `Retry-After`, the drain of an orderly shutdown.
 
 pub mod api_error;
 pub mod app;
 pub mod body;
+pub mod edge;
 pub mod frontend;
 pub mod handlers;
 pub mod metrics_setup;

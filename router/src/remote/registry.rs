@@ -139,6 +139,26 @@ impl Registry {
         true
     }
 
+    /// A worker leaving (it drains before it stops): a registered one is forgotten, a
+    /// static one marked unhealthy until it answers again. False when it is unknown.
+    pub fn deregister(&self, id: WorkerId) -> bool {
+        let mut w = self.write();
+        let known = match w.get_mut(&id) {
+            None => false,
+            Some(e) if e.is_static => {
+                e.healthy = false;
+                true
+            }
+            Some(_) => w.remove(&id).is_some(),
+        };
+        drop(w);
+        if known {
+            tracing::info!(%id, "worker deregistered");
+            self.changed.notify_waiters();
+        }
+        known
+    }
+
     /// Marks a worker unhealthy until its next heartbeat (it could not be reached).
     pub fn mark_dead(&self, id: WorkerId) {
         if let Some(e) = self.write().get_mut(&id) {
