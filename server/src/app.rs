@@ -28,6 +28,8 @@ pub struct AppState {
     pub plans: Arc<PlanLog>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Per-key limits and priorities (empty without keys).
+    pub tenants: Arc<crate::tenant::Tenants>,
 }
 
 /// Constant-time comparison so key checks do not leak how much of a key matched.

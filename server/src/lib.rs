@@ -13,6 +13,7 @@
 //! - [`sequence`]: one running sequence as the client sees it (detokenization, stop
 //!   strings, latency metrics);
 //! - [`plan_api`] and [`plan_log`]: `/v1/plans…` and the `/plan` page;
+//! - [`tenant`]: per-key request rate, sequence cap and priority;
 //! - [`metrics_setup`]: the process's Prometheus recorder.
 
 pub mod api_error;
@@ -26,6 +27,7 @@ pub mod plan_log;
 pub mod request;
 pub mod sequence;
 pub mod sse;
+pub mod tenant;
 
 pub use api_error::ApiError;
 pub use app::{build_app, serve, AppState};

@@ -145,6 +145,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
             queue_timeout,
             kv_bytes_per_token,
             pinned_by: Vec::new(),
+            priority_max_wait: Duration::from_secs(10),
         },
         pool,
         plan,
@@ -152,6 +153,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
     let limits = Limits {
         default_max_tokens: 16,
         max_n: 4,
+        parse_special_in_content: false,
     };
     build_app(AppState {
         frontend: Arc::new(Frontend::new("m".into(), text, limits)),
@@ -161,6 +163,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
         metrics: genie_server::metrics_setup::install().unwrap(),
         plans: Arc::new(PlanLog::new(16)),
         max_body_bytes: 1 << 20,
+        tenants: Default::default(),
     })
 }
 
