@@ -228,13 +228,13 @@ impl Dispatcher {
         if sequences <= 1 || seq_bytes > largest {
             return Ok(());
         }
-        fits_together(&views, seq_bytes, sequences).map_err(
-            |(needed_bytes, total_bytes)| DispatchError::RequestNeverFits {
+        fits_together(&views, seq_bytes, sequences).map_err(|(needed_bytes, total_bytes)| {
+            DispatchError::RequestNeverFits {
                 sequences,
                 needed_bytes,
                 total_bytes,
-            },
-        )
+            }
+        })
     }
 
     /// The plan's (or the client's) call for one sequence: disaggregate or not, worker

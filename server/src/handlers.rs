@@ -7,10 +7,9 @@ use crate::request::{prepare_chat, prepare_completion, GenSpec};
 use crate::sequence::{Merged, Piece, PlanTrace, SeqState};
 use crate::sse::{sse_body, sse_json};
 use crate::tenant::Tenant;
-use axum::http::HeaderMap;
-use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +20,7 @@ use genie_router::SeqRequest;
 use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const FINGERPRINT: &str = "genie";
@@ -79,8 +79,7 @@ async fn start(
 ) -> Result<Merged, ApiError> {
     let total = spec.prompts.len() * spec.n;
     let longest = spec.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-    st.dispatcher
-        .check_fits(total, longest, spec.max_tokens)?;
+    st.dispatcher.check_fits(total, longest, spec.max_tokens)?;
     let permit = tenant.map(|t| t.admit_sequences(total)).transpose()?;
     let priority = tenant.map_or(spec.priority.unwrap_or(0), |t| t.priority(spec.priority));
     let mut tickets = st.dispatcher.enter_queue(total)?;

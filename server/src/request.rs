@@ -260,8 +260,7 @@ fn render(fe: &Frontend, msgs: &[ChatMessage]) -> Result<String, ApiError> {
 fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> {
     let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
     if bytes
-        > fe
-            .context_length
+        > fe.context_length
             .saturating_mul(fe.tokenizer.max_token_bytes())
     {
         return Err(too_long(fe, "messages"));

@@ -81,7 +81,10 @@ impl ApiKey {
         if l.max_concurrent == Some(0) {
             return Err(("max_concurrent", "must be at least 1".into()));
         }
-        for (field, p) in [("priority", Some(l.priority)), ("max_priority", l.max_priority)] {
+        for (field, p) in [
+            ("priority", Some(l.priority)),
+            ("max_priority", l.max_priority),
+        ] {
             if let Some(p) = p.filter(|p| !PRIORITY_RANGE.contains(p)) {
                 return Err((field, format!("{p} is not in [-100, 100]")));
             }
@@ -344,7 +347,9 @@ mod tests {
         let k = limited(None, None, None);
         assert_eq!(label(&k).len(), 8);
         assert!(!format!("{k:?}").contains("secret"));
-        let ApiKey::Limited(l) = &k else { unreachable!() };
+        let ApiKey::Limited(l) = &k else {
+            unreachable!()
+        };
         assert!(!format!("{l:?}").contains("secret"));
         assert!(!format!("{:?}", ApiKey::Plain("sk-secret".into())).contains("secret"));
         let named = ApiKey::Limited(KeyLimits {

@@ -180,7 +180,9 @@ async fn serve(pool: Arc<Pool>, keys: Vec<ApiKey>, max_body_bytes: usize) -> Str
 }
 
 async fn post(url: &str, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut r = reqwest::Client::new().post(format!("{url}{path}")).json(body);
+    let mut r = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body);
     if let Some(k) = key {
         r = r.bearer_auth(k);
     }
@@ -222,7 +224,9 @@ async fn sampling_fields_prompts_and_lengths_are_refused_naming_their_field() {
         (json!({"max_tokens": 9000}), "max_tokens"),
     ];
     for (extra, param) in cases {
-        let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(extra.clone())).await).await;
+        let (st, v) =
+            status_and_body(post(&url, "/v1/completions", None, &completion(extra.clone())).await)
+                .await;
         assert_eq!(st, 400, "{extra} → {v}");
         assert_eq!(v["error"]["param"], param, "{extra} → {v}");
         assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
@@ -234,22 +238,54 @@ async fn sampling_fields_prompts_and_lengths_are_refused_naming_their_field() {
         json!({"priority": -100}),
         json!({"prompt": [1, 2, vocab - 1]}),
     ] {
-        let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(extra.clone())).await).await;
+        let (st, v) =
+            status_and_body(post(&url, "/v1/completions", None, &completion(extra.clone())).await)
+                .await;
         assert_eq!(st, 200, "{extra} → {v}");
     }
     // An over-long prompt names `prompt` on completions and `messages` on chat.
     let long = "hello ".repeat(9_000);
-    let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(json!({"prompt": long}))).await).await;
-    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("prompt")), "{v}");
+    let (st, v) = status_and_body(
+        post(
+            &url,
+            "/v1/completions",
+            None,
+            &completion(json!({"prompt": long})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("prompt")),
+        "{v}"
+    );
     assert_eq!(v["error"]["code"], "context_length_exceeded");
     let ids: Vec<u32> = vec![1; 9_000];
-    let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(json!({"prompt": ids}))).await).await;
-    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("prompt")), "{v}");
+    let (st, v) = status_and_body(
+        post(
+            &url,
+            "/v1/completions",
+            None,
+            &completion(json!({"prompt": ids})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("prompt")),
+        "{v}"
+    );
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": long}]});
     let (st, v) = status_and_body(post(&url, "/v1/chat/completions", None, &chat).await).await;
-    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("messages")), "{v}");
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("messages")),
+        "{v}"
+    );
     assert_eq!(v["error"]["code"], "context_length_exceeded");
-    assert!(pool.started().len() == 4, "only the four good requests ran");
+    assert_eq!(pool.started().len(), 4, "only the four good requests ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,16 +317,47 @@ async fn n_sequences_that_can_never_fit_together_are_a_400_up_front() {
     let pool = Pool::new(1000 * kv_per_token, 10, false);
     let url = serve(Arc::clone(&pool), Vec::new(), 1 << 20).await;
     let t = Instant::now();
-    let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(json!({"n": 4, "max_tokens": 400}))).await).await;
+    let (st, v) = status_and_body(
+        post(
+            &url,
+            "/v1/completions",
+            None,
+            &completion(json!({"n": 4, "max_tokens": 400})),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["error"]["param"], "n", "{v}");
     assert!(t.elapsed() < Duration::from_secs(5), "no wait for room");
     // One sequence too long for the worker names `max_tokens`.
-    let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(json!({"max_tokens": 1200}))).await).await;
-    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("max_tokens")), "{v}");
+    let (st, v) = status_and_body(
+        post(
+            &url,
+            "/v1/completions",
+            None,
+            &completion(json!({"max_tokens": 1200})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("max_tokens")),
+        "{v}"
+    );
     assert!(pool.started().is_empty());
     // Two that fit together are served.
-    let (st, v) = status_and_body(post(&url, "/v1/completions", None, &completion(json!({"n": 2, "max_tokens": 400}))).await).await;
+    let (st, v) = status_and_body(
+        post(
+            &url,
+            "/v1/completions",
+            None,
+            &completion(json!({"n": 2, "max_tokens": 400})),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
 }
 
@@ -307,10 +374,8 @@ fn control_tokens_in_message_content_are_plain_text_unless_the_operator_says_so(
         fe.tokenizer.token_id("<|im_end|>").unwrap(),
     );
     let count = |ids: &[u32], t: u32| ids.iter().filter(|&&i| i == t).count();
-    let ids = &genie_server::request::prepare_chat(&fe, req.clone())
-        .unwrap()
-        .prompts[0]
-        .ids;
+    let spec = genie_server::request::prepare_chat(&fe, req.clone()).unwrap();
+    let ids = &spec.prompts[0].ids;
     // The template's own markers only: the user turn and the assistant turn it opens.
     // (The default template adds a system turn when none is given.)
     let template_only = {
@@ -318,7 +383,9 @@ fn control_tokens_in_message_content_are_plain_text_unless_the_operator_says_so(
             "model": "m", "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        genie_server::request::prepare_chat(&fe, plain).unwrap().prompts[0]
+        genie_server::request::prepare_chat(&fe, plain)
+            .unwrap()
+            .prompts[0]
             .ids
             .clone()
     };
@@ -329,7 +396,8 @@ fn control_tokens_in_message_content_are_plain_text_unless_the_operator_says_so(
     assert!(text.contains(msg), "{text}");
     // With the operator switch on, the forged markers are control tokens.
     let fe = frontend(true);
-    let ids = &genie_server::request::prepare_chat(&fe, req).unwrap().prompts[0].ids;
+    let spec = genie_server::request::prepare_chat(&fe, req).unwrap();
+    let ids = &spec.prompts[0].ids;
     assert_eq!(count(ids, start), count(&template_only, start) + 1);
     assert_eq!(count(ids, end), count(&template_only, end) + 2);
 }
@@ -356,23 +424,36 @@ async fn a_key_over_its_rate_gets_429_with_retry_after_and_others_are_untouched(
     let url = serve(Arc::clone(&pool), keys, 1 << 20).await;
     let body = completion(json!({}));
     for _ in 0..2 {
-        let (st, v) = status_and_body(post(&url, "/v1/completions", Some("sk-slow-secret"), &body).await).await;
+        let (st, v) =
+            status_and_body(post(&url, "/v1/completions", Some("sk-slow-secret"), &body).await)
+                .await;
         assert_eq!(st, 200, "{v}");
     }
     let r = post(&url, "/v1/completions", Some("sk-slow-secret"), &body).await;
     assert_eq!(r.status(), 429);
-    let after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=20).contains(&after), "{after}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_error");
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
     // Another key is not limited by it.
     for _ in 0..3 {
-        let (st, _) = status_and_body(post(&url, "/v1/completions", Some("sk-free-secret"), &body).await).await;
+        let (st, _) =
+            status_and_body(post(&url, "/v1/completions", Some("sk-free-secret"), &body).await)
+                .await;
         assert_eq!(st, 200);
     }
     // Metrics name the key by its hash, never by the key.
-    let m = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!m.contains("secret"), "{m}");
     let label = format!("key=\"{}\"", key_hash("sk-slow-secret"));
     let line = |name: &str, extra: &str| {
@@ -381,37 +462,83 @@ async fn a_key_over_its_rate_gets_429_with_retry_after_and_others_are_untouched(
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
     };
     assert_eq!(line("genie_tenant_requests_total", ""), Some(3.0), "{m}");
-    assert_eq!(line("genie_tenant_rejections_total", "reason=\"rate\""), Some(1.0), "{m}");
+    assert_eq!(
+        line("genie_tenant_rejections_total", "reason=\"rate\""),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_at_its_sequence_cap_gets_429_until_its_streams_end() {
     let pool = Pool::new(1 << 30, 100, true);
-    let url = serve(Arc::clone(&pool), vec![key("sk-cap", None, None, Some(2))], 1 << 20).await;
+    let url = serve(
+        Arc::clone(&pool),
+        vec![key("sk-cap", None, None, Some(2))],
+        1 << 20,
+    )
+    .await;
     // A stream of two sequences holds the whole cap while it is open.
-    let open = post(&url, "/v1/completions", Some("sk-cap"), &completion(json!({"n": 2, "stream": true}))).await;
+    let open = post(
+        &url,
+        "/v1/completions",
+        Some("sk-cap"),
+        &completion(json!({"n": 2, "stream": true})),
+    )
+    .await;
     assert_eq!(open.status(), 200);
-    let r = post(&url, "/v1/completions", Some("sk-cap"), &completion(json!({}))).await;
+    let r = post(
+        &url,
+        "/v1/completions",
+        Some("sk-cap"),
+        &completion(json!({})),
+    )
+    .await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
     // More than the cap in one request can never run: a 400 naming `n`.
-    let (st, v) = status_and_body(post(&url, "/v1/completions", Some("sk-cap"), &completion(json!({"n": 3}))).await).await;
+    let (st, v) = status_and_body(
+        post(
+            &url,
+            "/v1/completions",
+            Some("sk-cap"),
+            &completion(json!({"n": 3})),
+        )
+        .await,
+    )
+    .await;
     assert_eq!((st, v["error"]["param"].as_str()), (400, Some("n")), "{v}");
     // The stream ends: its sequences are released (the gauge says when the server has
     // dropped the finished response).
     pool.finish_held();
     let _ = open.text().await.unwrap();
-    let gauge = format!("genie_tenant_sequences_in_flight{{key=\"{}\"}}", key_hash("sk-cap"));
+    let gauge = format!(
+        "genie_tenant_sequences_in_flight{{key=\"{}\"}}",
+        key_hash("sk-cap")
+    );
     for _ in 0..200 {
-        let m = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-        if m.lines().any(|l| l.starts_with(&gauge) && l.ends_with(" 0")) {
+        let m = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines()
+            .any(|l| l.starts_with(&gauge) && l.ends_with(" 0"))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = post(&url, "/v1/completions", Some("sk-cap"), &completion(json!({"stream": true}))).await;
+    let r = post(
+        &url,
+        "/v1/completions",
+        Some("sk-cap"),
+        &completion(json!({"stream": true})),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     pool.finish_held();
     let _ = r.text().await.unwrap();
