@@ -163,6 +163,7 @@ impl Refusal {
 
 /// Sequences a request holds against its key's cap; released (and the in-flight gauge
 /// lowered) when the response ends or its client goes away.
+#[derive(Debug)]
 pub struct SeqPermit {
     _permit: Option<OwnedSemaphorePermit>,
     label: String,
