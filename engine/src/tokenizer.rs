@@ -81,6 +81,23 @@ fn byte_decoder() -> HashMap<char, u8> {
         .collect()
 }
 
+/// Where to end a chunk of at most `max` bytes of `text`: before the last whitespace in it
+/// when there is one (so words stay whole), else at a character boundary.
+fn chunk_end(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match text[..end].rfind(char::is_whitespace) {
+        Some(i) if i > 0 => i,
+        _ if end == 0 => text.chars().next().map_or(text.len(), char::len_utf8),
+        _ => end,
+    }
+}
+
 /// A GGUF byte-level BPE tokenizer.
 pub struct GgufTokenizer {
     with_special: Tokenizer,
@@ -92,7 +109,17 @@ pub struct GgufTokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
+    /// The longest token's text in bytes: no text longer than `n` times this can be `n`
+    /// tokens or fewer.
+    max_token_bytes: usize,
 }
+
+/// Bytes of text tokenized at a time when counting toward a limit.
+const COUNT_CHUNK_BYTES: usize = 16 << 10;
+/// Tokens a chunk boundary may add over tokenizing the whole text (a split word or run of
+/// spaces becomes two pre-tokens); counting allows this much per boundary before it
+/// declares the limit passed.
+const BOUNDARY_SLACK: usize = 8;
 
 impl GgufTokenizer {
     pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
@@ -177,7 +204,8 @@ impl GgufTokenizer {
                         .unwrap_or_else(|| t.as_bytes().to_vec())
                 }
             })
-            .collect();
+            .collect::<Vec<Vec<u8>>>();
+        let max_token_bytes = bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
         Ok(GgufTokenizer {
             with_special: build(true)?,
             plain: build(false)?,
@@ -188,6 +216,7 @@ impl GgufTokenizer {
             bos: spec.bos_token_id,
             eos: spec.eos_token_id,
             add_bos: spec.add_bos_token,
+            max_token_bytes,
         })
     }
 
@@ -208,6 +237,60 @@ impl GgufTokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// Tokenizes `text` without the leading bos, giving up (`None`) as soon as it is sure
+    /// the text is more than `limit` tokens, so an over-long text costs about `limit`
+    /// tokens' work, not its whole length:
+    /// - every token covers at least one byte, so text of at most `limit` bytes fits;
+    /// - no token covers more than [`Self::max_token_bytes`], so longer text than `limit`
+    ///   times that cannot fit;
+    /// - between the two, the text is tokenized in chunks of about 16 KiB (cut before
+    ///   whitespace where there is some) and counted, stopping once the count is past
+    ///   `limit` by more than what the chunk boundaries can add; only text that may fit is
+    ///   tokenized whole.
+    pub fn encode_within(
+        &self,
+        text: &str,
+        parse_special: bool,
+        limit: usize,
+    ) -> Result<Option<Vec<u32>>, TokenizerError> {
+        if text.len() > limit.saturating_mul(self.max_token_bytes) {
+            return Ok(None);
+        }
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
+        let run = |t: &str| {
+            tk.encode(t, false)
+                .map_err(|e| TokenizerError::Encode(e.to_string()))
+        };
+        if text.len() > limit {
+            let (mut count, mut rest, mut chunks) = (0usize, text, 0usize);
+            while !rest.is_empty() {
+                let cut = chunk_end(rest, COUNT_CHUNK_BYTES);
+                count += run(&rest[..cut])?.len();
+                chunks += 1;
+                rest = &rest[cut..];
+                if count > limit + BOUNDARY_SLACK * chunks {
+                    return Ok(None);
+                }
+            }
+        }
+        let ids = run(text)?.get_ids().to_vec();
+        Ok((ids.len() <= limit).then_some(ids))
+    }
+
+    /// The id [`Self::encode`] puts before the text (bos, when the model asks for it).
+    pub fn leading_bos(&self) -> Option<u32> {
+        self.bos.filter(|_| self.add_bos)
+    }
+
+    /// The longest token's text in bytes.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Text of `ids`; `skip_special` drops control tokens.
@@ -376,6 +459,41 @@ mod tests {
             add_bos_token: false,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn counting_within_a_limit_stops_early_and_agrees_with_whole_encoding() {
+        let t = tiny();
+        assert_eq!(t.max_token_bytes(), "<|im_start|>".len());
+        // Short text: tokenized whole, same ids as `encode`.
+        let text = "hello wor hello";
+        assert_eq!(
+            t.encode_within(text, false, 100).unwrap().unwrap(),
+            t.encode(text, false).unwrap()
+        );
+        // Past limit x longest token: refused without tokenizing.
+        assert_eq!(t.encode_within(&"x".repeat(121), false, 10).unwrap(), None);
+        // Long text that fits (every `hello` is one token): counted in chunks, then whole.
+        let fits = "hello ".repeat(9_000);
+        let ids = t.encode_within(&fits, false, 20_000).unwrap().unwrap();
+        assert_eq!(ids, t.encode(&fits, false).unwrap());
+        // One token short of fitting: refused.
+        let n = ids.len();
+        assert_eq!(t.encode_within(&fits, false, n - 1).unwrap(), None);
+        // Multi-byte text and no whitespace: chunks cut at character boundaries, and the
+        // count still finds it one token too long.
+        let wide = "é".repeat(30_000);
+        let whole = t.encode(&wide, false).unwrap();
+        assert_eq!(
+            t.encode_within(&wide, false, whole.len()).unwrap().unwrap(),
+            whole
+        );
+        assert_eq!(
+            t.encode_within(&wide, false, whole.len() - 1).unwrap(),
+            None
+        );
+        assert_eq!(chunk_end(&wide, 5), 4, "a cut never splits a character");
+        assert_eq!(chunk_end("ab cd ef", 7), 5, "cut before the last space");
     }
 
     #[test]

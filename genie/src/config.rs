@@ -7,6 +7,7 @@ use genie_router::StaticWorker;
 use genie_scheduler::inventory::Inventory;
 use genie_scheduler::patterns::PolicySpec;
 use genie_scheduler::{ModelProfile, Pin, RoutingPolicy};
+use genie_server::tenant::ApiKey;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -86,8 +87,13 @@ pub struct ServerSection {
     pub host: String,
     /// Port to bind; 0 picks a free one (printed at start-up).
     pub port: u16,
-    /// Bearer keys accepted on `/v1/*`; empty = no authentication.
-    pub api_keys: Vec<String>,
+    /// Bearer keys accepted on `/v1/*`; empty = no authentication. Each is a string or a
+    /// table with its limits: `{ key, name, requests_per_second, burst, max_concurrent,
+    /// priority, max_priority }`.
+    pub api_keys: Vec<ApiKey>,
+    /// Read control-token strings (`<|im_end|>`) in message content and completion
+    /// prompts as control tokens. Off: they are plain text, so users cannot forge turns.
+    pub parse_special_in_content: bool,
     /// `genie gateway`: serve the control plane (`/internal/*`) on this port of
     /// `internal_host` instead of the public listener (which then 404s `/internal/*`).
     pub internal_port: Option<u16>,
@@ -191,6 +197,9 @@ pub struct LimitsSection {
     /// A streaming client that reads nothing for this long (its buffers full) has its
     /// sequences cancelled and their KV freed.
     pub stream_stall_secs: u64,
+    /// A waiting sequence that has waited this long is placed before any higher priority
+    /// that has not (so low priorities never starve).
+    pub priority_max_wait_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -207,6 +216,7 @@ impl Default for ServerSection {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             max_connections: 1024,
+            parse_special_in_content: false,
         }
     }
 }
@@ -256,6 +266,7 @@ impl Default for LimitsSection {
             max_n: 16,
             max_body_bytes: 4 << 20,
             stream_stall_secs: 30,
+            priority_max_wait_secs: 10,
         }
     }
 }
@@ -338,8 +349,16 @@ impl ServeConfig {
         if self.server.max_connections == 0 {
             return err("server.max_connections", "must be at least 1");
         }
-        if self.server.api_keys.iter().any(|k| k.trim().is_empty()) {
-            return err("server.api_keys", "keys must not be empty strings");
+        for (i, k) in self.server.api_keys.iter().enumerate() {
+            if let Err((field, reason)) = k.validate() {
+                return Err(FieldError {
+                    field: format!("server.api_keys[{i}].{field}"),
+                    reason,
+                });
+            }
+        }
+        if self.limits.priority_max_wait_secs == 0 {
+            return err("limits.priority_max_wait_secs", "must be at least 1");
         }
         if self.prefill.workers == 0 && self.scheduler.mode == Mode::Disaggregated {
             return err(

@@ -141,6 +141,7 @@ pub fn frontend(cfg: &ServeConfig, text: ModelText, path: &Path) -> Frontend {
         Limits {
             default_max_tokens: cfg.limits.default_max_tokens,
             max_n: cfg.limits.max_n,
+            parse_special_in_content: cfg.server.parse_special_in_content,
         },
     )
 }
@@ -172,6 +173,7 @@ pub fn dispatch_config(
         kv_bytes_per_token,
         pinned_by,
         migration_limit: cfg.scheduler.migration_limit,
+        priority_max_wait: Duration::from_secs(cfg.limits.priority_max_wait_secs),
     }
 }
 
@@ -227,7 +229,14 @@ pub async fn serve_api(
         frontend,
         dispatcher,
         registry,
-        api_keys: Arc::new(cfg.server.api_keys.clone()),
+        api_keys: Arc::new(
+            cfg.server
+                .api_keys
+                .iter()
+                .map(|k| k.key().to_string())
+                .collect(),
+        ),
+        tenants: Arc::new(genie_server::tenant::Tenants::new(&cfg.server.api_keys)),
         metrics,
         plans: Arc::new(PlanLog::new(PLAN_LOG_CAPACITY)),
         max_body_bytes: cfg.limits.max_body_bytes,

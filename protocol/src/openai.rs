@@ -76,6 +76,9 @@ pub struct CommonParams {
     pub ignore_eos: Option<bool>,
     /// Extension (Genie): a placement hint for this request.
     pub genie: Option<GenieHint>,
+    /// Extension (vLLM, Genie): higher is placed first when requests wait; -100 to 100,
+    /// unset = the API key's default (0 without one).
+    pub priority: Option<i32>,
 }
 
 /// The `genie` request extension: where to run this request, overriding the plan.
@@ -118,6 +121,7 @@ macro_rules! request_with_common {
             #[serde(default)] pub user: Option<String>,
             #[serde(default)] pub ignore_eos: Option<bool>,
             #[serde(default)] pub genie: Option<GenieHint>,
+            #[serde(default)] pub priority: Option<i32>,
         }
 
         impl $name {
@@ -139,6 +143,7 @@ macro_rules! request_with_common {
                     user: self.user.clone(),
                     ignore_eos: self.ignore_eos,
                     genie: self.genie,
+                    priority: self.priority,
                 }
             }
         }

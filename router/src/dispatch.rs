@@ -5,6 +5,7 @@
 
 use crate::error::DispatchError;
 use crate::pool::{SeqSpec, StartError, WorkerPool};
+use crate::wait_queue::{Slot, WaitQueue};
 use genie_engine::sampling::SamplingParams;
 use genie_protocol::openai::GenieHint;
 use genie_protocol::worker::SeqEvent;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
+use tokio::sync::Notify;
 
 /// Start attempts a sequence gets when workers refuse it as unavailable.
 const MAX_RETRIES: usize = 3;
@@ -40,6 +42,9 @@ pub struct DispatchConfig {
     /// Times a sequence is moved to live workers after losing one mid-stream before it
     /// fails (0: never moved).
     pub migration_limit: usize,
+    /// A waiting sequence that has waited this long goes before every higher priority
+    /// that has not (the starvation bound of [`WaitQueue`]).
+    pub priority_max_wait: Duration,
 }
 
 /// One sequence to run.
@@ -51,6 +56,8 @@ pub struct SeqRequest {
     pub seed: u64,
     pub stop_token_ids: Vec<u32>,
     pub hint: GenieHint,
+    /// Higher is placed first while sequences wait for room.
+    pub priority: i32,
 }
 
 /// Counts a sequence as waiting until it is dropped (at its first event).
@@ -93,12 +100,68 @@ pub struct Dispatcher {
     cfg: DispatchConfig,
     waiting: Arc<AtomicUsize>,
     next_id: AtomicU64,
+    /// Whose turn it is to be placed.
+    queue: Mutex<WaitQueue>,
+    /// Notified when a sequence leaves the queue or comes back to it.
+    turn: Arc<Notify>,
+}
+
+/// A sequence's place in the dispatcher's [`WaitQueue`]; leaving it (placed, failed,
+/// cancelled) hands the turn on.
+struct QueueSlot<'a> {
+    d: &'a Dispatcher,
+    slot: Slot,
+}
+
+impl QueueSlot<'_> {
+    fn with<R>(&self, f: impl FnOnce(&mut WaitQueue) -> R) -> R {
+        f(&mut self.d.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn is_head(&self) -> bool {
+        self.with(|q| q.head(tokio::time::Instant::now()) == Some(self.slot))
+    }
+
+    fn placing(&self, placing: bool) {
+        self.with(|q| q.set_placing(self.slot, placing));
+        if !placing {
+            self.d.turn.notify_waiters();
+        }
+    }
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.with(|q| q.remove(self.slot));
+        self.d.turn.notify_waiters();
+    }
+}
+
+/// Whether `count` sequences of `seq_bytes` KV each can ever be held at once by the
+/// decode workers in `views` (their whole capacity, free or not): `Err((needed, total))`
+/// when not. A request's sequences are placed one after another and hold their KV until
+/// the response is read, so they must fit together. No decode worker: nothing to judge
+/// (placement says so).
+pub fn fits_together(views: &[WorkerView], seq_bytes: u64, count: usize) -> Result<(), (u64, u64)> {
+    let total: u64 = views
+        .iter()
+        .filter(|w| w.role == Role::Decode && w.healthy)
+        .map(|w| w.kv_capacity_bytes)
+        .sum();
+    let needed = seq_bytes.saturating_mul(count as u64);
+    if total > 0 && needed > total {
+        return Err((needed, total));
+    }
+    Ok(())
 }
 
 impl Dispatcher {
     pub fn new(cfg: DispatchConfig, pool: Arc<dyn WorkerPool>, plan: ExecutionPlan) -> Self {
         metrics::gauge!("genie_num_requests_waiting").set(0.0);
+        let max_wait = cfg.priority_max_wait;
         Dispatcher {
+            queue: Mutex::new(WaitQueue::new(max_wait)),
+            turn: Arc::new(Notify::new()),
             pool,
             scheduler: Mutex::new(Scheduler::new(cfg.routing)),
             plan: Arc::new(plan),
@@ -151,6 +214,37 @@ impl Dispatcher {
         }
         metrics::gauge!("genie_num_requests_waiting").set(now as f64);
         Ok(tickets)
+    }
+
+    /// Refuses up front a request whose `sequences` (each `prompt_tokens + max_tokens`)
+    /// could never be held at once by every decode worker together, instead of letting it
+    /// wait for room until the queue timeout.
+    pub fn check_fits(
+        &self,
+        sequences: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    ) -> Result<(), DispatchError> {
+        let seq_bytes = ((prompt_tokens + max_tokens) * self.cfg.kv_bytes_per_token) as u64;
+        let views = self.pool.views();
+        let largest = views
+            .iter()
+            .filter(|w| w.role == Role::Decode)
+            .map(|w| w.kv_capacity_bytes)
+            .max()
+            .unwrap_or(0);
+        // One sequence, or one too large for any worker: placement refuses it naming
+        // `max_tokens`.
+        if sequences <= 1 || seq_bytes > largest {
+            return Ok(());
+        }
+        fits_together(&views, seq_bytes, sequences).map_err(|(needed_bytes, total_bytes)| {
+            DispatchError::RequestNeverFits {
+                sequences,
+                needed_bytes,
+                total_bytes,
+            }
+        })
     }
 
     /// The plan's (or the client's) call for one sequence: disaggregate or not, worker
@@ -328,10 +422,39 @@ impl Dispatcher {
         let deadline = tokio::time::Instant::now() + self.cfg.queue_timeout;
         let changed = self.pool.changed();
         let mut refused: Vec<WorkerId> = Vec::new();
+        let slot = QueueSlot {
+            d: self,
+            slot: self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(req.priority, tokio::time::Instant::now()),
+        };
         loop {
             let freed = changed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            let turn = self.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            if !slot.is_head() {
+                // Not its turn: wait for the queue to move, room to free up, or its own
+                // wait to reach the bound that puts it first.
+                let now = tokio::time::Instant::now();
+                let wake = match slot.with(|q| q.ages_at(slot.slot)) {
+                    Some(ages) if ages > now => ages.min(deadline),
+                    _ => deadline,
+                };
+                tokio::select! {
+                    _ = turn.as_mut() => {}
+                    _ = freed.as_mut() => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(DispatchError::QueueTimeout);
+                }
+                continue;
+            }
             let mut views = self.pool.views();
             for v in views
                 .iter_mut()
@@ -353,6 +476,7 @@ impl Dispatcher {
                         .iter()
                         .find(|w| w.id == prefills && w.role == role)
                         .map_or(0, |w| w.queued_tokens);
+                    slot.placing(true);
                     let started = tokio::select! {
                         r = self.pool.start(placement, seq) => r,
                         w = self.lost_worker(placement) => Err(StartError::Retry {
@@ -360,6 +484,7 @@ impl Dispatcher {
                             reason: "lost while starting the sequence".into(),
                         }),
                     };
+                    slot.placing(false);
                     match started {
                         Ok(events) => {
                             return Ok(Started {

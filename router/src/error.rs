@@ -23,6 +23,13 @@ pub enum DispatchError {
         prompt_tokens: usize,
         max_tokens: usize,
     },
+    /// The request's sequences together need more KV than every decode worker holds.
+    #[error("the request's {sequences} sequences need {needed_bytes} bytes of KV cache at once but the decode workers hold {total_bytes} together; lower `n` or `max_tokens`")]
+    RequestNeverFits {
+        sequences: usize,
+        needed_bytes: u64,
+        total_bytes: u64,
+    },
     /// The client named a worker that does not exist with that role.
     #[error("there is no {} worker {} (see GET /v1/plans for the workers)", role_name(*.role), .id.0)]
     UnknownWorker {

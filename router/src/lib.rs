@@ -13,8 +13,9 @@ pub mod local;
 mod migrate;
 pub mod pool;
 pub mod remote;
+pub mod wait_queue;
 
-pub use dispatch::{DispatchConfig, Dispatched, Dispatcher, SeqRequest, WaitTicket};
+pub use dispatch::{fits_together, DispatchConfig, Dispatched, Dispatcher, SeqRequest, WaitTicket};
 pub use error::DispatchError;
 pub use local::LocalPool;
 pub use pool::{SeqSpec, StartError, WorkerPool};

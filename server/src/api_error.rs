@@ -13,6 +13,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds for the `Retry-After` header; every 429 carries one (1 when unset).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some(param.into()),
             code: None,
+            retry_after: None,
         }
     }
 
@@ -35,13 +38,16 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
-    pub fn context_overflow(message: String) -> Self {
+    /// 400 `context_length_exceeded`, naming the field that holds the prompt (`messages`
+    /// or `prompt`) or the completion length.
+    pub fn context_overflow(param: &str, message: String) -> Self {
         ApiError {
             code: Some("context_length_exceeded"),
-            ..Self::invalid("messages", message)
+            ..Self::invalid(param, message)
         }
     }
 
@@ -52,6 +58,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            retry_after: None,
         }
     }
 
@@ -62,6 +69,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("invalid_api_key"),
+            retry_after: None,
         }
     }
 
@@ -72,6 +80,19 @@ impl ApiError {
             kind: "rate_limit_error",
             param: None,
             code: Some("overloaded"),
+            retry_after: None,
+        }
+    }
+
+    /// 429 from a per-key limit (OpenAI's `rate_limit_exceeded`), retried after `secs`.
+    pub fn rate_limited(message: impl Into<String>, secs: u64) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(secs),
         }
     }
 
@@ -82,6 +103,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: Some("unavailable"),
+            retry_after: None,
         }
     }
 
@@ -92,6 +114,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -103,6 +126,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -120,7 +144,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.envelope())).into_response()
+        let mut r = (self.status, axum::Json(self.envelope())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(self.retry_after.unwrap_or(1)),
+            );
+        }
+        r
     }
 }
 
@@ -136,6 +167,7 @@ impl From<genie_router::DispatchError> for ApiError {
                 ApiError::invalid(field, message)
             }
             D::NeverFits { .. } => ApiError::invalid("max_tokens", message),
+            D::RequestNeverFits { .. } => ApiError::invalid("n", message),
             D::PinnedWorkerMissing { .. } | D::NoWorker(_) | D::Unreachable => {
                 ApiError::unavailable(message)
             }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// A streaming client that reads nothing for this long has its sequences cancelled.
     pub stall_timeout: std::time::Duration,
+    /// Per-key limits and priorities (empty without keys).
+    pub tenants: Arc<crate::tenant::Tenants>,
 }
 
 /// Constant-time comparison so key checks do not leak how much of a key matched.

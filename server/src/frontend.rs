@@ -17,6 +17,9 @@ pub struct Frontend {
     pub eog_ids: Vec<u32>,
     pub default_max_tokens: usize,
     pub max_n: usize,
+    /// Control-token strings in client text (message content, completion prompts) become
+    /// control tokens; off by default, so clients cannot forge turns.
+    pub parse_special_in_content: bool,
     pub created: u64,
 }
 
@@ -27,6 +30,9 @@ pub struct Limits {
     pub default_max_tokens: usize,
     /// Largest `n`.
     pub max_n: usize,
+    /// Read control-token strings (`<|im_end|>`) in message content and completion prompts
+    /// as control tokens (`server.parse_special_in_content`; default false: plain text).
+    pub parse_special_in_content: bool,
 }
 
 impl Frontend {
@@ -40,6 +46,7 @@ impl Frontend {
             eog_ids: text.eog_ids,
             default_max_tokens: limits.default_max_tokens,
             max_n: limits.max_n,
+            parse_special_in_content: limits.parse_special_in_content,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -6,8 +6,10 @@ use crate::body;
 use crate::request::{prepare_chat, prepare_completion, GenSpec};
 use crate::sequence::{Merged, Piece, PlanTrace, SeqState};
 use crate::sse::{sse_body, sse_json};
+use crate::tenant::Tenant;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +20,7 @@ use genie_router::SeqRequest;
 use genie_scheduler::{PlacementHint, RequestFacts, RequestPlan, SeqPlan};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const FINGERPRINT: &str = "genie";
@@ -65,13 +68,20 @@ where
 }
 
 /// Queues and dispatches every sequence of the request, recording its plan under `id`.
+/// Holds the request's sequences against its key's cap (the key's rate was checked on
+/// arrival), refuses up front what could never fit, then queues and dispatches.
 async fn start(
     st: &AppState,
     spec: &GenSpec,
+    tenant: Option<&Tenant>,
     arrived: Instant,
     id: &str,
 ) -> Result<Merged, ApiError> {
     let total = spec.prompts.len() * spec.n;
+    let longest = spec.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+    st.dispatcher.check_fits(total, longest, spec.max_tokens)?;
+    let permit = tenant.map(|t| t.admit_sequences(total)).transpose()?;
+    let priority = tenant.map_or(spec.priority.unwrap_or(0), |t| t.priority(spec.priority));
     let mut tickets = st.dispatcher.enter_queue(total)?;
     let base = spec.sampling.seed.unwrap_or_else(random_seed);
     let mut seqs = Vec::with_capacity(total);
@@ -93,6 +103,7 @@ async fn start(
                     st.frontend.eog_ids.clone()
                 },
                 hint: spec.hint,
+                priority,
             };
             let ticket = tickets.pop().expect("one ticket per sequence");
             let d = st.dispatcher.dispatch(req, ticket).await?;
@@ -122,7 +133,9 @@ async fn start(
         }
     }
     st.plans.insert(request_plan(st, spec, id, placed, &queued));
-    Ok(Merged::new(seqs))
+    let mut merged = Merged::new(seqs);
+    merged.permit = permit;
+    Ok(merged)
 }
 
 /// The request's plan: the stages and prediction of its longest prompt's first sequence as
@@ -277,15 +290,26 @@ async fn collect(merged: &mut Merged, mut texts: Vec<String>) -> Result<Collecte
     })
 }
 
+/// The request's tenant (its API key's limits), its rate already taken.
+fn tenant(st: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, ApiError> {
+    let t = st.tenants.of(headers);
+    if let Some(t) = &t {
+        t.admit_request()?;
+    }
+    Ok(t)
+}
+
 pub async fn chat_completions(
     State(st): State<AppState>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    let tenant = tenant(&st, &headers)?;
     let req: ChatCompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_chat).await?;
     let (id, created) = (new_id("chatcmpl"), unix_now());
-    let mut merged = start(&st, &spec, arrived, &id).await?;
+    let mut merged = start(&st, &spec, tenant.as_deref(), arrived, &id).await?;
     let rid = id.clone();
     let model = st.frontend.served_name.clone();
     let want_logprobs = spec.sampling.logprobs.is_some();
@@ -391,12 +415,17 @@ pub async fn chat_completions(
     Ok(with_request_id(body.into_response(), &rid))
 }
 
-pub async fn completions(State(st): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    let tenant = tenant(&st, &headers)?;
     let req: CompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_completion).await?;
     let (id, created) = (new_id("cmpl"), unix_now());
-    let mut merged = start(&st, &spec, arrived, &id).await?;
+    let mut merged = start(&st, &spec, tenant.as_deref(), arrived, &id).await?;
     let rid = id.clone();
     let model = st.frontend.served_name.clone();
     let want_logprobs = spec.sampling.logprobs.is_some();

@@ -13,6 +13,7 @@
 //! - [`sequence`]: one running sequence as the client sees it (detokenization, stop
 //!   strings, latency metrics);
 //! - [`plan_api`] and [`plan_log`]: `/v1/plans…` and the `/plan` page;
+//! - [`tenant`]: per-key request rate, sequence cap and priority;
 //! - [`metrics_setup`]: the process's Prometheus recorder;
 //! - [`edge`]: how a listener is served: connection cap, read timeouts, errors in the
 //!   envelope, `Retry-After`, the drain of an orderly shutdown.
@@ -29,6 +30,7 @@ pub mod plan_log;
 pub mod request;
 pub mod sequence;
 pub mod sse;
+pub mod tenant;
 
 pub use api_error::ApiError;
 pub use app::{build_app, build_app_with, build_apps, serve, AppOptions, AppState};

@@ -11,6 +11,8 @@ use genie_protocol::openai::{
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
+/// Longest stop string, in bytes (stop matching holds this much text back).
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// One prompt, tokenized.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,8 @@ pub struct GenSpec {
     pub ignore_eos: bool,
     /// The `genie` placement hint.
     pub hint: genie_protocol::openai::GenieHint,
+    /// The `priority` extension as asked (the API key's default applies when unset).
+    pub priority: Option<i32>,
 }
 
 impl GenSpec {
@@ -51,12 +55,15 @@ fn sampling(
     logprobs: Option<usize>,
 ) -> Result<SamplingParams, ApiError> {
     let top_k = match c.top_k {
-        None | Some(-1) | Some(0) => 0,
-        Some(k) if k > 0 => k as usize,
+        None | Some(0) => 0,
+        Some(k) if k > 0 && k as u64 <= fe.vocab_size as u64 => k as usize,
         Some(k) => {
             return Err(ApiError::invalid(
                 "top_k",
-                format!("{k} is not allowed; use a positive k, or 0 / -1 for no limit"),
+                format!(
+                    "{k} is not allowed; use 0 for no limit, or 1 to {} (the vocabulary size)",
+                    fe.vocab_size
+                ),
             ))
         }
     };
@@ -102,16 +109,36 @@ fn stops(c: &CommonParams) -> Result<Vec<String>, ApiError> {
             "stop sequences must not be empty",
         ));
     }
+    if let Some(s) = v.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "a stop sequence of {} bytes is longer than {MAX_STOP_BYTES}",
+                s.len()
+            ),
+        ));
+    }
     Ok(v)
 }
 
-/// `max_tokens` checked against the context the longest prompt leaves.
+/// `max_tokens` checked against the context the longest prompt leaves. A prompt that
+/// fills the context is refused naming `prompt_field`; one that fits but leaves less room
+/// than asked names the `max_tokens` field (the one to lower).
 fn max_tokens(
     fe: &Frontend,
     asked: Option<(u64, &str)>,
     longest_prompt: usize,
+    prompt_field: &str,
 ) -> Result<usize, ApiError> {
     let ctx = fe.context_length;
+    if longest_prompt >= ctx {
+        return Err(ApiError::context_overflow(
+            prompt_field,
+            format!(
+                "This model's maximum context length is {ctx} tokens. However, the prompt has {longest_prompt} tokens, leaving no room for a completion. Please reduce `{prompt_field}`."
+            ),
+        ));
+    }
     match asked {
         Some((m, field)) => {
             if m == 0 {
@@ -122,21 +149,14 @@ fn max_tokens(
             }
             let m = usize::try_from(m).unwrap_or(usize::MAX);
             if longest_prompt.saturating_add(m) > ctx {
-                return Err(ApiError::context_overflow(format!(
+                return Err(ApiError::context_overflow(field, format!(
                     "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({longest_prompt} in the prompt, {m} for the completion). Please reduce the prompt or `{field}`.",
                     longest_prompt.saturating_add(m)
                 )));
             }
             Ok(m)
         }
-        None => {
-            if longest_prompt >= ctx {
-                return Err(ApiError::context_overflow(format!(
-                    "This model's maximum context length is {ctx} tokens. However, the prompt has {longest_prompt} tokens, leaving no room for a completion."
-                )));
-            }
-            Ok(fe.default_max_tokens.min(ctx - longest_prompt))
-        }
+        None => Ok(fe.default_max_tokens.min(ctx - longest_prompt)),
     }
 }
 
@@ -152,6 +172,16 @@ fn n(fe: &Frontend, c: &CommonParams) -> Result<usize, ApiError> {
     }
 }
 
+fn priority(c: &CommonParams) -> Result<Option<i32>, ApiError> {
+    match c.priority {
+        Some(p) if !crate::tenant::PRIORITY_RANGE.contains(&p) => Err(ApiError::invalid(
+            "priority",
+            format!("{p} is not in [-100, 100]"),
+        )),
+        p => Ok(p),
+    }
+}
+
 fn check_model(fe: &Frontend, model: &str) -> Result<(), ApiError> {
     if model != fe.served_name {
         return Err(ApiError::unknown_model(model, &fe.served_name));
@@ -159,11 +189,46 @@ fn check_model(fe: &Frontend, model: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The refusal of a prompt found longer than the whole context while tokenizing it (the
+/// count stops there, so the exact length is not known).
+fn too_long(fe: &Frontend, field: &str) -> ApiError {
+    ApiError::context_overflow(
+        field,
+        format!(
+            "This model's maximum context length is {} tokens, and `{field}` is longer than that. Please reduce `{field}`.",
+            fe.context_length
+        ),
+    )
+}
+
+/// Appends the tokens of `text` to `ids`, refusing once the whole prompt passes the
+/// context length: the work done is bounded by the context, not by the text's length.
+fn push_tokens(
+    fe: &Frontend,
+    ids: &mut Vec<u32>,
+    text: &str,
+    special: bool,
+    field: &str,
+) -> Result<(), ApiError> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let room = fe.context_length.saturating_sub(ids.len());
+    let got = fe
+        .tokenizer
+        .encode_within(text, special, room)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "tokenization failed");
+            ApiError::invalid(field, "the text could not be tokenized")
+        })?
+        .ok_or_else(|| too_long(fe, field))?;
+    ids.extend(got);
+    Ok(())
+}
+
 fn tokenize(fe: &Frontend, text: &str, special: bool, field: &str) -> Result<Vec<u32>, ApiError> {
-    let ids = fe.tokenizer.encode(text, special).map_err(|e| {
-        tracing::warn!(error = %e, "tokenization failed");
-        ApiError::invalid(field, "the text could not be tokenized")
-    })?;
+    let mut ids: Vec<u32> = fe.tokenizer.leading_bos().into_iter().collect();
+    push_tokens(fe, &mut ids, text, special, field)?;
     if ids.is_empty() {
         return Err(ApiError::invalid(
             field,
@@ -171,6 +236,77 @@ fn tokenize(fe: &Frontend, text: &str, special: bool, field: &str) -> Result<Vec
         ));
     }
     Ok(ids)
+}
+
+/// Marks a message's content in the rendered template: private-use characters around the
+/// message index.
+const MARK_OPEN: char = '\u{E000}';
+const MARK_CLOSE: char = '\u{E001}';
+
+fn render(fe: &Frontend, msgs: &[ChatMessage]) -> Result<String, ApiError> {
+    fe.template.render(msgs, true).map_err(|e| {
+        ApiError::invalid(
+            "messages",
+            format!("the model's chat template refused these messages: {e}"),
+        )
+    })
+}
+
+/// The chat prompt's tokens. The template is rendered with a marker in place of each
+/// message's content; the template's own text is tokenized with its control tokens
+/// (`<|im_start|>`) and each content as plain text, so a `<|im_end|>` typed by a user is
+/// text, not the end of a turn. `parse_special_in_content` restores reading control
+/// tokens in content too.
+fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> {
+    let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
+    if bytes
+        > fe.context_length
+            .saturating_mul(fe.tokenizer.max_token_bytes())
+    {
+        return Err(too_long(fe, "messages"));
+    }
+    if fe.parse_special_in_content {
+        let text = render(fe, msgs)?;
+        let ids = tokenize(fe, &text, true, "messages")?;
+        return Ok(Prompt { ids, text });
+    }
+    let marked: Vec<ChatMessage> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage {
+            role: m.role.clone(),
+            content: format!("{MARK_OPEN}{i}{MARK_CLOSE}"),
+        })
+        .collect();
+    let rendered = render(fe, &marked)?;
+    let mut ids: Vec<u32> = fe.tokenizer.leading_bos().into_iter().collect();
+    let mut text = String::with_capacity(rendered.len() + bytes);
+    let mut rest = rendered.as_str();
+    while let Some(open) = rest.find(MARK_OPEN) {
+        push_tokens(fe, &mut ids, &rest[..open], true, "messages")?;
+        text.push_str(&rest[..open]);
+        let after = &rest[open + MARK_OPEN.len_utf8()..];
+        let msg = after
+            .find(MARK_CLOSE)
+            .and_then(|close| Some((after[..close].parse::<usize>().ok()?, close)))
+            .and_then(|(i, close)| Some((msgs.get(i)?, close)));
+        let Some((m, close)) = msg else {
+            tracing::error!("the chat template altered the content markers");
+            return Err(ApiError::internal());
+        };
+        push_tokens(fe, &mut ids, &m.content, false, "messages")?;
+        text.push_str(&m.content);
+        rest = &after[close + MARK_CLOSE.len_utf8()..];
+    }
+    push_tokens(fe, &mut ids, rest, true, "messages")?;
+    text.push_str(rest);
+    if ids.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` is empty after tokenization",
+        ));
+    }
+    Ok(Prompt { ids, text })
 }
 
 pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, ApiError> {
@@ -247,21 +383,15 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
     let sampling = sampling(fe, c, logprobs)?;
     let stop = stops(c)?;
     let n = n(fe, c)?;
-    let text = fe.template.render(&msgs, true).map_err(|e| {
-        ApiError::invalid(
-            "messages",
-            format!("the model's chat template refused these messages: {e}"),
-        )
-    })?;
-    let ids = tokenize(fe, &text, true, "messages")?;
+    let prompt = chat_prompt(fe, &msgs)?;
     let asked = match (r.max_completion_tokens, c.max_tokens) {
         (Some(m), _) => Some((m, "max_completion_tokens")),
         (None, Some(m)) => Some((m, "max_tokens")),
         (None, None) => None,
     };
-    let max_tokens = max_tokens(fe, asked, ids.len())?;
+    let max_tokens = max_tokens(fe, asked, prompt.ids.len(), "messages")?;
     Ok(GenSpec {
-        prompts: vec![Prompt { ids, text }],
+        prompts: vec![prompt],
         n,
         max_tokens,
         sampling,
@@ -271,6 +401,7 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
         echo: false,
         ignore_eos: c.ignore_eos.unwrap_or(false),
         hint: c.genie.unwrap_or_default(),
+        priority: priority(c)?,
     })
 }
 
@@ -308,7 +439,7 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
     };
     let prompts: Vec<Prompt> = match r.prompt {
         PromptSpec::Text(t) => vec![Prompt {
-            ids: tokenize(fe, &t, false, "prompt")?,
+            ids: tokenize(fe, &t, fe.parse_special_in_content, "prompt")?,
             text: t,
         }],
         PromptSpec::Texts(ts) => {
@@ -321,7 +452,7 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
             ts.into_iter()
                 .map(|t| {
                     Ok(Prompt {
-                        ids: tokenize(fe, &t, false, "prompt")?,
+                        ids: tokenize(fe, &t, fe.parse_special_in_content, "prompt")?,
                         text: t,
                     })
                 })
@@ -349,7 +480,12 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         ));
     }
     let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-    let max_tokens = max_tokens(fe, c.max_tokens.map(|m| (m, "max_tokens")), longest)?;
+    let max_tokens = max_tokens(
+        fe,
+        c.max_tokens.map(|m| (m, "max_tokens")),
+        longest,
+        "prompt",
+    )?;
     Ok(GenSpec {
         prompts,
         n,
@@ -361,5 +497,6 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         echo: r.echo.unwrap_or(false),
         ignore_eos: c.ignore_eos.unwrap_or(false),
         hint: c.genie.unwrap_or_default(),
+        priority: priority(c)?,
     })
 }

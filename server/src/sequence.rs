@@ -189,11 +189,17 @@ impl Drop for SeqState {
 pub struct Merged {
     pub seqs: Vec<SeqState>,
     next: usize,
+    /// The sequences held against the API key's cap, released with the response.
+    pub permit: Option<crate::tenant::SeqPermit>,
 }
 
 impl Merged {
     pub fn new(seqs: Vec<SeqState>) -> Self {
-        Merged { seqs, next: 0 }
+        Merged {
+            seqs,
+            next: 0,
+            permit: None,
+        }
     }
 
     /// Tokens generated so far over every choice.

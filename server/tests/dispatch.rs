@@ -179,6 +179,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
             kv_bytes_per_token,
             pinned_by: Vec::new(),
             migration_limit: 2,
+            priority_max_wait: Duration::from_secs(10),
         },
         pool,
         plan,
@@ -186,6 +187,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
     let limits = Limits {
         default_max_tokens: 16,
         max_n: 4,
+        parse_special_in_content: false,
     };
     build_app(AppState {
         frontend: Arc::new(Frontend::new("m".into(), text, limits)),
@@ -196,6 +198,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
         plans: Arc::new(PlanLog::new(16)),
         max_body_bytes: 1 << 20,
         stall_timeout: Duration::from_secs(30),
+        tenants: Default::default(),
     })
 }
 
