@@ -153,6 +153,7 @@ pub fn build_app(st: AppState) -> Router {
         .route("/health", get(health))
         .route("/plan", get(crate::plan_api::page))
         .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/internal/workers", post(register))
         .route("/internal/workers/{id}/heartbeat", post(heartbeat))
         .fallback(not_found)

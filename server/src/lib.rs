@@ -13,7 +13,8 @@
 //! - [`sequence`]: one running sequence as the client sees it (detokenization, stop
 //!   strings, latency metrics);
 //! - [`plan_api`] and [`plan_log`]: `/v1/plans…` and the `/plan` page;
-//! - [`metrics_setup`]: the process's Prometheus recorder.
+//! - [`metrics_setup`]: the process's Prometheus recorder;
+//! - [`openapi`]: the OpenAPI 3 document of the public API (`GET /openapi.json`).
 
 pub mod api_error;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod body;
 pub mod frontend;
 pub mod handlers;
 pub mod metrics_setup;
+pub mod openapi;
 pub mod plan_api;
 pub mod plan_log;
 pub mod request;
