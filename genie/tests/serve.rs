@@ -457,8 +457,17 @@ async fn openapi_json_is_served_without_a_key_and_describes_the_public_api() {
     // It parses as an OpenAPI 3 document.
     let doc: utoipa::openapi::OpenApi = serde_json::from_str(&text).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(v["openapi"].as_str().unwrap().starts_with("3."), "{}", v["openapi"]);
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health"] {
+    assert!(
+        v["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        v["openapi"]
+    );
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/health",
+    ] {
         assert!(doc.paths.paths.contains_key(path), "{path} is missing");
     }
     // Every documented error of the generation endpoints is the envelope.

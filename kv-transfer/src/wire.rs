@@ -355,8 +355,8 @@ mod tests {
             b[40..44].copy_from_slice(&(u32::MAX).to_le_bytes())
         });
         assert!(matches!(roundtrip(&b), Err(FrameError::Oversize(_))));
-        // A complete or abort frame may not announce more than a control payload (found by
-        // the kv_wire fuzz target: its header alone made the receiver reserve 1 GiB).
+        // A complete or abort frame may not announce more than a control payload (its
+        // header alone used to make the receiver reserve up to 1 GiB).
         let abort = encode(&KvMessage::Abort {
             transfer: TransferId(2),
             reason: "gone".into(),
@@ -367,10 +367,7 @@ mod tests {
         });
         let mut h = [0u8; FRAME_HEADER_LEN];
         h.copy_from_slice(&b[..FRAME_HEADER_LEN]);
-        assert_eq!(
-            parse_header(&h),
-            Err(FrameError::Oversize(u64::from(big)))
-        );
+        assert_eq!(parse_header(&h), Err(FrameError::Oversize(u64::from(big))));
         // A header corrupted in flight: refused before its payload is read.
         let mut b = good.clone();
         b[20] ^= 1;

@@ -3,8 +3,8 @@
 //! clients may send that Genie does not act on are accepted and ignored, as OpenAI does.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 /// `stop`: one string or a list of them.
 #[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]

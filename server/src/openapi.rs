@@ -28,7 +28,7 @@ pub struct HealthStatus {
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "The completion; with `stream: true`, SSE `data:` chunks (`ChatCompletionChunk`) ending with `data: [DONE]`",
-            content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
+            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "Malformed body or an invalid field (`param` names it); `context_length_exceeded`", body = ErrorEnvelope),
         (status = 401, description = "Missing or wrong API key", body = ErrorEnvelope),
         (status = 404, description = "Unknown model", body = ErrorEnvelope),
@@ -49,7 +49,7 @@ fn chat_completions() {}
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "The completion; with `stream: true`, SSE `data:` chunks (`Completion`) ending with `data: [DONE]`",
-            content((Completion = "application/json"), (Completion = "text/event-stream"))),
+            content((Completion = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "Malformed body or an invalid field (`param` names it); `context_length_exceeded`", body = ErrorEnvelope),
         (status = 401, description = "Missing or wrong API key", body = ErrorEnvelope),
         (status = 404, description = "Unknown model", body = ErrorEnvelope),
@@ -110,7 +110,7 @@ impl utoipa::Modify for BearerKey {
         description = "OpenAI-compatible API of Genie, a disaggregated LLM serving system. Every error is the OpenAI envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`."
     ),
     paths(chat_completions, completions, models, health),
-    components(schemas(ErrorEnvelope, HealthStatus)),
+    components(schemas(ErrorEnvelope, HealthStatus, ChatCompletionChunk)),
     modifiers(&BearerKey)
 )]
 pub struct ApiDoc;
@@ -127,9 +127,5 @@ pub fn document() -> &'static str {
 
 /// `GET /openapi.json`.
 pub async fn serve() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        document(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
 }
