@@ -404,7 +404,18 @@ pub fn read_meta(path: &Path) -> Result<GgufMeta> {
         path: path.to_path_buf(),
         source,
     })?;
-    let content = content(path, &mut std::io::BufReader::new(file))?;
+    read_meta_from(path, &mut std::io::BufReader::new(file))
+}
+
+/// [`read_meta`] on a GGUF header read from `reader` (`path` names it in errors). Any
+/// bytes are safe to give: a malformed header is an error, never a panic or an allocation
+/// its length fields ask for but the input does not hold (the `gguf_meta` fuzz target
+/// feeds it arbitrary bytes).
+pub fn read_meta_from<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    reader: &mut R,
+) -> Result<GgufMeta> {
+    let content = content(path, reader)?;
     let r = Reader {
         path,
         content,

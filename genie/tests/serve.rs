@@ -561,3 +561,45 @@ async fn sigterm_drains_the_open_stream_and_exits_cleanly() {
     let status = s.wait_exit(std::time::Duration::from_secs(30));
     assert!(status.is_some_and(|st| st.success()), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_json_is_served_without_a_key_and_describes_the_public_api() {
+    let s = Server::start(&["--threads", "1", "--api-key", "sk-genie-test"], &[]);
+    let r = reqwest::get(s.url("/openapi.json")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    // It parses as an OpenAPI 3 document.
+    let doc: utoipa::openapi::OpenApi = serde_json::from_str(&text).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        v["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        v["openapi"]
+    );
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/health",
+    ] {
+        assert!(doc.paths.paths.contains_key(path), "{path} is missing");
+    }
+    // Every documented error of the generation endpoints is the envelope.
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let responses = &v["paths"][path]["post"]["responses"];
+        for status in ["400", "401", "404", "413", "429", "503"] {
+            assert_eq!(
+                responses[status]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorEnvelope",
+                "{path} {status}"
+            );
+        }
+    }
+    let body = &v["components"]["schemas"]["ErrorBody"];
+    for field in ["message", "type", "param", "code"] {
+        assert!(body["properties"].get(field).is_some(), "ErrorBody.{field}");
+    }
+    // The request schemas are the types the handlers parse.
+    let chat = &v["components"]["schemas"]["ChatCompletionRequest"];
+    assert_eq!(chat["required"], json!(["model", "messages"]));
+}

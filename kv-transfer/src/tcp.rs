@@ -18,7 +18,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// Payload slice checksummed and written at a time (fits in L2 with room to spare).
@@ -192,8 +192,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fills `buf` within `limit`; `Ok(false)` when the stream ended first (the caller knows
 /// whether that truncated a transfer).
-async fn fill(
-    sock: &mut tokio::net::TcpStream,
+async fn fill<S: AsyncRead + Unpin>(
+    sock: &mut S,
     buf: &mut [u8],
     limit: Duration,
 ) -> Result<bool, ReceiveError> {
@@ -242,8 +242,12 @@ async fn connection(
     result
 }
 
-async fn frames(
-    sock: &mut tokio::net::TcpStream,
+/// Reads frames from one connection's byte stream, checks each (wire format, registry,
+/// checksum) and delivers the messages, until the transfer ends, the stream closes between
+/// transfers, or a frame is refused (the error says why; `current` holds the transfer that
+/// was in flight). Public so that the `kv_wire` fuzz target can feed it arbitrary bytes.
+pub async fn frames<S: AsyncRead + Unpin>(
+    sock: &mut S,
     registry: &TransferRegistry,
     deliver: &Deliver,
     stall: Duration,

@@ -27,6 +27,10 @@ pub const FRAME_HEADER_LEN: usize = 48;
 pub const CHECKSUM_LEN: usize = 4;
 /// Largest payload accepted in one frame.
 pub const MAX_PAYLOAD: usize = 1 << 30;
+/// Largest payload of a frame that carries no KV (a complete frame's trailer, an abort's
+/// reason). Those are not counted against the transfer's reservation, so the bound keeps a
+/// peer from making the receiver allocate [`MAX_PAYLOAD`] for a header alone.
+pub const MAX_CONTROL_PAYLOAD: usize = 16 << 20;
 
 const KIND_LAYER: u8 = 1;
 const KIND_COMPLETE: u8 = 2;
@@ -174,6 +178,9 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErro
     };
     let payload_len = u(40) as usize;
     if payload_len > MAX_PAYLOAD {
+        return Err(FrameError::Oversize(payload_len as u64));
+    }
+    if !carries_data(kind) && payload_len > MAX_CONTROL_PAYLOAD {
         return Err(FrameError::Oversize(payload_len as u64));
     }
     if carries_data(kind) {
@@ -348,6 +355,19 @@ mod tests {
             b[40..44].copy_from_slice(&(u32::MAX).to_le_bytes())
         });
         assert!(matches!(roundtrip(&b), Err(FrameError::Oversize(_))));
+        // A complete or abort frame may not announce more than a control payload (its
+        // header alone used to make the receiver reserve up to 1 GiB).
+        let abort = encode(&KvMessage::Abort {
+            transfer: TransferId(2),
+            reason: "gone".into(),
+        });
+        let big = (MAX_CONTROL_PAYLOAD + 1) as u32;
+        let b = resealed(abort.clone(), |b| {
+            b[40..44].copy_from_slice(&big.to_le_bytes())
+        });
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h.copy_from_slice(&b[..FRAME_HEADER_LEN]);
+        assert_eq!(parse_header(&h), Err(FrameError::Oversize(u64::from(big))));
         // A header corrupted in flight: refused before its payload is read.
         let mut b = good.clone();
         b[20] ^= 1;

@@ -211,6 +211,7 @@ pub fn build_apps(st: AppState, opts: AppOptions) -> (Router, Router) {
         .merge(metrics)
         .merge(plan)
         .route("/health", get(health))
+        .route("/openapi.json", get(crate::openapi::serve))
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(max_body))

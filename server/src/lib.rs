@@ -17,6 +17,7 @@
 //! - [`metrics_setup`]: the process's Prometheus recorder;
 //! - [`edge`]: how a listener is served: connection cap, read timeouts, errors in the
 //!   envelope, `Retry-After`, the drain of an orderly shutdown.
+//! - [`openapi`]: the OpenAPI 3 document of the public API (`GET /openapi.json`).
 
 pub mod api_error;
 pub mod app;
@@ -25,6 +26,7 @@ pub mod edge;
 pub mod frontend;
 pub mod handlers;
 pub mod metrics_setup;
+pub mod openapi;
 pub mod plan_api;
 pub mod plan_log;
 pub mod request;
