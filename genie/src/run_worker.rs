@@ -142,7 +142,7 @@ async fn heartbeats(
             },
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
                 tracing::warn!(status = %r.status(), "the gateway refused our cluster signature: both must use the same cluster secret, and clocks must agree within 30 s");
-                if !pause(Duration::from_secs(1), &stop).await {
+                if !pause(Duration::from_secs(1), stop).await {
                     return;
                 }
                 continue;
