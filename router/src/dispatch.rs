@@ -392,10 +392,9 @@ impl Dispatcher {
     /// Resolves when a worker of `placement` is no longer alive (a worker that froze
     /// while answering a start call never answers it).
     async fn lost_worker(&self, placement: Placement) -> WorkerId {
-        let workers = [Some(placement.decode()), placement.prefill()];
         loop {
             tokio::time::sleep(crate::migrate::LIVENESS_CHECK).await;
-            if let Some(w) = workers.into_iter().flatten().find(|w| !self.pool.alive(*w)) {
+            if let Some(w) = crate::migrate::first_lost(self.pool.as_ref(), placement, true) {
                 return w;
             }
         }

@@ -18,7 +18,7 @@
 //! counts `migrated`, `exhausted` and `failed`.
 
 use crate::dispatch::{Dispatcher, SeqRequest, Started};
-use crate::pool::SeqSpec;
+use crate::pool::{SeqSpec, WorkerPool};
 use genie_protocol::worker::{events_capacity, FailureCode, FinishReason, SeqEvent};
 use genie_protocol::WorkerId;
 use genie_scheduler::{Placement, PlacementRequest};
@@ -94,15 +94,24 @@ impl Leg {
         out
     }
 
-    /// A worker of this placement that the pool no longer counts as alive.
+    /// A worker of this placement that the pool no longer counts as alive (its prefill
+    /// worker only until the first token).
     fn dead_worker(&self, dispatcher: &Dispatcher) -> Option<WorkerId> {
-        let pool = dispatcher.pool();
-        let p = self.placement;
-        if !pool.alive(p.decode()) {
-            return Some(p.decode());
-        }
-        p.prefill().filter(|w| !self.got_token && !pool.alive(*w))
+        first_lost(dispatcher.pool().as_ref(), self.placement, !self.got_token)
     }
+}
+
+/// The first worker of `p` that `pool` no longer counts as alive: the decode worker, then
+/// the prefill worker if `prefill_too`.
+pub(crate) fn first_lost(
+    pool: &dyn WorkerPool,
+    p: Placement,
+    prefill_too: bool,
+) -> Option<WorkerId> {
+    if !pool.alive(p.decode()) {
+        return Some(p.decode());
+    }
+    p.prefill().filter(|w| prefill_too && !pool.alive(*w))
 }
 
 async fn run(
