@@ -136,7 +136,7 @@ pub async fn serve(
                 // A connection whose hello fails is dropped with nothing aborted.
                 let wait = crate::tcp::HELLO_TIMEOUT;
                 let claimed = match tokio::time::timeout(wait, rdma.receive()).await {
-                    Ok(Ok(lmr)) => <[u8; HELLO_LEN]>::try_from(lmr.as_slice())
+                    Ok(Ok(lmr)) => <[u8; HELLO_LEN]>::try_from(&lmr.as_slice()[..])
                         .map_err(|_| "the first message is not a KV hello".to_string())
                         .and_then(|h| reg.claim(&h).map_err(|e| e.to_string())),
                     Ok(Err(e)) => Err(format!("RDMA receive failed: {e}")),
