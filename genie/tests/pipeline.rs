@@ -111,7 +111,6 @@ fn a_config_that_plans_no_pipeline_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known regression since the cluster-secret merge: with the KV hello, stage-worker processes stall (the driver sees no frame for 60 s); first to fix in issue 16's next step"]
 async fn stage_worker_processes_run_the_pipeline_over_tcp() {
     let s0 = Server::spawn(
         &["stage-worker", "--layers", "0..15", "--threads", "1"],

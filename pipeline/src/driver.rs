@@ -256,7 +256,9 @@ impl Pipeline {
         self.next_seq += 1;
         self.registry
             .expect(TransferId(seq), capacity * self.vocab * 4, HOP_TIMEOUT);
-        for i in 0..self.layers.len() {
+        // Last stage first: a stage's connection to its next hop opens with the KV hello,
+        // which the next hop accepts only once it expects the sequence.
+        for i in (0..self.layers.len()).rev() {
             let next = match self.endpoints.get(i + 1) {
                 Some(Some(ep)) => ep.clone(),
                 Some(None) => anyhow::bail!("stage {} has no KV endpoint", i + 1),

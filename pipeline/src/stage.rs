@@ -150,6 +150,7 @@ impl StageWorker {
 
     /// Expects sequence `seq` (at most `capacity` tokens) and connects to `next`, where
     /// its output goes; an unreachable next hop fails here, before any work.
+    /// The next hop must already expect `seq` (the driver begins the last stage first).
     pub fn begin(&self, seq: u64, capacity: usize, next: &str) -> Result<()> {
         let sink = TcpTransport {
             secret: self.secret.clone(),
@@ -223,17 +224,20 @@ impl Stage {
                     .map(|h| (vec![0; meta.token_count as usize], Some(h))),
                 StageMsg::End | StageMsg::Kv(KvMessage::Complete { .. }) => {
                     if let Some(r) = cur.take() {
-                        let done = r.sink.complete(Vec::new());
+                        // Logged before the completion goes on: once the driver has it,
+                        // its process may exit.
                         tracing::info!(
-                            "pipeline stage {} (layers {:?}) sent {} frames, {} bytes, to {} for sequence {}: {}",
+                            "pipeline stage {} (layers {:?}) sent {} frames, {} bytes, to {} for sequence {}",
                             self.index,
                             self.layers,
                             r.sent.0,
                             r.sent.1,
                             r.next,
                             r.seq,
-                            if done.is_ok() { "complete" } else { "failed" }
                         );
+                        if let Err(e) = r.sink.complete(Vec::new()) {
+                            tracing::warn!(stage = self.index, error = %e, "pipeline sequence could not complete");
+                        }
                     }
                     continue;
                 }
