@@ -16,12 +16,14 @@
 //!   handler runs, and [`http::send_signed`], which signs a `reqwest` request;
 //! - [`kv`]: the 72-byte hello a KV sender writes before its first frame (transfer id,
 //!   timestamp, nonce, HMAC): no extra round trip on the KV path.
+//! - [`tls`]: TLS from PEM files for the listeners and the cluster's HTTP clients.
 
 pub mod http;
 pub mod kv;
 mod nonces;
 mod secret;
 pub mod sign;
+pub mod tls;
 
 pub use secret::{ClusterSecret, SecretError, SecretSource};
 pub use sign::{AuthError, Verifier, SIGNATURE_HEADER};

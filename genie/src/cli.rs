@@ -140,6 +140,9 @@ pub struct GenerateArgs {
     /// The cluster secret of the `--pipeline-workers` (as for the workers themselves).
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+    /// A CA (PEM) to trust when the `--pipeline-workers` serve HTTPS.
+    #[arg(long)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Layer ranges of the pipeline stages asked for, if any.
@@ -309,11 +312,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
             &crate::config::ServeConfig::default(),
             "genie generate --pipeline-workers",
         )?;
+        let client = genie_cluster_auth::tls::client_builder(a.tls_ca_file.as_deref())?.build()?;
         Some(genie_pipeline::Pipeline::remote(
             &a.pipeline_workers,
             c.vocab_size,
             c.n_layers,
             secret,
+            client,
             rt.handle().clone(),
         )?)
     } else {

@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub workers: WorkersSection,
     /// The cluster secret of a multi-process deployment.
     pub cluster: ClusterSection,
+    /// HTTPS on this process's listeners, and the CA its cluster clients trust.
+    pub tls: TlsSection,
     /// The ExecutionPlan: policy, model profile, cluster, overrides.
     pub plan: PlanSection,
 }
@@ -58,6 +60,20 @@ pub struct ClusterSection {
     pub secret_file: Option<PathBuf>,
     /// Run without a secret (as `--insecure-cluster`).
     pub insecure: bool,
+}
+
+/// TLS from PEM files: with `cert_file` and `key_file`, every listener of the process
+/// (public, internal, a worker's control port) serves HTTPS; `ca_file` is trusted, besides
+/// the host's roots, by the process's own calls to the gateway or workers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Certificate chain (PEM, leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM). Keep it readable by the server's user only.
+    pub key_file: Option<PathBuf>,
+    /// A CA (PEM) that signed the cluster's certificates.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Worker processes (`genie gateway`): heartbeats and statically listed workers.
@@ -293,6 +309,7 @@ impl ServerSection {
             header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
             body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
             max_connections: self.max_connections,
+            tls: None,
         }
     }
 }
@@ -348,6 +365,11 @@ impl ServeConfig {
         }
         if self.server.max_connections == 0 {
             return err("server.max_connections", "must be at least 1");
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => return err("tls.key_file", "must be set with tls.cert_file"),
+            (None, Some(_)) => return err("tls.cert_file", "must be set with tls.key_file"),
+            _ => {}
         }
         for (i, k) in self.server.api_keys.iter().enumerate() {
             if let Err((field, reason)) = k.validate() {

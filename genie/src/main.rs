@@ -11,6 +11,7 @@ mod run_gateway;
 mod run_serve;
 mod run_stage;
 mod run_worker;
+mod tls;
 
 use anyhow::Result;
 use clap::Parser;

@@ -1,7 +1,7 @@
 //! What every long-running role of the binary shares: the HTTP runtime, the signals, the
 //! orderly shutdown (drain, then the spawned loops), where it listens, its start-up line.
 
-use crate::config::ServerSection;
+use crate::config::ServeConfig;
 use anyhow::{Context, Result};
 use genie_server::edge::{Drain, EdgeConfig, Refusal};
 use std::io::Write;
@@ -84,12 +84,15 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(server: &ServerSection, refuse: Refusal) -> Self {
-        Edge {
-            cfg: server.edge(),
-            drain_timeout: Duration::from_secs(server.drain_timeout_secs),
+    /// The config's edge settings, with its TLS certificate loaded when it has one.
+    pub fn new(cfg: &ServeConfig, refuse: Refusal) -> Result<Self> {
+        let mut edge = cfg.server.edge();
+        edge.tls = crate::tls::server(cfg)?;
+        Ok(Edge {
+            cfg: edge,
+            drain_timeout: Duration::from_secs(cfg.server.drain_timeout_secs),
             refuse,
-        }
+        })
     }
 }
 
@@ -248,12 +251,13 @@ pub struct Listen {
 }
 
 impl Listen {
-    /// Binds the control API's port; the listener and the `http://` address others use.
-    pub async fn bind_control(&self) -> Result<(tokio::net::TcpListener, String)> {
+    /// Binds the control API's port; the listener and the address others use
+    /// (`scheme://host:port`).
+    pub async fn bind_control(&self, scheme: &str) -> Result<(tokio::net::TcpListener, String)> {
         let listener = tokio::net::TcpListener::bind((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("cannot bind {}:{}", self.host, self.port))?;
-        let address = format!("http://{}", self.advertised(listener.local_addr()?)?);
+        let address = format!("{scheme}://{}", self.advertised(listener.local_addr()?)?);
         Ok((listener, address))
     }
 

@@ -21,14 +21,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Duration::from_millis(cfg.workers.heartbeat_ms),
         &cfg.workers.statics,
     ));
-    let pool = Arc::new(RemotePool::new(Arc::clone(&registry), secret.clone()));
+    let pool = Arc::new(RemotePool::new(
+        Arc::clone(&registry),
+        secret.clone(),
+        crate::tls::client(&cfg)?,
+    )?);
     let dcfg = dispatch_config(&cfg, &plan, text.kv_shape().bytes_per_token());
     let dispatcher = Arc::new(Dispatcher::new(dcfg, Arc::clone(&pool) as _, plan));
     let frontend = Arc::new(frontend(&cfg, text, &path));
     let (served_name, mode) = (frontend.served_name.clone(), dispatcher.mode_label());
+    let scheme = crate::tls::scheme(&cfg);
     let banner_for = |local, internal: Option<std::net::SocketAddr>| {
         let control = internal.unwrap_or(local);
-        format!("Genie gateway serving `{served_name}` on http://{local} ({mode}; workers register at http://{control}/internal/workers)")
+        format!("Genie gateway serving `{served_name}` on {scheme}://{local} ({mode}; workers register at {scheme}://{control}/internal/workers)")
     };
     let bg = Background::default();
     http_runtime()?.block_on(async {

@@ -61,6 +61,8 @@ pub struct ServeArgs {
     pub internal_host: Option<String>,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Seconds requests in flight may take to finish after SIGTERM / Ctrl-C (default 30).
     #[arg(long, value_name = "SECS")]
     pub drain_timeout: Option<u64>,
@@ -107,6 +109,9 @@ impl ServeArgs {
         }
         if let Some(n) = self.migration_limit {
             section("scheduler", "migration_limit", Value::from(n));
+        }
+        for (k, v) in self.tls.overrides() {
+            section("tls", k, Value::from(v));
         }
         d
     }
@@ -199,6 +204,7 @@ pub async fn serve_api(
     bg: &Background,
     banner_for: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) -> String,
 ) -> Result<()> {
+    let edge = Edge::new(cfg, genie_server::edge::shutting_down)?;
     let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -253,7 +259,6 @@ pub async fn serve_api(
         plan_needs_key: cfg.server.plan_needs_key,
     };
     banner(&banner_for(local, internal_local))?;
-    let edge = Edge::new(&cfg.server, genie_server::edge::shutting_down);
     match internal {
         None => bg.serve(listener, build_app_with(state, opts), edge).await,
         Some(l) => {
@@ -340,7 +345,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mode = dispatcher.mode_label();
     let banner_for = |local, _| {
         format!(
-            "Genie serving `{served_name}` on http://{local} ({mode}; {} prefill + {} decode workers; API keys {})",
+            "Genie serving `{served_name}` on {}://{local} ({mode}; {} prefill + {} decode workers; API keys {})",
+            crate::tls::scheme(&cfg),
             if mode == "colocated" { 0 } else { cfg.prefill.workers },
             cfg.decode.workers,
             if cfg.server.api_keys.is_empty() { "off" } else { "on" },

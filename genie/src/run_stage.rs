@@ -31,6 +31,8 @@ pub struct StageArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 fn parse_layers(s: &str) -> Result<std::ops::Range<usize>> {
@@ -55,11 +57,13 @@ pub fn run(a: StageArgs) -> Result<()> {
         colocated: true,
         threads: a.threads,
         cluster: a.cluster.clone(),
+        tls: a.tls.clone(),
         drain_timeout: a.listen.drain_timeout,
         ..ServeArgs::default()
     }
     .config_with_overrides()?;
     let secret = crate::cluster::secret(&a.cluster, &cfg, "genie stage-worker")?;
+    let edge = Edge::new(&cfg, stopped_refusal)?;
     let metrics = genie_server::metrics_setup::install()?;
     let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, a.threads.unwrap_or(0))?;
     let n_layers = model.config().n_layers;
@@ -88,7 +92,7 @@ pub fn run(a: StageArgs) -> Result<()> {
         bg.shutdown.clone(),
     )?);
     rt.block_on(async move {
-        let (listener, address) = a.listen.bind_control().await?;
+        let (listener, address) = a.listen.bind_control(crate::tls::scheme(&cfg)).await?;
         let mut app = genie_pipeline::service::router(Arc::clone(&worker));
         if let Some(s) = secret {
             app = app.layer(axum::middleware::from_fn_with_state(
@@ -110,7 +114,6 @@ pub fn run(a: StageArgs) -> Result<()> {
                 .map(|k| format!(" (KV on {k})"))
                 .unwrap_or_default()
         ))?;
-        let edge = Edge::new(&cfg.server, stopped_refusal);
         bg.serve(listener, app, edge).await
     })
 }

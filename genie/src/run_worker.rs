@@ -51,6 +51,8 @@ pub struct WorkerArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
@@ -62,6 +64,7 @@ fn worker_cfg(a: &WorkerArgs) -> Result<ServeConfig> {
         colocated: false,
         threads: a.threads,
         cluster: a.cluster.clone(),
+        tls: a.tls.clone(),
         drain_timeout: a.listen.drain_timeout,
         ..ServeArgs::default()
     };
@@ -84,13 +87,17 @@ async fn heartbeat_loop(
     reg: RegisterRequest,
     status: impl Fn() -> WorkerStatus,
     secret: Option<ClusterSecret>,
+    client: reqwest::ClientBuilder,
     stop: CancellationToken,
 ) {
     let secret = secret.as_ref();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client without TLS builds");
+    let client = match client.timeout(Duration::from_secs(5)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client for the gateway; not registering");
+            return;
+        }
+    };
     let gateway = gateway.trim_end_matches('/').to_string();
     let mut registered = None;
     heartbeats(
@@ -279,10 +286,13 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let secret = crate::cluster::secret(&a.cluster, &cfg, role_name)?;
     let verifier = secret.clone().map(|s| Arc::new(Verifier::new(s)));
     let handle = genie_server::metrics_setup::install()?;
+    // TLS files are read before anything starts: a bad one stops the worker here.
+    let edge = Edge::new(&cfg, stopped_refusal)?;
+    let client = crate::tls::client(&cfg)?;
     let model = Model::from_gguf(load_model(&model_path(&cfg)?)?, 1)?;
     let bg = Background::default();
     http_runtime()?.block_on(async move {
-        let (listener, address) = a.listen.bind_control().await?;
+        let (listener, address) = a.listen.bind_control(crate::tls::scheme(&cfg)).await?;
         let (router, kv_endpoint, status): (
             axum::Router,
             Option<String>,
@@ -339,7 +349,14 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             status: WorkerStatus::default(),
         };
         if let Some(g) = a.gateway.clone() {
-            bg.spawn(heartbeat_loop(g, reg, status, secret, bg.draining.clone()));
+            bg.spawn(heartbeat_loop(
+                g,
+                reg,
+                status,
+                secret,
+                client,
+                bg.draining.clone(),
+            ));
         }
         let router = match verifier {
             Some(v) => router.layer(axum::middleware::from_fn_with_state(
@@ -348,7 +365,6 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             )),
             None => router,
         };
-        let edge = Edge::new(&cfg.server, stopped_refusal);
         bg.serve(listener, router.merge(metrics_route(handle)), edge)
             .await
     })

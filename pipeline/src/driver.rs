@@ -156,17 +156,17 @@ impl Pipeline {
         )
     }
 
-    /// `genie stage-worker` processes at `urls`, in pipeline order, reached on `rt`, every
-    /// call and the logits' KV connection authenticated with `secret` when given.
-    /// Call from outside the runtime (the driver waits on it).
+    /// `genie stage-worker` processes at `urls`, in pipeline order, reached on `rt` with
+    /// `client`, every call and the logits' KV connection authenticated with `secret`
+    /// when given. Call from outside the runtime (the driver waits on it).
     pub fn remote(
         urls: &[String],
         vocab: usize,
         n_layers: usize,
         secret: Option<ClusterSecret>,
+        client: reqwest::Client,
         rt: Handle,
     ) -> Result<Self> {
-        let client = reqwest::Client::new();
         let mut ranges = Vec::new();
         let mut endpoints = Vec::new();
         for u in urls {

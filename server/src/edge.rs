@@ -3,7 +3,9 @@
 //! `Retry-After` on every 429 and 503, and the drain of an orderly shutdown ([`Drain`]).
 //!
 //! [`serve`] runs hyper's HTTP/1 connections itself rather than through `axum::serve`,
-//! which sets neither a header read timeout nor a connection cap.
+//! which sets neither a header read timeout nor a connection cap; with a TLS
+//! configuration each connection first completes its handshake (within the header read
+//! timeout, holding a connection slot).
 
 use crate::api_error::ApiError;
 use axum::body::{Body, Bytes};
@@ -25,15 +27,18 @@ use tokio_util::task::TaskTracker;
 pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// How a listener treats its connections.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct EdgeConfig {
     /// A connection that has not sent a request's whole header block this long after it
     /// started sending it (or after its previous request) is closed.
     pub header_read_timeout: Duration,
     /// A request whose body has not fully arrived this long after its headers gets a 408.
     pub body_read_timeout: Duration,
-    /// Most connections open at once; past it a new connection gets a 503 and is closed.
+    /// Most connections open at once; past it a new connection gets a 503 and is closed
+    /// (with TLS it is closed at once).
     pub max_connections: usize,
+    /// Serve HTTPS with this configuration (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for EdgeConfig {
@@ -42,6 +47,7 @@ impl Default for EdgeConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            tls: None,
         }
     }
 }
@@ -350,6 +356,36 @@ fn over_cap_response() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Serves one connection (plain or TLS) until it ends or `stop` asks it to close after
+/// its current response.
+async fn connection<I>(
+    io: I,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    stop: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _permit = permit;
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let conn = http
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `stop` is cancelled: HTTP/1 connections with the
 /// header read timeout, at most `max_connections` at once. On `stop` it accepts nothing
 /// more, asks every connection to close after its current response, and waits for them
@@ -361,7 +397,7 @@ pub async fn serve(
     stop: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioTimer;
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let conns = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -383,6 +419,11 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             metrics::counter!("genie_connections_refused_total").increment(1);
+            if cfg.tls.is_some() {
+                // No handshake spent on a refused connection: it is closed.
+                drop(stream);
+                continue;
+            }
             conns.spawn(async move {
                 let mut stream = stream;
                 let _ = tokio::time::timeout(
@@ -395,26 +436,25 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades();
-        let stop = stop.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        let (app, http, stop) = (app.clone(), http.clone(), stop.clone());
+        match &cfg.tls {
+            None => {
+                conns.spawn(connection(stream, app, http, stop, permit));
             }
-        });
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+                let limit = cfg.header_read_timeout;
+                conns.spawn(async move {
+                    // A handshake is bounded like a header block: a peer that opens a
+                    // connection and stalls cannot hold its slot.
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(s, app, http, stop, permit).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     conns.close();

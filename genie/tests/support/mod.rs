@@ -53,7 +53,8 @@ impl Server {
         Self::spawn(&all, env)
     }
 
-    /// Starts `genie ARGS` and waits for the first `http://` address it prints.
+    /// Starts `genie ARGS` and waits for the first `http://` (or `https://`) address it
+    /// prints.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         Self::spawn_in(&[], args, env)
     }
@@ -100,7 +101,7 @@ impl Server {
         };
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
             .to_string();

@@ -26,18 +26,20 @@ pub struct RemotePool {
 }
 
 impl RemotePool {
-    /// A pool whose control calls are signed with `secret` (`None`: an insecure cluster).
-    pub fn new(registry: Arc<Registry>, secret: Option<ClusterSecret>) -> Self {
-        RemotePool {
+    /// A pool whose control calls go out on `http` (made with the cluster's TLS roots; a
+    /// connect timeout of 3 s is added), signed with `secret` (`None`: an insecure cluster).
+    pub fn new(
+        registry: Arc<Registry>,
+        secret: Option<ClusterSecret>,
+        http: reqwest::ClientBuilder,
+    ) -> reqwest::Result<Self> {
+        Ok(RemotePool {
             registry,
             client: client::Signed {
-                http: reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .build()
-                    .expect("an HTTP client without TLS builds"),
+                http: http.connect_timeout(Duration::from_secs(3)).build()?,
                 secret,
             },
-        }
+        })
     }
 
     /// Every heartbeat interval: marks silent workers unhealthy, forgets long-silent ones
