@@ -242,6 +242,7 @@ pub fn run(a: DisaggBenchArgs) -> Result<()> {
         anyhow::Ok(())
     })?;
     let [x, y] = names;
+    println!("{}", crate::host::describe());
     println!(
         "| prompt tokens | TTFT {x} | TTFT {y} | ratio | 2nd token {x} | 2nd token {y} | ratio |"
     );

@@ -6,6 +6,10 @@
 //! them into memory holding the whole transfer, reserved and touched beforehand), or
 //! discards them (reads into one reused, cache-hot 1 MiB buffer: an upper bound no receiver
 //! that keeps the KV can reach).
+//!
+//! `--auth` compares instead the transport with and without the cluster secret's KV hello
+//! (a 72-byte HMAC proof the sender writes first, verified before any frame is read), two
+//! receivers side by side, the transfers alternating within each round.
 
 use anyhow::Result;
 use clap::Args;
@@ -32,6 +36,9 @@ pub struct KvBenchArgs {
     /// swing by tens of percent run to run, so many).
     #[arg(long, default_value_t = 25)]
     pub repeat: usize,
+    /// Compare the transport with the cluster secret's KV hello against it without.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 use crate::stats::median;
@@ -43,8 +50,9 @@ struct Receiver<'a> {
     rx: &'a mpsc::Receiver<KvMessage>,
 }
 
-/// Seconds to move `layers` payloads through the TCP transport.
+/// Seconds to move `layers` payloads through the TCP transport `via`.
 fn transport_once(
+    via: &TcpTransport,
     r: &Receiver,
     id: u64,
     meta: LayerShape,
@@ -60,7 +68,7 @@ fn transport_once(
     // The layers exist before the clock starts, as a prefill has them when it ships them.
     let owned: Vec<Vec<u8>> = (0..layers).map(|_| payload.to_vec()).collect();
     let t0 = Instant::now();
-    let mut sink = TcpTransport::default().open(addr, TransferId(id))?;
+    let mut sink = via.open(addr, TransferId(id))?;
     for (l, p) in owned.into_iter().enumerate() {
         sink.send_layer(
             LayerShape {
@@ -125,20 +133,18 @@ fn raw_once(layers: &[Vec<u8>], keep: bool) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-pub fn run(a: KvBenchArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let registry = TransferRegistry::new();
+/// A KV receiver on loopback serving `registry` (its address and what it delivers).
+fn start_receiver(
+    rt: &tokio::runtime::Runtime,
+    registry: &TransferRegistry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(String, mpsc::Receiver<KvMessage>)> {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let deliver: genie_kv_transfer::Deliver =
         Arc::new(move |m| tx.lock().map(|t| t.send(m).is_ok()).unwrap_or(false));
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?.to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
     rt.spawn(tcp::serve(
         listener,
         registry.clone(),
@@ -146,19 +152,125 @@ pub fn run(a: KvBenchArgs) -> Result<()> {
         Duration::from_secs(30),
         shutdown,
     ));
+    Ok((addr, rx))
+}
+
+fn layer_meta(a: &KvBenchArgs, tokens: usize) -> LayerShape {
+    LayerShape {
+        layer: 0,
+        n_layers: a.layers as u32,
+        dtype: DTYPE_F16,
+        kv_heads: a.kv_heads as u32,
+        head_dim: a.head_dim as u32,
+        token_start: 0,
+        token_count: tokens as u32,
+    }
+}
+
+/// `--auth`: the transport with the KV hello against it without, alternating.
+fn run_auth(a: &KvBenchArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    // A throwaway secret: the cost of the proof does not depend on its bytes.
+    let secret = genie_cluster_auth::ClusterSecret::new(
+        &[0x5a; genie_cluster_auth::ClusterSecret::MIN_LEN],
+        &genie_cluster_auth::SecretSource::Env,
+    )?;
+    let plain_reg = TransferRegistry::new();
+    let auth_reg =
+        TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(secret.clone())));
+    let (plain_addr, plain_rx) = start_receiver(rt, &plain_reg, shutdown.clone())?;
+    let (auth_addr, auth_rx) = start_receiver(rt, &auth_reg, shutdown)?;
+    let plain_via = TcpTransport::default();
+    let auth_via = TcpTransport {
+        secret: Some(secret),
+        ..TcpTransport::default()
+    };
+    println!("{}", crate::host::describe());
+    println!("| prompt tokens | KV bytes | no hello GB/s | with KV hello GB/s | ratio (hello / none) | no hello ms | with hello ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut id = 1;
+    for &n in &a.tokens {
+        let meta = layer_meta(a, n);
+        let layer_bytes = meta.payload_len().unwrap_or(0);
+        let payload: Vec<u8> = (0..layer_bytes).map(|i| (i * 31) as u8).collect();
+        let total = layer_bytes * a.layers;
+        let (mut plain, mut auth) = (Vec::new(), Vec::new());
+        for round in 0..a.repeat {
+            let p = Receiver {
+                addr: &plain_addr,
+                reg: &plain_reg,
+                rx: &plain_rx,
+            };
+            let h = Receiver {
+                addr: &auth_addr,
+                reg: &auth_reg,
+                rx: &auth_rx,
+            };
+            // Which goes first alternates, so neither always runs on a warmer cache.
+            if round % 2 == 0 {
+                plain.push(transport_once(
+                    &plain_via, &p, id, meta, a.layers, &payload,
+                )?);
+                auth.push(transport_once(
+                    &auth_via,
+                    &h,
+                    id + 1,
+                    meta,
+                    a.layers,
+                    &payload,
+                )?);
+            } else {
+                auth.push(transport_once(
+                    &auth_via,
+                    &h,
+                    id + 1,
+                    meta,
+                    a.layers,
+                    &payload,
+                )?);
+                plain.push(transport_once(
+                    &plain_via, &p, id, meta, a.layers, &payload,
+                )?);
+            }
+            id += 2;
+        }
+        let ratio = crate::stats::median_ratio(&plain, &auth);
+        let (mp, ma) = (median(plain), median(auth));
+        println!(
+            "| {n} | {total} | {:.2} | {:.2} | {:.3} | {:.2} | {:.2} |",
+            total as f64 / mp / 1e9,
+            total as f64 / ma / 1e9,
+            ratio,
+            mp * 1e3,
+            ma * 1e3
+        );
+    }
+    println!(
+        "{} layers x {} KV heads x head dim {} x f16 (K and V), loopback; medians of {} rounds, the two transfers alternating within each round; ratio = median over rounds of (hello GB/s / no-hello GB/s)",
+        a.layers, a.kv_heads, a.head_dim, a.repeat
+    );
+    Ok(())
+}
+
+pub fn run(a: KvBenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    if a.auth {
+        return run_auth(&a, &rt);
+    }
+    let registry = TransferRegistry::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let (addr, rx) = start_receiver(&rt, &registry, shutdown)?;
+    println!("{}", crate::host::describe());
     println!("| prompt tokens | KV bytes | genie TCP transport GB/s | raw copy, bytes kept GB/s | ratio | raw copy, reused 1 MiB buffer GB/s | ratio |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut id = 1;
     for &n in &a.tokens {
-        let meta = LayerShape {
-            layer: 0,
-            n_layers: a.layers as u32,
-            dtype: DTYPE_F16,
-            kv_heads: a.kv_heads as u32,
-            head_dim: a.head_dim as u32,
-            token_start: 0,
-            token_count: n as u32,
-        };
+        let meta = layer_meta(&a, n);
         let layer_bytes = meta.payload_len().unwrap_or(0);
         let payload: Vec<u8> = (0..layer_bytes).map(|i| (i * 31) as u8).collect();
         let total = layer_bytes * a.layers;
@@ -171,7 +283,14 @@ pub fn run(a: KvBenchArgs) -> Result<()> {
                 reg: &registry,
                 rx: &rx,
             };
-            t.push(transport_once(&recv, id, meta, a.layers, &payload)?);
+            t.push(transport_once(
+                &TcpTransport::default(),
+                &recv,
+                id,
+                meta,
+                a.layers,
+                &payload,
+            )?);
             id += 1;
             // The raw copies send the same layers from the same kind of memory: one
             // buffer per layer, filled before the clock starts.

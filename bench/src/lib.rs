@@ -7,10 +7,12 @@
 //! - [`kv`]: the TCP KV transport beside a raw socket copy of the same bytes;
 //! - [`disagg`]: time to first and second token, disaggregated vs colocated, across
 //!   processes (it starts the current `genie` binary's roles);
-//! - [`sched`]: placement decision time with many workers, per routing policy.
+//! - [`sched`]: placement decision time with many workers, per routing policy;
+//! - [`host`]: the CPU and ISA line printed with the figures.
 
 pub mod disagg;
 pub mod engine;
+pub mod host;
 pub mod kv;
 pub mod sched;
 pub mod stats;

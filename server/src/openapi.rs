@@ -20,6 +20,30 @@ pub struct HealthStatus {
     pub status: String,
 }
 
+/// The errors of both generation routes, each in the OpenAI envelope.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum GenerationErrors {
+    /// Malformed body or an invalid field (`param` names it); `context_length_exceeded`.
+    #[response(status = 400)]
+    Invalid(ErrorEnvelope),
+    /// Missing or wrong API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// Unknown model.
+    #[response(status = 404)]
+    UnknownModel(ErrorEnvelope),
+    /// Body over the size limit.
+    #[response(status = 413)]
+    TooLarge(ErrorEnvelope),
+    /// Over a limit or the waiting queue is full.
+    #[response(status = 429)]
+    OverLimit(ErrorEnvelope),
+    /// Not ready, or no worker to place the request on.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+}
+
 /// `POST /v1/chat/completions`.
 #[utoipa::path(
     post,
@@ -29,12 +53,7 @@ pub struct HealthStatus {
     responses(
         (status = 200, description = "The completion; with `stream: true`, SSE `data:` chunks (`ChatCompletionChunk`) ending with `data: [DONE]`",
             content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "Malformed body or an invalid field (`param` names it); `context_length_exceeded`", body = ErrorEnvelope),
-        (status = 401, description = "Missing or wrong API key", body = ErrorEnvelope),
-        (status = 404, description = "Unknown model", body = ErrorEnvelope),
-        (status = 413, description = "Body over the size limit", body = ErrorEnvelope),
-        (status = 429, description = "Over a limit or the waiting queue is full", body = ErrorEnvelope),
-        (status = 503, description = "Not ready, or no worker to place the request on", body = ErrorEnvelope),
+        GenerationErrors,
     ),
     security((), ("api_key" = []))
 )]
@@ -50,12 +69,7 @@ fn chat_completions() {}
     responses(
         (status = 200, description = "The completion; with `stream: true`, SSE `data:` chunks (`Completion`) ending with `data: [DONE]`",
             content((Completion = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "Malformed body or an invalid field (`param` names it); `context_length_exceeded`", body = ErrorEnvelope),
-        (status = 401, description = "Missing or wrong API key", body = ErrorEnvelope),
-        (status = 404, description = "Unknown model", body = ErrorEnvelope),
-        (status = 413, description = "Body over the size limit", body = ErrorEnvelope),
-        (status = 429, description = "Over a limit or the waiting queue is full", body = ErrorEnvelope),
-        (status = 503, description = "Not ready, or no worker to place the request on", body = ErrorEnvelope),
+        GenerationErrors,
     ),
     security((), ("api_key" = []))
 )]
