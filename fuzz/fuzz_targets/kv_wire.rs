@@ -1,6 +1,8 @@
 //! The KV wire decoder: `parse_header` and `finish_checked` on arbitrary frames, and the
 //! TCP receiver's frame loop fed arbitrary bytes as a connection's stream (transfers 0..4
 //! expected with a small reservation, as a decode worker would after admitting them).
+//! Each input runs as it is and again with its frames' checksums made to match, so that
+//! mutated headers reach the checks behind the header checksum.
 #![no_main]
 
 use genie_kv_transfer::registry::TransferRegistry;
@@ -12,6 +14,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
+    decode(data);
+    decode(&resealed(data));
+});
+
+/// `data` with each frame's header checksum (over bytes 0..44) and payload checksum (after
+/// the payload its header announces) recomputed, frame after frame while the bytes last:
+/// libFuzzer cannot forge a CRC-32, so unsealed almost every mutated header stops there.
+fn resealed(data: &[u8]) -> Vec<u8> {
+    let mut b = data.to_vec();
+    let mut at = 0;
+    while b.len() - at >= FRAME_HEADER_LEN {
+        let h = &mut b[at..at + FRAME_HEADER_LEN];
+        let crc = crc32fast::hash(&h[..44]);
+        h[44..48].copy_from_slice(&crc.to_le_bytes());
+        let len = u32::from_le_bytes([h[40], h[41], h[42], h[43]]) as usize;
+        let start = at + FRAME_HEADER_LEN;
+        let end = start.saturating_add(len);
+        if end.saturating_add(CHECKSUM_LEN) > b.len() {
+            break;
+        }
+        let crc = crc32fast::hash(&b[start..end]);
+        b[end..end + CHECKSUM_LEN].copy_from_slice(&crc.to_le_bytes());
+        at = end + CHECKSUM_LEN;
+    }
+    b
+}
+
+fn decode(data: &[u8]) {
     // One frame, decoded directly.
     if data.len() >= FRAME_HEADER_LEN {
         let mut h = [0u8; FRAME_HEADER_LEN];
@@ -46,4 +76,4 @@ fuzz_target!(|data: &[u8]| {
         Duration::from_secs(5),
         &mut current,
     ));
-});
+}
