@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the hand-made seeds of the fuzz corpus (fuzz/corpus/<target>/seed-*): well-formed
-KV frames and streams, chat and completions bodies, and a tiny llama GGUF header. libFuzzer
-mutates from these; `cargo fuzz cmin` keeps what adds coverage."""
+KV frames and streams, chat and completions bodies, and a tiny llama GGUF header; and the
+hand-made crash-* inputs of fixed findings. libFuzzer mutates from these; `cargo fuzz cmin`
+keeps what adds coverage."""
 
 import json
 import os
@@ -11,10 +12,10 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def write(target, name, data):
+def write(target, name, data, prefix="seed-"):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "seed-" + name), "wb") as f:
+    with open(os.path.join(d, prefix + name), "wb") as f:
         f.write(data)
 
 
@@ -124,3 +125,11 @@ head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) 
 write("gguf_meta", "tiny-llama", head)
 write("gguf_meta", "no-tensors", b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs))
 write("gguf_meta", "v2-empty", b"GGUF" + struct.pack("<IQQ", 2, 0, 0))
+
+# Inputs that crashed the target before their fixes (engine/src/gguf.rs tests hold the same
+# cases; crash-tensor-dims-overflow is the fuzzer's own find, kept as found):
+# `general.alignment` 0 (candle's reader divided by it), and a block_count of 2^32 - 1
+# (every block's tensor names were made before the first missing one was noticed).
+write("gguf_meta", "alignment-zero", b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv("general.alignment", T_U32, struct.pack("<I", 0)), "crash-")
+huge_blocks = [kv("llama.block_count", T_U32, struct.pack("<I", 0xFFFFFFFF)) if k.startswith(s("llama.block_count")) else k for k in kvs]
+write("gguf_meta", "block-count-huge", b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(huge_blocks) + infos, "crash-")

@@ -7,6 +7,7 @@ use crate::quant::{QMatrix, WeightFormat};
 use crate::tokenizer::TokenizerSpec;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Model hyper-parameters, all read from GGUF metadata.
@@ -60,7 +61,7 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim * self.n_heads != self.hidden {
+        if self.head_dim.checked_mul(self.n_heads) != Some(self.hidden) {
             return Err(format!(
                 "head_dim {} x head_count {} != embedding_length {}",
                 self.head_dim, self.n_heads, self.hidden
@@ -70,6 +71,21 @@ impl ModelConfig {
             return Err(format!(
                 "rope.dimension_count {} must be even and <= head_dim {}",
                 self.rope_dim, self.head_dim
+            ));
+        }
+        // What `kv_bytes_per_token` multiplies out must be a size, not wrap.
+        let kv_per_token = [
+            self.n_layers,
+            self.n_kv_heads,
+            self.head_dim,
+            std::mem::size_of::<f32>(),
+        ]
+        .into_iter()
+        .try_fold(2, usize::checked_mul);
+        if kv_per_token.is_none() {
+            return Err(format!(
+                "block_count {} x head_count_kv {} x head_dim {}: the KV cache per token overflows",
+                self.n_layers, self.n_kv_heads, self.head_dim
             ));
         }
         Ok(())
@@ -256,7 +272,9 @@ impl Reader<'_> {
         }
     }
 
-    /// A tensor's `[rows, cols]`, its format once loaded and its bytes in the file.
+    /// A tensor's `[rows, cols]`, its format once loaded and its bytes in the file. Its
+    /// elements must fit in memory as f32 (F16 widens to that), so every size derived from
+    /// them (stored, loaded) is a number, not a wrapped product of lying dimensions.
     fn layout(&self, name: &str) -> Result<(usize, usize, WeightFormat, usize)> {
         let info = self
             .content
@@ -269,17 +287,15 @@ impl Reader<'_> {
             [r, c] => (*r, *c),
             _ => return Err(self.err(format!("tensor `{name}` has unexpected shape {dims:?}"))),
         };
+        let n = rows
+            .checked_mul(cols)
+            .filter(|n| n.checked_mul(std::mem::size_of::<f32>()).is_some())
+            .ok_or_else(|| self.err(format!("tensor `{name}` of shape {dims:?} is too large")))?;
         let (format, stored) = match info.ggml_dtype {
-            GgmlDType::F32 => (WeightFormat::F32, WeightFormat::F32.bytes_for(rows * cols)),
-            GgmlDType::F16 => (WeightFormat::F32, rows * cols * 2),
-            GgmlDType::Q4_1 => (
-                WeightFormat::Q4_1,
-                WeightFormat::Q4_1.bytes_for(rows * cols),
-            ),
-            GgmlDType::Q8_0 => (
-                WeightFormat::Q8_0,
-                WeightFormat::Q8_0.bytes_for(rows * cols),
-            ),
+            GgmlDType::F32 => (WeightFormat::F32, WeightFormat::F32.bytes_for(n)),
+            GgmlDType::F16 => (WeightFormat::F32, n * 2),
+            GgmlDType::Q4_1 => (WeightFormat::Q4_1, WeightFormat::Q4_1.bytes_for(n)),
+            GgmlDType::Q8_0 => (WeightFormat::Q8_0, WeightFormat::Q8_0.bytes_for(n)),
             other => {
                 return Err(EngineError::Unsupported(format!(
                     "tensor `{name}` is {other:?}; this engine runs F32, F16, Q4_1 and Q8_0 tensors"
@@ -289,7 +305,8 @@ impl Reader<'_> {
         Ok((rows, cols, format, stored))
     }
 
-    /// Bytes tensor `name` takes once loaded (F16 widens to F32).
+    /// Bytes tensor `name` takes once loaded (F16 widens to F32; [`Self::layout`] checked
+    /// that this fits).
     fn loaded_bytes(&self, name: &str) -> Result<usize> {
         let (rows, cols, format, _) = self.layout(name)?;
         Ok(format.bytes_for(rows * cols))
@@ -299,8 +316,9 @@ impl Reader<'_> {
     fn matrix(&self, name: &str) -> Result<QMatrix> {
         let (rows, cols, format, stored) = self.layout(name)?;
         let info = &self.content.tensor_infos[name];
-        let start = usize::try_from(self.content.tensor_data_offset + info.offset)
-            .map_err(|_| self.err(format!("tensor `{name}` offset overflows")))?;
+        let start = (self.content.tensor_data_offset.checked_add(info.offset))
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or_else(|| self.err(format!("tensor `{name}` offset overflows")))?;
         let end = start
             .checked_add(stored)
             .filter(|&e| e <= self.bytes.len())
@@ -359,7 +377,20 @@ fn missing(path: &Path) -> EngineError {
 }
 
 /// Parses the header (metadata and tensor directory) from `reader`.
-fn content<R: std::io::Read + std::io::Seek>(path: &Path, reader: &mut R) -> Result<Content> {
+fn content<R: Read + Seek>(path: &Path, reader: &mut R) -> Result<Content> {
+    let io = |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let start = reader.stream_position().map_err(io)?;
+    let zero_alignment = alignment_is_zero(reader).unwrap_or(false);
+    reader.seek(SeekFrom::Start(start)).map_err(io)?;
+    if zero_alignment {
+        return Err(EngineError::ModelFormat {
+            path: path.to_path_buf(),
+            reason: "metadata key `general.alignment` is 0".into(),
+        });
+    }
     Content::read(reader).map_err(|e| EngineError::ModelFormat {
         path: path.to_path_buf(),
         // candle appends a backtrace when RUST_BACKTRACE is set: keep the message only.
@@ -370,14 +401,126 @@ fn content<R: std::io::Read + std::io::Seek>(path: &Path, reader: &mut R) -> Res
     })
 }
 
-/// The tensor names a llama model is loaded from (`output.weight` only when present).
-fn weight_names(n_layers: usize, has_output: bool) -> Vec<String> {
-    let mut v = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
-    if has_output {
-        v.push("output.weight".into());
+/// Is the header's `general.alignment` 0? candle-core's `Content::read` rounds the tensor
+/// data offset up to it without checking, so a 0 divides by zero (a panic) once the whole
+/// header is read. This walks the metadata first, keeping none of it, for the value candle
+/// would take: the last entry under that key (trailing NULs dropped) when it is an integer
+/// of at most 32 bits (any other means the default). An error means the header is malformed
+/// before its end, which candle then reports.
+fn alignment_is_zero<R: Read + Seek>(r: &mut R) -> std::io::Result<bool> {
+    const KEY: &[u8] = b"general.alignment";
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    // Version 1 writes lengths and counts as u32, later versions as u64.
+    let len_bytes = if read_uint(r, 4)? == 1 { 4 } else { 8 };
+    let _tensor_count = read_uint(r, len_bytes)?;
+    let kv_count = read_uint(r, len_bytes)?;
+    let mut zero = false;
+    // Each entry reads at least its key's length: a lying count ends at the input's end.
+    for _ in 0..kv_count {
+        let key_len = read_uint(r, len_bytes)?;
+        let is_key = read_key_is(r, key_len, KEY)?;
+        let value_type = read_uint(r, 4)?;
+        // u8, i8, u16, i16, u32, i32: the types candle takes an alignment from.
+        let int_bytes = match value_type {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            4 | 5 => 4,
+            _ => 0,
+        };
+        if is_key && int_bytes > 0 {
+            zero = read_uint(r, int_bytes)? == 0;
+        } else {
+            zero &= !is_key;
+            skip_value(r, value_type, len_bytes, 0)?;
+        }
     }
-    for i in 0..n_layers {
-        for t in [
+    Ok(zero)
+}
+
+/// A little-endian unsigned integer of `n` (at most 8) bytes.
+fn read_uint<R: Read>(r: &mut R, n: usize) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b[..n])?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn skip<R: Seek>(r: &mut R, n: u64) -> std::io::Result<()> {
+    let n = i64::try_from(n).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    r.seek_relative(n)
+}
+
+/// Reads a `len`-byte key: is it `want`, followed by nothing but NULs?
+fn read_key_is<R: Read + Seek>(r: &mut R, len: u64, want: &[u8]) -> std::io::Result<bool> {
+    let mut buf = [0u8; 32];
+    let head = &mut buf[..want.len()];
+    if len < want.len() as u64 {
+        skip(r, len)?;
+        return Ok(false);
+    }
+    r.read_exact(head)?;
+    let mut rest = len - want.len() as u64;
+    if head != want {
+        skip(r, rest)?;
+        return Ok(false);
+    }
+    let mut nuls = true;
+    while rest > 0 {
+        let n = rest.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        nuls &= buf[..n].iter().all(|&b| b == 0);
+        rest -= n as u64;
+    }
+    Ok(nuls)
+}
+
+/// Bytes of a GGUF value of a fixed-size type (`None`: a string, an array or no type).
+fn value_size(value_type: u64) -> Option<u64> {
+    match value_type {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+/// Reads past one value; arrays nest at most as deep as candle reads them.
+fn skip_value<R: Read + Seek>(
+    r: &mut R,
+    value_type: u64,
+    len_bytes: usize,
+    depth: usize,
+) -> std::io::Result<()> {
+    let malformed = || std::io::Error::from(std::io::ErrorKind::InvalidData);
+    match value_type {
+        8 => {
+            let n = read_uint(r, len_bytes)?;
+            skip(r, n)
+        }
+        9 if depth <= 64 => {
+            let item = read_uint(r, 4)?;
+            let n = read_uint(r, len_bytes)?;
+            match value_size(item) {
+                Some(size) => skip(r, n.checked_mul(size).ok_or_else(malformed)?),
+                // Each string or array reads its length first: `n` ends at the input's end.
+                None => (0..n).try_for_each(|_| skip_value(r, item, len_bytes, depth + 1)),
+            }
+        }
+        t => skip(r, value_size(t).ok_or_else(malformed)?),
+    }
+}
+
+/// The tensor names a llama model is loaded from (`output.weight` only when present),
+/// named one at a time: `block_count` comes from the file, so a lying one must cost no more
+/// than the tensors it names until the first missing one.
+fn weight_names(n_layers: usize, has_output: bool) -> impl Iterator<Item = String> {
+    let top = ["token_embd.weight", "output_norm.weight"]
+        .into_iter()
+        .chain(has_output.then_some("output.weight"))
+        .map(String::from);
+    let blocks = (0..n_layers).flat_map(|i| {
+        [
             "attn_norm",
             "attn_q",
             "attn_k",
@@ -387,11 +530,10 @@ fn weight_names(n_layers: usize, has_output: bool) -> Vec<String> {
             "ffn_gate",
             "ffn_up",
             "ffn_down",
-        ] {
-            v.push(format!("blk.{i}.{t}.weight"));
-        }
-    }
-    v
+        ]
+        .map(move |t| format!("blk.{i}.{t}.weight"))
+    });
+    top.chain(blocks)
 }
 
 /// Reads the configuration, tokenizer and chat template of a llama GGUF from its header
@@ -411,10 +553,7 @@ pub fn read_meta(path: &Path) -> Result<GgufMeta> {
 /// bytes are safe to give: a malformed header is an error, never a panic or an allocation
 /// its length fields ask for but the input does not hold (the `gguf_meta` fuzz target
 /// feeds it arbitrary bytes).
-pub fn read_meta_from<R: std::io::Read + std::io::Seek>(
-    path: &Path,
-    reader: &mut R,
-) -> Result<GgufMeta> {
+pub fn read_meta_from<R: Read + Seek>(path: &Path, reader: &mut R) -> Result<GgufMeta> {
     let content = content(path, reader)?;
     let r = Reader {
         path,
@@ -496,10 +635,11 @@ impl Reader<'_> {
             )));
         }
         let has_output = r.content.tensor_infos.contains_key("output.weight");
-        let weights_bytes = weight_names(config.n_layers, has_output)
-            .iter()
-            .map(|n| r.loaded_bytes(n))
-            .sum::<Result<usize>>()?;
+        let weights_bytes =
+            weight_names(config.n_layers, has_output).try_fold(0usize, |sum, n| {
+                sum.checked_add(r.loaded_bytes(&n)?)
+                    .ok_or_else(|| r.err("the tensors' loaded size overflows"))
+            })?;
         Ok(GgufMeta {
             path: r.path.to_path_buf(),
             config,
@@ -574,4 +714,166 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         tokenizer: meta.tokenizer,
         chat_template: meta.chat_template,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GGUF v3 header pieces (the layout of `fuzz/make_seeds.py`'s tiny llama).
+    fn s(x: &str) -> Vec<u8> {
+        let mut v = (x.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(x.as_bytes());
+        v
+    }
+
+    fn kv(key: &str, value_type: u32, value: &[u8]) -> Vec<u8> {
+        [s(key), value_type.to_le_bytes().to_vec(), value.to_vec()].concat()
+    }
+
+    fn u32_kv(key: &str, v: u32) -> Vec<u8> {
+        kv(key, 4, &v.to_le_bytes())
+    }
+
+    /// A tiny llama header (hidden 8, 2 heads, 1 KV head, `block_count` blocks, vocab 4)
+    /// with `extra` metadata after the rest and the token embedding `embd` (GGUF order:
+    /// columns first); no tensor data.
+    fn header(block_count: u32, extra: &[Vec<u8>], embd: [u64; 2]) -> Vec<u8> {
+        let tokens = ["<|endoftext|>", "a", "b", "ab"];
+        let mut token_array = 8u32.to_le_bytes().to_vec();
+        token_array.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
+        for t in tokens {
+            token_array.extend(s(t));
+        }
+        let mut kvs = vec![
+            kv("general.architecture", 8, &s("llama")),
+            u32_kv("llama.embedding_length", 8),
+            u32_kv("llama.attention.head_count", 2),
+            u32_kv("llama.attention.head_count_kv", 1),
+            u32_kv("llama.block_count", block_count),
+            u32_kv("llama.feed_forward_length", 16),
+            u32_kv("llama.context_length", 64),
+            kv("tokenizer.ggml.model", 8, &s("gpt2")),
+            kv("tokenizer.ggml.tokens", 9, &token_array),
+        ];
+        kvs.extend(extra.iter().cloned());
+        let tensors: [(&str, &[u64]); 2] =
+            [("token_embd.weight", &embd), ("output_norm.weight", &[8])];
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        out.extend(kvs.concat());
+        for (name, dims) in tensors {
+            out.extend(s(name));
+            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&0u32.to_le_bytes()); // F32
+            out.extend_from_slice(&0u64.to_le_bytes());
+        }
+        out
+    }
+
+    fn read(bytes: &[u8]) -> Result<GgufMeta> {
+        read_meta_from(Path::new("t.gguf"), &mut std::io::Cursor::new(bytes))
+    }
+
+    fn format_error(bytes: &[u8]) -> String {
+        match read(bytes) {
+            Err(EngineError::ModelFormat { reason, .. }) => reason,
+            other => panic!("expected a format error, got {:?}", other.map(|m| m.config)),
+        }
+    }
+
+    #[test]
+    fn the_tiny_header_reads_up_to_its_missing_blocks() {
+        let e = format_error(&header(1, &[], [8, 4]));
+        assert!(e.contains("blk.0.attn_norm.weight"), "{e}");
+    }
+
+    /// Found by fuzz `gguf_meta` (corpus `crash-tensor-dims-overflow`): a tensor whose
+    /// dimensions multiply past `usize` (the product overflowed in `layout`: a panic with
+    /// overflow checks, a wrapped size without).
+    #[test]
+    fn tensor_dimensions_whose_product_overflows_are_a_format_error() {
+        let e = format_error(&header(1, &[], [8, u64::MAX / 4]));
+        assert!(
+            e.contains("token_embd.weight") && e.contains("too large"),
+            "{e}"
+        );
+        // Fits as elements, not as f32 bytes.
+        let e = format_error(&header(1, &[], [8, (usize::MAX / 8 / 4 + 1) as u64]));
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    /// Corpus `crash-block-count-huge`: a lying `block_count` costs no more than the
+    /// tensors the file has, the names are not all made up front (2^32 - 1 blocks were 38
+    /// billion strings).
+    #[test]
+    fn a_huge_block_count_is_refused_at_the_first_missing_block() {
+        let e = format_error(&header(u32::MAX, &[], [8, 4]));
+        assert!(e.contains("blk.0.attn_norm.weight"), "{e}");
+    }
+
+    /// Corpus `crash-alignment-zero`: `general.alignment` 0 made candle's reader divide by
+    /// zero.
+    #[test]
+    fn a_zero_alignment_is_a_format_error_not_a_division_by_zero() {
+        for value in [
+            u32_kv("general.alignment", 0),
+            kv("general.alignment", 0, &[0]),
+        ] {
+            let e = format_error(&header(1, &[value], [8, 4]));
+            assert!(e.contains("general.alignment"), "{e}");
+        }
+        // Trailing NULs name the same key in candle's reader.
+        let mut key = s("general.alignment\0\0");
+        key.extend_from_slice(&4u32.to_le_bytes());
+        key.extend_from_slice(&0u32.to_le_bytes());
+        assert!(format_error(&header(1, &[key], [8, 4])).contains("general.alignment"));
+        // The last entry counts; a 64-bit or non-zero one means the default alignment.
+        for ok in [
+            vec![
+                u32_kv("general.alignment", 0),
+                u32_kv("general.alignment", 64),
+            ],
+            vec![kv("general.alignment", 10, &0u64.to_le_bytes())],
+            vec![
+                u32_kv("general.alignment", 0),
+                kv("general.alignment", 8, &s("x")),
+            ],
+        ] {
+            let e = format_error(&header(1, &ok, [8, 4]));
+            assert!(e.contains("blk.0.attn_norm.weight"), "{e}");
+        }
+    }
+
+    #[test]
+    fn overflowing_model_dimensions_are_refused_by_validate() {
+        let mut c = ModelConfig {
+            name: "t".into(),
+            architecture: "llama".into(),
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            hidden: 8,
+            ffn: 16,
+            vocab_size: 4,
+            context_length: 64,
+            rope_base: 1e4,
+            rope_dim: 4,
+            rms_eps: 1e-5,
+        };
+        assert_eq!(c.validate(), Ok(()));
+        c.head_dim = usize::MAX / 2 + 1;
+        assert!(c.validate().unwrap_err().contains("head_dim"));
+        c.head_dim = 4;
+        for n_layers in [usize::MAX / 4, usize::MAX] {
+            c.n_layers = n_layers;
+            assert!(c.validate().unwrap_err().contains("overflows"));
+        }
+    }
 }
