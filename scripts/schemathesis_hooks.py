@@ -2,7 +2,7 @@
 
 The OpenAPI document stays truthful (no artificial maximums); these hooks only shape the
 generated bodies so a run finishes in minutes on a CPU: completion lengths are clamped to
-a few tokens, `n` to 2, and half the bodies name the served model (random names would
+a few tokens (and set when absent), `n` to 2, and half the bodies name the served model (random names would
 all end at the 404 for an unknown model and never reach validation or generation).
 """
 
@@ -28,6 +28,9 @@ def map_case(context, case):
     if isinstance(body, dict):
         _clamp(body, "max_tokens", MAX_TOKENS)
         _clamp(body, "max_completion_tokens", MAX_TOKENS)
+        # Unset means "up to the context" (thousands of tokens with `ignore_eos`): bound it.
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = MAX_TOKENS
         _clamp(body, "n", MAX_N)
         if isinstance(body.get("model"), str) and random.random() < 0.5:
             body["model"] = MODEL

@@ -61,16 +61,18 @@ async fn every_edge_error_is_an_envelope_and_stalled_connections_are_closed() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(envelope_of(&v)["code"], "request_too_large", "{v}");
 
-    // A wrong method: a JSON 405 naming what is allowed, not an empty body.
+    // A wrong method: a JSON 405 with `Allow` naming what is allowed, not an empty body.
     let r = http
         .get(s.url("/v1/chat/completions"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-    assert!(r.headers().contains_key("allow"));
+    assert_eq!(r.headers()["allow"], "POST");
     let v: Value = r.json().await.unwrap();
     assert_eq!(envelope_of(&v)["code"], "method_not_allowed", "{v}");
+    let m = envelope_of(&v)["message"].as_str().unwrap().to_string();
+    assert!(!m.contains("allowed: )"), "an empty list in {m}");
 
     // 10,000 nested arrays: a 400 in the envelope, no stack overflow, no 5xx.
     let nested = format!(

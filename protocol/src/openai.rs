@@ -26,9 +26,12 @@ impl StopSpec {
 /// One part of an array-form message `content`.
 #[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
 pub struct ContentPart {
+    /// `text` (the only kind a text model takes).
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     pub kind: String,
     #[serde(default)]
+    #[schema(required = true, nullable = false)]
     pub text: Option<String>,
 }
 
@@ -42,8 +45,11 @@ pub enum MessageContent {
 
 #[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
 pub struct RequestMessage {
+    /// `system`, `developer`, `user` or `assistant`.
+    #[schema(pattern = "^(system|developer|user|assistant)$")]
     pub role: String,
     #[serde(default)]
+    #[schema(required = true, nullable = false)]
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
@@ -107,22 +113,26 @@ macro_rules! request_with_common {
         #[derive(Debug, Clone, Deserialize, PartialEq, utoipa::ToSchema)]
         pub struct $name {
             $($(#[$fm])* pub $f: $t,)*
-            #[serde(default)] pub max_tokens: Option<u64>,
-            #[serde(default)] pub temperature: Option<f32>,
-            #[serde(default)] pub top_p: Option<f32>,
-            #[serde(default)] pub top_k: Option<i64>,
-            #[serde(default)] pub n: Option<u32>,
+            #[serde(default)] #[schema(minimum = 1)] pub max_tokens: Option<u64>,
+            #[serde(default)] #[schema(minimum = 0, maximum = 2)] pub temperature: Option<f32>,
+            #[serde(default)] #[schema(exclusive_minimum = 0, maximum = 1)] pub top_p: Option<f32>,
+            /// Extension: keep the k most likely tokens (0: no limit; at most the
+            /// vocabulary size).
+            #[serde(default)] #[schema(minimum = 0)] pub top_k: Option<i64>,
+            /// Choices per prompt (at most `limits.max_n`).
+            #[serde(default)] #[schema(minimum = 1)] pub n: Option<u32>,
             #[serde(default)] pub stop: Option<StopSpec>,
             #[serde(default)] pub seed: Option<i64>,
-            #[serde(default)] pub presence_penalty: Option<f32>,
-            #[serde(default)] pub frequency_penalty: Option<f32>,
+            #[serde(default)] #[schema(minimum = -2, maximum = 2)] pub presence_penalty: Option<f32>,
+            #[serde(default)] #[schema(minimum = -2, maximum = 2)] pub frequency_penalty: Option<f32>,
             #[serde(default)] pub logit_bias: Option<BTreeMap<String, f32>>,
             #[serde(default)] pub stream: Option<bool>,
             #[serde(default)] pub stream_options: Option<StreamOptions>,
             #[serde(default)] pub user: Option<String>,
             #[serde(default)] pub ignore_eos: Option<bool>,
             #[serde(default)] pub genie: Option<GenieHint>,
-            #[serde(default)] pub priority: Option<i32>,
+            /// Extension: higher is placed first when requests wait.
+            #[serde(default)] #[schema(minimum = -100, maximum = 100)] pub priority: Option<i32>,
         }
 
         impl $name {
@@ -155,12 +165,16 @@ request_with_common! {
     /// `POST /v1/chat/completions`.
     pub struct ChatCompletionRequest {
         pub model: String,
+        #[schema(min_items = 1)]
         pub messages: Vec<RequestMessage>,
         #[serde(default)]
+        #[schema(minimum = 1)]
         pub max_completion_tokens: Option<u64>,
         #[serde(default)]
         pub logprobs: Option<bool>,
+        /// Alternatives per position (needs `logprobs: true`).
         #[serde(default)]
+        #[schema(maximum = 20)]
         pub top_logprobs: Option<u32>,
     }
 }
@@ -182,6 +196,7 @@ request_with_common! {
         pub prompt: PromptSpec,
         /// Completions-style logprobs: how many alternatives per position.
         #[serde(default)]
+        #[schema(maximum = 20)]
         pub logprobs: Option<u32>,
         #[serde(default)]
         pub echo: Option<bool>,

@@ -305,20 +305,15 @@ async fn in_envelope(resp: Response) -> Response {
             code: Some("request_too_large"),
             ..ApiError::malformed("The request body is larger than this server accepts.")
         },
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            ApiError {
-                status: s,
-                code: Some("method_not_allowed"),
-                ..ApiError::malformed(format!(
-                    "Method not allowed on this route (allowed: {allow})."
-                ))
-            }
-        }
+        // The router adds `Allow` outside this layer, so the message cannot list it; the
+        // header carries it.
+        StatusCode::METHOD_NOT_ALLOWED => ApiError {
+            status: s,
+            code: Some("method_not_allowed"),
+            ..ApiError::malformed(
+                "Method not allowed on this route; the `Allow` header lists those that are.",
+            )
+        },
         _ => ApiError {
             status: s,
             kind: if s.is_server_error() {
