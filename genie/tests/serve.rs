@@ -340,6 +340,50 @@ async fn api_keys_are_checked_and_never_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_route_takes_the_key_it_is_configured_to() {
+    let key = "sk-genie-test";
+    let open = Server::start(&["--threads", "1", "--api-key", key], &[]);
+    let closed = Server::start(
+        &["--threads", "1", "--api-key", key],
+        &[
+            ("GENIE_SERVER__METRICS_NEED_KEY", "true"),
+            ("GENIE_SERVER__PLAN_NEEDS_KEY", "true"),
+        ],
+    );
+    let c = reqwest::Client::new();
+    let status = async |s: &Server, path: &str, with_key: bool| {
+        let mut rb = c.get(s.url(path));
+        if with_key {
+            rb = rb.bearer_auth(key);
+        }
+        rb.send().await.unwrap().status().as_u16()
+    };
+    // `/v1/*` (request placements and worker addresses included) always needs the key.
+    for path in [
+        "/v1/models",
+        "/v1/workers",
+        "/v1/plans",
+        "/v1/plans/requests",
+        "/v1/plans/requests/1",
+    ] {
+        for s in [&open, &closed] {
+            assert_eq!(status(s, path, false).await, 401, "{path}");
+            assert_ne!(status(s, path, true).await, 401, "{path}");
+        }
+    }
+    // `/metrics` and `/plan` are open unless configured otherwise; `/health` and the
+    // OpenAPI document always are.
+    for path in ["/metrics", "/plan"] {
+        assert_eq!(status(&open, path, false).await, 200, "{path}");
+        assert_eq!(status(&closed, path, false).await, 401, "{path}");
+        assert_eq!(status(&closed, path, true).await, 200, "{path}");
+    }
+    for path in ["/health", "/openapi.json"] {
+        assert_eq!(status(&closed, path, false).await, 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_waiting_queue_answers_429() {
     let s = Server::start(&["--threads", "1"], &[("GENIE_LIMITS__MAX_WAITING", "2")]);
     let mut body = chat("hi", 4);
