@@ -6,38 +6,12 @@ mod support;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::{genie_generate, Server, MODEL};
+use support::{genie_generate, healthy, wait_for, workers, Server, MODEL};
 
 struct Cluster {
     gateway: Server,
     prefill: Vec<Server>,
     decode: Vec<Server>,
-}
-
-async fn workers(gw: &Server) -> Vec<Value> {
-    let v: Value = reqwest::get(gw.url("/v1/workers"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"].as_array().cloned().unwrap_or_default()
-}
-
-async fn healthy(gw: &Server) -> usize {
-    workers(gw)
-        .await
-        .iter()
-        .filter(|w| w["healthy"] == true)
-        .count()
-}
-
-async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A worker process of `role` registering with the gateway at `url`, one compute thread.

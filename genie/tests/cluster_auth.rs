@@ -27,13 +27,7 @@ async fn refusal(r: reqwest::Response) -> (u16, String) {
 }
 
 async fn registered(gw: &Server) -> usize {
-    let v: Value = reqwest::get(gw.url("/v1/workers"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"].as_array().unwrap().len()
+    support::workers(gw).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

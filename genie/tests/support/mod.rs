@@ -194,6 +194,38 @@ impl Drop for Server {
     }
 }
 
+/// The workers a gateway lists (`GET /v1/workers`, no API key).
+pub async fn workers(gw: &Server) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = reqwest::get(gw.url("/v1/workers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// How many of them are healthy.
+pub async fn healthy(gw: &Server) -> usize {
+    workers(gw)
+        .await
+        .iter()
+        .filter(|w| w["healthy"] == true)
+        .count()
+}
+
+/// Polls `ok` every 50 ms until it holds; fails the test after 60 s naming `what`.
+pub async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The model id `genie serve` reports for the default model.
 pub const MODEL: &str = "SmolLM2-135M-Instruct";
 
