@@ -34,7 +34,9 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # --- prebuilt: the runtime around a binary built outside (deploy/image.sh) ---------------
 FROM runtime-base AS prebuilt
-COPY deploy/bin/genie /usr/local/bin/genie
+# A directory copy: it exists (deploy/bin/.gitkeep) when no binary is there, so the classic
+# builder, which builds this stage on the way to `runtime`, does not fail on it.
+COPY deploy/bin/ /usr/local/bin/
 
 # --- build: the release binary -------------------------------------------------------
 FROM ${RUST_IMAGE} AS build
