@@ -77,6 +77,14 @@ impl Registry {
                 },
             );
         }
+        // Registered workers' ids start at this gateway's start time in milliseconds, so a
+        // restarted gateway never hands out an id the previous one gave: a worker still
+        // heartbeating with its old id gets "unknown, register again" instead of updating
+        // whichever new worker got that id. (Static workers keep 1..=n, which pins name.)
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        reg.next_id.fetch_max(boot, Ordering::Relaxed);
         reg
     }
 
@@ -228,5 +236,33 @@ impl Registry {
         self.read()
             .get(&id)
             .map(|e| (e.info.address.clone(), e.info.kv_endpoint.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(addr: &str) -> RegisterRequest {
+        RegisterRequest {
+            role: WorkerRole::Decode,
+            address: format!("http://{addr}"),
+            kv_endpoint: Some(addr.to_string()),
+            hardware: "cpu".into(),
+            status: WorkerStatus::default(),
+        }
+    }
+
+    #[test]
+    fn a_restarted_registry_never_reuses_an_id_an_earlier_one_gave() {
+        let first = Registry::new(Duration::from_secs(1), &[]);
+        let old = first.register(decode("10.0.0.1:9000")).unwrap().id;
+        std::thread::sleep(Duration::from_millis(2));
+        // The gateway restarts: a new registry, and another worker registers first.
+        let second = Registry::new(Duration::from_secs(1), &[]);
+        let new = second.register(decode("10.0.0.2:9000")).unwrap().id;
+        assert!(new.0 > old.0, "{new} after {old}");
+        // The old worker's heartbeat is refused, so it registers again.
+        assert!(!second.heartbeat(old, WorkerStatus::default()));
     }
 }
