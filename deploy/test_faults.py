@@ -8,7 +8,9 @@ with what the client saw and what was left behind:
 2. `docker pause` a prefill container for 30 s: the gateway marks it unhealthy, requests
    are served meanwhile, and it is healthy again after `unpause`.
 3. `docker restart` the gateway while the workers live: all 4 register again.
-4. Scale decode to 3: the new worker takes load.
+4. `docker network disconnect` a decode container: it is marked unhealthy, requests are
+   served meanwhile, and after `network connect` it is healthy again.
+5. Scale decode to 3: the new worker takes load.
 
 It restores the stack as it goes (a killed container is started again). Exits non-zero
 on the first failure.
@@ -137,7 +139,21 @@ def main():
     print(f"   4 workers registered {t:.1f} s after the gateway restart")
     check(bool(ask().choices[0].message.content), "a request after the gateway restart succeeds")
 
-    # 4. Scale decode to 3.
+    # 4. Cut a decode container off the network, then reconnect it.
+    d = containers(a.project, "decode")[-1]
+    net = f"{a.project}_cluster"
+    ip = lambda: sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", d).strip()
+    before = ip()
+    sh("docker", "network", "disconnect", net, d)
+    t = wait(f"{d} marked unhealthy once cut off", healthy(3), 30)
+    print(f"   {d} unhealthy {t:.1f} s after the disconnect")
+    check(all(bool(ask().choices[0].message.content) for _ in range(3)),
+          "requests are served while a decode container is cut off")
+    sh("docker", "network", "connect", net, d)
+    t = wait(f"{d} healthy again after reconnecting", healthy(4), 60)
+    print(f"   {d} healthy {t:.1f} s after reconnecting (address {before} -> {ip()})")
+
+    # 5. Scale decode to 3.
     compose = ["docker", "compose"] if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0 else ["docker-compose"]
     subprocess.run(compose + ["-p", a.project, "up", "-d", "--no-recreate", "--scale", "prefill=2", "--scale", "decode=3"],
                    check=True, capture_output=True)
