@@ -195,46 +195,35 @@ fn run_auth(a: &KvBenchArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         let layer_bytes = meta.payload_len().unwrap_or(0);
         let payload: Vec<u8> = (0..layer_bytes).map(|i| (i * 31) as u8).collect();
         let total = layer_bytes * a.layers;
-        let (mut plain, mut auth) = (Vec::new(), Vec::new());
+        // times[0]: without the hello, times[1]: with it.
+        let mut times: [Vec<f64>; 2] = Default::default();
         for round in 0..a.repeat {
-            let p = Receiver {
-                addr: &plain_addr,
-                reg: &plain_reg,
-                rx: &plain_rx,
-            };
-            let h = Receiver {
-                addr: &auth_addr,
-                reg: &auth_reg,
-                rx: &auth_rx,
-            };
+            let sides = [
+                (
+                    &plain_via,
+                    Receiver {
+                        addr: &plain_addr,
+                        reg: &plain_reg,
+                        rx: &plain_rx,
+                    },
+                ),
+                (
+                    &auth_via,
+                    Receiver {
+                        addr: &auth_addr,
+                        reg: &auth_reg,
+                        rx: &auth_rx,
+                    },
+                ),
+            ];
             // Which goes first alternates, so neither always runs on a warmer cache.
-            if round % 2 == 0 {
-                plain.push(transport_once(
-                    &plain_via, &p, id, meta, a.layers, &payload,
-                )?);
-                auth.push(transport_once(
-                    &auth_via,
-                    &h,
-                    id + 1,
-                    meta,
-                    a.layers,
-                    &payload,
-                )?);
-            } else {
-                auth.push(transport_once(
-                    &auth_via,
-                    &h,
-                    id + 1,
-                    meta,
-                    a.layers,
-                    &payload,
-                )?);
-                plain.push(transport_once(
-                    &plain_via, &p, id, meta, a.layers, &payload,
-                )?);
+            for k in [round % 2, 1 - round % 2] {
+                let (via, r) = &sides[k];
+                times[k].push(transport_once(via, r, id, meta, a.layers, &payload)?);
+                id += 1;
             }
-            id += 2;
         }
+        let [plain, auth] = times;
         let ratio = crate::stats::median_ratio(&plain, &auth);
         let (mp, ma) = (median(plain), median(auth));
         println!(

@@ -6,7 +6,7 @@ mod support;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::{genie_generate, healthy, wait_for, workers, Server, MODEL};
+use support::{genie_generate, healthy, wait_for, worker_standalone, workers, Server, MODEL};
 
 struct Cluster {
     gateway: Server,
@@ -29,14 +29,6 @@ fn worker(role: &str, url: &str, env: &[(&str, &str)]) -> Server {
             "1",
         ],
         env,
-    )
-}
-
-/// A worker process of `role` that registers nowhere (a static worker), one thread.
-fn worker_standalone(role: &str) -> Server {
-    Server::spawn(
-        &[role, "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
-        &[],
     )
 }
 
@@ -439,13 +431,10 @@ async fn a_decode_reservation_whose_caller_left_is_released_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statically_listed_workers_are_polled_and_serve() {
-    let start = |role: &str| {
-        Server::spawn(
-            &[role, "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
-            &[],
-        )
-    };
-    let (p, d) = (start("prefill-worker"), start("decode-worker"));
+    let (p, d) = (
+        worker_standalone("prefill-worker"),
+        worker_standalone("decode-worker"),
+    );
     let d_status: Value = support::signed(reqwest::Client::new().get(d.url("/internal/status")))
         .await
         .json()

@@ -147,13 +147,10 @@ async fn the_gateway_control_plane_takes_only_fresh_signed_calls_on_its_own_list
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_refuse_unsigned_control_calls_and_kv_from_peers_without_the_secret() {
-    let start = |role: &str| {
-        Server::spawn(
-            &[role, "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
-            &[],
-        )
-    };
-    let (p, d) = (start("prefill-worker"), start("decode-worker"));
+    let (p, d) = (
+        support::worker_standalone("prefill-worker"),
+        support::worker_standalone("decode-worker"),
+    );
     let c = reqwest::Client::new();
     let calls = [
         (&d, "POST", "/internal/decode"),

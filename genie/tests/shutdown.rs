@@ -163,24 +163,10 @@ async fn a_draining_worker_deregisters_refuses_new_sequences_and_finishes_its_st
     let _prefill = Server::spawn(&args("prefill-worker"), &[]);
     let mut decode = Server::spawn(&args("decode-worker"), &[]);
     let http = reqwest::Client::new();
-    let listed = |v: &Value, role: &str| {
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["role"] == role)
-            .count()
-    };
+    let listed = |v: &[Value], role: &str| v.iter().filter(|w| w["role"] == role).count();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v: Value = http
-            .get(gateway.url("/v1/workers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = support::workers_via(&http, &gateway).await;
         let h: reqwest::StatusCode = http
             .get(gateway.url("/health"))
             .send()
@@ -190,27 +176,20 @@ async fn a_draining_worker_deregisters_refuses_new_sequences_and_finishes_its_st
         if listed(&v, "decode") == 1 && listed(&v, "prefill") == 1 && h == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "workers did not register: {v}");
+        assert!(Instant::now() < deadline, "workers did not register: {v:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stream = open_stream(&gateway, 160).await;
     let t = Instant::now();
     decode.signal("TERM");
     loop {
-        let v: Value = http
-            .get(gateway.url("/v1/workers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = support::workers_via(&http, &gateway).await;
         if listed(&v, "decode") == 0 {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_millis(2500),
-            "still listed: {v}"
+            "still listed: {v:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

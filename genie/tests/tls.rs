@@ -8,7 +8,6 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use support::{genie_generate, Server, MODEL};
 
 struct Pki {
@@ -106,28 +105,17 @@ async fn a_cluster_serves_and_talks_https_end_to_end() {
     }
     let c = trusting(&pki.ca);
     // The workers registered over HTTPS and answer the gateway's HTTPS health polls.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v: Value = c
-            .get(gw.url("/v1/workers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let data = v["data"].as_array().cloned().unwrap_or_default();
-        if data.iter().filter(|w| w["healthy"] == true).count() == 2 {
-            assert!(
-                data.iter()
-                    .all(|w| w["address"].as_str().unwrap().starts_with("https://")),
-                "{v}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "workers never registered: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_for("2 healthy workers registered over HTTPS", async || {
+        let data = support::workers_via(&c, &gw).await;
+        data.iter().filter(|w| w["healthy"] == true).count() == 2
+    })
+    .await;
+    let data = support::workers_via(&c, &gw).await;
+    assert!(
+        data.iter()
+            .all(|w| w["address"].as_str().unwrap().starts_with("https://")),
+        "{data:?}"
+    );
     let p = "Name a planet of the solar system.";
     let want = genie_generate(&["--chat", "--prompt", p, "--max-tokens", "16"]);
     let r = c

@@ -26,7 +26,16 @@ fn receiver(
     rt: &tokio::runtime::Runtime,
     stall: Duration,
 ) -> (String, TransferRegistry, mpsc::Receiver<KvMessage>) {
-    let registry = TransferRegistry::new();
+    receiver_with(rt, TransferRegistry::new(), stall)
+}
+
+/// A TCP KV receiver serving `registry` on loopback: its address, the registry, and what
+/// it delivers.
+fn receiver_with(
+    rt: &tokio::runtime::Runtime,
+    registry: TransferRegistry,
+    stall: Duration,
+) -> (String, TransferRegistry, mpsc::Receiver<KvMessage>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let deliver: genie_kv_transfer::Deliver = Arc::new(move |m| tx.lock().unwrap().send(m).is_ok());
@@ -239,21 +248,7 @@ fn authenticated_receiver(
 ) -> (String, TransferRegistry, mpsc::Receiver<KvMessage>) {
     let registry =
         TransferRegistry::with_auth(Arc::new(genie_cluster_auth::Verifier::new(secret.clone())));
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let deliver: genie_kv_transfer::Deliver = Arc::new(move |m| tx.lock().unwrap().send(m).is_ok());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    rt.spawn(tcp::serve(
-        listener,
-        registry.clone(),
-        deliver,
-        Duration::from_secs(5),
-        tokio_util::sync::CancellationToken::new(),
-    ));
-    (addr, registry, rx)
+    receiver_with(rt, registry, Duration::from_secs(5))
 }
 
 /// Writes `hello` (if any) then `frame` on a raw connection; true if the receiver closed

@@ -194,9 +194,24 @@ impl Drop for Server {
     }
 }
 
+/// A worker process of `role` that registers nowhere (a static worker), one thread.
+pub fn worker_standalone(role: &str) -> Server {
+    Server::spawn(
+        &[role, "--host", "127.0.0.1", "--port", "0", "--threads", "1"],
+        &[],
+    )
+}
+
 /// The workers a gateway lists (`GET /v1/workers`, no API key).
 pub async fn workers(gw: &Server) -> Vec<serde_json::Value> {
-    let v: serde_json::Value = reqwest::get(gw.url("/v1/workers"))
+    workers_via(&reqwest::Client::new(), gw).await
+}
+
+/// The same, through `client` (one that trusts a test CA, say).
+pub async fn workers_via(client: &reqwest::Client, gw: &Server) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = client
+        .get(gw.url("/v1/workers"))
+        .send()
         .await
         .unwrap()
         .json()
