@@ -28,6 +28,8 @@ import urllib.request
 
 import openai
 
+from test_stack import container_metric as metric  # the same file, beside this one
+
 MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -40,13 +42,6 @@ def check(cond, what):
 
 def sh(*args):
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
-
-
-def metric(container, name):
-    out = sh("docker", "exec", container, "bash", "-c",
-             'exec 3<>/dev/tcp/127.0.0.1/9000; printf "GET /metrics HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3')
-    return sum(float(l.rsplit(" ", 1)[1]) for l in out.splitlines()
-               if l.startswith(name + " ") or l.startswith(name + "{"))
 
 
 def containers(project, service):
