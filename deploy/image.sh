@@ -5,6 +5,8 @@
 # Docker packages without buildx have no BuildKit.
 #
 #   deploy/image.sh [GENIE_BINARY] [TAG]     (defaults: target/release/genie, genie:local)
+#   BAKE_MODEL=1 deploy/image.sh ...         the host's cached default model inside the image
+#                                            (a new /models volume starts with it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release/genie}"
@@ -14,7 +16,13 @@ bash deploy/base-image.sh
 mkdir -p deploy/bin
 # Without debug info: a smaller image and build context.
 strip -o deploy/bin/genie "$bin" 2>/dev/null || cp "$bin" deploy/bin/genie
+mkdir -p deploy/model
+trap 'rm -f deploy/bin/genie deploy/model/*.gguf' EXIT
+if [ "${BAKE_MODEL:-0}" = 1 ]; then
+  # `genie model fetch` prints the cached path (and fetches it when missing).
+  model=$("$bin" model fetch | awk 'END {print $1}')
+  cp "$model" deploy/model/
+fi
 start=$(date +%s)
 DOCKER_BUILDKIT=0 docker build -q --target prebuilt -t "$tag" . >/dev/null
-rm -f deploy/bin/genie
 echo "image $tag built in $(( $(date +%s) - start )) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))"

