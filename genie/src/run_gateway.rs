@@ -6,6 +6,7 @@ use crate::process::{http_runtime, Background};
 use crate::run_serve::{dispatch_config, frontend, model_path, serve_api, ControlPlane, ServeArgs};
 use anyhow::Result;
 use genie_engine::model_text::ModelText;
+use genie_protocol::worker::WorkerRole;
 use genie_router::{Dispatcher, Registry, RemotePool};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let path = model_path(&cfg)?;
     let text = ModelText::open(&path)?;
     let plan = crate::plan_setup::served_plan(&cfg, &text, genie_scheduler::Transport::Tcp)?;
-    let registry = Arc::new(Registry::new(
-        Duration::from_millis(cfg.workers.heartbeat_ms),
-        &cfg.workers.statics,
-    ));
+    // A worker's `--hardware` label must match the pool the plan put its role on.
+    let registry = plan.stages.iter().fold(
+        Registry::new(
+            Duration::from_millis(cfg.workers.heartbeat_ms),
+            &cfg.workers.statics,
+        ),
+        |reg, s| match s.op {
+            genie_scheduler::Op::Prefill => {
+                reg.expect_hardware(WorkerRole::Prefill, &s.pool, &s.hardware)
+            }
+            genie_scheduler::Op::Decode => {
+                reg.expect_hardware(WorkerRole::Decode, &s.pool, &s.hardware)
+            }
+            _ => reg,
+        },
+    );
+    let registry = Arc::new(registry);
     let pool = Arc::new(RemotePool::new(
         Arc::clone(&registry),
         secret.clone(),

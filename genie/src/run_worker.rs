@@ -155,7 +155,15 @@ async fn heartbeats(
                 continue;
             }
             Ok(r) => {
-                tracing::warn!(status = %r.status(), "gateway refused registration");
+                let status = r.status();
+                // The gateway says which field and why (the OpenAI error envelope).
+                let why = r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                tracing::warn!(%status, reason = %why, "gateway refused registration");
                 if !pause(Duration::from_secs(1), stop).await {
                     return;
                 }

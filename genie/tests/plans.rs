@@ -596,3 +596,47 @@ fn genie_plan_simulate_reports_a_shipped_plan_under_load() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }
+
+/// A worker's `--hardware` label places it in the plan's pools: under
+/// configs/hetero-h100-a100.toml (prefill on H100, decode on A100) the gateway takes an
+/// `a100` decode worker and refuses a `cpu` one with 400, `param` `hardware` and the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_checks_the_hardware_label_against_the_plans_pools() {
+    let gw = Server::spawn(
+        &[
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--config",
+            &config("hetero-h100-a100.toml"),
+        ],
+        &[],
+    );
+    use genie_protocol::worker::{RegisterRequest, WorkerRole, WorkerStatus};
+    let reg = |hardware: &str| RegisterRequest {
+        role: WorkerRole::Decode,
+        address: "http://127.0.0.1:9".into(),
+        kv_endpoint: Some("127.0.0.1:9".into()),
+        hardware: hardware.into(),
+        status: WorkerStatus::default(),
+    };
+    let c = reqwest::Client::new();
+    let r = support::signed(c.post(gw.url("/internal/workers")).json(&reg("cpu"))).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "hardware", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("decode on pool `a100` (A100)") && msg.contains("--hardware A100"),
+        "{msg}"
+    );
+    assert!(support::workers(&gw).await.is_empty());
+
+    let r = support::signed(c.post(gw.url("/internal/workers")).json(&reg("a100"))).await;
+    assert_eq!(r.status(), 200);
+    let listed = support::workers(&gw).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["hardware"], "a100");
+}

@@ -29,6 +29,13 @@ fn default_hardware() -> String {
     "cpu".into()
 }
 
+fn role_name(r: WorkerRole) -> &'static str {
+    match r {
+        WorkerRole::Prefill => "prefill",
+        WorkerRole::Decode => "decode",
+    }
+}
+
 /// A registration refused: which field and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -49,6 +56,9 @@ pub struct Registry {
     next_id: AtomicU64,
     pub heartbeat: Duration,
     changed: Arc<Notify>,
+    /// The plan's pool (name, hardware) for each role, where the plan names hardware other
+    /// than the default `cpu`: a worker registering for that role must carry that label.
+    pools: HashMap<WorkerRole, (String, String)>,
 }
 
 impl Registry {
@@ -58,6 +68,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             heartbeat,
             changed: Arc::new(Notify::new()),
+            pools: HashMap::new(),
         };
         for s in statics {
             let id = WorkerId(reg.next_id.fetch_add(1, Ordering::Relaxed));
@@ -88,6 +99,17 @@ impl Registry {
         reg
     }
 
+    /// Workers of `role` must register with `hardware` (compared without case): the plan
+    /// put that role's phase on pool `pool` of that hardware. A plan on the default `cpu`
+    /// pool accepts any label.
+    pub fn expect_hardware(mut self, role: WorkerRole, pool: &str, hardware: &str) -> Self {
+        if !hardware.eq_ignore_ascii_case("cpu") {
+            self.pools
+                .insert(role, (pool.to_string(), hardware.to_string()));
+        }
+        self
+    }
+
     /// Notified whenever worker load or health changes (requests waiting for room retry).
     pub fn changed(&self) -> Arc<Notify> {
         Arc::clone(&self.changed)
@@ -114,9 +136,21 @@ impl Registry {
                 reason: "a decode worker must give its KV endpoint".into(),
             });
         }
+        if let Some((pool, hw)) = self.pools.get(&req.role) {
+            if !req.hardware.eq_ignore_ascii_case(hw) {
+                return Err(RegistryError {
+                    field: "hardware",
+                    reason: format!(
+                        "this gateway's plan runs {} on pool `{pool}` ({hw}); a worker with hardware `{}` does not belong to it: start it with --hardware {hw}, or change the plan's pools",
+                        role_name(req.role),
+                        req.hardware
+                    ),
+                });
+            }
+        }
         req.address = req.address.trim_end_matches('/').to_string();
         let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        tracing::info!(%id, role = ?req.role, address = %req.address, "worker registered");
+        tracing::info!(%id, role = ?req.role, address = %req.address, hardware = %req.hardware, "worker registered");
         self.write().insert(
             id,
             Entry {
@@ -264,5 +298,28 @@ mod tests {
         assert!(new.0 > old.0, "{new} after {old}");
         // The old worker's heartbeat is refused, so it registers again.
         assert!(!second.heartbeat(old, WorkerStatus::default()));
+    }
+
+    #[test]
+    fn a_worker_must_carry_the_hardware_of_its_pool() {
+        let reg = Registry::new(Duration::from_secs(1), &[])
+            .expect_hardware(WorkerRole::Decode, "a100", "A100")
+            .expect_hardware(WorkerRole::Prefill, "local", "cpu");
+        let e = reg.register(decode("10.0.0.1:9000")).unwrap_err();
+        assert_eq!(e.field, "hardware");
+        assert!(e.reason.contains("pool `a100` (A100)"), "{}", e.reason);
+        assert!(e.reason.contains("--hardware A100"), "{}", e.reason);
+        assert!(reg.list().is_empty());
+        // The label is compared without case.
+        let mut ok = decode("10.0.0.2:9000");
+        ok.hardware = "a100".into();
+        assert!(reg.register(ok).is_ok());
+        // A role on the default cpu pool takes any label.
+        let mut p = decode("10.0.0.3:9000");
+        p.role = WorkerRole::Prefill;
+        p.kv_endpoint = None;
+        p.hardware = "xeon".into();
+        assert!(reg.register(p).is_ok());
+        assert_eq!(reg.list().len(), 2);
     }
 }
