@@ -14,9 +14,9 @@ binary with one compute thread per worker:
 The same genie-loadtest workload runs against each in turn, interleaved round by round
 (these hosts are shared and noisy), at each concurrency. processes vs stack is the cost of
 the container network (bridge, NAT and the published port's proxy); serve vs processes is
-the cost of disaggregating over TCP. Also measured: the round trip of a small request
-(`GET /health`, one keep-alive connection) to each gateway, and the mean KV hand-off time
-read from the prefill workers' `genie_kv_transfer_seconds`.
+the cost of disaggregating over TCP (and of 4 worker threads against serve's 2 on the
+same cores). Also measured: the round trip of a small request (`GET /health`, one
+keep-alive connection) to each gateway, which isolates the network path from compute.
 
     deploy/stack.sh up target/release/genie
     python3 deploy/bench_stack.py [--concurrency 4,16] [--rounds 2] [--json FILE]
@@ -47,30 +47,8 @@ def host_line():
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vnni", "avxvnni") if f in flags]
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if f in flags]
     return f"{os.cpu_count()} vCPU, {model}, {' '.join(isa)}, Linux {platform.release()}"
-
-
-def metric_text_host(url):
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
-def metric_text_container(name):
-    script = 'exec 3<>/dev/tcp/127.0.0.1/9000; printf "GET /metrics HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3'
-    return subprocess.run(["docker", "exec", name, "bash", "-c", script],
-                          check=True, capture_output=True, text=True).stdout
-
-
-def kv_sum_count(texts):
-    s = c = 0.0
-    for t in texts:
-        for line in t.splitlines():
-            if line.startswith("genie_kv_transfer_seconds_sum"):
-                s += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("genie_kv_transfer_seconds_count"):
-                c += float(line.rsplit(" ", 1)[1])
-    return s, c
 
 
 def round_trip_us(url, n=300):
@@ -101,36 +79,27 @@ def loadtest(binary, url, concurrency, a, path):
         return json.load(f)["summary"]
 
 
-def start_processes(genie, secret):
+def start_processes(genie, secret, procs):
+    """Starts the gateway and 4 workers, appending each to `procs` as it starts."""
     env = dict(os.environ, GENIE_THREADS="1")
     port, internal = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    procs = [run_server([genie, "gateway", "--port", str(port), "--internal-port", str(internal),
-                         "--cluster-secret-file", secret], url, "/health", env=env)]
-    workers = []
+    procs.append(run_server([genie, "gateway", "--port", str(port), "--internal-port", str(internal),
+                         "--cluster-secret-file", secret], url, "/v1/models", env=env))
     for role in ["prefill", "prefill", "decode", "decode"]:
         log = tempfile.NamedTemporaryFile(prefix=f"genie-bench-{role}-", suffix=".log", delete=False)
         p = subprocess.Popen([genie, f"{role}-worker", "--gateway", f"http://127.0.0.1:{internal}",
                               "--cluster-secret-file", secret], stdout=subprocess.PIPE,
                              stderr=log, text=True, env=env)
-        banner = p.stdout.readline()  # "Genie prefill worker on http://127.0.0.1:P; ..."
-        addr = banner.split(" on ", 1)[1].split(";", 1)[0].split(" ", 1)[0]
+        p.stdout.readline()  # the start-up line: it is listening
         procs.append(p)
-        workers.append((role, addr))
     deadline = time.time() + 120
     while time.time() < deadline:
         with urllib.request.urlopen(url + "/v1/workers", timeout=5) as r:
             if sum(1 for w in json.load(r)["data"] if w["healthy"]) == 4:
-                return url, procs, [a for r_, a in workers if r_ == "prefill"]
+                return url
         time.sleep(0.5)
     sys.exit("host processes: 4 workers not healthy after 120 s")
-
-
-def stack_prefill_containers(project):
-    out = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
-                          "--filter", "label=com.docker.compose.service=prefill", "--format", "{{.Names}}"],
-                         check=True, capture_output=True, text=True).stdout.split()
-    return sorted(out)
 
 
 def main():
@@ -138,10 +107,9 @@ def main():
     ap.add_argument("--genie", default=os.path.join(ROOT, "target/release/genie"))
     ap.add_argument("--loadtest", default=os.path.join(ROOT, "target/release/genie-loadtest"))
     ap.add_argument("--stack-url", default="http://127.0.0.1:8000")
-    ap.add_argument("--project", default="genie")
     ap.add_argument("--concurrency", default="4,16")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--requests-per-slot", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests-per-slot", type=int, default=4)
     ap.add_argument("--input-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=32)
     ap.add_argument("--json")
@@ -157,33 +125,23 @@ def main():
     serve_url = f"http://127.0.0.1:{serve_port}"
     serve = run_server([a.genie, "serve", "--port", str(serve_port)], serve_url, "/health", env=env)
     secret = os.path.join(ROOT, "deploy", "cluster.secret")
-    proc_url, procs, proc_prefill = start_processes(a.genie, secret)
-    containers = stack_prefill_containers(a.project)
-    systems = {
-        "serve": (serve_url, lambda: None),
-        "processes": (proc_url, lambda: kv_sum_count(metric_text_host(u) for u in proc_prefill)),
-        "stack": (a.stack_url, lambda: kv_sum_count(metric_text_container(c) for c in containers)),
-    }
-    results = {name: {"rtt": round_trip_us(url)} for name, (url, _) in systems.items()}
-    out_dir = tempfile.mkdtemp(prefix="genie-bench-stack-")
+    procs = []
     try:
+        proc_url = start_processes(a.genie, secret, procs)
+        systems = {"serve": serve_url, "processes": proc_url, "stack": a.stack_url}
+        results = {name: {"rtt": round_trip_us(url)} for name, url in systems.items()}
+        out_dir = tempfile.mkdtemp(prefix="genie-bench-stack-")
         for conc in [int(c) for c in a.concurrency.split(",")]:
             names = list(systems)
             for rnd in range(a.rounds):
                 order = names if rnd % 2 == 0 else names[::-1]
                 for name in order:
-                    url, kv = systems[name]
-                    before = kv()
-                    s = loadtest(a.loadtest, url, conc, a, os.path.join(out_dir, f"{name}-{conc}-{rnd}.json"))
-                    after = kv()
-                    kv_ms = None
-                    if before and after and after[1] > before[1]:
-                        kv_ms = (after[0] - before[0]) / (after[1] - before[1]) * 1e3
-                    results[name].setdefault(conc, []).append((s, kv_ms))
+                    s = loadtest(a.loadtest, systems[name], conc, a,
+                                 os.path.join(out_dir, f"{name}-{conc}-{rnd}.json"))
+                    results[name].setdefault(conc, []).append(s)
                     print(f"c={conc} round {rnd + 1} {name}: TTFT p50 {s['ttft']['p50_ms']:.0f} ms, "
                           f"ITL p50 {s['itl']['p50_ms']:.1f} ms, {s['output_token_throughput']:.1f} tok/s, "
-                          f"{s['failed']} failed" + (f", KV hand-off {kv_ms:.2f} ms" if kv_ms else ""),
-                          flush=True)
+                          f"{s['failed']} failed", flush=True)
     finally:
         for p in procs:
             stop(p)
@@ -193,26 +151,24 @@ def main():
     print(f"workload: genie-loadtest chat, {a.input_tokens} prompt tokens, {a.output_tokens} output tokens, "
           f"{a.requests_per_slot} requests per unit of concurrency, {a.rounds} interleaved rounds; "
           "the median of the rounds\n")
-    print("| system | concurrency | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | e2e p50 (ms) | output tok/s | failed | KV hand-off mean (ms) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| system | concurrency | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | e2e p50 (ms) | output tok/s | failed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     table = {}
     for conc in [int(c) for c in a.concurrency.split(",")]:
         for name in systems:
             runs = results[name][conc]
             row = {
-                "ttft_p50": med([s["ttft"]["p50_ms"] for s, _ in runs]),
-                "ttft_p99": med([s["ttft"]["p99_ms"] for s, _ in runs]),
-                "itl_p50": med([s["itl"]["p50_ms"] for s, _ in runs]),
-                "e2e_p50": med([s["e2e"]["p50_ms"] for s, _ in runs]),
-                "tok_s": med([s["output_token_throughput"] for s, _ in runs]),
-                "failed": sum(s["failed"] for s, _ in runs),
-                "kv_ms": med([k for _, k in runs if k is not None]),
+                "ttft_p50": med([s["ttft"]["p50_ms"] for s in runs]),
+                "ttft_p99": med([s["ttft"]["p99_ms"] for s in runs]),
+                "itl_p50": med([s["itl"]["p50_ms"] for s in runs]),
+                "e2e_p50": med([s["e2e"]["p50_ms"] for s in runs]),
+                "tok_s": med([s["output_token_throughput"] for s in runs]),
+                "failed": sum(s["failed"] for s in runs),
             }
             table[f"{name}-{conc}"] = row
-            kv = "-" if row["kv_ms"] != row["kv_ms"] else f"{row['kv_ms']:.2f}"
             print(f"| {name} | {conc} | {row['ttft_p50']:.0f} | {row['ttft_p99']:.0f} | {row['itl_p50']:.1f} | "
-                  f"{row['e2e_p50']:.0f} | {row['tok_s']:.1f} | {row['failed']} | {kv} |")
+                  f"{row['e2e_p50']:.0f} | {row['tok_s']:.1f} | {row['failed']} |")
     print("\n| system | GET /health round trip p50 (µs) | p99 (µs) |")
     print("|---|---:|---:|")
     for name in systems:
