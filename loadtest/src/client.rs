@@ -1,6 +1,7 @@
 //! One streamed OpenAI request, timed: when the first content arrived, the gap before each
 //! later content chunk, the end, and the server's usage.
 
+use crate::workload::Prompt;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -52,6 +53,11 @@ pub struct Outcome {
     pub prompt_tokens: Option<u32>,
     /// From `usage`, else the number of content chunks.
     pub output_tokens: u32,
+    /// From `usage.prompt_tokens_details.cached_tokens` when the server reports it.
+    pub cached_tokens: Option<u32>,
+    /// The answer's text (the next turn of a multi-turn conversation sends it back).
+    #[serde(skip)]
+    pub text: String,
 }
 
 impl Outcome {
@@ -62,8 +68,9 @@ impl Outcome {
     }
 }
 
-/// The request body for `prompt` and `max_tokens` on `t`.
-pub fn body(t: &Target, prompt: &str, max_tokens: u32) -> Value {
+/// The request body for `prompt` and `max_tokens` on `t`: chat sends the system prompt and
+/// the conversation as messages, completions their concatenation.
+pub fn body(t: &Target, prompt: &Prompt, max_tokens: u32) -> Value {
     let mut b = json!({
         "model": t.model,
         "max_tokens": max_tokens,
@@ -72,8 +79,20 @@ pub fn body(t: &Target, prompt: &str, max_tokens: u32) -> Value {
         "stream_options": {"include_usage": true},
     });
     match t.endpoint {
-        Endpoint::Chat => b["messages"] = json!([{"role": "user", "content": prompt}]),
-        Endpoint::Completions => b["prompt"] = json!(prompt),
+        Endpoint::Chat => {
+            let mut m: Vec<Value> = Vec::with_capacity(prompt.messages.len() + 1);
+            if let Some(sys) = &prompt.system {
+                m.push(json!({"role": "system", "content": sys}));
+            }
+            m.extend(
+                prompt
+                    .messages
+                    .iter()
+                    .map(|(role, content)| json!({"role": role, "content": content})),
+            );
+            b["messages"] = Value::Array(m);
+        }
+        Endpoint::Completions => b["prompt"] = json!(prompt.as_text()),
     }
     if t.ignore_eos {
         b["ignore_eos"] = json!(true);
@@ -96,8 +115,12 @@ pub struct SseState {
     pub done: bool,
     pub error: Option<String>,
     pub usage: Option<(u32, u32)>,
+    /// `usage.prompt_tokens_details.cached_tokens`, when present.
+    pub cached_tokens: Option<u32>,
     /// Content chunks seen so far.
     pub content_chunks: u32,
+    /// The content received so far.
+    pub text: String,
 }
 
 impl SseState {
@@ -129,13 +152,18 @@ impl SseState {
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     let g = |k: &str| u[k].as_u64().unwrap_or(0) as u32;
                     self.usage = Some((g("prompt_tokens"), g("completion_tokens")));
+                    self.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
+                        .as_u64()
+                        .map(|c| c as u32);
                 }
-                let has_content = v["choices"].as_array().is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        let text = c["delta"]["content"].as_str().or(c["text"].as_str());
-                        text.is_some_and(|t| !t.is_empty())
-                    })
-                });
+                let mut has_content = false;
+                for c in v["choices"].as_array().into_iter().flatten() {
+                    let text = c["delta"]["content"].as_str().or(c["text"].as_str());
+                    if let Some(t) = text.filter(|t| !t.is_empty()) {
+                        self.text.push_str(t);
+                        has_content = true;
+                    }
+                }
                 if has_content {
                     self.content_chunks += 1;
                     n += 1;
@@ -150,7 +178,7 @@ impl SseState {
 pub async fn send(
     client: &reqwest::Client,
     t: &Target,
-    prompt: &str,
+    prompt: &Prompt,
     input_tokens: u32,
     max_tokens: u32,
     run_start: Instant,
@@ -204,13 +232,15 @@ pub async fn send(
     match result {
         Err(_) => o.error = Some(format!("timed out after {:?}", t.timeout)),
         Ok(Err(e)) => o.error = Some(e),
-        Ok(Ok(sse)) => {
+        Ok(Ok(mut sse)) => {
             if let Some((p, c)) = sse.usage {
                 o.prompt_tokens = Some(p);
                 o.output_tokens = c;
             } else {
                 o.output_tokens = sse.content_chunks;
             }
+            o.cached_tokens = sse.cached_tokens;
+            o.text = std::mem::take(&mut sse.text);
             o.error = match (sse.error, sse.done, sse.content_chunks) {
                 (Some(e), _, _) => Some(format!("error event: {e}")),
                 (None, false, _) => Some("stream ended without [DONE]".into()),
@@ -245,6 +275,7 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(s.content_chunks, 2);
         assert_eq!(s.usage, Some((7, 2)));
+        assert_eq!(s.text, "Hi there");
         assert!(s.done && s.error.is_none());
 
         let mut e = SseState::default();
@@ -264,13 +295,28 @@ mod tests {
             temperature: 0.0,
             timeout: Duration::from_secs(1),
         };
-        let b = body(&t, "hello", 9);
+        let b = body(&t, &Prompt::user(None, "hello".into()), 9);
         assert_eq!(b["messages"][0]["content"], "hello");
         assert_eq!(b["max_tokens"], 9);
         assert_eq!(b["logit_bias"]["2"], -100);
         assert_eq!(b["ignore_eos"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
+        let mut p = Prompt::user(Some("sys."), "hi".into());
+        p.next_turn("yo".into(), "again".into());
+        let b = body(&t, &p, 9);
+        let roles: Vec<&str> = b["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(b["messages"][2]["content"], "yo");
         t.endpoint = Endpoint::Completions;
-        assert_eq!(body(&t, "hello", 9)["prompt"], "hello");
+        assert_eq!(
+            body(&t, &Prompt::user(None, "hello".into()), 9)["prompt"],
+            "hello"
+        );
+        assert_eq!(body(&t, &p, 9)["prompt"], "sys.hiyoagain");
     }
 }

@@ -31,9 +31,22 @@ struct Args {
     /// Open loop: Poisson arrivals at this many requests per second.
     #[arg(long, conflicts_with = "trace")]
     rate: Option<f64>,
-    /// Replay a JSONL trace: {"arrival_s": S, "input_tokens": N, "output_tokens": M} per line.
+    /// Replay a JSONL trace: {"arrival_s": S, "input_tokens": N, "output_tokens": M} per
+    /// line, with optional "hash_ids" (shared prompt blocks), or Mooncake's lines
+    /// ({"timestamp": MS, "input_length": N, "output_length": M, "hash_ids": [...]}).
     #[arg(long)]
     trace: Option<std::path::PathBuf>,
+    /// Tokens per trace block named by `hash_ids` (Mooncake's traces: 512).
+    #[arg(long, default_value_t = 512)]
+    trace_block_tokens: u32,
+    /// Multi-turn chat (closed loop): each in-flight slot runs conversations of this many
+    /// turns; every turn resends the history with the previous answer and a new user
+    /// message of --input-tokens words.
+    #[arg(long, conflicts_with_all = ["rate", "trace"])]
+    multi_turn: Option<u32>,
+    /// A system prompt of this many tokens, the same for every request (a shared prefix).
+    #[arg(long)]
+    shared_prefix_tokens: Option<u32>,
     /// Requests to measure.
     #[arg(long)]
     requests: Option<usize>,
@@ -137,6 +150,15 @@ fn load_test(a: Args) -> Result<()> {
             bail!("--duration must be a positive number of seconds");
         }
     }
+    if a.multi_turn == Some(0) {
+        bail!("--multi-turn must be at least 1 turn");
+    }
+    if a.shared_prefix_tokens == Some(0) {
+        bail!("--shared-prefix-tokens must be at least 1");
+    }
+    if a.trace_block_tokens == 0 {
+        bail!("--trace-block-tokens must be at least 1");
+    }
     if !(0.0..=1.0).contains(&a.max_error_rate) {
         bail!("--max-error-rate is a fraction between 0 and 1");
     }
@@ -158,8 +180,13 @@ fn load_test(a: Args) -> Result<()> {
             temperature: a.temperature,
             timeout: Duration::from_secs_f64(a.timeout),
         };
-        let mode_text = match &mode {
-            Mode::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
+        let mut mode_text = match &mode {
+            Mode::Closed { concurrency } => match a.multi_turn {
+                Some(t) => format!(
+                    "multi-turn chat, {concurrency} conversations at a time, {t} turns each"
+                ),
+                None => format!("closed loop, concurrency {concurrency}"),
+            },
             Mode::Open { rate } => format!("open loop, Poisson {rate} req/s"),
             Mode::Trace(t) => format!(
                 "trace {} ({} requests)",
@@ -170,6 +197,9 @@ fn load_test(a: Args) -> Result<()> {
                 t.len()
             ),
         };
+        if let Some(k) = a.shared_prefix_tokens {
+            mode_text.push_str(&format!("; a shared {k}-token system prompt"));
+        }
         let load = Load {
             mode,
             requests: a.requests,
@@ -179,6 +209,11 @@ fn load_test(a: Args) -> Result<()> {
             seed: a.seed,
             warmup: a.warmup,
             progress: !a.no_progress && std::io::stderr().is_terminal(),
+            shared_prefix: a
+                .shared_prefix_tokens
+                .map(|k| genie_loadtest::workload::shared_prefix(k, a.seed)),
+            turns: a.multi_turn,
+            block_tokens: a.trace_block_tokens,
         };
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -75,6 +75,13 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "| input tokens/s | {:.1} |", s.input_token_throughput);
     let _ = writeln!(out, "| mean prompt tokens | {:.1} |", s.mean_prompt_tokens);
     let _ = writeln!(out, "| mean output tokens | {:.1} |", s.mean_output_tokens);
+    if let Some(f) = s.cached_prompt_fraction {
+        let _ = writeln!(
+            out,
+            "| prompt tokens from the server's cache | {:.1} % |",
+            f * 100.0
+        );
+    }
     if let Some(g) = &s.goodput {
         let slo = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
         let _ = writeln!(

@@ -2,7 +2,9 @@
 //! arrivals at a rate, whatever the server's pace) or a trace's arrivals.
 
 use crate::client::{self, Outcome, Target};
-use crate::workload::{poisson_arrivals, synthetic_prompt, Lengths, TraceEntry};
+use crate::workload::{
+    block_prompt, poisson_arrivals, synthetic_prompt, Lengths, Prompt, TraceEntry,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -30,16 +32,40 @@ pub struct Load {
     /// Unmeasured requests sent one by one first.
     pub warmup: usize,
     pub progress: bool,
+    /// A system prompt every request starts with.
+    pub shared_prefix: Option<String>,
+    /// Multi-turn chat (closed loop): each in-flight slot holds a conversation of this many
+    /// turns; each turn sends the whole history, the previous answer and a new message.
+    pub turns: Option<u32>,
+    /// Tokens per trace block (`hash_ids`): 512 in Mooncake's traces.
+    pub block_tokens: u32,
 }
 
-/// Request `i`: its lengths (drawn, unless a trace fixes them) and its prompt, from a
+/// Request `i`: its lengths (drawn, unless a trace fixes them) and its new text, from a
 /// generator seeded by the seed and `i` only, so every mode and every rerun sends the same
-/// requests.
-fn request(load: &Load, i: usize, fixed: Option<(u32, u32)>) -> (u32, u32, String) {
+/// requests. A trace entry's `hash_ids` make its text from shared blocks.
+fn request(load: &Load, i: usize, fixed: Option<&TraceEntry>) -> (u32, u32, String) {
     let mut rng = StdRng::seed_from_u64(load.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let (input, output) =
-        fixed.unwrap_or_else(|| (load.input.sample(&mut rng), load.output.sample(&mut rng)));
-    (input, output, synthetic_prompt(input, &mut rng))
+    match fixed {
+        Some(e) => {
+            let text = block_prompt(&e.hash_ids, e.input_tokens, load.block_tokens, &mut rng);
+            (e.input_tokens, e.output_tokens, text)
+        }
+        None => {
+            let (input, output) = (load.input.sample(&mut rng), load.output.sample(&mut rng));
+            (input, output, synthetic_prompt(input, &mut rng))
+        }
+    }
+}
+
+/// Request `i` as a fresh prompt: the shared system prompt, if any, and its text.
+fn fresh(load: &Load, i: usize, fixed: Option<&TraceEntry>) -> (u32, u32, Prompt) {
+    let (input, output, text) = request(load, i, fixed);
+    (
+        input,
+        output,
+        Prompt::user(load.shared_prefix.as_deref(), text),
+    )
 }
 
 fn bar(total: Option<usize>, show: bool) -> ProgressBar {
@@ -67,7 +93,7 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
         .build()
         .unwrap_or_default();
     for i in 0..load.warmup {
-        let (input, output, prompt) = request(load, usize::MAX - i, None);
+        let (input, output, prompt) = fresh(load, usize::MAX - i, None);
         let _ = client::send(&client, target, &prompt, input, output, Instant::now()).await;
     }
     let outcomes = Arc::new(Mutex::new(Vec::new()));
@@ -75,7 +101,7 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
     let deadline = load.duration.map(|d| start + d);
     // Open loop and traces: when each request is sent, and its lengths if a trace fixes
     // them (prompts are built at send time).
-    let plan: Vec<(Duration, Option<(u32, u32)>)> = match &load.mode {
+    let plan: Vec<(Duration, Option<TraceEntry>)> = match &load.mode {
         Mode::Closed { .. } => Vec::new(),
         Mode::Open { rate } => {
             // Enough arrivals for the request budget, or for the duration at this rate.
@@ -92,10 +118,7 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
         Mode::Trace(entries) => entries
             .iter()
             .take(load.requests.unwrap_or(usize::MAX))
-            .map(|e| {
-                let at = Duration::from_secs_f64(e.arrival_s);
-                (at, Some((e.input_tokens, e.output_tokens)))
-            })
+            .map(|e| (Duration::from_secs_f64(e.arrival_s), Some(e.clone())))
             .collect(),
     };
     let total = match &load.mode {
@@ -122,6 +145,9 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
                     let (next, outcomes, progress) =
                         (Arc::clone(&next), Arc::clone(&outcomes), progress.clone());
                     tokio::spawn(async move {
+                        // Multi-turn: this slot's conversation, its last answer and the
+                        // turns it has had.
+                        let mut conv: Option<(Prompt, String, u32)> = None;
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if load.requests.is_some_and(|n| i >= n)
@@ -129,9 +155,24 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
                             {
                                 return;
                             }
-                            let (input, output, prompt) = request(&load, i, None);
+                            let (input, output, prompt, turn) = match conv.take() {
+                                Some((mut p, answer, done)) => {
+                                    let (input, output, text) = request(&load, i, None);
+                                    p.next_turn(answer, text);
+                                    (input, output, p, done + 1)
+                                }
+                                None => {
+                                    let (input, output, p) = fresh(&load, i, None);
+                                    (input, output, p, 1)
+                                }
+                            };
                             let o =
                                 client::send(&client, &target, &prompt, input, output, start).await;
+                            // The next turn sends this answer back; a failed turn or the
+                            // last one ends the conversation.
+                            if load.turns.is_some_and(|t| o.ok && turn < t) {
+                                conv = Some((prompt, o.text.clone(), turn));
+                            }
                             record(o, &outcomes, &progress);
                         }
                     })
@@ -149,7 +190,7 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
-                let (input, output, prompt) = request(load, i, fixed);
+                let (input, output, prompt) = fresh(load, i, fixed.as_ref());
                 let (client, target) = (client.clone(), target.clone());
                 let (outcomes, progress) = (Arc::clone(&outcomes), progress.clone());
                 tasks.push(tokio::spawn(async move {

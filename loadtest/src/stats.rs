@@ -95,6 +95,10 @@ pub struct Summary {
     pub output_token_throughput: f64,
     pub mean_prompt_tokens: f64,
     pub mean_output_tokens: f64,
+    /// Prompt tokens the server reported served from its prefix cache
+    /// (`usage.prompt_tokens_details.cached_tokens`) over all prompt tokens; `None` when
+    /// no response reported it.
+    pub cached_prompt_fraction: Option<f64>,
     pub ttft: Percentiles,
     pub itl: Percentiles,
     pub tpot: Percentiles,
@@ -125,6 +129,17 @@ pub fn summarise(outcomes: &[Outcome], slo: Slo) -> Summary {
         .iter()
         .map(|o| o.output_tokens as f64)
         .fold(0.0, |a, b| a + b);
+    let cached_prompt_fraction = ok.iter().any(|o| o.cached_tokens.is_some()).then(|| {
+        let cached = ok
+            .iter()
+            .map(|o| o.cached_tokens.unwrap_or(0) as f64)
+            .fold(0.0, |a, b| a + b);
+        if input > 0.0 {
+            cached / input
+        } else {
+            0.0
+        }
+    });
     let mean = |total: f64| {
         if completed > 0 {
             total / completed as f64
@@ -167,6 +182,7 @@ pub fn summarise(outcomes: &[Outcome], slo: Slo) -> Summary {
         output_token_throughput: output / duration_s,
         mean_prompt_tokens: mean(input),
         mean_output_tokens: mean(output),
+        cached_prompt_fraction,
         ttft: percentiles(&histogram(ok.iter().filter_map(|o| o.ttft))),
         itl: percentiles(&histogram(ok.iter().flat_map(|o| o.itl.iter().copied()))),
         tpot: percentiles(&histogram(ok.iter().filter_map(|o| o.tpot()))),
@@ -197,6 +213,8 @@ mod tests {
             output_tokens_asked: itl.len() as u32 + 1,
             prompt_tokens: Some(12),
             output_tokens: if ok { itl.len() as u32 + 1 } else { 0 },
+            cached_tokens: ok.then_some(3),
+            text: String::new(),
         }
     }
 
@@ -220,6 +238,8 @@ mod tests {
         assert!((s.duration_s - 0.63).abs() < 1e-6, "{}", s.duration_s);
         assert!((s.output_token_throughput - 12.0 / 0.63).abs() < 1e-6);
         assert!((s.mean_prompt_tokens - 12.0).abs() < 1e-9);
+        // 3 of every 12 prompt tokens reported cached.
+        assert_eq!(s.cached_prompt_fraction, Some(0.25));
         assert_eq!(s.ttft.count, 3);
         assert!((s.ttft.p50_ms - 100.0).abs() < 0.2);
         assert!((s.ttft.max_ms - 300.0).abs() < 0.5);

@@ -2,7 +2,7 @@
 //! schedules. Pure and seeded, so a run's workload is reproducible and unit-tested.
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Normal};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -183,17 +183,93 @@ pub fn synthetic_prompt(tokens: u32, rng: &mut StdRng) -> String {
     s
 }
 
-/// One line of a trace file (JSONL): when the request arrives (seconds from the start)
-/// and its input and output lengths in tokens.
+/// A `shared_len`-token system prompt drawn from `seed` alone: the same text for every
+/// request of a run (what a shared system prompt or tool list looks like to a prefix cache).
+pub fn shared_prefix(tokens: u32, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_5A4E_D000_0001);
+    synthetic_prompt(tokens, &mut rng)
+}
+
+/// A prompt of `tokens` words built from trace blocks: block `h` of `hash_ids` is
+/// `block_tokens` words drawn from `h` alone, so requests that share leading hash ids share
+/// that prefix word for word (Mooncake's traces mark shared prefixes this way). Truncated
+/// to `tokens`; past the listed blocks, words from the request's own `rng`.
+pub fn block_prompt(hash_ids: &[u64], tokens: u32, block_tokens: u32, rng: &mut StdRng) -> String {
+    let mut s = String::with_capacity(tokens as usize * 7);
+    let mut left = tokens;
+    for &h in hash_ids {
+        if left == 0 {
+            break;
+        }
+        let n = block_tokens.min(left);
+        let mut block = StdRng::seed_from_u64(h ^ 0xB10C_0000_0000_0000);
+        s.push_str(&synthetic_prompt(n, &mut block));
+        left -= n;
+    }
+    s.push_str(&synthetic_prompt(left, rng));
+    s
+}
+
+/// What one request sends: an optional system prompt, then the conversation so far
+/// (`user`/`assistant` messages, ending with a user message).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prompt {
+    pub system: Option<String>,
+    pub messages: Vec<(&'static str, String)>,
+}
+
+impl Prompt {
+    /// One user message after `system`.
+    pub fn user(system: Option<&str>, text: String) -> Prompt {
+        Prompt {
+            system: system.map(str::to_string),
+            messages: vec![("user", text)],
+        }
+    }
+
+    /// The next turn: the assistant's `answer`, then a new user message.
+    pub fn next_turn(&mut self, answer: String, text: String) {
+        self.messages.push(("assistant", answer));
+        self.messages.push(("user", text));
+    }
+
+    /// The whole prompt as one text, for the completions endpoint: the system prompt, then
+    /// every message in order, so turn N's text starts with turn N-1's.
+    pub fn as_text(&self) -> String {
+        let mut s = self.system.clone().unwrap_or_default();
+        for (_, m) in &self.messages {
+            s.push_str(m);
+        }
+        s
+    }
+}
+
+/// One line of a trace file (JSONL): when the request arrives (seconds from the start),
+/// its input and output lengths in tokens, and optionally the hash ids of its prompt's
+/// blocks (requests sharing leading ids share that prefix).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceEntry {
     pub arrival_s: f64,
     pub input_tokens: u32,
     pub output_tokens: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_ids: Vec<u64>,
 }
 
-/// Parses a JSONL trace; errors name the line and why.
+/// A line of a Mooncake trace: `timestamp` in milliseconds, lengths, `hash_ids` of its
+/// 512-token blocks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MooncakeEntry {
+    timestamp: f64,
+    input_length: u32,
+    output_length: u32,
+    #[serde(default)]
+    hash_ids: Vec<u64>,
+}
+
+/// Parses a JSONL trace, in this tool's form or Mooncake's; errors name the line and why.
 pub fn parse_trace(text: &str) -> Result<Vec<TraceEntry>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -201,8 +277,18 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceEntry>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let e: TraceEntry =
-            serde_json::from_str(line).map_err(|e| format!("trace line {}: {e}", i + 1))?;
+        let e: TraceEntry = match serde_json::from_str::<TraceEntry>(line) {
+            Ok(e) => e,
+            Err(ours) => match serde_json::from_str::<MooncakeEntry>(line) {
+                Ok(m) => TraceEntry {
+                    arrival_s: m.timestamp / 1000.0,
+                    input_tokens: m.input_length,
+                    output_tokens: m.output_length,
+                    hash_ids: m.hash_ids,
+                },
+                Err(_) => return Err(format!("trace line {}: {ours}", i + 1)),
+            },
+        };
         if !(e.arrival_s.is_finite() && e.arrival_s >= 0.0) {
             return Err(format!("trace line {}: arrival_s must be >= 0", i + 1));
         }
@@ -236,7 +322,60 @@ pub fn poisson_arrivals(rate: f64, n: usize, rng: &mut StdRng) -> Vec<Duration> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+
+    #[test]
+    fn shared_prefixes_and_trace_blocks_repeat_word_for_word() {
+        assert_eq!(shared_prefix(40, 7), shared_prefix(40, 7));
+        assert_ne!(shared_prefix(40, 7), shared_prefix(40, 8));
+        assert_eq!(shared_prefix(40, 7).split_whitespace().count(), 40);
+        let mut r1 = StdRng::seed_from_u64(1);
+        let mut r2 = StdRng::seed_from_u64(2);
+        // Two requests sharing blocks 10 and 11, then differing.
+        let a = block_prompt(&[10, 11, 12], 40, 16, &mut r1);
+        let b = block_prompt(&[10, 11, 99], 40, 16, &mut r2);
+        let (wa, wb): (Vec<_>, Vec<_>) = (
+            a.split_whitespace().collect(),
+            b.split_whitespace().collect(),
+        );
+        assert_eq!((wa.len(), wb.len()), (40, 40));
+        assert_eq!(wa[..32], wb[..32]);
+        assert_ne!(wa[32..], wb[32..]);
+        // Past the listed blocks, the request's own words.
+        let c = block_prompt(&[10], 20, 16, &mut r1);
+        assert_eq!(c.split_whitespace().take(16).collect::<Vec<_>>(), wa[..16]);
+        assert_eq!(c.split_whitespace().count(), 20);
+    }
+
+    #[test]
+    fn a_conversation_grows_by_each_answer_and_each_new_message() {
+        let mut p = Prompt::user(Some(" sys"), " first".into());
+        p.next_turn(" answer".into(), " second".into());
+        assert_eq!(
+            p.messages,
+            vec![
+                ("user", " first".into()),
+                ("assistant", " answer".into()),
+                ("user", " second".into())
+            ]
+        );
+        assert_eq!(p.as_text(), " sys first answer second");
+        assert_eq!(Prompt::user(None, " x".into()).as_text(), " x");
+    }
+
+    #[test]
+    fn mooncake_trace_lines_parse_with_their_hash_ids() {
+        let t = parse_trace(
+            "{\"timestamp\": 2500, \"input_length\": 1024, \"output_length\": 8, \"hash_ids\": [1, 2]}\n\
+             {\"arrival_s\": 0.5, \"input_tokens\": 3, \"output_tokens\": 2, \"hash_ids\": [1]}\n",
+        )
+        .unwrap();
+        assert_eq!(t[0].arrival_s, 0.5);
+        assert_eq!(t[1].arrival_s, 2.5);
+        assert_eq!((t[1].input_tokens, t[1].output_tokens), (1024, 8));
+        assert_eq!(t[1].hash_ids, vec![1, 2]);
+        let e = parse_trace("{\"timestamp\": 1}").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
 
     #[test]
     fn lengths_parse_sample_and_refuse_with_the_reason() {

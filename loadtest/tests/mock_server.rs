@@ -19,20 +19,30 @@ const ITL: Duration = Duration::from_millis(20);
 #[derive(Clone, Default)]
 struct MockOpenAi {
     calls: Arc<AtomicUsize>,
+    /// Every request body received, in order.
+    bodies: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 async fn chat(State(m): State<MockOpenAi>, flaky: bool, Json(req): Json<Value>) -> Response {
     let n = m.calls.fetch_add(1, Ordering::SeqCst);
+    m.bodies.lock().unwrap().push(req.clone());
     if flaky && n % 2 == 1 {
         let e = json!({"error": {"message": "overloaded", "type": "server_error", "param": null, "code": null}});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(e)).into_response();
     }
     let max = req["max_tokens"].as_u64().unwrap_or(4);
-    let prompt_words = req["messages"][0]["content"]
-        .as_str()
-        .unwrap_or("")
-        .split_whitespace()
-        .count();
+    let prompt_words: usize = req["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            m["content"]
+                .as_str()
+                .unwrap_or("")
+                .split_whitespace()
+                .count()
+        })
+        .sum();
     let stream = async_stream(max, prompt_words as u64);
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -67,7 +77,10 @@ fn async_stream(
 }
 
 async fn start() -> String {
-    let m = MockOpenAi::default();
+    start_with(MockOpenAi::default()).await
+}
+
+async fn start_with(m: MockOpenAi) -> String {
     let app = Router::new()
         .route(
             "/v1/models",
@@ -269,5 +282,126 @@ async fn a_trace_is_replayed_with_its_arrivals_and_lengths() {
         s["duration_s"].as_f64().unwrap() >= 0.6,
         "the last arrival is at 0.6 s"
     );
+    let _ = std::fs::remove_file(&trace);
+}
+
+/// Multi-turn chat with a shared system prompt: each conversation's turns resend the whole
+/// history with the mock's answers, and every request starts with the same system prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_turn_conversations_resend_their_history_after_a_shared_system_prompt() {
+    let mock = MockOpenAi::default();
+    let url = start_with(mock.clone()).await;
+    let (ok, text, r) = loadtest(&[
+        "--url",
+        &url,
+        "--concurrency",
+        "2",
+        "--multi-turn",
+        "3",
+        "--requests",
+        "6",
+        "--shared-prefix-tokens",
+        "10",
+        "--input-tokens",
+        "5",
+        "--output-tokens",
+        "2",
+        "--warmup",
+        "0",
+    ])
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("multi-turn chat, 2 conversations at a time, 3 turns each; a shared 10-token system prompt"), "{text}");
+    let bodies = mock.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 6);
+    let mut lengths: Vec<usize> = bodies
+        .iter()
+        .map(|b| b["messages"].as_array().unwrap().len())
+        .collect();
+    lengths.sort();
+    // system + user; + the answer and a new user message per later turn.
+    assert_eq!(lengths, [2, 2, 4, 4, 6, 6]);
+    let system = &bodies[0]["messages"][0];
+    assert_eq!(system["role"], "system");
+    assert_eq!(
+        system["content"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        10
+    );
+    for b in &bodies {
+        let m = b["messages"].as_array().unwrap();
+        assert_eq!(&m[0], system, "the same system prompt on every request");
+        for (k, msg) in m.iter().enumerate().skip(1) {
+            let role = if k % 2 == 1 { "user" } else { "assistant" };
+            assert_eq!(msg["role"], role);
+            if role == "assistant" {
+                assert_eq!(msg["content"], "toktok", "the mock's answer, sent back");
+            } else {
+                assert_eq!(
+                    msg["content"].as_str().unwrap().split_whitespace().count(),
+                    5
+                );
+            }
+        }
+    }
+    // A later turn starts with an earlier turn of the same conversation, word for word.
+    let turn = |n: usize| {
+        bodies
+            .iter()
+            .find(|b| b["messages"].as_array().unwrap().len() == n)
+            .unwrap()
+    };
+    let t3 = turn(6)["messages"].as_array().unwrap();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b["messages"].as_array().unwrap()[..] == t3[..4]),
+        "a third turn extends its own second turn"
+    );
+    // Prompt tokens from the server's usage: 10 + 5, then + 1 ("toktok") + 5 a turn:
+    // (15 + 15 + 21 + 21 + 27 + 27) / 6.
+    assert_eq!(r["summary"]["mean_prompt_tokens"], 21.0);
+}
+
+/// Trace lines with shared hash ids send prompts that share those blocks word for word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_hash_ids_make_shared_prefixes() {
+    let mock = MockOpenAi::default();
+    let url = start_with(mock.clone()).await;
+    let trace = std::env::temp_dir().join(format!("genie-trace-ids-{}.jsonl", std::process::id()));
+    std::fs::write(
+        &trace,
+        "{\"timestamp\": 0, \"input_length\": 12, \"output_length\": 2, \"hash_ids\": [7, 8]}\n\
+         {\"timestamp\": 100, \"input_length\": 12, \"output_length\": 2, \"hash_ids\": [7, 9]}\n",
+    )
+    .unwrap();
+    let (ok, text, _) = loadtest(&[
+        "--url",
+        &url,
+        "--trace",
+        trace.to_str().unwrap(),
+        "--trace-block-tokens",
+        "4",
+        "--warmup",
+        "0",
+    ])
+    .await;
+    assert!(ok, "{text}");
+    let bodies = mock.bodies.lock().unwrap().clone();
+    let words = |b: &Value| -> Vec<String> {
+        b["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let (a, b) = (words(&bodies[0]), words(&bodies[1]));
+    assert_eq!((a.len(), b.len()), (12, 12));
+    assert_eq!(a[..4], b[..4], "block 7 is shared");
+    assert_ne!(a[4..8], b[4..8], "blocks 8 and 9 differ");
     let _ = std::fs::remove_file(&trace);
 }
