@@ -127,6 +127,27 @@ impl KvCache {
         crate::ops::extend_f16(&mut self.v[layer], v);
     }
 
+    /// Copies the first `len` tokens of every layer of `src` into this empty cache (a
+    /// cached prefix a new sequence starts from). Refused, with this cache unchanged, when
+    /// it is not empty, the shapes differ, `src` holds fewer tokens or `len` exceeds this
+    /// cache's capacity.
+    pub fn copy_prefix_from(&mut self, src: &KvCache, len: usize) -> Result<()> {
+        if !self.is_empty() || src.shape != self.shape || len > src.len() || len > self.capacity {
+            return Err(EngineError::KvImport(format!(
+                "cannot copy {len} cached tokens into this cache (it holds {}, capacity {}; the source holds {})",
+                self.len(),
+                self.capacity,
+                src.len()
+            )));
+        }
+        let n = len * self.shape.kv_dim();
+        for l in 0..self.shape.n_layers {
+            self.k[l].extend_from_slice(&src.k[l][..n]);
+            self.v[l].extend_from_slice(&src.v[l][..n]);
+        }
+        Ok(())
+    }
+
     /// Drops every token at position `len` and beyond (all layers).
     pub fn truncate(&mut self, len: usize) {
         let n = len * self.shape.kv_dim();

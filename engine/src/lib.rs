@@ -31,6 +31,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod model_text;
 pub mod ops;
+pub mod prefix_cache;
 pub mod quant;
 pub mod sampling;
 pub mod stop;

@@ -420,3 +420,78 @@ fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
         .unwrap_err();
     assert!(e.to_string().contains("layers"), "{e}");
 }
+
+/// Greedy answer to `prompt` from a fresh cache, with its logits at every step.
+fn answer(e: &Engine, cache: &mut KvCache, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let first = e.model.prefill(&prompt[cache.len()..], cache).unwrap();
+    let (toks, mut logits) = greedy_steps(e, cache, first.clone(), n);
+    logits.insert(0, first);
+    (toks, logits)
+}
+
+#[test]
+fn prefix_cache_reuse_gives_the_same_tokens_and_logits_as_computing_the_prompt() {
+    use genie_engine::prefix_cache::PrefixCache;
+    let e = engine();
+    let shared = "You are a careful assistant. Answer in one short sentence, cite no sources, and \
+                  never use lists. The user is planning a trip through the mountains in autumn and \
+                  wants practical advice about clothing, food, water and weather. ";
+    let a = e
+        .tokenize(
+            &format!("{shared}Question: what shoes should I bring?"),
+            false,
+        )
+        .unwrap();
+    let b = e
+        .tokenize(&format!("{shared}Question: how much water per day?"), false)
+        .unwrap();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert!(
+        common > 40 && common % 16 != 0,
+        "a shared prefix ending mid-block: {common}"
+    );
+    let n = 16;
+    let bpt = e.model.kv_shape().bytes_per_token();
+    let mut pc = PrefixCache::new(16, 4096 * bpt, "SmolLM2-135M-Instruct.Q4_1");
+
+    // Sequence A runs and its prompt + answer are kept.
+    let mut ca = e.model.new_cache(a.len() + n);
+    let (ta, _) = answer(e, &mut ca, &a, n);
+    let mut seen = a.clone();
+    seen.extend_from_slice(&ta);
+    assert_eq!(ca.len(), seen.len());
+    assert_eq!(pc.insert(&seen, &ca), seen.len() / 16 * 16);
+
+    // B without the cache, and B starting from A's cached whole blocks.
+    let mut plain = e.model.new_cache(b.len() + n);
+    let (want, want_logits) = answer(e, &mut plain, &b, n);
+    let mut cached = e.model.new_cache(b.len() + n);
+    let reused = pc.reuse(&b, &mut cached).tokens;
+    assert_eq!(
+        reused,
+        common / 16 * 16,
+        "whole blocks of the {common} shared tokens"
+    );
+    let (got, got_logits) = answer(e, &mut cached, &b, n);
+    assert_eq!(got, want, "greedy tokens with and without the cache");
+    assert_eq!(
+        got_logits, want_logits,
+        "bit-identical logits at every step"
+    );
+
+    // A repeated prompt reuses all but its last block; the answer is A's again.
+    let mut again = e.model.new_cache(a.len() + n);
+    assert_eq!(pc.reuse(&a, &mut again).tokens, (a.len() - 1) / 16 * 16);
+    assert_eq!(answer(e, &mut again, &a, n).0, ta);
+
+    // After eviction (a budget smaller than anything cached), a miss, and the same answer.
+    let mut small = PrefixCache::new(16, 16 * bpt, "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(
+        small.insert(&seen, &ca),
+        0,
+        "larger than the budget: not kept"
+    );
+    let mut miss = e.model.new_cache(b.len() + n);
+    assert_eq!(small.reuse(&b, &mut miss).tokens, 0);
+    assert_eq!(answer(e, &mut miss, &b, n).0, want);
+}

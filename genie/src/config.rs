@@ -174,6 +174,9 @@ pub struct PrefillSection {
     pub threads: usize,
     /// Most prompt tokens batched into one prefill forward.
     pub max_batch_tokens: usize,
+    /// KV bytes of finished prompts each prefill worker keeps, so a prompt that starts
+    /// like an earlier one computes only the rest (automatic prefix caching; 0: off).
+    pub prefix_cache_bytes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -255,6 +258,7 @@ impl Default for PrefillSection {
             workers: 1,
             threads: 0,
             max_batch_tokens: 4096,
+            prefix_cache_bytes: 256 << 20,
         }
     }
 }

@@ -316,6 +316,7 @@ fn local_pool(cfg: &ServeConfig, model: &Model) -> Result<LocalPool> {
                 PrefillConfig {
                     id: WorkerId(i as u64),
                     max_batch_tokens: cfg.prefill.max_batch_tokens,
+                    prefix_cache_bytes: cfg.prefill.prefix_cache_bytes,
                     queue: genie_prefill_worker::DEFAULT_QUEUE,
                 },
                 model.share(cfg.prefill.threads)?,

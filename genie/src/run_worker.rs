@@ -315,6 +315,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                     PrefillConfig {
                         id: WorkerId(0),
                         max_batch_tokens: cfg.prefill.max_batch_tokens,
+                        prefix_cache_bytes: cfg.prefill.prefix_cache_bytes,
                         queue: genie_prefill_worker::DEFAULT_QUEUE,
                     },
                     model.share(cfg.prefill.threads)?,

@@ -647,3 +647,56 @@ async fn openapi_json_is_served_without_a_key_and_describes_the_public_api() {
     let chat = &v["components"]["schemas"]["ChatCompletionRequest"];
     assert_eq!(chat["required"], json!(["model", "messages"]));
 }
+
+/// Automatic prefix caching on the prefill worker: a second turn that resends the first
+/// (a long system prompt, the question, the answer) reuses the cached blocks and answers
+/// token for token like a server without the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
+    let system = "You are a careful assistant for hikers. Answer in one short sentence, never \
+                  use lists, and prefer practical advice about clothing, food, water, weather \
+                  and safety on mountain trails in autumn when days are short and cold. ";
+    let turn =
+        |msgs: Value| json!({"model": MODEL, "messages": msgs, "max_tokens": 12, "temperature": 0});
+    let first = json!([{"role": "system", "content": system}, {"role": "user", "content": "What shoes should I bring?"}]);
+    let mut answers = Vec::new();
+    for cache in ["268435456", "0"] {
+        let s = Server::start(&[], &[("GENIE_PREFILL__PREFIX_CACHE_BYTES", cache)]);
+        let c = reqwest::Client::new();
+        let ask = |body: Value| {
+            let c = c.clone();
+            let url = s.url("/v1/chat/completions");
+            async move {
+                let v: Value = c
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        let a1 = ask(turn(first.clone())).await;
+        let mut second = first.as_array().unwrap().clone();
+        second.push(json!({"role": "assistant", "content": a1}));
+        second.push(json!({"role": "user", "content": "And how much water per day?"}));
+        let a2 = ask(turn(Value::Array(second))).await;
+        let hits = s.metric("genie_prefix_cache_hit_tokens_total", &[]).await;
+        let queries = s.metric("genie_prefix_cache_queries_total", &[]).await;
+        if cache == "0" {
+            assert_eq!((hits, queries), (0.0, 0.0), "the cache is off");
+        } else {
+            assert_eq!(queries, 2.0);
+            // The second prompt resends the whole first one: its whole blocks are reused.
+            assert!(hits >= 48.0 && hits % 16.0 == 0.0, "hit tokens {hits}");
+        }
+        answers.push((a1, a2));
+    }
+    assert_eq!(answers[0], answers[1], "with and without the prefix cache");
+}

@@ -139,39 +139,65 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
     match &load.mode {
         Mode::Closed { concurrency } => {
             let next = Arc::new(AtomicUsize::new(0));
+            // Multi-turn: conversations are numbered as slots start them and each runs all
+            // its turns; a conversation's texts are drawn from (conversation, turn), so the
+            // set of requests never depends on the server's timing. `--requests` is then
+            // rounded up to whole conversations.
+            let next_conv = Arc::new(AtomicUsize::new(0));
+            let conversations = load
+                .turns
+                .map(|t| load.requests.map_or(usize::MAX, |n| n.div_ceil(t as usize)));
+            let turn_key = |conv: usize, turn: u32| (conv << 8) | turn as usize;
             let workers: Vec<_> = (0..*concurrency)
                 .map(|_| {
                     let (client, target, load) = (client.clone(), target.clone(), load.clone());
-                    let (next, outcomes, progress) =
-                        (Arc::clone(&next), Arc::clone(&outcomes), progress.clone());
+                    let (next, next_conv, outcomes, progress) = (
+                        Arc::clone(&next),
+                        Arc::clone(&next_conv),
+                        Arc::clone(&outcomes),
+                        progress.clone(),
+                    );
                     tokio::spawn(async move {
-                        // Multi-turn: this slot's conversation, its last answer and the
-                        // turns it has had.
-                        let mut conv: Option<(Prompt, String, u32)> = None;
+                        // Multi-turn: this slot's conversation (number, history, last
+                        // answer, turns had).
+                        let mut conv: Option<(usize, Prompt, String, u32)> = None;
                         loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if load.requests.is_some_and(|n| i >= n)
-                                || deadline.is_some_and(|d| Instant::now() >= d)
-                            {
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
                                 return;
                             }
-                            let (input, output, prompt, turn) = match conv.take() {
-                                Some((mut p, answer, done)) => {
-                                    let (input, output, text) = request(&load, i, None);
-                                    p.next_turn(answer, text);
-                                    (input, output, p, done + 1)
-                                }
-                                None => {
-                                    let (input, output, p) = fresh(&load, i, None);
-                                    (input, output, p, 1)
-                                }
-                            };
+                            let (input, output, prompt, id_turn) =
+                                match (conv.take(), conversations) {
+                                    (Some((c, mut p, answer, done)), _) => {
+                                        let (input, output, text) =
+                                            request(&load, turn_key(c, done + 1), None);
+                                        p.next_turn(answer, text);
+                                        (input, output, p, Some((c, done + 1)))
+                                    }
+                                    (None, Some(limit)) => {
+                                        let c = next_conv.fetch_add(1, Ordering::Relaxed);
+                                        if c >= limit {
+                                            return;
+                                        }
+                                        let (input, output, p) = fresh(&load, turn_key(c, 1), None);
+                                        (input, output, p, Some((c, 1)))
+                                    }
+                                    (None, None) => {
+                                        let i = next.fetch_add(1, Ordering::Relaxed);
+                                        if load.requests.is_some_and(|n| i >= n) {
+                                            return;
+                                        }
+                                        let (input, output, p) = fresh(&load, i, None);
+                                        (input, output, p, None)
+                                    }
+                                };
                             let o =
                                 client::send(&client, &target, &prompt, input, output, start).await;
                             // The next turn sends this answer back; a failed turn or the
                             // last one ends the conversation.
-                            if load.turns.is_some_and(|t| o.ok && turn < t) {
-                                conv = Some((prompt, o.text.clone(), turn));
+                            if let (Some((c, turn)), Some(t)) = (id_turn, load.turns) {
+                                if o.ok && turn < t {
+                                    conv = Some((c, prompt, o.text.clone(), turn));
+                                }
                             }
                             record(o, &outcomes, &progress);
                         }

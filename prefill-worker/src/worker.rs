@@ -1,6 +1,7 @@
 //! The prefill worker's handle, its admission and its compute loop.
 
 use genie_engine::model::{Model, Segment};
+use genie_engine::prefix_cache::PrefixCache;
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
 use genie_kv_transfer::{KvSink, KvTransport};
@@ -24,7 +25,12 @@ pub struct PrefillConfig {
     pub max_batch_tokens: usize,
     /// Capacity of the input queue.
     pub queue: usize,
+    /// KV bytes of finished prompts kept for reuse (automatic prefix caching; 0: off).
+    pub prefix_cache_bytes: usize,
 }
+
+/// Tokens per prefix-cache block.
+pub const PREFIX_BLOCK: usize = 16;
 
 /// One prompt to prefill, and where its KV goes.
 pub struct PrefillSeq {
@@ -146,6 +152,14 @@ impl PrefillWorker {
 
 fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiver<Inbox<Job>>) {
     let label = config.id.0.to_string();
+    // Keyed by the model's configuration too: a cache never serves another model's KV.
+    let mut cache = (config.prefix_cache_bytes > 0).then(|| {
+        PrefixCache::new(
+            PREFIX_BLOCK,
+            config.prefix_cache_bytes,
+            &format!("{:?}", model.config()),
+        )
+    });
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -179,7 +193,8 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
                 .record(jobs.iter().map(|j| j.seq.prompt.len()).sum::<usize>() as f64);
             // A fault in one batch fails that batch's requests (their senders drop), not
             // the worker.
-            let run = std::panic::AssertUnwindSafe(|| prefill(&model, jobs, &label));
+            let run =
+                std::panic::AssertUnwindSafe(|| prefill(&model, jobs, &label, cache.as_mut()));
             if std::panic::catch_unwind(run).is_err() {
                 tracing::error!("prefill batch panicked; its requests failed");
             }
@@ -198,10 +213,26 @@ fn fail(events: &EventSender, code: FailureCode, message: &str) {
 /// Prefills `jobs` in one forward, shipping each layer as it completes. A sequence whose
 /// client leaves mid-prefill has its transfer aborted at the next layer, so the decode
 /// worker frees its reservation without waiting for the batch to end.
-fn prefill(model: &Model, jobs: Vec<Job>, label: &str) {
+///
+/// With a prefix cache, each prompt starts from the longest cached whole-block prefix and
+/// computes only the rest; the decode worker still gets every layer whole (prefix and
+/// suffix), and each prompt's KV is kept for the next ones.
+fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut PrefixCache>) {
+    let mut reused = vec![0; jobs.len()];
     let mut caches: Vec<_> = jobs
         .iter()
-        .map(|j| model.new_cache(j.seq.prompt.len()))
+        .zip(reused.iter_mut())
+        .map(|(j, r)| {
+            let mut c = model.new_cache(j.seq.prompt.len());
+            if let Some(pc) = prefix.as_deref_mut() {
+                *r = pc.reuse(&j.seq.prompt, &mut c).tokens;
+                metrics::counter!("genie_prefix_cache_queries_total", "worker" => label.to_string())
+                    .increment(1);
+                metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => label.to_string())
+                    .increment(*r as u64);
+            }
+            c
+        })
         .collect();
     let reserved: usize = caches.iter().map(|c| c.reserved_bytes()).sum();
     metrics::gauge!("genie_kv_cache_used_bytes", "worker" => label.to_string())
@@ -214,8 +245,9 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str) {
         let mut segs: Vec<Segment> = jobs
             .iter()
             .zip(caches.iter_mut())
-            .map(|(j, c)| Segment {
-                tokens: &j.prompt,
+            .zip(&reused)
+            .map(|((j, c), &r)| Segment {
+                tokens: &j.prompt[r..],
                 cache: c,
             })
             .collect();
@@ -229,11 +261,11 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str) {
                     }
                 }
                 if let Some(sink) = slot {
-                    let start = seg.cache.layer_len(layer) - seg.tokens.len();
+                    // The whole layer: a prefix reused here is one the decode worker lacks.
                     let mut bytes = Vec::new();
                     let shape = seg.cache.export_layer_into(
                         layer,
-                        start..start + seg.tokens.len(),
+                        0..seg.cache.layer_len(layer),
                         &mut bytes,
                     );
                     if let Err(e) = sink.send_layer(shape, bytes) {
@@ -271,6 +303,13 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str) {
             return;
         }
     };
+    if let Some(pc) = prefix {
+        for (j, c) in jobs.iter().zip(&caches) {
+            pc.insert(&j.prompt, c);
+        }
+        metrics::gauge!("genie_prefix_cache_bytes", "worker" => label.to_string())
+            .set(pc.used_bytes() as f64);
+    }
     for ((mut j, sink), mut l) in jobs.into_iter().zip(sinks).zip(logits) {
         let Some(sink) = sink else {
             fail(&j.events, FailureCode::TransferFailed, "KV transfer failed");

@@ -28,6 +28,7 @@ fn worker() -> (PrefillWorker, mpsc::Receiver<KvMessage>, usize) {
         PrefillConfig {
             id: WorkerId(0),
             max_batch_tokens: 512,
+            prefix_cache_bytes: 0,
             queue: 4,
         },
         m,
