@@ -3,6 +3,7 @@
 use crate::types::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::model::{Model, Segment};
+use genie_engine::prefix_cache::{PrefixCache, BLOCK_TOKENS};
 use genie_engine::sampling::Sampler;
 use genie_kv_transfer::KvMessage;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
@@ -44,6 +45,8 @@ pub(crate) struct BatchLoop {
     ready: VecDeque<Running>,
     running: Vec<Running>,
     worker_label: String,
+    /// Colocated prompts' KV, for later prompts that start the same way.
+    prefix: Option<PrefixCache>,
 }
 
 /// The token after `logits` for a sequence, by the workers' shared rule.
@@ -75,6 +78,13 @@ impl BatchLoop {
         on_free: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
         let worker_label = config.id.0.to_string();
+        let prefix = (config.prefix_cache_bytes > 0).then(|| {
+            PrefixCache::new(
+                BLOCK_TOKENS,
+                config.prefix_cache_bytes,
+                &format!("{:?}", model.config()),
+            )
+        });
         BatchLoop {
             config,
             model,
@@ -86,6 +96,7 @@ impl BatchLoop {
             ready: VecDeque::new(),
             running: Vec::new(),
             worker_label,
+            prefix,
         }
     }
 
@@ -293,7 +304,8 @@ impl BatchLoop {
                 None => break,
             }
         }
-        let mut prefilling: Vec<(NewSeq, Vec<u32>)> = Vec::new();
+        // Colocated prompts: (sequence, prompt, tokens reused from the prefix cache).
+        let mut prefilling: Vec<(NewSeq, Vec<u32>, usize)> = Vec::new();
         let mut prompt_tokens = 0;
         while self.running.len() + prefilling.len() < max {
             let Some((_, p)) = self.prefills.front() else {
@@ -302,10 +314,21 @@ impl BatchLoop {
             if !prefilling.is_empty() && prompt_tokens + p.len() > self.config.max_prefill_tokens {
                 break;
             }
-            let (s, p) = self.prefills.pop_front().expect("front exists");
+            let (mut s, p) = self.prefills.pop_front().expect("front exists");
             s.events.send(SeqEvent::Running);
             prompt_tokens += p.len();
-            prefilling.push((s, p));
+            let reused = match self.prefix.as_mut() {
+                Some(pc) => {
+                    let r = pc.reuse(&p, &mut s.cache).tokens;
+                    metrics::counter!("genie_prefix_cache_queries_total", "worker" => self.worker_label.clone())
+                        .increment(1);
+                    metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => self.worker_label.clone())
+                        .increment(r as u64);
+                    r
+                }
+                None => 0,
+            };
+            prefilling.push((s, p, reused));
         }
         if self.running.is_empty() && prefilling.is_empty() {
             return;
@@ -320,9 +343,9 @@ impl BatchLoop {
                 cache: &mut r.seq.cache,
             })
             .collect();
-        for (s, p) in prefilling.iter_mut() {
+        for (s, p, reused) in prefilling.iter_mut() {
             segs.push(Segment {
-                tokens: p,
+                tokens: &p[*reused..],
                 cache: &mut s.cache,
             });
         }
@@ -341,7 +364,7 @@ impl BatchLoop {
                 for r in self.running.drain(..) {
                     r.seq.events.send(internal());
                 }
-                for (s, _) in prefilling {
+                for (s, _, _) in prefilling {
                     s.events.send(internal());
                 }
                 (self.on_free)();
@@ -357,7 +380,14 @@ impl BatchLoop {
                 kept.push(r);
             }
         }
-        for ((mut seq, _), mut l) in prefilling.into_iter().zip(prefill_logits) {
+        if let Some(pc) = self.prefix.as_mut() {
+            for (s, p, _) in &prefilling {
+                pc.insert(p, &s.cache);
+            }
+            metrics::gauge!("genie_prefix_cache_bytes", "worker" => self.worker_label.clone())
+                .set(pc.used_bytes() as f64);
+        }
+        for ((mut seq, _, _), mut l) in prefilling.into_iter().zip(prefill_logits) {
             let mut generated = 0;
             if let Some(t) = step_sequence(&mut seq, &mut generated, &mut l) {
                 kept.push(Running {

@@ -28,6 +28,8 @@ pub struct DecodeConfig {
     pub kv_wait_timeout: Duration,
     /// Capacity of the input queue.
     pub queue: usize,
+    /// KV bytes of colocated prompts kept for reuse (automatic prefix caching; 0: off).
+    pub prefix_cache_bytes: usize,
 }
 
 /// Where a sequence's prompt KV comes from.

@@ -34,6 +34,7 @@ fn worker(tokens: usize, registry: Option<TransferRegistry>) -> (DecodeWorker, m
             transfer_timeout: Duration::from_secs(60),
             kv_wait_timeout: Duration::from_secs(600),
             queue: 16,
+            prefix_cache_bytes: 0,
         },
         m,
         budget,

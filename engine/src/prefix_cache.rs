@@ -18,6 +18,9 @@ use crate::kv_cache::KvCache;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+/// Tokens per block the workers use.
+pub const BLOCK_TOKENS: usize = 16;
+
 /// Hash-chain keys of the whole blocks of `tokens`: key `i` covers `tokens[..(i + 1) * block]`.
 pub fn block_keys(salt: u64, tokens: &[u32], block: usize) -> Vec<u64> {
     let mut prev = salt;

@@ -198,6 +198,9 @@ pub struct DecodeSection {
     /// prefill worker's queue. A backstop only: the gateway cancels the sequence (freeing
     /// the KV) as soon as its prefill worker is lost or the client goes away.
     pub kv_wait_timeout_secs: u64,
+    /// KV bytes of colocated prompts (prefilled by this decode worker) kept for reuse:
+    /// automatic prefix caching, as on prefill workers (0: off).
+    pub prefix_cache_bytes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -273,6 +276,7 @@ impl Default for DecodeSection {
             kv_cache_bytes: 4 << 30,
             transfer_timeout_secs: 60,
             kv_wait_timeout_secs: 600,
+            prefix_cache_bytes: 256 << 20,
         }
     }
 }

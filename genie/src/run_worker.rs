@@ -253,6 +253,7 @@ async fn decode_role(
             transfer_timeout: timeout,
             kv_wait_timeout: Duration::from_secs(cfg.decode.kv_wait_timeout_secs),
             queue: genie_decode_worker::DEFAULT_QUEUE,
+            prefix_cache_bytes: cfg.decode.prefix_cache_bytes,
         },
         model.share(cfg.decode.threads)?,
         KvBudget::new(usize::try_from(cfg.decode.kv_cache_bytes).unwrap_or(usize::MAX)),

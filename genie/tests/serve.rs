@@ -648,9 +648,10 @@ async fn openapi_json_is_served_without_a_key_and_describes_the_public_api() {
     assert_eq!(chat["required"], json!(["model", "messages"]));
 }
 
-/// Automatic prefix caching on the prefill worker: a second turn that resends the first
-/// (a long system prompt, the question, the answer) reuses the cached blocks and answers
-/// token for token like a server without the cache.
+/// Automatic prefix caching, on the prefill worker (disaggregated) and on the decode
+/// worker (`--colocated`): a second turn that resends the first (a long system prompt, the
+/// question, the answer) reuses the cached blocks and answers token for token like a
+/// server without the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
     let system = "You are a careful assistant for hikers. Answer in one short sentence, never \
@@ -660,8 +661,20 @@ async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
         |msgs: Value| json!({"model": MODEL, "messages": msgs, "max_tokens": 12, "temperature": 0});
     let first = json!([{"role": "system", "content": system}, {"role": "user", "content": "What shoes should I bring?"}]);
     let mut answers = Vec::new();
-    for cache in ["268435456", "0"] {
-        let s = Server::start(&[], &[("GENIE_PREFILL__PREFIX_CACHE_BYTES", cache)]);
+    for (mode, cache) in [
+        ("", "268435456"),
+        ("", "0"),
+        ("--colocated", "268435456"),
+        ("--colocated", "0"),
+    ] {
+        let args: Vec<&str> = [mode].into_iter().filter(|a| !a.is_empty()).collect();
+        let s = Server::start(
+            &args,
+            &[
+                ("GENIE_PREFILL__PREFIX_CACHE_BYTES", cache),
+                ("GENIE_DECODE__PREFIX_CACHE_BYTES", cache),
+            ],
+        );
         let c = reqwest::Client::new();
         let ask = |body: Value| {
             let c = c.clone();
@@ -698,5 +711,10 @@ async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
         }
         answers.push((a1, a2));
     }
-    assert_eq!(answers[0], answers[1], "with and without the prefix cache");
+    for a in &answers[1..] {
+        assert_eq!(
+            a, &answers[0],
+            "with and without the prefix cache, disaggregated or colocated"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The prefill worker's handle, its admission and its compute loop.
 
 use genie_engine::model::{Model, Segment};
-use genie_engine::prefix_cache::PrefixCache;
+use genie_engine::prefix_cache::{PrefixCache, BLOCK_TOKENS};
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
 use genie_kv_transfer::{KvSink, KvTransport};
@@ -28,9 +28,6 @@ pub struct PrefillConfig {
     /// KV bytes of finished prompts kept for reuse (automatic prefix caching; 0: off).
     pub prefix_cache_bytes: usize,
 }
-
-/// Tokens per prefix-cache block.
-pub const PREFIX_BLOCK: usize = 16;
 
 /// One prompt to prefill, and where its KV goes.
 pub struct PrefillSeq {
@@ -155,7 +152,7 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
     // Keyed by the model's configuration too: a cache never serves another model's KV.
     let mut cache = (config.prefix_cache_bytes > 0).then(|| {
         PrefixCache::new(
-            PREFIX_BLOCK,
+            BLOCK_TOKENS,
             config.prefix_cache_bytes,
             &format!("{:?}", model.config()),
         )
