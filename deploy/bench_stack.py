@@ -36,7 +36,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "loadtest", "compare"))
-from compare import free_port, run_server, stop  # noqa: E402
+from compare import free_port, run_loadtest, run_server, stop  # noqa: E402
 
 
 def host_line():
@@ -68,15 +68,11 @@ def round_trip_us(url, n=300):
 
 
 def loadtest(binary, url, concurrency, a, path):
-    cmd = [binary, "--url", url, "--json", path, "--no-progress", "--warmup", "2",
-           "--concurrency", str(concurrency), "--requests", str(a.requests_per_slot * concurrency),
-           "--input-tokens", str(a.input_tokens), "--output-tokens", str(a.output_tokens),
-           "--ban-tokens", "0,1,2", "--endpoint", "chat"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"genie-loadtest at {url} failed:\n{r.stdout}\n{r.stderr}")
-    with open(path) as f:
-        return json.load(f)["summary"]
+    args = ["--warmup", "2", "--concurrency", str(concurrency),
+            "--requests", str(a.requests_per_slot * concurrency),
+            "--input-tokens", str(a.input_tokens), "--output-tokens", str(a.output_tokens),
+            "--ban-tokens", "0,1,2", "--endpoint", "chat"]
+    return run_loadtest(binary, url, args, path, url)
 
 
 def start_processes(genie, secret, procs):

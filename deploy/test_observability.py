@@ -13,22 +13,15 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 
 import openai
 
-MODEL = "SmolLM2-135M-Instruct"
+from test_stack import MODEL, check  # test_stack.py, beside this one
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}")
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 def get(url):

@@ -33,7 +33,7 @@ fn worker(role: &str, url: &str, env: &[(&str, &str)]) -> Server {
 }
 
 async fn cluster(env: &[(&str, &str)]) -> Cluster {
-    let gateway = Server::spawn(&["gateway", "--host", "127.0.0.1", "--port", "0"], env);
+    let gateway = Server::gateway(&[], env);
     let url = gateway.url.clone();
     let start = |role: &str| worker(role, &url, env);
     let prefill = vec![start("prefill-worker"), start("prefill-worker")];
@@ -454,18 +454,7 @@ async fn statically_listed_workers_are_polled_and_serve() {
         ),
     )
     .unwrap();
-    let gw = Server::spawn(
-        &[
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let gw = Server::gateway(&["--config", cfg.to_str().unwrap()], &[]);
     wait_for("2 healthy static workers", async || healthy(&gw).await == 2).await;
     assert!(workers(&gw).await.iter().all(|w| w["source"] == "static"));
     let (st, v) = post(
@@ -628,17 +617,7 @@ async fn a_silent_worker_is_marked_unhealthy_forgotten_and_readmitted_when_it_re
 /// threads are joined, and the process exits 0 on its own.
 #[tokio::test]
 async fn sigterm_stops_each_role_in_order() {
-    let mut gateway = Server::spawn(
-        &[
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--colocated",
-        ],
-        &[],
-    );
+    let mut gateway = Server::gateway(&["--colocated"], &[]);
     let mut decode = worker("decode-worker", &gateway.url, &[]);
     wait_for("a healthy decode worker", async || {
         healthy(&gateway).await == 1

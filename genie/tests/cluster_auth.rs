@@ -37,13 +37,8 @@ async fn the_gateway_control_plane_takes_only_fresh_signed_calls_on_its_own_list
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("secret");
     std::fs::write(&file, format!("{}\n", support::CLUSTER_SECRET)).unwrap();
-    let gw = Server::spawn(
+    let gw = Server::gateway(
         &[
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
             "--internal-port",
             "0",
             "--cluster-secret-file",

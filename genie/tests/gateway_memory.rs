@@ -20,7 +20,7 @@ fn the_gateway_reads_metadata_only_and_its_memory_stays_below_the_weights() {
     let path = genie_engine::fetch::resolve_model(None).expect("the default model");
     let file_bytes = std::fs::metadata(&path).unwrap().len();
     let weights_bytes = genie_engine::gguf::read_meta(&path).unwrap().weights_bytes as u64;
-    let gw = Server::spawn(&["gateway", "--host", "127.0.0.1", "--port", "0"], &[]);
+    let gw = Server::gateway(&[], &[]);
     // The start-up line is printed once the tokenizer and plan are built.
     let read = proc_field(gw.pid(), "io", "rchar");
     let peak = proc_field(gw.pid(), "status", "VmHWM") * 1024;

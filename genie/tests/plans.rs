@@ -602,18 +602,7 @@ fn genie_plan_simulate_reports_a_shipped_plan_under_load() {
 /// `a100` decode worker and refuses a `cpu` one with 400, `param` `hardware` and the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_checks_the_hardware_label_against_the_plans_pools() {
-    let gw = Server::spawn(
-        &[
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-            &config("hetero-h100-a100.toml"),
-        ],
-        &[],
-    );
+    let gw = Server::gateway(&["--config", &config("hetero-h100-a100.toml")], &[]);
     use genie_protocol::worker::{RegisterRequest, WorkerRole, WorkerStatus};
     let reg = |hardware: &str| RegisterRequest {
         role: WorkerRole::Decode,

@@ -662,38 +662,25 @@ async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
     let first = json!([{"role": "system", "content": system}, {"role": "user", "content": "What shoes should I bring?"}]);
     let mut answers = Vec::new();
     for (mode, cache) in [
-        ("", "268435456"),
-        ("", "0"),
-        ("--colocated", "268435456"),
-        ("--colocated", "0"),
+        (&[][..], "268435456"),
+        (&[][..], "0"),
+        (&["--colocated"][..], "268435456"),
+        (&["--colocated"][..], "0"),
     ] {
-        let args: Vec<&str> = [mode].into_iter().filter(|a| !a.is_empty()).collect();
         let s = Server::start(
-            &args,
+            mode,
             &[
                 ("GENIE_PREFILL__PREFIX_CACHE_BYTES", cache),
                 ("GENIE_DECODE__PREFIX_CACHE_BYTES", cache),
             ],
         );
-        let c = reqwest::Client::new();
-        let ask = |body: Value| {
-            let c = c.clone();
-            let url = s.url("/v1/chat/completions");
-            async move {
-                let v: Value = c
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            }
+        let ask = async |body: Value| {
+            let (st, v) = post(&s, "/v1/chat/completions", body).await;
+            assert_eq!(st, 200, "{v}");
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
         };
         let a1 = ask(turn(first.clone())).await;
         let mut second = first.as_array().unwrap().clone();

@@ -145,10 +145,7 @@ async fn a_second_signal_ends_the_drain_at_once() {
 /// `stopped`, lets the stream finish, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_worker_deregisters_refuses_new_sequences_and_finishes_its_streams() {
-    let gateway = Server::spawn(
-        &["gateway", "--host", "127.0.0.1", "--port", "0"],
-        &[("GENIE_WORKERS__HEARTBEAT_MS", "1000")],
-    );
+    let gateway = Server::gateway(&[], &[("GENIE_WORKERS__HEARTBEAT_MS", "1000")]);
     let args = |role: &'static str| {
         vec![
             role,

@@ -64,18 +64,24 @@ def stop(proc):
         proc.wait()
 
 
-def load(loadtest, url, concurrency, a, out_dir, name):
-    path = os.path.join(out_dir, f"{name}-c{concurrency}.json")
-    cmd = [loadtest, "--url", url, "--concurrency", str(concurrency), "--requests",
-           str(a.requests * concurrency), "--input-tokens", str(a.input_tokens),
-           "--output-tokens", str(a.output_tokens), "--ban-tokens", "0,1,2",
-           "--endpoint", "completions", "--json", path, "--no-progress",
-           "--warmup", "2", "--max-error-rate", "0"]
+def run_loadtest(loadtest, url, args, path, what):
+    """Runs `genie-loadtest --url URL ARGS --json PATH --no-progress`; its summary, or the
+    run stops with genie-loadtest's output, headed by `what`."""
+    cmd = [loadtest, "--url", url, "--json", path, "--no-progress"] + args
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"{name}: genie-loadtest failed:\n{r.stdout}\n{r.stderr}")
+        sys.exit(f"{what}: genie-loadtest failed:\n{r.stdout}\n{r.stderr}")
     with open(path) as f:
         return json.load(f)["summary"]
+
+
+def load(loadtest, url, concurrency, a, out_dir, name):
+    path = os.path.join(out_dir, f"{name}-c{concurrency}.json")
+    args = ["--concurrency", str(concurrency), "--requests",
+            str(a.requests * concurrency), "--input-tokens", str(a.input_tokens),
+            "--output-tokens", str(a.output_tokens), "--ban-tokens", "0,1,2",
+            "--endpoint", "completions", "--warmup", "2", "--max-error-rate", "0"]
+    return run_loadtest(loadtest, url, args, path, name)
 
 
 def run_server(cmd, url, ready_path, env=None):

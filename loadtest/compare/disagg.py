@@ -22,17 +22,12 @@ import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, free_port, run_server, stop, wait_ready  # noqa: E402
+from compare import ROOT, free_port, run_loadtest, run_server, stop, wait_ready  # noqa: E402
 
 
 def loadtest(binary, url, args, path):
-    cmd = [binary, "--url", url, "--json", path, "--no-progress", "--warmup", "0",
-           "--endpoint", "completions", "--ban-tokens", "0,1,2"] + args
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"genie-loadtest {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-    with open(path) as f:
-        return json.load(f)["summary"]
+    common = ["--warmup", "0", "--endpoint", "completions", "--ban-tokens", "0,1,2"]
+    return run_loadtest(binary, url, common + args, path, " ".join(args))
 
 
 def mixed_load(a, url, out_dir, name):

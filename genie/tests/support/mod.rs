@@ -48,7 +48,17 @@ pub struct Server {
 impl Server {
     /// Starts `genie serve --port 0 ARGS` with extra environment variables.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut all = vec!["serve", "--host", "127.0.0.1", "--port", "0"];
+        Self::on_loopback("serve", args, env)
+    }
+
+    /// Starts `genie gateway --port 0 ARGS` with extra environment variables.
+    pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::on_loopback("gateway", args, env)
+    }
+
+    /// `genie ROLE --host 127.0.0.1 --port 0 ARGS`.
+    fn on_loopback(role: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut all = vec![role, "--host", "127.0.0.1", "--port", "0"];
         all.extend_from_slice(args);
         Self::spawn(&all, env)
     }
