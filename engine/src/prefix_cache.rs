@@ -160,9 +160,13 @@ impl PrefixCache {
         }
         let id = self.next_id;
         self.next_id += 1;
-        for k in &keys {
-            self.index.insert(*k, id);
-        }
+        // Keys that pointed at older entries now point at this one.
+        let mut displaced: Vec<u64> = keys
+            .iter()
+            .filter_map(|k| self.index.insert(*k, id))
+            .collect();
+        displaced.sort_unstable();
+        displaced.dedup();
         self.entries.insert(
             id,
             Entry {
@@ -173,17 +177,16 @@ impl PrefixCache {
             },
         );
         self.used_bytes += bytes;
-        // Entries the new one covers entirely (no key points to them any more) go.
-        let covered: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(eid, e)| {
-                **eid != id && e.keys.iter().all(|k| self.index.get(k) != Some(*eid))
-            })
-            .map(|(eid, _)| *eid)
-            .collect();
-        for eid in covered {
-            self.remove(eid);
+        // Of those, the ones the new entry covers entirely (no key points to them any
+        // more) go.
+        for eid in displaced {
+            let covered = self
+                .entries
+                .get(&eid)
+                .is_some_and(|e| e.keys.iter().all(|k| self.index.get(k) != Some(&eid)));
+            if covered {
+                self.remove(eid);
+            }
         }
         while self.used_bytes > self.budget_bytes {
             let Some(oldest) = self
