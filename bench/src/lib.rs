@@ -5,6 +5,7 @@
 //!
 //! - [`engine`]: prefill and batched decode throughput of the engine, beside llama.cpp;
 //! - [`kv`]: the TCP KV transport beside a raw socket copy of the same bytes;
+//! - [`kv_pages`]: decode speed with the paged KV cache beside the contiguous layout;
 //! - [`disagg`]: time to first and second token, disaggregated vs colocated, across
 //!   processes (it starts the current `genie` binary's roles);
 //! - [`sched`]: placement decision time with many workers, per routing policy;
@@ -14,5 +15,6 @@ pub mod disagg;
 pub mod engine;
 pub mod host;
 pub mod kv;
+pub mod kv_pages;
 pub mod sched;
 pub mod stats;

@@ -5,6 +5,7 @@ use genie_engine::kv_budget::KvBudget;
 use genie_engine::model::{Model, Segment};
 use genie_engine::prefix_cache::{PrefixCache, BLOCK_TOKENS};
 use genie_engine::sampling::Sampler;
+use genie_engine::EngineError;
 use genie_kv_transfer::KvMessage;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::TransferId;
@@ -34,6 +35,13 @@ struct Running {
     generated: usize,
 }
 
+/// A sequence to prefill here: a colocated prompt (`generated == 0`), or a preempted
+/// sequence to recompute (its prompt and every token generated so far).
+struct Pending {
+    seq: NewSeq,
+    generated: usize,
+}
+
 pub(crate) struct BatchLoop {
     config: DecodeConfig,
     model: Model,
@@ -41,7 +49,7 @@ pub(crate) struct BatchLoop {
     stats: Arc<DecodeStats>,
     on_free: Arc<dyn Fn() + Send + Sync>,
     incoming: HashMap<TransferId, Incoming>,
-    prefills: VecDeque<(NewSeq, Vec<u32>)>,
+    prefills: VecDeque<Pending>,
     ready: VecDeque<Running>,
     running: Vec<Running>,
     worker_label: String,
@@ -167,7 +175,7 @@ impl BatchLoop {
                     },
                 );
             }
-            DecodeInput::Prefill { seq, prompt } => self.prefills.push_back((seq, prompt)),
+            DecodeInput::Prefill { seq } => self.prefills.push_back(Pending { seq, generated: 0 }),
             DecodeInput::Kv(m) => self.on_kv(m),
         }
         true
@@ -177,7 +185,7 @@ impl BatchLoop {
         self.incoming
             .values()
             .map(|i| &i.seq)
-            .chain(self.prefills.iter().map(|(s, _)| s))
+            .chain(self.prefills.iter().map(|p| &p.seq))
             .chain(self.ready.iter().map(|r| &r.seq))
             .chain(self.running.iter().map(|r| &r.seq))
             .collect()
@@ -246,12 +254,14 @@ impl BatchLoop {
         if inc.layers_seen != n_layers
             || !seq.cache.is_consistent()
             || seq.cache.len() != h.prompt_tokens as usize
+            || seq.tokens.len() != h.prompt_tokens as usize
         {
             let why = format!(
-                "incomplete KV: {} of {n_layers} layers, {} of {} tokens",
+                "incomplete KV: {} of {n_layers} layers, {} of {} tokens ({} prompt ids admitted)",
                 inc.layers_seen,
                 seq.cache.len(),
-                h.prompt_tokens
+                h.prompt_tokens,
+                seq.tokens.len()
             );
             return Err(Box::new((seq, why)));
         }
@@ -280,7 +290,11 @@ impl BatchLoop {
             }
             true
         });
-        self.prefills.retain(|(s, _)| !s.events.is_closed());
+        let before_pending = self.prefills.len();
+        self.prefills.retain(|p| !p.seq.events.is_closed());
+        if self.prefills.len() < before_pending {
+            self.count_preempted();
+        }
         self.ready.retain(|r| !r.seq.events.is_closed());
         self.running.retain(|r| !r.seq.events.is_closed());
         if self.count() < before {
@@ -290,6 +304,86 @@ impl BatchLoop {
 
     fn count(&self) -> usize {
         self.incoming.len() + self.prefills.len() + self.ready.len() + self.running.len()
+    }
+
+    /// Preempted sequences still waiting to be recomputed, as admission reads them.
+    fn count_preempted(&self) {
+        let n = self.prefills.iter().filter(|p| p.generated > 0).count();
+        self.stats.preempted.store(n, Ordering::Relaxed);
+    }
+
+    /// Gives every running sequence the block its next token needs, oldest first. When
+    /// the budget has none left, the newest running sequence is preempted (its blocks
+    /// freed, it is recomputed later) until the older ones fit: the oldest always
+    /// advances, so a sequence that fits alone always finishes.
+    fn grow_running(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let cache = &mut self.running[i].seq.cache;
+            match cache.ensure(cache.len() + 1) {
+                Ok(()) => i += 1,
+                Err(EngineError::KvCapacity { .. }) => {
+                    let victim = self.running.pop().expect("i < len");
+                    self.preempt(victim);
+                }
+                Err(e) => {
+                    // Past its own capacity: validated at admission, so an internal fault.
+                    tracing::error!(error = %e, "a running sequence cannot grow");
+                    let r = self.running.remove(i);
+                    r.seq
+                        .events
+                        .send(SeqEvent::failed(FailureCode::Internal, "internal error"));
+                    (self.on_free)();
+                }
+            }
+        }
+    }
+
+    /// Recompute, not swap: the KV lives in host memory already, so there is nowhere
+    /// cheaper to park it, and recomputing a sequence is one prefill (vLLM's default for
+    /// the same reason). Its blocks go back to the budget now; it waits at the front of
+    /// the prefill queue with every token it has, and resumes with the same sampler, so
+    /// its answer does not change.
+    fn preempt(&mut self, mut r: Running) {
+        r.seq.tokens.push(r.next);
+        r.seq.cache.truncate(0);
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("genie_preemptions_total", "worker" => self.worker_label.clone())
+            .increment(1);
+        tracing::debug!(
+            tokens = r.seq.tokens.len(),
+            "KV blocks ran out: a sequence is preempted and will be recomputed"
+        );
+        self.prefills.push_front(Pending {
+            seq: r.seq,
+            generated: r.generated,
+        });
+    }
+
+    /// Readies the front pending sequence's cache for its prefill: the longest cached
+    /// prefix shared, blocks for the rest taken. Returns the tokens reused, or `None`
+    /// (the cache left empty) when the budget has no room for it yet.
+    fn ready_prefill(&mut self, p: &mut Pending) -> Option<usize> {
+        let want = p.seq.tokens.len();
+        let mut reused = 0;
+        if let Some(pc) = self.prefix.as_mut() {
+            if pc.cached_tokens(&p.seq.tokens) > 0 {
+                // The blocks taken at admission make way for the shared ones.
+                p.seq.cache.truncate(0);
+                reused = pc.reuse(&p.seq.tokens, &mut p.seq.cache).tokens;
+            }
+            metrics::counter!("genie_prefix_cache_queries_total", "worker" => self.worker_label.clone())
+                .increment(1);
+            metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => self.worker_label.clone())
+                .increment(reused as u64);
+        }
+        match p.seq.cache.ensure(want + 1) {
+            Ok(()) => Some(reused),
+            Err(_) => {
+                p.seq.cache.truncate(0);
+                None
+            }
+        }
     }
 
     /// One forward step: running decodes plus admitted colocated prefills.
@@ -304,32 +398,34 @@ impl BatchLoop {
                 None => break,
             }
         }
-        // Colocated prompts: (sequence, prompt, tokens reused from the prefix cache).
-        let mut prefilling: Vec<(NewSeq, Vec<u32>, usize)> = Vec::new();
+        self.grow_running();
+        // Prompts to prefill: (sequence, tokens reused from the prefix cache).
+        let mut prefilling: Vec<(Pending, usize)> = Vec::new();
         let mut prompt_tokens = 0;
         while self.running.len() + prefilling.len() < max {
-            let Some((_, p)) = self.prefills.front() else {
+            let Some(p) = self.prefills.front() else {
                 break;
             };
-            if !prefilling.is_empty() && prompt_tokens + p.len() > self.config.max_prefill_tokens {
+            let n = p.seq.tokens.len();
+            if !prefilling.is_empty() && prompt_tokens + n > self.config.max_prefill_tokens {
                 break;
             }
-            let (mut s, p) = self.prefills.pop_front().expect("front exists");
-            s.events.send(SeqEvent::Running);
-            prompt_tokens += p.len();
-            let reused = match self.prefix.as_mut() {
-                Some(pc) => {
-                    let r = pc.reuse(&p, &mut s.cache).tokens;
-                    metrics::counter!("genie_prefix_cache_queries_total", "worker" => self.worker_label.clone())
-                        .increment(1);
-                    metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => self.worker_label.clone())
-                        .increment(r as u64);
-                    r
-                }
-                None => 0,
+            let mut p = self.prefills.pop_front().expect("front exists");
+            let Some(reused) = self.ready_prefill(&mut p) else {
+                // No room yet: it stays first in line.
+                self.prefills.push_front(p);
+                break;
             };
-            prefilling.push((s, p, reused));
+            if p.generated == 0 {
+                p.seq.events.send(SeqEvent::Running);
+                if reused > 0 {
+                    p.seq.events.send(SeqEvent::Cached(reused as u32));
+                }
+            }
+            prompt_tokens += n;
+            prefilling.push((p, reused));
         }
+        self.count_preempted();
         if self.running.is_empty() && prefilling.is_empty() {
             return;
         }
@@ -343,10 +439,10 @@ impl BatchLoop {
                 cache: &mut r.seq.cache,
             })
             .collect();
-        for (s, p, reused) in prefilling.iter_mut() {
+        for (p, reused) in prefilling.iter_mut() {
             segs.push(Segment {
-                tokens: &p[*reused..],
-                cache: &mut s.cache,
+                tokens: &p.seq.tokens[*reused..],
+                cache: &mut p.seq.cache,
             });
         }
         let n_decode = inputs.len();
@@ -364,8 +460,8 @@ impl BatchLoop {
                 for r in self.running.drain(..) {
                     r.seq.events.send(internal());
                 }
-                for (s, _, _) in prefilling {
-                    s.events.send(internal());
+                for (p, _) in prefilling {
+                    p.seq.events.send(internal());
                 }
                 (self.on_free)();
                 return;
@@ -375,20 +471,24 @@ impl BatchLoop {
         let before = self.running.len() + prefilling.len();
         let mut kept = Vec::with_capacity(self.running.len() + prefilling.len());
         for (mut r, mut l) in self.running.drain(..).zip(logits) {
+            r.seq.tokens.push(r.next);
             if let Some(t) = step_sequence(&mut r.seq, &mut r.generated, &mut l) {
                 r.next = t;
                 kept.push(r);
             }
         }
         if let Some(pc) = self.prefix.as_mut() {
-            for (s, p, _) in &prefilling {
-                pc.insert(p, &s.cache);
+            for (p, _) in &prefilling {
+                pc.insert(&p.seq.tokens, &p.seq.cache);
             }
             metrics::gauge!("genie_prefix_cache_bytes", "worker" => self.worker_label.clone())
                 .set(pc.used_bytes() as f64);
         }
-        for ((mut seq, _, _), mut l) in prefilling.into_iter().zip(prefill_logits) {
-            let mut generated = 0;
+        for ((p, _), mut l) in prefilling.into_iter().zip(prefill_logits) {
+            let Pending {
+                mut seq,
+                mut generated,
+            } = p;
             if let Some(t) = step_sequence(&mut seq, &mut generated, &mut l) {
                 kept.push(Running {
                     seq,
@@ -412,7 +512,12 @@ impl BatchLoop {
             .set(self.running.len() as f64);
         metrics::gauge!("genie_kv_cache_usage_ratio", "worker" => w.clone())
             .set(self.budget.usage_ratio());
-        metrics::gauge!("genie_kv_cache_used_bytes", "worker" => w)
+        metrics::gauge!("genie_kv_cache_used_bytes", "worker" => w.clone())
             .set(self.budget.used_bytes() as f64);
+        let block = self.model.kv_shape().block_bytes(BLOCK_TOKENS).max(1);
+        metrics::gauge!("genie_kv_blocks_used", "worker" => w.clone())
+            .set((self.budget.used_bytes() / block) as f64);
+        metrics::gauge!("genie_kv_blocks_total", "worker" => w)
+            .set((self.budget.capacity_bytes() / block) as f64);
     }
 }

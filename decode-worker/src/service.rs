@@ -23,9 +23,17 @@ async fn decode(State(w): State<Arc<DecodeWorker>>, Json(req): Json<DecodeReques
     };
     let source = match req.prompt {
         Some(p) => KvSource::Prompt(p),
+        None if req.prompt_ids.len() != req.prompt_tokens as usize => {
+            let why = format!(
+                "prompt_ids holds {} ids but prompt_tokens is {}",
+                req.prompt_ids.len(),
+                req.prompt_tokens
+            );
+            return AdmitError::Invalid(why).into_response();
+        }
         None => KvSource::Transfer {
             transfer: req.transfer,
-            prompt_tokens: req.prompt_tokens as usize,
+            prompt: req.prompt_ids,
         },
     };
     let max_tokens = req.max_tokens as usize;

@@ -1,7 +1,6 @@
 //! The decode worker's vocabulary: its settings, the sequences it is given and the inputs
 //! its batch loop reads.
 
-use genie_engine::kv_budget::KvReservation;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::sampling::Sampler;
 use genie_kv_transfer::KvMessage;
@@ -37,18 +36,22 @@ pub struct DecodeConfig {
 pub enum KvSource {
     /// Prefill the prompt here (colocated).
     Prompt(Vec<u32>),
-    /// A prefill worker sends the prompt's KV as `transfer`.
+    /// A prefill worker sends the KV of `prompt` as `transfer`. The ids are kept to
+    /// recompute the sequence here if it is preempted.
     Transfer {
         transfer: TransferId,
-        prompt_tokens: usize,
+        prompt: Vec<u32>,
     },
 }
 
 impl KvSource {
     pub fn prompt_tokens(&self) -> usize {
+        self.prompt().len()
+    }
+
+    pub fn prompt(&self) -> &[u32] {
         match self {
-            KvSource::Prompt(p) => p.len(),
-            KvSource::Transfer { prompt_tokens, .. } => *prompt_tokens,
+            KvSource::Prompt(p) | KvSource::Transfer { prompt: p, .. } => p,
         }
     }
 }
@@ -70,16 +73,19 @@ pub(crate) struct NewSeq {
     pub stop_token_ids: Vec<u32>,
     pub sampler: Sampler,
     pub events: EventSender,
-    /// The sequence's KV bytes, held until it leaves this worker.
-    pub _reservation: KvReservation,
+    /// The tokens whose KV the cache holds or is about to: the prompt, then each
+    /// generated token once it has been fed. A preempted sequence is recomputed from them.
+    pub tokens: Vec<u32>,
+    /// Its KV blocks, charged to the worker's budget as they are taken and given back as
+    /// they are dropped.
     pub cache: KvCache,
 }
 
 pub(crate) enum DecodeInput {
     /// A sequence whose KV will arrive as `transfer`.
     Expect { transfer: TransferId, seq: NewSeq },
-    /// Prefill `prompt` here, then decode (colocated).
-    Prefill { seq: NewSeq, prompt: Vec<u32> },
+    /// Prefill `seq.tokens` here, then decode (colocated).
+    Prefill { seq: NewSeq },
     /// KV transfer traffic for an expected sequence.
     Kv(KvMessage),
 }
@@ -91,6 +97,11 @@ pub struct DecodeStats {
     pub load: AtomicUsize,
     /// Sequences in the running batch.
     pub running: AtomicUsize,
+    /// Preempted sequences waiting to be recomputed: while any waits, admission refuses
+    /// new sequences so the freed blocks go to it first.
+    pub preempted: AtomicUsize,
+    /// Preemptions since the worker started.
+    pub preemptions: AtomicUsize,
 }
 
 impl DecodeStats {
@@ -99,5 +110,11 @@ impl DecodeStats {
     }
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+    pub fn preempted(&self) -> usize {
+        self.preempted.load(Ordering::Relaxed)
+    }
+    pub fn preemptions(&self) -> usize {
+        self.preemptions.load(Ordering::Relaxed)
     }
 }

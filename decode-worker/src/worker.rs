@@ -1,10 +1,10 @@
-//! The decode worker's handle: admission (KV reserved before anything is queued), its
-//! input queue, its KV budget and its compute thread.
+//! The decode worker's handle: admission (the first KV blocks taken before anything is
+//! queued), its input queue, its KV budget and its compute thread.
 
 use crate::batch::BatchLoop;
 use crate::types::{DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, NewSeq};
 use genie_engine::kv_budget::KvBudget;
-use genie_engine::kv_cache::{KvCache, KvShape};
+use genie_engine::kv_cache::{KvCache, KvShape, BLOCK_TOKENS};
 use genie_engine::model::Model;
 use genie_engine::EngineError;
 use genie_kv_transfer::{Deliver, TransferRegistry};
@@ -60,38 +60,52 @@ impl DecodeWorker {
         })
     }
 
-    /// Admits one sequence: reserves its whole KV (prompt + `max_tokens`) or refuses with
-    /// [`AdmitError::NoKvRoom`], registers an expected transfer with the KV receiver before
+    /// Admits one sequence: takes the KV blocks its prompt and first generated token need
+    /// (more are taken as it grows, [`KvCache::ensure`]) or refuses with
+    /// [`AdmitError::NoKvRoom`] (also while a preempted sequence waits for room, so the
+    /// room goes to it first), registers an expected transfer with the KV receiver before
     /// any byte can arrive, and queues it ([`AdmitError::Busy`] when the queue is full).
-    /// Its events go to `events`; dropping their receiver cancels it. A refusal leaves
-    /// nothing reserved.
+    /// A sequence whose whole life (prompt + `max_tokens`) exceeds the budget is refused
+    /// as never fitting. Its events go to `events`; dropping their receiver cancels it.
+    /// A refusal leaves nothing taken.
     pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<(), AdmitError> {
         let prompt_tokens = s.source.prompt_tokens();
         check_lengths(prompt_tokens, s.max_tokens)?;
         let tokens = prompt_tokens.saturating_add(s.max_tokens);
-        let needed = tokens.saturating_mul(self.kv_shape.bytes_per_token());
-        let reservation = self.budget.reserve(needed).map_err(|e| {
-            let free_bytes = match e {
-                EngineError::KvCapacity {
-                    available_bytes, ..
-                } => available_bytes,
-                _ => self.budget.free_bytes(),
-            };
-            AdmitError::NoKvRoom {
-                needed_bytes: needed,
-                free_bytes,
-            }
-        })?;
+        let lifetime = tokens.saturating_mul(self.kv_shape.bytes_per_token());
+        let start = (prompt_tokens + 1).div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS;
+        let needed = start * self.kv_shape.bytes_per_token();
+        let no_room = |needed_bytes, free_bytes| AdmitError::NoKvRoom {
+            needed_bytes,
+            free_bytes,
+        };
+        if lifetime > self.budget.capacity_bytes() {
+            return Err(no_room(lifetime, self.budget.free_bytes()));
+        }
+        if self.stats.preempted() > 0 || needed > self.budget.free_bytes() {
+            return Err(no_room(needed, self.budget.free_bytes()));
+        }
+        let cache = KvCache::paged(self.kv_shape, BLOCK_TOKENS, tokens, Some(&self.budget))
+            .and_then(|mut c| c.ensure(prompt_tokens + 1).map(|()| c))
+            .map_err(|e| {
+                let free_bytes = match e {
+                    EngineError::KvCapacity {
+                        available_bytes, ..
+                    } => available_bytes,
+                    _ => self.budget.free_bytes(),
+                };
+                no_room(needed, free_bytes)
+            })?;
         let seq = NewSeq {
             max_tokens: s.max_tokens,
             stop_token_ids: s.stop_token_ids,
             sampler: s.sampler,
             events,
-            _reservation: reservation,
-            cache: KvCache::new(self.kv_shape, tokens),
+            tokens: s.source.prompt().to_vec(),
+            cache,
         };
         let (input, expected) = match s.source {
-            KvSource::Prompt(prompt) => (DecodeInput::Prefill { seq, prompt }, None),
+            KvSource::Prompt(_) => (DecodeInput::Prefill { seq }, None),
             KvSource::Transfer { transfer, .. } => {
                 (DecodeInput::Expect { transfer, seq }, Some(transfer))
             }

@@ -1,6 +1,6 @@
-//! Admission in the decode worker, with the real default model: the KV reservation a
-//! sequence makes, the refusal when the budget is full, and the release when its client
-//! goes away.
+//! Admission in the decode worker, with the real default model: the KV blocks a sequence
+//! takes, the refusal when the budget is full, the release when its client goes away, and
+//! preemption when running sequences outgrow the blocks.
 
 use genie_decode_worker::{DecodeConfig, DecodeSeq, DecodeWorker, KvSource};
 use genie_engine::kv_budget::KvBudget;
@@ -57,31 +57,41 @@ fn seq(source: KvSource, max_tokens: usize) -> DecodeSeq {
 }
 
 #[test]
-fn admission_reserves_prompt_plus_max_tokens_refuses_when_full_and_frees_on_cancel() {
+fn admission_takes_the_prompts_blocks_refuses_when_full_and_frees_on_cancel() {
     let (w, freed) = worker(100, None);
     let per_token = w.kv_shape().bytes_per_token();
-    // Expecting a transfer that never comes: the reservation is held meanwhile.
+    // Expecting a transfer that never comes: the blocks of its prompt and first generated
+    // token (two of 16) are held meanwhile, not prompt + max_tokens.
     let transfer = KvSource::Transfer {
         transfer: TransferId(7),
-        prompt_tokens: 30,
+        prompt: vec![1; 30],
     };
     let (tx, rx) = event_channel(40);
     w.admit(seq(transfer, 40), tx).unwrap();
-    assert_eq!(w.budget().used_bytes(), 70 * per_token);
+    assert_eq!(w.budget().used_bytes(), 32 * per_token);
 
-    // 31 more tokens do not fit in the 30 left: refused, nothing reserved.
-    let (tx2, _rx2) = event_channel(21);
+    // A prompt whose first blocks (80 tokens) exceed the 68 left: refused, nothing taken.
+    let (tx2, _rx2) = event_channel(2);
     let e = w
-        .admit(seq(KvSource::Prompt(vec![1; 10]), 21), tx2)
+        .admit(seq(KvSource::Prompt(vec![1; 70]), 2), tx2)
         .unwrap_err();
     assert_eq!(
         e,
         AdmitError::NoKvRoom {
-            needed_bytes: 31 * per_token,
-            free_bytes: 30 * per_token
+            needed_bytes: 80 * per_token,
+            free_bytes: 68 * per_token
         }
     );
-    assert_eq!(w.budget().used_bytes(), 70 * per_token);
+    // A sequence whose whole life could never fit the budget is refused up front.
+    let (tx2, _rx2) = event_channel(95);
+    let e = w
+        .admit(seq(KvSource::Prompt(vec![1; 10]), 95), tx2)
+        .unwrap_err();
+    assert!(
+        matches!(e, AdmitError::NoKvRoom { needed_bytes, .. } if needed_bytes == 105 * per_token),
+        "{e:?}"
+    );
+    assert_eq!(w.budget().used_bytes(), 32 * per_token);
 
     // The client goes away: the worker drops the sequence at its next turn and frees it.
     drop(rx);
@@ -103,13 +113,69 @@ fn admission_reserves_prompt_plus_max_tokens_refuses_when_full_and_frees_on_canc
     }
 }
 
+/// The tokens of a finished sequence's events.
+fn tokens_of(mut rx: tokio::sync::mpsc::Receiver<SeqEvent>) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            SeqEvent::Token(t) => out.push(t.token),
+            SeqEvent::Finished(FinishReason::Length) => return out,
+            SeqEvent::Running => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    panic!("the stream ended without finishing");
+}
+
+#[test]
+fn sequences_that_outgrow_the_blocks_are_preempted_recomputed_and_answer_the_same() {
+    // Room for 64 tokens: each sequence (12 + 44) fits alone, two together do not.
+    let (w, freed) = worker(64, None);
+    // A finished sequence's blocks go back just after its last event.
+    let settle = || {
+        while w.budget().used_bytes() != 0 {
+            let _ = freed.recv_timeout(Duration::from_millis(100));
+        }
+    };
+    let prompts: [Vec<u32>; 2] = [
+        vec![1, 504, 3458, 314, 253, 5248, 30, 2, 198, 1, 9690, 198],
+        vec![1, 504, 3458, 314, 253, 2265, 30, 2, 198, 1, 9690, 198],
+    ];
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let (tx, rx) = event_channel(44);
+            w.admit(seq(KvSource::Prompt(p.clone()), 44), tx).unwrap();
+            let t = tokens_of(rx);
+            settle();
+            t
+        })
+        .collect();
+    assert_eq!(w.stats().preemptions(), 0);
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (tx, rx) = event_channel(44);
+            w.admit(seq(KvSource::Prompt(p.clone()), 44), tx).unwrap();
+            rx
+        })
+        .collect();
+    let together: Vec<Vec<u32>> = rxs.into_iter().map(tokens_of).collect();
+    assert!(
+        w.stats().preemptions() > 0,
+        "the two cannot run side by side"
+    );
+    assert_eq!(together, alone);
+    assert_eq!(w.stats().preempted(), 0);
+}
+
 #[test]
 fn an_expected_transfer_is_registered_before_admission_returns_and_bad_input_is_refused() {
     let registry = TransferRegistry::new();
     let (w, _freed) = worker(100, Some(registry.clone()));
     let transfer = KvSource::Transfer {
         transfer: TransferId(9),
-        prompt_tokens: 4,
+        prompt: vec![1, 2, 3, 4],
     };
     let (tx, _rx) = event_channel(4);
     w.admit(seq(transfer, 4), tx).unwrap();

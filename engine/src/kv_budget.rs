@@ -1,6 +1,7 @@
-//! KV memory accounting: every sequence reserves the bytes its whole lifetime can need
-//! (prompt + max_tokens) before any work is done; a request that does not fit is refused
-//! with [`EngineError::KvCapacity`] instead of running the process out of memory.
+//! KV memory accounting: a sequence holds a [`KvReservation`] for the KV blocks it has
+//! taken, grown block by block as it runs ([`KvReservation::try_grow`]); a request or a
+//! block that does not fit is refused with [`EngineError::KvCapacity`] instead of running
+//! the process out of memory.
 
 use crate::error::{EngineError, Result};
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,31 @@ impl KvReservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Takes `bytes` more from the budget, or refuses (as [`KvBudget::reserve`]) leaving
+    /// this reservation as it was.
+    pub fn try_grow(&mut self, bytes: usize) -> Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let free = s.capacity - s.used;
+        if bytes > free {
+            return Err(EngineError::KvCapacity {
+                needed_bytes: bytes,
+                available_bytes: free,
+                capacity_bytes: s.capacity,
+            });
+        }
+        s.used += bytes;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Gives back up to `bytes` of this reservation.
+    pub fn shrink(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.used -= bytes;
+        self.bytes -= bytes;
+    }
 }
 
 impl Drop for KvReservation {
@@ -118,6 +144,14 @@ mod tests {
         drop(r1);
         assert_eq!(b.used_bytes(), 40);
         drop(r2);
+        assert_eq!(b.used_bytes(), 0);
+        let mut g = b.reserve(0).unwrap();
+        g.try_grow(70).unwrap();
+        assert!(g.try_grow(31).is_err());
+        assert_eq!((g.bytes(), b.used_bytes()), (70, 70));
+        g.shrink(20);
+        assert_eq!((g.bytes(), b.used_bytes()), (50, 50));
+        drop(g);
         assert_eq!(b.used_bytes(), 0);
         assert!(b.reserve(101).unwrap_err().to_string().contains("101"));
     }

@@ -201,6 +201,7 @@ impl Model {
         if segs.is_empty() {
             return Ok(Vec::new());
         }
+        take_blocks(segs)?;
         self.pool.install(|| self.run(segs, on_layer))
     }
 
@@ -293,6 +294,7 @@ impl Model {
             });
         }
         self.check_shape(segs, self.stage_shape(layers.len()))?;
+        take_blocks(segs)?;
         let n: usize = segs.iter().map(|s| s.tokens.len()).sum();
         match &hidden {
             None if layers.start != 0 => {
@@ -409,8 +411,12 @@ impl Model {
                 );
                 first += m;
             }
-            let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
-            self.attention(cl, &q, &caches, &token_at, &mut att);
+            let blocks: Vec<SeqBlocks> = segs
+                .iter()
+                .map(|s| (s.cache.layer_blocks(cl), s.cache.block_tokens()))
+                .collect();
+            self.attention(&q, &blocks, &token_at, &mut att);
+            drop(blocks);
             matmul_f32(&l.wo, &att, &mut proj);
             ops::add_assign(x, &proj);
             // The next layer's attention reads every sequence's K/V of that layer from
@@ -418,8 +424,14 @@ impl Model {
             let mut side = SideFetch::with_budget(self.side_fetch_bytes);
             if let Some(next) = Some(cl + 1).filter(|&c| c < segs[0].cache.shape().n_layers) {
                 for s in segs.iter() {
-                    side.add(s.cache.layer_k(next));
-                    side.add(s.cache.layer_v(next));
+                    let kv = s.cache.layer_len(next) * s.cache.shape().kv_dim();
+                    let mut left = kv;
+                    for (k, v) in s.cache.layer_blocks(next) {
+                        let n = left.min(k.len());
+                        side.add(&k[..n]);
+                        side.add(&v[..n]);
+                        left -= n;
+                    }
                 }
             }
             self.ffn(l, x, &mut xn, [&mut gate, &mut up], &mut proj, &side);
@@ -488,9 +500,8 @@ impl Model {
     /// whatever the block, so batching never changes the output.
     fn attention(
         &self,
-        layer: usize,
         q: &[f32],
-        caches: &[&KvCache],
+        caches: &[SeqBlocks],
         token_at: &[(usize, usize)],
         out: &mut [f32],
     ) {
@@ -516,7 +527,7 @@ impl Model {
                 let (t0, m) = blocks[b];
                 let (seg, pos0) = token_at[t0];
                 let ctx = pos0 + m;
-                let (kc, vc) = (caches[seg].layer_k(layer), caches[seg].layer_v(layer));
+                let (blocks, bt) = (&caches[seg].0[..], caches[seg].1);
                 let rows = m * group;
                 let qrow = |ti: usize, h: usize| {
                     let head = g * group + h;
@@ -532,7 +543,7 @@ impl Model {
                     attend_f16(
                         k,
                         &qs[..group],
-                        (kc, vc, kv, g * hd),
+                        (blocks, bt, kv, g * hd),
                         ctx,
                         scale,
                         scores,
@@ -552,7 +563,7 @@ impl Model {
                     return;
                 }
                 // This KV head's keys for positions 0..ctx, widened once for the block.
-                widen_head(kc, kv, g * hd, hd, ctx, rows_f32);
+                widen_head(blocks, bt, false, kv, g * hd, hd, ctx, rows_f32);
                 scores.clear();
                 scores.resize(rows * ctx, 0.0);
                 for ti in 0..m {
@@ -567,7 +578,7 @@ impl Model {
                         ops::round_to_f16(sc);
                     }
                 }
-                widen_head(vc, kv, g * hd, hd, ctx, rows_f32);
+                widen_head(blocks, bt, true, kv, g * hd, hd, ctx, rows_f32);
                 acc.clear();
                 acc.resize(rows * hd, 0.0);
                 for ti in 0..m {
@@ -621,7 +632,7 @@ fn attend_f16(
     fn run<const G: usize>(
         k: ops::F16Kernels,
         qs: &[&[f32]],
-        (kc, vc, kv, offset): F16Head,
+        (blocks, bt, kv, offset): F16Head,
         ctx: usize,
         scale: f32,
         scores: &mut Vec<f32>,
@@ -632,9 +643,16 @@ fn attend_f16(
         scores.resize(G * ctx, 0.0);
         let hd = out.len() / G;
         let wide = k.avx512.filter(|_| dot_avx512::attention_width_ok(hd));
-        {
+        // Block by block: each score depends on its own row only, so the split changes
+        // nothing.
+        for (b, &(kc, _)) in blocks.iter().enumerate() {
+            let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
+            if first >= end {
+                break;
+            }
             let mut sc = scores.chunks_exact_mut(ctx);
-            let sc: [&mut [f32]; G] = std::array::from_fn(|_| sc.next().expect("G rows"));
+            let sc: [&mut [f32]; G] =
+                std::array::from_fn(|_| &mut sc.next().expect("G rows")[first..end]);
             let q = std::array::from_fn(|h| qs[h]);
             match wide {
                 Some(k5) => dot_avx512::dot_rows_f16(k5, q, kc, kv, offset, scale, sc),
@@ -645,12 +663,20 @@ fn attend_f16(
             ops::softmax(sc);
             ops::round_to_f16(sc);
         }
-        let mut o = out.chunks_exact_mut(hd);
-        let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
-        let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx..(h + 1) * ctx]);
-        match wide {
-            Some(k5) => dot_avx512::weighted_rows_f16(k5, p, vc, kv, offset, o),
-            None => dot_avx2::weighted_rows_f16(k.avx2, p, vc, kv, offset, o),
+        // The weighted sum accumulates into `out` row after row, in position order, with
+        // the same operations whether the rows come in one block or many.
+        for (b, &(_, vc)) in blocks.iter().enumerate() {
+            let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
+            if first >= end {
+                break;
+            }
+            let mut o = out.chunks_exact_mut(hd);
+            let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
+            let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx + first..h * ctx + end]);
+            match wide {
+                Some(k5) => dot_avx512::weighted_rows_f16(k5, p, vc, kv, offset, o),
+                None => dot_avx2::weighted_rows_f16(k.avx2, p, vc, kv, offset, o),
+            }
         }
     }
     match qs.len() {
@@ -662,8 +688,17 @@ fn attend_f16(
     }
 }
 
-/// One KV head of one cache layer: K rows, V rows, the row width and the head's offset.
-type F16Head<'c> = (&'c [half::f16], &'c [half::f16], usize, usize);
+/// One sequence's K and V rows of one layer, block by block, and the block size.
+type SeqBlocks<'c> = (Vec<(&'c [half::f16], &'c [half::f16])>, usize);
+
+/// One KV head of one cache layer: its (K, V) blocks, tokens per block, the row width and
+/// the head's offset.
+type F16Head<'c> = (
+    &'c [(&'c [half::f16], &'c [half::f16])],
+    usize,
+    usize,
+    usize,
+);
 
 /// The most K/V bytes a layer's gate/up matmul prefetches for the next layer's
 /// attention: about what stays in the caches until then (more would be evicted unread).
@@ -687,10 +722,14 @@ impl OutPtr {
     }
 }
 
-/// Positions `0..ctx` of one KV head (`hd` values at `offset` in each `kv`-wide row of an
-/// f16 cache layer) widened exactly to f32, contiguous `[ctx][hd]` in `dst`.
+/// Positions `0..ctx` of one KV head's K (`v = false`) or V rows (`hd` values at `offset`
+/// in each `kv`-wide row of the cache's blocks of `bt` tokens) widened exactly to f32,
+/// contiguous `[ctx][hd]` in `dst`.
+#[allow(clippy::too_many_arguments)]
 fn widen_head(
-    src: &[half::f16],
+    blocks: &[(&[half::f16], &[half::f16])],
+    bt: usize,
+    v: bool,
     kv: usize,
     offset: usize,
     hd: usize,
@@ -698,7 +737,25 @@ fn widen_head(
     dst: &mut Vec<f32>,
 ) {
     dst.resize(ctx * hd, 0.0);
-    ops::widen_f16_rows(src, kv, offset, hd, dst);
+    for (b, &(kc, vc)) in blocks.iter().enumerate() {
+        let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
+        if first >= end {
+            break;
+        }
+        let src = if v { vc } else { kc };
+        ops::widen_f16_rows(src, kv, offset, hd, &mut dst[first * hd..end * hd]);
+    }
+}
+
+/// Takes the KV blocks every segment's new tokens need, before any compute, so a budget
+/// that cannot give them refuses the forward ([`EngineError::KvCapacity`]) instead of
+/// failing midway.
+fn take_blocks(segs: &mut [Segment]) -> Result<()> {
+    for s in segs.iter_mut() {
+        let end = s.cache.len() + s.tokens.len();
+        s.cache.ensure(end)?;
+    }
+    Ok(())
 }
 
 /// Rows of a batch from which RMS norm and the quantisation of its output run split

@@ -154,6 +154,19 @@ pub fn extend_f16(dst: &mut Vec<half::f16>, x: &[f32]) {
     }
 }
 
+/// Writes `x` rounded to f16 (nearest, ties to even) into `dst`, which is as long.
+pub fn store_f16(dst: &mut [half::f16], x: &[f32]) {
+    match avx2() {
+        Some(k) => dot_avx2::store_f16(k, dst, x),
+        None => {
+            assert_eq!(dst.len(), x.len(), "store_f16: lengths differ");
+            for (d, &v) in dst.iter_mut().zip(x) {
+                *d = half::f16::from_f32(v);
+            }
+        }
+    }
+}
+
 /// Rounds every value to the nearest f16 (kept as f32).
 pub fn round_to_f16(x: &mut [f32]) {
     match avx2() {

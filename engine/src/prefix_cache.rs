@@ -1,25 +1,27 @@
-//! Automatic prefix caching: the KV of finished sequences, kept by the blocks of tokens it
-//! covers so a later sequence whose prompt starts the same way copies that KV instead of
-//! computing it.
+//! Automatic prefix caching: the KV blocks of earlier sequences, kept so a later sequence
+//! whose prompt starts the same way shares them instead of computing them.
 //!
-//! Tokens are grouped in blocks of `block` tokens; block `i` of a token list is keyed by a
-//! hash chain over every token up to its end and the model's identity (`salt`), so equal
-//! keys mean equal prefixes (and the tokens are compared as well, so a hash collision can
-//! never serve another prefix's KV). Only whole blocks are kept or reused: a prompt that
-//! shares 40 tokens with a cached sequence reuses 32 with 16-token blocks, and at least its
-//! last token is always computed (its logits start the answer).
+//! Tokens are grouped in blocks of the caches' block size; block `i` of a token list is
+//! keyed by a hash chain over every token up to its end and the model's identity (`salt`),
+//! so equal keys mean equal prefixes. Each kept block also records its own tokens and its
+//! parent's key, and a lookup checks both at every step, so a hash collision can never
+//! serve another prefix's KV. Only whole blocks are kept or reused: a prompt that shares
+//! 40 tokens with a cached one reuses 32 with 16-token blocks, and at least its last token
+//! is always computed (its logits start the answer).
 //!
-//! Entries are reference-free copies (a hit copies the prefix into the sequence's own
-//! cache), evicted least recently used first once `budget_bytes` is exceeded. An entry that
-//! a longer one covers entirely is dropped when the longer one arrives. Pure data structure:
-//! no locking, no I/O; a worker owns one.
+//! The blocks are the sequences' own [`KvBlock`]s, shared by reference count: keeping a
+//! finished prompt's blocks copies nothing, and a hit hands the same blocks to the new
+//! sequence ([`KvCache::share_prefix`]). Past `budget_bytes` the least recently used block
+//! that is not the parent of another kept block (a leaf) goes first, so a chain is always
+//! cut from its end and what stays is still reachable. Pure data structure: no locking,
+//! no I/O; a worker owns one.
 
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvBlock, KvCache};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
-/// Tokens per block the workers use.
-pub const BLOCK_TOKENS: usize = 16;
+pub use crate::kv_cache::BLOCK_TOKENS;
 
 /// Hash-chain keys of the whole blocks of `tokens`: key `i` covers `tokens[..(i + 1) * block]`.
 pub fn block_keys(salt: u64, tokens: &[u32], block: usize) -> Vec<u64> {
@@ -37,17 +39,21 @@ pub fn block_keys(salt: u64, tokens: &[u32], block: usize) -> Vec<u64> {
         .collect()
 }
 
-struct Entry {
+struct Cached {
+    block: Arc<KvBlock>,
+    /// This block's tokens.
     tokens: Vec<u32>,
-    keys: Vec<u64>,
-    kv: KvCache,
+    /// The key of the block before it (the salt for a first block).
+    parent: u64,
+    /// Kept blocks whose parent this is.
+    children: usize,
     last_used: u64,
 }
 
 /// What [`PrefixCache::reuse`] found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reuse {
-    /// Prompt tokens whose KV was copied from the cache (a multiple of the block size).
+    /// Prompt tokens whose KV came from the cache (a multiple of the block size).
     pub tokens: usize,
 }
 
@@ -55,12 +61,9 @@ pub struct PrefixCache {
     block: usize,
     budget_bytes: usize,
     salt: u64,
-    used_bytes: usize,
+    block_bytes: usize,
     clock: u64,
-    next_id: u64,
-    entries: HashMap<u64, Entry>,
-    /// Block key → an entry holding that prefix.
-    index: HashMap<u64, u64>,
+    blocks: HashMap<u64, Cached>,
 }
 
 impl PrefixCache {
@@ -73,11 +76,9 @@ impl PrefixCache {
             block: block.max(1),
             budget_bytes,
             salt: h.finish(),
-            used_bytes: 0,
+            block_bytes: 0,
             clock: 0,
-            next_id: 0,
-            entries: HashMap::new(),
-            index: HashMap::new(),
+            blocks: HashMap::new(),
         }
     }
 
@@ -85,138 +86,143 @@ impl PrefixCache {
         self.block
     }
 
-    /// KV bytes held.
+    /// KV bytes of the blocks held (a block a running sequence shares counts here too).
     pub fn used_bytes(&self) -> usize {
-        self.used_bytes
+        self.blocks.len() * self.block_bytes
     }
 
-    /// Sequences held.
+    /// Blocks held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.blocks.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.blocks.is_empty()
     }
 
-    /// Copies the longest cached whole-block prefix of `prompt` into `cache` (empty, with
-    /// room for the prompt), leaving at least the last prompt token to compute. Returns how
-    /// many tokens it copied (0 on a miss; `cache` is then untouched).
+    /// The keys of the kept blocks of the longest cached whole-block prefix of `tokens`,
+    /// checked token by token.
+    fn chain(&self, tokens: &[u32]) -> Vec<u64> {
+        let keys = block_keys(self.salt, tokens, self.block);
+        let mut parent = self.salt;
+        let mut found = Vec::new();
+        for (key, want) in keys.into_iter().zip(tokens.chunks_exact(self.block)) {
+            match self.blocks.get(&key) {
+                Some(c) if c.parent == parent && c.tokens == want => found.push(key),
+                _ => break, // a miss, or a hash collision: never serve another prefix's KV
+            }
+            parent = key;
+        }
+        found
+    }
+
+    /// Starts `cache` (empty, of this cache's block size) with the longest cached
+    /// whole-block prefix of `prompt`, leaving at least the last prompt token to compute.
+    /// Returns how many tokens it shares (0 on a miss, or when `cache`'s budget refuses
+    /// the blocks; `cache` is then untouched).
     pub fn reuse(&mut self, prompt: &[u32], cache: &mut KvCache) -> Reuse {
-        if prompt.len() < 2 || !cache.is_empty() {
+        if prompt.len() < 2 || !cache.is_empty() || cache.block_tokens() != self.block {
             return Reuse::default();
         }
         let usable = (prompt.len() - 1) / self.block;
-        let keys = block_keys(self.salt, &prompt[..usable * self.block], self.block);
-        for (i, key) in keys.iter().enumerate().rev() {
-            let Some(id) = self.index.get(key).copied() else {
-                continue;
-            };
-            let n = (i + 1) * self.block;
-            let Some(e) = self.entries.get_mut(&id) else {
-                continue;
-            };
-            if e.tokens.len() < n || e.tokens[..n] != prompt[..n] {
-                continue; // a hash collision: never serve another prefix's KV
-            }
-            if cache.copy_prefix_from(&e.kv, n).is_err() {
-                return Reuse::default();
-            }
-            self.clock += 1;
-            e.last_used = self.clock;
-            return Reuse { tokens: n };
+        let keys = self.chain(&prompt[..usable * self.block]);
+        if keys.is_empty() {
+            return Reuse::default();
         }
-        Reuse::default()
+        let blocks: Vec<Arc<KvBlock>> = keys
+            .iter()
+            .map(|k| Arc::clone(&self.blocks[k].block))
+            .collect();
+        let n = keys.len() * self.block;
+        if cache.share_prefix(&blocks, n).is_err() {
+            return Reuse::default();
+        }
+        self.touch(&keys);
+        Reuse { tokens: n }
     }
 
-    /// Keeps the whole blocks of `tokens` whose KV `cache` holds (a finished sequence: its
-    /// prompt and the generated tokens the cache has seen). Returns the tokens now cached
-    /// for it (0 when it has no whole block, or its KV alone exceeds the budget).
-    pub fn insert(&mut self, tokens: &[u32], cache: &KvCache) -> usize {
-        let n = tokens.len().min(cache.len()) / self.block * self.block;
-        if n == 0 {
-            return 0;
-        }
-        let keys = block_keys(self.salt, &tokens[..n], self.block);
-        let last = *keys.last().expect("n >= block");
+    /// Tokens of the longest cached whole-block prefix of `tokens` (a lookup that changes
+    /// nothing, for routing and reporting).
+    pub fn cached_tokens(&self, tokens: &[u32]) -> usize {
+        self.chain(tokens).len() * self.block
+    }
+
+    fn touch(&mut self, keys: &[u64]) {
         self.clock += 1;
-        if let Some(e) = self
-            .index
-            .get(&last)
-            .and_then(|id| self.entries.get_mut(id))
-        {
-            if e.tokens[..n] == tokens[..n] {
-                e.last_used = self.clock;
-                return n;
+        for k in keys {
+            if let Some(c) = self.blocks.get_mut(k) {
+                c.last_used = self.clock;
             }
         }
-        let bytes = n * cache.shape().bytes_per_token();
-        if bytes > self.budget_bytes {
+    }
+
+    /// Keeps the whole blocks of `tokens` whose KV `cache` holds (a prompt after its
+    /// prefill, or a finished sequence: its prompt and the generated tokens the cache has
+    /// seen). The blocks are shared, not copied. Returns the tokens now cached for it (0
+    /// when it has no whole block, its block size differs, or its KV alone exceeds the
+    /// budget).
+    pub fn insert(&mut self, tokens: &[u32], cache: &KvCache) -> usize {
+        if cache.block_tokens() != self.block {
             return 0;
         }
-        let mut kv = KvCache::new(cache.shape(), n);
-        if kv.copy_prefix_from(cache, n).is_err() {
+        let full = cache.full_blocks();
+        let n_blocks = (tokens.len() / self.block).min(full.len());
+        if n_blocks == 0 {
             return 0;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        // Keys that pointed at older entries now point at this one.
-        let mut displaced: Vec<u64> = keys
-            .iter()
-            .filter_map(|k| self.index.insert(*k, id))
-            .collect();
-        displaced.sort_unstable();
-        displaced.dedup();
-        self.entries.insert(
-            id,
-            Entry {
-                tokens: tokens[..n].to_vec(),
-                keys,
-                kv,
-                last_used: self.clock,
-            },
-        );
-        self.used_bytes += bytes;
-        // Of those, the ones the new entry covers entirely (no key points to them any
-        // more) go.
-        for eid in displaced {
-            let covered = self
-                .entries
-                .get(&eid)
-                .is_some_and(|e| e.keys.iter().all(|k| self.index.get(k) != Some(&eid)));
-            if covered {
-                self.remove(eid);
+        self.block_bytes = cache.shape().block_bytes(self.block);
+        if n_blocks * self.block_bytes > self.budget_bytes {
+            return 0;
+        }
+        let n = n_blocks * self.block;
+        let keys = block_keys(self.salt, &tokens[..n], self.block);
+        self.clock += 1;
+        let mut parent = self.salt;
+        for (i, &key) in keys.iter().enumerate() {
+            let want = &tokens[i * self.block..(i + 1) * self.block];
+            match self.blocks.get_mut(&key) {
+                Some(c) if c.parent == parent && c.tokens == want => c.last_used = self.clock,
+                Some(_) => return i * self.block, // a collision: keep what is certain
+                None => {
+                    if let Some(p) = self.blocks.get_mut(&parent) {
+                        p.children += 1;
+                    }
+                    self.blocks.insert(
+                        key,
+                        Cached {
+                            block: Arc::clone(&full[i]),
+                            tokens: want.to_vec(),
+                            parent,
+                            children: 0,
+                            last_used: self.clock,
+                        },
+                    );
+                }
             }
+            parent = key;
         }
-        while self.used_bytes > self.budget_bytes {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .filter(|(eid, _)| **eid != id)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(eid, _)| *eid)
-            else {
-                break;
-            };
-            self.remove(oldest);
-        }
+        while self.used_bytes() > self.budget_bytes && self.evict_one() {}
         n
     }
 
-    fn remove(&mut self, id: u64) {
-        let Some(e) = self.entries.remove(&id) else {
-            return;
+    /// Drops the least recently used leaf block not touched by the latest operation;
+    /// false when there is none.
+    fn evict_one(&mut self) -> bool {
+        let clock = self.clock;
+        let Some(key) = self
+            .blocks
+            .iter()
+            .filter(|(_, c)| c.children == 0 && c.last_used < clock)
+            .min_by_key(|(_, c)| c.last_used)
+            .map(|(k, _)| *k)
+        else {
+            return false;
         };
-        self.used_bytes -= e.kv.len() * e.kv.shape().bytes_per_token();
-        for k in &e.keys {
-            if self.index.get(k) == Some(&id) {
-                // Another entry may hold the same prefix: point the key at it.
-                match self.entries.iter().find(|(_, o)| o.keys.contains(k)) {
-                    Some((other, _)) => self.index.insert(*k, *other),
-                    None => self.index.remove(k),
-                };
-            }
+        let gone = self.blocks.remove(&key).expect("present");
+        if let Some(p) = self.blocks.get_mut(&gone.parent) {
+            p.children -= 1;
         }
+        true
     }
 }
 
@@ -231,9 +237,14 @@ mod tests {
         head_dim: 2,
     };
 
-    /// A cache whose K/V rows encode each token's id, so a copy can be checked.
+    fn empty(capacity: usize) -> KvCache {
+        KvCache::paged(SHAPE, 4, capacity, None).unwrap()
+    }
+
+    /// A cache whose K/V rows encode each token's id, so a shared prefix can be checked.
     fn cache_of(tokens: &[u32]) -> KvCache {
-        let mut c = KvCache::new(SHAPE, tokens.len() + 8);
+        let mut c = empty(tokens.len() + 8);
+        c.ensure(tokens.len()).unwrap();
         for l in 0..SHAPE.n_layers {
             let rows: Vec<f32> = tokens.iter().flat_map(|&t| [t as f32, l as f32]).collect();
             c.append(l, &rows, &rows);
@@ -242,7 +253,7 @@ mod tests {
     }
 
     fn ids(c: &KvCache) -> Vec<u32> {
-        c.layer_k(0)
+        c.layer_rows(0, false)
             .chunks(2)
             .map(|r| r[0].to_f32() as u32)
             .collect()
@@ -252,21 +263,27 @@ mod tests {
     fn a_prompt_reuses_the_longest_whole_block_prefix_and_computes_its_last_token() {
         let mut pc = PrefixCache::new(4, 1 << 20, "m");
         let seq: Vec<u32> = (1..=14).collect();
-        assert_eq!(pc.insert(&seq, &cache_of(&seq)), 12, "3 whole blocks of 4");
-        // Shares 10 tokens: 2 blocks.
+        let held = cache_of(&seq);
+        assert_eq!(pc.insert(&seq, &held), 12, "3 whole blocks of 4");
+        assert_eq!(pc.cached_tokens(&seq), 12);
+        // Shares 10 tokens: 2 blocks, the very blocks the first cache holds.
         let prompt: Vec<u32> = (1..=10).chain([99, 98]).collect();
-        let mut c = KvCache::new(SHAPE, 16);
+        let mut c = empty(16);
         assert_eq!(pc.reuse(&prompt, &mut c).tokens, 8);
         assert_eq!(ids(&c), (1..=8).collect::<Vec<_>>());
+        assert!(Arc::ptr_eq(&c.full_blocks()[1], &held.full_blocks()[1]));
         // Exactly the cached 12 tokens: the last block is recomputed for its logits.
-        let mut c = KvCache::new(SHAPE, 16);
+        let mut c = empty(16);
         assert_eq!(pc.reuse(&seq[..12], &mut c).tokens, 8);
-        let mut c = KvCache::new(SHAPE, 16);
+        let mut c = empty(16);
         assert_eq!(pc.reuse(&seq[..13], &mut c).tokens, 12);
         // A different first token: nothing.
-        let mut c = KvCache::new(SHAPE, 16);
+        let mut c = empty(16);
         assert_eq!(pc.reuse(&[0, 2, 3, 4, 5, 6], &mut c).tokens, 0);
         assert!(c.is_empty());
+        // A cache of another block size is not served.
+        let mut c = KvCache::paged(SHAPE, 8, 16, None).unwrap();
+        assert_eq!(pc.reuse(&seq, &mut c).tokens, 0);
         // Another model's cache never matches.
         let mut other = PrefixCache::new(4, 1 << 20, "other");
         other.insert(&seq, &cache_of(&seq));
@@ -277,27 +294,40 @@ mod tests {
     }
 
     #[test]
-    fn longer_entries_replace_covered_ones_and_the_budget_evicts_least_recent() {
+    fn a_colliding_key_never_serves_another_prefix() {
+        let mut pc = PrefixCache::new(4, 1 << 20, "m");
+        let seq: Vec<u32> = (1..=9).collect();
+        pc.insert(&seq, &cache_of(&seq));
+        // Forge a collision: the second block's key now claims other tokens.
+        let keys = block_keys(pc.salt, &seq[..8], 4);
+        pc.blocks.get_mut(&keys[1]).unwrap().tokens = vec![7, 7, 7, 7];
+        let mut c = empty(16);
+        assert_eq!(
+            pc.reuse(&seq, &mut c).tokens,
+            4,
+            "stops before the bad block"
+        );
+        assert_eq!(ids(&c), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_budget_evicts_least_recent_blocks_from_the_ends_of_chains() {
         let bpt = SHAPE.bytes_per_token();
         let mut pc = PrefixCache::new(4, 20 * bpt, "m");
         let a: Vec<u32> = (1..=8).collect();
         pc.insert(&a, &cache_of(&a));
         let a_longer: Vec<u32> = (1..=16).collect();
         pc.insert(&a_longer, &cache_of(&a_longer));
-        assert_eq!(
-            pc.len(),
-            1,
-            "the 8-token entry is covered by the 16-token one"
-        );
+        assert_eq!(pc.len(), 4, "the longer one adds only its two new blocks");
         assert_eq!(pc.used_bytes(), 16 * bpt);
-        // A second sequence over the budget evicts the least recently used.
+        // Two more blocks: over the budget of five, the least recent leaf goes.
         let b: Vec<u32> = (100..108).collect();
         pc.insert(&b, &cache_of(&b));
-        assert_eq!(pc.len(), 1);
-        assert_eq!(pc.used_bytes(), 8 * bpt);
-        let mut c = KvCache::new(SHAPE, 20);
-        assert_eq!(pc.reuse(&a_longer, &mut c).tokens, 0, "evicted");
-        let mut c = KvCache::new(SHAPE, 20);
+        assert_eq!(pc.len(), 5);
+        let mut c = empty(20);
+        let probe: Vec<u32> = a_longer.iter().copied().chain([1]).collect();
+        assert_eq!(pc.reuse(&probe, &mut c).tokens, 12, "cut from its end");
+        let mut c = empty(20);
         assert_eq!(
             pc.reuse(&[100, 101, 102, 103, 104, 105, 106, 107, 1], &mut c)
                 .tokens,
@@ -306,7 +336,7 @@ mod tests {
         // A sequence larger than the whole budget is not kept.
         let huge: Vec<u32> = (0..24).collect();
         assert_eq!(pc.insert(&huge, &cache_of(&huge)), 0);
-        assert_eq!(pc.len(), 1);
+        assert_eq!(pc.len(), 5);
     }
 
     #[test]
@@ -317,13 +347,15 @@ mod tests {
         let y: Vec<u32> = (1..=4).chain([60, 61, 62, 63]).collect();
         pc.insert(&x, &cache_of(&x));
         pc.insert(&y, &cache_of(&y));
-        assert_eq!(pc.len(), 2);
-        // A third evicts x (least recent); y still serves the shared first block.
+        assert_eq!(pc.len(), 3);
+        // A third evicts x's own block (least recent); the shared first block stays.
         let z: Vec<u32> = (200..208).collect();
         pc.insert(&z, &cache_of(&z));
-        assert_eq!(pc.len(), 2);
-        let mut c = KvCache::new(SHAPE, 20);
+        assert_eq!(pc.len(), 4);
+        let mut c = empty(20);
         assert_eq!(pc.reuse(&[1, 2, 3, 4, 50, 51, 52, 53, 9], &mut c).tokens, 4);
         assert_eq!(ids(&c), vec![1, 2, 3, 4]);
+        let mut c = empty(20);
+        assert_eq!(pc.reuse(&[1, 2, 3, 4, 60, 61, 62, 63, 9], &mut c).tokens, 8);
     }
 }

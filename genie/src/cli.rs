@@ -69,6 +69,8 @@ pub enum BenchCommand {
     Engine(genie_bench::engine::EngineBenchArgs),
     /// KV transfer over TCP loopback beside a raw socket copy of the same bytes.
     KvTransfer(genie_bench::kv::KvBenchArgs),
+    /// Decode speed with the paged KV cache beside the contiguous layout, in one run.
+    KvPages(genie_bench::kv_pages::KvPagesBenchArgs),
     /// Time to first and second token, disaggregated vs colocated, across processes.
     Disagg(genie_bench::disagg::DisaggBenchArgs),
     /// Placement decision time with many registered workers, per routing policy.
@@ -230,6 +232,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan(c) => crate::plan_cli::run(c),
         Command::Bench(BenchCommand::Engine(a)) => genie_bench::engine::run(a),
         Command::Bench(BenchCommand::KvTransfer(a)) => genie_bench::kv::run(a),
+        Command::Bench(BenchCommand::KvPages(a)) => genie_bench::kv_pages::run(a),
         Command::Bench(BenchCommand::Disagg(a)) => genie_bench::disagg::run(a),
         Command::Bench(BenchCommand::Scheduler(a)) => genie_bench::sched::run(a),
     }

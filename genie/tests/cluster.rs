@@ -401,6 +401,7 @@ async fn a_decode_reservation_whose_caller_left_is_released_within_seconds() {
         transfer: genie_protocol::TransferId(1),
         prompt_tokens: 4000,
         prompt: None,
+        prompt_ids: vec![1; 4000],
         max_tokens: 4000,
         stop_token_ids: Vec::new(),
         sampler: serde_json::to_value(Sampler::new(SamplingParams::greedy(), 1)).unwrap(),
@@ -413,10 +414,11 @@ async fn a_decode_reservation_whose_caller_left_is_released_within_seconds() {
     .await;
     assert_eq!(r.status(), 200);
     let held = d.metric("genie_kv_cache_used_bytes", &[]).await;
+    // Paged: the prompt's blocks and the first generated token's, not prompt + max_tokens.
     assert_eq!(
         held,
-        8000.0 * KV_BYTES_PER_TOKEN,
-        "prompt + max_tokens reserved"
+        4016.0 * KV_BYTES_PER_TOKEN,
+        "the blocks of prompt + 1 taken"
     );
     drop(r);
     let t0 = Instant::now();

@@ -677,24 +677,28 @@ async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
         let ask = async |body: Value| {
             let (st, v) = post(&s, "/v1/chat/completions", body).await;
             assert_eq!(st, 200, "{v}");
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_f64()
+                .unwrap();
+            let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+            (text.to_string(), cached)
         };
-        let a1 = ask(turn(first.clone())).await;
+        let (a1, cached1) = ask(turn(first.clone())).await;
         let mut second = first.as_array().unwrap().clone();
         second.push(json!({"role": "assistant", "content": a1}));
         second.push(json!({"role": "user", "content": "And how much water per day?"}));
-        let a2 = ask(turn(Value::Array(second))).await;
+        let (a2, cached2) = ask(turn(Value::Array(second))).await;
         let hits = s.metric("genie_prefix_cache_hit_tokens_total", &[]).await;
         let queries = s.metric("genie_prefix_cache_queries_total", &[]).await;
         if cache == "0" {
             assert_eq!((hits, queries), (0.0, 0.0), "the cache is off");
+            assert_eq!((cached1, cached2), (0.0, 0.0));
         } else {
             assert_eq!(queries, 2.0);
             // The second prompt resends the whole first one: its whole blocks are reused.
             assert!(hits >= 48.0 && hits % 16.0 == 0.0, "hit tokens {hits}");
+            // The usage reports them, as OpenAI does.
+            assert_eq!((cached1, cached2), (0.0, hits));
         }
         answers.push((a1, a2));
     }

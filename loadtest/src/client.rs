@@ -30,6 +30,9 @@ pub struct Target {
     pub ban_tokens: Vec<u32>,
     /// Send `ignore_eos: true` (an extension Genie, vLLM, SGLang and llama.cpp honour).
     pub ignore_eos: bool,
+    /// Send no `max_tokens`: the server's default applies and answers end where the model
+    /// ends its turn (the sequences a server must admit without knowing their length).
+    pub no_max_tokens: bool,
     pub temperature: f64,
     /// Whole-request limit.
     pub timeout: Duration,
@@ -96,6 +99,11 @@ pub fn body(t: &Target, prompt: &Prompt, max_tokens: u32) -> Value {
     }
     if t.ignore_eos {
         b["ignore_eos"] = json!(true);
+    }
+    if t.no_max_tokens {
+        if let Some(o) = b.as_object_mut() {
+            o.remove("max_tokens");
+        }
     }
     if !t.ban_tokens.is_empty() {
         let bias: serde_json::Map<String, Value> = t
@@ -292,6 +300,7 @@ mod tests {
             api_key: None,
             ban_tokens: vec![0, 2],
             ignore_eos: true,
+            no_max_tokens: false,
             temperature: 0.0,
             timeout: Duration::from_secs(1),
         };
@@ -301,6 +310,10 @@ mod tests {
         assert_eq!(b["logit_bias"]["2"], -100);
         assert_eq!(b["ignore_eos"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
+        t.no_max_tokens = true;
+        let hello = Prompt::user(None, "hello".into());
+        assert!(body(&t, &hello, 9).get("max_tokens").is_none());
+        t.no_max_tokens = false;
         let mut p = Prompt::user(Some("sys."), "hi".into());
         p.next_turn("yo".into(), "again".into());
         let b = body(&t, &p, 9);

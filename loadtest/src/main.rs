@@ -66,6 +66,10 @@ struct Args {
     /// Send `ignore_eos: true` (a server extension: Genie, vLLM, SGLang, llama.cpp).
     #[arg(long)]
     ignore_eos: bool,
+    /// Send no max_tokens (the server's default applies; answers end at the model's end
+    /// of turn, so --output-tokens only sizes nothing but the report's asked column).
+    #[arg(long, conflicts_with = "ignore_eos")]
+    no_max_tokens: bool,
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
     /// TTFT objective for goodput, in milliseconds.
@@ -177,6 +181,7 @@ fn load_test(a: Args) -> Result<()> {
             api_key: a.api_key.clone(),
             ban_tokens: a.ban_tokens.clone(),
             ignore_eos: a.ignore_eos,
+            no_max_tokens: a.no_max_tokens,
             temperature: a.temperature,
             timeout: Duration::from_secs_f64(a.timeout),
         };

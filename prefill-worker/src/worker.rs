@@ -227,6 +227,14 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
                     .increment(1);
                 metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => label.to_string())
                     .increment(*r as u64);
+                if *r > 0 {
+                    j.seq.events.send(SeqEvent::Cached(*r as u32));
+                }
+            }
+            // The blocks for the rest, taken now so the gauge below counts them (the
+            // forward would take them anyway; the capacity is the prompt's length).
+            if let Err(e) = c.ensure(j.seq.prompt.len()) {
+                tracing::warn!(error = %e, "prefill cache refused its blocks");
             }
             c
         })

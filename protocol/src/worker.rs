@@ -115,6 +115,9 @@ pub struct ControlError {
 pub enum SeqEvent {
     /// The sequence's decode worker started running it (it left the waiting queue).
     Running,
+    /// How many prompt tokens' KV a worker took from its prefix cache instead of computing
+    /// them (sent at most once, before the first token, and only when some were).
+    Cached(u32),
     Token(TokenOut),
     Finished(FinishReason),
     /// The sequence could not go on.
@@ -183,6 +186,10 @@ pub struct DecodeRequest {
     pub transfer: crate::TransferId,
     pub prompt_tokens: u32,
     pub prompt: Option<Vec<u32>>,
+    /// Without `prompt`: the ids of the prompt whose KV arrives as `transfer`, so the
+    /// decode worker can recompute the sequence if it is preempted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_ids: Vec<u32>,
     pub max_tokens: u32,
     pub stop_token_ids: Vec<u32>,
     /// The sampler's initial state (engine-defined JSON).
@@ -230,8 +237,8 @@ impl SeqEvent {
     }
 }
 
-/// Most events one sequence can send: `Running`, one `Token` per generated token, and one
-/// final event. A channel of this capacity never finds itself full, so a worker's compute
+/// Most events one sequence can send: `Running`, `Cached`, one `Token` per generated token,
+/// and one final event. A channel of this capacity never finds itself full, so a worker's compute
 /// thread never waits on a slow client, yet the channel is bounded.
 pub fn events_capacity(max_tokens: usize) -> usize {
     max_tokens.saturating_add(3)

@@ -6,6 +6,7 @@
 use crate::error::DispatchError;
 use crate::pool::{SeqSpec, StartError, WorkerPool};
 use crate::wait_queue::{Slot, WaitQueue};
+use genie_engine::kv_cache::BLOCK_TOKENS;
 use genie_engine::sampling::SamplingParams;
 use genie_protocol::openai::GenieHint;
 use genie_protocol::worker::SeqEvent;
@@ -294,6 +295,10 @@ impl Dispatcher {
                 .map(WorkerId)
         };
         let mut preq = PlacementRequest::new(req.prompt.len(), kv_bytes, disaggregate);
+        // Paged KV: a decode worker takes the blocks of the prompt and the first generated
+        // token to admit a sequence, and the rest as it grows.
+        let start = (req.prompt.len() + 1).div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS;
+        preq.kv_start_bytes = (start * self.cfg.kv_bytes_per_token) as u64;
         preq.prefill_worker = hint
             .prefill_worker
             .map(WorkerId)

@@ -66,7 +66,7 @@ impl LocalPool {
             Placement::Colocated { .. } => KvSource::Prompt(seq.prompt.clone()),
             Placement::Disaggregated { .. } => KvSource::Transfer {
                 transfer,
-                prompt_tokens: seq.prompt.len(),
+                prompt: seq.prompt.clone(),
             },
         };
         decode

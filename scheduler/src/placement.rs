@@ -63,8 +63,12 @@ pub struct PlacementHint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlacementRequest {
     pub prompt_tokens: usize,
-    /// KV bytes the sequence holds at most (prompt + max_tokens).
+    /// KV bytes the sequence holds at most (prompt + max_tokens): no worker with less
+    /// capacity can ever run it.
     pub kv_bytes: u64,
+    /// KV bytes it takes to start (the blocks of its prompt and first generated token; it
+    /// takes more as it grows): a worker with less free cannot admit it now.
+    pub kv_start_bytes: u64,
     /// The plan's decision: prefill on a prefill worker (true) or on the decode worker.
     pub disaggregate: bool,
     /// Hash of the prompt's first tokens (for prefix affinity).
@@ -79,6 +83,7 @@ impl PlacementRequest {
         PlacementRequest {
             prompt_tokens,
             kv_bytes,
+            kv_start_bytes: kv_bytes,
             disaggregate,
             prefix_hash: None,
             prefill_worker: None,
@@ -187,11 +192,11 @@ impl Scheduler {
                 largest_bytes: largest,
             });
         }
-        let fits = |w: &WorkerView| w.kv_free_bytes >= req.kv_bytes;
+        let fits = |w: &WorkerView| w.kv_free_bytes >= req.kv_start_bytes;
         let decode = self
             .pick(Role::Decode, req, workers, req.decode_worker, &fits)?
             .ok_or(PlaceError::Busy {
-                needed_bytes: req.kv_bytes,
+                needed_bytes: req.kv_start_bytes,
             })?;
         if !req.disaggregate {
             return Ok(Placement::Colocated { decode });

@@ -51,6 +51,9 @@ pub struct Measured {
     pub itl_ms: Option<f64>,
     pub e2e_ms: f64,
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV a worker took from its prefix cache.
+    #[serde(default)]
+    pub cached_tokens: usize,
     /// `stop`, `length`, `error` or `cancelled` (the client went away).
     pub finish_reason: String,
 }
@@ -150,6 +153,7 @@ mod tests {
                     itl_ms: Some(20.0),
                     e2e_ms: t + 60.0,
                     completion_tokens: 4,
+                    cached_tokens: 0,
                     finish_reason: finish.into(),
                 }),
             }],

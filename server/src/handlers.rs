@@ -377,14 +377,17 @@ pub async fn chat_completions(
                 ev
             };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
-        let usage = move |c| include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c))));
+        let usage = move |c, k| {
+            include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c).with_cached(k))))
+        };
         return Ok(with_request_id(
             sse_body(merged, first, on_piece, usage, stall).into_response(),
             &rid,
         ));
     }
     let c = collect(&mut merged, vec![String::new(); n]).await?;
-    let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
+    let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged))
+        .with_cached(merged.cached_tokens());
     let choices = c
         .texts
         .into_iter()
@@ -475,14 +478,17 @@ pub async fn completions(
                 vec![sse_json(&piece_mk(vec![c], None))]
             };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
-        let usage = move |c| include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c)))));
+        let usage = move |c, k| {
+            include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c).with_cached(k)))))
+        };
         return Ok(with_request_id(
             sse_body(merged, first, on_piece, usage, stall).into_response(),
             &rid,
         ));
     }
     let c = collect(&mut merged, echoes).await?;
-    let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged));
+    let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged))
+        .with_cached(merged.cached_tokens());
     let choices = c
         .texts
         .into_iter()

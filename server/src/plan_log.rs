@@ -112,6 +112,7 @@ mod tests {
             itl_ms: None,
             e2e_ms: 3.0,
             completion_tokens: 1,
+            cached_tokens: 0,
             finish_reason: "stop".into(),
         };
         log.measured("c", 0, m.clone());

@@ -48,6 +48,8 @@ pub struct SeqState {
     arrived: Instant,
     last_token: Option<Instant>,
     pub completion_tokens: usize,
+    /// Prompt tokens a worker took from its prefix cache.
+    pub cached_tokens: usize,
     pub done: bool,
 }
 
@@ -72,6 +74,7 @@ impl SeqState {
             arrived,
             last_token: None,
             completion_tokens: 0,
+            cached_tokens: 0,
             done: false,
         }
     }
@@ -107,6 +110,7 @@ impl SeqState {
                 itl_ms: itl,
                 e2e_ms: ms(self.arrived.elapsed()),
                 completion_tokens: self.completion_tokens,
+                cached_tokens: self.cached_tokens,
                 finish_reason: reason.into(),
             },
         );
@@ -117,6 +121,10 @@ impl SeqState {
         match ev {
             Some(SeqEvent::Running) => {
                 self.ticket = None;
+                None
+            }
+            Some(SeqEvent::Cached(n)) => {
+                self.cached_tokens = n as usize;
                 None
             }
             Some(SeqEvent::Token(t)) => {
@@ -203,6 +211,11 @@ impl Merged {
     }
 
     /// Tokens generated so far over every choice.
+    /// Prompt tokens of all sequences that came from prefix caches.
+    pub fn cached_tokens(&self) -> u64 {
+        self.seqs.iter().map(|s| s.cached_tokens as u64).sum()
+    }
+
     pub fn completion_tokens(&self) -> u64 {
         self.seqs.iter().map(|s| s.completion_tokens as u64).sum()
     }

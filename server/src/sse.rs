@@ -34,7 +34,7 @@ const STREAM_BUFFER: usize = 64;
 
 /// The SSE body shared by both endpoints: `first` events, then `on_piece`'s events for
 /// every piece, an error event if a sequence fails, the usage event (`usage` gets the
-/// completion tokens; `None` = not asked), and `[DONE]`.
+/// completion and cached prompt tokens; `None` = not asked), and `[DONE]`.
 ///
 /// A client that stops reading is bounded twice: at most [`STREAM_BUFFER`] events wait
 /// for it here (the workers' event channels are bounded too), and once an event has
@@ -49,12 +49,12 @@ pub fn sse_body<P, U>(
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>
 where
     P: FnMut(u32, String, Vec<TokenOut>, Option<FinishReason>) -> Vec<Event> + Send + 'static,
-    U: Fn(u64) -> Option<Event> + Send + Sync + 'static,
+    U: Fn(u64, u64) -> Option<Event> + Send + Sync + 'static,
 {
     let state = (merged, Phase::Body, on_piece);
     let body = stream::unfold(state, move |(mut m, phase, mut on_piece)| {
         let ev = match phase {
-            Phase::Usage => Some(usage(m.completion_tokens())),
+            Phase::Usage => Some(usage(m.completion_tokens(), m.cached_tokens())),
             _ => None,
         };
         async move {

@@ -797,6 +797,15 @@ pub fn extend_f16(_: Avx2, dst: &mut Vec<half::f16>, x: &[f32]) {
     }
 }
 
+/// Writes `x` rounded to f16 into `dst` (as long as `x`), as `half::f16::from_f32` rounds.
+#[inline]
+pub fn store_f16(_: Avx2, dst: &mut [half::f16], x: &[f32]) {
+    assert_eq!(dst.len(), x.len(), "store_f16: lengths differ");
+    // SAFETY: the token proves AVX2+F16C; `dst` holds `x.len()` values (asserted), all
+    // of which the kernel may write (f16 is plain bits).
+    unsafe { dispatch!(narrow_f16)(x, dst.as_mut_ptr() as *mut u16) }
+}
+
 /// Rounds every value to the nearest f16 and back, as `half::f16::from_f32(v).to_f32()`.
 #[inline]
 pub fn round_to_f16(_: Avx2, x: &mut [f32]) {

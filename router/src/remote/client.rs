@@ -125,6 +125,11 @@ pub async fn start(
         transfer,
         prompt_tokens: seq.prompt.len() as u32,
         prompt: prefill_id.is_none().then(|| seq.prompt.clone()),
+        prompt_ids: if prefill_id.is_some() {
+            seq.prompt.clone()
+        } else {
+            Vec::new()
+        },
         max_tokens: seq.max_tokens as u32,
         stop_token_ids: seq.stop_token_ids.clone(),
         sampler: sampler.clone(),
