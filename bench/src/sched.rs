@@ -65,6 +65,7 @@ pub fn run(a: SchedBenchArgs) -> anyhow::Result<()> {
                 queued_tokens: ((h >> 8) % 8192) as usize,
                 kv_capacity_bytes: 64 << 30,
                 kv_free_bytes: ((h >> 16) % 64) << 30,
+                cached_tokens: 0,
             }
         })
         .collect();

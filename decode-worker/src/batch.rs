@@ -1,16 +1,17 @@
 //! The continuous-batching loop: one thread, one forward step at a time.
 
+use crate::types::{lock, SharedPrefix};
 use crate::types::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::model::{Model, Segment};
-use genie_engine::prefix_cache::{PrefixCache, BLOCK_TOKENS};
+use genie_engine::prefix_cache::BLOCK_TOKENS;
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
 use genie_kv_transfer::KvMessage;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::TransferId;
 use genie_worker_core::thread::Inbox;
-use genie_worker_core::{next_token, Next};
+use genie_worker_core::{next_token, KvEventLog, Next};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -53,8 +54,11 @@ pub(crate) struct BatchLoop {
     ready: VecDeque<Running>,
     running: Vec<Running>,
     worker_label: String,
-    /// Colocated prompts' KV, for later prompts that start the same way.
-    prefix: Option<PrefixCache>,
+    /// Prompts' KV (prefilled here or received), for later prompts that start the same
+    /// way; shared with admission, which looks up a disaggregated prompt's prefix.
+    prefix: Option<SharedPrefix>,
+    /// Where the prefix cache's stored and evicted blocks are reported.
+    kv_events: KvEventLog,
 }
 
 /// The token after `logits` for a sequence, by the workers' shared rule.
@@ -84,15 +88,10 @@ impl BatchLoop {
         budget: KvBudget,
         stats: Arc<DecodeStats>,
         on_free: Arc<dyn Fn() + Send + Sync>,
+        prefix: Option<SharedPrefix>,
+        kv_events: KvEventLog,
     ) -> Self {
         let worker_label = config.id.0.to_string();
-        let prefix = (config.prefix_cache_bytes > 0).then(|| {
-            PrefixCache::new(
-                BLOCK_TOKENS,
-                config.prefix_cache_bytes,
-                &format!("{:?}", model.config()),
-            )
-        });
         BatchLoop {
             config,
             model,
@@ -105,6 +104,7 @@ impl BatchLoop {
             running: Vec::new(),
             worker_label,
             prefix,
+            kv_events,
         }
     }
 
@@ -269,6 +269,14 @@ impl BatchLoop {
             Ok(s) => seq.sampler = s,
             Err(e) => return Err(Box::new((seq, format!("bad sampler state: {e}")))),
         }
+        // The received prompt is kept like a prefilled one: a later prompt that starts the
+        // same way needs only the rest sent.
+        if let Some(pc) = self.prefix.as_ref() {
+            let mut pc = lock(pc);
+            pc.insert(&seq.tokens, &seq.cache);
+            metrics::gauge!("genie_prefix_cache_bytes", "worker" => self.worker_label.clone())
+                .set(pc.used_bytes() as f64);
+        }
         Ok(Running {
             seq,
             next: h.first_token,
@@ -366,7 +374,8 @@ impl BatchLoop {
     fn ready_prefill(&mut self, p: &mut Pending) -> Option<usize> {
         let want = p.seq.tokens.len();
         let mut reused = 0;
-        if let Some(pc) = self.prefix.as_mut() {
+        if let Some(pc) = self.prefix.as_ref() {
+            let mut pc = lock(pc);
             if pc.cached_tokens(&p.seq.tokens) > 0 {
                 // The blocks taken at admission make way for the shared ones.
                 p.seq.cache.truncate(0);
@@ -477,7 +486,8 @@ impl BatchLoop {
                 kept.push(r);
             }
         }
-        if let Some(pc) = self.prefix.as_mut() {
+        if let Some(pc) = self.prefix.as_ref() {
+            let mut pc = lock(pc);
             for (p, _) in &prefilling {
                 pc.insert(&p.seq.tokens, &p.seq.cache);
             }
@@ -504,6 +514,11 @@ impl BatchLoop {
     }
 
     fn publish(&self) {
+        if let Some(pc) = self.prefix.as_ref() {
+            let mut pc = lock(pc);
+            self.kv_events
+                .record(pc.salt(), pc.block(), &pc.take_changes());
+        }
         let s = &self.stats;
         s.load.store(self.count(), Ordering::Relaxed);
         s.running.store(self.running.len(), Ordering::Relaxed);

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use genie_engine::sampling::Sampler;
-use genie_protocol::worker::{DecodeRequest, WorkerStatus};
+use genie_protocol::worker::{DecodeRequest, WorkerStatus, CACHED_TOKENS_HEADER};
 use genie_worker_core::control::{event_response, health};
 use genie_worker_core::{event_channel, AdmitError};
 use std::sync::Arc;
@@ -45,7 +45,11 @@ async fn decode(State(w): State<Arc<DecodeWorker>>, Json(req): Json<DecodeReques
         sampler,
     };
     match w.admit(seq, tx) {
-        Ok(()) => event_response(rx),
+        Ok(cached) => {
+            let mut r = event_response(rx);
+            r.headers_mut().insert(CACHED_TOKENS_HEADER, cached.into());
+            r
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -2,12 +2,24 @@
 //! its batch loop reads.
 
 use genie_engine::kv_cache::KvCache;
+use genie_engine::prefix_cache::PrefixCache;
 use genie_engine::sampling::Sampler;
 use genie_kv_transfer::KvMessage;
 use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::EventSender;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// The worker's prefix cache, shared by admission (a disaggregated prompt's cached prefix
+/// is looked up when it is admitted, so only the rest is sent) and the batch loop.
+pub(crate) type SharedPrefix = Arc<Mutex<PrefixCache>>;
+
+/// The prefix cache, whatever a panicking holder left (its state is always consistent
+/// between calls).
+pub(crate) fn lock(p: &SharedPrefix) -> MutexGuard<'_, PrefixCache> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Inputs a decode worker's queue holds at most (sequences and KV traffic); a full queue
 /// refuses new sequences as busy.
@@ -27,7 +39,8 @@ pub struct DecodeConfig {
     pub kv_wait_timeout: Duration,
     /// Capacity of the input queue.
     pub queue: usize,
-    /// KV bytes of colocated prompts kept for reuse (automatic prefix caching; 0: off).
+    /// KV bytes of prompts prefilled here or received kept for reuse (automatic prefix
+    /// caching; 0: off).
     pub prefix_cache_bytes: usize,
 }
 

@@ -2,17 +2,20 @@
 //! queued), its input queue, its KV budget and its compute thread.
 
 use crate::batch::BatchLoop;
-use crate::types::{DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, NewSeq};
+use crate::types::{
+    lock, DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, NewSeq, SharedPrefix,
+};
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::kv_cache::{KvCache, KvShape, BLOCK_TOKENS};
 use genie_engine::model::Model;
+use genie_engine::prefix_cache::PrefixCache;
 use genie_engine::EngineError;
 use genie_kv_transfer::{Deliver, TransferRegistry};
 use genie_protocol::worker::WorkerStatus;
 use genie_worker_core::admit::check_lengths;
 use genie_worker_core::thread::Inbox;
-use genie_worker_core::{AdmitError, EventSender, WorkerThread};
-use std::sync::Arc;
+use genie_worker_core::{AdmitError, EventSender, KvEventLog, WorkerThread};
+use std::sync::{Arc, Mutex};
 
 /// A decode worker: its input queue, its KV budget and its compute thread.
 pub struct DecodeWorker {
@@ -23,6 +26,8 @@ pub struct DecodeWorker {
     stats: Arc<DecodeStats>,
     /// Where a network KV receiver learns which transfers to accept (none in-process).
     registry: Option<TransferRegistry>,
+    prefix: Option<SharedPrefix>,
+    kv_events: KvEventLog,
 }
 
 impl DecodeWorker {
@@ -38,12 +43,29 @@ impl DecodeWorker {
     ) -> std::io::Result<Self> {
         let stats = Arc::new(DecodeStats::default());
         let kv_shape = model.kv_shape();
+        // Keyed by the model's configuration too: a cache never serves another model's KV.
+        let prefix = (config.prefix_cache_bytes > 0).then(|| {
+            Arc::new(Mutex::new(PrefixCache::new(
+                BLOCK_TOKENS,
+                config.prefix_cache_bytes,
+                &format!("{:?}", model.config()),
+            )))
+        });
+        let kv_events = KvEventLog::new();
+        // Reported from the first status on (the key salt with no blocks yet), so a router
+        // can count the blocks of prompts it sends here before the cache reports them.
+        if let Some(pc) = prefix.as_ref() {
+            let pc = lock(pc);
+            kv_events.record(pc.salt(), pc.block(), &[]);
+        }
         let mut batch = BatchLoop::new(
             config.clone(),
             model,
             budget.clone(),
             Arc::clone(&stats),
             on_free,
+            prefix.clone(),
+            kv_events.clone(),
         );
         let thread = WorkerThread::start(
             format!("genie-decode-{}", config.id.0),
@@ -57,6 +79,8 @@ impl DecodeWorker {
             kv_shape,
             stats,
             registry,
+            prefix,
+            kv_events,
         })
     }
 
@@ -68,7 +92,12 @@ impl DecodeWorker {
     /// A sequence whose whole life (prompt + `max_tokens`) exceeds the budget is refused
     /// as never fitting. Its events go to `events`; dropping their receiver cancels it.
     /// A refusal leaves nothing taken.
-    pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<(), AdmitError> {
+    ///
+    /// A disaggregated sequence starts with the longest prefix of its prompt this worker's
+    /// prefix cache holds (shared blocks); the answer is how many tokens that is, so the
+    /// prefill worker sends only the rest (0 for a colocated one, whose lookup happens when
+    /// it is prefilled here).
+    pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<usize, AdmitError> {
         let prompt_tokens = s.source.prompt_tokens();
         check_lengths(prompt_tokens, s.max_tokens)?;
         let tokens = prompt_tokens.saturating_add(s.max_tokens);
@@ -85,8 +114,14 @@ impl DecodeWorker {
         if self.stats.preempted() > 0 || needed > self.budget.free_bytes() {
             return Err(no_room(needed, self.budget.free_bytes()));
         }
+        let mut cached = 0;
         let cache = KvCache::paged(self.kv_shape, BLOCK_TOKENS, tokens, Some(&self.budget))
-            .and_then(|mut c| c.ensure(prompt_tokens + 1).map(|()| c))
+            .and_then(|mut c| {
+                if let (Some(pc), KvSource::Transfer { prompt, .. }) = (&self.prefix, &s.source) {
+                    cached = self.reuse(pc, prompt, &mut c);
+                }
+                c.ensure(prompt_tokens + 1).map(|()| c)
+            })
             .map_err(|e| {
                 let free_bytes = match e {
                     EngineError::KvCapacity {
@@ -112,7 +147,7 @@ impl DecodeWorker {
         };
         // Registered before the sequence is queued: its first byte may come right after.
         if let (Some(r), Some(t)) = (&self.registry, expected) {
-            let bytes = prompt_tokens * self.kv_shape.bytes_per_token();
+            let bytes = (prompt_tokens - cached) * self.kv_shape.bytes_per_token();
             r.expect_within(
                 t,
                 bytes,
@@ -125,7 +160,17 @@ impl DecodeWorker {
                 r.forget(t);
             }
             e
-        })
+        })?;
+        Ok(cached)
+    }
+
+    /// Starts `cache` with the longest cached prefix of `prompt`; the tokens shared.
+    fn reuse(&self, pc: &SharedPrefix, prompt: &[u32], cache: &mut KvCache) -> usize {
+        let n = lock(pc).reuse(prompt, cache).tokens;
+        let w = self.config.id.0.to_string();
+        metrics::counter!("genie_prefix_cache_queries_total", "worker" => w.clone()).increment(1);
+        metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => w).increment(n as u64);
+        n
     }
 
     /// What the KV receiver delivers into: this worker's queue. It waits for room (KV of
@@ -161,6 +206,7 @@ impl DecodeWorker {
             kv_capacity_bytes: self.budget.capacity_bytes() as u64,
             kv_free_bytes: self.budget.free_bytes() as u64,
             max_batch: self.config.max_batch as u64,
+            kv_events: self.kv_events.report(),
         }
     }
 }

@@ -644,11 +644,25 @@ fn attend_f16(
         let hd = out.len() / G;
         let wide = k.avx512.filter(|_| dot_avx512::attention_width_ok(hd));
         // Block by block: each score depends on its own row only, so the split changes
-        // nothing.
+        // nothing. Each block's rows are a short run of memory the hardware prefetcher
+        // meets cold, so the rows `ahead` blocks on are fetched while this one computes.
+        let ahead = PREFETCH_TOKENS.div_ceil(bt);
+        for (b, blk) in blocks.iter().enumerate().take(ahead) {
+            prefetch_head(blk.0, kv, offset, hd, bt.min(ctx.saturating_sub(b * bt)));
+        }
         for (b, &(kc, _)) in blocks.iter().enumerate() {
             let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
             if first >= end {
                 break;
+            }
+            if let Some(&(next, _)) = blocks.get(b + ahead) {
+                prefetch_head(
+                    next,
+                    kv,
+                    offset,
+                    hd,
+                    bt.min(ctx.saturating_sub((b + ahead) * bt)),
+                );
             }
             let mut sc = scores.chunks_exact_mut(ctx);
             let sc: [&mut [f32]; G] =
@@ -658,6 +672,9 @@ fn attend_f16(
                 Some(k5) => dot_avx512::dot_rows_f16(k5, q, kc, kv, offset, scale, sc),
                 None => dot_avx2::dot_rows_f16(k.avx2, q, kc, kv, offset, scale, sc),
             }
+        }
+        for (b, blk) in blocks.iter().enumerate().take(ahead) {
+            prefetch_head(blk.1, kv, offset, hd, bt.min(ctx.saturating_sub(b * bt)));
         }
         for sc in scores.chunks_exact_mut(ctx) {
             ops::softmax(sc);
@@ -669,6 +686,15 @@ fn attend_f16(
             let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
             if first >= end {
                 break;
+            }
+            if let Some(&(_, next)) = blocks.get(b + ahead) {
+                prefetch_head(
+                    next,
+                    kv,
+                    offset,
+                    hd,
+                    bt.min(ctx.saturating_sub((b + ahead) * bt)),
+                );
             }
             let mut o = out.chunks_exact_mut(hd);
             let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
@@ -685,6 +711,25 @@ fn attend_f16(
         3 => run::<3>(k, qs, cache, ctx, scale, scores, out),
         4 => run::<4>(k, qs, cache, ctx, scale, scores, out),
         n => unreachable!("attend_f16 takes 1 to 4 query heads, got {n}"),
+    }
+}
+
+/// Tokens of K/V rows fetched ahead of the attention kernels in a paged cache.
+const PREFETCH_TOKENS: usize = 32;
+
+/// Asks for the first `rows` rows' (at most [`PREFETCH_TOKENS`]) `hd` values at `offset`
+/// (f16, rows `kv` wide) to be brought into the cache; changes no value.
+#[inline]
+fn prefetch_head(rows_src: &[half::f16], kv: usize, offset: usize, hd: usize, rows: usize) {
+    let bytes = hd * 2;
+    // At most the look-ahead: a contiguous cache is one block, streamed well already.
+    for r in 0..rows.min(PREFETCH_TOKENS).min(rows_src.len() / kv.max(1)) {
+        let start = rows_src[r * kv + offset..].as_ptr() as usize;
+        let mut line = start & !63;
+        while line < start + bytes {
+            crate::quant::side_fetch::prefetch(line);
+            line += 64;
+        }
     }
 }
 

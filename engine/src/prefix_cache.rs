@@ -57,6 +57,14 @@ pub struct Reuse {
     pub tokens: usize,
 }
 
+/// A change to the set of blocks a cache holds, by key (what KV events report, so a
+/// router can tell which worker holds a prompt's prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockChange {
+    Stored(u64),
+    Removed(u64),
+}
+
 pub struct PrefixCache {
     block: usize,
     budget_bytes: usize,
@@ -64,6 +72,8 @@ pub struct PrefixCache {
     block_bytes: usize,
     clock: u64,
     blocks: HashMap<u64, Cached>,
+    /// Changes since the last [`PrefixCache::take_changes`].
+    changes: Vec<BlockChange>,
 }
 
 impl PrefixCache {
@@ -79,7 +89,23 @@ impl PrefixCache {
             block_bytes: 0,
             clock: 0,
             blocks: HashMap::new(),
+            changes: Vec::new(),
         }
+    }
+
+    /// The first link of every key chain: the model's (and adapter's) identity hashed.
+    pub fn salt(&self) -> u64 {
+        self.salt
+    }
+
+    /// The blocks stored and removed since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<BlockChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The keys of every block held (a snapshot for a router that lost track).
+    pub fn keys(&self) -> Vec<u64> {
+        self.blocks.keys().copied().collect()
     }
 
     pub fn block(&self) -> usize {
@@ -187,6 +213,7 @@ impl PrefixCache {
                     if let Some(p) = self.blocks.get_mut(&parent) {
                         p.children += 1;
                     }
+                    self.changes.push(BlockChange::Stored(key));
                     self.blocks.insert(
                         key,
                         Cached {
@@ -219,6 +246,7 @@ impl PrefixCache {
             return false;
         };
         let gone = self.blocks.remove(&key).expect("present");
+        self.changes.push(BlockChange::Removed(key));
         if let Some(p) = self.blocks.get_mut(&gone.parent) {
             p.children -= 1;
         }
@@ -337,6 +365,34 @@ mod tests {
         let huge: Vec<u32> = (0..24).collect();
         assert_eq!(pc.insert(&huge, &cache_of(&huge)), 0);
         assert_eq!(pc.len(), 5);
+    }
+
+    #[test]
+    fn changes_report_every_block_stored_and_evicted_in_order() {
+        let bpt = SHAPE.bytes_per_token();
+        let mut pc = PrefixCache::new(4, 8 * bpt, "m");
+        let a: Vec<u32> = (1..=8).collect();
+        pc.insert(&a, &cache_of(&a));
+        let ka = block_keys(pc.salt(), &a, 4);
+        assert_eq!(
+            pc.take_changes(),
+            vec![BlockChange::Stored(ka[0]), BlockChange::Stored(ka[1])]
+        );
+        pc.insert(&a, &cache_of(&a));
+        assert!(pc.take_changes().is_empty(), "nothing new");
+        let b: Vec<u32> = (50..54).collect();
+        pc.insert(&b, &cache_of(&b));
+        let kb = block_keys(pc.salt(), &b, 4);
+        // Over the budget of two blocks: a's leaf goes, its first block stays.
+        assert_eq!(
+            pc.take_changes(),
+            vec![BlockChange::Stored(kb[0]), BlockChange::Removed(ka[1])]
+        );
+        let mut keys = pc.keys();
+        keys.sort();
+        let mut want = vec![ka[0], kb[0]];
+        want.sort();
+        assert_eq!(keys, want);
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub struct SchedulerSection {
     pub mode: Mode,
     /// In disaggregated mode, shorter prompts prefill on the decode worker.
     pub min_prompt_tokens: usize,
-    /// `least_loaded`, `round_robin`, `power_of_two` or `prefix_affinity`.
+    /// `least_loaded`, `round_robin`, `power_of_two`, `prefix_affinity` or `kv_aware`.
     pub routing: RoutingPolicy,
     /// Prompt tokens that make up the prefix `prefix_affinity` routes by.
     pub prefix_tokens: usize,
@@ -198,8 +198,9 @@ pub struct DecodeSection {
     /// prefill worker's queue. A backstop only: the gateway cancels the sequence (freeing
     /// the KV) as soon as its prefill worker is lost or the client goes away.
     pub kv_wait_timeout_secs: u64,
-    /// KV bytes of colocated prompts (prefilled by this decode worker) kept for reuse:
-    /// automatic prefix caching, as on prefill workers (0: off).
+    /// KV bytes of prompts this decode worker prefilled (colocated) or received, kept for
+    /// reuse: automatic prefix caching, as on prefill workers; a received prompt's cached
+    /// prefix is not sent again (0: off).
     pub prefix_cache_bytes: usize,
 }
 

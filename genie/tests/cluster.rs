@@ -93,9 +93,16 @@ async fn two_prefill_two_decode_processes_answer_like_generate_and_move_exact_kv
         used_prefill += (b > 0.0) as usize;
         moved += b;
     }
+    // A decode worker that kept an earlier prompt (its prefix cache) is sent only the
+    // rest: the chat template's opening block is common to all four.
+    let mut held = 0.0;
+    for d in &c.decode {
+        held += d.metric("genie_prefix_cache_hit_tokens_total", &[]).await;
+    }
+    assert!(held % 16.0 == 0.0, "whole blocks: {held}");
     assert_eq!(
         moved,
-        KV_BYTES_PER_TOKEN * prompt_tokens as f64,
+        KV_BYTES_PER_TOKEN * (prompt_tokens as f64 - held),
         "KV bytes moved over TCP"
     );
     assert_eq!(used_prefill, 2, "both prefill workers took requests");
@@ -638,4 +645,53 @@ async fn sigterm_stops_each_role_in_order() {
     gateway.signal("TERM");
     let s = gateway.wait_exit(Duration::from_secs(30));
     assert!(s.is_some_and(|s| s.success()), "gateway: {s:?}");
+}
+
+/// `kv_aware` routing across processes: once the workers' KV events (carried by their
+/// heartbeats) tell the gateway where a prompt's blocks are, prompts that start the same
+/// way go to those workers: the prefill worker computes only the rest, and the decode
+/// worker, which kept the prompt it received, is sent only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_aware_routing_sends_a_shared_prefix_where_its_blocks_are() {
+    let c = cluster(&[("GENIE_SCHEDULER__ROUTING", "kv_aware")]).await;
+    let base: Vec<u32> = (0..300u32).map(|i| 100 + (i * 37) % 40000).collect();
+    let ask = async |tail: u32| {
+        let mut prompt = base.clone();
+        prompt.push(tail);
+        let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0});
+        let (st, v) = post(&c.gateway, "/v1/completions", body).await;
+        assert_eq!(st, 200, "{v}");
+        v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(ask(7).await, 0);
+    wait_for("the gateway learning where the blocks are", async || {
+        // 18 blocks on the prefill worker, 18 on the decode worker, stored or in a snapshot.
+        c.gateway.metric("genie_kv_events_total", &[]).await >= 36.0
+    })
+    .await;
+    for tail in [8, 9, 10, 11] {
+        // 301 tokens: 18 whole blocks reusable, the 301st computed for its logits.
+        assert_eq!(ask(tail).await, 288, "tail {tail}");
+    }
+    let mut hits = Vec::new();
+    let mut moved = 0.0;
+    for p in &c.prefill {
+        hits.push(p.metric("genie_prefix_cache_hit_tokens_total", &[]).await);
+        moved += p
+            .metric("genie_kv_transfer_bytes_total", &["transport=\"tcp\""])
+            .await;
+    }
+    hits.sort_by(f64::total_cmp);
+    assert_eq!(
+        hits,
+        vec![0.0, 4.0 * 288.0],
+        "one prefill worker took them all"
+    );
+    assert_eq!(
+        moved,
+        KV_BYTES_PER_TOKEN * (301.0 + 4.0 * 13.0),
+        "after the first, only the 13 tokens past the decode worker's blocks cross"
+    );
 }

@@ -684,21 +684,37 @@ async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
             (text.to_string(), cached)
         };
         let (a1, cached1) = ask(turn(first.clone())).await;
+        let sent1 = s.metric("genie_kv_transfer_bytes_total", &[]).await;
         let mut second = first.as_array().unwrap().clone();
         second.push(json!({"role": "assistant", "content": a1}));
         second.push(json!({"role": "user", "content": "And how much water per day?"}));
         let (a2, cached2) = ask(turn(Value::Array(second))).await;
+        let sent2 = s.metric("genie_kv_transfer_bytes_total", &[]).await - sent1;
         let hits = s.metric("genie_prefix_cache_hit_tokens_total", &[]).await;
         let queries = s.metric("genie_prefix_cache_queries_total", &[]).await;
         if cache == "0" {
             assert_eq!((hits, queries), (0.0, 0.0), "the cache is off");
             assert_eq!((cached1, cached2), (0.0, 0.0));
+            if mode.is_empty() {
+                assert!(sent2 > sent1, "the longer prompt's KV is sent whole");
+            }
         } else {
-            assert_eq!(queries, 2.0);
-            // The second prompt resends the whole first one: its whole blocks are reused.
-            assert!(hits >= 48.0 && hits % 16.0 == 0.0, "hit tokens {hits}");
-            // The usage reports them, as OpenAI does.
-            assert_eq!((cached1, cached2), (0.0, hits));
+            // The second prompt resends the whole first one: its whole blocks are reused,
+            // and the usage reports them, as OpenAI does.
+            assert!(cached2 >= 48.0 && cached2 % 16.0 == 0.0, "cached {cached2}");
+            assert_eq!(cached1, 0.0);
+            if mode.is_empty() {
+                // Disaggregated, each prompt is looked up on both legs: the prefill worker
+                // computes only the rest, and the decode worker, which kept the first
+                // prompt it received, is sent only the rest.
+                assert_eq!((queries, hits), (4.0, 2.0 * cached2));
+                assert!(
+                    sent2 < sent1,
+                    "sent {sent2} bytes for the second, {sent1} first"
+                );
+            } else {
+                assert_eq!((queries, hits), (2.0, cached2));
+            }
         }
         answers.push((a1, a2));
     }

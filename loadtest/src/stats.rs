@@ -99,6 +99,10 @@ pub struct Summary {
     /// (`usage.prompt_tokens_details.cached_tokens`) over all prompt tokens; `None` when
     /// no response reported it.
     pub cached_prompt_fraction: Option<f64>,
+    /// The most prompt tokens any one response reported cached (with a shared prefix: about
+    /// what every request could have had, so `cached_prompt_fraction` can be read against
+    /// `max_cached_tokens / mean_prompt_tokens`).
+    pub max_cached_tokens: Option<u32>,
     pub ttft: Percentiles,
     pub itl: Percentiles,
     pub tpot: Percentiles,
@@ -183,6 +187,7 @@ pub fn summarise(outcomes: &[Outcome], slo: Slo) -> Summary {
         mean_prompt_tokens: mean(input),
         mean_output_tokens: mean(output),
         cached_prompt_fraction,
+        max_cached_tokens: ok.iter().filter_map(|o| o.cached_tokens).max(),
         ttft: percentiles(&histogram(ok.iter().filter_map(|o| o.ttft))),
         itl: percentiles(&histogram(ok.iter().flat_map(|o| o.itl.iter().copied()))),
         tpot: percentiles(&histogram(ok.iter().filter_map(|o| o.tpot()))),
@@ -240,6 +245,7 @@ mod tests {
         assert!((s.mean_prompt_tokens - 12.0).abs() < 1e-9);
         // 3 of every 12 prompt tokens reported cached.
         assert_eq!(s.cached_prompt_fraction, Some(0.25));
+        assert_eq!(s.max_cached_tokens, Some(3));
         assert_eq!(s.ttft.count, 3);
         assert!((s.ttft.p50_ms - 100.0).abs() < 0.2);
         assert!((s.ttft.max_ms - 300.0).abs() < 0.5);

@@ -25,6 +25,7 @@ async fn prefill(State(w): State<Arc<PrefillWorker>>, Json(req): Json<PrefillReq
         transfer: req.transfer,
         kv_endpoint: req.kv_endpoint,
         prompt: req.prompt,
+        skip_tokens: req.skip_tokens as usize,
         max_tokens,
         stop_token_ids: req.stop_token_ids,
         sampler,

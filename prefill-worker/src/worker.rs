@@ -9,7 +9,7 @@ use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::admit::check_lengths;
 use genie_worker_core::thread::Inbox;
-use genie_worker_core::{next_token, AdmitError, EventSender, Next, WorkerThread};
+use genie_worker_core::{next_token, AdmitError, EventSender, KvEventLog, Next, WorkerThread};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -35,6 +35,8 @@ pub struct PrefillSeq {
     /// The decode worker's KV endpoint, which reserved the sequence's KV.
     pub kv_endpoint: String,
     pub prompt: Vec<u32>,
+    /// Leading prompt tokens whose KV the decode worker already holds: not sent.
+    pub skip_tokens: usize,
     pub max_tokens: usize,
     pub stop_token_ids: Vec<u32>,
     pub sampler: Sampler,
@@ -50,6 +52,7 @@ struct Job {
 /// What a queued prompt needs besides its transfer.
 struct Prompted {
     prompt: Vec<u32>,
+    skip_tokens: usize,
     max_tokens: usize,
     stop_token_ids: Vec<u32>,
     sampler: Sampler,
@@ -69,6 +72,7 @@ pub struct PrefillWorker {
     thread: WorkerThread<Job>,
     transport: Arc<dyn KvTransport>,
     stats: Arc<PrefillStats>,
+    kv_events: KvEventLog,
 }
 
 impl PrefillWorker {
@@ -81,16 +85,19 @@ impl PrefillWorker {
         let stats = Arc::new(PrefillStats::default());
         let st = Arc::clone(&stats);
         let cfg = config.clone();
+        let kv_events = KvEventLog::new();
+        let log = kv_events.clone();
         let thread = WorkerThread::start(
             format!("genie-prefill-{}", config.id.0),
             config.queue,
-            move |rx| run(cfg, model, st, rx),
+            move |rx| run(cfg, model, st, rx, log),
         )?;
         Ok(PrefillWorker {
             config,
             thread,
             transport,
             stats,
+            kv_events,
         })
     }
 
@@ -101,6 +108,13 @@ impl PrefillWorker {
     /// connect timeout: call it off any async runtime.
     pub fn admit(&self, s: PrefillSeq, events: EventSender) -> Result<(), AdmitError> {
         check_lengths(s.prompt.len(), s.max_tokens)?;
+        if s.skip_tokens >= s.prompt.len() {
+            return Err(AdmitError::Invalid(format!(
+                "skip_tokens ({}) must be less than the prompt's {} tokens",
+                s.skip_tokens,
+                s.prompt.len()
+            )));
+        }
         let sink = self
             .transport
             .open(&s.kv_endpoint, s.transfer)
@@ -111,6 +125,7 @@ impl PrefillWorker {
         let job = Job {
             seq: Prompted {
                 prompt: s.prompt,
+                skip_tokens: s.skip_tokens,
                 max_tokens: s.max_tokens,
                 stop_token_ids: s.stop_token_ids,
                 sampler: s.sampler,
@@ -143,11 +158,18 @@ impl PrefillWorker {
             kv_capacity_bytes: 0,
             kv_free_bytes: 0,
             max_batch: self.config.max_batch_tokens as u64,
+            kv_events: self.kv_events.report(),
         }
     }
 }
 
-fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiver<Inbox<Job>>) {
+fn run(
+    config: PrefillConfig,
+    model: Model,
+    stats: Arc<PrefillStats>,
+    rx: Receiver<Inbox<Job>>,
+    kv_events: KvEventLog,
+) {
     let label = config.id.0.to_string();
     // Keyed by the model's configuration too: a cache never serves another model's KV.
     let mut cache = (config.prefix_cache_bytes > 0).then(|| {
@@ -157,6 +179,11 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
             &format!("{:?}", model.config()),
         )
     });
+    // Reported from the first status on (the key salt with no blocks yet), so a router can
+    // count the blocks of prompts it sends here before the cache reports them.
+    if let Some(pc) = cache.as_ref() {
+        kv_events.record(pc.salt(), pc.block(), &[]);
+    }
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -194,6 +221,9 @@ fn run(config: PrefillConfig, model: Model, stats: Arc<PrefillStats>, rx: Receiv
                 std::panic::AssertUnwindSafe(|| prefill(&model, jobs, &label, cache.as_mut()));
             if std::panic::catch_unwind(run).is_err() {
                 tracing::error!("prefill batch panicked; its requests failed");
+            }
+            if let Some(pc) = cache.as_mut() {
+                kv_events.record(pc.salt(), pc.block(), &pc.take_changes());
             }
             // The batch's caches are gone, whichever way it ended.
             metrics::gauge!("genie_kv_cache_used_bytes", "worker" => label.clone()).set(0.0);
@@ -266,11 +296,12 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
                     }
                 }
                 if let Some(sink) = slot {
-                    // The whole layer: a prefix reused here is one the decode worker lacks.
+                    // The layer from where the decode worker's own prefix ends: a prefix
+                    // reused here may be one it lacks.
                     let mut bytes = Vec::new();
                     let shape = seg.cache.export_layer_into(
                         layer,
-                        0..seg.cache.layer_len(layer),
+                        j.skip_tokens..seg.cache.layer_len(layer),
                         &mut bytes,
                     );
                     if let Err(e) = sink.send_layer(shape, bytes) {

@@ -43,6 +43,7 @@ fn seq(id: u64, endpoint: &str, prompt: Vec<u32>) -> PrefillSeq {
         transfer: TransferId(id),
         kv_endpoint: endpoint.into(),
         prompt,
+        skip_tokens: 0,
         max_tokens: 8,
         stop_token_ids: Vec::new(),
         sampler: Sampler::new(SamplingParams::greedy(), 1),

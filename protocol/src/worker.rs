@@ -175,6 +175,32 @@ pub struct WorkerStatus {
     pub kv_capacity_bytes: u64,
     pub kv_free_bytes: u64,
     pub max_batch: u64,
+    /// The worker's prefix-cache blocks stored and removed since its last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_events: Option<KvEvents>,
+}
+
+/// KV events: which prefix-cache blocks a worker stored and removed since its previous
+/// report, by key (the hash chain of `engine::prefix_cache::block_keys`), so a router can
+/// send a prompt where its prefix is held. Reports are numbered; a router that sees a gap
+/// forgets the worker's blocks until the next `snapshot` (every block held, sent
+/// periodically), so a lost report costs affinity for a while, never a wrong answer (a
+/// worker always checks its own cache).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEvents {
+    /// The first link of the worker's key chains: its model's identity, hashed.
+    pub salt: u64,
+    /// Tokens per block.
+    pub block_tokens: u32,
+    /// This report's number; the next is `seq + 1`.
+    pub seq: u64,
+    /// `stored` is every block held, not a change.
+    #[serde(default)]
+    pub snapshot: bool,
+    #[serde(default)]
+    pub stored: Vec<u64>,
+    #[serde(default)]
+    pub removed: Vec<u64>,
 }
 
 /// `POST /internal/decode` on a decode worker: run one sequence. With `prompt` the worker
@@ -196,6 +222,10 @@ pub struct DecodeRequest {
     pub sampler: serde_json::Value,
 }
 
+/// The header of a decode worker's answer to `POST /internal/decode`: how many leading
+/// prompt tokens' KV it already holds, which the prefill worker then does not send.
+pub const CACHED_TOKENS_HEADER: &str = "x-genie-cached-tokens";
+
 /// `POST /internal/prefill` on a prefill worker: prefill one prompt and stream its KV to
 /// `kv_endpoint` as `transfer`. The response body streams the first token (or the end) as
 /// JSON lines.
@@ -205,6 +235,10 @@ pub struct PrefillRequest {
     pub transfer: crate::TransferId,
     pub kv_endpoint: String,
     pub prompt: Vec<u32>,
+    /// The decode worker already holds the KV of this many leading prompt tokens (its
+    /// prefix cache, [`CACHED_TOKENS_HEADER`]): only the rest crosses the network.
+    #[serde(default)]
+    pub skip_tokens: u32,
     pub max_tokens: u32,
     pub stop_token_ids: Vec<u32>,
     pub sampler: serde_json::Value,

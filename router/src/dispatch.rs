@@ -78,6 +78,8 @@ pub(crate) struct Started {
     pub(crate) events: Receiver<SeqEvent>,
     pub(crate) placement: Placement,
     pub(crate) queued_tokens: usize,
+    /// Leading prompt tokens the worker that prefills it held, by its KV events.
+    pub(crate) cached_tokens: usize,
 }
 
 /// A placed sequence: its event stream and where it runs.
@@ -367,7 +369,7 @@ impl Dispatcher {
         ticket: WaitTicket,
     ) -> Result<Dispatched, DispatchError> {
         let kv_bytes = (req.prompt.len() + req.max_tokens) * self.cfg.kv_bytes_per_token;
-        let (preq, reason) = self.decide(&req, kv_bytes as u64)?;
+        let (preq, mut reason) = self.decide(&req, kv_bytes as u64)?;
         let seq = SeqSpec {
             id: self.new_id(),
             prompt: req.prompt.clone(),
@@ -379,6 +381,15 @@ impl Dispatcher {
         };
         let started = self.place_and_start(&preq, &seq, &req, &[]).await?;
         let (placement, queued_tokens) = (started.placement, started.queued_tokens);
+        if self.cfg.routing == RoutingPolicy::KvAware {
+            let at = placement.prefill().unwrap_or(placement.decode()).0;
+            reason.push_str(&format!(
+                "; kv_aware: worker {at} held {} of the {} prompt tokens (least work: uncached + queued prompt tokens, + {} per sequence a decode worker runs)",
+                started.cached_tokens,
+                seq.prompt.len(),
+                genie_scheduler::placement::KV_AWARE_LOAD_TOKENS
+            ));
+        }
         let events = if self.cfg.migration_limit > 0 {
             crate::migrate::supervise(Arc::clone(self), req, preq, seq.clone(), started)
         } else {
@@ -460,6 +471,12 @@ impl Dispatcher {
                 continue;
             }
             let mut views = self.pool.views();
+            if self.cfg.routing == RoutingPolicy::KvAware {
+                let held = self.pool.cached_tokens(&seq.prompt);
+                for v in views.iter_mut() {
+                    v.cached_tokens = held.get(&v.id).copied().unwrap_or(0);
+                }
+            }
             for v in views
                 .iter_mut()
                 .filter(|v| refused.contains(&v.id) || exclude.contains(&v.id))
@@ -476,10 +493,10 @@ impl Dispatcher {
                         Some(p) => (p, Role::Prefill),
                         None => (placement.decode(), Role::Decode),
                     };
-                    let queued_tokens = views
+                    let (queued_tokens, cached_tokens) = views
                         .iter()
                         .find(|w| w.id == prefills && w.role == role)
-                        .map_or(0, |w| w.queued_tokens);
+                        .map_or((0, 0), |w| (w.queued_tokens, w.cached_tokens));
                     slot.placing(true);
                     let started = tokio::select! {
                         r = self.pool.start(placement, seq) => r,
@@ -491,11 +508,20 @@ impl Dispatcher {
                     slot.placing(false);
                     match started {
                         Ok(events) => {
+                            if self.cfg.routing == RoutingPolicy::KvAware {
+                                // Both legs will hold the prompt's blocks once it is
+                                // prefilled and received.
+                                self.pool.routed(placement.decode(), &seq.prompt);
+                                if let Some(p) = placement.prefill() {
+                                    self.pool.routed(p, &seq.prompt);
+                                }
+                            }
                             return Ok(Started {
                                 events,
                                 placement,
                                 queued_tokens,
-                            })
+                                cached_tokens,
+                            });
                         }
                         Err(StartError::Failed(why)) => {
                             tracing::error!(%why, "a worker failed to start a sequence");

@@ -9,6 +9,7 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod kv_index;
 pub mod local;
 mod migrate;
 pub mod pool;

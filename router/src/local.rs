@@ -2,15 +2,18 @@
 //! the in-process transport. Sequences enter through the same admission the workers'
 //! HTTP services call ([`DecodeWorker::admit`], [`PrefillWorker::admit`]).
 
+use crate::kv_index::KvIndex;
 use crate::pool::{on_refusal, view, SeqSpec, StartError, WorkerPool};
 use futures_util::future::BoxFuture;
 use genie_decode_worker::{DecodeSeq, DecodeWorker, KvSource};
 use genie_kv_transfer::InProcessTransport;
 use genie_prefill_worker::{PrefillSeq, PrefillWorker};
+use genie_protocol::worker::WorkerStatus;
 use genie_protocol::worker::{SeqEvent, WorkerRole};
 use genie_protocol::{TransferId, WorkerId};
 use genie_scheduler::{Placement, WorkerView};
 use genie_worker_core::{event_channel, AdmitError};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::Notify;
@@ -20,6 +23,8 @@ pub struct LocalPool {
     prefill: Vec<PrefillWorker>,
     decode: Vec<DecodeWorker>,
     changed: Arc<Notify>,
+    /// The workers' prefix-cache blocks, from the KV events in their status.
+    kv: KvIndex,
 }
 
 /// The in-process KV endpoint name of decode worker `id`.
@@ -43,6 +48,7 @@ impl LocalPool {
         LocalPool {
             prefill,
             decode,
+            kv: KvIndex::new(),
             changed,
         }
     }
@@ -69,7 +75,8 @@ impl LocalPool {
                 prompt: seq.prompt.clone(),
             },
         };
-        decode
+        // The decode worker may already hold the prompt's first blocks: they are not sent.
+        let skip_tokens = decode
             .admit(
                 DecodeSeq {
                     source,
@@ -92,6 +99,7 @@ impl LocalPool {
                     transfer,
                     kv_endpoint: endpoint(decode.config.id),
                     prompt: seq.prompt.clone(),
+                    skip_tokens,
                     max_tokens: seq.max_tokens,
                     stop_token_ids: seq.stop_token_ids.clone(),
                     sampler,
@@ -111,15 +119,30 @@ fn refused(e: AdmitError, leg: WorkerId, decode: WorkerId) -> StartError {
 
 impl WorkerPool for LocalPool {
     fn views(&self) -> Vec<WorkerView> {
-        let p = self
-            .prefill
-            .iter()
-            .map(|w| view(w.config.id, WorkerRole::Prefill, w.is_alive(), &w.status()));
-        let d = self
-            .decode
-            .iter()
-            .map(|w| view(w.config.id, WorkerRole::Decode, w.is_alive(), &w.status()));
+        let seen = |id: WorkerId, s: &WorkerStatus| {
+            if let Some(ev) = &s.kv_events {
+                self.kv.apply(id, ev);
+            }
+        };
+        let p = self.prefill.iter().map(|w| {
+            let s = w.status();
+            seen(w.config.id, &s);
+            view(w.config.id, WorkerRole::Prefill, w.is_alive(), &s)
+        });
+        let d = self.decode.iter().map(|w| {
+            let s = w.status();
+            seen(w.config.id, &s);
+            view(w.config.id, WorkerRole::Decode, w.is_alive(), &s)
+        });
         p.chain(d).collect()
+    }
+
+    fn cached_tokens(&self, prompt: &[u32]) -> HashMap<WorkerId, usize> {
+        self.kv.cached_tokens(prompt)
+    }
+
+    fn routed(&self, worker: WorkerId, prompt: &[u32]) {
+        self.kv.assume(worker, prompt)
     }
 
     fn all_alive(&self) -> bool {

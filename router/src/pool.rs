@@ -6,6 +6,7 @@ use genie_engine::sampling::{Sampler, SamplingParams};
 use genie_protocol::worker::{FailureCode, SeqEvent, WorkerRole, WorkerStatus};
 use genie_protocol::{SeqId, WorkerId};
 use genie_scheduler::{Placement, Role, WorkerView};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::Notify;
@@ -76,6 +77,19 @@ pub trait WorkerPool: Send + Sync {
     /// A snapshot of every worker's role, health, load and KV room.
     fn views(&self) -> Vec<WorkerView>;
 
+    /// For each worker whose KV events are known, how many leading tokens of `prompt` its
+    /// prefix cache holds (what `kv_aware` routing places by).
+    fn cached_tokens(&self, prompt: &[u32]) -> HashMap<WorkerId, usize> {
+        let _ = prompt;
+        HashMap::new()
+    }
+
+    /// `worker` was given `prompt` to prefill: count its blocks as held there until its
+    /// KV events say otherwise.
+    fn routed(&self, worker: WorkerId, prompt: &[u32]) {
+        let _ = (worker, prompt);
+    }
+
     /// Every worker this pool itself runs is alive (in-process threads); a remote pool
     /// answers true and reports health per worker in its views.
     fn all_alive(&self) -> bool {
@@ -117,5 +131,6 @@ pub fn view(id: WorkerId, role: WorkerRole, healthy: bool, s: &WorkerStatus) -> 
         queued_tokens: s.queued_tokens as usize,
         kv_capacity_bytes: s.kv_capacity_bytes,
         kv_free_bytes: s.kv_free_bytes,
+        cached_tokens: 0,
     }
 }

@@ -25,6 +25,10 @@ pub struct WorkerView {
     pub queued_tokens: usize,
     pub kv_capacity_bytes: u64,
     pub kv_free_bytes: u64,
+    /// Leading tokens of the request being placed whose KV the worker's prefix cache holds,
+    /// as its KV events reported (filled per request; 0 when unknown).
+    #[serde(default)]
+    pub cached_tokens: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -41,10 +45,31 @@ pub enum RoutingPolicy {
     /// workers come and go) unless that worker is `AFFINITY_SLACK` sequences busier than
     /// the least loaded one.
     PrefixAffinity,
+    /// The least work ([`kv_aware_cost`]): the prompt tokens the worker would have to
+    /// compute or receive (those its prefix cache does not hold, as its KV events report),
+    /// plus the prompt tokens queued there, plus, on a decode worker,
+    /// `KV_AWARE_LOAD_TOKENS` for every sequence it is running.
+    KvAware,
 }
 
 /// How much busier than the least loaded worker an affinity target may be.
 pub const AFFINITY_SLACK: usize = 4;
+
+/// What a sequence a decode worker is running costs in `kv_aware` placement, in prompt
+/// tokens to compute: its decode steps share the worker with the new sequence's prefill
+/// (colocated) and decode.
+pub const KV_AWARE_LOAD_TOKENS: usize = 256;
+
+/// A worker's cost for a request in `kv_aware` placement (lower is better). A prefill
+/// worker's load is its queue, already counted in prompt tokens; a decode worker's is
+/// its running batch.
+pub fn kv_aware_cost(w: &WorkerView, prompt_tokens: usize) -> usize {
+    let running = match w.role {
+        Role::Prefill => 0,
+        Role::Decode => w.load * KV_AWARE_LOAD_TOKENS,
+    };
+    prompt_tokens.saturating_sub(w.cached_tokens) + w.queued_tokens + running
+}
 
 /// A client's placement hint (the `genie` request extension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -268,6 +293,18 @@ impl Scheduler {
                 } else {
                     wa
                 }
+            }
+            // Ties rotate, as least-loaded's do.
+            RoutingPolicy::KvAware => {
+                let start = *slot % n;
+                *slot = slot.wrapping_add(1);
+                workers
+                    .iter()
+                    .filter(eligible)
+                    .enumerate()
+                    .min_by_key(|(i, w)| (kv_aware_cost(w, req.prompt_tokens), (i + n - start) % n))
+                    .map(|(_, w)| w)
+                    .expect("n > 0")
             }
             RoutingPolicy::PrefixAffinity => {
                 let least = workers

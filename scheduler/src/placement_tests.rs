@@ -9,6 +9,7 @@ fn w(id: u64, role: Role, load: usize, free: u64) -> WorkerView {
         queued_tokens: 0,
         kv_capacity_bytes: 1000,
         kv_free_bytes: free,
+        cached_tokens: 0,
     }
 }
 
@@ -190,4 +191,46 @@ fn capacity_errors_say_whether_to_wait_or_give_up() {
         s.place(&req(1, true), &[w(1, Role::Decode, 0, 50)]),
         Err(PlaceError::NoWorker(Role::Prefill))
     );
+}
+
+#[test]
+fn kv_aware_goes_where_the_prefix_is_held_unless_the_work_outweighs_it() {
+    let mut ws = vec![
+        w(1, Role::Prefill, 0, 0),
+        w(2, Role::Prefill, 1, 0),
+        w(100, Role::Decode, 0, 1000),
+        w(101, Role::Decode, 1, 1000),
+    ];
+    ws[1].cached_tokens = 1504;
+    ws[1].queued_tokens = 300;
+    ws[3].cached_tokens = 1504;
+    let mut s = Scheduler::new(RoutingPolicy::KvAware);
+    let mut r = req(1, true);
+    r.prompt_tokens = 1530;
+    // Prefill worker 2 computes 26 tokens after 300 queued; worker 1, all 1530. Decode
+    // worker 101 receives 26 tokens and runs one sequence (26 + 256); 100, 1530.
+    let p = s.place(&r, &ws).unwrap();
+    assert_eq!(
+        (p.prefill(), p.decode()),
+        (Some(WorkerId(2)), WorkerId(101))
+    );
+    assert_eq!(kv_aware_cost(&ws[1], 1530), 26 + 300);
+    assert_eq!(kv_aware_cost(&ws[3], 1530), 26 + KV_AWARE_LOAD_TOKENS);
+    // Queued prompt tokens outweigh what the cache saves.
+    ws[1].queued_tokens = 2000;
+    // Six running sequences outweigh it on a decode worker.
+    ws[3].load = 6;
+    let p = s.place(&r, &ws).unwrap();
+    assert_eq!(
+        (p.prefill(), p.decode()),
+        (Some(WorkerId(1)), WorkerId(100))
+    );
+    // Nothing held anywhere: the least loaded, ties rotating.
+    for v in ws.iter_mut() {
+        (v.queued_tokens, v.cached_tokens, v.load) = (0, 0, 0);
+    }
+    let picks: std::collections::BTreeSet<_> = (0..4)
+        .map(|_| s.place(&r, &ws).unwrap().prefill().unwrap())
+        .collect();
+    assert_eq!(picks.len(), 2, "{picks:?}");
 }

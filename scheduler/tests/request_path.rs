@@ -54,6 +54,7 @@ fn worker(id: u64, role: Role) -> WorkerView {
         queued_tokens: 0,
         kv_capacity_bytes: 1 << 30,
         kv_free_bytes: 1 << 30,
+        cached_tokens: 0,
     }
 }
 

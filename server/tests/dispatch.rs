@@ -98,6 +98,7 @@ impl WorkerPool for FakePool {
                 queued_tokens: 0,
                 kv_capacity_bytes: 1 << 30,
                 kv_free_bytes: 1 << 30,
+                cached_tokens: 0,
             })
             .collect()
     }

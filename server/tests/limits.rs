@@ -73,6 +73,7 @@ impl WorkerPool for Pool {
             queued_tokens: 0,
             kv_capacity_bytes: self.kv_capacity,
             kv_free_bytes: self.kv_capacity,
+            cached_tokens: 0,
         }]
     }
 

@@ -8,13 +8,16 @@
 //! - [`events`]: a sequence's bounded event channel ([`EventSender`]) and
 //!   [`next_token`], the sample / stop-token / `max_tokens` rule every worker applies;
 //! - [`admit`]: [`AdmitError`], why a worker refuses a sequence, as a typed failure code;
-//! - [`control`]: the worker control API's NDJSON event body, refusals and health.
+//! - [`control`]: the worker control API's NDJSON event body, refusals and health;
+//! - [`kv_events`]: [`KvEventLog`], the prefix-cache blocks a worker reports it holds.
 
 pub mod admit;
 pub mod control;
 pub mod events;
+pub mod kv_events;
 pub mod thread;
 
 pub use admit::AdmitError;
 pub use events::{event_channel, next_token, EventSender, Next};
+pub use kv_events::KvEventLog;
 pub use thread::WorkerThread;

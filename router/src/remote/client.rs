@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use genie_cluster_auth::ClusterSecret;
 use genie_protocol::worker::{
     events_capacity, ControlError, DecodeRequest, FailureCode, PrefillRequest, SeqEvent,
-    WorkerStatus,
+    WorkerStatus, CACHED_TOKENS_HEADER,
 };
 use genie_protocol::{TransferId, WorkerId};
 use genie_scheduler::Placement;
@@ -145,6 +145,14 @@ pub async fn start(
         tokio::spawn(forward(None, dresp, tx, changed));
         return Ok(rx);
     };
+    // The decode worker may already hold the prompt's first blocks: they are not sent. A
+    // header that does not parse, or claims the whole prompt, counts as none.
+    let skip_tokens = dresp
+        .headers()
+        .get(CACHED_TOKENS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+        .filter(|&n| (n as usize) < seq.prompt.len())
+        .unwrap_or(0);
     let (paddr, _) = registry
         .addresses(prefill_id)
         .ok_or_else(|| gone(prefill_id))?;
@@ -156,6 +164,7 @@ pub async fn start(
         transfer,
         kv_endpoint,
         prompt: seq.prompt.clone(),
+        skip_tokens,
         max_tokens: seq.max_tokens as u32,
         stop_token_ids: seq.stop_token_ids.clone(),
         sampler,

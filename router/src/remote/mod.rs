@@ -65,6 +65,17 @@ impl WorkerPool for RemotePool {
         self.registry.views()
     }
 
+    fn cached_tokens(
+        &self,
+        prompt: &[u32],
+    ) -> std::collections::HashMap<genie_protocol::WorkerId, usize> {
+        self.registry.kv.cached_tokens(prompt)
+    }
+
+    fn routed(&self, worker: genie_protocol::WorkerId, prompt: &[u32]) {
+        self.registry.kv.assume(worker, prompt)
+    }
+
     fn changed(&self) -> Arc<Notify> {
         self.registry.changed()
     }

@@ -1,6 +1,7 @@
 //! Who the gateway's worker processes are: registration, heartbeats, static workers from
 //! the config, health by silence, and the list `GET /v1/workers` shows.
 
+use crate::kv_index::KvIndex;
 use crate::pool::view;
 use genie_protocol::worker::{
     RegisterRequest, RegisterResponse, WorkerInfo, WorkerRole, WorkerStatus,
@@ -59,6 +60,8 @@ pub struct Registry {
     /// The plan's pool (name, hardware) for each role, where the plan names hardware other
     /// than the default `cpu`: a worker registering for that role must carry that label.
     pools: HashMap<WorkerRole, (String, String)>,
+    /// The workers' prefix-cache blocks, from the KV events their heartbeats carry.
+    pub kv: KvIndex,
 }
 
 impl Registry {
@@ -69,6 +72,7 @@ impl Registry {
             heartbeat,
             changed: Arc::new(Notify::new()),
             pools: HashMap::new(),
+            kv: KvIndex::new(),
         };
         for s in statics {
             let id = WorkerId(reg.next_id.fetch_add(1, Ordering::Relaxed));
@@ -151,6 +155,10 @@ impl Registry {
         req.address = req.address.trim_end_matches('/').to_string();
         let id = WorkerId(self.next_id.fetch_add(1, Ordering::Relaxed));
         tracing::info!(%id, role = ?req.role, address = %req.address, hardware = %req.hardware, "worker registered");
+        // The worker's first KV event report (its blocks held) rides on its registration.
+        if let Some(ev) = req.status.kv_events.take() {
+            self.kv.apply(id, &ev);
+        }
         self.write().insert(
             id,
             Entry {
@@ -168,11 +176,14 @@ impl Registry {
     }
 
     /// False when the worker is unknown (removed): it should register again.
-    pub fn heartbeat(&self, id: WorkerId, status: WorkerStatus) -> bool {
+    pub fn heartbeat(&self, id: WorkerId, mut status: WorkerStatus) -> bool {
         let mut w = self.write();
         let Some(e) = w.get_mut(&id) else {
             return false;
         };
+        if let Some(ev) = status.kv_events.take() {
+            self.kv.apply(id, &ev);
+        }
         e.info.status = status;
         e.last_seen = Some(Instant::now());
         e.healthy = true;
@@ -191,7 +202,10 @@ impl Registry {
                 e.healthy = false;
                 true
             }
-            Some(_) => w.remove(&id).is_some(),
+            Some(_) => {
+                self.kv.forget(id);
+                w.remove(&id).is_some()
+            }
         };
         drop(w);
         if known {
