@@ -479,15 +479,23 @@ impl BatchLoop {
         let prefill_logits = logits.split_off(n_decode);
         let before = self.running.len() + prefilling.len();
         let mut kept = Vec::with_capacity(self.running.len() + prefilling.len());
+        let mut finished = Vec::new();
         for (mut r, mut l) in self.running.drain(..).zip(logits) {
             r.seq.tokens.push(r.next);
             if let Some(t) = step_sequence(&mut r.seq, &mut r.generated, &mut l) {
                 r.next = t;
                 kept.push(r);
+            } else {
+                finished.push(r);
             }
         }
         if let Some(pc) = self.prefix.as_ref() {
             let mut pc = lock(pc);
+            // A finished sequence's prompt and answer: the next turn of a chat resends
+            // both (the blocks are shared, not copied).
+            for r in &finished {
+                pc.insert(&r.seq.tokens, &r.seq.cache);
+            }
             for (p, _) in &prefilling {
                 pc.insert(&p.seq.tokens, &p.seq.cache);
             }
