@@ -43,20 +43,12 @@ impl KvBudget {
 
     /// Reserves `bytes` or refuses, saying how much was needed and how much is free.
     pub fn reserve(&self, bytes: usize) -> Result<KvReservation> {
-        let mut s = self.lock();
-        let free = s.capacity - s.used;
-        if bytes > free {
-            return Err(EngineError::KvCapacity {
-                needed_bytes: bytes,
-                available_bytes: free,
-                capacity_bytes: s.capacity,
-            });
-        }
-        s.used += bytes;
-        Ok(KvReservation {
+        let mut r = KvReservation {
             state: Arc::clone(&self.state),
-            bytes,
-        })
+            bytes: 0,
+        };
+        r.try_grow(bytes)?;
+        Ok(r)
     }
 
     pub fn capacity_bytes(&self) -> usize {

@@ -647,23 +647,19 @@ fn attend_f16(
         // nothing. Each block's rows are a short run of memory the hardware prefetcher
         // meets cold, so the rows `ahead` blocks on are fetched while this one computes.
         let ahead = PREFETCH_TOKENS.div_ceil(bt);
-        for (b, blk) in blocks.iter().enumerate().take(ahead) {
-            prefetch_head(blk.0, kv, offset, hd, bt.min(ctx.saturating_sub(b * bt)));
-        }
+        let fetch = |b: usize, v: bool| {
+            if let Some(&(kc, vc)) = blocks.get(b) {
+                let rows = bt.min(ctx.saturating_sub(b * bt));
+                prefetch_head(if v { vc } else { kc }, kv, offset, hd, rows);
+            }
+        };
+        (0..ahead).for_each(|b| fetch(b, false));
         for (b, &(kc, _)) in blocks.iter().enumerate() {
             let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
             if first >= end {
                 break;
             }
-            if let Some(&(next, _)) = blocks.get(b + ahead) {
-                prefetch_head(
-                    next,
-                    kv,
-                    offset,
-                    hd,
-                    bt.min(ctx.saturating_sub((b + ahead) * bt)),
-                );
-            }
+            fetch(b + ahead, false);
             let mut sc = scores.chunks_exact_mut(ctx);
             let sc: [&mut [f32]; G] =
                 std::array::from_fn(|_| &mut sc.next().expect("G rows")[first..end]);
@@ -673,9 +669,7 @@ fn attend_f16(
                 None => dot_avx2::dot_rows_f16(k.avx2, q, kc, kv, offset, scale, sc),
             }
         }
-        for (b, blk) in blocks.iter().enumerate().take(ahead) {
-            prefetch_head(blk.1, kv, offset, hd, bt.min(ctx.saturating_sub(b * bt)));
-        }
+        (0..ahead).for_each(|b| fetch(b, true));
         for sc in scores.chunks_exact_mut(ctx) {
             ops::softmax(sc);
             ops::round_to_f16(sc);
@@ -687,15 +681,7 @@ fn attend_f16(
             if first >= end {
                 break;
             }
-            if let Some(&(_, next)) = blocks.get(b + ahead) {
-                prefetch_head(
-                    next,
-                    kv,
-                    offset,
-                    hd,
-                    bt.min(ctx.saturating_sub((b + ahead) * bt)),
-                );
-            }
+            fetch(b + ahead, true);
             let mut o = out.chunks_exact_mut(hd);
             let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
             let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx + first..h * ctx + end]);

@@ -112,6 +112,11 @@ impl PrefixCache {
         self.block
     }
 
+    /// Most KV bytes it keeps.
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
+
     /// KV bytes of the blocks held (a block a running sequence shares counts here too).
     pub fn used_bytes(&self) -> usize {
         self.blocks.len() * self.block_bytes

@@ -703,6 +703,10 @@ async fn a_cached_prefix_gives_the_same_answers_as_computing_it() {
             // and the usage reports them, as OpenAI does.
             assert!(cached2 >= 48.0 && cached2 % 16.0 == 0.0, "cached {cached2}");
             assert_eq!(cached1, 0.0);
+            // The blocks are counted, and the in-process pool heard the workers' KV events
+            // (their first request's blocks) when it placed the second.
+            assert!(s.metric("genie_kv_blocks_total", &[]).await > 0.0);
+            assert!(s.metric("genie_kv_events_total", &[]).await >= 3.0);
             if mode.is_empty() {
                 // Disaggregated, each prompt is looked up on both legs: the prefill worker
                 // computes only the rest, and the decode worker, which kept the first

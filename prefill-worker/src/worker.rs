@@ -345,6 +345,11 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
         }
         metrics::gauge!("genie_prefix_cache_bytes", "worker" => label.to_string())
             .set(pc.used_bytes() as f64);
+        // A prefill worker's blocks outlive its batches only in its prefix cache.
+        metrics::gauge!("genie_kv_blocks_used", "worker" => label.to_string()).set(pc.len() as f64);
+        let block = model.kv_shape().block_bytes(pc.block()).max(1);
+        metrics::gauge!("genie_kv_blocks_total", "worker" => label.to_string())
+            .set((pc.budget_bytes() / block) as f64);
     }
     for ((mut j, sink), mut l) in jobs.into_iter().zip(sinks).zip(logits) {
         let Some(sink) = sink else {
