@@ -9,14 +9,35 @@ use genie_engine::model::Model;
 use std::process::Command;
 use std::time::Instant;
 
+/// The model an engine benchmark loads, and its threads.
 #[derive(Args, Debug)]
-pub struct EngineBenchArgs {
+pub struct BenchModel {
     /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
     #[arg(long, env = "GENIE_MODEL")]
     pub model: Option<std::path::PathBuf>,
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0, env = "GENIE_THREADS")]
     pub threads: usize,
+}
+
+impl BenchModel {
+    /// The engine, and the GGUF file it came from.
+    pub fn load(&self) -> Result<(genie_engine::generate::Engine, std::path::PathBuf)> {
+        let path = genie_engine::fetch::resolve_model(self.model.as_deref())?;
+        let opts = genie_engine::generate::EngineOptions {
+            threads: self.threads,
+            ..Default::default()
+        };
+        let engine = genie_engine::generate::Engine::load(&path, &opts)
+            .with_context(|| format!("loading {}", path.display()))?;
+        Ok((engine, path))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EngineBenchArgs {
+    #[command(flatten)]
+    pub engine: BenchModel,
     /// Prompt lengths for the prefill benchmark.
     #[arg(long, value_delimiter = ',', default_value = "32,256,1024")]
     pub prefill: Vec<usize>,
@@ -157,13 +178,7 @@ fn llama_cpp(
 }
 
 pub fn run(a: EngineBenchArgs) -> Result<()> {
-    let path = genie_engine::fetch::resolve_model(a.model.as_deref())?;
-    let opts = genie_engine::generate::EngineOptions {
-        threads: a.threads,
-        ..Default::default()
-    };
-    let engine = genie_engine::generate::Engine::load(&path, &opts)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let (engine, path) = a.engine.load()?;
     let model = &engine.model;
     let threads = model.threads();
     let kernel = format!("{:?}", genie_engine::quant::kernel_kind());

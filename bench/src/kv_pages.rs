@@ -9,7 +9,7 @@
 //! contiguous kernel; `engine/tests/real_model.rs` checks it).
 
 use crate::stats::median;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use genie_engine::kv_cache::KvCache;
 use genie_engine::model::Model;
@@ -17,12 +17,8 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct KvPagesBenchArgs {
-    /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
-    #[arg(long, env = "GENIE_MODEL")]
-    pub model: Option<std::path::PathBuf>,
-    /// Compute threads (0 = one per core).
-    #[arg(long, default_value_t = 0, env = "GENIE_THREADS")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub engine: crate::engine::BenchModel,
     /// Block sizes (tokens) of the paged layouts compared with the contiguous one.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
     pub blocks: Vec<usize>,
@@ -103,13 +99,7 @@ fn decode(model: &Model, caches: &mut [KvCache], mut next: Vec<u32>, steps: usiz
 }
 
 pub fn run(a: KvPagesBenchArgs) -> Result<()> {
-    let path = genie_engine::fetch::resolve_model(a.model.as_deref())?;
-    let opts = genie_engine::generate::EngineOptions {
-        threads: a.threads,
-        ..Default::default()
-    };
-    let engine = genie_engine::generate::Engine::load(&path, &opts)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let (engine, _) = a.engine.load()?;
     let model = &engine.model;
     let kernel = format!("{:?}", genie_engine::quant::kernel_kind());
     let layouts: Vec<Layout> = std::iter::once(Layout::Contiguous)

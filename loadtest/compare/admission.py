@@ -16,18 +16,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, free_port, run_loadtest, run_server, stop  # noqa: E402
+from compare import ROOT, free_port, metric, run_loadtest, run_server, stop  # noqa: E402
 
 KV_BYTES_PER_TOKEN = 2 * 30 * 3 * 64 * 2  # SmolLM2-135M, f16 K and V
-
-
-def metric(url, name):
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
 
 
 def running(url):

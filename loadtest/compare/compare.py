@@ -64,6 +64,13 @@ def stop(proc):
         proc.wait()
 
 
+def metric(url, name):
+    """The sum of every series of metric `name` on `url`/metrics."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
 def run_loadtest(loadtest, url, args, path, what):
     """Runs `genie-loadtest --url URL ARGS --json PATH --no-progress`; its summary, or the
     run stops with genie-loadtest's output, headed by `what`."""

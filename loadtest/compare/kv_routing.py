@@ -26,7 +26,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, free_port, run_loadtest, run_server, stop, wait_ready  # noqa: E402
+from compare import ROOT, free_port, metric, run_loadtest, run_server, stop, wait_ready  # noqa: E402
 
 SETUPS = [
     ("no-cache", "least_loaded", False),
@@ -34,15 +34,6 @@ SETUPS = [
     ("prefix_affinity", "prefix_affinity", True),
     ("kv_aware", "kv_aware", True),
 ]
-
-
-def metric(url, name):
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def workers(url):
