@@ -17,6 +17,11 @@ struct Held {
     keys: HashSet<u64>,
 }
 
+/// Most block keys kept for one worker (8 bytes each, a few MiB in all): far above what a
+/// worker's prefix cache holds (a 256 MiB cache of this model is about 730 blocks), so only
+/// a faulty or hostile worker reaches it, and its blocks are then forgotten.
+pub const MAX_KEYS_PER_WORKER: usize = 1 << 18;
+
 #[derive(Default)]
 pub struct KvIndex {
     workers: Mutex<HashMap<WorkerId, Held>>,
@@ -38,7 +43,7 @@ impl KvIndex {
             keys: HashSet::new(),
         });
         let label = id.0.to_string();
-        if ev.snapshot {
+        if ev.snapshot && ev.stored.len() <= MAX_KEYS_PER_WORKER {
             h.keys = ev.stored.iter().copied().collect();
             h.salt = ev.salt;
             h.block_tokens = ev.block_tokens as usize;
@@ -60,6 +65,11 @@ impl KvIndex {
             h.keys.remove(k);
         }
         h.keys.extend(ev.stored.iter().copied());
+        if h.keys.len() > MAX_KEYS_PER_WORKER {
+            tracing::warn!(worker = %id, keys = h.keys.len(), "a worker reported more prefix-cache blocks than any cache holds; forgetting them");
+            h.keys = HashSet::new();
+            h.next_seq = None;
+        }
         metrics::counter!("genie_kv_events_total", "worker" => label.clone(), "kind" => "stored")
             .increment(ev.stored.len() as u64);
         metrics::counter!("genie_kv_events_total", "worker" => label, "kind" => "removed")
@@ -81,6 +91,11 @@ impl KvIndex {
         let usable = (prompt.len() - 1) / h.block_tokens * h.block_tokens;
         h.keys
             .extend(block_keys(h.salt, &prompt[..usable], h.block_tokens));
+        if h.keys.len() > MAX_KEYS_PER_WORKER {
+            // Assumptions outran the reports: start again from the next snapshot.
+            h.keys = HashSet::new();
+            h.next_seq = None;
+        }
     }
 
     /// Forgets a worker that left.
@@ -150,6 +165,12 @@ mod tests {
         assert_eq!(idx.cached_tokens(&prompt)[&b], 12);
         idx.forget(a);
         assert!(!idx.cached_tokens(&prompt).contains_key(&a));
+        // A report larger than any cache forgets the worker's blocks.
+        idx.apply(
+            b,
+            &report(2, false, (0..=MAX_KEYS_PER_WORKER as u64).collect(), vec![]),
+        );
+        assert!(!idx.cached_tokens(&prompt).contains_key(&b));
         // Another model's keys never match.
         let mut other = report(0, true, vec![k[0]], vec![]);
         other.salt = 10;
