@@ -375,12 +375,8 @@ impl BatchLoop {
         let want = p.seq.tokens.len();
         let mut reused = 0;
         if let Some(pc) = self.prefix.as_ref() {
-            let mut pc = lock(pc);
-            if pc.cached_tokens(&p.seq.tokens) > 0 {
-                // The blocks taken at admission make way for the shared ones.
-                p.seq.cache.truncate(0);
-                reused = pc.reuse(&p.seq.tokens, &mut p.seq.cache).tokens;
-            }
+            // The blocks taken at admission make way for the shared ones.
+            reused = lock(pc).reuse(&p.seq.tokens, &mut p.seq.cache).tokens;
             metrics::counter!("genie_prefix_cache_queries_total", "worker" => self.worker_label.clone())
                 .increment(1);
             metrics::counter!("genie_prefix_cache_hit_tokens_total", "worker" => self.worker_label.clone())
@@ -523,9 +519,7 @@ impl BatchLoop {
 
     fn publish(&self) {
         if let Some(pc) = self.prefix.as_ref() {
-            let mut pc = lock(pc);
-            self.kv_events
-                .record(pc.salt(), pc.block(), &pc.take_changes());
+            self.kv_events.sync(&mut lock(pc));
         }
         let s = &self.stats;
         s.load.store(self.count(), Ordering::Relaxed);

@@ -59,12 +59,8 @@ pub enum KvSource {
 
 impl KvSource {
     pub fn prompt_tokens(&self) -> usize {
-        self.prompt().len()
-    }
-
-    pub fn prompt(&self) -> &[u32] {
         match self {
-            KvSource::Prompt(p) | KvSource::Transfer { prompt: p, .. } => p,
+            KvSource::Prompt(p) | KvSource::Transfer { prompt: p, .. } => p.len(),
         }
     }
 }

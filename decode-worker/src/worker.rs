@@ -55,8 +55,7 @@ impl DecodeWorker {
         // Reported from the first status on (the key salt with no blocks yet), so a router
         // can count the blocks of prompts it sends here before the cache reports them.
         if let Some(pc) = prefix.as_ref() {
-            let pc = lock(pc);
-            kv_events.record(pc.salt(), pc.block(), &[]);
+            kv_events.sync(&mut lock(pc));
         }
         let mut batch = BatchLoop::new(
             config.clone(),
@@ -98,7 +97,12 @@ impl DecodeWorker {
     /// prefill worker sends only the rest (0 for a colocated one, whose lookup happens when
     /// it is prefilled here).
     pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<usize, AdmitError> {
-        let prompt_tokens = s.source.prompt_tokens();
+        // The prompt moves into the sequence; `expected` is its transfer, if disaggregated.
+        let (prompt, expected) = match s.source {
+            KvSource::Prompt(p) => (p, None),
+            KvSource::Transfer { transfer, prompt } => (prompt, Some(transfer)),
+        };
+        let prompt_tokens = prompt.len();
         check_lengths(prompt_tokens, s.max_tokens)?;
         let tokens = prompt_tokens.saturating_add(s.max_tokens);
         let lifetime = tokens.saturating_mul(self.kv_shape.bytes_per_token());
@@ -117,8 +121,8 @@ impl DecodeWorker {
         let mut cached = 0;
         let cache = KvCache::paged(self.kv_shape, BLOCK_TOKENS, tokens, Some(&self.budget))
             .and_then(|mut c| {
-                if let (Some(pc), KvSource::Transfer { prompt, .. }) = (&self.prefix, &s.source) {
-                    cached = self.reuse(pc, prompt, &mut c);
+                if let (Some(pc), Some(_)) = (&self.prefix, expected) {
+                    cached = self.reuse(pc, &prompt, &mut c);
                 }
                 c.ensure(prompt_tokens + 1).map(|()| c)
             })
@@ -136,14 +140,12 @@ impl DecodeWorker {
             stop_token_ids: s.stop_token_ids,
             sampler: s.sampler,
             events,
-            tokens: s.source.prompt().to_vec(),
+            tokens: prompt,
             cache,
         };
-        let (input, expected) = match s.source {
-            KvSource::Prompt(_) => (DecodeInput::Prefill { seq }, None),
-            KvSource::Transfer { transfer, .. } => {
-                (DecodeInput::Expect { transfer, seq }, Some(transfer))
-            }
+        let input = match expected {
+            None => DecodeInput::Prefill { seq },
+            Some(transfer) => DecodeInput::Expect { transfer, seq },
         };
         // Registered before the sequence is queued: its first byte may come right after.
         if let (Some(r), Some(t)) = (&self.registry, expected) {

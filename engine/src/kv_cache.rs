@@ -290,13 +290,14 @@ impl KvCache {
         out
     }
 
-    /// Starts this empty cache with `tokens` tokens whose KV are `blocks` (full blocks of
-    /// this cache's size, shared, not copied), charging them to its budget. Refused, with
-    /// this cache unchanged, when it is not empty, `tokens` is not `blocks` full blocks,
-    /// a block is of another size, or they exceed the capacity or the budget.
+    /// Starts this cache, which holds no token yet, with `tokens` tokens whose KV are
+    /// `blocks` (full blocks of this cache's size, shared, not copied). Blocks it took
+    /// beforehand (at admission) make way for them; its budget is charged the difference.
+    /// Refused, with this cache unchanged, when it holds a token, `tokens` is not `blocks`
+    /// full blocks, a block is of another size, or they exceed the capacity or the budget.
     pub fn share_prefix(&mut self, blocks: &[Arc<KvBlock>], tokens: usize) -> Result<()> {
         let bad = |m: String| Err(EngineError::KvImport(m));
-        if !self.is_empty() || !self.blocks.is_empty() {
+        if self.lens.iter().any(|&n| n > 0) {
             return bad("a prefix can only start an empty cache".into());
         }
         if tokens != blocks.len() * self.block_tokens || tokens > self.capacity {
@@ -310,9 +311,16 @@ impl KvCache {
         if blocks.iter().any(|b| b.data.len() != self.block_elems()) {
             return bad("a shared block is of another size".into());
         }
+        let block_bytes = self.shape.block_bytes(self.block_tokens);
+        let (have, want) = (self.blocks.len() * block_bytes, blocks.len() * block_bytes);
         if let Some(c) = self.charge.as_mut() {
-            c.try_grow(blocks.len() * self.shape.block_bytes(self.block_tokens))?;
+            if want > have {
+                c.try_grow(want - have)?;
+            } else {
+                c.shrink(have - want);
+            }
         }
+        self.blocks.clear();
         self.blocks.extend(blocks.iter().cloned());
         self.lens.iter_mut().for_each(|n| *n = tokens);
         Ok(())
@@ -680,6 +688,17 @@ mod tests {
         assert!(Arc::ptr_eq(&a.blocks[0], &src.blocks[0]));
         let mut b = paged(4, None);
         assert!(b.share_prefix(&blocks, 7).is_err());
+        // Blocks taken for a prompt (admission) make way for a shared prefix, and the
+        // budget is charged only the difference.
+        let bpt = shape().bytes_per_token();
+        let budget = KvBudget::new(3 * 4 * bpt);
+        let mut d = paged(4, Some(&budget));
+        d.ensure(9).unwrap();
+        assert_eq!(budget.used_bytes(), 12 * bpt);
+        d.share_prefix(&blocks, 8).unwrap();
+        assert_eq!((d.blocks(), d.len(), budget.used_bytes()), (2, 8, 8 * bpt));
+        assert!(Arc::ptr_eq(&d.blocks[1], &src.blocks[1]));
+        assert!(d.share_prefix(&blocks, 8).is_err(), "it holds tokens now");
         let mut c = paged(8, None);
         assert!(
             c.share_prefix(&blocks[..1], 8).is_err(),

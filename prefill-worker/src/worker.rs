@@ -181,8 +181,8 @@ fn run(
     });
     // Reported from the first status on (the key salt with no blocks yet), so a router can
     // count the blocks of prompts it sends here before the cache reports them.
-    if let Some(pc) = cache.as_ref() {
-        kv_events.record(pc.salt(), pc.block(), &[]);
+    if let Some(pc) = cache.as_mut() {
+        kv_events.sync(pc);
     }
     let mut carry: Option<Job> = None;
     loop {
@@ -223,7 +223,7 @@ fn run(
                 tracing::error!("prefill batch panicked; its requests failed");
             }
             if let Some(pc) = cache.as_mut() {
-                kv_events.record(pc.salt(), pc.block(), &pc.take_changes());
+                kv_events.sync(pc);
             }
             // The batch's caches are gone, whichever way it ended.
             metrics::gauge!("genie_kv_cache_used_bytes", "worker" => label.clone()).set(0.0);

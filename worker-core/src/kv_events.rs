@@ -4,7 +4,7 @@
 //! report and every [`SNAPSHOT_EVERY`] reports after, so a router that missed a report
 //! catches up.
 
-use genie_engine::prefix_cache::BlockChange;
+use genie_engine::prefix_cache::{BlockChange, PrefixCache};
 use genie_protocol::worker::KvEvents;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -33,9 +33,17 @@ impl KvEventLog {
         Self::default()
     }
 
+    /// Takes `cache`'s changes since the last call ([`PrefixCache::take_changes`]) into the
+    /// log, with its key salt and block size. Called once when the cache is made, it makes
+    /// the worker's first report carry them, so a router can count the blocks of prompts
+    /// it sends before the cache reports any.
+    pub fn sync(&self, cache: &mut PrefixCache) {
+        self.record(cache.salt(), cache.block(), &cache.take_changes());
+    }
+
     /// Applies the changes a prefix cache of `block_tokens`-token blocks keyed from `salt`
-    /// reported ([`PrefixCache::take_changes`](genie_engine::prefix_cache::PrefixCache::take_changes)).
-    pub fn record(&self, salt: u64, block_tokens: usize, changes: &[BlockChange]) {
+    /// reported ([`PrefixCache::take_changes`]).
+    fn record(&self, salt: u64, block_tokens: usize, changes: &[BlockChange]) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         s.salt = salt;
         s.block_tokens = block_tokens as u32;
