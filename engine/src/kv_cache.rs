@@ -255,16 +255,16 @@ impl KvCache {
         (2 * layer + usize::from(v)) * self.block_tokens * self.shape.kv_dim()
     }
 
-    /// The K and V rows of `layer`, block by block: each slice holds `block_tokens` rows of
-    /// `kv_dim` values, of which the first `layer_len(layer)` rows in order are the
-    /// sequence's (the last block may be partly filled).
+    /// The K and V rows `layer` holds, block by block, in order: each slice is the block's
+    /// filled rows of `kv_dim` values (`block_tokens` of them, fewer in the last block).
     pub fn layer_blocks(&self, layer: usize) -> Vec<(&[f16], &[f16])> {
-        let n = self.block_tokens * self.shape.kv_dim();
-        let used = self.lens[layer].div_ceil(self.block_tokens);
+        let (bt, kv, len) = (self.block_tokens, self.shape.kv_dim(), self.lens[layer]);
         let (k, v) = (self.part(layer, false), self.part(layer, true));
-        self.blocks[..used]
+        self.blocks[..len.div_ceil(bt)]
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(i, b)| {
+                let n = (len - i * bt).min(bt) * kv;
                 let d = b.values();
                 (&d[k..k + n], &d[v..v + n])
             })
@@ -279,13 +279,9 @@ impl KvCache {
     /// `layer`'s K (`v = false`) or V rows of the tokens it holds, copied out contiguously
     /// (`[token][kv_dim]`): for checks and tests, not the hot path.
     pub fn layer_rows(&self, layer: usize, v: bool) -> Vec<f16> {
-        let kv = self.shape.kv_dim();
-        let mut out = Vec::with_capacity(self.lens[layer] * kv);
-        let mut left = self.lens[layer];
+        let mut out = Vec::with_capacity(self.lens[layer] * self.shape.kv_dim());
         for (k, vv) in self.layer_blocks(layer) {
-            let take = left.min(self.block_tokens);
-            out.extend_from_slice(&if v { vv } else { k }[..take * kv]);
-            left -= take;
+            out.extend_from_slice(if v { vv } else { k });
         }
         out
     }

@@ -424,13 +424,9 @@ impl Model {
             let mut side = SideFetch::with_budget(self.side_fetch_bytes);
             if let Some(next) = Some(cl + 1).filter(|&c| c < segs[0].cache.shape().n_layers) {
                 for s in segs.iter() {
-                    let kv = s.cache.layer_len(next) * s.cache.shape().kv_dim();
-                    let mut left = kv;
                     for (k, v) in s.cache.layer_blocks(next) {
-                        let n = left.min(k.len());
-                        side.add(&k[..n]);
-                        side.add(&v[..n]);
-                        left -= n;
+                        side.add(k);
+                        side.add(v);
                     }
                 }
             }
@@ -654,11 +650,8 @@ fn attend_f16(
             }
         };
         (0..ahead).for_each(|b| fetch(b, false));
-        for (b, &(kc, _)) in blocks.iter().enumerate() {
-            let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
-            if first >= end {
-                break;
-            }
+        for (b, first, end) in block_spans(bt, ctx) {
+            let kc = blocks[b].0;
             fetch(b + ahead, false);
             let mut sc = scores.chunks_exact_mut(ctx);
             let sc: [&mut [f32]; G] =
@@ -676,11 +669,8 @@ fn attend_f16(
         }
         // The weighted sum accumulates into `out` row after row, in position order, with
         // the same operations whether the rows come in one block or many.
-        for (b, &(_, vc)) in blocks.iter().enumerate() {
-            let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
-            if first >= end {
-                break;
-            }
+        for (b, first, end) in block_spans(bt, ctx) {
+            let vc = blocks[b].1;
             fetch(b + ahead, true);
             let mut o = out.chunks_exact_mut(hd);
             let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
@@ -768,14 +758,16 @@ fn widen_head(
     dst: &mut Vec<f32>,
 ) {
     dst.resize(ctx * hd, 0.0);
-    for (b, &(kc, vc)) in blocks.iter().enumerate() {
-        let (first, end) = (b * bt, ((b + 1) * bt).min(ctx));
-        if first >= end {
-            break;
-        }
-        let src = if v { vc } else { kc };
+    for (b, first, end) in block_spans(bt, ctx) {
+        let src = if v { blocks[b].1 } else { blocks[b].0 };
         ops::widen_f16_rows(src, kv, offset, hd, &mut dst[first * hd..end * hd]);
     }
+}
+
+/// Positions `0..ctx` split by blocks of `bt` tokens: `(block, first, end)` for each block
+/// holding any of them.
+fn block_spans(bt: usize, ctx: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..ctx.div_ceil(bt)).map(move |b| (b, b * bt, ((b + 1) * bt).min(ctx)))
 }
 
 /// Takes the KV blocks every segment's new tokens need, before any compute, so a budget
