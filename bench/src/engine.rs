@@ -1,6 +1,9 @@
 //! `genie bench engine`: prefill tok/s for several prompt lengths and aggregate decode tok/s
-//! at several batch sizes, beside llama.cpp (llama-cpp-python) on the same GGUF, thread
-//! count and token ids, measured in the same run.
+//! at several batch sizes, beside native llama.cpp (`llama-bench`) on the same GGUF,
+//! threads, prompt lengths and decode context, in interleaved rounds (Genie's figures,
+//! then llama-bench's, round after round), with a memory read probe that bounds batch-1
+//! decode. Without a native `llama-bench`, llama-cpp-python's bindings stand in, labelled
+//! as such (they understate llama.cpp).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -50,15 +53,23 @@ pub struct EngineBenchArgs {
     /// Decode steps timed per measurement.
     #[arg(long, default_value_t = 32)]
     pub decode_steps: usize,
-    /// Measurements per figure (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds: each measures every Genie figure once, then the peer's (medians reported).
+    #[arg(long, default_value_t = 5)]
     pub repeat: usize,
-    /// Run llama.cpp beside Genie: auto (if llama-cpp-python is importable) or off.
+    /// Native llama.cpp's `llama-bench` to run beside Genie (default: GENIE_LLAMA_BENCH,
+    /// else `llama-bench` on PATH).
+    #[arg(long)]
+    pub llama_bench: Option<std::path::PathBuf>,
+    /// llama.cpp beside Genie: auto (native llama-bench if found, else llama-cpp-python's
+    /// bindings if importable, labelled as such), native (llama-bench or fail), or off.
     #[arg(long, default_value = "auto")]
     pub llama_cpp: String,
-    /// Python interpreter for the llama.cpp side.
+    /// Python interpreter for the bindings fallback.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// MiB read by the memory bandwidth probe each round (0 = no probe).
+    #[arg(long, default_value_t = 512)]
+    pub probe_mib: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -71,18 +82,13 @@ fn synthetic_ids(n: usize) -> Vec<u32> {
 
 use crate::stats::median;
 
-fn prefill_rate(model: &Model, n: usize, repeat: usize) -> Result<f64> {
+/// Prefill tok/s of one measurement (a fresh cache, the synthetic prompt of `n` ids).
+fn prefill_rate(model: &Model, n: usize) -> Result<f64> {
     let ids = synthetic_ids(n);
-    let mut warm = model.new_cache(n);
-    model.prefill(&ids, &mut warm)?;
-    let mut rates = Vec::new();
-    for _ in 0..repeat {
-        let mut cache = model.new_cache(n);
-        let t0 = Instant::now();
-        model.prefill(&ids, &mut cache)?;
-        rates.push(n as f64 / t0.elapsed().as_secs_f64());
-    }
-    Ok(median(rates))
+    let mut cache = model.new_cache(n);
+    let t0 = Instant::now();
+    model.prefill(&ids, &mut cache)?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Aggregate decode tok/s of one measurement: `batch` sequences holding `ctx` prompt
@@ -111,35 +117,12 @@ fn decode_rate(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<
     Ok((batch * steps) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Every batch size measured once per round, the rounds one after another, so each
-/// batch size's measurements are spread over the same stretch of time (a shared host's
-/// neighbours slow them alike): `rates[i][round]` for `batches[i]`.
-fn decode_rounds(
-    model: &Model,
-    batches: &[usize],
-    ctx: usize,
-    steps: usize,
-    rounds: usize,
-) -> Result<Vec<Vec<f64>>> {
-    let mut rates = vec![Vec::with_capacity(rounds); batches.len()];
-    for _ in 0..rounds {
-        for (i, &b) in batches.iter().enumerate() {
-            rates[i].push(
-                decode_rate(model, b, ctx, steps).with_context(|| format!("decode batch {b}"))?,
-            );
-        }
-    }
-    Ok(rates)
-}
-
-fn llama_cpp(
+/// The bindings fallback: llama-cpp-python, all its repetitions in one call.
+fn bindings(
     a: &EngineBenchArgs,
     model_path: &std::path::Path,
     threads: usize,
 ) -> Option<serde_json::Value> {
-    if a.llama_cpp == "off" {
-        return None;
-    }
     let script = std::env::var("GENIE_LLAMA_CPP_BENCH").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_llama_cpp.py").to_string()
     });
@@ -177,82 +160,216 @@ fn llama_cpp(
     }
 }
 
+/// Per-round figures of one side: `prefill[i][round]` for the i-th prompt length,
+/// `decode[i][round]` for the i-th batch size (the peer measures batch 1 only).
+struct Rounds {
+    prefill: Vec<Vec<f64>>,
+    decode: Vec<Vec<f64>>,
+}
+
+/// Which llama.cpp ran beside Genie.
+enum Peer {
+    Native(std::path::PathBuf),
+    Bindings(serde_json::Value),
+    None,
+}
+
+/// `median (min–max)` of the per-round ratios `ours[r] / theirs[r]`.
+fn paired(ours: &[f64], theirs: &[f64]) -> String {
+    let r: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
+    let (lo, hi) = r.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(*v), hi.max(*v))
+    });
+    format!("{:.2}x ({lo:.2}-{hi:.2})", median(r.clone()))
+}
+
 pub fn run(a: EngineBenchArgs) -> Result<()> {
     let (engine, path) = a.engine.load()?;
     let model = &engine.model;
     let threads = model.threads();
-    let kernel = format!("{:?}", genie_engine::quant::kernel_kind());
-    eprintln!("genie: {} threads, {kernel} kernels; measuring…", threads);
-    let mut prefill = Vec::new();
-    for &n in &a.prefill {
-        prefill.push((
-            n,
-            prefill_rate(model, n, a.repeat).with_context(|| format!("prefill {n}"))?,
-        ));
-    }
-    let rounds = decode_rounds(model, &a.batch, a.decode_context, a.decode_steps, a.repeat)?;
-    let decode: Vec<(usize, f64)> = a
-        .batch
-        .iter()
-        .zip(&rounds)
-        .map(|(&b, r)| (b, median(r.clone())))
-        .collect();
-    eprintln!("llama.cpp: measuring…");
-    let peer = llama_cpp(&a, &path, threads);
-    let peer_prefill = |n: usize| {
-        peer.as_ref()
-            .and_then(|p| p["prefill"][n.to_string()].as_f64())
+    let kind = genie_engine::quant::kernel_kind();
+    let host = crate::host::describe();
+    let native = match a.llama_cpp.as_str() {
+        "off" => None,
+        mode => match crate::llama_bench::locate(a.llama_bench.as_deref()) {
+            Some(p) => Some(p),
+            None if mode == "native" => anyhow::bail!(
+                "no llama-bench: give --llama-bench PATH or GENIE_LLAMA_BENCH (docs/llama-cpp.md says how to build it)"
+            ),
+            None => None,
+        },
     };
-    let peer_decode = peer.as_ref().and_then(|p| p["decode_batch1"].as_f64());
+    eprintln!("{host}");
+    eprintln!(
+        "genie: {threads} threads, {} kernels; llama.cpp: {}",
+        kind.isa(),
+        match &native {
+            Some(p) => format!("native {}", p.display()),
+            None if a.llama_cpp == "off" => "off".into(),
+            None => "no native llama-bench found; llama-cpp-python bindings after Genie".into(),
+        }
+    );
+    // Warm-up: weights into memory, pools started.
+    prefill_rate(
+        model,
+        a.prefill.iter().copied().max().unwrap_or(32).min(256),
+    )?;
+    let mut ours = Rounds {
+        prefill: vec![Vec::new(); a.prefill.len()],
+        decode: vec![Vec::new(); a.batch.len()],
+    };
+    let mut theirs = Rounds {
+        prefill: vec![Vec::new(); a.prefill.len()],
+        decode: vec![Vec::new()],
+    };
+    let mut probe = Vec::new();
+    for round in 0..a.repeat {
+        eprintln!("round {} of {}", round + 1, a.repeat);
+        for (i, &n) in a.prefill.iter().enumerate() {
+            ours.prefill[i].push(prefill_rate(model, n).with_context(|| format!("prefill {n}"))?);
+        }
+        for (i, &b) in a.batch.iter().enumerate() {
+            ours.decode[i].push(
+                decode_rate(model, b, a.decode_context, a.decode_steps)
+                    .with_context(|| format!("decode batch {b}"))?,
+            );
+        }
+        if let Some(bin) = &native {
+            let r = crate::llama_bench::run_round(
+                bin,
+                &path,
+                threads,
+                &a.prefill,
+                a.decode_context,
+                a.decode_steps,
+            )?;
+            for (i, (_, v)) in r.prefill.into_iter().enumerate() {
+                theirs.prefill[i].push(v);
+            }
+            theirs.decode[0].push(r.decode);
+        }
+        if a.probe_mib > 0 {
+            probe.push(crate::membw::read_bandwidth(a.probe_mib << 20, threads, 3));
+        }
+    }
+    let peer = match native {
+        Some(p) => Peer::Native(p),
+        None if a.llama_cpp == "off" => Peer::None,
+        None => {
+            eprintln!("llama.cpp (bindings): measuring…");
+            match bindings(&a, &path, threads) {
+                Some(v) => {
+                    for (i, n) in a.prefill.iter().enumerate() {
+                        if let Some(x) = v["prefill"][n.to_string()].as_f64() {
+                            theirs.prefill[i] = vec![x; a.repeat];
+                        }
+                    }
+                    if let Some(x) = v["decode_batch1"].as_f64() {
+                        theirs.decode[0] = vec![x; a.repeat];
+                    }
+                    Peer::Bindings(v)
+                }
+                None => Peer::None,
+            }
+        }
+    };
+    let label = match &peer {
+        Peer::Native(_) => "llama.cpp (native llama-bench)",
+        Peer::Bindings(_) => "llama.cpp (Python bindings: understate it)",
+        Peer::None => "llama.cpp",
+    };
 
-    println!("| benchmark | genie tok/s | llama.cpp tok/s | ratio |");
+    println!("{host}");
+    println!(
+        "genie kernels: {}; threads {threads}; {} rounds, each Genie's figures then {label}'s; medians",
+        kind.isa(),
+        a.repeat
+    );
+    println!();
+    println!("| benchmark | genie tok/s | {label} tok/s | genie / llama.cpp, per round: median (min-max) |");
     println!("|---|---:|---:|---:|");
-    let row = |name: String, ours: f64, theirs: Option<f64>| match theirs {
-        Some(t) => println!("| {name} | {ours:.1} | {t:.1} | {:.2}x |", ours / t),
-        None => println!("| {name} | {ours:.1} | n/a | |"),
+    let row = |name: String, o: &[f64], t: &[f64]| {
+        if t.len() == o.len() && !t.is_empty() {
+            println!(
+                "| {name} | {:.1} | {:.1} | {} |",
+                median(o.to_vec()),
+                median(t.to_vec()),
+                paired(o, t)
+            );
+        } else {
+            println!("| {name} | {:.1} | n/a | |", median(o.to_vec()));
+        }
     };
-    for &(n, r) in &prefill {
-        row(format!("prefill {n} tokens"), r, peer_prefill(n));
-    }
-    let b1 = decode.iter().find(|(b, _)| *b == 1).map(|(_, r)| *r);
-    for &(b, r) in &decode {
-        let theirs = if b == 1 { peer_decode } else { None };
-        row(format!("decode batch {b} (aggregate)"), r, theirs);
+    for (i, &n) in a.prefill.iter().enumerate() {
+        row(
+            format!("prefill {n} tokens"),
+            &ours.prefill[i],
+            &theirs.prefill[i],
+        );
     }
     let ones = a.batch.iter().position(|&b| b == 1);
-    if let (Some(b1), Some(ones)) = (b1, ones) {
-        for (i, &(b, r)) in decode.iter().enumerate().filter(|(_, (b, _))| *b > 1) {
-            // Each round's ratio compares measurements taken back to back.
-            let per_round: Vec<f64> = rounds[i]
-                .iter()
-                .zip(&rounds[ones])
-                .map(|(x, y)| x / y)
-                .collect();
-            let (lo, hi) = per_round
-                .iter()
-                .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-                    (lo.min(*v), hi.max(*v))
-                });
+    for (i, &b) in a.batch.iter().enumerate() {
+        let t: &[f64] = if b == 1 { &theirs.decode[0] } else { &[] };
+        row(format!("decode batch {b} (aggregate)"), &ours.decode[i], t);
+    }
+    if let Some(ones) = ones {
+        for (i, &b) in a.batch.iter().enumerate().filter(|(_, b)| **b > 1) {
             println!(
-                "decode batch {b} / batch 1 = {:.2}x (medians); per round {:.2}x median, {lo:.2}-{hi:.2}x",
-                r / b1,
-                median(per_round.clone())
+                "decode batch {b} / batch 1 = {:.2}x (medians); per round {}",
+                median(ours.decode[i].clone()) / median(ours.decode[ones].clone()),
+                paired(&ours.decode[i], &ours.decode[ones])
             );
         }
     }
     println!(
-        "threads {threads}, kernels {kernel}, decode context {} + {} steps, median of {} (decode: rounds of every batch size in turn)",
-        a.decode_context, a.decode_steps, a.repeat
+        "decode: {} tokens of context, {} steps timed",
+        a.decode_context, a.decode_steps
     );
+    let weights = step_weight_bytes(model);
+    if let (Some(ones), false) = (ones, probe.is_empty()) {
+        let bw = median(probe.clone());
+        let b1 = median(ours.decode[ones].clone());
+        println!(
+            "memory: read probe {:.1} GB/s ({threads} threads, {} MiB, median of rounds); batch-1 decode reads {:.1} MB of weights a token: {:.1} GB/s at {b1:.1} tok/s = {:.0} % of the probe (bound: {:.0} tok/s)",
+            bw / 1e9,
+            a.probe_mib,
+            weights as f64 / 1e6,
+            b1 * weights as f64 / 1e9,
+            100.0 * b1 * weights as f64 / bw,
+            bw / weights as f64
+        );
+    }
     if let Some(file) = &a.json {
         let v = serde_json::json!({
+            "host": host,
             "threads": threads,
-            "kernels": kernel,
-            "prefill": prefill.iter().map(|(n, r)| (n.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
-            "decode": decode.iter().map(|(b, r)| (b.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
-            "llama_cpp": peer,
+            "kernels": kind.isa(),
+            "prefill_lengths": a.prefill,
+            "batches": a.batch,
+            "genie": {"prefill": ours.prefill, "decode": ours.decode},
+            "llama_cpp": {"prefill": theirs.prefill, "decode_batch1": theirs.decode[0]},
+            "llama_cpp_kind": label,
+            "llama_cpp_source": match &peer {
+                Peer::Native(p) => serde_json::json!(p.display().to_string()),
+                Peer::Bindings(v) => v.clone(),
+                Peer::None => serde_json::Value::Null,
+            },
+            "read_probe_bytes_per_s": probe,
+            "weight_bytes_per_token": weights,
         });
         std::fs::write(file, serde_json::to_string_pretty(&v)?)?;
     }
     Ok(())
+}
+
+/// Bytes of weights one decode step reads: every layer's matrices and the output head.
+fn step_weight_bytes(model: &Model) -> usize {
+    let w = model.weights();
+    let layers: usize = w
+        .layers
+        .iter()
+        .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+        .map(|m| m.size_bytes())
+        .sum();
+    layers + w.output_head().size_bytes()
 }

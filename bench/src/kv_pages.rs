@@ -101,7 +101,7 @@ fn decode(model: &Model, caches: &mut [KvCache], mut next: Vec<u32>, steps: usiz
 pub fn run(a: KvPagesBenchArgs) -> Result<()> {
     let (engine, _) = a.engine.load()?;
     let model = &engine.model;
-    let kernel = format!("{:?}", genie_engine::quant::kernel_kind());
+    let kernel = genie_engine::quant::kernel_kind().isa();
     let layouts: Vec<Layout> = std::iter::once(Layout::Contiguous)
         .chain(a.blocks.iter().map(|&b| Layout::Paged(b.max(1))))
         .collect();

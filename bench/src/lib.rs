@@ -3,7 +3,8 @@
 //! `genie bench`: benchmarks that print figures, each with its own arguments, all
 //! reporting through [`stats`]:
 //!
-//! - [`engine`]: prefill and batched decode throughput of the engine, beside llama.cpp;
+//! - [`engine`]: prefill and batched decode throughput of the engine, beside native
+//!   llama.cpp ([`llama_bench`]) and a memory read probe ([`membw`]);
 //! - [`kv`]: the TCP KV transport beside a raw socket copy of the same bytes;
 //! - [`kv_pages`]: decode speed with the paged KV cache beside the contiguous layout;
 //! - [`disagg`]: time to first and second token, disaggregated vs colocated, across
@@ -16,5 +17,7 @@ pub mod engine;
 pub mod host;
 pub mod kv;
 pub mod kv_pages;
+pub mod llama_bench;
+pub mod membw;
 pub mod sched;
 pub mod stats;

@@ -167,7 +167,7 @@ fn family() -> Family {
     match kernel_kind() {
         KernelKind::Scalar => Family::Scalar,
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx2 => Family::Fma,
+        KernelKind::Avx2Rows | KernelKind::Avx2 | KernelKind::AvxVnni => Family::Fma,
         #[cfg(target_arch = "x86_64")]
         KernelKind::Avx512 => Family::Avx512,
         #[allow(unreachable_patterns)]

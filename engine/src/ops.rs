@@ -201,8 +201,8 @@ pub fn f16_kernels() -> Option<F16Kernels> {
 #[inline]
 fn avx2() -> Option<Avx2> {
     match kernel_kind() {
-        KernelKind::Avx2 | KernelKind::Avx512 => Avx2::new(),
         KernelKind::Scalar => None,
+        _ => Avx2::new(),
     }
 }
 

@@ -7,6 +7,7 @@ use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
 use super::side_fetch::{SideCursor, SideFetch};
 use super::strips::{self, Strips, STRIP, STRIP_TOKENS};
+use super::strips_avx2::{self, AvxVnni, Ymm};
 use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
 
@@ -97,17 +98,66 @@ pub fn matmul_tokens(w: &QMatrix, x: &QuantizedActs, outs: &mut [&mut [f32]]) {
     run_tasks(kernels(), &[w], x, &[rows], &SideFetch::new());
 }
 
-fn kernels() -> (Option<Avx2>, Option<Avx512>) {
-    match kernel_kind() {
-        KernelKind::Avx512 => (Avx2::new(), Avx512::new()),
-        KernelKind::Avx2 => (Avx2::new(), None),
-        KernelKind::Scalar => (None, None),
+/// The kernels a matmul runs: the row-major AVX2 and AVX-512 tiles (for rows outside
+/// full strips, or for every row where `strip` is `None`) and the strip kernel.
+#[derive(Clone, Copy, Debug)]
+struct Kernels {
+    avx2: Option<Avx2>,
+    avx512: Option<Avx512>,
+    strip: Option<StripKernel>,
+}
+
+/// The strip kernel's register width.
+#[derive(Clone, Copy, Debug)]
+enum StripKernel {
+    Zmm(Avx512),
+    Ymm(Ymm),
+}
+
+impl StripKernel {
+    /// Most tokens one strip call takes.
+    fn tokens(self) -> usize {
+        match self {
+            StripKernel::Zmm(_) => STRIP_TOKENS,
+            StripKernel::Ymm(_) => strips_avx2::TOKENS,
+        }
     }
 }
 
-/// [`matmul_multi`] with an explicit kernel choice (AVX2 token, AVX-512 token).
+fn kernels() -> Kernels {
+    let avx2 = Avx2::new();
+    match kernel_kind() {
+        KernelKind::Avx512 => Kernels {
+            avx2,
+            avx512: Avx512::new(),
+            strip: Avx512::new().map(StripKernel::Zmm),
+        },
+        KernelKind::AvxVnni => Kernels {
+            avx2,
+            avx512: None,
+            strip: AvxVnni::new().map(|k| StripKernel::Ymm(Ymm::AvxVnni(k))),
+        },
+        KernelKind::Avx2 => Kernels {
+            avx2,
+            avx512: None,
+            strip: avx2.map(|k| StripKernel::Ymm(Ymm::Avx2(k))),
+        },
+        KernelKind::Avx2Rows => Kernels {
+            avx2,
+            avx512: None,
+            strip: None,
+        },
+        KernelKind::Scalar => Kernels {
+            avx2: None,
+            avx512: None,
+            strip: None,
+        },
+    }
+}
+
+/// [`matmul_multi`] with an explicit kernel choice.
 fn matmul_with(
-    kernels: (Option<Avx2>, Option<Avx512>),
+    kernels: Kernels,
     ws: &[&QMatrix],
     x: &QuantizedActs,
     outs: &mut [&mut [f32]],
@@ -135,7 +185,11 @@ fn matmul_with(
 
 /// The parallel body: `targets[i][t]` points at token `t`'s `ws[i].rows()` outputs.
 fn run_tasks(
-    (avx2, avx512): (Option<Avx2>, Option<Avx512>),
+    Kernels {
+        avx2,
+        avx512,
+        strip,
+    }: Kernels,
     ws: &[&QMatrix],
     x: &QuantizedActs,
     targets: &[Vec<OutPtr>],
@@ -152,15 +206,19 @@ fn run_tasks(
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance threads, few enough to keep scheduling overhead small.
     let target_chunks = if threads == 1 { 1 } else { threads * 4 };
-    let with_strips = ws.iter().any(|w| strips_of(w, avx512).is_some());
+    let with_strips = ws.iter().any(|w| strips_of(w, strip).is_some());
     let ua = match x {
-        QuantizedActs::Q8_0 { blocks, .. } if with_strips => strips::offset_quants(blocks),
+        QuantizedActs::Q8_0 { blocks, .. }
+            if with_strips && matches!(strip, Some(StripKernel::Zmm(_))) =>
+        {
+            strips::offset_quants(blocks)
+        }
         _ => Vec::new(),
     };
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, end)
     for (i, w) in ws.iter().enumerate() {
         let rows = w.rows();
-        if strips_of(w, avx512).is_some() {
+        if strips_of(w, strip).is_some() {
             // Whole strips per task (a ragged tail rides with the last), in near-equal
             // shares of the strips.
             let units = rows.div_ceil(STRIP);
@@ -182,7 +240,7 @@ fn run_tasks(
         let w = ws[i];
         let rows = w.rows();
         let chunk = end - start;
-        let strips = strips_of(w, avx512);
+        let strips = strips_of(w, strip);
         // Rows of one task are walked in groups that stay cache-resident while every token
         // tile streams past them (weights read from memory once per group, not per token).
         // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end (of
@@ -202,11 +260,11 @@ fn run_tasks(
             // The group's full strips first, with the strip kernel; any rows after the
             // last full strip go on to the row-major tiles below.
             let mut g = g_start;
-            if let (Some(k), Some(s)) = (avx512, strips) {
+            if let (Some(k), Some(s)) = (strip, strips) {
                 let last = g_end.min(s.rows());
                 // The side lines left, spread over the task's strip visits left.
-                let visits = (end.min(s.rows()) / STRIP).saturating_sub(g / STRIP)
-                    * n.div_ceil(STRIP_TOKENS);
+                let visits =
+                    (end.min(s.rows()) / STRIP).saturating_sub(g / STRIP) * n.div_ceil(k.tokens());
                 let per = fetch.left().div_ceil(visits.max(1));
                 let span = g / STRIP..last / STRIP;
                 if g < last && strip_span(k, w, s, span, x, &ua, &out, fetch, per) {
@@ -286,22 +344,22 @@ fn run_tasks(
     }
 }
 
-/// `w`'s strip copy, where the AVX-512 kernels run and the matrix has one.
-fn strips_of(w: &QMatrix, avx512: Option<Avx512>) -> Option<&Strips> {
-    match (w, avx512) {
+/// `w`'s strip copy, where a strip kernel runs and the matrix has one.
+fn strips_of(w: &QMatrix, strip: Option<StripKernel>) -> Option<&Strips> {
+    match (w, strip) {
         (QMatrix::Q4_1 { strips, .. } | QMatrix::Q8_0 { strips, .. }, Some(_)) => strips.as_ref(),
         _ => None,
     }
 }
 
 /// Strips `strips` of `w` (its copy `s`) against every token of the batch, up to
-/// [`STRIP_TOKENS`] tokens a call: the weights of the span stay in cache while the token
-/// tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`]. `per` of
-/// `fetch`'s lines are issued after each strip. False (nothing done) when `x` is not in
-/// the format `w` takes.
+/// [`StripKernel::tokens`] tokens a call: the weights of the span stay in cache while the
+/// token tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`] (the
+/// AVX-512 kernel's operand). `per` of `fetch`'s lines are issued after each strip. False
+/// (nothing done) when `x` is not in the format `w` takes.
 #[allow(clippy::too_many_arguments)]
 fn strip_span(
-    k: Avx512,
+    k: StripKernel,
     w: &QMatrix,
     s: &Strips,
     strips: std::ops::Range<usize>,
@@ -318,7 +376,7 @@ fn strip_span(
     };
     #[allow(clippy::too_many_arguments)]
     fn tile<const N: usize>(
-        k: Avx512,
+        k: StripKernel,
         w: &QMatrix,
         s: &Strips,
         strips: std::ops::Range<usize>,
@@ -336,11 +394,14 @@ fn strip_span(
             // SAFETY: the strip's (token, row) cells belong to this task alone (see
             // `Out`), and the N tokens are distinct, so the N slices do not overlap.
             let cells = std::array::from_fn(|t| unsafe { out.cells(t0 + t, strip * STRIP, STRIP) });
-            match w {
-                QMatrix::Q4_1 { minima, .. } => {
+            match (w, k) {
+                (QMatrix::Q4_1 { minima, .. }, StripKernel::Zmm(k)) => {
                     strips::dot_q4_1_strip::<N>(k, s, minima, strip, acts, cells)
                 }
-                _ => strips::dot_q8_0_strip::<N>(
+                (QMatrix::Q4_1 { minima, .. }, StripKernel::Ymm(k)) => {
+                    strips_avx2::dot_q4_1_strip::<N>(k, s, minima, strip, acts, cells)
+                }
+                (_, StripKernel::Zmm(k)) => strips::dot_q8_0_strip::<N>(
                     k,
                     s,
                     strip,
@@ -348,6 +409,9 @@ fn strip_span(
                     std::array::from_fn(|t| &ua[span(t)]),
                     cells,
                 ),
+                (_, StripKernel::Ymm(k)) => {
+                    strips_avx2::dot_q8_0_strip::<N>(k, s, strip, acts, cells)
+                }
             }
             fetch.issue(per);
         }
@@ -355,7 +419,7 @@ fn strip_span(
     let n = a.len() / s.nb.max(1);
     let mut t = 0;
     while t < n {
-        let width = (n - t).min(STRIP_TOKENS);
+        let width = (n - t).min(k.tokens());
         let r = strips.clone();
         match width {
             8 => tile::<8>(k, w, s, r, a, ua, t, out, fetch, per),
@@ -721,44 +785,124 @@ mod tests {
         }
     }
 
+    /// `w` with its strip copy, whatever this process's kernel family (so every strip
+    /// kernel can run on it).
+    fn with_strips(w: QMatrix) -> QMatrix {
+        match w {
+            QMatrix::Q4_1 {
+                rows,
+                cols,
+                blocks,
+                minima,
+                ..
+            } => QMatrix::Q4_1 {
+                strips: Some(Strips::q4_1(rows, cols / QK, &blocks)),
+                rows,
+                cols,
+                blocks,
+                minima,
+            },
+            QMatrix::Q8_0 {
+                rows, cols, blocks, ..
+            } => QMatrix::Q8_0 {
+                strips: Some(Strips::q8_0(rows, cols / QK, &blocks)),
+                rows,
+                cols,
+                blocks,
+            },
+            w => w,
+        }
+    }
+
     #[test]
     fn every_kernel_family_gives_the_same_bits_on_ragged_shapes() {
-        // Row counts that leave 1-3 rows after the 4-row tiles, token counts that leave
-        // 1-3 tokens after the 8- and 4-token tiles: every path of the driver is taken.
+        // Row counts that leave 1-3 rows after the 4-row tiles and after the last full
+        // strip, token counts that leave 1-3 tokens after the 8- and 4-token tiles:
+        // every path of the driver is taken.
         let Some(k2) = Avx2::new() else {
             eprintln!("skipped: CPU lacks AVX2");
             return;
         };
-        let k5 = Avx512::new();
-        if k5.is_none() {
-            eprintln!("AVX-512 VNNI absent: comparing AVX2 with itself row by row only");
+        let none = Kernels {
+            avx2: None,
+            avx512: None,
+            strip: None,
+        };
+        let rows_only = Kernels {
+            avx2: Some(k2),
+            ..none
+        };
+        let mut families = vec![(
+            "AVX2 strips",
+            Kernels {
+                strip: Some(StripKernel::Ymm(Ymm::Avx2(k2))),
+                ..rows_only
+            },
+        )];
+        match AvxVnni::new() {
+            Some(k) => families.push((
+                "AVX-VNNI strips",
+                Kernels {
+                    strip: Some(StripKernel::Ymm(Ymm::AvxVnni(k))),
+                    ..rows_only
+                },
+            )),
+            None => eprintln!("AVX-VNNI absent on this CPU: its strips not compared here"),
         }
-        for (rows, n) in [(37, 7), (64, 16), (130, 5), (9, 1), (6, 3), (20, 13)] {
+        match Avx512::new() {
+            Some(k) => {
+                families.push((
+                    "AVX-512 tiles",
+                    Kernels {
+                        avx512: Some(k),
+                        ..rows_only
+                    },
+                ));
+                families.push((
+                    "AVX-512 strips",
+                    Kernels {
+                        avx512: Some(k),
+                        strip: Some(StripKernel::Zmm(k)),
+                        ..rows_only
+                    },
+                ));
+            }
+            None => eprintln!("AVX-512 VNNI absent on this CPU: its kernels not compared here"),
+        }
+        for (rows, n) in [
+            (37, 7),
+            (64, 16),
+            (130, 5),
+            (9, 1),
+            (6, 3),
+            (20, 13),
+            (50, 9),
+        ] {
             let cols = 96;
             let wf = data(rows as u64, rows * cols);
             let xf = data(7 + n as u64, n * cols);
             for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
-                let w = QMatrix::quantize(format, rows, cols, &wf);
+                let w = with_strips(QMatrix::quantize(format, rows, cols, &wf));
                 let x = QuantizedActs::for_weight(&w, &xf);
                 let run = |kernels| {
                     let mut out = vec![0.0f32; n * rows];
                     matmul_with(kernels, &[&w], &x, &mut [&mut out], &SideFetch::new());
                     out
                 };
-                let avx2 = run((Some(k2), None));
-                let best = run((Some(k2), k5));
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let avx2 = bits(&run(rows_only));
                 assert_eq!(
-                    bits(&best),
-                    bits(&avx2),
-                    "{format:?} {rows}x{cols}, {n} tokens"
-                );
-                let scalar = run((None, None));
-                assert_eq!(
-                    bits(&scalar),
-                    bits(&avx2),
+                    bits(&run(none)),
+                    avx2,
                     "scalar, {format:?} {rows}x{cols}, {n} tokens"
                 );
+                for (name, k) in &families {
+                    assert_eq!(
+                        bits(&run(*k)),
+                        avx2,
+                        "{name}, {format:?} {rows}x{cols}, {n} tokens"
+                    );
+                }
             }
         }
     }

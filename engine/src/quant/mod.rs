@@ -21,6 +21,7 @@ pub mod dot_scalar;
 pub mod matmul;
 pub mod side_fetch;
 pub mod strips;
+pub mod strips_avx2;
 
 use half::f16;
 
@@ -98,15 +99,15 @@ pub enum QMatrix {
         blocks: Vec<BlockQ4_1>,
         /// The blocks' minima again, transposed by [`strip_minima`] for the batched kernels.
         minima: Vec<f16>,
-        /// The full strips again, laid out for the AVX-512 strip kernel; built only where
-        /// this process runs that family ([`kernel_kind`]).
+        /// The full strips again, laid out for the strip kernels; built only where this
+        /// process runs one ([`KernelKind::uses_strips`]).
         strips: Option<strips::Strips>,
     },
     Q8_0 {
         rows: usize,
         cols: usize,
         blocks: Vec<BlockQ8_0>,
-        /// As for Q4_1: the full strips for the AVX-512 strip kernel, where it runs.
+        /// As for Q4_1: the full strips for the strip kernels, where one runs.
         strips: Option<strips::Strips>,
     },
 }
@@ -131,7 +132,8 @@ impl QMatrix {
     pub fn q4_1(rows: usize, cols: usize, blocks: Vec<BlockQ4_1>) -> Self {
         assert_eq!(blocks.len() * QK, rows * cols, "Q4_1 matrix: block count");
         let minima = strip_minima(rows, cols / QK, &blocks);
-        let strips = (kernel_kind() == KernelKind::Avx512)
+        let strips = kernel_kind()
+            .uses_strips()
             .then(|| strips::Strips::q4_1(rows, cols / QK, &blocks));
         QMatrix::Q4_1 {
             rows,
@@ -145,7 +147,8 @@ impl QMatrix {
     /// A Q8_0 matrix from its blocks (`rows * cols / QK` of them, row-major).
     pub fn q8_0(rows: usize, cols: usize, blocks: Vec<BlockQ8_0>) -> Self {
         assert_eq!(blocks.len() * QK, rows * cols, "Q8_0 matrix: block count");
-        let strips = (kernel_kind() == KernelKind::Avx512)
+        let strips = kernel_kind()
+            .uses_strips()
             .then(|| strips::Strips::q8_0(rows, cols / QK, &blocks));
         QMatrix::Q8_0 {
             rows,
@@ -398,23 +401,58 @@ pub fn quantize_block_q4_1(x: &[f32]) -> BlockQ4_1 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelKind {
     Scalar,
+    /// AVX2 with the row-major tiles only: the AVX2 path before the strip kernels, kept
+    /// to measure against (`GENIE_KERNEL=avx2-rows`).
+    Avx2Rows,
+    /// AVX2 with the 256-bit strip kernel ([`strips_avx2`]).
     Avx2,
+    /// AVX2 with the strip kernel's sums in AVX-VNNI's 256-bit `vpdpbusd`.
+    AvxVnni,
     /// AVX-512 VNNI for the quantised matmuls (AVX2 for the f32 kernels).
     Avx512,
 }
 
-/// The kernel family chosen for this process: the best this CPU has, unless
-/// `GENIE_KERNEL=scalar` or `GENIE_KERNEL=avx2` caps it.
+impl KernelKind {
+    /// True where the matmuls read the 16-row strip copies of the weights.
+    pub fn uses_strips(self) -> bool {
+        matches!(
+            self,
+            KernelKind::Avx2 | KernelKind::AvxVnni | KernelKind::Avx512
+        )
+    }
+
+    /// The instruction set, as benchmarks print it beside their figures.
+    pub fn isa(self) -> &'static str {
+        match self {
+            KernelKind::Scalar => "scalar",
+            KernelKind::Avx2Rows => "AVX2 (row tiles)",
+            KernelKind::Avx2 => "AVX2",
+            KernelKind::AvxVnni => "AVX-VNNI",
+            KernelKind::Avx512 => "AVX-512 VNNI",
+        }
+    }
+}
+
+/// The kernel family chosen for this process: the best this CPU has (AVX-512 VNNI, then
+/// AVX-VNNI, then AVX2), unless `GENIE_KERNEL` caps it: `scalar`, `avx2-rows`, `avx2` or
+/// `avxvnni`.
 pub fn kernel_kind() -> KernelKind {
     static KIND: std::sync::OnceLock<KernelKind> = std::sync::OnceLock::new();
-    *KIND.get_or_init(|| {
-        let cap = std::env::var("GENIE_KERNEL").unwrap_or_default();
-        if cap == "scalar" || !dot_avx2::available() {
-            KernelKind::Scalar
-        } else if cap == "avx2" || !dot_avx512::available() {
-            KernelKind::Avx2
-        } else {
-            KernelKind::Avx512
-        }
-    })
+    *KIND.get_or_init(|| choose_kernel(&std::env::var("GENIE_KERNEL").unwrap_or_default()))
+}
+
+fn choose_kernel(cap: &str) -> KernelKind {
+    if cap == "scalar" || !dot_avx2::available() {
+        KernelKind::Scalar
+    } else if cap == "avx2-rows" {
+        KernelKind::Avx2Rows
+    } else if cap == "avx2" {
+        KernelKind::Avx2
+    } else if cap != "avxvnni" && dot_avx512::available() {
+        KernelKind::Avx512
+    } else if strips_avx2::vnni_available() {
+        KernelKind::AvxVnni
+    } else {
+        KernelKind::Avx2
+    }
 }

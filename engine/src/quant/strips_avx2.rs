@@ -1,0 +1,518 @@
+//! The strip kernel in 256-bit registers, for CPUs without AVX-512: AVX2
+//! (`vpmaddubsw` + `vpmaddwd`) and, where the CPU has it, AVX-VNNI (`vpdpbusd` on ymm,
+//! one instruction for the same four-product sums).
+//!
+//! It reads the same 16-row strips as the AVX-512 kernel ([`super::strips`]): each
+//! 64-byte line is two 32-byte halves of eight rows, and a ymm register holds chain `k`
+//! of eight rows, one row per 32-bit lane. Per block and token, the eight rows' `d_w·d_a`
+//! take one multiply for all eight chains, and a chain step is `maddubs`, `madd`
+//! (or one `vpdpbusd`), convert and FMA for 32 products of eight rows; the row-major
+//! tiles in [`super::dot_avx2`] spend those four plus a scalar multiply and a broadcast
+//! on 32 products of one row, and end with a horizontal sum per (row, token) where this
+//! ends with vertical adds. Every lane sees llama.cpp's AVX2 operations in llama.cpp's
+//! order, so each result is bit-identical to [`super::dot_avx2::dot_q4_1_q8_1`] and
+//! [`super::dot_avx2::dot_q8_0_q8_0`] (tests compare every bit).
+//!
+//! Q8_0 weights are signed: as llama.cpp's AVX2 `vec_dot_q8_0_q8_0` does, the unsigned
+//! operand is `|w|` and the activations take `w`'s sign (`vpsignb`), exact because Q8_0
+//! activations never hold -128.
+
+use super::acts::ActBlock;
+use super::dot_avx2::Avx2;
+use super::strips::{Line, Strips, STRIP};
+use half::f16;
+
+/// Most tokens one call takes: two chains of each in registers, with the weights and
+/// broadcasts beside them in sixteen ymm registers.
+pub const TOKENS: usize = 4;
+
+/// Proof that the CPU has AVX-VNNI (the VEX-encoded 256-bit `vpdpbusd` of Alder Lake,
+/// Sapphire Rapids and Zen 5) beside AVX2, FMA and F16C.
+#[derive(Clone, Copy, Debug)]
+pub struct AvxVnni(());
+
+impl AvxVnni {
+    pub fn new() -> Option<Self> {
+        vnni_available().then_some(AvxVnni(()))
+    }
+}
+
+/// True when this CPU has AVX-VNNI and the AVX2 kernels' features.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::dot_avx2::available() && is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which 256-bit instructions sum the products.
+#[derive(Clone, Copy, Debug)]
+pub enum Ymm {
+    Avx2(Avx2),
+    AvxVnni(AvxVnni),
+}
+
+fn check<const N: usize>(
+    w: &Strips,
+    lines: usize,
+    strip: usize,
+    a: &[&[ActBlock]; N],
+    out: &[&mut [f32]; N],
+) -> usize {
+    assert_eq!(w.lines, lines, "strip kernel: strips of another format");
+    assert!(
+        (1..=TOKENS).contains(&N),
+        "256-bit strip kernel: 1 to 4 tokens"
+    );
+    assert!(
+        strip < w.strips,
+        "strip kernel: strip {strip} of {}",
+        w.strips
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= w.nb),
+        "activation row shorter than weight row"
+    );
+    assert!(
+        out.iter().all(|o| o.len() == STRIP),
+        "one output per strip row"
+    );
+    strip * w.nb
+}
+
+/// Strip `strip` of a Q4_1 `w` (with `mins`, the matrix's [`super::strip_minima`])
+/// against `N` (1 to [`TOKENS`]) tokens: `out[t][r]` for the strip's sixteen rows, each
+/// bit-identical to [`super::dot_avx2::dot_q4_1_q8_1`] of that row and token.
+#[inline]
+pub fn dot_q4_1_strip<const N: usize>(
+    k: Ymm,
+    w: &Strips,
+    mins: &[f16],
+    strip: usize,
+    a: [&[ActBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = check(w, 4, strip, &a, &out);
+    assert!(mins.len() >= (at + w.nb) * STRIP, "strip kernel: minima");
+    if w.nb == 0 {
+        out.into_iter().for_each(|o| o.fill(0.0));
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the token proves the target features; `strip < w.strips` and the strips
+    // are of Q4_1 (`check`), so the strip's `4 nb` lines and `16 nb` scales lie inside
+    // `w.qs` and `w.d`, and its `16 nb` minima inside `mins` (asserted above); every
+    // `a[t]` holds at least `nb` blocks, each `out[t]` sixteen floats, and `nb > 0`.
+    unsafe {
+        let args = (
+            w.qs.as_ptr().add(at * 4),
+            w.d.as_ptr().add(at * STRIP),
+            mins.as_ptr().add(at * STRIP),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        );
+        match k {
+            Ymm::Avx2(_) => imp::avx2::<N, false>(args),
+            Ymm::AvxVnni(_) => imp::vnni::<N, false>(args),
+        }
+    }
+}
+
+/// Strip `strip` of a Q8_0 `w` against `N` (1 to [`TOKENS`]) tokens: `out[t][r]`, each
+/// bit-identical to [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
+#[inline]
+pub fn dot_q8_0_strip<const N: usize>(
+    k: Ymm,
+    w: &Strips,
+    strip: usize,
+    a: [&[ActBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = check(w, 8, strip, &a, &out);
+    if w.nb == 0 {
+        out.into_iter().for_each(|o| o.fill(0.0));
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for Q4_1, with the strip's `8 nb` lines (`check` saw Q8_0 strips); the
+    // minima pointer is not read for Q8_0.
+    unsafe {
+        let args = (
+            w.qs.as_ptr().add(at * 8),
+            w.d.as_ptr().add(at * STRIP),
+            std::ptr::null(),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        );
+        match k {
+            Ymm::Avx2(_) => imp::avx2::<N, true>(args),
+            Ymm::AvxVnni(_) => imp::vnni::<N, true>(args),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// (lines, scales, minima, blocks per row, activations, outputs) of one strip call.
+    pub type Args<'a, const N: usize> = (
+        *const Line,
+        *const f16,
+        *const f16,
+        usize,
+        [&'a [ActBlock]; N],
+        [*mut f32; N],
+    );
+
+    /// Blocks whose `d_w·d_a` products are formed ahead of the chains that use them.
+    const CHUNK: usize = 32;
+
+    #[inline(always)]
+    fn prefetch<T>(p: *const T) {
+        // SAFETY: `_mm_prefetch` needs only SSE (x86_64 baseline); a hint that never
+        // dereferences or faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
+    }
+
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `nb > 0`; `qs` and `d` point at one strip's
+    /// `lines · nb` lines and `16 nb` scales (4 lines for Q4_1, 8 for Q8_0), for Q4_1
+    /// `mins` at its `16 nb` minima; each `a[t]` holds `nb` blocks and each `out[t]`
+    /// sixteen floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn avx2<const N: usize, const Q8: bool>(args: Args<'_, N>) {
+        // SAFETY: this fn's contract is the body's, and its features are the body's.
+        unsafe { body::<N, Q8, false>(args) }
+    }
+
+    /// # Safety
+    /// As [`avx2`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn vnni<const N: usize, const Q8: bool>(args: Args<'_, N>) {
+        // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
+        unsafe { body::<N, Q8, true>(args) }
+    }
+
+    /// # Safety
+    /// [`avx2`]'s contract; with `VNNI`, the CPU has AVX-VNNI. Inlined into the two
+    /// target-feature wrappers above, which give it its instructions.
+    #[inline(always)]
+    unsafe fn body<const N: usize, const Q8: bool, const VNNI: bool>(
+        (qs, d, mins, nb, a, out): Args<'_, N>,
+    ) {
+        // SAFETY (whole body): every intrinsic here is AVX2/FMA/F16C, or AVX-VNNI where
+        // `VNNI` (the callers' features); the memory accesses are justified one by one.
+        unsafe {
+            let lines = if Q8 { 8 } else { 4 };
+            let lowmask = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let zero = _mm256_setzero_si256();
+            let mut scales: [[MaybeUninit<__m256>; N]; CHUNK] = [[MaybeUninit::uninit(); N]; CHUNK];
+            // The two halves of the strip (rows 0-7, then 8-15) one after the other: the
+            // second finds the strip's lines in L1, and fetches the next strip's.
+            for h in 0..2 {
+                let mut chains: [[MaybeUninit<__m256>; N]; 8] = [[MaybeUninit::uninit(); N]; 8];
+                let mut summ = [_mm256_setzero_ps(); N];
+                let mut c0 = 0;
+                while c0 < nb {
+                    let len = (nb - c0).min(CHUNK);
+                    for i in 0..len {
+                        let b = c0 + i;
+                        if h == 1 && b % 4 == 0 {
+                            // The next strip's scales and minima (four blocks a line).
+                            prefetch(d.wrapping_add(STRIP * (nb + b)));
+                            if !Q8 {
+                                prefetch(mins.wrapping_add(STRIP * (nb + b)));
+                            }
+                        }
+                        // `b < nb`: rows `8h..8h + 8` of block `b`'s sixteen scales lie
+                        // inside the strip's `16 nb` (the caller's contract); unaligned.
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(
+                            d.add(STRIP * b + 8 * h) as *const __m128i
+                        ));
+                        for t in 0..N {
+                            // `b < nb <= a[t].len()` (the caller's contract).
+                            let ab = a[t].get_unchecked(b);
+                            scales[i][t].write(_mm256_mul_ps(dw, _mm256_set1_ps(ab.d)));
+                        }
+                        if !Q8 {
+                            // Q4_1: `mins` holds the strip's `16 nb` minima.
+                            let mw = _mm256_cvtph_ps(_mm_loadu_si128(
+                                mins.add(STRIP * b + 8 * h) as *const __m128i
+                            ));
+                            for t in 0..N {
+                                let s = _mm256_set1_ps(a[t].get_unchecked(b).s);
+                                summ[t] = _mm256_add_ps(summ[t], _mm256_mul_ps(mw, s));
+                            }
+                        }
+                    }
+                    // Chains k and k + 4 in one pass: a Q4_1 line's low and high
+                    // nibbles, or two Q8_0 lines.
+                    for k in 0..4 {
+                        let (mut lo, mut hi) = if c0 == 0 {
+                            ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N])
+                        } else {
+                            // `c0 > 0`: the first chunk's pass `k` wrote both chains.
+                            (
+                                chains[k].map(|c| c.assume_init()),
+                                chains[k + 4].map(|c| c.assume_init()),
+                            )
+                        };
+                        for i in 0..len {
+                            let b = c0 + i;
+                            if h == 1 {
+                                prefetch(qs.wrapping_add(lines * (nb + b) + k));
+                                if Q8 {
+                                    prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
+                                }
+                            }
+                            // Half `h` of line `lines * b + j`, `j < lines`: inside the
+                            // strip's lines; `Line` is 64-byte aligned, so the half is
+                            // 32-byte aligned as the aligned load needs.
+                            let half = |j: usize| (qs.add(lines * b + j) as *const u8).add(32 * h);
+                            let (wl, wh) = if Q8 {
+                                (
+                                    _mm256_load_si256(half(k) as *const __m256i),
+                                    _mm256_load_si256(half(k + 4) as *const __m256i),
+                                )
+                            } else {
+                                let line = _mm256_load_si256(half(k) as *const __m256i);
+                                (
+                                    _mm256_and_si256(line, lowmask),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(line), lowmask),
+                                )
+                            };
+                            // The unsigned operand: the nibbles, or |w| (llama.cpp's
+                            // sign trick; -128 becomes 128 read unsigned).
+                            let (ul, uh) = if Q8 {
+                                (_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(wh, wh))
+                            } else {
+                                (wl, wh)
+                            };
+                            for t in 0..N {
+                                // `b < nb <= a[t].len()`; dwords `k` and `k + 4` of the
+                                // block's 32 quant bytes; unaligned reads.
+                                let q = a[t].get_unchecked(b).qs.as_ptr() as *const i32;
+                                let mut al = _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k)));
+                                let mut ah =
+                                    _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k + 4)));
+                                if Q8 {
+                                    al = _mm256_sign_epi8(al, wl);
+                                    ah = _mm256_sign_epi8(ah, wh);
+                                }
+                                let (xl, xh) = if VNNI {
+                                    (
+                                        _mm256_dpbusd_avx_epi32(zero, ul, al),
+                                        _mm256_dpbusd_avx_epi32(zero, uh, ah),
+                                    )
+                                } else {
+                                    (
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(ul, al), ones),
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(uh, ah), ones),
+                                    )
+                                };
+                                // `i < len`: the scale pass above wrote `scales[i][t]`.
+                                let s = scales[i][t].assume_init();
+                                lo[t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xl), lo[t]);
+                                hi[t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xh), hi[t]);
+                            }
+                        }
+                        chains[k] = lo.map(MaybeUninit::new);
+                        chains[k + 4] = hi.map(MaybeUninit::new);
+                    }
+                    c0 += len;
+                }
+                for t in 0..N {
+                    // `nb > 0`: the first chunk wrote every chain.
+                    let c = |k: usize| chains[k][t].assume_init();
+                    // The row kernels' horizontal sum, lane by lane:
+                    // ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), then the minimum term.
+                    let sum = _mm256_add_ps(
+                        _mm256_add_ps(_mm256_add_ps(c(0), c(4)), _mm256_add_ps(c(2), c(6))),
+                        _mm256_add_ps(_mm256_add_ps(c(1), c(5)), _mm256_add_ps(c(3), c(7))),
+                    );
+                    let v = if Q8 { sum } else { _mm256_add_ps(sum, summ[t]) };
+                    // `out[t]` points at sixteen floats; this half's eight.
+                    _mm256_storeu_ps(out[t].add(8 * h), v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::acts::QuantizedActs;
+    use super::super::dot_avx2;
+    use super::super::{quantize_block_q4_1, strip_minima, BlockQ4_1, BlockQ8_0, WeightFormat, QK};
+    use super::*;
+
+    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        super::super::test_values(seed, n, scale / 2.0)
+    }
+
+    /// The instruction sets this CPU can run, each named for the skip message.
+    fn families() -> Vec<Ymm> {
+        let mut v = Vec::new();
+        match Avx2::new() {
+            Some(k) => v.push(Ymm::Avx2(k)),
+            None => eprintln!("skipped: CPU lacks AVX2"),
+        }
+        match AvxVnni::new() {
+            Some(k) => v.push(Ymm::AvxVnni(k)),
+            None => eprintln!("AVX-VNNI absent on this CPU: its strip kernel not tested here"),
+        }
+        v
+    }
+
+    fn each_cell<const N: usize>(
+        strips: usize,
+        kernel: impl Fn(usize, [&mut [f32]; N]),
+        want: impl Fn(usize, usize) -> f32,
+        what: &str,
+    ) {
+        for s in 0..strips {
+            let mut out = [[0.0f32; STRIP]; N];
+            {
+                let mut o = out.iter_mut();
+                kernel(s, std::array::from_fn(|_| &mut o.next().unwrap()[..]));
+            }
+            for (t, cells) in out.iter().enumerate() {
+                for (r, got) in cells.iter().enumerate() {
+                    let w = want(s * STRIP + r, t);
+                    assert_eq!(
+                        got.to_bits(),
+                        w.to_bits(),
+                        "{what} strip {s} row {r} token {t}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_1_strip_equals_the_row_kernel_bit_for_bit() {
+        let Some(k2) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        };
+        fn check<const N: usize>(k: Ymm, k2: Avx2, rows: usize, nb: usize) {
+            let cols = nb * QK;
+            let w: Vec<BlockQ4_1> = values(3, rows * cols, 2.0)
+                .chunks_exact(QK)
+                .map(quantize_block_q4_1)
+                .collect();
+            let strips = Strips::q4_1(rows, nb, &w);
+            let mins = strip_minima(rows, nb, &w);
+            let acts: Vec<Vec<ActBlock>> = (0..N)
+                .map(|t| {
+                    match QuantizedActs::new(
+                        WeightFormat::Q4_1,
+                        cols,
+                        &values(100 + t as u64, cols, 6.0),
+                    ) {
+                        QuantizedActs::Q8_1 { blocks, .. } => blocks,
+                        _ => unreachable!("Q4_1 takes Q8_1 activations"),
+                    }
+                })
+                .collect();
+            each_cell::<N>(
+                strips.strips,
+                |s, out| {
+                    dot_q4_1_strip::<N>(
+                        k,
+                        &strips,
+                        &mins,
+                        s,
+                        std::array::from_fn(|t| &acts[t][..]),
+                        out,
+                    )
+                },
+                |row, t| {
+                    dot_avx2::dot_q4_1_q8_1(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
+                },
+                &format!("{k:?} N={N} nb={nb}"),
+            );
+        }
+        for k in families() {
+            // One chunk, several chunks with a ragged last one, a ragged row tail.
+            for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+                check::<1>(k, k2, rows, nb);
+                check::<3>(k, k2, rows, nb);
+                check::<4>(k, k2, rows, nb);
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_strip_equals_the_row_kernel_bit_for_bit_over_the_full_byte_range() {
+        let Some(k2) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        };
+        // Weights over all of -128..=127; activations over -127..=127, all that Q8_0
+        // quantisation gives.
+        fn bytes(seed: u64, n: usize, min: i8) -> Vec<i8> {
+            values(seed, n, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match i % 17 {
+                    0 => min,
+                    1 => 127,
+                    2 => 0,
+                    _ => ((v + 0.5) * 254.99 - 127.0) as i8,
+                })
+                .collect()
+        }
+        fn check<const N: usize>(k: Ymm, k2: Avx2, rows: usize, nb: usize) {
+            let scales = values(5, rows * nb + N * nb, 0.02);
+            let wq = bytes(6, rows * nb * QK, -128);
+            let w: Vec<BlockQ8_0> = (0..rows * nb)
+                .map(|i| BlockQ8_0 {
+                    d: f16::from_f32(scales[i]),
+                    qs: std::array::from_fn(|j| wq[i * QK + j]),
+                })
+                .collect();
+            let aq = bytes(7, N * nb * QK, -127);
+            let acts: Vec<Vec<ActBlock>> = (0..N)
+                .map(|t| {
+                    (0..nb)
+                        .map(|b| ActBlock {
+                            d: f16::from_f32(scales[rows * nb + t * nb + b]).to_f32(),
+                            s: 0.0,
+                            qs: std::array::from_fn(|j| aq[(t * nb + b) * QK + j]),
+                        })
+                        .collect()
+                })
+                .collect();
+            let strips = Strips::q8_0(rows, nb, &w);
+            each_cell::<N>(
+                strips.strips,
+                |s, out| {
+                    dot_q8_0_strip::<N>(k, &strips, s, std::array::from_fn(|t| &acts[t][..]), out)
+                },
+                |row, t| {
+                    dot_avx2::dot_q8_0_q8_0(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
+                },
+                &format!("{k:?} N={N} nb={nb}"),
+            );
+        }
+        for k in families() {
+            for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+                check::<1>(k, k2, rows, nb);
+                check::<2>(k, k2, rows, nb);
+                check::<4>(k, k2, rows, nb);
+            }
+        }
+    }
+}
