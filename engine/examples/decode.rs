@@ -8,7 +8,9 @@
 //! `GENIE_AB_SIDE_FETCH=BYTES` alternates rounds between the default side-fetch budget
 //! (A) and BYTES (B) in this one process and reports the median of each adjacent pair's
 //! B/A ratio: on a shared host, neighbouring rounds see the same neighbours, so the
-//! pairs resolve effects that separate runs cannot.
+//! pairs resolve effects that separate runs cannot. `GENIE_AB=1` alternates the same way
+//! between variants 0 and 1 of `genie_engine::quant::ab` (a kernel change under trial).
+//! BATCH 0 times prefill of CONTEXT tokens instead (one sequence, a fresh cache a round).
 
 use genie_engine::generate::{Engine, EngineOptions};
 use genie_engine::kv_cache::KvCache;
@@ -44,6 +46,8 @@ fn main() {
     let ab: Option<usize> = std::env::var("GENIE_AB_SIDE_FETCH")
         .ok()
         .map(|b| b.parse().expect("GENIE_AB_SIDE_FETCH: bytes"));
+    // GENIE_AB=1: rounds alternate `quant::ab` variants 0 (A) and 1 (B).
+    let trial = std::env::var("GENIE_AB").is_ok_and(|v| v == "1");
     let model = &mut engine.model;
     let vocab = model.config().vocab_size as u32;
     let mut caches: Vec<KvCache> = (0..batch)
@@ -66,6 +70,9 @@ fn main() {
     let mut rates = Vec::new();
     let mut pairs = Vec::new();
     for round in 0..rounds {
+        if trial {
+            genie_engine::quant::ab::set_variant(round % 2);
+        }
         if let Some(b) = ab {
             let bytes = if round % 2 == 0 {
                 genie_engine::model::SIDE_FETCH_BYTES
@@ -73,6 +80,17 @@ fn main() {
                 b
             };
             model.set_side_fetch_bytes(bytes);
+        }
+        if batch == 0 {
+            let ids: Vec<u32> = (0..ctx as u32).map(|j| (j * 7919 + 17) % vocab).collect();
+            let mut c = model.new_cache(ctx);
+            let t0 = Instant::now();
+            model.prefill(&ids, &mut c).expect("prefill");
+            rates.push(ctx as f64 / t0.elapsed().as_secs_f64());
+            if trial && round % 2 == 1 {
+                pairs.push(rates[round] / rates[round - 1]);
+            }
+            continue;
         }
         for c in caches.iter_mut() {
             c.truncate(ctx);
@@ -89,7 +107,7 @@ fn main() {
                 .collect();
         }
         rates.push((batch * steps) as f64 / t0.elapsed().as_secs_f64());
-        if ab.is_some() && round % 2 == 1 {
+        if (trial || ab.is_some()) && round % 2 == 1 {
             pairs.push(rates[round] / rates[round - 1]);
         }
     }

@@ -21,6 +21,12 @@ fn data(seed: u64, n: usize) -> Vec<f32> {
 }
 
 fn main() {
+    if let Some(v) = std::env::var("GENIE_AB_VARIANT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        genie_engine::quant::ab::set_variant(v);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

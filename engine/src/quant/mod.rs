@@ -14,6 +14,7 @@
 //! product with the same per-block order, so a token's result never depends on which other
 //! tokens share the batch.
 
+pub mod ab;
 pub mod acts;
 pub mod dot_avx2;
 pub mod dot_avx512;

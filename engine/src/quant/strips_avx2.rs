@@ -256,79 +256,93 @@ mod imp {
                             }
                         }
                     }
-                    // Chains k and k + 4 in one pass: a Q4_1 line's low and high
-                    // nibbles, or two Q8_0 lines.
-                    for k in 0..4 {
-                        let (mut lo, mut hi) = if c0 == 0 {
-                            ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N])
-                        } else {
-                            // `c0 > 0`: the first chunk's pass `k` wrote both chains.
-                            (
-                                chains[k].map(|c| c.assume_init()),
-                                chains[k + 4].map(|c| c.assume_init()),
-                            )
-                        };
-                        for i in 0..len {
-                            let b = c0 + i;
-                            if h == 1 {
-                                prefetch(qs.wrapping_add(lines * (nb + b) + k));
-                                if Q8 {
-                                    prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
-                                }
-                            }
-                            // Half `h` of line `lines * b + j`, `j < lines`: inside the
-                            // strip's lines; `Line` is 64-byte aligned, so the half is
-                            // 32-byte aligned as the aligned load needs.
-                            let half = |j: usize| (qs.add(lines * b + j) as *const u8).add(32 * h);
-                            let (wl, wh) = if Q8 {
-                                (
-                                    _mm256_load_si256(half(k) as *const __m256i),
-                                    _mm256_load_si256(half(k + 4) as *const __m256i),
-                                )
-                            } else {
-                                let line = _mm256_load_si256(half(k) as *const __m256i);
-                                (
-                                    _mm256_and_si256(line, lowmask),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(line), lowmask),
-                                )
-                            };
-                            // The unsigned operand: the nibbles, or |w| (llama.cpp's
-                            // sign trick; -128 becomes 128 read unsigned).
-                            let (ul, uh) = if Q8 {
-                                (_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(wh, wh))
-                            } else {
-                                (wl, wh)
-                            };
-                            for t in 0..N {
-                                // `b < nb <= a[t].len()`; dwords `k` and `k + 4` of the
-                                // block's 32 quant bytes; unaligned reads.
-                                let q = a[t].get_unchecked(b).qs.as_ptr() as *const i32;
-                                let mut al = _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k)));
-                                let mut ah =
-                                    _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k + 4)));
-                                if Q8 {
-                                    al = _mm256_sign_epi8(al, wl);
-                                    ah = _mm256_sign_epi8(ah, wh);
-                                }
-                                let (xl, xh) = if VNNI {
-                                    (
-                                        _mm256_dpbusd_avx_epi32(zero, ul, al),
-                                        _mm256_dpbusd_avx_epi32(zero, uh, ah),
-                                    )
-                                } else {
-                                    (
-                                        _mm256_madd_epi16(_mm256_maddubs_epi16(ul, al), ones),
-                                        _mm256_madd_epi16(_mm256_maddubs_epi16(uh, ah), ones),
-                                    )
-                                };
-                                // `i < len`: the scale pass above wrote `scales[i][t]`.
-                                let s = scales[i][t].assume_init();
-                                lo[t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xl), lo[t]);
-                                hi[t] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xh), hi[t]);
+                    // Chains k and k + 4 of `G` values of k in one pass (a Q4_1 line's
+                    // low and high nibbles, or two Q8_0 lines): 2·G·N accumulators, eight
+                    // for every N, so enough FMA chains run at once to hide their latency
+                    // (each chain's blocks must be added in order) without spilling.
+                    let g = match N {
+                        1 => 4,
+                        2 => 2,
+                        _ => 1,
+                    };
+                    for k0 in (0..4).step_by(g) {
+                        let mut acc = [[_mm256_setzero_ps(); N]; 8];
+                        if c0 > 0 {
+                            for k in k0..k0 + g {
+                                // `c0 > 0`: the first chunk's pass wrote these chains.
+                                acc[k] = chains[k].map(|c| c.assume_init());
+                                acc[k + 4] = chains[k + 4].map(|c| c.assume_init());
                             }
                         }
-                        chains[k] = lo.map(MaybeUninit::new);
-                        chains[k + 4] = hi.map(MaybeUninit::new);
+                        for i in 0..len {
+                            let b = c0 + i;
+                            for k in k0..k0 + g {
+                                if h == 1 {
+                                    prefetch(qs.wrapping_add(lines * (nb + b) + k));
+                                    if Q8 {
+                                        prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
+                                    }
+                                }
+                                // Half `h` of line `lines * b + j`, `j < lines`: inside
+                                // the strip's lines; `Line` is 64-byte aligned, so the
+                                // half is 32-byte aligned as the aligned load needs.
+                                let half =
+                                    |j: usize| (qs.add(lines * b + j) as *const u8).add(32 * h);
+                                let (wl, wh) = if Q8 {
+                                    (
+                                        _mm256_load_si256(half(k) as *const __m256i),
+                                        _mm256_load_si256(half(k + 4) as *const __m256i),
+                                    )
+                                } else {
+                                    let line = _mm256_load_si256(half(k) as *const __m256i);
+                                    (
+                                        _mm256_and_si256(line, lowmask),
+                                        _mm256_and_si256(_mm256_srli_epi16::<4>(line), lowmask),
+                                    )
+                                };
+                                // The unsigned operand: the nibbles, or |w| (llama.cpp's
+                                // sign trick; -128 becomes 128 read unsigned).
+                                let (ul, uh) = if Q8 {
+                                    (_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(wh, wh))
+                                } else {
+                                    (wl, wh)
+                                };
+                                for t in 0..N {
+                                    // `b < nb <= a[t].len()`; dwords `k` and `k + 4` of
+                                    // the block's 32 quant bytes; unaligned reads.
+                                    let q = a[t].get_unchecked(b).qs.as_ptr() as *const i32;
+                                    let mut al =
+                                        _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k)));
+                                    let mut ah =
+                                        _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k + 4)));
+                                    if Q8 {
+                                        al = _mm256_sign_epi8(al, wl);
+                                        ah = _mm256_sign_epi8(ah, wh);
+                                    }
+                                    let (xl, xh) = if VNNI {
+                                        (
+                                            _mm256_dpbusd_avx_epi32(zero, ul, al),
+                                            _mm256_dpbusd_avx_epi32(zero, uh, ah),
+                                        )
+                                    } else {
+                                        (
+                                            _mm256_madd_epi16(_mm256_maddubs_epi16(ul, al), ones),
+                                            _mm256_madd_epi16(_mm256_maddubs_epi16(uh, ah), ones),
+                                        )
+                                    };
+                                    // `i < len`: the scale pass above wrote `scales[i][t]`.
+                                    let s = scales[i][t].assume_init();
+                                    acc[k][t] =
+                                        _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xl), acc[k][t]);
+                                    acc[k + 4][t] =
+                                        _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xh), acc[k + 4][t]);
+                                }
+                            }
+                        }
+                        for k in k0..k0 + g {
+                            chains[k] = acc[k].map(MaybeUninit::new);
+                            chains[k + 4] = acc[k + 4].map(MaybeUninit::new);
+                        }
                     }
                     c0 += len;
                 }
@@ -448,6 +462,7 @@ mod tests {
             // One chunk, several chunks with a ragged last one, a ragged row tail.
             for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
                 check::<1>(k, k2, rows, nb);
+                check::<2>(k, k2, rows, nb);
                 check::<3>(k, k2, rows, nb);
                 check::<4>(k, k2, rows, nb);
             }
@@ -511,6 +526,7 @@ mod tests {
             for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
                 check::<1>(k, k2, rows, nb);
                 check::<2>(k, k2, rows, nb);
+                check::<3>(k, k2, rows, nb);
                 check::<4>(k, k2, rows, nb);
             }
         }
