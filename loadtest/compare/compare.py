@@ -10,7 +10,16 @@ disaggregated (`genie serve`'s default: a prefill and a decode worker, T threads
 sharing the same cores). The peer: `python -m llama_cpp.server` (pip install
 'llama-cpp-python[server]', one request at a time) or the native `llama-server` with
 parallel slots (the stronger peer). Prints a markdown table; --json FILE keeps every report.
+
+    python3 loadtest/compare/compare.py --llama-server PATH --slots 16 --concurrency 16 \
+        --input-tokens 100 --requests 4 --rounds 3 --systems disaggregated,llama-server
+
+--rounds R runs every system R times in turn (servers restarted each round), so a shared
+host's drift falls on all of them alike; figures are medians over rounds and ratios the
+median of each round's ratio. The environment passes through (GENIE_KERNEL=avx2 caps
+Genie's kernels to compare within one ISA).
 """
+import statistics
 import argparse
 import json
 import os
@@ -112,6 +121,9 @@ def main():
     p.add_argument("--input-tokens", type=int, default=128)
     p.add_argument("--output-tokens", type=int, default=64)
     p.add_argument("--json", help="write every summary here")
+    p.add_argument("--rounds", type=int, default=1, help="every system this many times, in turn")
+    p.add_argument("--systems", default="colocated,disaggregated,peer",
+                   help="which to run: colocated, disaggregated, peer (llama-server names the peer too)")
     a = p.parse_args()
     for b in (a.genie, a.loadtest):
         if not os.access(b, os.X_OK):
@@ -121,38 +133,61 @@ def main():
     levels = [int(c) for c in a.concurrency.split(",")]
     out_dir = tempfile.mkdtemp(prefix="genie-compare-")
     results = {}
+    wanted = set(a.systems.replace("llama-server", "peer").replace("llama-cpp-python", "peer").split(","))
     systems = [
         ("genie colocated", [a.genie, "serve", "--colocated", "--threads", str(a.threads)], "/health"),
         ("genie disaggregated", [a.genie, "serve", "--threads", str(a.threads)], "/health"),
     ]
-    if a.llama_server:
+    systems = [s for s in systems if s[0].split()[1] in wanted]
+    if "peer" not in wanted:
+        peer = None
+    elif a.llama_server:
         peer = "llama-server"
+        # 1,024 tokens of context per slot at least.
+        ctx = max(8192, 1024 * a.slots)
         systems.append((peer, [a.llama_server, "-m", model, "-t", str(a.threads), "-tb", str(a.threads),
-                               "-np", str(a.slots), "-c", str(8192), "--host", "127.0.0.1"], "/health"))
+                               "-np", str(a.slots), "-c", str(ctx), "--host", "127.0.0.1"], "/health"))
     else:
         peer = "llama-cpp-python"
         systems.append((peer, [sys.executable, "-m", "llama_cpp.server", "--model", model,
                                "--n_threads", str(a.threads), "--n_ctx", "4096",
                                "--interrupt_requests", "False", "--host", "127.0.0.1"], "/v1/models"))
-    for name, cmd, ready in systems:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = cmd + ["--port", str(port)]
-        print(f"# {name}: {' '.join(cmd)}", file=sys.stderr)
-        proc = run_server(cmd, url, ready)
-        try:
-            for c in levels:
-                results[(name, c)] = load(a.loadtest, url, c, a, out_dir, name.replace(" ", "-"))
-                s = results[(name, c)]
-                print(f"  concurrency {c}: {s['output_token_throughput']:.1f} output tok/s, "
-                      f"TTFT p50 {s['ttft']['p50_ms']:.0f} ms, ITL p50 {s['itl']['p50_ms']:.1f} ms",
-                      file=sys.stderr)
-        finally:
-            stop(proc)
+    genie_systems = [s for s in systems if s[0].startswith("genie")]
+    rounds = {}
+    for rnd in range(a.rounds):
+        for name, cmd, ready in systems:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = cmd + ["--port", str(port)]
+            print(f"# round {rnd + 1}, {name}: {' '.join(cmd)}", file=sys.stderr)
+            proc = run_server(cmd, url, ready)
+            try:
+                for c in levels:
+                    s = load(a.loadtest, url, c, a, out_dir, name.replace(" ", "-"))
+                    rounds.setdefault((name, c), []).append(s)
+                    print(f"  concurrency {c}: {s['output_token_throughput']:.1f} output tok/s, "
+                          f"TTFT p50 {s['ttft']['p50_ms']:.0f} ms, ITL p50 {s['itl']['p50_ms']:.1f} ms",
+                          file=sys.stderr)
+            finally:
+                stop(proc)
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
+
+    def median_summary(runs):
+        """Each figure the compare prints, as its median over the rounds."""
+        return {
+            "output_token_throughput": med([r["output_token_throughput"] for r in runs]),
+            "request_throughput": med([r["request_throughput"] for r in runs]),
+            "ttft": {k: med([r["ttft"][k] for r in runs]) for k in ("p50_ms", "p99_ms")},
+            "itl": {"p50_ms": med([r["itl"]["p50_ms"] for r in runs])},
+            "tpot": {"mean_ms": med([r["tpot"]["mean_ms"] for r in runs])},
+        }
+
+    results = {k: median_summary(v) for k, v in rounds.items()}
     print(f"\nSame GGUF ({os.path.basename(model)}), {a.threads} threads, /v1/completions streamed, "
           f"{a.input_tokens} prompt tokens, {a.output_tokens} output tokens (eos banned), "
-          f"{a.requests} requests per unit of concurrency. Ratios are Genie / {peer}: above 1 "
-          "is better for throughput, below 1 is better for latency.\n")
+          f"{a.requests} requests per unit of concurrency, {a.rounds} round(s), medians. Ratios are "
+          f"Genie / {peer}, the median of each round's ratio: above 1 is better for throughput, below 1 "
+          "is better for latency.\n")
     print(f"| concurrency | system | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | TPOT mean ms |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for c in levels:
@@ -164,16 +199,18 @@ def main():
     print(f"\n| concurrency | Genie mode | throughput ratio | TTFT p50 ratio | ITL p50 ratio | TPOT ratio |")
     print("|---:|---|---:|---:|---:|---:|")
     for c in levels:
-        q = results[(peer, c)]
-        for name, _, _ in systems[:2]:
-            s = results[(name, c)]
-            r = lambda x, y: x / y if y else float("nan")
-            print(f"| {c} | {name.split()[1]} | {r(s['output_token_throughput'], q['output_token_throughput']):.2f} | "
-                  f"{r(s['ttft']['p50_ms'], q['ttft']['p50_ms']):.2f} | {r(s['itl']['p50_ms'], q['itl']['p50_ms']):.2f} | "
-                  f"{r(s['tpot']['mean_ms'], q['tpot']['mean_ms']):.2f} |")
+        if (peer, c) not in rounds:
+            continue
+        q = rounds[(peer, c)]
+        for name, _, _ in genie_systems:
+            s = rounds[(name, c)]
+            r = lambda get: med([get(x) / get(y) if get(y) else float("nan") for x, y in zip(s, q)])
+            print(f"| {c} | {name.split()[1]} | {r(lambda v: v['output_token_throughput']):.2f} | "
+                  f"{r(lambda v: v['ttft']['p50_ms']):.2f} | {r(lambda v: v['itl']['p50_ms']):.2f} | "
+                  f"{r(lambda v: v['tpot']['mean_ms']):.2f} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({f"{n} c{c}": s for (n, c), s in results.items()}, f, indent=2)
+            json.dump({f"{n} c{c}": s for (n, c), s in rounds.items()}, f, indent=2)
     shutil.rmtree(out_dir, ignore_errors=True)
 
 

@@ -303,98 +303,109 @@ mod imp {
                     }
                 }
             }
-            // Chains k and k + 4 in one pass: a Q4_1 line's low and high nibbles, or
-            // two Q8_0 lines.
-            for k in 0..4 {
-                let (mut lo, mut hi) = if c0 == 0 {
-                    ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N])
-                } else {
-                    // SAFETY: `c0 > 0`: the first chunk's pass `k` wrote chains `k` and
-                    // `k + 4` of every token.
-                    unsafe {
-                        (
-                            chains[k].map(|c| c.assume_init()),
-                            chains[k + 4].map(|c| c.assume_init()),
-                        )
-                    }
-                };
-                for i in 0..len {
-                    let b = c0 + i;
-                    // The next strip's lines of this (block, pass): streamed in while
-                    // this strip computes, so the next call finds them in cache.
-                    prefetch(qs.wrapping_add(lines * (nb + b) + k));
-                    // Q8_0: the weights are signed, the activations offset by 128; each
-                    // lane starts at -128 · Σ w of its four bytes, so it ends at the
-                    // exact Σ w·a. (Q4_1 lanes start at zero.)
-                    let zero = _mm512_setzero_si512();
-                    let (mut zl, mut zh) = (zero, zero);
-                    let (wl, wh) = if Q8 {
-                        prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
-                        // SAFETY: `b < nb` and `k + 4 < 8 == lines`: lines `lines * b + k`
-                        // and `+ 4` are among the strip's `lines · nb` at `qs` (the
-                        // caller's contract); `Line` is 64-byte aligned, as the aligned
-                        // load needs.
-                        let (wl, wh) = unsafe {
-                            (
-                                _mm512_load_si512(qs.add(lines * b + k) as *const __m512i),
-                                _mm512_load_si512(qs.add(lines * b + k + 4) as *const __m512i),
-                            )
-                        };
-                        zl = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wl));
-                        zh = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wh));
-                        (wl, wh)
-                    } else {
-                        // SAFETY: `b < nb` and `k < 4 == lines`: inside the strip's lines
-                        // (the caller's contract); `Line` is 64-byte aligned.
-                        let line =
-                            unsafe { _mm512_load_si512(qs.add(lines * b + k) as *const __m512i) };
-                        (
-                            _mm512_and_si512(line, lowmask),
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(line), lowmask),
-                        )
-                    };
-                    for t in 0..N {
-                        // SAFETY: `b < nb`, and for Q8_0 `ua[t]` points at `nb` blocks of
-                        // offset quants, for Q4_1 `a[t]` holds `nb` blocks (the caller's
-                        // contract): `q` points at one block's 32 quant bytes.
-                        let q = unsafe {
-                            if Q8 {
-                                (*ua[t].add(b)).as_ptr() as *const i32
-                            } else {
-                                a[t].get_unchecked(b).qs.as_ptr() as *const i32
-                            }
-                        };
-                        // SAFETY: `k + 4 < 8`: both dwords are inside those 32 bytes;
-                        // unaligned reads.
-                        let (al, ah) = unsafe {
-                            (
-                                _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k))),
-                                _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k + 4))),
-                            )
-                        };
-                        // vpdpbusd takes its first operand unsigned: the nibbles (Q4_1) or
-                        // the offset activations against the signed weights (Q8_0).
-                        let (xl, xh) = if Q8 {
-                            (
-                                _mm512_dpbusd_epi32(zl, al, wl),
-                                _mm512_dpbusd_epi32(zh, ah, wh),
-                            )
-                        } else {
-                            (
-                                _mm512_dpbusd_epi32(zl, wl, al),
-                                _mm512_dpbusd_epi32(zh, wh, ah),
-                            )
-                        };
-                        let xl = _mm512_cvtepi32_ps(xl);
-                        let xh = _mm512_cvtepi32_ps(xh);
-                        // SAFETY: `i < len`: the scale pass above wrote `scales[i][t]`.
-                        let s = unsafe { scales[i][t].assume_init() };
-                        lo[t] = _mm512_fmadd_ps(s, xl, lo[t]);
-                        hi[t] = _mm512_fmadd_ps(s, xh, hi[t]);
+            // Chains k and k + 4 of `G` values of k in one pass (a Q4_1 line's low and
+            // high nibbles, or two Q8_0 lines): for one or two tokens, several chain pairs
+            // a pass, so enough FMA chains run at once to hide their latency (each chain
+            // adds its blocks in order).
+            let g = match N {
+                1 => 4,
+                2 => 2,
+                _ => 1,
+            };
+            for k0 in (0..4).step_by(g) {
+                let mut acc = [[_mm512_setzero_ps(); N]; 8];
+                if c0 > 0 {
+                    for k in k0..k0 + g {
+                        // SAFETY: `c0 > 0`: the first chunk's pass wrote chains `k` and
+                        // `k + 4` of every token.
+                        unsafe {
+                            acc[k] = chains[k].map(|c| c.assume_init());
+                            acc[k + 4] = chains[k + 4].map(|c| c.assume_init());
+                        }
                     }
                 }
-                chains[k] = lo.map(MaybeUninit::new);
-                chains[k + 4] = hi.map(MaybeUninit::new);
+                for i in 0..len {
+                    let b = c0 + i;
+                    for k in k0..k0 + g {
+                        // The next strip's lines of this (block, pass): streamed in while
+                        // this strip computes, so the next call finds them in cache.
+                        prefetch(qs.wrapping_add(lines * (nb + b) + k));
+                        // Q8_0: the weights are signed, the activations offset by 128; each
+                        // lane starts at -128 · Σ w of its four bytes, so it ends at the
+                        // exact Σ w·a. (Q4_1 lanes start at zero.)
+                        let zero = _mm512_setzero_si512();
+                        let (mut zl, mut zh) = (zero, zero);
+                        let (wl, wh) = if Q8 {
+                            prefetch(qs.wrapping_add(lines * (nb + b) + k + 4));
+                            // SAFETY: `b < nb` and `k + 4 < 8 == lines`: lines `lines * b + k`
+                            // and `+ 4` are among the strip's `lines · nb` at `qs` (the
+                            // caller's contract); `Line` is 64-byte aligned, as the aligned
+                            // load needs.
+                            let (wl, wh) = unsafe {
+                                (
+                                    _mm512_load_si512(qs.add(lines * b + k) as *const __m512i),
+                                    _mm512_load_si512(qs.add(lines * b + k + 4) as *const __m512i),
+                                )
+                            };
+                            zl = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wl));
+                            zh = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wh));
+                            (wl, wh)
+                        } else {
+                            // SAFETY: `b < nb` and `k < 4 == lines`: inside the strip's lines
+                            // (the caller's contract); `Line` is 64-byte aligned.
+                            let line = unsafe {
+                                _mm512_load_si512(qs.add(lines * b + k) as *const __m512i)
+                            };
+                            (
+                                _mm512_and_si512(line, lowmask),
+                                _mm512_and_si512(_mm512_srli_epi16::<4>(line), lowmask),
+                            )
+                        };
+                        for t in 0..N {
+                            // SAFETY: `b < nb`, and for Q8_0 `ua[t]` points at `nb` blocks of
+                            // offset quants, for Q4_1 `a[t]` holds `nb` blocks (the caller's
+                            // contract): `q` points at one block's 32 quant bytes.
+                            let q = unsafe {
+                                if Q8 {
+                                    (*ua[t].add(b)).as_ptr() as *const i32
+                                } else {
+                                    a[t].get_unchecked(b).qs.as_ptr() as *const i32
+                                }
+                            };
+                            // SAFETY: `k + 4 < 8`: both dwords are inside those 32 bytes;
+                            // unaligned reads.
+                            let (al, ah) = unsafe {
+                                (
+                                    _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k))),
+                                    _mm512_set1_epi32(std::ptr::read_unaligned(q.add(k + 4))),
+                                )
+                            };
+                            // vpdpbusd takes its first operand unsigned: the nibbles (Q4_1) or
+                            // the offset activations against the signed weights (Q8_0).
+                            let (xl, xh) = if Q8 {
+                                (
+                                    _mm512_dpbusd_epi32(zl, al, wl),
+                                    _mm512_dpbusd_epi32(zh, ah, wh),
+                                )
+                            } else {
+                                (
+                                    _mm512_dpbusd_epi32(zl, wl, al),
+                                    _mm512_dpbusd_epi32(zh, wh, ah),
+                                )
+                            };
+                            let xl = _mm512_cvtepi32_ps(xl);
+                            let xh = _mm512_cvtepi32_ps(xh);
+                            // SAFETY: `i < len`: the scale pass above wrote `scales[i][t]`.
+                            let s = unsafe { scales[i][t].assume_init() };
+                            acc[k][t] = _mm512_fmadd_ps(s, xl, acc[k][t]);
+                            acc[k + 4][t] = _mm512_fmadd_ps(s, xh, acc[k + 4][t]);
+                        }
+                    }
+                }
+                for k in k0..k0 + g {
+                    chains[k] = acc[k].map(MaybeUninit::new);
+                    chains[k + 4] = acc[k + 4].map(MaybeUninit::new);
+                }
             }
             c0 += len;
         }
@@ -500,6 +511,7 @@ mod tests {
         // One chunk, several chunks with a ragged last one, a ragged row tail.
         for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
             check::<1>(k, k2, rows, nb);
+            check::<2>(k, k2, rows, nb);
             check::<3>(k, k2, rows, nb);
             check::<8>(k, k2, rows, nb);
         }
@@ -562,6 +574,7 @@ mod tests {
         }
         for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
             check::<1>(k, k2, rows, nb);
+            check::<2>(k, k2, rows, nb);
             check::<5>(k, k2, rows, nb);
             check::<8>(k, k2, rows, nb);
         }

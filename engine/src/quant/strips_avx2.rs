@@ -210,8 +210,8 @@ mod imp {
     unsafe fn body<const N: usize, const Q8: bool, const VNNI: bool>(
         (qs, d, mins, nb, a, out): Args<'_, N>,
     ) {
-        // SAFETY (whole body): every intrinsic here is AVX2/FMA/F16C, or AVX-VNNI where
-        // `VNNI` (the callers' features); the memory accesses are justified one by one.
+        // SAFETY: every intrinsic here is AVX2/FMA/F16C, or AVX-VNNI where `VNNI` (the
+        // callers' features); the memory accesses are justified one by one below.
         unsafe {
             let lines = if Q8 { 8 } else { 4 };
             let lowmask = _mm256_set1_epi8(0x0f);
