@@ -194,7 +194,7 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
         mode => match crate::llama_bench::locate(a.llama_bench.as_deref()) {
             Some(p) => Some(p),
             None if mode == "native" => anyhow::bail!(
-                "no llama-bench: give --llama-bench PATH or GENIE_LLAMA_BENCH (docs/llama-cpp.md says how to build it)"
+                "no llama-bench: give --llama-bench PATH or GENIE_LLAMA_BENCH (BENCHMARKS.md says how to build it)"
             ),
             None => None,
         },
