@@ -98,15 +98,16 @@ fn greedy_generation_matches_llama_cpp_first_16_tokens() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The golden check again in child processes capped to the AVX2 and to the scalar
-/// kernels (the family is chosen once per process): every family gives llama.cpp's
-/// tokens, because every family computes the same bits.
+/// The golden check again in child processes capped to each lesser kernel family (the
+/// family is chosen once per process): AVX-VNNI strips (AVX2 strips where the CPU lacks
+/// AVX-VNNI), AVX2 strips, AVX2 row tiles, scalar. Every family gives llama.cpp's tokens,
+/// because every family computes the same bits.
 #[test]
 fn every_kernel_family_matches_llama_cpp_first_16_tokens() {
     if std::env::var_os("GENIE_KERNEL").is_some() {
         return; // a child, or a run already capped: the test above covers it
     }
-    for family in ["avx2", "scalar"] {
+    for family in ["avxvnni", "avx2", "avx2-rows", "scalar"] {
         let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
