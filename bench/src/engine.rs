@@ -325,7 +325,7 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
         "decode: {} tokens of context, {} steps timed",
         a.decode_context, a.decode_steps
     );
-    let weights = step_weight_bytes(model);
+    let weights = model.weights().decode_step_bytes();
     if let (Some(ones), false) = (ones, probe.is_empty()) {
         let bw = median(probe.clone());
         let b1 = median(ours.decode[ones].clone());
@@ -360,16 +360,4 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
         std::fs::write(file, serde_json::to_string_pretty(&v)?)?;
     }
     Ok(())
-}
-
-/// Bytes of weights one decode step reads: every layer's matrices and the output head.
-fn step_weight_bytes(model: &Model) -> usize {
-    let w = model.weights();
-    let layers: usize = w
-        .layers
-        .iter()
-        .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
-        .map(|m| m.size_bytes())
-        .sum();
-    layers + w.output_head().size_bytes()
 }

@@ -116,24 +116,49 @@ pub struct ModelWeights {
     pub output: Option<QMatrix>,
 }
 
+impl LayerWeights {
+    /// The layer's seven matrices.
+    pub fn matrices(&self) -> [&QMatrix; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+}
+
 impl ModelWeights {
+    /// Bytes of every layer's matrices.
+    fn layer_matrix_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.matrices())
+            .map(|m| m.size_bytes())
+            .sum()
+    }
+
+    /// Bytes of weights one decode step reads: every layer's matrices and the output head
+    /// (the embedding table gives one row a token).
+    pub fn decode_step_bytes(&self) -> usize {
+        self.layer_matrix_bytes() + self.output_head().size_bytes()
+    }
+
     pub fn output_head(&self) -> &QMatrix {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
 
     pub fn size_bytes(&self) -> usize {
-        let layer: usize = self
+        let norms: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.size_bytes())
-                    .sum::<usize>()
-                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
-            })
+            .map(|l| 4 * (l.attn_norm.len() + l.ffn_norm.len()))
             .sum();
-        layer
+        self.layer_matrix_bytes()
+            + norms
             + self.token_embd.size_bytes()
             + self.output.as_ref().map_or(0, |m| m.size_bytes())
             + 4 * self.output_norm.len()

@@ -109,18 +109,20 @@ impl Strips {
         self.strips * STRIP
     }
 
-    /// Checks one kernel call's shapes; the strip's first (block) index.
-    fn check<const N: usize>(
+    /// Checks one kernel call's shapes (`lines` per block: 4 for Q4_1, 8 for Q8_0; at
+    /// most `max_tokens` tokens, the kernel's registers); the strip's first (block) index.
+    pub(super) fn check<const N: usize>(
         &self,
         lines: usize,
+        max_tokens: usize,
         strip: usize,
         a: &[&[ActBlock]; N],
         out: &[&mut [f32]; N],
     ) -> usize {
         assert_eq!(self.lines, lines, "strip kernel: strips of another format");
         assert!(
-            (1..=STRIP_TOKENS).contains(&N),
-            "strip kernel: 1 to 8 tokens"
+            (1..=max_tokens).contains(&N),
+            "strip kernel: 1 to {max_tokens} tokens"
         );
         assert!(
             strip < self.strips,
@@ -151,7 +153,7 @@ pub fn dot_q4_1_strip<const N: usize>(
     a: [&[ActBlock]; N],
     out: [&mut [f32]; N],
 ) {
-    let at = w.check(4, strip, &a, &out);
+    let at = w.check(4, STRIP_TOKENS, strip, &a, &out);
     assert!(mins.len() >= (at + w.nb) * STRIP, "strip kernel: minima");
     if w.nb == 0 {
         // Rows of no elements: empty sums.
@@ -189,7 +191,7 @@ pub fn dot_q8_0_strip<const N: usize>(
     ua: [&[[u8; QK]]; N],
     out: [&mut [f32]; N],
 ) {
-    let at = w.check(8, strip, &a, &out);
+    let at = w.check(8, STRIP_TOKENS, strip, &a, &out);
     assert!(
         ua.iter().all(|c| c.len() >= w.nb),
         "strip kernel: offset activations"
@@ -425,8 +427,10 @@ mod imp {
     }
 }
 
+/// Test cases shared by the strip kernels of both register widths: weights and
+/// activations of known shapes, and the cell-by-cell comparison with the row kernels.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::acts::QuantizedActs;
     use super::super::dot_avx2::{self, Avx2};
     use super::super::{quantize_block_q4_1, strip_minima, BlockQ8_0, WeightFormat, QK};
@@ -435,6 +439,143 @@ mod tests {
     /// Values in `[-scale / 2, scale / 2)`.
     fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         super::super::test_values(seed, n, scale / 2.0)
+    }
+
+    /// Row counts and blocks per row: one chunk, several chunks with a ragged last one,
+    /// a ragged row tail.
+    pub(crate) const SHAPES: [(usize, usize); 4] = [(16, 1), (32, 18), (48, 48), (37, 70)];
+
+    /// A Q4_1 matrix of `rows` rows of `nb` blocks with its strips and minima, and `N`
+    /// tokens of Q8_1 activations.
+    pub(crate) struct Q4Case<const N: usize> {
+        pub w: Vec<BlockQ4_1>,
+        pub strips: Strips,
+        pub mins: Vec<f16>,
+        pub acts: Vec<Vec<ActBlock>>,
+    }
+
+    impl<const N: usize> Q4Case<N> {
+        pub(crate) fn new(rows: usize, nb: usize) -> Self {
+            let cols = nb * QK;
+            let w: Vec<BlockQ4_1> = values(3, rows * cols, 2.0)
+                .chunks_exact(QK)
+                .map(quantize_block_q4_1)
+                .collect();
+            let acts = (0..N)
+                .map(|t| {
+                    match QuantizedActs::new(
+                        WeightFormat::Q4_1,
+                        cols,
+                        &values(100 + t as u64, cols, 6.0),
+                    ) {
+                        QuantizedActs::Q8_1 { blocks, .. } => blocks,
+                        _ => unreachable!("Q4_1 takes Q8_1 activations"),
+                    }
+                })
+                .collect();
+            Q4Case {
+                strips: Strips::q4_1(rows, nb, &w),
+                mins: strip_minima(rows, nb, &w),
+                w,
+                acts,
+            }
+        }
+
+        /// Every strip through `kernel`, each cell's bits against the AVX2 row kernel.
+        pub(crate) fn check(
+            &self,
+            k2: Avx2,
+            kernel: impl Fn(usize, [&[ActBlock]; N], [&mut [f32]; N]),
+            what: &str,
+        ) {
+            let nb = self.strips.nb;
+            each_cell::<N>(
+                self.strips.strips,
+                |s, out| kernel(s, std::array::from_fn(|t| &self.acts[t][..]), out),
+                |row, t| {
+                    dot_avx2::dot_q4_1_q8_1(
+                        k2,
+                        &self.w[row * nb..(row + 1) * nb],
+                        [&self.acts[t][..]],
+                    )[0]
+                },
+                what,
+            );
+        }
+    }
+
+    /// A Q8_0 matrix with its strips and `N` tokens of Q8_0 activations: weights over all
+    /// of -128..=127 (zero included), activations over -127..=127, all that Q8_0
+    /// quantisation gives (llama.cpp's AVX2 sign trick, which the AVX2 kernel keeps,
+    /// differs from the exact product only for -128 times -128).
+    pub(crate) struct Q8Case<const N: usize> {
+        pub w: Vec<BlockQ8_0>,
+        pub strips: Strips,
+        pub acts: Vec<Vec<ActBlock>>,
+    }
+
+    impl<const N: usize> Q8Case<N> {
+        pub(crate) fn new(rows: usize, nb: usize) -> Self {
+            fn bytes(seed: u64, n: usize, min: i8) -> Vec<i8> {
+                values(seed, n, 1.0)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match i % 17 {
+                        0 => min,
+                        1 => 127,
+                        2 => 0,
+                        _ => ((v + 0.5) * 254.99 - 127.0) as i8,
+                    })
+                    .collect()
+            }
+            let scales = values(5, rows * nb + N * nb, 0.02);
+            let wq = bytes(6, rows * nb * QK, -128);
+            let w: Vec<BlockQ8_0> = (0..rows * nb)
+                .map(|i| BlockQ8_0 {
+                    d: f16::from_f32(scales[i]),
+                    qs: std::array::from_fn(|j| wq[i * QK + j]),
+                })
+                .collect();
+            let aq = bytes(7, N * nb * QK, -127);
+            let acts = (0..N)
+                .map(|t| {
+                    (0..nb)
+                        .map(|b| ActBlock {
+                            d: f16::from_f32(scales[rows * nb + t * nb + b]).to_f32(),
+                            s: 0.0,
+                            qs: std::array::from_fn(|j| aq[(t * nb + b) * QK + j]),
+                        })
+                        .collect()
+                })
+                .collect();
+            Q8Case {
+                strips: Strips::q8_0(rows, nb, &w),
+                w,
+                acts,
+            }
+        }
+
+        /// Every strip through `kernel`, each cell's bits against the AVX2 row kernel.
+        pub(crate) fn check(
+            &self,
+            k2: Avx2,
+            kernel: impl Fn(usize, [&[ActBlock]; N], [&mut [f32]; N]),
+            what: &str,
+        ) {
+            let nb = self.strips.nb;
+            each_cell::<N>(
+                self.strips.strips,
+                |s, out| kernel(s, std::array::from_fn(|t| &self.acts[t][..]), out),
+                |row, t| {
+                    dot_avx2::dot_q8_0_q8_0(
+                        k2,
+                        &self.w[row * nb..(row + 1) * nb],
+                        [&self.acts[t][..]],
+                    )[0]
+                },
+                what,
+            );
+        }
     }
 
     /// Runs `kernel` on every strip and compares each (token, row) cell's bits with
@@ -471,45 +612,14 @@ mod tests {
             return;
         };
         fn check<const N: usize>(k: Avx512, k2: Avx2, rows: usize, nb: usize) {
-            let cols = nb * QK;
-            let w: Vec<BlockQ4_1> = values(3, rows * cols, 2.0)
-                .chunks_exact(QK)
-                .map(quantize_block_q4_1)
-                .collect();
-            let strips = Strips::q4_1(rows, nb, &w);
-            let mins = strip_minima(rows, nb, &w);
-            let acts: Vec<Vec<ActBlock>> = (0..N)
-                .map(|t| {
-                    match QuantizedActs::new(
-                        WeightFormat::Q4_1,
-                        cols,
-                        &values(100 + t as u64, cols, 6.0),
-                    ) {
-                        QuantizedActs::Q8_1 { blocks, .. } => blocks,
-                        _ => unreachable!("Q4_1 takes Q8_1 activations"),
-                    }
-                })
-                .collect();
-            each_cell::<N>(
-                strips.strips,
-                |s, out| {
-                    dot_q4_1_strip::<N>(
-                        k,
-                        &strips,
-                        &mins,
-                        s,
-                        std::array::from_fn(|t| &acts[t][..]),
-                        out,
-                    )
-                },
-                |row, t| {
-                    dot_avx2::dot_q4_1_q8_1(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
-                },
+            let c = Q4Case::<N>::new(rows, nb);
+            c.check(
+                k2,
+                |s, a, out| dot_q4_1_strip::<N>(k, &c.strips, &c.mins, s, a, out),
                 &format!("N={N} nb={nb}"),
             );
         }
-        // One chunk, several chunks with a ragged last one, a ragged row tail.
-        for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+        for (rows, nb) in SHAPES {
             check::<1>(k, k2, rows, nb);
             check::<2>(k, k2, rows, nb);
             check::<3>(k, k2, rows, nb);
@@ -523,56 +633,19 @@ mod tests {
             eprintln!("no AVX-512 VNNI here: strip kernel not tested");
             return;
         };
-        // Weights over all of -128..=127; activations over -127..=127, all that Q8_0
-        // quantisation gives (llama.cpp's AVX2 sign trick, which the AVX2 kernel keeps,
-        // differs from the exact product only for -128 times -128).
-        fn bytes(seed: u64, n: usize, min: i8) -> Vec<i8> {
-            values(seed, n, 1.0)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match i % 17 {
-                    0 => min,
-                    1 => 127,
-                    _ => ((v + 0.5) * 254.99 - 127.0) as i8,
-                })
-                .collect()
-        }
         fn check<const N: usize>(k: Avx512, k2: Avx2, rows: usize, nb: usize) {
-            let scales = values(5, rows * nb + N * nb, 0.02);
-            let wq = bytes(6, rows * nb * QK, -128);
-            let w: Vec<BlockQ8_0> = (0..rows * nb)
-                .map(|i| BlockQ8_0 {
-                    d: f16::from_f32(scales[i]),
-                    qs: std::array::from_fn(|j| wq[i * QK + j]),
-                })
-                .collect();
-            let aq = bytes(7, N * nb * QK, -127);
-            let acts: Vec<Vec<ActBlock>> = (0..N)
-                .map(|t| {
-                    (0..nb)
-                        .map(|b| ActBlock {
-                            d: f16::from_f32(scales[rows * nb + t * nb + b]).to_f32(),
-                            s: 0.0,
-                            qs: std::array::from_fn(|j| aq[(t * nb + b) * QK + j]),
-                        })
-                        .collect()
-                })
-                .collect();
-            let ua: Vec<Vec<[u8; QK]>> = acts.iter().map(|a| offset_quants(a)).collect();
-            let strips = Strips::q8_0(rows, nb, &w);
-            each_cell::<N>(
-                strips.strips,
-                |s, out| {
-                    let a = std::array::from_fn(|t| &acts[t][..]);
-                    dot_q8_0_strip::<N>(k, &strips, s, a, std::array::from_fn(|t| &ua[t][..]), out)
-                },
-                |row, t| {
-                    dot_avx2::dot_q8_0_q8_0(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
+            let c = Q8Case::<N>::new(rows, nb);
+            let ua: Vec<Vec<[u8; QK]>> = c.acts.iter().map(|a| offset_quants(a)).collect();
+            c.check(
+                k2,
+                |s, a, out| {
+                    let u = std::array::from_fn(|t| &ua[t][..]);
+                    dot_q8_0_strip::<N>(k, &c.strips, s, a, u, out)
                 },
                 &format!("N={N} nb={nb}"),
             );
         }
-        for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+        for (rows, nb) in SHAPES {
             check::<1>(k, k2, rows, nb);
             check::<2>(k, k2, rows, nb);
             check::<5>(k, k2, rows, nb);

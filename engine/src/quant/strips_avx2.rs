@@ -56,34 +56,6 @@ pub enum Ymm {
     AvxVnni(AvxVnni),
 }
 
-fn check<const N: usize>(
-    w: &Strips,
-    lines: usize,
-    strip: usize,
-    a: &[&[ActBlock]; N],
-    out: &[&mut [f32]; N],
-) -> usize {
-    assert_eq!(w.lines, lines, "strip kernel: strips of another format");
-    assert!(
-        (1..=TOKENS).contains(&N),
-        "256-bit strip kernel: 1 to 4 tokens"
-    );
-    assert!(
-        strip < w.strips,
-        "strip kernel: strip {strip} of {}",
-        w.strips
-    );
-    assert!(
-        a.iter().all(|r| r.len() >= w.nb),
-        "activation row shorter than weight row"
-    );
-    assert!(
-        out.iter().all(|o| o.len() == STRIP),
-        "one output per strip row"
-    );
-    strip * w.nb
-}
-
 /// Strip `strip` of a Q4_1 `w` (with `mins`, the matrix's [`super::strip_minima`])
 /// against `N` (1 to [`TOKENS`]) tokens: `out[t][r]` for the strip's sixteen rows, each
 /// bit-identical to [`super::dot_avx2::dot_q4_1_q8_1`] of that row and token.
@@ -96,7 +68,7 @@ pub fn dot_q4_1_strip<const N: usize>(
     a: [&[ActBlock]; N],
     out: [&mut [f32]; N],
 ) {
-    let at = check(w, 4, strip, &a, &out);
+    let at = w.check(4, TOKENS, strip, &a, &out);
     assert!(mins.len() >= (at + w.nb) * STRIP, "strip kernel: minima");
     if w.nb == 0 {
         out.into_iter().for_each(|o| o.fill(0.0));
@@ -104,7 +76,7 @@ pub fn dot_q4_1_strip<const N: usize>(
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the token proves the target features; `strip < w.strips` and the strips
-    // are of Q4_1 (`check`), so the strip's `4 nb` lines and `16 nb` scales lie inside
+    // are of Q4_1 (`Strips::check`), so the strip's `4 nb` lines and `16 nb` scales lie inside
     // `w.qs` and `w.d`, and its `16 nb` minima inside `mins` (asserted above); every
     // `a[t]` holds at least `nb` blocks, each `out[t]` sixteen floats, and `nb > 0`.
     unsafe {
@@ -133,13 +105,13 @@ pub fn dot_q8_0_strip<const N: usize>(
     a: [&[ActBlock]; N],
     out: [&mut [f32]; N],
 ) {
-    let at = check(w, 8, strip, &a, &out);
+    let at = w.check(8, TOKENS, strip, &a, &out);
     if w.nb == 0 {
         out.into_iter().for_each(|o| o.fill(0.0));
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as for Q4_1, with the strip's `8 nb` lines (`check` saw Q8_0 strips); the
+    // SAFETY: as for Q4_1, with the strip's `8 nb` lines (`Strips::check` saw Q8_0 strips); the
     // minima pointer is not read for Q8_0.
     unsafe {
         let args = (
@@ -366,16 +338,10 @@ mod imp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::acts::QuantizedActs;
-    use super::super::dot_avx2;
-    use super::super::{quantize_block_q4_1, strip_minima, BlockQ4_1, BlockQ8_0, WeightFormat, QK};
+    use super::super::strips::tests::{Q4Case, Q8Case, SHAPES};
     use super::*;
 
-    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        super::super::test_values(seed, n, scale / 2.0)
-    }
-
-    /// The instruction sets this CPU can run, each named for the skip message.
+    /// The instruction sets this CPU can run (a message for each it cannot).
     fn families() -> Vec<Ymm> {
         let mut v = Vec::new();
         match Avx2::new() {
@@ -389,31 +355,6 @@ mod tests {
         v
     }
 
-    fn each_cell<const N: usize>(
-        strips: usize,
-        kernel: impl Fn(usize, [&mut [f32]; N]),
-        want: impl Fn(usize, usize) -> f32,
-        what: &str,
-    ) {
-        for s in 0..strips {
-            let mut out = [[0.0f32; STRIP]; N];
-            {
-                let mut o = out.iter_mut();
-                kernel(s, std::array::from_fn(|_| &mut o.next().unwrap()[..]));
-            }
-            for (t, cells) in out.iter().enumerate() {
-                for (r, got) in cells.iter().enumerate() {
-                    let w = want(s * STRIP + r, t);
-                    assert_eq!(
-                        got.to_bits(),
-                        w.to_bits(),
-                        "{what} strip {s} row {r} token {t}"
-                    );
-                }
-            }
-        }
-    }
-
     #[test]
     fn q4_1_strip_equals_the_row_kernel_bit_for_bit() {
         let Some(k2) = Avx2::new() else {
@@ -421,46 +362,15 @@ mod tests {
             return;
         };
         fn check<const N: usize>(k: Ymm, k2: Avx2, rows: usize, nb: usize) {
-            let cols = nb * QK;
-            let w: Vec<BlockQ4_1> = values(3, rows * cols, 2.0)
-                .chunks_exact(QK)
-                .map(quantize_block_q4_1)
-                .collect();
-            let strips = Strips::q4_1(rows, nb, &w);
-            let mins = strip_minima(rows, nb, &w);
-            let acts: Vec<Vec<ActBlock>> = (0..N)
-                .map(|t| {
-                    match QuantizedActs::new(
-                        WeightFormat::Q4_1,
-                        cols,
-                        &values(100 + t as u64, cols, 6.0),
-                    ) {
-                        QuantizedActs::Q8_1 { blocks, .. } => blocks,
-                        _ => unreachable!("Q4_1 takes Q8_1 activations"),
-                    }
-                })
-                .collect();
-            each_cell::<N>(
-                strips.strips,
-                |s, out| {
-                    dot_q4_1_strip::<N>(
-                        k,
-                        &strips,
-                        &mins,
-                        s,
-                        std::array::from_fn(|t| &acts[t][..]),
-                        out,
-                    )
-                },
-                |row, t| {
-                    dot_avx2::dot_q4_1_q8_1(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
-                },
+            let c = Q4Case::<N>::new(rows, nb);
+            c.check(
+                k2,
+                |s, a, out| dot_q4_1_strip::<N>(k, &c.strips, &c.mins, s, a, out),
                 &format!("{k:?} N={N} nb={nb}"),
             );
         }
         for k in families() {
-            // One chunk, several chunks with a ragged last one, a ragged row tail.
-            for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+            for (rows, nb) in SHAPES {
                 check::<1>(k, k2, rows, nb);
                 check::<2>(k, k2, rows, nb);
                 check::<3>(k, k2, rows, nb);
@@ -475,55 +385,16 @@ mod tests {
             eprintln!("skipped: CPU lacks AVX2");
             return;
         };
-        // Weights over all of -128..=127; activations over -127..=127, all that Q8_0
-        // quantisation gives.
-        fn bytes(seed: u64, n: usize, min: i8) -> Vec<i8> {
-            values(seed, n, 1.0)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match i % 17 {
-                    0 => min,
-                    1 => 127,
-                    2 => 0,
-                    _ => ((v + 0.5) * 254.99 - 127.0) as i8,
-                })
-                .collect()
-        }
         fn check<const N: usize>(k: Ymm, k2: Avx2, rows: usize, nb: usize) {
-            let scales = values(5, rows * nb + N * nb, 0.02);
-            let wq = bytes(6, rows * nb * QK, -128);
-            let w: Vec<BlockQ8_0> = (0..rows * nb)
-                .map(|i| BlockQ8_0 {
-                    d: f16::from_f32(scales[i]),
-                    qs: std::array::from_fn(|j| wq[i * QK + j]),
-                })
-                .collect();
-            let aq = bytes(7, N * nb * QK, -127);
-            let acts: Vec<Vec<ActBlock>> = (0..N)
-                .map(|t| {
-                    (0..nb)
-                        .map(|b| ActBlock {
-                            d: f16::from_f32(scales[rows * nb + t * nb + b]).to_f32(),
-                            s: 0.0,
-                            qs: std::array::from_fn(|j| aq[(t * nb + b) * QK + j]),
-                        })
-                        .collect()
-                })
-                .collect();
-            let strips = Strips::q8_0(rows, nb, &w);
-            each_cell::<N>(
-                strips.strips,
-                |s, out| {
-                    dot_q8_0_strip::<N>(k, &strips, s, std::array::from_fn(|t| &acts[t][..]), out)
-                },
-                |row, t| {
-                    dot_avx2::dot_q8_0_q8_0(k2, &w[row * nb..(row + 1) * nb], [&acts[t][..]])[0]
-                },
+            let c = Q8Case::<N>::new(rows, nb);
+            c.check(
+                k2,
+                |s, a, out| dot_q8_0_strip::<N>(k, &c.strips, s, a, out),
                 &format!("{k:?} N={N} nb={nb}"),
             );
         }
         for k in families() {
-            for (rows, nb) in [(16, 1), (32, 18), (48, 48), (37, 70)] {
+            for (rows, nb) in SHAPES {
                 check::<1>(k, k2, rows, nb);
                 check::<2>(k, k2, rows, nb);
                 check::<3>(k, k2, rows, nb);
