@@ -223,6 +223,7 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
         decode: vec![Vec::new()],
     };
     let mut probe = Vec::new();
+    let mut compute = Vec::new();
     for round in 0..a.repeat {
         eprintln!("round {} of {}", round + 1, a.repeat);
         for (i, &n) in a.prefill.iter().enumerate() {
@@ -250,6 +251,9 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
         }
         if a.probe_mib > 0 {
             probe.push(crate::membw::read_bandwidth(a.probe_mib << 20, threads, 3));
+        }
+        if let Some(r) = crate::peak::dot_step_rate(kind, threads, 3) {
+            compute.push(r);
         }
     }
     let peer = match native {
@@ -339,6 +343,34 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
             bw / weights as f64
         );
     }
+    if !compute.is_empty() {
+        let peak = median(compute.clone());
+        let macs = model.weights().decode_step_macs() as f64;
+        println!(
+            "compute: {} dot-step probe {:.1} GMAC/s ({threads} threads, operands in L1, median of rounds), a ceiling for the matrices' {:.1} M MACs a token: at most {:.0} tok/s however large the batch",
+            kind.isa(),
+            peak / 1e9,
+            macs / 1e6,
+            peak / macs
+        );
+        for (i, &b) in a.batch.iter().enumerate().filter(|(_, b)| **b > 1) {
+            let r = median(ours.decode[i].clone());
+            println!(
+                "compute: decode batch {b} does {:.1} GMAC/s in its matrices = {:.0} % of the probe",
+                r * macs / 1e9,
+                100.0 * r * macs / peak
+            );
+        }
+        if let Some(ones) = ones {
+            let b1 = median(ours.decode[ones].clone());
+            println!(
+                "compute: 4x batch 1 ({:.0} tok/s) would need {:.1} GMAC/s = {:.0} % of the probe",
+                4.0 * b1,
+                4.0 * b1 * macs / 1e9,
+                100.0 * 4.0 * b1 * macs / peak
+            );
+        }
+    }
     if let Some(file) = &a.json {
         let v = serde_json::json!({
             "host": host,
@@ -355,6 +387,8 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
                 Peer::None => serde_json::Value::Null,
             },
             "read_probe_bytes_per_s": probe,
+            "dot_step_probe_macs_per_s": compute,
+            "macs_per_token": model.weights().decode_step_macs(),
             "weight_bytes_per_token": weights,
         });
         std::fs::write(file, serde_json::to_string_pretty(&v)?)?;

@@ -19,5 +19,6 @@ pub mod kv;
 pub mod kv_pages;
 pub mod llama_bench;
 pub mod membw;
+pub mod peak;
 pub mod sched;
 pub mod stats;

@@ -147,6 +147,17 @@ impl ModelWeights {
         self.layer_matrix_bytes() + self.output_head().size_bytes()
     }
 
+    /// Multiply-accumulates of one token through every layer's matrices and the output
+    /// head: the work a batched decode step does per sequence, whatever the batch.
+    pub fn decode_step_macs(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.matrices())
+            .chain([self.output_head()])
+            .map(|m| m.rows() * m.cols())
+            .sum()
+    }
+
     pub fn output_head(&self) -> &QMatrix {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }

@@ -315,15 +315,17 @@ mod imp {
                 _ => 1,
             };
             for k0 in (0..4).step_by(g) {
-                let mut acc = [[_mm512_setzero_ps(); N]; 8];
-                if c0 > 0 {
-                    for k in k0..k0 + g {
-                        // SAFETY: `c0 > 0`: the first chunk's pass wrote chains `k` and
-                        // `k + 4` of every token.
-                        unsafe {
-                            acc[k] = chains[k].map(|c| c.assume_init());
-                            acc[k + 4] = chains[k + 4].map(|c| c.assume_init());
-                        }
+                // Only this pass's 2·G·N accumulators are set: a whole zeroed array
+                // became a memset a pass.
+                let mut acc: [[MaybeUninit<__m512>; N]; 8] = [[MaybeUninit::uninit(); N]; 8];
+                for k in k0..k0 + g {
+                    if c0 > 0 {
+                        // The first chunk's pass wrote chains `k` and `k + 4` of every token.
+                        acc[k] = chains[k];
+                        acc[k + 4] = chains[k + 4];
+                    } else {
+                        acc[k] = [MaybeUninit::new(_mm512_setzero_ps()); N];
+                        acc[k + 4] = [MaybeUninit::new(_mm512_setzero_ps()); N];
                     }
                 }
                 for i in 0..len {
@@ -399,14 +401,17 @@ mod imp {
                             let xh = _mm512_cvtepi32_ps(xh);
                             // SAFETY: `i < len`: the scale pass above wrote `scales[i][t]`.
                             let s = unsafe { scales[i][t].assume_init() };
-                            acc[k][t] = _mm512_fmadd_ps(s, xl, acc[k][t]);
-                            acc[k + 4][t] = _mm512_fmadd_ps(s, xh, acc[k + 4][t]);
+                            // SAFETY: `k` and `k + 4` are this pass's chains, set above.
+                            let (l, h) =
+                                unsafe { (acc[k][t].assume_init(), acc[k + 4][t].assume_init()) };
+                            acc[k][t].write(_mm512_fmadd_ps(s, xl, l));
+                            acc[k + 4][t].write(_mm512_fmadd_ps(s, xh, h));
                         }
                     }
                 }
                 for k in k0..k0 + g {
-                    chains[k] = acc[k].map(MaybeUninit::new);
-                    chains[k + 4] = acc[k + 4].map(MaybeUninit::new);
+                    chains[k] = acc[k];
+                    chains[k + 4] = acc[k + 4];
                 }
             }
             c0 += len;

@@ -238,12 +238,18 @@ mod imp {
                         _ => 1,
                     };
                     for k0 in (0..4).step_by(g) {
-                        let mut acc = [[_mm256_setzero_ps(); N]; 8];
-                        if c0 > 0 {
-                            for k in k0..k0 + g {
-                                // `c0 > 0`: the first chunk's pass wrote these chains.
-                                acc[k] = chains[k].map(|c| c.assume_init());
-                                acc[k + 4] = chains[k + 4].map(|c| c.assume_init());
+                        // Only this pass's 2·G·N accumulators are set (a whole zeroed
+                        // array became a memset a pass, a few per cent of a batched step).
+                        let mut acc: [[MaybeUninit<__m256>; N]; 8] =
+                            [[MaybeUninit::uninit(); N]; 8];
+                        for k in k0..k0 + g {
+                            if c0 > 0 {
+                                // The first chunk's pass wrote these chains.
+                                acc[k] = chains[k];
+                                acc[k + 4] = chains[k + 4];
+                            } else {
+                                acc[k] = [MaybeUninit::new(_mm256_setzero_ps()); N];
+                                acc[k + 4] = [MaybeUninit::new(_mm256_setzero_ps()); N];
                             }
                         }
                         for i in 0..len {
@@ -304,16 +310,21 @@ mod imp {
                                     };
                                     // `i < len`: the scale pass above wrote `scales[i][t]`.
                                     let s = scales[i][t].assume_init();
-                                    acc[k][t] =
-                                        _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xl), acc[k][t]);
-                                    acc[k + 4][t] =
-                                        _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xh), acc[k + 4][t]);
+                                    // `k` and `k + 4` are this pass's chains, set above.
+                                    let (l, h) =
+                                        (acc[k][t].assume_init(), acc[k + 4][t].assume_init());
+                                    acc[k][t].write(_mm256_fmadd_ps(s, _mm256_cvtepi32_ps(xl), l));
+                                    acc[k + 4][t].write(_mm256_fmadd_ps(
+                                        s,
+                                        _mm256_cvtepi32_ps(xh),
+                                        h,
+                                    ));
                                 }
                             }
                         }
                         for k in k0..k0 + g {
-                            chains[k] = acc[k].map(MaybeUninit::new);
-                            chains[k + 4] = acc[k + 4].map(MaybeUninit::new);
+                            chains[k] = acc[k];
+                            chains[k + 4] = acc[k + 4];
                         }
                     }
                     c0 += len;
