@@ -175,7 +175,8 @@ enum Peer {
 }
 
 /// `median (min–max)` of the per-round ratios `ours[r] / theirs[r]`.
-fn paired(ours: &[f64], theirs: &[f64]) -> String {
+/// Per-round ratios `ours / theirs`: `median (min-max)`.
+pub(crate) fn paired(ours: &[f64], theirs: &[f64]) -> String {
     let r: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
     let (lo, hi) = r.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
         (lo.min(*v), hi.max(*v))

@@ -14,6 +14,7 @@
 
 pub mod disagg;
 pub mod engine;
+pub mod grammar;
 pub mod host;
 pub mod kv;
 pub mod kv_pages;

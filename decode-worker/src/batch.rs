@@ -62,7 +62,12 @@ pub(crate) struct BatchLoop {
 }
 
 /// The token after `logits` for a sequence, by the workers' shared rule.
-fn step_sequence(seq: &mut NewSeq, generated: &mut usize, logits: &mut [f32]) -> Option<u32> {
+fn step_sequence(
+    model: &Model,
+    seq: &mut NewSeq,
+    generated: &mut usize,
+    logits: &mut [f32],
+) -> Option<u32> {
     match next_token(
         &mut seq.sampler,
         logits,
@@ -70,6 +75,7 @@ fn step_sequence(seq: &mut NewSeq, generated: &mut usize, logits: &mut [f32]) ->
         generated,
         seq.max_tokens,
         &seq.events,
+        model.grammars(),
     ) {
         Next::Continue(t) => Some(t),
         Next::Ended => None,
@@ -478,7 +484,7 @@ impl BatchLoop {
         let mut finished = Vec::new();
         for (mut r, mut l) in self.running.drain(..).zip(logits) {
             r.seq.tokens.push(r.next);
-            if let Some(t) = step_sequence(&mut r.seq, &mut r.generated, &mut l) {
+            if let Some(t) = step_sequence(&self.model, &mut r.seq, &mut r.generated, &mut l) {
                 r.next = t;
                 kept.push(r);
             } else {
@@ -503,7 +509,7 @@ impl BatchLoop {
                 mut seq,
                 mut generated,
             } = p;
-            if let Some(t) = step_sequence(&mut seq, &mut generated, &mut l) {
+            if let Some(t) = step_sequence(&self.model, &mut seq, &mut generated, &mut l) {
                 kept.push(Running {
                     seq,
                     next: t,

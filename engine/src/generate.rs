@@ -199,13 +199,19 @@ impl Engine {
             return Ok(out);
         }
         let mut logits = forward(&req.prompt_ids)?;
+        let grammar_error = |e: genie_grammar::GrammarError| EngineError::InvalidRequest {
+            field: "grammar",
+            reason: e.to_string(),
+        };
         loop {
-            let s = sampler.sample(&mut logits);
+            let s = sampler
+                .sample(&mut logits, self.model.grammars())
+                .map_err(grammar_error)?;
             if self.eog_ids.contains(&s.token) || req.stop_token_ids.contains(&s.token) {
                 out.finish_reason = FinishReason::Stop;
                 break;
             }
-            sampler.record(s.token);
+            sampler.record(s.token).map_err(grammar_error)?;
             out.token_ids.push(s.token);
             let piece = detok.step(s.token);
             let released = stops.push(&piece);

@@ -37,6 +37,9 @@ pub struct Model {
     weights: std::sync::Arc<ModelWeights>,
     pool: rayon::ThreadPool,
     side_fetch_bytes: usize,
+    /// Constrained decoding over this model's vocabulary (None: a model made without
+    /// its tokenizer, which cannot run constrained sequences).
+    grammars: Option<std::sync::Arc<genie_grammar::LazyGrammars>>,
 }
 
 /// Activations quantised once and shared by every matrix of the same format.
@@ -104,11 +107,13 @@ impl Model {
     /// Another handle on the same weights with its own compute pool of `threads` threads
     /// (0 = one per core): how two workers in one process share one copy of the model.
     pub fn share(&self, threads: usize) -> Result<Self> {
-        Self::with_shared(
+        let mut m = Self::with_shared(
             self.config.clone(),
             std::sync::Arc::clone(&self.weights),
             threads,
-        )
+        )?;
+        m.grammars = self.grammars.clone();
+        Ok(m)
     }
 
     fn with_shared(
@@ -131,6 +136,7 @@ impl Model {
             weights,
             pool,
             side_fetch_bytes: SIDE_FETCH_BYTES,
+            grammars: None,
         })
     }
 
@@ -141,7 +147,27 @@ impl Model {
     }
 
     pub fn from_gguf(m: GgufModel, threads: usize) -> Result<Self> {
-        Self::new(m.config, m.weights, threads)
+        let (spec, template, width) = (m.tokenizer, m.chat_template, m.config.vocab_size);
+        let mut model = Self::new(m.config, m.weights, threads)?;
+        // The vocabulary is read from the tokenizer only when a constrained sequence
+        // first needs it.
+        model.grammars = Some(std::sync::Arc::new(genie_grammar::LazyGrammars::new(
+            move || {
+                let (tokenizer, _, eog) =
+                    crate::model_text::text_parts(spec.clone(), template.as_deref())
+                        .map_err(|e| e.to_string())?;
+                Ok((
+                    crate::model_text::grammar_vocabulary(&tokenizer, &eog),
+                    width,
+                ))
+            },
+        )));
+        Ok(model)
+    }
+
+    /// Constrained decoding over this model's vocabulary, where the model has one.
+    pub fn grammars(&self) -> Option<&genie_grammar::LazyGrammars> {
+        self.grammars.as_deref()
     }
 
     pub fn config(&self) -> &ModelConfig {

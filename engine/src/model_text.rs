@@ -47,6 +47,30 @@ impl ModelText {
     }
 }
 
+/// The vocabulary as constrained decoding reads it: every token's bytes, the control
+/// tokens as special (never text), and the end-of-generation ids as the stop tokens a
+/// complete grammar allows.
+pub fn grammar_vocabulary(tokenizer: &GgufTokenizer, eog_ids: &[u32]) -> genie_grammar::Vocabulary {
+    let ids = 0..tokenizer.vocab_size() as u32;
+    genie_grammar::Vocabulary {
+        tokens: ids
+            .clone()
+            .map(|i| tokenizer.token_bytes(i).unwrap_or_default().to_vec())
+            .collect(),
+        special: ids.map(|i| tokenizer.is_control(i)).collect(),
+        stop: eog_ids.to_vec(),
+    }
+}
+
+impl ModelText {
+    /// This model's grammar environment, made on first use.
+    pub fn grammars(&self) -> genie_grammar::LazyGrammars {
+        let vocab = grammar_vocabulary(&self.tokenizer, &self.eog_ids);
+        let width = self.config.vocab_size;
+        genie_grammar::LazyGrammars::new(move || Ok((vocab.clone(), width)))
+    }
+}
+
 /// The tokenizer, the chat template (ChatML when the file has none) and the
 /// end-of-generation ids found in the vocabulary.
 pub(crate) fn text_parts(

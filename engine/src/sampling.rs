@@ -1,9 +1,12 @@
 //! Token sampling: pure functions of the logits, the parameters and a per-request RNG, so
 //! a seeded request is reproducible.
 //!
-//! Order of operations: logit_bias and presence/frequency penalties change the logits;
+//! Order of operations: a grammar's mask (constrained decoding, [`genie_grammar`]) sets
+//! the tokens it does not allow to −∞; logit_bias and presence/frequency penalties change the logits;
 //! logprobs (if asked) are the log-softmax of those logits; then temperature, top-k, top-p
 //! and the draw. Temperature 0 is greedy (ties go to the lowest id).
+
+use genie_grammar::{Constraint, GrammarError, GrammarSpec, LazyGrammars};
 
 /// Sampling parameters of one request (OpenAI semantics; `top_k` is an extension).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -18,6 +21,10 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Some(n): report the chosen token's logprob and the n most likely alternatives.
     pub logprobs: Option<usize>,
+    /// What the output must match (`response_format`, a tool's parameters); None: any
+    /// text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<GrammarSpec>,
 }
 
 impl Default for SamplingParams {
@@ -31,6 +38,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
             logprobs: None,
+            grammar: None,
         }
     }
 }
@@ -146,13 +154,21 @@ impl Rng {
     }
 }
 
-/// Per-sequence sampler: owns the RNG and the counts behind the penalties. It serialises,
-/// so a sequence can move from the worker that sampled its first token to another.
+/// Per-sequence sampler: owns the RNG, the counts behind the penalties and the grammar's
+/// state. It serialises, so a sequence can move from the worker that sampled its first
+/// token to another; the grammar's state travels as the tokens it kept, replayed on
+/// first use where it lands.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     counts: std::collections::HashMap<u32, u32>,
+    /// The tokens kept under the grammar, in order (empty without one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    committed: Vec<u32>,
+    /// The compiled grammar, advanced by `committed`; made on first use.
+    #[serde(skip)]
+    constraint: Option<Box<Constraint>>,
 }
 
 fn clean(x: f32) -> f32 {
@@ -171,6 +187,8 @@ impl Sampler {
             params,
             rng: Rng::new(seed),
             counts: Default::default(),
+            committed: Vec::new(),
+            constraint: None,
         }
     }
 
@@ -191,18 +209,55 @@ impl Sampler {
             if random {
                 s.rng.next_f64();
             }
-            s.record(t);
+            s.counts_and_committed(t);
         }
         s
     }
 
-    /// Records a kept token (for presence/frequency penalties).
-    pub fn record(&mut self, token: u32) {
-        *self.counts.entry(token).or_insert(0) += 1;
+    /// Records a kept token (for presence/frequency penalties) and advances the grammar
+    /// by it.
+    pub fn record(&mut self, token: u32) -> Result<(), GrammarError> {
+        self.counts_and_committed(token);
+        match self.constraint.as_mut() {
+            Some(c) => c.commit(token),
+            None => Ok(()),
+        }
     }
 
-    /// Adjusts `logits` in place (bias, penalties) and picks a token.
-    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+    fn counts_and_committed(&mut self, token: u32) {
+        *self.counts.entry(token).or_insert(0) += 1;
+        if self.params.grammar.is_some() {
+            self.committed.push(token);
+        }
+    }
+
+    /// Masks `logits` by the grammar (compiled from `grammars` on first use), adjusts
+    /// them in place (bias, penalties) and picks a token. Fails only for a grammar: the
+    /// model has no vocabulary for it, it does not compile, or its state broke.
+    pub fn sample(
+        &mut self,
+        logits: &mut [f32],
+        grammars: Option<&LazyGrammars>,
+    ) -> Result<Sampled, GrammarError> {
+        if let Some(spec) = &self.params.grammar {
+            let c = match self.constraint.as_mut() {
+                Some(c) => c,
+                None => {
+                    let g = grammars
+                        .ok_or_else(|| {
+                            GrammarError::Unavailable("the model has no tokenizer".to_string())
+                        })?
+                        .get()?;
+                    self.constraint
+                        .insert(Box::new(g.resume(spec, &self.committed)?))
+                }
+            };
+            c.mask(logits)?;
+        }
+        Ok(self.sample_masked(logits))
+    }
+
+    fn sample_masked(&mut self, logits: &mut [f32]) -> Sampled {
         let p = &self.params;
         for &(t, b) in &p.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
@@ -393,8 +448,13 @@ mod tests {
     #[test]
     fn greedy_takes_argmax_lowest_on_ties_and_ignores_nan() {
         let mut s = Sampler::new(SamplingParams::greedy(), 1);
-        assert_eq!(s.sample(&mut [1.0, 3.0, 3.0, 2.0]).token, 1);
-        assert_eq!(s.sample(&mut [f32::NAN, 0.5, f32::NAN]).token, 1);
+        assert_eq!(s.sample(&mut [1.0, 3.0, 3.0, 2.0], None).unwrap().token, 1);
+        assert_eq!(
+            s.sample(&mut [f32::NAN, 0.5, f32::NAN], None)
+                .unwrap()
+                .token,
+            1
+        );
         let mut k1 = Sampler::new(
             SamplingParams {
                 top_k: 1,
@@ -402,7 +462,7 @@ mod tests {
             },
             9,
         );
-        assert_eq!(k1.sample(&mut dist()).token, argmax(&dist()));
+        assert_eq!(k1.sample(&mut dist(), None).unwrap().token, argmax(&dist()));
         let mut tiny_p = Sampler::new(
             SamplingParams {
                 top_p: 1e-6,
@@ -410,7 +470,10 @@ mod tests {
             },
             9,
         );
-        assert_eq!(tiny_p.sample(&mut dist()).token, argmax(&dist()));
+        assert_eq!(
+            tiny_p.sample(&mut dist(), None).unwrap().token,
+            argmax(&dist())
+        );
     }
 
     #[test]
@@ -424,7 +487,7 @@ mod tests {
                 0,
             );
             (0..50)
-                .map(|_| s.sample(&mut dist()).token)
+                .map(|_| s.sample(&mut dist(), None).unwrap().token)
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -439,7 +502,7 @@ mod tests {
         let mut counts = [0usize; 4];
         let n = 20_000;
         for _ in 0..n {
-            counts[s.sample(&mut logits.clone()).token as usize] += 1;
+            counts[s.sample(&mut logits.clone(), None).unwrap().token as usize] += 1;
         }
         let z: f32 = logits.iter().map(|l| (l / t).exp()).sum();
         for i in 0..4 {
@@ -466,19 +529,19 @@ mod tests {
         let mut whole = Sampler::new(p.clone(), 11);
         let mut kept = Vec::new();
         for step in 0..40 {
-            let t = whole.sample(&mut logits(step)).token;
-            whole.record(t);
+            let t = whole.sample(&mut logits(step), None).unwrap().token;
+            whole.record(t).unwrap();
             kept.push(t);
         }
         for k in [0usize, 1, 17, 39] {
             let mut resumed = Sampler::resume(p.clone(), 11, &kept[..k]);
             for (step, &t) in kept.iter().enumerate().skip(k) {
                 assert_eq!(
-                    resumed.sample(&mut logits(step)).token,
+                    resumed.sample(&mut logits(step), None).unwrap().token,
                     t,
                     "k={k} step={step}"
                 );
-                resumed.record(t);
+                resumed.record(t).unwrap();
             }
         }
         // Greedy draws nothing: resuming is the counts alone.
@@ -495,7 +558,7 @@ mod tests {
             },
             3,
         );
-        assert_eq!(s.sample(&mut dist()).token, 0);
+        assert_eq!(s.sample(&mut dist(), None).unwrap().token, 0);
         let mut s = Sampler::new(
             SamplingParams {
                 logit_bias: vec![(argmax(&dist()), -100.0)],
@@ -503,7 +566,7 @@ mod tests {
             },
             3,
         );
-        assert_ne!(s.sample(&mut dist()).token, argmax(&dist()));
+        assert_ne!(s.sample(&mut dist(), None).unwrap().token, argmax(&dist()));
         let mut s = Sampler::new(
             SamplingParams {
                 frequency_penalty: 2.0,
@@ -512,8 +575,8 @@ mod tests {
             3,
         );
         let mut l = vec![1.0f32, 0.5];
-        s.record(0);
-        s.sample(&mut l);
+        s.record(0).unwrap();
+        s.sample(&mut l, None).unwrap();
         assert_eq!(l[0], -1.0);
     }
 
@@ -527,7 +590,7 @@ mod tests {
             1,
         );
         let mut l = dist();
-        let out = s.sample(&mut l);
+        let out = s.sample(&mut l, None).unwrap();
         assert_eq!(out.top_logprobs.len(), 3);
         assert!(out
             .top_logprobs

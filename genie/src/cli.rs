@@ -67,6 +67,8 @@ pub struct TokenizerArgs {
 pub enum BenchCommand {
     /// Prefill and batched decode throughput of the engine, beside llama.cpp.
     Engine(genie_bench::engine::EngineBenchArgs),
+    /// What constrained decoding (response_format) costs a decode step, beside none.
+    Grammar(genie_bench::grammar::GrammarBenchArgs),
     /// KV transfer over TCP loopback beside a raw socket copy of the same bytes.
     KvTransfer(genie_bench::kv::KvBenchArgs),
     /// Decode speed with the paged KV cache beside the contiguous layout, in one run.
@@ -231,6 +233,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model(ModelCommand::Tokenizer(a)) => export_tokenizer(a),
         Command::Plan(c) => crate::plan_cli::run(c),
         Command::Bench(BenchCommand::Engine(a)) => genie_bench::engine::run(a),
+        Command::Bench(BenchCommand::Grammar(a)) => genie_bench::grammar::run(a),
         Command::Bench(BenchCommand::KvTransfer(a)) => genie_bench::kv::run(a),
         Command::Bench(BenchCommand::KvPages(a)) => genie_bench::kv_pages::run(a),
         Command::Bench(BenchCommand::Disagg(a)) => genie_bench::disagg::run(a),

@@ -364,6 +364,7 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
             &mut generated,
             j.max_tokens,
             &j.events,
+            model.grammars(),
         ) {
             Next::Continue(t) => t,
             Next::Ended => {

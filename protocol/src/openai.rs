@@ -61,6 +61,36 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// `response_format`: what the output must be.
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Any text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    /// a-z, A-Z, 0-9, `_` and `-`, at most 64 characters.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The JSON schema (an object); absent: any JSON object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    /// Enforce every keyword (an unsupported one is a 400), and an object schema without
+    /// `additionalProperties` allows no others; false: unsupported keywords are skipped.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
 /// Sampling fields shared by both endpoints.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CommonParams {
@@ -86,6 +116,8 @@ pub struct CommonParams {
     /// Extension (vLLM, Genie): higher is placed first when requests wait; -100 to 100,
     /// unset = the API key's default (0 without one).
     pub priority: Option<i32>,
+    /// What the output must be: text, any JSON object, or JSON matching a schema.
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// The `genie` request extension: where to run this request, overriding the plan.
@@ -133,6 +165,9 @@ macro_rules! request_with_common {
             #[serde(default)] pub genie: Option<GenieHint>,
             /// Extension: higher is placed first when requests wait.
             #[serde(default)] #[schema(minimum = -100, maximum = 100)] pub priority: Option<i32>,
+            /// What the output must be: text, any JSON object (`json_object`), or JSON
+            /// matching a schema (`json_schema`), enforced token by token.
+            #[serde(default)] pub response_format: Option<ResponseFormat>,
         }
 
         impl $name {
@@ -155,6 +190,7 @@ macro_rules! request_with_common {
                     ignore_eos: self.ignore_eos,
                     genie: self.genie,
                     priority: self.priority,
+                    response_format: self.response_format.clone(),
                 }
             }
         }

@@ -21,6 +21,9 @@ pub struct Frontend {
     /// control tokens; off by default, so clients cannot forge turns.
     pub parse_special_in_content: bool,
     pub created: u64,
+    /// Constrained decoding over the vocabulary: `response_format` schemas are compiled
+    /// here before a request is admitted, so one that cannot be enforced is a 400.
+    pub grammars: genie_grammar::LazyGrammars,
 }
 
 /// Request limits the API enforces.
@@ -37,7 +40,9 @@ pub struct Limits {
 
 impl Frontend {
     pub fn new(served_name: String, text: ModelText, limits: Limits) -> Self {
+        let grammars = text.grammars();
         Frontend {
+            grammars,
             served_name,
             tokenizer: text.tokenizer,
             template: text.template,

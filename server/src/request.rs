@@ -5,8 +5,10 @@ use crate::api_error::ApiError;
 use crate::frontend::Frontend;
 use genie_engine::chat_template::ChatMessage;
 use genie_engine::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
+use genie_grammar::GrammarSpec;
 use genie_protocol::openai::{
     ChatCompletionRequest, CommonParams, CompletionRequest, MessageContent, PromptSpec,
+    ResponseFormat,
 };
 
 /// Most stop strings per request (OpenAI's limit).
@@ -83,6 +85,7 @@ fn sampling(
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         logit_bias,
         logprobs,
+        grammar: grammar(fe, c)?,
     };
     p.validate(fe.vocab_size).map_err(|e| match e {
         genie_engine::sampling::SamplingError::InvalidParam { field, reason } => {
@@ -90,6 +93,53 @@ fn sampling(
         }
     })?;
     Ok(p)
+}
+
+/// The grammar `response_format` asks for, compiled once here so that a schema which
+/// cannot be enforced is refused before the request is admitted.
+fn grammar(fe: &Frontend, c: &CommonParams) -> Result<Option<GrammarSpec>, ApiError> {
+    let (spec, field) = match &c.response_format {
+        None | Some(ResponseFormat::Text) => return Ok(None),
+        Some(ResponseFormat::JsonObject) => (GrammarSpec::JsonObject, "response_format"),
+        Some(ResponseFormat::JsonSchema { json_schema: f }) => {
+            let name_ok = !f.name.is_empty()
+                && f.name.len() <= 64
+                && f.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.name",
+                    "the name must be 1 to 64 characters of a-z, A-Z, 0-9, `_` and `-`",
+                ));
+            }
+            let spec = GrammarSpec::JsonSchema {
+                schema: f
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                strict: f.strict.unwrap_or(false),
+            };
+            (spec, "response_format.json_schema.schema")
+        }
+    };
+    if c.ignore_eos == Some(true) {
+        return Err(ApiError::invalid(
+            "ignore_eos",
+            "`ignore_eos` cannot be combined with a JSON `response_format`: the answer ends when its JSON value is complete",
+        ));
+    }
+    let grammars = fe.grammars.get().map_err(|e| {
+        tracing::error!(error = %e, "constrained decoding unavailable");
+        ApiError::invalid(
+            "response_format",
+            "this model cannot enforce a response format (its vocabulary could not be read)",
+        )
+    })?;
+    grammars
+        .compile(&spec)
+        .map_err(|e| ApiError::invalid(field, format!("this schema cannot be enforced: {e}")))?;
+    Ok(Some(spec))
 }
 
 fn stops(c: &CommonParams) -> Result<Vec<String>, ApiError> {

@@ -1,7 +1,8 @@
 //! A sequence's event channel and the rule that turns a step's logits into its next event.
 
 use genie_engine::sampling::{Sampled, Sampler};
-use genie_protocol::worker::{events_capacity, FinishReason, SeqEvent, TokenOut};
+use genie_grammar::{GrammarError, LazyGrammars};
+use genie_protocol::worker::{events_capacity, FailureCode, FinishReason, SeqEvent, TokenOut};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
@@ -59,7 +60,8 @@ pub enum Next {
     Ended,
 }
 
-/// The token rule every worker applies to a sequence's logits: sample; a stop token
+/// The token rule every worker applies to a sequence's logits: sample (under the
+/// sequence's grammar, if it has one, compiled from `grammars`); a stop token
 /// finishes the sequence (`stop`) without being sent; otherwise the token is recorded and
 /// sent, and reaching `max_tokens` finishes it (`length`). `generated` counts the tokens
 /// sent so far, including this one.
@@ -70,13 +72,29 @@ pub fn next_token(
     generated: &mut usize,
     max_tokens: usize,
     events: &EventSender,
+    grammars: Option<&LazyGrammars>,
 ) -> Next {
-    let s = sampler.sample(logits);
+    let grammar_failed = |e: GrammarError| {
+        // The gateway compiled the grammar before admitting the request, so this is a
+        // worker-side fault: the details go to the log, the client gets an error.
+        tracing::warn!(error = %e, "constrained decoding failed");
+        events.send(SeqEvent::failed(
+            FailureCode::Internal,
+            "constrained decoding failed",
+        ));
+        Next::Ended
+    };
+    let s = match sampler.sample(logits, grammars) {
+        Ok(s) => s,
+        Err(e) => return grammar_failed(e),
+    };
     if stop_token_ids.contains(&s.token) {
         events.send(SeqEvent::Finished(FinishReason::Stop));
         return Next::Ended;
     }
-    sampler.record(s.token);
+    if let Err(e) = sampler.record(s.token) {
+        return grammar_failed(e);
+    }
     *generated += 1;
     if !events.send(SeqEvent::Token(token_out(&s))) {
         return Next::Ended;
@@ -108,11 +126,11 @@ mod tests {
         let mut n = 0;
         let mut logits = vec![0.0, 5.0, 1.0];
         assert_eq!(
-            next_token(&mut s, &mut logits.clone(), &[], &mut n, 2, &tx),
+            next_token(&mut s, &mut logits.clone(), &[], &mut n, 2, &tx, None),
             Next::Continue(1)
         );
         assert_eq!(
-            next_token(&mut s, &mut logits, &[], &mut n, 2, &tx),
+            next_token(&mut s, &mut logits, &[], &mut n, 2, &tx, None),
             Next::Ended
         );
         let ev = drain(&mut rx);
@@ -126,7 +144,7 @@ mod tests {
     fn a_stop_token_finishes_without_being_sent() {
         let (tx, mut rx) = event_channel(8);
         let mut n = 0;
-        let next = next_token(&mut greedy(), &mut [0.0, 5.0], &[1], &mut n, 8, &tx);
+        let next = next_token(&mut greedy(), &mut [0.0, 5.0], &[1], &mut n, 8, &tx, None);
         assert_eq!(next, Next::Ended);
         assert_eq!(drain(&mut rx), vec![SeqEvent::Finished(FinishReason::Stop)]);
         assert_eq!(n, 0);
@@ -137,7 +155,7 @@ mod tests {
         let (tx, rx) = event_channel(4);
         drop(rx);
         let mut n = 0;
-        let next = next_token(&mut greedy(), &mut [0.0, 5.0], &[], &mut n, 4, &tx);
+        let next = next_token(&mut greedy(), &mut [0.0, 5.0], &[], &mut n, 4, &tx, None);
         assert_eq!(next, Next::Ended);
         assert!(tx.is_closed());
         // Running + one token per max_tokens + a final event fit without waiting.

@@ -322,10 +322,8 @@ mod imp {
                                 }
                             }
                         }
-                        for k in k0..k0 + g {
-                            chains[k] = acc[k];
-                            chains[k + 4] = acc[k + 4];
-                        }
+                        chains[k0..k0 + g].copy_from_slice(&acc[k0..k0 + g]);
+                        chains[k0 + 4..k0 + 4 + g].copy_from_slice(&acc[k0 + 4..k0 + 4 + g]);
                     }
                     c0 += len;
                 }

@@ -1,0 +1,232 @@
+//! Structured outputs through `genie serve`: `response_format` enforced token by token
+//! on every path (prefill and decode on separate workers, colocated, n > 1, streaming),
+//! and schemas that cannot be enforced refused with a 400 naming the field.
+
+mod support;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::{Server, MODEL};
+
+async fn post(s: &Server, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A person record: every type the schema can hold, with an enum and a bounded array.
+fn person_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 40},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "city": {"type": "string", "enum": ["Paris", "Tokyo", "Lima", "other"]},
+            "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3},
+            "retired": {"type": "boolean"}
+        },
+        "required": ["name", "age", "city", "hobbies", "retired"]
+    })
+}
+
+/// Checks `v` against [`person_schema`] by hand, naming what is wrong.
+fn valid_person(v: &Value) -> Result<(), String> {
+    let o = v.as_object().ok_or("not an object")?;
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    if keys != ["age", "city", "hobbies", "name", "retired"] {
+        return Err(format!("keys {keys:?}"));
+    }
+    let name = o["name"].as_str().ok_or("name")?;
+    if name.chars().count() > 40 {
+        return Err("name too long".into());
+    }
+    let age = o["age"].as_i64().ok_or("age")?;
+    if !(0..=150).contains(&age) {
+        return Err(format!("age {age}"));
+    }
+    if !["Paris", "Tokyo", "Lima", "other"].contains(&o["city"].as_str().ok_or("city")?) {
+        return Err("city".into());
+    }
+    let h = o["hobbies"].as_array().ok_or("hobbies")?;
+    if h.len() > 3
+        || h.iter()
+            .any(|x| x.as_str().is_none_or(|s| s.chars().count() > 30))
+    {
+        return Err("hobbies".into());
+    }
+    o["retired"].as_bool().ok_or("retired")?;
+    Ok(())
+}
+
+fn person_request(i: usize, disaggregate: bool) -> Value {
+    let who = [
+        "a baker",
+        "a pilot",
+        "a retired teacher",
+        "a student",
+        "a painter",
+    ][i % 5];
+    let city = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo"][(i / 5) % 5];
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": format!("Invent {who} who lives in {city}. Reply in JSON.")}],
+        "max_tokens": 200,
+        "temperature": 0.7,
+        "seed": i,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "person", "strict": true, "schema": person_schema()}},
+        "genie": {"disaggregate": disaggregate}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_outputs_parse_and_validate_on_every_path() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let mut stopped = 0;
+    for i in 0..12 {
+        let disaggregate = i % 2 == 0;
+        let (st, v) = post(&s, &person_request(i, disaggregate)).await;
+        assert_eq!(st, 200, "{v}");
+        let choice = &v["choices"][0];
+        let text = choice["message"]["content"].as_str().unwrap();
+        if choice["finish_reason"] == "length" {
+            continue;
+        }
+        assert_eq!(choice["finish_reason"], "stop", "{v}");
+        let parsed: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("request {i} (disaggregated {disaggregate}): {e}: {text}"));
+        valid_person(&parsed).unwrap_or_else(|e| panic!("request {i}: {e}: {text}"));
+        stopped += 1;
+    }
+    assert!(
+        stopped >= 10,
+        "only {stopped} of 12 answers ended within 200 tokens"
+    );
+
+    // n > 1: every choice is its own constrained sequence.
+    let mut body = person_request(40, true);
+    body["n"] = json!(3);
+    let (st, v) = post(&s, &body).await;
+    assert_eq!(st, 200, "{v}");
+    for c in v["choices"].as_array().unwrap() {
+        if c["finish_reason"] == "stop" {
+            let parsed: Value =
+                serde_json::from_str(c["message"]["content"].as_str().unwrap()).unwrap();
+            valid_person(&parsed).unwrap();
+        }
+    }
+
+    // Streaming, colocated: the deltas join into one valid object.
+    let mut body = person_request(41, false);
+    body["stream"] = json!(true);
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut buf = String::new();
+    let mut stream = r.bytes_stream();
+    while let Some(b) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&b.unwrap()));
+    }
+    let mut text = String::new();
+    let mut finish = Value::Null;
+    for e in buf.split("\n\n") {
+        let Some(d) = e.trim().strip_prefix("data: ") else {
+            continue;
+        };
+        if d == "[DONE]" {
+            break;
+        }
+        let c: Value = serde_json::from_str(d).unwrap();
+        if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if !c["choices"][0]["finish_reason"].is_null() {
+            finish = c["choices"][0]["finish_reason"].clone();
+        }
+    }
+    if finish == "stop" {
+        valid_person(&serde_json::from_str(&text).unwrap()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_object_gives_an_object_and_unenforceable_schemas_are_refused() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    for (i, disaggregate) in [(0, true), (1, false)] {
+        let body = json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Give the capital of France as JSON with a key named capital."}],
+            "max_tokens": 64, "temperature": 0, "seed": i,
+            "response_format": {"type": "json_object"},
+            "genie": {"disaggregate": disaggregate}
+        });
+        let (st, v) = post(&s, &body).await;
+        assert_eq!(st, 200, "{v}");
+        let c = &v["choices"][0];
+        let text = c["message"]["content"].as_str().unwrap();
+        assert!(text.starts_with('{'), "{text}");
+        if c["finish_reason"] == "stop" {
+            let parsed: Value =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(parsed.is_object(), "{text}");
+        }
+    }
+
+    let refuse = |rf: Value| {
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+               "response_format": rf})
+    };
+    let unsupported = json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+        "schema": {"type": "array", "items": {"type": "integer"}, "uniqueItems": true}}});
+    let (st, v) = post(&s, &refuse(unsupported)).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        v["error"]["param"], "response_format.json_schema.schema",
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("uniqueItems"),
+        "{v}"
+    );
+
+    let bad_name = json!({"type": "json_schema", "json_schema": {"name": "has space", "schema": {"type": "object"}}});
+    let (st, v) = post(&s, &refuse(bad_name)).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        v["error"]["param"], "response_format.json_schema.name",
+        "{v}"
+    );
+
+    let (st, v) = post(&s, &refuse(json!({"type": "yaml"}))).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_format"),
+        "{v}"
+    );
+
+    let mut with_ignore_eos = refuse(json!({"type": "json_object"}));
+    with_ignore_eos["ignore_eos"] = json!(true);
+    let (st, v) = post(&s, &with_ignore_eos).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["param"], "ignore_eos", "{v}");
+
+    // `text` is the unconstrained default.
+    let (st, v) = post(&s, &refuse(json!({"type": "text"}))).await;
+    assert_eq!(st, 200, "{v}");
+}
