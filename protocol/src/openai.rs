@@ -212,6 +212,15 @@ request_with_common! {
         #[serde(default)]
         #[schema(maximum = 20)]
         pub top_logprobs: Option<u32>,
+        /// Tool calling is not supported yet: a non-empty list is refused (400), never
+        /// silently ignored.
+        #[serde(default)]
+        #[schema(value_type = Option<Vec<Object>>)]
+        pub tools: Option<Vec<serde_json::Value>>,
+        /// The legacy form of `tools`, refused the same way.
+        #[serde(default)]
+        #[schema(value_type = Option<Vec<Object>>)]
+        pub functions: Option<Vec<serde_json::Value>>,
     }
 }
 

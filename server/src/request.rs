@@ -410,6 +410,14 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
             content,
         });
     }
+    for (field, list) in [("tools", &r.tools), ("functions", &r.functions)] {
+        if list.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}`: tool calling is not supported yet by this server"),
+            ));
+        }
+    }
     if r.top_logprobs.is_some() && r.logprobs != Some(true) {
         return Err(ApiError::invalid(
             "top_logprobs",
