@@ -4,7 +4,7 @@ mod support;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{genie_generate, Server, MODEL};
+use support::{genie_generate, sse, Server, MODEL};
 
 async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -20,18 +20,6 @@ async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
 fn chat(content: &str, max_tokens: u64) -> Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": content}],
            "max_tokens": max_tokens, "temperature": 0})
-}
-
-/// Reads an SSE body into its `data:` payloads.
-async fn sse(resp: reqwest::Response) -> Vec<String> {
-    let mut buf = String::new();
-    let mut s = resp.bytes_stream();
-    while let Some(b) = s.next().await {
-        buf.push_str(&String::from_utf8_lossy(&b.unwrap()));
-    }
-    buf.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: ").map(String::from))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,8 @@
 
 mod support;
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{Server, MODEL};
+use support::{sse, Server, MODEL};
 
 async fn post(s: &Server, body: &Value) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -132,21 +131,13 @@ async fn schema_outputs_parse_and_validate_on_every_path() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut buf = String::new();
-    let mut stream = r.bytes_stream();
-    while let Some(b) = stream.next().await {
-        buf.push_str(&String::from_utf8_lossy(&b.unwrap()));
-    }
     let mut text = String::new();
     let mut finish = Value::Null;
-    for e in buf.split("\n\n") {
-        let Some(d) = e.trim().strip_prefix("data: ") else {
-            continue;
-        };
+    for d in sse(r).await {
         if d == "[DONE]" {
             break;
         }
-        let c: Value = serde_json::from_str(d).unwrap();
+        let c: Value = serde_json::from_str(&d).unwrap();
         if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
             text.push_str(t);
         }

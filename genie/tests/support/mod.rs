@@ -289,3 +289,15 @@ pub fn shipped_configs() -> Vec<std::path::PathBuf> {
     found.sort();
     found
 }
+
+/// Reads an SSE body into its `data:` payloads.
+pub async fn sse(resp: reqwest::Response) -> Vec<String> {
+    let mut buf = String::new();
+    let mut s = resp.bytes_stream();
+    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
+        buf.push_str(&String::from_utf8_lossy(&b.unwrap()));
+    }
+    buf.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: ").map(String::from))
+        .collect()
+}
