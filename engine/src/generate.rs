@@ -205,7 +205,11 @@ impl Engine {
         };
         loop {
             let s = sampler
-                .sample(&mut logits, self.model.grammars())
+                .sample_within(
+                    &mut logits,
+                    self.model.grammars(),
+                    req.max_tokens - out.token_ids.len(),
+                )
                 .map_err(grammar_error)?;
             if self.eog_ids.contains(&s.token) || req.stop_token_ids.contains(&s.token) {
                 out.finish_reason = FinishReason::Stop;

@@ -49,6 +49,10 @@ pub enum SamplingError {
     InvalidParam { field: &'static str, reason: String },
 }
 
+/// How close to its token budget a sequence under a grammar starts checking that its JSON
+/// can still be completed in time (each step in the window costs a short closing search).
+pub const CLOSE_WINDOW: usize = 48;
+
 /// Largest `logprobs` count accepted (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -231,33 +235,71 @@ impl Sampler {
         }
     }
 
-    /// Masks `logits` by the grammar (compiled from `grammars` on first use), adjusts
-    /// them in place (bias, penalties) and picks a token. Fails only for a grammar: the
-    /// model has no vocabulary for it, it does not compile, or its state broke.
+    /// [`Sampler::sample_within`] with no token budget.
     pub fn sample(
         &mut self,
         logits: &mut [f32],
         grammars: Option<&LazyGrammars>,
     ) -> Result<Sampled, GrammarError> {
-        if let Some(spec) = &self.params.grammar {
-            let c = match self.constraint.as_mut() {
-                Some(c) => c,
-                None => {
-                    let g = grammars
-                        .ok_or_else(|| {
-                            GrammarError::Unavailable("the model has no tokenizer".to_string())
-                        })?
-                        .get()?;
-                    self.constraint
-                        .insert(Box::new(g.resume(spec, &self.committed)?))
-                }
-            };
-            c.mask(logits)?;
+        self.sample_within(logits, grammars, usize::MAX)
+    }
+
+    /// Masks `logits` by the grammar (compiled from `grammars` on first use), adjusts
+    /// them in place (bias, penalties) and picks a token. `remaining` is how many tokens
+    /// the sequence may still keep, this one included: within [`CLOSE_WINDOW`] of it, a
+    /// grammar that is still open is steered so that it completes in time (a token that
+    /// would leave no way to close the value within the budget is replaced by the first
+    /// token of a closing path), so an answer cut at
+    /// `max_tokens` is still whole JSON. Fails only for a grammar: the model has no
+    /// vocabulary for it, it does not compile, or its state broke.
+    pub fn sample_within(
+        &mut self,
+        logits: &mut [f32],
+        grammars: Option<&LazyGrammars>,
+        remaining: usize,
+    ) -> Result<Sampled, GrammarError> {
+        let Some(spec) = &self.params.grammar else {
+            return Ok(self.sample_masked(logits));
+        };
+        if self.constraint.is_none() {
+            let g = grammars
+                .ok_or_else(|| GrammarError::Unavailable("the model has no tokenizer".to_string()))?
+                .get()?;
+            self.constraint = Some(Box::new(g.resume(spec, &self.committed)?));
         }
-        Ok(self.sample_masked(logits))
+        let Some(c) = self.constraint.as_mut() else {
+            return Ok(self.sample_masked(logits));
+        };
+        c.mask(logits)?;
+        if c.is_complete() || remaining > CLOSE_WINDOW {
+            return Ok(self.sample_masked(logits));
+        }
+        // Near the budget: the model's token if the value can still be closed after it in
+        // the tokens left, else the first token of a closing path. Decided afresh each
+        // step from the grammar's state and one draw, so a sampler resumed elsewhere
+        // makes the same choices.
+        let s = self.sample_masked(logits);
+        let Some(c) = self.constraint.as_ref() else {
+            return Ok(s);
+        };
+        if c.closes_after(s.token, remaining.saturating_sub(1)) {
+            return Ok(s);
+        }
+        match c.closing(remaining) {
+            Some(path) if !path.is_empty() => Ok(self.describe(logits, path[0])),
+            // No way to close within the budget whatever is chosen: the model's token.
+            _ => Ok(s),
+        }
     }
 
     fn sample_masked(&mut self, logits: &mut [f32]) -> Sampled {
+        self.adjust(logits);
+        let token = self.choose(logits);
+        self.describe(logits, token)
+    }
+
+    /// Logit bias and presence/frequency penalties, in place.
+    fn adjust(&self, logits: &mut [f32]) {
         let p = &self.params;
         for &(t, b) in &p.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
@@ -271,12 +313,24 @@ impl Sampler {
                 }
             }
         }
-        let (greedy, want_logprobs) = (p.temperature == 0.0 || p.top_k == 1, p.logprobs);
-        let token = if greedy {
+    }
+
+    fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0 || self.params.top_k == 1
+    }
+
+    /// The token: greedy, or one RNG draw.
+    fn choose(&mut self, logits: &[f32]) -> u32 {
+        if self.is_greedy() {
             argmax(logits)
         } else {
             self.draw(logits)
-        };
+        }
+    }
+
+    /// `token` with the log-probabilities asked for, from the adjusted logits.
+    fn describe(&self, logits: &[f32], token: u32) -> Sampled {
+        let want_logprobs = self.params.logprobs;
         let (logprob, top_logprobs) = match want_logprobs {
             None => (None, Vec::new()),
             Some(n) => {
@@ -629,5 +683,104 @@ mod tests {
         })
         .contains("logit_bias"));
         assert!(params(0.0).validate(100).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod grammar_tests {
+    use super::*;
+    use genie_grammar::Vocabulary;
+
+    /// Every byte a token, a few longer pieces, and a stop token (id 260).
+    fn grammars() -> LazyGrammars {
+        LazyGrammars::new(|| {
+            let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+            for w in ["{\"", "\":", "abc", "[["] {
+                tokens.push(w.as_bytes().to_vec());
+            }
+            tokens.push(b"<|end|>".to_vec());
+            let mut special = vec![false; tokens.len()];
+            special[260] = true;
+            Ok((
+                Vocabulary {
+                    tokens,
+                    special,
+                    stop: vec![260],
+                },
+                262,
+            ))
+        })
+    }
+
+    /// Pseudo-random logits for step `i`, the same whoever asks.
+    fn logits(i: usize) -> Vec<f32> {
+        (0..262u64)
+            .map(|t| ((t * 2654435761 + i as u64 * 40503) % 1000) as f32 / 100.0)
+            .collect()
+    }
+
+    fn bytes(ids: &[u32]) -> String {
+        ids.iter()
+            .map(|&t| if t < 256 { t as u8 as char } else { '?' })
+            .collect()
+    }
+
+    fn run(s: &mut Sampler, g: &LazyGrammars, from: usize, budget: usize, out: &mut Vec<u32>) {
+        for i in from..budget {
+            let t = s
+                .sample_within(&mut logits(i), Some(g), budget - i)
+                .unwrap()
+                .token;
+            if t == 260 {
+                return;
+            }
+            s.record(t).unwrap();
+            out.push(t);
+        }
+    }
+
+    #[test]
+    fn under_a_budget_the_answer_is_whole_json_and_a_resumed_sampler_continues_it() {
+        let g = grammars();
+        let params = SamplingParams {
+            temperature: 1.0,
+            grammar: Some(GrammarSpec::JsonObject),
+            ..SamplingParams::default()
+        };
+        let mut complete = 0;
+        for seed in 0..8u64 {
+            for budget in [6, 12, 30] {
+                let mut s = Sampler::new(params.clone(), seed);
+                let mut out = Vec::new();
+                run(&mut s, &g, 0, budget, &mut out);
+                assert!(out.len() <= budget);
+                let text: String = out
+                    .iter()
+                    .map(|&t| match t {
+                        256 => "{\"".to_string(),
+                        257 => "\":".to_string(),
+                        258 => "abc".to_string(),
+                        259 => "[[".to_string(),
+                        _ => bytes(&[t]),
+                    })
+                    .collect();
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(v) => assert!(v.is_object()),
+                    // Valid JSON whose number (random bytes: `3979e979353979317`) is past
+                    // f64's range, which serde_json refuses and the grammar allows.
+                    Err(e) if e.to_string().contains("number out of range") => {}
+                    Err(e) => panic!("seed {seed}, budget {budget}: {e}: {text}"),
+                }
+                complete += 1;
+                // A sampler rebuilt from the kept tokens (a sequence moved mid-answer)
+                // goes on exactly as the original did.
+                let half = out.len() / 2;
+                let mut again = Sampler::resume(params.clone(), seed, &out[..half]);
+                let mut rest = out[..half].to_vec();
+                run(&mut again, &g, half, budget, &mut rest);
+                assert_eq!(rest, out, "seed {seed}, budget {budget}");
+            }
+        }
+        assert_eq!(complete, 24);
     }
 }

@@ -12,6 +12,7 @@
 //! spec and the tokens it committed, and [`Grammars::resume`] replays them (about a
 //! microsecond a token).
 
+mod close;
 mod spec;
 mod vocab;
 
@@ -44,6 +45,8 @@ pub enum GrammarError {
 pub struct Grammars {
     factory: ParserFactory,
     width: usize,
+    /// Single tokens that close what is open, in the order a closing path prefers them.
+    closers: Arc<[u32]>,
 }
 
 impl Grammars {
@@ -64,7 +67,12 @@ impl Grammars {
             verbose_errors: false,
             ..ParserLimits::default()
         };
-        Ok(Grammars { factory, width })
+        let closers = close::closers(factory.tok_env().tok_trie());
+        Ok(Grammars {
+            factory,
+            width,
+            closers,
+        })
     }
 
     /// Compiles `spec` for a new sequence.
@@ -76,6 +84,8 @@ impl Grammars {
         Ok(Constraint {
             matcher: Matcher::new(Ok(parser)),
             width: self.width,
+            env: self.factory.tok_env().clone(),
+            closers: self.closers.clone(),
         })
     }
 
@@ -135,6 +145,8 @@ impl std::fmt::Debug for LazyGrammars {
 pub struct Constraint {
     matcher: Matcher,
     width: usize,
+    env: llguidance::toktrie::TokEnv,
+    closers: Arc<[u32]>,
 }
 
 impl Constraint {
@@ -183,6 +195,8 @@ impl Clone for Constraint {
         Constraint {
             matcher: self.matcher.deep_clone(),
             width: self.width,
+            env: self.env.clone(),
+            closers: self.closers.clone(),
         }
     }
 }

@@ -178,3 +178,72 @@ fn a_vocabulary_without_stop_tokens_is_refused() {
         Err(GrammarError::Unavailable(_))
     ));
 }
+
+fn text_of(ids: &[u32]) -> String {
+    let v = vocab();
+    ids.iter()
+        .map(|&t| String::from_utf8(v.tokens[t as usize].clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_closing_path_completes_an_open_value_into_json_that_parses() {
+    let g = grammars();
+    for (spec, prefix) in [
+        (GrammarSpec::JsonObject, r#"{"a":[1,{"b":"xy"#),
+        (GrammarSpec::JsonObject, r#"{"a":tr"#),
+        (GrammarSpec::JsonObject, r#"{"a":-"#),
+        (
+            GrammarSpec::JsonSchema {
+                schema: json!({
+                    "type": "object",
+                    "properties": {
+                        "n": {"type": "integer"},
+                        "e": {"enum": ["abc", "d"]},
+                        "s": {"type": "array", "items": {"type": "string"}}
+                    },
+                    "required": ["n", "e", "s"]
+                }),
+                strict: true,
+            },
+            r#"{"n":"#,
+        ),
+    ] {
+        let mut c = g.compile(&spec).unwrap();
+        feed(&mut c, prefix);
+        let path = c
+            .closing(40)
+            .unwrap_or_else(|| panic!("no path after {prefix}"));
+        assert!(!path.is_empty());
+        let mut whole = c.clone();
+        for &t in &path {
+            whole.commit(t).unwrap();
+        }
+        assert!(whole.is_complete(), "{prefix}{}", text_of(&path));
+        let text = format!("{prefix}{}", text_of(&path));
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(c.closing(path.len() - 1).is_none(), "the limit is kept");
+        assert!(
+            !c.is_complete(),
+            "finding a path leaves the constraint as it was"
+        );
+    }
+}
+
+#[test]
+fn closes_after_says_whether_a_token_still_fits_the_budget() {
+    let g = grammars();
+    let mut c = g.compile(&GrammarSpec::JsonObject).unwrap();
+    feed(&mut c, r#"{"a":"#);
+    // After `[` the path tries `"` before `]` (it cannot tell a string from an array
+    // here), so it closes with `""]}`: four tokens, not the shortest two.
+    assert!(c.closes_after(b'[' as u32, 4));
+    assert!(!c.closes_after(b'[' as u32, 3));
+    assert!(c.closes_after(b'0' as u32, 1), "0 then }}");
+    assert!(
+        !c.closes_after(b'x' as u32, 10),
+        "a refused token never fits"
+    );
+    let done = g.compile(&GrammarSpec::JsonObject).unwrap();
+    assert_eq!(done.closing(0), None, "an empty answer is not an object");
+}

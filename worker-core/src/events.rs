@@ -84,7 +84,7 @@ pub fn next_token(
         ));
         Next::Ended
     };
-    let s = match sampler.sample(logits, grammars) {
+    let s = match sampler.sample_within(logits, grammars, max_tokens.saturating_sub(*generated)) {
         Ok(s) => s,
         Err(e) => return grammar_failed(e),
     };
