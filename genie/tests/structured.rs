@@ -239,14 +239,6 @@ async fn json_object_gives_an_object_and_unenforceable_schemas_are_refused() {
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["error"]["param"], "ignore_eos", "{v}");
 
-    // Tools are refused until they are honoured, never silently ignored.
-    let mut with_tools = refuse(json!({"type": "text"}));
-    with_tools["tools"] =
-        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
-    let (st, v) = post(&s, &with_tools).await;
-    assert_eq!(st, 400, "{v}");
-    assert_eq!(v["error"]["param"], "tools", "{v}");
-
     // `text` is the unconstrained default.
     let (st, v) = post(&s, &refuse(json!({"type": "text"}))).await;
     assert_eq!(st, 200, "{v}");

@@ -12,10 +12,12 @@ use serde_json::{json, Value};
 pub enum GrammarSpec {
     /// Any JSON object (`response_format: {"type": "json_object"}`).
     JsonObject,
-    /// A JSON schema (`response_format: {"type": "json_schema", ...}`). `strict`: every
-    /// keyword must be enforced (an unsupported one is an error), and an object schema
-    /// without `additionalProperties` allows no others, as OpenAI's strict mode has it;
-    /// otherwise unsupported keywords are skipped and the rest enforced.
+    /// A JSON schema (`response_format: {"type": "json_schema", ...}`). An object schema
+    /// that lists `properties` without saying `additionalProperties` allows no others
+    /// (OpenAI's strict mode; vLLM's xgrammar does the same by default), so a model
+    /// cannot go on adding properties until its budget. `strict`: every keyword must be
+    /// enforced (an unsupported one is an error); otherwise unsupported keywords are
+    /// skipped and the rest enforced.
     JsonSchema { schema: Value, strict: bool },
     /// A Lark grammar (llguidance's dialect).
     Lark { grammar: String },
@@ -30,9 +32,7 @@ impl GrammarSpec {
             )?)),
             GrammarSpec::JsonSchema { schema, strict } => {
                 let mut s = schema.clone();
-                if *strict {
-                    close_objects(&mut s);
-                }
+                close_objects(&mut s);
                 Ok(TopLevelGrammar::from_json_schema(with_options(s, *strict)?))
             }
             GrammarSpec::Lark { grammar } => Ok(TopLevelGrammar::from_lark(grammar.clone())),
@@ -56,8 +56,8 @@ fn with_options(schema: Value, strict: bool) -> Result<Value, GrammarError> {
     Ok(Value::Object(m))
 }
 
-/// OpenAI's strict mode: an object schema that lists `properties` and says nothing of
-/// `additionalProperties` allows no others. Applied to every subschema.
+/// An object schema that lists `properties` and says nothing of `additionalProperties`
+/// allows no others. Applied to every subschema.
 fn close_objects(v: &mut Value) {
     match v {
         Value::Object(m) => {

@@ -45,14 +45,101 @@ pub enum MessageContent {
 
 #[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
 pub struct RequestMessage {
-    /// `system`, `developer`, `user` or `assistant`.
-    #[schema(pattern = "^(system|developer|user|assistant)$")]
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     pub role: String,
+    /// Required, except on an assistant message that carries `tool_calls`.
     #[serde(default)]
-    #[schema(required = true, nullable = false)]
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's calls (the history of a tool-using conversation).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// `tools[i]`: a function the model may call.
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// `function` (the only kind).
+    #[serde(rename = "type")]
+    #[schema(pattern = "^function$")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDef {
+    /// a-z, A-Z, 0-9, `_` and `-`, at most 64 characters.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The arguments' JSON schema (absent: no arguments).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    /// Enforce the schema strictly (as `response_format`'s `strict`).
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or one named function.
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: NamedFunction,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// A call the model made (in an answer) or made earlier (in the history).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON string.
+    pub arguments: String,
+}
+
+/// A streamed piece of a call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
@@ -212,12 +299,18 @@ request_with_common! {
         #[serde(default)]
         #[schema(maximum = 20)]
         pub top_logprobs: Option<u32>,
-        /// Tool calling is not supported yet: a non-empty list is refused (400), never
-        /// silently ignored.
+        /// Functions the model may call (described to it in a system block).
         #[serde(default)]
-        #[schema(value_type = Option<Vec<Object>>)]
-        pub tools: Option<Vec<serde_json::Value>>,
-        /// The legacy form of `tools`, refused the same way.
+        pub tools: Option<Vec<Tool>>,
+        /// `none`, `auto` (the default with tools), `required`, or
+        /// `{"type": "function", "function": {"name": ...}}`; the last two constrain the
+        /// answer to calls whose arguments match the function's `parameters`.
+        #[serde(default)]
+        pub tool_choice: Option<ToolChoice>,
+        /// Several calls in one answer (default true).
+        #[serde(default)]
+        pub parallel_tool_calls: Option<bool>,
+        /// The legacy form of `tools`: refused (400) with a pointer to `tools`.
         #[serde(default)]
         #[schema(value_type = Option<Vec<Object>>)]
         pub functions: Option<Vec<serde_json::Value>>,
@@ -302,7 +395,10 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// The text; null when the answer is tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -330,6 +426,8 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]

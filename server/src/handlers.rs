@@ -299,6 +299,88 @@ fn tenant(st: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, Api
     Ok(t)
 }
 
+/// What a streamed chat answer sends for each piece of a choice.
+type OnPiece =
+    Box<dyn FnMut(u32, String, Vec<TokenOut>, Option<FinishReason>) -> Vec<Event> + Send>;
+
+/// `finish_reason` of an answer that may be tool calls: `tool_calls` where it ended by
+/// itself as calls.
+fn tool_finish(calls: bool, finish: FinishReason) -> &'static str {
+    match (calls, finish) {
+        (true, FinishReason::Stop) => "tool_calls",
+        _ => finish.as_str(),
+    }
+}
+
+/// Streamed pieces of an answer offered tools: each choice's text is held until it ends,
+/// then sent as `tool_calls` deltas (one per call, its arguments whole) or as one text
+/// delta, and the finish chunk.
+fn tool_pieces(
+    chunk: impl Fn(Vec<ChatChunkChoice>, Option<Usage>) -> Event + Send + 'static,
+    tools: crate::tools::ToolUse,
+    n: usize,
+) -> OnPiece {
+    let mut held = vec![String::new(); n];
+    Box::new(move |index, text, _tokens, finish| {
+        let Some(buf) = held.get_mut(index as usize) else {
+            return Vec::new();
+        };
+        buf.push_str(&text);
+        let Some(finish) = finish else {
+            return Vec::new();
+        };
+        let text = std::mem::take(buf);
+        let calls = crate::tools::read_calls(&text, &tools, || new_id("call"));
+        let mut ev = Vec::new();
+        let delta = match &calls {
+            Some(calls) => Some(ChatDelta {
+                tool_calls: Some(
+                    calls
+                        .iter()
+                        .enumerate()
+                        .map(|(k, c)| ToolCallDelta {
+                            index: k as u32,
+                            id: Some(c.id.clone()),
+                            kind: Some("function".into()),
+                            function: FunctionCallDelta {
+                                name: Some(c.function.name.clone()),
+                                arguments: c.function.arguments.clone(),
+                            },
+                        })
+                        .collect(),
+                ),
+                ..ChatDelta::default()
+            }),
+            None if !text.is_empty() => Some(ChatDelta {
+                content: Some(text),
+                ..ChatDelta::default()
+            }),
+            None => None,
+        };
+        if let Some(delta) = delta {
+            ev.push(chunk(
+                vec![ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: None,
+                    finish_reason: None,
+                }],
+                None,
+            ));
+        }
+        ev.push(chunk(
+            vec![ChatChunkChoice {
+                index,
+                delta: ChatDelta::default(),
+                logprobs: None,
+                finish_reason: Some(tool_finish(calls.is_some(), finish).into()),
+            }],
+            None,
+        ));
+        ev
+    })
+}
+
 pub async fn chat_completions(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -334,6 +416,7 @@ pub async fn chat_completions(
                         delta: ChatDelta {
                             role: Some("assistant".into()),
                             content: Some(String::new()),
+                            tool_calls: None,
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -344,38 +427,43 @@ pub async fn chat_completions(
             .collect();
         let piece_chunk = chunk.clone();
         let stall = st.stall_timeout;
-        let on_piece =
-            move |index, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
-                let mut ev = Vec::new();
-                if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
-                    ev.push(piece_chunk(
-                        vec![ChatChunkChoice {
-                            index,
-                            delta: ChatDelta {
-                                role: None,
-                                content: Some(text),
-                            },
-                            logprobs: want_logprobs.then(|| ChatLogprobs {
-                                content: chat_logprobs(&st, &tokens),
-                            }),
-                            finish_reason: None,
-                        }],
-                        None,
-                    ));
-                }
-                if let Some(f) = finish {
-                    ev.push(piece_chunk(
-                        vec![ChatChunkChoice {
-                            index,
-                            delta: ChatDelta::default(),
-                            logprobs: None,
-                            finish_reason: Some(f.as_str().into()),
-                        }],
-                        None,
-                    ));
-                }
-                ev
-            };
+        let on_piece: OnPiece = match spec.tools.clone() {
+            Some(tools) => tool_pieces(chunk.clone(), tools, n),
+            None => Box::new(
+                move |index, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
+                    let mut ev = Vec::new();
+                    if !text.is_empty() || (want_logprobs && !tokens.is_empty()) {
+                        ev.push(piece_chunk(
+                            vec![ChatChunkChoice {
+                                index,
+                                delta: ChatDelta {
+                                    role: None,
+                                    content: Some(text),
+                                    tool_calls: None,
+                                },
+                                logprobs: want_logprobs.then(|| ChatLogprobs {
+                                    content: chat_logprobs(&st, &tokens),
+                                }),
+                                finish_reason: None,
+                            }],
+                            None,
+                        ));
+                    }
+                    if let Some(f) = finish {
+                        ev.push(piece_chunk(
+                            vec![ChatChunkChoice {
+                                index,
+                                delta: ChatDelta::default(),
+                                logprobs: None,
+                                finish_reason: Some(f.as_str().into()),
+                            }],
+                            None,
+                        ));
+                    }
+                    ev
+                },
+            ),
+        };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c, k| {
             include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c).with_cached(k))))
@@ -394,16 +482,23 @@ pub async fn chat_completions(
         .zip(c.tokens)
         .zip(c.finish)
         .enumerate()
-        .map(|(i, ((content, tokens), finish))| ChatChoice {
-            index: i as u32,
-            message: AssistantMessage {
-                role: "assistant".into(),
-                content,
-            },
-            logprobs: want_logprobs.then(|| ChatLogprobs {
-                content: chat_logprobs(&st, &tokens),
-            }),
-            finish_reason: Some(finish.as_str().to_string()),
+        .map(|(i, ((content, tokens), finish))| {
+            let calls = spec
+                .tools
+                .as_ref()
+                .and_then(|t| crate::tools::read_calls(&content, t, || new_id("call")));
+            ChatChoice {
+                index: i as u32,
+                finish_reason: Some(tool_finish(calls.is_some(), finish).to_string()),
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: calls.is_none().then_some(content),
+                    tool_calls: calls,
+                },
+                logprobs: want_logprobs.then(|| ChatLogprobs {
+                    content: chat_logprobs(&st, &tokens),
+                }),
+            }
         })
         .collect();
     let body = Json(ChatCompletion {

@@ -33,6 +33,7 @@ pub mod request;
 pub mod sequence;
 pub mod sse;
 pub mod tenant;
+pub mod tools;
 
 pub use api_error::ApiError;
 pub use app::{build_app, build_app_with, build_apps, serve, AppOptions, AppState};

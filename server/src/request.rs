@@ -41,6 +41,8 @@ pub struct GenSpec {
     pub hint: genie_protocol::openai::GenieHint,
     /// The `priority` extension as asked (the API key's default applies when unset).
     pub priority: Option<i32>,
+    /// Tools offered: the answer is read back as `tool_calls` where it is calls.
+    pub tools: Option<crate::tools::ToolUse>,
 }
 
 impl GenSpec {
@@ -129,17 +131,23 @@ fn grammar(fe: &Frontend, c: &CommonParams) -> Result<Option<GrammarSpec>, ApiEr
             "`ignore_eos` cannot be combined with a JSON `response_format`: the answer ends when its JSON value is complete",
         ));
     }
+    check_grammar(fe, &spec, field)?;
+    Ok(Some(spec))
+}
+
+/// Compiles `spec` once, so one that cannot be enforced is a 400 naming `field`.
+fn check_grammar(fe: &Frontend, spec: &GrammarSpec, field: &str) -> Result<(), ApiError> {
     let grammars = fe.grammars.get().map_err(|e| {
         tracing::error!(error = %e, "constrained decoding unavailable");
         ApiError::invalid(
-            "response_format",
-            "this model cannot enforce a response format (its vocabulary could not be read)",
+            field,
+            "this model cannot constrain its output (its vocabulary could not be read)",
         )
     })?;
     grammars
-        .compile(&spec)
+        .compile(spec)
         .map_err(|e| ApiError::invalid(field, format!("this schema cannot be enforced: {e}")))?;
-    Ok(Some(spec))
+    Ok(())
 }
 
 fn stops(c: &CommonParams) -> Result<Vec<String>, ApiError> {
@@ -367,12 +375,26 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
             "`messages` must hold at least one message",
         ));
     }
-    let mut msgs = Vec::with_capacity(r.messages.len());
+    if r.functions.as_ref().is_some_and(|l| !l.is_empty()) {
+        return Err(ApiError::invalid(
+            "functions",
+            "`functions` (the legacy form) is not supported; send the functions as `tools`",
+        ));
+    }
+    let tools = crate::tools::prepare(
+        r.tools.as_deref(),
+        r.tool_choice.as_ref(),
+        r.parallel_tool_calls,
+    )?;
+    let mut msgs = Vec::with_capacity(r.messages.len() + 1);
     for (i, m) in r.messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            // A function's result, told to the model as the user's turn (templates
+            // without a tool role accept it).
+            "tool" => "user",
             other => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
@@ -382,7 +404,15 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
                 ))
             }
         };
+        let calls = m.tool_calls.as_deref().filter(|c| !c.is_empty());
+        if calls.is_some() && m.role != "assistant" {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_calls"),
+                "only assistant messages carry `tool_calls`",
+            ));
+        }
         let content = match &m.content {
+            None if calls.is_some() => String::new(),
             None => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].content"),
@@ -405,17 +435,37 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
                 s
             }
         };
+        let content = match (m.role.as_str(), calls) {
+            ("tool", _) => {
+                let Some(id) = m.tool_call_id.as_deref() else {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].tool_call_id"),
+                        "a `tool` message needs the `tool_call_id` it answers",
+                    ));
+                };
+                format!("Result of function call {id}:\n{content}")
+            }
+            (_, Some(c)) if content.is_empty() => crate::tools::history_text(c),
+            (_, Some(c)) => format!("{content}\n{}", crate::tools::history_text(c)),
+            _ => content,
+        };
         msgs.push(ChatMessage {
             role: role.into(),
             content,
         });
     }
-    for (field, list) in [("tools", &r.tools), ("functions", &r.functions)] {
-        if list.as_ref().is_some_and(|l| !l.is_empty()) {
-            return Err(ApiError::invalid(
-                field,
-                format!("`{field}`: tool calling is not supported yet by this server"),
-            ));
+    if let Some(block) = &tools.system_block {
+        match msgs.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{block}", first.content);
+            }
+            _ => msgs.insert(
+                0,
+                ChatMessage {
+                    role: "system".into(),
+                    content: block.clone(),
+                },
+            ),
         }
     }
     if r.top_logprobs.is_some() && r.logprobs != Some(true) {
@@ -438,7 +488,23 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
         _ => None,
     };
     let c = &r.common();
-    let sampling = sampling(fe, c, logprobs)?;
+    let mut sampling = sampling(fe, c, logprobs)?;
+    if let Some(g) = tools.grammar {
+        if sampling.grammar.is_some() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a required or named `tool_choice` cannot be combined with a JSON `response_format`",
+            ));
+        }
+        if c.ignore_eos == Some(true) {
+            return Err(ApiError::invalid(
+                "ignore_eos",
+                "`ignore_eos` cannot be combined with a required or named `tool_choice`",
+            ));
+        }
+        check_grammar(fe, &g, "tools")?;
+        sampling.grammar = Some(g);
+    }
     let stop = stops(c)?;
     let n = n(fe, c)?;
     let prompt = chat_prompt(fe, &msgs)?;
@@ -460,6 +526,7 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
         ignore_eos: c.ignore_eos.unwrap_or(false),
         hint: c.genie.unwrap_or_default(),
         priority: priority(c)?,
+        tools: tools.read_back,
     })
 }
 
@@ -556,5 +623,6 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         ignore_eos: c.ignore_eos.unwrap_or(false),
         hint: c.genie.unwrap_or_default(),
         priority: priority(c)?,
+        tools: None,
     })
 }

@@ -195,7 +195,7 @@ from pydantic import BaseModel, Field  # noqa: E402 (the SDK depends on pydantic
 # max_tokens; the schema's maxLength makes the grammar close it.
 class Person(BaseModel):
     name: str = Field(max_length=40)
-    age: int
+    age: int = Field(ge=0, le=150)
     city: str = Field(max_length=40)
     hobbies: list[Annotated[str, Field(max_length=30)]] = Field(max_length=3)
 

@@ -1,0 +1,92 @@
+"""Structured outputs and tool calls through the clients applications use, against
+`genie serve`: the OpenAI SDK's parse() and tool calls, instructor (TOOLS and JSON_SCHEMA
+modes) and LangChain's ChatOpenAI.with_structured_output (json_schema and
+function_calling methods). Every answer must parse and validate against its model.
+
+Usage: python3 clients.py BASE_URL MODEL
+Exits non-zero on the first failed check.
+"""
+
+import json
+import sys
+from typing import Annotated, Literal
+
+import instructor
+import openai
+from langchain_openai import ChatOpenAI
+from openai import OpenAI
+from pydantic import BaseModel, Field
+
+base, model = sys.argv[1], sys.argv[2]
+client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+checks = 0
+ROUNDS = 6
+
+
+def check(cond, what):
+    global checks
+    if not cond:
+        raise SystemExit(f"FAILED: {what}")
+    checks += 1
+
+
+# Bounded strings: a 135M model left free inside a string can repeat itself until the
+# budget; the schema's maxLength makes the grammar close it.
+class Person(BaseModel):
+    name: str = Field(max_length=40)
+    age: int = Field(ge=0, le=150)
+    city: str = Field(max_length=40)
+    hobbies: list[Annotated[str, Field(max_length=30)]] = Field(max_length=3)
+
+
+class Weather(BaseModel):
+    """Current weather in a city."""
+    city: str = Field(max_length=30)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+WHO = ["a baker in Paris", "a pilot in Lima", "a nurse in Oslo", "a poet in Tokyo",
+       "a farmer in Cairo", "a student in Rome"]
+
+
+def prompt(i):
+    return f"Describe {WHO[i % len(WHO)]} as a person record."
+
+
+# OpenAI SDK: parse() with a pydantic model, and a forced tool call.
+for i in range(ROUNDS):
+    r = client.chat.completions.parse(model=model, max_tokens=200, temperature=0.7, seed=i,
+                                      response_format=Person,
+                                      messages=[{"role": "user", "content": prompt(i)}])
+    check(isinstance(r.choices[0].message.parsed, Person), f"SDK parse: {r}")
+    tools = [openai.pydantic_function_tool(Weather)]
+    r = client.chat.completions.create(model=model, max_tokens=80, temperature=0.7, seed=i, tools=tools,
+                                       tool_choice="required",
+                                       messages=[{"role": "user", "content": "What is the weather in Berlin?"}])
+    calls = r.choices[0].message.tool_calls
+    check(calls and calls[0].function.name == "Weather", f"SDK tool call: {r}")
+    Weather.model_validate(json.loads(calls[0].function.arguments))
+    check(r.choices[0].finish_reason == "tool_calls", f"finish_reason: {r.choices[0].finish_reason}")
+print(f"openai SDK {openai.__version__}: parse() and tool calls, {ROUNDS} each")
+
+# instructor
+for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
+    ic = instructor.from_openai(OpenAI(base_url=base + "/v1", api_key="unused", timeout=120), mode=mode)
+    for i in range(ROUNDS):
+        p = ic.chat.completions.create(model=model, response_model=Person, max_tokens=200, temperature=0.7,
+                                       max_retries=0, seed=i,
+                                       messages=[{"role": "user", "content": prompt(i)}])
+        check(isinstance(p, Person), f"instructor {mode}: {p}")
+    print(f"instructor {instructor.__version__} {mode.name}: {ROUNDS} valid")
+
+# LangChain
+llm = ChatOpenAI(base_url=base + "/v1", api_key="unused", model=model, temperature=0.7, max_tokens=200,
+                 max_retries=0, timeout=120)
+for method in ("json_schema", "function_calling"):
+    structured = llm.with_structured_output(Person, method=method)
+    for i in range(ROUNDS):
+        p = structured.invoke(prompt(i))
+        check(isinstance(p, Person), f"langchain {method}: {p}")
+    print(f"langchain-openai with_structured_output {method}: {ROUNDS} valid")
+
+print(f"clients: {checks} checks passed")

@@ -1,0 +1,198 @@
+//! Tool calling through `genie serve`: forced calls (`required`, a named function) are
+//! whole calls whose arguments match the function's schema, on both paths and streamed;
+//! tool results and earlier calls are accepted in the history; bad tool fields are 400s.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{sse, Server, MODEL};
+
+async fn post(s: &Server, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+         "parameters": {"type": "object", "properties": {
+             "city": {"type": "string", "maxLength": 30},
+             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Local time in a time zone",
+         "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 30}},
+           "required": ["zone"]}}}
+    ])
+}
+
+/// Checks a call's shape and its arguments against the tools above.
+fn check_call(c: &Value) {
+    assert!(c["id"].as_str().unwrap().starts_with("call"), "{c}");
+    assert_eq!(c["type"], "function");
+    let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+    match c["function"]["name"].as_str().unwrap() {
+        "get_weather" => {
+            assert!(
+                args["city"]
+                    .as_str()
+                    .is_some_and(|s| s.chars().count() <= 30),
+                "{args}"
+            );
+            assert!(
+                ["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()),
+                "{args}"
+            );
+        }
+        "get_time" => assert!(args["zone"].is_string(), "{args}"),
+        other => panic!("unknown function {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_tool_calls_match_their_schemas_on_every_path() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let questions = [
+        "What is the weather in Paris?",
+        "What time is it in Tokyo?",
+        "Is it raining in Lima?",
+        "Weather in Oslo please",
+    ];
+    for (i, q) in questions.iter().enumerate() {
+        let choice = if i % 2 == 0 {
+            json!("required")
+        } else {
+            json!({"type": "function", "function": {"name": "get_weather"}})
+        };
+        let body = json!({
+            "model": MODEL, "messages": [{"role": "user", "content": q}],
+            "tools": tools(), "tool_choice": choice, "parallel_tool_calls": false,
+            "max_tokens": 80, "temperature": 0.7, "seed": i,
+            "genie": {"disaggregate": i % 2 == 0}
+        });
+        let (st, v) = post(&s, &body).await;
+        assert_eq!(st, 200, "{v}");
+        let c = &v["choices"][0];
+        let calls = c["message"]["tool_calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(calls.len(), 1, "parallel_tool_calls false: {v}");
+        assert!(c["message"]["content"].is_null(), "{v}");
+        assert!(
+            c["finish_reason"] == "tool_calls" || c["finish_reason"] == "length",
+            "{v}"
+        );
+        check_call(&calls[0]);
+        if i % 2 == 1 {
+            assert_eq!(calls[0]["function"]["name"], "get_weather");
+        }
+    }
+
+    // Streamed: one delta carrying the whole call, then finish_reason tool_calls.
+    let body = json!({
+        "model": MODEL, "messages": [{"role": "user", "content": "Weather in Rome?"}],
+        "tools": tools(), "tool_choice": "required", "max_tokens": 80, "temperature": 0, "stream": true
+    });
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut calls = Vec::new();
+    let mut finish = Value::Null;
+    for d in sse(r).await {
+        if d == "[DONE]" {
+            break;
+        }
+        let c: Value = serde_json::from_str(&d).unwrap();
+        let ch = &c["choices"][0];
+        if let Some(tc) = ch["delta"]["tool_calls"].as_array() {
+            calls.extend(tc.iter().cloned());
+        }
+        if !ch["finish_reason"].is_null() {
+            finish = ch["finish_reason"].clone();
+        }
+    }
+    assert!(!calls.is_empty());
+    assert_eq!(calls[0]["index"], 0);
+    check_call(&calls[0]);
+    assert!(finish == "tool_calls" || finish == "length", "{finish}");
+
+    // A conversation that made a call and got its result goes on.
+    let body = json!({
+        "model": MODEL, "max_tokens": 24, "temperature": 0, "tools": tools(),
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+              "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"}
+        ]
+    });
+    let (st, v) = post(&s, &body).await;
+    assert_eq!(st, 200, "{v}");
+    let m = &v["choices"][0]["message"];
+    assert!(
+        m["content"].is_string() || m["tool_calls"].is_array(),
+        "{v}"
+    );
+
+    // tool_choice none: a plain answer.
+    let body = json!({
+        "model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8,
+        "tools": tools(), "tool_choice": "none", "temperature": 0
+    });
+    let (st, v) = post(&s, &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tool_fields_are_refused_naming_them() {
+    let s = Server::start(&["--threads", "1"], &[]);
+    let base = || json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let cases = [
+        (
+            json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice.function.name",
+        ),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tools": tools(), "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "has space"}}]}),
+            "tools[0].function.name",
+        ),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (
+            json!({"tools": tools(), "tool_choice": "required", "response_format": {"type": "json_object"}}),
+            "tool_choice",
+        ),
+    ];
+    for (extra, param) in cases {
+        let mut body = base();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (st, v) = post(&s, &body).await;
+        assert_eq!(st, 400, "{extra}: {v}");
+        assert_eq!(v["error"]["param"], param, "{extra}: {v}");
+    }
+    let mut body = base();
+    body["messages"] = json!([{"role": "tool", "content": "x"}]);
+    let (st, v) = post(&s, &body).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages[0].tool_call_id", "{v}");
+}

@@ -1,0 +1,405 @@
+//! Tool calling (pure): the request's `tools` and `tool_choice` checked, the functions
+//! described to the model in a system block, the grammar that forces calls (`required`
+//! or a named function), and the answer's text read back as `tool_calls`.
+//!
+//! The model is told to answer a call as one JSON object,
+//! `{"tool_calls": [{"name": ..., "arguments": {...}}]}`, and nothing else; the same form
+//! carries earlier calls in the history. With `tool_choice` `required` or a named
+//! function, that object is enforced token by token (each item's `arguments` by its
+//! function's `parameters`); with `auto` the model chooses, and an answer that is such an
+//! object naming offered functions becomes `tool_calls`, any other answer is text.
+
+use crate::api_error::ApiError;
+use genie_grammar::GrammarSpec;
+use genie_protocol::openai::{FunctionCall, Tool, ToolCall, ToolChoice};
+use serde_json::{json, Value};
+
+/// Most calls one forced answer may hold when `parallel_tool_calls` allows several.
+pub const MAX_PARALLEL_CALLS: u64 = 8;
+
+/// How a request's answer is read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolUse {
+    /// The functions offered, by name.
+    pub names: Vec<String>,
+}
+
+/// What a request's `tools` and `tool_choice` make of it: how its answer is read (None:
+/// as text), the system block describing the functions (None: no tools offered), and the
+/// grammar forcing a call (None: the model chooses).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prepared {
+    pub read_back: Option<ToolUse>,
+    pub system_block: Option<String>,
+    pub grammar: Option<GrammarSpec>,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks `tools` and `tool_choice`, naming the failing field.
+pub fn prepare(
+    tools: Option<&[Tool]>,
+    choice: Option<&ToolChoice>,
+    parallel: Option<bool>,
+) -> Result<Prepared, ApiError> {
+    let tools = tools.unwrap_or_default();
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind != "function" {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].type"),
+                format!("tool type `{}` is not supported; use `function`", t.kind),
+            ));
+        }
+        if !valid_name(&t.function.name) {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                "a function name must be 1 to 64 characters of a-z, A-Z, 0-9, `_` and `-`",
+            ));
+        }
+        if tools[..i]
+            .iter()
+            .any(|o| o.function.name == t.function.name)
+        {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                format!("function `{}` is defined twice", t.function.name),
+            ));
+        }
+        if let Some(p) = &t.function.parameters {
+            if !p.is_object() {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.parameters"),
+                    "`parameters` must be a JSON schema object",
+                ));
+            }
+        }
+    }
+    if tools.is_empty() {
+        if choice.is_some_and(|c| *c != ToolChoice::Mode("none".into())) {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "`tool_choice` needs `tools`",
+            ));
+        }
+        return Ok(Prepared::default());
+    }
+    // Which functions a forced answer may call: None = the model chooses.
+    let forced: Option<Vec<&Tool>> = match choice {
+        None => None,
+        Some(ToolChoice::Mode(m)) => match m.as_str() {
+            "auto" => None,
+            "none" => return Ok(Prepared::default()),
+            "required" => Some(tools.iter().collect()),
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
+                    "`{other}` is not a tool choice; use none, auto, required or a named function"
+                ),
+                ))
+            }
+        },
+        Some(ToolChoice::Named(n)) => {
+            if n.kind != "function" {
+                return Err(ApiError::invalid(
+                    "tool_choice.type",
+                    "the only tool type is `function`",
+                ));
+            }
+            match tools.iter().find(|t| t.function.name == n.function.name) {
+                Some(t) => Some(vec![t]),
+                None => {
+                    return Err(ApiError::invalid(
+                        "tool_choice.function.name",
+                        format!("no tool named `{}` is in `tools`", n.function.name),
+                    ))
+                }
+            }
+        }
+    };
+    let most = if parallel.unwrap_or(true) {
+        MAX_PARALLEL_CALLS
+    } else {
+        1
+    };
+    let grammar = forced.as_ref().map(|f| calls_grammar(f, most));
+    Ok(Prepared {
+        read_back: Some(ToolUse {
+            names: tools.iter().map(|t| t.function.name.clone()).collect(),
+        }),
+        system_block: Some(system_block(tools, forced.as_deref(), most)),
+        grammar,
+    })
+}
+
+fn parameters(t: &Tool) -> Value {
+    t.function
+        .parameters
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}))
+}
+
+/// The answer's schema when calls are forced: `{"tool_calls": [call, ...]}`, each call
+/// one of `tools` with its `parameters`. Strict when every function asks for it.
+fn calls_grammar(tools: &[&Tool], most: u64) -> GrammarSpec {
+    let calls: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.function.name}, "arguments": parameters(t)},
+                "required": ["name", "arguments"],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    GrammarSpec::JsonSchema {
+        schema: json!({
+            "type": "object",
+            "properties": {"tool_calls": {
+                "type": "array", "minItems": 1, "maxItems": most,
+                "items": if calls.len() == 1 { calls[0].clone() } else { json!({"anyOf": calls}) }
+            }},
+            "required": ["tool_calls"],
+            "additionalProperties": false
+        }),
+        strict: tools.iter().all(|t| t.function.strict == Some(true)),
+    }
+}
+
+/// The functions described to the model, and how to call them.
+fn system_block(tools: &[Tool], forced: Option<&[&Tool]>, most: u64) -> String {
+    let mut s = String::from("You can call functions. Each is described by one JSON object:\n");
+    for t in tools {
+        let mut d = json!({"name": t.function.name, "parameters": parameters(t)});
+        if let Some(desc) = &t.function.description {
+            d["description"] = json!(desc);
+        }
+        s.push_str(&d.to_string());
+        s.push('\n');
+    }
+    let form = r#"{"tool_calls": [{"name": "<function name>", "arguments": {<arguments>}}]}"#;
+    match forced {
+        Some(f) if f.len() == 1 && tools.len() > 1 => s.push_str(&format!(
+            "Call the function {} now: answer with only this JSON and nothing else:\n{form}\n",
+            f[0].function.name
+        )),
+        Some(_) => s.push_str(&format!(
+            "Call a function now: answer with only this JSON and nothing else:\n{form}\n"
+        )),
+        None => s.push_str(&format!(
+            "To call functions, answer with only this JSON and nothing else:\n{form}\nOtherwise answer normally.\n"
+        )),
+    }
+    if most == 1 {
+        s.push_str("Make one call at a time.\n");
+    }
+    s
+}
+
+/// An earlier answer's calls as the model is told to write them (the history's form):
+/// `name` before `arguments`, whatever the JSON map's order.
+pub fn history_text(calls: &[ToolCall]) -> String {
+    let items: Vec<String> = calls
+        .iter()
+        .map(|c| {
+            let args = serde_json::from_str::<Value>(&c.function.arguments)
+                .unwrap_or_else(|_| Value::String(c.function.arguments.clone()));
+            format!(
+                r#"{{"name":{},"arguments":{args}}}"#,
+                Value::String(c.function.name.clone())
+            )
+        })
+        .collect();
+    format!(r#"{{"tool_calls":[{}]}}"#, items.join(","))
+}
+
+/// `text` read as calls of offered functions, or None (it is a text answer). `id` makes
+/// each call's id.
+pub fn read_calls(
+    text: &str,
+    tools: &ToolUse,
+    mut id: impl FnMut() -> String,
+) -> Option<Vec<ToolCall>> {
+    let v: Value = serde_json::from_str(text.trim()).ok()?;
+    let items = v.as_object()?.get("tool_calls")?.as_array()?;
+    if items.is_empty() {
+        return None;
+    }
+    items
+        .iter()
+        .map(|c| {
+            let name = c.get("name")?.as_str()?;
+            if !tools.names.iter().any(|n| n == name) {
+                return None;
+            }
+            let args = c.get("arguments").cloned().unwrap_or_else(|| json!({}));
+            Some(ToolCall {
+                id: id(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: name.to_string(),
+                    arguments: args.to_string(),
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genie_protocol::openai::{FunctionDef, NamedFunction, NamedToolChoice};
+
+    fn tool(name: &str) -> Tool {
+        Tool {
+            kind: "function".into(),
+            function: FunctionDef {
+                name: name.into(),
+                description: Some("d".into()),
+                parameters: Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+                ),
+                strict: None,
+            },
+        }
+    }
+
+    fn named(n: &str) -> ToolChoice {
+        ToolChoice::Named(NamedToolChoice {
+            kind: "function".into(),
+            function: NamedFunction { name: n.into() },
+        })
+    }
+
+    #[test]
+    fn auto_describes_the_tools_and_reads_calls_back_without_a_grammar() {
+        let tools = [tool("weather"), tool("time")];
+        let p = prepare(Some(&tools), None, None).unwrap();
+        assert!(p.grammar.is_none());
+        let block = p.system_block.unwrap();
+        assert!(
+            block.contains(r#""name":"weather""#) && block.contains("Otherwise answer normally")
+        );
+        let use_ = p.read_back.unwrap();
+        let mut n = 0;
+        let calls = read_calls(
+            r#" {"tool_calls":[{"name":"time","arguments":{"city":"Oslo"}}]} "#,
+            &use_,
+            || {
+                n += 1;
+                format!("call_{n}")
+            },
+        )
+        .unwrap();
+        assert_eq!(calls[0].id, "call_1");
+        assert_eq!(calls[0].function.name, "time");
+        assert_eq!(calls[0].function.arguments, r#"{"city":"Oslo"}"#);
+        assert!(read_calls("Hello there", &use_, String::new).is_none());
+        assert!(read_calls(
+            r#"{"tool_calls":[{"name":"other","arguments":{}}]}"#,
+            &use_,
+            String::new
+        )
+        .is_none());
+        assert!(read_calls(r#"{"tool_calls":[]}"#, &use_, String::new).is_none());
+    }
+
+    #[test]
+    fn required_and_named_force_calls_through_a_schema() {
+        let tools = [tool("weather"), tool("time")];
+        let p = prepare(
+            Some(&tools),
+            Some(&ToolChoice::Mode("required".into())),
+            Some(false),
+        )
+        .unwrap();
+        let GrammarSpec::JsonSchema { schema, strict } = p.grammar.unwrap() else {
+            panic!("a schema")
+        };
+        assert!(!strict);
+        assert_eq!(schema["properties"]["tool_calls"]["maxItems"], 1);
+        assert_eq!(
+            schema["properties"]["tool_calls"]["items"]["anyOf"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let p = prepare(Some(&tools), Some(&named("time")), None).unwrap();
+        let GrammarSpec::JsonSchema { schema, .. } = p.grammar.unwrap() else {
+            panic!("a schema")
+        };
+        let item = &schema["properties"]["tool_calls"]["items"];
+        assert_eq!(item["properties"]["name"]["const"], "time");
+        assert_eq!(
+            schema["properties"]["tool_calls"]["maxItems"],
+            MAX_PARALLEL_CALLS
+        );
+        assert!(p
+            .system_block
+            .unwrap()
+            .contains("Call the function time now"));
+        let none = prepare(Some(&tools), Some(&ToolChoice::Mode("none".into())), None).unwrap();
+        assert_eq!(none, Prepared::default());
+    }
+
+    #[test]
+    fn bad_tools_and_choices_name_their_field() {
+        let param = |r: Result<Prepared, ApiError>| r.unwrap_err().param.unwrap_or_default();
+        let tools = [tool("weather")];
+        assert_eq!(
+            param(prepare(Some(&tools), Some(&named("nope")), None)),
+            "tool_choice.function.name"
+        );
+        assert_eq!(
+            param(prepare(
+                Some(&tools),
+                Some(&ToolChoice::Mode("always".into())),
+                None
+            )),
+            "tool_choice"
+        );
+        assert_eq!(
+            param(prepare(
+                None,
+                Some(&ToolChoice::Mode("required".into())),
+                None
+            )),
+            "tool_choice"
+        );
+        let mut bad = tool("has space");
+        assert_eq!(
+            param(prepare(Some(&[bad.clone()]), None, None)),
+            "tools[0].function.name"
+        );
+        bad = tool("x");
+        bad.kind = "retrieval".into();
+        assert_eq!(param(prepare(Some(&[bad]), None, None)), "tools[0].type");
+        assert_eq!(
+            param(prepare(Some(&[tool("a"), tool("a")]), None, None)),
+            "tools[1].function.name"
+        );
+    }
+
+    #[test]
+    fn history_calls_are_written_as_the_model_is_told_to_write_them() {
+        let c = ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "time".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            },
+        };
+        assert_eq!(
+            history_text(&[c]),
+            r#"{"tool_calls":[{"name":"time","arguments":{"city":"Oslo"}}]}"#
+        );
+    }
+}
