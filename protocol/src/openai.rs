@@ -310,10 +310,6 @@ request_with_common! {
         /// Several calls in one answer (default true).
         #[serde(default)]
         pub parallel_tool_calls: Option<bool>,
-        /// The legacy form of `tools`: refused (400) with a pointer to `tools`.
-        #[serde(default)]
-        #[schema(value_type = Option<Vec<Object>>)]
-        pub functions: Option<Vec<serde_json::Value>>,
     }
 }
 

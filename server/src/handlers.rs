@@ -388,6 +388,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let tenant = tenant(&st, &headers)?;
+    crate::fields::check(&bytes, crate::fields::Endpoint::Chat)?;
     let req: ChatCompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_chat).await?;
     let (id, created) = (new_id("chatcmpl"), unix_now());
@@ -520,6 +521,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let tenant = tenant(&st, &headers)?;
+    crate::fields::check(&bytes, crate::fields::Endpoint::Completion)?;
     let req: CompletionRequest = body::parse(&bytes)?;
     let spec = prepare(&st, req, prepare_completion).await?;
     let (id, created) = (new_id("cmpl"), unix_now());

@@ -23,6 +23,7 @@ pub mod api_error;
 pub mod app;
 pub mod body;
 pub mod edge;
+pub mod fields;
 pub mod frontend;
 pub mod handlers;
 pub mod metrics_setup;

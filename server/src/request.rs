@@ -375,12 +375,6 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
             "`messages` must hold at least one message",
         ));
     }
-    if r.functions.as_ref().is_some_and(|l| !l.is_empty()) {
-        return Err(ApiError::invalid(
-            "functions",
-            "`functions` (the legacy form) is not supported; send the functions as `tools`",
-        ));
-    }
     let tools = crate::tools::prepare(
         r.tools.as_deref(),
         r.tool_choice.as_ref(),

@@ -215,4 +215,65 @@ for i in range(8):
 check(parsed >= 6, f"{parsed} of 8 structured answers ended within 160 tokens")
 print(f"structured outputs: {parsed} of 8 parsed into the pydantic model")
 
+# No field silently ignored: every field of the SDK's chat and completions request types
+# is honoured, accepted and ignored (the README lists them), or refused with a 400 naming
+# it. A field a newer SDK adds fails this walk until it is classified here and served.
+from openai.types import completion_create_params as completion_params  # noqa: E402
+from openai.types.chat import completion_create_params as chat_params  # noqa: E402
+
+
+def sdk_fields(t):
+    return {k for c in t.__mro__ for k in getattr(c, "__annotations__", {})}
+
+
+def raw(path, body):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json",
+                                          "authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+WALK = {
+    "/v1/chat/completions": (
+        sdk_fields(chat_params.CompletionCreateParamsBase),
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        {"frequency_penalty", "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "messages",
+         "model", "n", "parallel_tool_calls", "presence_penalty", "response_format", "seed", "stop",
+         "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p"},
+        {"user": "u1", "metadata": {"k": "v"}, "store": True, "service_tier": "auto",
+         "safety_identifier": "s1", "prompt_cache_key": "k1", "prompt_cache_retention": "24h",
+         "prompt_cache_options": {}, "reasoning_effort": "low", "verbosity": "low",
+         "modalities": ["text"]},
+        {"audio": {"voice": "alloy", "format": "wav"}, "function_call": "auto",
+         "functions": [{"name": "f", "parameters": {"type": "object"}}],
+         "prediction": {"type": "content", "content": "x"}, "web_search_options": {},
+         "moderation": {"type": "auto"}},
+    ),
+    "/v1/completions": (
+        sdk_fields(completion_params.CompletionCreateParamsBase),
+        {"model": model, "prompt": "hi", "max_tokens": 2},
+        {"echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "model", "n",
+         "presence_penalty", "prompt", "seed", "stop", "stream_options", "temperature", "top_p"},
+        {"user": "u1", "best_of": 1, "suffix": ""},
+        {"best_of": 3, "suffix": "the end"},
+    ),
+}
+for path, (fields, base_body, honoured, ignored, refused) in WALK.items():
+    unclassified = fields - honoured - set(ignored) - set(refused)
+    check(not unclassified, f"{path}: SDK fields not classified: {sorted(unclassified)}")
+    for f, v in ignored.items():
+        st, body = raw(path, {**base_body, f: v})
+        check(st == 200, f"{path} {f} accepted and ignored: {st} {body}")
+    for f, v in refused.items():
+        st, body = raw(path, {**base_body, f: v})
+        check(st == 400 and body["error"]["param"] == f, f"{path} {f} refused naming it: {st} {body}")
+    st, body = raw(path, {**base_body, "no_such_field": 1})
+    check(st == 400 and body["error"]["param"] == "no_such_field"
+          and "Unrecognized request argument" in body["error"]["message"], f"{path}: unknown field: {body}")
+print("request fields: every SDK field honoured, listed as ignored, or refused by name")
+
 print(f"openai SDK {openai.__version__}: {checks} checks passed")
