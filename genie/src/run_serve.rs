@@ -243,6 +243,7 @@ pub async fn serve_api(
                 .collect(),
         ),
         tenants: Arc::new(genie_server::tenant::Tenants::new(&cfg.server.api_keys)),
+        responses: Default::default(),
         metrics,
         plans: Arc::new(PlanLog::new(PLAN_LOG_CAPACITY)),
         max_body_bytes: cfg.limits.max_body_bytes,

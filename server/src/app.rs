@@ -34,6 +34,8 @@ pub struct AppState {
     pub stall_timeout: std::time::Duration,
     /// Per-key limits and priorities (empty without keys).
     pub tenants: Arc<crate::tenant::Tenants>,
+    /// Stored `/v1/responses` conversations, for `previous_response_id`.
+    pub responses: Arc<crate::responses::Store>,
 }
 
 /// Constant-time comparison so key checks do not leak how much of a key matched.
@@ -191,6 +193,7 @@ pub fn build_apps(st: AppState, opts: AppOptions) -> (Router, Router) {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
+        .route("/v1/responses", post(crate::responses::create))
         .route("/v1/models", get(handlers::models))
         .route("/v1/workers", get(workers))
         .route("/v1/plans", get(crate::plan_api::active))

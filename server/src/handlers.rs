@@ -25,13 +25,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const FINGERPRINT: &str = "genie";
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -53,7 +53,7 @@ fn random_seed() -> u64 {
 }
 
 /// Tokenizes and validates off the async runtime.
-async fn prepare<R, F>(st: &AppState, req: R, f: F) -> Result<GenSpec, ApiError>
+pub(crate) async fn prepare<R, F>(st: &AppState, req: R, f: F) -> Result<GenSpec, ApiError>
 where
     R: Send + 'static,
     F: FnOnce(&crate::frontend::Frontend, R) -> Result<GenSpec, ApiError> + Send + 'static,
@@ -70,7 +70,7 @@ where
 /// Queues and dispatches every sequence of the request, recording its plan under `id`.
 /// Holds the request's sequences against its key's cap (the key's rate was checked on
 /// arrival), refuses up front what could never fit, then queues and dispatches.
-async fn start(
+pub(crate) async fn start(
     st: &AppState,
     spec: &GenSpec,
     tenant: Option<&Tenant>,
@@ -190,14 +190,14 @@ fn request_plan(
 /// The header that gives clients the id of the request's plan.
 pub const REQUEST_ID_HEADER: &str = "x-genie-request-id";
 
-fn with_request_id(mut r: Response, id: &str) -> Response {
+pub(crate) fn with_request_id(mut r: Response, id: &str) -> Response {
     if let Ok(v) = axum::http::HeaderValue::from_str(id) {
         r.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     r
 }
 
-fn prompt_tokens(spec: &GenSpec) -> u64 {
+pub(crate) fn prompt_tokens(spec: &GenSpec) -> u64 {
     spec.prompts.iter().map(|p| p.ids.len() as u64).sum()
 }
 
@@ -250,14 +250,17 @@ fn completion_logprobs(st: &AppState, tokens: &[TokenOut], offset: &mut u32) -> 
 }
 
 /// Every choice of a non-streamed answer: text, kept tokens, finish reason.
-struct Collected {
-    texts: Vec<String>,
-    tokens: Vec<Vec<TokenOut>>,
-    finish: Vec<FinishReason>,
+pub(crate) struct Collected {
+    pub(crate) texts: Vec<String>,
+    pub(crate) tokens: Vec<Vec<TokenOut>>,
+    pub(crate) finish: Vec<FinishReason>,
 }
 
 /// Runs every sequence to its end; `texts` holds each choice's prefix (completions' echo).
-async fn collect(merged: &mut Merged, mut texts: Vec<String>) -> Result<Collected, ApiError> {
+pub(crate) async fn collect(
+    merged: &mut Merged,
+    mut texts: Vec<String>,
+) -> Result<Collected, ApiError> {
     let n = texts.len();
     let mut tokens: Vec<Vec<TokenOut>> = vec![Vec::new(); n];
     let mut finish: Vec<FinishReason> = vec![FinishReason::Stop; n];
@@ -291,7 +294,7 @@ async fn collect(merged: &mut Merged, mut texts: Vec<String>) -> Result<Collecte
 }
 
 /// The request's tenant (its API key's limits), its rate already taken.
-fn tenant(st: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, ApiError> {
+pub(crate) fn tenant(st: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, ApiError> {
     let t = st.tenants.of(headers);
     if let Some(t) = &t {
         t.admit_request()?;
@@ -305,7 +308,7 @@ type OnPiece =
 
 /// `finish_reason` of an answer that may be tool calls: `tool_calls` where it ended by
 /// itself as calls.
-fn tool_finish(calls: bool, finish: FinishReason) -> &'static str {
+pub(crate) fn tool_finish(calls: bool, finish: FinishReason) -> &'static str {
     match (calls, finish) {
         (true, FinishReason::Stop) => "tool_calls",
         _ => finish.as_str(),

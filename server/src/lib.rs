@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod plan_api;
 pub mod plan_log;
 pub mod request;
+pub mod responses;
 pub mod sequence;
 pub mod sse;
 pub mod tenant;

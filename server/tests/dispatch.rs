@@ -200,6 +200,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
         max_body_bytes: 1 << 20,
         stall_timeout: Duration::from_secs(30),
         tenants: Default::default(),
+        responses: Default::default(),
     })
 }
 

@@ -171,6 +171,7 @@ async fn serve(pool: Arc<Pool>, keys: Vec<ApiKey>, max_body_bytes: usize) -> Str
         max_body_bytes,
         stall_timeout: Duration::from_secs(30),
         tenants: Arc::new(Tenants::new(&keys)),
+        responses: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

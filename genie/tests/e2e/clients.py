@@ -1,5 +1,6 @@
 """Structured outputs and tool calls through the clients applications use, against
-`genie serve`: the OpenAI SDK's parse() and tool calls, instructor (TOOLS and JSON_SCHEMA
+`genie serve`: the OpenAI SDK's parse() and tool calls, its Responses API (create,
+streamed, parse, previous_response_id), instructor (TOOLS and JSON_SCHEMA
 modes) and LangChain's ChatOpenAI.with_structured_output (json_schema and
 function_calling methods). Every answer must parse and validate against its model.
 
@@ -68,6 +69,26 @@ for i in range(ROUNDS):
     Weather.model_validate(json.loads(calls[0].function.arguments))
     check(r.choices[0].finish_reason == "tool_calls", f"finish_reason: {r.choices[0].finish_reason}")
 print(f"openai SDK {openai.__version__}: parse() and tool calls, {ROUNDS} each")
+
+# The Responses API through the SDK: create (whole and streamed), parse() with a
+# text_format model, and a conversation continued by previous_response_id.
+for i in range(ROUNDS):
+    r = client.responses.create(model=model, input=prompt(i), max_output_tokens=24, temperature=0.7)
+    check(r.status in ("completed", "incomplete") and r.output_text, f"responses.create: {r}")
+    r2 = client.responses.create(model=model, input="Shorter, please.", previous_response_id=r.id,
+                                 max_output_tokens=16, temperature=0.7)
+    check(r2.output_text and r2.usage.input_tokens > r.usage.input_tokens, f"previous_response_id: {r2}")
+    events = list(client.responses.create(model=model, input=prompt(i), max_output_tokens=16,
+                                          temperature=0.7, stream=True))
+    kinds = [e.type for e in events]
+    check(kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"),
+          f"stream events: {kinds}")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    check(text == events[-1].response.output_text, f"deltas join into the text: {text!r}")
+    p = client.responses.parse(model=model, input=prompt(i), text_format=Person, max_output_tokens=200,
+                               temperature=0.7)
+    check(isinstance(p.output_parsed, Person), f"responses.parse: {p}")
+print(f"openai SDK responses: create, stream, previous_response_id, parse(), {ROUNDS} each")
 
 # instructor
 for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):

@@ -297,7 +297,12 @@ pub async fn sse(resp: reqwest::Response) -> Vec<String> {
     while let Some(b) = futures_util::StreamExt::next(&mut s).await {
         buf.push_str(&String::from_utf8_lossy(&b.unwrap()));
     }
+    // Each event's `data:` line (an event may also have `event:` and comment lines).
     buf.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: ").map(String::from))
+        .filter_map(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(String::from)
+        })
         .collect()
 }
