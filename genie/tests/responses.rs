@@ -127,7 +127,7 @@ async fn responses_whole_streamed_structured_and_continued() {
 
     // text.format json_schema: the answer parses and has the schema's keys.
     let schema = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
-                        "population": {"type": "integer", "minimum": 0}}, "required": ["city", "population"]});
+                        "population": {"type": "integer", "minimum": 0, "maximum": 100000000}}, "required": ["city", "population"]});
     let (st, r) = post(&s, &json!({"model": MODEL, "input": "A big city, as JSON.", "max_output_tokens": 60, "temperature": 0.7,
         "text": {"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": true}}})).await;
     assert_eq!(st, 200, "{r}");
