@@ -4,40 +4,20 @@
 
 mod support;
 
-use support::{Server, MODEL};
+use support::MODEL;
 
 #[test]
 fn the_openai_python_sdk_works_against_genie_serve() {
-    let has_sdk = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_sdk {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the openai Python package is required in CI (python3 -m pip install openai)"
-        );
-        eprintln!(
-            "SKIPPED: the openai Python package is not installed (python3 -m pip install openai)"
-        );
-        return;
-    }
     let key = "sk-genie-e2e";
-    let s = Server::start(
+    support::python_checks(
+        "openai_sdk.py",
+        "openai",
+        "python3 -m pip install openai",
         &["--threads", "1", "--api-key", key],
         &[
             ("GENIE_LIMITS__MAX_WAITING", "16"),
             ("GENIE_LIMITS__MAX_N", "32"),
         ],
+        &[key, MODEL],
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/openai_sdk.py");
-    let out = std::process::Command::new("python3")
-        .args([script, &s.url, key, MODEL])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("checks passed"));
 }

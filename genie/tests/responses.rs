@@ -5,17 +5,10 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{sse, Server, MODEL};
+use support::{post_json, post_stream, Server, MODEL};
 
 async fn post(s: &Server, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/responses"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_json(s, "/v1/responses", body).await
 }
 
 fn output_text(r: &Value) -> String {
@@ -78,14 +71,8 @@ async fn responses_whole_streamed_structured_and_continued() {
     assert_eq!(st, 200);
 
     // Streamed: the typed events in order, and the deltas join into the final text.
-    let resp = reqwest::Client::new()
-        .post(s.url("/v1/responses"))
-        .json(&json!({"model": MODEL, "input": "Name a fruit.", "max_output_tokens": 12, "temperature": 0, "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let events: Vec<Value> = sse(resp)
+    let body = json!({"model": MODEL, "input": "Name a fruit.", "max_output_tokens": 12, "temperature": 0, "stream": true});
+    let events: Vec<Value> = post_stream(&s, "/v1/responses", &body)
         .await
         .iter()
         .map(|d| serde_json::from_str(d).unwrap())

@@ -5,17 +5,10 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{sse, Server, MODEL};
+use support::{post_json, post_stream, Server, MODEL};
 
 async fn post(s: &Server, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_json(s, "/v1/chat/completions", body).await
 }
 
 /// A person record: every type the schema can hold, with an enum and a bounded array.
@@ -134,16 +127,10 @@ async fn schema_outputs_parse_and_validate_on_every_path() {
     // Streaming, colocated: the deltas join into one valid object.
     let mut body = person_request(41, false);
     body["stream"] = json!(true);
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let events = post_stream(&s, "/v1/chat/completions", &body).await;
     let mut text = String::new();
     let mut finish = Value::Null;
-    for d in sse(r).await {
+    for d in events {
         if d == "[DONE]" {
             break;
         }

@@ -5,17 +5,10 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{sse, Server, MODEL};
+use support::{post_json, post_stream, Server, MODEL};
 
 async fn post(s: &Server, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_json(s, "/v1/chat/completions", body).await
 }
 
 fn tools() -> Value {
@@ -98,16 +91,10 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
         "model": MODEL, "messages": [{"role": "user", "content": "Weather in Rome?"}],
         "tools": tools(), "tool_choice": "required", "max_tokens": 80, "temperature": 0, "stream": true
     });
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let events = post_stream(&s, "/v1/chat/completions", &body).await;
     let mut calls = Vec::new();
     let mut finish = Value::Null;
-    for d in sse(r).await {
+    for d in events {
         if d == "[DONE]" {
             break;
         }

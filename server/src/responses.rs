@@ -391,6 +391,31 @@ fn output_items(text: &str, calls: Option<&[ToolCall]>, msg_id: &str) -> Vec<Val
     }
 }
 
+/// The events that open the answer's message item and its text part.
+fn opening(msg_id: &str) -> [Value; 2] {
+    [
+        json!({"type": "response.output_item.added", "output_index": 0,
+               "item": {"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}}),
+        json!({"type": "response.content_part.added", "item_id": msg_id, "output_index": 0,
+               "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ]
+}
+
+/// With `store`, the conversation and its answer, kept under the response's id.
+fn keep(
+    responses: &Store,
+    store: bool,
+    id: &str,
+    mut conversation: Vec<RequestMessage>,
+    text: &str,
+    calls: Option<&[ToolCall]>,
+) {
+    if store {
+        conversation.push(answer_message(text, calls));
+        responses.put(id.to_string(), conversation);
+    }
+}
+
 /// The answer added to the stored conversation.
 fn answer_message(text: &str, calls: Option<&[ToolCall]>) -> RequestMessage {
     match calls {
@@ -445,11 +470,14 @@ pub async fn create(
             "completed"
         };
         let output = output_items(&text, calls.as_deref(), &msg_id);
-        if store {
-            let mut conv = conversation;
-            conv.push(answer_message(&text, calls.as_deref()));
-            st.responses.put(id.clone(), conv);
-        }
+        keep(
+            &st.responses,
+            store,
+            &id,
+            conversation,
+            &text,
+            calls.as_deref(),
+        );
         let body = response_object(
             &id,
             created,
@@ -509,10 +537,7 @@ pub async fn create(
                         let mut out = Vec::new();
                         if !opened {
                             opened = true;
-                            out.push(ev(json!({"type": "response.output_item.added", "output_index": 0,
-                                "item": {"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}})));
-                            out.push(ev(json!({"type": "response.content_part.added", "item_id": msg_id, "output_index": 0,
-                                "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
+                            out.extend(opening(&msg_id).map(&mut ev));
                         }
                         out.push(ev(
                             json!({"type": "response.output_text.delta", "item_id": msg_id,
@@ -544,10 +569,7 @@ pub async fn create(
         match &calls {
             None => {
                 if !opened {
-                    tail.push(ev(json!({"type": "response.output_item.added", "output_index": 0,
-                        "item": {"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}})));
-                    tail.push(ev(json!({"type": "response.content_part.added", "item_id": msg_id, "output_index": 0,
-                        "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
+                    tail.extend(opening(&msg_id).map(&mut ev));
                     if !text.is_empty() {
                         tail.push(ev(
                             json!({"type": "response.output_text.delta", "item_id": msg_id,
@@ -585,11 +607,14 @@ pub async fn create(
         } else {
             ("completed", "response.completed")
         };
-        if store {
-            let mut conv = conversation;
-            conv.push(answer_message(&text, calls.as_deref()));
-            st2.responses.put(id.clone(), conv);
-        }
+        keep(
+            &st2.responses,
+            store,
+            &id,
+            conversation,
+            &text,
+            calls.as_deref(),
+        );
         let done = response_object(
             &id,
             created,

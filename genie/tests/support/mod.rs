@@ -306,3 +306,69 @@ pub async fn sse(resp: reqwest::Response) -> Vec<String> {
         })
         .collect()
 }
+
+/// POSTs `body` as JSON to `path`: the status and the JSON answer (null if none).
+pub async fn post_json(
+    s: &Server,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// POSTs a streaming `body` to `path`, checks the 200, and reads the events' `data:`.
+pub async fn post_stream(s: &Server, path: &str, body: &serde_json::Value) -> Vec<String> {
+    let r = reqwest::Client::new()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    sse(r).await
+}
+
+/// Runs the Python `script` (under tests/e2e) with `args` after `genie serve` `URL`, if
+/// `modules` import: its stdout must end in "checks passed". Skipped with a message when
+/// a module is missing, except in CI (`CI` set), where that fails.
+pub fn python_checks(
+    script: &str,
+    modules: &str,
+    install: &str,
+    serve_args: &[&str],
+    env: &[(&str, &str)],
+    args: &[&str],
+) {
+    let has = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{modules} are required in CI ({install})"
+        );
+        eprintln!("SKIPPED: {install}");
+        return;
+    }
+    let s = Server::start(serve_args, env);
+    let script = format!("{}/tests/e2e/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut all = vec![script.as_str(), s.url.as_str()];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new("python3")
+        .args(&all)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("checks passed"));
+}
