@@ -4,11 +4,12 @@ streamed, parse, previous_response_id), instructor (TOOLS and JSON_SCHEMA
 modes) and LangChain's ChatOpenAI.with_structured_output (json_schema and
 function_calling methods). Every answer must parse and validate against its model.
 
-Usage: python3 clients.py BASE_URL MODEL
+Usage: python3 clients.py BASE_URL MODEL   (CLIENT_ROUNDS=50 answers per client and method)
 Exits non-zero on the first failed check.
 """
 
 import json
+import os
 import sys
 from typing import Annotated, Literal
 
@@ -21,7 +22,7 @@ from pydantic import BaseModel, Field
 base, model = sys.argv[1], sys.argv[2]
 client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
 checks = 0
-ROUNDS = 6
+ROUNDS = int(os.environ.get("CLIENT_ROUNDS", "50"))
 
 
 def check(cond, what):
@@ -50,13 +51,17 @@ WHO = ["a baker in Paris", "a pilot in Lima", "a nurse in Oslo", "a poet in Toky
        "a farmer in Cairo", "a student in Rome"]
 
 
+LIKES = ["chess", "the sea", "old films", "running", "jazz", "gardening", "trains"]
+
+
 def prompt(i):
-    return f"Describe {WHO[i % len(WHO)]} as a person record."
+    """50 different prompts: a person, a liking and a number."""
+    return f"Describe {WHO[i % len(WHO)]} who likes {LIKES[i % len(LIKES)]} (record {i}) as a person record."
 
 
 # OpenAI SDK: parse() with a pydantic model, and a forced tool call.
 for i in range(ROUNDS):
-    r = client.chat.completions.parse(model=model, max_tokens=200, temperature=0.7, seed=i,
+    r = client.chat.completions.parse(model=model, max_tokens=320, temperature=0.7, seed=i,
                                       response_format=Person,
                                       messages=[{"role": "user", "content": prompt(i)}])
     check(isinstance(r.choices[0].message.parsed, Person), f"SDK parse: {r}")
@@ -85,7 +90,7 @@ for i in range(ROUNDS):
           f"stream events: {kinds}")
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     check(text == events[-1].response.output_text, f"deltas join into the text: {text!r}")
-    p = client.responses.parse(model=model, input=prompt(i), text_format=Person, max_output_tokens=200,
+    p = client.responses.parse(model=model, input=prompt(i), text_format=Person, max_output_tokens=320,
                                temperature=0.7)
     check(isinstance(p.output_parsed, Person), f"responses.parse: {p}")
 print(f"openai SDK responses: create, stream, previous_response_id, parse(), {ROUNDS} each")
@@ -94,14 +99,14 @@ print(f"openai SDK responses: create, stream, previous_response_id, parse(), {RO
 for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
     ic = instructor.from_openai(OpenAI(base_url=base + "/v1", api_key="unused", timeout=120), mode=mode)
     for i in range(ROUNDS):
-        p = ic.chat.completions.create(model=model, response_model=Person, max_tokens=200, temperature=0.7,
+        p = ic.chat.completions.create(model=model, response_model=Person, max_tokens=320, temperature=0.7,
                                        max_retries=0, seed=i,
                                        messages=[{"role": "user", "content": prompt(i)}])
         check(isinstance(p, Person), f"instructor {mode}: {p}")
     print(f"instructor {instructor.__version__} {mode.name}: {ROUNDS} valid")
 
 # LangChain
-llm = ChatOpenAI(base_url=base + "/v1", api_key="unused", model=model, temperature=0.7, max_tokens=200,
+llm = ChatOpenAI(base_url=base + "/v1", api_key="unused", model=model, temperature=0.7, max_tokens=320,
                  max_retries=0, timeout=120)
 for method in ("json_schema", "function_calling"):
     structured = llm.with_structured_output(Person, method=method)
