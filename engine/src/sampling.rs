@@ -208,7 +208,7 @@ impl Sampler {
     /// model), none when it is greedy.
     pub fn resume(params: SamplingParams, fallback_seed: u64, generated: &[u32]) -> Self {
         let mut s = Sampler::new(params, fallback_seed);
-        let random = !(s.params.temperature == 0.0 || s.params.top_k == 1);
+        let random = !s.is_greedy();
         for &t in generated {
             if random {
                 s.rng.next_f64();
@@ -261,14 +261,16 @@ impl Sampler {
         let Some(spec) = &self.params.grammar else {
             return Ok(self.sample_masked(logits));
         };
-        if self.constraint.is_none() {
-            let g = grammars
-                .ok_or_else(|| GrammarError::Unavailable("the model has no tokenizer".to_string()))?
-                .get()?;
-            self.constraint = Some(Box::new(g.resume(spec, &self.committed)?));
-        }
-        let Some(c) = self.constraint.as_mut() else {
-            return Ok(self.sample_masked(logits));
+        let c = match &mut self.constraint {
+            Some(c) => c,
+            slot @ None => {
+                let g = grammars
+                    .ok_or_else(|| {
+                        GrammarError::Unavailable("the model has no tokenizer".to_string())
+                    })?
+                    .get()?;
+                slot.insert(Box::new(g.resume(spec, &self.committed)?))
+            }
         };
         c.mask(logits)?;
         if c.is_complete() || remaining > CLOSE_WINDOW {
@@ -279,7 +281,7 @@ impl Sampler {
         // step from the grammar's state and one draw, so a sampler resumed elsewhere
         // makes the same choices.
         let s = self.sample_masked(logits);
-        let Some(c) = self.constraint.as_ref() else {
+        let Some(c) = self.constraint.as_deref() else {
             return Ok(s);
         };
         if c.closes_after(s.token, remaining.saturating_sub(1)) {

@@ -4,42 +4,28 @@
 //! as OpenAI answers `Unrecognized request argument supplied`.
 
 use crate::api_error::ApiError;
+use genie_protocol::openai::{ChatCompletionRequest, CompletionRequest};
 use serde_json::{Map, Value};
+use std::sync::OnceLock;
+use utoipa::openapi::{RefOr, Schema};
 
-/// Fields of both endpoints that Genie acts on (the OpenAI ones and its extensions).
-const COMMON: &[&str] = &[
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "n",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "stream",
-    "stream_options",
-    "ignore_eos",
-    "genie",
-    "priority",
-    "response_format",
-    "logprobs",
-];
+/// The fields Genie acts on: those its request type declares (the OpenAI ones and its
+/// extensions), read from the type's schema so the two cannot drift apart.
+fn declared<T: utoipa::PartialSchema>() -> Vec<String> {
+    match T::schema() {
+        RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
-/// Chat-only fields Genie acts on.
-const CHAT: &[&str] = &[
-    "messages",
-    "max_completion_tokens",
-    "top_logprobs",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-];
-
-/// Completions-only fields Genie acts on.
-const COMPLETION: &[&str] = &["prompt", "echo"];
+fn declared_by(endpoint: Endpoint) -> &'static [String] {
+    static CHAT: OnceLock<Vec<String>> = OnceLock::new();
+    static COMPLETION: OnceLock<Vec<String>> = OnceLock::new();
+    match endpoint {
+        Endpoint::Chat => CHAT.get_or_init(declared::<ChatCompletionRequest>),
+        Endpoint::Completion => COMPLETION.get_or_init(declared::<CompletionRequest>),
+    }
+}
 
 /// Accepted and ignored: who is asking, metadata, and hints about OpenAI's own service
 /// (tiers, its stored completions, its prompt cache, reasoning effort and verbosity of
@@ -95,13 +81,17 @@ pub fn check(body: &[u8], endpoint: Endpoint) -> Result<(), ApiError> {
     let Ok(map) = serde_json::from_slice::<Map<String, Value>>(body) else {
         return Ok(());
     };
-    let (own, ignored, value_checked): (&[&str], &[&str], &[&str]) = match endpoint {
-        Endpoint::Chat => (CHAT, IGNORED_CHAT, &["modalities"]),
-        Endpoint::Completion => (COMPLETION, IGNORED_COMPLETION, &["best_of", "suffix"]),
+    let (ignored, value_checked): (&[&str], &[&str]) = match endpoint {
+        Endpoint::Chat => (IGNORED_CHAT, &["modalities"]),
+        Endpoint::Completion => (IGNORED_COMPLETION, &["best_of", "suffix"]),
     };
+    let declared = declared_by(endpoint);
     for (k, v) in &map {
+        if declared.contains(k) {
+            continue;
+        }
         let k = k.as_str();
-        if COMMON.contains(&k) || own.contains(&k) || ignored.contains(&k) {
+        if ignored.contains(&k) {
             continue;
         }
         if let Some(why) = refused(k, v) {
@@ -185,5 +175,16 @@ mod tests {
             None,
             "not an object: the typed parse says so"
         );
+        // The extensions are declared by the request types themselves.
+        for f in [
+            "genie",
+            "priority",
+            "ignore_eos",
+            "top_k",
+            "max_completion_tokens",
+            "response_format",
+        ] {
+            assert!(declared_by(chat).iter().any(|d| d == f), "{f}");
+        }
     }
 }

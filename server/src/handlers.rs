@@ -308,7 +308,7 @@ type OnPiece =
 
 /// `finish_reason` of an answer that may be tool calls: `tool_calls` where it ended by
 /// itself as calls.
-pub(crate) fn tool_finish(calls: bool, finish: FinishReason) -> &'static str {
+fn tool_finish(calls: bool, finish: FinishReason) -> &'static str {
     match (calls, finish) {
         (true, FinishReason::Stop) => "tool_calls",
         _ => finish.as_str(),

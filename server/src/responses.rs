@@ -401,18 +401,91 @@ fn opening(msg_id: &str) -> [Value; 2] {
     ]
 }
 
-/// With `store`, the conversation and its answer, kept under the response's id.
-fn keep(
-    responses: &Store,
+/// What every answer to one request shares, from its start to the Response it ends in.
+struct Reply {
+    id: String,
+    created: u64,
+    model: String,
+    /// The request's settings, echoed in the Response.
+    echo: Value,
+    /// The message item's id.
+    msg_id: String,
+    /// The tools offered (the answer is read back as calls where it is some).
+    tools: Option<crate::tools::ToolUse>,
     store: bool,
-    id: &str,
-    mut conversation: Vec<RequestMessage>,
-    text: &str,
-    calls: Option<&[ToolCall]>,
-) {
-    if store {
-        conversation.push(answer_message(text, calls));
-        responses.put(id.to_string(), conversation);
+    /// The input conversation, kept with the answer when `store`.
+    conversation: Vec<RequestMessage>,
+    input_tokens: u64,
+}
+
+/// A finished answer: its calls (None: text), output items and the Response.
+struct Done {
+    calls: Option<Vec<ToolCall>>,
+    output: Vec<Value>,
+    response: Value,
+    incomplete: bool,
+}
+
+impl Reply {
+    /// The Response while the answer is under way.
+    fn in_progress(&self) -> Value {
+        response_object(
+            &self.id,
+            self.created,
+            &self.model,
+            &self.echo,
+            "in_progress",
+            Vec::new(),
+            None,
+            None,
+        )
+    }
+
+    /// The answer `text` as calls or a message, kept in `responses` with its
+    /// conversation when `store`, and the Response with its usage.
+    fn finish(
+        self,
+        responses: &Store,
+        text: &str,
+        finish: Option<FinishReason>,
+        merged: &crate::sequence::Merged,
+    ) -> Done {
+        let calls = self
+            .tools
+            .as_ref()
+            .and_then(|t| crate::tools::read_calls(text, t, || new_id("call")));
+        let output = output_items(text, calls.as_deref(), &self.msg_id);
+        let incomplete = finish == Some(FinishReason::Length);
+        let usage = (
+            self.input_tokens,
+            merged.completion_tokens(),
+            merged.cached_tokens(),
+        );
+        let response = response_object(
+            &self.id,
+            self.created,
+            &self.model,
+            &self.echo,
+            if incomplete {
+                "incomplete"
+            } else {
+                "completed"
+            },
+            output.clone(),
+            finish,
+            Some(usage),
+        );
+        if self.store {
+            let mut conversation = self.conversation;
+            conversation.push(answer_message(text, calls.as_deref()));
+            responses.put(self.id, conversation);
+        }
+        Done {
+            calls,
+            output,
+            response,
+            incomplete,
+        }
     }
 }
 
@@ -443,52 +516,22 @@ pub async fn create(
     let spec = prepare(&st, chat, prepare_chat).await?;
     let (id, created) = (new_id("resp"), unix_now());
     let mut merged = start(&st, &spec, tenant.as_deref(), arrived, &id).await?;
-    let model = st.frontend.served_name.clone();
-    let input_tokens = prompt_tokens(&spec);
-    let read_calls = {
-        let tools = spec.tools.clone();
-        move |text: &str| {
-            tools
-                .as_ref()
-                .and_then(|t| crate::tools::read_calls(text, t, || new_id("call")))
-        }
+    let reply = Reply {
+        id: id.clone(),
+        created,
+        model: st.frontend.served_name.clone(),
+        echo,
+        msg_id: new_id("msg"),
+        tools: spec.tools.clone(),
+        store,
+        conversation,
+        input_tokens: prompt_tokens(&spec),
     };
-    let msg_id = new_id("msg");
     if !stream {
         let c = collect(&mut merged, vec![String::new()]).await?;
         let text = c.texts.into_iter().next().unwrap_or_default();
-        let finish = c.finish.first().copied();
-        let calls = read_calls(&text);
-        let usage = (
-            input_tokens,
-            merged.completion_tokens(),
-            merged.cached_tokens(),
-        );
-        let status = if finish == Some(FinishReason::Length) {
-            "incomplete"
-        } else {
-            "completed"
-        };
-        let output = output_items(&text, calls.as_deref(), &msg_id);
-        keep(
-            &st.responses,
-            store,
-            &id,
-            conversation,
-            &text,
-            calls.as_deref(),
-        );
-        let body = response_object(
-            &id,
-            created,
-            &model,
-            &echo,
-            status,
-            output,
-            finish,
-            Some(usage),
-        );
-        return Ok(with_request_id(Json(body).into_response(), &id));
+        let done = reply.finish(&st.responses, &text, c.finish.first().copied(), &merged);
+        return Ok(with_request_id(Json(done.response).into_response(), &id));
     }
     // Streamed: the typed events, in order, from a task that drives the sequence; a client
     // that leaves drops the receiver, which ends the task and cancels the sequence.
@@ -504,16 +547,8 @@ pub async fn create(
             let kind = v["type"].as_str().unwrap_or_default().to_string();
             Event::default().event(kind).data(v.to_string())
         };
-        let base = response_object(
-            &id,
-            created,
-            &model,
-            &echo,
-            "in_progress",
-            Vec::new(),
-            None,
-            None,
-        );
+        let base = reply.in_progress();
+        let msg_id = reply.msg_id.clone();
         for e in [
             ev(json!({"type": "response.created", "response": base})),
             ev(json!({"type": "response.in_progress", "response": base})),
@@ -524,7 +559,7 @@ pub async fn create(
         }
         // Text streams as it comes unless tools were offered (then it is held, to be
         // read back as calls or text at the end).
-        let live = spec.tools.is_none();
+        let live = reply.tools.is_none();
         let mut opened = false;
         let mut text = String::new();
         let mut finish = None;
@@ -563,10 +598,10 @@ pub async fn create(
                 }
             }
         }
-        let calls = read_calls(&text);
-        let output = output_items(&text, calls.as_deref(), &msg_id);
+        let done = reply.finish(&st2.responses, &text, finish, &merged);
+        let output = &done.output;
         let mut tail = Vec::new();
-        match &calls {
+        match &done.calls {
             None => {
                 if !opened {
                     tail.extend(opening(&msg_id).map(&mut ev));
@@ -597,35 +632,12 @@ pub async fn create(
                 }
             }
         }
-        let usage = (
-            input_tokens,
-            merged.completion_tokens(),
-            merged.cached_tokens(),
-        );
-        let (status, kind) = if finish == Some(FinishReason::Length) {
-            ("incomplete", "response.incomplete")
+        let kind = if done.incomplete {
+            "response.incomplete"
         } else {
-            ("completed", "response.completed")
+            "response.completed"
         };
-        keep(
-            &st2.responses,
-            store,
-            &id,
-            conversation,
-            &text,
-            calls.as_deref(),
-        );
-        let done = response_object(
-            &id,
-            created,
-            &model,
-            &echo,
-            status,
-            output,
-            finish,
-            Some(usage),
-        );
-        tail.push(ev(json!({"type": kind, "response": done})));
+        tail.push(ev(json!({"type": kind, "response": done.response})));
         for e in tail {
             if tx.send(e).await.is_err() {
                 return;

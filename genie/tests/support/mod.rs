@@ -307,30 +307,29 @@ pub async fn sse(resp: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+async fn send_json(s: &Server, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// POSTs `body` as JSON to `path`: the status and the JSON answer (null if none).
 pub async fn post_json(
     s: &Server,
     path: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new()
-        .post(s.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(s, path, body).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 /// POSTs a streaming `body` to `path`, checks the 200, and reads the events' `data:`.
 pub async fn post_stream(s: &Server, path: &str, body: &serde_json::Value) -> Vec<String> {
-    let r = reqwest::Client::new()
-        .post(s.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(s, path, body).await;
     assert_eq!(r.status(), 200);
     sse(r).await
 }
