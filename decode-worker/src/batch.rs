@@ -3,7 +3,7 @@
 use crate::types::{lock, SharedPrefix};
 use crate::types::{DecodeConfig, DecodeInput, DecodeStats, NewSeq};
 use genie_engine::kv_budget::KvBudget;
-use genie_engine::model::{Model, Segment};
+use genie_engine::model::{Model, Segment, TokenScores};
 use genie_engine::prefix_cache::BLOCK_TOKENS;
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
@@ -11,6 +11,7 @@ use genie_kv_transfer::KvMessage;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::TransferId;
 use genie_worker_core::thread::Inbox;
+use genie_worker_core::events::{prompt_scores, send_prompt_scores};
 use genie_worker_core::{next_token, KvEventLog, Next};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -380,7 +381,9 @@ impl BatchLoop {
     fn ready_prefill(&mut self, p: &mut Pending) -> Option<usize> {
         let want = p.seq.tokens.len();
         let mut reused = 0;
-        if let Some(pc) = self.prefix.as_ref() {
+        // A prompt whose tokens are scored is computed whole (a cached prefix has no logits).
+        let scored = prompt_scores(&p.seq.sampler, p.generated == 0).is_some();
+        if let Some(pc) = self.prefix.as_ref().filter(|_| !scored) {
             // The blocks taken at admission make way for the shared ones.
             reused = lock(pc).reuse(&p.seq.tokens, &mut p.seq.cache).tokens;
             metrics::counter!("genie_prefix_cache_queries_total", "worker" => self.worker_label.clone())
@@ -410,8 +413,9 @@ impl BatchLoop {
             }
         }
         self.grow_running();
-        // Prompts to prefill: (sequence, tokens reused from the prefix cache).
-        let mut prefilling: Vec<(Pending, usize)> = Vec::new();
+        // Prompts to prefill: (sequence, tokens reused from the prefix cache, its prompt's
+        // scores when it asked for them).
+        let mut prefilling: Vec<(Pending, usize, Option<TokenScores>)> = Vec::new();
         let mut prompt_tokens = 0;
         while self.running.len() + prefilling.len() < max {
             let Some(p) = self.prefills.front() else {
@@ -434,7 +438,8 @@ impl BatchLoop {
                 }
             }
             prompt_tokens += n;
-            prefilling.push((p, reused));
+            let scores = prompt_scores(&p.seq.sampler, p.generated == 0);
+            prefilling.push((p, reused, scores));
         }
         self.count_preempted();
         if self.running.is_empty() && prefilling.is_empty() {
@@ -445,15 +450,13 @@ impl BatchLoop {
             .running
             .iter_mut()
             .zip(&inputs)
-            .map(|(r, t)| Segment {
-                tokens: t,
-                cache: &mut r.seq.cache,
-            })
+.map(|(r, t)| Segment::new(t, &mut r.seq.cache))
             .collect();
-        for (p, reused) in prefilling.iter_mut() {
+        for (p, reused, scores) in prefilling.iter_mut() {
             segs.push(Segment {
                 tokens: &p.seq.tokens[*reused..],
                 cache: &mut p.seq.cache,
+                scores: scores.as_mut(),
             });
         }
         let n_decode = inputs.len();
@@ -471,7 +474,7 @@ impl BatchLoop {
                 for r in self.running.drain(..) {
                     r.seq.events.send(internal());
                 }
-                for (p, _) in prefilling {
+                for (p, _, _) in prefilling {
                     p.seq.events.send(internal());
                 }
                 (self.on_free)();
@@ -498,17 +501,18 @@ impl BatchLoop {
             for r in &finished {
                 pc.insert(&r.seq.tokens, &r.seq.cache);
             }
-            for (p, _) in &prefilling {
+            for (p, _, _) in &prefilling {
                 pc.insert(&p.seq.tokens, &p.seq.cache);
             }
             metrics::gauge!("genie_prefix_cache_bytes", "worker" => self.worker_label.clone())
                 .set(pc.used_bytes() as f64);
         }
-        for ((p, _), mut l) in prefilling.into_iter().zip(prefill_logits) {
+        for ((p, _, scores), mut l) in prefilling.into_iter().zip(prefill_logits) {
             let Pending {
                 mut seq,
                 mut generated,
             } = p;
+            send_prompt_scores(&seq.events, scores);
             if let Some(t) = step_sequence(&self.model, &mut seq, &mut generated, &mut l) {
                 kept.push(Running {
                     seq,

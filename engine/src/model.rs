@@ -21,7 +21,32 @@ use std::ops::ControlFlow;
 pub struct Segment<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+    /// Where to put the log-probability of each of `tokens` after the first, given those
+    /// before it (a prompt's, for completions' `echo`); None: only the last token's logits.
+    pub scores: Option<&'a mut TokenScores>,
 }
+
+impl<'a> Segment<'a> {
+    /// A segment whose only output is its last token's logits.
+    pub fn new(tokens: &'a [u32], cache: &'a mut KvCache) -> Self {
+        Segment {
+            tokens,
+            cache,
+            scores: None,
+        }
+    }
+}
+
+/// A segment's own tokens scored by the model: entry `i` is `tokens[i + 1]`'s logprob
+/// under the logits after `tokens[..=i]`, with the `top` most likely alternatives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenScores {
+    pub top: usize,
+    pub scored: Vec<crate::sampling::Sampled>,
+}
+
+/// Positions whose full-vocabulary logits are held at once while a segment is scored.
+const SCORE_ROWS: usize = 32;
 
 /// What a pipeline stage hands on: hidden states to the next stage, or (the last stage)
 /// each segment's last-token logits.
@@ -193,7 +218,7 @@ impl Model {
 
     /// Runs `tokens` after what `cache` holds; returns the last token's logits.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let mut segs = [Segment { tokens, cache }];
+        let mut segs = [Segment::new(tokens, cache)];
         Ok(self.forward(&mut segs)?.pop().unwrap_or_default())
     }
 
@@ -203,7 +228,7 @@ impl Model {
         let mut segs: Vec<Segment> = batch
             .iter_mut()
             .zip(&tokens)
-            .map(|((_, cache), t)| Segment { tokens: t, cache })
+            .map(|((_, cache), t)| Segment::new(t, cache))
             .collect();
         self.forward(&mut segs)
     }
@@ -465,8 +490,46 @@ impl Model {
         Ok(())
     }
 
+    /// Logits for each segment's last token, and the scores of segments that ask for them.
+    fn head(&self, segs: &mut [Segment], x: &[f32]) -> Vec<Vec<f32>> {
+        let h = self.config.hidden;
+        let mut start = 0;
+        for s in segs.iter_mut() {
+            let n = s.tokens.len();
+            if let Some(scores) = s.scores.as_deref_mut() {
+                self.score(&x[start * h..(start + n) * h], s.tokens, scores);
+            }
+            start += n;
+        }
+        self.last_logits(segs, x)
+    }
+
+    /// Scores `tokens[1..]` from the hidden states `x` of `tokens`, [`SCORE_ROWS`]
+    /// positions at a time through the output head.
+    fn score(&self, x: &[f32], tokens: &[u32], out: &mut TokenScores) {
+        let h = self.config.hidden;
+        let head = self.weights.output_head();
+        let eps = self.config.rms_eps;
+        let positions = tokens.len().saturating_sub(1);
+        out.scored.reserve(positions);
+        let mut logits = vec![0.0f32; SCORE_ROWS.min(positions.max(1)) * head.rows()];
+        for first in (0..positions).step_by(SCORE_ROWS) {
+            let rows = SCORE_ROWS.min(positions - first);
+            let xs = &x[first * h..(first + rows) * h];
+            let mut normed = vec![0.0f32; xs.len()];
+            let acts = norm_then_quantize(xs, &self.weights.output_norm, eps, &mut normed, head);
+            let mut outs: Vec<&mut [f32]> = logits.chunks_mut(head.rows()).take(rows).collect();
+            matmul_tokens(head, &acts, &mut outs);
+            for (r, l) in outs.iter().enumerate() {
+                let next = tokens[first + r + 1];
+                out.scored
+                    .push(crate::sampling::logprobs_of(l, next, out.top));
+            }
+        }
+    }
+
     /// Logits for each segment's last token only.
-    fn head(&self, segs: &[Segment], x: &[f32]) -> Vec<Vec<f32>> {
+    fn last_logits(&self, segs: &[Segment], x: &[f32]) -> Vec<Vec<f32>> {
         let h = self.config.hidden;
         let mut last = Vec::with_capacity(segs.len() * h);
         let mut end = 0;

@@ -21,6 +21,12 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Some(n): report the chosen token's logprob and the n most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Some(n): also report each prompt token's logprob given the tokens before it, with
+    /// the n most likely alternatives (completions' `echo` with `logprobs`). Computed from
+    /// the model's raw logits where the prompt is prefilled; the prompt is then computed
+    /// whole, never taken from a prefix cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<usize>,
     /// What the output must match (`response_format`, a tool's parameters); None: any
     /// text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +44,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
             logprobs: None,
+            prompt_logprobs: None,
             grammar: None,
         }
     }
@@ -103,6 +110,9 @@ impl SamplingParams {
                 "top_logprobs",
                 format!("{n} is more than {MAX_TOP_LOGPROBS}"),
             );
+        }
+        if let Some(n) = self.prompt_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return bad("logprobs", format!("{n} is more than {MAX_TOP_LOGPROBS}"));
         }
         Ok(())
     }
@@ -180,6 +190,42 @@ fn clean(x: f32) -> f32 {
         f32::NEG_INFINITY
     } else {
         x
+    }
+}
+
+/// `token`'s log-probability under `logits` (their log-softmax; NaN counts as −∞) and the
+/// `n` most likely tokens, most likely first (ties to the lower id).
+pub fn logprobs_of(logits: &[f32], token: u32, n: usize) -> Sampled {
+    let max = logits
+        .iter()
+        .copied()
+        .map(clean)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let lse = max
+        + (logits
+            .iter()
+            .map(|&l| ((clean(l) - max) as f64).exp())
+            .sum::<f64>())
+        .ln() as f32;
+    let key = |i: &u32| clean(logits[*i as usize]);
+    let n = n.min(logits.len());
+    let mut idx: Vec<u32> = Vec::new();
+    if n > 0 {
+        idx = (0..logits.len() as u32).collect();
+        idx.select_nth_unstable_by(n - 1, |a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+        idx.truncate(n);
+        idx.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+    }
+    Sampled {
+        token,
+        logprob: Some(clean(logits[token as usize]) - lse),
+        top_logprobs: idx
+            .into_iter()
+            .map(|t| TokenLogprob {
+                token: t,
+                logprob: clean(logits[t as usize]) - lse,
+            })
+            .collect(),
     }
 }
 
@@ -332,45 +378,13 @@ impl Sampler {
 
     /// `token` with the log-probabilities asked for, from the adjusted logits.
     fn describe(&self, logits: &[f32], token: u32) -> Sampled {
-        let want_logprobs = self.params.logprobs;
-        let (logprob, top_logprobs) = match want_logprobs {
-            None => (None, Vec::new()),
-            Some(n) => {
-                let max = logits
-                    .iter()
-                    .copied()
-                    .map(clean)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let lse = max
-                    + (logits
-                        .iter()
-                        .map(|&l| ((clean(l) - max) as f64).exp())
-                        .sum::<f64>())
-                    .ln() as f32;
-                let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-                let n = n.min(idx.len());
-                let key = |i: &u32| clean(logits[*i as usize]);
-                if n > 0 {
-                    idx.select_nth_unstable_by(n - 1, |a, b| {
-                        key(b).total_cmp(&key(a)).then(a.cmp(b))
-                    });
-                }
-                idx.truncate(n);
-                idx.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
-                let top = idx
-                    .into_iter()
-                    .map(|t| TokenLogprob {
-                        token: t,
-                        logprob: clean(logits[t as usize]) - lse,
-                    })
-                    .collect();
-                (Some(clean(logits[token as usize]) - lse), top)
-            }
-        };
-        Sampled {
-            token,
-            logprob,
-            top_logprobs,
+        match self.params.logprobs {
+            None => Sampled {
+                token,
+                logprob: None,
+                top_logprobs: Vec::new(),
+            },
+            Some(n) => logprobs_of(logits, token, n),
         }
     }
 

@@ -378,7 +378,7 @@ fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
         let mut step = |tokens: &[u32]| -> Vec<f32> {
             let mut hidden = None;
             for (w, cache) in bounds.windows(2).zip(caches.iter_mut()) {
-                let mut segs = [Segment { tokens, cache }];
+                let mut segs = [Segment::new(tokens, cache)];
                 match m
                     .forward_stage(w[0]..w[1], &mut segs, hidden.take())
                     .unwrap()
@@ -401,10 +401,7 @@ fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
     let e = m
         .forward_stage(
             15..30,
-            &mut [Segment {
-                tokens: &[1],
-                cache: &mut c,
-            }],
+            &mut [Segment::new(&[1], &mut c)],
             None,
         )
         .unwrap_err();
@@ -412,10 +409,7 @@ fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
     let e = m
         .forward_stage(
             20..31,
-            &mut [Segment {
-                tokens: &[1],
-                cache: &mut c,
-            }],
+            &mut [Segment::new(&[1], &mut c)],
             None,
         )
         .unwrap_err();

@@ -156,6 +156,42 @@ async fn two_prefill_two_decode_processes_answer_like_generate_and_move_exact_kv
     let seq = &recent["data"][0]["sequences"][0];
     assert_eq!(seq["placement"]["kind"], "disaggregated", "{recent}");
     assert!(seq["transfer_id"].is_u64(), "{recent}");
+    // An echoed prompt's logprobs come from the prefill process, across the gateway: the
+    // first token has none, and " Paris" scored in the prompt is what generating it after
+    // the shorter prompt gives.
+    let (st, v) = post(
+        &c.gateway,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The capital of France is Paris", "echo": true,
+               "logprobs": 1, "max_tokens": 1, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens[..6], ["The", " capital", " of", " France", " is", " Paris"]);
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    let (st, w) = post(
+        &c.gateway,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The capital of France is", "logprobs": 1,
+               "max_tokens": 1, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(st, 200, "{w}");
+    assert_eq!(w["choices"][0]["text"], " Paris");
+    let (scored, generated) = (
+        lp["token_logprobs"][5].as_f64().unwrap(),
+        w["choices"][0]["logprobs"]["token_logprobs"][0]
+            .as_f64()
+            .unwrap(),
+    );
+    assert!((scored - generated).abs() < 2e-3, "{scored} vs {generated}");
     // A sequence's KV is freed at the end of the step that sent its last token, which can
     // be just after the client has its answer.
     wait_for("decode KV back to 0", async || {

@@ -302,10 +302,7 @@ impl Stage {
         hidden: Option<Vec<f32>>,
     ) -> Result<(), String> {
         let start = r.cache.len();
-        let mut segs = [Segment {
-            tokens,
-            cache: &mut r.cache,
-        }];
+        let mut segs = [Segment::new(tokens, &mut r.cache)];
         let out = self
             .model
             .forward_stage(self.layers.clone(), &mut segs, hidden)

@@ -1,6 +1,6 @@
 //! The prefill worker's handle, its admission and its compute loop.
 
-use genie_engine::model::{Model, Segment};
+use genie_engine::model::{Model, Segment, TokenScores};
 use genie_engine::prefix_cache::{PrefixCache, BLOCK_TOKENS};
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
@@ -8,6 +8,7 @@ use genie_kv_transfer::{KvSink, KvTransport};
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::admit::check_lengths;
+use genie_worker_core::events::{prompt_scores, send_prompt_scores};
 use genie_worker_core::thread::Inbox;
 use genie_worker_core::{next_token, AdmitError, EventSender, KvEventLog, Next, WorkerThread};
 use std::ops::ControlFlow;
@@ -246,12 +247,18 @@ fn fail(events: &EventSender, code: FailureCode, message: &str) {
 /// suffix), and each prompt's KV is kept for the next ones.
 fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut PrefixCache>) {
     let mut reused = vec![0; jobs.len()];
+    // A prompt whose tokens are scored is computed whole (a cached prefix has no logits).
+    let mut scores: Vec<Option<TokenScores>> = jobs
+        .iter()
+        .map(|j| prompt_scores(&j.seq.sampler, true))
+        .collect();
     let mut caches: Vec<_> = jobs
         .iter()
         .zip(reused.iter_mut())
-        .map(|(j, r)| {
+        .zip(&scores)
+        .map(|((j, r), scored)| {
             let mut c = model.new_cache(j.seq.prompt.len());
-            if let Some(pc) = prefix.as_deref_mut() {
+            if let Some(pc) = prefix.as_deref_mut().filter(|_| scored.is_none()) {
                 *r = pc.reuse(&j.seq.prompt, &mut c).tokens;
                 metrics::counter!("genie_prefix_cache_queries_total", "worker" => label.to_string())
                     .increment(1);
@@ -281,9 +288,11 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
             .iter()
             .zip(caches.iter_mut())
             .zip(&reused)
-            .map(|((j, c), &r)| Segment {
+            .zip(scores.iter_mut())
+            .map(|(((j, c), &r), sc)| Segment {
                 tokens: &j.prompt[r..],
                 cache: c,
+                scores: sc.as_mut(),
             })
             .collect();
         let mut ship = |layer: usize, segs: &[Segment]| {
@@ -351,11 +360,12 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
         metrics::gauge!("genie_kv_blocks_total", "worker" => label.to_string())
             .set((pc.budget_bytes() / block) as f64);
     }
-    for ((mut j, sink), mut l) in jobs.into_iter().zip(sinks).zip(logits) {
+    for (((mut j, sink), mut l), sc) in jobs.into_iter().zip(sinks).zip(logits).zip(scores) {
         let Some(sink) = sink else {
             fail(&j.events, FailureCode::TransferFailed, "KV transfer failed");
             continue;
         };
+        send_prompt_scores(&j.events, sc);
         let mut generated = 0;
         let first = match next_token(
             &mut j.sampler,

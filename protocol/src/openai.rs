@@ -448,13 +448,25 @@ pub struct ChatCompletionChunk {
     pub system_fingerprint: String,
 }
 
-/// Completions-style logprobs.
+/// Completions-style logprobs. With `echo`, the prompt's tokens come first; the very
+/// first has no logprob (`null`, nothing precedes it), as in OpenAI's legacy API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
+    /// Each token's byte offset in the choice's `text`.
     pub text_offset: Vec<u32>,
+}
+
+impl CompletionLogprobs {
+    /// `other`'s tokens after these.
+    pub fn extend(&mut self, other: CompletionLogprobs) {
+        self.tokens.extend(other.tokens);
+        self.token_logprobs.extend(other.token_logprobs);
+        self.top_logprobs.extend(other.top_logprobs);
+        self.text_offset.extend(other.text_offset);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]

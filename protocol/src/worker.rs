@@ -118,6 +118,10 @@ pub enum SeqEvent {
     /// How many prompt tokens' KV a worker took from its prefix cache instead of computing
     /// them (sent at most once, before the first token, and only when some were).
     Cached(u32),
+    /// The prompt's tokens after the first, each with its logprob given those before it
+    /// (asked for by the sampler's `prompt_logprobs`; sent at most once, before the first
+    /// token, by the worker that prefilled the prompt).
+    PromptLogprobs(Vec<TokenOut>),
     Token(TokenOut),
     Finished(FinishReason),
     /// The sequence could not go on.
@@ -271,9 +275,9 @@ impl SeqEvent {
     }
 }
 
-/// Most events one sequence can send: `Running`, `Cached`, one `Token` per generated token,
-/// and one final event. A channel of this capacity never finds itself full, so a worker's compute
+/// Most events one sequence can send: `Running`, `Cached`, `PromptLogprobs`, one `Token`
+/// per generated token, and one final event. A channel of this capacity never finds itself full, so a worker's compute
 /// thread never waits on a slow client, yet the channel is bounded.
 pub fn events_capacity(max_tokens: usize) -> usize {
-    max_tokens.saturating_add(3)
+    max_tokens.saturating_add(4)
 }

@@ -128,6 +128,7 @@ async fn run(
         got_token: false,
     };
     let mut generated: Vec<u32> = Vec::new();
+    let mut scored = false;
     let (mut moves, mut restarts) = (0, 0);
     let mut tick = tokio::time::interval(LIVENESS_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,6 +144,14 @@ async fn run(
                     continue;
                 }
                 Some(SeqEvent::Failed(f)) if is_loss(f.code) => (f.message, Some(f.code)),
+                Some(SeqEvent::PromptLogprobs(p)) => {
+                    // Sent once: a restart after them does not ask again.
+                    scored = true;
+                    if tx.send(SeqEvent::PromptLogprobs(p)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Some(ev) => {
                     let end = ev.is_terminal();
                     if tx.send(ev).await.is_err() || end {
@@ -191,6 +200,9 @@ async fn run(
         next.prompt.extend_from_slice(&generated);
         next.max_tokens = seq.max_tokens - generated.len();
         next.resumed = generated.len();
+        if scored {
+            next.sampling.prompt_logprobs = None;
+        }
         let mut p = preq;
         p.prompt_tokens = next.prompt.len();
         let placed = tokio::select! {

@@ -29,7 +29,13 @@ impl SeqSpec {
     /// The sampler this sequence's next token is drawn with.
     pub fn sampler(&self) -> Sampler {
         let generated = &self.prompt[self.prompt.len() - self.resumed..];
-        Sampler::resume(self.sampling.clone(), self.seed, generated)
+        let mut params = self.sampling.clone();
+        if self.resumed > 0 {
+            // The prompt's scores went out before its first token; the resumed prompt
+            // (with the tokens generated) is not the client's.
+            params.prompt_logprobs = None;
+        }
+        Sampler::resume(params, self.seed, generated)
     }
 }
 

@@ -5,7 +5,7 @@ use crate::app::AppState;
 use crate::body;
 use crate::request::{prepare_chat, prepare_completion, GenSpec};
 use crate::sequence::{Merged, Piece, PlanTrace, SeqState};
-use crate::sse::{sse_body, sse_json};
+use crate::sse::{deltas, sse_body, sse_json};
 use crate::tenant::Tenant;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -231,6 +231,8 @@ fn chat_logprobs(st: &AppState, tokens: &[TokenOut]) -> Vec<ChatTokenLogprob> {
         .collect()
 }
 
+/// Completions' logprobs of `tokens`; their text offsets start at `offset` (the length of
+/// the choice's text before them, an echoed prompt included), which they advance.
 fn completion_logprobs(st: &AppState, tokens: &[TokenOut], offset: &mut u32) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for t in tokens {
@@ -238,14 +240,38 @@ fn completion_logprobs(st: &AppState, tokens: &[TokenOut], offset: &mut u32) -> 
         out.text_offset.push(*offset);
         *offset += text.len() as u32;
         out.tokens.push(text);
-        out.token_logprobs.push(t.logprob.unwrap_or(0.0));
-        out.top_logprobs.push(
+        out.token_logprobs.push(Some(t.logprob.unwrap_or(0.0)));
+        out.top_logprobs.push(Some(
             t.top_logprobs
                 .iter()
                 .map(|&(id, lp)| (st.frontend.token_text(id).0, lp))
                 .collect::<BTreeMap<_, _>>(),
-        );
+        ));
     }
+    out
+}
+
+/// An echoed prompt's logprobs: `scored` holds its tokens after the first. The first has
+/// none (`null`), unless it is a BOS the gateway added, which is not shown at all (it is
+/// not in the echoed text), so that the offsets index the choice's `text`.
+fn prompt_logprobs(
+    st: &AppState,
+    prompt: &crate::request::Prompt,
+    scored: &[TokenOut],
+    offset: &mut u32,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    if !prompt.bos_added {
+        if let Some(&first) = prompt.ids.first() {
+            let (text, _) = st.frontend.token_text(first);
+            out.text_offset.push(*offset);
+            *offset += text.len() as u32;
+            out.tokens.push(text);
+            out.token_logprobs.push(None);
+            out.top_logprobs.push(None);
+        }
+    }
+    out.extend(completion_logprobs(st, scored, offset));
     out
 }
 
@@ -254,6 +280,8 @@ pub(crate) struct Collected {
     pub(crate) texts: Vec<String>,
     pub(crate) tokens: Vec<Vec<TokenOut>>,
     pub(crate) finish: Vec<FinishReason>,
+    /// Each choice's prompt scores, when it asked for them.
+    pub(crate) prompts: Vec<Option<Vec<TokenOut>>>,
 }
 
 /// Runs every sequence to its end; `texts` holds each choice's prefix (completions' echo).
@@ -264,9 +292,11 @@ pub(crate) async fn collect(
     let n = texts.len();
     let mut tokens: Vec<Vec<TokenOut>> = vec![Vec::new(); n];
     let mut finish: Vec<FinishReason> = vec![FinishReason::Stop; n];
+    let mut prompts = vec![None; n];
     while let Some((i, piece)) = merged.next().await {
         let i = i as usize;
         match piece {
+            Piece::Prompt(p) => prompts[i] = Some(p),
             Piece::Delta {
                 text,
                 tokens: t,
@@ -290,6 +320,7 @@ pub(crate) async fn collect(
         texts,
         tokens,
         finish,
+        prompts,
     })
 }
 
@@ -473,7 +504,7 @@ pub async fn chat_completions(
             include.then(|| chunk(Vec::new(), Some(Usage::new(ptoks, c).with_cached(k))))
         };
         return Ok(with_request_id(
-            sse_body(merged, first, on_piece, usage, stall).into_response(),
+            sse_body(merged, first, deltas(on_piece), usage, stall).into_response(),
             &rid,
         ));
     }
@@ -558,25 +589,60 @@ pub async fn completions(
             logprobs,
             finish_reason,
         };
+        // An echo goes first; with logprobs it waits for the prompt's scores, which come
+        // before the choice's first token.
+        let scored_echo = spec.sampling.prompt_logprobs.is_some();
         let first: Vec<Event> = echoes
-            .into_iter()
+            .iter()
             .enumerate()
-            .filter(|(_, e)| !e.is_empty())
-            .map(|(i, e)| sse_json(&mk(vec![choice(i as u32, e, None, None)], None)))
+            .filter(|(_, e)| !e.is_empty() && !scored_echo)
+            .map(|(i, e)| sse_json(&mk(vec![choice(i as u32, e.clone(), None, None)], None)))
             .collect();
-        let mut offsets = vec![0u32; n];
+        let mut echoes: Vec<Option<String>> = echoes
+            .into_iter()
+            .map(|e| Some(e).filter(|e| scored_echo && !e.is_empty()))
+            .collect();
+        let mut offsets: Vec<u32> = (0..n)
+            .map(|i| match (spec.echo, scored_echo) {
+                (true, false) => spec.prompts[i / spec.n].text.len() as u32,
+                _ => 0,
+            })
+            .collect();
+        let prompts: Vec<crate::request::Prompt> =
+            (0..n).map(|i| spec.prompts[i / spec.n].clone()).collect();
         let piece_mk = mk.clone();
         let stall = st.stall_timeout;
-        let on_piece =
-            move |index: u32, text: String, tokens: Vec<TokenOut>, finish: Option<FinishReason>| {
-                if text.is_empty() && finish.is_none() && (!want_logprobs || tokens.is_empty()) {
-                    return Vec::new();
+        let on_piece = move |index: u32, piece: Piece| {
+            let i = index as usize;
+            let mut out = Vec::new();
+            let (text, tokens, finish) = match piece {
+                Piece::Prompt(scored) => {
+                    if let Some(e) = echoes[i].take() {
+                        let lp = prompt_logprobs(&st, &prompts[i], &scored, &mut offsets[i]);
+                        out.push(sse_json(&piece_mk(vec![choice(index, e, Some(lp), None)], None)));
+                    }
+                    return out;
                 }
-                let lp = want_logprobs
-                    .then(|| completion_logprobs(&st, &tokens, &mut offsets[index as usize]));
-                let c = choice(index, text, lp, finish.map(|f| f.as_str().to_string()));
-                vec![sse_json(&piece_mk(vec![c], None))]
+                Piece::Delta {
+                    text,
+                    tokens,
+                    finish,
+                } => (text, tokens, finish),
+                Piece::Failed(_) => return out,
             };
+            if let Some(e) = echoes[i].take() {
+                // No scores came (they always precede the first token): the echo alone.
+                offsets[i] = e.len() as u32;
+                out.push(sse_json(&piece_mk(vec![choice(index, e, None, None)], None)));
+            }
+            if text.is_empty() && finish.is_none() && (!want_logprobs || tokens.is_empty()) {
+                return out;
+            }
+            let lp = want_logprobs.then(|| completion_logprobs(&st, &tokens, &mut offsets[i]));
+            let c = choice(index, text, lp, finish.map(|f| f.as_str().to_string()));
+            out.push(sse_json(&piece_mk(vec![c], None)));
+            out
+        };
         let (include, ptoks) = (spec.include_usage, prompt_tokens(&spec));
         let usage = move |c, k| {
             include.then(|| sse_json(&mk(Vec::new(), Some(Usage::new(ptoks, c).with_cached(k)))))
@@ -586,6 +652,7 @@ pub async fn completions(
             &rid,
         ));
     }
+    let echo_len: Vec<u32> = echoes.iter().map(|e| e.len() as u32).collect();
     let c = collect(&mut merged, echoes).await?;
     let usage = Usage::new(prompt_tokens(&spec), completion_tokens(&merged))
         .with_cached(merged.cached_tokens());
@@ -594,12 +661,27 @@ pub async fn completions(
         .into_iter()
         .zip(c.tokens)
         .zip(c.finish)
+        .zip(c.prompts)
         .enumerate()
-        .map(|(i, ((text, tokens), finish))| CompletionChoice {
-            index: i as u32,
-            text,
-            logprobs: want_logprobs.then(|| completion_logprobs(&st, &tokens, &mut 0)),
-            finish_reason: Some(finish.as_str().to_string()),
+        .map(|(i, (((text, tokens), finish), scored))| {
+            let logprobs = want_logprobs.then(|| {
+                let mut offset = 0;
+                let mut lp = match &scored {
+                    Some(p) => prompt_logprobs(&st, &spec.prompts[i / spec.n], p, &mut offset),
+                    None => {
+                        offset = echo_len[i];
+                        CompletionLogprobs::default()
+                    }
+                };
+                lp.extend(completion_logprobs(&st, &tokens, &mut offset));
+                lp
+            });
+            CompletionChoice {
+                index: i as u32,
+                text,
+                logprobs,
+                finish_reason: Some(finish.as_str().to_string()),
+            }
         })
         .collect();
     Ok(with_request_id(

@@ -22,6 +22,8 @@ pub struct Prompt {
     pub ids: Vec<u32>,
     /// The prompt text (for `echo`).
     pub text: String,
+    /// `ids` start with a BOS the gateway put before the client's text (not in `text`).
+    pub bos_added: bool,
 }
 
 /// A validated generation request: `prompts.len() * n` sequences.
@@ -87,6 +89,7 @@ fn sampling(
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         logit_bias,
         logprobs,
+        prompt_logprobs: None,
         grammar: grammar(fe, c)?,
     };
     p.validate(fe.vocab_size).map_err(|e| match e {
@@ -326,7 +329,11 @@ fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> 
     if fe.parse_special_in_content {
         let text = render(fe, msgs)?;
         let ids = tokenize(fe, &text, true, "messages")?;
-        return Ok(Prompt { ids, text });
+        return Ok(Prompt {
+            ids,
+            text,
+            bos_added: false,
+        });
     }
     let marked: Vec<ChatMessage> = msgs
         .iter()
@@ -364,7 +371,11 @@ fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> 
             "`messages` is empty after tokenization",
         ));
     }
-    Ok(Prompt { ids, text })
+    Ok(Prompt {
+        ids,
+        text,
+        bos_added: false,
+    })
 }
 
 pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, ApiError> {
@@ -537,7 +548,10 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         None => None,
     };
     let c = &r.common();
-    let sampling = sampling(fe, c, logprobs)?;
+    let echo = r.echo.unwrap_or(false);
+    let mut sampling = sampling(fe, c, logprobs)?;
+    // Echoed prompts come with their own tokens' logprobs, as OpenAI's legacy API does.
+    sampling.prompt_logprobs = logprobs.filter(|_| echo);
     let stop = stops(c)?;
     let n = n(fe, c)?;
     let check_ids = |ids: Vec<u32>| -> Result<Prompt, ApiError> {
@@ -554,13 +568,22 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
             ));
         }
         let text = fe.tokenizer.decode(&ids, false).unwrap_or_default();
-        Ok(Prompt { ids, text })
+        Ok(Prompt {
+            ids,
+            text,
+            bos_added: false,
+        })
+    };
+    let text_prompt = |t: String| -> Result<Prompt, ApiError> {
+        let ids = tokenize(fe, &t, fe.parse_special_in_content, "prompt")?;
+        Ok(Prompt {
+            bos_added: fe.tokenizer.leading_bos().is_some() && ids.first() == fe.tokenizer.leading_bos().as_ref(),
+            ids,
+            text: t,
+        })
     };
     let prompts: Vec<Prompt> = match r.prompt {
-        PromptSpec::Text(t) => vec![Prompt {
-            ids: tokenize(fe, &t, fe.parse_special_in_content, "prompt")?,
-            text: t,
-        }],
+        PromptSpec::Text(t) => vec![text_prompt(t)?],
         PromptSpec::Texts(ts) => {
             if ts.is_empty() {
                 return Err(ApiError::invalid(
@@ -569,12 +592,7 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
                 ));
             }
             ts.into_iter()
-                .map(|t| {
-                    Ok(Prompt {
-                        ids: tokenize(fe, &t, fe.parse_special_in_content, "prompt")?,
-                        text: t,
-                    })
-                })
+                .map(text_prompt)
                 .collect::<Result<_, ApiError>>()?
         }
         PromptSpec::Tokens(ids) => vec![check_ids(ids)?],
@@ -613,7 +631,7 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
         stop,
         stream: c.stream.unwrap_or(false),
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
-        echo: r.echo.unwrap_or(false),
+        echo,
         ignore_eos: c.ignore_eos.unwrap_or(false),
         hint: c.genie.unwrap_or_default(),
         priority: priority(c)?,

@@ -589,6 +589,7 @@ pub async fn create(
                         finish = f;
                     }
                 }
+                Piece::Prompt(_) => {}
                 Piece::Failed(msg) => {
                     let e = ev(
                         json!({"type": "error", "code": "server_error", "message": msg, "param": null}),

@@ -24,6 +24,9 @@ pub enum Piece {
         tokens: Vec<TokenOut>,
         finish: Option<FinishReason>,
     },
+    /// The prompt's tokens after the first with their logprobs (completions' `echo` with
+    /// `logprobs`); at most once, before any `Delta` with tokens.
+    Prompt(Vec<TokenOut>),
     /// The sequence failed; the message is safe to show the client.
     Failed(String),
 }
@@ -50,6 +53,8 @@ pub struct SeqState {
     pub completion_tokens: usize,
     /// Prompt tokens a worker took from its prefix cache.
     pub cached_tokens: usize,
+    /// Its prompt's scores were passed on.
+    scored: bool,
     pub done: bool,
 }
 
@@ -75,6 +80,7 @@ impl SeqState {
             last_token: None,
             completion_tokens: 0,
             cached_tokens: 0,
+            scored: false,
             done: false,
         }
     }
@@ -126,6 +132,14 @@ impl SeqState {
             Some(SeqEvent::Cached(n)) => {
                 self.cached_tokens = n as usize;
                 None
+            }
+            Some(SeqEvent::PromptLogprobs(p)) => {
+                // A sequence restarted before its first token may send them again.
+                if self.scored || self.completion_tokens > 0 {
+                    return None;
+                }
+                self.scored = true;
+                Some(Piece::Prompt(p))
             }
             Some(SeqEvent::Token(t)) => {
                 self.ticket = None;

@@ -32,8 +32,24 @@ enum Phase {
 /// Events produced but not yet written to the client; past them the producer waits.
 const STREAM_BUFFER: usize = 64;
 
+/// Text deltas only: `f` sees each `Delta`'s text, tokens and finish; other pieces (a
+/// prompt's scores) make no event.
+pub fn deltas<F>(mut f: F) -> impl FnMut(u32, Piece) -> Vec<Event> + Send + 'static
+where
+    F: FnMut(u32, String, Vec<TokenOut>, Option<FinishReason>) -> Vec<Event> + Send + 'static,
+{
+    move |i, piece| match piece {
+        Piece::Delta {
+            text,
+            tokens,
+            finish,
+        } => f(i, text, tokens, finish),
+        _ => Vec::new(),
+    }
+}
+
 /// The SSE body shared by both endpoints: `first` events, then `on_piece`'s events for
-/// every piece, an error event if a sequence fails, the usage event (`usage` gets the
+/// every piece (never a failure), an error event if a sequence fails, the usage event (`usage` gets the
 /// completion and cached prompt tokens; `None` = not asked), and `[DONE]`.
 ///
 /// A client that stops reading is bounded twice: at most [`STREAM_BUFFER`] events wait
@@ -48,7 +64,7 @@ pub fn sse_body<P, U>(
     stall: Duration,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>
 where
-    P: FnMut(u32, String, Vec<TokenOut>, Option<FinishReason>) -> Vec<Event> + Send + 'static,
+    P: FnMut(u32, Piece) -> Vec<Event> + Send + 'static,
     U: Fn(u64, u64) -> Option<Event> + Send + Sync + 'static,
 {
     let state = (merged, Phase::Body, on_piece);
@@ -60,19 +76,12 @@ where
         async move {
             match phase {
                 Phase::Body => match m.next().await {
-                    Some((
-                        i,
-                        Piece::Delta {
-                            text,
-                            tokens,
-                            finish,
-                        },
-                    )) => {
-                        let ev = on_piece(i, text, tokens, finish);
-                        Some((ev, (m, Phase::Body, on_piece)))
-                    }
                     Some((_, Piece::Failed(msg))) => {
                         Some((vec![sse_error(&msg)], (m, Phase::Done, on_piece)))
+                    }
+                    Some((i, piece)) => {
+                        let ev = on_piece(i, piece);
+                        Some((ev, (m, Phase::Body, on_piece)))
                     }
                     None => Some((Vec::new(), (m, Phase::Usage, on_piece))),
                 },

@@ -1,5 +1,6 @@
 //! A sequence's event channel and the rule that turns a step's logits into its next event.
 
+use genie_engine::model::TokenScores;
 use genie_engine::sampling::{Sampled, Sampler};
 use genie_grammar::{GrammarError, LazyGrammars};
 use genie_protocol::worker::{events_capacity, FailureCode, FinishReason, SeqEvent, TokenOut};
@@ -48,6 +49,26 @@ pub fn token_out(s: &Sampled) -> TokenOut {
             .iter()
             .map(|t| (t.token, t.logprob))
             .collect(),
+    }
+}
+
+/// The scores a prompt's prefill asks for (the sampler's `prompt_logprobs`), None when it
+/// asks for none. `fresh` is false for a sequence prefilled again after it generated
+/// tokens (preempted): its prompt's scores were sent already.
+pub fn prompt_scores(sampler: &Sampler, fresh: bool) -> Option<TokenScores> {
+    let top = sampler.params().prompt_logprobs.filter(|_| fresh)?;
+    Some(TokenScores {
+        top,
+        scored: Vec::new(),
+    })
+}
+
+/// Sends a prefilled prompt's scores, if it asked for them.
+pub fn send_prompt_scores(events: &EventSender, scores: Option<TokenScores>) {
+    if let Some(s) = scores {
+        events.send(SeqEvent::PromptLogprobs(
+            s.scored.iter().map(token_out).collect(),
+        ));
     }
 }
 
