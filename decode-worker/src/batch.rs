@@ -521,6 +521,9 @@ impl BatchLoop {
                 });
             }
         }
+        // The finished sequences' KV goes back to the budget before anyone is told there
+        // is room.
+        drop(finished);
         self.running = kept;
         if self.running.len() < before {
             (self.on_free)();
