@@ -140,6 +140,45 @@ async fn responses_whole_streamed_structured_and_continued() {
         "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}]})).await;
     assert_eq!(st, 200, "{r2}");
 
+    // Streamed, the call's item is added when its name is read, its arguments come in
+    // deltas as written, and the Response's item is the same.
+    let events: Vec<Value> = post_stream(
+        &s,
+        "/v1/responses",
+        &json!({"model": MODEL, "input": "Weather in Paris?", "tools": tools, "temperature": 0,
+                "tool_choice": "required", "max_output_tokens": 60, "stream": true}),
+    )
+    .await
+    .iter()
+    .map(|d| serde_json::from_str(d).unwrap())
+    .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let added = kinds
+        .iter()
+        .position(|k| *k == "response.output_item.added")
+        .unwrap();
+    let item = &events[added]["item"];
+    assert_eq!(
+        (&item["type"], &item["name"], &item["arguments"]),
+        (&json!("function_call"), &json!("get_weather"), &json!("")),
+        "{item}"
+    );
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .collect();
+    assert!(deltas.len() > 3, "{kinds:?}");
+    assert!(deltas.iter().all(|d| d["item_id"] == item["id"]));
+    let args: String = deltas
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    let last = &events.last().unwrap()["response"];
+    let fin = &last["output"][0];
+    assert_eq!((&fin["id"], &fin["call_id"]), (&item["id"], &item["call_id"]));
+    assert_eq!(args, fin["arguments"].as_str().unwrap());
+    assert!(kinds.contains(&"response.function_call_arguments.done"));
+
     // Bad input names the field.
     let (st, e) = post(
         &s,

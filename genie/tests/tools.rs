@@ -86,13 +86,19 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
         }
     }
 
-    // Streamed: one delta carrying the whole call, then finish_reason tool_calls.
+    // Streamed as OpenAI streams calls: a delta with the call's index, id, type and name
+    // (arguments ""), then deltas of its arguments as they are written, then
+    // finish_reason tool_calls; joined, the same call as the whole answer's.
     let body = json!({
         "model": MODEL, "messages": [{"role": "user", "content": "Weather in Rome?"}],
-        "tools": tools(), "tool_choice": "required", "max_tokens": 80, "temperature": 0, "stream": true
+        "tools": tools(), "tool_choice": "required", "max_tokens": 80, "temperature": 0
     });
+    let (st, whole) = post(&s, &body).await;
+    assert_eq!(st, 200, "{whole}");
+    let mut body = body;
+    body["stream"] = json!(true);
     let events = post_stream(&s, "/v1/chat/completions", &body).await;
-    let mut calls = Vec::new();
+    let mut deltas = Vec::new();
     let mut finish = Value::Null;
     for d in events {
         if d == "[DONE]" {
@@ -101,16 +107,38 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
         let c: Value = serde_json::from_str(&d).unwrap();
         let ch = &c["choices"][0];
         if let Some(tc) = ch["delta"]["tool_calls"].as_array() {
-            calls.extend(tc.iter().cloned());
+            assert_eq!(tc.len(), 1, "{c}");
+            deltas.push(tc[0].clone());
         }
         if !ch["finish_reason"].is_null() {
             finish = ch["finish_reason"].clone();
         }
     }
-    assert!(!calls.is_empty());
-    assert_eq!(calls[0]["index"], 0);
-    check_call(&calls[0]);
-    assert!(finish == "tool_calls" || finish == "length", "{finish}");
+    let head = &deltas[0];
+    assert_eq!(
+        (&head["index"], &head["type"], &head["function"]["arguments"]),
+        (&json!(0), &json!("function"), &json!("")),
+        "{head}"
+    );
+    assert!(head["id"].as_str().unwrap().starts_with("call"));
+    assert!(
+        deltas.len() > 3,
+        "the arguments come in pieces: {} deltas",
+        deltas.len()
+    );
+    let mut args = String::new();
+    for d in &deltas[1..] {
+        assert_eq!(d["index"], 0);
+        assert!(d.get("id").is_none() && d["function"].get("name").is_none(), "{d}");
+        args.push_str(d["function"]["arguments"].as_str().unwrap());
+    }
+    let want = &whole["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(head["function"]["name"], want["name"]);
+    assert_eq!(args, want["arguments"].as_str().unwrap());
+    let mut joined = head.clone();
+    joined["function"]["arguments"] = json!(args);
+    check_call(&joined);
+    assert_eq!(finish, whole["choices"][0]["finish_reason"], "{finish}");
 
     // A conversation that made a call and got its result goes on.
     let body = json!({

@@ -346,71 +346,73 @@ fn tool_finish(calls: bool, finish: FinishReason) -> &'static str {
     }
 }
 
-/// Streamed pieces of an answer offered tools: each choice's text is held until it ends,
-/// then sent as `tool_calls` deltas (one per call, its arguments whole) or as one text
-/// delta, and the finish chunk.
+/// Streamed pieces of an answer offered tools, as OpenAI streams them: text deltas once
+/// the answer is known to be text (held until then), or for each call a delta with its
+/// id, type and name, then deltas of its arguments as they are written
+/// ([`crate::tool_stream`]); then the finish chunk.
 fn tool_pieces(
     chunk: impl Fn(Vec<ChatChunkChoice>, Option<Usage>) -> Event + Send + 'static,
     tools: crate::tools::ToolUse,
     n: usize,
 ) -> OnPiece {
-    let mut held = vec![String::new(); n];
+    use crate::tool_stream::{CallReader, Found};
+    let mut readers: Vec<CallReader> = (0..n)
+        .map(|_| CallReader::new(tools.names.clone()))
+        .collect();
     Box::new(move |index, text, _tokens, finish| {
-        let Some(buf) = held.get_mut(index as usize) else {
+        let Some(reader) = readers.get_mut(index as usize) else {
             return Vec::new();
         };
-        buf.push_str(&text);
-        let Some(finish) = finish else {
-            return Vec::new();
-        };
-        let text = std::mem::take(buf);
-        let calls = crate::tools::read_calls(&text, &tools, || new_id("call"));
-        let mut ev = Vec::new();
-        let delta = match &calls {
-            Some(calls) => Some(ChatDelta {
-                tool_calls: Some(
-                    calls
-                        .iter()
-                        .enumerate()
-                        .map(|(k, c)| ToolCallDelta {
-                            index: k as u32,
-                            id: Some(c.id.clone()),
-                            kind: Some("function".into()),
-                            function: FunctionCallDelta {
-                                name: Some(c.function.name.clone()),
-                                arguments: c.function.arguments.clone(),
-                            },
-                        })
-                        .collect(),
-                ),
+        let mut found = reader.push(&text);
+        if finish.is_some() {
+            found.extend(reader.finish());
+        }
+        let call = |k: usize, id: Option<String>, name: Option<String>, arguments: String| {
+            ChatDelta {
+                tool_calls: Some(vec![ToolCallDelta {
+                    index: k as u32,
+                    kind: id.as_ref().map(|_| "function".to_string()),
+                    id,
+                    function: FunctionCallDelta { name, arguments },
+                }]),
                 ..ChatDelta::default()
-            }),
-            None if !text.is_empty() => Some(ChatDelta {
-                content: Some(text),
-                ..ChatDelta::default()
-            }),
-            None => None,
+            }
         };
-        if let Some(delta) = delta {
+        let mut ev: Vec<Event> = found
+            .into_iter()
+            .map(|f| {
+                let delta = match f {
+                    Found::Text(t) => ChatDelta {
+                        content: Some(t),
+                        ..ChatDelta::default()
+                    },
+                    Found::Call { index: k, name } => {
+                        call(k, Some(new_id("call")), Some(name), String::new())
+                    }
+                    Found::Args { index: k, fragment } => call(k, None, None, fragment),
+                };
+                chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta,
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                )
+            })
+            .collect();
+        if let Some(finish) = finish {
             ev.push(chunk(
                 vec![ChatChunkChoice {
                     index,
-                    delta,
+                    delta: ChatDelta::default(),
                     logprobs: None,
-                    finish_reason: None,
+                    finish_reason: Some(tool_finish(reader.calls() > 0, finish).into()),
                 }],
                 None,
             ));
         }
-        ev.push(chunk(
-            vec![ChatChunkChoice {
-                index,
-                delta: ChatDelta::default(),
-                logprobs: None,
-                finish_reason: Some(tool_finish(calls.is_some(), finish).into()),
-            }],
-            None,
-        ));
         ev
     })
 }

@@ -35,6 +35,7 @@ pub mod responses;
 pub mod sequence;
 pub mod sse;
 pub mod tenant;
+pub mod tool_stream;
 pub mod tools;
 
 pub use api_error::ApiError;

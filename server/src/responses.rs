@@ -17,6 +17,7 @@ use crate::handlers::{
 };
 use crate::request::prepare_chat;
 use crate::sequence::Piece;
+use crate::tool_stream::{CallReader, Found};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -382,13 +383,19 @@ fn output_items(text: &str, calls: Option<&[ToolCall]>, msg_id: &str) -> Vec<Val
         Some(calls) => calls
             .iter()
             .map(|c| {
-                json!({"type": "function_call", "id": new_id("fc"), "call_id": c.id,
+                json!({"type": "function_call", "id": item_id(&c.id), "call_id": c.id,
                        "name": c.function.name, "arguments": c.function.arguments, "status": "completed"})
             })
             .collect(),
         None => vec![json!({"type": "message", "id": msg_id, "status": "completed", "role": "assistant",
                             "content": [{"type": "output_text", "text": text, "annotations": []}]})],
     }
+}
+
+/// A function_call item's id, made from its call's (`call-X` → `fc-X`), so a streamed
+/// item and the Response's are the same.
+fn item_id(call_id: &str) -> String {
+    format!("fc-{}", call_id.strip_prefix("call-").unwrap_or(call_id))
 }
 
 /// The events that open the answer's message item and its text part.
@@ -441,19 +448,23 @@ impl Reply {
         )
     }
 
-    /// The answer `text` as calls or a message, kept in `responses` with its
+    /// The answer `text` read as calls where it is some.
+    fn calls(&self, text: &str) -> Option<Vec<ToolCall>> {
+        self.tools
+            .as_ref()
+            .and_then(|t| crate::tools::read_calls(text, t, || new_id("call")))
+    }
+
+    /// The answer, `calls` (None: the message `text`), kept in `responses` with its
     /// conversation when `store`, and the Response with its usage.
     fn finish(
         self,
         responses: &Store,
         text: &str,
+        calls: Option<Vec<ToolCall>>,
         finish: Option<FinishReason>,
         merged: &crate::sequence::Merged,
     ) -> Done {
-        let calls = self
-            .tools
-            .as_ref()
-            .and_then(|t| crate::tools::read_calls(text, t, || new_id("call")));
         let output = output_items(text, calls.as_deref(), &self.msg_id);
         let incomplete = finish == Some(FinishReason::Length);
         let usage = (
@@ -530,7 +541,14 @@ pub async fn create(
     if !stream {
         let c = collect(&mut merged, vec![String::new()]).await?;
         let text = c.texts.into_iter().next().unwrap_or_default();
-        let done = reply.finish(&st.responses, &text, c.finish.first().copied(), &merged);
+        let calls = reply.calls(&text);
+        let done = reply.finish(
+            &st.responses,
+            &text,
+            calls,
+            c.finish.first().copied(),
+            &merged,
+        );
         return Ok(with_request_id(Json(done.response).into_response(), &id));
     }
     // Streamed: the typed events, in order, from a task that drives the sequence; a client
@@ -557,19 +575,50 @@ pub async fn create(
                 return;
             }
         }
-        // Text streams as it comes unless tools were offered (then it is held, to be
-        // read back as calls or text at the end).
-        let live = reply.tools.is_none();
+        // Text streams as it comes; offered tools, the answer is read as it comes too
+        // ([`crate::tool_stream`]): held until it is known to be text, or each call's item
+        // added when its name is read and its arguments sent as they are written.
+        let mut reader = reply
+            .tools
+            .as_ref()
+            .map(|t| CallReader::new(t.names.clone()));
         let mut opened = false;
         let mut text = String::new();
         let mut finish = None;
-        while let Some((_, piece)) = merged.next().await {
-            match piece {
-                Piece::Delta {
-                    text: t, finish: f, ..
-                } => {
-                    if live && !t.is_empty() {
-                        let mut out = Vec::new();
+        let mut calls: Vec<ToolCall> = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let (t, f) = match merged.next().await {
+                Some((_, Piece::Delta { text, finish, .. })) => (text, finish),
+                Some((_, Piece::Prompt(_))) => continue,
+                Some((_, Piece::Failed(msg))) => {
+                    let e = ev(
+                        json!({"type": "error", "code": "server_error", "message": msg, "param": null}),
+                    );
+                    let _ = tx.send(e).await;
+                    return;
+                }
+                None => {
+                    ended = true;
+                    (String::new(), None)
+                }
+            };
+            text.push_str(&t);
+            if f.is_some() {
+                finish = f;
+            }
+            let mut found = match reader.as_mut() {
+                Some(r) => r.push(&t),
+                None if !t.is_empty() => vec![Found::Text(t)],
+                None => Vec::new(),
+            };
+            if ended {
+                found.extend(reader.as_mut().map(CallReader::finish).unwrap_or_default());
+            }
+            let mut out = Vec::new();
+            for f in found {
+                match f {
+                    Found::Text(t) => {
                         if !opened {
                             opened = true;
                             out.extend(opening(&msg_id).map(&mut ev));
@@ -578,40 +627,42 @@ pub async fn create(
                             json!({"type": "response.output_text.delta", "item_id": msg_id,
                             "output_index": 0, "content_index": 0, "delta": t}),
                         ));
-                        for e in out {
-                            if tx.send(e).await.is_err() {
-                                return;
-                            }
-                        }
                     }
-                    text.push_str(&t);
-                    if f.is_some() {
-                        finish = f;
+                    Found::Call { index, name } => {
+                        let call_id = new_id("call");
+                        out.push(ev(json!({"type": "response.output_item.added", "output_index": index,
+                            "item": {"type": "function_call", "id": item_id(&call_id), "call_id": call_id,
+                                     "name": name, "arguments": "", "status": "in_progress"}})));
+                        calls.push(ToolCall {
+                            id: call_id,
+                            kind: "function".into(),
+                            function: FunctionCall {
+                                name,
+                                arguments: String::new(),
+                            },
+                        });
+                    }
+                    Found::Args { index, fragment } => {
+                        out.push(ev(json!({"type": "response.function_call_arguments.delta",
+                            "item_id": item_id(&calls[index].id), "output_index": index, "delta": fragment})));
+                        calls[index].function.arguments.push_str(&fragment);
                     }
                 }
-                Piece::Prompt(_) => {}
-                Piece::Failed(msg) => {
-                    let e = ev(
-                        json!({"type": "error", "code": "server_error", "message": msg, "param": null}),
-                    );
-                    let _ = tx.send(e).await;
+            }
+            for e in out {
+                if tx.send(e).await.is_err() {
                     return;
                 }
             }
         }
-        let done = reply.finish(&st2.responses, &text, finish, &merged);
+        let calls = (!calls.is_empty()).then_some(calls);
+        let done = reply.finish(&st2.responses, &text, calls, finish, &merged);
         let output = &done.output;
         let mut tail = Vec::new();
         match &done.calls {
             None => {
                 if !opened {
                     tail.extend(opening(&msg_id).map(&mut ev));
-                    if !text.is_empty() {
-                        tail.push(ev(
-                            json!({"type": "response.output_text.delta", "item_id": msg_id,
-                            "output_index": 0, "content_index": 0, "delta": text}),
-                        ));
-                    }
                 }
                 tail.push(ev(json!({"type": "response.output_text.done", "item_id": msg_id, "output_index": 0,
                     "content_index": 0, "text": text})));
@@ -621,12 +672,6 @@ pub async fn create(
             }
             Some(_) => {
                 for (k, item) in output.iter().enumerate() {
-                    let mut added = item.clone();
-                    added["status"] = json!("in_progress");
-                    added["arguments"] = json!("");
-                    tail.push(ev(json!({"type": "response.output_item.added", "output_index": k, "item": added})));
-                    tail.push(ev(json!({"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                        "output_index": k, "delta": item["arguments"]})));
                     tail.push(ev(json!({"type": "response.function_call_arguments.done", "item_id": item["id"],
                         "output_index": k, "arguments": item["arguments"]})));
                     tail.push(ev(json!({"type": "response.output_item.done", "output_index": k, "item": item})));

@@ -7,7 +7,8 @@
 //! carries earlier calls in the history. With `tool_choice` `required` or a named
 //! function, that object is enforced token by token (each item's `arguments` by its
 //! function's `parameters`); with `auto` the model chooses, and an answer that is such an
-//! object naming offered functions becomes `tool_calls`, any other answer is text.
+//! object naming offered functions becomes `tool_calls`, any other answer is text
+//! ([`crate::tool_stream`] reads it, streamed or whole).
 
 use crate::api_error::ApiError;
 use genie_grammar::GrammarSpec;
@@ -219,36 +220,24 @@ pub fn history_text(calls: &[ToolCall]) -> String {
     format!(r#"{{"tool_calls":[{}]}}"#, items.join(","))
 }
 
-/// `text` read as calls of offered functions, or None (it is a text answer). `id` makes
-/// each call's id.
+/// `text` read as calls of offered functions, or None (it is a text answer): the same
+/// reading a streamed answer gets ([`crate::tool_stream`]). `id` makes each call's id.
 pub fn read_calls(
     text: &str,
     tools: &ToolUse,
     mut id: impl FnMut() -> String,
 ) -> Option<Vec<ToolCall>> {
-    let v: Value = serde_json::from_str(text.trim()).ok()?;
-    let items = v.as_object()?.get("tool_calls")?.as_array()?;
-    if items.is_empty() {
-        return None;
-    }
-    items
-        .iter()
-        .map(|c| {
-            let name = c.get("name")?.as_str()?;
-            if !tools.names.iter().any(|n| n == name) {
-                return None;
-            }
-            let args = c.get("arguments").cloned().unwrap_or_else(|| json!({}));
-            Some(ToolCall {
+    let calls = crate::tool_stream::read_whole(text, &tools.names)?;
+    Some(
+        calls
+            .into_iter()
+            .map(|(name, arguments)| ToolCall {
                 id: id(),
                 kind: "function".into(),
-                function: FunctionCall {
-                    name: name.to_string(),
-                    arguments: args.to_string(),
-                },
+                function: FunctionCall { name, arguments },
             })
-        })
-        .collect()
+            .collect(),
+    )
 }
 
 #[cfg(test)]
