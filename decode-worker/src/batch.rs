@@ -10,8 +10,8 @@ use genie_engine::EngineError;
 use genie_kv_transfer::KvMessage;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::TransferId;
-use genie_worker_core::thread::Inbox;
 use genie_worker_core::events::{prompt_scores, send_prompt_scores};
+use genie_worker_core::thread::Inbox;
 use genie_worker_core::{next_token, KvEventLog, Next};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -450,7 +450,7 @@ impl BatchLoop {
             .running
             .iter_mut()
             .zip(&inputs)
-.map(|(r, t)| Segment::new(t, &mut r.seq.cache))
+            .map(|(r, t)| Segment::new(t, &mut r.seq.cache))
             .collect();
         for (p, reused, scores) in prefilling.iter_mut() {
             segs.push(Segment {

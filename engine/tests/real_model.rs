@@ -399,19 +399,11 @@ fn pipeline_stages_compose_to_the_unsplit_forward_bit_for_bit() {
     // A later stage without hidden states, or a bad range, is refused.
     let mut c = KvCache::new(m.stage_shape(15), 8);
     let e = m
-        .forward_stage(
-            15..30,
-            &mut [Segment::new(&[1], &mut c)],
-            None,
-        )
+        .forward_stage(15..30, &mut [Segment::new(&[1], &mut c)], None)
         .unwrap_err();
     assert!(e.to_string().contains("hidden"), "{e}");
     let e = m
-        .forward_stage(
-            20..31,
-            &mut [Segment::new(&[1], &mut c)],
-            None,
-        )
+        .forward_stage(20..31, &mut [Segment::new(&[1], &mut c)], None)
         .unwrap_err();
     assert!(e.to_string().contains("layers"), "{e}");
 }

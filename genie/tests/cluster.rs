@@ -174,7 +174,10 @@ async fn two_prefill_two_decode_processes_answer_like_generate_and_move_exact_kv
         .iter()
         .map(|t| t.as_str().unwrap())
         .collect();
-    assert_eq!(tokens[..6], ["The", " capital", " of", " France", " is", " Paris"]);
+    assert_eq!(
+        tokens[..6],
+        ["The", " capital", " of", " France", " is", " Paris"]
+    );
     assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
     let (st, w) = post(
         &c.gateway,

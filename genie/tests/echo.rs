@@ -33,7 +33,11 @@ fn entries(choice: &Value) -> Vec<Entry> {
     let mut out = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
         let t = t.as_str().unwrap().to_string();
-        assert_eq!(offsets[i].as_u64().unwrap(), at as u64, "offset of token {i}");
+        assert_eq!(
+            offsets[i].as_u64().unwrap(),
+            at as u64,
+            "offset of token {i}"
+        );
         at += t.len();
         joined.push_str(&t);
         let mut top: Vec<(String, f64)> = lp["top_logprobs"][i]
@@ -69,7 +73,10 @@ fn prompt_entries(choice: &Value, prompt: &str, k: usize) -> Vec<Entry> {
         })
         .count();
     assert_eq!(
-        all[..n].iter().map(|e| e.token.as_str()).collect::<String>(),
+        all[..n]
+            .iter()
+            .map(|e| e.token.as_str())
+            .collect::<String>(),
         prompt,
         "the prompt's tokens come first"
     );
@@ -213,7 +220,10 @@ async fn echoed_prompts_carry_their_own_logprobs_on_every_path() {
     .await;
     assert_eq!(st, 200);
     assert!(v["choices"][0]["logprobs"].is_null());
-    assert!(v["choices"][0]["text"].as_str().unwrap().starts_with(PROMPT));
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with(PROMPT));
     let (st, v) = post_json(
         &s,
         "/v1/completions",

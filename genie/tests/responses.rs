@@ -175,7 +175,10 @@ async fn responses_whole_streamed_structured_and_continued() {
         .collect();
     let last = &events.last().unwrap()["response"];
     let fin = &last["output"][0];
-    assert_eq!((&fin["id"], &fin["call_id"]), (&item["id"], &item["call_id"]));
+    assert_eq!(
+        (&fin["id"], &fin["call_id"]),
+        (&item["id"], &item["call_id"])
+    );
     assert_eq!(args, fin["arguments"].as_str().unwrap());
     assert!(kinds.contains(&"response.function_call_arguments.done"));
 

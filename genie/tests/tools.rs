@@ -116,7 +116,11 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
     }
     let head = &deltas[0];
     assert_eq!(
-        (&head["index"], &head["type"], &head["function"]["arguments"]),
+        (
+            &head["index"],
+            &head["type"],
+            &head["function"]["arguments"]
+        ),
         (&json!(0), &json!("function"), &json!("")),
         "{head}"
     );
@@ -129,7 +133,10 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
     let mut args = String::new();
     for d in &deltas[1..] {
         assert_eq!(d["index"], 0);
-        assert!(d.get("id").is_none() && d["function"].get("name").is_none(), "{d}");
+        assert!(
+            d.get("id").is_none() && d["function"].get("name").is_none(),
+            "{d}"
+        );
         args.push_str(d["function"]["arguments"].as_str().unwrap());
     }
     let want = &whole["choices"][0]["message"]["tool_calls"][0]["function"];

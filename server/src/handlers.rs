@@ -367,8 +367,8 @@ fn tool_pieces(
         if finish.is_some() {
             found.extend(reader.finish());
         }
-        let call = |k: usize, id: Option<String>, name: Option<String>, arguments: String| {
-            ChatDelta {
+        let call =
+            |k: usize, id: Option<String>, name: Option<String>, arguments: String| ChatDelta {
                 tool_calls: Some(vec![ToolCallDelta {
                     index: k as u32,
                     kind: id.as_ref().map(|_| "function".to_string()),
@@ -376,8 +376,7 @@ fn tool_pieces(
                     function: FunctionCallDelta { name, arguments },
                 }]),
                 ..ChatDelta::default()
-            }
-        };
+            };
         let mut ev: Vec<Event> = found
             .into_iter()
             .map(|f| {
@@ -621,7 +620,10 @@ pub async fn completions(
                 Piece::Prompt(scored) => {
                     if let Some(e) = echoes[i].take() {
                         let lp = prompt_logprobs(&st, &prompts[i], &scored, &mut offsets[i]);
-                        out.push(sse_json(&piece_mk(vec![choice(index, e, Some(lp), None)], None)));
+                        out.push(sse_json(&piece_mk(
+                            vec![choice(index, e, Some(lp), None)],
+                            None,
+                        )));
                     }
                     return out;
                 }
@@ -635,7 +637,10 @@ pub async fn completions(
             if let Some(e) = echoes[i].take() {
                 // No scores came (they always precede the first token): the echo alone.
                 offsets[i] = e.len() as u32;
-                out.push(sse_json(&piece_mk(vec![choice(index, e, None, None)], None)));
+                out.push(sse_json(&piece_mk(
+                    vec![choice(index, e, None, None)],
+                    None,
+                )));
             }
             if text.is_empty() && finish.is_none() && (!want_logprobs || tokens.is_empty()) {
                 return out;

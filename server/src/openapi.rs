@@ -76,6 +76,22 @@ fn chat_completions() {}
 #[allow(dead_code)]
 fn completions() {}
 
+/// `POST /v1/responses`.
+#[utoipa::path(
+    post,
+    path = "/v1/responses",
+    tag = "openai",
+    request_body = crate::responses::ResponsesRequest,
+    responses(
+        (status = 200, description = "A Response object (`status` `completed` or `incomplete`, `output` items, `usage`); with `stream: true`, SSE typed events (`event:` the type, `data:` the event with its `sequence_number`) from `response.created` to `response.completed` or `response.incomplete`",
+            content((serde_json::Value = "application/json"), (String = "text/event-stream"))),
+        GenerationErrors,
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn responses() {}
+
 /// `GET /v1/models`.
 #[utoipa::path(
     get,
@@ -123,7 +139,7 @@ impl utoipa::Modify for BearerKey {
         title = "Genie",
         description = "OpenAI-compatible API of Genie, a disaggregated LLM serving system. Every error is the OpenAI envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`."
     ),
-    paths(chat_completions, completions, models, health),
+    paths(chat_completions, completions, responses, models, health),
     components(schemas(ErrorEnvelope, HealthStatus, ChatCompletionChunk)),
     modifiers(&BearerKey)
 )]

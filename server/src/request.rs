@@ -577,7 +577,8 @@ pub fn prepare_completion(fe: &Frontend, r: CompletionRequest) -> Result<GenSpec
     let text_prompt = |t: String| -> Result<Prompt, ApiError> {
         let ids = tokenize(fe, &t, fe.parse_special_in_content, "prompt")?;
         Ok(Prompt {
-            bos_added: fe.tokenizer.leading_bos().is_some() && ids.first() == fe.tokenizer.leading_bos().as_ref(),
+            bos_added: fe.tokenizer.leading_bos().is_some()
+                && ids.first() == fe.tokenizer.leading_bos().as_ref(),
             ids,
             text: t,
         })

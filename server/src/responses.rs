@@ -66,16 +66,20 @@ impl Store {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `input`: a string (one user message), or items (messages with text parts,
+/// `function_call` and `function_call_output`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum Input {
+pub enum Input {
     Text(String),
     Items(Vec<Value>),
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/responses`'s body: the fields Genie honours (and `metadata`, `user`,
+/// accepted and ignored); any other is a 400.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ResponsesRequest {
+pub struct ResponsesRequest {
     model: String,
     input: Input,
     #[serde(default)]
@@ -110,9 +114,10 @@ struct ResponsesRequest {
     user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `text`: the answer's format (`{"type": "text" | "json_object" | "json_schema", ...}`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TextConfig {
+pub struct TextConfig {
     #[serde(default)]
     format: Option<Value>,
 }

@@ -359,11 +359,13 @@ fn merge(found: Vec<Found>) -> Vec<Found> {
     let mut out: Vec<Found> = Vec::with_capacity(found.len());
     for f in found {
         match (out.last_mut(), f) {
-            (Some(Found::Args { index, fragment }), Found::Args { index: i, fragment: g })
-                if *index == i =>
-            {
-                fragment.push_str(&g)
-            }
+            (
+                Some(Found::Args { index, fragment }),
+                Found::Args {
+                    index: i,
+                    fragment: g,
+                },
+            ) if *index == i => fragment.push_str(&g),
             (Some(Found::Text(t)), Found::Text(u)) => t.push_str(&u),
             (_, f) => out.push(f),
         }
