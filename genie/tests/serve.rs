@@ -611,6 +611,7 @@ async fn openapi_json_is_served_without_a_key_and_describes_the_public_api() {
     for path in [
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/responses",
         "/v1/models",
         "/health",
     ] {
@@ -634,6 +635,9 @@ async fn openapi_json_is_served_without_a_key_and_describes_the_public_api() {
     // The request schemas are the types the handlers parse.
     let chat = &v["components"]["schemas"]["ChatCompletionRequest"];
     assert_eq!(chat["required"], json!(["model", "messages"]));
+    let responses = &v["components"]["schemas"]["ResponsesRequest"];
+    assert_eq!(responses["required"], json!(["model", "input"]));
+    assert_eq!(responses["additionalProperties"], json!(false));
 }
 
 /// Automatic prefix caching, on the prefill worker (disaggregated) and on the decode

@@ -84,7 +84,7 @@ fn completions() {}
     request_body = crate::responses::ResponsesRequest,
     responses(
         (status = 200, description = "A Response object (`status` `completed` or `incomplete`, `output` items, `usage`); with `stream: true`, SSE typed events (`event:` the type, `data:` the event with its `sequence_number`) from `response.created` to `response.completed` or `response.incomplete`",
-            content((serde_json::Value = "application/json"), (String = "text/event-stream"))),
+            content((Object = "application/json"), (String = "text/event-stream"))),
         GenerationErrors,
     ),
     security((), ("api_key" = []))

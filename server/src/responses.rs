@@ -68,11 +68,22 @@ impl Store {
 
 /// `input`: a string (one user message), or items (messages with text parts,
 /// `function_call` and `function_call_output`).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Input {
     Text(String),
     Items(Vec<Value>),
+}
+
+/// [`Input`]'s schema: a string, or an array of item objects.
+fn input_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Object)))
+            .build(),
+    )
 }
 
 /// `POST /v1/responses`'s body: the fields Genie honours (and `metadata`, `user`,
@@ -81,6 +92,7 @@ pub enum Input {
 #[serde(deny_unknown_fields)]
 pub struct ResponsesRequest {
     model: String,
+    #[schema(schema_with = input_schema)]
     input: Input,
     #[serde(default)]
     instructions: Option<String>,
@@ -93,8 +105,11 @@ pub struct ResponsesRequest {
     #[serde(default)]
     text: Option<TextConfig>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     tools: Option<Vec<Value>>,
+    /// `auto`, `none`, `required`, or `{"type": "function", "name"}`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     tool_choice: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
@@ -106,6 +121,7 @@ pub struct ResponsesRequest {
     previous_response_id: Option<String>,
     /// Accepted and ignored.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     #[allow(dead_code)]
     metadata: Option<Value>,
     /// Accepted and ignored.
@@ -119,6 +135,7 @@ pub struct ResponsesRequest {
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     format: Option<Value>,
 }
 
