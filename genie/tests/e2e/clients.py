@@ -73,7 +73,17 @@ for i in range(ROUNDS):
     check(calls and calls[0].function.name == "Weather", f"SDK tool call: {r}")
     Weather.model_validate(json.loads(calls[0].function.arguments))
     check(r.choices[0].finish_reason == "tool_calls", f"finish_reason: {r.choices[0].finish_reason}")
-print(f"openai SDK {openai.__version__}: parse() and tool calls, {ROUNDS} each")
+    # Streamed: the SDK's stream helper joins the tool_calls deltas (a call's start, then
+    # its arguments in pieces) and parses the arguments with the pydantic model.
+    with client.chat.completions.stream(model=model, max_tokens=80, temperature=0.7, seed=i, tools=tools,
+                                        tool_choice="required",
+                                        messages=[{"role": "user", "content": f"Weather in {WHO[i % len(WHO)].split()[-1]}?"}]) as s:
+        pieces = sum(1 for e in s if e.type == "tool_calls.function.arguments.delta")
+        final = s.get_final_completion()
+    call = final.choices[0].message.tool_calls[0]
+    check(isinstance(call.function.parsed_arguments, Weather), f"SDK streamed tool call: {final}")
+    check(pieces > 1, f"the arguments came in {pieces} delta(s)")
+print(f"openai SDK {openai.__version__}: parse() and tool calls (whole and streamed), {ROUNDS} each")
 
 # The Responses API through the SDK: create (whole and streamed), parse() with a
 # text_format model, and a conversation continued by previous_response_id.
