@@ -122,10 +122,10 @@ pub fn run(a: GrammarBenchArgs) -> Result<()> {
     };
     let (object_ms, person_ms) = (compile(&GrammarSpec::JsonObject)?, compile(&person())?);
     let text = engine.render_chat(
-        &[ChatMessage {
-            role: "user".into(),
-            content: "Invent a person who lives in Lima. Reply in JSON.".into(),
-        }],
+        &[ChatMessage::new(
+            "user",
+            "Invent a person who lives in Lima. Reply in JSON.",
+        )],
         true,
     )?;
     let prompt = engine.tokenize(&text, true)?;

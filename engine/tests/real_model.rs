@@ -32,10 +32,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 /// The prompt text and ids the engine produces for a golden case.
 fn prompt_of(e: &Engine, case: &serde_json::Value) -> (String, Vec<u32>) {
     if case["kind"] == "chat" {
-        let msg = ChatMessage {
-            role: "user".into(),
-            content: case["user_message"].as_str().unwrap().into(),
-        };
+        let msg = ChatMessage::new("user", case["user_message"].as_str().unwrap());
         let text = e.render_chat(&[msg], true).unwrap();
         let ids = e.tokenize(&text, true).unwrap();
         (text, ids)

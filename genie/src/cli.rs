@@ -269,13 +269,7 @@ fn export_tokenizer(a: TokenizerArgs) -> Result<()> {
 fn generate(a: GenerateArgs) -> Result<()> {
     let engine = a.model.load()?;
     let text = if a.chat {
-        engine.render_chat(
-            &[ChatMessage {
-                role: "user".into(),
-                content: a.prompt.clone(),
-            }],
-            true,
-        )?
+        engine.render_chat(&[ChatMessage::new("user", a.prompt.clone())], true)?
     } else {
         a.prompt.clone()
     };

@@ -140,6 +140,9 @@ pub struct ModelSection {
     pub path: Option<PathBuf>,
     /// The id clients send as `model`; unset = the GGUF's `general.name`.
     pub served_name: Option<String>,
+    /// A Jinja chat template file used instead of the GGUF's `tokenizer.chat_template`
+    /// (one that takes `tools` and writes `<tool_call>` gets functions natively).
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -42,7 +42,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     )?);
     let dcfg = dispatch_config(&cfg, &plan, text.kv_shape().bytes_per_token());
     let dispatcher = Arc::new(Dispatcher::new(dcfg, Arc::clone(&pool) as _, plan));
-    let frontend = Arc::new(frontend(&cfg, text, &path));
+    let frontend = Arc::new(frontend(&cfg, text, &path)?);
     let (served_name, mode) = (frontend.served_name.clone(), dispatcher.mode_label());
     let scheme = crate::tls::scheme(&cfg);
     let banner_for = |local, internal: Option<std::net::SocketAddr>| {

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
     #[arg(long, env = "GENIE_MODEL")]
     pub model: Option<PathBuf>,
+    /// A Jinja chat template file to use instead of the GGUF's own.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
     /// Prefill on the decode worker (the baseline without disaggregation).
     #[arg(long)]
     pub colocated: bool,
@@ -94,6 +97,13 @@ impl ServeArgs {
         if let Some(m) = &self.model {
             section("model", "path", Value::from(m.display().to_string()));
         }
+        if let Some(t) = &self.chat_template {
+            section(
+                "model",
+                "chat_template",
+                Value::from(t.display().to_string()),
+            );
+        }
         if self.colocated {
             section("scheduler", "mode", Value::from("colocated"));
         }
@@ -133,14 +143,23 @@ pub fn load_model(path: &Path) -> Result<genie_engine::gguf::GgufModel> {
     genie_engine::gguf::load(path).with_context(|| format!("loading {}", path.display()))
 }
 
-/// The front end of the API over the model's text side.
-pub fn frontend(cfg: &ServeConfig, text: ModelText, path: &Path) -> Frontend {
+/// The front end of the API over the model's text side (with the configured chat
+/// template in place of the file's).
+pub fn frontend(cfg: &ServeConfig, mut text: ModelText, path: &Path) -> Result<Frontend> {
     let name = cfg
         .model
         .served_name
         .clone()
         .unwrap_or_else(|| Frontend::default_name(path, &text.config.name));
-    Frontend::new(
+    if let Some(file) = &cfg.model.chat_template {
+        let source = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the chat template {}", file.display()))?;
+        text.template = text
+            .template
+            .with_source(&source)
+            .with_context(|| format!("the chat template {}", file.display()))?;
+    }
+    let fe = Frontend::new(
         name,
         text,
         Limits {
@@ -148,7 +167,16 @@ pub fn frontend(cfg: &ServeConfig, text: ModelText, path: &Path) -> Frontend {
             max_n: cfg.limits.max_n,
             parse_special_in_content: cfg.server.parse_special_in_content,
         },
-    )
+    );
+    tracing::info!(
+        tools = ?fe.tool_format,
+        "chat template: functions {}",
+        match fe.tool_format {
+            genie_server::tools::ToolFormat::Hermes => "given to the template as `tools`, calls read as <tool_call> blocks",
+            genie_server::tools::ToolFormat::Json => "described in Genie's generic system block",
+        }
+    );
+    Ok(fe)
 }
 
 /// The dispatcher's settings from the config.
@@ -343,7 +371,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let kv_bytes_per_token = text.kv_shape().bytes_per_token();
     let dcfg = dispatch_config(&cfg, &plan, kv_bytes_per_token);
     let dispatcher = Arc::new(Dispatcher::new(dcfg, pool, plan));
-    let frontend = Arc::new(frontend(&cfg, text, &path));
+    let frontend = Arc::new(frontend(&cfg, text, &path)?);
     let served_name = frontend.served_name.clone();
     let mode = dispatcher.mode_label();
     let banner_for = |local, _| {

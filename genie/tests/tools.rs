@@ -1,6 +1,8 @@
 //! Tool calling through `genie serve`: forced calls (`required`, a named function) are
 //! whole calls whose arguments match the function's schema, on both paths and streamed;
-//! tool results and earlier calls are accepted in the history; bad tool fields are 400s.
+//! tool results and earlier calls are accepted in the history; bad tool fields are 400s;
+//! a chat template that takes tools (`--chat-template`, Hermes style) gets them and its
+//! model's `<tool_call>` blocks come back as calls.
 
 mod support;
 
@@ -175,6 +177,93 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
     assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
     assert!(
         v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+}
+
+/// Joins a streamed answer's tool-call deltas into whole calls, checking each starts
+/// with its id, type and name.
+fn joined_calls(events: Vec<String>) -> (Vec<Value>, Value) {
+    let mut calls: Vec<Value> = Vec::new();
+    let mut finish = Value::Null;
+    for d in events {
+        if d == "[DONE]" {
+            break;
+        }
+        let c: Value = serde_json::from_str(&d).unwrap();
+        let ch = &c["choices"][0];
+        for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let k = tc["index"].as_u64().unwrap() as usize;
+            if k == calls.len() {
+                assert_eq!(tc["type"], "function", "{tc}");
+                calls.push(tc.clone());
+            } else {
+                let args = calls[k]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+                    + tc["function"]["arguments"].as_str().unwrap();
+                calls[k]["function"]["arguments"] = json!(args);
+            }
+        }
+        if !ch["finish_reason"].is_null() {
+            finish = ch["finish_reason"].clone();
+        }
+    }
+    (calls, finish)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_takes_tools_gets_them_and_its_tool_call_blocks_are_calls() {
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/chat-templates/chatml-tools.jinja"
+    );
+    let s = Server::start(&["--threads", "1", "--chat-template", template], &[]);
+    for (i, q) in ["Weather in Paris?", "What time is it in Tokyo?"]
+        .iter()
+        .enumerate()
+    {
+        let body = json!({
+            "model": MODEL, "messages": [{"role": "user", "content": q}],
+            "tools": tools(), "tool_choice": "required", "max_tokens": 120,
+            "temperature": 0.7, "seed": i, "genie": {"disaggregate": i == 0}
+        });
+        let (st, v) = post(&s, &body).await;
+        assert_eq!(st, 200, "{v}");
+        let c = &v["choices"][0];
+        let calls = c["message"]["tool_calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"));
+        assert!(!calls.is_empty(), "{v}");
+        calls.iter().for_each(check_call);
+        assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+        // Streamed, the same calls.
+        let mut body = body;
+        body["stream"] = json!(true);
+        let (streamed, finish) = joined_calls(post_stream(&s, "/v1/chat/completions", &body).await);
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(streamed.len(), calls.len());
+        for (a, b) in streamed.iter().zip(calls) {
+            assert_eq!(a["function"]["name"], b["function"]["name"]);
+            assert_eq!(a["function"]["arguments"], b["function"]["arguments"]);
+        }
+    }
+    // The history in the template's own form; a plain answer is text.
+    let body = json!({
+        "model": MODEL, "max_tokens": 24, "temperature": 0, "tools": tools(),
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+              "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"}
+        ]
+    });
+    let (st, v) = post(&s, &body).await;
+    assert_eq!(st, 200, "{v}");
+    let m = &v["choices"][0]["message"];
+    assert!(
+        m["content"].is_string() || m["tool_calls"].is_array(),
         "{v}"
     );
 }

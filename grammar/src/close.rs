@@ -20,10 +20,15 @@ impl Constraint {
     /// Tokens that complete the grammar from its current state, chosen without the model:
     /// at each step the first allowed closer, else the longest allowed token (the rest of
     /// a property name the schema fixes, an enum value, `true`); at most `limit` of them.
-    /// Empty when the grammar is already complete; None when no path within `limit` was
-    /// found this way.
+    /// Empty when the grammar is already complete; the stop token alone when it may end
+    /// here but could go on (a Lark repetition: another `<tool_call>` block); None when
+    /// no path within `limit` was found this way.
     pub fn closing(&self, limit: usize) -> Option<Vec<u32>> {
-        close_from(self.matcher.deep_clone(), self, limit)
+        let path = close_from(self.matcher.deep_clone(), self, limit)?;
+        if path.is_empty() && !self.matcher.is_stopped() {
+            return Some(vec![self.env.tok_trie().eos_token()]);
+        }
+        Some(path)
     }
 
     /// Whether, after `token`, the grammar can still be completed within `limit` more

@@ -16,7 +16,7 @@ mod close;
 mod spec;
 mod vocab;
 
-pub use spec::GrammarSpec;
+pub use spec::{json_rule, GrammarSpec};
 pub use vocab::Vocabulary;
 
 use llguidance::api::ParserLimits;

@@ -40,6 +40,16 @@ impl GrammarSpec {
     }
 }
 
+/// `%json {schema}`: a Lark rule body matching JSON valid under `schema`, compiled as
+/// [`GrammarSpec::JsonSchema`] compiles it (closed objects, compact JSON, unsupported
+/// keywords an error when `strict`). For grammars that embed JSON in other text, such as
+/// `<tool_call>` blocks.
+pub fn json_rule(schema: &Value, strict: bool) -> Result<String, GrammarError> {
+    let mut s = schema.clone();
+    close_objects(&mut s);
+    Ok(format!("%json {}", with_options(s, strict)?))
+}
+
 /// The schema with llguidance's compile options: compact JSON (no free whitespace between
 /// tokens, which a small model can otherwise fill until `max_tokens`), and unsupported
 /// keywords an error when `strict`.

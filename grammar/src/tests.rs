@@ -170,6 +170,34 @@ fn a_lark_grammar_constrains_text() {
 }
 
 #[test]
+fn json_rules_embed_a_schema_in_tagged_blocks_repeated_up_to_a_bound() {
+    let g = grammars();
+    let rule = json_rule(
+        &json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}),
+        true,
+    )
+    .unwrap();
+    let spec = GrammarSpec::Lark {
+        grammar: format!("start: call more{{0,1}}\nmore: \"\\n\" call\ncall: \"<c>\" body \"</c>\"\nbody: {rule}\n"),
+    };
+    let mut c = g.compile(&spec).unwrap();
+    feed(&mut c, "<c>{\"n\":1");
+    let a = allowed(&mut c);
+    assert!(!a[b' ' as usize] && !a[b',' as usize], "compact, closed");
+    feed(&mut c, "}</c>");
+    assert!(allowed(&mut c)[END as usize]);
+    // It may end here or go on: near the budget, the closing path ends it.
+    assert_eq!(c.closing(3), Some(vec![END]));
+    assert!(
+        !c.closes_after(b'\n' as u32, 3),
+        "another block does not fit"
+    );
+    feed(&mut c, "\n<c>{\"n\":2}</c>");
+    let a = allowed(&mut c);
+    assert!(a[END as usize] && !a[b'\n' as usize], "at most two blocks");
+}
+
+#[test]
 fn a_vocabulary_without_stop_tokens_is_refused() {
     let mut v = vocab();
     v.stop.clear();

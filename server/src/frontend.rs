@@ -11,6 +11,8 @@ pub struct Frontend {
     pub served_name: String,
     pub tokenizer: GgufTokenizer,
     pub template: ChatTemplate,
+    /// How the template gives the model functions and how the model writes calls.
+    pub tool_format: crate::tools::ToolFormat,
     pub context_length: usize,
     pub vocab_size: usize,
     /// Token ids that end a turn (eos, `<|im_end|>`, …).
@@ -45,6 +47,7 @@ impl Frontend {
             grammars,
             served_name,
             tokenizer: text.tokenizer,
+            tool_format: crate::tools::ToolFormat::of(&text.template),
             template: text.template,
             context_length: text.config.context_length,
             vocab_size: text.config.vocab_size,

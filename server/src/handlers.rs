@@ -356,9 +356,7 @@ fn tool_pieces(
     n: usize,
 ) -> OnPiece {
     use crate::tool_stream::{CallReader, Found};
-    let mut readers: Vec<CallReader> = (0..n)
-        .map(|_| CallReader::new(tools.names.clone()))
-        .collect();
+    let mut readers: Vec<CallReader> = (0..n).map(|_| tools.reader()).collect();
     Box::new(move |index, text, _tokens, finish| {
         let Some(reader) = readers.get_mut(index as usize) else {
             return Vec::new();

@@ -3,13 +3,16 @@
 
 use crate::api_error::ApiError;
 use crate::frontend::Frontend;
-use genie_engine::chat_template::ChatMessage;
+use genie_engine::chat_template::{
+    ChatMessage, RenderOptions, TemplateCall, JSON_CLOSE, JSON_OPEN,
+};
 use genie_engine::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 use genie_grammar::GrammarSpec;
 use genie_protocol::openai::{
     ChatCompletionRequest, CommonParams, CompletionRequest, MessageContent, PromptSpec,
     ResponseFormat,
 };
+use serde_json::Value;
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
@@ -304,8 +307,18 @@ fn tokenize(fe: &Frontend, text: &str, special: bool, field: &str) -> Result<Vec
 const MARK_OPEN: char = '\u{E000}';
 const MARK_CLOSE: char = '\u{E001}';
 
-fn render(fe: &Frontend, msgs: &[ChatMessage]) -> Result<String, ApiError> {
-    fe.template.render(msgs, true).map_err(|e| {
+fn render(
+    fe: &Frontend,
+    msgs: &[ChatMessage],
+    tools: Option<&Value>,
+    mark_json: bool,
+) -> Result<String, ApiError> {
+    let opts = RenderOptions {
+        tools,
+        add_generation_prompt: true,
+        mark_json,
+    };
+    fe.template.render_with(msgs, opts).map_err(|e| {
         ApiError::invalid(
             "messages",
             format!("the model's chat template refused these messages: {e}"),
@@ -314,12 +327,18 @@ fn render(fe: &Frontend, msgs: &[ChatMessage]) -> Result<String, ApiError> {
 }
 
 /// The chat prompt's tokens. The template is rendered with a marker in place of each
-/// message's content; the template's own text is tokenized with its control tokens
-/// (`<|im_start|>`) and each content as plain text, so a `<|im_end|>` typed by a user is
-/// text, not the end of a turn. `parse_special_in_content` restores reading control
-/// tokens in content too.
-fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> {
-    let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
+/// message's content, and its `tojson` output (tools, call arguments) bracketed; the
+/// template's own text is tokenized with its control tokens (`<|im_start|>`), and each
+/// content and each JSON as plain text, so a `<|im_end|>` typed by a user is text, not
+/// the end of a turn. `parse_special_in_content` restores reading control tokens in
+/// client text too.
+fn chat_prompt(
+    fe: &Frontend,
+    msgs: &[ChatMessage],
+    tools: Option<&Value>,
+) -> Result<Prompt, ApiError> {
+    let bytes: usize = msgs.iter().map(|m| m.content.len()).sum::<usize>()
+        + tools.map_or(0, |t| t.to_string().len());
     if bytes
         > fe.context_length
             .saturating_mul(fe.tokenizer.max_token_bytes())
@@ -327,7 +346,7 @@ fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> 
         return Err(too_long(fe, "messages"));
     }
     if fe.parse_special_in_content {
-        let text = render(fe, msgs)?;
+        let text = render(fe, msgs, tools, false)?;
         let ids = tokenize(fe, &text, true, "messages")?;
         return Ok(Prompt {
             ids,
@@ -335,30 +354,42 @@ fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> 
             bos_added: false,
         });
     }
+    // An empty content stays empty: templates test it (`{% if message.content %}`).
     let marked: Vec<ChatMessage> = msgs
         .iter()
         .enumerate()
         .map(|(i, m)| ChatMessage {
-            role: m.role.clone(),
-            content: format!("{MARK_OPEN}{i}{MARK_CLOSE}"),
+            content: if m.content.is_empty() {
+                String::new()
+            } else {
+                format!("{MARK_OPEN}{i}{MARK_CLOSE}")
+            },
+            ..m.clone()
         })
         .collect();
-    let rendered = render(fe, &marked)?;
+    let rendered = render(fe, &marked, tools, true)?;
+    let altered = || {
+        tracing::error!("the chat template altered the content markers");
+        ApiError::internal()
+    };
     let mut ids: Vec<u32> = fe.tokenizer.leading_bos().into_iter().collect();
     let mut text = String::with_capacity(rendered.len() + bytes);
     let mut rest = rendered.as_str();
-    while let Some(open) = rest.find(MARK_OPEN) {
+    while let Some(open) = rest.find([MARK_OPEN, JSON_OPEN]) {
         push_tokens(fe, &mut ids, &rest[..open], true, "messages")?;
         text.push_str(&rest[..open]);
         let after = &rest[open + MARK_OPEN.len_utf8()..];
-        let msg = after
-            .find(MARK_CLOSE)
-            .and_then(|close| Some((after[..close].parse::<usize>().ok()?, close)))
-            .and_then(|(i, close)| Some((msgs.get(i)?, close)));
-        let Some((m, close)) = msg else {
-            tracing::error!("the chat template altered the content markers");
-            return Err(ApiError::internal());
-        };
+        if rest[open..].starts_with(JSON_OPEN) {
+            // JSON the template wrote: client data, plain text (a content inside it,
+            // from `content | tojson`, is put back JSON-escaped).
+            let close = after.find(JSON_CLOSE).ok_or_else(altered)?;
+            let json = unmark_json(&after[..close], msgs);
+            push_tokens(fe, &mut ids, &json, false, "messages")?;
+            text.push_str(&json);
+            rest = &after[close + JSON_CLOSE.len_utf8()..];
+            continue;
+        }
+        let (m, close) = marker(after, msgs).ok_or_else(altered)?;
         push_tokens(fe, &mut ids, &m.content, false, "messages")?;
         text.push_str(&m.content);
         rest = &after[close + MARK_CLOSE.len_utf8()..];
@@ -378,6 +409,38 @@ fn chat_prompt(fe: &Frontend, msgs: &[ChatMessage]) -> Result<Prompt, ApiError> 
     })
 }
 
+/// The message a content marker names (the text after `MARK_OPEN`), and where its
+/// `MARK_CLOSE` is.
+fn marker<'m>(after: &str, msgs: &'m [ChatMessage]) -> Option<(&'m ChatMessage, usize)> {
+    let close = after.find(MARK_CLOSE)?;
+    let i = after[..close].parse::<usize>().ok()?;
+    Some((msgs.get(i)?, close))
+}
+
+/// A bracketed JSON with the content markers in it replaced by their contents, written
+/// as JSON string characters (the marker sat inside a JSON string).
+fn unmark_json(json: &str, msgs: &[ChatMessage]) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(open) = rest.find(MARK_OPEN) {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + MARK_OPEN.len_utf8()..];
+        match marker(after, msgs) {
+            Some((m, close)) => {
+                let quoted = Value::String(m.content.clone()).to_string();
+                out.push_str(&quoted[1..quoted.len() - 1]);
+                rest = &after[close + MARK_CLOSE.len_utf8()..];
+            }
+            None => {
+                out.push(MARK_OPEN);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, ApiError> {
     check_model(fe, &r.model)?;
     if r.messages.is_empty() {
@@ -390,13 +453,17 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
         r.tools.as_deref(),
         r.tool_choice.as_ref(),
         r.parallel_tool_calls,
+        fe.tool_format,
     )?;
+    // Templates that take tools also take calls and results in their own form.
+    let native = fe.tool_format == crate::tools::ToolFormat::Hermes;
     let mut msgs = Vec::with_capacity(r.messages.len() + 1);
     for (i, m) in r.messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" if native => "tool",
             // A function's result, told to the model as the user's turn (templates
             // without a tool role accept it).
             "tool" => "user",
@@ -440,37 +507,48 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
                 s
             }
         };
-        let content = match (m.role.as_str(), calls) {
+        let id = m.tool_call_id.as_deref();
+        if m.role == "tool" && id.is_none() {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "a `tool` message needs the `tool_call_id` it answers",
+            ));
+        }
+        let mut msg = ChatMessage::new(role, content);
+        match (m.role.as_str(), calls) {
+            ("tool", _) if native => msg.tool_call_id = id.map(str::to_string),
             ("tool", _) => {
-                let Some(id) = m.tool_call_id.as_deref() else {
-                    return Err(ApiError::invalid(
-                        format!("messages[{i}].tool_call_id"),
-                        "a `tool` message needs the `tool_call_id` it answers",
-                    ));
-                };
-                format!("Result of function call {id}:\n{content}")
+                msg.content = format!(
+                    "Result of function call {}:\n{}",
+                    id.unwrap_or_default(),
+                    msg.content
+                )
             }
-            (_, Some(c)) if content.is_empty() => crate::tools::history_text(c),
-            (_, Some(c)) => format!("{content}\n{}", crate::tools::history_text(c)),
-            _ => content,
-        };
-        msgs.push(ChatMessage {
-            role: role.into(),
-            content,
-        });
+            (_, Some(c)) if native => {
+                msg.tool_calls = c
+                    .iter()
+                    .map(|c| TemplateCall {
+                        id: c.id.clone(),
+                        name: c.function.name.clone(),
+                        arguments: serde_json::from_str(&c.function.arguments)
+                            .unwrap_or_else(|_| Value::String(c.function.arguments.clone())),
+                    })
+                    .collect()
+            }
+            (_, Some(c)) if msg.content.is_empty() => msg.content = crate::tools::history_text(c),
+            (_, Some(c)) => {
+                msg.content = format!("{}\n{}", msg.content, crate::tools::history_text(c))
+            }
+            _ => {}
+        }
+        msgs.push(msg);
     }
     if let Some(block) = &tools.system_block {
         match msgs.first_mut() {
             Some(first) if first.role == "system" => {
                 first.content = format!("{}\n\n{block}", first.content);
             }
-            _ => msgs.insert(
-                0,
-                ChatMessage {
-                    role: "system".into(),
-                    content: block.clone(),
-                },
-            ),
+            _ => msgs.insert(0, ChatMessage::new("system", block.clone())),
         }
     }
     if r.top_logprobs.is_some() && r.logprobs != Some(true) {
@@ -512,7 +590,7 @@ pub fn prepare_chat(fe: &Frontend, r: ChatCompletionRequest) -> Result<GenSpec, 
     }
     let stop = stops(c)?;
     let n = n(fe, c)?;
-    let prompt = chat_prompt(fe, &msgs)?;
+    let prompt = chat_prompt(fe, &msgs, tools.template_tools.as_ref())?;
     let asked = match (r.max_completion_tokens, c.max_tokens) {
         (Some(m), _) => Some((m, "max_completion_tokens")),
         (None, Some(m)) => Some((m, "max_tokens")),

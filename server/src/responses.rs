@@ -600,10 +600,7 @@ pub async fn create(
         // Text streams as it comes; offered tools, the answer is read as it comes too
         // ([`crate::tool_stream`]): held until it is known to be text, or each call's item
         // added when its name is read and its arguments sent as they are written.
-        let mut reader = reply
-            .tools
-            .as_ref()
-            .map(|t| CallReader::new(t.names.clone()));
+        let mut reader = reply.tools.as_ref().map(|t| t.reader());
         let mut opened = false;
         let mut text = String::new();
         let mut finish = None;

@@ -3,12 +3,32 @@
 //! arguments as they are written, which is how OpenAI streams `tool_calls` deltas.
 //!
 //! An answer is calls when it opens as `{"tool_calls": [{"name": "<an offered function>"`
-//! (whitespace allowed between tokens, `arguments` before or after `name`). Until the
+//! ([`ToolFormat::Json`], Genie's own form; whitespace allowed between tokens,
+//! `arguments` before or after `name`), or, for chat templates that write calls as
+//! Hermes-style blocks ([`ToolFormat::Hermes`]: Qwen 2.5 and 3, Hermes, SmolLM3), as
+//! `<tool_call>` then `{"name": ..., "arguments": ...}` then `</tool_call>`, blocks
+//! repeated for several calls. Either way `parameters` is read as `arguments`. Until the
 //! first call's name is read nothing is sent: an answer that turns out otherwise is then
 //! sent as text, whole. After it, the answer is calls for good: each call starts when its
 //! name is read, its arguments go out as written (the model's own JSON text), and anything
 //! malformed later ends the reading there (the calls so far stand), as does the end of
 //! the answer (an answer cut at `max_tokens` ends mid-arguments, as OpenAI's do).
+
+/// How the model writes calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolFormat {
+    /// `{"tool_calls": [{"name": ..., "arguments": ...}, ...]}`, as Genie's generic
+    /// system block asks.
+    #[default]
+    Json,
+    /// `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` blocks, as the chat
+    /// templates of Hermes-style models write them.
+    Hermes,
+}
+
+/// The tags of a Hermes call block.
+pub(crate) const OPEN_TAG: &str = "<tool_call>";
+pub(crate) const CLOSE_TAG: &str = "</tool_call>";
 
 /// What the reader found in a piece of the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +46,8 @@ pub enum Found {
 enum At {
     /// The opening `{"tool_calls": [`: which of its four tokens comes next.
     Lead(u8),
+    /// Inside a Hermes tag (`<tool_call>` when `open`), `pos` bytes of it read.
+    Tag { open: bool, pos: usize },
     /// A call object's `{`, or (after a call) the list's `]`.
     ItemOpen,
     /// A key in a call object (or its `}` after a value).
@@ -61,6 +83,7 @@ enum Field {
 /// An incremental reader of one answer.
 pub struct CallReader {
     names: Vec<String>,
+    format: ToolFormat,
     /// Everything pushed before the answer was known to be calls.
     held: String,
     /// The answer is text.
@@ -82,13 +105,17 @@ pub struct CallReader {
 }
 
 impl CallReader {
-    /// A reader for an answer that may call the functions `names`.
-    pub fn new(names: Vec<String>) -> Self {
+    /// A reader for an answer that may call the functions `names`, written in `format`.
+    pub fn new(names: Vec<String>, format: ToolFormat) -> Self {
         CallReader {
             names,
+            format,
             held: String::new(),
             text: false,
-            at: At::Lead(0),
+            at: match format {
+                ToolFormat::Json => At::Lead(0),
+                ToolFormat::Hermes => At::Tag { open: true, pos: 0 },
+            },
             calls: 0,
             string: String::new(),
             escaped: false,
@@ -162,6 +189,24 @@ impl CallReader {
                 (3, '[') => self.go(At::ItemOpen),
                 _ => false,
             },
+            At::Tag { open, pos } => {
+                let tag = if open { OPEN_TAG } else { CLOSE_TAG };
+                if pos == 0 && ws {
+                    return true;
+                }
+                if tag[pos..].starts_with(c) {
+                    let pos = pos + c.len_utf8();
+                    if pos < tag.len() {
+                        return self.go(At::Tag { open, pos });
+                    }
+                    return if open {
+                        self.go(At::ItemOpen)
+                    } else {
+                        self.go(At::Tag { open: true, pos: 0 })
+                    };
+                }
+                false
+            }
             At::ItemOpen => match c {
                 _ if ws => true,
                 '{' => {
@@ -256,7 +301,7 @@ impl CallReader {
             Field::LeadKey => s == "tool_calls" && self.go(At::Lead(2)),
             Field::Key => match s.as_str() {
                 "name" if self.name.is_none() => self.go(At::Colon(Field::Name)),
-                "arguments" => self.go(At::Colon(Field::Arguments)),
+                "arguments" | "parameters" => self.go(At::Colon(Field::Arguments)),
                 _ => false,
             },
             Field::Name => {
@@ -350,7 +395,13 @@ impl CallReader {
             });
             self.args_sent = true;
         }
-        self.go(At::AfterItem)
+        match self.format {
+            ToolFormat::Json => self.go(At::AfterItem),
+            ToolFormat::Hermes => self.go(At::Tag {
+                open: false,
+                pos: 0,
+            }),
+        }
     }
 }
 
@@ -374,8 +425,12 @@ fn merge(found: Vec<Found>) -> Vec<Found> {
 }
 
 /// The calls in a whole answer, `(name, arguments)` each; None when it is text.
-pub fn read_whole(text: &str, names: &[String]) -> Option<Vec<(String, String)>> {
-    let mut r = CallReader::new(names.to_vec());
+pub fn read_whole(
+    text: &str,
+    names: &[String],
+    format: ToolFormat,
+) -> Option<Vec<(String, String)>> {
+    let mut r = CallReader::new(names.to_vec(), format);
     let mut found = r.push(text);
     found.extend(r.finish());
     let mut calls: Vec<(String, String)> = Vec::new();
@@ -399,7 +454,7 @@ mod tests {
 
     /// `text` pushed in pieces of `k` bytes (at char boundaries), the findings joined.
     fn pushed(text: &str, k: usize) -> Vec<Found> {
-        let mut r = CallReader::new(names());
+        let mut r = CallReader::new(names(), ToolFormat::Json);
         let mut out = Vec::new();
         let chars: Vec<char> = text.chars().collect();
         for piece in chars.chunks(k) {
@@ -440,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_call_starts_as_soon_as_its_name_is_read_and_arguments_follow_as_written() {
-        let mut r = CallReader::new(names());
+        let mut r = CallReader::new(names(), ToolFormat::Json);
         assert!(r.push(r#"{"tool_calls":[{"name":"wea"#).is_empty());
         assert_eq!(
             r.push(r#"ther","argu"#),
@@ -479,10 +534,10 @@ mod tests {
             };
             assert_eq!(pushed(text, 1), want, "{text}");
             assert_eq!(pushed(text, 100), want, "{text}");
-            assert!(read_whole(text, &names()).is_none());
+            assert!(read_whole(text, &names(), ToolFormat::Json).is_none());
         }
         // Once text, the rest streams as it comes.
-        let mut r = CallReader::new(names());
+        let mut r = CallReader::new(names(), ToolFormat::Json);
         assert_eq!(r.push("Sure"), vec![Found::Text("Sure".into())]);
         assert_eq!(r.push(", here"), vec![Found::Text(", here".into())]);
     }
@@ -492,7 +547,8 @@ mod tests {
         assert_eq!(
             read_whole(
                 r#"{"tool_calls":[{"arguments":{"city":"Lima"},"name":"weather"},{"name":"time"}]}"#,
-                &names()
+                &names(),
+                ToolFormat::Json
             )
             .unwrap(),
             vec![
@@ -507,6 +563,7 @@ mod tests {
         let calls = read_whole(
             r#"{"tool_calls":[{"name":"time","arguments":{"tz":"UTC"}}, oops {"name":"weather"}]}"#,
             &names(),
+            ToolFormat::Json,
         )
         .unwrap();
         assert_eq!(calls, vec![("time".into(), r#"{"tz":"UTC"}"#.into())]);
@@ -514,7 +571,8 @@ mod tests {
         assert_eq!(
             read_whole(
                 r#"{"tool_calls":[{"name":"time","arguments":"now" }]}"#,
-                &names()
+                &names(),
+                ToolFormat::Json
             )
             .unwrap(),
             vec![("time".into(), r#""now""#.into())]
@@ -522,10 +580,76 @@ mod tests {
         assert_eq!(
             read_whole(
                 r#"{"tool_calls":[{"name":"time","arguments":12}]}"#,
-                &names()
+                &names(),
+                ToolFormat::Json
             )
             .unwrap(),
             vec![("time".into(), "12".into())]
+        );
+    }
+
+    #[test]
+    fn hermes_blocks_stream_the_same_way_and_repeat_for_several_calls() {
+        let text = "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"parameters\": {}}\n</tool_call>";
+        for k in [1, 2, 5, 1000] {
+            let mut r = CallReader::new(names(), ToolFormat::Hermes);
+            let mut out = Vec::new();
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(k) {
+                out.extend(r.push(&piece.iter().collect::<String>()));
+            }
+            out.extend(r.finish());
+            assert_eq!(
+                merge(out),
+                vec![
+                    Found::Call {
+                        index: 0,
+                        name: "weather".into()
+                    },
+                    Found::Args {
+                        index: 0,
+                        fragment: r#"{"city": "Oslo"}"#.into()
+                    },
+                    Found::Call {
+                        index: 1,
+                        name: "time".into()
+                    },
+                    Found::Args {
+                        index: 1,
+                        fragment: "{}".into()
+                    },
+                ],
+                "pieces of {k}"
+            );
+        }
+        // Text, a Genie-form object, or an unknown function: a text answer.
+        for t in [
+            "Hello",
+            "<tool",
+            "<tool_call>\n{\"name\": \"nope\"}",
+            r#"{"tool_calls": [{"name": "time"}]}"#,
+        ] {
+            assert!(read_whole(t, &names(), ToolFormat::Hermes).is_none(), "{t}");
+        }
+        // Cut inside the block: the call stands with what was written; text after the
+        // blocks ends the reading.
+        assert_eq!(
+            read_whole(
+                "<tool_call>{\"name\":\"time\",\"arguments\":{\"tz\"",
+                &names(),
+                ToolFormat::Hermes
+            )
+            .unwrap(),
+            vec![("time".into(), r#"{"tz""#.into())]
+        );
+        assert_eq!(
+            read_whole(
+                "<tool_call>{\"name\":\"time\"}</tool_call> and more",
+                &names(),
+                ToolFormat::Hermes
+            )
+            .unwrap(),
+            vec![("time".into(), "{}".into())]
         );
     }
 }

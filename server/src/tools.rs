@@ -1,6 +1,12 @@
 //! Tool calling (pure): the request's `tools` and `tool_choice` checked, the functions
-//! described to the model in a system block, the grammar that forces calls (`required`
-//! or a named function), and the answer's text read back as `tool_calls`.
+//! described to the model, the grammar that forces calls (`required` or a named
+//! function), and the answer's text read back as `tool_calls`.
+//!
+//! Two ways, by the chat template ([`ToolFormat::of`]). A template that takes `tools`
+//! and writes calls as `<tool_call>` blocks (Hermes style: Qwen 2.5 and 3, Hermes,
+//! SmolLM3) gets the functions as `tools` and renders them, and earlier calls and their
+//! results, as the model was trained to see them; calls are read back, and forced, in
+//! that form. Any other template gets Genie's generic system block:
 //!
 //! The model is told to answer a call as one JSON object,
 //! `{"tool_calls": [{"name": ..., "arguments": {...}}]}`, and nothing else; the same form
@@ -11,6 +17,8 @@
 //! ([`crate::tool_stream`] reads it, streamed or whole).
 
 use crate::api_error::ApiError;
+pub use crate::tool_stream::ToolFormat;
+use genie_engine::chat_template::ChatTemplate;
 use genie_grammar::GrammarSpec;
 use genie_protocol::openai::{FunctionCall, Tool, ToolCall, ToolChoice};
 use serde_json::{json, Value};
@@ -18,20 +26,42 @@ use serde_json::{json, Value};
 /// Most calls one forced answer may hold when `parallel_tool_calls` allows several.
 pub const MAX_PARALLEL_CALLS: u64 = 8;
 
+impl ToolFormat {
+    /// How `template`'s model is given functions and writes calls: Hermes blocks when the
+    /// template takes `tools` and writes `<tool_call>`, else Genie's generic form.
+    pub fn of(template: &ChatTemplate) -> Self {
+        if template.takes_tools() && template.source().contains("<tool_call>") {
+            ToolFormat::Hermes
+        } else {
+            ToolFormat::Json
+        }
+    }
+}
+
 /// How a request's answer is read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolUse {
     /// The functions offered, by name.
     pub names: Vec<String>,
+    pub format: ToolFormat,
+}
+
+impl ToolUse {
+    /// A reader for one answer, streamed or whole.
+    pub fn reader(&self) -> crate::tool_stream::CallReader {
+        crate::tool_stream::CallReader::new(self.names.clone(), self.format)
+    }
 }
 
 /// What a request's `tools` and `tool_choice` make of it: how its answer is read (None:
-/// as text), the system block describing the functions (None: no tools offered), and the
-/// grammar forcing a call (None: the model chooses).
+/// as text), the system block describing the functions (generic form), the functions as
+/// the template's `tools` (Hermes form), and the grammar forcing a call (None: the model
+/// chooses).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Prepared {
     pub read_back: Option<ToolUse>,
     pub system_block: Option<String>,
+    pub template_tools: Option<Value>,
     pub grammar: Option<GrammarSpec>,
 }
 
@@ -47,6 +77,7 @@ pub fn prepare(
     tools: Option<&[Tool]>,
     choice: Option<&ToolChoice>,
     parallel: Option<bool>,
+    format: ToolFormat,
 ) -> Result<Prepared, ApiError> {
     let tools = tools.unwrap_or_default();
     for (i, t) in tools.iter().enumerate() {
@@ -128,13 +159,85 @@ pub fn prepare(
     } else {
         1
     };
-    let grammar = forced.as_ref().map(|f| calls_grammar(f, most));
-    Ok(Prepared {
-        read_back: Some(ToolUse {
-            names: tools.iter().map(|t| t.function.name.clone()).collect(),
-        }),
-        system_block: Some(system_block(tools, forced.as_deref(), most)),
-        grammar,
+    let read_back = Some(ToolUse {
+        names: tools.iter().map(|t| t.function.name.clone()).collect(),
+        format,
+    });
+    Ok(match format {
+        ToolFormat::Json => Prepared {
+            read_back,
+            system_block: Some(system_block(tools, forced.as_deref(), most)),
+            template_tools: None,
+            grammar: forced.as_ref().map(|f| calls_grammar(f, most)),
+        },
+        ToolFormat::Hermes => Prepared {
+            read_back,
+            system_block: None,
+            template_tools: Some(template_tools(tools)),
+            grammar: match &forced {
+                Some(f) => Some(hermes_grammar(f, most)?),
+                None => None,
+            },
+        },
+    })
+}
+
+/// The functions as templates take them: `[{"type": "function", "function": {name,
+/// description, parameters}}]`, keys in that order.
+fn template_tools(tools: &[Tool]) -> Value {
+    Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                let mut f = serde_json::Map::new();
+                f.insert("name".into(), json!(t.function.name));
+                if let Some(d) = &t.function.description {
+                    f.insert("description".into(), json!(d));
+                }
+                f.insert("parameters".into(), parameters(t));
+                json!({"type": "function", "function": f})
+            })
+            .collect(),
+    )
+}
+
+/// One call's schema: `{"name": <one of tools>, "arguments": <its parameters>}`.
+fn call_schema(tools: &[&Tool]) -> Value {
+    let calls: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.function.name}, "arguments": parameters(t)},
+                "required": ["name", "arguments"],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    if calls.len() == 1 {
+        calls.into_iter().next().expect("one call")
+    } else {
+        json!({ "anyOf": calls })
+    }
+}
+
+/// Forced calls in Hermes form: one to `most` `<tool_call>` blocks, each holding a call
+/// valid under its function's parameters, separated by newlines.
+fn hermes_grammar(tools: &[&Tool], most: u64) -> Result<GrammarSpec, ApiError> {
+    let strict = tools.iter().all(|t| t.function.strict == Some(true));
+    let body = genie_grammar::json_rule(&call_schema(tools), strict)
+        .map_err(|e| ApiError::invalid("tools", e.to_string()))?;
+    let start = if most > 1 {
+        format!("start: call more{{0,{}}}\nmore: \"\\n\" call\n", most - 1)
+    } else {
+        "start: call\n".to_string()
+    };
+    Ok(GrammarSpec::Lark {
+        grammar: format!(
+            "{start}call: \"{open}\\n\" body \"\\n{close}\"\nbody: {body}\n",
+            open = crate::tool_stream::OPEN_TAG,
+            close = crate::tool_stream::CLOSE_TAG,
+        ),
     })
 }
 
@@ -148,23 +251,12 @@ fn parameters(t: &Tool) -> Value {
 /// The answer's schema when calls are forced: `{"tool_calls": [call, ...]}`, each call
 /// one of `tools` with its `parameters`. Strict when every function asks for it.
 fn calls_grammar(tools: &[&Tool], most: u64) -> GrammarSpec {
-    let calls: Vec<Value> = tools
-        .iter()
-        .map(|t| {
-            json!({
-                "type": "object",
-                "properties": {"name": {"const": t.function.name}, "arguments": parameters(t)},
-                "required": ["name", "arguments"],
-                "additionalProperties": false
-            })
-        })
-        .collect();
     GrammarSpec::JsonSchema {
         schema: json!({
             "type": "object",
             "properties": {"tool_calls": {
                 "type": "array", "minItems": 1, "maxItems": most,
-                "items": if calls.len() == 1 { calls[0].clone() } else { json!({"anyOf": calls}) }
+                "items": call_schema(tools)
             }},
             "required": ["tool_calls"],
             "additionalProperties": false
@@ -227,7 +319,7 @@ pub fn read_calls(
     tools: &ToolUse,
     mut id: impl FnMut() -> String,
 ) -> Option<Vec<ToolCall>> {
-    let calls = crate::tool_stream::read_whole(text, &tools.names)?;
+    let calls = crate::tool_stream::read_whole(text, &tools.names, tools.format)?;
     Some(
         calls
             .into_iter()
@@ -269,7 +361,7 @@ mod tests {
     #[test]
     fn auto_describes_the_tools_and_reads_calls_back_without_a_grammar() {
         let tools = [tool("weather"), tool("time")];
-        let p = prepare(Some(&tools), None, None).unwrap();
+        let p = prepare(Some(&tools), None, None, ToolFormat::Json).unwrap();
         assert!(p.grammar.is_none());
         let block = p.system_block.unwrap();
         assert!(
@@ -306,6 +398,7 @@ mod tests {
             Some(&tools),
             Some(&ToolChoice::Mode("required".into())),
             Some(false),
+            ToolFormat::Json,
         )
         .unwrap();
         let GrammarSpec::JsonSchema { schema, strict } = p.grammar.unwrap() else {
@@ -320,7 +413,7 @@ mod tests {
                 .len(),
             2
         );
-        let p = prepare(Some(&tools), Some(&named("time")), None).unwrap();
+        let p = prepare(Some(&tools), Some(&named("time")), None, ToolFormat::Json).unwrap();
         let GrammarSpec::JsonSchema { schema, .. } = p.grammar.unwrap() else {
             panic!("a schema")
         };
@@ -334,20 +427,33 @@ mod tests {
             .system_block
             .unwrap()
             .contains("Call the function time now"));
-        let none = prepare(Some(&tools), Some(&ToolChoice::Mode("none".into())), None).unwrap();
+        let none = prepare(
+            Some(&tools),
+            Some(&ToolChoice::Mode("none".into())),
+            None,
+            ToolFormat::Json,
+        )
+        .unwrap();
         assert_eq!(none, Prepared::default());
     }
 
     #[test]
     fn bad_tools_and_choices_name_their_field() {
         let param = |r: Result<Prepared, ApiError>| r.unwrap_err().param.unwrap_or_default();
+        fn prep(
+            t: Option<&[Tool]>,
+            c: Option<&ToolChoice>,
+            p: Option<bool>,
+        ) -> Result<Prepared, ApiError> {
+            prepare(t, c, p, ToolFormat::Json)
+        }
         let tools = [tool("weather")];
         assert_eq!(
-            param(prepare(Some(&tools), Some(&named("nope")), None)),
+            param(prep(Some(&tools), Some(&named("nope")), None)),
             "tool_choice.function.name"
         );
         assert_eq!(
-            param(prepare(
+            param(prep(
                 Some(&tools),
                 Some(&ToolChoice::Mode("always".into())),
                 None
@@ -355,23 +461,19 @@ mod tests {
             "tool_choice"
         );
         assert_eq!(
-            param(prepare(
-                None,
-                Some(&ToolChoice::Mode("required".into())),
-                None
-            )),
+            param(prep(None, Some(&ToolChoice::Mode("required".into())), None)),
             "tool_choice"
         );
         let mut bad = tool("has space");
         assert_eq!(
-            param(prepare(Some(&[bad.clone()]), None, None)),
+            param(prep(Some(&[bad.clone()]), None, None)),
             "tools[0].function.name"
         );
         bad = tool("x");
         bad.kind = "retrieval".into();
-        assert_eq!(param(prepare(Some(&[bad]), None, None)), "tools[0].type");
+        assert_eq!(param(prep(Some(&[bad]), None, None)), "tools[0].type");
         assert_eq!(
-            param(prepare(Some(&[tool("a"), tool("a")]), None, None)),
+            param(prep(Some(&[tool("a"), tool("a")]), None, None)),
             "tools[1].function.name"
         );
     }
@@ -390,5 +492,44 @@ mod tests {
             history_text(&[c]),
             r#"{"tool_calls":[{"name":"time","arguments":{"city":"Oslo"}}]}"#
         );
+    }
+
+    #[test]
+    fn hermes_templates_get_the_tools_and_forced_calls_are_tagged_blocks() {
+        let tools = [tool("weather"), tool("time")];
+        let p = prepare(Some(&tools), None, None, ToolFormat::Hermes).unwrap();
+        assert!(p.system_block.is_none() && p.grammar.is_none());
+        assert_eq!(
+            p.template_tools.unwrap()[0],
+            json!({"type": "function", "function": {"name": "weather", "description": "d", "parameters": tools[0].function.parameters}})
+        );
+        assert_eq!(p.read_back.unwrap().format, ToolFormat::Hermes);
+        let p = prepare(
+            Some(&tools),
+            Some(&ToolChoice::Mode("required".into())),
+            Some(false),
+            ToolFormat::Hermes,
+        )
+        .unwrap();
+        let Some(GrammarSpec::Lark { grammar }) = p.grammar else {
+            panic!("a Lark grammar")
+        };
+        assert!(
+            grammar.starts_with("start: call\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\""),
+            "{grammar}"
+        );
+        assert!(
+            grammar.contains("%json {") && grammar.contains("anyOf"),
+            "{grammar}"
+        );
+        let p = prepare(Some(&tools), Some(&named("time")), None, ToolFormat::Hermes).unwrap();
+        let Some(GrammarSpec::Lark { grammar }) = p.grammar else {
+            panic!("a Lark grammar")
+        };
+        assert!(
+            grammar.contains(&format!("more{{0,{}}}", MAX_PARALLEL_CALLS - 1)),
+            "{grammar}"
+        );
+        assert!(!grammar.contains("anyOf"), "{grammar}");
     }
 }

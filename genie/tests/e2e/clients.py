@@ -1,7 +1,8 @@
 """Structured outputs and tool calls through the clients applications use, against
 `genie serve`: the OpenAI SDK's parse() and tool calls, its Responses API (create,
 streamed, parse, previous_response_id), instructor (TOOLS and JSON_SCHEMA
-modes) and LangChain's ChatOpenAI.with_structured_output (json_schema and
+modes, and JSON mode, whose schema is only in the prompt: every answer a JSON object) and
+LangChain's ChatOpenAI.with_structured_output (json_schema and
 function_calling methods). Every answer must parse and validate against its model.
 
 Usage: python3 clients.py BASE_URL MODEL   (CLIENT_ROUNDS=50 answers per client and method)
@@ -114,6 +115,24 @@ for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
                                        messages=[{"role": "user", "content": prompt(i)}])
         check(isinstance(p, Person), f"instructor {mode}: {p}")
     print(f"instructor {instructor.__version__} {mode.name}: {ROUNDS} valid")
+
+# instructor's JSON mode sends `response_format: json_object` and describes the schema only
+# in the prompt: the server guarantees a JSON object, the fields are up to the model.
+ic = instructor.from_openai(OpenAI(base_url=base + "/v1", api_key="unused", timeout=120),
+                            mode=instructor.Mode.JSON)
+raw = []
+ic.on("completion:response", lambda r: raw.append(r.choices[0].message.content))
+valid = 0
+for i in range(ROUNDS):
+    try:
+        p = ic.chat.completions.create(model=model, response_model=Person, max_tokens=320, temperature=0.7,
+                                       max_retries=0, seed=i,
+                                       messages=[{"role": "user", "content": prompt(i)}])
+        valid += isinstance(p, Person)
+    except Exception:  # a validation failure: the model's fields, not the server's JSON
+        pass
+    check(len(raw) == i + 1 and isinstance(json.loads(raw[-1]), dict), f"instructor JSON: {raw[-1:]}")
+print(f"instructor {instructor.__version__} JSON: {ROUNDS} JSON objects, {valid} with the model's fields")
 
 # LangChain
 llm = ChatOpenAI(base_url=base + "/v1", api_key="unused", model=model, temperature=0.7, max_tokens=320,
