@@ -1,0 +1,90 @@
+//! The hyper-parameters the reference needs, read from the GGUF metadata on its own (not
+//! through the engine's reader).
+
+use crate::ReferenceError;
+use candle_core::quantized::gguf_file::{Content, Value};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefConfig {
+    pub architecture: String,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub vocab_size: usize,
+    pub rope_base: f64,
+    pub rope_dim: usize,
+    pub rms_eps: f64,
+}
+
+fn int(v: &Value) -> Option<usize> {
+    match v {
+        Value::U8(x) => Some(*x as usize),
+        Value::U16(x) => Some(*x as usize),
+        Value::U32(x) => Some(*x as usize),
+        Value::U64(x) => usize::try_from(*x).ok(),
+        Value::I32(x) => usize::try_from(*x).ok(),
+        Value::I64(x) => usize::try_from(*x).ok(),
+        _ => None,
+    }
+}
+
+fn float(v: &Value) -> Option<f64> {
+    match v {
+        Value::F32(x) => Some(*x as f64),
+        Value::F64(x) => Some(*x),
+        _ => None,
+    }
+}
+
+impl RefConfig {
+    pub(crate) fn read(content: &Content, path: &str) -> Result<Self, ReferenceError> {
+        let err = |reason: String| ReferenceError::Format {
+            path: path.to_string(),
+            reason,
+        };
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(err("`general.architecture` is missing".into())),
+        };
+        if arch != "llama" {
+            return Err(ReferenceError::Unsupported(arch));
+        }
+        let get = |k: &str| content.metadata.get(&format!("{arch}.{k}"));
+        let need = |k: &str| {
+            get(k)
+                .and_then(int)
+                .ok_or_else(|| err(format!("`{arch}.{k}` is missing or not an integer")))
+        };
+        let n_heads = need("attention.head_count")?;
+        let hidden = need("embedding_length")?;
+        let head_dim = get("attention.key_length")
+            .and_then(int)
+            .unwrap_or(hidden / n_heads.max(1));
+        let vocab_size = match content.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.len(),
+            _ => return Err(err("`tokenizer.ggml.tokens` is missing".into())),
+        };
+        Ok(RefConfig {
+            n_layers: need("block_count")?,
+            n_kv_heads: get("attention.head_count_kv")
+                .and_then(int)
+                .unwrap_or(n_heads),
+            n_heads,
+            head_dim,
+            hidden,
+            ffn: need("feed_forward_length")?,
+            vocab_size,
+            rope_base: get("rope.freq_base").and_then(float).unwrap_or(10_000.0),
+            rope_dim: get("rope.dimension_count")
+                .and_then(int)
+                .unwrap_or(head_dim),
+            rms_eps: get("attention.layer_norm_rms_epsilon")
+                .and_then(float)
+                .unwrap_or(1e-5),
+            architecture: arch,
+        })
+    }
+}
