@@ -3,6 +3,7 @@
 //! `genie bench`: benchmarks that print figures, each with its own arguments, all
 //! reporting through [`stats`]:
 //!
+//! - [`accuracy`]: the engine against the exact float64 reference, beside llama.cpp;
 //! - [`engine`]: prefill and batched decode throughput of the engine, beside native
 //!   llama.cpp ([`llama_bench`]) and a memory read probe ([`membw`]);
 //! - [`kv`]: the TCP KV transport beside a raw socket copy of the same bytes;
@@ -12,6 +13,7 @@
 //! - [`sched`]: placement decision time with many workers, per routing policy;
 //! - [`host`]: the CPU and ISA line printed with the figures.
 
+pub mod accuracy;
 pub mod disagg;
 pub mod engine;
 pub mod grammar;

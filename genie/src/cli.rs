@@ -67,6 +67,8 @@ pub struct TokenizerArgs {
 pub enum BenchCommand {
     /// Prefill and batched decode throughput of the engine, beside llama.cpp.
     Engine(genie_bench::engine::EngineBenchArgs),
+    /// The engine against the exact float64 reference, beside llama.cpp on the same positions.
+    Accuracy(genie_bench::accuracy::AccuracyBenchArgs),
     /// What constrained decoding (response_format) costs a decode step, beside none.
     Grammar(genie_bench::grammar::GrammarBenchArgs),
     /// KV transfer over TCP loopback beside a raw socket copy of the same bytes.
@@ -233,6 +235,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model(ModelCommand::Tokenizer(a)) => export_tokenizer(a),
         Command::Plan(c) => crate::plan_cli::run(c),
         Command::Bench(BenchCommand::Engine(a)) => genie_bench::engine::run(a),
+        Command::Bench(BenchCommand::Accuracy(a)) => genie_bench::accuracy::run(a),
         Command::Bench(BenchCommand::Grammar(a)) => genie_bench::grammar::run(a),
         Command::Bench(BenchCommand::KvTransfer(a)) => genie_bench::kv::run(a),
         Command::Bench(BenchCommand::KvPages(a)) => genie_bench::kv_pages::run(a),

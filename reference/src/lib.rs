@@ -9,6 +9,7 @@
 //! Mistral), as the engine is. Other architectures are refused naming it.
 
 pub mod accuracy;
+pub mod cases;
 mod config;
 mod forward;
 mod weights;

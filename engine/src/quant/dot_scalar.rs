@@ -2,9 +2,10 @@
 //! compute: the same eight f32 lane accumulators per dot product (lane `j` of a 32-value
 //! block takes the exact integer sum of values `4j..4j + 3`, scaled by one fused
 //! multiply-add), the same horizontal-sum tree, the same tails. So a CPU without AVX2
-//! (or `GENIE_KERNEL=scalar`) gives the same bits as every other family — and the same
-//! greedy tokens as llama.cpp, which a per-block integer sum would not (on this model a
-//! change of summation order moves near-tied tokens).
+//! (or `GENIE_KERNEL=scalar`) gives the same bits as every other family. Accuracy is
+//! measured against the exact float64 reference (`genie-reference`), not against
+//! llama.cpp, whose own greedy tokens change with its CPU code path; the summation order
+//! matters on this model (a per-block integer sum once moved near-tied tokens).
 
 use super::acts::ActBlock;
 use super::{BlockQ4_1, BlockQ8_0, QK};

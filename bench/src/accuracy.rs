@@ -1,0 +1,146 @@
+//! `genie bench accuracy`: how close the engine comes to the exact reference (a float64
+//! forward pass over the GGUF's dequantised weights, `genie-reference`), beside llama.cpp
+//! on the same positions. The engine writes greedy continuations of varied chat prompts as
+//! it serves them; the reference and llama.cpp (through its Python bindings, which expose
+//! the logits of every position) are teacher-forced on those tokens. Per candidate: top-1
+//! agreement with the reference and the mean |Δ log-probability| of the chosen token.
+
+use crate::engine::BenchModel;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use genie_reference::accuracy::{Agreement, Scored};
+use genie_reference::cases::{engine_cases, reference_rows, score, Case, CHAT_PROMPTS};
+use genie_reference::Reference;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct AccuracyBenchArgs {
+    #[command(flatten)]
+    pub engine: BenchModel,
+    /// Tokens of each continuation at most.
+    #[arg(long, default_value_t = 24)]
+    pub steps: usize,
+    /// A Python interpreter with `llama-cpp-python` installed: llama.cpp is scored on the
+    /// same positions (scripts/llama_cpp_logprobs.py).
+    #[arg(long, value_name = "PYTHON")]
+    pub llama_cpp_python: Option<String>,
+}
+
+fn line(name: &str, a: &Agreement) {
+    println!(
+        "{name:<10} positions {:>4}  top-1 agreement {:.3}  mean |dlogprob| {:.4}  max {:.3}",
+        a.positions,
+        a.top1(),
+        a.mean_abs_dlogprob(),
+        a.abs_dlogprob_max
+    );
+}
+
+/// llama.cpp's scores at each case's positions, from the helper script.
+fn llama_cpp(
+    python: &str,
+    model: &Path,
+    threads: usize,
+    cases: &[Case],
+) -> Result<Vec<Vec<Scored>>> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/llama_cpp_logprobs.py"
+    );
+    let input = json!({
+        "model": model,
+        "threads": threads.max(1),
+        "cases": cases.iter().map(|c| {
+            let (tokens, from) = c.forced();
+            json!({"tokens": tokens, "from": from, "chosen": c.scored.iter().map(|s| s.chosen).collect::<Vec<_>>()})
+        }).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new(python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {python} {script}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{script} failed: {}", out.status);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("the script's JSON")?;
+    let version = v["version"].as_str().unwrap_or("?");
+    println!("llama.cpp: llama-cpp-python {version}, logits of every position in one batch");
+    v["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .map(|c| {
+            c.as_array()
+                .context("a case")?
+                .iter()
+                .map(|p| {
+                    Ok(Scored {
+                        top: p[0].as_u64().context("top")? as u32,
+                        chosen: p[1].as_u64().context("chosen")? as u32,
+                        chosen_logprob: p[2].as_f64().context("logprob")?,
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub fn run(a: AccuracyBenchArgs) -> Result<()> {
+    println!("{}", crate::host::describe());
+    let (engine, path) = a.engine.load()?;
+    println!(
+        "model: {} ({} prompts, greedy continuations of at most {} tokens)",
+        path.display(),
+        CHAT_PROMPTS.len(),
+        a.steps
+    );
+    let t = Instant::now();
+    let cases = engine_cases(&engine, &CHAT_PROMPTS, a.steps)?;
+    let reference = Reference::load(&path)?;
+    let rows = reference_rows(&reference, &cases)?;
+    println!(
+        "engine continuations and float64 reference rows: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let genie: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
+    let mut candidates = vec![("genie", genie)];
+    if let Some(py) = &a.llama_cpp_python {
+        candidates.push((
+            "llama.cpp",
+            llama_cpp(py, &path, engine.model.threads(), &cases)?,
+        ));
+    }
+    let mut totals = Vec::new();
+    for (name, scored) in &candidates {
+        let (each, total) = score(&rows, scored);
+        for (c, e) in cases.iter().zip(&each) {
+            line(name, e);
+            println!("           {:?}", c.prompt);
+        }
+        totals.push((name, total));
+    }
+    println!("against the exact reference, all positions:");
+    for (name, t) in &totals {
+        line(name, t);
+    }
+    if let [(_, g), (_, l)] = totals.as_slice() {
+        println!(
+            "genie / llama.cpp mean |dlogprob|: {:.2}x (goal <= 1.10x); top-1 agreement {:+.3}",
+            g.mean_abs_dlogprob() / l.mean_abs_dlogprob(),
+            g.top1() - l.top1()
+        );
+    }
+    Ok(())
+}
