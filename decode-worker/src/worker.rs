@@ -199,6 +199,12 @@ impl DecodeWorker {
         self.thread.is_alive()
     }
 
+    /// Sequences queued, in transfer or running (what `status` reports as `load`),
+    /// without taking the KV events a status report carries.
+    pub fn load(&self) -> u64 {
+        self.stats.load() as u64
+    }
+
     /// Load and KV room, as heartbeats and the gateway's placement read them.
     pub fn status(&self) -> WorkerStatus {
         WorkerStatus {

@@ -191,6 +191,8 @@ pub struct GgufMeta {
     pub weights_bytes: usize,
     /// The file has its own `output.weight` (else the head is tied to `token_embd`).
     pub has_output: bool,
+    /// How many tensors the file stores in each type (`Q4_1`, `F32`, …).
+    pub quant_mix: std::collections::BTreeMap<String, usize>,
 }
 
 /// Everything the engine needs from one GGUF file.
@@ -200,6 +202,7 @@ pub struct GgufModel {
     pub weights: ModelWeights,
     pub tokenizer: TokenizerSpec,
     pub chat_template: Option<String>,
+    pub quant_mix: std::collections::BTreeMap<String, usize>,
 }
 
 impl GgufModel {
@@ -212,6 +215,7 @@ impl GgufModel {
             chat_template: self.chat_template.clone(),
             weights_bytes: self.weights.size_bytes(),
             has_output: self.weights.output.is_some(),
+            quant_mix: self.quant_mix.clone(),
         }
     }
 }
@@ -683,6 +687,13 @@ impl Reader<'_> {
             chat_template: r.string("tokenizer.chat_template"),
             weights_bytes,
             has_output,
+            quant_mix: r.content.tensor_infos.values().fold(
+                std::collections::BTreeMap::new(),
+                |mut m, t| {
+                    *m.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
+                    m
+                },
+            ),
         })
     }
 }
@@ -749,6 +760,7 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         weights,
         tokenizer: meta.tokenizer,
         chat_template: meta.chat_template,
+        quant_mix: meta.quant_mix,
     })
 }
 

@@ -33,6 +33,7 @@ pub mod model_text;
 pub mod ops;
 pub mod prefix_cache;
 pub mod quant;
+pub mod quantize;
 pub mod sampling;
 pub mod stop;
 pub mod tokenizer;

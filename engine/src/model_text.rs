@@ -20,6 +20,8 @@ pub struct ModelText {
     pub weights_bytes: usize,
     /// The file has its own output head (else it is tied to the token embeddings).
     pub has_output: bool,
+    /// How many tensors the file stores in each type.
+    pub quant_mix: std::collections::BTreeMap<String, usize>,
 }
 
 impl ModelText {
@@ -38,6 +40,7 @@ impl ModelText {
             eog_ids,
             weights_bytes: meta.weights_bytes,
             has_output: meta.has_output,
+            quant_mix: meta.quant_mix,
         })
     }
 

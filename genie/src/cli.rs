@@ -52,6 +52,20 @@ pub enum ModelCommand {
     /// tokenizer_config.json with the chat template) for clients that count tokens
     /// themselves, such as aiperf and genai-perf.
     Tokenizer(TokenizerArgs),
+    /// Write a GGUF with its matrices in another block format (q8_0, q4_0, q4_1, q5_0,
+    /// q5_1, q4_k_s, q4_k_m, q5_k_m, q6_k, f16, bf16), the metadata kept.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The target type (llama.cpp's names: q4_k_m, q8_0, …).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: String,
+    /// The GGUF to read.
+    pub input: std::path::PathBuf,
+    /// The GGUF to write.
+    pub output: std::path::PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +238,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let g = genie_engine::gguf::read_meta(&path)?;
             let info = serde_json::json!({
                 "path": path,
+                "architecture": g.config.architecture,
+                "context_length": g.config.context_length,
+                "quantization": g.quant_mix,
                 "config": g.config,
                 "weights_bytes": g.weights_bytes,
                 "kv_bytes_per_token": genie_engine::kv_cache::KvShape::of(&g.config).bytes_per_token(),
@@ -233,6 +250,19 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Model(ModelCommand::Tokenizer(a)) => export_tokenizer(a),
+        Command::Model(ModelCommand::Quantize(a)) => {
+            let ft = genie_engine::quantize::FileType::parse(&a.kind)?;
+            let t = std::time::Instant::now();
+            let mix = genie_engine::quantize::quantize(&a.input, &a.output, ft)?;
+            let mix: Vec<String> = mix.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            println!(
+                "{} ({}; {:.1} s)",
+                a.output.display(),
+                mix.join(", "),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Plan(c) => crate::plan_cli::run(c),
         Command::Bench(BenchCommand::Engine(a)) => genie_bench::engine::run(a),
         Command::Bench(BenchCommand::Accuracy(a)) => genie_bench::accuracy::run(a),

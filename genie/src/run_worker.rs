@@ -79,13 +79,23 @@ async fn pause(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
+/// What heartbeats read of a worker: its full status (which takes the KV events since the
+/// last report), and its load alone (cheap, read often).
+pub struct Beat {
+    pub status: Box<dyn Fn() -> WorkerStatus + Send + Sync>,
+    pub load: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// How often a heartbeat loop looks at the worker's load between beats.
+const LOAD_POLL: Duration = Duration::from_millis(50);
+
 /// Registers, then heartbeats until the drain begins; registers again when the gateway
 /// forgot us. A worker registered when the drain begins deregisters, so the gateway stops
 /// placing on it at once instead of after missed heartbeats.
 async fn heartbeat_loop(
     gateway: String,
     reg: RegisterRequest,
-    status: impl Fn() -> WorkerStatus,
+    beat: Beat,
     secret: Option<ClusterSecret>,
     client: reqwest::ClientBuilder,
     stop: CancellationToken,
@@ -104,7 +114,7 @@ async fn heartbeat_loop(
         &client,
         &gateway,
         reg,
-        status,
+        &beat,
         secret,
         &stop,
         &mut registered,
@@ -120,18 +130,22 @@ async fn heartbeat_loop(
     }
 }
 
+/// Beats every interval, and early when the worker goes idle after its last beat said it
+/// was busy: placement (`kv_aware` above all) reads the load of the last beat, and a stale
+/// "busy" sends work away from an idle worker that holds its prefix. At most one beat per
+/// [`LOAD_POLL`], and only on that transition, so a busy worker beats no more often.
 async fn heartbeats(
     client: &reqwest::Client,
     gateway: &str,
     mut reg: RegisterRequest,
-    status: impl Fn() -> WorkerStatus,
+    beat: &Beat,
     secret: Option<&ClusterSecret>,
     stop: &CancellationToken,
     registered: &mut Option<WorkerId>,
 ) {
     loop {
         *registered = None;
-        reg.status = status();
+        reg.status = (beat.status)();
         let r = tokio::select! {
             _ = stop.cancelled() => return,
             r = send_signed(client.post(format!("{gateway}/internal/workers")).json(&reg), secret) => r,
@@ -179,12 +193,21 @@ async fn heartbeats(
         };
         *registered = Some(resp.id);
         let every = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+        let mut sent_load = reg.status.load;
         loop {
-            if !pause(every, stop).await {
-                return;
+            let since = tokio::time::Instant::now();
+            loop {
+                if !pause(LOAD_POLL.min(every), stop).await {
+                    return;
+                }
+                if since.elapsed() >= every || (sent_load > 0 && (beat.load)() == 0) {
+                    break;
+                }
             }
             let url = format!("{gateway}/internal/workers/{}/heartbeat", resp.id.0);
-            match send_signed(client.post(url).json(&status()), secret).await {
+            let status = (beat.status)();
+            sent_load = status.load;
+            match send_signed(client.post(url).json(&status), secret).await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => break,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -238,7 +261,7 @@ async fn decode_role(
     model: &Model,
     verifier: Option<&Arc<Verifier>>,
     bg: &Background,
-) -> Result<(axum::Router, String, Box<dyn Fn() -> WorkerStatus + Send>)> {
+) -> Result<(axum::Router, String, Beat)> {
     let l = &a.listen;
     let registry = match verifier {
         Some(v) => TransferRegistry::with_auth(Arc::clone(v)),
@@ -278,11 +301,14 @@ async fn decode_role(
         "rdma" => start_rdma(a, &registry, worker.kv_deliverer(), timeout, bg)?,
         other => anyhow::bail!("--kv-transport {other}: use tcp or rdma"),
     };
-    let w = Arc::clone(&worker);
+    let (w, l) = (Arc::clone(&worker), Arc::clone(&worker));
     Ok((
         genie_decode_worker::service::router(worker),
         kv_endpoint,
-        Box::new(move || w.status()),
+        Beat {
+            status: Box::new(move || w.status()),
+            load: Box::new(move || l.load()),
+        },
     ))
 }
 
@@ -302,11 +328,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
     let bg = Background::default();
     http_runtime()?.block_on(async move {
         let (listener, address) = a.listen.bind_control(crate::tls::scheme(&cfg)).await?;
-        let (router, kv_endpoint, status): (
-            axum::Router,
-            Option<String>,
-            Box<dyn Fn() -> WorkerStatus + Send>,
-        ) = match role {
+        let (router, kv_endpoint, beat): (axum::Router, Option<String>, Beat) = match role {
             WorkerRole::Decode => {
                 let (r, ep, s) = decode_role(&a, &cfg, &model, verifier.as_ref(), &bg).await?;
                 (r, Some(ep), s)
@@ -327,11 +349,14 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
                         },
                     }),
                 )?);
-                let w = Arc::clone(&worker);
+                let (w, l) = (Arc::clone(&worker), Arc::clone(&worker));
                 (
                     genie_prefill_worker::service::router(worker),
                     None,
-                    Box::new(move || w.status()),
+                    Beat {
+                        status: Box::new(move || w.status()),
+                        load: Box::new(move || l.load()),
+                    },
                 )
             }
         };
@@ -362,7 +387,7 @@ pub fn run(a: WorkerArgs, role: WorkerRole) -> Result<()> {
             bg.spawn(heartbeat_loop(
                 g,
                 reg,
-                status,
+                beat,
                 secret,
                 client,
                 bg.draining.clone(),

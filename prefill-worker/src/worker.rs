@@ -151,6 +151,12 @@ impl PrefillWorker {
     }
 
     /// Load and queued prompt tokens, as heartbeats and the gateway's placement read them.
+    /// Jobs queued or running (what `status` reports as `load`), without taking the KV
+    /// events a status report carries.
+    pub fn load(&self) -> u64 {
+        self.stats.load.load(Ordering::Relaxed) as u64
+    }
+
     pub fn status(&self) -> genie_protocol::worker::WorkerStatus {
         genie_protocol::worker::WorkerStatus {
             load: self.stats.load.load(Ordering::Relaxed) as u64,

@@ -499,6 +499,15 @@ pub struct ModelCard {
     /// Extension: the model's context length in tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<u64>,
+    /// Extension: the GGUF's `general.architecture` (`llama`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Extension: how many tensors the file stores in each type (`{"Q4_1": 210, ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<std::collections::BTreeMap<String, usize>>,
+    /// Extension: bytes of KV cache one token of context takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_bytes_per_token: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]

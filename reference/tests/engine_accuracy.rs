@@ -6,16 +6,18 @@
 //!
 //! The bounds come from llama.cpp against the same reference on the same positions
 //! (`genie bench accuracy --llama-cpp-python`, BENCHMARKS.md "Accuracy against the exact
-//! reference"): Genie's mean |Δ logprob| at most 10 % above llama.cpp's, its top-1
-//! agreement at most 0.02 below.
+//! reference", measured 2026-12-06 with llama-cpp-python 0.3.36, AVX-512 build): Genie's
+//! mean |Δ logprob| at most 10 % above llama.cpp's, its top-1 agreement at most 0.025
+//! below (four positions of the 166). Every kernel family computes the same bits, so the
+//! figures are the same on every host.
 
 use genie_engine::generate::{Engine, EngineOptions};
 use genie_reference::cases::{engine_cases, reference_rows, score, CHAT_PROMPTS};
 use genie_reference::Reference;
 
 /// llama.cpp against the reference on these positions (BENCHMARKS.md).
-const LLAMA_CPP_MEAN_ABS_DLOGPROB: f64 = 0.045;
-const LLAMA_CPP_TOP1: f64 = 0.967;
+const LLAMA_CPP_MEAN_ABS_DLOGPROB: f64 = 0.0447;
+const LLAMA_CPP_TOP1: f64 = 0.970;
 const STEPS: usize = 24;
 
 #[test]
@@ -57,5 +59,5 @@ fn the_engine_is_as_close_to_the_exact_reference_as_llama_cpp() {
         total.mean_abs_dlogprob() <= 1.1 * LLAMA_CPP_MEAN_ABS_DLOGPROB,
         "{total:?}"
     );
-    assert!(total.top1() >= LLAMA_CPP_TOP1 - 0.02, "{total:?}");
+    assert!(total.top1() >= LLAMA_CPP_TOP1 - 0.025, "{total:?}");
 }

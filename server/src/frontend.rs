@@ -15,6 +15,10 @@ pub struct Frontend {
     pub tool_format: crate::tools::ToolFormat,
     pub context_length: usize,
     pub vocab_size: usize,
+    /// What `/v1/models` says of the file: architecture, tensor types, KV bytes a token.
+    pub architecture: String,
+    pub quant_mix: std::collections::BTreeMap<String, usize>,
+    pub kv_bytes_per_token: usize,
     /// Token ids that end a turn (eos, `<|im_end|>`, …).
     pub eog_ids: Vec<u32>,
     pub default_max_tokens: usize,
@@ -43,6 +47,7 @@ pub struct Limits {
 impl Frontend {
     pub fn new(served_name: String, text: ModelText, limits: Limits) -> Self {
         let grammars = text.grammars();
+        let kv_bytes_per_token = text.kv_shape().bytes_per_token();
         Frontend {
             grammars,
             served_name,
@@ -50,6 +55,9 @@ impl Frontend {
             tool_format: crate::tools::ToolFormat::of(&text.template),
             template: text.template,
             context_length: text.config.context_length,
+            architecture: text.config.architecture.clone(),
+            kv_bytes_per_token,
+            quant_mix: text.quant_mix.clone(),
             vocab_size: text.config.vocab_size,
             eog_ids: text.eog_ids,
             default_max_tokens: limits.default_max_tokens,

@@ -704,6 +704,9 @@ pub async fn models(State(st): State<AppState>) -> Json<ModelList> {
             created: st.frontend.created,
             owned_by: "genie".into(),
             max_model_len: Some(st.frontend.context_length as u64),
+            architecture: Some(st.frontend.architecture.clone()),
+            quantization: Some(st.frontend.quant_mix.clone()),
+            kv_bytes_per_token: Some(st.frontend.kv_bytes_per_token as u64),
         }],
     })
 }
