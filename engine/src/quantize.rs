@@ -222,50 +222,28 @@ mod tests {
 
     #[test]
     fn the_mix_follows_the_rules() {
-        let m = FileType::parse("Q4_K_M").unwrap();
-        // 576-wide rows cannot hold K blocks: Q4_K falls back to Q5_0, Q6_K to Q8_0.
-        assert_eq!(
-            plan(m, "blk.3.attn_q.weight", 576, 576, 30, true),
-            GgmlDType::Q5_0
+        let (m, q8) = (
+            FileType::parse("Q4_K_M").unwrap(),
+            FileType::parse("q8_0").unwrap(),
         );
-        assert_eq!(
-            plan(m, "token_embd.weight", 49152, 576, 30, true),
-            GgmlDType::Q8_0
-        );
-        assert_eq!(
-            plan(m, "token_embd.weight", 49152, 512, 30, false),
-            GgmlDType::Q4K
-        );
-        assert_eq!(
-            plan(m, "output.weight", 49152, 512, 30, false),
-            GgmlDType::Q6K
-        );
-        // ffn_down (1536 wide): Q6_K in the first eighth, Q4_K in the middle.
-        assert_eq!(
-            plan(m, "blk.0.ffn_down.weight", 576, 1536, 30, true),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            plan(m, "blk.4.ffn_down.weight", 576, 1536, 30, true),
-            GgmlDType::Q4K
-        );
-        assert_eq!(
-            plan(m, "blk.5.ffn_down.weight", 576, 1536, 30, true),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            plan(m, "blk.29.ffn_down.weight", 576, 1536, 30, true),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            plan(m, "blk.0.attn_norm.weight", 1, 576, 30, true),
-            GgmlDType::F32
-        );
-        let q8 = FileType::parse("q8_0").unwrap();
-        assert_eq!(
-            plan(q8, "token_embd.weight", 49152, 576, 30, true),
-            GgmlDType::Q8_0
-        );
+        use GgmlDType::*;
+        for (ft, name, rows, cols, tied, want) in [
+            // 576-wide rows cannot hold K blocks: Q4_K falls back to Q5_0, Q6_K to Q8_0.
+            (m, "blk.3.attn_q.weight", 576, 576, true, Q5_0),
+            (m, "token_embd.weight", 49152, 576, true, Q8_0),
+            (m, "token_embd.weight", 49152, 512, false, Q4K),
+            (m, "output.weight", 49152, 512, false, Q6K),
+            // ffn_down (1536 wide): Q6_K in the first and last eighth and every third
+            // layer between, Q4_K elsewhere.
+            (m, "blk.0.ffn_down.weight", 576, 1536, true, Q6K),
+            (m, "blk.4.ffn_down.weight", 576, 1536, true, Q4K),
+            (m, "blk.5.ffn_down.weight", 576, 1536, true, Q6K),
+            (m, "blk.29.ffn_down.weight", 576, 1536, true, Q6K),
+            (m, "blk.0.attn_norm.weight", 1, 576, true, F32),
+            (q8, "token_embd.weight", 49152, 576, true, Q8_0),
+        ] {
+            assert_eq!(plan(ft, name, rows, cols, 30, tied), want, "{name} {cols}");
+        }
         assert!(FileType::parse("q3_k_xl").is_err());
     }
 }

@@ -44,8 +44,9 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
-    /// Fetch the default model into the cache (GENIE_CACHE_DIR, default ~/.cache/genie).
-    Fetch,
+    /// Fetch a known model into the cache (GENIE_CACHE_DIR, default ~/.cache/genie):
+    /// the default model, or NAME (smollm2-135m, gemma3-270m), sha256-checked.
+    Fetch(FetchArgs),
     /// Print the model's configuration as read from its GGUF metadata.
     Info(ModelArgs),
     /// Write the model's tokenizer as a Hugging Face tokenizer directory (tokenizer.json,
@@ -55,6 +56,12 @@ pub enum ModelCommand {
     /// Write a GGUF with its matrices in another block format (q8_0, q4_0, q4_1, q5_0,
     /// q5_1, q4_k_s, q4_k_m, q5_k_m, q6_k, f16, bf16), the metadata kept.
     Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// A known model (default: the default model, smollm2-135m).
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -227,8 +234,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::StageWorker(a) => crate::run_stage::run(a),
         Command::Generate(a) => generate(a),
-        Command::Model(ModelCommand::Fetch) => {
-            let path = fetch::ensure_default_model()?;
+        Command::Model(ModelCommand::Fetch(a)) => {
+            let m = match &a.name {
+                Some(n) => fetch::known(n)?,
+                None => fetch::DEFAULT_MODEL,
+            };
+            let path = fetch::ensure_model(m)?;
             let digest = fetch::sha256_file(&path)?;
             println!("{} (sha256 {digest})", path.display());
             Ok(())

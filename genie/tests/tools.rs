@@ -150,22 +150,7 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
     assert_eq!(finish, whole["choices"][0]["finish_reason"], "{finish}");
 
     // A conversation that made a call and got its result goes on.
-    let body = json!({
-        "model": MODEL, "max_tokens": 24, "temperature": 0, "tools": tools(),
-        "messages": [
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
-              "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"}
-        ]
-    });
-    let (st, v) = post(&s, &body).await;
-    assert_eq!(st, 200, "{v}");
-    let m = &v["choices"][0]["message"];
-    assert!(
-        m["content"].is_string() || m["tool_calls"].is_array(),
-        "{v}"
-    );
+    history_with_a_result_goes_on(&s).await;
 
     // tool_choice none: a plain answer.
     let body = json!({
@@ -177,6 +162,26 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
     assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
     assert!(
         v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+}
+
+/// A conversation that made a call and got its result goes on: 200, text or calls.
+async fn history_with_a_result_goes_on(s: &Server) {
+    let body = json!({
+        "model": MODEL, "max_tokens": 24, "temperature": 0, "tools": tools(),
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+              "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"}
+        ]
+    });
+    let (st, v) = post(s, &body).await;
+    assert_eq!(st, 200, "{v}");
+    let m = &v["choices"][0]["message"];
+    assert!(
+        m["content"].is_string() || m["tool_calls"].is_array(),
         "{v}"
     );
 }
@@ -250,22 +255,7 @@ async fn a_template_that_takes_tools_gets_them_and_its_tool_call_blocks_are_call
         }
     }
     // The history in the template's own form; a plain answer is text.
-    let body = json!({
-        "model": MODEL, "max_tokens": 24, "temperature": 0, "tools": tools(),
-        "messages": [
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
-              "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"}
-        ]
-    });
-    let (st, v) = post(&s, &body).await;
-    assert_eq!(st, 200, "{v}");
-    let m = &v["choices"][0]["message"];
-    assert!(
-        m["content"].is_string() || m["tool_calls"].is_array(),
-        "{v}"
-    );
+    history_with_a_result_goes_on(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -452,9 +452,13 @@ mod tests {
         vec!["weather".into(), "time".into()]
     }
 
-    /// `text` pushed in pieces of `k` bytes (at char boundaries), the findings joined.
+    /// `text` pushed in pieces of `k` chars, the findings joined.
     fn pushed(text: &str, k: usize) -> Vec<Found> {
-        let mut r = CallReader::new(names(), ToolFormat::Json);
+        pushed_as(text, k, ToolFormat::Json)
+    }
+
+    fn pushed_as(text: &str, k: usize, format: ToolFormat) -> Vec<Found> {
+        let mut r = CallReader::new(names(), format);
         let mut out = Vec::new();
         let chars: Vec<char> = text.chars().collect();
         for piece in chars.chunks(k) {
@@ -592,15 +596,8 @@ mod tests {
     fn hermes_blocks_stream_the_same_way_and_repeat_for_several_calls() {
         let text = "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"parameters\": {}}\n</tool_call>";
         for k in [1, 2, 5, 1000] {
-            let mut r = CallReader::new(names(), ToolFormat::Hermes);
-            let mut out = Vec::new();
-            let chars: Vec<char> = text.chars().collect();
-            for piece in chars.chunks(k) {
-                out.extend(r.push(&piece.iter().collect::<String>()));
-            }
-            out.extend(r.finish());
             assert_eq!(
-                merge(out),
+                pushed_as(text, k, ToolFormat::Hermes),
                 vec![
                     Found::Call {
                         index: 0,
