@@ -40,25 +40,12 @@ fn line(name: &str, a: &Agreement) {
     );
 }
 
-/// llama.cpp's scores at each case's positions, from the helper script.
-fn llama_cpp(
-    python: &str,
-    model: &Path,
-    threads: usize,
-    cases: &[Case],
-) -> Result<Vec<Vec<Scored>>> {
+/// Runs the helper script on `input`; its JSON answer.
+fn script(python: &str, input: Value) -> Result<Value> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../scripts/llama_cpp_logprobs.py"
     );
-    let input = json!({
-        "model": model,
-        "threads": threads.max(1),
-        "cases": cases.iter().map(|c| {
-            let (tokens, from) = c.forced();
-            json!({"tokens": tokens, "from": from, "chosen": c.scored.iter().map(|s| s.chosen).collect::<Vec<_>>()})
-        }).collect::<Vec<_>>(),
-    });
     let mut child = Command::new(python)
         .arg(script)
         .stdin(Stdio::piped())
@@ -74,32 +61,124 @@ fn llama_cpp(
     if !out.status.success() {
         bail!("{script} failed: {}", out.status);
     }
-    let v: Value = serde_json::from_slice(&out.stdout).context("the script's JSON")?;
+    serde_json::from_slice(&out.stdout).context("the script's JSON")
+}
+
+/// `[[top, chosen, logprob], ...]` as scores.
+fn scored(v: &Value) -> Result<Vec<Scored>> {
+    v.as_array()
+        .context("a case")?
+        .iter()
+        .map(|p| {
+            Ok(Scored {
+                top: p[0].as_u64().context("top")? as u32,
+                chosen: p[1].as_u64().context("chosen")? as u32,
+                chosen_logprob: p[2].as_f64().context("logprob")?,
+            })
+        })
+        .collect()
+}
+
+/// llama.cpp's scores at each case's positions (every position's logits in one batch).
+fn llama_cpp(
+    python: &str,
+    model: &Path,
+    threads: usize,
+    cases: &[Case],
+) -> Result<Vec<Vec<Scored>>> {
+    let v = script(
+        python,
+        json!({
+            "model": model,
+            "threads": threads.max(1),
+            "cases": cases.iter().map(|c| {
+                let (tokens, from) = c.forced();
+                json!({"tokens": tokens, "from": from, "chosen": c.scored.iter().map(|s| s.chosen).collect::<Vec<_>>()})
+            }).collect::<Vec<_>>(),
+        }),
+    )?;
     let version = v["version"].as_str().unwrap_or("?");
     println!("llama.cpp: llama-cpp-python {version}, logits of every position in one batch");
     v["cases"]
         .as_array()
         .context("cases")?
         .iter()
-        .map(|c| {
-            c.as_array()
-                .context("a case")?
-                .iter()
-                .map(|p| {
-                    Ok(Scored {
-                        top: p[0].as_u64().context("top")? as u32,
-                        chosen: p[1].as_u64().context("chosen")? as u32,
-                        chosen_logprob: p[2].as_f64().context("logprob")?,
-                    })
-                })
-                .collect()
+        .map(scored)
+        .collect()
+}
+
+/// llama.cpp's own greedy continuations (one token at a time) and its scores, for a
+/// model the engine does not run.
+fn llama_cpp_cases(python: &str, model: &Path, threads: usize, steps: usize) -> Result<Vec<Case>> {
+    let v = script(
+        python,
+        json!({
+            "model": model,
+            "threads": threads.max(1),
+            "generate": {"prompts": CHAT_PROMPTS, "steps": steps},
+        }),
+    )?;
+    let version = v["version"].as_str().unwrap_or("?");
+    println!("llama.cpp: llama-cpp-python {version}, greedy continuations one token at a time");
+    v["generated"]
+        .as_array()
+        .context("generated")?
+        .iter()
+        .zip(CHAT_PROMPTS)
+        .map(|(g, p)| {
+            let tokens: Vec<u32> = serde_json::from_value(g["tokens"].clone())?;
+            let from = g["from"].as_u64().context("from")? as usize;
+            Ok(Case {
+                prompt: p.to_string(),
+                tokens,
+                prompt_len: from + 1,
+                scored: scored(&g["scored"])?,
+            })
         })
         .collect()
 }
 
+/// A model the engine does not run yet (another architecture, K-quants): llama.cpp
+/// against the reference alone, which checks the reference's forward pass for it.
+fn llama_cpp_alone(a: &AccuracyBenchArgs, why: anyhow::Error) -> Result<()> {
+    let Some(py) = &a.llama_cpp_python else {
+        return Err(why.context(
+            "the engine cannot run this model; with --llama-cpp-python, llama.cpp is scored against the reference alone",
+        ));
+    };
+    let path = genie_engine::fetch::resolve_model(a.engine.model.as_deref())?;
+    println!("the engine does not run this model ({why:#}); llama.cpp writes the continuations");
+    println!("model: {}", path.display());
+    let t = Instant::now();
+    let threads = if a.engine.threads == 0 {
+        2
+    } else {
+        a.engine.threads
+    };
+    let cases = llama_cpp_cases(py, &path, threads, a.steps)?;
+    let reference = Reference::load(&path)?;
+    let rows = reference_rows(&reference, &cases)?;
+    println!(
+        "continuations and float64 reference rows: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let scored: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
+    let (each, total) = score(&rows, &scored);
+    for (c, e) in cases.iter().zip(&each) {
+        line("llama.cpp", e);
+        println!("           {:?}", c.prompt);
+    }
+    println!("against the exact reference, all positions:");
+    line("llama.cpp", &total);
+    Ok(())
+}
+
 pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     println!("{}", crate::host::describe());
-    let (engine, path) = a.engine.load()?;
+    let (engine, path) = match a.engine.load() {
+        Ok(e) => e,
+        Err(why) => return llama_cpp_alone(&a, why),
+    };
     println!(
         "model: {} ({} prompts, greedy continuations of at most {} tokens)",
         path.display(),

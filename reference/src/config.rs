@@ -4,8 +4,20 @@
 use crate::ReferenceError;
 use candle_core::quantized::gguf_file::{Content, Value};
 
+/// The architectures the reference runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3 without rope scaling, SmolLM2, Mistral: SwiGLU, RoPE on adjacent pairs.
+    Llama,
+    /// Gemma 3: embeddings scaled by √hidden, per-head q/k norms, norms after attention
+    /// and the feed-forward too, GELU (tanh form), RoPE on split halves (NEOX), five
+    /// sliding-window layers (local RoPE base 10 000) to one global layer.
+    Gemma3,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefConfig {
+    pub arch: Arch,
     pub architecture: String,
     pub n_layers: usize,
     pub n_heads: usize,
@@ -17,6 +29,18 @@ pub struct RefConfig {
     pub rope_base: f64,
     pub rope_dim: usize,
     pub rms_eps: f64,
+    /// Gemma 3: the RoPE base of the sliding-window layers, the window, and every how
+    /// many layers one is global.
+    pub rope_base_local: f64,
+    pub sliding_window: Option<usize>,
+    pub swa_period: usize,
+}
+
+impl RefConfig {
+    /// Whether layer `l` attends within the sliding window only.
+    pub fn is_local(&self, l: usize) -> bool {
+        self.sliding_window.is_some() && l % self.swa_period != self.swa_period - 1
+    }
 }
 
 fn int(v: &Value) -> Option<usize> {
@@ -49,9 +73,11 @@ impl RefConfig {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(err("`general.architecture` is missing".into())),
         };
-        if arch != "llama" {
-            return Err(ReferenceError::Unsupported(arch));
-        }
+        let kind = match arch.as_str() {
+            "llama" => Arch::Llama,
+            "gemma3" => Arch::Gemma3,
+            _ => return Err(ReferenceError::Unsupported(arch)),
+        };
         let get = |k: &str| content.metadata.get(&format!("{arch}.{k}"));
         let need = |k: &str| {
             get(k)
@@ -67,7 +93,16 @@ impl RefConfig {
             Some(Value::Array(a)) => a.len(),
             _ => return Err(err("`tokenizer.ggml.tokens` is missing".into())),
         };
+        let gemma = kind == Arch::Gemma3;
         Ok(RefConfig {
+            arch: kind,
+            rope_base_local: 10_000.0,
+            sliding_window: if gemma {
+                Some(get("attention.sliding_window").and_then(int).unwrap_or(512))
+            } else {
+                None
+            },
+            swa_period: 6,
             n_layers: need("block_count")?,
             n_kv_heads: get("attention.head_count_kv")
                 .and_then(int)

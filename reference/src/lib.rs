@@ -5,8 +5,9 @@
 //! computes is the model as the file defines it, and the engine's quantised kernels (and
 //! llama.cpp's) can be scored by how close they come ([`accuracy`]).
 //!
-//! Supported: the `llama` architecture (SmolLM2, Llama 2/3 without rope scaling,
-//! Mistral), as the engine is. Other architectures are refused naming it.
+//! Supported: `llama` (SmolLM2, Llama 2/3 without rope scaling, Mistral) and `gemma3`
+//! (ahead of the engine; checked against llama.cpp, `tests/gemma3.rs`). Other
+//! architectures are refused naming them.
 
 pub mod accuracy;
 pub mod cases;
@@ -14,7 +15,7 @@ mod config;
 mod forward;
 mod weights;
 
-pub use config::RefConfig;
+pub use config::{Arch, RefConfig};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,11 @@ impl Matrix {
 
 pub(crate) struct Layer {
     pub attn_norm: Vec<f32>,
+    /// Gemma 3: per-head q/k norms, and the norms after attention and the feed-forward.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffw_norm: Option<Vec<f32>>,
     pub wq: Matrix,
     pub wk: Matrix,
     pub wv: Matrix,
@@ -90,11 +95,27 @@ pub(crate) fn load(path: &Path) -> Result<(RefConfig, Weights), ReferenceError> 
         c.ffn,
     );
     let vector = |m: Matrix| m.data;
+    let gemma = c.arch == crate::config::Arch::Gemma3;
+    let hd = c.head_dim;
     let embd = tensor("token_embd.weight", Some((c.vocab_size, d)))?;
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let name = |t: &str| format!("blk.{i}.{t}.weight");
+        let mut optional = |t: &str, n: usize| -> Result<Option<Vec<f32>>, ReferenceError> {
+            Ok(if gemma {
+                Some(vector(tensor(&name(t), Some((1, n)))?))
+            } else {
+                None
+            })
+        };
+        let (q_norm, k_norm) = (optional("attn_q_norm", hd)?, optional("attn_k_norm", hd)?);
+        let post_attn_norm = optional("post_attention_norm", d)?;
+        let post_ffw_norm = optional("post_ffw_norm", d)?;
         layers.push(Layer {
+            q_norm,
+            k_norm,
+            post_attn_norm,
+            post_ffw_norm,
             attn_norm: vector(tensor(&name("attn_norm"), Some((1, d)))?),
             wq: tensor(&name("attn_q"), Some((q, d)))?,
             wk: tensor(&name("attn_k"), Some((kv, d)))?,
