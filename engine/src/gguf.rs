@@ -698,6 +698,63 @@ impl Reader<'_> {
     }
 }
 
+/// What a GGUF's header says of its model, whether or not the engine runs it: for
+/// `genie model info` on any file.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileFacts {
+    pub architecture: String,
+    pub name: Option<String>,
+    pub context_length: Option<usize>,
+    pub block_count: Option<usize>,
+    /// How many tensors the file stores in each type.
+    pub quant_mix: std::collections::BTreeMap<String, usize>,
+    /// f16 K and V of one token over every layer, from the head counts and key length.
+    pub kv_bytes_per_token: Option<usize>,
+}
+
+/// [`FileFacts`] of `path` (its header only).
+pub fn read_facts(path: &Path) -> Result<FileFacts> {
+    let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = content(path, &mut std::io::BufReader::new(file))?;
+    let r = Reader {
+        path,
+        content,
+        bytes: Vec::new(),
+    };
+    let arch = r
+        .string("general.architecture")
+        .ok_or_else(|| r.err("metadata key `general.architecture` is missing"))?;
+    let num = |k: &str| r.usize(&format!("{arch}.{k}")).ok();
+    let heads = num("attention.head_count");
+    let head_dim = num("attention.key_length")
+        .or_else(|| Some(num("embedding_length")? / heads.filter(|&h| h > 0)?));
+    let kv_bytes_per_token = (|| {
+        let kv_heads = num("attention.head_count_kv").or(heads)?;
+        2usize
+            .checked_mul(num("block_count")?)?
+            .checked_mul(kv_heads)?
+            .checked_mul(head_dim?)?
+            .checked_mul(2)
+    })();
+    Ok(FileFacts {
+        name: r.string("general.name"),
+        context_length: num("context_length"),
+        block_count: num("block_count"),
+        quant_mix: r.content.tensor_infos.values().fold(
+            std::collections::BTreeMap::new(),
+            |mut m, t| {
+                *m.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
+                m
+            },
+        ),
+        kv_bytes_per_token,
+        architecture: arch,
+    })
+}
+
 /// Reads and validates a llama GGUF model, weights included.
 pub fn load(path: &Path) -> Result<GgufModel> {
     if !path.exists() {

@@ -246,9 +246,30 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Model(ModelCommand::Info(a)) => {
             let path = fetch::resolve_model(a.model.as_deref())?;
-            let g = genie_engine::gguf::read_meta(&path)?;
+            let g = match genie_engine::gguf::read_meta(&path) {
+                Ok(g) => g,
+                // A file the engine does not run: what its header says, and why.
+                Err(e @ genie_engine::error::EngineError::Unsupported(_)) => {
+                    let facts = genie_engine::gguf::read_facts(&path)?;
+                    let info = serde_json::json!({
+                        "path": path,
+                        "supported": false,
+                        "why": e.to_string(),
+                        "architecture": facts.architecture,
+                        "name": facts.name,
+                        "context_length": facts.context_length,
+                        "block_count": facts.block_count,
+                        "quantization": facts.quant_mix,
+                        "kv_bytes_per_token": facts.kv_bytes_per_token,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&info)?);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
             let info = serde_json::json!({
                 "path": path,
+                "supported": true,
                 "architecture": g.config.architecture,
                 "context_length": g.config.context_length,
                 "quantization": g.quant_mix,
