@@ -452,6 +452,28 @@ mod tests {
         vec!["weather".into(), "time".into()]
     }
 
+    /// A call of `weather` with `args`, then one of `time` with none.
+    fn weather_then_time(args: &str) -> Vec<Found> {
+        vec![
+            Found::Call {
+                index: 0,
+                name: "weather".into(),
+            },
+            Found::Args {
+                index: 0,
+                fragment: args.into(),
+            },
+            Found::Call {
+                index: 1,
+                name: "time".into(),
+            },
+            Found::Args {
+                index: 1,
+                fragment: "{}".into(),
+            },
+        ]
+    }
+
     /// `text` pushed in pieces of `k` chars, the findings joined.
     fn pushed(text: &str, k: usize) -> Vec<Found> {
         pushed_as(text, k, ToolFormat::Json)
@@ -474,24 +496,7 @@ mod tests {
         for k in [1, 2, 3, 7, 1000] {
             assert_eq!(
                 pushed(text, k),
-                vec![
-                    Found::Call {
-                        index: 0,
-                        name: "weather".into()
-                    },
-                    Found::Args {
-                        index: 0,
-                        fragment: r#"{"city": "Oslo, \"N\"", "days": [1, 2]}"#.into()
-                    },
-                    Found::Call {
-                        index: 1,
-                        name: "time".into()
-                    },
-                    Found::Args {
-                        index: 1,
-                        fragment: "{}".into()
-                    },
-                ],
+                weather_then_time(r#"{"city": "Oslo, \"N\"", "days": [1, 2]}"#),
                 "pieces of {k}"
             );
         }
@@ -598,24 +603,7 @@ mod tests {
         for k in [1, 2, 5, 1000] {
             assert_eq!(
                 pushed_as(text, k, ToolFormat::Hermes),
-                vec![
-                    Found::Call {
-                        index: 0,
-                        name: "weather".into()
-                    },
-                    Found::Args {
-                        index: 0,
-                        fragment: r#"{"city": "Oslo"}"#.into()
-                    },
-                    Found::Call {
-                        index: 1,
-                        name: "time".into()
-                    },
-                    Found::Args {
-                        index: 1,
-                        fragment: "{}".into()
-                    },
-                ],
+                weather_then_time(r#"{"city": "Oslo"}"#),
                 "pieces of {k}"
             );
         }
