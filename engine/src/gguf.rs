@@ -322,11 +322,8 @@ impl Reader<'_> {
             .get(name)
             .ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
         let dims = info.shape.dims();
-        let (rows, cols) = match dims {
-            [n] => (1, *n),
-            [r, c] => (*r, *c),
-            _ => return Err(self.err(format!("tensor `{name}` has unexpected shape {dims:?}"))),
-        };
+        let (rows, cols) = matrix_dims(dims)
+            .ok_or_else(|| self.err(format!("tensor `{name}` has unexpected shape {dims:?}")))?;
         let n = rows
             .checked_mul(cols)
             .filter(|n| n.checked_mul(std::mem::size_of::<f32>()).is_some())
@@ -579,6 +576,11 @@ fn weight_names(n_layers: usize, has_output: bool) -> impl Iterator<Item = Strin
 /// Reads the configuration, tokenizer and chat template of a llama GGUF from its header
 /// only: no tensor data is read.
 pub fn read_meta(path: &Path) -> Result<GgufMeta> {
+    header(path)?.meta()
+}
+
+/// A reader of `path`'s header (no tensor data).
+fn header(path: &Path) -> Result<Reader<'_>> {
     if !path.exists() {
         return Err(missing(path));
     }
@@ -586,7 +588,11 @@ pub fn read_meta(path: &Path) -> Result<GgufMeta> {
         path: path.to_path_buf(),
         source,
     })?;
-    read_meta_from(path, &mut std::io::BufReader::new(file))
+    Ok(Reader {
+        path,
+        content: content(path, &mut std::io::BufReader::new(file))?,
+        bytes: Vec::new(),
+    })
 }
 
 /// [`read_meta`] on a GGUF header read from `reader` (`path` names it in errors). Any
@@ -687,13 +693,7 @@ impl Reader<'_> {
             chat_template: r.string("tokenizer.chat_template"),
             weights_bytes,
             has_output,
-            quant_mix: r.content.tensor_infos.values().fold(
-                std::collections::BTreeMap::new(),
-                |mut m, t| {
-                    *m.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
-                    m
-                },
-            ),
+            quant_mix: quant_mix(&r.content),
         })
     }
 }
@@ -712,18 +712,27 @@ pub struct FileFacts {
     pub kv_bytes_per_token: Option<usize>,
 }
 
+/// How many tensors the file stores in each type (`Q4_1`, `F32`, …).
+fn quant_mix(content: &Content) -> std::collections::BTreeMap<String, usize> {
+    let mut mix = std::collections::BTreeMap::new();
+    for t in content.tensor_infos.values() {
+        *mix.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
+    }
+    mix
+}
+
+/// `[rows, cols]` of a vector (one row) or a matrix; None for any other shape.
+pub fn matrix_dims(dims: &[usize]) -> Option<(usize, usize)> {
+    match *dims {
+        [n] => Some((1, n)),
+        [r, c] => Some((r, c)),
+        _ => None,
+    }
+}
+
 /// [`FileFacts`] of `path` (its header only).
 pub fn read_facts(path: &Path) -> Result<FileFacts> {
-    let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let content = content(path, &mut std::io::BufReader::new(file))?;
-    let r = Reader {
-        path,
-        content,
-        bytes: Vec::new(),
-    };
+    let r = header(path)?;
     let arch = r
         .string("general.architecture")
         .ok_or_else(|| r.err("metadata key `general.architecture` is missing"))?;
@@ -737,19 +746,13 @@ pub fn read_facts(path: &Path) -> Result<FileFacts> {
             .checked_mul(num("block_count")?)?
             .checked_mul(kv_heads)?
             .checked_mul(head_dim?)?
-            .checked_mul(2)
+            .checked_mul(crate::kv_cache::ELEM_BYTES)
     })();
     Ok(FileFacts {
         name: r.string("general.name"),
         context_length: num("context_length"),
         block_count: num("block_count"),
-        quant_mix: r.content.tensor_infos.values().fold(
-            std::collections::BTreeMap::new(),
-            |mut m, t| {
-                *m.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
-                m
-            },
-        ),
+        quant_mix: quant_mix(&r.content),
         kv_bytes_per_token,
         architecture: arch,
     })

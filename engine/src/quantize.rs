@@ -62,10 +62,6 @@ impl FileType {
                 ))
             })
     }
-
-    fn is_k(&self) -> bool {
-        matches!(self.base, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
-    }
 }
 
 fn is_k(t: GgmlDType) -> bool {
@@ -115,7 +111,7 @@ pub fn plan(
     let bumped = ft.medium
         && (name.contains(".attn_v.") || name.contains(".ffn_down."))
         && layer_of(name).is_some_and(|l| more_bits(l, n_layers));
-    let mut t = if (head && ft.is_k()) || bumped {
+    let mut t = if (head && is_k(ft.base)) || bumped {
         GgmlDType::Q6K
     } else {
         ft.base
@@ -164,15 +160,11 @@ pub fn quantize(input: &Path, output: &Path, ft: FileType) -> Result<Mix> {
         let q = content
             .tensor(&mut file, name, &Device::Cpu)
             .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
-        let dims = q.shape().dims().to_vec();
-        let (rows, cols) = match dims[..] {
-            [n] => (1, n),
-            [r, c] => (r, c),
-            _ => (
-                dims[..dims.len() - 1].iter().product(),
-                dims[dims.len() - 1],
-            ),
+        // Rows: every dimension but the innermost, which blocks run along.
+        let Some((&cols, outer)) = q.shape().dims().split_last() else {
+            return Err(err(format!("tensor `{name}` has no dimensions")));
         };
+        let rows = outer.iter().product();
         let t = plan(ft, name, rows, cols, n_layers, tied);
         let out = if q.dtype() == t {
             q

@@ -99,22 +99,11 @@ async fn forced_tool_calls_match_their_schemas_on_every_path() {
     assert_eq!(st, 200, "{whole}");
     let mut body = body;
     body["stream"] = json!(true);
-    let events = post_stream(&s, "/v1/chat/completions", &body).await;
+    let (chunks, finish) = tool_call_deltas(post_stream(&s, "/v1/chat/completions", &body).await);
     let mut deltas = Vec::new();
-    let mut finish = Value::Null;
-    for d in events {
-        if d == "[DONE]" {
-            break;
-        }
-        let c: Value = serde_json::from_str(&d).unwrap();
-        let ch = &c["choices"][0];
-        if let Some(tc) = ch["delta"]["tool_calls"].as_array() {
-            assert_eq!(tc.len(), 1, "{c}");
-            deltas.push(tc[0].clone());
-        }
-        if !ch["finish_reason"].is_null() {
-            finish = ch["finish_reason"].clone();
-        }
+    for tc in chunks {
+        assert_eq!(tc.len(), 1, "{tc:?}");
+        deltas.extend(tc);
     }
     let head = &deltas[0];
     assert_eq!(
@@ -186,10 +175,10 @@ async fn history_with_a_result_goes_on(s: &Server) {
     );
 }
 
-/// Joins a streamed answer's tool-call deltas into whole calls, checking each starts
-/// with its id, type and name.
-fn joined_calls(events: Vec<String>) -> (Vec<Value>, Value) {
-    let mut calls: Vec<Value> = Vec::new();
+/// A streamed answer's `tool_calls` deltas, chunk by chunk (chunks without any left
+/// out), and its finish reason.
+fn tool_call_deltas(events: Vec<String>) -> (Vec<Vec<Value>>, Value) {
+    let mut chunks = Vec::new();
     let mut finish = Value::Null;
     for d in events {
         if d == "[DONE]" {
@@ -197,22 +186,33 @@ fn joined_calls(events: Vec<String>) -> (Vec<Value>, Value) {
         }
         let c: Value = serde_json::from_str(&d).unwrap();
         let ch = &c["choices"][0];
-        for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
-            let k = tc["index"].as_u64().unwrap() as usize;
-            if k == calls.len() {
-                assert_eq!(tc["type"], "function", "{tc}");
-                calls.push(tc.clone());
-            } else {
-                let args = calls[k]["function"]["arguments"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-                    + tc["function"]["arguments"].as_str().unwrap();
-                calls[k]["function"]["arguments"] = json!(args);
-            }
+        if let Some(tc) = ch["delta"]["tool_calls"].as_array() {
+            chunks.push(tc.clone());
         }
         if !ch["finish_reason"].is_null() {
             finish = ch["finish_reason"].clone();
+        }
+    }
+    (chunks, finish)
+}
+
+/// Joins a streamed answer's tool-call deltas into whole calls, checking each starts
+/// with its id, type and name.
+fn joined_calls(events: Vec<String>) -> (Vec<Value>, Value) {
+    let (chunks, finish) = tool_call_deltas(events);
+    let mut calls: Vec<Value> = Vec::new();
+    for tc in chunks.iter().flatten() {
+        let k = tc["index"].as_u64().unwrap() as usize;
+        if k == calls.len() {
+            assert_eq!(tc["type"], "function", "{tc}");
+            calls.push(tc.clone());
+        } else {
+            let args = calls[k]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_string()
+                + tc["function"]["arguments"].as_str().unwrap();
+            calls[k]["function"]["arguments"] = json!(args);
         }
     }
     (calls, finish)

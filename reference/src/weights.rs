@@ -66,12 +66,9 @@ pub(crate) fn load(path: &Path) -> Result<(RefConfig, Weights), ReferenceError> 
             let q = content
                 .tensor(&mut file, name, &Device::Cpu)
                 .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
-            let dims = q.shape().dims().to_vec();
-            let (rows, cols) = match dims[..] {
-                [n] => (1, n),
-                [r, c] => (r, c),
-                _ => return Err(err(format!("tensor `{name}` has shape {dims:?}"))),
-            };
+            let dims = q.shape().dims();
+            let (rows, cols) = genie_engine::gguf::matrix_dims(dims)
+                .ok_or_else(|| err(format!("tensor `{name}` has shape {dims:?}")))?;
             if let Some(want) = shape {
                 if want != (rows, cols) {
                     return Err(err(format!(
