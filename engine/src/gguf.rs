@@ -3,7 +3,8 @@
 //! bytes are kept in their quantised block formats ([`crate::quant::QMatrix`]).
 
 use crate::error::{EngineError, Result};
-use crate::quant::{QMatrix, WeightFormat};
+use crate::quant::kquants::KType;
+use crate::quant::{widen, QMatrix, WeightFormat};
 use crate::tokenizer::TokenizerSpec;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
@@ -313,7 +314,8 @@ impl Reader<'_> {
     }
 
     /// A tensor's `[rows, cols]`, its format once loaded and its bytes in the file. Its
-    /// elements must fit in memory as f32 (F16 widens to that), so every size derived from
+    /// elements must fit in memory as f32 (F16, BF16 and Q5_1 widen to that; Q4_0 and Q5_0
+    /// to Q8_0, see [`widen`]), so every size derived from
     /// them (stored, loaded) is a number, not a wrapped product of lying dimensions.
     fn layout(&self, name: &str) -> Result<(usize, usize, WeightFormat, usize)> {
         let info = self
@@ -329,20 +331,43 @@ impl Reader<'_> {
             .filter(|n| n.checked_mul(std::mem::size_of::<f32>()).is_some())
             .ok_or_else(|| self.err(format!("tensor `{name}` of shape {dims:?} is too large")))?;
         let (format, stored) = match info.ggml_dtype {
-            GgmlDType::F32 => (WeightFormat::F32, WeightFormat::F32.bytes_for(n)),
-            GgmlDType::F16 => (WeightFormat::F32, n * 2),
+            GgmlDType::F32 => (WeightFormat::F32, n * 4),
+            GgmlDType::F16 | GgmlDType::BF16 => (WeightFormat::F32, n * 2),
+            GgmlDType::Q5_1 => (WeightFormat::F32, n / 32 * 24),
             GgmlDType::Q4_1 => (WeightFormat::Q4_1, WeightFormat::Q4_1.bytes_for(n)),
             GgmlDType::Q8_0 => (WeightFormat::Q8_0, WeightFormat::Q8_0.bytes_for(n)),
+            GgmlDType::Q4_0 => (WeightFormat::Q8_0, n / 32 * 18),
+            GgmlDType::Q5_0 => (WeightFormat::Q8_0, n / 32 * 22),
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
+                let k = match info.ggml_dtype {
+                    GgmlDType::Q4K => KType::Q4K,
+                    GgmlDType::Q5K => KType::Q5K,
+                    _ => KType::Q6K,
+                };
+                let f = WeightFormat::K(k);
+                (f, f.bytes_for(n))
+            }
             other => {
                 return Err(EngineError::Unsupported(format!(
-                    "tensor `{name}` is {other:?}; this engine runs F32, F16, Q4_1 and Q8_0 tensors"
+                    "tensor `{name}` is {other:?}; this engine runs F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K tensors"
                 )))
             }
         };
+        let block = match info.ggml_dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => 1,
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
+            _ => 32,
+        };
+        if !cols.is_multiple_of(block) {
+            return Err(self.err(format!(
+                "tensor `{name}` is {:?} with rows of {cols} values, not a multiple of its block of {block}",
+                info.ggml_dtype
+            )));
+        }
         Ok((rows, cols, format, stored))
     }
 
-    /// Bytes tensor `name` takes once loaded (F16 widens to F32; [`Self::layout`] checked
+    /// Bytes tensor `name` takes once loaded (widened formats count as loaded; [`Self::layout`] checked
     /// that this fits).
     fn loaded_bytes(&self, name: &str) -> Result<usize> {
         let (rows, cols, format, _) = self.layout(name)?;
@@ -365,18 +390,15 @@ impl Reader<'_> {
                 ))
             })?;
         let raw = &self.bytes[start..end];
-        if info.ggml_dtype == GgmlDType::F16 {
-            let data: Vec<u8> = raw
-                .chunks_exact(2)
-                .flat_map(|c| {
-                    half::f16::from_le_bytes([c[0], c[1]])
-                        .to_f32()
-                        .to_le_bytes()
-                })
-                .collect();
-            return QMatrix::from_bytes(format, rows, cols, &data)
-                .map_err(|e| self.err(format!("tensor `{name}`: {e}")));
-        }
+        let widened = match info.ggml_dtype {
+            GgmlDType::F16 => Some(widen::f16_to_f32(raw)),
+            GgmlDType::BF16 => Some(widen::bf16_to_f32(raw)),
+            GgmlDType::Q5_1 => Some(widen::q5_1_to_f32(raw)),
+            GgmlDType::Q4_0 => Some(widen::q4_0_to_q8_0(raw)),
+            GgmlDType::Q5_0 => Some(widen::q5_0_to_q8_0(raw)),
+            _ => None,
+        };
+        let raw = widened.as_deref().unwrap_or(raw);
         QMatrix::from_bytes(format, rows, cols, raw)
             .map_err(|e| self.err(format!("tensor `{name}`: {e}")))
     }

@@ -120,6 +120,7 @@ fn act_format_matches(a: &QuantizedActs, w: crate::quant::WeightFormat) -> bool 
         (QuantizedActs::F32 { .. }, F::F32)
             | (QuantizedActs::Q8_1 { .. }, F::Q4_1)
             | (QuantizedActs::Q8_0 { .. }, F::Q8_0)
+            | (QuantizedActs::Q8K { .. }, F::K(_))
     )
 }
 

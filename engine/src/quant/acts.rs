@@ -85,9 +85,37 @@ pub fn quantize_block_q8_1(x: &[f32]) -> BlockQ8_1 {
 /// `n` activation rows of `cols` elements, in the format a weight matrix consumes.
 #[derive(Clone, Debug)]
 pub enum QuantizedActs {
-    F32 { cols: usize, data: Vec<f32> },
-    Q8_1 { cols: usize, blocks: Vec<ActBlock> },
-    Q8_0 { cols: usize, blocks: Vec<ActBlock> },
+    F32 {
+        cols: usize,
+        data: Vec<f32>,
+    },
+    Q8_1 {
+        cols: usize,
+        blocks: Vec<ActBlock>,
+    },
+    Q8_0 {
+        cols: usize,
+        blocks: Vec<ActBlock>,
+    },
+    /// For K-quant weights: one block per 256 values.
+    Q8K {
+        cols: usize,
+        blocks: Vec<super::kquants::Q8KBlock>,
+    },
+}
+
+/// Every 256-value block of `x` to Q8_K, in parallel on the current rayon pool when there
+/// are many (each block alone, so the bits do not depend on the split).
+fn quantize_all_q8k(x: &[f32]) -> Vec<super::kquants::Q8KBlock> {
+    use super::kquants::{quantize_q8k, QK_K};
+    use rayon::prelude::*;
+    if x.len() >= 64 * 1024 {
+        x.par_chunks(64 * QK_K)
+            .flat_map_iter(quantize_q8k)
+            .collect()
+    } else {
+        quantize_q8k(x)
+    }
 }
 
 /// Quantises every block, in parallel on the current rayon pool when there are many.
@@ -212,6 +240,17 @@ impl QuantizedActs {
                 cols,
                 blocks: quantize_all(x, |c| act_block(c, false)),
             },
+            WeightFormat::K(_) => {
+                assert_eq!(
+                    cols % super::kquants::QK_K,
+                    0,
+                    "Q8_K needs whole super-blocks"
+                );
+                QuantizedActs::Q8K {
+                    cols,
+                    blocks: quantize_all_q8k(x),
+                }
+            }
         }
     }
 
@@ -239,7 +278,7 @@ impl QuantizedActs {
         let threads = rayon::current_num_threads().max(1);
         let parallel = threads > 1 && n >= parallel_rows.max(2);
         let with_sum = match format {
-            WeightFormat::F32 => {
+            WeightFormat::F32 | WeightFormat::K(_) => {
                 if parallel {
                     let rows = n.div_ceil(threads);
                     x.par_chunks_mut(rows * cols)
@@ -248,10 +287,7 @@ impl QuantizedActs {
                 } else {
                     make(0, x);
                 }
-                return QuantizedActs::F32 {
-                    cols,
-                    data: x.to_vec(),
-                };
+                return QuantizedActs::new(format, cols, x);
             }
             WeightFormat::Q4_1 => true,
             WeightFormat::Q8_0 => false,
@@ -291,7 +327,8 @@ impl QuantizedActs {
         match self {
             QuantizedActs::F32 { cols, .. }
             | QuantizedActs::Q8_1 { cols, .. }
-            | QuantizedActs::Q8_0 { cols, .. } => *cols,
+            | QuantizedActs::Q8_0 { cols, .. }
+            | QuantizedActs::Q8K { cols, .. } => *cols,
         }
     }
 
@@ -302,6 +339,7 @@ impl QuantizedActs {
             QuantizedActs::F32 { data, .. } => data.len() / cols,
             QuantizedActs::Q8_1 { blocks, .. } => blocks.len() * QK / cols,
             QuantizedActs::Q8_0 { blocks, .. } => blocks.len() * QK / cols,
+            QuantizedActs::Q8K { blocks, .. } => blocks.len() * super::kquants::QK_K / cols,
         }
     }
 }

@@ -5,10 +5,11 @@
 use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
+use super::kquants::{dot_row, KIsa, KMatrix, Q8KBlock};
 use super::side_fetch::{SideCursor, SideFetch};
 use super::strips::{self, Strips, STRIP, STRIP_TOKENS};
 use super::strips_avx2::{self, AvxVnni, Ymm};
-use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
+use super::{dot_scalar, kdot_x86, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
 
 /// Tokens processed together against one unpacked weight row.
@@ -274,6 +275,15 @@ fn run_tasks(
             if g == g_end {
                 continue;
             }
+            if let (QMatrix::K(km), QuantizedActs::Q8K { blocks: a, .. }) = (w, x) {
+                let isa = match (avx512, avx2) {
+                    (Some(_), _) if kdot_x86::avx512_available() => KIsa::Avx512,
+                    (_, Some(_)) => KIsa::Avx2,
+                    _ => KIsa::Scalar,
+                };
+                k_rows(isa, km, g..g_end, a, n, &out);
+                continue;
+            }
             // Batches of tokens take the Q4_1 minimum terms from one strip pass per group
             // (sixteen rows a load) instead of a pass inside every tile.
             let minima = match (w, x) {
@@ -341,6 +351,55 @@ fn run_tasks(
         tasks.iter().enumerate().for_each(run);
     } else {
         tasks.par_iter().enumerate().for_each(run);
+    }
+}
+
+/// Rows `rows` of a K-quant matrix against all `n` tokens of `a`, in token tiles as wide
+/// as `isa` takes (every width gives the same bits).
+fn k_rows(
+    isa: KIsa,
+    w: &KMatrix,
+    rows: std::ops::Range<usize>,
+    a: &[Q8KBlock],
+    n: usize,
+    out: &Out<'_>,
+) {
+    let nb = w.cols / super::kquants::QK_K;
+    let arow = |t: usize| &a[t * nb..(t + 1) * nb];
+    let mut t = 0;
+    while t < n {
+        let width = if n - t >= isa.tile() { isa.tile() } else { 1 };
+        for r in rows.clone() {
+            let (blocks, hi) = w.row(r);
+            match width {
+                8 => {
+                    let v: [f32; 8] = dot_row(
+                        isa,
+                        w.kind,
+                        blocks,
+                        hi,
+                        std::array::from_fn(|i| arow(t + i)),
+                    );
+                    v.iter()
+                        .enumerate()
+                        .for_each(|(i, v)| out.put(t + i, r, &[*v]));
+                }
+                4 => {
+                    let v: [f32; 4] = dot_row(
+                        isa,
+                        w.kind,
+                        blocks,
+                        hi,
+                        std::array::from_fn(|i| arow(t + i)),
+                    );
+                    v.iter()
+                        .enumerate()
+                        .for_each(|(i, v)| out.put(t + i, r, &[*v]));
+                }
+                _ => out.put(t, r, &dot_row(isa, w.kind, blocks, hi, [arow(t)])),
+            }
+        }
+        t += width;
     }
 }
 
@@ -754,6 +813,53 @@ mod tests {
     }
 
     #[test]
+    fn k_quant_matmul_approximates_f32_and_ignores_batch_composition() {
+        use super::super::kquants::KType;
+        let (rows, cols, n) = (21, 512, 11);
+        let wf = data(3, rows * cols);
+        let xf = data(4, n * cols);
+        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
+            let w = QMatrix::quantize(WeightFormat::K(kind), rows, cols, &wf);
+            let x = QuantizedActs::for_weight(&w, &xf);
+            let mut out = vec![0.0; n * rows];
+            matmul(&w, &x, &mut out);
+            let mut row = vec![0.0f32; cols];
+            for t in 0..n {
+                let single = QuantizedActs::for_weight(&w, &xf[t * cols..(t + 1) * cols]);
+                let mut one = vec![0.0; rows];
+                matmul(&w, &single, &mut one);
+                assert_eq!(
+                    &out[t * rows..(t + 1) * rows],
+                    &one[..],
+                    "{kind:?} token {t}"
+                );
+                for r in 0..rows {
+                    w.dequantize_row(r, &mut row);
+                    let exact: f32 = (0..cols).map(|c| wf[r * cols + c] * xf[t * cols + c]).sum();
+                    let deq: f32 = (0..cols).map(|c| row[c] * xf[t * cols + c]).sum();
+                    // Against the dequantised weights only the activations' rounding is
+                    // left; against the f32 weights, the format's too.
+                    assert!(
+                        (out[t * rows + r] - deq).abs() < 0.08,
+                        "{kind:?} {r}: {deq} {}",
+                        out[t * rows + r]
+                    );
+                    // About four standard deviations of each format's rounding here.
+                    let tol = match kind {
+                        KType::Q4K => 0.5,
+                        KType::Q5K => 0.25,
+                        KType::Q6K => 0.12,
+                    };
+                    assert!(
+                        (out[t * rows + r] - exact).abs() < tol,
+                        "{kind:?} {r}: {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn quantised_matmul_approximates_f32_and_ignores_batch_composition() {
         let (rows, cols, n) = (37, 64, 7);
         let wf = data(1, rows * cols);
@@ -777,7 +883,7 @@ mod tests {
                     let tol = match format {
                         WeightFormat::F32 => 1e-4,
                         WeightFormat::Q8_0 => 0.02,
-                        WeightFormat::Q4_1 => 0.2,
+                        WeightFormat::Q4_1 | WeightFormat::K(_) => 0.2,
                     };
                     assert!((out[t * rows + r] - exact).abs() < tol, "{format:?} {r}");
                 }
@@ -878,10 +984,16 @@ mod tests {
             (20, 13),
             (50, 9),
         ] {
-            let cols = 96;
-            let wf = data(rows as u64, rows * cols);
-            let xf = data(7 + n as u64, n * cols);
-            for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            use super::super::kquants::KType;
+            for (format, cols) in [
+                (WeightFormat::Q4_1, 96),
+                (WeightFormat::Q8_0, 96),
+                (WeightFormat::K(KType::Q4K), 512),
+                (WeightFormat::K(KType::Q5K), 256),
+                (WeightFormat::K(KType::Q6K), 512),
+            ] {
+                let wf = data(rows as u64, rows * cols);
+                let xf = data(7 + n as u64, n * cols);
                 let w = with_strips(QMatrix::quantize(format, rows, cols, &wf));
                 let x = QuantizedActs::for_weight(&w, &xf);
                 let run = |kernels| {

@@ -19,10 +19,13 @@ pub mod acts;
 pub mod dot_avx2;
 pub mod dot_avx512;
 pub mod dot_scalar;
+pub mod kdot_x86;
+pub mod kquants;
 pub mod matmul;
 pub mod side_fetch;
 pub mod strips;
 pub mod strips_avx2;
+pub mod widen;
 
 use half::f16;
 
@@ -65,6 +68,8 @@ pub enum WeightFormat {
     F32,
     Q4_1,
     Q8_0,
+    /// A K-quant (Q4_K, Q5_K, Q6_K), run against Q8_K activations.
+    K(kquants::KType),
 }
 
 impl WeightFormat {
@@ -73,6 +78,7 @@ impl WeightFormat {
             WeightFormat::F32 => "F32",
             WeightFormat::Q4_1 => "Q4_1",
             WeightFormat::Q8_0 => "Q8_0",
+            WeightFormat::K(k) => k.name(),
         }
     }
 
@@ -82,6 +88,7 @@ impl WeightFormat {
             WeightFormat::F32 => n * 4,
             WeightFormat::Q4_1 => n / QK * std::mem::size_of::<BlockQ4_1>(),
             WeightFormat::Q8_0 => n / QK * std::mem::size_of::<BlockQ8_0>(),
+            WeightFormat::K(k) => n / kquants::QK_K * k.block_bytes(),
         }
     }
 }
@@ -111,6 +118,7 @@ pub enum QMatrix {
         /// As for Q4_1: the full strips for the strip kernels, where one runs.
         strips: Option<strips::Strips>,
     },
+    K(kquants::KMatrix),
 }
 
 /// Why raw bytes could not become a [`QMatrix`].
@@ -124,8 +132,12 @@ pub enum QuantError {
         expected: usize,
         got: usize,
     },
-    #[error("{format} rows must hold a multiple of {QK} elements, got {cols}")]
-    RowLength { format: &'static str, cols: usize },
+    #[error("{format} rows must hold a multiple of {block} elements, got {cols}")]
+    RowLength {
+        format: &'static str,
+        block: usize,
+        cols: usize,
+    },
 }
 
 impl QMatrix {
@@ -166,9 +178,15 @@ impl QMatrix {
         cols: usize,
         bytes: &[u8],
     ) -> Result<Self, QuantError> {
-        if format != WeightFormat::F32 && !cols.is_multiple_of(QK) {
+        let block = match format {
+            WeightFormat::F32 => 1,
+            WeightFormat::K(_) => kquants::QK_K,
+            _ => QK,
+        };
+        if !cols.is_multiple_of(block) {
             return Err(QuantError::RowLength {
                 format: format.name(),
+                block,
                 cols,
             });
         }
@@ -224,6 +242,7 @@ impl QMatrix {
                     })
                     .collect(),
             ),
+            WeightFormat::K(k) => QMatrix::K(kquants::KMatrix::from_bytes(k, rows, cols, bytes)),
         })
     }
 
@@ -232,6 +251,7 @@ impl QMatrix {
             QMatrix::F32 { rows, .. } | QMatrix::Q4_1 { rows, .. } | QMatrix::Q8_0 { rows, .. } => {
                 *rows
             }
+            QMatrix::K(m) => m.rows,
         }
     }
 
@@ -240,6 +260,7 @@ impl QMatrix {
             QMatrix::F32 { cols, .. } | QMatrix::Q4_1 { cols, .. } | QMatrix::Q8_0 { cols, .. } => {
                 *cols
             }
+            QMatrix::K(m) => m.cols,
         }
     }
 
@@ -248,6 +269,7 @@ impl QMatrix {
             QMatrix::F32 { .. } => WeightFormat::F32,
             QMatrix::Q4_1 { .. } => WeightFormat::Q4_1,
             QMatrix::Q8_0 { .. } => WeightFormat::Q8_0,
+            QMatrix::K(m) => WeightFormat::K(m.kind),
         }
     }
 
@@ -290,6 +312,7 @@ impl QMatrix {
                     }
                 }
             }
+            QMatrix::K(m) => m.dequantize_row(r, out),
         }
     }
 
@@ -314,6 +337,21 @@ impl QMatrix {
                     .map(acts::quantize_block_q8_0)
                     .collect(),
             ),
+            WeightFormat::K(k) => {
+                // candle's K-quantisers (ports of ggml's reference ones) make the bytes.
+                use candle_core::quantized::{GgmlDType, QTensor};
+                let dtype = match k {
+                    kquants::KType::Q4K => GgmlDType::Q4K,
+                    kquants::KType::Q5K => GgmlDType::Q5K,
+                    kquants::KType::Q6K => GgmlDType::Q6K,
+                };
+                let bytes =
+                    candle_core::Tensor::from_slice(data, (rows, cols), &candle_core::Device::Cpu)
+                        .and_then(|t| QTensor::quantize(&t, dtype))
+                        .and_then(|q| q.data().map(|d| d.to_vec()))
+                        .expect("K-quantising an f32 matrix of whole super-blocks");
+                QMatrix::K(kquants::KMatrix::from_bytes(k, rows, cols, &bytes))
+            }
         }
     }
 }

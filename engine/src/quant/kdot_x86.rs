@@ -1,0 +1,192 @@
+//! The K-quant kernels for AVX2 and AVX-512 VNNI ([`super::kquants`] has the layout and
+//! the scalar kernel). Each super-block of a weight row is unpacked once into unsigned
+//! bytes in registers, then every token of the tile takes `maddubs` (u8 × i8 pairs) and a
+//! multiply-add by the group scales (`madd`, or VNNI's `dpwssd`): exact integer sums, so
+//! [`super::kquants::combine`] gives the scalar kernel's bits.
+
+use super::kquants::{combine, HiBits, KBlock, KType, Q8KBlock};
+
+/// True where the AVX-512 VNNI kernel runs.
+pub fn avx512_available() -> bool {
+    super::dot_avx512::available()
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use imp::{dot_avx2, dot_avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Byte shuffles of the sixteen group scales: chunk `e` of 32 values covers groups
+    /// `2e` and `2e + 1`, whose scales fill the eight 16-bit lanes each of its pair sums.
+    const SCALE_PICK: [[u8; 16]; 8] = {
+        let mut m = [[0u8; 16]; 8];
+        let mut e = 0;
+        while e < 8 {
+            let mut i = 0;
+            while i < 16 {
+                m[e][i] = (2 * e + i / 8) as u8;
+                i += 1;
+            }
+            e += 1;
+        }
+        m
+    };
+
+    #[inline(always)]
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        // SAFETY: the callers run with AVX2 (their contract).
+        unsafe {
+            let x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let x = _mm_add_epi32(x, _mm_shuffle_epi32::<0b01_00_11_10>(x));
+            let x = _mm_add_epi32(x, _mm_shuffle_epi32::<0b10_11_00_01>(x));
+            _mm_cvtsi128_si32(x)
+        }
+    }
+
+    /// Scale pick `e` as a 16-byte shuffle mask.
+    #[inline(always)]
+    unsafe fn pick(e: usize) -> __m128i {
+        // SAFETY: reading 16 bytes of a 16-byte constant.
+        unsafe { _mm_loadu_si128(SCALE_PICK[e].as_ptr() as *const __m128i) }
+    }
+
+    /// `Σ_g mn[g] · bsum[g]` of one block and one token.
+    #[inline(always)]
+    unsafe fn min_sum(mn16: __m256i, ab: &Q8KBlock) -> i32 {
+        // SAFETY: `bsums` is 16 i16 values, 32 bytes.
+        let bs = unsafe { _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i) };
+        // SAFETY: the callers run with AVX2 (their contract).
+        unsafe { hsum_i32(_mm256_madd_epi16(mn16, bs)) }
+    }
+
+    /// One K-quant row against `N` tokens, 256-bit.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; every `a[t]` is at least `w.len()` blocks and `hi` is
+    /// empty (Q4_K) or `w.len()` long.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2<const N: usize>(
+        kind: KType,
+        w: &[KBlock],
+        hi: &[HiBits],
+        a: [&[Q8KBlock]; N],
+    ) -> [f32; N] {
+        let mut acc = [0.0f32; N];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(3);
+        for (b, blk) in w.iter().enumerate() {
+            let mut q = [_mm256_setzero_si256(); 8];
+            // SAFETY: the CPU has the enabled features (this fn's contract); of the loads,
+            // `lo` is 128 bytes, a `HiBits` 64, `sc`/`mn` 16, an activation block's `qs`
+            // 256, and each load stays inside its array.
+            unsafe {
+                for c in 0..4 {
+                    let lo = _mm256_loadu_si256(blk.lo.as_ptr().add(32 * c) as *const __m256i);
+                    q[2 * c] = _mm256_and_si256(lo, m4);
+                    q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(lo), m4);
+                }
+                if let Some(h) = hi.get(b) {
+                    for half in 0..2 {
+                        let hb = _mm256_loadu_si256(h.as_ptr().add(32 * half) as *const __m256i);
+                        let parts = [
+                            hb,
+                            _mm256_srli_epi16::<2>(hb),
+                            _mm256_srli_epi16::<4>(hb),
+                            _mm256_srli_epi16::<6>(hb),
+                        ];
+                        for (k, p) in parts.into_iter().enumerate() {
+                            let bits = _mm256_slli_epi16::<4>(_mm256_and_si256(p, m2));
+                            q[4 * half + k] = _mm256_or_si256(q[4 * half + k], bits);
+                        }
+                    }
+                }
+                let scb = _mm_loadu_si128(blk.sc.as_ptr() as *const __m128i);
+                let mn16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.mn.as_ptr() as *const __m128i));
+                let mut s = [_mm256_setzero_si256(); N];
+                for (e, qe) in q.iter().enumerate() {
+                    let scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scb, pick(e)));
+                    for (st, at) in s.iter_mut().zip(&a) {
+                        let av =
+                            _mm256_loadu_si256(at[b].qs.as_ptr().add(32 * e) as *const __m256i);
+                        let pairs = _mm256_maddubs_epi16(*qe, av);
+                        *st = _mm256_add_epi32(*st, _mm256_madd_epi16(pairs, scv));
+                    }
+                }
+                for t in 0..N {
+                    let ab = &a[t][b];
+                    acc[t] = combine(kind, blk, ab.d, hsum_i32(s[t]), min_sum(mn16, ab), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+
+    /// One K-quant row against `N` tokens, 512-bit with VNNI's `dpwssd`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA, AVX-512 F/BW and VNNI; shapes as for [`dot_avx2`].
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_avx512<const N: usize>(
+        kind: KType,
+        w: &[KBlock],
+        hi: &[HiBits],
+        a: [&[Q8KBlock]; N],
+    ) -> [f32; N] {
+        let mut acc = [0.0f32; N];
+        let m4 = _mm512_set1_epi8(0x0f);
+        let m2 = _mm512_set1_epi8(3);
+        for (b, blk) in w.iter().enumerate() {
+            let mut q = [_mm512_setzero_si512(); 4];
+            // SAFETY: the CPU has the enabled features (this fn's contract); each load
+            // stays inside its array, as in `dot_avx2`.
+            unsafe {
+                for (c, qc) in q.iter_mut().enumerate() {
+                    // Values 64c..64c + 31 are the low nibbles, 64c + 32.. the high ones.
+                    let lo = _mm256_loadu_si256(blk.lo.as_ptr().add(32 * c) as *const __m256i);
+                    let both = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(lo),
+                        _mm256_srli_epi16::<4>(lo),
+                    );
+                    *qc = _mm512_and_si512(both, m4);
+                }
+                if let Some(h) = hi.get(b) {
+                    for (c, qc) in q.iter_mut().enumerate() {
+                        // Chunk c's values sit at shifts 4(c % 2) and 4(c % 2) + 2 of
+                        // half c / 2 of the high bits.
+                        let hb = _mm256_loadu_si256(h.as_ptr().add(32 * (c / 2)) as *const __m256i);
+                        let (x, y) = if c % 2 == 0 {
+                            (hb, _mm256_srli_epi16::<2>(hb))
+                        } else {
+                            (_mm256_srli_epi16::<4>(hb), _mm256_srli_epi16::<6>(hb))
+                        };
+                        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), y);
+                        let bits = _mm512_slli_epi16::<4>(_mm512_and_si512(both, m2));
+                        *qc = _mm512_or_si512(*qc, bits);
+                    }
+                }
+                let scb = _mm_loadu_si128(blk.sc.as_ptr() as *const __m128i);
+                let mn16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.mn.as_ptr() as *const __m128i));
+                let mut s = [_mm512_setzero_si512(); N];
+                for (c, qc) in q.iter().enumerate() {
+                    let scv = _mm512_cvtepi8_epi16(_mm256_set_m128i(
+                        _mm_shuffle_epi8(scb, pick(2 * c + 1)),
+                        _mm_shuffle_epi8(scb, pick(2 * c)),
+                    ));
+                    for (st, at) in s.iter_mut().zip(&a) {
+                        let av = _mm512_loadu_si512(at[b].qs.as_ptr().add(64 * c) as *const _);
+                        *st = _mm512_dpwssd_epi32(*st, _mm512_maddubs_epi16(*qc, av), scv);
+                    }
+                }
+                for t in 0..N {
+                    let ab = &a[t][b];
+                    let isum = _mm512_reduce_add_epi32(s[t]);
+                    acc[t] = combine(kind, blk, ab.d, isum, min_sum(mn16, ab), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+}

@@ -1,0 +1,527 @@
+//! The K-quant formats (Q4_K, Q5_K, Q6_K): 256-value super-blocks with integer scales per
+//! sub-block, multiplied against Q8_K activations (one f32 scale per 256 values, int8
+//! values, and the sum of every 16 values), as the formats' own dot product is defined.
+//!
+//! At load each super-block is re-laid once into a [`KBlock`]: the scale `d` and the
+//! second scale `m` widened to f32 (exactly: they are f16 in the file), one signed scale
+//! and one offset coefficient per 16 values, and the low four bits of every value in one
+//! layout for all three formats; the high bits (Q5_K one, Q6_K two) go to a parallel
+//! array of [`HiBits`]. Every value of the file is kept: [`KMatrix::dequantize_row`] gives
+//! the file's own dequantisation, which the tests check against candle's reader.
+//!
+//! Per super-block and token the kernels compute two exact integers,
+//! `isum = Σ_g sc[g] · Σ_{i∈g} q_i a_i` and `msum = Σ_g mn[g] · bsum[g]` over the sixteen
+//! groups `g` of 16 values; [`combine`] turns them into floats with the same operations on
+//! every path. So the scalar, AVX2 and AVX-512 kernels give the same bits, whatever order
+//! they add integers in, and a token's result never depends on its batch.
+
+use super::QK;
+
+/// Values per super-block.
+pub const QK_K: usize = 256;
+/// Values per scale group.
+const GROUP: usize = 16;
+/// Groups per super-block.
+const GROUPS: usize = QK_K / GROUP;
+
+/// The three K-quant formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KType {
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl KType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KType::Q4K => "Q4_K",
+            KType::Q5K => "Q5_K",
+            KType::Q6K => "Q6_K",
+        }
+    }
+
+    /// Bytes of one super-block in the file.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            KType::Q4K => 144,
+            KType::Q5K => 176,
+            KType::Q6K => 210,
+        }
+    }
+
+    /// True where values have bits above the low four.
+    fn has_hi(self) -> bool {
+        self != KType::Q4K
+    }
+}
+
+/// One super-block as the kernels read it. Value `v` of group `g = v / 16` dequantises to
+/// `d · sc[g] · q_v − m · mn[g]` for Q4_K and Q5_K (`m` is the file's `dmin`), and to
+/// `d · sc[g] · (q_v − 32)` for Q6_K (whose `mn` repeats `sc`, `m` unused).
+///
+/// `lo[32c + l]` holds the low nibbles of values `64c + l` (bits 0–3) and `64c + 32 + l`
+/// (bits 4–7); the unsigned value `q_v` is that nibble plus sixteen times its high bits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(8))]
+pub struct KBlock {
+    pub d: f32,
+    pub m: f32,
+    pub sc: [i8; GROUPS],
+    pub mn: [i8; GROUPS],
+    pub lo: [u8; QK_K / 2],
+}
+
+/// The high bits of one super-block: `hi[32h + l]` holds, in bits `2k..2k + 2`, the bits
+/// above the low nibble of value `128h + 32k + l`.
+pub type HiBits = [u8; QK_K / 4];
+
+/// One Q8_K activation super-block: `x ≈ d · qs`, and the exact sum of each 16 values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(32))]
+pub struct Q8KBlock {
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; GROUPS],
+    pub d: f32,
+}
+
+/// A K-quant matrix `[rows, cols]`, `cols` a multiple of [`QK_K`].
+#[derive(Clone, Debug)]
+pub struct KMatrix {
+    pub kind: KType,
+    pub rows: usize,
+    pub cols: usize,
+    pub blocks: Vec<KBlock>,
+    /// One entry per block for Q5_K and Q6_K; empty for Q4_K.
+    pub hi: Vec<HiBits>,
+}
+
+/// The 6-bit scale and minimum of Q4_K/Q5_K sub-block `j` from the 12 packed bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// One file super-block of `kind` into its kernel layout and high bits.
+fn repack(kind: KType, b: &[u8]) -> (KBlock, HiBits) {
+    let mut q = [0u8; QK_K];
+    let mut sc = [0i8; GROUPS];
+    let mut mn = [0i8; GROUPS];
+    let (d, m);
+    match kind {
+        KType::Q4K | KType::Q5K => {
+            d = f16_at(b, 0);
+            m = f16_at(b, 2);
+            let scales = &b[4..16];
+            for j in 0..QK_K / QK {
+                let (s, mm) = scale_min_k4(j, scales);
+                sc[2 * j] = s as i8;
+                sc[2 * j + 1] = s as i8;
+                mn[2 * j] = mm as i8;
+                mn[2 * j + 1] = mm as i8;
+            }
+            let (qh, qs) = match kind {
+                KType::Q4K => (None, &b[16..144]),
+                _ => (Some(&b[16..48]), &b[48..176]),
+            };
+            for c in 0..4 {
+                for l in 0..32 {
+                    let byte = qs[32 * c + l];
+                    let (lo_hi, hi_hi) = match qh {
+                        Some(h) => ((h[l] >> (2 * c)) & 1, (h[l] >> (2 * c + 1)) & 1),
+                        None => (0, 0),
+                    };
+                    q[64 * c + l] = (byte & 0x0f) | (lo_hi << 4);
+                    q[64 * c + 32 + l] = (byte >> 4) | (hi_hi << 4);
+                }
+            }
+        }
+        KType::Q6K => {
+            let (ql, qh) = (&b[0..128], &b[128..192]);
+            for (s, v) in sc.iter_mut().zip(&b[192..208]) {
+                *s = *v as i8;
+            }
+            mn = sc;
+            d = f16_at(b, 208);
+            m = 0.0;
+            for n in 0..2 {
+                for l in 0..32 {
+                    let (a, c, h) = (ql[64 * n + l], ql[64 * n + 32 + l], qh[32 * n + l]);
+                    q[128 * n + l] = (a & 0x0f) | ((h & 3) << 4);
+                    q[128 * n + 32 + l] = (c & 0x0f) | (((h >> 2) & 3) << 4);
+                    q[128 * n + 64 + l] = (a >> 4) | (((h >> 4) & 3) << 4);
+                    q[128 * n + 96 + l] = (c >> 4) | (((h >> 6) & 3) << 4);
+                }
+            }
+        }
+    }
+    let mut lo = [0u8; QK_K / 2];
+    let mut hi = [0u8; QK_K / 4];
+    for c in 0..4 {
+        for l in 0..32 {
+            lo[32 * c + l] = (q[64 * c + l] & 0x0f) | ((q[64 * c + 32 + l] & 0x0f) << 4);
+        }
+    }
+    for h in 0..2 {
+        for l in 0..32 {
+            hi[32 * h + l] = (0..4).fold(0u8, |acc, k| {
+                acc | ((q[128 * h + 32 * k + l] >> 4) << (2 * k))
+            });
+        }
+    }
+    (KBlock { d, m, sc, mn, lo }, hi)
+}
+
+impl KMatrix {
+    /// The matrix from the raw bytes of a GGUF tensor of `kind` (sizes checked by the caller).
+    pub fn from_bytes(kind: KType, rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        assert_eq!(bytes.len(), rows * cols / QK_K * kind.block_bytes());
+        let n = rows * cols / QK_K;
+        let mut blocks = Vec::with_capacity(n);
+        let mut hi = Vec::with_capacity(if kind.has_hi() { n } else { 0 });
+        for b in bytes.chunks_exact(kind.block_bytes()) {
+            let (blk, h) = repack(kind, b);
+            blocks.push(blk);
+            if kind.has_hi() {
+                hi.push(h);
+            }
+        }
+        KMatrix {
+            kind,
+            rows,
+            cols,
+            blocks,
+            hi,
+        }
+    }
+
+    /// Unsigned value `v` of block `b` (0..63).
+    fn value(&self, b: usize, v: usize) -> u8 {
+        let blk = &self.blocks[b];
+        let (c, l) = (v / 64, v % 64);
+        let lo = if l < 32 {
+            blk.lo[32 * c + l] & 0x0f
+        } else {
+            blk.lo[32 * c + l - 32] >> 4
+        };
+        let hi = match self.hi.get(b) {
+            Some(h) => (h[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3,
+            None => 0,
+        };
+        lo | (hi << 4)
+    }
+
+    /// Row `r` as f32, as the file's format defines its values.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / QK_K;
+        for (i, chunk) in out.chunks_exact_mut(QK_K).enumerate().take(nb) {
+            let b = r * nb + i;
+            let blk = &self.blocks[b];
+            for (v, o) in chunk.iter_mut().enumerate() {
+                let g = v / GROUP;
+                let q = self.value(b, v) as f32;
+                *o = match self.kind {
+                    KType::Q6K => blk.d * blk.sc[g] as f32 * (q - 32.0),
+                    _ => blk.d * blk.sc[g] as f32 * q - blk.m * blk.mn[g] as f32,
+                };
+            }
+        }
+    }
+
+    /// Row `r`'s blocks and, for Q5_K/Q6_K, their high bits.
+    pub fn row(&self, r: usize) -> (&[KBlock], &[HiBits]) {
+        let nb = self.cols / QK_K;
+        let hi = if self.hi.is_empty() {
+            &self.hi[..]
+        } else {
+            &self.hi[r * nb..(r + 1) * nb]
+        };
+        (&self.blocks[r * nb..(r + 1) * nb], hi)
+    }
+
+    /// Bytes of the re-laid blocks in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<KBlock>()
+            + self.hi.len() * std::mem::size_of::<HiBits>()
+    }
+}
+
+/// One super-block's exact integer sums and scales into the running f32 result: the same
+/// operations on every kernel path.
+#[inline(always)]
+pub(crate) fn combine(kind: KType, w: &KBlock, da: f32, isum: i32, msum: i32, acc: f32) -> f32 {
+    match kind {
+        KType::Q6K => (w.d * da).mul_add((isum - 32 * msum) as f32, acc),
+        _ => (-(w.m * da)).mul_add(msum as f32, (w.d * da).mul_add(isum as f32, acc)),
+    }
+}
+
+/// Quantises `x` (a multiple of [`QK_K`] long) to Q8_K: per super-block, the value of
+/// largest magnitude maps to −128, `q = min(127, round_half_even(x · −128 / max))`.
+pub fn quantize_q8k(x: &[f32]) -> Vec<Q8KBlock> {
+    x.chunks_exact(QK_K).map(quantize_block_q8k).collect()
+}
+
+fn quantize_block_q8k(x: &[f32]) -> Q8KBlock {
+    let mut out = Q8KBlock {
+        qs: [0; QK_K],
+        bsums: [0; GROUPS],
+        d: 0.0,
+    };
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        return out;
+    }
+    let iscale = -128.0 / max;
+    for (q, &v) in out.qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    for (s, g) in out.bsums.iter_mut().zip(out.qs.chunks_exact(GROUP)) {
+        *s = g.iter().map(|&q| q as i16).sum();
+    }
+    out.d = 1.0 / iscale;
+    out
+}
+
+/// The kernel families for K-quant rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KIsa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl KIsa {
+    /// The best this CPU runs, within the process's [`super::kernel_kind`].
+    pub fn detect() -> Self {
+        use super::KernelKind as K;
+        match super::kernel_kind() {
+            K::Scalar => KIsa::Scalar,
+            K::Avx512 if super::kdot_x86::avx512_available() => KIsa::Avx512,
+            _ => KIsa::Avx2,
+        }
+    }
+
+    /// Tokens one call takes at most.
+    pub fn tile(self) -> usize {
+        match self {
+            KIsa::Avx512 => 8,
+            _ => 4,
+        }
+    }
+}
+
+/// `out[t] = row · a[t]` for one K-quant row against `N` tokens' Q8_K rows.
+pub fn dot_row<const N: usize>(
+    isa: KIsa,
+    kind: KType,
+    w: &[KBlock],
+    hi: &[HiBits],
+    a: [&[Q8KBlock]; N],
+) -> [f32; N] {
+    assert!(a.iter().all(|r| r.len() >= w.len()), "K-quant dot: shapes");
+    assert!(hi.len() == if kind.has_hi() { w.len() } else { 0 });
+    match isa {
+        // SAFETY: the guard checked that this CPU has AVX-512 F/BW/VNNI, AVX2 and FMA;
+        // shapes asserted above.
+        #[cfg(target_arch = "x86_64")]
+        KIsa::Avx512 if super::kdot_x86::avx512_available() => unsafe {
+            super::kdot_x86::dot_avx512(kind, w, hi, a)
+        },
+        // SAFETY: the guard checked that this CPU has AVX2 and FMA; shapes asserted above.
+        #[cfg(target_arch = "x86_64")]
+        KIsa::Avx2 | KIsa::Avx512 if super::dot_avx2::available() => unsafe {
+            super::kdot_x86::dot_avx2(kind, w, hi, a)
+        },
+        _ => dot_scalar(kind, w, hi, a),
+    }
+}
+
+/// The portable kernel: the exact integer sums, then [`combine`].
+fn dot_scalar<const N: usize>(
+    kind: KType,
+    w: &[KBlock],
+    hi: &[HiBits],
+    a: [&[Q8KBlock]; N],
+) -> [f32; N] {
+    let mut acc = [0.0f32; N];
+    let mut q = [0i32; QK_K];
+    for (b, blk) in w.iter().enumerate() {
+        for c in 0..4 {
+            for l in 0..32 {
+                q[64 * c + l] = (blk.lo[32 * c + l] & 0x0f) as i32;
+                q[64 * c + 32 + l] = (blk.lo[32 * c + l] >> 4) as i32;
+            }
+        }
+        if let Some(h) = hi.get(b) {
+            for (v, qv) in q.iter_mut().enumerate() {
+                *qv |= (((h[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3) as i32) << 4;
+            }
+        }
+        for (t, at) in a.iter().enumerate() {
+            let ab = &at[b];
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for g in 0..GROUPS {
+                let dot: i32 = (g * GROUP..(g + 1) * GROUP)
+                    .map(|v| q[v] * ab.qs[v] as i32)
+                    .sum();
+                isum += blk.sc[g] as i32 * dot;
+                msum += blk.mn[g] as i32 * ab.bsums[g] as i32;
+            }
+            acc[t] = combine(kind, blk, ab.d, isum, msum, acc[t]);
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random but valid super-blocks: finite small scales, any other bytes.
+    pub(crate) fn random_bytes(kind: KType, blocks: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u8
+        };
+        let mut out = Vec::new();
+        for _ in 0..blocks {
+            let mut b: Vec<u8> = (0..kind.block_bytes()).map(|_| next()).collect();
+            let scale = |v: u8| half::f16::from_f32((v as f32 + 1.0) * 1e-4).to_le_bytes();
+            match kind {
+                KType::Q6K => {
+                    let d = scale(next());
+                    b[208..210].copy_from_slice(&d);
+                }
+                _ => {
+                    let (d, m) = (scale(next()), scale(next()));
+                    b[0..2].copy_from_slice(&d);
+                    b[2..4].copy_from_slice(&m);
+                }
+            }
+            out.extend(b);
+        }
+        out
+    }
+
+    fn acts(seed: u64, n: usize) -> Vec<f32> {
+        crate::quant::test_values(seed, n, 2.0)
+    }
+
+    #[test]
+    fn q8k_quantisation_round_trips_and_sums() {
+        let x = acts(3, 512);
+        for (blk, xs) in quantize_q8k(&x).iter().zip(x.chunks_exact(QK_K)) {
+            for (q, v) in blk.qs.iter().zip(xs) {
+                assert!((*q as f32 * blk.d - v).abs() <= blk.d.abs() * 0.5 + 1e-6);
+            }
+            for (g, s) in blk.bsums.iter().enumerate() {
+                let want: i16 = blk.qs[g * 16..g * 16 + 16].iter().map(|&q| q as i16).sum();
+                assert_eq!(*s, want);
+            }
+        }
+        assert_eq!(quantize_q8k(&[0.0; 256])[0].d, 0.0);
+    }
+
+    #[test]
+    fn the_kernels_compute_the_dequantised_dot_and_agree_bit_for_bit() {
+        let isas: Vec<KIsa> = [KIsa::Scalar, KIsa::Avx2, KIsa::Avx512]
+            .into_iter()
+            .filter(|&i| match i {
+                KIsa::Scalar => true,
+                #[cfg(target_arch = "x86_64")]
+                KIsa::Avx2 => super::super::dot_avx2::available(),
+                #[cfg(target_arch = "x86_64")]
+                KIsa::Avx512 => super::super::kdot_x86::avx512_available(),
+                #[allow(unreachable_patterns)]
+                _ => false,
+            })
+            .collect();
+        if !isas.contains(&KIsa::Avx512) {
+            eprintln!("AVX-512 K-quant kernel skipped: CPU lacks AVX-512 VNNI");
+        }
+        let (rows, cols) = (5, 3 * QK_K);
+        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
+            let w = KMatrix::from_bytes(
+                kind,
+                rows,
+                cols,
+                &random_bytes(kind, rows * cols / QK_K, 11),
+            );
+            let xs: Vec<Vec<f32>> = (0..8).map(|t| acts(100 + t, cols)).collect();
+            let qa: Vec<Vec<Q8KBlock>> = xs.iter().map(|x| quantize_q8k(x)).collect();
+            for r in 0..rows {
+                let (blocks, hi) = w.row(r);
+                let mut wf = vec![0.0f32; cols];
+                w.dequantize_row(r, &mut wf);
+                let scalar: [f32; 8] = dot_row(
+                    KIsa::Scalar,
+                    kind,
+                    blocks,
+                    hi,
+                    std::array::from_fn(|t| &qa[t][..]),
+                );
+                for (t, a) in qa.iter().enumerate() {
+                    // The exact dot of the dequantised weights and activations.
+                    let exact: f64 = a
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(b, ab)| {
+                            let wf = &wf;
+                            (0..QK_K).map(move |v| {
+                                wf[b * QK_K + v] as f64 * ab.qs[v] as f64 * ab.d as f64
+                            })
+                        })
+                        .sum();
+                    let tol = 1e-4 * exact.abs().max(1e-2);
+                    assert!(
+                        (scalar[t] as f64 - exact).abs() < tol,
+                        "{kind:?} row {r} token {t}: {} vs {exact}",
+                        scalar[t]
+                    );
+                    let one = dot_row(KIsa::Scalar, kind, blocks, hi, [&a[..]]);
+                    assert_eq!(one[0].to_bits(), scalar[t].to_bits(), "batch-invariant");
+                }
+                for &isa in &isas {
+                    let got: [f32; 8] =
+                        dot_row(isa, kind, blocks, hi, std::array::from_fn(|t| &qa[t][..]));
+                    let four: [f32; 4] = dot_row(
+                        isa,
+                        kind,
+                        blocks,
+                        hi,
+                        std::array::from_fn(|t| &qa[t + 3][..]),
+                    );
+                    let one: [f32; 1] = dot_row(isa, kind, blocks, hi, [&qa[7][..]]);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&scalar), "{isa:?} {kind:?} row {r}");
+                    assert_eq!(
+                        bits(&four),
+                        bits(&scalar[3..7]),
+                        "{isa:?} {kind:?} 4 tokens"
+                    );
+                    assert_eq!(one[0].to_bits(), scalar[7].to_bits(), "{isa:?} 1 token");
+                }
+            }
+        }
+    }
+}
