@@ -27,9 +27,109 @@ pub struct ModelConfig {
     pub rope_base: f32,
     pub rope_dim: usize,
     pub rms_eps: f32,
+    /// Which model family's layer this is ([`Family`]), from `general.architecture`.
+    pub family: Family,
+    /// Positions are multiplied by this before RoPE (`rope.scaling.type = linear`:
+    /// `1 / rope.scaling.factor`); 1 otherwise.
+    pub rope_freq_scale: f32,
+    /// Gemma 3: the attention window of the local layers (every layer but each
+    /// `swa_period`-th), and the RoPE base they use.
+    pub sliding_window: Option<usize>,
+    pub swa_period: usize,
+    pub rope_base_local: f32,
 }
 
+/// The model families the engine runs. All are pre-norm decoder stacks with grouped-query
+/// attention and a gated feed-forward; they differ in these details:
+/// - `Llama` (Llama 2/3, SmolLM2, Mistral): SwiGLU, RoPE on adjacent pairs, optional
+///   per-frequency factors (`rope_freqs.weight`, Llama 3.1's scaling).
+/// - `Qwen2` (Qwen 2 / 2.5): biases on Q, K and V; RoPE on split halves (NEOX).
+/// - `Qwen3`: per-head RMS norms of Q and K before RoPE; NEOX.
+/// - `Gemma3`: embeddings scaled by √hidden, per-head Q/K norms, norms after attention
+///   and after the feed-forward, GELU (tanh form), NEOX, sliding-window layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+}
+
+impl Family {
+    /// The family of a `general.architecture`, or `None` for one the engine does not run.
+    pub fn of(architecture: &str) -> Option<Self> {
+        match architecture {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "qwen3" => Some(Family::Qwen3),
+            "gemma3" => Some(Family::Gemma3),
+            _ => None,
+        }
+    }
+
+    /// RoPE rotates `(i, i + rope_dim / 2)` rather than `(2i, 2i + 1)`.
+    pub fn rope_neox(self) -> bool {
+        self != Family::Llama
+    }
+
+    /// The feed-forward gate is GELU (tanh form) rather than SiLU.
+    pub fn gelu(self) -> bool {
+        self == Family::Gemma3
+    }
+
+    /// Per-layer tensors this family cannot run without, besides the common nine.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Family::Llama => &[],
+            Family::Qwen2 => &["attn_q.bias", "attn_k.bias", "attn_v.bias"],
+            Family::Qwen3 => &["attn_q_norm.weight", "attn_k_norm.weight"],
+            Family::Gemma3 => &[
+                "attn_q_norm.weight",
+                "attn_k_norm.weight",
+                "post_attention_norm.weight",
+                "post_ffw_norm.weight",
+            ],
+        }
+    }
+}
+
+/// Gemma's chat template (`<start_of_turn>user … <end_of_turn>`), as Google ships it
+/// with Gemma 3, for files that carry none.
+pub const GEMMA3_CHAT_TEMPLATE: &str = include_str!("templates/gemma3.jinja");
+
+/// Per-layer vectors a family may carry, loaded when the file has them.
+const OPTIONAL_LAYER_TENSORS: [&str; 7] = [
+    "attn_q_norm.weight",
+    "attn_k_norm.weight",
+    "post_attention_norm.weight",
+    "post_ffw_norm.weight",
+    "attn_q.bias",
+    "attn_k.bias",
+    "attn_v.bias",
+];
+
 impl ModelConfig {
+    /// Width of the attention's queries (and of its output projection's input):
+    /// `n_heads · head_dim`, which need not equal `hidden` (Gemma 3, Qwen 3).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// True where layer `l` attends within the sliding window only.
+    pub fn is_local(&self, l: usize) -> bool {
+        self.sliding_window.is_some() && l % self.swa_period != self.swa_period - 1
+    }
+
+    /// The embedding scale: √hidden for Gemma, 1 otherwise.
+    pub fn embed_scale(&self) -> f32 {
+        if self.family == Family::Gemma3 {
+            (self.hidden as f32).sqrt()
+        } else {
+            1.0
+        }
+    }
+
     /// Width of one layer's K (or V) for one token.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
@@ -62,11 +162,14 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim.checked_mul(self.n_heads) != Some(self.hidden) {
+        if self.head_dim == 0 || self.head_dim.checked_mul(self.n_heads).is_none() {
             return Err(format!(
-                "head_dim {} x head_count {} != embedding_length {}",
-                self.head_dim, self.n_heads, self.hidden
+                "head_dim {} x head_count {} is not a usable width",
+                self.head_dim, self.n_heads
             ));
+        }
+        if self.swa_period == 0 {
+            return Err("the sliding-window period is 0".into());
         }
         if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return Err(format!(
@@ -105,6 +208,16 @@ pub struct LayerWeights {
     pub w_gate: QMatrix,
     pub w_up: QMatrix,
     pub w_down: QMatrix,
+    /// Per-head RMS norms of Q and K (`head_dim` each; Qwen 3, Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// Norms of the attention's and the feed-forward's outputs (Gemma 3).
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffn_norm: Option<Vec<f32>>,
+    /// Biases of Q, K and V (Qwen 2).
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
 }
 
 /// All weights of a llama model.
@@ -115,10 +228,26 @@ pub struct ModelWeights {
     pub output_norm: Vec<f32>,
     /// `None` when the output head is tied to `token_embd`.
     pub output: Option<QMatrix>,
+    /// Llama 3.1-style RoPE: each frequency's angle divided by its factor
+    /// (`rope_freqs.weight`, `rope_dim / 2` values).
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl LayerWeights {
     /// The layer's seven matrices.
+    /// The layer's optional vectors, in [`OPTIONAL_LAYER_TENSORS`] order.
+    fn optional_vectors(&self) -> [&Option<Vec<f32>>; 7] {
+        [
+            &self.q_norm,
+            &self.k_norm,
+            &self.post_attn_norm,
+            &self.post_ffn_norm,
+            &self.q_bias,
+            &self.k_bias,
+            &self.v_bias,
+        ]
+    }
+
     pub fn matrices(&self) -> [&QMatrix; 7] {
         [
             &self.wq,
@@ -167,13 +296,22 @@ impl ModelWeights {
         let norms: usize = self
             .layers
             .iter()
-            .map(|l| 4 * (l.attn_norm.len() + l.ffn_norm.len()))
+            .map(|l| {
+                let extra: usize = l
+                    .optional_vectors()
+                    .iter()
+                    .flat_map(|v| v.iter())
+                    .map(Vec::len)
+                    .sum();
+                4 * (l.attn_norm.len() + l.ffn_norm.len() + extra)
+            })
             .sum();
         self.layer_matrix_bytes()
             + norms
             + self.token_embd.size_bytes()
             + self.output.as_ref().map_or(0, |m| m.size_bytes())
             + 4 * self.output_norm.len()
+            + 4 * self.rope_freqs.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -306,6 +444,21 @@ impl Reader<'_> {
                 .map(|v| {
                     v.to_i32().map_err(|_| {
                         self.err(format!("`{key}` should hold i32 values, found {v:?}"))
+                    })
+                })
+                .collect(),
+            Some(other) => Err(self.err(format!("`{key}` should be an array, found {other:?}"))),
+        }
+    }
+
+    fn floats(&self, key: &str) -> Result<Vec<f32>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.to_f32().map_err(|_| {
+                        self.err(format!("`{key}` should hold f32 values, found {v:?}"))
                     })
                 })
                 .collect(),
@@ -573,12 +726,19 @@ fn skip_value<R: Read + Seek>(
 /// The tensor names a llama model is loaded from (`output.weight` only when present),
 /// named one at a time: `block_count` comes from the file, so a lying one must cost no more
 /// than the tensors it names until the first missing one.
-fn weight_names(n_layers: usize, has_output: bool) -> impl Iterator<Item = String> {
+fn weight_names<'a>(
+    n_layers: usize,
+    has_output: bool,
+    present: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = String> + 'a {
     let top = ["token_embd.weight", "output_norm.weight"]
         .into_iter()
         .chain(has_output.then_some("output.weight"))
         .map(String::from);
-    let blocks = (0..n_layers).flat_map(|i| {
+    let optional_top = present("rope_freqs.weight").then(|| "rope_freqs.weight".to_string());
+    let present = std::rc::Rc::new(present);
+    let blocks = (0..n_layers).flat_map(move |i| {
+        let present = present.clone();
         [
             "attn_norm",
             "attn_q",
@@ -591,8 +751,15 @@ fn weight_names(n_layers: usize, has_output: bool) -> impl Iterator<Item = Strin
             "ffn_down",
         ]
         .map(move |t| format!("blk.{i}.{t}.weight"))
+        .into_iter()
+        .chain(
+            OPTIONAL_LAYER_TENSORS
+                .iter()
+                .map(move |t| format!("blk.{i}.{t}"))
+                .filter(move |n| present(n)),
+        )
     });
-    top.chain(blocks)
+    top.chain(optional_top).chain(blocks)
 }
 
 /// Reads the configuration, tokenizer and chat template of a llama GGUF from its header
@@ -638,11 +805,11 @@ impl Reader<'_> {
         let arch = r
             .string("general.architecture")
             .ok_or_else(|| r.err("metadata key `general.architecture` is missing"))?;
-        if arch != "llama" {
+        let Some(family) = Family::of(&arch) else {
             return Err(EngineError::Unsupported(format!(
-                "architecture `{arch}`; this engine runs llama-architecture GGUF models"
+                "architecture `{arch}`; this engine runs llama (Llama 2/3, Mistral, SmolLM2), qwen2, qwen3 and gemma3 GGUF models"
             )));
-        }
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = r.usize(&key("embedding_length"))?;
         let n_heads = r.usize(&key("attention.head_count"))?;
@@ -673,6 +840,31 @@ impl Reader<'_> {
                 None => head_dim,
             },
             rms_eps: r.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
+            family,
+            rope_freq_scale: match r.string(&key("rope.scaling.type")).as_deref() {
+                None | Some("none") => 1.0,
+                Some("linear") => {
+                    let f = r.f32_or(&key("rope.scaling.factor"), 1.0)?;
+                    if !(f.is_finite() && f > 0.0) {
+                        return Err(r.err(format!("`{}` is {f}", key("rope.scaling.factor"))));
+                    }
+                    1.0 / f
+                }
+                Some(other) => {
+                    return Err(EngineError::Unsupported(format!(
+                        "RoPE scaling `{other}`; this engine runs none, linear, and Llama 3's frequency factors"
+                    )))
+                }
+            },
+            sliding_window: match family {
+                Family::Gemma3 => Some(match r.get(&key("attention.sliding_window")) {
+                    Some(_) => r.usize(&key("attention.sliding_window"))?,
+                    None => 512,
+                }),
+                _ => None,
+            },
+            swa_period: 6,
+            rope_base_local: 10_000.0,
         };
         config.validate().map_err(|e| r.err(e))?;
         if embd_cols != hidden {
@@ -688,6 +880,12 @@ impl Reader<'_> {
             tokens: r.strings("tokenizer.ggml.tokens")?,
             merges: r.strings("tokenizer.ggml.merges")?,
             token_types: r.ints("tokenizer.ggml.token_type")?,
+            scores: r.floats("tokenizer.ggml.scores")?,
+            unknown_token_id: r.u32_opt("tokenizer.ggml.unknown_token_id"),
+            add_space_prefix: !matches!(
+                r.get("tokenizer.ggml.add_space_prefix"),
+                Some(Value::Bool(false))
+            ),
             bos_token_id: r.u32_opt("tokenizer.ggml.bos_token_id"),
             eos_token_id: r.u32_opt("tokenizer.ggml.eos_token_id"),
             add_bos_token: matches!(
@@ -703,8 +901,16 @@ impl Reader<'_> {
             )));
         }
         let has_output = r.content.tensor_infos.contains_key("output.weight");
+        for t in family.required() {
+            if !r.content.tensor_infos.contains_key(&format!("blk.0.{t}")) {
+                return Err(r.err(format!(
+                    "tensor `blk.0.{t}` is missing; a {arch} model needs it"
+                )));
+            }
+        }
+        let present = |n: &str| r.content.tensor_infos.contains_key(n);
         let weights_bytes =
-            weight_names(config.n_layers, has_output).try_fold(0usize, |sum, n| {
+            weight_names(config.n_layers, has_output, present).try_fold(0usize, |sum, n| {
                 sum.checked_add(r.loaded_bytes(&n)?)
                     .ok_or_else(|| r.err("the tensors' loaded size overflows"))
             })?;
@@ -712,7 +918,12 @@ impl Reader<'_> {
             path: r.path.to_path_buf(),
             config,
             tokenizer,
-            chat_template: r.string("tokenizer.chat_template"),
+            // A file without a template gets its family's standard one where the
+            // family has a single one (Gemma 3's GGUFs often ship none); else ChatML
+            // later ([`crate::model_text`]).
+            chat_template: r
+                .string("tokenizer.chat_template")
+                .or_else(|| (family == Family::Gemma3).then(|| GEMMA3_CHAT_TEMPLATE.to_string())),
             weights_bytes,
             has_output,
             quant_mix: quant_mix(&r.content),
@@ -810,16 +1021,31 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             r.expect_shape(&t(s), &m, rows, cols)?;
             Ok(m)
         };
+        let opt = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+            let name = format!("blk.{i}.{name}");
+            match r.content.tensor_infos.contains_key(&name) {
+                true => r.vector(&name, len).map(Some),
+                false => Ok(None),
+            }
+        };
+        let (qd, hd) = (config.q_dim(), config.head_dim);
         layers.push(LayerWeights {
             attn_norm: r.vector(&t("attn_norm"), h)?,
-            wq: m("attn_q", h, h)?,
+            wq: m("attn_q", qd, h)?,
             wk: m("attn_k", kv, h)?,
             wv: m("attn_v", kv, h)?,
-            wo: m("attn_output", h, h)?,
+            wo: m("attn_output", h, qd)?,
             ffn_norm: r.vector(&t("ffn_norm"), h)?,
             w_gate: m("ffn_gate", f, h)?,
             w_up: m("ffn_up", f, h)?,
             w_down: m("ffn_down", h, f)?,
+            q_norm: opt("attn_q_norm.weight", hd)?,
+            k_norm: opt("attn_k_norm.weight", hd)?,
+            post_attn_norm: opt("post_attention_norm.weight", h)?,
+            post_ffn_norm: opt("post_ffw_norm.weight", h)?,
+            q_bias: opt("attn_q.bias", qd)?,
+            k_bias: opt("attn_k.bias", kv)?,
+            v_bias: opt("attn_v.bias", kv)?,
         });
     }
     let output = if meta.has_output {
@@ -829,11 +1055,16 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     } else {
         None
     };
+    let rope_freqs = match r.content.tensor_infos.contains_key("rope_freqs.weight") {
+        true => Some(r.vector("rope_freqs.weight", config.rope_dim / 2)?),
+        false => None,
+    };
     let weights = ModelWeights {
         token_embd,
         layers,
         output_norm: r.vector("output_norm.weight", hidden)?,
         output,
+        rope_freqs,
     };
     debug_assert_eq!(weights.size_bytes(), meta.weights_bytes);
     Ok(GgufModel {
@@ -908,6 +1139,25 @@ mod tests {
 
     fn read(bytes: &[u8]) -> Result<GgufMeta> {
         read_meta_from(Path::new("t.gguf"), &mut std::io::Cursor::new(bytes))
+    }
+
+    #[test]
+    fn unknown_architectures_and_missing_family_tensors_are_refused_by_name() {
+        // The tiny header under another architecture name.
+        let phi = header(1, &[], [8, 4]).iter().copied().collect::<Vec<u8>>();
+        let at = phi.windows(5).position(|w| w == b"llama").unwrap() + 5;
+        let mut other = phi[..at - 5 - 8].to_vec();
+        other.extend(s("phi3xx"));
+        other.extend_from_slice(&phi[at..]);
+        let err = read(&other).unwrap_err().to_string();
+        assert!(err.contains("phi3xx"), "{err}");
+        // A qwen3 header (its keys renamed) lacks the per-head norms the family needs.
+        let text = String::from_utf8_lossy(&phi).replace("llama.", "qwen3.");
+        let mut qwen = text.into_bytes();
+        let at = qwen.windows(5).position(|w| w == b"llama").unwrap();
+        qwen.splice(at..at + 5, *b"qwen3");
+        let err = read(&qwen).unwrap_err().to_string();
+        assert!(err.contains("attn_q_norm"), "{err}");
     }
 
     fn format_error(bytes: &[u8]) -> String {
@@ -996,6 +1246,11 @@ mod tests {
             rope_base: 1e4,
             rope_dim: 4,
             rms_eps: 1e-5,
+            family: Family::Llama,
+            rope_freq_scale: 1.0,
+            sliding_window: None,
+            swa_period: 6,
+            rope_base_local: 1e4,
         };
         assert_eq!(c.validate(), Ok(()));
         c.head_dim = usize::MAX / 2 + 1;

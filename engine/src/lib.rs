@@ -35,6 +35,7 @@ pub mod prefix_cache;
 pub mod quant;
 pub mod quantize;
 pub mod sampling;
+pub mod spm;
 pub mod stop;
 pub mod tokenizer;
 

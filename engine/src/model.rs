@@ -407,6 +407,10 @@ impl Model {
         {
             self.weights.token_embd.dequantize_row(*tok as usize, row);
         }
+        let scale = self.config.embed_scale();
+        if scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
         x
     }
 
@@ -420,7 +424,7 @@ impl Model {
         on_layer: &mut (dyn FnMut(usize, &[Segment]) -> ControlFlow<()> + Send),
     ) -> Result<()> {
         let c = &self.config;
-        let (h, kv) = (c.hidden, c.kv_dim());
+        let (h, kv, qd, hd) = (c.hidden, c.kv_dim(), c.q_dim(), c.head_dim);
         // (segment, position) of every token in the step, in order.
         let mut token_at: Vec<(usize, usize)> = Vec::new();
         for (si, s) in segs.iter().enumerate() {
@@ -428,30 +432,73 @@ impl Model {
             token_at.extend((0..s.tokens.len()).map(|i| (si, start + i)));
         }
         let n = token_at.len();
-        let mut rope = Vec::with_capacity(n);
-        for &(_, pos) in &token_at {
-            let mut t = Vec::new();
-            ops::rope_table(pos, c.rope_dim, c.rope_base, &mut t);
-            rope.push(t);
-        }
+        // RoPE tables per token: the global layers' and, with sliding windows, the local
+        // layers' (their own base, no scaling).
+        let tables = |base: f32, scale: f32, factors: Option<&[f32]>| -> Vec<Vec<[f32; 2]>> {
+            token_at
+                .iter()
+                .map(|&(_, pos)| {
+                    let mut t = Vec::new();
+                    ops::rope_table_scaled(pos, c.rope_dim, base, scale, factors, &mut t);
+                    t
+                })
+                .collect()
+        };
+        let rope_global = tables(
+            c.rope_base,
+            c.rope_freq_scale,
+            self.weights.rope_freqs.as_deref(),
+        );
+        let rope_local = c
+            .sliding_window
+            .map(|_| tables(c.rope_base_local, 1.0, None));
         let mut xn = vec![0.0f32; n * h];
-        let mut q = vec![0.0f32; n * h];
+        let mut q = vec![0.0f32; n * qd];
         let mut k = vec![0.0f32; n * kv];
         let mut v = vec![0.0f32; n * kv];
-        let mut att = vec![0.0f32; n * h];
+        let mut att = vec![0.0f32; n * qd];
         let mut proj = vec![0.0f32; n * h];
         let mut gate = vec![0.0f32; n * c.ffn];
         let mut up = vec![0.0f32; n * c.ffn];
+        let mut normed = Vec::new();
         let first_layer = layers.start;
         for li in layers {
             let l = &self.weights.layers[li];
             let cl = li - first_layer;
+            let local = c.is_local(li);
+            let rope = match (&rope_local, local) {
+                (Some(t), true) => t,
+                _ => &rope_global,
+            };
             let acts = norm_then_quantize(x, &l.attn_norm, c.rms_eps, &mut xn, &l.wq);
             SharedActs::with(&xn, acts)
                 .mul_all(&[&l.wq, &l.wk, &l.wv], &mut [&mut q, &mut k, &mut v]);
+            for (buf, bias) in [
+                (&mut q, &l.q_bias),
+                (&mut k, &l.k_bias),
+                (&mut v, &l.v_bias),
+            ] {
+                if let Some(b) = bias {
+                    ops::add_bias(buf, b);
+                }
+            }
+            for (buf, norm) in [(&mut q, &l.q_norm), (&mut k, &l.k_norm)] {
+                if let Some(w) = norm {
+                    // Each head is a row of `head_dim` values.
+                    normed.clear();
+                    normed.resize(buf.len(), 0.0);
+                    ops::rms_norm(buf, w, c.rms_eps, &mut normed);
+                    buf.copy_from_slice(&normed);
+                }
+            }
+            let rotate = if c.family.rope_neox() {
+                ops::apply_rope_neox
+            } else {
+                ops::apply_rope
+            };
             for t in 0..n {
-                ops::apply_rope(&mut q[t * h..(t + 1) * h], c.head_dim, &rope[t]);
-                ops::apply_rope(&mut k[t * kv..(t + 1) * kv], c.head_dim, &rope[t]);
+                rotate(&mut q[t * qd..(t + 1) * qd], hd, &rope[t]);
+                rotate(&mut k[t * kv..(t + 1) * kv], hd, &rope[t]);
             }
             let mut first = 0;
             for s in segs.iter_mut() {
@@ -467,10 +514,11 @@ impl Model {
                 .iter()
                 .map(|s| (s.cache.layer_blocks(cl), s.cache.block_tokens()))
                 .collect();
-            self.attention(&q, &blocks, &token_at, &mut att);
+            let window = c.sliding_window.filter(|_| local);
+            self.attention(&q, &blocks, &token_at, window, &mut att);
             drop(blocks);
             matmul_f32(&l.wo, &att, &mut proj);
-            ops::add_assign(x, &proj);
+            add_normed(x, &proj, l.post_attn_norm.as_deref(), c.rms_eps, &mut xn);
             // The next layer's attention reads every sequence's K/V of that layer from
             // memory; the gate/up matmul is compute-bound at a batch, so it fetches them.
             let mut side = SideFetch::with_budget(self.side_fetch_bytes);
@@ -483,7 +531,7 @@ impl Model {
                 }
             }
             self.ffn(l, x, &mut xn, [&mut gate, &mut up], &mut proj, &side);
-            ops::add_assign(x, &proj);
+            add_normed(x, &proj, l.post_ffn_norm.as_deref(), c.rms_eps, &mut xn);
             if on_layer(li, segs).is_break() {
                 return Err(EngineError::Cancelled);
             }
@@ -571,7 +619,14 @@ impl Model {
             ffn,
             gate,
             ops::PARALLEL_EXP_ELEMENTS.div_ceil(ffn),
-            |first, g| crate::expf::silu_mul_in_place(g, &up[first * ffn..][..g.len()]),
+            |first, g| {
+                let u = &up[first * ffn..][..g.len()];
+                if self.config.family.gelu() {
+                    ops::gelu_mul_in_place(g, u)
+                } else {
+                    crate::expf::silu_mul_in_place(g, u)
+                }
+            },
         );
         matmul(&l.w_down, &acts, out);
     }
@@ -589,10 +644,12 @@ impl Model {
         q: &[f32],
         caches: &[SeqBlocks],
         token_at: &[(usize, usize)],
+        window: Option<usize>,
         out: &mut [f32],
     ) {
         let c = &self.config;
-        let (hd, kv, hidden) = (c.head_dim, c.kv_dim(), c.hidden);
+        // `hidden` is the row stride of `q` and `out`: the query width here.
+        let (hd, kv, hidden) = (c.head_dim, c.kv_dim(), c.q_dim());
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut blocks: Vec<(usize, usize)> = Vec::new();
@@ -619,7 +676,10 @@ impl Model {
                     let head = g * group + h;
                     &q[(t0 + ti) * hidden + head * hd..(t0 + ti) * hidden + (head + 1) * hd]
                 };
-                if let (1, Some(k), 1..=4) = (m, fused, group) {
+                // The fused path reads every key from position 0: only where no window
+                // cuts the context.
+                let unwindowed = window.is_none_or(|w| ctx <= w);
+                if let (1, Some(k), 1..=4, true) = (m, fused, group, unwindowed) {
                     let mut qs: [&[f32]; 4] = [&[]; 4];
                     for (h, q) in qs.iter_mut().enumerate().take(group) {
                         *q = qrow(0, h);
@@ -652,12 +712,17 @@ impl Model {
                 widen_head(blocks, bt, false, kv, g * hd, hd, ctx, rows_f32);
                 scores.clear();
                 scores.resize(rows * ctx, 0.0);
+                // Token ti sees keys lo..=pos0+ti: all of them, or the window's.
+                let span = |ti: usize| {
+                    let seen = pos0 + ti + 1;
+                    (window.map_or(0, |w| seen.saturating_sub(w)), seen)
+                };
                 for ti in 0..m {
-                    let seen = pos0 + ti + 1; // token ti sees keys 0..=pos0+ti
+                    let (lo, seen) = span(ti);
                     for h in 0..group {
                         let r = ti * group + h;
-                        let sc = &mut scores[r * ctx..r * ctx + seen];
-                        ops::dot_rows(qrow(ti, h), &rows_f32[..seen * hd], scale, sc);
+                        let sc = &mut scores[r * ctx + lo..r * ctx + seen];
+                        ops::dot_rows(qrow(ti, h), &rows_f32[lo * hd..seen * hd], scale, sc);
                         ops::softmax(sc);
                         // As llama.cpp's f16 KQV product: probabilities meet the f16 V cache
                         // as f16. (Q stays f32 against the f16 K cache: one rounding fewer.)
@@ -668,12 +733,12 @@ impl Model {
                 acc.clear();
                 acc.resize(rows * hd, 0.0);
                 for ti in 0..m {
-                    let seen = pos0 + ti + 1;
+                    let (lo, seen) = span(ti);
                     for h in 0..group {
                         let r = ti * group + h;
                         ops::weighted_rows(
-                            &scores[r * ctx..r * ctx + seen],
-                            &rows_f32[..seen * hd],
+                            &scores[r * ctx + lo..r * ctx + seen],
+                            &rows_f32[lo * hd..seen * hd],
                             &mut acc[r * hd..(r + 1) * hd],
                         );
                     }
@@ -877,6 +942,18 @@ fn take_blocks(segs: &mut [Segment]) -> Result<()> {
 const NORM_PARALLEL_ROWS: usize = 8;
 
 /// `xn = rms_norm(x)` and `xn` quantised for `w`, in one parallel region for a batch.
+/// `x += y`, or `x += rms_norm(y)` where the layer norms its sublayer's output (Gemma 3),
+/// `tmp` holding the normed values.
+fn add_normed(x: &mut [f32], y: &[f32], norm: Option<&[f32]>, eps: f32, tmp: &mut [f32]) {
+    match norm {
+        Some(w) => {
+            ops::rms_norm(y, w, eps, tmp);
+            ops::add_assign(x, tmp);
+        }
+        None => ops::add_assign(x, y),
+    }
+}
+
 fn norm_then_quantize(
     x: &[f32],
     weight: &[f32],

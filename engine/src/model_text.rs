@@ -102,6 +102,7 @@ pub(crate) fn text_parts(
         "<|endoftext|>",
         "<|eot_id|>",
         "<|end_of_text|>",
+        "<end_of_turn>",
     ] {
         if let Some(id) = tokenizer.token_id(name) {
             if !eog_ids.contains(&id) {

@@ -63,12 +63,58 @@ fn scale_row(x: &[f32], weight: &[f32], sum: f64, eps: f32, out: &mut [f32]) {
 
 /// Cosine/sine table for one position: `rope_dim / 2` pairs.
 pub fn rope_table(pos: usize, rope_dim: usize, base: f32, out: &mut Vec<[f32; 2]>) {
+    rope_table_scaled(pos, rope_dim, base, 1.0, None, out)
+}
+
+/// [`rope_table`] with the angles scaled as the GGUF says: each multiplied by
+/// `freq_scale` (linear scaling) and divided by its frequency's factor, where given
+/// (Llama 3.1's `rope_freqs`), as llama.cpp computes them.
+pub fn rope_table_scaled(
+    pos: usize,
+    rope_dim: usize,
+    base: f32,
+    freq_scale: f32,
+    factors: Option<&[f32]>,
+    out: &mut Vec<[f32; 2]>,
+) {
     out.clear();
     let theta_scale = base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
-    for _ in 0..rope_dim / 2 {
-        out.push([theta.cos(), theta.sin()]);
+    for i in 0..rope_dim / 2 {
+        let factor = factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+        let t = freq_scale * (theta / factor);
+        out.push([t.cos(), t.sin()]);
         theta *= theta_scale;
+    }
+}
+
+/// Rotates the pairs `(x[i], x[i + n])` (`n` the table's length) of every head in `row`:
+/// the NEOX arrangement of Qwen and Gemma. Same arithmetic as [`apply_rope`].
+pub fn apply_rope_neox(row: &mut [f32], head_dim: usize, table: &[[f32; 2]]) {
+    let n = table.len();
+    for head in row.chunks_exact_mut(head_dim) {
+        for (i, &[c, s]) in table.iter().enumerate() {
+            let (x0, x1) = (head[i], head[i + n]);
+            head[i] = x0 * c - x1 * s;
+            head[i + n] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// `gate[i] = gelu(gate[i]) * up[i]`, GELU in its tanh form (Gemma's
+/// `gelu_pytorch_tanh`): `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+pub fn gelu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (K * x * (1.0 + 0.044715 * x * x)).tanh()) * u;
+    }
+}
+
+/// `x += b` for every `b.len()`-wide row of `x`.
+pub fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        add_assign(row, b);
     }
 }
 

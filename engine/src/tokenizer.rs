@@ -17,7 +17,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 /// What the GGUF says about its tokenizer.
 #[derive(Clone, Debug, Default)]
 pub struct TokenizerSpec {
-    /// `tokenizer.ggml.model`; only `gpt2` (byte-level BPE) is supported.
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece BPE).
     pub model: String,
     /// `tokenizer.ggml.pre`, e.g. `smollm`, `llama-bpe`, `gpt2`.
     pub pre: Option<String>,
@@ -28,12 +28,18 @@ pub struct TokenizerSpec {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub add_bos_token: bool,
+    /// SentencePiece scores (higher merges first); `llama` tokenizers only.
+    pub scores: Vec<f32>,
+    pub unknown_token_id: Option<u32>,
+    /// SentencePiece: a `▁` before the text (`tokenizer.ggml.add_space_prefix`, default
+    /// true; Gemma sets false).
+    pub add_space_prefix: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error(
-        "unsupported tokenizer model `{0}` (only GPT-2 style byte-level BPE, `gpt2`, is supported)"
+        "unsupported tokenizer model `{0}` (byte-level BPE `gpt2` and SentencePiece `llama` are supported)"
     )]
     Unsupported(String),
     #[error("malformed tokenizer metadata: {0}")]
@@ -98,10 +104,19 @@ fn chunk_end(text: &str, max: usize) -> usize {
     }
 }
 
-/// A GGUF byte-level BPE tokenizer.
+/// How the text becomes tokens.
+enum Codec {
+    /// Byte-level BPE through the `tokenizers` crate, with and without special tokens.
+    Bpe {
+        with_special: Box<Tokenizer>,
+        plain: Box<Tokenizer>,
+    },
+    Spm(Box<crate::spm::Spm>),
+}
+
+/// A GGUF tokenizer: byte-level BPE (`gpt2`) or SentencePiece BPE (`llama`).
 pub struct GgufTokenizer {
-    with_special: Tokenizer,
-    plain: Tokenizer,
+    codec: Codec,
     tokens: Vec<String>,
     bytes: Vec<Vec<u8>>,
     control: Vec<bool>,
@@ -123,6 +138,9 @@ const BOUNDARY_SLACK: usize = 8;
 
 impl GgufTokenizer {
     pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+        if spec.model == "llama" {
+            return Self::spm(spec);
+        }
         if spec.model != "gpt2" {
             return Err(TokenizerError::Unsupported(spec.model));
         }
@@ -207,8 +225,10 @@ impl GgufTokenizer {
             .collect::<Vec<Vec<u8>>>();
         let max_token_bytes = bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
         Ok(GgufTokenizer {
-            with_special: build(true)?,
-            plain: build(false)?,
+            codec: Codec::Bpe {
+                with_special: Box::new(build(true)?),
+                plain: Box::new(build(false)?),
+            },
             ids: vocab,
             tokens: spec.tokens,
             bytes,
@@ -220,22 +240,101 @@ impl GgufTokenizer {
         })
     }
 
+    /// A SentencePiece (`llama`) tokenizer: normal tokens are their text with `▁` as a
+    /// space, byte tokens `<0xXX>` their byte, control and user-defined tokens their
+    /// literal text.
+    fn spm(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+        let n = spec.tokens.len();
+        if n == 0 {
+            return Err(TokenizerError::Malformed("the vocabulary is empty".into()));
+        }
+        if spec.scores.len() != n {
+            return Err(TokenizerError::Malformed(format!(
+                "{} scores for {n} tokens",
+                spec.scores.len()
+            )));
+        }
+        for (name, id) in [
+            ("bos", spec.bos_token_id),
+            ("eos", spec.eos_token_id),
+            ("unknown", spec.unknown_token_id),
+        ] {
+            if let Some(id) = id.filter(|&i| i as usize >= n) {
+                return Err(TokenizerError::Malformed(format!(
+                    "{name} token id {id} is outside the vocabulary of {n}"
+                )));
+            }
+        }
+        let types = |i: usize| spec.token_types.get(i).copied().unwrap_or(1);
+        let control: Vec<bool> = (0..n).map(|i| types(i) == 3).collect();
+        let bytes: Vec<Vec<u8>> = spec
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match types(i) {
+                6 => t
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map_or_else(|| t.as_bytes().to_vec(), |b| vec![b]),
+                1 => crate::spm::piece_text(t).into_bytes(),
+                _ => t.as_bytes().to_vec(),
+            })
+            .collect();
+        let mut ids: HashMap<String, u32> = HashMap::with_capacity(n);
+        for (i, t) in spec.tokens.iter().enumerate() {
+            ids.entry(t.clone()).or_insert(i as u32);
+        }
+        let max_token_bytes = bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        Ok(GgufTokenizer {
+            codec: Codec::Spm(Box::new(crate::spm::Spm::new(
+                &spec.tokens,
+                &spec.scores,
+                &spec.token_types,
+                spec.unknown_token_id,
+                spec.add_space_prefix,
+            ))),
+            ids,
+            tokens: spec.tokens,
+            bytes,
+            control,
+            bos: spec.bos_token_id,
+            eos: spec.eos_token_id,
+            add_bos: spec.add_bos_token,
+            max_token_bytes,
+        })
+    }
+
+    /// The tokens of `text` alone (no bos).
+    fn encode_text(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        match &self.codec {
+            Codec::Bpe {
+                with_special,
+                plain,
+            } => {
+                let tk = if parse_special { with_special } else { plain };
+                Ok(tk
+                    .encode(text, false)
+                    .map_err(|e| TokenizerError::Encode(e.to_string()))?
+                    .get_ids()
+                    .to_vec())
+            }
+            Codec::Spm(spm) => Ok(spm.encode(text, parse_special)),
+        }
+    }
+
     /// Tokenizes `text`. With `parse_special`, control tokens written literally in the text
     /// (`<|im_start|>`) become their ids; without it they are ordinary text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let tk = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
-        };
-        let enc = tk
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self.encode_text(text, parse_special)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if self.add_bos {
+        // A rendered template that writes the bos token itself gets no second one.
+        if self.add_bos
+            && !(parse_special && self.bos.is_some() && enc.first() == self.bos.as_ref())
+        {
             ids.extend(self.bos);
         }
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend_from_slice(&enc);
         Ok(ids)
     }
 
@@ -258,15 +357,7 @@ impl GgufTokenizer {
         if text.len() > limit.saturating_mul(self.max_token_bytes) {
             return Ok(None);
         }
-        let tk = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
-        };
-        let run = |t: &str| {
-            tk.encode(t, false)
-                .map_err(|e| TokenizerError::Encode(e.to_string()))
-        };
+        let run = |t: &str| self.encode_text(t, parse_special);
         if text.len() > limit {
             let (mut count, mut rest, mut chunks) = (0usize, text, 0usize);
             while !rest.is_empty() {
@@ -279,7 +370,7 @@ impl GgufTokenizer {
                 }
             }
         }
-        let ids = run(text)?.get_ids().to_vec();
+        let ids = run(text)?;
         Ok((ids.len() <= limit).then_some(ids))
     }
 
@@ -339,8 +430,12 @@ impl GgufTokenizer {
         self.control.get(id as usize).copied().unwrap_or(false)
     }
 
-    pub fn inner(&self) -> &Tokenizer {
-        &self.with_special
+    /// The `tokenizers` form of a byte-level BPE tokenizer (`None` for SentencePiece).
+    pub fn inner(&self) -> Option<&Tokenizer> {
+        match &self.codec {
+            Codec::Bpe { with_special, .. } => Some(with_special),
+            Codec::Spm(_) => None,
+        }
     }
 
     /// An incremental detokenizer for streaming.
@@ -457,6 +552,7 @@ mod tests {
             bos_token_id: Some(0),
             eos_token_id: Some(1),
             add_bos_token: false,
+            ..Default::default()
         })
         .unwrap()
     }
@@ -543,13 +639,22 @@ mod tests {
     #[test]
     fn rejects_unsupported_models_and_bad_ids() {
         let err = GgufTokenizer::from_spec(TokenizerSpec {
+            model: "rwkv".into(),
+            tokens: vec!["a".into()],
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("rwkv"));
+        // A SentencePiece vocabulary without its scores is malformed, not a panic.
+        let err = GgufTokenizer::from_spec(TokenizerSpec {
             model: "llama".into(),
             tokens: vec!["a".into()],
             ..Default::default()
         })
         .err()
         .unwrap();
-        assert!(err.to_string().contains("llama"));
+        assert!(err.to_string().contains("scores"), "{err}");
         assert!(tiny().decode(&[99_999], false).is_err());
     }
 }

@@ -313,6 +313,11 @@ fn export_tokenizer(a: TokenizerArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let json = a.out.join("tokenizer.json");
     tok.inner()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "this model's tokenizer is SentencePiece (`llama`); only byte-level BPE tokenizers export as tokenizer.json"
+            )
+        })?
         .save(&json, false)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", json.display()))?;
     let name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).map(String::from);
