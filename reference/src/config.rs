@@ -13,6 +13,17 @@ pub enum Arch {
     /// and the feed-forward too, GELU (tanh form), RoPE on split halves (NEOX), five
     /// sliding-window layers (local RoPE base 10 000) to one global layer.
     Gemma3,
+    /// Qwen 2 / 2.5: biases on Q, K and V, NEOX RoPE, SwiGLU.
+    Qwen2,
+    /// Qwen 3: per-head q/k norms before RoPE, NEOX RoPE, SwiGLU.
+    Qwen3,
+}
+
+impl Arch {
+    /// RoPE on split halves rather than adjacent pairs.
+    pub fn neox(self) -> bool {
+        self != Arch::Llama
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +45,8 @@ pub struct RefConfig {
     pub rope_base_local: f64,
     pub sliding_window: Option<usize>,
     pub swa_period: usize,
+    /// `rope.scaling.type = linear`: positions divided by `rope.scaling.factor` (1: none).
+    pub rope_linear_factor: f64,
 }
 
 impl RefConfig {
@@ -76,6 +89,8 @@ impl RefConfig {
         let kind = match arch.as_str() {
             "llama" => Arch::Llama,
             "gemma3" => Arch::Gemma3,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             _ => return Err(ReferenceError::Unsupported(arch)),
         };
         let get = |k: &str| content.metadata.get(&format!("{arch}.{k}"));
@@ -103,6 +118,15 @@ impl RefConfig {
                 None
             },
             swa_period: 6,
+            rope_linear_factor: match get("rope.scaling.type") {
+                Some(Value::String(t)) if t == "linear" => {
+                    get("rope.scaling.factor").and_then(float).unwrap_or(1.0)
+                }
+                Some(Value::String(t)) if t != "none" => {
+                    return Err(ReferenceError::Unsupported(format!("RoPE scaling {t}")))
+                }
+                _ => 1.0,
+            },
             n_layers: need("block_count")?,
             n_kv_heads: get("attention.head_count_kv")
                 .and_then(int)

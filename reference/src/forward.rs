@@ -59,13 +59,23 @@ fn head_norm(row: &mut [f64], hd: usize, w: &[f32], eps: f64) {
     }
 }
 
+/// How a layer rotates: the base, positions divided by `linear`, and each frequency's
+/// angle divided by its factor where the file gives them.
+struct Rope<'a> {
+    base: f64,
+    linear: f64,
+    factors: Option<&'a [f32]>,
+}
+
 /// Rotates pairs of each head's first `rope_dim` values by the position: adjacent pairs
-/// `(2i, 2i+1)` (llama), or `(i, i + rope_dim/2)` (NEOX: Gemma).
-fn rope(row: &mut [f64], head_dim: usize, rope_dim: usize, base: f64, pos: usize, neox: bool) {
+/// `(2i, 2i+1)` (llama), or `(i, i + rope_dim/2)` (NEOX: Gemma, Qwen).
+fn rope(row: &mut [f64], head_dim: usize, rope_dim: usize, r: &Rope, pos: usize, neox: bool) {
     let half = rope_dim / 2;
     for head in row.chunks_exact_mut(head_dim) {
         for i in 0..half {
-            let theta = pos as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
+            let factor = r.factors.map_or(1.0, |f| f[i] as f64);
+            let theta =
+                pos as f64 / r.linear * r.base.powf(-2.0 * i as f64 / rope_dim as f64) / factor;
             let (s, c) = theta.sin_cos();
             let (a, b) = if neox {
                 (i, i + half)
@@ -152,22 +162,42 @@ pub(crate) fn run(c: &RefConfig, w: &Weights, tokens: &[u32], from: usize) -> Ro
         .collect();
     for (l, layer) in w.layers.iter().enumerate() {
         let local = c.is_local(l);
-        let base = if local {
-            c.rope_base_local
+        // Gemma's local layers rotate with their own base and no scaling.
+        let rot = if local {
+            Rope {
+                base: c.rope_base_local,
+                linear: 1.0,
+                factors: None,
+            }
         } else {
-            c.rope_base
+            Rope {
+                base: c.rope_base,
+                linear: c.rope_linear_factor,
+                factors: w.rope_freqs.as_deref(),
+            }
         };
         let h = norm_rows(&x, &layer.attn_norm, c.rms_eps);
         let mut q = matmul(&layer.wq, &h);
         let mut k = matmul(&layer.wk, &h);
-        let v = matmul(&layer.wv, &h);
+        let mut v = matmul(&layer.wv, &h);
+        for (rows, bias) in [
+            (&mut q, &layer.bq),
+            (&mut k, &layer.bk),
+            (&mut v, &layer.bv),
+        ] {
+            if let Some(b) = bias {
+                for r in rows.iter_mut() {
+                    r.iter_mut().zip(b).for_each(|(x, &y)| *x += y as f64);
+                }
+            }
+        }
         for (pos, (qr, kr)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 head_norm(qr, c.head_dim, qn, c.rms_eps);
                 head_norm(kr, c.head_dim, kn, c.rms_eps);
             }
-            rope(qr, c.head_dim, c.rope_dim, base, pos, gemma);
-            rope(kr, c.head_dim, c.rope_dim, base, pos, gemma);
+            rope(qr, c.head_dim, c.rope_dim, &rot, pos, c.arch.neox());
+            rope(kr, c.head_dim, c.rope_dim, &rot, pos, c.arch.neox());
         }
         let window = if local { c.sliding_window } else { None };
         let a = attention(c, &q, &k, &v, window);

@@ -28,6 +28,10 @@ pub(crate) struct Layer {
     pub k_norm: Option<Vec<f32>>,
     pub post_attn_norm: Option<Vec<f32>>,
     pub post_ffw_norm: Option<Vec<f32>>,
+    /// Qwen 2: biases of Q, K and V.
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
     pub wq: Matrix,
     pub wk: Matrix,
     pub wv: Matrix,
@@ -44,6 +48,8 @@ pub(crate) struct Weights {
     pub out_norm: Vec<f32>,
     /// None: tied to `embd`.
     pub output: Option<Matrix>,
+    /// Llama 3.1's RoPE: each frequency's angle divided by its factor.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl Weights {
@@ -92,27 +98,40 @@ pub(crate) fn load(path: &Path) -> Result<(RefConfig, Weights), ReferenceError> 
         c.ffn,
     );
     let vector = |m: Matrix| m.data;
-    let gemma = c.arch == crate::config::Arch::Gemma3;
+    use crate::config::Arch;
     let hd = c.head_dim;
     let embd = tensor("token_embd.weight", Some((c.vocab_size, d)))?;
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let name = |t: &str| format!("blk.{i}.{t}.weight");
-        let mut optional = |t: &str, n: usize| -> Result<Option<Vec<f32>>, ReferenceError> {
-            Ok(if gemma {
-                Some(vector(tensor(&name(t), Some((1, n)))?))
-            } else {
-                None
-            })
-        };
-        let (q_norm, k_norm) = (optional("attn_q_norm", hd)?, optional("attn_k_norm", hd)?);
-        let post_attn_norm = optional("post_attention_norm", d)?;
-        let post_ffw_norm = optional("post_ffw_norm", d)?;
+        // What each family has besides the common tensors: absent ones stay None, and a
+        // family's own ones are required.
+        let mut extra =
+            |t: &str, n: usize, has: bool| -> Result<Option<Vec<f32>>, ReferenceError> {
+                Ok(if has {
+                    Some(vector(tensor(t, Some((1, n)))?))
+                } else {
+                    None
+                })
+            };
+        let normed = matches!(c.arch, Arch::Gemma3 | Arch::Qwen3);
+        let gemma = c.arch == Arch::Gemma3;
+        let qwen2 = c.arch == Arch::Qwen2;
+        let q_norm = extra(&name("attn_q_norm"), hd, normed)?;
+        let k_norm = extra(&name("attn_k_norm"), hd, normed)?;
+        let post_attn_norm = extra(&name("post_attention_norm"), d, gemma)?;
+        let post_ffw_norm = extra(&name("post_ffw_norm"), d, gemma)?;
+        let bq = extra(&format!("blk.{i}.attn_q.bias"), q, qwen2)?;
+        let bk = extra(&format!("blk.{i}.attn_k.bias"), kv, qwen2)?;
+        let bv = extra(&format!("blk.{i}.attn_v.bias"), kv, qwen2)?;
         layers.push(Layer {
             q_norm,
             k_norm,
             post_attn_norm,
             post_ffw_norm,
+            bq,
+            bk,
+            bv,
             attn_norm: vector(tensor(&name("attn_norm"), Some((1, d)))?),
             wq: tensor(&name("attn_q"), Some((q, d)))?,
             wk: tensor(&name("attn_k"), Some((kv, d)))?,
@@ -130,6 +149,14 @@ pub(crate) fn load(path: &Path) -> Result<(RefConfig, Weights), ReferenceError> 
     } else {
         None
     };
+    let rope_freqs = if content.tensor_infos.contains_key("rope_freqs.weight") {
+        Some(vector(tensor(
+            "rope_freqs.weight",
+            Some((1, c.rope_dim / 2)),
+        )?))
+    } else {
+        None
+    };
     Ok((
         config,
         Weights {
@@ -137,6 +164,7 @@ pub(crate) fn load(path: &Path) -> Result<(RefConfig, Weights), ReferenceError> 
             layers,
             out_norm,
             output,
+            rope_freqs,
         },
     ))
 }
