@@ -67,7 +67,7 @@ fn write(f: &Family, path: &std::path::Path, seed: u64) {
         tensors.push((name, tensor(rows, cols, rng.vec(rows * cols, scale), dtype)));
     };
     // Norm weights near 1.
-    let mut norm = |name: String, n: usize, rng: &mut Rng| {
+    let norm = |name: String, n: usize, rng: &mut Rng| {
         let v: Vec<f32> = rng.vec(n, 0.2).iter().map(|x| 1.0 + x).collect();
         (name, tensor(1, n, v, GgmlDType::F32))
     };
