@@ -120,6 +120,11 @@ impl ChatTemplate {
             },
         );
         env.add_filter("tojson", tojson);
+        // Python's string and dict methods (`startswith`, `split`, `strip`, `items`, …),
+        // which Qwen's and others' templates call as Hugging Face's Jinja allows.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Llama 3's templates date the system prompt with this, as Hugging Face supplies.
+        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
         let takes_tools = env
@@ -244,6 +249,76 @@ fn tojson(state: &State, value: &Value, kwargs: Kwargs) -> Result<Value, minijin
     )))
 }
 
+/// The current UTC time formatted by the `strftime` directives chat templates use
+/// (`%d %b %Y`, `%Y-%m-%d`, `%B`, `%H:%M:%S`, `%-d`, `%%`); others are written as given.
+fn strftime_now(fmt: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    strftime(fmt, secs)
+}
+
+/// [`strftime_now`] at `secs` since the Unix epoch (UTC).
+fn strftime(fmt: &str, secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('-') if chars.clone().next() == Some('d') => {
+                chars.next();
+                out.push_str(&day.to_string())
+            }
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some('H') => out.push_str(&format!("{h:02}")),
+            Some('M') => out.push_str(&format!("{m:02}")),
+            Some('S') => out.push_str(&format!("{s:02}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 /// Python's default JSON separators: `", "` between items, `": "` after keys.
 struct Spaced;
 
@@ -284,6 +359,20 @@ impl serde_json::ser::Formatter for Spaced {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strftime_writes_the_dates_templates_ask_for() {
+        // 2024-07-26 13:05:09 UTC; 2000-02-29 (a leap day).
+        assert_eq!(strftime("%d %b %Y", 1_721_999_109), "26 Jul 2024");
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S", 1_721_999_109),
+            "2024-07-26 13:05:09"
+        );
+        assert_eq!(
+            strftime("%B %-d, %y %% %q", 951_782_400),
+            "February 29, 00 % %q"
+        );
+    }
 
     fn user(c: &str) -> ChatMessage {
         ChatMessage::new("user", c)

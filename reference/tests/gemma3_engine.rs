@@ -220,7 +220,11 @@ fn gemma3_tokenizes_varied_text_as_llama_cpp() {
         // llama.cpp) cannot tell from a space.
         let plain: Vec<u32> = serde_json::from_value(c["plain"].clone()).unwrap();
         if !t.contains('\u{2581}') {
-            assert_eq!(text.tokenizer.decode(&plain[1..], false).unwrap(), t, "decode");
+            assert_eq!(
+                text.tokenizer.decode(&plain[1..], false).unwrap(),
+                t,
+                "decode"
+            );
         }
     }
 }
