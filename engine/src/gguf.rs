@@ -1144,7 +1144,7 @@ mod tests {
     #[test]
     fn unknown_architectures_and_missing_family_tensors_are_refused_by_name() {
         // The tiny header under another architecture name.
-        let phi = header(1, &[], [8, 4]).iter().copied().collect::<Vec<u8>>();
+        let phi = header(1, &[], [8, 4]);
         let at = phi.windows(5).position(|w| w == b"llama").unwrap() + 5;
         let mut other = phi[..at - 5 - 8].to_vec();
         other.extend(s("phi3xx"));
