@@ -15,7 +15,7 @@ use std::time::Instant;
 /// The model an engine benchmark loads, and its threads.
 #[derive(Args, Debug)]
 pub struct BenchModel {
-    /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
+    /// A GGUF model file (llama, qwen2, qwen3 or gemma3) (default: GENIE_MODEL, else the default model, fetched on first use).
     #[arg(long, env = "GENIE_MODEL")]
     pub model: Option<std::path::PathBuf>,
     /// Compute threads (0 = one per core).

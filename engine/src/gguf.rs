@@ -1,4 +1,4 @@
-//! Loading llama-architecture GGUF files: metadata and tensor directory are parsed by
+//! Loading GGUF model files (the families of [`Family`]): metadata and tensor directory are parsed by
 //! candle-core's GGUF reader; every dimension comes from the file's own metadata; tensor
 //! bytes are kept in their quantised block formats ([`crate::quant::QMatrix`]).
 
@@ -584,7 +584,7 @@ impl Reader<'_> {
 fn missing(path: &Path) -> EngineError {
     EngineError::ModelNotFound {
         path: path.to_path_buf(),
-        hint: "run `genie model fetch` for the default model, or pass --model PATH / GENIE_MODEL to a llama GGUF file".into(),
+        hint: "run `genie model fetch` for the default model, or pass --model PATH / GENIE_MODEL to a supported GGUF file".into(),
     }
 }
 
@@ -762,7 +762,7 @@ fn weight_names<'a>(
     top.chain(optional_top).chain(blocks)
 }
 
-/// Reads the configuration, tokenizer and chat template of a llama GGUF from its header
+/// Reads the configuration, tokenizer and chat template of a GGUF model from its header
 /// only: no tensor data is read.
 pub fn read_meta(path: &Path) -> Result<GgufMeta> {
     header(path)?.meta()
@@ -991,7 +991,7 @@ pub fn read_facts(path: &Path) -> Result<FileFacts> {
     })
 }
 
-/// Reads and validates a llama GGUF model, weights included.
+/// Reads and validates a GGUF model, weights included.
 pub fn load(path: &Path) -> Result<GgufModel> {
     if !path.exists() {
         return Err(missing(path));

@@ -2,10 +2,12 @@
 //!
 //! Genie's model engine. It owns everything between a GGUF file and a sampled token:
 //!
-//! - [`gguf`]: loading llama-architecture GGUF models (candle-core's GGUF reader), every
-//!   dimension taken from the file's metadata;
-//! - [`quant`]: the weights in their quantised block formats and the integer dot-product
-//!   kernels (AVX2 with run-time detection, portable scalar fallback);
+//! - [`gguf`]: loading GGUF models of the llama, qwen2, qwen3 and gemma3 families
+//!   (candle-core's GGUF reader), every dimension taken from the file's metadata;
+//! - [`quant`]: the weights in their quantised block formats (Q4_1, Q8_0, the K-quants;
+//!   others widened losslessly at load) and the integer dot-product kernels (AVX-512
+//!   VNNI, AVX2 with run-time detection, portable scalar fallback, all the same bits);
+//! - [`spm`]: SentencePiece tokenization for `llama`-model vocabularies (Gemma);
 //! - [`model`]: the forward pass over **caller-owned** KV caches, batched across sequences;
 //! - [`kv_cache`]: the per-sequence KV cache, exportable layer by layer (a
 //!   `genie_protocol::kv::LayerShape` and its bytes) and importable into another engine

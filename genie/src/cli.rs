@@ -105,7 +105,7 @@ pub enum BenchCommand {
 /// Which model to load and how.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
+    /// A GGUF model file (llama, qwen2, qwen3 or gemma3) (default: GENIE_MODEL, else the default model, fetched on first use).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Compute threads (0 = one per core).

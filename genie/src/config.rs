@@ -136,7 +136,7 @@ pub struct ServerSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// A llama GGUF file; unset = the default model (fetched and cached on first use).
+    /// A GGUF model file (llama, qwen2, qwen3 or gemma3); unset = the default model (fetched and cached on first use).
     pub path: Option<PathBuf>,
     /// The id clients send as `model`; unset = the GGUF's `general.name`.
     pub served_name: Option<String>,

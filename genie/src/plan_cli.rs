@@ -67,7 +67,7 @@ pub struct PlanArgs {
     pub config: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// A llama GGUF to take the model profile from when the config has no `[plan.model]`
+    /// A GGUF to take the model profile from when the config has no `[plan.model]`
     /// (default: the config's model, else GENIE_MODEL, else the default model).
     #[arg(long)]
     pub model: Option<PathBuf>,

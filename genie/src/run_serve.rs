@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// Port to bind (default 8000; 0 picks a free port).
     #[arg(long)]
     pub port: Option<u16>,
-    /// A llama GGUF file (default: GENIE_MODEL, else the default model, fetched on first use).
+    /// A GGUF model file (llama, qwen2, qwen3 or gemma3) (default: GENIE_MODEL, else the default model, fetched on first use).
     #[arg(long, env = "GENIE_MODEL")]
     pub model: Option<PathBuf>,
     /// A Jinja chat template file to use instead of the GGUF's own.

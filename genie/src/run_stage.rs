@@ -23,7 +23,7 @@ pub struct StageArgs {
     pub layers: String,
     #[command(flatten)]
     pub listen: Listen,
-    /// A llama GGUF file (default: GENIE_MODEL, else the default model).
+    /// A GGUF model file (llama, qwen2, qwen3 or gemma3) (default: GENIE_MODEL, else the default model).
     #[arg(long, env = "GENIE_MODEL")]
     pub model: Option<std::path::PathBuf>,
     /// Compute threads (0 = one per core).

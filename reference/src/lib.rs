@@ -5,9 +5,9 @@
 //! computes is the model as the file defines it, and the engine's quantised kernels (and
 //! llama.cpp's) can be scored by how close they come ([`accuracy`]).
 //!
-//! Supported: `llama` (SmolLM2, Llama 2/3 without rope scaling, Mistral) and `gemma3`
-//! (ahead of the engine; checked against llama.cpp, `tests/gemma3.rs`). Other
-//! architectures are refused naming them.
+//! Supported: `llama` (SmolLM2, Llama 2/3 with linear RoPE scaling or Llama 3.1's
+//! `rope_freqs` factors, Mistral), `qwen2`, `qwen3` and `gemma3` (checked against
+//! llama.cpp, `tests/gemma3.rs`). Other architectures are refused naming them.
 
 pub mod accuracy;
 pub mod cases;

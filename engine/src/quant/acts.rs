@@ -41,7 +41,7 @@ use half::f16;
 /// subtracting 1.5·2^23 leaves the nearest integer under the default rounding mode.
 /// Same result as `f32::round_ties_even`, without a libm call in the hot loop.
 #[inline(always)]
-fn round_even_small(v: f32) -> f32 {
+pub(crate) fn round_even_small(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
 }

@@ -46,6 +46,24 @@ mod imp {
         }
     }
 
+    /// The sums of the eight lanes of each of four vectors.
+    #[inline(always)]
+    unsafe fn hsum4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> [i32; 4] {
+        // SAFETY: the callers run with AVX2 (their contract).
+        unsafe {
+            let ab = _mm256_hadd_epi32(a, b);
+            let cd = _mm256_hadd_epi32(c, d);
+            let abcd = _mm256_hadd_epi32(ab, cd);
+            let r = _mm_add_epi32(
+                _mm256_castsi256_si128(abcd),
+                _mm256_extracti128_si256::<1>(abcd),
+            );
+            let mut out = [0i32; 4];
+            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r);
+            out
+        }
+    }
+
     /// Scale pick `e` as a 16-byte shuffle mask.
     #[inline(always)]
     unsafe fn pick(e: usize) -> __m128i {
@@ -115,7 +133,22 @@ mod imp {
                         *st = _mm256_add_epi32(*st, _mm256_madd_epi16(pairs, scv));
                     }
                 }
-                for t in 0..N {
+                // The integer sums of four tokens at a time (exact, so any order).
+                let mut t = 0;
+                while t + 4 <= N {
+                    let m: [__m256i; 4] = std::array::from_fn(|i| {
+                        let bs = a[t + i][b].bsums.as_ptr() as *const __m256i;
+                        _mm256_madd_epi16(mn16, _mm256_loadu_si256(bs))
+                    });
+                    let is = hsum4(s[t], s[t + 1], s[t + 2], s[t + 3]);
+                    let ms = hsum4(m[0], m[1], m[2], m[3]);
+                    for i in 0..4 {
+                        let ab = &a[t + i][b];
+                        acc[t + i] = combine(kind, blk, ab.d, is[i], ms[i], acc[t + i]);
+                    }
+                    t += 4;
+                }
+                for t in t..N {
                     let ab = &a[t][b];
                     acc[t] = combine(kind, blk, ab.d, hsum_i32(s[t]), min_sum(mn16, ab), acc[t]);
                 }

@@ -290,7 +290,8 @@ fn quantize_block_q8k(x: &[f32]) -> Q8KBlock {
     }
     let iscale = -128.0 / max;
     for (q, &v) in out.qs.iter_mut().zip(x) {
-        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        // |iscale · v| <= 128: the add-and-subtract rounding is round-half-even here.
+        *q = (super::acts::round_even_small(iscale * v) as i32).min(127) as i8;
     }
     for (s, g) in out.bsums.iter_mut().zip(out.qs.chunks_exact(GROUP)) {
         *s = g.iter().map(|&q| q as i16).sum();
@@ -318,11 +319,12 @@ impl KIsa {
         }
     }
 
-    /// Tokens one call takes at most.
+    /// Tokens one call takes at most: a super-block unpacked into registers serves this
+    /// many.
     pub fn tile(self) -> usize {
         match self {
-            KIsa::Avx512 => 8,
-            _ => 4,
+            KIsa::Scalar => 4,
+            _ => 8,
         }
     }
 }
