@@ -295,14 +295,20 @@ mod tests {
 
     #[test]
     fn gelu_is_the_tanh_form_to_float_precision() {
-        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.025).chain([-60.0, 60.0]).collect();
+        let xs: Vec<f32> = (-400..=400)
+            .map(|i| i as f32 * 0.025)
+            .chain([-60.0, 60.0])
+            .collect();
         let mut g = xs.clone();
         gelu_mul_in_place(&mut g, &vec![1.0; xs.len()]);
         for (x, v) in xs.iter().zip(&g) {
             let x = *x as f64;
             let k = (2.0 / std::f64::consts::PI).sqrt();
             let want = 0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh());
-            assert!((*v as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "{x}: {v} vs {want}");
+            assert!(
+                (*v as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{x}: {v} vs {want}"
+            );
         }
     }
 
