@@ -309,16 +309,6 @@ pub enum KIsa {
 }
 
 impl KIsa {
-    /// The best this CPU runs, within the process's [`super::kernel_kind`].
-    pub fn detect() -> Self {
-        use super::KernelKind as K;
-        match super::kernel_kind() {
-            K::Scalar => KIsa::Scalar,
-            K::Avx512 if super::kdot_x86::avx512_available() => KIsa::Avx512,
-            _ => KIsa::Avx2,
-        }
-    }
-
     /// Tokens one call takes at most: a super-block unpacked into registers serves this
     /// many.
     pub fn tile(self) -> usize {
