@@ -60,40 +60,53 @@ pub fn engine_cases(
     prompts: &[&str],
     steps: usize,
 ) -> genie_engine::error::Result<Vec<Case>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let text = engine.render_chat(&[ChatMessage::new("user", *p)], true)?;
+            let prompt = engine.tokenize(&text, true)?;
+            greedy_case(engine, p, prompt, steps)
+        })
+        .collect()
+}
+
+/// The engine's greedy continuation of `prompt` (token ids), as it serves: prefill, then
+/// one decode step a token, `steps` tokens at most, ending at an end-of-turn token.
+pub fn greedy_case(
+    engine: &Engine,
+    label: &str,
+    prompt: Vec<u32>,
+    steps: usize,
+) -> genie_engine::error::Result<Case> {
     let eog = engine.end_of_generation_ids().to_vec();
-    let mut cases = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        let text = engine.render_chat(&[ChatMessage::new("user", *p)], true)?;
-        let prompt = engine.tokenize(&text, true)?;
-        let mut cache = engine.model.new_cache(prompt.len() + steps + 1);
-        let mut logits = engine.model.prefill(&prompt, &mut cache)?;
-        let mut tokens = prompt.clone();
-        let mut scored = Vec::with_capacity(steps);
-        for _ in 0..steps {
-            let top = argmax(&logits);
-            scored.push(Scored {
-                top,
-                chosen: top,
-                chosen_logprob: log_softmax(&logits)[top as usize],
-            });
-            if eog.contains(&top) {
-                break;
-            }
-            tokens.push(top);
-            logits = engine
-                .model
-                .decode_batch(&mut [(top, &mut cache)])?
-                .pop()
-                .unwrap_or_default();
-        }
-        cases.push(Case {
-            prompt: p.to_string(),
-            prompt_len: prompt.len(),
-            tokens,
-            scored,
+    let mut cache = engine.model.new_cache(prompt.len() + steps + 1);
+    let mut logits = engine.model.prefill(&prompt, &mut cache)?;
+    let prompt_len = prompt.len();
+    let mut tokens = prompt;
+    let mut scored = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let top = argmax(&logits);
+        scored.push(Scored {
+            top,
+            chosen: top,
+            chosen_logprob: log_softmax(&logits)[top as usize],
         });
+        if eog.contains(&top) {
+            break;
+        }
+        tokens.push(top);
+        logits = engine
+            .model
+            .decode_batch(&mut [(top, &mut cache)])?
+            .pop()
+            .unwrap_or_default();
     }
-    Ok(cases)
+    Ok(Case {
+        prompt: label.to_string(),
+        prompt_len,
+        tokens,
+        scored,
+    })
 }
 
 /// The reference's rows for each case's scored positions.

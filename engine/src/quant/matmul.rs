@@ -370,37 +370,36 @@ fn k_rows(
     while t < n {
         let width = if n - t >= isa.tile() { isa.tile() } else { 1 };
         for r in rows.clone() {
-            let (blocks, hi) = w.row(r);
             match width {
-                8 => {
-                    let v: [f32; 8] = dot_row(
-                        isa,
-                        w.kind,
-                        blocks,
-                        hi,
-                        std::array::from_fn(|i| arow(t + i)),
-                    );
-                    v.iter()
-                        .enumerate()
-                        .for_each(|(i, v)| out.put(t + i, r, &[*v]));
-                }
-                4 => {
-                    let v: [f32; 4] = dot_row(
-                        isa,
-                        w.kind,
-                        blocks,
-                        hi,
-                        std::array::from_fn(|i| arow(t + i)),
-                    );
-                    v.iter()
-                        .enumerate()
-                        .for_each(|(i, v)| out.put(t + i, r, &[*v]));
-                }
-                _ => out.put(t, r, &dot_row(isa, w.kind, blocks, hi, [arow(t)])),
+                8 => k_tile::<8>(isa, w, r, arow, t, out),
+                4 => k_tile::<4>(isa, w, r, arow, t, out),
+                _ => k_tile::<1>(isa, w, r, arow, t, out),
             }
         }
         t += width;
     }
+}
+
+/// Row `r` of a K-quant matrix against tokens `t0..t0 + N`.
+fn k_tile<'a, const N: usize>(
+    isa: KIsa,
+    w: &KMatrix,
+    r: usize,
+    arow: impl Fn(usize) -> &'a [Q8KBlock],
+    t0: usize,
+    out: &Out<'_>,
+) {
+    let (blocks, hi) = w.row(r);
+    let v: [f32; N] = dot_row(
+        isa,
+        w.kind,
+        blocks,
+        hi,
+        std::array::from_fn(|i| arow(t0 + i)),
+    );
+    v.iter()
+        .enumerate()
+        .for_each(|(i, v)| out.put(t0 + i, r, &[*v]));
 }
 
 /// `w`'s strip copy, where a strip kernel runs and the matrix has one.
