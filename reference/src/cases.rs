@@ -109,6 +109,31 @@ pub fn greedy_case(
     })
 }
 
+/// The engine teacher-forced on `case`: its prompt prefilled, then each next token of
+/// the case fed one decode step at a time, scoring the tokens the case scored.
+pub fn engine_forced(engine: &Engine, case: &Case) -> genie_engine::error::Result<Vec<Scored>> {
+    let mut cache = engine.model.new_cache(case.tokens.len() + 1);
+    let mut logits = engine
+        .model
+        .prefill(&case.tokens[..case.prompt_len], &mut cache)?;
+    let mut out = Vec::with_capacity(case.scored.len());
+    for (i, s) in case.scored.iter().enumerate() {
+        out.push(Scored {
+            top: argmax(&logits),
+            chosen: s.chosen,
+            chosen_logprob: log_softmax(&logits)[s.chosen as usize],
+        });
+        if let Some(&next) = case.tokens.get(case.prompt_len + i) {
+            logits = engine
+                .model
+                .decode_batch(&mut [(next, &mut cache)])?
+                .pop()
+                .unwrap_or_default();
+        }
+    }
+    Ok(out)
+}
+
 /// The reference's rows for each case's scored positions.
 pub fn reference_rows(
     reference: &Reference,

@@ -12,8 +12,8 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use genie_engine::generate::{Engine, EngineOptions};
-use genie_reference::accuracy::{argmax, Agreement, Scored};
-use genie_reference::cases::log_softmax;
+use genie_reference::accuracy::{Agreement, Scored};
+use genie_reference::cases::{engine_forced, Case};
 use genie_reference::Reference;
 
 struct Rng(u64);
@@ -184,22 +184,20 @@ fn agreement(path: &std::path::Path, tokens: &[u32]) -> Agreement {
     .expect("the engine loads the family");
     let reference = Reference::load(path).expect("the reference loads the family");
     let from = 3;
-    let mut cache = engine.model.new_cache(tokens.len() + 1);
-    let mut logits = engine.model.prefill(&tokens[..=from], &mut cache).unwrap();
-    let mut scored = Vec::new();
-    for &next in &tokens[from + 1..] {
-        scored.push(Scored {
-            top: argmax(&logits),
-            chosen: next,
-            chosen_logprob: log_softmax(&logits)[next as usize],
-        });
-        logits = engine
-            .model
-            .decode_batch(&mut [(next, &mut cache)])
-            .unwrap()
-            .pop()
-            .unwrap();
-    }
+    let case = Case {
+        prompt: "random".into(),
+        tokens: tokens.to_vec(),
+        prompt_len: from + 1,
+        scored: tokens[from + 1..]
+            .iter()
+            .map(|&t| Scored {
+                top: t,
+                chosen: t,
+                chosen_logprob: 0.0,
+            })
+            .collect(),
+    };
+    let scored = engine_forced(&engine, &case).unwrap();
     let rows = reference
         .next_logprobs(&tokens[..tokens.len() - 1], from)
         .unwrap();

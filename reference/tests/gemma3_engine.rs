@@ -11,37 +11,12 @@
 
 use genie_engine::chat_template::ChatMessage;
 use genie_engine::generate::{Engine, EngineOptions};
-use genie_reference::accuracy::{argmax, Scored};
-use genie_reference::cases::{greedy_case, log_softmax, reference_rows, score, Case};
+use genie_reference::accuracy::Scored;
+use genie_reference::cases::{engine_forced, greedy_case, reference_rows, score};
 use genie_reference::Reference;
 use serde_json::Value;
 
 mod support;
-
-/// The engine fed `case`'s tokens one decode step at a time after the prompt's prefill,
-/// scoring the same tokens the case scored.
-fn engine_forced(engine: &Engine, case: &Case) -> Vec<Scored> {
-    let prompt = &case.tokens[..case.prompt_len];
-    let mut cache = engine.model.new_cache(case.tokens.len() + 1);
-    let mut logits = engine.model.prefill(prompt, &mut cache).unwrap();
-    let mut out = Vec::new();
-    for (i, s) in case.scored.iter().enumerate() {
-        out.push(Scored {
-            top: argmax(&logits),
-            chosen: s.chosen,
-            chosen_logprob: log_softmax(&logits)[s.chosen as usize],
-        });
-        if let Some(&next) = case.tokens.get(case.prompt_len + i) {
-            logits = engine
-                .model
-                .decode_batch(&mut [(next, &mut cache)])
-                .unwrap()
-                .pop()
-                .unwrap();
-        }
-    }
-    out
-}
 
 fn load() -> (Engine, Reference) {
     let path = genie_engine::fetch::ensure_model(genie_engine::fetch::GEMMA3_270M)
@@ -77,7 +52,10 @@ fn gemma3_tokenizes_as_llama_cpp_and_is_as_close_to_the_reference() {
     }
     let rows = reference_rows(&reference, &cases).expect("reference rows");
     let llama_cpp: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
-    let genie: Vec<Vec<Scored>> = cases.iter().map(|c| engine_forced(&engine, c)).collect();
+    let genie: Vec<Vec<Scored>> = cases
+        .iter()
+        .map(|c| engine_forced(&engine, c).unwrap())
+        .collect();
     let (_, theirs) = score(&rows, &llama_cpp);
     let (_, ours) = score(&rows, &genie);
     println!(
