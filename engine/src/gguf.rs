@@ -171,6 +171,9 @@ impl ModelConfig {
         if self.swa_period == 0 {
             return Err("the sliding-window period is 0".into());
         }
+        if self.sliding_window == Some(0) {
+            return Err("attention.sliding_window is 0".into());
+        }
         if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return Err(format!(
                 "rope.dimension_count {} must be even and <= head_dim {}",
@@ -1059,6 +1062,14 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         true => Some(r.vector("rope_freqs.weight", config.rope_dim / 2)?),
         false => None,
     };
+    if let Some(f) = rope_freqs
+        .as_ref()
+        .and_then(|v| v.iter().find(|f| !(f.is_finite() && **f > 0.0)))
+    {
+        return Err(r.err(format!(
+            "tensor `rope_freqs.weight` holds {f}; RoPE factors must be positive"
+        )));
+    }
     let weights = ModelWeights {
         token_embd,
         layers,
@@ -1256,6 +1267,9 @@ mod tests {
         c.head_dim = usize::MAX / 2 + 1;
         assert!(c.validate().unwrap_err().contains("head_dim"));
         c.head_dim = 4;
+        c.sliding_window = Some(0);
+        assert!(c.validate().unwrap_err().contains("sliding_window"));
+        c.sliding_window = None;
         for n_layers in [usize::MAX / 4, usize::MAX] {
             c.n_layers = n_layers;
             assert!(c.validate().unwrap_err().contains("overflows"));

@@ -44,6 +44,23 @@ struct Family {
     linear_rope: Option<f32>,
 }
 
+impl Family {
+    /// Llama with Llama 3.1-style RoPE factors.
+    fn llama3() -> Self {
+        Family {
+            arch: "llama",
+            hidden: 64,
+            heads: 4,
+            kv_heads: 1,
+            head_dim: 16,
+            biases: false,
+            qk_norm: false,
+            rope_freqs: true,
+            linear_rope: None,
+        }
+    }
+}
+
 const VOCAB: usize = 96;
 const FFN: usize = 256;
 const LAYERS: usize = 2;
@@ -60,6 +77,11 @@ fn tensor(rows: usize, cols: usize, data: Vec<f32>, dtype: GgmlDType) -> QTensor
 
 /// Writes a GGUF of `f` with seeded weights to `path`.
 fn write(f: &Family, path: &std::path::Path, seed: u64) {
+    write_with(f, path, seed, 1.0)
+}
+
+/// [`write`] with the first RoPE factor (where the family has them) set to `first_factor`.
+fn write_with(f: &Family, path: &std::path::Path, seed: u64, first_factor: f32) {
     let mut rng = Rng(seed);
     let (h, qd, kv) = (f.hidden, f.heads * f.head_dim, f.kv_heads * f.head_dim);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -85,9 +107,10 @@ fn write(f: &Family, path: &std::path::Path, seed: u64) {
     if f.rope_freqs {
         // Factors from 1 (fast frequencies) to 8 (slow), as Llama 3.1's.
         let n = f.head_dim / 2;
-        let v: Vec<f32> = (0..n)
+        let mut v: Vec<f32> = (0..n)
             .map(|i| 1.0 + 7.0 * i as f32 / (n - 1) as f32)
             .collect();
+        v[0] = first_factor;
         extra.push(("rope_freqs.weight".into(), tensor(1, n, v, GgmlDType::F32)));
     }
     for l in 0..LAYERS {
@@ -231,17 +254,7 @@ fn every_family_matches_the_reference_on_a_small_random_model() {
             rope_freqs: false,
             linear_rope: None,
         },
-        Family {
-            arch: "llama",
-            hidden: 64,
-            heads: 4,
-            kv_heads: 1,
-            head_dim: 16,
-            biases: false,
-            qk_norm: false,
-            rope_freqs: true,
-            linear_rope: None,
-        },
+        Family::llama3(),
         Family {
             arch: "llama",
             hidden: 64,
@@ -275,5 +288,19 @@ fn every_family_matches_the_reference_on_a_small_random_model() {
         assert!(a.top1() >= 0.95, "{} #{i}: {a:?}", f.arch);
         assert!(a.mean_abs_dlogprob() <= 0.08, "{} #{i}: {a:?}", f.arch);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_zero_rope_factor_is_refused_at_load() {
+    let dir = std::env::temp_dir().join(format!("genie-families-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("llama-zero-factor.gguf");
+    write_with(&Family::llama3(), &path, 3, 0.0);
+    let err = Engine::load(&path, &EngineOptions::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("rope_freqs"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
