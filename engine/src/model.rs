@@ -941,7 +941,6 @@ fn take_blocks(segs: &mut [Segment]) -> Result<()> {
 /// more than it saves).
 const NORM_PARALLEL_ROWS: usize = 8;
 
-/// `xn = rms_norm(x)` and `xn` quantised for `w`, in one parallel region for a batch.
 /// `x += y`, or `x += rms_norm(y)` where the layer norms its sublayer's output (Gemma 3),
 /// `tmp` holding the normed values.
 fn add_normed(x: &mut [f32], y: &[f32], norm: Option<&[f32]>, eps: f32, tmp: &mut [f32]) {
@@ -954,6 +953,7 @@ fn add_normed(x: &mut [f32], y: &[f32], norm: Option<&[f32]>, eps: f32, tmp: &mu
     }
 }
 
+/// `xn = rms_norm(x)` and `xn` quantised for `w`, in one parallel region for a batch.
 fn norm_then_quantize(
     x: &[f32],
     weight: &[f32],

@@ -104,10 +104,10 @@ pub fn apply_rope_neox(row: &mut [f32], head_dim: usize, table: &[[f32; 2]]) {
 /// `gate[i] = gelu(gate[i]) * up[i]`, GELU in its tanh form (Gemma's
 /// `gelu_pytorch_tanh`): `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
 pub fn gelu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+    // tanh(y) = 1 − 2 / (e^{2y} + 1), the exponentials by the engine's vectorised `expf`
+    // (the same function on every kernel family; libm's `tanhf` cost a tenth of Gemma's
+    // prefill), 64 values at a time; saturates to ±1 for large |y|.
     const K: f32 = 0.797_884_6; // √(2/π)
-                                // tanh(y) = 1 − 2 / (e^{2y} + 1), the exponentials by the engine's vectorised `expf`
-                                // (the same function on every kernel family; libm's `tanhf` cost a tenth of Gemma's
-                                // prefill), 64 values at a time; saturates to ±1 for large |y|.
     let mut e = [0.0f32; 64];
     for (gs, us) in gate.chunks_mut(64).zip(up.chunks(64)) {
         let e = &mut e[..gs.len()];

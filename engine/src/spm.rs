@@ -88,11 +88,7 @@ impl Spm {
                     ty(i) == 3,
                 )),
                 6 => {
-                    if let Some(b) = t
-                        .strip_prefix("<0x")
-                        .and_then(|h| h.strip_suffix('>'))
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
+                    if let Some(b) = byte_token(t) {
                         bytes[b as usize].get_or_insert(i as u32);
                     }
                 }
@@ -222,6 +218,14 @@ impl Spm {
             k = sym.next;
         }
     }
+}
+
+/// The byte a byte token (`<0x41>`) stands for.
+pub fn byte_token(token: &str) -> Option<u8> {
+    token
+        .strip_prefix("<0x")
+        .and_then(|h| h.strip_suffix('>'))
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
 }
 
 /// The text a normal SPM token stands for: `▁` as a space.

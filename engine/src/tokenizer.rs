@@ -138,31 +138,62 @@ const BOUNDARY_SLACK: usize = 8;
 
 impl GgufTokenizer {
     pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
-        if spec.model == "llama" {
-            return Self::spm(spec);
-        }
-        if spec.model != "gpt2" {
-            return Err(TokenizerError::Unsupported(spec.model));
-        }
+        let spm = match spec.model.as_str() {
+            "gpt2" => false,
+            "llama" => true,
+            _ => return Err(TokenizerError::Unsupported(spec.model)),
+        };
         if spec.tokens.is_empty() {
             return Err(TokenizerError::Malformed("the vocabulary is empty".into()));
         }
         let n = spec.tokens.len();
-        for (name, id) in [("bos", spec.bos_token_id), ("eos", spec.eos_token_id)] {
+        for (name, id) in [
+            ("bos", spec.bos_token_id),
+            ("eos", spec.eos_token_id),
+            ("unknown", spec.unknown_token_id.filter(|_| spm)),
+        ] {
             if let Some(id) = id.filter(|&i| i as usize >= n) {
                 return Err(TokenizerError::Malformed(format!(
                     "{name} token id {id} is outside the vocabulary of {n}"
                 )));
             }
         }
-        let types = |i: usize| spec.token_types.get(i).copied().unwrap_or(1);
-        let special: Vec<bool> = (0..n).map(|i| matches!(types(i), 3 | 4)).collect();
-        let control: Vec<bool> = (0..n).map(|i| types(i) == 3).collect();
-
+        let types: Vec<i32> = (0..n)
+            .map(|i| spec.token_types.get(i).copied().unwrap_or(1))
+            .collect();
+        let control: Vec<bool> = types.iter().map(|&t| t == 3).collect();
         let mut vocab: HashMap<String, u32> = HashMap::with_capacity(n);
         for (i, t) in spec.tokens.iter().enumerate() {
             vocab.entry(t.clone()).or_insert(i as u32);
         }
+        let (codec, bytes) = if spm {
+            Self::spm_parts(&spec, &types)?
+        } else {
+            Self::bpe_parts(&spec, &types, &vocab)?
+        };
+        let max_token_bytes = bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        Ok(GgufTokenizer {
+            codec,
+            ids: vocab,
+            tokens: spec.tokens,
+            bytes,
+            control,
+            bos: spec.bos_token_id,
+            eos: spec.eos_token_id,
+            add_bos: spec.add_bos_token,
+            max_token_bytes,
+        })
+    }
+
+    /// Byte-level BPE (`gpt2`): the `tokenizers` crate's model with and without the
+    /// special tokens, and each token's bytes through the byte-level alphabet (special
+    /// tokens: their literal text).
+    fn bpe_parts(
+        spec: &TokenizerSpec,
+        types: &[i32],
+        vocab: &HashMap<String, u32>,
+    ) -> Result<(Codec, Vec<Vec<u8>>), TokenizerError> {
+        let special: Vec<bool> = types.iter().map(|&t| matches!(t, 3 | 4)).collect();
         let merges = spec
             .merges
             .iter()
@@ -198,7 +229,7 @@ impl GgufTokenizer {
             tk.with_pre_tokenizer(Some(Sequence::new(pre)));
             tk.with_decoder(Some(ByteLevel::default()));
             if with_special {
-                let added: Vec<AddedToken> = (0..n)
+                let added: Vec<AddedToken> = (0..spec.tokens.len())
                     .filter(|&i| special[i])
                     .map(|i| AddedToken::from(spec.tokens[i].clone(), true))
                     .collect();
@@ -222,87 +253,45 @@ impl GgufTokenizer {
                         .unwrap_or_else(|| t.as_bytes().to_vec())
                 }
             })
-            .collect::<Vec<Vec<u8>>>();
-        let max_token_bytes = bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        Ok(GgufTokenizer {
-            codec: Codec::Bpe {
-                with_special: Box::new(build(true)?),
-                plain: Box::new(build(false)?),
-            },
-            ids: vocab,
-            tokens: spec.tokens,
-            bytes,
-            control,
-            bos: spec.bos_token_id,
-            eos: spec.eos_token_id,
-            add_bos: spec.add_bos_token,
-            max_token_bytes,
-        })
+            .collect();
+        let codec = Codec::Bpe {
+            with_special: Box::new(build(true)?),
+            plain: Box::new(build(false)?),
+        };
+        Ok((codec, bytes))
     }
 
-    /// A SentencePiece (`llama`) tokenizer: normal tokens are their text with `▁` as a
-    /// space, byte tokens `<0xXX>` their byte, control and user-defined tokens their
-    /// literal text.
-    fn spm(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
-        let n = spec.tokens.len();
-        if n == 0 {
-            return Err(TokenizerError::Malformed("the vocabulary is empty".into()));
-        }
-        if spec.scores.len() != n {
+    /// SentencePiece BPE (`llama`): normal tokens are their text with `▁` as a space, byte
+    /// tokens `<0xXX>` their byte, control and user-defined tokens their literal text.
+    fn spm_parts(
+        spec: &TokenizerSpec,
+        types: &[i32],
+    ) -> Result<(Codec, Vec<Vec<u8>>), TokenizerError> {
+        if spec.scores.len() != spec.tokens.len() {
             return Err(TokenizerError::Malformed(format!(
-                "{} scores for {n} tokens",
-                spec.scores.len()
+                "{} scores for {} tokens",
+                spec.scores.len(),
+                spec.tokens.len()
             )));
         }
-        for (name, id) in [
-            ("bos", spec.bos_token_id),
-            ("eos", spec.eos_token_id),
-            ("unknown", spec.unknown_token_id),
-        ] {
-            if let Some(id) = id.filter(|&i| i as usize >= n) {
-                return Err(TokenizerError::Malformed(format!(
-                    "{name} token id {id} is outside the vocabulary of {n}"
-                )));
-            }
-        }
-        let types = |i: usize| spec.token_types.get(i).copied().unwrap_or(1);
-        let control: Vec<bool> = (0..n).map(|i| types(i) == 3).collect();
-        let bytes: Vec<Vec<u8>> = spec
+        let bytes = spec
             .tokens
             .iter()
-            .enumerate()
-            .map(|(i, t)| match types(i) {
-                6 => t
-                    .strip_prefix("<0x")
-                    .and_then(|h| h.strip_suffix('>'))
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .map_or_else(|| t.as_bytes().to_vec(), |b| vec![b]),
+            .zip(types)
+            .map(|(t, &ty)| match ty {
+                6 => crate::spm::byte_token(t).map_or_else(|| t.as_bytes().to_vec(), |b| vec![b]),
                 1 => crate::spm::piece_text(t).into_bytes(),
                 _ => t.as_bytes().to_vec(),
             })
             .collect();
-        let mut ids: HashMap<String, u32> = HashMap::with_capacity(n);
-        for (i, t) in spec.tokens.iter().enumerate() {
-            ids.entry(t.clone()).or_insert(i as u32);
-        }
-        let max_token_bytes = bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        Ok(GgufTokenizer {
-            codec: Codec::Spm(Box::new(crate::spm::Spm::new(
-                &spec.tokens,
-                &spec.scores,
-                &spec.token_types,
-                spec.unknown_token_id,
-                spec.add_space_prefix,
-            ))),
-            ids,
-            tokens: spec.tokens,
-            bytes,
-            control,
-            bos: spec.bos_token_id,
-            eos: spec.eos_token_id,
-            add_bos: spec.add_bos_token,
-            max_token_bytes,
-        })
+        let codec = Codec::Spm(Box::new(crate::spm::Spm::new(
+            &spec.tokens,
+            &spec.scores,
+            types,
+            spec.unknown_token_id,
+            spec.add_space_prefix,
+        )));
+        Ok((codec, bytes))
     }
 
     /// The tokens of `text` alone (no bos).
@@ -328,14 +317,23 @@ impl GgufTokenizer {
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.encode_text(text, parse_special)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        // A rendered template that writes the bos token itself gets no second one.
-        if self.add_bos
-            && !(parse_special && self.bos.is_some() && enc.first() == self.bos.as_ref())
-        {
-            ids.extend(self.bos);
-        }
+        ids.extend(self.leading_bos());
         ids.extend_from_slice(&enc);
+        if parse_special {
+            self.drop_doubled_bos(&mut ids);
+        }
         Ok(ids)
+    }
+
+    /// Drops the [`Self::leading_bos`] put before a text that starts with the bos token
+    /// itself (a rendered template that writes it, as Gemma's and Llama 3's do): one bos,
+    /// not two.
+    pub fn drop_doubled_bos(&self, ids: &mut Vec<u32>) {
+        if let Some(bos) = self.leading_bos() {
+            if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
+                ids.remove(0);
+            }
+        }
     }
 
     /// Tokenizes `text` without the leading bos, giving up (`None`) as soon as it is sure

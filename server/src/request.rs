@@ -396,12 +396,7 @@ fn chat_prompt(
     }
     push_tokens(fe, &mut ids, rest, true, "messages")?;
     text.push_str(rest);
-    // A template that writes the bos token itself (Gemma's, Llama 3's) gets no second.
-    if let Some(bos) = fe.tokenizer.leading_bos() {
-        if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
-            ids.remove(0);
-        }
-    }
+    fe.tokenizer.drop_doubled_bos(&mut ids);
     if ids.is_empty() {
         return Err(ApiError::invalid(
             "messages",

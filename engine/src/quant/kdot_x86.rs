@@ -4,15 +4,38 @@
 //! multiply-add by the group scales (`madd`, or VNNI's `dpwssd`): exact integer sums, so
 //! [`super::kquants::combine`] gives the scalar kernel's bits.
 
-use super::kquants::{combine, HiBits, KBlock, KType, Q8KBlock};
+use super::dot_avx2::Avx2;
+use super::dot_avx512::Avx512;
+use super::kquants::{check_row, combine, HiBits, KBlock, KType, Q8KBlock};
 
-/// True where the AVX-512 VNNI kernel runs.
-pub fn avx512_available() -> bool {
-    super::dot_avx512::available()
+/// One K-quant row against `N` tokens' Q8_K rows, 256-bit.
+pub fn dot_avx2<const N: usize>(
+    _: Avx2,
+    kind: KType,
+    w: &[KBlock],
+    hi: &[HiBits],
+    a: [&[Q8KBlock]; N],
+) -> [f32; N] {
+    check_row(kind, w, hi, &a);
+    // SAFETY: the `Avx2` token (built only by `Avx2::new` after `available()`) proves
+    // AVX2 and FMA; `check_row` gave every activation row at least `w.len()` blocks and
+    // `hi` the length the format needs.
+    unsafe { imp::dot_avx2(kind, w, hi, a) }
 }
 
-#[cfg(target_arch = "x86_64")]
-pub use imp::{dot_avx2, dot_avx512};
+/// One K-quant row against `N` tokens' Q8_K rows, 512-bit with VNNI.
+pub fn dot_avx512<const N: usize>(
+    _: Avx512,
+    kind: KType,
+    w: &[KBlock],
+    hi: &[HiBits],
+    a: [&[Q8KBlock]; N],
+) -> [f32; N] {
+    check_row(kind, w, hi, &a);
+    // SAFETY: the `Avx512` token proves AVX-512 F/BW/VNNI with AVX2 and FMA; shapes as
+    // in `dot_avx2`.
+    unsafe { imp::dot_avx512(kind, w, hi, a) }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod imp {

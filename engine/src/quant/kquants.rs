@@ -15,7 +15,10 @@
 //! every path. So the scalar, AVX2 and AVX-512 kernels give the same bits, whatever order
 //! they add integers in, and a token's result never depends on its batch.
 
+use super::dot_avx2::Avx2;
+use super::dot_avx512::Avx512;
 use super::QK;
+use candle_core::quantized::GgmlDType;
 
 /// Values per super-block.
 pub const QK_K: usize = 256;
@@ -38,6 +41,25 @@ impl KType {
             KType::Q4K => "Q4_K",
             KType::Q5K => "Q5_K",
             KType::Q6K => "Q6_K",
+        }
+    }
+
+    /// The K-quant a GGUF tensor type is, if it is one the engine runs.
+    pub fn of(t: GgmlDType) -> Option<Self> {
+        match t {
+            GgmlDType::Q4K => Some(KType::Q4K),
+            GgmlDType::Q5K => Some(KType::Q5K),
+            GgmlDType::Q6K => Some(KType::Q6K),
+            _ => None,
+        }
+    }
+
+    /// The GGUF tensor type.
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            KType::Q4K => GgmlDType::Q4K,
+            KType::Q5K => GgmlDType::Q5K,
+            KType::Q6K => GgmlDType::Q6K,
         }
     }
 
@@ -205,31 +227,16 @@ impl KMatrix {
         }
     }
 
-    /// Unsigned value `v` of block `b` (0..63).
-    fn value(&self, b: usize, v: usize) -> u8 {
-        let blk = &self.blocks[b];
-        let (c, l) = (v / 64, v % 64);
-        let lo = if l < 32 {
-            blk.lo[32 * c + l] & 0x0f
-        } else {
-            blk.lo[32 * c + l - 32] >> 4
-        };
-        let hi = match self.hi.get(b) {
-            Some(h) => (h[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3,
-            None => 0,
-        };
-        lo | (hi << 4)
-    }
-
     /// Row `r` as f32, as the file's format defines its values.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / QK_K;
         for (i, chunk) in out.chunks_exact_mut(QK_K).enumerate().take(nb) {
             let b = r * nb + i;
             let blk = &self.blocks[b];
+            let qs = unpack(blk, self.hi.get(b));
             for (v, o) in chunk.iter_mut().enumerate() {
                 let g = v / GROUP;
-                let q = self.value(b, v) as f32;
+                let q = qs[v] as f32;
                 *o = match self.kind {
                     KType::Q6K => blk.d * blk.sc[g] as f32 * (q - 32.0),
                     _ => blk.d * blk.sc[g] as f32 * q - blk.m * blk.mn[g] as f32,
@@ -300,12 +307,13 @@ fn quantize_block_q8k(x: &[f32]) -> Q8KBlock {
     out
 }
 
-/// The kernel families for K-quant rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kernel families for K-quant rows; the SIMD ones carry the proof that the CPU has
+/// their instructions ([`Avx2`], [`Avx512`]).
+#[derive(Clone, Copy, Debug)]
 pub enum KIsa {
     Scalar,
-    Avx2,
-    Avx512,
+    Avx2(Avx2),
+    Avx512(Avx512),
 }
 
 impl KIsa {
@@ -327,22 +335,47 @@ pub fn dot_row<const N: usize>(
     hi: &[HiBits],
     a: [&[Q8KBlock]; N],
 ) -> [f32; N] {
-    assert!(a.iter().all(|r| r.len() >= w.len()), "K-quant dot: shapes");
-    assert!(hi.len() == if kind.has_hi() { w.len() } else { 0 });
     match isa {
-        // SAFETY: the guard checked that this CPU has AVX-512 F/BW/VNNI, AVX2 and FMA;
-        // shapes asserted above.
-        #[cfg(target_arch = "x86_64")]
-        KIsa::Avx512 if super::kdot_x86::avx512_available() => unsafe {
-            super::kdot_x86::dot_avx512(kind, w, hi, a)
-        },
-        // SAFETY: the guard checked that this CPU has AVX2 and FMA; shapes asserted above.
-        #[cfg(target_arch = "x86_64")]
-        KIsa::Avx2 | KIsa::Avx512 if super::dot_avx2::available() => unsafe {
-            super::kdot_x86::dot_avx2(kind, w, hi, a)
-        },
-        _ => dot_scalar(kind, w, hi, a),
+        KIsa::Scalar => {
+            check_row(kind, w, hi, &a);
+            dot_scalar(kind, w, hi, a)
+        }
+        KIsa::Avx2(k) => super::kdot_x86::dot_avx2(k, kind, w, hi, a),
+        KIsa::Avx512(k) => super::kdot_x86::dot_avx512(k, kind, w, hi, a),
     }
+}
+
+/// The unsigned values (0..63) of one super-block: the low nibbles of `lo`, plus sixteen
+/// times the high bits where the format has them.
+fn unpack(blk: &KBlock, hi: Option<&HiBits>) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for c in 0..4 {
+        for l in 0..32 {
+            q[64 * c + l] = blk.lo[32 * c + l] & 0x0f;
+            q[64 * c + 32 + l] = blk.lo[32 * c + l] >> 4;
+        }
+    }
+    if let Some(h) = hi {
+        for (v, qv) in q.iter_mut().enumerate() {
+            *qv |= ((h[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3) << 4;
+        }
+    }
+    q
+}
+
+/// Panics unless every activation row has at least `w.len()` blocks and `hi` is one entry
+/// per block for Q5_K/Q6_K, none for Q4_K: what every kernel reads.
+pub(crate) fn check_row<const N: usize>(
+    kind: KType,
+    w: &[KBlock],
+    hi: &[HiBits],
+    a: &[&[Q8KBlock]; N],
+) {
+    assert!(a.iter().all(|r| r.len() >= w.len()), "K-quant dot: shapes");
+    assert!(
+        hi.len() == if kind.has_hi() { w.len() } else { 0 },
+        "K-quant dot: high bits"
+    );
 }
 
 /// The portable kernel: the exact integer sums, then [`combine`].
@@ -353,25 +386,14 @@ fn dot_scalar<const N: usize>(
     a: [&[Q8KBlock]; N],
 ) -> [f32; N] {
     let mut acc = [0.0f32; N];
-    let mut q = [0i32; QK_K];
     for (b, blk) in w.iter().enumerate() {
-        for c in 0..4 {
-            for l in 0..32 {
-                q[64 * c + l] = (blk.lo[32 * c + l] & 0x0f) as i32;
-                q[64 * c + 32 + l] = (blk.lo[32 * c + l] >> 4) as i32;
-            }
-        }
-        if let Some(h) = hi.get(b) {
-            for (v, qv) in q.iter_mut().enumerate() {
-                *qv |= (((h[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3) as i32) << 4;
-            }
-        }
+        let q = unpack(blk, hi.get(b));
         for (t, at) in a.iter().enumerate() {
             let ab = &at[b];
             let (mut isum, mut msum) = (0i32, 0i32);
             for g in 0..GROUPS {
                 let dot: i32 = (g * GROUP..(g + 1) * GROUP)
-                    .map(|v| q[v] * ab.qs[v] as i32)
+                    .map(|v| q[v] as i32 * ab.qs[v] as i32)
                     .sum();
                 isum += blk.sc[g] as i32 * dot;
                 msum += blk.mn[g] as i32 * ab.bsums[g] as i32;
@@ -436,20 +458,11 @@ mod tests {
 
     #[test]
     fn the_kernels_compute_the_dequantised_dot_and_agree_bit_for_bit() {
-        let isas: Vec<KIsa> = [KIsa::Scalar, KIsa::Avx2, KIsa::Avx512]
-            .into_iter()
-            .filter(|&i| match i {
-                KIsa::Scalar => true,
-                #[cfg(target_arch = "x86_64")]
-                KIsa::Avx2 => super::super::dot_avx2::available(),
-                #[cfg(target_arch = "x86_64")]
-                KIsa::Avx512 => super::super::kdot_x86::avx512_available(),
-                #[allow(unreachable_patterns)]
-                _ => false,
-            })
-            .collect();
-        if !isas.contains(&KIsa::Avx512) {
-            eprintln!("AVX-512 K-quant kernel skipped: CPU lacks AVX-512 VNNI");
+        let mut isas = vec![KIsa::Scalar];
+        isas.extend(Avx2::new().map(KIsa::Avx2));
+        match Avx512::new() {
+            Some(k) => isas.push(KIsa::Avx512(k)),
+            None => eprintln!("AVX-512 K-quant kernel skipped: CPU lacks AVX-512 VNNI"),
         }
         let (rows, cols) = (5, 3 * QK_K);
         for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {

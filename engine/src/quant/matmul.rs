@@ -9,7 +9,7 @@ use super::kquants::{dot_row, KIsa, KMatrix, Q8KBlock};
 use super::side_fetch::{SideCursor, SideFetch};
 use super::strips::{self, Strips, STRIP, STRIP_TOKENS};
 use super::strips_avx2::{self, AvxVnni, Ymm};
-use super::{dot_scalar, kdot_x86, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
+use super::{dot_scalar, kernel_kind, KernelKind, QMatrix, MIN_STRIP, QK};
 use rayon::prelude::*;
 
 /// Tokens processed together against one unpacked weight row.
@@ -277,8 +277,8 @@ fn run_tasks(
             }
             if let (QMatrix::K(km), QuantizedActs::Q8K { blocks: a, .. }) = (w, x) {
                 let isa = match (avx512, avx2) {
-                    (Some(_), _) if kdot_x86::avx512_available() => KIsa::Avx512,
-                    (_, Some(_)) => KIsa::Avx2,
+                    (Some(k), _) => KIsa::Avx512(k),
+                    (_, Some(k)) => KIsa::Avx2(k),
                     _ => KIsa::Scalar,
                 };
                 k_rows(isa, km, g..g_end, a, n, &out);

@@ -339,12 +339,8 @@ impl QMatrix {
             ),
             WeightFormat::K(k) => {
                 // candle's K-quantisers (ports of ggml's reference ones) make the bytes.
-                use candle_core::quantized::{GgmlDType, QTensor};
-                let dtype = match k {
-                    kquants::KType::Q4K => GgmlDType::Q4K,
-                    kquants::KType::Q5K => GgmlDType::Q5K,
-                    kquants::KType::Q6K => GgmlDType::Q6K,
-                };
+                use candle_core::quantized::QTensor;
+                let dtype = k.ggml();
                 let bytes =
                     candle_core::Tensor::from_slice(data, (rows, cols), &candle_core::Device::Cpu)
                         .and_then(|t| QTensor::quantize(&t, dtype))

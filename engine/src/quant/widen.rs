@@ -7,6 +7,9 @@
 
 use half::{bf16, f16};
 
+/// A conversion of a tensor's stored bytes into the bytes of the format it runs as.
+pub type Widen = fn(&[u8]) -> Vec<u8>;
+
 fn f16_at(b: &[u8], at: usize) -> f16 {
     f16::from_le_bytes([b[at], b[at + 1]])
 }
@@ -105,7 +108,6 @@ mod tests {
     fn every_widened_and_k_format_reads_as_candle_dequantises_it() {
         let (rows, cols) = (6, 512);
         let values = crate::quant::test_values(5, rows * cols, 3.0);
-        type Widen = fn(&[u8]) -> Vec<u8>;
         let cases: [(GgmlDType, Widen, WeightFormat); 5] = [
             (GgmlDType::Q4_0, q4_0_to_q8_0, WeightFormat::Q8_0),
             (GgmlDType::Q5_0, q5_0_to_q8_0, WeightFormat::Q8_0),
