@@ -676,47 +676,54 @@ impl Model {
                     let head = g * group + h;
                     &q[(t0 + ti) * hidden + head * hd..(t0 + ti) * hidden + (head + 1) * hd]
                 };
-                // The fused path reads every key from position 0: only where no window
-                // cuts the context.
-                let unwindowed = window.is_none_or(|w| ctx <= w);
-                if let (1, Some(k), 1..=4, true) = (m, fused, group, unwindowed) {
-                    let mut qs: [&[f32]; 4] = [&[]; 4];
-                    for (h, q) in qs.iter_mut().enumerate().take(group) {
-                        *q = qrow(0, h);
+                // Token ti sees keys lo..=pos0+ti: all of them, or the window's.
+                let span = |ti: usize| {
+                    let seen = pos0 + ti + 1;
+                    (window.map_or(0, |w| seen.saturating_sub(w)), seen)
+                };
+                if let Some(k) = fused {
+                    // Token by token, up to four heads of the group a call, straight from
+                    // the f16 cache.
+                    for ti in 0..m {
+                        let (lo, seen) = span(ti);
+                        for h0 in (0..group).step_by(4) {
+                            let heads = (group - h0).min(4);
+                            let mut qs: [&[f32]; 4] = [&[]; 4];
+                            for (h, q) in qs.iter_mut().enumerate().take(heads) {
+                                *q = qrow(ti, h0 + h);
+                            }
+                            acc.clear();
+                            acc.resize(heads * hd, 0.0);
+                            attend_f16(
+                                k,
+                                &qs[..heads],
+                                (blocks, bt, kv, g * hd),
+                                lo,
+                                seen,
+                                scale,
+                                scores,
+                                acc,
+                            );
+                            // SAFETY: the `heads` heads from `g * group + h0` of token
+                            // `t0 + ti` (`heads * hd` values) belong to this task alone and
+                            // end at `(g * group + h0 + heads) * hd <= n_heads * hd <=
+                            // hidden`, inside `out` (`n * hidden`, as `run_layers` sizes
+                            // it); `acc` is a separate buffer of `heads * hd`.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    acc.as_ptr(),
+                                    ptr.get().add((t0 + ti) * hidden + (g * group + h0) * hd),
+                                    heads * hd,
+                                )
+                            };
+                        }
                     }
-                    acc.clear();
-                    acc.resize(rows * hd, 0.0);
-                    attend_f16(
-                        k,
-                        &qs[..group],
-                        (blocks, bt, kv, g * hd),
-                        ctx,
-                        scale,
-                        scores,
-                        acc,
-                    );
-                    // SAFETY: the group's `group` heads of token `t0` (`rows * hd` values, as
-                    // `m == 1`) belong to this task alone and end at `(g + 1) * group * hd
-                    // <= n_heads * hd <= hidden`, inside `out` (`n * hidden`, as
-                    // `run_layers` sizes it); `acc` is a separate buffer of `rows * hd`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            acc.as_ptr(),
-                            ptr.get().add(t0 * hidden + g * group * hd),
-                            rows * hd,
-                        )
-                    };
                     return;
                 }
                 // This KV head's keys for positions 0..ctx, widened once for the block.
                 widen_head(blocks, bt, false, kv, g * hd, hd, ctx, rows_f32);
                 scores.clear();
                 scores.resize(rows * ctx, 0.0);
-                // Token ti sees keys lo..=pos0+ti: all of them, or the window's.
-                let span = |ti: usize| {
-                    let seen = pos0 + ti + 1;
-                    (window.map_or(0, |w| seen.saturating_sub(w)), seen)
-                };
                 for ti in 0..m {
                     let (lo, seen) = span(ti);
                     for h in 0..group {
@@ -766,70 +773,83 @@ impl Model {
     }
 }
 
-/// One token's attention for the `group` query heads `qs(h)` of one KV head, reading the
-/// f16 cache directly (each K/V row widened once, in registers, for every head of the
-/// group): the same operations in the same order as the widen-then-f32 path below, so
-/// the result is bit-identical. Writes `[group][hd]` into `out` for a group of 1 to 4
-/// query heads.
+/// One token's attention for the `group` query heads `qs(h)` of one KV head over the key
+/// positions `lo..ctx`, reading the f16 cache directly (each K/V row widened once, in
+/// registers, for every head of the group): the same operations in the same order as the
+/// widen-then-f32 path, so the result is bit-identical. Writes `[group][hd]` into `out`
+/// for a group of 1 to 4 query heads.
+#[allow(clippy::too_many_arguments)]
 fn attend_f16(
     k: ops::F16Kernels,
     qs: &[&[f32]],
     cache: F16Head,
+    lo: usize,
     ctx: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    #[allow(clippy::too_many_arguments)]
     fn run<const G: usize>(
         k: ops::F16Kernels,
         qs: &[&[f32]],
         (blocks, bt, kv, offset): F16Head,
+        lo: usize,
         ctx: usize,
         scale: f32,
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         use crate::quant::{dot_avx2, dot_avx512};
+        let width = ctx - lo;
         scores.clear();
-        scores.resize(G * ctx, 0.0);
+        scores.resize(G * width, 0.0);
         let hd = out.len() / G;
         let wide = k.avx512.filter(|_| dot_avx512::attention_width_ok(hd));
         // Block by block: each score depends on its own row only, so the split changes
         // nothing. Each block's rows are a short run of memory the hardware prefetcher
         // meets cold, so the rows `ahead` blocks on are fetched while this one computes.
         let ahead = PREFETCH_TOKENS.div_ceil(bt);
+        let first_block = lo / bt;
         let fetch = |b: usize, v: bool| {
             if let Some(&(kc, vc)) = blocks.get(b) {
                 let rows = bt.min(ctx.saturating_sub(b * bt));
                 prefetch_head(if v { vc } else { kc }, kv, offset, hd, rows);
             }
         };
-        (0..ahead).for_each(|b| fetch(b, false));
-        for (b, first, end) in block_spans(bt, ctx) {
+        // Block `b`'s rows from position `first` on.
+        let from = |c: &'_ [half::f16], b: usize, first: usize| -> std::ops::Range<usize> {
+            (first - b * bt) * kv..c.len()
+        };
+        (first_block..first_block + ahead).for_each(|b| fetch(b, false));
+        for (b, first, end) in block_spans(bt, lo, ctx) {
             let kc = blocks[b].0;
+            let kc = &kc[from(kc, b, first)];
             fetch(b + ahead, false);
-            let mut sc = scores.chunks_exact_mut(ctx);
+            let mut sc = scores.chunks_exact_mut(width);
             let sc: [&mut [f32]; G] =
-                std::array::from_fn(|_| &mut sc.next().expect("G rows")[first..end]);
+                std::array::from_fn(|_| &mut sc.next().expect("G rows")[first - lo..end - lo]);
             let q = std::array::from_fn(|h| qs[h]);
             match wide {
                 Some(k5) => dot_avx512::dot_rows_f16(k5, q, kc, kv, offset, scale, sc),
                 None => dot_avx2::dot_rows_f16(k.avx2, q, kc, kv, offset, scale, sc),
             }
         }
-        (0..ahead).for_each(|b| fetch(b, true));
-        for sc in scores.chunks_exact_mut(ctx) {
+        (first_block..first_block + ahead).for_each(|b| fetch(b, true));
+        for sc in scores.chunks_exact_mut(width) {
             ops::softmax(sc);
             ops::round_to_f16(sc);
         }
         // The weighted sum accumulates into `out` row after row, in position order, with
         // the same operations whether the rows come in one block or many.
-        for (b, first, end) in block_spans(bt, ctx) {
+        for (b, first, end) in block_spans(bt, lo, ctx) {
             let vc = blocks[b].1;
+            let vc = &vc[from(vc, b, first)];
             fetch(b + ahead, true);
             let mut o = out.chunks_exact_mut(hd);
             let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));
-            let p: [&[f32]; G] = std::array::from_fn(|h| &scores[h * ctx + first..h * ctx + end]);
+            let p: [&[f32]; G] =
+                std::array::from_fn(|h| &scores[h * width + first - lo..h * width + end - lo]);
             match wide {
                 Some(k5) => dot_avx512::weighted_rows_f16(k5, p, vc, kv, offset, o),
                 None => dot_avx2::weighted_rows_f16(k.avx2, p, vc, kv, offset, o),
@@ -837,10 +857,10 @@ fn attend_f16(
         }
     }
     match qs.len() {
-        1 => run::<1>(k, qs, cache, ctx, scale, scores, out),
-        2 => run::<2>(k, qs, cache, ctx, scale, scores, out),
-        3 => run::<3>(k, qs, cache, ctx, scale, scores, out),
-        4 => run::<4>(k, qs, cache, ctx, scale, scores, out),
+        1 => run::<1>(k, qs, cache, lo, ctx, scale, scores, out),
+        2 => run::<2>(k, qs, cache, lo, ctx, scale, scores, out),
+        3 => run::<3>(k, qs, cache, lo, ctx, scale, scores, out),
+        4 => run::<4>(k, qs, cache, lo, ctx, scale, scores, out),
         n => unreachable!("attend_f16 takes 1 to 4 query heads, got {n}"),
     }
 }
@@ -913,16 +933,16 @@ fn widen_head(
     dst: &mut Vec<f32>,
 ) {
     dst.resize(ctx * hd, 0.0);
-    for (b, first, end) in block_spans(bt, ctx) {
+    for (b, first, end) in block_spans(bt, 0, ctx) {
         let src = if v { blocks[b].1 } else { blocks[b].0 };
         ops::widen_f16_rows(src, kv, offset, hd, &mut dst[first * hd..end * hd]);
     }
 }
 
-/// Positions `0..ctx` split by blocks of `bt` tokens: `(block, first, end)` for each block
+/// Positions `lo..ctx` split by blocks of `bt` tokens: `(block, first, end)` for each block
 /// holding any of them.
-fn block_spans(bt: usize, ctx: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    (0..ctx.div_ceil(bt)).map(move |b| (b, b * bt, ((b + 1) * bt).min(ctx)))
+fn block_spans(bt: usize, lo: usize, ctx: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (lo / bt..ctx.div_ceil(bt)).map(move |b| (b, (b * bt).max(lo), ((b + 1) * bt).min(ctx)))
 }
 
 /// Takes the KV blocks every segment's new tokens need, before any compute, so a budget

@@ -615,9 +615,9 @@ mod imp {
         }
     }
 
-    /// [`super::super::dot_avx2::weighted_rows_f16`] for `hd % 16 == 0` and `hd <= 64`:
-    /// each output row stays in registers over all value rows (the same lane-wise FMAs in
-    /// the same order of rows), written back once.
+    /// [`super::super::dot_avx2::weighted_rows_f16`] for `hd % 16 == 0`: the output rows
+    /// taken 64 lanes at a time, each piece kept in registers over all value rows (the
+    /// same lane-wise FMAs in the same order of rows) and written back once.
     ///
     /// # Safety
     /// The CPU has the target features; the shapes pass
@@ -633,37 +633,44 @@ mod imp {
         out: [&mut [f32]; G],
     ) {
         const MAX: usize = 4; // 64 lanes of 16
-        let chunks = out[0].len() / 16;
+        let hd = out[0].len();
         let sp = src.as_ptr() as *const u16;
-        let mut acc = [[_mm512_setzero_ps(); MAX]; G];
-        for h in 0..G {
-            for c in 0..chunks {
-                // SAFETY: `16 * c + 16 <= hd == out[h].len()`; an unaligned load.
-                acc[h][c] = unsafe { _mm512_loadu_ps(out[h].as_ptr().add(16 * c)) };
-            }
-        }
-        for j in 0..p[0].len() {
-            // SAFETY: `j < rows`, so `j * stride + offset` is inside `src` (the caller's
-            // contract).
-            let row = unsafe { sp.add(j * stride + offset) };
-            for c in 0..chunks {
-                // SAFETY: `16 * c + 16 <= hd`: sixteen values inside row `j`; an
-                // unaligned 32-byte load.
-                let x = _mm512_cvtph_ps(unsafe {
-                    _mm256_loadu_si256(row.add(16 * c) as *const __m256i)
-                });
-                for h in 0..G {
-                    // SAFETY: `j < rows == p[h].len()`.
-                    let w = _mm512_set1_ps(unsafe { *p[h].get_unchecked(j) });
-                    acc[h][c] = _mm512_fmadd_ps(w, x, acc[h][c]);
+        let op: [*mut f32; G] = out.map(|o| o.as_mut_ptr());
+        let mut c0 = 0;
+        while c0 < hd {
+            let chunks = ((hd - c0) / 16).min(MAX);
+            let mut acc = [[_mm512_setzero_ps(); MAX]; G];
+            for h in 0..G {
+                for c in 0..chunks {
+                    // SAFETY: `c0 + 16 * c + 16 <= hd == out[h].len()`; an unaligned load.
+                    acc[h][c] = unsafe { _mm512_loadu_ps(op[h].add(c0 + 16 * c)) };
                 }
             }
-        }
-        for (h, o) in out.into_iter().enumerate() {
-            for c in 0..chunks {
-                // SAFETY: `16 * c + 16 <= hd == o.len()`; an unaligned store.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), acc[h][c]) };
+            for j in 0..p[0].len() {
+                // SAFETY: `j < rows`, so `j * stride + offset` is inside `src` (the
+                // caller's contract).
+                let row = unsafe { sp.add(j * stride + offset + c0) };
+                for c in 0..chunks {
+                    // SAFETY: `c0 + 16 * c + 16 <= hd`: sixteen values inside row `j`; an
+                    // unaligned 32-byte load.
+                    let x = _mm512_cvtph_ps(unsafe {
+                        _mm256_loadu_si256(row.add(16 * c) as *const __m256i)
+                    });
+                    for h in 0..G {
+                        // SAFETY: `j < rows == p[h].len()`.
+                        let w = _mm512_set1_ps(unsafe { *p[h].get_unchecked(j) });
+                        acc[h][c] = _mm512_fmadd_ps(w, x, acc[h][c]);
+                    }
+                }
             }
+            for h in 0..G {
+                for c in 0..chunks {
+                    // SAFETY: `c0 + 16 * c + 16 <= hd == out[h].len()`; an unaligned store
+                    // through the exclusive borrow `out[h]`.
+                    unsafe { _mm512_storeu_ps(op[h].add(c0 + 16 * c), acc[h][c]) };
+                }
+            }
+            c0 += 16 * chunks;
         }
     }
 }
@@ -903,7 +910,7 @@ pub fn min_terms<const N: usize>(
 
 /// Whether the AVX-512 attention kernels below take rows of width `hd`.
 pub fn attention_width_ok(hd: usize) -> bool {
-    hd > 0 && hd.is_multiple_of(16) && hd <= 64
+    hd > 0 && hd.is_multiple_of(16)
 }
 
 /// `out[h][j] = scale * (q[h] · row_j)` over f16 rows, bit-identical to
@@ -986,7 +993,14 @@ mod tests {
     #[test]
     fn attention_kernels_equal_the_avx2_ones_bit_for_bit() {
         fn check<const G: usize>(k: Avx512, k2: Avx2) {
-            for (hd, stride, offset, n) in [(64, 192, 64, 13), (16, 48, 32, 5), (32, 32, 0, 4)] {
+            for (hd, stride, offset, n) in [
+                (64, 192, 64, 13),
+                (16, 48, 32, 5),
+                (32, 32, 0, 4),
+                (256, 512, 256, 11),
+                (80, 160, 0, 6),
+                (128, 128, 0, 9),
+            ] {
                 let src: Vec<half::f16> = values(3, n * stride, 2.0)
                     .into_iter()
                     .map(half::f16::from_f32)

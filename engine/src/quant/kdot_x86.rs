@@ -87,6 +87,80 @@ mod imp {
         }
     }
 
+    /// The sums of the eight lanes of each of eight vectors, lane `t` for vector `t`
+    /// (exact integer sums: any order gives the same totals).
+    #[inline(always)]
+    unsafe fn hsum8(v: [__m256i; 8]) -> __m256i {
+        // SAFETY: the callers run with AVX2 (their contract); register operations only.
+        unsafe {
+            let a = _mm256_hadd_epi32(v[0], v[1]);
+            let b = _mm256_hadd_epi32(v[2], v[3]);
+            let c = _mm256_hadd_epi32(v[4], v[5]);
+            let d = _mm256_hadd_epi32(v[6], v[7]);
+            let e = _mm256_hadd_epi32(a, b);
+            let f = _mm256_hadd_epi32(c, d);
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(e, f),
+                _mm256_permute2x128_si256::<0x31>(e, f),
+            )
+        }
+    }
+
+    /// [`combine`] for eight tokens at once, lane `t` for token `t`: the same multiplies
+    /// and fused multiply-adds per lane, so the same bits as eight scalar calls.
+    #[inline(always)]
+    unsafe fn combine8(
+        kind: KType,
+        w: &KBlock,
+        da: __m256,
+        isum: __m256i,
+        msum: __m256i,
+        acc: __m256,
+    ) -> __m256 {
+        // SAFETY: the callers run with AVX2 and FMA (their contract); register operations
+        // only.
+        unsafe {
+            let dd = _mm256_mul_ps(_mm256_set1_ps(w.d), da);
+            match kind {
+                KType::Q6K => {
+                    let i = _mm256_sub_epi32(isum, _mm256_slli_epi32::<5>(msum));
+                    _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(i), acc)
+                }
+                _ => {
+                    // −(m · da) exactly: the product's sign bit flipped.
+                    let md =
+                        _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(w.m), da), _mm256_set1_ps(-0.0));
+                    let x = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc);
+                    _mm256_fmadd_ps(md, _mm256_cvtepi32_ps(msum), x)
+                }
+            }
+        }
+    }
+
+    /// The activation scales of block `b` of eight tokens.
+    #[inline(always)]
+    unsafe fn scales8<const N: usize>(a: &[&[Q8KBlock]; N], b: usize) -> __m256 {
+        // SAFETY: the callers run with AVX (their contract); `N == 8` there.
+        unsafe {
+            _mm256_setr_ps(
+                a[0][b].d, a[1][b].d, a[2][b].d, a[3][b].d, a[4][b].d, a[5][b].d, a[6][b].d,
+                a[7][b].d,
+            )
+        }
+    }
+
+    /// The `Σ_g mn[g] · bsum[g]` lanes of block `b` of token `t`, before the lane sum.
+    #[inline(always)]
+    unsafe fn min_lanes(mn16: __m256i, ab: &Q8KBlock) -> __m256i {
+        // SAFETY: `bsums` is 16 i16 values, 32 bytes; the callers run with AVX2.
+        unsafe {
+            _mm256_madd_epi16(
+                mn16,
+                _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i),
+            )
+        }
+    }
+
     /// Scale pick `e` as a 16-byte shuffle mask.
     #[inline(always)]
     unsafe fn pick(e: usize) -> __m128i {
@@ -116,6 +190,8 @@ mod imp {
         a: [&[Q8KBlock]; N],
     ) -> [f32; N] {
         let mut acc = [0.0f32; N];
+        // Eight tokens' results, lane `t` for token `t` (used where `N == 8`).
+        let mut acc8 = _mm256_setzero_ps();
         let m4 = _mm256_set1_epi8(0x0f);
         let m2 = _mm256_set1_epi8(3);
         for (b, blk) in w.iter().enumerate() {
@@ -156,6 +232,12 @@ mod imp {
                         *st = _mm256_add_epi32(*st, _mm256_madd_epi16(pairs, scv));
                     }
                 }
+                if N == 8 {
+                    let s8: [__m256i; 8] = std::array::from_fn(|i| s[i]);
+                    let m8: [__m256i; 8] = std::array::from_fn(|i| min_lanes(mn16, &a[i][b]));
+                    acc8 = combine8(kind, blk, scales8(&a, b), hsum8(s8), hsum8(m8), acc8);
+                    continue;
+                }
                 // The integer sums of four tokens at a time (exact, so any order).
                 let mut t = 0;
                 while t + 4 <= N {
@@ -177,6 +259,10 @@ mod imp {
                 }
             }
         }
+        if N == 8 {
+            // SAFETY: eight floats into `acc`, `N == 8` long; an unaligned store.
+            unsafe { _mm256_storeu_ps(acc.as_mut_ptr(), acc8) };
+        }
         acc
     }
 
@@ -192,6 +278,8 @@ mod imp {
         a: [&[Q8KBlock]; N],
     ) -> [f32; N] {
         let mut acc = [0.0f32; N];
+        // Eight tokens' results, lane `t` for token `t` (used where `N == 8`).
+        let mut acc8 = _mm256_setzero_ps();
         let m4 = _mm512_set1_epi8(0x0f);
         let m2 = _mm512_set1_epi8(3);
         for (b, blk) in w.iter().enumerate() {
@@ -236,12 +324,29 @@ mod imp {
                         *st = _mm512_dpwssd_epi32(*st, _mm512_maddubs_epi16(*qc, av), scv);
                     }
                 }
+                if N == 8 {
+                    // Each token's 512-bit sums folded to 256 bits (exact), then all
+                    // eight reduced and combined together.
+                    let s8: [__m256i; 8] = std::array::from_fn(|i| {
+                        _mm256_add_epi32(
+                            _mm512_castsi512_si256(s[i]),
+                            _mm512_extracti64x4_epi64::<1>(s[i]),
+                        )
+                    });
+                    let m8: [__m256i; 8] = std::array::from_fn(|i| min_lanes(mn16, &a[i][b]));
+                    acc8 = combine8(kind, blk, scales8(&a, b), hsum8(s8), hsum8(m8), acc8);
+                    continue;
+                }
                 for t in 0..N {
                     let ab = &a[t][b];
                     let isum = _mm512_reduce_add_epi32(s[t]);
                     acc[t] = combine(kind, blk, ab.d, isum, min_sum(mn16, ab), acc[t]);
                 }
             }
+        }
+        if N == 8 {
+            // SAFETY: eight floats into `acc`, `N == 8` long; an unaligned store.
+            unsafe { _mm256_storeu_ps(acc.as_mut_ptr(), acc8) };
         }
         acc
     }
