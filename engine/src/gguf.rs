@@ -529,9 +529,14 @@ impl Reader<'_> {
         let widened = runs_as(info.ggml_dtype)
             .and_then(|(_, widen)| widen)
             .map(|widen| widen(raw));
-        let raw = widened.as_deref().unwrap_or(raw);
-        QMatrix::from_bytes(format, rows, cols, raw)
-            .map_err(|e| self.err(format!("tensor `{name}`: {e}")))
+        let m = QMatrix::from_bytes(format, rows, cols, widened.as_deref().unwrap_or(raw))
+            .map_err(|e| self.err(format!("tensor `{name}`: {e}")))?;
+        // Blocks widened to Q8_0 take exact block sums (no llama.cpp lane order to keep).
+        Ok(if widened.is_some() {
+            m.with_exact_block_sums()
+        } else {
+            m
+        })
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {

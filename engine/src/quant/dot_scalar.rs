@@ -64,6 +64,24 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
     hsum8(acc)
 }
 
+/// `Σ_blocks d_w d_a Σ q_w q_a` for one Q8_0 row whose blocks were widened from Q4_0 or
+/// Q5_0, against one Q8_0 row, with exact block sums: each block's integer sum of 32
+/// products, scaled by one fused multiply-add, block after block in one chain. Those
+/// formats have no llama.cpp lane order to keep, and one rounding per block is fewer than
+/// the eight lanes' (the strip kernels do a block in eight `vpdpbusd` and one FMA).
+pub fn dot_q8_0_exact(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
+    w.iter().zip(a).fold(0.0f32, |acc, (bw, ba)| {
+        let isum: i32 = bw
+            .qs
+            .iter()
+            .zip(&ba.qs)
+            .map(|(&x, &y)| x as i32 * y as i32)
+            .sum();
+        (bw.d.to_f32() * ba.d).mul_add(isum as f32, acc)
+    })
+}
+
 /// f32 dot product: two eight-lane FMA chains over 16-value steps (an 8-value step after
 /// them goes to the first), the chains added lane by lane, [`hsum8`], then the last
 /// values one by one.

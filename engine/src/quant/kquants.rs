@@ -280,6 +280,17 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<Q8KBlock> {
 }
 
 fn quantize_block_q8k(x: &[f32]) -> Q8KBlock {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernel_kind() != super::KernelKind::Scalar {
+        // SAFETY: kernel_kind() is not Scalar only where AVX2 and FMA were detected.
+        if let Some(b) = unsafe { simd::quantize_block_q8k(x) } {
+            return b;
+        }
+    }
+    quantize_block_q8k_scalar(x)
+}
+
+fn quantize_block_q8k_scalar(x: &[f32]) -> Q8KBlock {
     let mut out = Q8KBlock {
         qs: [0; QK_K],
         bsums: [0; GROUPS],
@@ -305,6 +316,87 @@ fn quantize_block_q8k(x: &[f32]) -> Q8KBlock {
     }
     out.d = 1.0 / iscale;
     out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Q8KBlock, GROUP, GROUPS, QK_K};
+    use std::arch::x86_64::*;
+
+    /// [`super::quantize_block_q8k_scalar`] eight lanes at a time, with its bits: the same
+    /// largest-magnitude value (the first of equals), the same f32 scale, product and
+    /// add-and-subtract rounding, the exact group sums. None where `x` holds a NaN (the
+    /// scalar scan's comparisons decide those).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_block_q8k(x: &[f32]) -> Option<Q8KBlock> {
+        assert!(x.len() >= QK_K);
+        let p = x.as_ptr();
+        // SAFETY: `x.len() >= QK_K` (asserted): 32 unaligned loads of 8 values.
+        let v: [__m256; QK_K / 8] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(p.add(8 * i)) });
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        let mut nan = _mm256_setzero_ps();
+        for vi in &v {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(*vi, *vi));
+        }
+        if _mm256_movemask_ps(nan) != 0 {
+            return None;
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let mut out = Q8KBlock {
+            qs: [0; QK_K],
+            bsums: [0; GROUPS],
+            d: 0.0,
+        };
+        if amax == 0.0 {
+            return Some(out);
+        }
+        // The first value of that magnitude, as the scalar scan's strict `>` keeps it.
+        let am = _mm256_set1_ps(amax);
+        let mut max = 0.0f32;
+        for (i, vi) in v.iter().enumerate() {
+            let hit =
+                _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, *vi), am));
+            if hit != 0 {
+                max = x[8 * i + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -128.0 / max;
+        let is = _mm256_set1_ps(iscale);
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let top = _mm256_set1_epi32(127);
+        let q: [__m256i; QK_K / 8] = std::array::from_fn(|i| {
+            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is, v[i]), magic), magic);
+            _mm256_min_epi32(_mm256_cvtps_epi32(r), top)
+        });
+        for g in 0..GROUPS {
+            // Group g is vectors 2g and 2g + 1; its sum and its sixteen bytes.
+            let (a, b) = (q[2 * g], q[2 * g + 1]);
+            let s = _mm256_add_epi32(a, b);
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            out.bsums[g] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2))) as i16;
+            // i32 -> i16 -> i8 (values within -128..=127); packs work per 128-bit lane, so
+            // the halves are put back in order.
+            let w16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+            let w8 = _mm_packs_epi16(
+                _mm256_castsi256_si128(w16),
+                _mm256_extracti128_si256::<1>(w16),
+            );
+            // SAFETY: sixteen bytes at `16 g`, inside the 256-byte `qs`; unaligned.
+            unsafe { _mm_storeu_si128(out.qs.as_mut_ptr().add(GROUP * g) as *mut __m128i, w8) };
+        }
+        out.d = 1.0 / iscale;
+        Some(out)
+    }
 }
 
 /// The kernel families for K-quant rows; the SIMD ones carry the proof that the CPU has
@@ -439,6 +531,39 @@ mod tests {
 
     fn acts(seed: u64, n: usize) -> Vec<f32> {
         crate::quant::test_values(seed, n, 2.0)
+    }
+
+    #[test]
+    fn the_simd_q8k_quantiser_gives_the_scalar_bits() {
+        if super::super::kernel_kind() == super::super::KernelKind::Scalar {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        }
+        let mut cases: Vec<Vec<f32>> = (0..20).map(|s| acts(300 + s, QK_K)).collect();
+        // Ties of magnitude with opposite signs (the first one sets the sign), a single
+        // spike, values that round at exactly one half, a zero block.
+        let mut tie = vec![0.25f32; QK_K];
+        tie[7] = -3.0;
+        tie[100] = 3.0;
+        cases.push(tie.clone());
+        tie[7] = 3.0;
+        tie[100] = -3.0;
+        cases.push(tie);
+        let mut spike = vec![1e-3f32; QK_K];
+        spike[255] = -1e3;
+        cases.push(spike);
+        cases.push((0..QK_K).map(|i| (i as f32 - 128.0) * 0.5).collect());
+        cases.push(vec![0.0; QK_K]);
+        for x in &cases {
+            // SAFETY: kernel_kind() is not Scalar: AVX2 and FMA are present.
+            let v = unsafe { simd::quantize_block_q8k(x) }.expect("no NaN");
+            assert_eq!(v, quantize_block_q8k_scalar(x));
+            assert_eq!(v.d.to_bits(), quantize_block_q8k_scalar(x).d.to_bits());
+        }
+        let mut nan = acts(9, QK_K);
+        nan[3] = f32::NAN;
+        // SAFETY: as above.
+        assert!(unsafe { simd::quantize_block_q8k(&nan) }.is_none());
     }
 
     #[test]

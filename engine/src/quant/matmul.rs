@@ -275,6 +275,27 @@ fn run_tasks(
             if g == g_end {
                 continue;
             }
+            if let (
+                QMatrix::Q8_0 {
+                    blocks,
+                    exact: true,
+                    ..
+                },
+                QuantizedActs::Q8_0 { blocks: a, .. },
+            ) = (w, x)
+            {
+                // Rows outside full strips, or every row where no strip kernel runs:
+                // the reference kernel, row by row.
+                let nb = w.cols() / QK;
+                for r in g..g_end {
+                    let wr = &blocks[r * nb..(r + 1) * nb];
+                    for t in 0..n {
+                        let v = dot_scalar::dot_q8_0_exact(wr, &a[t * nb..(t + 1) * nb]);
+                        out.put(t, r, &[v]);
+                    }
+                }
+                continue;
+            }
             if let (QMatrix::K(km), QuantizedActs::Q8K { blocks: a, .. }) = (w, x) {
                 let isa = match (avx512, avx2) {
                     (Some(k), _) => KIsa::Avx512(k),
@@ -458,6 +479,19 @@ fn strip_span(
                 }
                 (QMatrix::Q4_1 { minima, .. }, StripKernel::Ymm(k)) => {
                     strips_avx2::dot_q4_1_strip::<N>(k, s, minima, strip, acts, cells)
+                }
+                (QMatrix::Q8_0 { exact: true, .. }, StripKernel::Zmm(k)) => {
+                    strips::dot_q8_0_exact_strip::<N>(
+                        k,
+                        s,
+                        strip,
+                        acts,
+                        std::array::from_fn(|t| &ua[span(t)]),
+                        cells,
+                    )
+                }
+                (QMatrix::Q8_0 { exact: true, .. }, StripKernel::Ymm(k)) => {
+                    strips_avx2::dot_q8_0_exact_strip::<N>(k, s, strip, acts, cells)
                 }
                 (_, StripKernel::Zmm(k)) => strips::dot_q8_0_strip::<N>(
                     k,
@@ -812,6 +846,41 @@ mod tests {
     }
 
     #[test]
+    fn exact_sum_q8_0_matmul_gives_the_reference_bits_in_strips_and_tail_rows() {
+        // 37 rows: two full strips and a ragged tail; batches that cover every tile width.
+        let (rows, cols) = (37, 8 * QK);
+        let w = QMatrix::quantize(WeightFormat::Q8_0, rows, cols, &data(5, rows * cols))
+            .with_exact_block_sums();
+        let QMatrix::Q8_0 { blocks, exact, .. } = &w else {
+            unreachable!("a Q8_0 matrix")
+        };
+        assert!(exact);
+        let nb = cols / QK;
+        for n in [1, 3, 8, 13] {
+            let xf = data(6 + n as u64, n * cols);
+            let x = QuantizedActs::for_weight(&w, &xf);
+            let QuantizedActs::Q8_0 { blocks: a, .. } = &x else {
+                unreachable!("Q8_0 activations")
+            };
+            let mut out = vec![0.0; n * rows];
+            matmul(&w, &x, &mut out);
+            for t in 0..n {
+                for r in 0..rows {
+                    let want = dot_scalar::dot_q8_0_exact(
+                        &blocks[r * nb..(r + 1) * nb],
+                        &a[t * nb..(t + 1) * nb],
+                    );
+                    assert_eq!(
+                        out[t * rows + r].to_bits(),
+                        want.to_bits(),
+                        "{n} tokens: row {r} token {t}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn k_quant_matmul_approximates_f32_and_ignores_batch_composition() {
         use super::super::kquants::KType;
         let (rows, cols, n) = (21, 512, 11);
@@ -908,12 +977,17 @@ mod tests {
                 minima,
             },
             QMatrix::Q8_0 {
-                rows, cols, blocks, ..
+                rows,
+                cols,
+                blocks,
+                exact,
+                ..
             } => QMatrix::Q8_0 {
                 strips: Some(Strips::q8_0(rows, cols / QK, &blocks)),
                 rows,
                 cols,
                 blocks,
+                exact,
             },
             w => w,
         }

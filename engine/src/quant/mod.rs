@@ -117,6 +117,10 @@ pub enum QMatrix {
         blocks: Vec<BlockQ8_0>,
         /// As for Q4_1: the full strips for the strip kernels, where one runs.
         strips: Option<strips::Strips>,
+        /// Exact block sums ([`dot_scalar::dot_q8_0_exact`]): blocks widened from Q4_0 or
+        /// Q5_0, which have no llama.cpp lane order to keep. False: llama.cpp's eight
+        /// lane chains ([`dot_scalar::dot_q8_0_q8_0`]), the order of files stored Q8_0.
+        exact: bool,
     },
     K(kquants::KMatrix),
 }
@@ -168,7 +172,17 @@ impl QMatrix {
             cols,
             blocks,
             strips,
+            exact: false,
         }
+    }
+
+    /// This matrix with exact block sums where it is Q8_0 (blocks widened from Q4_0 or
+    /// Q5_0); any other matrix unchanged.
+    pub fn with_exact_block_sums(mut self) -> Self {
+        if let QMatrix::Q8_0 { exact, .. } = &mut self {
+            *exact = true;
+        }
+        self
     }
 
     /// Builds a matrix from the raw little-endian bytes of a GGUF tensor.

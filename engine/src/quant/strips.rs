@@ -218,6 +218,42 @@ pub fn dot_q8_0_strip<const N: usize>(
     }
 }
 
+/// Strip `strip` of a Q8_0 `w` with exact block sums (blocks widened from Q4_0/Q5_0)
+/// against `N` (1 to [`STRIP_TOKENS`]) tokens, `ua[t]` being token `t`'s
+/// [`offset_quants`]: `out[t][r]`, each bit-identical to
+/// [`super::dot_scalar::dot_q8_0_exact`] of that row and token. A block is eight
+/// `vpdpbusd` into one integer sum per row, one convert and one FMA.
+#[inline]
+pub fn dot_q8_0_exact_strip<const N: usize>(
+    _: Avx512,
+    w: &Strips,
+    strip: usize,
+    a: [&[ActBlock]; N],
+    ua: [&[[u8; QK]]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = w.check(8, STRIP_TOKENS, strip, &a, &out);
+    assert!(
+        ua.iter().all(|c| c.len() >= w.nb),
+        "strip kernel: offset activations"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the `Avx512` token proves the target features; `strip < w.strips` and the
+    // strips are of Q8_0 (`w.check`), so the strip's `8 nb` lines and `16 nb` scales lie
+    // inside `w.qs` and `w.d`; every `a[t]` and `ua[t]` holds at least `nb` blocks and
+    // each `out[t]` sixteen floats (all checked above).
+    unsafe {
+        imp::strip_exact::<N>(
+            w.qs.as_ptr().add(at * 8),
+            w.d.as_ptr().add(at * STRIP),
+            ua.map(|c| c.as_ptr()),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        )
+    }
+}
+
 /// Q8_0 activation quants plus 128, as unsigned bytes (`vpdpbusd` takes one operand
 /// unsigned): what the Q8_0 strip kernel multiplies the signed weights by.
 pub fn offset_quants(a: &[ActBlock]) -> Vec<[u8; QK]> {
@@ -242,6 +278,73 @@ mod imp {
 
     /// Blocks whose `d_w·d_a` products are formed ahead of the chains that use them.
     const CHUNK: usize = 32;
+
+    /// One strip of exact-sum Q8_0 rows against `N` tokens: per block, `-128 Σ w` of every
+    /// row (shared by the tokens), then per token eight `vpdpbusd` of the offset
+    /// activations in two chains, their exact sum converted, and one FMA by `d_w·d_a`.
+    ///
+    /// # Safety
+    /// The CPU has the features; `qs` and `d` point at one strip's `8 nb` lines and
+    /// `16 nb` scales, each `ua[t]` at `nb` blocks of offset quants; each `a[t]` holds
+    /// `nb` blocks and each `out[t]` sixteen floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn strip_exact<const N: usize>(
+        qs: *const Line,
+        d: *const f16,
+        ua: [*const [u8; QK]; N],
+        nb: usize,
+        a: [&[ActBlock]; N],
+        out: [*mut f32; N],
+    ) {
+        let offset = _mm512_set1_epi8(-128i8);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let w: [__m512i; 8] = std::array::from_fn(|k| {
+                prefetch(qs.wrapping_add(8 * (nb + b) + k));
+                // SAFETY: `b < nb` and `k < 8`: line `8 b + k` is among the strip's `8 nb`
+                // at `qs` (the caller's contract); `Line` is 64-byte aligned.
+                unsafe { _mm512_load_si512(qs.add(8 * b + k) as *const __m512i) }
+            });
+            // Each lane starts at -128 · Σ w of its row's block, so adding the offset
+            // activations' products ends at the exact Σ w·a.
+            let (mut c0, mut c1) = (zero, zero);
+            for k in (0..8).step_by(2) {
+                c0 = _mm512_dpbusd_epi32(c0, offset, w[k]);
+                c1 = _mm512_dpbusd_epi32(c1, offset, w[k + 1]);
+            }
+            let start = _mm512_sub_epi32(zero, _mm512_add_epi32(c0, c1));
+            if b % 2 == 0 {
+                prefetch(d.wrapping_add(STRIP * (nb + b)));
+            }
+            // SAFETY: `b < nb`: block `b`'s sixteen scales lie inside the strip's `16 nb`
+            // at `d` (the caller's contract); an unaligned 32-byte load.
+            let dw =
+                _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(d.add(STRIP * b) as *const __m256i) });
+            for t in 0..N {
+                // SAFETY: `b < nb`: `ua[t]` points at `nb` blocks of 32 bytes (the
+                // caller's contract).
+                let q = unsafe { (*ua[t].add(b)).as_ptr() as *const i32 };
+                let word = |k: usize| {
+                    // SAFETY: `k < 8`: dword `k` of the block's 32 bytes; unaligned.
+                    _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(q.add(k)) })
+                };
+                let (mut s0, mut s1) = (start, zero);
+                for k in (0..8).step_by(2) {
+                    s0 = _mm512_dpbusd_epi32(s0, word(k), w[k]);
+                    s1 = _mm512_dpbusd_epi32(s1, word(k + 1), w[k + 1]);
+                }
+                let x = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                // SAFETY: `b < nb <= a[t].len()` (the caller's contract).
+                let da = _mm512_set1_ps(unsafe { a[t].get_unchecked(b) }.d);
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), x, acc[t]);
+            }
+        }
+        for t in 0..N {
+            // SAFETY: `out[t]` points at sixteen floats (the caller's contract).
+            unsafe { _mm512_storeu_ps(out[t], acc[t]) };
+        }
+    }
 
     /// One strip against `N` tokens; `Q8` picks the format (Q8_0 lines and `ua`, or
     /// Q4_1 lines and `mins`).
@@ -581,6 +684,50 @@ pub(super) mod tests {
         }
     }
 
+    impl<const N: usize> Q8Case<N> {
+        /// Every strip through `kernel`, each cell's bits against the exact-sum reference
+        /// kernel, and that kernel against the exact product within one rounding a block.
+        pub(crate) fn check_exact(
+            &self,
+            kernel: impl Fn(usize, [&[ActBlock]; N], [&mut [f32]; N]),
+            what: &str,
+        ) {
+            let nb = self.strips.nb;
+            each_cell::<N>(
+                self.strips.strips,
+                |s, out| kernel(s, std::array::from_fn(|t| &self.acts[t][..]), out),
+                |row, t| {
+                    let (w, a) = (&self.w[row * nb..(row + 1) * nb], &self.acts[t][..]);
+                    let v = super::super::dot_scalar::dot_q8_0_exact(w, a);
+                    let exact: f64 = w
+                        .iter()
+                        .zip(a)
+                        .map(|(bw, ba)| {
+                            let isum: i64 = bw
+                                .qs
+                                .iter()
+                                .zip(&ba.qs)
+                                .map(|(&x, &y)| x as i64 * y as i64)
+                                .sum();
+                            bw.d.to_f64() * ba.d as f64 * isum as f64
+                        })
+                        .sum();
+                    let scale: f64 = w
+                        .iter()
+                        .zip(a)
+                        .map(|(bw, ba)| (bw.d.to_f64() * ba.d as f64).abs() * 32.0 * 127.0 * 128.0)
+                        .sum();
+                    assert!(
+                        (v as f64 - exact).abs() <= 1e-6 * scale,
+                        "{what}: row {row} token {t}: {v} vs {exact}"
+                    );
+                    v
+                },
+                what,
+            );
+        }
+    }
+
     /// Runs `kernel` on every strip and compares each (token, row) cell's bits with
     /// `want(row, token)`.
     fn each_cell<const N: usize>(
@@ -653,6 +800,30 @@ pub(super) mod tests {
             check::<2>(k, k2, rows, nb);
             check::<5>(k, k2, rows, nb);
             check::<8>(k, k2, rows, nb);
+        }
+    }
+
+    #[test]
+    fn exact_q8_0_strip_kernel_equals_the_reference_bit_for_bit_over_the_full_byte_range() {
+        let Some(k) = Avx512::new() else {
+            eprintln!("no AVX-512 VNNI here: exact-sum strip kernel not tested");
+            return;
+        };
+        fn check<const N: usize>(k: Avx512, rows: usize, nb: usize) {
+            let c = Q8Case::<N>::new(rows, nb);
+            let ua: Vec<Vec<[u8; QK]>> = c.acts.iter().map(|a| offset_quants(a)).collect();
+            c.check_exact(
+                |s, a, out| {
+                    let u = std::array::from_fn(|t| &ua[t][..]);
+                    dot_q8_0_exact_strip::<N>(k, &c.strips, s, a, u, out)
+                },
+                &format!("N={N} nb={nb}"),
+            );
+        }
+        for (rows, nb) in SHAPES {
+            check::<1>(k, rows, nb);
+            check::<3>(k, rows, nb);
+            check::<8>(k, rows, nb);
         }
     }
 

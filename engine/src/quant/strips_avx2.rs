@@ -129,6 +129,38 @@ pub fn dot_q8_0_strip<const N: usize>(
     }
 }
 
+/// Strip `strip` of a Q8_0 `w` with exact block sums (blocks widened from Q4_0/Q5_0)
+/// against `N` (1 to [`TOKENS`]) tokens: `out[t][r]`, each bit-identical to
+/// [`super::dot_scalar::dot_q8_0_exact`] of that row and token.
+#[inline]
+pub fn dot_q8_0_exact_strip<const N: usize>(
+    k: Ymm,
+    w: &Strips,
+    strip: usize,
+    a: [&[ActBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = w.check(8, TOKENS, strip, &a, &out);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the token proves the target features; the strip's `8 nb` lines and `16 nb`
+    // scales lie inside `w.qs` and `w.d` (`Strips::check` saw Q8_0 strips and `strip <
+    // w.strips`); every `a[t]` holds at least `nb` blocks and each `out[t]` sixteen floats.
+    unsafe {
+        let args = (
+            w.qs.as_ptr().add(at * 8),
+            w.d.as_ptr().add(at * STRIP),
+            std::ptr::null(),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        );
+        match k {
+            Ymm::Avx2(_) => imp::avx2_exact::<N>(args),
+            Ymm::AvxVnni(_) => imp::vnni_exact::<N>(args),
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)]
 mod imp {
@@ -173,6 +205,105 @@ mod imp {
     pub unsafe fn vnni<const N: usize, const Q8: bool>(args: Args<'_, N>) {
         // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
         unsafe { body::<N, Q8, true>(args) }
+    }
+
+    /// # Safety
+    /// [`avx2`]'s contract for Q8_0 strips.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn avx2_exact<const N: usize>(args: Args<'_, N>) {
+        // SAFETY: this fn's contract is the body's, and its features are the body's.
+        unsafe { exact::<N, false>(args) }
+    }
+
+    /// # Safety
+    /// As [`avx2_exact`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn vnni_exact<const N: usize>(args: Args<'_, N>) {
+        // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
+        unsafe { exact::<N, true>(args) }
+    }
+
+    /// Exact-sum Q8_0 rows, half a strip (eight rows) at a time: per block and token,
+    /// eight sign-trick products of `|w|` and the activations signed by `w` summed into
+    /// one integer per row (`maddubs` + `madd`, or `vpdpbusd`), then one convert and one
+    /// FMA by `d_w·d_a`, as [`super::super::dot_scalar::dot_q8_0_exact`].
+    ///
+    /// # Safety
+    /// [`avx2`]'s contract for Q8_0 strips; with `VNNI`, the CPU has AVX-VNNI. Inlined
+    /// into the two target-feature wrappers above.
+    #[inline(always)]
+    unsafe fn exact<const N: usize, const VNNI: bool>((qs, d, _, nb, a, out): Args<'_, N>) {
+        // SAFETY: every intrinsic here is AVX2/FMA/F16C, or AVX-VNNI where `VNNI` (the
+        // callers' features); the memory accesses are justified one by one below.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let zero = _mm256_setzero_si256();
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    if h == 1 {
+                        // The next strip's lines and scales, while the second half runs
+                        // on this one's (in L1 from the first half).
+                        for k in 0..8 {
+                            prefetch(qs.wrapping_add(8 * (nb + b) + k));
+                        }
+                        if b % 4 == 0 {
+                            prefetch(d.wrapping_add(STRIP * (nb + b)));
+                        }
+                    }
+                    // Half `h` of line `8 b + k`: inside the strip's `8 nb` lines; `Line`
+                    // is 64-byte aligned, so the half is 32-byte aligned.
+                    let w: [__m256i; 8] = std::array::from_fn(|k| {
+                        _mm256_load_si256(
+                            (qs.add(8 * b + k) as *const u8).add(32 * h) as *const __m256i
+                        )
+                    });
+                    let u: [__m256i; 8] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
+                    // Rows `8h..8h + 8` of block `b`'s sixteen scales: inside the strip's
+                    // `16 nb`; unaligned.
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(
+                        d.add(STRIP * b + 8 * h) as *const __m128i
+                    ));
+                    for t in 0..N {
+                        // `b < nb <= a[t].len()`; dwords 0..8 of the block's 32 quant
+                        // bytes; unaligned reads.
+                        let ab = a[t].get_unchecked(b);
+                        let q = ab.qs.as_ptr() as *const i32;
+                        let (mut s0, mut s1) = (zero, zero);
+                        for k in (0..8).step_by(2) {
+                            let x0 = _mm256_sign_epi8(
+                                _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k))),
+                                w[k],
+                            );
+                            let x1 = _mm256_sign_epi8(
+                                _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k + 1))),
+                                w[k + 1],
+                            );
+                            if VNNI {
+                                s0 = _mm256_dpbusd_avx_epi32(s0, u[k], x0);
+                                s1 = _mm256_dpbusd_avx_epi32(s1, u[k + 1], x1);
+                            } else {
+                                s0 = _mm256_add_epi32(
+                                    s0,
+                                    _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], x0), ones),
+                                );
+                                s1 = _mm256_add_epi32(
+                                    s1,
+                                    _mm256_madd_epi16(_mm256_maddubs_epi16(u[k + 1], x1), ones),
+                                );
+                            }
+                        }
+                        let x = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                        acc[t] =
+                            _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(ab.d)), x, acc[t]);
+                    }
+                }
+                for t in 0..N {
+                    // `out[t]` points at sixteen floats; rows `8h..8h + 8`; unaligned.
+                    _mm256_storeu_ps(out[t].add(8 * h), acc[t]);
+                }
+            }
+        }
     }
 
     /// # Safety
@@ -408,6 +539,28 @@ mod tests {
                 check::<2>(k, k2, rows, nb);
                 check::<3>(k, k2, rows, nb);
                 check::<4>(k, k2, rows, nb);
+            }
+        }
+    }
+
+    #[test]
+    fn exact_q8_0_strip_equals_the_reference_bit_for_bit_over_the_full_byte_range() {
+        if Avx2::new().is_none() {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        }
+        fn check<const N: usize>(k: Ymm, rows: usize, nb: usize) {
+            let c = Q8Case::<N>::new(rows, nb);
+            c.check_exact(
+                |s, a, out| dot_q8_0_exact_strip::<N>(k, &c.strips, s, a, out),
+                &format!("{k:?} N={N} nb={nb}"),
+            );
+        }
+        for k in families() {
+            for (rows, nb) in SHAPES {
+                check::<1>(k, rows, nb);
+                check::<2>(k, rows, nb);
+                check::<4>(k, rows, nb);
             }
         }
     }
