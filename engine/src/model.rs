@@ -635,10 +635,12 @@ impl Model {
     /// query head `h` reads KV head `h / (n_heads / n_kv_heads)`).
     ///
     /// Work is split into (query block, KV head) tasks: a block is up to [`QUERY_BLOCK`]
-    /// consecutive tokens of one sequence, so each K/V row is widened from f16 once and
-    /// reused by every query head of its group and every token of the block. Each
-    /// (token, head) result is computed with the same operations in the same order
-    /// whatever the block, so batching never changes the output.
+    /// consecutive tokens of one sequence. With AVX2, each token's group of query heads
+    /// (up to four a call) reads the f16 cache through the fused kernels, each K/V row
+    /// widened in registers once for the heads; without it, each K/V row is widened to
+    /// f32 once for the block and reused by every head and token. Both give the same
+    /// bits: each (token, head) result is computed with the same operations in the same
+    /// order whatever the block, so batching never changes the output.
     fn attention(
         &self,
         q: &[f32],

@@ -2,8 +2,13 @@
 //! (`genie model fetch gemma3-270m`; SentencePiece vocabulary, no chat template in the
 //! file, Q5_0/Q4_K/Q6_K/Q8_0 tensors) served end to end over HTTP. This file is the base
 //! (pretrained) model: asked a question in the chat template it continues the text rather
-//! than answering, and llama.cpp's greedy continuation is the same (the question again,
-//! then " quân"; `reference/tests/fixtures/gemma3-270m-llama-cpp.json`).
+//! than answering, and llama.cpp's greedy continuation begins the same way (the question
+//! again; `reference/tests/fixtures/gemma3-270m-llama-cpp.json`). The token after the
+//! question is not pinned: there the model's distribution is nearly flat (its four most
+//! likely tokens within 0.09 nats of each other, measured), so which one greedy decoding
+//! takes depends on the last bits of the sums (llama.cpp's AVX-512 build took " quân",
+//! Genie's exact-sum kernels take " mendatang"); the accuracy against the exact
+//! reference is measured in `reference/tests/gemma3_engine.rs`.
 
 mod support;
 
@@ -32,7 +37,7 @@ async fn serve_runs_gemma3_q4_k_m_end_to_end() {
     let (status, v) = post_json(&s, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
-    // What `genie generate` gives, and what llama.cpp's greedy decoding begins with.
+    // What `genie generate` gives; it begins as llama.cpp's greedy decoding does.
     let want = genie_generate(&[
         "--model",
         &path,
@@ -43,10 +48,7 @@ async fn serve_runs_gemma3_q4_k_m_end_to_end() {
         "24",
     ]);
     assert_eq!(text, want["text"].as_str().unwrap(), "{v}");
-    assert!(
-        text.starts_with("What is the capital of France? quân\n"),
-        "{v}"
-    );
+    assert!(text.starts_with("What is the capital of France? "), "{v}");
     assert!(!text.contains("<end_of_turn>"), "{v}");
     // `<bos><start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n`: the 16 ids
     // llama.cpp gives the same text (reference/tests/gemma3_engine.rs checks the ids).

@@ -221,6 +221,38 @@ mod imp {
         out
     }
 
+    /// [`super::dot_q8_0_exact`]'s kernel.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a.len() >= w.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q8_0_exact(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = 0.0f32;
+        for (b, bw) in w.iter().enumerate() {
+            // SAFETY: `b < w.len() <= a.len()` (this fn's contract).
+            let ba = unsafe { a.get_unchecked(b) };
+            // SAFETY: 32-byte unaligned loads of the blocks' 32 quants.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_si256(bw.qs.as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(ba.qs.as_ptr() as *const __m256i),
+                )
+            };
+            // |w| unsigned against a signed by w: exact, as Q8_0 activations never hold
+            // -128 (pairs stay within an i16).
+            let p = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)),
+                ones,
+            );
+            let s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            let isum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)));
+            acc = (bw.d.to_f32() * ba.d).mul_add(isum as f32, acc);
+        }
+        acc
+    }
+
     /// `out[j] = scale * (q · rows[j])` for every `hd`-wide row; each dot is computed
     /// exactly as [`dot_f32`] computes it.
     ///
@@ -655,6 +687,19 @@ pub fn dot_q8_0_q8_0<const N: usize>(k: Avx2, w: &[BlockQ8_0], a: [&[ActBlock]; 
     dot_q8_0_q8_0_tile::<1, N>(k, [w], a)[0]
 }
 
+/// One Q8_0 row with exact block sums (blocks widened from Q4_0/Q5_0) against one Q8_0
+/// activation row, bit-identical to [`super::dot_scalar::dot_q8_0_exact`]: each block's
+/// products summed exactly in integers (llama.cpp's sign trick, `maddubs` + `madd`, a
+/// horizontal sum), then one FMA. The kernel for rows outside full strips and for hosts
+/// that run no strip kernel.
+#[inline]
+pub fn dot_q8_0_exact(_: Avx2, w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
+    assert!(a.len() >= w.len(), "activation row shorter than weight row");
+    // SAFETY: the `Avx2` token proves AVX2, FMA and F16C; `a` holds at least `w.len()`
+    // blocks (asserted above).
+    unsafe { dispatch!(dot_q8_0_exact)(w, a) }
+}
+
 /// `out[j] = scale * (q · rows[j])` over `q.len()`-wide rows (bit-identical to
 /// calling [`dot_f32`] per row).
 #[inline]
@@ -923,6 +968,31 @@ mod tests {
             got.to_bits(),
             "row tiling changed the result"
         );
+    }
+
+    #[test]
+    fn exact_q8_0_matches_scalar_over_the_full_byte_range() {
+        let Some(k) = Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        };
+        let cols = QK * 9;
+        let mut w: Vec<_> = rows(5, cols)
+            .chunks(QK)
+            .map(acts::quantize_block_q8_0)
+            .collect();
+        // Extremes of every pair: -128 and 127 weights against ±127 activations.
+        w[0].qs = std::array::from_fn(|i| if i % 2 == 0 { -128 } else { 127 });
+        w[1].qs = [-128; QK];
+        let mut a: Vec<acts::ActBlock> = rows(6, cols)
+            .chunks(QK)
+            .map(|c| acts::quantize_block_q8_0(c).into())
+            .collect();
+        a[0].qs = std::array::from_fn(|i| if i % 3 == 0 { -127 } else { 127 });
+        a[1].qs = [-127; QK];
+        let got = dot_q8_0_exact(k, &w, &a);
+        let reference = dot_scalar::dot_q8_0_exact(&w, &a);
+        assert_eq!(got.to_bits(), reference.to_bits(), "{got} vs {reference}");
     }
 
     #[test]

@@ -285,12 +285,16 @@ fn run_tasks(
             ) = (w, x)
             {
                 // Rows outside full strips, or every row where no strip kernel runs:
-                // the reference kernel, row by row.
+                // row by row, AVX2 where the CPU has it (the reference's bits).
                 let nb = w.cols() / QK;
                 for r in g..g_end {
                     let wr = &blocks[r * nb..(r + 1) * nb];
                     for t in 0..n {
-                        let v = dot_scalar::dot_q8_0_exact(wr, &a[t * nb..(t + 1) * nb]);
+                        let at = &a[t * nb..(t + 1) * nb];
+                        let v = match avx2 {
+                            Some(k) => dot_avx2::dot_q8_0_exact(k, wr, at),
+                            None => dot_scalar::dot_q8_0_exact(wr, at),
+                        };
                         out.put(t, r, &[v]);
                     }
                 }
