@@ -116,6 +116,9 @@ pub struct KMatrix {
     pub blocks: Vec<KBlock>,
     /// One entry per block for Q5_K and Q6_K; empty for Q4_K.
     pub hi: Vec<HiBits>,
+    /// The full strips again, for the AVX-512 strip kernel: built only where this
+    /// process runs AVX-512 kernels.
+    pub strips: Option<super::kstrips::KStrips>,
 }
 
 /// The 6-bit scale and minimum of Q4_K/Q5_K sub-block `j` from the 12 packed bytes.
@@ -218,13 +221,18 @@ impl KMatrix {
                 hi.push(h);
             }
         }
-        KMatrix {
+        let mut m = KMatrix {
             kind,
             rows,
             cols,
             blocks,
             hi,
+            strips: None,
+        };
+        if super::kernel_kind() == super::KernelKind::Avx512 {
+            m.strips = Some(super::kstrips::KStrips::new(&m));
         }
+        m
     }
 
     /// Row `r` as f32, as the file's format defines its values.
@@ -260,6 +268,7 @@ impl KMatrix {
     pub fn memory_bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<KBlock>()
             + self.hi.len() * std::mem::size_of::<HiBits>()
+            + self.strips.as_ref().map_or(0, |s| s.memory_bytes())
     }
 }
 
@@ -439,7 +448,7 @@ pub fn dot_row<const N: usize>(
 
 /// The unsigned values (0..63) of one super-block: the low nibbles of `lo`, plus sixteen
 /// times the high bits where the format has them.
-fn unpack(blk: &KBlock, hi: Option<&HiBits>) -> [u8; QK_K] {
+pub(crate) fn unpack(blk: &KBlock, hi: Option<&HiBits>) -> [u8; QK_K] {
     let mut q = [0u8; QK_K];
     for c in 0..4 {
         for l in 0..32 {
@@ -497,7 +506,7 @@ fn dot_scalar<const N: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Random but valid super-blocks: finite small scales, any other bytes.

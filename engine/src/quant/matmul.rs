@@ -6,6 +6,7 @@ use super::acts::{ActBlock, QuantizedActs};
 use super::dot_avx2::{self, Avx2};
 use super::dot_avx512::{self, Avx512};
 use super::kquants::{dot_row, KIsa, KMatrix, Q8KBlock};
+use super::kstrips::{self, KStrips};
 use super::side_fetch::{SideCursor, SideFetch};
 use super::strips::{self, Strips, STRIP, STRIP_TOKENS};
 use super::strips_avx2::{self, AvxVnni, Ymm};
@@ -219,7 +220,7 @@ fn run_tasks(
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, end)
     for (i, w) in ws.iter().enumerate() {
         let rows = w.rows();
-        if strips_of(w, strip).is_some() {
+        if strips_of(w, strip).is_some() || k_strips_of(w, avx512).is_some() {
             // Whole strips per task (a ragged tail rides with the last), in near-equal
             // shares of the strips.
             let units = rows.div_ceil(STRIP);
@@ -247,9 +248,9 @@ fn run_tasks(
         // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end (of
         // 16 with strips, so groups start on a strip).
         let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
-        let group = match strips {
-            Some(_) => (fit / STRIP * STRIP).max(STRIP).min(chunk),
-            None => (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk),
+        let group = match (strips, k_strips_of(w, avx512)) {
+            (Some(_), _) | (_, Some(_)) => (fit / STRIP * STRIP).max(STRIP).min(chunk),
+            _ => (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk),
         };
         let out = Out {
             token_rows: &targets[i],
@@ -306,6 +307,16 @@ fn run_tasks(
                     (_, Some(k)) => KIsa::Avx2(k),
                     _ => KIsa::Scalar,
                 };
+                let mut g = g;
+                // A batch takes the strip kernel over the group's full strips (one token
+                // stays on the row kernel: it reads the nibbles, half the strips' bytes).
+                if let (Some(k), Some(ks), true) = (avx512, &km.strips, n >= 2) {
+                    let last = g_end.min(ks.rows());
+                    if g < last {
+                        k_strip_span(k, km.kind, ks, g / STRIP..last / STRIP, a, n, &out);
+                        g = last;
+                    }
+                }
                 k_rows(isa, km, g..g_end, a, n, &out);
                 continue;
             }
@@ -400,6 +411,61 @@ fn k_rows(
                 4 => k_tile::<4>(isa, w, r, arow, t, out),
                 _ => k_tile::<1>(isa, w, r, arow, t, out),
             }
+        }
+        t += width;
+    }
+}
+
+/// `w`'s K-quant strips, where the AVX-512 strip kernel runs.
+fn k_strips_of(w: &QMatrix, avx512: Option<Avx512>) -> Option<&KStrips> {
+    match (w, avx512) {
+        (QMatrix::K(km), Some(_)) => km.strips.as_ref(),
+        _ => None,
+    }
+}
+
+/// Strips `strips` of a K-quant matrix against all `n` tokens of `a`, up to
+/// [`kstrips::TOKENS`] tokens a call (every width gives the same bits).
+fn k_strip_span(
+    k: Avx512,
+    kind: super::kquants::KType,
+    s: &KStrips,
+    strips: std::ops::Range<usize>,
+    a: &[Q8KBlock],
+    n: usize,
+    out: &Out<'_>,
+) {
+    fn tile<const N: usize>(
+        k: Avx512,
+        kind: super::kquants::KType,
+        s: &KStrips,
+        strips: std::ops::Range<usize>,
+        a: &[Q8KBlock],
+        t0: usize,
+        out: &Out<'_>,
+    ) {
+        let nb = s.nb;
+        let acts = std::array::from_fn(|t| &a[(t0 + t) * nb..(t0 + t + 1) * nb]);
+        for strip in strips {
+            // SAFETY: the strip's (token, row) cells belong to this task alone (see
+            // `Out`), and the N tokens are distinct, so the N slices do not overlap.
+            let cells = std::array::from_fn(|t| unsafe { out.cells(t0 + t, strip * STRIP, STRIP) });
+            kstrips::dot_strip::<N>(k, kind, s, strip, acts, cells);
+        }
+    }
+    let mut t = 0;
+    while t < n {
+        let width = (n - t).min(kstrips::TOKENS);
+        let r = strips.clone();
+        match width {
+            8 => tile::<8>(k, kind, s, r, a, t, out),
+            7 => tile::<7>(k, kind, s, r, a, t, out),
+            6 => tile::<6>(k, kind, s, r, a, t, out),
+            5 => tile::<5>(k, kind, s, r, a, t, out),
+            4 => tile::<4>(k, kind, s, r, a, t, out),
+            3 => tile::<3>(k, kind, s, r, a, t, out),
+            2 => tile::<2>(k, kind, s, r, a, t, out),
+            _ => tile::<1>(k, kind, s, r, a, t, out),
         }
         t += width;
     }

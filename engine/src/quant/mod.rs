@@ -21,6 +21,7 @@ pub mod dot_avx512;
 pub mod dot_scalar;
 pub mod kdot_x86;
 pub mod kquants;
+pub mod kstrips;
 pub mod matmul;
 pub mod side_fetch;
 pub mod strips;

@@ -1,0 +1,291 @@
+//! K-quant rows re-laid in strips of sixteen for an AVX-512 kernel that keeps one row per
+//! 32-bit lane, as [`super::strips`] does for Q4_1 and Q8_0.
+//!
+//! Why: the row kernel ([`super::kdot_x86`]) unpacks a super-block of one row and runs
+//! every token of a tile over it, then reduces each token's sums across the register's
+//! lanes, super-block by super-block. Here a register holds sixteen rows: per scale group
+//! (16 values) and token, four `vpdpbusd` of the rows' bytes against the token's four
+//! broadcast dwords give the sixteen rows' exact group sums, one `vpmulld` scales them,
+//! and the super-block's minimum sums are eight `vpdpwssd`; nothing is reduced across
+//! lanes. The integer sums are the row kernel's exactly, and each lane's combine is
+//! [`super::kquants::combine`]'s operations, so every result is bit-identical to the
+//! scalar kernel (tests compare every bit).
+//!
+//! Layout, for strip `s` (rows `16s..16s+16`) and super-block `b`: 64 lines of 64 bytes,
+//! byte `4r + j` of line `i` being row `r`'s unsigned value `4i + j` (the high bits
+//! already added: one byte per value, twice a Q4_K block's bytes); the group scales as
+//! `[group][row]` bytes; the minimum scales as `[pair][row][2]` i16 (a `vpdpwssd` lane's
+//! two groups); the rows' `d` and `m`.
+
+use super::dot_avx512::Avx512;
+use super::kquants::{KMatrix, KType, Q8KBlock, QK_K};
+use super::strips::{Line, STRIP};
+
+/// Most tokens one call takes (sixteen accumulators beside the weights in 32 registers).
+pub const TOKENS: usize = 8;
+
+const GROUPS: usize = 16;
+const LINES: usize = QK_K / 4;
+
+/// The full strips of a K-quant matrix (rows past the last multiple of [`STRIP`] stay
+/// with the row kernels).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KStrips {
+    pub strips: usize,
+    /// Super-blocks per row.
+    pub nb: usize,
+    /// `[strip][block][LINES]`.
+    pub qs: Vec<Line>,
+    /// `[strip][block][group]`: the sixteen rows' scales of a group.
+    pub sc: Vec<[i8; STRIP]>,
+    /// `[strip][block][pair]`: row `r`'s minimum scales of groups `2p`, `2p + 1` at
+    /// `2r`, `2r + 1`.
+    pub mn: Vec<[i16; 2 * STRIP]>,
+    /// `[strip][block]`: the rows' `d` and `m`.
+    pub d: Vec<[f32; STRIP]>,
+    pub m: Vec<[f32; STRIP]>,
+}
+
+impl KStrips {
+    /// Re-lays the full strips of `w`.
+    pub fn new(w: &KMatrix) -> Self {
+        let nb = w.cols / QK_K;
+        let strips = w.rows / STRIP;
+        let n = strips * nb;
+        let mut s = KStrips {
+            strips,
+            nb,
+            qs: vec![Line([0; 64]); n * LINES],
+            sc: vec![[0; STRIP]; n * GROUPS],
+            mn: vec![[0; 2 * STRIP]; n * GROUPS / 2],
+            d: vec![[0.0; STRIP]; n],
+            m: vec![[0.0; STRIP]; n],
+        };
+        for st in 0..strips {
+            for b in 0..nb {
+                let at = st * nb + b;
+                for r in 0..STRIP {
+                    let row = st * STRIP + r;
+                    let (blocks, hi) = w.row(row);
+                    let blk = &blocks[b];
+                    let q = super::kquants::unpack(blk, hi.get(b));
+                    for i in 0..LINES {
+                        s.qs[at * LINES + i].0[4 * r..4 * r + 4]
+                            .copy_from_slice(&q[4 * i..4 * i + 4]);
+                    }
+                    for g in 0..GROUPS {
+                        s.sc[at * GROUPS + g][r] = blk.sc[g];
+                        s.mn[at * GROUPS / 2 + g / 2][2 * r + g % 2] = blk.mn[g] as i16;
+                    }
+                    s.d[at][r] = blk.d;
+                    s.m[at][r] = blk.m;
+                }
+            }
+        }
+        s
+    }
+
+    /// Rows covered by full strips.
+    pub fn rows(&self) -> usize {
+        self.strips * STRIP
+    }
+
+    /// Bytes of the strips in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.qs.len() * 64
+            + self.sc.len() * STRIP
+            + self.mn.len() * 4 * STRIP
+            + self.d.len() * 8 * STRIP
+    }
+}
+
+/// Strip `strip` of a K-quant matrix of `kind` against `N` (1 to [`TOKENS`]) tokens'
+/// Q8_K rows: `out[t][r]` for the strip's sixteen rows, each bit-identical to
+/// [`super::kquants::dot_row`] of that row and token.
+pub fn dot_strip<const N: usize>(
+    _: Avx512,
+    kind: KType,
+    w: &KStrips,
+    strip: usize,
+    a: [&[Q8KBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    assert!(
+        (1..=TOKENS).contains(&N),
+        "K strip kernel: 1 to {TOKENS} tokens"
+    );
+    assert!(
+        strip < w.strips,
+        "K strip kernel: strip {strip} of {}",
+        w.strips
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= w.nb),
+        "K strip kernel: activation rows"
+    );
+    assert!(
+        out.iter().all(|o| o.len() == STRIP),
+        "K strip kernel: one output per row"
+    );
+    let at = strip * w.nb;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the `Avx512` token proves the target features; `strip < w.strips`, so the
+    // strip's `nb` blocks of lines, scales, minima and `d`/`m` lie inside `w`'s vectors
+    // (sized by `KStrips::new` for `strips · nb` blocks); every `a[t]` holds at least
+    // `nb` blocks and each `out[t]` sixteen floats (all checked above).
+    unsafe {
+        imp::strip::<N>(
+            kind == KType::Q6K,
+            w.qs.as_ptr().add(at * LINES),
+            w.sc.as_ptr().add(at * GROUPS),
+            w.mn.as_ptr().add(at * GROUPS / 2),
+            w.d.as_ptr().add(at),
+            w.m.as_ptr().add(at),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// One strip against `N` tokens.
+    ///
+    /// # Safety
+    /// The CPU has the features; `qs`, `sc`, `mn`, `d` and `m` point at one strip's `nb`
+    /// blocks of lines, group scales, minimum pairs, `d` and `m`; each `a[t]` holds `nb`
+    /// blocks and each `out[t]` sixteen floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip<const N: usize>(
+        q6: bool,
+        qs: *const Line,
+        sc: *const [i8; STRIP],
+        mn: *const [i16; 2 * STRIP],
+        d: *const [f32; STRIP],
+        m: *const [f32; STRIP],
+        nb: usize,
+        a: [&[Q8KBlock]; N],
+        out: [*mut f32; N],
+    ) {
+        // SAFETY: every intrinsic is AVX-512 F/BW/VNNI (this fn's features); the memory
+        // accesses stay inside the strip's blocks and the activation blocks (the
+        // caller's contract), as each comment says.
+        unsafe {
+            let zero = _mm512_setzero_si512();
+            let mut acc = [_mm512_setzero_ps(); N];
+            for b in 0..nb {
+                let mut isum = [zero; N];
+                for g in 0..GROUPS {
+                    // Group `g`'s four lines of block `b`: line `LINES b + 4g + k`;
+                    // `Line` is 64-byte aligned.
+                    let w: [__m512i; 4] = std::array::from_fn(|k| {
+                        _mm512_load_si512(qs.add(LINES * b + 4 * g + k) as *const __m512i)
+                    });
+                    // The sixteen rows' scales of the group, widened to i32.
+                    let s = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        sc.add(GROUPS * b + g) as *const __m128i
+                    ));
+                    for t in 0..N {
+                        // Values 16g..16g + 16 of token t's block `b` (`b < nb <=
+                        // a[t].len()`): four unaligned dwords.
+                        let p = a[t].get_unchecked(b).qs.as_ptr().add(16 * g) as *const i32;
+                        let x = |k: usize| _mm512_set1_epi32(std::ptr::read_unaligned(p.add(k)));
+                        let dot = _mm512_dpbusd_epi32(zero, w[0], x(0));
+                        let dot = _mm512_dpbusd_epi32(dot, w[1], x(1));
+                        let dot = _mm512_dpbusd_epi32(dot, w[2], x(2));
+                        let dot = _mm512_dpbusd_epi32(dot, w[3], x(3));
+                        isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(dot, s));
+                    }
+                }
+                // The rows' `d` and `m` of block `b` (sixteen floats each, unaligned).
+                let dv = _mm512_loadu_ps(d.add(b) as *const f32);
+                let mv = _mm512_loadu_ps(m.add(b) as *const f32);
+                let pairs: [__m512i; GROUPS / 2] = std::array::from_fn(|p| {
+                    _mm512_loadu_si512(mn.add(GROUPS / 2 * b + p) as *const _)
+                });
+                for t in 0..N {
+                    let ab = a[t].get_unchecked(b);
+                    // Token t's group sums, two a dword (`bsums` is 16 i16).
+                    let bs = ab.bsums.as_ptr() as *const i32;
+                    let mut msum = zero;
+                    for (p, mp) in pairs.iter().enumerate() {
+                        let pair = _mm512_set1_epi32(std::ptr::read_unaligned(bs.add(p)));
+                        msum = _mm512_dpwssd_epi32(msum, *mp, pair);
+                    }
+                    // `combine`, lane by lane.
+                    let da = _mm512_set1_ps(ab.d);
+                    let dd = _mm512_mul_ps(dv, da);
+                    acc[t] = if q6 {
+                        let i = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<5>(msum));
+                        _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(i), acc[t])
+                    } else {
+                        let md = _mm512_xor_ps(_mm512_mul_ps(mv, da), _mm512_set1_ps(-0.0));
+                        let x = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum[t]), acc[t]);
+                        _mm512_fmadd_ps(md, _mm512_cvtepi32_ps(msum), x)
+                    };
+                }
+            }
+            for t in 0..N {
+                // `out[t]` points at sixteen floats.
+                _mm512_storeu_ps(out[t], acc[t]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kquants::{dot_row, quantize_q8k, KIsa};
+    use super::*;
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn k_strips_equal_the_scalar_kernel_bit_for_bit() {
+        let Some(k) = Avx512::new() else {
+            eprintln!("no AVX-512 VNNI here: K strip kernel not tested");
+            return;
+        };
+        fn check<const N: usize>(k: Avx512, kind: KType, rows: usize, nb: usize) {
+            let cols = nb * QK_K;
+            let bytes = super::super::kquants::tests::random_bytes(kind, rows * nb, 17 + N as u64);
+            let w = KMatrix::from_bytes(kind, rows, cols, &bytes);
+            let s = KStrips::new(&w);
+            let acts: Vec<Vec<Q8KBlock>> = (0..N)
+                .map(|t| quantize_q8k(&super::super::test_values(300 + t as u64, cols, 3.0)))
+                .collect();
+            for strip in 0..s.strips {
+                let mut out = [[0.0f32; STRIP]; N];
+                {
+                    let mut it = out.iter_mut();
+                    let o = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                    dot_strip::<N>(k, kind, &s, strip, std::array::from_fn(|t| &acts[t][..]), o);
+                }
+                for r in 0..STRIP {
+                    let (blocks, hi) = w.row(strip * STRIP + r);
+                    for t in 0..N {
+                        let want = dot_row(KIsa::Scalar, kind, blocks, hi, [&acts[t][..]])[0];
+                        assert_eq!(
+                            out[t][r].to_bits(),
+                            want.to_bits(),
+                            "{kind:?} N={N} strip {strip} row {r} token {t}: {} vs {want}",
+                            out[t][r]
+                        );
+                    }
+                }
+            }
+        }
+        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
+            for (rows, nb) in [(16, 1), (37, 3), (32, 6)] {
+                check::<1>(k, kind, rows, nb);
+                check::<3>(k, kind, rows, nb);
+                check::<8>(k, kind, rows, nb);
+            }
+        }
+    }
+}
