@@ -116,8 +116,8 @@ pub struct KMatrix {
     pub blocks: Vec<KBlock>,
     /// One entry per block for Q5_K and Q6_K; empty for Q4_K.
     pub hi: Vec<HiBits>,
-    /// The full strips again, for the AVX-512 strip kernel: built only where this
-    /// process runs AVX-512 kernels.
+    /// The full strips again, for the strip kernels: built only where this process runs
+    /// one ([`super::KernelKind::uses_strips`]).
     pub strips: Option<super::kstrips::KStrips>,
 }
 
@@ -229,7 +229,7 @@ impl KMatrix {
             hi,
             strips: None,
         };
-        if super::kernel_kind() == super::KernelKind::Avx512 {
+        if super::kernel_kind().uses_strips() {
             m.strips = Some(super::kstrips::KStrips::new(&m));
         }
         m

@@ -148,6 +148,58 @@ pub fn dot_strip<const N: usize>(
     }
 }
 
+/// Most tokens one call of the 256-bit kernel takes.
+pub const TOKENS_AVX2: usize = 4;
+
+/// [`dot_strip`] in 256-bit registers, half a strip (eight rows) at a time: a group's four
+/// dwords of eight rows take `maddubs` in pairs (each pair's sums stay within an i16:
+/// values below 64 against bytes), and `madd` by the rows' scales repeated in both i16
+/// halves of a lane scales and sums them into the row's i32: the same integer sums.
+pub fn dot_strip_avx2<const N: usize>(
+    _: super::dot_avx2::Avx2,
+    kind: KType,
+    w: &KStrips,
+    strip: usize,
+    a: [&[Q8KBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    assert!(
+        (1..=TOKENS_AVX2).contains(&N),
+        "K strip kernel: 1 to {TOKENS_AVX2} tokens"
+    );
+    assert!(
+        strip < w.strips,
+        "K strip kernel: strip {strip} of {}",
+        w.strips
+    );
+    assert!(
+        a.iter().all(|r| r.len() >= w.nb),
+        "K strip kernel: activation rows"
+    );
+    assert!(
+        out.iter().all(|o| o.len() == STRIP),
+        "K strip kernel: one output per row"
+    );
+    let at = strip * w.nb;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the `Avx2` token proves AVX2 and FMA; the strip's blocks lie inside `w`'s
+    // vectors, every `a[t]` holds at least `nb` blocks and each `out[t]` sixteen floats
+    // (as for `dot_strip`, all checked above).
+    unsafe {
+        imp::strip_avx2::<N>(
+            kind == KType::Q6K,
+            w.qs.as_ptr().add(at * LINES),
+            w.sc.as_ptr().add(at * GROUPS),
+            w.mn.as_ptr().add(at * GROUPS / 2),
+            w.d.as_ptr().add(at),
+            w.m.as_ptr().add(at),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        )
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)]
 mod imp {
@@ -237,6 +289,102 @@ mod imp {
             }
         }
     }
+
+    /// [`super::dot_strip_avx2`]'s kernel.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the pointers as for [`strip`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip_avx2<const N: usize>(
+        q6: bool,
+        qs: *const Line,
+        sc: *const [i8; STRIP],
+        mn: *const [i16; 2 * STRIP],
+        d: *const [f32; STRIP],
+        m: *const [f32; STRIP],
+        nb: usize,
+        a: [&[Q8KBlock]; N],
+        out: [*mut f32; N],
+    ) {
+        // SAFETY: every intrinsic is AVX2/FMA (this fn's features); the memory accesses
+        // stay inside the strip's blocks and the activation blocks (the caller's
+        // contract), as each comment says.
+        unsafe {
+            let zero = _mm256_setzero_si256();
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    let mut isum = [zero; N];
+                    for g in 0..GROUPS {
+                        // Half `h` (rows 8h..8h + 8) of group `g`'s four lines; `Line` is
+                        // 64-byte aligned, so the half is 32-byte aligned.
+                        let w: [__m256i; 4] = std::array::from_fn(|k| {
+                            let line = qs.add(LINES * b + 4 * g + k) as *const u8;
+                            _mm256_load_si256(line.add(32 * h) as *const __m256i)
+                        });
+                        // The eight rows' scales in both i16 halves of their lanes (8
+                        // bytes of the group's sixteen, unaligned).
+                        let s = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            (sc.add(GROUPS * b + g) as *const i8).add(8 * h) as *const __m128i,
+                        ));
+                        let s = _mm256_or_si256(
+                            _mm256_and_si256(s, _mm256_set1_epi32(0xffff)),
+                            _mm256_slli_epi32::<16>(s),
+                        );
+                        for t in 0..N {
+                            // Values 16g..16g + 16 of token t's block `b` (`b < nb <=
+                            // a[t].len()`): four unaligned dwords.
+                            let p = a[t].get_unchecked(b).qs.as_ptr().add(16 * g) as *const i32;
+                            let x = |k: usize| {
+                                _mm256_maddubs_epi16(
+                                    w[k],
+                                    _mm256_set1_epi32(std::ptr::read_unaligned(p.add(k))),
+                                )
+                            };
+                            let lo = _mm256_add_epi16(x(0), x(1));
+                            let hi = _mm256_add_epi16(x(2), x(3));
+                            let sum = _mm256_add_epi32(
+                                _mm256_madd_epi16(lo, s),
+                                _mm256_madd_epi16(hi, s),
+                            );
+                            isum[t] = _mm256_add_epi32(isum[t], sum);
+                        }
+                    }
+                    // Rows 8h..8h + 8 of block `b`'s `d` and `m` (unaligned).
+                    let dv = _mm256_loadu_ps((d.add(b) as *const f32).add(8 * h));
+                    let mv = _mm256_loadu_ps((m.add(b) as *const f32).add(8 * h));
+                    let pairs: [__m256i; GROUPS / 2] = std::array::from_fn(|p| {
+                        _mm256_loadu_si256((mn.add(GROUPS / 2 * b + p) as *const i16).add(16 * h)
+                            as *const __m256i)
+                    });
+                    for t in 0..N {
+                        let ab = a[t].get_unchecked(b);
+                        let bs = ab.bsums.as_ptr() as *const i32;
+                        let mut msum = zero;
+                        for (p, mp) in pairs.iter().enumerate() {
+                            let pair = _mm256_set1_epi32(std::ptr::read_unaligned(bs.add(p)));
+                            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mp, pair));
+                        }
+                        let da = _mm256_set1_ps(ab.d);
+                        let dd = _mm256_mul_ps(dv, da);
+                        acc[t] = if q6 {
+                            let i = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<5>(msum));
+                            _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(i), acc[t])
+                        } else {
+                            let md = _mm256_xor_ps(_mm256_mul_ps(mv, da), _mm256_set1_ps(-0.0));
+                            let x = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum[t]), acc[t]);
+                            _mm256_fmadd_ps(md, _mm256_cvtepi32_ps(msum), x)
+                        };
+                    }
+                }
+                for t in 0..N {
+                    // `out[t]` points at sixteen floats; rows 8h..8h + 8.
+                    _mm256_storeu_ps(out[t].add(8 * h), acc[t]);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +433,62 @@ mod tests {
                 check::<1>(k, kind, rows, nb);
                 check::<3>(k, kind, rows, nb);
                 check::<8>(k, kind, rows, nb);
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn k_strips_in_256_bit_registers_equal_the_scalar_kernel_bit_for_bit() {
+        let Some(k) = super::super::dot_avx2::Avx2::new() else {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        };
+        fn check<const N: usize>(
+            k: super::super::dot_avx2::Avx2,
+            kind: KType,
+            rows: usize,
+            nb: usize,
+        ) {
+            let cols = nb * QK_K;
+            let bytes = super::super::kquants::tests::random_bytes(kind, rows * nb, 41 + N as u64);
+            let w = KMatrix::from_bytes(kind, rows, cols, &bytes);
+            let s = KStrips::new(&w);
+            let acts: Vec<Vec<Q8KBlock>> = (0..N)
+                .map(|t| quantize_q8k(&super::super::test_values(500 + t as u64, cols, 3.0)))
+                .collect();
+            for strip in 0..s.strips {
+                let mut out = [[0.0f32; STRIP]; N];
+                {
+                    let mut it = out.iter_mut();
+                    let o = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
+                    dot_strip_avx2::<N>(
+                        k,
+                        kind,
+                        &s,
+                        strip,
+                        std::array::from_fn(|t| &acts[t][..]),
+                        o,
+                    );
+                }
+                for r in 0..STRIP {
+                    let (blocks, hi) = w.row(strip * STRIP + r);
+                    for t in 0..N {
+                        let want = dot_row(KIsa::Scalar, kind, blocks, hi, [&acts[t][..]])[0];
+                        assert_eq!(
+                            out[t][r].to_bits(),
+                            want.to_bits(),
+                            "{kind:?} N={N} strip {strip} row {r} token {t}"
+                        );
+                    }
+                }
+            }
+        }
+        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
+            for (rows, nb) in [(16, 1), (37, 3), (32, 6)] {
+                check::<1>(k, kind, rows, nb);
+                check::<2>(k, kind, rows, nb);
+                check::<4>(k, kind, rows, nb);
             }
         }
     }

@@ -220,7 +220,7 @@ fn run_tasks(
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, end)
     for (i, w) in ws.iter().enumerate() {
         let rows = w.rows();
-        if strips_of(w, strip).is_some() || k_strips_of(w, avx512).is_some() {
+        if strips_of(w, strip).is_some() || k_strips_of(w, avx2).is_some() {
             // Whole strips per task (a ragged tail rides with the last), in near-equal
             // shares of the strips.
             let units = rows.div_ceil(STRIP);
@@ -248,7 +248,7 @@ fn run_tasks(
         // A multiple of 4 rows, so the 4-row tiles cover a group without a ragged end (of
         // 16 with strips, so groups start on a strip).
         let fit = 48 * 1024 / w.format().bytes_for(w.cols()).max(1);
-        let group = match (strips, k_strips_of(w, avx512)) {
+        let group = match (strips, k_strips_of(w, avx2)) {
             (Some(_), _) | (_, Some(_)) => (fit / STRIP * STRIP).max(STRIP).min(chunk),
             _ => (fit / 4 * 4).max(fit.min(4)).clamp(1, chunk),
         };
@@ -310,11 +310,22 @@ fn run_tasks(
                 let mut g = g;
                 // A batch takes the strip kernel over the group's full strips (one token
                 // stays on the row kernel: it reads the nibbles, half the strips' bytes).
-                if let (Some(k), Some(ks), true) = (avx512, &km.strips, n >= 2) {
+                if let (Some(ks), true) = (&km.strips, n >= 2) {
                     let last = g_end.min(ks.rows());
+                    let span = g / STRIP..last / STRIP;
                     if g < last {
-                        k_strip_span(k, km.kind, ks, g / STRIP..last / STRIP, a, n, &out);
-                        g = last;
+                        match (avx512, avx2) {
+                            (Some(k), _) => {
+                                k_strip_span(KStripKernel::Zmm(k), km.kind, ks, span, a, n, &out)
+                            }
+                            (None, Some(k)) => {
+                                k_strip_span(KStripKernel::Ymm(k), km.kind, ks, span, a, n, &out)
+                            }
+                            (None, None) => {}
+                        }
+                        if avx512.is_some() || avx2.is_some() {
+                            g = last;
+                        }
                     }
                 }
                 k_rows(isa, km, g..g_end, a, n, &out);
@@ -416,18 +427,34 @@ fn k_rows(
     }
 }
 
-/// `w`'s K-quant strips, where the AVX-512 strip kernel runs.
-fn k_strips_of(w: &QMatrix, avx512: Option<Avx512>) -> Option<&KStrips> {
-    match (w, avx512) {
+/// `w`'s K-quant strips, where a strip kernel runs.
+fn k_strips_of(w: &QMatrix, avx2: Option<Avx2>) -> Option<&KStrips> {
+    match (w, avx2) {
         (QMatrix::K(km), Some(_)) => km.strips.as_ref(),
         _ => None,
+    }
+}
+
+/// The K-quant strip kernel's register width.
+#[derive(Clone, Copy)]
+enum KStripKernel {
+    Zmm(Avx512),
+    Ymm(Avx2),
+}
+
+impl KStripKernel {
+    fn tokens(self) -> usize {
+        match self {
+            KStripKernel::Zmm(_) => kstrips::TOKENS,
+            KStripKernel::Ymm(_) => kstrips::TOKENS_AVX2,
+        }
     }
 }
 
 /// Strips `strips` of a K-quant matrix against all `n` tokens of `a`, up to
 /// [`kstrips::TOKENS`] tokens a call (every width gives the same bits).
 fn k_strip_span(
-    k: Avx512,
+    k: KStripKernel,
     kind: super::kquants::KType,
     s: &KStrips,
     strips: std::ops::Range<usize>,
@@ -436,7 +463,7 @@ fn k_strip_span(
     out: &Out<'_>,
 ) {
     fn tile<const N: usize>(
-        k: Avx512,
+        k: KStripKernel,
         kind: super::kquants::KType,
         s: &KStrips,
         strips: std::ops::Range<usize>,
@@ -450,12 +477,17 @@ fn k_strip_span(
             // SAFETY: the strip's (token, row) cells belong to this task alone (see
             // `Out`), and the N tokens are distinct, so the N slices do not overlap.
             let cells = std::array::from_fn(|t| unsafe { out.cells(t0 + t, strip * STRIP, STRIP) });
-            kstrips::dot_strip::<N>(k, kind, s, strip, acts, cells);
+            match k {
+                KStripKernel::Zmm(k) => kstrips::dot_strip::<N>(k, kind, s, strip, acts, cells),
+                KStripKernel::Ymm(k) => {
+                    kstrips::dot_strip_avx2::<N>(k, kind, s, strip, acts, cells)
+                }
+            }
         }
     }
     let mut t = 0;
     while t < n {
-        let width = (n - t).min(kstrips::TOKENS);
+        let width = (n - t).min(k.tokens());
         let r = strips.clone();
         match width {
             8 => tile::<8>(k, kind, s, r, a, t, out),
