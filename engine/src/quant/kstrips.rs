@@ -99,20 +99,32 @@ impl KStrips {
     }
 }
 
-/// Strip `strip` of a K-quant matrix of `kind` against `N` (1 to [`TOKENS`]) tokens'
-/// Q8_K rows: `out[t][r]` for the strip's sixteen rows, each bit-identical to
-/// [`super::kquants::dot_row`] of that row and token.
-pub fn dot_strip<const N: usize>(
-    _: Avx512,
+/// (Q6_K, lines, group scales, minimum pairs, `d`, `m`, blocks per row, activations,
+/// outputs) of one strip call.
+type Args<'a, const N: usize> = (
+    bool,
+    *const Line,
+    *const [i8; STRIP],
+    *const [i16; 2 * STRIP],
+    *const [f32; STRIP],
+    *const [f32; STRIP],
+    usize,
+    [&'a [Q8KBlock]; N],
+    [*mut f32; N],
+);
+
+/// Checks one call's shapes (at most `max_tokens` tokens) and points at strip `strip`.
+fn args<'a, const N: usize>(
     kind: KType,
     w: &KStrips,
     strip: usize,
-    a: [&[Q8KBlock]; N],
+    max_tokens: usize,
+    a: [&'a [Q8KBlock]; N],
     out: [&mut [f32]; N],
-) {
+) -> Args<'a, N> {
     assert!(
-        (1..=TOKENS).contains(&N),
-        "K strip kernel: 1 to {TOKENS} tokens"
+        (1..=max_tokens).contains(&N),
+        "K strip kernel: 1 to {max_tokens} tokens"
     );
     assert!(
         strip < w.strips,
@@ -128,23 +140,38 @@ pub fn dot_strip<const N: usize>(
         "K strip kernel: one output per row"
     );
     let at = strip * w.nb;
+    (
+        kind == KType::Q6K,
+        w.qs[at * LINES..].as_ptr(),
+        w.sc[at * GROUPS..].as_ptr(),
+        w.mn[at * GROUPS / 2..].as_ptr(),
+        w.d[at..].as_ptr(),
+        w.m[at..].as_ptr(),
+        w.nb,
+        a,
+        out.map(|o| o.as_mut_ptr()),
+    )
+}
+
+/// Strip `strip` of a K-quant matrix of `kind` against `N` (1 to [`TOKENS`]) tokens'
+/// Q8_K rows: `out[t][r]` for the strip's sixteen rows, each bit-identical to
+/// [`super::kquants::dot_row`] of that row and token.
+pub fn dot_strip<const N: usize>(
+    _: Avx512,
+    kind: KType,
+    w: &KStrips,
+    strip: usize,
+    a: [&[Q8KBlock]; N],
+    out: [&mut [f32]; N],
+) {
+    let args = args(kind, w, strip, TOKENS, a, out);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the `Avx512` token proves the target features; `strip < w.strips`, so the
-    // strip's `nb` blocks of lines, scales, minima and `d`/`m` lie inside `w`'s vectors
-    // (sized by `KStrips::new` for `strips · nb` blocks); every `a[t]` holds at least
-    // `nb` blocks and each `out[t]` sixteen floats (all checked above).
+    // SAFETY: the `Avx512` token proves the target features; `args` checked `strip <
+    // w.strips`, so the strip's `nb` blocks of lines, scales, minima and `d`/`m` lie
+    // inside `w`'s vectors (sized by `KStrips::new` for `strips · nb` blocks), every
+    // `a[t]` holds at least `nb` blocks and each `out[t]` sixteen floats.
     unsafe {
-        imp::strip::<N>(
-            kind == KType::Q6K,
-            w.qs.as_ptr().add(at * LINES),
-            w.sc.as_ptr().add(at * GROUPS),
-            w.mn.as_ptr().add(at * GROUPS / 2),
-            w.d.as_ptr().add(at),
-            w.m.as_ptr().add(at),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        )
+        imp::strip::<N>(args)
     }
 }
 
@@ -163,40 +190,12 @@ pub fn dot_strip_avx2<const N: usize>(
     a: [&[Q8KBlock]; N],
     out: [&mut [f32]; N],
 ) {
-    assert!(
-        (1..=TOKENS_AVX2).contains(&N),
-        "K strip kernel: 1 to {TOKENS_AVX2} tokens"
-    );
-    assert!(
-        strip < w.strips,
-        "K strip kernel: strip {strip} of {}",
-        w.strips
-    );
-    assert!(
-        a.iter().all(|r| r.len() >= w.nb),
-        "K strip kernel: activation rows"
-    );
-    assert!(
-        out.iter().all(|o| o.len() == STRIP),
-        "K strip kernel: one output per row"
-    );
-    let at = strip * w.nb;
+    let args = args(kind, w, strip, TOKENS_AVX2, a, out);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the `Avx2` token proves AVX2 and FMA; the strip's blocks lie inside `w`'s
-    // vectors, every `a[t]` holds at least `nb` blocks and each `out[t]` sixteen floats
-    // (as for `dot_strip`, all checked above).
+    // SAFETY: the `Avx2` token proves AVX2 and FMA; the shapes as for `dot_strip`,
+    // checked by `args`.
     unsafe {
-        imp::strip_avx2::<N>(
-            kind == KType::Q6K,
-            w.qs.as_ptr().add(at * LINES),
-            w.sc.as_ptr().add(at * GROUPS),
-            w.mn.as_ptr().add(at * GROUPS / 2),
-            w.d.as_ptr().add(at),
-            w.m.as_ptr().add(at),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        )
+        imp::strip_avx2::<N>(args)
     }
 }
 
@@ -209,22 +208,11 @@ mod imp {
     /// One strip against `N` tokens.
     ///
     /// # Safety
-    /// The CPU has the features; `qs`, `sc`, `mn`, `d` and `m` point at one strip's `nb`
-    /// blocks of lines, group scales, minimum pairs, `d` and `m`; each `a[t]` holds `nb`
-    /// blocks and each `out[t]` sixteen floats.
+    /// The CPU has the features; the pointers of `Args` point at one strip's `nb` blocks
+    /// of lines, group scales, minimum pairs, `d` and `m`; each `a[t]` holds `nb` blocks
+    /// and each `out[t]` sixteen floats.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip<const N: usize>(
-        q6: bool,
-        qs: *const Line,
-        sc: *const [i8; STRIP],
-        mn: *const [i16; 2 * STRIP],
-        d: *const [f32; STRIP],
-        m: *const [f32; STRIP],
-        nb: usize,
-        a: [&[Q8KBlock]; N],
-        out: [*mut f32; N],
-    ) {
+    pub unsafe fn strip<const N: usize>((q6, qs, sc, mn, d, m, nb, a, out): Args<'_, N>) {
         // SAFETY: every intrinsic is AVX-512 F/BW/VNNI (this fn's features); the memory
         // accesses stay inside the strip's blocks and the activation blocks (the
         // caller's contract), as each comment says.
@@ -295,18 +283,7 @@ mod imp {
     /// # Safety
     /// The CPU has AVX2 and FMA; the pointers as for [`strip`].
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip_avx2<const N: usize>(
-        q6: bool,
-        qs: *const Line,
-        sc: *const [i8; STRIP],
-        mn: *const [i16; 2 * STRIP],
-        d: *const [f32; STRIP],
-        m: *const [f32; STRIP],
-        nb: usize,
-        a: [&[Q8KBlock]; N],
-        out: [*mut f32; N],
-    ) {
+    pub unsafe fn strip_avx2<const N: usize>((q6, qs, sc, mn, d, m, nb, a, out): Args<'_, N>) {
         // SAFETY: every intrinsic is AVX2/FMA (this fn's features); the memory accesses
         // stay inside the strip's blocks and the activation blocks (the caller's
         // contract), as each comment says.
@@ -392,15 +369,16 @@ mod tests {
     use super::super::kquants::{dot_row, quantize_q8k, KIsa};
     use super::*;
 
-    #[test]
+    /// Every strip of random K-quant rows of each type through `kernel`, each (row,
+    /// token) cell's bits against the scalar row kernel.
     #[allow(clippy::needless_range_loop)]
-    fn k_strips_equal_the_scalar_kernel_bit_for_bit() {
-        let Some(k) = Avx512::new() else {
-            eprintln!("no AVX-512 VNNI here: K strip kernel not tested");
-            return;
-        };
-        fn check<const N: usize>(k: Avx512, kind: KType, rows: usize, nb: usize) {
-            let cols = nb * QK_K;
+    fn check<const N: usize>(
+        rows: usize,
+        nb: usize,
+        kernel: impl Fn(KType, &KStrips, usize, [&[Q8KBlock]; N], [&mut [f32]; N]),
+    ) {
+        let cols = nb * QK_K;
+        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
             let bytes = super::super::kquants::tests::random_bytes(kind, rows * nb, 17 + N as u64);
             let w = KMatrix::from_bytes(kind, rows, cols, &bytes);
             let s = KStrips::new(&w);
@@ -412,7 +390,7 @@ mod tests {
                 {
                     let mut it = out.iter_mut();
                     let o = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
-                    dot_strip::<N>(k, kind, &s, strip, std::array::from_fn(|t| &acts[t][..]), o);
+                    kernel(kind, &s, strip, std::array::from_fn(|t| &acts[t][..]), o);
                 }
                 for r in 0..STRIP {
                     let (blocks, hi) = w.row(strip * STRIP + r);
@@ -428,68 +406,39 @@ mod tests {
                 }
             }
         }
-        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
-            for (rows, nb) in [(16, 1), (37, 3), (32, 6)] {
-                check::<1>(k, kind, rows, nb);
-                check::<3>(k, kind, rows, nb);
-                check::<8>(k, kind, rows, nb);
-            }
+    }
+
+    const SHAPES: [(usize, usize); 3] = [(16, 1), (37, 3), (32, 6)];
+
+    #[test]
+    fn k_strips_equal_the_scalar_kernel_bit_for_bit() {
+        let Some(k) = Avx512::new() else {
+            eprintln!("no AVX-512 VNNI here: K strip kernel not tested");
+            return;
+        };
+        for (rows, nb) in SHAPES {
+            check::<1>(rows, nb, |kind, s, i, a, o| dot_strip(k, kind, s, i, a, o));
+            check::<3>(rows, nb, |kind, s, i, a, o| dot_strip(k, kind, s, i, a, o));
+            check::<8>(rows, nb, |kind, s, i, a, o| dot_strip(k, kind, s, i, a, o));
         }
     }
 
     #[test]
-    #[allow(clippy::needless_range_loop)]
     fn k_strips_in_256_bit_registers_equal_the_scalar_kernel_bit_for_bit() {
         let Some(k) = super::super::dot_avx2::Avx2::new() else {
             eprintln!("skipped: CPU lacks AVX2");
             return;
         };
-        fn check<const N: usize>(
-            k: super::super::dot_avx2::Avx2,
-            kind: KType,
-            rows: usize,
-            nb: usize,
-        ) {
-            let cols = nb * QK_K;
-            let bytes = super::super::kquants::tests::random_bytes(kind, rows * nb, 41 + N as u64);
-            let w = KMatrix::from_bytes(kind, rows, cols, &bytes);
-            let s = KStrips::new(&w);
-            let acts: Vec<Vec<Q8KBlock>> = (0..N)
-                .map(|t| quantize_q8k(&super::super::test_values(500 + t as u64, cols, 3.0)))
-                .collect();
-            for strip in 0..s.strips {
-                let mut out = [[0.0f32; STRIP]; N];
-                {
-                    let mut it = out.iter_mut();
-                    let o = std::array::from_fn(|_| &mut it.next().unwrap()[..]);
-                    dot_strip_avx2::<N>(
-                        k,
-                        kind,
-                        &s,
-                        strip,
-                        std::array::from_fn(|t| &acts[t][..]),
-                        o,
-                    );
-                }
-                for r in 0..STRIP {
-                    let (blocks, hi) = w.row(strip * STRIP + r);
-                    for t in 0..N {
-                        let want = dot_row(KIsa::Scalar, kind, blocks, hi, [&acts[t][..]])[0];
-                        assert_eq!(
-                            out[t][r].to_bits(),
-                            want.to_bits(),
-                            "{kind:?} N={N} strip {strip} row {r} token {t}"
-                        );
-                    }
-                }
-            }
-        }
-        for kind in [KType::Q4K, KType::Q5K, KType::Q6K] {
-            for (rows, nb) in [(16, 1), (37, 3), (32, 6)] {
-                check::<1>(k, kind, rows, nb);
-                check::<2>(k, kind, rows, nb);
-                check::<4>(k, kind, rows, nb);
-            }
+        for (rows, nb) in SHAPES {
+            check::<1>(rows, nb, |kind, s, i, a, o| {
+                dot_strip_avx2(k, kind, s, i, a, o)
+            });
+            check::<2>(rows, nb, |kind, s, i, a, o| {
+                dot_strip_avx2(k, kind, s, i, a, o)
+            });
+            check::<4>(rows, nb, |kind, s, i, a, o| {
+                dot_strip_avx2(k, kind, s, i, a, o)
+            });
         }
     }
 }

@@ -582,30 +582,19 @@ fn strip_span(
                 (QMatrix::Q4_1 { minima, .. }, StripKernel::Ymm(k)) => {
                     strips_avx2::dot_q4_1_strip::<N>(k, s, minima, strip, acts, cells)
                 }
-                (QMatrix::Q8_0 { exact: true, .. }, StripKernel::Zmm(k)) => {
-                    strips::dot_q8_0_exact_strip::<N>(
-                        k,
-                        s,
-                        strip,
-                        acts,
-                        std::array::from_fn(|t| &ua[span(t)]),
-                        cells,
-                    )
-                }
-                (QMatrix::Q8_0 { exact: true, .. }, StripKernel::Ymm(k)) => {
-                    strips_avx2::dot_q8_0_exact_strip::<N>(k, s, strip, acts, cells)
-                }
-                (_, StripKernel::Zmm(k)) => strips::dot_q8_0_strip::<N>(
+                (QMatrix::Q8_0 { exact, .. }, StripKernel::Zmm(k)) => strips::dot_q8_0_strip::<N>(
                     k,
                     s,
                     strip,
                     acts,
                     std::array::from_fn(|t| &ua[span(t)]),
+                    *exact,
                     cells,
                 ),
-                (_, StripKernel::Ymm(k)) => {
-                    strips_avx2::dot_q8_0_strip::<N>(k, s, strip, acts, cells)
+                (QMatrix::Q8_0 { exact, .. }, StripKernel::Ymm(k)) => {
+                    strips_avx2::dot_q8_0_strip::<N>(k, s, strip, acts, *exact, cells)
                 }
+                _ => unreachable!("strips are of Q4_1 or Q8_0 matrices"),
             }
             fetch.issue(per);
         }

@@ -181,7 +181,9 @@ pub fn dot_q4_1_strip<const N: usize>(
 
 /// Strip `strip` of a Q8_0 `w` against `N` (1 to [`STRIP_TOKENS`]) tokens, `ua[t]`
 /// being token `t`'s [`offset_quants`]: `out[t][r]`, each bit-identical to
-/// [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
+/// [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token, or with `exact` (blocks
+/// widened from Q4_0/Q5_0) to [`super::dot_scalar::dot_q8_0_exact`]: a block is then
+/// eight `vpdpbusd` into one integer sum per row, one convert and one FMA.
 #[inline]
 pub fn dot_q8_0_strip<const N: usize>(
     _: Avx512,
@@ -189,6 +191,7 @@ pub fn dot_q8_0_strip<const N: usize>(
     strip: usize,
     a: [&[ActBlock]; N],
     ua: [&[[u8; QK]]; N],
+    exact: bool,
     out: [&mut [f32]; N],
 ) {
     let at = w.check(8, STRIP_TOKENS, strip, &a, &out);
@@ -206,51 +209,13 @@ pub fn dot_q8_0_strip<const N: usize>(
     // inside `w.qs` and `w.d`; every `a[t]` and `ua[t]` holds at least `nb` blocks, each
     // `out[t]` sixteen floats, and `nb > 0` (all checked above).
     unsafe {
-        imp::strip::<N, true>(
-            w.qs.as_ptr().add(at * 8),
-            w.d.as_ptr().add(at * STRIP),
-            std::ptr::null(),
-            ua.map(|c| c.as_ptr()),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        )
-    }
-}
-
-/// Strip `strip` of a Q8_0 `w` with exact block sums (blocks widened from Q4_0/Q5_0)
-/// against `N` (1 to [`STRIP_TOKENS`]) tokens, `ua[t]` being token `t`'s
-/// [`offset_quants`]: `out[t][r]`, each bit-identical to
-/// [`super::dot_scalar::dot_q8_0_exact`] of that row and token. A block is eight
-/// `vpdpbusd` into one integer sum per row, one convert and one FMA.
-#[inline]
-pub fn dot_q8_0_exact_strip<const N: usize>(
-    _: Avx512,
-    w: &Strips,
-    strip: usize,
-    a: [&[ActBlock]; N],
-    ua: [&[[u8; QK]]; N],
-    out: [&mut [f32]; N],
-) {
-    let at = w.check(8, STRIP_TOKENS, strip, &a, &out);
-    assert!(
-        ua.iter().all(|c| c.len() >= w.nb),
-        "strip kernel: offset activations"
-    );
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the `Avx512` token proves the target features; `strip < w.strips` and the
-    // strips are of Q8_0 (`w.check`), so the strip's `8 nb` lines and `16 nb` scales lie
-    // inside `w.qs` and `w.d`; every `a[t]` and `ua[t]` holds at least `nb` blocks and
-    // each `out[t]` sixteen floats (all checked above).
-    unsafe {
-        imp::strip_exact::<N>(
-            w.qs.as_ptr().add(at * 8),
-            w.d.as_ptr().add(at * STRIP),
-            ua.map(|c| c.as_ptr()),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        )
+        let (qs, d) = (w.qs.as_ptr().add(at * 8), w.d.as_ptr().add(at * STRIP));
+        let (ua, out) = (ua.map(|c| c.as_ptr()), out.map(|o| o.as_mut_ptr()));
+        if exact {
+            imp::strip_exact::<N>(qs, d, ua, w.nb, a, out)
+        } else {
+            imp::strip::<N, true>(qs, d, std::ptr::null(), ua, w.nb, a, out)
+        }
     }
 }
 
@@ -790,7 +755,7 @@ pub(super) mod tests {
                 k2,
                 |s, a, out| {
                     let u = std::array::from_fn(|t| &ua[t][..]);
-                    dot_q8_0_strip::<N>(k, &c.strips, s, a, u, out)
+                    dot_q8_0_strip::<N>(k, &c.strips, s, a, u, false, out)
                 },
                 &format!("N={N} nb={nb}"),
             );
@@ -815,7 +780,7 @@ pub(super) mod tests {
             c.check_exact(
                 |s, a, out| {
                     let u = std::array::from_fn(|t| &ua[t][..]);
-                    dot_q8_0_exact_strip::<N>(k, &c.strips, s, a, u, out)
+                    dot_q8_0_strip::<N>(k, &c.strips, s, a, u, true, out)
                 },
                 &format!("N={N} nb={nb}"),
             );

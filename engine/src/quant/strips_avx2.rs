@@ -96,13 +96,15 @@ pub fn dot_q4_1_strip<const N: usize>(
 }
 
 /// Strip `strip` of a Q8_0 `w` against `N` (1 to [`TOKENS`]) tokens: `out[t][r]`, each
-/// bit-identical to [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token.
+/// bit-identical to [`super::dot_avx2::dot_q8_0_q8_0`] of that row and token, or with
+/// `exact` (blocks widened from Q4_0/Q5_0) to [`super::dot_scalar::dot_q8_0_exact`].
 #[inline]
 pub fn dot_q8_0_strip<const N: usize>(
     k: Ymm,
     w: &Strips,
     strip: usize,
     a: [&[ActBlock]; N],
+    exact: bool,
     out: [&mut [f32]; N],
 ) {
     let at = w.check(8, TOKENS, strip, &a, &out);
@@ -122,41 +124,11 @@ pub fn dot_q8_0_strip<const N: usize>(
             a,
             out.map(|o| o.as_mut_ptr()),
         );
-        match k {
-            Ymm::Avx2(_) => imp::avx2::<N, true>(args),
-            Ymm::AvxVnni(_) => imp::vnni::<N, true>(args),
-        }
-    }
-}
-
-/// Strip `strip` of a Q8_0 `w` with exact block sums (blocks widened from Q4_0/Q5_0)
-/// against `N` (1 to [`TOKENS`]) tokens: `out[t][r]`, each bit-identical to
-/// [`super::dot_scalar::dot_q8_0_exact`] of that row and token.
-#[inline]
-pub fn dot_q8_0_exact_strip<const N: usize>(
-    k: Ymm,
-    w: &Strips,
-    strip: usize,
-    a: [&[ActBlock]; N],
-    out: [&mut [f32]; N],
-) {
-    let at = w.check(8, TOKENS, strip, &a, &out);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the token proves the target features; the strip's `8 nb` lines and `16 nb`
-    // scales lie inside `w.qs` and `w.d` (`Strips::check` saw Q8_0 strips and `strip <
-    // w.strips`); every `a[t]` holds at least `nb` blocks and each `out[t]` sixteen floats.
-    unsafe {
-        let args = (
-            w.qs.as_ptr().add(at * 8),
-            w.d.as_ptr().add(at * STRIP),
-            std::ptr::null(),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        );
-        match k {
-            Ymm::Avx2(_) => imp::avx2_exact::<N>(args),
-            Ymm::AvxVnni(_) => imp::vnni_exact::<N>(args),
+        match (k, exact) {
+            (Ymm::Avx2(_), false) => imp::avx2::<N, true>(args),
+            (Ymm::AvxVnni(_), false) => imp::vnni::<N, true>(args),
+            (Ymm::Avx2(_), true) => imp::avx2_exact::<N>(args),
+            (Ymm::AvxVnni(_), true) => imp::vnni_exact::<N>(args),
         }
     }
 }
@@ -529,7 +501,7 @@ mod tests {
             let c = Q8Case::<N>::new(rows, nb);
             c.check(
                 k2,
-                |s, a, out| dot_q8_0_strip::<N>(k, &c.strips, s, a, out),
+                |s, a, out| dot_q8_0_strip::<N>(k, &c.strips, s, a, false, out),
                 &format!("{k:?} N={N} nb={nb}"),
             );
         }
@@ -552,7 +524,7 @@ mod tests {
         fn check<const N: usize>(k: Ymm, rows: usize, nb: usize) {
             let c = Q8Case::<N>::new(rows, nb);
             c.check_exact(
-                |s, a, out| dot_q8_0_exact_strip::<N>(k, &c.strips, s, a, out),
+                |s, a, out| dot_q8_0_strip::<N>(k, &c.strips, s, a, true, out),
                 &format!("{k:?} N={N} nb={nb}"),
             );
         }
