@@ -15,8 +15,13 @@
 //!
 //! Layout: for strip `s` (rows `16s..16s+16`) and block `b`, four 64-byte lines; byte
 //! `4r + j` of line `k'` is row `r`'s `qs[4k' + j]`, so its low nibbles are chain `k'`'s
-//! quants and its high nibbles chain `k' + 4`'s. The rows' scales are kept as
+//! quants and its high nibbles chain `k' + 4`'s (Q8_0: eight lines, line `k'` holding the
+//! signed bytes `4k'..4k'+3` of every row). The rows' scales are kept as
 //! `[strip][block][row]` f16; the minima are [`super::strip_minima`]'s, the same shape.
+//!
+//! Q8_0 rows widened from Q4_0/Q5_0 take exact block sums instead of the lane chains
+//! ([`dot_q8_0_strip`] with `exact`): the eight `vpdpbusd` of a block go into one integer
+//! per row, converted once and scaled by one FMA ([`super::dot_scalar::dot_q8_0_exact`]).
 
 use super::acts::ActBlock;
 use super::dot_avx512::Avx512;
