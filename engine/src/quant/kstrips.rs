@@ -8,7 +8,7 @@
 //! broadcast dwords give the sixteen rows' exact group sums, one `vpmulld` scales them,
 //! and the super-block's minimum sums are eight `vpdpwssd`; nothing is reduced across
 //! lanes. The integer sums are the row kernel's exactly, and each lane's combine is
-//! [`super::kquants::combine`]'s operations, so every result is bit-identical to the
+//! `kquants::combine`'s operations, so every result is bit-identical to the
 //! scalar kernel (tests compare every bit).
 //!
 //! Layout, for strip `s` (rows `16s..16s+16`) and super-block `b`: 64 lines of 64 bytes,
