@@ -20,6 +20,7 @@
 use super::dot_avx512::Avx512;
 use super::kquants::{KMatrix, KType, Q8KBlock, QK_K};
 use super::strips::{Line, STRIP};
+use rayon::prelude::*;
 
 /// Most tokens one call takes (sixteen accumulators beside the weights in 32 registers).
 pub const TOKENS: usize = 8;
@@ -61,27 +62,38 @@ impl KStrips {
             d: vec![[0.0; STRIP]; n],
             m: vec![[0.0; STRIP]; n],
         };
-        for st in 0..strips {
-            for b in 0..nb {
-                let at = st * nb + b;
-                for r in 0..STRIP {
-                    let row = st * STRIP + r;
-                    let (blocks, hi) = w.row(row);
-                    let blk = &blocks[b];
-                    let q = super::kquants::unpack(blk, hi.get(b));
-                    for i in 0..LINES {
-                        s.qs[at * LINES + i].0[4 * r..4 * r + 4]
-                            .copy_from_slice(&q[4 * i..4 * i + 4]);
-                    }
-                    for g in 0..GROUPS {
-                        s.sc[at * GROUPS + g][r] = blk.sc[g];
-                        s.mn[at * GROUPS / 2 + g / 2][2 * r + g % 2] = blk.mn[g] as i16;
-                    }
-                    s.d[at][r] = blk.d;
-                    s.m[at][r] = blk.m;
-                }
-            }
+        if n == 0 {
+            return s;
         }
+        // Strip by strip in parallel: each writes its own chunk of every vector.
+        let KStrips {
+            qs, sc, mn, d, m, ..
+        } = &mut s;
+        qs.par_chunks_mut(nb * LINES)
+            .zip(sc.par_chunks_mut(nb * GROUPS))
+            .zip(mn.par_chunks_mut(nb * GROUPS / 2))
+            .zip(d.par_chunks_mut(nb))
+            .zip(m.par_chunks_mut(nb))
+            .enumerate()
+            .for_each(|(st, ((((qs, sc), mn), d), m))| {
+                for b in 0..nb {
+                    for r in 0..STRIP {
+                        let (blocks, hi) = w.row(st * STRIP + r);
+                        let blk = &blocks[b];
+                        let q = super::kquants::unpack(blk, hi.get(b));
+                        for i in 0..LINES {
+                            qs[b * LINES + i].0[4 * r..4 * r + 4]
+                                .copy_from_slice(&q[4 * i..4 * i + 4]);
+                        }
+                        for g in 0..GROUPS {
+                            sc[b * GROUPS + g][r] = blk.sc[g];
+                            mn[b * GROUPS / 2 + g / 2][2 * r + g % 2] = blk.mn[g] as i16;
+                        }
+                        d[b][r] = blk.d;
+                        m[b][r] = blk.m;
+                    }
+                }
+            });
         s
     }
 
