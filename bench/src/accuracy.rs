@@ -225,23 +225,25 @@ pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     else {
         return Ok(());
     };
-    println!(
-        "genie / llama.cpp mean |dlogprob| on genie's continuations: {:.2}x; top-1 agreement {:+.3}",
-        g.mean_abs_dlogprob() / l.mean_abs_dlogprob(),
-        g.top1() - l.top1()
-    );
+    let ratio = |on: &str, g: &Agreement, l: &Agreement| {
+        println!(
+            "genie / llama.cpp mean |dlogprob| {on}: {:.2}x; top-1 agreement {:+.3}",
+            g.mean_abs_dlogprob() / l.mean_abs_dlogprob(),
+            g.top1() - l.top1()
+        )
+    };
+    let both = |title: &str, g: &Agreement, l: &Agreement| {
+        println!("against the exact reference, {title}:");
+        line("genie", g);
+        line("llama.cpp", l);
+    };
+    ratio("on genie's continuations", g, l);
     // llama.cpp's continuations: the engine teacher-forced on them, llama.cpp on its own.
     let theirs_scored: Vec<Vec<Scored>> = theirs.iter().map(|c| c.scored.clone()).collect();
     let (_, g2) = score(second_rows, forced);
     let (_, l2) = score(second_rows, &theirs_scored);
-    println!("against the exact reference, on llama.cpp's greedy continuations:");
-    line("genie", &g2);
-    line("llama.cpp", &l2);
-    println!(
-        "genie / llama.cpp mean |dlogprob| on llama.cpp's continuations: {:.2}x; top-1 agreement {:+.3}",
-        g2.mean_abs_dlogprob() / l2.mean_abs_dlogprob(),
-        g2.top1() - l2.top1()
-    );
+    both("on llama.cpp's greedy continuations", &g2, &l2);
+    ratio("on llama.cpp's continuations", &g2, &l2);
     // Both sets' positions together: neither side chose all of them.
     let all_rows: Vec<Vec<Vec<f64>>> = rows.iter().chain(second_rows).cloned().collect();
     let pooled = |mine: &[Vec<Scored>], other: &[Vec<Scored>]| {
@@ -250,13 +252,7 @@ pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     };
     let g_all = pooled(&candidates[0].1, forced);
     let l_all = pooled(&candidates[1].1, &theirs_scored);
-    println!("against the exact reference, both sets of continuations:");
-    line("genie", &g_all);
-    line("llama.cpp", &l_all);
-    println!(
-        "genie / llama.cpp mean |dlogprob|, both sets: {:.2}x (goal <= 1.10x); top-1 agreement {:+.3}",
-        g_all.mean_abs_dlogprob() / l_all.mean_abs_dlogprob(),
-        g_all.top1() - l_all.top1()
-    );
+    both("both sets of continuations", &g_all, &l_all);
+    ratio("over both sets (goal <= 1.10x)", &g_all, &l_all);
     Ok(())
 }

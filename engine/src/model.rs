@@ -819,14 +819,11 @@ fn attend_f16(
                 prefetch_head(if v { vc } else { kc }, kv, offset, hd, rows);
             }
         };
-        // Block `b`'s rows from position `first` on.
-        let from = |c: &'_ [half::f16], b: usize, first: usize| -> std::ops::Range<usize> {
-            (first - b * bt) * kv..c.len()
-        };
+        // Where block `b`'s rows from position `first` on start.
+        let skip = |b: usize, first: usize| (first - b * bt) * kv;
         (first_block..first_block + ahead).for_each(|b| fetch(b, false));
         for (b, first, end) in block_spans(bt, lo, ctx) {
-            let kc = blocks[b].0;
-            let kc = &kc[from(kc, b, first)];
+            let kc = &blocks[b].0[skip(b, first)..];
             fetch(b + ahead, false);
             let mut sc = scores.chunks_exact_mut(width);
             let sc: [&mut [f32]; G] =
@@ -845,8 +842,7 @@ fn attend_f16(
         // The weighted sum accumulates into `out` row after row, in position order, with
         // the same operations whether the rows come in one block or many.
         for (b, first, end) in block_spans(bt, lo, ctx) {
-            let vc = blocks[b].1;
-            let vc = &vc[from(vc, b, first)];
+            let vc = &blocks[b].1[skip(b, first)..];
             fetch(b + ahead, true);
             let mut o = out.chunks_exact_mut(hd);
             let o: [&mut [f32]; G] = std::array::from_fn(|_| o.next().expect("G rows"));

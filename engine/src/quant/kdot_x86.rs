@@ -171,10 +171,8 @@ mod imp {
     /// `Σ_g mn[g] · bsum[g]` of one block and one token.
     #[inline(always)]
     unsafe fn min_sum(mn16: __m256i, ab: &Q8KBlock) -> i32 {
-        // SAFETY: `bsums` is 16 i16 values, 32 bytes.
-        let bs = unsafe { _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i) };
         // SAFETY: the callers run with AVX2 (their contract).
-        unsafe { hsum_i32(_mm256_madd_epi16(mn16, bs)) }
+        unsafe { hsum_i32(min_lanes(mn16, ab)) }
     }
 
     /// One K-quant row against `N` tokens, 256-bit.
@@ -241,10 +239,7 @@ mod imp {
                 // The integer sums of four tokens at a time (exact, so any order).
                 let mut t = 0;
                 while t + 4 <= N {
-                    let m: [__m256i; 4] = std::array::from_fn(|i| {
-                        let bs = a[t + i][b].bsums.as_ptr() as *const __m256i;
-                        _mm256_madd_epi16(mn16, _mm256_loadu_si256(bs))
-                    });
+                    let m: [__m256i; 4] = std::array::from_fn(|i| min_lanes(mn16, &a[t + i][b]));
                     let is = hsum4(s[t], s[t + 1], s[t + 2], s[t + 3]);
                     let ms = hsum4(m[0], m[1], m[2], m[3]);
                     for i in 0..4 {

@@ -310,22 +310,14 @@ fn run_tasks(
                 let mut g = g;
                 // A batch takes the strip kernel over the group's full strips (one token
                 // stays on the row kernel: it reads the nibbles, half the strips' bytes).
-                if let (Some(ks), true) = (&km.strips, n >= 2) {
+                let wide = avx512
+                    .map(KStripKernel::Zmm)
+                    .or(avx2.map(KStripKernel::Ymm));
+                if let (Some(ks), Some(k), true) = (&km.strips, wide, n >= 2) {
                     let last = g_end.min(ks.rows());
-                    let span = g / STRIP..last / STRIP;
                     if g < last {
-                        match (avx512, avx2) {
-                            (Some(k), _) => {
-                                k_strip_span(KStripKernel::Zmm(k), km.kind, ks, span, a, n, &out)
-                            }
-                            (None, Some(k)) => {
-                                k_strip_span(KStripKernel::Ymm(k), km.kind, ks, span, a, n, &out)
-                            }
-                            (None, None) => {}
-                        }
-                        if avx512.is_some() || avx2.is_some() {
-                            g = last;
-                        }
+                        k_strip_span(k, km.kind, ks, g / STRIP..last / STRIP, a, n, &out);
+                        g = last;
                     }
                 }
                 k_rows(isa, km, g..g_end, a, n, &out);

@@ -631,6 +631,23 @@ pub(super) mod tests {
             }
         }
 
+        /// Every strip through `kernel`, each cell's bits against `want` of the cell's
+        /// weight row and activation row.
+        fn check_with(
+            &self,
+            kernel: impl Fn(usize, [&[ActBlock]; N], [&mut [f32]; N]),
+            want: impl Fn(&[BlockQ8_0], &[ActBlock]) -> f32,
+            what: &str,
+        ) {
+            let nb = self.strips.nb;
+            each_cell::<N>(
+                self.strips.strips,
+                |s, out| kernel(s, std::array::from_fn(|t| &self.acts[t][..]), out),
+                |row, t| want(&self.w[row * nb..(row + 1) * nb], &self.acts[t][..]),
+                what,
+            );
+        }
+
         /// Every strip through `kernel`, each cell's bits against the AVX2 row kernel.
         pub(crate) fn check(
             &self,
@@ -638,23 +655,9 @@ pub(super) mod tests {
             kernel: impl Fn(usize, [&[ActBlock]; N], [&mut [f32]; N]),
             what: &str,
         ) {
-            let nb = self.strips.nb;
-            each_cell::<N>(
-                self.strips.strips,
-                |s, out| kernel(s, std::array::from_fn(|t| &self.acts[t][..]), out),
-                |row, t| {
-                    dot_avx2::dot_q8_0_q8_0(
-                        k2,
-                        &self.w[row * nb..(row + 1) * nb],
-                        [&self.acts[t][..]],
-                    )[0]
-                },
-                what,
-            );
+            self.check_with(kernel, |w, a| dot_avx2::dot_q8_0_q8_0(k2, w, [a])[0], what);
         }
-    }
 
-    impl<const N: usize> Q8Case<N> {
         /// Every strip through `kernel`, each cell's bits against the exact-sum reference
         /// kernel, and that kernel against the exact product within one rounding a block.
         pub(crate) fn check_exact(
@@ -662,12 +665,9 @@ pub(super) mod tests {
             kernel: impl Fn(usize, [&[ActBlock]; N], [&mut [f32]; N]),
             what: &str,
         ) {
-            let nb = self.strips.nb;
-            each_cell::<N>(
-                self.strips.strips,
-                |s, out| kernel(s, std::array::from_fn(|t| &self.acts[t][..]), out),
-                |row, t| {
-                    let (w, a) = (&self.w[row * nb..(row + 1) * nb], &self.acts[t][..]);
+            self.check_with(
+                kernel,
+                |w, a| {
                     let v = super::super::dot_scalar::dot_q8_0_exact(w, a);
                     let exact: f64 = w
                         .iter()
@@ -689,7 +689,7 @@ pub(super) mod tests {
                         .sum();
                     assert!(
                         (v as f64 - exact).abs() <= 1e-6 * scale,
-                        "{what}: row {row} token {t}: {v} vs {exact}"
+                        "{what}: {v} vs {exact}"
                     );
                     v
                 },
