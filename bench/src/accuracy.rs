@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use genie_reference::accuracy::{Agreement, Scored};
 use genie_reference::cases::{
-    engine_cases, engine_forced, reference_rows, score, Case, CHAT_PROMPTS,
+    engine_cases, engine_forced, reference_rows, score, Case, BENCH_PROMPTS,
 };
 use genie_reference::Reference;
 use serde_json::{json, Value};
@@ -31,6 +31,9 @@ pub struct AccuracyBenchArgs {
     /// Tokens of each continuation at most.
     #[arg(long, default_value_t = 24)]
     pub steps: usize,
+    /// How many of the bench's 32 varied chat prompts (the first 8 are the test suite's).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub prompts: u16,
     /// A Python interpreter with `llama-cpp-python` installed: llama.cpp is scored on the
     /// same positions (scripts/llama_cpp_logprobs.py).
     #[arg(long, value_name = "PYTHON")]
@@ -116,13 +119,19 @@ fn llama_cpp(
 
 /// llama.cpp's own greedy continuations (one token at a time) and its scores, for a
 /// model the engine does not run.
-fn llama_cpp_cases(python: &str, model: &Path, threads: usize, steps: usize) -> Result<Vec<Case>> {
+fn llama_cpp_cases(
+    python: &str,
+    model: &Path,
+    threads: usize,
+    prompts: &[&str],
+    steps: usize,
+) -> Result<Vec<Case>> {
     let v = script(
         python,
         json!({
             "model": model,
             "threads": threads.max(1),
-            "generate": {"prompts": CHAT_PROMPTS, "steps": steps},
+            "generate": {"prompts": prompts, "steps": steps},
         }),
     )?;
     let version = v["version"].as_str().unwrap_or("?");
@@ -131,7 +140,7 @@ fn llama_cpp_cases(python: &str, model: &Path, threads: usize, steps: usize) -> 
         .as_array()
         .context("generated")?
         .iter()
-        .zip(CHAT_PROMPTS)
+        .zip(prompts)
         .map(|(g, p)| {
             let tokens: Vec<u32> = serde_json::from_value(g["tokens"].clone())?;
             let from = g["from"].as_u64().context("from")? as usize;
@@ -148,18 +157,19 @@ fn llama_cpp_cases(python: &str, model: &Path, threads: usize, steps: usize) -> 
 pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     println!("{}", crate::host::describe());
     let t = Instant::now();
+    let prompts = &BENCH_PROMPTS[..a.prompts as usize];
     // The continuations, and each candidate's scores at their positions; with llama.cpp,
     // a second set written by llama.cpp on which the engine is teacher-forced.
     let mut second: Option<(Vec<Case>, Vec<Vec<Scored>>)> = None;
     let (path, cases, candidates) = match a.engine.load() {
         Ok((engine, path)) => {
-            let cases = engine_cases(&engine, &CHAT_PROMPTS, a.steps)?;
+            let cases = engine_cases(&engine, prompts, a.steps)?;
             let genie: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
             let mut candidates = vec![("genie", genie)];
             if let Some(py) = &a.llama_cpp_python {
                 let threads = engine.model.threads();
                 candidates.push(("llama.cpp", llama_cpp(py, &path, threads, &cases)?));
-                let theirs = llama_cpp_cases(py, &path, threads, a.steps)?;
+                let theirs = llama_cpp_cases(py, &path, threads, prompts, a.steps)?;
                 let forced = theirs
                     .iter()
                     .map(|c| engine_forced(&engine, c))
@@ -186,7 +196,7 @@ pub fn run(a: AccuracyBenchArgs) -> Result<()> {
             } else {
                 a.engine.threads
             };
-            let cases = llama_cpp_cases(py, &path, threads, a.steps)?;
+            let cases = llama_cpp_cases(py, &path, threads, prompts, a.steps)?;
             let scored: Vec<Vec<Scored>> = cases.iter().map(|c| c.scored.clone()).collect();
             (path, cases, vec![("llama.cpp", scored)])
         }
@@ -194,7 +204,7 @@ pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     println!(
         "model: {} ({} prompts, greedy continuations of at most {} tokens)",
         path.display(),
-        CHAT_PROMPTS.len(),
+        prompts.len(),
         a.steps
     );
     let reference = Reference::load(&path)?;
@@ -254,5 +264,90 @@ pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     let l_all = pooled(&candidates[1].1, &theirs_scored);
     both("both sets of continuations", &g_all, &l_all);
     ratio("over both sets (goal <= 1.10x)", &g_all, &l_all);
+    // How far the pooled ratio moves with which prompts were drawn: per prompt, both
+    // sides' sums over both of its continuations, resampled with replacement.
+    let per_prompt = |mine: &[Vec<Scored>], other: &[Vec<Scored>]| {
+        let (a, _) = score(&rows, mine);
+        let (b, _) = score(second_rows, other);
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                (
+                    x.abs_dlogprob_sum + y.abs_dlogprob_sum,
+                    x.positions + y.positions,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (lo, hi) = bootstrap_ratio(
+        &per_prompt(&candidates[0].1, forced),
+        &per_prompt(&candidates[1].1, &theirs_scored),
+        2000,
+    );
+    println!(
+        "over both sets, 90 % bootstrap interval over the {} prompts: {lo:.2}x to {hi:.2}x",
+        cases.len()
+    );
     Ok(())
+}
+
+/// The 5th and 95th percentiles of the pooled ratio `Σ g / Σ l` (sums of |Δ log-prob|
+/// over positions, per prompt `(sum, positions)`) over `rounds` resamplings of the
+/// prompts with replacement, the same prompts for both sides. A fixed seed: the same
+/// figures give the same interval.
+fn bootstrap_ratio(g: &[(f64, usize)], l: &[(f64, usize)], rounds: usize) -> (f64, f64) {
+    assert_eq!(g.len(), l.len(), "bootstrap: one pair a prompt");
+    let n = g.len();
+    if n == 0 || rounds == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut ratios: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let (mut gs, mut gn, mut ls, mut ln) = (0.0, 0, 0.0, 0);
+            for _ in 0..n {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let i = ((state >> 33) as usize) % n;
+                gs += g[i].0;
+                gn += g[i].1;
+                ls += l[i].0;
+                ln += l[i].1;
+            }
+            (gs / gn.max(1) as f64) / (ls / ln.max(1) as f64)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((rounds - 1) as f64 * q).round() as usize];
+    (at(0.05), at(0.95))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_prompts_begin_with_the_test_suites() {
+        assert_eq!(BENCH_PROMPTS[..8], genie_reference::cases::CHAT_PROMPTS);
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_the_ratio_and_narrows_with_agreeing_prompts() {
+        // Every prompt at ratio 1.2: the interval is that point.
+        let g = vec![(1.2, 10); 20];
+        let l = vec![(1.0, 10); 20];
+        let (lo, hi) = bootstrap_ratio(&g, &l, 500);
+        assert!(
+            (lo - 1.2).abs() < 1e-12 && (hi - 1.2).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        // Half the prompts at 2.0, half at 0.5: the pooled ratio 1.0 lies inside a wide
+        // interval.
+        let g: Vec<_> = (0..20)
+            .map(|i| (if i % 2 == 0 { 2.0 } else { 0.5 }, 10))
+            .collect();
+        let (lo, hi) = bootstrap_ratio(&g, &l, 2000);
+        assert!(lo < 1.0 && hi > 1.0 && hi - lo > 0.2, "{lo} {hi}");
+    }
 }

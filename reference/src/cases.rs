@@ -20,6 +20,44 @@ pub const CHAT_PROMPTS: [&str; 8] = [
     "Give me a name for a friendly robot.",
 ];
 
+/// More prompts for `genie bench accuracy --prompts N` (the first eight are
+/// [`CHAT_PROMPTS`]): a mean |Δ log-probability| over a few hundred positions moves by
+/// several per cent with which near-ties the prompts happen to hold.
+pub const BENCH_PROMPTS: [&str; 32] = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a CPU cache is in two sentences.",
+    "List three fruits that are red.",
+    "How do I boil an egg?",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue?",
+    "Give me a name for a friendly robot.",
+    "What does a compiler do?",
+    "Name the planets of the solar system.",
+    "Write a short poem about autumn leaves.",
+    "How many legs does a spider have?",
+    "Suggest a healthy breakfast.",
+    "What is the difference between weather and climate?",
+    "Tell me a fun fact about octopuses.",
+    "How do plants make their food?",
+    "Write one sentence to thank a teacher.",
+    "What is 12 times 7?",
+    "Describe a cat to someone who has never seen one.",
+    "What are the primary colors?",
+    "Give three tips for sleeping better.",
+    "Who wrote Romeo and Juliet?",
+    "Explain gravity to a child.",
+    "What is a prime number?",
+    "Write a limerick about a frog.",
+    "How does a bicycle stay upright?",
+    "What should I pack for a beach trip?",
+    "Summarise the story of Cinderella in two sentences.",
+    "What is the boiling point of water at sea level?",
+    "Name three musical instruments with strings.",
+    "Why do we have seasons?",
+    "Give me a synonym for happy.",
+];
+
 /// One prompt and the engine's greedy continuation of it.
 #[derive(Debug, Clone)]
 pub struct Case {

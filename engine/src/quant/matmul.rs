@@ -217,6 +217,17 @@ fn run_tasks(
         }
         _ => Vec::new(),
     };
+    // The AVX2 kernel of narrow exact-sum strips takes `16 Σ a` of every block.
+    let narrow =
+        |w: &&QMatrix| matches!(w, QMatrix::Q8_0 { exact: true, strips: Some(s), .. } if s.narrow);
+    let sa = match x {
+        QuantizedActs::Q8_0 { blocks, .. }
+            if matches!(strip, Some(StripKernel::Ymm(_))) && ws.iter().any(narrow) =>
+        {
+            strips_avx2::offset_sums(blocks)
+        }
+        _ => Vec::new(),
+    };
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, end)
     for (i, w) in ws.iter().enumerate() {
         let rows = w.rows();
@@ -269,7 +280,7 @@ fn run_tasks(
                     (end.min(s.rows()) / STRIP).saturating_sub(g / STRIP) * n.div_ceil(k.tokens());
                 let per = fetch.left().div_ceil(visits.max(1));
                 let span = g / STRIP..last / STRIP;
-                if g < last && strip_span(k, w, s, span, x, &ua, &out, fetch, per) {
+                if g < last && strip_span(k, w, s, span, x, (&ua, &sa), &out, fetch, per) {
                     g = last;
                 }
             }
@@ -528,7 +539,8 @@ fn strips_of(w: &QMatrix, strip: Option<StripKernel>) -> Option<&Strips> {
 /// Strips `strips` of `w` (its copy `s`) against every token of the batch, up to
 /// [`StripKernel::tokens`] tokens a call: the weights of the span stay in cache while the
 /// token tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`] (the
-/// AVX-512 kernel's operand). `per` of `fetch`'s lines are issued after each strip. False
+/// AVX-512 kernel's operand) and `sa` their [`strips_avx2::offset_sums`] (the AVX2
+/// narrow kernel's), each empty where no kernel takes it. `per` of `fetch`'s lines are issued after each strip. False
 /// (nothing done) when `x` is not in the format `w` takes.
 #[allow(clippy::too_many_arguments)]
 fn strip_span(
@@ -537,7 +549,7 @@ fn strip_span(
     s: &Strips,
     strips: std::ops::Range<usize>,
     x: &QuantizedActs,
-    ua: &[[u8; QK]],
+    (ua, sa): (&[[u8; QK]], &[i32]),
     out: &Out<'_>,
     fetch: &mut SideCursor,
     per: usize,
@@ -554,7 +566,7 @@ fn strip_span(
         s: &Strips,
         strips: std::ops::Range<usize>,
         a: &[ActBlock],
-        ua: &[[u8; QK]],
+        (ua, sa): (&[[u8; QK]], &[i32]),
         t0: usize,
         out: &Out<'_>,
         fetch: &mut SideCursor,
@@ -583,6 +595,12 @@ fn strip_span(
                     *exact,
                     cells,
                 ),
+                (QMatrix::Q8_0 { exact: true, .. }, StripKernel::Ymm(k))
+                    if s.narrow && !sa.is_empty() =>
+                {
+                    let sums = std::array::from_fn(|t| &sa[span(t)]);
+                    strips_avx2::dot_q8_0_strip_narrow::<N>(k, s, strip, acts, sums, cells)
+                }
                 (QMatrix::Q8_0 { exact, .. }, StripKernel::Ymm(k)) => {
                     strips_avx2::dot_q8_0_strip::<N>(k, s, strip, acts, *exact, cells)
                 }
@@ -597,14 +615,14 @@ fn strip_span(
         let width = (n - t).min(k.tokens());
         let r = strips.clone();
         match width {
-            8 => tile::<8>(k, w, s, r, a, ua, t, out, fetch, per),
-            7 => tile::<7>(k, w, s, r, a, ua, t, out, fetch, per),
-            6 => tile::<6>(k, w, s, r, a, ua, t, out, fetch, per),
-            5 => tile::<5>(k, w, s, r, a, ua, t, out, fetch, per),
-            4 => tile::<4>(k, w, s, r, a, ua, t, out, fetch, per),
-            3 => tile::<3>(k, w, s, r, a, ua, t, out, fetch, per),
-            2 => tile::<2>(k, w, s, r, a, ua, t, out, fetch, per),
-            _ => tile::<1>(k, w, s, r, a, ua, t, out, fetch, per),
+            8 => tile::<8>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            7 => tile::<7>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            6 => tile::<6>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            5 => tile::<5>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            4 => tile::<4>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            3 => tile::<3>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            2 => tile::<2>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
+            _ => tile::<1>(k, w, s, r, a, (ua, sa), t, out, fetch, per),
         }
         t += width;
     }
@@ -915,7 +933,7 @@ fn row_times_tile(
 
 #[cfg(test)]
 mod tests {
-    use super::super::WeightFormat;
+    use super::super::{BlockQ8_0, WeightFormat};
     use super::*;
 
     fn data(seed: u64, n: usize) -> Vec<f32> {
@@ -931,22 +949,40 @@ mod tests {
     #[test]
     fn exact_sum_q8_0_matmul_gives_the_reference_bits_in_strips_and_tail_rows() {
         // 37 rows: two full strips and a ragged tail; batches that cover every tile width.
+        // Full-range weights, then weights in -16..=15 as widened Q5_0 blocks hold (the
+        // narrow AVX2 strip kernel's).
         let (rows, cols) = (37, 8 * QK);
-        let w = QMatrix::quantize(WeightFormat::Q8_0, rows, cols, &data(5, rows * cols))
-            .with_exact_block_sums();
-        let QMatrix::Q8_0 { blocks, exact, .. } = &w else {
+        let full = QMatrix::quantize(WeightFormat::Q8_0, rows, cols, &data(5, rows * cols));
+        let QMatrix::Q8_0 { blocks, .. } = &full else {
+            unreachable!("a Q8_0 matrix")
+        };
+        let narrow: Vec<_> = blocks
+            .iter()
+            .map(|b| BlockQ8_0 {
+                d: b.d,
+                qs: b.qs.map(|q| q / 8),
+            })
+            .collect();
+        let narrow = QMatrix::q8_0(rows, cols, narrow);
+        for w in [full, narrow] {
+            check_exact(&w.with_exact_block_sums(), rows, cols);
+        }
+    }
+
+    fn check_exact(w: &QMatrix, rows: usize, cols: usize) {
+        let QMatrix::Q8_0 { blocks, exact, .. } = w else {
             unreachable!("a Q8_0 matrix")
         };
         assert!(exact);
         let nb = cols / QK;
         for n in [1, 3, 8, 13] {
             let xf = data(6 + n as u64, n * cols);
-            let x = QuantizedActs::for_weight(&w, &xf);
+            let x = QuantizedActs::for_weight(w, &xf);
             let QuantizedActs::Q8_0 { blocks: a, .. } = &x else {
                 unreachable!("Q8_0 activations")
             };
             let mut out = vec![0.0; n * rows];
-            matmul(&w, &x, &mut out);
+            matmul(w, &x, &mut out);
             for t in 0..n {
                 for r in 0..rows {
                     let want = dot_scalar::dot_q8_0_exact(

@@ -54,6 +54,10 @@ pub struct Strips {
     pub qs: Vec<Line>,
     /// `[strip][block][row]` scales.
     pub d: Vec<f16>,
+    /// Q8_0 only: every weight lies in -16..=15 (blocks widened from Q4_0 or Q5_0), so
+    /// the AVX2 exact-sum kernel may offset them by 16 into unsigned bytes
+    /// ([`super::strips_avx2::dot_q8_0_strip_narrow`]).
+    pub narrow: bool,
 }
 
 impl Strips {
@@ -64,14 +68,18 @@ impl Strips {
 
     /// Re-lays the full strips of `rows` row-major Q8_0 rows of `nb` blocks.
     pub fn q8_0(rows: usize, nb: usize, blocks: &[BlockQ8_0]) -> Self {
-        Self::build(
+        let mut s = Self::build(
             rows,
             nb,
             blocks,
             8,
             |b| b.d,
             |b, k, r| b.qs[4 * k + r] as u8,
-        )
+        );
+        s.narrow = blocks
+            .iter()
+            .all(|b| b.qs.iter().all(|q| (-16..=15).contains(q)));
+        s
     }
 
     fn build<B>(
@@ -106,6 +114,7 @@ impl Strips {
             lines,
             qs,
             d,
+            narrow: false,
         }
     }
 
@@ -629,6 +638,23 @@ pub(super) mod tests {
                 w,
                 acts,
             }
+        }
+
+        /// As [`Q8Case::new`], with every weight in -16..=15 (the extremes included) as in
+        /// blocks widened from Q5_0, and activations over -127..=127.
+        pub(crate) fn narrow(rows: usize, nb: usize) -> Self {
+            let mut c = Self::new(rows, nb);
+            for (i, b) in c.w.iter_mut().enumerate() {
+                for (j, q) in b.qs.iter_mut().enumerate() {
+                    *q = match (i + j) % 11 {
+                        0 => -16,
+                        1 => 15,
+                        _ => (*q as i32).rem_euclid(32) as i8 - 16,
+                    };
+                }
+            }
+            c.strips = Strips::q8_0(rows, nb, &c.w);
+            c
         }
 
         /// Every strip through `kernel`, each cell's bits against `want` of the cell's

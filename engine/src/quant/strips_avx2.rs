@@ -16,6 +16,13 @@
 //! Q8_0 weights are signed: as llama.cpp's AVX2 `vec_dot_q8_0_q8_0` does, the unsigned
 //! operand is `|w|` and the activations take `w`'s sign (`vpsignb`), exact because Q8_0
 //! activations never hold -128.
+//!
+//! Exact-sum strips whose weights all lie in -16..=15 (blocks widened from Q4_0 or Q5_0,
+//! [`Strips::narrow`]) skip that trick: the weights offset by 16 are unsigned bytes below
+//! 32, four `maddubs` of them add in 16 bits without overflow, and `16 Σ a` per block
+//! ([`offset_sums`]) is subtracted from the exact integer sum before its one convert and
+//! FMA ([`dot_q8_0_strip_narrow`]). That is 17 vector operations a block and token where
+//! the sign trick takes 32; the result keeps the reference's bits.
 
 use super::acts::ActBlock;
 use super::dot_avx2::Avx2;
@@ -133,6 +140,62 @@ pub fn dot_q8_0_strip<const N: usize>(
     }
 }
 
+/// `16 Σ a` of each activation block: the correction the narrow kernel
+/// ([`dot_q8_0_strip_narrow`]) subtracts from its offset sums.
+pub fn offset_sums(a: &[ActBlock]) -> Vec<i32> {
+    a.iter()
+        .map(|b| 16 * b.qs.iter().map(|&q| q as i32).sum::<i32>())
+        .collect()
+}
+
+/// Strip `strip` of an exact-sum Q8_0 `w` whose weights all lie in -16..=15
+/// ([`Strips::narrow`]: blocks widened from Q4_0 or Q5_0) against `N` (1 to [`TOKENS`])
+/// tokens, `sums[t]` holding [`offset_sums`] of `a[t]`: `out[t][r]`, each bit-identical to
+/// [`super::dot_scalar::dot_q8_0_exact`] of that row and token.
+///
+/// The weights offset by 16 are unsigned bytes below 32, so `maddubs` takes them as they
+/// are (no sign trick on the activations) and four of its pair sums add in 16 bits
+/// without overflow (4 · 2 · 31 · 128 < 2^15); the block's integer sum less `16 Σ a` is
+/// the exact `Σ w a`, then one convert and one FMA as the reference.
+#[inline]
+pub fn dot_q8_0_strip_narrow<const N: usize>(
+    k: Ymm,
+    w: &Strips,
+    strip: usize,
+    a: [&[ActBlock]; N],
+    sums: [&[i32]; N],
+    out: [&mut [f32]; N],
+) {
+    let at = w.check(8, TOKENS, strip, &a, &out);
+    assert!(w.narrow, "narrow strip kernel: weights outside -16..=15");
+    assert!(
+        sums.iter().all(|s| s.len() >= w.nb),
+        "narrow strip kernel: one offset sum a block"
+    );
+    if w.nb == 0 {
+        out.into_iter().for_each(|o| o.fill(0.0));
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `dot_q8_0_strip`; each `sums[t]` holds at least `nb` values (asserted
+    // above).
+    unsafe {
+        let args = (
+            w.qs.as_ptr().add(at * 8),
+            w.d.as_ptr().add(at * STRIP),
+            std::ptr::null(),
+            w.nb,
+            a,
+            out.map(|o| o.as_mut_ptr()),
+        );
+        let sums = sums.map(|s| s.as_ptr());
+        match k {
+            Ymm::Avx2(_) => imp::avx2_narrow::<N>(args, sums),
+            Ymm::AvxVnni(_) => imp::vnni_narrow::<N>(args, sums),
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)]
 mod imp {
@@ -193,6 +256,115 @@ mod imp {
     pub unsafe fn vnni_exact<const N: usize>(args: Args<'_, N>) {
         // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
         unsafe { exact::<N, true>(args) }
+    }
+
+    /// # Safety
+    /// [`avx2`]'s contract for narrow Q8_0 strips; each `sums[t]` points at `nb` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn avx2_narrow<const N: usize>(args: Args<'_, N>, sums: [*const i32; N]) {
+        // SAFETY: this fn's contract is the body's, and its features are the body's.
+        unsafe { narrow::<N, false>(args, sums) }
+    }
+
+    /// # Safety
+    /// As [`avx2_narrow`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn vnni_narrow<const N: usize>(args: Args<'_, N>, sums: [*const i32; N]) {
+        // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
+        unsafe { narrow::<N, true>(args, sums) }
+    }
+
+    /// Narrow exact-sum Q8_0 rows (weights in -16..=15), half a strip at a time: per
+    /// block the weights offset by 16 (unsigned, below 32, shared by the tokens), then
+    /// per token eight `maddubs` added four at a time in 16 bits (at most
+    /// 4 · 2 · 31 · 128 = 31744) and widened by two `madd`, or eight `vpdpbusd`; less
+    /// `16 Σ a`, that is the block's exact integer sum, converted and added by one FMA.
+    ///
+    /// # Safety
+    /// [`avx2_narrow`]'s contract; with `VNNI`, the CPU has AVX-VNNI.
+    #[inline(always)]
+    unsafe fn narrow<const N: usize, const VNNI: bool>(
+        (qs, d, _, nb, a, out): Args<'_, N>,
+        sums: [*const i32; N],
+    ) {
+        // SAFETY: every intrinsic here is AVX2/FMA/F16C, or AVX-VNNI where `VNNI` (the
+        // callers' features); the memory accesses are justified one by one below.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let sixteen = _mm256_set1_epi8(16);
+            let zero = _mm256_setzero_si256();
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    if h == 1 {
+                        // The next strip's lines and scales, while the second half runs
+                        // on this one's (in L1 from the first half).
+                        for k in 0..8 {
+                            prefetch(qs.wrapping_add(8 * (nb + b) + k));
+                        }
+                        if b % 4 == 0 {
+                            prefetch(d.wrapping_add(STRIP * (nb + b)));
+                        }
+                    }
+                    // Half `h` of line `8 b + k`, offset by 16: inside the strip's `8 nb`
+                    // lines, 32-byte aligned (`Line` is 64-byte aligned). Every byte is
+                    // in -16..=15 (`Strips::narrow`), so `u` is in 0..32.
+                    let u: [__m256i; 8] = std::array::from_fn(|k| {
+                        _mm256_add_epi8(
+                            _mm256_load_si256(
+                                (qs.add(8 * b + k) as *const u8).add(32 * h) as *const __m256i
+                            ),
+                            sixteen,
+                        )
+                    });
+                    // Rows `8h..8h + 8` of block `b`'s sixteen scales: inside the strip's
+                    // `16 nb`; unaligned.
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(
+                        d.add(STRIP * b + 8 * h) as *const __m128i
+                    ));
+                    for t in 0..N {
+                        // `b < nb <= a[t].len()`; dwords 0..8 of the block's 32 quant
+                        // bytes; unaligned reads.
+                        let ab = a[t].get_unchecked(b);
+                        let q = ab.qs.as_ptr() as *const i32;
+                        let x = |k: usize| _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k)));
+                        let s = if VNNI {
+                            let (mut s0, mut s1) = (zero, zero);
+                            for k in (0..8).step_by(2) {
+                                s0 = _mm256_dpbusd_avx_epi32(s0, u[k], x(k));
+                                s1 = _mm256_dpbusd_avx_epi32(s1, u[k + 1], x(k + 1));
+                            }
+                            _mm256_add_epi32(s0, s1)
+                        } else {
+                            let p = |k: usize| _mm256_maddubs_epi16(u[k], x(k));
+                            let lo = _mm256_add_epi16(
+                                _mm256_add_epi16(p(0), p(1)),
+                                _mm256_add_epi16(p(2), p(3)),
+                            );
+                            let hi = _mm256_add_epi16(
+                                _mm256_add_epi16(p(4), p(5)),
+                                _mm256_add_epi16(p(6), p(7)),
+                            );
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(lo, ones),
+                                _mm256_madd_epi16(hi, ones),
+                            )
+                        };
+                        // `b < nb`: `sums[t]` holds `nb` values (the caller's contract).
+                        let s = _mm256_sub_epi32(s, _mm256_set1_epi32(*sums[t].add(b)));
+                        acc[t] = _mm256_fmadd_ps(
+                            _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)),
+                            _mm256_cvtepi32_ps(s),
+                            acc[t],
+                        );
+                    }
+                }
+                for t in 0..N {
+                    // `out[t]` points at sixteen floats; rows `8h..8h + 8`; unaligned.
+                    _mm256_storeu_ps(out[t].add(8 * h), acc[t]);
+                }
+            }
+        }
     }
 
     /// Exact-sum Q8_0 rows, half a strip (eight rows) at a time: per block and token,
@@ -511,6 +683,35 @@ mod tests {
                 check::<2>(k, k2, rows, nb);
                 check::<3>(k, k2, rows, nb);
                 check::<4>(k, k2, rows, nb);
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_q8_0_strip_equals_the_exact_reference_bit_for_bit() {
+        if Avx2::new().is_none() {
+            eprintln!("skipped: CPU lacks AVX2");
+            return;
+        }
+        fn check<const N: usize>(k: Ymm, rows: usize, nb: usize) {
+            let c = Q8Case::<N>::narrow(rows, nb);
+            assert!(c.strips.narrow, "widened weights are narrow");
+            let sums: Vec<Vec<i32>> = c.acts.iter().map(|a| offset_sums(a)).collect();
+            c.check_exact(
+                |s, a, out| {
+                    let sums = std::array::from_fn(|t| &sums[t][..]);
+                    dot_q8_0_strip_narrow::<N>(k, &c.strips, s, a, sums, out)
+                },
+                &format!("{k:?} N={N} nb={nb}"),
+            );
+        }
+        assert!(!Q8Case::<1>::new(32, 2).strips.narrow, "full-range weights");
+        for k in families() {
+            for (rows, nb) in SHAPES {
+                check::<1>(k, rows, nb);
+                check::<2>(k, rows, nb);
+                check::<3>(k, rows, nb);
+                check::<4>(k, rows, nb);
             }
         }
     }
