@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use genie_reference::accuracy::{Agreement, Scored};
 use genie_reference::cases::{
-    engine_cases, engine_forced, reference_rows, score, Case, BENCH_PROMPTS,
+    engine_cases, engine_forced, reference_rows, score, Case, CHAT_PROMPTS, MORE_PROMPTS,
 };
 use genie_reference::Reference;
 use serde_json::{json, Value};
@@ -31,7 +31,7 @@ pub struct AccuracyBenchArgs {
     /// Tokens of each continuation at most.
     #[arg(long, default_value_t = 24)]
     pub steps: usize,
-    /// How many of the bench's 32 varied chat prompts (the first 8 are the test suite's).
+    /// How many varied chat prompts: the test suite's 8, then up to 24 more.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub prompts: u16,
     /// A Python interpreter with `llama-cpp-python` installed: llama.cpp is scored on the
@@ -157,7 +157,13 @@ fn llama_cpp_cases(
 pub fn run(a: AccuracyBenchArgs) -> Result<()> {
     println!("{}", crate::host::describe());
     let t = Instant::now();
-    let prompts = &BENCH_PROMPTS[..a.prompts as usize];
+    let prompts: Vec<&str> = CHAT_PROMPTS
+        .iter()
+        .chain(&MORE_PROMPTS)
+        .take(a.prompts as usize)
+        .copied()
+        .collect();
+    let prompts = &prompts[..];
     // The continuations, and each candidate's scores at their positions; with llama.cpp,
     // a second set written by llama.cpp on which the engine is teacher-forced.
     let mut second: Option<(Vec<Case>, Vec<Vec<Scored>>)> = None;
@@ -326,11 +332,6 @@ fn bootstrap_ratio(g: &[(f64, usize)], l: &[(f64, usize)], rounds: usize) -> (f6
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bench_prompts_begin_with_the_test_suites() {
-        assert_eq!(BENCH_PROMPTS[..8], genie_reference::cases::CHAT_PROMPTS);
-    }
 
     #[test]
     fn bootstrap_interval_brackets_the_ratio_and_narrows_with_agreeing_prompts() {

@@ -20,18 +20,10 @@ pub const CHAT_PROMPTS: [&str; 8] = [
     "Give me a name for a friendly robot.",
 ];
 
-/// More prompts for `genie bench accuracy --prompts N` (the first eight are
-/// [`CHAT_PROMPTS`]): a mean |Δ log-probability| over a few hundred positions moves by
-/// several per cent with which near-ties the prompts happen to hold.
-pub const BENCH_PROMPTS: [&str; 32] = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain what a CPU cache is in two sentences.",
-    "List three fruits that are red.",
-    "How do I boil an egg?",
-    "Translate 'good morning' into Spanish.",
-    "Why is the sky blue?",
-    "Give me a name for a friendly robot.",
+/// More prompts for `genie bench accuracy --prompts N`, after [`CHAT_PROMPTS`]: a mean
+/// |Δ log-probability| over a few hundred positions moves by several per cent with which
+/// near-ties the prompts happen to hold.
+pub const MORE_PROMPTS: [&str; 24] = [
     "What does a compiler do?",
     "Name the planets of the solar system.",
     "Write a short poem about autumn leaves.",

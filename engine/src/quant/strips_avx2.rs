@@ -123,14 +123,7 @@ pub fn dot_q8_0_strip<const N: usize>(
     // SAFETY: as for Q4_1, with the strip's `8 nb` lines (`Strips::check` saw Q8_0 strips); the
     // minima pointer is not read for Q8_0.
     unsafe {
-        let args = (
-            w.qs.as_ptr().add(at * 8),
-            w.d.as_ptr().add(at * STRIP),
-            std::ptr::null(),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        );
+        let args = q8_args(w, at, a, out);
         match (k, exact) {
             (Ymm::Avx2(_), false) => imp::avx2::<N, true>(args),
             (Ymm::AvxVnni(_), false) => imp::vnni::<N, true>(args),
@@ -138,6 +131,24 @@ pub fn dot_q8_0_strip<const N: usize>(
             (Ymm::AvxVnni(_), true) => imp::vnni_exact::<N>(args),
         }
     }
+}
+
+/// A Q8_0 strip call's kernel arguments: the strip whose first block is `at`; no minima.
+#[cfg(target_arch = "x86_64")]
+fn q8_args<'a, const N: usize>(
+    w: &Strips,
+    at: usize,
+    a: [&'a [ActBlock]; N],
+    out: [&mut [f32]; N],
+) -> imp::Args<'a, N> {
+    (
+        w.qs[at * 8..].as_ptr(),
+        w.d[at * STRIP..].as_ptr(),
+        std::ptr::null(),
+        w.nb,
+        a,
+        out.map(|o| o.as_mut_ptr()),
+    )
 }
 
 /// `16 Σ a` of each activation block: the correction the narrow kernel
@@ -180,14 +191,7 @@ pub fn dot_q8_0_strip_narrow<const N: usize>(
     // SAFETY: as for `dot_q8_0_strip`; each `sums[t]` holds at least `nb` values (asserted
     // above).
     unsafe {
-        let args = (
-            w.qs.as_ptr().add(at * 8),
-            w.d.as_ptr().add(at * STRIP),
-            std::ptr::null(),
-            w.nb,
-            a,
-            out.map(|o| o.as_mut_ptr()),
-        );
+        let args = q8_args(w, at, a, out);
         let sums = sums.map(|s| s.as_ptr());
         match k {
             Ymm::Avx2(_) => imp::avx2_narrow::<N>(args, sums),
@@ -246,8 +250,9 @@ mod imp {
     /// [`avx2`]'s contract for Q8_0 strips.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn avx2_exact<const N: usize>(args: Args<'_, N>) {
-        // SAFETY: this fn's contract is the body's, and its features are the body's.
-        unsafe { exact::<N, false>(args) }
+        // SAFETY: this fn's contract is the body's (no offset sums read unless narrow),
+        // and its features are the body's.
+        unsafe { exact::<N, false, false>(args, [std::ptr::null(); N]) }
     }
 
     /// # Safety
@@ -255,7 +260,7 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     pub unsafe fn vnni_exact<const N: usize>(args: Args<'_, N>) {
         // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
-        unsafe { exact::<N, true>(args) }
+        unsafe { exact::<N, true, false>(args, [std::ptr::null(); N]) }
     }
 
     /// # Safety
@@ -263,7 +268,7 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn avx2_narrow<const N: usize>(args: Args<'_, N>, sums: [*const i32; N]) {
         // SAFETY: this fn's contract is the body's, and its features are the body's.
-        unsafe { narrow::<N, false>(args, sums) }
+        unsafe { exact::<N, false, true>(args, sums) }
     }
 
     /// # Safety
@@ -271,19 +276,24 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     pub unsafe fn vnni_narrow<const N: usize>(args: Args<'_, N>, sums: [*const i32; N]) {
         // SAFETY: as above, with AVX-VNNI for `VNNI = true`.
-        unsafe { narrow::<N, true>(args, sums) }
+        unsafe { exact::<N, true, true>(args, sums) }
     }
 
-    /// Narrow exact-sum Q8_0 rows (weights in -16..=15), half a strip at a time: per
-    /// block the weights offset by 16 (unsigned, below 32, shared by the tokens), then
-    /// per token eight `maddubs` added four at a time in 16 bits (at most
-    /// 4 · 2 · 31 · 128 = 31744) and widened by two `madd`, or eight `vpdpbusd`; less
-    /// `16 Σ a`, that is the block's exact integer sum, converted and added by one FMA.
+    /// Exact-sum Q8_0 rows, half a strip (eight rows) at a time: per block and token, the
+    /// products of eight rows summed into one integer per row (`maddubs` + `madd`, or
+    /// `vpdpbusd`), then one convert and one FMA by `d_w·d_a`, as
+    /// [`super::super::dot_scalar::dot_q8_0_exact`]. The unsigned operand is `|w|`, with
+    /// the activations signed by `w` (the sign trick), or with `NARROW` (weights in
+    /// -16..=15) `w + 16`, formed once a block for the tokens: then four `maddubs` add in
+    /// 16 bits (at most 4 · 2 · 31 · 128 = 31744), two `madd` widen them, and `sums[t]`'s
+    /// `16 Σ a` of the block is subtracted, which gives the same integer.
     ///
     /// # Safety
-    /// [`avx2_narrow`]'s contract; with `VNNI`, the CPU has AVX-VNNI.
+    /// [`avx2`]'s contract for Q8_0 strips; with `VNNI`, the CPU has AVX-VNNI; with
+    /// `NARROW`, every weight of the strip is in -16..=15 and each `sums[t]` points at `nb`
+    /// values. Inlined into the target-feature wrappers above.
     #[inline(always)]
-    unsafe fn narrow<const N: usize, const VNNI: bool>(
+    unsafe fn exact<const N: usize, const VNNI: bool, const NARROW: bool>(
         (qs, d, _, nb, a, out): Args<'_, N>,
         sums: [*const i32; N],
     ) {
@@ -306,95 +316,6 @@ mod imp {
                             prefetch(d.wrapping_add(STRIP * (nb + b)));
                         }
                     }
-                    // Half `h` of line `8 b + k`, offset by 16: inside the strip's `8 nb`
-                    // lines, 32-byte aligned (`Line` is 64-byte aligned). Every byte is
-                    // in -16..=15 (`Strips::narrow`), so `u` is in 0..32.
-                    let u: [__m256i; 8] = std::array::from_fn(|k| {
-                        _mm256_add_epi8(
-                            _mm256_load_si256(
-                                (qs.add(8 * b + k) as *const u8).add(32 * h) as *const __m256i
-                            ),
-                            sixteen,
-                        )
-                    });
-                    // Rows `8h..8h + 8` of block `b`'s sixteen scales: inside the strip's
-                    // `16 nb`; unaligned.
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(
-                        d.add(STRIP * b + 8 * h) as *const __m128i
-                    ));
-                    for t in 0..N {
-                        // `b < nb <= a[t].len()`; dwords 0..8 of the block's 32 quant
-                        // bytes; unaligned reads.
-                        let ab = a[t].get_unchecked(b);
-                        let q = ab.qs.as_ptr() as *const i32;
-                        let x = |k: usize| _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k)));
-                        let s = if VNNI {
-                            let (mut s0, mut s1) = (zero, zero);
-                            for k in (0..8).step_by(2) {
-                                s0 = _mm256_dpbusd_avx_epi32(s0, u[k], x(k));
-                                s1 = _mm256_dpbusd_avx_epi32(s1, u[k + 1], x(k + 1));
-                            }
-                            _mm256_add_epi32(s0, s1)
-                        } else {
-                            let p = |k: usize| _mm256_maddubs_epi16(u[k], x(k));
-                            let lo = _mm256_add_epi16(
-                                _mm256_add_epi16(p(0), p(1)),
-                                _mm256_add_epi16(p(2), p(3)),
-                            );
-                            let hi = _mm256_add_epi16(
-                                _mm256_add_epi16(p(4), p(5)),
-                                _mm256_add_epi16(p(6), p(7)),
-                            );
-                            _mm256_add_epi32(
-                                _mm256_madd_epi16(lo, ones),
-                                _mm256_madd_epi16(hi, ones),
-                            )
-                        };
-                        // `b < nb`: `sums[t]` holds `nb` values (the caller's contract).
-                        let s = _mm256_sub_epi32(s, _mm256_set1_epi32(*sums[t].add(b)));
-                        acc[t] = _mm256_fmadd_ps(
-                            _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)),
-                            _mm256_cvtepi32_ps(s),
-                            acc[t],
-                        );
-                    }
-                }
-                for t in 0..N {
-                    // `out[t]` points at sixteen floats; rows `8h..8h + 8`; unaligned.
-                    _mm256_storeu_ps(out[t].add(8 * h), acc[t]);
-                }
-            }
-        }
-    }
-
-    /// Exact-sum Q8_0 rows, half a strip (eight rows) at a time: per block and token,
-    /// eight sign-trick products of `|w|` and the activations signed by `w` summed into
-    /// one integer per row (`maddubs` + `madd`, or `vpdpbusd`), then one convert and one
-    /// FMA by `d_w·d_a`, as [`super::super::dot_scalar::dot_q8_0_exact`].
-    ///
-    /// # Safety
-    /// [`avx2`]'s contract for Q8_0 strips; with `VNNI`, the CPU has AVX-VNNI. Inlined
-    /// into the two target-feature wrappers above.
-    #[inline(always)]
-    unsafe fn exact<const N: usize, const VNNI: bool>((qs, d, _, nb, a, out): Args<'_, N>) {
-        // SAFETY: every intrinsic here is AVX2/FMA/F16C, or AVX-VNNI where `VNNI` (the
-        // callers' features); the memory accesses are justified one by one below.
-        unsafe {
-            let ones = _mm256_set1_epi16(1);
-            let zero = _mm256_setzero_si256();
-            for h in 0..2 {
-                let mut acc = [_mm256_setzero_ps(); N];
-                for b in 0..nb {
-                    if h == 1 {
-                        // The next strip's lines and scales, while the second half runs
-                        // on this one's (in L1 from the first half).
-                        for k in 0..8 {
-                            prefetch(qs.wrapping_add(8 * (nb + b) + k));
-                        }
-                        if b % 4 == 0 {
-                            prefetch(d.wrapping_add(STRIP * (nb + b)));
-                        }
-                    }
                     // Half `h` of line `8 b + k`: inside the strip's `8 nb` lines; `Line`
                     // is 64-byte aligned, so the half is 32-byte aligned.
                     let w: [__m256i; 8] = std::array::from_fn(|k| {
@@ -402,7 +323,14 @@ mod imp {
                             (qs.add(8 * b + k) as *const u8).add(32 * h) as *const __m256i
                         )
                     });
-                    let u: [__m256i; 8] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
+                    // Narrow weights offset by 16 lie in 0..32 (`Strips::narrow`).
+                    let u: [__m256i; 8] = std::array::from_fn(|k| {
+                        if NARROW {
+                            _mm256_add_epi8(w[k], sixteen)
+                        } else {
+                            _mm256_sign_epi8(w[k], w[k])
+                        }
+                    });
                     // Rows `8h..8h + 8` of block `b`'s sixteen scales: inside the strip's
                     // `16 nb`; unaligned.
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(
@@ -413,33 +341,52 @@ mod imp {
                         // bytes; unaligned reads.
                         let ab = a[t].get_unchecked(b);
                         let q = ab.qs.as_ptr() as *const i32;
-                        let (mut s0, mut s1) = (zero, zero);
-                        for k in (0..8).step_by(2) {
-                            let x0 = _mm256_sign_epi8(
-                                _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k))),
-                                w[k],
-                            );
-                            let x1 = _mm256_sign_epi8(
-                                _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k + 1))),
-                                w[k + 1],
-                            );
-                            if VNNI {
-                                s0 = _mm256_dpbusd_avx_epi32(s0, u[k], x0);
-                                s1 = _mm256_dpbusd_avx_epi32(s1, u[k + 1], x1);
+                        let x = |k: usize| {
+                            let x = _mm256_set1_epi32(std::ptr::read_unaligned(q.add(k)));
+                            if NARROW {
+                                x
                             } else {
-                                s0 = _mm256_add_epi32(
-                                    s0,
-                                    _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], x0), ones),
-                                );
-                                s1 = _mm256_add_epi32(
-                                    s1,
-                                    _mm256_madd_epi16(_mm256_maddubs_epi16(u[k + 1], x1), ones),
-                                );
+                                _mm256_sign_epi8(x, w[k])
                             }
-                        }
-                        let x = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
-                        acc[t] =
-                            _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(ab.d)), x, acc[t]);
+                        };
+                        let p = |k: usize| _mm256_maddubs_epi16(u[k], x(k));
+                        let s = if VNNI {
+                            let (mut s0, mut s1) = (zero, zero);
+                            for k in (0..8).step_by(2) {
+                                s0 = _mm256_dpbusd_avx_epi32(s0, u[k], x(k));
+                                s1 = _mm256_dpbusd_avx_epi32(s1, u[k + 1], x(k + 1));
+                            }
+                            _mm256_add_epi32(s0, s1)
+                        } else if NARROW {
+                            let four = |k: usize| {
+                                _mm256_add_epi16(
+                                    _mm256_add_epi16(p(k), p(k + 1)),
+                                    _mm256_add_epi16(p(k + 2), p(k + 3)),
+                                )
+                            };
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(four(0), ones),
+                                _mm256_madd_epi16(four(4), ones),
+                            )
+                        } else {
+                            let (mut s0, mut s1) = (zero, zero);
+                            for k in (0..8).step_by(2) {
+                                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p(k), ones));
+                                s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p(k + 1), ones));
+                            }
+                            _mm256_add_epi32(s0, s1)
+                        };
+                        let s = if NARROW {
+                            // `b < nb`: `sums[t]` holds `nb` values (the caller's contract).
+                            _mm256_sub_epi32(s, _mm256_set1_epi32(*sums[t].add(b)))
+                        } else {
+                            s
+                        };
+                        acc[t] = _mm256_fmadd_ps(
+                            _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)),
+                            _mm256_cvtepi32_ps(s),
+                            acc[t],
+                        );
                     }
                 }
                 for t in 0..N {
