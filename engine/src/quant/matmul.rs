@@ -540,8 +540,8 @@ fn strips_of(w: &QMatrix, strip: Option<StripKernel>) -> Option<&Strips> {
 /// [`StripKernel::tokens`] tokens a call: the weights of the span stay in cache while the
 /// token tiles pass. `ua` holds the Q8_0 activations' [`strips::offset_quants`] (the
 /// AVX-512 kernel's operand) and `sa` their [`strips_avx2::offset_sums`] (the AVX2
-/// narrow kernel's), each empty where no kernel takes it. `per` of `fetch`'s lines are issued after each strip. False
-/// (nothing done) when `x` is not in the format `w` takes.
+/// narrow kernel's), each empty where no kernel takes it. `per` of `fetch`'s lines are
+/// issued after each strip. False (nothing done) when `x` is not in the format `w` takes.
 #[allow(clippy::too_many_arguments)]
 fn strip_span(
     k: StripKernel,
