@@ -1,5 +1,6 @@
-//! `exp` for f32, as softmax and SiLU use it: one algorithm, a scalar reference and an
-//! AVX-512 version that computes the same bits sixteen values at a time.
+//! `exp` for f32, as softmax and SiLU use it: one algorithm, a scalar reference, an AVX2
+//! version (eight values at a time, the table by a gather) and an AVX-512 one (sixteen),
+//! all computing the same bits.
 //!
 //! The algorithm is the table-driven one of modern libms (glibc ≥ 2.28 among them):
 //! `x · 32/ln 2 = k + r` with `k` an integer and `|r| ≤ 1/2`, `2^(k/32)` from a 32-entry
@@ -118,7 +119,7 @@ pub fn exp_sub_in_place(x: &mut [f32], sub: f32) {
         #[cfg(target_arch = "x86_64")]
         Family::Fma => {
             // SAFETY: the AVX2 kernel family is chosen only where `dot_avx2::available()`
-            // detected FMA (with AVX2 and F16C) on this CPU.
+            // detected AVX2 and FMA (with F16C) on this CPU.
             unsafe { fma::exp_sub_in_place(x, sub) }
         }
         Family::Scalar => x.iter_mut().for_each(|v| *v = expf(*v - sub)),
@@ -138,7 +139,8 @@ pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
         }
         #[cfg(target_arch = "x86_64")]
         Family::Fma => {
-            // SAFETY: FMA was detected, as in `exp_sub_in_place`.
+            // SAFETY: AVX2 and FMA were detected, as in `exp_sub_in_place`; the lengths
+            // are equal (asserted above), as the kernel needs.
             unsafe { fma::silu_mul_in_place(gate, up) }
         }
         Family::Scalar => silu_scalar(gate, up),
@@ -155,7 +157,7 @@ fn silu_scalar(gate: &mut [f32], up: &[f32]) {
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Family {
     Scalar,
-    /// The reference compiled with hardware FMA (the AVX2 kernel family).
+    /// Eight lanes in AVX2 with hardware FMA (the AVX2 kernel family).
     #[cfg(target_arch = "x86_64")]
     Fma,
     #[cfg(target_arch = "x86_64")]
@@ -177,20 +179,111 @@ fn family() -> Family {
 
 #[cfg(target_arch = "x86_64")]
 mod fma {
-    /// The reference loop with `mul_add` as the FMA instruction rather than a libm call.
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Four lanes of the reference's main path, from f64 `xd`: the table entry by a
+    /// gather (`ki % 32`, eight bytes apart).
     ///
     /// # Safety
-    /// The CPU has FMA.
-    #[target_feature(enable = "fma")]
-    pub unsafe fn exp_sub_in_place(x: &mut [f32], sub: f32) {
-        x.iter_mut().for_each(|v| *v = super::expf(*v - sub));
+    /// The CPU has AVX2 and FMA (the callers are kernels with those target features).
+    #[inline(always)]
+    unsafe fn exp4(xd: __m256d) -> __m128 {
+        // SAFETY: AVX2 and FMA are this fn's precondition; the one memory access is the
+        // gather from `TABLE`, whose indices `ki & 31` are below its 32 entries.
+        unsafe {
+            let inv = _mm256_set1_pd(INV_LN2_N);
+            let shift = _mm256_set1_pd(SHIFT);
+            let shifted = _mm256_fmadd_pd(inv, xd, shift);
+            let ki = _mm256_castpd_si256(shifted);
+            let kd = _mm256_sub_pd(shifted, shift);
+            let r = _mm256_fmsub_pd(inv, xd, kd);
+            let i = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+            let t = _mm256_i64gather_epi64::<8>(TABLE.as_ptr() as *const i64, i);
+            let s = _mm256_castsi256_pd(_mm256_add_epi64(t, _mm256_slli_epi64::<47>(ki)));
+            let z = _mm256_fmadd_pd(r, _mm256_set1_pd(C0), _mm256_set1_pd(C1));
+            let r2 = _mm256_mul_pd(r, r);
+            let y = _mm256_fmadd_pd(r, _mm256_set1_pd(C2), _mm256_set1_pd(1.0));
+            let y = _mm256_fmadd_pd(z, r2, y);
+            _mm256_cvtpd_ps(_mm256_mul_pd(y, s))
+        }
+    }
+
+    /// Eight `e^x`; lanes with `|x| ≥ 88` (rare) are redone by the reference.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA (the callers are kernels with those target features).
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        // SAFETY: AVX2 and FMA are this fn's precondition (and `exp4`'s); the only memory
+        // accesses are eight-float stores and a load of the local arrays `xs` and `ys`.
+        unsafe {
+            let lo = exp4(_mm256_cvtps_pd(_mm256_castps256_ps128(x)));
+            let hi = exp4(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x)));
+            let mut y = _mm256_set_m128(hi, lo);
+            let top = _mm256_and_si256(
+                _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
+                _mm256_set1_epi32(0x7ff),
+            );
+            let large = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                top,
+                _mm256_set1_epi32(LARGE_TOP as i32 - 1),
+            )));
+            if large != 0 {
+                let mut xs = [0.0f32; 8];
+                let mut ys = [0.0f32; 8];
+                _mm256_storeu_ps(xs.as_mut_ptr(), x);
+                _mm256_storeu_ps(ys.as_mut_ptr(), y);
+                for i in 0..8 {
+                    if large & (1 << i) != 0 {
+                        ys[i] = super::large(xs[i]);
+                    }
+                }
+                y = _mm256_loadu_ps(ys.as_ptr());
+            }
+            y
+        }
     }
 
     /// # Safety
-    /// The CPU has FMA.
-    #[target_feature(enable = "fma")]
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_in_place(x: &mut [f32], sub: f32) {
+        let s = _mm256_set1_ps(sub);
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` is a chunk of exactly eight floats: the unaligned load and store
+            // stay inside it; the target features include what `exp8` needs.
+            unsafe {
+                let v = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), s);
+                _mm256_storeu_ps(c.as_mut_ptr(), exp8(v));
+            }
+        }
+        chunks
+            .into_remainder()
+            .iter_mut()
+            .for_each(|v| *v = super::expf(*v - sub));
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `up` is at least as long as `gate`.
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
-        super::silu_scalar(gate, up)
+        let one = _mm256_set1_ps(1.0);
+        let n = gate.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: `i + 8 <= n <= gate.len() <= up.len()` (the last by this fn's
+            // contract): the unaligned loads and the store stay inside `gate` and `up`;
+            // the target features include what `exp8` needs.
+            unsafe {
+                let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+                let u = _mm256_loadu_ps(up.as_ptr().add(i));
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let v = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u);
+                _mm256_storeu_ps(gate.as_mut_ptr().add(i), v);
+            }
+        }
+        super::silu_scalar(&mut gate[n..], &up[n..]);
     }
 }
 
@@ -397,12 +490,15 @@ mod tests {
         )];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 v.push((
-                    "fma",
-                    // SAFETY: FMA was detected just above, on this CPU.
+                    "avx2",
+                    // SAFETY: AVX2 and FMA were detected just above, on this CPU.
                     |x, s| unsafe { fma::exp_sub_in_place(x, s) },
-                    // SAFETY: FMA was detected just above, on this CPU.
+                    // SAFETY: AVX2 and FMA were detected just above; the test calls
+                    // `silu_mul` only with `up` as long as `gate`, as the kernel needs.
                     |g, u| unsafe { fma::silu_mul_in_place(g, u) },
                 ));
             }

@@ -13,7 +13,7 @@ use crate::ops;
 use crate::quant::acts::QuantizedActs;
 use crate::quant::matmul::{matmul, matmul_multi_fetching, matmul_tokens};
 use crate::quant::side_fetch::SideFetch;
-use crate::quant::QMatrix;
+use crate::quant::{attn_avx2, dot_avx2, dot_avx512, QMatrix};
 use rayon::prelude::*;
 use std::ops::ControlFlow;
 
@@ -635,12 +635,14 @@ impl Model {
     /// query head `h` reads KV head `h / (n_heads / n_kv_heads)`).
     ///
     /// Work is split into (query block, KV head) tasks: a block is up to [`QUERY_BLOCK`]
-    /// consecutive tokens of one sequence. With AVX2, each token's group of query heads
-    /// (up to four a call) reads the f16 cache through the fused kernels, each K/V row
-    /// widened in registers once for the heads; without it, each K/V row is widened to
-    /// f32 once for the block and reused by every head and token. Both give the same
-    /// bits: each (token, head) result is computed with the same operations in the same
-    /// order whatever the block, so batching never changes the output.
+    /// consecutive tokens of one sequence. With AVX2 (and no AVX-512 attention kernels),
+    /// a block of several tokens goes through [`attend_block`]: each K/V row is widened
+    /// in registers once for every token and head of the block. A single token (decode),
+    /// or a CPU with the AVX-512 kernels, goes token by token, up to four heads of the
+    /// group a call reading the f16 cache. Without AVX2, each K/V row is widened to f32
+    /// once for the block and reused by every head and token. All give the same bits:
+    /// each (token, head) result is computed with the same operations in the same order
+    /// whatever the block, so batching never changes the output.
     fn attention(
         &self,
         q: &[f32],
@@ -683,6 +685,42 @@ impl Model {
                     let seen = pos0 + ti + 1;
                     (window.map_or(0, |w| seen.saturating_sub(w)), seen)
                 };
+                let block = fused.filter(|k| {
+                    m > 1
+                        && attn_avx2::width_ok(hd)
+                        && !k.avx512.is_some_and(|_| dot_avx512::attention_width_ok(hd))
+                });
+                if let Some(k) = block {
+                    // The whole block at once: each K/V row widened once for every token
+                    // and head of it, the same bits as token by token.
+                    let qrows: Vec<&[f32]> =
+                        (0..rows).map(|r| qrow(r / group, r % group)).collect();
+                    let spans: Vec<(usize, usize)> = (0..m).map(span).collect();
+                    attend_block(
+                        k.avx2,
+                        &qrows,
+                        &spans,
+                        (blocks, bt, kv, g * hd),
+                        scale,
+                        scores,
+                        acc,
+                    );
+                    for ti in 0..m {
+                        // SAFETY: the `group` heads from `g * group` of token `t0 + ti`
+                        // (`group * hd` values) belong to this task alone and end at
+                        // `(g + 1) * group * hd <= n_heads * hd <= hidden`, inside `out`
+                        // (`n * hidden`, as `run_layers` sizes it); `acc` is a separate
+                        // buffer of `rows * hd`.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                acc[ti * group * hd..].as_ptr(),
+                                ptr.get().add((t0 + ti) * hidden + g * group * hd),
+                                group * hd,
+                            )
+                        };
+                    }
+                    return;
+                }
                 if let Some(k) = fused {
                     // Token by token, up to four heads of the group a call, straight from
                     // the f16 cache.
@@ -772,6 +810,86 @@ impl Model {
                 }
             },
         );
+    }
+}
+
+/// A block of tokens' attention for the query rows `q` (token `ti`'s heads of one KV head
+/// at `ti * group..`, `group = q.len() / spans.len()`), token `ti` over key positions
+/// `spans[ti].0..spans[ti].1`; writes `[rows][hd]` into `out`.
+///
+/// Scores come for every row over the union of the spans (a token's keys past its own
+/// are computed and left out of its softmax), then each row's softmax over its own span.
+/// The weighted sum takes each row's keys in position order, as the one-token path does:
+/// a window's first keys token by token, the keys every token sees with all rows
+/// together, then each token's last keys.
+fn attend_block(
+    k: dot_avx2::Avx2,
+    q: &[&[f32]],
+    spans: &[(usize, usize)],
+    (blocks, bt, kv, offset): F16Head,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+) {
+    let (rows, hd) = (q.len(), q[0].len());
+    let group = rows / spans.len();
+    let lo_min = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let lo_max = spans.iter().map(|s| s.0).max().unwrap_or(0);
+    let seen_min = spans.iter().map(|s| s.1).min().unwrap_or(0);
+    let ctx = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let w = ctx - lo_min;
+    let skip = |b: usize, first: usize| (first - b * bt) * kv;
+    scores.clear();
+    scores.resize(rows * w, 0.0);
+    for (b, first, end) in block_spans(bt, lo_min, ctx) {
+        if let Some(&(kc, _)) = blocks.get(b + 1) {
+            prefetch_head(kc, kv, offset, hd, bt.min(ctx.saturating_sub((b + 1) * bt)));
+        }
+        let kc = &blocks[b].0[skip(b, first)..];
+        let sc = &mut scores[first - lo_min..];
+        attn_avx2::scores(k, q, kc, kv, offset, scale, end - first, sc, w);
+    }
+    let mut own: Vec<&mut [f32]> = scores
+        .chunks_exact_mut(w)
+        .enumerate()
+        .map(|(r, sc)| {
+            let (lo, seen) = spans[r / group];
+            &mut sc[lo - lo_min..seen - lo_min]
+        })
+        .collect();
+    ops::softmax_rows(&mut own);
+    own.iter_mut().for_each(|sc| ops::round_to_f16(sc));
+    out.clear();
+    out.resize(rows * hd, 0.0);
+    let scores = &scores[..];
+    // Rows `rs` accumulate keys `a..e`.
+    let mut run = |rs: std::ops::Range<usize>, a: usize, e: usize| {
+        for (b, first, end) in block_spans(bt, a, e) {
+            let vc = &blocks[b].1[skip(b, first)..];
+            let p: Vec<&[f32]> = rs
+                .clone()
+                .map(|r| &scores[r * w + first - lo_min..r * w + end - lo_min])
+                .collect();
+            let mut o: Vec<&mut [f32]> = out[rs.start * hd..rs.end * hd]
+                .chunks_exact_mut(hd)
+                .collect();
+            attn_avx2::weighted(k, &p, vc, kv, offset, &mut o);
+        }
+    };
+    let shared = lo_max < seen_min;
+    for (ti, &(lo, seen)) in spans.iter().enumerate() {
+        let end = if shared { lo_max } else { seen };
+        if lo < end {
+            run(ti * group..(ti + 1) * group, lo, end);
+        }
+    }
+    if shared {
+        run(0..rows, lo_max, seen_min);
+        for (ti, &(_, seen)) in spans.iter().enumerate() {
+            if seen_min < seen {
+                run(ti * group..(ti + 1) * group, seen_min, seen);
+            }
+        }
     }
 }
 
@@ -987,4 +1105,92 @@ fn norm_then_quantize(
 
 fn matmul_f32(w: &QMatrix, x: &[f32], out: &mut [f32]) {
     matmul(w, &QuantizedActs::for_weight(w, x), out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20_001) as f32 / 5_000.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// A block of tokens through `attend_block` equals each token through `attend_f16`,
+    /// bit for bit: paged blocks, a block starting mid-cache, windows narrower and wider
+    /// than the block, three and four query heads a KV head.
+    #[test]
+    fn block_attention_equals_token_by_token_bit_for_bit() {
+        let Some(k) = ops::f16_kernels() else {
+            eprintln!("skipped: CPU lacks AVX2/F16C");
+            return;
+        };
+        let (bt, kv_heads) = (16, 2);
+        for (hd, group) in [(64, 3), (256, 4), (16, 1)] {
+            let kv = kv_heads * hd;
+            let ctx: usize = 75;
+            let cache: Vec<(Vec<half::f16>, Vec<half::f16>)> = (0..ctx.div_ceil(bt))
+                .map(|b| {
+                    let f = |seed| {
+                        values(seed, bt * kv)
+                            .into_iter()
+                            .map(half::f16::from_f32)
+                            .collect::<Vec<_>>()
+                    };
+                    (f(2 * b as u32), f(2 * b as u32 + 1))
+                })
+                .collect();
+            let blocks: Vec<(&[half::f16], &[half::f16])> =
+                cache.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            for (pos0, m, window) in [
+                (0usize, 16usize, None::<usize>),
+                (40, 16, None),
+                (59, 16, Some(20)),
+                (50, 9, Some(4)),
+                (3, 2, None),
+            ] {
+                let spans: Vec<(usize, usize)> = (0..m)
+                    .map(|ti| {
+                        let seen = pos0 + ti + 1;
+                        (window.map_or(0, |w| seen.saturating_sub(w)), seen)
+                    })
+                    .collect();
+                let q: Vec<Vec<f32>> = (0..m * group).map(|r| values(100 + r as u32, hd)).collect();
+                let qr: Vec<&[f32]> = q.iter().map(|q| &q[..]).collect();
+                let head = (&blocks[..], bt, kv, hd);
+                let (mut scores, mut out) = (Vec::new(), Vec::new());
+                attend_block(k.avx2, &qr, &spans, head, 0.125, &mut scores, &mut out);
+                for (ti, &(lo, seen)) in spans.iter().enumerate() {
+                    let mut want = vec![0.0f32; group * hd];
+                    let k2 = ops::F16Kernels { avx512: None, ..k };
+                    attend_f16(
+                        k2,
+                        &qr[ti * group..(ti + 1) * group],
+                        head,
+                        lo,
+                        seen,
+                        0.125,
+                        &mut scores,
+                        &mut want,
+                    );
+                    let got: Vec<u32> = out[ti * group * hd..(ti + 1) * group * hd]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                    let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(
+                        got, want,
+                        "hd {hd} pos0 {pos0} m {m} window {window:?} token {ti}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -265,9 +265,54 @@ fn avx2() -> Option<Avx2> {
 
 /// Numerically stable softmax in place; the sum is accumulated in f64, in order.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    crate::expf::exp_sub_in_place(x, max);
+    crate::expf::exp_sub_in_place(x, max_of(x));
     let sum = x.iter().fold(0.0f64, |s, v| s + *v as f64);
+    scale_by_inverse(x, sum);
+}
+
+/// [`softmax`] of every row, the same bits: four rows' f64 sums run side by side (each
+/// still in its own order), so the additions' latency overlaps.
+pub fn softmax_rows(rows: &mut [&mut [f32]]) {
+    for r in rows.iter_mut() {
+        crate::expf::exp_sub_in_place(r, max_of(r));
+    }
+    for group in rows.chunks_mut(4) {
+        let mut sums = [0.0f64; 4];
+        let mut done = 0;
+        if let [a, b, c, d] = group {
+            done = a.len().min(b.len()).min(c.len()).min(d.len());
+            for j in 0..done {
+                sums[0] += a[j] as f64;
+                sums[1] += b[j] as f64;
+                sums[2] += c[j] as f64;
+                sums[3] += d[j] as f64;
+            }
+        }
+        for (r, sum) in group.iter_mut().zip(&mut sums) {
+            *sum = r[done..].iter().fold(*sum, |s, v| s + *v as f64);
+            scale_by_inverse(r, *sum);
+        }
+    }
+}
+
+/// The largest value, NaNs left out (as folding with `f32::max`), in eight lanes.
+fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(*v);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+fn scale_by_inverse(x: &mut [f32], sum: f64) {
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
@@ -316,6 +361,39 @@ mod tests {
                 (*v as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
                 "{x}: {v} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn softmax_and_softmax_rows_give_the_in_order_reference_bits() {
+        // The reference: the max by folding `f32::max`, the sum in f64 in order.
+        let reference = |x: &[f32]| -> Vec<u32> {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = x.iter().map(|v| crate::expf::expf(v - max)).collect();
+            let sum = e.iter().fold(0.0f64, |s, v| s + *v as f64);
+            let inv = (1.0 / sum) as f32;
+            e.iter().map(|v| (v * inv).to_bits()).collect()
+        };
+        let row = |seed: usize, n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 37.0 - 27.0)
+                .collect()
+        };
+        // Lengths that leave tails of the eight lanes and of the four-row groups,
+        // a NaN, a row of one value and an empty row.
+        let lens = [1, 9, 64, 63, 200, 17, 0, 130, 5];
+        let mut rows: Vec<Vec<f32>> = lens.iter().enumerate().map(|(s, &n)| row(s, n)).collect();
+        rows[3][10] = f32::NAN;
+        let want: Vec<Vec<u32>> = rows.iter().map(|r| reference(r)).collect();
+        for (r, w) in rows.iter().zip(&want) {
+            let mut one = r.clone();
+            softmax(&mut one);
+            assert_eq!(one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), *w);
+        }
+        let mut all: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
+        softmax_rows(&mut all);
+        for (r, w) in rows.iter().zip(&want) {
+            assert_eq!(r.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), *w);
         }
     }
 

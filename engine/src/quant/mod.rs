@@ -16,6 +16,7 @@
 
 pub mod ab;
 pub mod acts;
+pub mod attn_avx2;
 pub mod dot_avx2;
 pub mod dot_avx512;
 pub mod dot_scalar;
