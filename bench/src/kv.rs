@@ -307,3 +307,58 @@ pub fn run(a: KvBenchArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `(bytes, seconds)` of TCP loopback transfers through the transport of a prompt's KV for
+/// each of `tokens` (a model of `layers` layers, `kv_heads` x `head_dim`, f16 K and V),
+/// the median of `repeat` each: the measurements `genie profile` fits a link curve to.
+pub fn tcp_link_points(
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    tokens: &[usize],
+    repeat: usize,
+) -> Result<Vec<(usize, f64)>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let registry = TransferRegistry::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let (addr, rx) = start_receiver(&rt, &registry, shutdown)?;
+    let a = KvBenchArgs {
+        tokens: tokens.to_vec(),
+        layers,
+        kv_heads,
+        head_dim,
+        repeat,
+        auth: false,
+    };
+    let mut out = Vec::new();
+    let mut id = 1;
+    for &n in tokens {
+        let meta = layer_meta(&a, n);
+        let payload: Vec<u8> = (0..meta.payload_len().unwrap_or(0))
+            .map(|i| (i * 31) as u8)
+            .collect();
+        let mut t = Vec::new();
+        for _ in 0..repeat.max(1) {
+            let recv = Receiver {
+                addr: &addr,
+                reg: &registry,
+                rx: &rx,
+            };
+            t.push(transport_once(
+                &TcpTransport::default(),
+                &recv,
+                id,
+                meta,
+                layers,
+                &payload,
+            )?);
+            id += 1;
+        }
+        out.push((payload.len() * layers, median(t)));
+    }
+    Ok(out)
+}

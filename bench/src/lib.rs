@@ -11,6 +11,8 @@
 //! - [`disagg`]: time to first and second token, disaggregated vs colocated, across
 //!   processes (it starts the current `genie` binary's roles);
 //! - [`sched`]: placement decision time with many workers, per routing policy;
+//! - [`profile`]: `genie profile`, the engine's cost curves on this host, fitted and
+//!   written as a versioned cost profile;
 //! - [`host`]: the CPU and ISA line printed with the figures.
 
 pub mod accuracy;
@@ -23,5 +25,6 @@ pub mod kv_pages;
 pub mod llama_bench;
 pub mod membw;
 pub mod peak;
+pub mod profile;
 pub mod sched;
 pub mod stats;

@@ -40,6 +40,9 @@ pub enum Command {
     /// The ExecutionPlan a config compiles to: show, validate, explain, render.
     #[command(subcommand)]
     Plan(crate::plan_cli::PlanCommand),
+    /// Measure this host (prefill forwards, decode steps, KV over TCP), fit the cost
+    /// curves and write them as a versioned cost profile (JSON).
+    Profile(genie_bench::profile::ProfileArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,6 +306,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::KvPages(a)) => genie_bench::kv_pages::run(a),
         Command::Bench(BenchCommand::Disagg(a)) => genie_bench::disagg::run(a),
         Command::Bench(BenchCommand::Scheduler(a)) => genie_bench::sched::run(a),
+        Command::Profile(a) => genie_bench::profile::run(a),
     }
 }
 

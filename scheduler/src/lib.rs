@@ -19,6 +19,7 @@
 //! - [`simulate`]: a discrete-event run of any plan over a synthetic workload.
 
 pub mod compile;
+pub mod cost_profile;
 pub mod inventory;
 pub mod patterns;
 pub mod placement;

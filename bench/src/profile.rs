@@ -1,0 +1,271 @@
+//! `genie profile`: measures the engine on this host (prefill forwards of several shapes,
+//! decode steps over batch sizes and contexts, KV transfers over TCP loopback), fits the
+//! cost curves of [`genie_scheduler::cost_profile`] and writes them as a versioned JSON
+//! profile, printing each measurement beside its fitted value.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use genie_engine::kv_cache::KvCache;
+use genie_engine::model::{Model, Segment};
+use genie_scheduler::cost_profile::{
+    CostProfile, DecodeCurve, DecodePoint, LinkCurve, LinkPoint, PrefillCurve, PrefillPoint,
+};
+use std::time::Instant;
+
+use crate::stats::median;
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub engine: crate::engine::BenchModel,
+    /// Prefill shapes: a prompt length, or COUNTxLENGTH for a batch of equal prompts.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,64,256,1024,4x64,4x256"
+    )]
+    pub prefill: Vec<String>,
+    /// Decode batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub batch: Vec<usize>,
+    /// Contexts (tokens in each sequence's cache) of the decode measurements.
+    #[arg(long, value_delimiter = ',', default_value = "64,512")]
+    pub context: Vec<usize>,
+    /// Decode steps timed per measurement.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Prompt lengths whose KV is moved over TCP loopback for the link curve (empty: no
+    /// link measured).
+    #[arg(long, value_delimiter = ',', default_value = "16,256,2048")]
+    pub link_tokens: Vec<usize>,
+    /// Measurements per point (the median is fitted).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Where to write the profile.
+    #[arg(long, default_value = "genie-profile.json")]
+    pub out: std::path::PathBuf,
+}
+
+/// One prefill shape: the prompt length of each sequence.
+fn parse_shape(s: &str) -> Result<Vec<usize>> {
+    let bad = || format!("prefill shape `{s}`: give LENGTH or COUNTxLENGTH, both above 0");
+    let (count, len) = match s.split_once('x') {
+        Some((c, l)) => (c.trim().parse::<usize>(), l.trim().parse::<usize>()),
+        None => (Ok(1), s.trim().parse::<usize>()),
+    };
+    match (count, len) {
+        (Ok(c), Ok(l)) if c > 0 && l > 0 && c <= 64 => Ok(vec![l; c]),
+        _ => anyhow::bail!(bad()),
+    }
+}
+
+fn ids(n: usize, seed: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| (((i + seed * 131) * 7919) % 40000 + 100) as u32)
+        .collect()
+}
+
+/// Milliseconds of one prefill forward of sequences of `shape` tokens, fresh caches.
+fn prefill_ms(model: &Model, shape: &[usize]) -> Result<f64> {
+    let prompts: Vec<Vec<u32>> = shape.iter().enumerate().map(|(i, &n)| ids(n, i)).collect();
+    let mut caches: Vec<KvCache> = shape.iter().map(|&n| model.new_cache(n)).collect();
+    let t0 = Instant::now();
+    let mut segs: Vec<Segment> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, c)| Segment::new(p, c))
+        .collect();
+    model.forward(&mut segs)?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Milliseconds of one decode step of `batch` sequences at about `ctx` tokens of context
+/// (the median step of `steps`).
+fn decode_ms(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f64> {
+    let mut caches: Vec<KvCache> = (0..batch)
+        .map(|_| model.new_cache(ctx + steps + 1))
+        .collect();
+    let mut tokens = Vec::with_capacity(batch);
+    for (i, c) in caches.iter_mut().enumerate() {
+        tokens.push(genie_engine::sampling::argmax(
+            &model.prefill(&ids(ctx, i), c)?,
+        ));
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let mut items: Vec<(u32, &mut KvCache)> =
+            tokens.iter().copied().zip(caches.iter_mut()).collect();
+        let t0 = Instant::now();
+        let logits = model.decode_batch(&mut items)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        tokens = logits
+            .iter()
+            .map(|l| genie_engine::sampling::argmax(l))
+            .collect();
+    }
+    Ok(median(times))
+}
+
+pub fn run(a: ProfileArgs) -> Result<()> {
+    let shapes: Vec<Vec<usize>> = a
+        .prefill
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(
+        a.batch.iter().all(|&b| (1..=256).contains(&b))
+            && a.context.iter().all(|&c| (1..=32768).contains(&c)),
+        "--batch takes 1 to 256 and --context 1 to 32768"
+    );
+    let (engine, path) = a.engine.load()?;
+    let model = &engine.model;
+    let host = crate::host::describe();
+    let kind = genie_engine::quant::kernel_kind();
+    eprintln!("{host}");
+    eprintln!("genie: {} threads, {} kernels", model.threads(), kind.isa());
+    // One warm-up forward: page in the weights and grow the pools before any clock.
+    prefill_ms(model, &[32])?;
+
+    let mut prefill = Vec::new();
+    for shape in &shapes {
+        let t: Vec<f64> = (0..a.repeat.max(1))
+            .map(|_| prefill_ms(model, shape))
+            .collect::<Result<_>>()?;
+        prefill.push(PrefillPoint {
+            seq_tokens: shape.clone(),
+            ms: median(t),
+        });
+    }
+    let mut decode = Vec::new();
+    for &b in &a.batch {
+        for &c in &a.context {
+            let t: Vec<f64> = (0..a.repeat.max(1))
+                .map(|_| decode_ms(model, b, c, a.steps))
+                .collect::<Result<_>>()?;
+            decode.push(DecodePoint {
+                contexts: vec![c; b],
+                ms: median(t),
+            });
+        }
+    }
+    let shape = model.kv_shape();
+    let link = if a.link_tokens.is_empty() {
+        Vec::new()
+    } else {
+        crate::kv::tcp_link_points(
+            shape.n_layers,
+            shape.kv_heads,
+            shape.head_dim,
+            &a.link_tokens,
+            a.repeat.max(1) * 3,
+        )?
+        .into_iter()
+        .map(|(bytes, s)| LinkPoint { bytes, ms: s * 1e3 })
+        .collect()
+    };
+
+    let pc = PrefillCurve::fit(&prefill)?;
+    let dc = DecodeCurve::fit(&decode)?;
+    let links = if link.is_empty() {
+        Vec::new()
+    } else {
+        vec![LinkCurve::fit("tcp", &link)?]
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let profile = CostProfile {
+        version: CostProfile::VERSION,
+        hardware: format!(
+            "{}; {} kernels",
+            host.trim_start_matches("host: "),
+            kind.isa()
+        ),
+        model: name,
+        threads: model.threads(),
+        source: format!(
+            "measured by `genie profile` (medians of {} rounds)",
+            a.repeat.max(1)
+        ),
+        prefill: pc,
+        decode: dc,
+        links,
+    };
+
+    println!("{host}");
+    println!("| measurement | measured ms | fitted ms | fitted / measured |");
+    println!("|---|---:|---:|---:|");
+    let row =
+        |what: String, m: f64, f: f64| println!("| {what} | {m:.2} | {f:.2} | {:.3} |", f / m);
+    for p in &prefill {
+        let what = match p.seq_tokens.as_slice() {
+            [n] => format!("prefill {n} tokens"),
+            s => format!("prefill {} x {} tokens", s.len(), s[0]),
+        };
+        row(what, p.ms, pc.ms(&p.seq_tokens));
+    }
+    for p in &decode {
+        row(
+            format!(
+                "decode step, batch {} at context {}",
+                p.contexts.len(),
+                p.contexts[0]
+            ),
+            p.ms,
+            dc.ms(&p.contexts),
+        );
+    }
+    if let Some(l) = profile.links.first() {
+        for p in &link {
+            row(
+                format!("KV over TCP loopback, {} bytes", p.bytes),
+                p.ms,
+                l.ms(p.bytes),
+            );
+        }
+    }
+    println!(
+        "prefill ms = {:.3} + {:.5} x tokens + {:.3e} x sum of squared prompt lengths (rms error {:.1} %, max {:.1} %)",
+        pc.fixed_ms,
+        pc.per_token_ms,
+        pc.per_token2_ms,
+        pc.fit.rms_rel_error * 100.0,
+        pc.fit.max_rel_error * 100.0
+    );
+    println!(
+        "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context (rms error {:.1} %, max {:.1} %)",
+        dc.fixed_ms,
+        dc.per_seq_ms,
+        dc.per_context_ms,
+        dc.fit.rms_rel_error * 100.0,
+        dc.fit.max_rel_error * 100.0
+    );
+    if let Some(l) = profile.links.first() {
+        println!(
+            "tcp link ms = {:.3} + bytes / {:.2} GB/s (rms error {:.1} %)",
+            l.latency_ms,
+            l.gbytes_per_s,
+            l.fit.rms_rel_error * 100.0
+        );
+    }
+    std::fs::write(&a.out, profile.to_json() + "\n")
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_shapes_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_shape("256").unwrap(), vec![256]);
+        assert_eq!(parse_shape("4x64").unwrap(), vec![64; 4]);
+        for bad in ["0", "x64", "4x", "0x8", "65x8", "abc", "-3"] {
+            let e = parse_shape(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("COUNTxLENGTH"), "{bad}: {e}");
+        }
+    }
+}
