@@ -37,13 +37,26 @@ fn main() {
     );
     println!("| matrix | tokens | best µs | GMAC/s |");
     println!("|---|---:|---:|---:|");
-    for (format, rows, cols) in [
-        (WeightFormat::Q4_1, 1536, 576),
-        (WeightFormat::Q8_0, 4096, 576),
-        (WeightFormat::Q8_0, 49152, 576),
-        (WeightFormat::Q4_1, 49152, 576),
+    for (format, rows, cols, narrow) in [
+        (WeightFormat::Q4_1, 1536, 576, false),
+        (WeightFormat::Q8_0, 1536, 576, true),
+        (WeightFormat::Q8_0, 4096, 576, false),
+        (WeightFormat::Q8_0, 49152, 576, false),
+        (WeightFormat::Q4_1, 49152, 576, false),
     ] {
-        let w = QMatrix::quantize(format, rows, cols, &data(1, rows * cols));
+        let mut w = QMatrix::quantize(format, rows, cols, &data(1, rows * cols));
+        if narrow {
+            // Weights in -16..=15 with exact block sums: a Q5_0 matrix widened to Q8_0.
+            let QMatrix::Q8_0 { blocks, .. } = &w else {
+                unreachable!("a Q8_0 matrix")
+            };
+            let mut blocks = blocks.clone();
+            for b in &mut blocks {
+                b.qs.iter_mut().for_each(|q| *q = (*q / 8).clamp(-16, 15));
+            }
+            w = QMatrix::q8_0(rows, cols, blocks).with_exact_block_sums();
+        }
+        let label = if narrow { " narrow exact" } else { "" };
         for n in [1, 4, 8, 16] {
             let x = QuantizedActs::for_weight(&w, &data(2, n * cols));
             let mut out = vec![0.0f32; n * rows];
@@ -57,7 +70,7 @@ fn main() {
             });
             let macs = (rows * cols * n) as f64;
             println!(
-                "| {} {rows}x{cols} | {n} | {:.1} | {:.1} |",
+                "| {}{label} {rows}x{cols} | {n} | {:.1} | {:.1} |",
                 format.name(),
                 best * 1e6,
                 macs / best / 1e9
