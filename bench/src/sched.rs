@@ -66,6 +66,8 @@ pub fn run(a: SchedBenchArgs) -> anyhow::Result<()> {
                 kv_capacity_bytes: 64 << 30,
                 kv_free_bytes: ((h >> 16) % 64) << 30,
                 cached_tokens: 0,
+                running: 0,
+                costs: None,
             }
         })
         .collect();

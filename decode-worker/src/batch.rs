@@ -462,8 +462,21 @@ impl BatchLoop {
         let n_decode = inputs.len();
         metrics::histogram!("genie_decode_batch_size", "worker" => self.worker_label.clone())
             .record(n_decode as f64);
+        // What the step is, for the live cost curves: decode alone, or prefill alone (a
+        // step that mixes both fits neither curve).
+        let contexts: Vec<usize> = segs[..n_decode].iter().map(|s| s.cache.len()).collect();
+        let prompts: Vec<usize> = segs[n_decode..].iter().map(|s| s.tokens.len()).collect();
+        let t0 = std::time::Instant::now();
         let result = self.model.forward(&mut segs);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
         drop(segs);
+        if result.is_ok() {
+            match (contexts.is_empty(), prompts.is_empty()) {
+                (false, true) => self.stats.costs.decode(contexts, ms),
+                (true, false) => self.stats.costs.prefill(prompts, ms),
+                _ => {}
+            }
+        }
         let mut logits = match result {
             Ok(l) => l,
             Err(e) => {

@@ -111,6 +111,9 @@ pub struct DecodeStats {
     pub preempted: AtomicUsize,
     /// Preemptions since the worker started.
     pub preemptions: AtomicUsize,
+    /// Cost curves fitted to this worker's steps: decode steps alone, and steps that
+    /// only prefill (colocated prompts with nothing running).
+    pub costs: genie_worker_core::costs::CostTracker,
 }
 
 impl DecodeStats {

@@ -215,6 +215,7 @@ impl DecodeWorker {
             kv_free_bytes: self.budget.free_bytes() as u64,
             max_batch: self.config.max_batch as u64,
             kv_events: self.kv_events.report(),
+            costs: self.stats.costs.report(),
         }
     }
 }

@@ -629,3 +629,63 @@ async fn registration_checks_the_hardware_label_against_the_plans_pools() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["hardware"], "a100");
 }
+
+/// Online calibration: each worker fits cost curves to its own forward passes and reports
+/// them; `/v1/plans` shows them with their drift from the compiled costs, and the
+/// gateway predicts a later request with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_report_live_cost_curves_and_the_gateway_predicts_with_them() {
+    let s = Server::start(&["--config", &config("1p1d.toml"), "--threads", "1"], &[]);
+    let (_, plan) = get(&s, "/v1/plans").await;
+    assert!(
+        plan["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["costs"].is_null()),
+        "no curve before any work: {plan}"
+    );
+    // Disaggregated prompts of varied lengths: prefill forwards for the prefill worker,
+    // decode steps for the decode worker.
+    let mut last = None;
+    for i in 0..10 {
+        // A different start each time: the prefix cache serves nothing.
+        let prompt = format!(
+            "Note {i}, {}: {}",
+            "again ".repeat(i),
+            LONG.repeat(1 + i % 3)
+        );
+        let (st, id, body) = post(&s, completion(&prompt, json!({}))).await;
+        assert_eq!(st, 200, "{body}");
+        last = id;
+    }
+    let (_, plan) = get(&s, "/v1/plans").await;
+    let workers = plan["workers"].as_array().unwrap();
+    let costs = |role: &str| {
+        workers
+            .iter()
+            .find(|w| w["role"] == role)
+            .map(|w| w["costs"].clone())
+            .unwrap()
+    };
+    let (p, d) = (costs("prefill"), costs("decode"));
+    assert!(p["prefill"]["points"].as_u64().unwrap() >= 8, "{p}");
+    assert!(p["prefill"]["drift"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(d["decode"]["points"].as_u64().unwrap() >= 8, "{d}");
+    assert!(d["decode"]["drift"].as_f64().unwrap() > 0.0, "{d}");
+    assert_eq!(d["decode"]["coef"].as_array().unwrap().len(), 3, "{d}");
+
+    // A request placed now is predicted from those curves: its TTFT within a factor of
+    // two of what it measured (the compiled `cpu` preset is 1.5-2x off with one thread).
+    let fresh = format!("A last note, unlike the others: {}", LONG.repeat(2));
+    let (st, id, body) = post(&s, completion(&fresh, json!({}))).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    let ratio = rp["sequences"][0]["measured"]["ttft_ms"].as_f64().unwrap()
+        / rp["predicted"]["ttft_ms"].as_f64().unwrap();
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "measured / predicted {ratio}: {rp}"
+    );
+    assert!(last.is_some());
+}

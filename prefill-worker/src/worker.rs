@@ -66,6 +66,8 @@ pub struct PrefillStats {
     pub load: AtomicUsize,
     /// Prompt tokens queued or running here.
     pub queued_tokens: AtomicUsize,
+    /// Cost curve fitted to this worker's prefill forwards.
+    pub costs: genie_worker_core::costs::CostTracker,
 }
 
 pub struct PrefillWorker {
@@ -166,6 +168,7 @@ impl PrefillWorker {
             kv_free_bytes: 0,
             max_batch: self.config.max_batch_tokens as u64,
             kv_events: self.kv_events.report(),
+            costs: self.stats.costs.report(),
         }
     }
 }
@@ -224,8 +227,9 @@ fn run(
                 .record(jobs.iter().map(|j| j.seq.prompt.len()).sum::<usize>() as f64);
             // A fault in one batch fails that batch's requests (their senders drop), not
             // the worker.
-            let run =
-                std::panic::AssertUnwindSafe(|| prefill(&model, jobs, &label, cache.as_mut()));
+            let run = std::panic::AssertUnwindSafe(|| {
+                prefill(&model, jobs, &label, cache.as_mut(), &stats.costs)
+            });
             if std::panic::catch_unwind(run).is_err() {
                 tracing::error!("prefill batch panicked; its requests failed");
             }
@@ -251,7 +255,13 @@ fn fail(events: &EventSender, code: FailureCode, message: &str) {
 /// With a prefix cache, each prompt starts from the longest cached whole-block prefix and
 /// computes only the rest; the decode worker still gets every layer whole (prefix and
 /// suffix), and each prompt's KV is kept for the next ones.
-fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut PrefixCache>) {
+fn prefill(
+    model: &Model,
+    jobs: Vec<Job>,
+    label: &str,
+    mut prefix: Option<&mut PrefixCache>,
+    costs: &genie_worker_core::costs::CostTracker,
+) {
     let mut reused = vec![0; jobs.len()];
     // A prompt whose tokens are scored is computed whole (a cached prefix has no logits).
     let mut scores: Vec<Option<TokenScores>> = jobs
@@ -289,6 +299,12 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
     // borrows the prompts.
     let (mut sinks, jobs): (Vec<Option<Box<dyn KvSink>>>, Vec<Prompted>) =
         jobs.into_iter().map(|j| (Some(j.sink), j.seq)).unzip();
+    let computed: Vec<usize> = jobs
+        .iter()
+        .zip(&reused)
+        .map(|(j, &r)| j.prompt.len() - r)
+        .collect();
+    let t0 = std::time::Instant::now();
     let result = {
         let mut segs: Vec<Segment> = jobs
             .iter()
@@ -334,6 +350,10 @@ fn prefill(model: &Model, jobs: Vec<Job>, label: &str, mut prefix: Option<&mut P
         };
         model.forward_observed(&mut segs, &mut ship)
     };
+    if result.is_ok() {
+        // The forward as the prompts see it, KV shipping by layer included.
+        costs.prefill(computed, t0.elapsed().as_secs_f64() * 1e3);
+    }
     let logits = match result {
         Ok(l) => l,
         Err(EngineError::Cancelled) => {

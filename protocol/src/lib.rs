@@ -11,6 +11,7 @@
 //!   prefill and decode requests, the worker list);
 //! - id newtypes ([`RequestId`], [`WorkerId`], [`TransferId`], [`SeqId`]).
 
+pub mod costs;
 pub mod kv;
 pub mod openai;
 pub mod worker;

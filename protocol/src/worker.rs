@@ -182,6 +182,9 @@ pub struct WorkerStatus {
     /// The worker's prefix-cache blocks stored and removed since its last report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_events: Option<KvEvents>,
+    /// Cost curves the worker fitted to its own forward passes (once it has enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub costs: Option<crate::costs::LiveCosts>,
 }
 
 /// KV events: which prefix-cache blocks a worker stored and removed since its previous

@@ -138,5 +138,7 @@ pub fn view(id: WorkerId, role: WorkerRole, healthy: bool, s: &WorkerStatus) -> 
         kv_capacity_bytes: s.kv_capacity_bytes,
         kv_free_bytes: s.kv_free_bytes,
         cached_tokens: 0,
+        running: s.running as usize,
+        costs: s.costs,
     }
 }

@@ -204,7 +204,7 @@ impl PrefillCurve {
                 ([1.0, t, t2], p.ms)
             })
             .collect();
-        let (c, fit) = fit3("prefill", &rows)?;
+        let (c, fit) = fit_n::<3>("prefill", &rows)?;
         Ok(PrefillCurve {
             fixed_ms: c[0],
             per_token_ms: c[1],
@@ -229,7 +229,7 @@ impl DecodeCurve {
                 ([1.0, p.contexts.len() as f64, c as f64], p.ms)
             })
             .collect();
-        let (c, fit) = fit3("decode", &rows)?;
+        let (c, fit) = fit_n::<3>("decode", &rows)?;
         Ok(DecodeCurve {
             fixed_ms: c[0],
             per_seq_ms: c[1],
@@ -273,16 +273,10 @@ fn prefill_terms(seq_tokens: &[usize]) -> (f64, f64) {
     })
 }
 
-fn fit3(
-    what: &'static str,
-    rows: &[([f64; 3], f64)],
-) -> Result<([f64; 3], FitQuality), ProfileError> {
-    fit_n::<3>(what, rows)
-}
-
 /// Weighted least squares on the first `N` terms of each row, each row weighted by
 /// `1 / y²` so that relative errors count equally; coefficients that come out negative
-/// (noise where a term hardly matters) are dropped to zero and the rest refitted.
+/// (noise where a term hardly matters) are dropped to zero and the rest refitted
+/// (`genie_protocol::costs::Normal3`, the workers' online fit's arithmetic).
 fn fit_n<const N: usize>(
     what: &'static str,
     rows: &[([f64; 3], f64)],
@@ -299,76 +293,73 @@ fn fit_n<const N: usize>(
             why: format!("a measured time of {y} ms"),
         });
     }
-    let mut active: [bool; 3] = std::array::from_fn(|i| i < N);
-    loop {
-        let idx: Vec<usize> = (0..3).filter(|&i| active[i]).collect();
-        let k = idx.len();
-        // Normal equations A·c = b over the active terms.
-        let mut a = vec![vec![0.0f64; k]; k];
-        let mut b = vec![0.0f64; k];
-        for (x, y) in rows {
-            let w = 1.0 / (y * y);
-            for (i, &p) in idx.iter().enumerate() {
-                b[i] += w * x[p] * y;
-                for (j, &q) in idx.iter().enumerate() {
-                    a[i][j] += w * x[p] * x[q];
-                }
-            }
-        }
-        let sol = solve(a, b).ok_or_else(|| ProfileError::Fit {
+    let mut eq = genie_protocol::costs::Normal3::default();
+    for (x, y) in rows {
+        eq.add(*x, *y);
+    }
+    let c = eq
+        .solve(std::array::from_fn(|i| i < N))
+        .ok_or_else(|| ProfileError::Fit {
             what,
             why: "the measurements do not separate the terms (vary the sizes)".into(),
         })?;
-        let mut c = [0.0f64; 3];
-        for (i, &p) in idx.iter().enumerate() {
-            c[p] = sol[i];
+    let errs: Vec<f64> = rows
+        .iter()
+        .map(|(x, y)| ((0..3).map(|i| c[i] * x[i]).sum::<f64>() - y) / y)
+        .collect();
+    let fit = FitQuality {
+        points: rows.len(),
+        rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),
+        max_rel_error: errs.iter().fold(0.0f64, |m, e| m.max(e.abs())),
+    };
+    Ok((c, fit))
+}
+
+impl PrefillCurve {
+    /// The terms of a prefill forward of sequences of `seq_tokens` tokens, as the live
+    /// curves take them.
+    pub fn terms(seq_tokens: &[usize]) -> [f64; 3] {
+        let (t, t2) = prefill_terms(seq_tokens);
+        [1.0, t, t2]
+    }
+
+    /// A worker's live curve as a prefill curve.
+    pub fn from_live(c: &genie_protocol::costs::LiveCurve) -> Self {
+        PrefillCurve {
+            fixed_ms: c.coef[0],
+            per_token_ms: c.coef[1],
+            per_token2_ms: c.coef[2],
+            fit: FitQuality {
+                points: c.points as usize,
+                rms_rel_error: c.rms_rel_error,
+                max_rel_error: 0.0,
+            },
         }
-        if let Some(neg) = idx.iter().copied().find(|&p| c[p] < 0.0) {
-            active[neg] = false;
-            if active.iter().any(|&a| a) {
-                continue;
-            }
-        }
-        let errs: Vec<f64> = rows
-            .iter()
-            .map(|(x, y)| ((0..3).map(|i| c[i] * x[i]).sum::<f64>() - y) / y)
-            .collect();
-        let fit = FitQuality {
-            points: rows.len(),
-            rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),
-            max_rel_error: errs.iter().fold(0.0f64, |m, e| m.max(e.abs())),
-        };
-        return Ok((c, fit));
     }
 }
 
-/// Gaussian elimination with partial pivoting; `None` for a singular system.
-fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
-    let n = b.len();
-    for col in 0..n {
-        let piv = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        let scale = a.iter().map(|r| r[col].abs()).fold(0.0f64, f64::max);
-        if a[piv][col].abs() <= 1e-12 * scale.max(f64::MIN_POSITIVE) {
-            return None;
-        }
-        a.swap(col, piv);
-        b.swap(col, piv);
-        let (top, rest) = a.split_at_mut(col + 1);
-        let pivot = &top[col];
-        for (r, row) in rest.iter_mut().enumerate() {
-            let f = row[col] / pivot[col];
-            for (x, p) in row[col..].iter_mut().zip(&pivot[col..]) {
-                *x -= f * p;
-            }
-            b[col + 1 + r] -= f * b[col];
+impl DecodeCurve {
+    /// The terms of a decode step of sequences with `contexts` tokens of context.
+    pub fn terms(contexts: &[usize]) -> [f64; 3] {
+        [
+            1.0,
+            contexts.len() as f64,
+            contexts.iter().sum::<usize>() as f64,
+        ]
+    }
+
+    pub fn from_live(c: &genie_protocol::costs::LiveCurve) -> Self {
+        DecodeCurve {
+            fixed_ms: c.coef[0],
+            per_seq_ms: c.coef[1],
+            per_context_ms: c.coef[2],
+            fit: FitQuality {
+                points: c.points as usize,
+                rms_rel_error: c.rms_rel_error,
+                max_rel_error: 0.0,
+            },
         }
     }
-    let mut x = vec![0.0; n];
-    for r in (0..n).rev() {
-        let s: f64 = (r + 1..n).map(|c| a[r][c] * x[c]).sum();
-        x[r] = (b[r] - s) / a[r][r];
-    }
-    Some(x)
 }
 
 #[cfg(test)]

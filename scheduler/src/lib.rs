@@ -37,7 +37,7 @@ pub use placement::{
     PlaceError, Placement, PlacementHint, PlacementRequest, Role, RoutingPolicy, Scheduler,
     WorkerView,
 };
-pub use plan::{ExecutionPlan, Predicted, Stage, PLAN_VERSION};
+pub use plan::{ExecutionPlan, LiveStage, Predicted, Stage, PLAN_VERSION};
 pub use policy::{DataDependency, Op, Phase, Policy, RequestFacts, ResourcePolicy, Selector};
 pub use profile::{Modality, ModelProfile, TensorKind};
 pub use request_plan::{calibrate, Calibration, Measured, RequestPlan, SeqPlan};

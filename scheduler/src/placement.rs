@@ -29,6 +29,12 @@ pub struct WorkerView {
     /// as its KV events reported (filled per request; 0 when unknown).
     #[serde(default)]
     pub cached_tokens: usize,
+    /// Sequences in the worker's running batch (decode workers), as last reported.
+    #[serde(default)]
+    pub running: usize,
+    /// The cost curves the worker fitted to its own forward passes, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub costs: Option<genie_protocol::costs::LiveCosts>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -10,6 +10,8 @@ fn w(id: u64, role: Role, load: usize, free: u64) -> WorkerView {
         kv_capacity_bytes: 1000,
         kv_free_bytes: free,
         cached_tokens: 0,
+        running: 0,
+        costs: None,
     }
 }
 

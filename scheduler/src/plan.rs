@@ -141,6 +141,15 @@ pub struct TensorSpec {
     pub residency: Residency,
 }
 
+/// What a placed stage's worker reports of its own costs (see [`ExecutionPlan::predict_live`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LiveStage {
+    pub prefill: Option<genie_protocol::costs::LiveCurve>,
+    pub decode: Option<genie_protocol::costs::LiveCurve>,
+    /// Sequences in the worker's batch, this one included.
+    pub batch: usize,
+}
+
 /// The cost model's prediction for one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct Predicted {
@@ -155,6 +164,10 @@ pub struct Predicted {
     /// the request was placed on (first come, first served, as the simulator models it).
     #[serde(default)]
     pub queue_ms: f64,
+    /// Some stage was predicted from its worker's live cost curves (online calibration),
+    /// not only from the compiled costs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 impl Stage {
@@ -280,6 +293,22 @@ impl ExecutionPlan {
         taken: &[&Stage],
         queued: &dyn Fn(&Stage) -> usize,
     ) -> Predicted {
+        self.predict_live(facts, taken, queued, &|_| None)
+    }
+
+    /// [`Self::predict_taken`] with the live cost curves of the workers the stages were
+    /// placed on, where `live` has them: a stage's prompt work takes its worker's prefill
+    /// curve (`[1, n, n²]` for the `n` prompt tokens; the queue ahead at its per-token
+    /// cost), its step work the decode curve at the worker's batch with this sequence in
+    /// it (every sequence assumed at this one's mid-answer context). Stages without a
+    /// curve keep the compiled costs.
+    pub fn predict_live(
+        &self,
+        facts: &RequestFacts,
+        taken: &[&Stage],
+        queued: &dyn Fn(&Stage) -> usize,
+        live: &dyn Fn(&Stage) -> Option<LiveStage>,
+    ) -> Predicted {
         let is_taken = |name: &str| taken.iter().any(|s| s.phase == name);
         let tokens = facts.prompt_tokens as f64;
         let mut done: Vec<(String, f64)> = Vec::new();
@@ -301,15 +330,32 @@ impl ExecutionPlan {
             }
             let units = s.prompt_units_in(taken, facts);
             let mut finish = ready;
+            let live = live(s).unwrap_or_default();
+            out.live |=
+                live.prefill.is_some() && units > 0.0 || live.decode.is_some() && s.op.step_work();
             if units > 0.0 {
-                let free_at = queued(s) as f64 * s.cost.prompt_ms_per_token;
+                let (per_unit, work) = match live.prefill {
+                    Some(c) => (c.coef[1], c.ms([1.0, units, units * units])),
+                    None => (
+                        s.cost.prompt_ms_per_token,
+                        units * s.cost.prompt_ms_per_token,
+                    ),
+                };
+                let free_at = queued(s) as f64 * per_unit;
                 out.queue_ms += (free_at - ready).max(0.0);
-                finish = ready.max(free_at) + units * s.cost.prompt_ms_per_token;
+                finish = ready.max(free_at) + work;
             }
             out.ttft_ms = out.ttft_ms.max(finish);
             done.push((s.phase.clone(), finish));
             if s.op.step_work() {
-                out.itl_ms += s.cost.step_ms;
+                out.itl_ms += match live.decode {
+                    Some(c) => {
+                        let batch = live.batch.max(1) as f64;
+                        let ctx = tokens + facts.max_tokens as f64 / 2.0;
+                        c.ms([1.0, batch, batch * ctx])
+                    }
+                    None => s.cost.step_ms,
+                };
             }
         }
         for e in &self.edges {

@@ -68,6 +68,10 @@ pub struct Calibration {
     pub ttft_ratio: Option<RatioSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub itl_ratio: Option<RatioSummary>,
+    /// The same over the sequences predicted from the workers' live cost curves alone
+    /// (those before the curves had enough measurements used the compiled costs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Box<Calibration>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,6 +99,16 @@ impl RatioSummary {
 /// Measured / predicted TTFT and inter-token latency over `plans` (finished sequences
 /// only; cancelled and failed ones say nothing about the cost model).
 pub fn calibrate<'a>(plans: impl IntoIterator<Item = &'a RequestPlan>) -> Calibration {
+    let plans: Vec<&RequestPlan> = plans.into_iter().collect();
+    let mut all = ratios(plans.iter().copied());
+    let live = ratios(plans.iter().copied().filter(|p| p.predicted.live));
+    if live.sequences > 0 {
+        all.live = Some(Box::new(live));
+    }
+    all
+}
+
+fn ratios<'a>(plans: impl Iterator<Item = &'a RequestPlan>) -> Calibration {
     let (mut ttft, mut itl, mut n) = (Vec::new(), Vec::new(), 0);
     for p in plans {
         for s in &p.sequences {
@@ -115,6 +129,7 @@ pub fn calibrate<'a>(plans: impl IntoIterator<Item = &'a RequestPlan>) -> Calibr
         sequences: n,
         ttft_ratio: RatioSummary::of(ttft),
         itl_ratio: RatioSummary::of(itl),
+        live: None,
     }
 }
 
@@ -139,6 +154,7 @@ mod tests {
                 transfer_bytes: 0,
                 transfer_ms: 0.0,
                 queue_ms: 0.0,
+                live: false,
             },
             sequences: vec![SeqPlan {
                 index: 0,
@@ -174,6 +190,25 @@ mod tests {
         let t = c.ttft_ratio.unwrap();
         assert_eq!((t.p10, t.p50, t.p90), (0.5, 1.0, 3.0));
         assert_eq!(c.itl_ratio.unwrap().p50, 2.0);
+        assert!(c.live.is_none(), "no prediction used live curves");
         assert_eq!(calibrate(&[]), Calibration::default());
+    }
+
+    #[test]
+    fn the_live_summary_covers_the_predictions_made_from_live_curves() {
+        let mut plans = vec![
+            plan(100.0, Some(300.0), "stop"),
+            plan(100.0, Some(90.0), "stop"),
+            plan(100.0, Some(110.0), "length"),
+        ];
+        plans[1].predicted.live = true;
+        plans[2].predicted.live = true;
+        let c = calibrate(&plans);
+        assert_eq!(c.sequences, 3);
+        let live = c.live.unwrap();
+        assert_eq!(live.sequences, 2);
+        let t = live.ttft_ratio.unwrap();
+        assert_eq!((t.p10, t.p90), (0.9, 1.1));
+        assert!(live.live.is_none());
     }
 }

@@ -55,6 +55,8 @@ fn worker(id: u64, role: Role) -> WorkerView {
         kv_capacity_bytes: 1 << 30,
         kv_free_bytes: 1 << 30,
         cached_tokens: 0,
+        running: 0,
+        costs: None,
     }
 }
 
@@ -195,4 +197,54 @@ fn prompt_work_queued_on_the_placed_worker_adds_to_the_predicted_ttft() {
     // Work queued on a stage the request does not take changes nothing.
     let elsewhere = |s: &Stage| if s.phase == "prefill_local" { 1000 } else { 0 };
     assert_eq!(plan.predict_taken(&long, &taken, &elsewhere), idle);
+}
+
+#[test]
+fn live_worker_curves_replace_the_compiled_costs_where_reported() {
+    use genie_protocol::costs::LiveCurve;
+    let plan = local_prefill_decode(32);
+    let long = facts(200);
+    let taken = plan.taken_stages(&long, true);
+    let compiled = plan.predict_taken(&long, &taken, &|_| 0);
+    // No curve: the compiled prediction, exactly.
+    assert_eq!(
+        plan.predict_live(&long, &taken, &|_| 0, &|_| None),
+        compiled
+    );
+    let prefill = LiveCurve {
+        coef: [10.0, 2.0, 0.001],
+        points: 50,
+        rms_rel_error: 0.05,
+    };
+    let decode = LiveCurve {
+        coef: [3.0, 4.0, 0.01],
+        points: 500,
+        rms_rel_error: 0.05,
+    };
+    let live = |s: &Stage| {
+        Some(LiveStage {
+            prefill: (s.phase == "prefill").then_some(prefill),
+            decode: (s.phase == "decode").then_some(decode),
+            batch: 3,
+        })
+    };
+    let queued = |s: &Stage| if s.phase == "prefill" { 100 } else { 0 };
+    let p = plan.predict_live(&long, &taken, &queued, &live);
+    // The queue at the live per-token cost, the prompt by the live curve.
+    assert!(close(p.queue_ms, 100.0 * 2.0), "{p:?}");
+    let prompt = 10.0 + 2.0 * 200.0 + 0.001 * 200.0 * 200.0;
+    let transfer =
+        compiled.ttft_ms - 200.0 * plan.stage("prefill").unwrap().cost.prompt_ms_per_token;
+    assert!(
+        close(p.ttft_ms, 200.0 + prompt + transfer),
+        "{p:?} {compiled:?}"
+    );
+    // Each step at the worker's batch (three sequences, each at mid-answer: 200 + 16/2).
+    let ctx = 200.0 + long.max_tokens as f64 / 2.0;
+    let edges = compiled.itl_ms - plan.stage("decode").unwrap().cost.step_ms;
+    assert!(
+        close(p.itl_ms, 3.0 + 4.0 * 3.0 + 0.01 * 3.0 * ctx + edges),
+        "{p:?}"
+    );
+    assert_eq!(p.transfer_bytes, compiled.transfer_bytes);
 }

@@ -163,9 +163,31 @@ fn request_plan(
         .is_some_and(|s| s.placement.prefill().is_some());
     let taken = plan.taken_stages(&facts, disaggregated);
     let ahead = queued.get(lead).copied().unwrap_or(0);
+    // The placed workers' own cost curves, where they report them (online calibration):
+    // the prefill stage's from the prefill worker, the rest from the decode worker.
+    let views = st.dispatcher.views();
+    let placement = sequences.get(lead).map(|s| s.placement);
+    let prefill_phase = plan
+        .stage_of(genie_scheduler::Role::Prefill)
+        .map(|s| s.phase.clone());
+    let live = |s: &genie_scheduler::Stage| {
+        let p = placement?;
+        let id = match p.prefill() {
+            Some(w) if prefill_phase.as_ref() == Some(&s.phase) => w,
+            _ => p.decode(),
+        };
+        let v = views.iter().find(|v| v.id == id)?;
+        let c = v.costs?;
+        Some(genie_scheduler::LiveStage {
+            prefill: c.prefill,
+            decode: c.decode,
+            // The sequences decoding beside it now, and itself.
+            batch: v.running + 1,
+        })
+    };
     // Served plans have one stage with prompt work on the path, on the worker that
     // prefilled: the queue is ahead of that one.
-    let predicted = plan.predict_taken(&facts, &taken, &|_| ahead);
+    let predicted = plan.predict_live(&facts, &taken, &|_| ahead, &live);
     let h = spec.hint;
     let hinted =
         h.disaggregate.is_some() || h.prefill_worker.is_some() || h.decode_worker.is_some();

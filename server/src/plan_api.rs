@@ -30,6 +30,7 @@ pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
                 "queued_tokens": w.queued_tokens,
                 "kv_capacity_bytes": w.kv_capacity_bytes,
                 "kv_free_bytes": w.kv_free_bytes,
+                "costs": live_costs(plan, w.role, w.costs.as_ref()),
             })
         })
         .collect();
@@ -53,6 +54,46 @@ pub async fn active(State(st): State<AppState>) -> Json<serde_json::Value> {
         );
     }
     Json(v)
+}
+
+/// A worker's live cost curves with their drift from the plan's compiled costs: the
+/// live prediction over the compiled one for a 512-token prompt (prefill) and for a step
+/// of one sequence at 512 tokens of context (decode). 1.0 is no drift.
+fn live_costs(
+    plan: &genie_scheduler::ExecutionPlan,
+    role: genie_scheduler::Role,
+    c: Option<&genie_protocol::costs::LiveCosts>,
+) -> serde_json::Value {
+    let Some(c) = c else {
+        return serde_json::Value::Null;
+    };
+    let stage = plan.stage_of(role);
+    let drift = |live: f64, compiled: Option<f64>| {
+        compiled
+            .filter(|v| *v > 0.0)
+            .map(|v| ((live / v) * 1000.0).round() / 1000.0)
+    };
+    let curve = |l: &genie_protocol::costs::LiveCurve, x: [f64; 3], compiled: Option<f64>| {
+        serde_json::json!({
+            "coef": l.coef,
+            "points": l.points,
+            "rms_rel_error": l.rms_rel_error,
+            "drift": drift(l.ms(x), compiled),
+        })
+    };
+    let mut o = serde_json::Map::new();
+    if let Some(p) = &c.prefill {
+        let compiled = stage.map(|s| 512.0 * s.cost.prompt_ms_per_token);
+        o.insert(
+            "prefill".into(),
+            curve(p, [1.0, 512.0, 512.0 * 512.0], compiled),
+        );
+    }
+    if let Some(d) = &c.decode {
+        let compiled = stage.map(|s| s.cost.step_ms);
+        o.insert("decode".into(), curve(d, [1.0, 1.0, 512.0], compiled));
+    }
+    o.into()
 }
 
 #[derive(Deserialize)]

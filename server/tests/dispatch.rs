@@ -99,6 +99,8 @@ impl WorkerPool for FakePool {
                 kv_capacity_bytes: 1 << 30,
                 kv_free_bytes: 1 << 30,
                 cached_tokens: 0,
+                running: 0,
+                costs: None,
             })
             .collect()
     }

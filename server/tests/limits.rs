@@ -74,6 +74,8 @@ impl WorkerPool for Pool {
             kv_capacity_bytes: self.kv_capacity,
             kv_free_bytes: self.kv_capacity,
             cached_tokens: 0,
+            running: 0,
+            costs: None,
         }]
     }
 

@@ -13,6 +13,7 @@
 
 pub mod admit;
 pub mod control;
+pub mod costs;
 pub mod events;
 pub mod kv_events;
 pub mod thread;
