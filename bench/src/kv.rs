@@ -334,30 +334,25 @@ pub fn tcp_link_points(
         repeat,
         auth: false,
     };
+    let recv = Receiver {
+        addr: &addr,
+        reg: &registry,
+        rx: &rx,
+    };
+    let via = TcpTransport::default();
     let mut out = Vec::new();
-    let mut id = 1;
+    let mut id = 0;
     for &n in tokens {
         let meta = layer_meta(&a, n);
         let payload: Vec<u8> = (0..meta.payload_len().unwrap_or(0))
             .map(|i| (i * 31) as u8)
             .collect();
-        let mut t = Vec::new();
-        for _ in 0..repeat.max(1) {
-            let recv = Receiver {
-                addr: &addr,
-                reg: &registry,
-                rx: &rx,
-            };
-            t.push(transport_once(
-                &TcpTransport::default(),
-                &recv,
-                id,
-                meta,
-                layers,
-                &payload,
-            )?);
-            id += 1;
-        }
+        let t: Vec<f64> = (0..repeat.max(1))
+            .map(|_| {
+                id += 1;
+                transport_once(&via, &recv, id, meta, layers, &payload)
+            })
+            .collect::<Result<_>>()?;
         out.push((payload.len() * layers, median(t)));
     }
     Ok(out)

@@ -315,53 +315,6 @@ fn fit_n<const N: usize>(
     Ok((c, fit))
 }
 
-impl PrefillCurve {
-    /// The terms of a prefill forward of sequences of `seq_tokens` tokens, as the live
-    /// curves take them.
-    pub fn terms(seq_tokens: &[usize]) -> [f64; 3] {
-        let (t, t2) = prefill_terms(seq_tokens);
-        [1.0, t, t2]
-    }
-
-    /// A worker's live curve as a prefill curve.
-    pub fn from_live(c: &genie_protocol::costs::LiveCurve) -> Self {
-        PrefillCurve {
-            fixed_ms: c.coef[0],
-            per_token_ms: c.coef[1],
-            per_token2_ms: c.coef[2],
-            fit: FitQuality {
-                points: c.points as usize,
-                rms_rel_error: c.rms_rel_error,
-                max_rel_error: 0.0,
-            },
-        }
-    }
-}
-
-impl DecodeCurve {
-    /// The terms of a decode step of sequences with `contexts` tokens of context.
-    pub fn terms(contexts: &[usize]) -> [f64; 3] {
-        [
-            1.0,
-            contexts.len() as f64,
-            contexts.iter().sum::<usize>() as f64,
-        ]
-    }
-
-    pub fn from_live(c: &genie_protocol::costs::LiveCurve) -> Self {
-        DecodeCurve {
-            fixed_ms: c.coef[0],
-            per_seq_ms: c.coef[1],
-            per_context_ms: c.coef[2],
-            fit: FitQuality {
-                points: c.points as usize,
-                rms_rel_error: c.rms_rel_error,
-                max_rel_error: 0.0,
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
