@@ -44,6 +44,11 @@ pub struct ProfileArgs {
     /// Where to write the profile.
     #[arg(long, default_value = "genie-profile.json")]
     pub out: std::path::PathBuf,
+    /// Save the live curves a running server's workers fitted to their own forwards
+    /// (`GET URL/v1/plans`; the API key, if the server wants one, from GENIE_API_KEY)
+    /// instead of measuring here.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
 }
 
 /// One prefill shape: the prompt length of each sequence.
@@ -106,7 +111,106 @@ fn decode_ms(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f6
     Ok(median(times))
 }
 
+/// The live curves of a running server's workers as a profile: the prefill curve of the
+/// prefill worker (or, colocated, of a decode worker) with the most measurements, the
+/// decode curve likewise. `plans` is the body of `GET /v1/plans`.
+pub fn live_profile(plans: &serde_json::Value, url: &str) -> Result<CostProfile> {
+    use genie_protocol::costs::LiveCurve;
+    use genie_scheduler::cost_profile::FitQuality;
+    let workers = plans["workers"]
+        .as_array()
+        .context("`/v1/plans` has no `workers` list: is this a Genie gateway?")?;
+    let best = |kind: &str| -> Option<LiveCurve> {
+        workers
+            .iter()
+            .filter_map(|w| serde_json::from_value::<LiveCurve>(w["costs"][kind].clone()).ok())
+            .max_by_key(|c| c.points)
+    };
+    let fit = |c: &LiveCurve| FitQuality {
+        points: c.points as usize,
+        rms_rel_error: c.rms_rel_error,
+        max_rel_error: 0.0,
+    };
+    let (Some(p), Some(d)) = (best("prefill"), best("decode")) else {
+        anyhow::bail!(
+            "{url}: the workers report no {} curve yet (each needs {} forwards of that kind; send traffic first)",
+            if best("prefill").is_none() { "prefill" } else { "decode" },
+            genie_protocol::costs::OnlineFit::MIN_POINTS
+        );
+    };
+    Ok(CostProfile {
+        version: CostProfile::VERSION,
+        hardware: format!("the workers behind {url}"),
+        model: plans["model"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        threads: 0,
+        source: format!("live curves from {url}/v1/plans (online calibration)"),
+        prefill: PrefillCurve {
+            fixed_ms: p.coef[0],
+            per_token_ms: p.coef[1],
+            per_token2_ms: p.coef[2],
+            fit: fit(&p),
+        },
+        decode: DecodeCurve {
+            fixed_ms: d.coef[0],
+            per_seq_ms: d.coef[1],
+            per_context_ms: d.coef[2],
+            fit: fit(&d),
+        },
+        links: Vec::new(),
+    })
+}
+
+fn from_server(url: &str, out: &std::path::Path) -> Result<()> {
+    let url = url.trim_end_matches('/');
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let plans: serde_json::Value = rt.block_on(async {
+        let mut req = reqwest::Client::new().get(format!("{url}/v1/plans"));
+        if let Ok(key) = std::env::var("GENIE_API_KEY") {
+            req = req.bearer_auth(key);
+        }
+        let r = req
+            .send()
+            .await
+            .with_context(|| format!("GET {url}/v1/plans"))?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "GET {url}/v1/plans: {} (a server with API keys needs GENIE_API_KEY)",
+            r.status()
+        );
+        Ok::<_, anyhow::Error>(r.json().await?)
+    })?;
+    let profile = live_profile(&plans, url)?;
+    std::fs::write(out, profile.to_json() + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "prefill ms = {:.3} + {:.5} x tokens + {:.3e} x sum of squared prompt lengths ({} forwards, rms error {:.1} %)",
+        profile.prefill.fixed_ms,
+        profile.prefill.per_token_ms,
+        profile.prefill.per_token2_ms,
+        profile.prefill.fit.points,
+        profile.prefill.fit.rms_rel_error * 100.0
+    );
+    println!(
+        "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context ({} steps, rms error {:.1} %)",
+        profile.decode.fixed_ms,
+        profile.decode.per_seq_ms,
+        profile.decode.per_context_ms,
+        profile.decode.fit.points,
+        profile.decode.fit.rms_rel_error * 100.0
+    );
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
 pub fn run(a: ProfileArgs) -> Result<()> {
+    if let Some(url) = &a.from {
+        return from_server(url, &a.out);
+    }
     let shapes: Vec<Vec<usize>> = a
         .prefill
         .iter()
@@ -258,6 +362,41 @@ pub fn run(a: ProfileArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_curves_of_a_plans_body_become_a_profile_or_say_what_is_missing() {
+        let body = serde_json::json!({
+            "model": {"name": "SmolLM2-135M-Instruct"},
+            "workers": [
+                {"role": "prefill", "costs": {"prefill": {"coef": [1.0, 2.0, 0.001], "points": 40, "rms_rel_error": 0.1}}},
+                {"role": "decode", "costs": {
+                    "prefill": {"coef": [9.0, 9.0, 9.0], "points": 5, "rms_rel_error": 0.3},
+                    "decode": {"coef": [3.0, 4.0, 0.005], "points": 900, "rms_rel_error": 0.2}}},
+                {"role": "decode", "costs": null}
+            ]
+        });
+        let p = live_profile(&body, "http://h:8000").unwrap();
+        assert_eq!(p.version, CostProfile::VERSION);
+        assert_eq!(p.model, "SmolLM2-135M-Instruct");
+        // The curve with the most measurements of each kind.
+        assert_eq!((p.prefill.per_token_ms, p.prefill.fit.points), (2.0, 40));
+        assert_eq!((p.decode.per_seq_ms, p.decode.fit.points), (4.0, 900));
+        let back = CostProfile::from_json(&p.to_json()).unwrap();
+        assert_eq!(back.decode.fit.points, 900);
+
+        let none = serde_json::json!({"workers": [{"role": "decode", "costs": null}]});
+        let e = live_profile(&none, "http://h:8000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no prefill curve yet") && e.contains("send traffic"),
+            "{e}"
+        );
+        let e = live_profile(&serde_json::json!({}), "u")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers"), "{e}");
+    }
 
     #[test]
     fn prefill_shapes_parse_or_say_what_is_wrong() {

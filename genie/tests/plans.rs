@@ -688,4 +688,30 @@ async fn workers_report_live_cost_curves_and_the_gateway_predicts_with_them() {
         "measured / predicted {ratio}: {rp}"
     );
     assert!(last.is_some());
+
+    // `genie profile --from URL` saves those live curves as a cost profile.
+    let out = std::env::temp_dir().join(format!("genie-live-profile-{}.json", std::process::id()));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(["profile", "--from", &s.url("")])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).ok();
+    let p = genie_scheduler::cost_profile::CostProfile::from_json(&text).unwrap();
+    assert!(p.source.contains("live curves"), "{text}");
+    assert!(
+        p.prefill.fit.points >= 8 && p.decode.fit.points >= 8,
+        "{text}"
+    );
+    assert!(
+        p.decode.ms(&[64]) > 0.0 && p.prefill.ms(&[64]) > 0.0,
+        "{text}"
+    );
 }
