@@ -6,8 +6,11 @@
 use genie_protocol::costs::{LiveCosts, OnlineFit};
 use std::sync::Mutex;
 
-/// Measurements after which an older one counts half.
-const HALF_LIFE: f64 = 256.0;
+/// Measurements after which an older one counts half: prefill forwards come one a batch,
+/// decode steps one per generated token of the whole batch, so a decode curve needs many
+/// more to average over the same stretch of traffic.
+const PREFILL_HALF_LIFE: f64 = 128.0;
+const DECODE_HALF_LIFE: f64 = 2048.0;
 
 /// A worker's two live fits, shared between its compute thread and its status reports.
 #[derive(Debug)]
@@ -19,8 +22,8 @@ pub struct CostTracker {
 impl Default for CostTracker {
     fn default() -> Self {
         CostTracker {
-            prefill: Mutex::new(OnlineFit::new(HALF_LIFE)),
-            decode: Mutex::new(OnlineFit::new(HALF_LIFE)),
+            prefill: Mutex::new(OnlineFit::new(PREFILL_HALF_LIFE)),
+            decode: Mutex::new(OnlineFit::new(DECODE_HALF_LIFE)),
         }
     }
 }
