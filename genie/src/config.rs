@@ -43,6 +43,9 @@ pub struct PlanSection {
     pub cluster: Option<Inventory>,
     /// Overrides: pin a phase to a pool or to one worker.
     pub pins: Vec<Pin>,
+    /// A cost profile (`genie profile`'s JSON): the gateway predicts with its curves for
+    /// workers that have not yet fitted their own.
+    pub cost_profile: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -276,6 +276,10 @@ pub async fn serve_api(
         plans: Arc::new(PlanLog::new(PLAN_LOG_CAPACITY)),
         max_body_bytes: cfg.limits.max_body_bytes,
         stall_timeout: Duration::from_secs(cfg.limits.stream_stall_secs),
+        cost_profile: match &cfg.plan.cost_profile {
+            Some(path) => Some(Arc::new(load_cost_profile(path)?)),
+            None => None,
+        },
     };
     let opts = AppOptions {
         cluster: cluster.map(|s| {
@@ -397,4 +401,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // dispatcher, after the server has drained.
     drop(dispatcher);
     Ok(())
+}
+
+/// `plan.cost_profile`, read and checked; an error names the field and the file.
+fn load_cost_profile(
+    path: &std::path::Path,
+) -> anyhow::Result<genie_scheduler::cost_profile::CostProfile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("plan.cost_profile: cannot read {}", path.display()))?;
+    genie_scheduler::cost_profile::CostProfile::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("plan.cost_profile: {}: {e}", path.display()))
 }

@@ -721,3 +721,68 @@ async fn workers_report_live_cost_curves_and_the_gateway_predicts_with_them() {
         "{text}"
     );
 }
+
+/// `plan.cost_profile`: before the workers have fitted curves of their own, the gateway
+/// predicts with the profile's; a profile that cannot be read stops the server at start,
+/// naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_cost_profile_predicts_until_the_workers_fit_their_own() {
+    use genie_scheduler::cost_profile::CostProfile;
+    let dir = std::env::temp_dir().join(format!("genie-cost-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut p = CostProfile::preset("h100").unwrap();
+    (
+        p.prefill.fixed_ms,
+        p.prefill.per_token_ms,
+        p.prefill.per_token2_ms,
+    ) = (100.0, 1.0, 0.0);
+    (
+        p.decode.fixed_ms,
+        p.decode.per_seq_ms,
+        p.decode.per_context_ms,
+    ) = (7.0, 0.0, 0.0);
+    let path = dir.join("profile.json");
+    std::fs::write(&path, p.to_json()).unwrap();
+    let path_s = path.to_str().unwrap();
+    let s = Server::start(
+        &["--config", &config("1p1d.toml"), "--threads", "1"],
+        &[("GENIE_PLAN__COST_PROFILE", path_s)],
+    );
+    let (st, id, body) = post(&s, completion(LONG, json!({}))).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, rp) = get(&s, &format!("/v1/plans/requests/{}", id.unwrap())).await;
+    assert_eq!(rp["stages"], json!(["prefill", "decode"]), "{rp}");
+    assert_eq!(rp["predicted"]["live"], true, "{rp}");
+    let n = rp["prompt_tokens"].as_f64().unwrap();
+    let ttft = rp["predicted"]["ttft_ms"].as_f64().unwrap();
+    // The prompt by the profile's curve, plus the first layer's share of the KV transfer.
+    assert!(ttft >= 100.0 + n && ttft < 100.0 + n + 5.0, "{rp}");
+    let itl = rp["predicted"]["itl_ms"].as_f64().unwrap();
+    assert!((7.0..7.5).contains(&itl), "{rp}");
+
+    std::fs::write(
+        &path,
+        p.to_json().replacen("\"version\": 1", "\"version\": 9", 1),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+        ])
+        .env("GENIE_PLAN__COST_PROFILE", path_s)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plan.cost_profile") && err.contains("version 9"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -265,6 +265,33 @@ impl LinkCurve {
     }
 }
 
+impl PrefillCurve {
+    /// The curve in the form workers report theirs, to predict with in their place.
+    pub fn as_live(&self) -> genie_protocol::costs::LiveCurve {
+        live(
+            [self.fixed_ms, self.per_token_ms, self.per_token2_ms],
+            self.fit,
+        )
+    }
+}
+
+impl DecodeCurve {
+    pub fn as_live(&self) -> genie_protocol::costs::LiveCurve {
+        live(
+            [self.fixed_ms, self.per_seq_ms, self.per_context_ms],
+            self.fit,
+        )
+    }
+}
+
+fn live(coef: [f64; 3], fit: FitQuality) -> genie_protocol::costs::LiveCurve {
+    genie_protocol::costs::LiveCurve {
+        coef,
+        points: fit.points as u64,
+        rms_rel_error: fit.rms_rel_error,
+    }
+}
+
 /// `(Σ nᵢ, Σ nᵢ²)` as floats.
 fn prefill_terms(seq_tokens: &[usize]) -> (f64, f64) {
     seq_tokens.iter().fold((0.0, 0.0), |(t, t2), &n| {

@@ -36,6 +36,8 @@ pub struct AppState {
     pub tenants: Arc<crate::tenant::Tenants>,
     /// Stored `/v1/responses` conversations, for `previous_response_id`.
     pub responses: Arc<crate::responses::Store>,
+    /// Curves to predict with until a worker reports its own (`plan.cost_profile`).
+    pub cost_profile: Option<Arc<genie_scheduler::cost_profile::CostProfile>>,
 }
 
 /// Constant-time comparison so key checks do not leak how much of a key matched.

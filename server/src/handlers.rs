@@ -177,13 +177,16 @@ fn request_plan(
             _ => p.decode(),
         };
         let v = views.iter().find(|v| v.id == id)?;
-        let c = v.costs?;
-        Some(genie_scheduler::LiveStage {
-            prefill: c.prefill,
-            decode: c.decode,
+        // A curve the worker has not fitted yet comes from the configured profile.
+        let c = v.costs.unwrap_or_default();
+        let profile = st.cost_profile.as_deref();
+        let stage = genie_scheduler::LiveStage {
+            prefill: c.prefill.or(profile.map(|p| p.prefill.as_live())),
+            decode: c.decode.or(profile.map(|p| p.decode.as_live())),
             // The sequences decoding beside it now, and itself.
             batch: v.running + 1,
-        })
+        };
+        (stage.prefill.is_some() || stage.decode.is_some()).then_some(stage)
     };
     // Served plans have one stage with prompt work on the path, on the worker that
     // prefilled: the queue is ahead of that one.

@@ -201,6 +201,7 @@ fn app(pool: Arc<FakePool>, queue_timeout: Duration) -> axum::Router {
         plans: Arc::new(PlanLog::new(16)),
         max_body_bytes: 1 << 20,
         stall_timeout: Duration::from_secs(30),
+        cost_profile: None,
         tenants: Default::default(),
         responses: Default::default(),
     })

@@ -172,6 +172,7 @@ async fn serve(pool: Arc<Pool>, keys: Vec<ApiKey>, max_body_bytes: usize) -> Str
         plans: Arc::new(PlanLog::new(16)),
         max_body_bytes,
         stall_timeout: Duration::from_secs(30),
+        cost_profile: None,
         tenants: Arc::new(Tenants::new(&keys)),
         responses: Default::default(),
     };
