@@ -187,22 +187,7 @@ fn from_server(url: &str, out: &std::path::Path) -> Result<()> {
     let profile = live_profile(&plans, url)?;
     std::fs::write(out, profile.to_json() + "\n")
         .with_context(|| format!("writing {}", out.display()))?;
-    println!(
-        "prefill ms = {:.3} + {:.5} x tokens + {:.3e} x sum of squared prompt lengths ({} forwards, rms error {:.1} %)",
-        profile.prefill.fixed_ms,
-        profile.prefill.per_token_ms,
-        profile.prefill.per_token2_ms,
-        profile.prefill.fit.points,
-        profile.prefill.fit.rms_rel_error * 100.0
-    );
-    println!(
-        "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context ({} steps, rms error {:.1} %)",
-        profile.decode.fixed_ms,
-        profile.decode.per_seq_ms,
-        profile.decode.per_context_ms,
-        profile.decode.fit.points,
-        profile.decode.fit.rms_rel_error * 100.0
-    );
+    println!("{}\n{}", profile.prefill, profile.decode);
     println!("wrote {}", out.display());
     Ok(())
 }
@@ -329,22 +314,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
             );
         }
     }
-    println!(
-        "prefill ms = {:.3} + {:.5} x tokens + {:.3e} x sum of squared prompt lengths (rms error {:.1} %, max {:.1} %)",
-        pc.fixed_ms,
-        pc.per_token_ms,
-        pc.per_token2_ms,
-        pc.fit.rms_rel_error * 100.0,
-        pc.fit.max_rel_error * 100.0
-    );
-    println!(
-        "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context (rms error {:.1} %, max {:.1} %)",
-        dc.fixed_ms,
-        dc.per_seq_ms,
-        dc.per_context_ms,
-        dc.fit.rms_rel_error * 100.0,
-        dc.fit.max_rel_error * 100.0
-    );
+    println!("{pc}\n{dc}");
     if let Some(l) = profile.links.first() {
         println!(
             "tcp link ms = {:.3} + bytes / {:.2} GB/s (rms error {:.1} %)",

@@ -265,6 +265,42 @@ impl LinkCurve {
     }
 }
 
+impl std::fmt::Display for FitQuality {
+    /// `N points, rms error R %, max M %` (the max only where it was measured).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} points, rms error {:.1} %",
+            self.points,
+            self.rms_rel_error * 100.0
+        )?;
+        if self.max_rel_error > 0.0 {
+            write!(f, ", max {:.1} %", self.max_rel_error * 100.0)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for PrefillCurve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "prefill ms = {:.3} + {:.5} x tokens + {:.3e} x sum of squared prompt lengths ({})",
+            self.fixed_ms, self.per_token_ms, self.per_token2_ms, self.fit
+        )
+    }
+}
+
+impl std::fmt::Display for DecodeCurve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context ({})",
+            self.fixed_ms, self.per_seq_ms, self.per_context_ms, self.fit
+        )
+    }
+}
+
 impl PrefillCurve {
     /// The curve in the form workers report theirs, to predict with in their place.
     pub fn as_live(&self) -> genie_protocol::costs::LiveCurve {
