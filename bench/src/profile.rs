@@ -116,7 +116,6 @@ fn decode_ms(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f6
 /// decode curve likewise. `plans` is the body of `GET /v1/plans`.
 pub fn live_profile(plans: &serde_json::Value, url: &str) -> Result<CostProfile> {
     use genie_protocol::costs::LiveCurve;
-    use genie_scheduler::cost_profile::FitQuality;
     let workers = plans["workers"]
         .as_array()
         .context("`/v1/plans` has no `workers` list: is this a Genie gateway?")?;
@@ -125,11 +124,6 @@ pub fn live_profile(plans: &serde_json::Value, url: &str) -> Result<CostProfile>
             .iter()
             .filter_map(|w| serde_json::from_value::<LiveCurve>(w["costs"][kind].clone()).ok())
             .max_by_key(|c| c.points)
-    };
-    let fit = |c: &LiveCurve| FitQuality {
-        points: c.points as usize,
-        rms_rel_error: c.rms_rel_error,
-        max_rel_error: 0.0,
     };
     let (Some(p), Some(d)) = (best("prefill"), best("decode")) else {
         anyhow::bail!(
@@ -147,18 +141,8 @@ pub fn live_profile(plans: &serde_json::Value, url: &str) -> Result<CostProfile>
             .to_string(),
         threads: 0,
         source: format!("live curves from {url}/v1/plans (online calibration)"),
-        prefill: PrefillCurve {
-            fixed_ms: p.coef[0],
-            per_token_ms: p.coef[1],
-            per_token2_ms: p.coef[2],
-            fit: fit(&p),
-        },
-        decode: DecodeCurve {
-            fixed_ms: d.coef[0],
-            per_seq_ms: d.coef[1],
-            per_context_ms: d.coef[2],
-            fit: fit(&d),
-        },
+        prefill: PrefillCurve::from_live(&p),
+        decode: DecodeCurve::from_live(&d),
         links: Vec::new(),
     })
 }

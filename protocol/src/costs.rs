@@ -8,6 +8,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The terms of a prefill forward of prompts of `lengths` tokens: `[1, Σ n, Σ n²]` (the
+/// square is attention's).
+pub fn prefill_terms(lengths: impl IntoIterator<Item = f64>) -> [f64; 3] {
+    lengths
+        .into_iter()
+        .fold([1.0, 0.0, 0.0], |[one, t, t2], n| [one, t + n, t2 + n * n])
+}
+
+/// The terms of a decode step of sequences holding `contexts` tokens each: `[1, batch,
+/// Σ context]`.
+pub fn decode_terms(contexts: impl IntoIterator<Item = f64>) -> [f64; 3] {
+    contexts
+        .into_iter()
+        .fold([1.0, 0.0, 0.0], |[one, b, c], n| [one, b + 1.0, c + n])
+}
+
 /// A fitted curve as a worker reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveCurve {

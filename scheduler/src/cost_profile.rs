@@ -15,6 +15,7 @@
 //! The file format is versioned ([`CostProfile::VERSION`]); a reader refuses another
 //! version with a message naming both.
 
+use genie_protocol::costs::{decode_terms, prefill_terms, LiveCurve};
 use serde::{Deserialize, Serialize};
 
 /// A model's costs on one kind of hardware.
@@ -191,51 +192,95 @@ impl CostProfile {
 impl PrefillCurve {
     /// Predicted ms of one prefill forward of sequences of `seq_tokens` tokens.
     pub fn ms(&self, seq_tokens: &[usize]) -> f64 {
-        let (t, t2) = prefill_terms(seq_tokens);
-        self.fixed_ms + self.per_token_ms * t + self.per_token2_ms * t2
+        self.as_live()
+            .ms(prefill_terms(seq_tokens.iter().map(|&n| n as f64)))
     }
 
     /// The least-squares curve through `points` (relative errors weighted equally).
     pub fn fit(points: &[PrefillPoint]) -> Result<Self, ProfileError> {
         let rows: Vec<([f64; 3], f64)> = points
             .iter()
-            .map(|p| {
-                let (t, t2) = prefill_terms(&p.seq_tokens);
-                ([1.0, t, t2], p.ms)
-            })
+            .map(|p| (prefill_terms(p.seq_tokens.iter().map(|&n| n as f64)), p.ms))
             .collect();
         let (c, fit) = fit_n::<3>("prefill", &rows)?;
-        Ok(PrefillCurve {
-            fixed_ms: c[0],
-            per_token_ms: c[1],
-            per_token2_ms: c[2],
+        Ok(Self::with(c, fit))
+    }
+
+    fn with([fixed_ms, per_token_ms, per_token2_ms]: [f64; 3], fit: FitQuality) -> Self {
+        PrefillCurve {
+            fixed_ms,
+            per_token_ms,
+            per_token2_ms,
             fit,
-        })
+        }
+    }
+
+    /// The curve in the form workers report theirs, to predict with in their place.
+    pub fn as_live(&self) -> LiveCurve {
+        live(
+            [self.fixed_ms, self.per_token_ms, self.per_token2_ms],
+            self.fit,
+        )
+    }
+
+    /// A worker's live curve as a profile's.
+    pub fn from_live(c: &LiveCurve) -> Self {
+        Self::with(c.coef, fit_of(c))
     }
 }
 
 impl DecodeCurve {
     /// Predicted ms of one decode step of sequences with `contexts` tokens of context.
     pub fn ms(&self, contexts: &[usize]) -> f64 {
-        let c: usize = contexts.iter().sum();
-        self.fixed_ms + self.per_seq_ms * contexts.len() as f64 + self.per_context_ms * c as f64
+        self.as_live()
+            .ms(decode_terms(contexts.iter().map(|&n| n as f64)))
     }
 
     pub fn fit(points: &[DecodePoint]) -> Result<Self, ProfileError> {
         let rows: Vec<([f64; 3], f64)> = points
             .iter()
-            .map(|p| {
-                let c: usize = p.contexts.iter().sum();
-                ([1.0, p.contexts.len() as f64, c as f64], p.ms)
-            })
+            .map(|p| (decode_terms(p.contexts.iter().map(|&n| n as f64)), p.ms))
             .collect();
         let (c, fit) = fit_n::<3>("decode", &rows)?;
-        Ok(DecodeCurve {
-            fixed_ms: c[0],
-            per_seq_ms: c[1],
-            per_context_ms: c[2],
+        Ok(Self::with(c, fit))
+    }
+
+    fn with([fixed_ms, per_seq_ms, per_context_ms]: [f64; 3], fit: FitQuality) -> Self {
+        DecodeCurve {
+            fixed_ms,
+            per_seq_ms,
+            per_context_ms,
             fit,
-        })
+        }
+    }
+
+    pub fn as_live(&self) -> LiveCurve {
+        live(
+            [self.fixed_ms, self.per_seq_ms, self.per_context_ms],
+            self.fit,
+        )
+    }
+
+    pub fn from_live(c: &LiveCurve) -> Self {
+        Self::with(c.coef, fit_of(c))
+    }
+}
+
+fn live(coef: [f64; 3], fit: FitQuality) -> LiveCurve {
+    LiveCurve {
+        coef,
+        points: fit.points as u64,
+        rms_rel_error: fit.rms_rel_error,
+    }
+}
+
+/// A live curve's fit (its rms error is of predictions made before each measurement; no
+/// max is kept).
+fn fit_of(c: &LiveCurve) -> FitQuality {
+    FitQuality {
+        points: c.points as usize,
+        rms_rel_error: c.rms_rel_error,
+        max_rel_error: 0.0,
     }
 }
 
@@ -299,41 +344,6 @@ impl std::fmt::Display for DecodeCurve {
             self.fixed_ms, self.per_seq_ms, self.per_context_ms, self.fit
         )
     }
-}
-
-impl PrefillCurve {
-    /// The curve in the form workers report theirs, to predict with in their place.
-    pub fn as_live(&self) -> genie_protocol::costs::LiveCurve {
-        live(
-            [self.fixed_ms, self.per_token_ms, self.per_token2_ms],
-            self.fit,
-        )
-    }
-}
-
-impl DecodeCurve {
-    pub fn as_live(&self) -> genie_protocol::costs::LiveCurve {
-        live(
-            [self.fixed_ms, self.per_seq_ms, self.per_context_ms],
-            self.fit,
-        )
-    }
-}
-
-fn live(coef: [f64; 3], fit: FitQuality) -> genie_protocol::costs::LiveCurve {
-    genie_protocol::costs::LiveCurve {
-        coef,
-        points: fit.points as u64,
-        rms_rel_error: fit.rms_rel_error,
-    }
-}
-
-/// `(Σ nᵢ, Σ nᵢ²)` as floats.
-fn prefill_terms(seq_tokens: &[usize]) -> (f64, f64) {
-    seq_tokens.iter().fold((0.0, 0.0), |(t, t2), &n| {
-        let n = n as f64;
-        (t + n, t2 + n * n)
-    })
 }
 
 /// Weighted least squares on the first `N` terms of each row, each row weighted by

@@ -5,6 +5,7 @@
 use crate::inventory::Transport;
 use crate::policy::{Op, RequestFacts, Selector};
 use crate::profile::{Residency, TensorKind};
+use genie_protocol::costs::{decode_terms, prefill_terms};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a field changes meaning or goes away.
@@ -335,7 +336,7 @@ impl ExecutionPlan {
                 live.prefill.is_some() && units > 0.0 || live.decode.is_some() && s.op.step_work();
             if units > 0.0 {
                 let (per_unit, work) = match live.prefill {
-                    Some(c) => (c.coef[1], c.ms([1.0, units, units * units])),
+                    Some(c) => (c.coef[1], c.ms(prefill_terms([units]))),
                     None => (
                         s.cost.prompt_ms_per_token,
                         units * s.cost.prompt_ms_per_token,
@@ -350,9 +351,8 @@ impl ExecutionPlan {
             if s.op.step_work() {
                 out.itl_ms += match live.decode {
                     Some(c) => {
-                        let batch = live.batch.max(1) as f64;
                         let ctx = tokens + facts.max_tokens as f64 / 2.0;
-                        c.ms([1.0, batch, batch * ctx])
+                        c.ms(decode_terms(std::iter::repeat_n(ctx, live.batch.max(1))))
                     }
                     None => s.cost.step_ms,
                 };

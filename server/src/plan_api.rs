@@ -64,6 +64,7 @@ fn live_costs(
     role: genie_scheduler::Role,
     c: Option<&genie_protocol::costs::LiveCosts>,
 ) -> serde_json::Value {
+    use genie_protocol::costs::{decode_terms, prefill_terms};
     let Some(c) = c else {
         return serde_json::Value::Null;
     };
@@ -84,14 +85,11 @@ fn live_costs(
     let mut o = serde_json::Map::new();
     if let Some(p) = &c.prefill {
         let compiled = stage.map(|s| 512.0 * s.cost.prompt_ms_per_token);
-        o.insert(
-            "prefill".into(),
-            curve(p, [1.0, 512.0, 512.0 * 512.0], compiled),
-        );
+        o.insert("prefill".into(), curve(p, prefill_terms([512.0]), compiled));
     }
     if let Some(d) = &c.decode {
         let compiled = stage.map(|s| s.cost.step_ms);
-        o.insert("decode".into(), curve(d, [1.0, 1.0, 512.0], compiled));
+        o.insert("decode".into(), curve(d, decode_terms([512.0]), compiled));
     }
     o.into()
 }

@@ -3,7 +3,7 @@
 //! decaying least-squares fit, and the curves go out with the worker's status, so the
 //! gateway predicts with what this hardware does now rather than with a preset.
 
-use genie_protocol::costs::{LiveCosts, OnlineFit};
+use genie_protocol::costs::{decode_terms, prefill_terms, LiveCosts, OnlineFit};
 use std::sync::Mutex;
 
 /// Measurements after which an older one counts half: prefill forwards come one a batch,
@@ -33,26 +33,21 @@ fn lock(m: &Mutex<OnlineFit>) -> std::sync::MutexGuard<'_, OnlineFit> {
 }
 
 impl CostTracker {
-    /// A prefill forward of prompts of `seq_tokens` new tokens each took `ms`: terms
-    /// `[1, Σ n, Σ n²]`.
+    /// A prefill forward of prompts of `seq_tokens` new tokens each took `ms`
+    /// ([`prefill_terms`]).
     pub fn prefill(&self, seq_tokens: impl IntoIterator<Item = usize>, ms: f64) {
-        let (t, t2) = seq_tokens.into_iter().fold((0.0, 0.0), |(t, t2), n| {
-            let n = n as f64;
-            (t + n, t2 + n * n)
-        });
-        if t > 0.0 {
-            lock(&self.prefill).observe([1.0, t, t2], ms);
+        let x = prefill_terms(seq_tokens.into_iter().map(|n| n as f64));
+        if x[1] > 0.0 {
+            lock(&self.prefill).observe(x, ms);
         }
     }
 
-    /// A decode step of sequences holding `contexts` tokens each took `ms`: terms
-    /// `[1, batch, Σ context]`.
+    /// A decode step of sequences holding `contexts` tokens each took `ms`
+    /// ([`decode_terms`]).
     pub fn decode(&self, contexts: impl IntoIterator<Item = usize>, ms: f64) {
-        let (b, c) = contexts
-            .into_iter()
-            .fold((0.0, 0.0), |(b, c), n| (b + 1.0, c + n as f64));
-        if b > 0.0 {
-            lock(&self.decode).observe([1.0, b, c], ms);
+        let x = decode_terms(contexts.into_iter().map(|n| n as f64));
+        if x[1] > 0.0 {
+            lock(&self.decode).observe(x, ms);
         }
     }
 
