@@ -685,11 +685,8 @@ impl Model {
                     let seen = pos0 + ti + 1;
                     (window.map_or(0, |w| seen.saturating_sub(w)), seen)
                 };
-                let block = fused.filter(|k| {
-                    m > 1
-                        && attn_avx2::width_ok(hd)
-                        && !k.avx512.is_some_and(|_| dot_avx512::attention_width_ok(hd))
-                });
+                let block = fused
+                    .filter(|k| m > 1 && attn_avx2::width_ok(hd) && k.avx512_for(hd).is_none());
                 if let Some(k) = block {
                     // The whole block at once: each K/V row widened once for every token
                     // and head of it, the same bits as token by token.
@@ -920,12 +917,11 @@ fn attend_f16(
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        use crate::quant::{dot_avx2, dot_avx512};
         let width = ctx - lo;
         scores.clear();
         scores.resize(G * width, 0.0);
         let hd = out.len() / G;
-        let wide = k.avx512.filter(|_| dot_avx512::attention_width_ok(hd));
+        let wide = k.avx512_for(hd);
         // Block by block: each score depends on its own row only, so the split changes
         // nothing. Each block's rows are a short run of memory the hardware prefetcher
         // meets cold, so the rows `ahead` blocks on are fetched while this one computes.
@@ -1112,15 +1108,7 @@ mod tests {
     use super::*;
 
     fn values(seed: u32, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 20_001) as f32 / 5_000.0 - 2.0
-            })
-            .collect()
+        crate::quant::test_values(seed as u64, n, 2.0)
     }
 
     /// A block of tokens through `attend_block` equals each token through `attend_f16`,

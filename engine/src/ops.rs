@@ -244,6 +244,14 @@ pub struct F16Kernels {
     pub avx512: Option<crate::quant::dot_avx512::Avx512>,
 }
 
+impl F16Kernels {
+    /// The AVX-512 kernels where they take head width `hd` (else the AVX2 ones run).
+    pub fn avx512_for(&self, hd: usize) -> Option<crate::quant::dot_avx512::Avx512> {
+        self.avx512
+            .filter(|_| crate::quant::dot_avx512::attention_width_ok(hd))
+    }
+}
+
 /// The f16 attention kernels this CPU has, unless capped off (`GENIE_KERNEL=scalar`).
 pub fn f16_kernels() -> Option<F16Kernels> {
     avx2().map(|avx2| F16Kernels {

@@ -289,15 +289,7 @@ mod tests {
     use super::*;
 
     fn rows(seed: u32, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
+        crate::quant::test_values(seed as u64, n, 1.0)
     }
 
     #[test]
