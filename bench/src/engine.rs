@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use genie_engine::kv_cache::KvCache;
-use genie_engine::model::Model;
+use genie_engine::model::{Model, Segment};
 use std::process::Command;
 use std::time::Instant;
 
@@ -82,37 +82,79 @@ fn synthetic_ids(n: usize) -> Vec<u32> {
 
 use crate::stats::median;
 
-/// Prefill tok/s of one measurement (a fresh cache, the synthetic prompt of `n` ids).
-fn prefill_rate(model: &Model, n: usize) -> Result<f64> {
-    let ids = synthetic_ids(n);
-    let mut cache = model.new_cache(n);
-    let t0 = Instant::now();
-    model.prefill(&ids, &mut cache)?;
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
+/// Sequence `i`'s prompt of `n` ids: the synthetic one shifted by `i` (different prompts,
+/// so a batch is not one sequence repeated).
+pub(crate) fn prompt_ids(n: usize, i: usize) -> Vec<u32> {
+    let mut ids = synthetic_ids(n + i);
+    ids.drain(..i);
+    ids
 }
 
-/// Aggregate decode tok/s of one measurement: `batch` sequences holding `ctx` prompt
-/// tokens each, `steps` greedy steps timed.
-fn decode_rate(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f64> {
+/// Seconds of one prefill forward of prompts of `shape` tokens each, fresh caches.
+pub(crate) fn prefill_seconds(model: &Model, shape: &[usize]) -> Result<f64> {
+    let prompts: Vec<Vec<u32>> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| prompt_ids(n, i))
+        .collect();
+    let mut caches: Vec<KvCache> = shape.iter().map(|&n| model.new_cache(n)).collect();
+    let t0 = Instant::now();
+    let mut segs: Vec<Segment> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, c)| Segment::new(p, c))
+        .collect();
+    model.forward(&mut segs)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Prefill tok/s of one measurement (a fresh cache, the synthetic prompt of `n` ids).
+fn prefill_rate(model: &Model, n: usize) -> Result<f64> {
+    Ok(n as f64 / prefill_seconds(model, &[n])?)
+}
+
+/// Where a decode measurement starts: `batch` sequences holding `ctx` prompt tokens each
+/// (room for `steps` more), and each one's next token.
+pub(crate) fn decode_start(
+    model: &Model,
+    batch: usize,
+    ctx: usize,
+    steps: usize,
+) -> Result<(Vec<KvCache>, Vec<u32>)> {
     let mut caches: Vec<KvCache> = (0..batch)
         .map(|_| model.new_cache(ctx + steps + 1))
         .collect();
     let mut tokens = Vec::with_capacity(batch);
     for (i, c) in caches.iter_mut().enumerate() {
-        // Different prompts per sequence so the batch is not one sequence repeated.
-        let mut ids = synthetic_ids(ctx + i);
-        ids.drain(..i);
-        tokens.push(genie_engine::sampling::argmax(&model.prefill(&ids, c)?));
+        tokens.push(genie_engine::sampling::argmax(
+            &model.prefill(&prompt_ids(ctx, i), c)?,
+        ));
     }
+    Ok((caches, tokens))
+}
+
+/// One greedy decode step of every sequence; their next tokens.
+pub(crate) fn decode_step(
+    model: &Model,
+    tokens: &[u32],
+    caches: &mut [KvCache],
+) -> Result<Vec<u32>> {
+    let mut items: Vec<(u32, &mut KvCache)> =
+        tokens.iter().copied().zip(caches.iter_mut()).collect();
+    Ok(model
+        .decode_batch(&mut items)?
+        .iter()
+        .map(|l| genie_engine::sampling::argmax(l))
+        .collect())
+}
+
+/// Aggregate decode tok/s of one measurement: `batch` sequences holding `ctx` prompt
+/// tokens each, `steps` greedy steps timed.
+fn decode_rate(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f64> {
+    let (mut caches, mut tokens) = decode_start(model, batch, ctx, steps)?;
     let t0 = Instant::now();
     for _ in 0..steps {
-        let mut items: Vec<(u32, &mut KvCache)> =
-            tokens.iter().copied().zip(caches.iter_mut()).collect();
-        let logits = model.decode_batch(&mut items)?;
-        tokens = logits
-            .iter()
-            .map(|l| genie_engine::sampling::argmax(l))
-            .collect();
+        tokens = decode_step(model, &tokens, &mut caches)?;
     }
     Ok((batch * steps) as f64 / t0.elapsed().as_secs_f64())
 }

@@ -5,8 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use genie_engine::kv_cache::KvCache;
-use genie_engine::model::{Model, Segment};
+use genie_engine::model::Model;
 use genie_scheduler::cost_profile::{
     CostProfile, DecodeCurve, DecodePoint, LinkCurve, LinkPoint, PrefillCurve, PrefillPoint,
 };
@@ -64,49 +63,20 @@ fn parse_shape(s: &str) -> Result<Vec<usize>> {
     }
 }
 
-fn ids(n: usize, seed: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| (((i + seed * 131) * 7919) % 40000 + 100) as u32)
-        .collect()
-}
-
 /// Milliseconds of one prefill forward of sequences of `shape` tokens, fresh caches.
 fn prefill_ms(model: &Model, shape: &[usize]) -> Result<f64> {
-    let prompts: Vec<Vec<u32>> = shape.iter().enumerate().map(|(i, &n)| ids(n, i)).collect();
-    let mut caches: Vec<KvCache> = shape.iter().map(|&n| model.new_cache(n)).collect();
-    let t0 = Instant::now();
-    let mut segs: Vec<Segment> = prompts
-        .iter()
-        .zip(caches.iter_mut())
-        .map(|(p, c)| Segment::new(p, c))
-        .collect();
-    model.forward(&mut segs)?;
-    Ok(t0.elapsed().as_secs_f64() * 1e3)
+    Ok(crate::engine::prefill_seconds(model, shape)? * 1e3)
 }
 
 /// Milliseconds of one decode step of `batch` sequences at about `ctx` tokens of context
 /// (the median step of `steps`).
 fn decode_ms(model: &Model, batch: usize, ctx: usize, steps: usize) -> Result<f64> {
-    let mut caches: Vec<KvCache> = (0..batch)
-        .map(|_| model.new_cache(ctx + steps + 1))
-        .collect();
-    let mut tokens = Vec::with_capacity(batch);
-    for (i, c) in caches.iter_mut().enumerate() {
-        tokens.push(genie_engine::sampling::argmax(
-            &model.prefill(&ids(ctx, i), c)?,
-        ));
-    }
+    let (mut caches, mut tokens) = crate::engine::decode_start(model, batch, ctx, steps)?;
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps.max(1) {
-        let mut items: Vec<(u32, &mut KvCache)> =
-            tokens.iter().copied().zip(caches.iter_mut()).collect();
         let t0 = Instant::now();
-        let logits = model.decode_batch(&mut items)?;
+        tokens = crate::engine::decode_step(model, &tokens, &mut caches)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
-        tokens = logits
-            .iter()
-            .map(|l| genie_engine::sampling::argmax(l))
-            .collect();
     }
     Ok(median(times))
 }
@@ -180,6 +150,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     if let Some(url) = &a.from {
         return from_server(url, &a.out);
     }
+    let repeat = a.repeat.max(1);
     let shapes: Vec<Vec<usize>> = a
         .prefill
         .iter()
@@ -201,7 +172,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
 
     let mut prefill = Vec::new();
     for shape in &shapes {
-        let t: Vec<f64> = (0..a.repeat.max(1))
+        let t: Vec<f64> = (0..repeat)
             .map(|_| prefill_ms(model, shape))
             .collect::<Result<_>>()?;
         prefill.push(PrefillPoint {
@@ -212,7 +183,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     let mut decode = Vec::new();
     for &b in &a.batch {
         for &c in &a.context {
-            let t: Vec<f64> = (0..a.repeat.max(1))
+            let t: Vec<f64> = (0..repeat)
                 .map(|_| decode_ms(model, b, c, a.steps))
                 .collect::<Result<_>>()?;
             decode.push(DecodePoint {
@@ -230,7 +201,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
             shape.kv_heads,
             shape.head_dim,
             &a.link_tokens,
-            a.repeat.max(1) * 3,
+            repeat * 3,
         )?
         .into_iter()
         .map(|(bytes, s)| LinkPoint { bytes, ms: s * 1e3 })
@@ -257,10 +228,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         ),
         model: name,
         threads: model.threads(),
-        source: format!(
-            "measured by `genie profile` (medians of {} rounds)",
-            a.repeat.max(1)
-        ),
+        source: format!("measured by `genie profile` (medians of {repeat} rounds)"),
         prefill: pc,
         decode: dc,
         links,
