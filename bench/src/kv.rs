@@ -155,13 +155,18 @@ fn start_receiver(
     Ok((addr, rx))
 }
 
+/// Layer 0 of a prompt of `tokens` tokens' KV in `a`'s model shape.
 fn layer_meta(a: &KvBenchArgs, tokens: usize) -> LayerShape {
+    shape_of(a.layers, a.kv_heads, a.head_dim, tokens)
+}
+
+fn shape_of(layers: usize, kv_heads: usize, head_dim: usize, tokens: usize) -> LayerShape {
     LayerShape {
         layer: 0,
-        n_layers: a.layers as u32,
+        n_layers: layers as u32,
         dtype: DTYPE_F16,
-        kv_heads: a.kv_heads as u32,
-        head_dim: a.head_dim as u32,
+        kv_heads: kv_heads as u32,
+        head_dim: head_dim as u32,
         token_start: 0,
         token_count: tokens as u32,
     }
@@ -326,14 +331,6 @@ pub fn tcp_link_points(
     let shutdown = tokio_util::sync::CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let (addr, rx) = start_receiver(&rt, &registry, shutdown)?;
-    let a = KvBenchArgs {
-        tokens: tokens.to_vec(),
-        layers,
-        kv_heads,
-        head_dim,
-        repeat,
-        auth: false,
-    };
     let recv = Receiver {
         addr: &addr,
         reg: &registry,
@@ -343,7 +340,7 @@ pub fn tcp_link_points(
     let mut out = Vec::new();
     let mut id = 0;
     for &n in tokens {
-        let meta = layer_meta(&a, n);
+        let meta = shape_of(layers, kv_heads, head_dim, n);
         let payload: Vec<u8> = (0..meta.payload_len().unwrap_or(0))
             .map(|i| (i * 31) as u8)
             .collect();
