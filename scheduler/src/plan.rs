@@ -142,7 +142,8 @@ pub struct TensorSpec {
     pub residency: Residency,
 }
 
-/// What a placed stage's worker reports of its own costs (see [`ExecutionPlan::predict_live`]).
+/// The cost curves of a placed stage's worker, its own or a profile's in their place (see
+/// [`ExecutionPlan::predict_live`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LiveStage {
     pub prefill: Option<genie_protocol::costs::LiveCurve>,
@@ -165,8 +166,8 @@ pub struct Predicted {
     /// the request was placed on (first come, first served, as the simulator models it).
     #[serde(default)]
     pub queue_ms: f64,
-    /// Some stage was predicted from its worker's live cost curves (online calibration),
-    /// not only from the compiled costs.
+    /// Some stage was predicted from cost curves (its worker's live ones, or the
+    /// configured cost profile's), not only from the compiled costs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub live: bool,
 }

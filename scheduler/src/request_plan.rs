@@ -68,8 +68,8 @@ pub struct Calibration {
     pub ttft_ratio: Option<RatioSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub itl_ratio: Option<RatioSummary>,
-    /// The same over the sequences predicted from the workers' live cost curves alone
-    /// (those before the curves had enough measurements used the compiled costs).
+    /// The same over the sequences predicted from cost curves (the workers' live ones or
+    /// a cost profile's) rather than the compiled costs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<Box<Calibration>>,
 }
