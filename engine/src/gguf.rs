@@ -4,7 +4,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::quant::kquants::KType;
-use crate::quant::{widen, QMatrix, WeightFormat};
+use crate::quant::{widen, Half, QMatrix, WeightFormat, QK};
 use crate::tokenizer::TokenizerSpec;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
@@ -470,8 +470,8 @@ impl Reader<'_> {
     }
 
     /// A tensor's `[rows, cols]`, its format once loaded and its bytes in the file. Its
-    /// elements must fit in memory as f32 (F16, BF16 and Q5_1 widen to that; Q4_0 and Q5_0
-    /// to Q8_0, see [`widen`]), so every size derived from
+    /// elements must fit in memory as f32 (no format loads larger: Q4_0, Q5_0 and Q5_1
+    /// widen to Q8_0, see [`widen`]), so every size derived from
     /// them (stored, loaded) is a number, not a wrapped product of lying dimensions.
     fn layout(&self, name: &str) -> Result<(usize, usize, WeightFormat, usize)> {
         let info = self
@@ -507,7 +507,12 @@ impl Reader<'_> {
     /// that this fits).
     fn loaded_bytes(&self, name: &str) -> Result<usize> {
         let (rows, cols, format, _) = self.layout(name)?;
-        Ok(format.bytes_for(rows * cols))
+        // Q5_1 keeps each block's minimum as an f32 beside its Q8_0 block.
+        let minima = match self.content.tensor_infos[name].ggml_dtype {
+            GgmlDType::Q5_1 => rows * cols / QK * 4,
+            _ => 0,
+        };
+        Ok(format.bytes_for(rows * cols) + minima)
     }
 
     /// Tensor as `[rows, cols]` in its stored format.
@@ -526,6 +531,10 @@ impl Reader<'_> {
                 ))
             })?;
         let raw = &self.bytes[start..end];
+        if info.ggml_dtype == GgmlDType::Q5_1 {
+            return QMatrix::q5_1(rows, cols, raw)
+                .map_err(|e| self.err(format!("tensor `{name}`: {e}")));
+        }
         let widened = runs_as(info.ggml_dtype)
             .and_then(|(_, widen)| widen)
             .map(|widen| widen(raw));
@@ -570,9 +579,10 @@ impl Reader<'_> {
 fn runs_as(t: GgmlDType) -> Option<(WeightFormat, Option<widen::Widen>)> {
     Some(match t {
         GgmlDType::F32 => (WeightFormat::F32, None),
-        GgmlDType::F16 => (WeightFormat::F32, Some(widen::f16_to_f32)),
-        GgmlDType::BF16 => (WeightFormat::F32, Some(widen::bf16_to_f32)),
-        GgmlDType::Q5_1 => (WeightFormat::F32, Some(widen::q5_1_to_f32)),
+        GgmlDType::F16 => (WeightFormat::Half(Half::F16), None),
+        GgmlDType::BF16 => (WeightFormat::Half(Half::Bf16), None),
+        // Q8_0 blocks and minima beside them: built by `QMatrix::q5_1`, not a widening.
+        GgmlDType::Q5_1 => (WeightFormat::Q8_0, None),
         GgmlDType::Q4_1 => (WeightFormat::Q4_1, None),
         GgmlDType::Q8_0 => (WeightFormat::Q8_0, None),
         GgmlDType::Q4_0 => (WeightFormat::Q8_0, Some(widen::q4_0_to_q8_0)),

@@ -228,7 +228,7 @@ impl QuantizedActs {
             "activation length not a multiple of cols"
         );
         match format {
-            WeightFormat::F32 => QuantizedActs::F32 {
+            WeightFormat::F32 | WeightFormat::Half(_) => QuantizedActs::F32 {
                 cols,
                 data: x.to_vec(),
             },
@@ -278,7 +278,7 @@ impl QuantizedActs {
         let threads = rayon::current_num_threads().max(1);
         let parallel = threads > 1 && n >= parallel_rows.max(2);
         let with_sum = match format {
-            WeightFormat::F32 | WeightFormat::K(_) => {
+            WeightFormat::F32 | WeightFormat::Half(_) | WeightFormat::K(_) => {
                 if parallel {
                     let rows = n.div_ceil(threads);
                     x.par_chunks_mut(rows * cols)

@@ -8,7 +8,7 @@
 //! batch composition.
 
 use super::acts::ActBlock;
-use super::{BlockQ4_1, BlockQ8_0};
+use super::{BlockQ4_1, BlockQ8_0, Half};
 
 /// Proof that the CPU supports AVX2, FMA and F16C.
 #[derive(Clone, Copy, Debug)]
@@ -520,6 +520,72 @@ mod imp {
         }
     }
 
+    /// Eight F16 (or, with `BF16`, BF16) values at `p` as f32, exactly.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `p` points at eight readable values.
+    #[inline(always)]
+    unsafe fn widen8<const BF16: bool>(p: *const u16) -> __m256 {
+        // SAFETY: AVX2 and F16C are this fn's precondition; the 16-byte load is the
+        // eight values the caller vouches for.
+        unsafe {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            } else {
+                _mm256_cvtph_ps(h)
+            }
+        }
+    }
+
+    /// One F16/BF16 weight row against `N` f32 rows: per token, [`dot_f32_body`]'s two
+    /// chains, tree and tail on the exactly widened weights.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; every `x[t]` holds at least `w.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_half<const BF16: bool, const N: usize>(
+        w: &[u16],
+        x: [&[f32]; N],
+    ) -> [f32; N] {
+        let n = w.len();
+        let kind = if BF16 { Half::Bf16 } else { Half::F16 };
+        let mut out = [0.0f32; N];
+        // SAFETY: AVX2/FMA/F16C are this fn's precondition; every load below reads
+        // values `i..i + 8` or `i + 8..i + 16` with `i + 8 <= n` or `i + 16 <= n`, inside
+        // `w` (length `n`) and every `x[t]` (at least `n`).
+        unsafe {
+            let mut acc0 = [_mm256_setzero_ps(); N];
+            let mut acc1 = [_mm256_setzero_ps(); N];
+            let mut i = 0;
+            while i + 16 <= n {
+                let w0 = widen8::<BF16>(w.as_ptr().add(i));
+                let w1 = widen8::<BF16>(w.as_ptr().add(i + 8));
+                for t in 0..N {
+                    let xp = x[t].as_ptr().add(i);
+                    acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp), acc0[t]);
+                    acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(8)), acc1[t]);
+                }
+                i += 16;
+            }
+            if i + 8 <= n {
+                let w0 = widen8::<BF16>(w.as_ptr().add(i));
+                for t in 0..N {
+                    acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].as_ptr().add(i)), acc0[t]);
+                }
+                i += 8;
+            }
+            for t in 0..N {
+                let mut s = hsum(_mm256_add_ps(acc0[t], acc1[t]));
+                for k in i..n {
+                    s += kind.to_f32(w[k]) * x[t][k];
+                }
+                out[t] = s;
+            }
+        }
+        out
+    }
+
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -874,6 +940,24 @@ pub fn rope_pairs(_: Avx2, head: &mut [f32], table: &[f32]) {
 pub fn dot_f32(_: Avx2, a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: the token proves AVX2+FMA; the kernel reads only the common length.
     unsafe { dispatch!(dot_f32)(a, b) }
+}
+
+/// F16/BF16 weight row `w` against the `N` f32 rows `x`: each result the bits of
+/// [`super::dot_scalar::dot_half`].
+#[inline]
+pub fn dot_half<const N: usize>(_: Avx2, kind: Half, w: &[u16], x: [&[f32]; N]) -> [f32; N] {
+    assert!(
+        x.iter().all(|r| r.len() >= w.len()),
+        "dot_half: row lengths"
+    );
+    // SAFETY: the token proves AVX2, FMA and F16C; every `x[t]` is at least as long as
+    // `w` (asserted above).
+    unsafe {
+        match kind {
+            Half::F16 => imp::dot_half::<false, N>(w, x),
+            Half::Bf16 => imp::dot_half::<true, N>(w, x),
+        }
+    }
 }
 
 /// `y += alpha * x` over the common length.

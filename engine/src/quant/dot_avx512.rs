@@ -17,7 +17,7 @@
 //! the result is the exact integer `Σ a·w` again.
 
 use super::acts::ActBlock;
-use super::{BlockQ4_1, BlockQ8_0};
+use super::{BlockQ4_1, BlockQ8_0, Half};
 
 /// Proof that the CPU supports AVX-512 F/BW/VL/VNNI (and AVX2, FMA, F16C).
 #[derive(Clone, Copy, Debug)]
@@ -516,6 +516,75 @@ mod imp {
         unsafe { finish::<R, N>(&acc, &[_mm_setzero_ps(); N], out) };
     }
 
+    /// Sixteen F16 (or, with `BF16`, BF16) values at `p` as f32, exactly; lanes past
+    /// `mask` zero and unread.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL and F16C; `p` points at the readable values `mask`
+    /// selects.
+    #[inline(always)]
+    unsafe fn widen16<const BF16: bool>(p: *const u16, mask: __mmask16) -> __m512 {
+        // SAFETY: the target features are this fn's precondition; the masked load reads
+        // only the lanes the caller vouches for.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
+            if BF16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            } else {
+                _mm512_cvtph_ps(h)
+            }
+        }
+    }
+
+    /// One F16/BF16 weight row against `N` f32 rows, bit-identical to
+    /// [`crate::quant::dot_avx2::dot_half`]: a 512-bit chain holds the AVX2 kernel's two
+    /// (lanes 0-7 the first, 8-15 the second), an 8-value step after the 16-value ones
+    /// goes to the first alone (masked), and the tree and tail are the same.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL, FMA and F16C; every `x[t]` holds at least `w.len()`
+    /// values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn dot_half<const BF16: bool, const N: usize>(
+        w: &[u16],
+        x: [&[f32]; N],
+    ) -> [f32; N] {
+        let n = w.len();
+        let kind = if BF16 { Half::Bf16 } else { Half::F16 };
+        let mut out = [0.0f32; N];
+        // SAFETY: the target features are this fn's precondition; every load reads
+        // values `i..i + 16` with `i + 16 <= n`, or (masked) `i..i + 8` with
+        // `i + 8 <= n`, inside `w` (length `n`) and every `x[t]` (at least `n`).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut i = 0;
+            while i + 16 <= n {
+                let wv = widen16::<BF16>(w.as_ptr().add(i), 0xffff);
+                for t in 0..N {
+                    acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t].as_ptr().add(i)), acc[t]);
+                }
+                i += 16;
+            }
+            if i + 8 <= n {
+                let wv = widen16::<BF16>(w.as_ptr().add(i), 0x00ff);
+                for t in 0..N {
+                    let xv = _mm512_maskz_loadu_ps(0x00ff, x[t].as_ptr().add(i));
+                    acc[t] = _mm512_mask3_fmadd_ps(wv, xv, acc[t], 0x00ff);
+                }
+                i += 8;
+            }
+            for t in 0..N {
+                let [lo, hi] = halves(acc[t]);
+                let mut s = hsum256(_mm256_add_ps(lo, hi));
+                for k in i..n {
+                    s += kind.to_f32(w[k]) * x[t][k];
+                }
+                out[t] = s;
+            }
+        }
+        out
+    }
+
     /// [`super::super::dot_avx2::dot_rows_f16`] for `hd % 16 == 0`: one 512-bit chain per
     /// (head, key row) whose low and high halves are that kernel's two 256-bit chains,
     /// four key rows at a time for independent chains; the same sums in the same order.
@@ -905,6 +974,25 @@ pub fn min_terms<const N: usize>(
     // every `a[t]` holds at least `mins.len() / 16` blocks.
     unsafe {
         imp::min_terms(mins, a)
+    }
+}
+
+/// F16/BF16 weight row `w` against the `N` f32 rows `x`, bit-identical to
+/// [`super::dot_avx2::dot_half`] (and so to [`super::dot_scalar::dot_half`]).
+#[inline]
+pub fn dot_half<const N: usize>(_: Avx512, kind: Half, w: &[u16], x: [&[f32]; N]) -> [f32; N] {
+    assert!(
+        x.iter().all(|r| r.len() >= w.len()),
+        "dot_half: row lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the `Avx512` token proves the target features; every `x[t]` is at least as
+    // long as `w` (asserted above).
+    unsafe {
+        match kind {
+            Half::F16 => imp::dot_half::<false, N>(w, x),
+            Half::Bf16 => imp::dot_half::<true, N>(w, x),
+        }
     }
 }
 

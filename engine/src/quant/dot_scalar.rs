@@ -8,7 +8,7 @@
 //! matters on this model (a per-block integer sum once moved near-tied tokens).
 
 use super::acts::ActBlock;
-use super::{BlockQ4_1, BlockQ8_0, QK};
+use super::{BlockQ4_1, BlockQ8_0, Half, QK};
 
 /// The AVX2 kernels' horizontal sum of eight lanes: `(l0+l4) + (l2+l6)` and
 /// `(l1+l5) + (l3+l7)`, then their sum.
@@ -86,25 +86,35 @@ pub fn dot_q8_0_exact(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
 /// them goes to the first), the chains added lane by lane, [`hsum8`], then the last
 /// values one by one.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
+    dot_by(a.len().min(b.len()), |i| a[i], b)
+}
+
+/// [`dot_f32`] of F16 or BF16 weights `w` (each widened exactly) and f32 `x`: the bits
+/// of `dot_f32` on the widened row.
+pub fn dot_half(kind: Half, w: &[u16], x: &[f32]) -> f32 {
+    dot_by(w.len().min(x.len()), |i| kind.to_f32(w[i]), x)
+}
+
+#[inline(always)]
+fn dot_by(n: usize, a: impl Fn(usize) -> f32, b: &[f32]) -> f32 {
     let (mut acc0, mut acc1) = ([0.0f32; 8], [0.0f32; 8]);
     let mut i = 0;
     while i + 16 <= n {
         for k in 0..8 {
-            acc0[k] = a[i + k].mul_add(b[i + k], acc0[k]);
-            acc1[k] = a[i + 8 + k].mul_add(b[i + 8 + k], acc1[k]);
+            acc0[k] = a(i + k).mul_add(b[i + k], acc0[k]);
+            acc1[k] = a(i + 8 + k).mul_add(b[i + 8 + k], acc1[k]);
         }
         i += 16;
     }
     if i + 8 <= n {
         for k in 0..8 {
-            acc0[k] = a[i + k].mul_add(b[i + k], acc0[k]);
+            acc0[k] = a(i + k).mul_add(b[i + k], acc0[k]);
         }
         i += 8;
     }
     let mut s = hsum8(std::array::from_fn(|k| acc0[k] + acc1[k]));
     for k in i..n {
-        s += a[k] * b[k];
+        s += a(k) * b[k];
     }
     s
 }

@@ -228,6 +228,21 @@ fn run_tasks(
         }
         _ => Vec::new(),
     };
+    // Q8_0 rows widened from Q5_1 add `Σ_b m[r][b] · s[t][b]`: the activations' block
+    // sums, once for every such matrix.
+    let q5_1 = |w: &&QMatrix| {
+        matches!(
+            w,
+            QMatrix::Q8_0 {
+                minima: Some(_),
+                ..
+            }
+        )
+    };
+    let sums = match x {
+        QuantizedActs::Q8_0 { blocks, .. } if ws.iter().any(q5_1) => super::block_sums(blocks),
+        _ => Vec::new(),
+    };
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (matrix, first row, end)
     for (i, w) in ws.iter().enumerate() {
         let rows = w.rows();
@@ -285,6 +300,10 @@ fn run_tasks(
                 }
             }
             if g == g_end {
+                continue;
+            }
+            if let (QMatrix::Half { data, kind, .. }, QuantizedActs::F32 { data: a, .. }) = (w, x) {
+                half_rows((avx512, avx2), *kind, data, g..g_end, a, n, &out);
                 continue;
             }
             if let (
@@ -390,6 +409,25 @@ fn run_tasks(
                 t += width;
             }
         }
+        if let QMatrix::Q8_0 {
+            minima: Some(m), ..
+        } = w
+        {
+            let nb = w.cols() / QK;
+            for t in 0..n {
+                // SAFETY: rows `start..end` are this task's, and no other slice of them
+                // is live.
+                let cells = unsafe { out.cells(t, start, end - start) };
+                let st = &sums[t * nb..(t + 1) * nb];
+                for (r, c) in (start..end).zip(cells) {
+                    let mr = &m[r * nb..(r + 1) * nb];
+                    *c += match avx2 {
+                        Some(k) => dot_avx2::dot_f32(k, mr, st),
+                        None => dot_scalar::dot_f32(mr, st),
+                    };
+                }
+            }
+        }
     };
     let parts = tasks.len();
     let run = |(p, &(i, start, end)): (usize, &(usize, usize, usize))| {
@@ -401,6 +439,64 @@ fn run_tasks(
         tasks.iter().enumerate().for_each(run);
     } else {
         tasks.par_iter().enumerate().for_each(run);
+    }
+}
+
+/// Rows `rows` of an F16/BF16 matrix against all `n` f32 tokens of `a`, in token tiles
+/// as wide as the CPU takes (every width gives the same bits).
+#[allow(clippy::too_many_arguments)]
+fn half_rows(
+    (avx512, avx2): (Option<Avx512>, Option<Avx2>),
+    kind: super::Half,
+    data: &[u16],
+    rows: std::ops::Range<usize>,
+    a: &[f32],
+    n: usize,
+    out: &Out<'_>,
+) {
+    let cols = a.len() / n;
+    let x = |t: usize| &a[t * cols..(t + 1) * cols];
+    for r in rows {
+        let wr = &data[r * cols..(r + 1) * cols];
+        let mut t = 0;
+        while t < n {
+            let left = n - t;
+            let width = match (avx512, avx2) {
+                (Some(k), _) if left >= WIDE_TILE => {
+                    let v = dot_avx512::dot_half::<WIDE_TILE>(
+                        k,
+                        kind,
+                        wr,
+                        std::array::from_fn(|i| x(t + i)),
+                    );
+                    v.iter()
+                        .enumerate()
+                        .for_each(|(i, v)| out.put(t + i, r, &[*v]));
+                    WIDE_TILE
+                }
+                (_, Some(k)) if left >= TILE => {
+                    let v =
+                        dot_avx2::dot_half::<TILE>(k, kind, wr, std::array::from_fn(|i| x(t + i)));
+                    v.iter()
+                        .enumerate()
+                        .for_each(|(i, v)| out.put(t + i, r, &[*v]));
+                    TILE
+                }
+                (Some(k), _) => {
+                    out.put(t, r, &dot_avx512::dot_half::<1>(k, kind, wr, [x(t)]));
+                    1
+                }
+                (None, Some(k)) => {
+                    out.put(t, r, &dot_avx2::dot_half::<1>(k, kind, wr, [x(t)]));
+                    1
+                }
+                (None, None) => {
+                    out.put(t, r, &[dot_scalar::dot_half(kind, wr, x(t))]);
+                    1
+                }
+            };
+            t += width;
+        }
     }
 }
 
@@ -1051,8 +1147,23 @@ mod tests {
         let (rows, cols, n) = (37, 64, 7);
         let wf = data(1, rows * cols);
         let xf = data(2, n * cols);
-        for format in [WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::F32] {
-            let w = QMatrix::quantize(format, rows, cols, &wf);
+        use super::super::Half;
+        let matrices = [
+            (QMatrix::quantize(WeightFormat::Q4_1, rows, cols, &wf), 0.2),
+            (QMatrix::quantize(WeightFormat::Q8_0, rows, cols, &wf), 0.02),
+            (q5_1(rows, cols, &wf), 0.1),
+            (QMatrix::quantize(WeightFormat::F32, rows, cols, &wf), 1e-4),
+            (
+                QMatrix::quantize(WeightFormat::Half(Half::F16), rows, cols, &wf),
+                2e-3,
+            ),
+            (
+                QMatrix::quantize(WeightFormat::Half(Half::Bf16), rows, cols, &wf),
+                1e-2,
+            ),
+        ];
+        for (w, tol) in matrices {
+            let format = w.format();
             let x = QuantizedActs::for_weight(&w, &xf);
             let mut out = vec![0.0; n * rows];
             matmul(&w, &x, &mut out);
@@ -1067,15 +1178,100 @@ mod tests {
                 );
                 for r in 0..rows {
                     let exact: f32 = (0..cols).map(|c| wf[r * cols + c] * xf[t * cols + c]).sum();
-                    let tol = match format {
-                        WeightFormat::F32 => 1e-4,
-                        WeightFormat::Q8_0 => 0.02,
-                        WeightFormat::Q4_1 | WeightFormat::K(_) => 0.2,
-                    };
-                    assert!((out[t * rows + r] - exact).abs() < tol, "{format:?} {r}");
+                    let got = out[t * rows + r];
+                    assert!(
+                        (got - exact).abs() < tol,
+                        "{format:?} {r}: {got} vs {exact}"
+                    );
                 }
             }
         }
+    }
+
+    #[test]
+    fn q5_1_matmul_is_the_formats_dot_product() {
+        // `Σ_b d_w·d_a·Σ q_w q_a + m_w·s_a` over the dequantised weights' blocks (the
+        // format's own arithmetic, in f64) against the kernels' f32.
+        let (rows, cols, n) = (21, 160, 5);
+        let wf = data(9, rows * cols);
+        let xf = data(10, n * cols);
+        let w = q5_1(rows, cols, &wf);
+        let x = QuantizedActs::for_weight(&w, &xf);
+        let mut out = vec![0.0; n * rows];
+        matmul(&w, &x, &mut out);
+        let (
+            QMatrix::Q8_0 {
+                blocks,
+                minima: Some(m),
+                ..
+            },
+            QuantizedActs::Q8_0 { blocks: a, .. },
+        ) = (&w, &x)
+        else {
+            unreachable!("Q5_1 runs as Q8_0 with minima")
+        };
+        let nb = cols / QK;
+        for t in 0..n {
+            for r in 0..rows {
+                let want: f64 = (0..nb)
+                    .map(|b| {
+                        let (bw, ba) = (&blocks[r * nb + b], &a[t * nb + b]);
+                        let dot: i32 = bw
+                            .qs
+                            .iter()
+                            .zip(&ba.qs)
+                            .map(|(&p, &q)| p as i32 * q as i32)
+                            .sum();
+                        let sum: i32 = ba.qs.iter().map(|&q| q as i32).sum();
+                        bw.d.to_f32() as f64 * ba.d as f64 * dot as f64
+                            + m[r * nb + b] as f64 * ba.d as f64 * sum as f64
+                    })
+                    .sum();
+                let got = out[t * rows + r] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                    "{r} {t}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn half_matrices_give_the_f32_kernels_bits_on_their_widened_values() {
+        use super::super::Half;
+        // Widths with 16-value steps, an 8-value step and a tail; every token tile.
+        for (cols, n) in [(75, 13), (40, 9), (16, 4), (7, 3)] {
+            let rows = 11;
+            let wf = data(cols as u64, rows * cols);
+            let xf = data(3, n * cols);
+            for kind in [Half::F16, Half::Bf16] {
+                let half = QMatrix::quantize(WeightFormat::Half(kind), rows, cols, &wf);
+                let mut widened = vec![0.0; rows * cols];
+                for (r, row) in widened.chunks_exact_mut(cols).enumerate() {
+                    half.dequantize_row(r, row);
+                }
+                let f32m = QMatrix::quantize(WeightFormat::F32, rows, cols, &widened);
+                let run = |w: &QMatrix| {
+                    let mut out = vec![0.0f32; n * rows];
+                    matmul(w, &QuantizedActs::for_weight(w, &xf), &mut out);
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(run(&half), run(&f32m), "{kind:?} {cols} cols, {n} tokens");
+            }
+        }
+    }
+
+    /// `values` as a Q5_1 matrix quantised by candle (as [`crate::gguf`] loads one).
+    fn q5_1(rows: usize, cols: usize, values: &[f32]) -> QMatrix {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let t = candle_core::Tensor::from_slice(values, (rows, cols), &candle_core::Device::Cpu)
+            .unwrap();
+        let bytes = QTensor::quantize(&t, GgmlDType::Q5_1)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec();
+        QMatrix::q5_1(rows, cols, &bytes).unwrap()
     }
 
     /// `w` with its strip copy, whatever this process's kernel family (so every strip
@@ -1100,6 +1296,7 @@ mod tests {
                 cols,
                 blocks,
                 exact,
+                minima,
                 ..
             } => QMatrix::Q8_0 {
                 strips: Some(Strips::q8_0(rows, cols / QK, &blocks)),
@@ -1107,6 +1304,7 @@ mod tests {
                 cols,
                 blocks,
                 exact,
+                minima,
             },
             w => w,
         }
@@ -1177,16 +1375,24 @@ mod tests {
             (50, 9),
         ] {
             use super::super::kquants::KType;
+            use super::super::Half;
+            // `None`: Q5_1, read from candle's bytes.
             for (format, cols) in [
-                (WeightFormat::Q4_1, 96),
-                (WeightFormat::Q8_0, 96),
-                (WeightFormat::K(KType::Q4K), 512),
-                (WeightFormat::K(KType::Q5K), 256),
-                (WeightFormat::K(KType::Q6K), 512),
+                (Some(WeightFormat::Q4_1), 96),
+                (Some(WeightFormat::Q8_0), 96),
+                (None, 96),
+                (Some(WeightFormat::Half(Half::F16)), 75),
+                (Some(WeightFormat::Half(Half::Bf16)), 40),
+                (Some(WeightFormat::K(KType::Q4K)), 512),
+                (Some(WeightFormat::K(KType::Q5K)), 256),
+                (Some(WeightFormat::K(KType::Q6K)), 512),
             ] {
                 let wf = data(rows as u64, rows * cols);
                 let xf = data(7 + n as u64, n * cols);
-                let w = with_strips(QMatrix::quantize(format, rows, cols, &wf));
+                let w = with_strips(match format {
+                    Some(format) => QMatrix::quantize(format, rows, cols, &wf),
+                    None => q5_1(rows, cols, &wf),
+                });
                 let x = QuantizedActs::for_weight(&w, &xf);
                 let run = |kernels| {
                     let mut out = vec![0.0f32; n * rows];

@@ -68,6 +68,9 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
     F32,
+    /// 16-bit floats kept as stored (F16 or BF16), run against f32 activations: each
+    /// weight widens exactly in the kernel, so the result is the F32 kernel's bits.
+    Half(Half),
     Q4_1,
     Q8_0,
     /// A K-quant (Q4_K, Q5_K, Q6_K), run against Q8_K activations.
@@ -78,6 +81,7 @@ impl WeightFormat {
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "F32",
+            WeightFormat::Half(h) => h.name(),
             WeightFormat::Q4_1 => "Q4_1",
             WeightFormat::Q8_0 => "Q8_0",
             WeightFormat::K(k) => k.name(),
@@ -88,9 +92,43 @@ impl WeightFormat {
     pub fn bytes_for(self, n: usize) -> usize {
         match self {
             WeightFormat::F32 => n * 4,
+            WeightFormat::Half(_) => n * 2,
             WeightFormat::Q4_1 => n / QK * std::mem::size_of::<BlockQ4_1>(),
             WeightFormat::Q8_0 => n / QK * std::mem::size_of::<BlockQ8_0>(),
             WeightFormat::K(k) => n / kquants::QK_K * k.block_bytes(),
+        }
+    }
+}
+
+/// The 16-bit float formats a [`QMatrix::Half`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    Bf16,
+}
+
+impl Half {
+    pub fn name(self) -> &'static str {
+        match self {
+            Half::F16 => "F16",
+            Half::Bf16 => "BF16",
+        }
+    }
+
+    /// The exact f32 value of `bits`.
+    #[inline(always)]
+    pub fn to_f32(self, bits: u16) -> f32 {
+        match self {
+            Half::F16 => f16::from_bits(bits).to_f32(),
+            Half::Bf16 => f32::from_bits((bits as u32) << 16),
+        }
+    }
+
+    /// The nearest value of this format to `v` (ties to even).
+    pub fn from_f32(self, v: f32) -> u16 {
+        match self {
+            Half::F16 => f16::from_f32(v).to_bits(),
+            Half::Bf16 => half::bf16::from_f32(v).to_bits(),
         }
     }
 }
@@ -102,6 +140,13 @@ pub enum QMatrix {
         rows: usize,
         cols: usize,
         data: Vec<f32>,
+    },
+    /// F16 or BF16 values as stored ([`WeightFormat::Half`]).
+    Half {
+        rows: usize,
+        cols: usize,
+        kind: Half,
+        data: Vec<u16>,
     },
     Q4_1 {
         rows: usize,
@@ -123,6 +168,11 @@ pub enum QMatrix {
         /// Q5_0, which have no llama.cpp lane order to keep. False: llama.cpp's eight
         /// lane chains ([`dot_scalar::dot_q8_0_q8_0`]), the order of files stored Q8_0.
         exact: bool,
+        /// Blocks widened from Q5_1 (`d · q + m`, `q` in 0..=31 kept as the block's
+        /// integers): each block's `m` as f32, row-major `[row][block]`. The matmul adds
+        /// `Σ_b m[r][b] · s[t][b]` (`s` = `d_a · Σ q_a`, [`block_sums`]) to the exact
+        /// block sums, by [`dot_scalar::dot_f32`]'s order.
+        minima: Option<Vec<f32>>,
     },
     K(kquants::KMatrix),
 }
@@ -175,7 +225,22 @@ impl QMatrix {
             blocks,
             strips,
             exact: false,
+            minima: None,
         }
+    }
+
+    /// A matrix from the bytes of a Q5_1 tensor (24 per block of 32): the blocks' scales
+    /// and 5-bit integers as exact-sum Q8_0 blocks, their minima beside them
+    /// ([`QMatrix::Q8_0`]'s `minima`). 38 bytes per 32 values in memory.
+    pub fn q5_1(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, QuantError> {
+        check_size("Q5_1", rows, cols, QK, 24 * (rows * cols / QK), bytes.len())?;
+        let (q8, mins) = widen::q5_1_split(bytes);
+        let mut m = QMatrix::from_bytes(WeightFormat::Q8_0, rows, cols, &q8)?;
+        if let QMatrix::Q8_0 { minima, exact, .. } = &mut m {
+            *exact = true;
+            *minima = Some(mins);
+        }
+        Ok(m)
     }
 
     /// This matrix with exact block sums where it is Q8_0 (blocks widened from Q4_0 or
@@ -195,27 +260,12 @@ impl QMatrix {
         bytes: &[u8],
     ) -> Result<Self, QuantError> {
         let block = match format {
-            WeightFormat::F32 => 1,
+            WeightFormat::F32 | WeightFormat::Half(_) => 1,
             WeightFormat::K(_) => kquants::QK_K,
             _ => QK,
         };
-        if !cols.is_multiple_of(block) {
-            return Err(QuantError::RowLength {
-                format: format.name(),
-                block,
-                cols,
-            });
-        }
         let expected = format.bytes_for(rows * cols);
-        if bytes.len() != expected {
-            return Err(QuantError::Size {
-                format: format.name(),
-                rows,
-                cols,
-                expected,
-                got: bytes.len(),
-            });
-        }
+        check_size(format.name(), rows, cols, block, expected, bytes.len())?;
         Ok(match format {
             WeightFormat::F32 => QMatrix::F32 {
                 rows,
@@ -223,6 +273,15 @@ impl QMatrix {
                 data: bytes
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            },
+            WeightFormat::Half(kind) => QMatrix::Half {
+                rows,
+                cols,
+                kind,
+                data: bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
                     .collect(),
             },
             WeightFormat::Q4_1 => QMatrix::q4_1(
@@ -264,18 +323,20 @@ impl QMatrix {
 
     pub fn rows(&self) -> usize {
         match self {
-            QMatrix::F32 { rows, .. } | QMatrix::Q4_1 { rows, .. } | QMatrix::Q8_0 { rows, .. } => {
-                *rows
-            }
+            QMatrix::F32 { rows, .. }
+            | QMatrix::Half { rows, .. }
+            | QMatrix::Q4_1 { rows, .. }
+            | QMatrix::Q8_0 { rows, .. } => *rows,
             QMatrix::K(m) => m.rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
-            QMatrix::F32 { cols, .. } | QMatrix::Q4_1 { cols, .. } | QMatrix::Q8_0 { cols, .. } => {
-                *cols
-            }
+            QMatrix::F32 { cols, .. }
+            | QMatrix::Half { cols, .. }
+            | QMatrix::Q4_1 { cols, .. }
+            | QMatrix::Q8_0 { cols, .. } => *cols,
             QMatrix::K(m) => m.cols,
         }
     }
@@ -283,6 +344,7 @@ impl QMatrix {
     pub fn format(&self) -> WeightFormat {
         match self {
             QMatrix::F32 { .. } => WeightFormat::F32,
+            QMatrix::Half { kind, .. } => WeightFormat::Half(*kind),
             QMatrix::Q4_1 { .. } => WeightFormat::Q4_1,
             QMatrix::Q8_0 { .. } => WeightFormat::Q8_0,
             QMatrix::K(m) => WeightFormat::K(m.kind),
@@ -291,9 +353,15 @@ impl QMatrix {
 
     /// Bytes of the quantised blocks: what a one-token step reads. In memory, Q4_1 adds a
     /// tenth for the transposed minima and, on AVX-512 CPUs, the strip copy (about as
-    /// much again; the strip kernel reads it instead of the blocks).
+    /// much again; the strip kernel reads it instead of the blocks). Q5_1's minima count.
     pub fn size_bytes(&self) -> usize {
-        self.format().bytes_for(self.rows() * self.cols())
+        let minima = match self {
+            QMatrix::Q8_0 {
+                minima: Some(m), ..
+            } => m.len() * 4,
+            _ => 0,
+        };
+        self.format().bytes_for(self.rows() * self.cols()) + minima
     }
 
     /// Writes row `r` as f32 into `out` (exact dequantisation: `d*q + m` or `d*q`).
@@ -302,6 +370,11 @@ impl QMatrix {
         assert_eq!(out.len(), cols, "dequantize_row: output length");
         match self {
             QMatrix::F32 { data, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            QMatrix::Half { data, kind, .. } => {
+                for (o, &b) in out.iter_mut().zip(&data[r * cols..(r + 1) * cols]) {
+                    *o = kind.to_f32(b);
+                }
+            }
             QMatrix::Q4_1 { blocks, .. } => {
                 let nb = cols / QK;
                 for (b, chunk) in blocks[r * nb..(r + 1) * nb]
@@ -316,15 +389,20 @@ impl QMatrix {
                     }
                 }
             }
-            QMatrix::Q8_0 { blocks, .. } => {
+            QMatrix::Q8_0 { blocks, minima, .. } => {
                 let nb = cols / QK;
-                for (b, chunk) in blocks[r * nb..(r + 1) * nb]
+                for (i, (b, chunk)) in blocks[r * nb..(r + 1) * nb]
                     .iter()
                     .zip(out.chunks_exact_mut(QK))
+                    .enumerate()
                 {
                     let d = b.d.to_f32();
+                    let m = minima.as_ref().map(|m| m[r * nb + i]);
                     for (o, q) in chunk.iter_mut().zip(b.qs.iter()) {
-                        *o = *q as f32 * d;
+                        *o = match m {
+                            Some(m) => *q as f32 * d + m,
+                            None => *q as f32 * d,
+                        };
                     }
                 }
             }
@@ -340,6 +418,12 @@ impl QMatrix {
                 rows,
                 cols,
                 data: data.to_vec(),
+            },
+            WeightFormat::Half(kind) => QMatrix::Half {
+                rows,
+                cols,
+                kind,
+                data: data.iter().map(|&v| kind.from_f32(v)).collect(),
             },
             WeightFormat::Q4_1 => QMatrix::q4_1(
                 rows,
@@ -366,6 +450,42 @@ impl QMatrix {
             }
         }
     }
+}
+
+/// A matrix's stored size, checked against the bytes given for it.
+fn check_size(
+    format: &'static str,
+    rows: usize,
+    cols: usize,
+    block: usize,
+    expected: usize,
+    got: usize,
+) -> Result<(), QuantError> {
+    if !cols.is_multiple_of(block) {
+        return Err(QuantError::RowLength {
+            format,
+            block,
+            cols,
+        });
+    }
+    if got != expected {
+        return Err(QuantError::Size {
+            format,
+            rows,
+            cols,
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// `s = d · Σ q` of every Q8_0 activation block, in f32 (the Q5_1 minimum terms' other
+/// factor; Q8_0 activations are quantised without it).
+pub fn block_sums(a: &[acts::ActBlock]) -> Vec<f32> {
+    a.iter()
+        .map(|b| b.d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32)
+        .collect()
 }
 
 /// Panics unless the `R` weight rows of a tile have one length and every activation row

@@ -3,9 +3,13 @@
 //!   (`q − 8`, `q − 16`, both within an i8), so the dot product against Q8_0 activations
 //!   is the formats' own (`d_w · d_a · Σ q_w q_a`) on the Q8_0 kernels. Memory grows to
 //!   34 bytes per 32 values (from 18 and 22).
-//! - F16, BF16 and Q5_1 become F32 (every value exactly; Q5_1 is `d · q + m` in f32).
+//! - Q5_1 (`d · q + m`) becomes the same: its scale and its integers `q` (0..=31) as
+//!   Q8_0 blocks with exact block sums, with each block's `m` kept beside them
+//!   ([`q5_1_split`]); the matmul adds `Σ m · s_a`. 38 bytes per 32 values (from 24).
+//!
+//! F16 and BF16 are not widened: [`super::QMatrix::Half`] keeps them as stored.
 
-use half::{bf16, f16};
+use half::f16;
 
 /// A conversion of a tensor's stored bytes into the bytes of the format it runs as.
 pub type Widen = fn(&[u8]) -> Vec<u8>;
@@ -51,38 +55,25 @@ pub fn q5_0_to_q8_0(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// F32 bytes from Q5_1 bytes (24 per block): `d · q + m`.
-pub fn q5_1_to_f32(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() / 24 * 128);
+/// Q8_0 bytes (34 per block: `d`, then `q` in 0..=31) and the blocks' minima `m` as
+/// f32, from Q5_1 bytes (24 per block).
+pub fn q5_1_split(raw: &[u8]) -> (Vec<u8>, Vec<f32>) {
+    let blocks = raw.len() / 24;
+    let (mut q8, mut minima) = (Vec::with_capacity(blocks * 34), Vec::with_capacity(blocks));
     for b in raw.chunks_exact(24) {
-        let (d, m) = (f16_at(b, 0).to_f32(), f16_at(b, 2).to_f32());
+        q8.extend_from_slice(&b[0..2]);
+        minima.push(f16_at(b, 2).to_f32());
         let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        for q in five_bit(qh, &b[8..24]) {
-            out.extend_from_slice(&(q as f32 * d + m).to_le_bytes());
-        }
+        q8.extend_from_slice(&five_bit(qh, &b[8..24]));
     }
-    out
-}
-
-/// F32 bytes from F16 bytes.
-pub fn f16_to_f32(raw: &[u8]) -> Vec<u8> {
-    raw.chunks_exact(2)
-        .flat_map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes())
-        .collect()
-}
-
-/// F32 bytes from BF16 bytes.
-pub fn bf16_to_f32(raw: &[u8]) -> Vec<u8> {
-    raw.chunks_exact(2)
-        .flat_map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes())
-        .collect()
+    (q8, minima)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::kquants::{KMatrix, KType};
-    use crate::quant::{QMatrix, WeightFormat};
+    use crate::quant::{Half, QMatrix, WeightFormat};
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
@@ -108,16 +99,24 @@ mod tests {
     fn every_widened_and_k_format_reads_as_candle_dequantises_it() {
         let (rows, cols) = (6, 512);
         let values = crate::quant::test_values(5, rows * cols, 3.0);
-        let cases: [(GgmlDType, Widen, WeightFormat); 5] = [
+        let cases: [(GgmlDType, Widen, WeightFormat); 2] = [
             (GgmlDType::Q4_0, q4_0_to_q8_0, WeightFormat::Q8_0),
             (GgmlDType::Q5_0, q5_0_to_q8_0, WeightFormat::Q8_0),
-            (GgmlDType::Q5_1, q5_1_to_f32, WeightFormat::F32),
-            (GgmlDType::F16, f16_to_f32, WeightFormat::F32),
-            (GgmlDType::BF16, bf16_to_f32, WeightFormat::F32),
         ];
         for (dtype, widen, format) in cases {
             let (bytes, want) = candle(dtype, rows, cols, &values);
             let m = QMatrix::from_bytes(format, rows, cols, &widen(&bytes)).unwrap();
+            assert_eq!(rows_of(&m), want, "{dtype:?}");
+        }
+        let (bytes, want) = candle(GgmlDType::Q5_1, rows, cols, &values);
+        assert_eq!(
+            rows_of(&QMatrix::q5_1(rows, cols, &bytes).unwrap()),
+            want,
+            "Q5_1"
+        );
+        for (dtype, half) in [(GgmlDType::F16, Half::F16), (GgmlDType::BF16, Half::Bf16)] {
+            let (bytes, want) = candle(dtype, rows, cols, &values);
+            let m = QMatrix::from_bytes(WeightFormat::Half(half), rows, cols, &bytes).unwrap();
             assert_eq!(rows_of(&m), want, "{dtype:?}");
         }
         for (dtype, kind) in [
