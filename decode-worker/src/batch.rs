@@ -8,6 +8,7 @@ use genie_engine::prefix_cache::BLOCK_TOKENS;
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
 use genie_kv_transfer::KvMessage;
+use genie_protocol::batching::StepLimits;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::TransferId;
 use genie_worker_core::events::{prompt_scores, send_prompt_scores};
@@ -88,6 +89,16 @@ fn transfer_failed(seq: &NewSeq, why: &str) {
         .send(SeqEvent::failed(FailureCode::TransferFailed, why));
 }
 
+/// What a step computed, as the live cost curves see it: decode alone (each running
+/// sequence's context), prefill alone (each prompt's tokens), both (fits neither curve),
+/// or nothing.
+enum StepKind {
+    Decode(Vec<usize>),
+    Prefill(Vec<usize>),
+    Mixed,
+    Idle,
+}
+
 impl BatchLoop {
     pub(crate) fn new(
         config: DecodeConfig,
@@ -152,8 +163,18 @@ impl BatchLoop {
                 }
             }
             self.expire_and_cancel();
-            self.step();
+            // A step's cost for the live curves is its whole turn of the loop: the forward,
+            // sampling, the prefix cache and the status it publishes, which is how often a
+            // running sequence gets a token (its inter-token latency).
+            let t0 = Instant::now();
+            let kind = self.step();
             self.publish();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            match kind {
+                StepKind::Decode(contexts) => self.stats.costs.decode(contexts, ms),
+                StepKind::Prefill(prompts) => self.stats.costs.prefill(prompts, ms),
+                StepKind::Mixed | StepKind::Idle => {}
+            }
         }
     }
 
@@ -401,7 +422,9 @@ impl BatchLoop {
     }
 
     /// One forward step: running decodes plus admitted colocated prefills.
-    fn step(&mut self) {
+    /// One forward over the running batch and the prompts that join it; says what it
+    /// computed, for the live cost curves.
+    fn step(&mut self) -> StepKind {
         let max = self.config.max_batch;
         while self.running.len() < max {
             match self.ready.pop_front() {
@@ -417,12 +440,13 @@ impl BatchLoop {
         // scores when it asked for them).
         let mut prefilling: Vec<(Pending, usize, Option<TokenScores>)> = Vec::new();
         let mut prompt_tokens = 0;
-        while self.running.len() + prefilling.len() < max {
-            let Some(p) = self.prefills.front() else {
-                break;
-            };
+        let limits = StepLimits {
+            max_seqs: max,
+            max_prompt_tokens: self.config.max_prefill_tokens,
+        };
+        while let Some(p) = self.prefills.front() {
             let n = p.seq.tokens.len();
-            if !prefilling.is_empty() && prompt_tokens + n > self.config.max_prefill_tokens {
+            if !limits.takes(self.running.len(), prefilling.len(), prompt_tokens, n) {
                 break;
             }
             let mut p = self.prefills.pop_front().expect("front exists");
@@ -443,7 +467,7 @@ impl BatchLoop {
         }
         self.count_preempted();
         if self.running.is_empty() && prefilling.is_empty() {
-            return;
+            return StepKind::Idle;
         }
         let inputs: Vec<[u32; 1]> = self.running.iter().map(|r| [r.next]).collect();
         let mut segs: Vec<Segment> = self
@@ -466,17 +490,14 @@ impl BatchLoop {
         // step that mixes both fits neither curve).
         let contexts: Vec<usize> = segs[..n_decode].iter().map(|s| s.cache.len()).collect();
         let prompts: Vec<usize> = segs[n_decode..].iter().map(|s| s.tokens.len()).collect();
-        let t0 = std::time::Instant::now();
         let result = self.model.forward(&mut segs);
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
         drop(segs);
-        if result.is_ok() {
-            match (contexts.is_empty(), prompts.is_empty()) {
-                (false, true) => self.stats.costs.decode(contexts, ms),
-                (true, false) => self.stats.costs.prefill(prompts, ms),
-                _ => {}
-            }
-        }
+        let kind = match (result.is_ok(), contexts.is_empty(), prompts.is_empty()) {
+            (false, _, _) => StepKind::Idle,
+            (true, false, true) => StepKind::Decode(contexts),
+            (true, true, false) => StepKind::Prefill(prompts),
+            _ => StepKind::Mixed,
+        };
         let mut logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -491,7 +512,7 @@ impl BatchLoop {
                     p.seq.events.send(internal());
                 }
                 (self.on_free)();
-                return;
+                return StepKind::Idle;
             }
         };
         let prefill_logits = logits.split_off(n_decode);
@@ -541,6 +562,7 @@ impl BatchLoop {
         if self.running.len() < before {
             (self.on_free)();
         }
+        kind
     }
 
     fn publish(&self) {

@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod config;
 mod plan_cli;
+mod plan_tune;
 mod plan_setup;
 mod process;
 mod run_gateway;

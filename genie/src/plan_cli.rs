@@ -1,5 +1,5 @@
-//! `genie plan show|validate|explain|render`: the plan a config compiles to, without
-//! serving it.
+//! `genie plan show|validate|explain|render|simulate|tune`: the plan a config compiles
+//! to, without serving it (`tune`: `plan_tune`).
 
 use crate::config::ServeConfig;
 use anyhow::{Context, Result};
@@ -20,6 +20,11 @@ pub enum PlanCommand {
     /// Run the plan's cost model over a synthetic workload (Poisson arrivals, seeded):
     /// TTFT and end-to-end percentiles, stage utilisation, queueing.
     Simulate(SimulateArgs),
+    /// Search the serving knobs (worker split and threads, min_prompt_tokens,
+    /// decode.max_batch, prefill.max_batch_tokens, routing) for the most goodput on a
+    /// workload under an SLO, by simulating each candidate with a cost profile; prints why
+    /// and writes the tuned config.
+    Tune(crate::plan_tune::TuneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +48,24 @@ pub struct SimulateArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Cost profiles (`genie profile`'s files, or `h100`/`a100`): run the config as it
+    /// stands through the serving simulator (gateway queue, placement, the workers'
+    /// batching) on --workload instead of the plan's stage model.
+    #[arg(long)]
+    pub profile: Vec<String>,
+    /// With --profile: a JSONL trace or `poisson:rate=R,requests=N,prompt=A-B,output=C-D`.
+    #[arg(long, requires = "profile")]
+    pub workload: Option<String>,
+    /// With --profile: `ttft=MS,itl=MS`, for goodput.
+    #[arg(long, requires = "profile")]
+    pub slo: Option<String>,
+    /// With --profile: cores the workers share (default: this host's).
+    #[arg(long, requires = "profile")]
+    pub cores: Option<usize>,
+    /// With --profile: tokens added to each trace prompt (default: the chat template's;
+    /// see `genie plan tune --help`).
+    #[arg(long, requires = "profile")]
+    pub prompt_overhead: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -76,27 +99,36 @@ pub struct PlanArgs {
     pub deployment: Deployment,
 }
 
-fn compile(a: &PlanArgs) -> Result<ExecutionPlan> {
+/// The served model's profile from its GGUF's metadata, where the config has no
+/// `[plan.model]`.
+pub(crate) fn served_profile(a: &PlanArgs) -> Result<Option<genie_scheduler::ModelProfile>> {
     let cfg = ServeConfig::load(a.config.as_deref(), Default::default())?;
-    let served = if cfg.plan.model.is_some() {
-        None
-    } else {
-        let path =
-            genie_engine::fetch::resolve_model(a.model.as_deref().or(cfg.model.path.as_deref()))?;
-        // The profile needs the file's metadata only, not its weights.
-        let g = genie_engine::gguf::read_meta(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        Some(crate::plan_setup::profile_of(
-            &g.config,
-            g.weights_bytes,
-            g.has_output,
-        ))
-    };
-    let transport = match a.deployment {
+    if cfg.plan.model.is_some() {
+        return Ok(None);
+    }
+    let path =
+        genie_engine::fetch::resolve_model(a.model.as_deref().or(cfg.model.path.as_deref()))?;
+    // The profile needs the file's metadata only, not its weights.
+    let g = genie_engine::gguf::read_meta(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(crate::plan_setup::profile_of(
+        &g.config,
+        g.weights_bytes,
+        g.has_output,
+    )))
+}
+
+/// How the derived pools are linked.
+pub(crate) fn transport_of(a: &PlanArgs) -> Transport {
+    match a.deployment {
         Deployment::Serve => Transport::InProcess,
         Deployment::Gateway => Transport::Tcp,
-    };
-    cfg.compile_plan(served, transport)
+    }
+}
+
+fn compile(a: &PlanArgs) -> Result<ExecutionPlan> {
+    let cfg = ServeConfig::load(a.config.as_deref(), Default::default())?;
+    cfg.compile_plan(served_profile(a)?, transport_of(a))
         .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))
 }
 
@@ -115,6 +147,7 @@ pub fn run(cmd: PlanCommand) -> Result<()> {
             Ok(())
         }
         PlanCommand::Simulate(a) => simulate(a),
+        PlanCommand::Tune(a) => crate::plan_tune::run(a),
         PlanCommand::Validate(a) => {
             let plan = compile(&a)?;
             let servable = match crate::plan_setup::check_servable(&plan) {
@@ -146,6 +179,27 @@ fn print(plan: &ExecutionPlan, f: Format) -> Result<()> {
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {
+    if !a.profile.is_empty() {
+        let Some(w) = &a.workload else {
+            anyhow::bail!("--profile needs --workload (a trace or poisson:…)");
+        };
+        let inputs = crate::plan_tune::Inputs::new(
+            &a.plan,
+            &a.profile,
+            None,
+            w,
+            a.slo.as_deref(),
+            a.cores,
+            a.prompt_overhead,
+        )?;
+        let (k, r) = crate::plan_tune::simulate_config(&inputs);
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            crate::plan_tune::print_report(&k, &r);
+        }
+        return Ok(());
+    }
     if !(a.rate > 0.0 && a.rate.is_finite()) {
         anyhow::bail!("--rate must be a positive number of requests per second");
     }

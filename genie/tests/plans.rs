@@ -786,3 +786,94 @@ async fn a_configured_cost_profile_predicts_until_the_workers_fit_their_own() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A cost profile of this shape of host at `threads` compute threads (curves near the
+/// ones `genie profile` measured on a 2-core host, BENCHMARKS.md; one thread half as fast).
+fn cpu_profile(dir: &std::path::Path, threads: usize) -> String {
+    let slow = 2.0 / threads as f64;
+    let fit = json!({"points": 10, "rms_rel_error": 0.05, "max_rel_error": 0.1});
+    let p = json!({
+        "version": 1,
+        "hardware": "test host",
+        "model": "SmolLM2-135M",
+        "threads": threads,
+        "source": "test",
+        "prefill": {"fixed_ms": 5.45, "per_token_ms": 1.605 * slow, "per_token2_ms": 7.81e-4 * slow, "fit": fit},
+        "decode": {"fixed_ms": 3.24 * slow, "per_seq_ms": 2.094 * slow, "per_context_ms": 4.64e-3 * slow, "fit": fit},
+        "links": [{"transport": "tcp", "latency_ms": 0.75, "gbytes_per_s": 3.37, "fit": fit}]
+    });
+    let path = dir.join(format!("cpu{threads}.json"));
+    std::fs::write(&path, p.to_string()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn genie_plan_tune_explains_its_choice_and_writes_a_config_that_serves() {
+    let dir = std::env::temp_dir().join(format!("genie-tune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (p1, p2) = (cpu_profile(&dir, 1), cpu_profile(&dir, 2));
+    let out_cfg = dir.join("tuned.toml");
+    let out_cfg_s = out_cfg.to_string_lossy().into_owned();
+    // Chat with some long prompts at a rate the default (1P1D, every prompt to the
+    // prefill worker, two threads each on two cores) does not keep up with.
+    let workload = "poisson:rate=1.5,requests=300,prompt=32-1500,output=16-64,seed=3";
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "plan", "tune", "--profile", &p1, "--profile", &p2, "--cores", "2", "--workload",
+            workload, "--slo", "ttft=2000,itl=400",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        genie_ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run(&["--out", &out_cfg_s]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "300 requests over",
+        "round 1, placement:",
+        "round 1, decode.max_batch:",
+        "round 1, routing:",
+        "\nstart:     1P:1D, 2 thread(s) each, min_prompt_tokens 0 (all to prefill workers), decode.max_batch 64",
+        "\nchosen:    ",
+        "\nrunner-up: ",
+        "tuned config written to",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from {text}");
+    }
+    // The tuned config is a config `genie serve` reads.
+    let cfg = std::fs::read_to_string(&out_cfg).unwrap();
+    assert!(cfg.starts_with("# Tuned by `genie plan tune`: "), "{cfg}");
+    genie_ok(&["plan", "validate", "--config", &out_cfg_s]);
+    // JSON: the chosen candidate predicts at least the start's goodput, the runner-up at
+    // most the chosen's; the same inputs give the same search.
+    let out = run(&["--json"]);
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let goodput = |v: &Value| v["report"]["goodput_per_s"].as_f64().unwrap();
+    assert!(goodput(&t["chosen"]) >= goodput(&t["start"]), "{t}");
+    assert!(goodput(&t["runner_up"]) <= goodput(&t["chosen"]), "{t}");
+    assert!(goodput(&t["chosen"]) > 0.0, "{t}");
+    assert_eq!(run(&["--json"]).stdout, out.stdout);
+    // Bad input names the flag.
+    for (flag, bad) in [
+        ("--slo", "ttft=abc,itl=5"),
+        ("--workload", "poisson:rate=0,requests=5,prompt=1,output=1"),
+    ] {
+        let mut a = args(&[]);
+        let at = a.iter().position(|s| s == flag).unwrap();
+        a[at + 1] = bad.to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+            .args(&a)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

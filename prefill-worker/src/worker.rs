@@ -5,6 +5,7 @@ use genie_engine::prefix_cache::{PrefixCache, BLOCK_TOKENS};
 use genie_engine::sampling::Sampler;
 use genie_engine::EngineError;
 use genie_kv_transfer::{KvSink, KvTransport};
+use genie_protocol::batching::StepLimits;
 use genie_protocol::worker::{FailureCode, Handoff, SeqEvent};
 use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::admit::check_lengths;
@@ -203,12 +204,16 @@ fn run(
                 Ok(Inbox::Shutdown) | Err(_) => return,
             },
         };
+        let limits = StepLimits {
+            max_seqs: usize::MAX,
+            max_prompt_tokens: config.max_batch_tokens,
+        };
         let mut jobs = vec![first];
         let mut tokens = jobs[0].seq.prompt.len();
         loop {
             match rx.try_recv() {
                 Ok(Inbox::Work(j)) => {
-                    if tokens + j.seq.prompt.len() > config.max_batch_tokens {
+                    if !limits.takes(0, jobs.len(), tokens, j.seq.prompt.len()) {
                         carry = Some(j);
                         break;
                     }

@@ -3,6 +3,9 @@
 //! The vocabulary every Genie crate shares: OpenAI-compatible request/response types,
 //! gateway↔worker messages, and id newtypes. Ids are never bare integers across crates.
 //!
+//! - [`batching`]: the workers' rule for which queued prompts join a step;
+//! - [`trace`]: request traces (JSONL, this project's form or Mooncake's), the workload
+//!   `genie-loadtest` replays and `genie plan tune` simulates;
 //! - [`kv`]: [`kv::LayerShape`], the shape of one layer of KV as the engine exports it and
 //!   the KV transports carry it;
 //! - [`openai`]: the OpenAI request/response/error types the gateway speaks;
@@ -11,9 +14,11 @@
 //!   prefill and decode requests, the worker list);
 //! - id newtypes ([`RequestId`], [`WorkerId`], [`TransferId`], [`SeqId`]).
 
+pub mod batching;
 pub mod costs;
 pub mod kv;
 pub mod openai;
+pub mod trace;
 pub mod worker;
 
 use serde::{Deserialize, Serialize};

@@ -17,6 +17,10 @@
 //!   by a routing policy (round robin, least loaded, power of two choices, prefix affinity).
 //! - [`request_plan`]: one request's plan as clients and the plan page see it.
 //! - [`simulate`]: a discrete-event run of any plan over a synthetic workload.
+//! - [`serve_sim`]: a discrete-event run of a request trace through the gateway's queue
+//!   and placement and the workers' batching, priced by a cost profile (what
+//!   `genie plan tune` searches with).
+//! - [`tune`]: that search: coordinate descent over the serving knobs, by goodput.
 
 pub mod compile;
 pub mod cost_profile;
@@ -28,7 +32,9 @@ pub mod policy;
 pub mod profile;
 pub mod render;
 pub mod request_plan;
+pub mod serve_sim;
 pub mod simulate;
+pub mod tune;
 
 pub use compile::{compile, Pin, PlanError, PlanErrorKind};
 pub use inventory::{Hardware, Inventory, Link, Pool, Transport};

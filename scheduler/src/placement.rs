@@ -37,7 +37,7 @@ pub struct WorkerView {
     pub costs: Option<genie_protocol::costs::LiveCosts>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingPolicy {
     RoundRobin,

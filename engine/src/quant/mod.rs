@@ -1,9 +1,11 @@
 //! Quantised weights and the integer dot-product kernels that run them.
 //!
-//! Weights stay in the GGUF's own block formats (Q4_1, Q8_0, or plain F32) so the
+//! Weights stay in the GGUF's own formats (Q4_1, Q8_0, the K-quants, F32, F16, BF16; Q4_0,
+//! Q5_0 and Q5_1 as the Q8_0 blocks they widen to losslessly, [`widen`]) so the
 //! arithmetic is the file's: activations are quantised per 32-element block to Q8_1
 //! (against Q4_1 weights) or Q8_0 (against Q8_0 weights), exactly as llama.cpp does,
-//! and each block contributes `d_w * d_a * Σ q_w q_a (+ m_w * s_a)`.
+//! and each block contributes `d_w * d_a * Σ q_w q_a (+ m_w * s_a)`; K-quants take Q8_K
+//! activations ([`kquants`]); F32, F16 and BF16 weights take the activations unquantised.
 //!
 //! Kernels: a portable scalar version ([`dot_scalar`]) is the reference; an AVX2/FMA
 //! version ([`dot_avx2`]) is selected at run time when the CPU has it, and on CPUs with
