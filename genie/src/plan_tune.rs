@@ -555,9 +555,9 @@ pub fn run(a: TuneArgs) -> Result<()> {
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let t0 = std::time::Instant::now();
-    // Large traces screen a knob's many values on their first tenth (at least 1,000
-    // requests) before simulating the best in full.
-    let screen_len = (inputs.trace.len() / 10).max(1000);
+    // Large traces rank a knob's values on their first twentieth (at least 1,000 requests)
+    // before simulating the best few in full.
+    let screen_len = (inputs.trace.len() / 20).max(1000);
     let screen = |k: &Knobs| inputs.evaluate_on(k, &inputs.trace[..screen_len]);
     let screen: Option<&(dyn Fn(&Knobs) -> ServeReport + Sync)> =
         (inputs.trace.len() > 2 * screen_len).then_some(&screen);

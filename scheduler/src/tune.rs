@@ -8,9 +8,9 @@
 //! routing policy. The search is coordinate descent: from the starting configuration,
 //! each knob in turn takes every value while the others hold, the best (most goodput;
 //! then lower TTFT p90, then lower ITL p99) is kept, and rounds repeat until one changes
-//! nothing (at most [`MAX_ROUNDS`]). A knob with more than [`SCREEN_KEEP`] values is
-//! first screened by a cheaper evaluation (the caller's: a prefix of the trace) and only
-//! the best [`SCREEN_KEEP`] are simulated in full. A knob's values run in parallel; every
+//! nothing (at most [`MAX_ROUNDS`]). With a cheaper screening evaluation (the caller's:
+//! a prefix of a large trace), a knob's values are first ranked by it and only the best
+//! [`SCREEN_KEEP`] are simulated in full. A knob's values run in parallel; every
 //! candidate is simulated once (results are kept by candidate). Pure: the caller
 //! supplies the evaluations, so tests drive it with any function.
 
@@ -24,7 +24,7 @@ use std::sync::Mutex;
 pub const MAX_ROUNDS: usize = 4;
 
 /// Values of one knob simulated in full after screening.
-pub const SCREEN_KEEP: usize = 8;
+pub const SCREEN_KEEP: usize = 3;
 
 /// Workers per role and threads per worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -191,7 +191,7 @@ fn evaluate(
 
 /// Coordinate descent over `space` from `start`, scoring each candidate by `eval`, with
 /// up to `threads` simulations at once; `screen`, where given, ranks a knob's values
-/// first when it has more than [`SCREEN_KEEP`].
+/// first and only the best [`SCREEN_KEEP`] are scored by `eval`.
 pub fn tune(
     space: &Space,
     start: Knobs,
@@ -362,7 +362,7 @@ mod tests {
         assert!(t.turns.iter().any(|turn| turn.round == 2));
         // Deterministic whatever the threads.
         assert_eq!(t, tune(&space(), start, &eval, None, 1));
-        // Screening by the same function (15 placements > SCREEN_KEEP) finds the same.
+        // Screening by the same function finds the same.
         let screened = tune(&space(), start, &eval, Some(&eval), 2);
         assert_eq!(screened.chosen.knobs, k);
     }
