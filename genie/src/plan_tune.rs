@@ -60,8 +60,9 @@ fn load_profile(spec: &str) -> Result<CostProfile> {
     if let Some(p) = CostProfile::preset(spec) {
         return Ok(p);
     }
-    let text = std::fs::read_to_string(spec)
-        .with_context(|| format!("reading the cost profile {spec} (or name a preset: h100, a100)"))?;
+    let text = std::fs::read_to_string(spec).with_context(|| {
+        format!("reading the cost profile {spec} (or name a preset: h100, a100)")
+    })?;
     CostProfile::from_json(&text).map_err(|e| anyhow::anyhow!("{spec}: {e}"))
 }
 
@@ -124,15 +125,26 @@ fn workload(spec: &str) -> Result<Vec<SimRequest>> {
             .with_context(|| format!("--workload: `{part}` is not KEY=VALUE"))?;
         match k {
             "rate" => {
-                rate = Some(v.parse::<f64>().ok().filter(|r| *r > 0.0 && r.is_finite()).with_context(
-                    || format!("--workload: rate=`{v}` is not a positive number"),
-                )?)
+                rate = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|r| *r > 0.0 && r.is_finite())
+                        .with_context(|| {
+                            format!("--workload: rate=`{v}` is not a positive number")
+                        })?,
+                )
             }
             "requests" => n = Some(range(v, k)?.0),
             "prompt" => prompt = Some(range(v, k)?),
             "output" => output = Some(range(v, k)?),
-            "seed" => seed = v.parse().with_context(|| format!("--workload: seed=`{v}`"))?,
-            other => bail!("--workload: unknown key `{other}` (rate, requests, prompt, output, seed)"),
+            "seed" => {
+                seed = v
+                    .parse()
+                    .with_context(|| format!("--workload: seed=`{v}`"))?
+            }
+            other => {
+                bail!("--workload: unknown key `{other}` (rate, requests, prompt, output, seed)")
+            }
         }
     }
     let (Some(rate), Some(n), Some(prompt), Some(output)) = (rate, n, prompt, output) else {
@@ -147,7 +159,8 @@ fn workload(spec: &str) -> Result<Vec<SimRequest>> {
     Ok((0..n)
         .map(|_| {
             t += -next().ln() / rate * 1e3;
-            let mut pick = |(a, b): (usize, usize)| a + ((next() * (b - a + 1) as f64) as usize).min(b - a);
+            let mut pick =
+                |(a, b): (usize, usize)| a + ((next() * (b - a + 1) as f64) as usize).min(b - a);
             SimRequest {
                 arrival_ms: t,
                 prompt_tokens: pick(prompt),
@@ -253,15 +266,27 @@ fn tuned_toml(input: Option<&std::path::Path>, k: &Knobs) -> Result<String> {
         set("decode", "threads", int(k.split.threads));
     }
     set("decode", "max_batch", int(k.decode_max_batch));
-    set("prefill", "max_batch_tokens", int(k.prefill_max_batch_tokens));
+    set(
+        "prefill",
+        "max_batch_tokens",
+        int(k.prefill_max_batch_tokens),
+    );
     match k.min_prompt_tokens {
         Some(n) if k.split.prefill_workers > 0 => {
-            set("scheduler", "mode", toml::Value::String("disaggregated".into()));
+            set(
+                "scheduler",
+                "mode",
+                toml::Value::String("disaggregated".into()),
+            );
             set("scheduler", "min_prompt_tokens", int(n));
         }
         _ => set("scheduler", "mode", toml::Value::String("colocated".into())),
     }
-    set("scheduler", "routing", toml::Value::String(routing_name(k.routing)));
+    set(
+        "scheduler",
+        "routing",
+        toml::Value::String(routing_name(k.routing)),
+    );
     Ok(format!(
         "# Tuned by `genie plan tune`: {}\n{}",
         describe(k),
@@ -298,7 +323,10 @@ fn template_tokens(plan: &crate::plan_cli::PlanArgs, cfg: &ServeConfig) -> Resul
     const MARK: &str = " zebra";
     let rendered = text
         .template
-        .render(&[genie_engine::chat_template::ChatMessage::new("user", MARK)], true)
+        .render(
+            &[genie_engine::chat_template::ChatMessage::new("user", MARK)],
+            true,
+        )
         .map_err(|e| anyhow::anyhow!("rendering the chat template: {e}"))?;
     let count = |s: &str| -> Result<usize> {
         Ok(text
@@ -307,7 +335,9 @@ fn template_tokens(plan: &crate::plan_cli::PlanArgs, cfg: &ServeConfig) -> Resul
             .map_err(|e| anyhow::anyhow!("tokenizing the chat template: {e}"))?
             .len())
     };
-    let before = rendered.find(MARK).map_or(rendered.as_str(), |at| &rendered[..at]);
+    let before = rendered
+        .find(MARK)
+        .map_or(rendered.as_str(), |at| &rendered[..at]);
     let overhead = count(&rendered)?.saturating_sub(count(MARK)?);
     Ok((overhead, count(before)?))
 }
@@ -352,7 +382,8 @@ impl Inputs {
             (None, false) => template_tokens(plan, &cfg)?,
         };
         let cached = if cfg.decode.prefix_cache_bytes > 0 && cfg.prefill.prefix_cache_bytes > 0 {
-            shared / genie_scheduler::serve_sim::BLOCK_TOKENS * genie_scheduler::serve_sim::BLOCK_TOKENS
+            shared / genie_scheduler::serve_sim::BLOCK_TOKENS
+                * genie_scheduler::serve_sim::BLOCK_TOKENS
         } else {
             0
         };
@@ -385,13 +416,17 @@ impl Inputs {
                 .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))
         };
         let mut plans = BTreeMap::new();
-        for t in THRESHOLDS.into_iter().chain([Some(cfg.scheduler.min_prompt_tokens)]) {
+        for t in THRESHOLDS
+            .into_iter()
+            .chain([Some(cfg.scheduler.min_prompt_tokens)])
+        {
             plans.insert(t, plan_for(t)?);
         }
         let model = plans[&None].model.clone();
         Ok(Inputs {
             per_host: by_threads.keys().all(|&t| t > 0),
-            cores: cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            cores: cores
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             cfg,
             trace,
             slo,
@@ -494,12 +529,9 @@ impl Inputs {
             self.by_threads.values().next().expect("a profile")
         };
         let decode = self.decode_profile.as_ref().unwrap_or(prefill);
-        let link = self.link.and_then(|n| {
-            prefill
-                .link(n)
-                .or_else(|| prefill.links.first())
-                .cloned()
-        });
+        let link = self
+            .link
+            .and_then(|n| prefill.link(n).or_else(|| prefill.links.first()).cloned());
         let setup = ServeSetup {
             prefill_workers: if k.min_prompt_tokens.is_none() {
                 0
@@ -561,7 +593,13 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let screen = |k: &Knobs| inputs.evaluate_on(k, &inputs.trace[..screen_len]);
     let screen: Option<&(dyn Fn(&Knobs) -> ServeReport + Sync)> =
         (inputs.trace.len() > 2 * screen_len).then_some(&screen);
-    let tuned = tune(&space, start, &|k: &Knobs| inputs.evaluate(k), screen, threads);
+    let tuned = tune(
+        &space,
+        start,
+        &|k: &Knobs| inputs.evaluate(k),
+        screen,
+        threads,
+    );
     let took = t0.elapsed().as_secs_f64();
     let toml = tuned_toml(a.plan.config.as_deref(), &tuned.chosen.knobs)?;
     if let Some(out) = &a.out {
@@ -639,10 +677,22 @@ fn explain(t: &Tuned, trace: &[SimRequest], slo: Slo, took: f64) {
             );
         }
     }
-    println!("\nstart:     {}\n           {}", describe(&t.start.knobs), figures(&t.start));
-    println!("chosen:    {}\n           {}", describe(&t.chosen.knobs), figures(&t.chosen));
+    println!(
+        "\nstart:     {}\n           {}",
+        describe(&t.start.knobs),
+        figures(&t.start)
+    );
+    println!(
+        "chosen:    {}\n           {}",
+        describe(&t.chosen.knobs),
+        figures(&t.chosen)
+    );
     if let Some(r) = &t.runner_up {
-        println!("runner-up: {}\n           {}", describe(&r.knobs), figures(r));
+        println!(
+            "runner-up: {}\n           {}",
+            describe(&r.knobs),
+            figures(r)
+        );
     }
     let (c, s) = (&t.chosen.report, &t.start.report);
     if s.goodput_per_s > 0.0 {

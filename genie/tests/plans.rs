@@ -819,8 +819,18 @@ fn genie_plan_tune_explains_its_choice_and_writes_a_config_that_serves() {
     let workload = "poisson:rate=1.5,requests=300,prompt=32-1500,output=16-64,seed=3";
     let args = |extra: &[&str]| {
         let mut a: Vec<String> = [
-            "plan", "tune", "--profile", &p1, "--profile", &p2, "--cores", "2", "--workload",
-            workload, "--slo", "ttft=2000,itl=400",
+            "plan",
+            "tune",
+            "--profile",
+            &p1,
+            "--profile",
+            &p2,
+            "--cores",
+            "2",
+            "--workload",
+            workload,
+            "--slo",
+            "ttft=2000,itl=400",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -428,7 +428,10 @@ pub fn simulate_serving(
         seqs: vec![Seq::default(); trace.len()],
         waiting: VecDeque::new(),
         events: BinaryHeap::new(),
-        tasks: Tasks::new(setup.prefill_workers + setup.decode_workers, setup.shared_cores),
+        tasks: Tasks::new(
+            setup.prefill_workers + setup.decode_workers,
+            setup.shared_cores,
+        ),
         order: 0,
         now: 0.0,
         ttft: Vec::with_capacity(trace.len()),
@@ -498,7 +501,11 @@ impl Sim<'_> {
         let mut moved = Vec::new();
         self.tasks.reschedule(self.now, &mut moved);
         if !moved.iter().any(|&(m, _, _)| m == k) {
-            let rate = if self.tasks.shared.is_some() { self.tasks.rate } else { 1.0 };
+            let rate = if self.tasks.shared.is_some() {
+                self.tasks.rate
+            } else {
+                1.0
+            };
             self.at(self.now + ms / rate, Event::TaskDone(k, generation));
         }
         for (m, generation, end) in moved {
@@ -534,7 +541,8 @@ impl Sim<'_> {
 
     fn sync_decode_view(&mut self, w: usize) {
         let d = &self.decode[w];
-        let load = d.incoming + d.prefills.len() + d.ready.len() + d.running.len() + d.prompts.len();
+        let load =
+            d.incoming + d.prefills.len() + d.ready.len() + d.running.len() + d.prompts.len();
         let (running, free) = (d.running.len(), d.free_blocks as u64 * self.block_bytes());
         let v = &mut self.views[self.setup.prefill_workers + w];
         v.load = load;
@@ -569,7 +577,10 @@ impl Sim<'_> {
                 inputs: Vec::new(),
             };
             let disaggregate = self.setup.prefill_workers > 0
-                && self.plan.prefill_for(&facts).is_some_and(|(_, local)| !local);
+                && self
+                    .plan
+                    .prefill_for(&facts)
+                    .is_some_and(|(_, local)| !local);
             let bpt = self.setup.kv_bytes_per_token;
             let start_blocks = blocks_for(r.prompt_tokens + 1);
             let mut req = PlacementRequest::new(
@@ -796,7 +807,8 @@ impl Sim<'_> {
         if seq.disaggregated {
             self.disaggregated += 1;
         }
-        if seq.first_token_ms - r.arrival_ms <= self.slo.ttft_ms && seq.max_gap_ms <= self.slo.itl_ms
+        if seq.first_token_ms - r.arrival_ms <= self.slo.ttft_ms
+            && seq.max_gap_ms <= self.slo.itl_ms
         {
             self.slo_met += 1;
         }
@@ -913,11 +925,20 @@ mod tests {
     #[test]
     fn one_request_costs_what_the_curves_say() {
         // Colocated (threshold above the prompt): the prompt's step, then decode steps.
-        let r = simulate_serving(&plan(1000), &setup(1, 1), &costs(None), &[req(0.0, 100, 3)], LOOSE);
+        let r = simulate_serving(
+            &plan(1000),
+            &setup(1, 1),
+            &costs(None),
+            &[req(0.0, 100, 3)],
+            LOOSE,
+        );
         assert_eq!((r.completed, r.disaggregated, r.refused), (1, 0, 0));
         assert!((r.ttft_ms.p50 - 110.0).abs() < 1e-9, "{r:?}");
         // Two decode steps of one sequence, feeding tokens 101 and 102.
-        assert!((r.e2e_ms.p50 - (110.0 + 6.101 + 6.102)).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r.e2e_ms.p50 - (110.0 + 6.101 + 6.102)).abs() < 1e-9,
+            "{r:?}"
+        );
         // Disaggregated over a link: the prefill, then the last layer's share of the KV
         // (100 tokens x 1000 bytes / 10 layers at 1 GB/s plus 2 ms), then the steps.
         let link = LinkCurve {
@@ -926,7 +947,13 @@ mod tests {
             gbytes_per_s: 1.0,
             fit: FitQuality::default(),
         };
-        let r = simulate_serving(&plan(0), &setup(1, 1), &costs(Some(link)), &[req(0.0, 100, 2)], LOOSE);
+        let r = simulate_serving(
+            &plan(0),
+            &setup(1, 1),
+            &costs(Some(link)),
+            &[req(0.0, 100, 2)],
+            LOOSE,
+        );
         assert_eq!(r.disaggregated, 1);
         assert!((r.ttft_ms.p50 - 110.0).abs() < 1e-9);
         assert!((r.itl_ms.max - (2.01 + 6.101)).abs() < 1e-9, "{r:?}");
@@ -961,18 +988,27 @@ mod tests {
             itl_ms: 100.0,
         };
         let light = simulate_serving(&plan(0), &setup(1, 1), &costs(None), &trace, slo);
-        let fast: Vec<SimRequest> = trace.iter().map(|r| req(r.arrival_ms / 20.0, 64, 16)).collect();
+        let fast: Vec<SimRequest> = trace
+            .iter()
+            .map(|r| req(r.arrival_ms / 20.0, 64, 16))
+            .collect();
         let heavy = simulate_serving(&plan(0), &setup(1, 1), &costs(None), &fast, slo);
         assert_eq!(light.completed, 200);
         assert_eq!(light.slo_met, 200, "{light:?}");
-        assert!(heavy.ttft_ms.p90 > 5.0 * light.ttft_ms.p90, "{light:?} {heavy:?}");
+        assert!(
+            heavy.ttft_ms.p90 > 5.0 * light.ttft_ms.p90,
+            "{light:?} {heavy:?}"
+        );
         assert!(heavy.slo_met < light.slo_met);
         assert!(heavy.mean_decode_batch > light.mean_decode_batch);
         // A second prefill worker relieves the prefill queue.
         let wider = simulate_serving(&plan(0), &setup(2, 1), &costs(None), &fast, slo);
         assert!(wider.ttft_ms.p90 < heavy.ttft_ms.p90, "{wider:?} {heavy:?}");
         // Deterministic.
-        assert_eq!(heavy, simulate_serving(&plan(0), &setup(1, 1), &costs(None), &fast, slo));
+        assert_eq!(
+            heavy,
+            simulate_serving(&plan(0), &setup(1, 1), &costs(None), &fast, slo)
+        );
         // A full gateway queue refuses.
         let mut tight = setup(1, 1);
         tight.max_waiting = 0;

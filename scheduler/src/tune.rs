@@ -118,7 +118,12 @@ fn variants(space: &Space, k: &Knobs, knob: &str) -> Vec<Knobs> {
                 let thresholds: Vec<Option<usize>> = if split.prefill_workers == 0 {
                     vec![None]
                 } else {
-                    space.thresholds.iter().copied().filter(Option::is_some).collect()
+                    space
+                        .thresholds
+                        .iter()
+                        .copied()
+                        .filter(Option::is_some)
+                        .collect()
                 };
                 thresholds.into_iter().map(move |min_prompt_tokens| Knobs {
                     split,
@@ -327,15 +332,27 @@ mod tests {
         // TTFT breaks ties toward least-loaded.
         let eval = |k: &Knobs| {
             let mut g = 10.0;
-            g -= if k.split.prefill_workers == 1 { 0.0 } else { 3.0 };
+            g -= if k.split.prefill_workers == 1 {
+                0.0
+            } else {
+                3.0
+            };
             g -= match k.min_prompt_tokens {
                 Some(256) => 0.0,
                 Some(1024) => 1.0,
                 _ => 2.0,
             };
             g -= (k.decode_max_batch as f64 - 16.0).abs() / 16.0;
-            g -= if k.prefill_max_batch_tokens == 4096 { 0.0 } else { 0.5 };
-            let ttft = if k.routing == RoutingPolicy::LeastLoaded { 1.0 } else { 2.0 };
+            g -= if k.prefill_max_batch_tokens == 4096 {
+                0.0
+            } else {
+                0.5
+            };
+            let ttft = if k.routing == RoutingPolicy::LeastLoaded {
+                1.0
+            } else {
+                2.0
+            };
             report(g, ttft)
         };
         let start = Knobs {

@@ -113,8 +113,8 @@ fn dot_by(n: usize, a: impl Fn(usize) -> f32, b: &[f32]) -> f32 {
         i += 8;
     }
     let mut s = hsum8(std::array::from_fn(|k| acc0[k] + acc1[k]));
-    for k in i..n {
-        s += a(k) * b[k];
+    for (k, bk) in b.iter().enumerate().take(n).skip(i) {
+        s += a(k) * bk;
     }
     s
 }
