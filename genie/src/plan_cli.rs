@@ -221,14 +221,8 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         "{} requests of {} prompt + {} output tokens at {}/s through `{}` (simulated):",
         r.requests, a.prompt_tokens, a.output_tokens, a.rate, plan.policy
     );
-    let p = |x: &genie_scheduler::simulate::Percentiles| {
-        format!(
-            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            x.p50, x.p90, x.p99, x.max
-        )
-    };
-    println!("  TTFT: {}", p(&r.ttft_ms));
-    println!("  e2e:  {}", p(&r.e2e_ms));
+    println!("  TTFT: {}", r.ttft_ms);
+    println!("  e2e:  {}", r.e2e_ms);
     println!(
         "  output throughput {:.1} tok/s over {:.1} s",
         r.output_tokens_per_s,

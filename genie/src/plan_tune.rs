@@ -10,7 +10,7 @@ use genie_scheduler::cost_profile::CostProfile;
 use genie_scheduler::serve_sim::{
     simulate_serving, ServeCosts, ServeReport, ServeSetup, SimRequest, Slo,
 };
-use genie_scheduler::tune::{tune, Knobs, Scored, Space, Split, Tuned};
+use genie_scheduler::tune::{tune, Knobs, Scored, Space, Split, Tuned, THRESHOLDS};
 use genie_scheduler::{ExecutionPlan, RoutingPolicy, Transport};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -342,18 +342,6 @@ fn template_tokens(plan: &crate::plan_cli::PlanArgs, cfg: &ServeConfig) -> Resul
     Ok((overhead, count(before)?))
 }
 
-/// `min_prompt_tokens` values the search tries (`None`: colocated mode).
-const THRESHOLDS: [Option<usize>; 8] = [
-    None,
-    Some(0),
-    Some(64),
-    Some(128),
-    Some(256),
-    Some(512),
-    Some(1024),
-    Some(2048),
-];
-
 impl Inputs {
     pub(crate) fn new(
         plan: &crate::plan_cli::PlanArgs,
@@ -631,15 +619,9 @@ pub(crate) fn print_report(k: &Knobs, r: &ServeReport) {
         "  {} requests: {} completed, {} refused, {} disaggregated, over {:.1} s",
         r.requests, r.completed, r.refused, r.disaggregated, r.duration_s
     );
-    let p = |x: &genie_scheduler::simulate::Percentiles| {
-        format!(
-            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            x.p50, x.p90, x.p99, x.max
-        )
-    };
-    println!("  TTFT: {}", p(&r.ttft_ms));
-    println!("  ITL:  {}", p(&r.itl_ms));
-    println!("  e2e:  {}", p(&r.e2e_ms));
+    println!("  TTFT: {}", r.ttft_ms);
+    println!("  ITL:  {}", r.itl_ms);
+    println!("  e2e:  {}", r.e2e_ms);
     println!(
         "  goodput {:.3} req/s ({} met the SLO); mean decode batch {:.2}; busy: prefill {:.0} %, decode {:.0} %{}",
         r.goodput_per_s,

@@ -23,6 +23,18 @@ use std::sync::Mutex;
 /// Rounds of coordinate descent at most.
 pub const MAX_ROUNDS: usize = 4;
 
+/// `min_prompt_tokens` values worth trying (`None`: colocated mode).
+pub const THRESHOLDS: [Option<usize>; 8] = [
+    None,
+    Some(0),
+    Some(64),
+    Some(128),
+    Some(256),
+    Some(512),
+    Some(1024),
+    Some(2048),
+];
+
 /// Values of one knob simulated in full after screening.
 pub const SCREEN_KEEP: usize = 3;
 
@@ -310,16 +322,7 @@ mod tests {
                     threads: 1,
                 },
             ],
-            thresholds: vec![
-                None,
-                Some(0),
-                Some(64),
-                Some(128),
-                Some(256),
-                Some(512),
-                Some(1024),
-                Some(2048),
-            ],
+            thresholds: THRESHOLDS.to_vec(),
             decode_max_batch: vec![8, 16, 64],
             prefill_max_batch_tokens: vec![1024, 4096],
             routing: vec![RoutingPolicy::LeastLoaded, RoutingPolicy::RoundRobin],
