@@ -382,6 +382,8 @@ struct Sim<'a> {
     slo_met: usize,
     disaggregated: usize,
     kv_overflows: usize,
+    /// When the last request ended (finished or refused): a stale task event may pop later.
+    end_ms: f64,
 }
 
 fn blocks_for(tokens: usize) -> usize {
@@ -441,6 +443,7 @@ pub fn simulate_serving(
         slo_met: 0,
         disaggregated: 0,
         kv_overflows: 0,
+        end_ms: 0.0,
     };
     for (i, r) in trace.iter().enumerate() {
         sim.at(r.arrival_ms, Event::Arrive(i));
@@ -561,6 +564,7 @@ impl Sim<'_> {
     fn arrive(&mut self, i: usize) {
         if self.waiting.len() >= self.setup.max_waiting {
             self.refused += 1;
+            self.end_ms = self.end_ms.max(self.now);
             return;
         }
         self.waiting.push_back(i);
@@ -598,6 +602,7 @@ impl Sim<'_> {
                 Err(_) => {
                     self.waiting.pop_front();
                     self.refused += 1;
+                    self.end_ms = self.end_ms.max(self.now);
                 }
             }
         }
@@ -804,6 +809,7 @@ impl Sim<'_> {
         let seq = &self.seqs[s];
         self.decode[seq.decode].free_blocks += seq.blocks;
         self.e2e.push(self.now - r.arrival_ms);
+        self.end_ms = self.end_ms.max(self.now);
         if seq.disaggregated {
             self.disaggregated += 1;
         }
@@ -816,7 +822,7 @@ impl Sim<'_> {
 
     fn report(&self) -> ServeReport {
         let first = self.trace.first().map_or(0.0, |r| r.arrival_ms);
-        let duration_s = ((self.now - first) / 1e3).max(1e-9);
+        let duration_s = ((self.end_ms - first) / 1e3).max(1e-9);
         let busy = |v: &mut dyn Iterator<Item = f64>, n: usize| {
             v.fold(0.0, |a, b| a + b) / (n.max(1) as f64 * duration_s * 1e3)
         };
