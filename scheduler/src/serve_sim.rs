@@ -39,6 +39,7 @@ use crate::plan::ExecutionPlan;
 use crate::policy::RequestFacts;
 use crate::simulate::Percentiles;
 use genie_protocol::batching::StepLimits;
+use genie_protocol::costs::{decode_terms, prefill_terms};
 use genie_protocol::WorkerId;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -99,22 +100,15 @@ impl ServeCosts {
         }
     }
 
-    /// A decode step: the running sequences' decode cost plus its prompts' prefill cost,
-    /// sharing one fixed cost (one forward).
-    fn step_ms(&self, batch: usize, context: f64, prompts: usize, t: f64, t2: f64) -> f64 {
-        let d = &self.decode;
-        let p = &self.decode_prefill;
-        match (batch, prompts) {
-            (0, 0) => 0.0,
-            (_, 0) => d.fixed_ms + d.per_seq_ms * batch as f64 + d.per_context_ms * context,
-            (0, _) => p.fixed_ms + p.per_token_ms * t + p.per_token2_ms * t2,
-            _ => {
-                d.fixed_ms.max(p.fixed_ms)
-                    + d.per_seq_ms * batch as f64
-                    + d.per_context_ms * context
-                    + p.per_token_ms * t
-                    + p.per_token2_ms * t2
-            }
+    /// A decode step: the decode curve at its running sequences' terms plus the prefill
+    /// curve at its prompts' (`decode_terms`, `prefill_terms`), sharing one fixed cost
+    /// (one forward).
+    fn step_ms(&self, decode: Option<[f64; 3]>, prefill: Option<[f64; 3]>) -> f64 {
+        let d = decode.map(|x| self.decode.as_live().ms(x));
+        let p = prefill.map(|x| self.decode_prefill.as_live().ms(x));
+        match (d, p) {
+            (Some(d), Some(p)) => d + p - self.decode.fixed_ms.min(self.decode_prefill.fixed_ms),
+            (d, p) => d.or(p).unwrap_or(0.0),
         }
     }
 }
@@ -647,7 +641,7 @@ impl Sim<'_> {
             max_prompt_tokens: self.setup.prefill_max_batch_tokens,
         };
         let p = &mut self.prefill[w];
-        let (mut tokens, mut t2) = (0usize, 0f64);
+        let mut tokens = 0;
         while let Some(&s) = p.queue.front() {
             let n = self.trace[s].prompt_tokens;
             if !limits.takes(0, p.batch.len(), tokens, n) {
@@ -657,13 +651,12 @@ impl Sim<'_> {
             p.queued_tokens -= n;
             p.batch.push(s);
             tokens += n;
-            t2 += (n * n) as f64;
         }
         if p.batch.is_empty() {
             p.busy = false;
         } else {
-            let c = &self.costs.prefill;
-            let ms = c.fixed_ms + c.per_token_ms * tokens as f64 + c.per_token2_ms * t2;
+            let terms = prefill_terms(p.batch.iter().map(|&s| self.trace[s].prompt_tokens as f64));
+            let ms = self.costs.prefill.as_live().ms(terms);
             p.busy = true;
             self.start_task(w, ms);
         }
@@ -716,12 +709,9 @@ impl Sim<'_> {
             }
         }
         // Each running sequence's next token may open a block.
-        let mut context = 0f64;
         for &s in &d.running {
             let seq = &mut self.seqs[s];
-            let len = self.trace[s].prompt_tokens + seq.generated;
-            context += len as f64;
-            let need = blocks_for(len + 1);
+            let need = blocks_for(self.trace[s].prompt_tokens + seq.generated + 1);
             if need > seq.blocks {
                 if d.free_blocks == 0 {
                     self.kv_overflows += 1;
@@ -735,7 +725,7 @@ impl Sim<'_> {
             max_seqs: max,
             max_prompt_tokens: self.setup.decode_max_prefill_tokens,
         };
-        let (mut tokens, mut t2) = (0usize, 0f64);
+        let mut tokens = 0;
         while let Some(&s) = d.prefills.front() {
             let n = self.trace[s].prompt_tokens;
             if !limits.takes(d.running.len(), d.prompts.len(), tokens, n) {
@@ -744,15 +734,22 @@ impl Sim<'_> {
             d.prefills.pop_front();
             d.prompts.push(s);
             tokens += n;
-            t2 += (n * n) as f64;
         }
         let (batch, prompts) = (d.running.len(), d.prompts.len());
         if batch + prompts == 0 {
             d.busy = false;
         } else {
-            let ms = self
-                .costs
-                .step_ms(batch, context, prompts, tokens as f64, t2);
+            let (trace, seqs) = (self.trace, &self.seqs);
+            let running = (batch > 0).then(|| {
+                decode_terms(
+                    d.running
+                        .iter()
+                        .map(|&s| (trace[s].prompt_tokens + seqs[s].generated) as f64),
+                )
+            });
+            let prompting = (prompts > 0)
+                .then(|| prefill_terms(d.prompts.iter().map(|&s| trace[s].prompt_tokens as f64)));
+            let ms = self.costs.step_ms(running, prompting);
             d.busy = true;
             d.steps += 1;
             d.batch_sum += batch as u64;
