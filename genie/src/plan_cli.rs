@@ -99,23 +99,24 @@ pub struct PlanArgs {
     pub deployment: Deployment,
 }
 
-/// The served model's profile from its GGUF's metadata, where the config has no
-/// `[plan.model]`.
-pub(crate) fn served_profile(a: &PlanArgs) -> Result<Option<genie_scheduler::ModelProfile>> {
-    let cfg = ServeConfig::load(a.config.as_deref(), Default::default())?;
+/// The served GGUF's metadata (not its weights), where `cfg` has no `[plan.model]`.
+pub(crate) fn served_meta(
+    a: &PlanArgs,
+    cfg: &ServeConfig,
+) -> Result<Option<genie_engine::gguf::GgufMeta>> {
     if cfg.plan.model.is_some() {
         return Ok(None);
     }
     let path =
         genie_engine::fetch::resolve_model(a.model.as_deref().or(cfg.model.path.as_deref()))?;
-    // The profile needs the file's metadata only, not its weights.
     let g = genie_engine::gguf::read_meta(&path)
         .with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(crate::plan_setup::profile_of(
-        &g.config,
-        g.weights_bytes,
-        g.has_output,
-    )))
+    Ok(Some(g))
+}
+
+/// The plan's model profile of a served GGUF.
+pub(crate) fn profile_of_meta(g: &genie_engine::gguf::GgufMeta) -> genie_scheduler::ModelProfile {
+    crate::plan_setup::profile_of(&g.config, g.weights_bytes, g.has_output)
 }
 
 /// How the derived pools are linked.
@@ -128,7 +129,8 @@ pub(crate) fn transport_of(a: &PlanArgs) -> Transport {
 
 fn compile(a: &PlanArgs) -> Result<ExecutionPlan> {
     let cfg = ServeConfig::load(a.config.as_deref(), Default::default())?;
-    cfg.compile_plan(served_profile(a)?, transport_of(a))
+    let served = served_meta(a, &cfg)?.as_ref().map(profile_of_meta);
+    cfg.compile_plan(served, transport_of(a))
         .map_err(|e| anyhow::anyhow!("invalid plan: {e}"))
 }
 

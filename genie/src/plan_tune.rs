@@ -315,10 +315,9 @@ pub(crate) struct Inputs {
 
 /// What the served model's chat template adds to one user message of a trace, in tokens,
 /// and how many of those come before the message (the same for every prompt).
-fn template_tokens(plan: &crate::plan_cli::PlanArgs, cfg: &ServeConfig) -> Result<(usize, usize)> {
-    let path =
-        genie_engine::fetch::resolve_model(plan.model.as_deref().or(cfg.model.path.as_deref()))?;
-    let text = genie_engine::model_text::ModelText::open(&path)
+fn template_tokens(meta: genie_engine::gguf::GgufMeta) -> Result<(usize, usize)> {
+    let path = meta.path.clone();
+    let text = genie_engine::model_text::ModelText::from_meta(meta)
         .with_context(|| format!("reading {}", path.display()))?;
     const MARK: &str = " zebra";
     let rendered = text
@@ -361,13 +360,17 @@ impl Inputs {
             },
         };
         let mut trace = workload(workload_spec)?;
+        // The served GGUF's metadata, read once: the plan's model profile and the chat
+        // template.
+        let meta = crate::plan_cli::served_meta(plan, &cfg)?;
+        let served = meta.as_ref().map(crate::plan_cli::profile_of_meta);
         // The tokens the workers compute for each prompt: the trace's, the template's
         // around it, less the template's leading blocks a prefix cache holds after the
         // first request.
-        let (overhead, shared) = match (prompt_overhead, cfg.plan.model.is_some()) {
+        let (overhead, shared) = match (prompt_overhead, meta) {
             (Some(n), _) => (n, 0),
-            (None, true) => (0, 0),
-            (None, false) => template_tokens(plan, &cfg)?,
+            (None, None) => (0, 0),
+            (None, Some(meta)) => template_tokens(meta)?,
         };
         let cached = if cfg.decode.prefix_cache_bytes > 0 && cfg.prefill.prefix_cache_bytes > 0 {
             shared / genie_scheduler::serve_sim::BLOCK_TOKENS
@@ -387,7 +390,6 @@ impl Inputs {
             bail!("--profile: give at least one cost profile");
         }
         let decode_profile = decode_profile.map(load_profile).transpose()?;
-        let served = crate::plan_cli::served_profile(plan)?;
         let transport = crate::plan_cli::transport_of(plan);
         // One plan per threshold: the real compiler decides which prompts leave.
         let plan_for = |threshold: Option<usize>| -> Result<ExecutionPlan> {
