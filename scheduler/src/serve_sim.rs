@@ -337,7 +337,6 @@ struct DecodeWorker {
     incoming: usize,
     /// The prompts the current step prefills.
     prompts: Vec<usize>,
-    busy: bool,
     free_blocks: usize,
     busy_ms: f64,
     steps: u64,
@@ -349,7 +348,6 @@ struct PrefillWorker {
     queue: VecDeque<usize>,
     queued_tokens: usize,
     batch: Vec<usize>,
-    busy: bool,
     busy_ms: f64,
 }
 
@@ -485,6 +483,11 @@ impl Sim<'_> {
         });
     }
 
+    /// Whether worker `k` (prefill workers first, then decode workers) is computing.
+    fn computing(&self, k: usize) -> bool {
+        self.tasks.tasks[k].active
+    }
+
     /// Starts worker `k`'s task of `ms` at full speed.
     fn start_task(&mut self, k: usize, ms: f64) {
         self.tasks.advance(self.now);
@@ -618,7 +621,7 @@ impl Sim<'_> {
                 self.prefill[pw].queue.push_back(i);
                 self.prefill[pw].queued_tokens += self.trace[i].prompt_tokens;
                 self.sync_decode_view(dw);
-                if !self.prefill[pw].busy {
+                if !self.computing(pw) {
                     self.start_prefill(pw);
                 } else {
                     self.sync_prefill_view(pw);
@@ -626,7 +629,7 @@ impl Sim<'_> {
             }
             None => {
                 self.decode[dw].prefills.push_back(i);
-                if !self.decode[dw].busy {
+                if !self.computing(self.setup.prefill_workers + dw) {
                     self.start_step(dw);
                 } else {
                     self.sync_decode_view(dw);
@@ -652,12 +655,9 @@ impl Sim<'_> {
             p.batch.push(s);
             tokens += n;
         }
-        if p.batch.is_empty() {
-            p.busy = false;
-        } else {
+        if !p.batch.is_empty() {
             let terms = prefill_terms(p.batch.iter().map(|&s| self.trace[s].prompt_tokens as f64));
             let ms = self.costs.prefill.as_live().ms(terms);
-            p.busy = true;
             self.start_task(w, ms);
         }
         self.sync_prefill_view(w);
@@ -692,7 +692,7 @@ impl Sim<'_> {
         let dw = self.seqs[s].decode;
         self.decode[dw].incoming -= 1;
         self.decode[dw].ready.push_back(s);
-        if !self.decode[dw].busy {
+        if !self.computing(self.setup.prefill_workers + dw) {
             self.start_step(dw);
         } else {
             self.sync_decode_view(dw);
@@ -736,9 +736,7 @@ impl Sim<'_> {
             tokens += n;
         }
         let (batch, prompts) = (d.running.len(), d.prompts.len());
-        if batch + prompts == 0 {
-            d.busy = false;
-        } else {
+        if batch + prompts > 0 {
             let (trace, seqs) = (self.trace, &self.seqs);
             let running = (batch > 0).then(|| {
                 decode_terms(
@@ -750,7 +748,6 @@ impl Sim<'_> {
             let prompting = (prompts > 0)
                 .then(|| prefill_terms(d.prompts.iter().map(|&s| trace[s].prompt_tokens as f64)));
             let ms = self.costs.step_ms(running, prompting);
-            d.busy = true;
             d.steps += 1;
             d.batch_sum += batch as u64;
             self.start_task(self.setup.prefill_workers + w, ms);
