@@ -95,7 +95,7 @@ fn transfer_failed(seq: &NewSeq, why: &str) {
 enum StepKind {
     Decode(Vec<usize>),
     Prefill(Vec<usize>),
-    Mixed,
+    Mixed { batch: usize, prompt_tokens: usize },
     Idle,
 }
 
@@ -170,10 +170,33 @@ impl BatchLoop {
             let kind = self.step();
             self.publish();
             let ms = t0.elapsed().as_secs_f64() * 1e3;
+            // One event a step, for replaying a run against the serving simulator
+            // (`GENIE_LOG=genie_decode_worker::batch=trace`).
+            match &kind {
+                StepKind::Decode(c) => tracing::trace!(
+                    batch = c.len(),
+                    context = c.iter().sum::<usize>(),
+                    ms,
+                    "decode step"
+                ),
+                StepKind::Prefill(p) => {
+                    tracing::trace!(
+                        prompts = p.len(),
+                        tokens = p.iter().sum::<usize>(),
+                        ms,
+                        "prefill step"
+                    )
+                }
+                StepKind::Mixed {
+                    batch,
+                    prompt_tokens,
+                } => tracing::trace!(batch, prompt_tokens, ms, "mixed step"),
+                StepKind::Idle => {}
+            }
             match kind {
                 StepKind::Decode(contexts) => self.stats.costs.decode(contexts, ms),
                 StepKind::Prefill(prompts) => self.stats.costs.prefill(prompts, ms),
-                StepKind::Mixed | StepKind::Idle => {}
+                StepKind::Mixed { .. } | StepKind::Idle => {}
             }
         }
     }
@@ -496,7 +519,10 @@ impl BatchLoop {
             (false, _, _) => StepKind::Idle,
             (true, false, true) => StepKind::Decode(contexts),
             (true, true, false) => StepKind::Prefill(prompts),
-            _ => StepKind::Mixed,
+            _ => StepKind::Mixed {
+                batch: contexts.len(),
+                prompt_tokens: prompts.iter().sum(),
+            },
         };
         let mut logits = match result {
             Ok(l) => l,
