@@ -13,7 +13,13 @@
 #   TRACE: JSONL traces (default: the two this script writes, short chat and a mix with
 #   long prompts; the calibration trace is always this script's own).
 # Environment: GENIE (default target/release/genie), LOADTEST (target/release/genie-loadtest),
-# SLO_TTFT_MS (2000), SLO_ITL_MS (250), PORT (8411).
+# SLO_TTFT_MS (2000), SLO_ITL_MS (250), PORT (8411); the generated traces' arrival rates
+# CHAT_RATE (1.0 req/s), MIX_RATE (0.5), CALIBRATION_RATE (0.7) and lengths CHAT_S (90),
+# MIX_S (90) seconds, to load a slower host as much as a faster one.
+#
+# Each run sends its own prompt words (`genie-loadtest --seed`, one seed a run): with one
+# seed, request i of every run would start with the same words as request i of the run
+# before, and the server's prefix cache would serve them, which no simulated trace has.
 set -euo pipefail
 out=$1
 shift
@@ -33,7 +39,7 @@ mkdir -p "$out"
 
 if [[ ${#traces[@]} -eq 0 ]]; then
   python3 - "$out" <<'EOF'
-import json, random, sys
+import json, os, random, sys
 out = sys.argv[1]
 def trace(name, rate, seconds, prompt, seed):
     rng = random.Random(seed)
@@ -47,18 +53,21 @@ def trace(name, rate, seconds, prompt, seed):
     with open(f"{out}/{name}.jsonl", "w") as f:
         f.writelines(json.dumps(l) + "\n" for l in lines)
 # Short chat: prompts of 32-256 tokens.
-trace("chat", 1.0, 90, lambda r: r.randint(32, 256), 1)
+env = lambda k, d: float(os.environ.get(k, d))
+trace("chat", env("CHAT_RATE", 1.0), env("CHAT_S", 90), lambda r: r.randint(32, 256), 1)
 # A mix: a quarter of the prompts 800-1600 tokens.
-trace("mix", 0.5, 90, lambda r: r.randint(800, 1600) if r.random() < 0.25 else r.randint(32, 256), 2)
+trace("mix", env("MIX_RATE", 0.5), env("MIX_S", 90),
+      lambda r: r.randint(800, 1600) if r.random() < 0.25 else r.randint(32, 256), 2)
 EOF
   traces=("$out/chat.jsonl" "$out/mix.jsonl")
 fi
 python3 - "$out" <<'EOF'
-import json, random, sys
+import json, os, random, sys
 rng = random.Random(99)
+rate = float(os.environ.get("CALIBRATION_RATE", 0.7))
 t, lines = 0.0, []
 while t < 60:
-    t += rng.expovariate(0.7)
+    t += rng.expovariate(rate)
     n = rng.randint(800, 1600) if rng.random() < 0.2 else rng.randint(32, 256)
     lines.append({"arrival_s": round(t, 3), "input_tokens": n, "output_tokens": rng.randint(16, 64)})
 open(f"{sys.argv[1]}/calibration.jsonl", "w").writelines(json.dumps(l) + "\n" for l in lines)
@@ -75,14 +84,16 @@ for cfg in "${configs[@]}"; do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
     sleep 0.5
   done
+  seed=1
   "$LOADTEST" --url "http://127.0.0.1:$PORT" --trace "$out/calibration.jsonl" --ignore-eos \
-    --no-progress >"$out/$cname.calibration.md" 2>&1 || true
+    --no-progress --seed "$seed" >"$out/$cname.calibration.md" 2>&1 || true
   "$GENIE" profile --from "http://127.0.0.1:$PORT" --out "$out/$cname.live.json" \
     >"$out/$cname.live.log" 2>&1
   for trace in "${traces[@]}"; do
     tag="$(basename "$trace" .jsonl).$cname"
+    seed=$((seed + 1))
     "$LOADTEST" --url "http://127.0.0.1:$PORT" --trace "$trace" --ignore-eos "${slo[@]}" \
-      --no-progress --json "$out/$tag.real.json" >"$out/$tag.real.md" 2>&1 || true
+      --no-progress --seed "$seed" --json "$out/$tag.real.json" >"$out/$tag.real.md" 2>&1 || true
   done
   kill "$server"
   wait "$server" || true
