@@ -115,6 +115,7 @@ fn workload(spec: &str) -> Result<Vec<SimRequest>> {
                 arrival_ms: e.arrival_s * 1e3,
                 prompt_tokens: e.input_tokens as usize,
                 output_tokens: e.output_tokens as usize,
+                cached_tokens: 0,
             })
             .collect());
     };
@@ -165,6 +166,7 @@ fn workload(spec: &str) -> Result<Vec<SimRequest>> {
                 arrival_ms: t,
                 prompt_tokens: pick(prompt),
                 output_tokens: pick(output),
+                cached_tokens: 0,
             }
         })
         .collect())
@@ -364,9 +366,9 @@ impl Inputs {
         // template.
         let meta = crate::plan_cli::served_meta(plan, &cfg)?;
         let served = meta.as_ref().map(crate::plan_cli::profile_of_meta);
-        // The tokens the workers compute for each prompt: the trace's, the template's
-        // around it, less the template's leading blocks a prefix cache holds after the
-        // first request.
+        // Each prompt as the gateway counts it: the trace's tokens and the template's
+        // around them (what `min_prompt_tokens` compares); the template's leading blocks,
+        // which a prefix cache holds after the first request, are not computed.
         let (overhead, shared) = match (prompt_overhead, meta) {
             (Some(n), _) => (n, 0),
             (None, None) => (0, 0),
@@ -379,7 +381,8 @@ impl Inputs {
             0
         };
         for r in &mut trace {
-            r.prompt_tokens = (r.prompt_tokens + overhead).saturating_sub(cached).max(1);
+            r.prompt_tokens += overhead;
+            r.cached_tokens = cached.min(r.prompt_tokens.saturating_sub(1));
         }
         let mut by_threads = BTreeMap::new();
         for p in profiles {

@@ -117,8 +117,21 @@ impl ServeCosts {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SimRequest {
     pub arrival_ms: f64,
+    /// The prompt as the gateway counts it (what `min_prompt_tokens`, batching limits and
+    /// the KV see).
     pub prompt_tokens: usize,
     pub output_tokens: usize,
+    /// Leading prompt tokens a prefix cache supplies: reserved and shipped like the rest,
+    /// but not computed (prefill costs take `prompt_tokens - cached_tokens`).
+    #[serde(default)]
+    pub cached_tokens: usize,
+}
+
+impl SimRequest {
+    /// The prompt tokens a forward computes.
+    pub fn computed_tokens(&self) -> usize {
+        self.prompt_tokens.saturating_sub(self.cached_tokens).max(1)
+    }
 }
 
 /// A service level objective, as `genie-loadtest` counts goodput: a request meets it when
@@ -656,7 +669,11 @@ impl Sim<'_> {
             tokens += n;
         }
         if !p.batch.is_empty() {
-            let terms = prefill_terms(p.batch.iter().map(|&s| self.trace[s].prompt_tokens as f64));
+            let terms = prefill_terms(
+                p.batch
+                    .iter()
+                    .map(|&s| self.trace[s].computed_tokens() as f64),
+            );
             let ms = self.costs.prefill.as_live().ms(terms);
             self.start_task(w, ms);
         }
@@ -745,8 +762,9 @@ impl Sim<'_> {
                         .map(|&s| (trace[s].prompt_tokens + seqs[s].generated) as f64),
                 )
             });
-            let prompting = (prompts > 0)
-                .then(|| prefill_terms(d.prompts.iter().map(|&s| trace[s].prompt_tokens as f64)));
+            let prompting = (prompts > 0).then(|| {
+                prefill_terms(d.prompts.iter().map(|&s| trace[s].computed_tokens() as f64))
+            });
             let ms = self.costs.step_ms(running, prompting);
             d.steps += 1;
             d.batch_sum += batch as u64;
@@ -914,6 +932,7 @@ mod tests {
             arrival_ms: at,
             prompt_tokens: prompt,
             output_tokens: output,
+            cached_tokens: 0,
         }
     }
 
@@ -921,6 +940,36 @@ mod tests {
         ttft_ms: 1e9,
         itl_ms: 1e9,
     };
+
+    #[test]
+    fn the_threshold_sees_the_whole_prompt_and_prefill_costs_only_what_is_computed() {
+        // 112 tokens as the gateway counts them, 16 from a prefix cache: at a threshold of
+        // 110 the prompt is shipped (the gateway compares the whole prompt), and its
+        // forward costs 10 + 96 ms.
+        let cached = |prompt, cached| SimRequest {
+            cached_tokens: cached,
+            ..req(0.0, prompt, 1)
+        };
+        let r = simulate_serving(
+            &plan(110),
+            &setup(1, 1),
+            &costs(None),
+            &[cached(112, 16)],
+            LOOSE,
+        );
+        assert_eq!((r.completed, r.disaggregated), (1, 1), "{r:?}");
+        assert!((r.ttft_ms.p50 - 106.0).abs() < 1e-9, "{r:?}");
+        // Colocated: the decode worker's step prices the 84 computed tokens.
+        let r = simulate_serving(
+            &plan(1000),
+            &setup(1, 1),
+            &costs(None),
+            &[cached(100, 16)],
+            LOOSE,
+        );
+        assert_eq!((r.completed, r.disaggregated), (1, 0), "{r:?}");
+        assert!((r.ttft_ms.p50 - 94.0).abs() < 1e-9, "{r:?}");
+    }
 
     #[test]
     fn one_request_costs_what_the_curves_say() {
