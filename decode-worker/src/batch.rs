@@ -170,33 +170,32 @@ impl BatchLoop {
             let kind = self.step();
             self.publish();
             let ms = t0.elapsed().as_secs_f64() * 1e3;
-            // One event a step, for replaying a run against the serving simulator
+            // One trace event a step, for replaying a run against the serving simulator
             // (`GENIE_LOG=genie_decode_worker::batch=trace`).
-            match &kind {
-                StepKind::Decode(c) => tracing::trace!(
-                    batch = c.len(),
-                    context = c.iter().sum::<usize>(),
-                    ms,
-                    "decode step"
-                ),
-                StepKind::Prefill(p) => {
+            match kind {
+                StepKind::Decode(contexts) => {
                     tracing::trace!(
-                        prompts = p.len(),
-                        tokens = p.iter().sum::<usize>(),
+                        batch = contexts.len(),
+                        context = contexts.iter().sum::<usize>(),
+                        ms,
+                        "decode step"
+                    );
+                    self.stats.costs.decode(contexts, ms)
+                }
+                StepKind::Prefill(prompts) => {
+                    tracing::trace!(
+                        prompts = prompts.len(),
+                        tokens = prompts.iter().sum::<usize>(),
                         ms,
                         "prefill step"
-                    )
+                    );
+                    self.stats.costs.prefill(prompts, ms)
                 }
                 StepKind::Mixed {
                     batch,
                     prompt_tokens,
                 } => tracing::trace!(batch, prompt_tokens, ms, "mixed step"),
                 StepKind::Idle => {}
-            }
-            match kind {
-                StepKind::Decode(contexts) => self.stats.costs.decode(contexts, ms),
-                StepKind::Prefill(prompts) => self.stats.costs.prefill(prompts, ms),
-                StepKind::Mixed { .. } | StepKind::Idle => {}
             }
         }
     }

@@ -943,32 +943,26 @@ mod tests {
 
     #[test]
     fn the_threshold_sees_the_whole_prompt_and_prefill_costs_only_what_is_computed() {
-        // 112 tokens as the gateway counts them, 16 from a prefix cache: at a threshold of
-        // 110 the prompt is shipped (the gateway compares the whole prompt), and its
-        // forward costs 10 + 96 ms.
-        let cached = |prompt, cached| SimRequest {
-            cached_tokens: cached,
-            ..req(0.0, prompt, 1)
-        };
-        let r = simulate_serving(
-            &plan(110),
-            &setup(1, 1),
-            &costs(None),
-            &[cached(112, 16)],
-            LOOSE,
-        );
-        assert_eq!((r.completed, r.disaggregated), (1, 1), "{r:?}");
-        assert!((r.ttft_ms.p50 - 106.0).abs() < 1e-9, "{r:?}");
-        // Colocated: the decode worker's step prices the 84 computed tokens.
-        let r = simulate_serving(
-            &plan(1000),
-            &setup(1, 1),
-            &costs(None),
-            &[cached(100, 16)],
-            LOOSE,
-        );
-        assert_eq!((r.completed, r.disaggregated), (1, 0), "{r:?}");
-        assert!((r.ttft_ms.p50 - 94.0).abs() < 1e-9, "{r:?}");
+        // (threshold, prompt as the gateway counts it, of which from a prefix cache,
+        // shipped, TTFT): 112 tokens at a threshold of 110 are shipped (the gateway
+        // compares the whole prompt) and the forward costs 10 + 96 ms; colocated, the
+        // decode worker's step prices the 84 computed tokens of 100.
+        for (threshold, prompt, cached, shipped, ttft) in
+            [(110, 112, 16, 1, 106.0), (1000, 100, 16, 0, 94.0)]
+        {
+            let r = simulate_serving(
+                &plan(threshold),
+                &setup(1, 1),
+                &costs(None),
+                &[SimRequest {
+                    cached_tokens: cached,
+                    ..req(0.0, prompt, 1)
+                }],
+                LOOSE,
+            );
+            assert_eq!((r.completed, r.disaggregated), (1, shipped), "{r:?}");
+            assert!((r.ttft_ms.p50 - ttft).abs() < 1e-9, "{r:?}");
+        }
     }
 
     #[test]
