@@ -346,10 +346,12 @@ impl std::fmt::Display for DecodeCurve {
     }
 }
 
-/// Weighted least squares on the first `N` terms of each row, each row weighted by
-/// `1 / y²` so that relative errors count equally; coefficients that come out negative
-/// (noise where a term hardly matters) are dropped to zero and the rest refitted
-/// (`genie_protocol::costs::Normal3`, the workers' online fit's arithmetic).
+/// Weighted least squares on the first `N` terms of each row, so that relative errors
+/// count equally: first each row weighted by `1 / y²`, then, three times, by `1 / ŷ²` of
+/// the curve before (a measurement's own noise then does not set its weight, which would
+/// pull the curve under the mean time; `genie_protocol::costs` says more). Coefficients
+/// that come out negative (noise where a term hardly matters) are dropped to zero and the
+/// rest refitted (`genie_protocol::costs::Normal3`, the workers' online fit's arithmetic).
 fn fit_n<const N: usize>(
     what: &'static str,
     rows: &[([f64; 3], f64)],
@@ -366,20 +368,23 @@ fn fit_n<const N: usize>(
             why: format!("a measured time of {y} ms"),
         });
     }
-    let mut eq = genie_protocol::costs::Normal3::default();
-    for (x, y) in rows {
-        eq.add(*x, *y);
+    let predict = |c: &[f64; 3], x: &[f64; 3]| (0..3).map(|i| c[i] * x[i]).sum::<f64>();
+    let mut c: Option<[f64; 3]> = None;
+    for _ in 0..4 {
+        let mut eq = genie_protocol::costs::Normal3::default();
+        for (x, y) in rows {
+            eq.add_relative_to(*x, *y, c.map_or(*y, |c| predict(&c, x)));
+        }
+        c = Some(
+            eq.solve(std::array::from_fn(|i| i < N))
+                .ok_or_else(|| ProfileError::Fit {
+                    what,
+                    why: "the measurements do not separate the terms (vary the sizes)".into(),
+                })?,
+        );
     }
-    let c = eq
-        .solve(std::array::from_fn(|i| i < N))
-        .ok_or_else(|| ProfileError::Fit {
-            what,
-            why: "the measurements do not separate the terms (vary the sizes)".into(),
-        })?;
-    let errs: Vec<f64> = rows
-        .iter()
-        .map(|(x, y)| ((0..3).map(|i| c[i] * x[i]).sum::<f64>() - y) / y)
-        .collect();
+    let c = c.expect("fitted");
+    let errs: Vec<f64> = rows.iter().map(|(x, y)| (predict(&c, x) - y) / y).collect();
     let fit = FitQuality {
         points: rows.len(),
         rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),

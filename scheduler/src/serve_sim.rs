@@ -27,11 +27,19 @@
 //!   `max_batch_tokens`; at its end each prompt has its first token, and its KV reaches the
 //!   decode worker after the link's time for one layer's share (the other layers were
 //!   sent while the forward ran); in-process transfers take no time.
+//! - A forward's time is drawn around its curve: the curve's value times a log-normal
+//!   factor of mean 1 whose spread is the curve's fit error (`rms_rel_error`, at most
+//!   50 %), from a fixed seed, so a run is repeatable, where the fit saw at least 100
+//!   measurements (a worker's live decode curve; with fewer, the error is the fit's own). On a shared host the same step
+//!   varies by tens of percent (the prefill worker's forwards, the gateway and the
+//!   clients take the cores in turns); a token gap's median over such steps lies above a
+//!   fixed step's, and a fixed step gives no tail. A `genie profile` curve (a few
+//!   averaged shapes) or a preset runs fixed.
 //! - Not modelled: preemption when a decode worker's KV runs out (counted as
 //!   `kv_overflows` instead), prefix caching, the copying of arriving KV on the decode
 //!   thread, the HTTP and tokenizer time around a request.
 
-use crate::cost_profile::{CostProfile, DecodeCurve, LinkCurve, PrefillCurve};
+use crate::cost_profile::{CostProfile, DecodeCurve, FitQuality, LinkCurve, PrefillCurve};
 use crate::placement::{
     PlaceError, Placement, PlacementRequest, Role, RoutingPolicy, Scheduler, WorkerView,
 };
@@ -389,10 +397,53 @@ struct Sim<'a> {
     kv_overflows: usize,
     /// When the last request ended (finished or refused): a stale task event may pop later.
     end_ms: f64,
+    spread: Spread,
 }
 
 fn blocks_for(tokens: usize) -> usize {
     tokens.div_ceil(BLOCK_TOKENS)
+}
+
+/// Log-normal factors of mean 1 (module doc), from a seeded splitmix64 stream.
+struct Spread {
+    state: u64,
+}
+
+impl Spread {
+    /// The largest spread taken from a fit: beyond it the curve, not the host, is wrong.
+    const MAX: f64 = 0.5;
+
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // In (0, 1]: 53 random bits, never 0.
+        ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Measurements a fit needs before its error is taken as the host's noise: with fewer
+    /// (a `genie profile` curve fitted to a few averaged shapes, a worker's prefill curve
+    /// after a few dozen forwards), the error is mostly the fit's own misfit or learning.
+    const MIN_POINTS: usize = 100;
+
+    /// A factor of mean 1 whose relative standard deviation is the fit's rms error
+    /// (capped at [`Self::MAX`]); 1 for a fit of fewer than [`Self::MIN_POINTS`].
+    fn factor(&mut self, fit: FitQuality) -> f64 {
+        if fit.points < Self::MIN_POINTS {
+            return 1.0;
+        }
+        let cv = fit.rms_rel_error.clamp(0.0, Self::MAX);
+        if cv == 0.0 {
+            return 1.0;
+        }
+        let sigma2 = (1.0 + cv * cv).ln();
+        // Box-Muller: one standard normal from two uniforms.
+        let z = (-2.0 * self.uniform().ln()).sqrt()
+            * (2.0 * std::f64::consts::PI * self.uniform()).cos();
+        (sigma2.sqrt() * z - sigma2 / 2.0).exp()
+    }
 }
 
 /// Runs `trace` (sorted by arrival) through `setup` with `plan`'s disaggregation decision,
@@ -449,6 +500,7 @@ pub fn simulate_serving(
         disaggregated: 0,
         kv_overflows: 0,
         end_ms: 0.0,
+        spread: Spread { state: 0x5EED },
     };
     for (i, r) in trace.iter().enumerate() {
         sim.at(r.arrival_ms, Event::Arrive(i));
@@ -674,7 +726,8 @@ impl Sim<'_> {
                     .iter()
                     .map(|&s| self.trace[s].computed_tokens() as f64),
             );
-            let ms = self.costs.prefill.as_live().ms(terms);
+            let ms =
+                self.costs.prefill.as_live().ms(terms) * self.spread.factor(self.costs.prefill.fit);
             self.start_task(w, ms);
         }
         self.sync_prefill_view(w);
@@ -765,7 +818,12 @@ impl Sim<'_> {
             let prompting = (prompts > 0).then(|| {
                 prefill_terms(d.prompts.iter().map(|&s| trace[s].computed_tokens() as f64))
             });
-            let ms = self.costs.step_ms(running, prompting);
+            let fit = if batch > 0 {
+                self.costs.decode.fit
+            } else {
+                self.costs.decode_prefill.fit
+            };
+            let ms = self.costs.step_ms(running, prompting) * self.spread.factor(fit);
             d.steps += 1;
             d.batch_sum += batch as u64;
             self.start_task(self.setup.prefill_workers + w, ms);
@@ -870,7 +928,6 @@ impl Sim<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cost_profile::FitQuality;
     use crate::patterns::llm;
     use crate::{compile, Inventory, ModelProfile, ResourcePolicy};
 
@@ -1092,6 +1149,49 @@ mod tests {
         s.shared_cores = Some((2, 1));
         let r = simulate_serving(&plan(0), &s, &costs(None), &trace, LOOSE);
         assert!((r.ttft_ms.max - 110.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn a_fits_error_spreads_forwards_around_the_curve_with_mean_one() {
+        let mut spread = Spread { state: 7 };
+        let fit = |points, rms_rel_error| FitQuality {
+            points,
+            rms_rel_error,
+            max_rel_error: 0.0,
+        };
+        for rms in [0.1, 0.25, 0.5, 0.9] {
+            let f: Vec<f64> = (0..200_000)
+                .map(|_| spread.factor(fit(1000, rms)))
+                .collect();
+            let mean = f.iter().sum::<f64>() / f.len() as f64;
+            let sd = (f.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / f.len() as f64).sqrt();
+            assert!((mean - 1.0).abs() < 0.01, "rms {rms}: mean {mean}");
+            let want = rms.min(Spread::MAX);
+            assert!((sd / want - 1.0).abs() < 0.05, "rms {rms}: sd {sd}");
+            assert!(f.iter().all(|x| x.is_finite() && *x > 0.0));
+        }
+        assert_eq!(spread.factor(fit(1000, 0.0)), 1.0);
+        // Too few measurements for the error to be the host's: the curve runs fixed.
+        assert_eq!(spread.factor(fit(99, 0.3)), 1.0);
+        // A noisy curve: the same run twice gives the same report, and a spread one.
+        let mut c = costs(None);
+        c.decode.fit = fit(1000, 0.3);
+        let trace: Vec<SimRequest> = (0..20).map(|i| req(i as f64 * 50.0, 100, 40)).collect();
+        let run = || {
+            simulate_serving(
+                &plan(0),
+                &setup(1, 1),
+                &c,
+                &trace,
+                Slo {
+                    ttft_ms: 1e9,
+                    itl_ms: 1e9,
+                },
+            )
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a, b);
+        assert!(a.itl_ms.p99 > 1.3 * a.itl_ms.p50, "{:?}", a.itl_ms);
     }
 
     #[test]
