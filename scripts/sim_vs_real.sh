@@ -13,7 +13,9 @@
 #   TRACE: JSONL traces (default: the two this script writes, short chat and a mix with
 #   long prompts; the calibration trace is always this script's own).
 # Environment: GENIE (default target/release/genie), LOADTEST (target/release/genie-loadtest),
-# SLO_TTFT_MS (2000), SLO_ITL_MS (250), PORT (8411); the generated traces' arrival rates
+# SLO_TTFT_MS (2000), SLO_ITL_MS (250), PORT (8411), ROUNDS (1: with more, every config
+# serves every trace once a round, rounds in turn, each with its own seeds and calibration,
+# and a last table gives each cell's median ratio over the rounds); the generated traces' arrival rates
 # CHAT_RATE (1.0 req/s), MIX_RATE (0.5), CALIBRATION_RATE (0.7) and lengths CHAT_S (90),
 # MIX_S (90) seconds, to load a slower host as much as a faster one.
 #
@@ -35,6 +37,8 @@ LOADTEST=${LOADTEST:-target/release/genie-loadtest}
 SLO_TTFT_MS=${SLO_TTFT_MS:-2000}
 SLO_ITL_MS=${SLO_ITL_MS:-250}
 PORT=${PORT:-8411}
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2; exit 2; }
 mkdir -p "$out"
 
 if [[ ${#traces[@]} -eq 0 ]]; then
@@ -76,15 +80,19 @@ EOF
 prof_args=()
 for p in "${profiles[@]}"; do prof_args+=(--profile "$p"); done
 slo=(--slo-ttft-ms "$SLO_TTFT_MS" --slo-itl-ms "$SLO_ITL_MS")
+for round in $(seq 1 "$ROUNDS"); do
+# One round keeps the plain file names; with more, each round's files end in .rN.
+r=""
+[[ $ROUNDS -gt 1 ]] && r=".r$round"
 for cfg in "${configs[@]}"; do
-  cname=$(basename "$cfg" .toml)
+  cname=$(basename "$cfg" .toml)$r
   "$GENIE" serve --config "$cfg" --port "$PORT" >"$out/$cname.serve.log" 2>&1 &
   server=$!
   for _ in $(seq 1 120); do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
     sleep 0.5
   done
-  seed=1
+  seed=$((1 + 100 * (round - 1)))
   "$LOADTEST" --url "http://127.0.0.1:$PORT" --trace "$out/calibration.jsonl" --ignore-eos \
     --no-progress --seed "$seed" >"$out/$cname.calibration.md" 2>&1 || true
   "$GENIE" profile --from "http://127.0.0.1:$PORT" --out "$out/$cname.live.json" \
@@ -105,6 +113,7 @@ for cfg in "${configs[@]}"; do
         --slo "ttft=$SLO_TTFT_MS,itl=$SLO_ITL_MS" --json >"$out/$tag.sim-$kind.json"
     done
   done
+done
 done
 
 python3 - "$out" <<'EOF'
@@ -133,4 +142,30 @@ for real in sorted(glob.glob(f"{out}/*.real.json")):
         print(f"| {trace} | {cfg} | {kind} | " + " | ".join(row) + " |")
 print("\n(simulated / measured (ratio); measured by genie-loadtest, simulated by genie plan simulate")
 print("with the offline profiles (genie profile) or the config's live profile from its calibration run)")
+
+# With rounds (files tagged .rN): each cell's median ratio over them, and their range.
+ratios = {}
+for real in glob.glob(f"{out}/*.r[0-9]*.real.json"):
+    tag = os.path.basename(real)[: -len(".real.json")]
+    trace, cfg = tag.split(".", 1)
+    cfg = cfg.rsplit(".r", 1)[0]
+    r = json.load(open(real))["summary"]
+    good = (r.get("goodput") or {}).get("requests_per_s")
+    for kind in ("offline", "live"):
+        s = json.load(open(f"{out}/{tag}.sim-{kind}.json"))
+        pairs = [(s["ttft_ms"]["p50"], r["ttft"]["p50_ms"]), (s["ttft_ms"]["p90"], r["ttft"]["p90_ms"]),
+                 (s["itl_ms"]["p50"], r["itl"]["p50_ms"]), (s["itl_ms"]["p99"], r["itl"]["p99_ms"]),
+                 (s["goodput_per_s"], good)]
+        ratios.setdefault((trace, cfg, kind), []).append([p / m if m else None for p, m in pairs])
+if ratios:
+    import statistics
+    print("\n| trace | config | profile | rounds | TTFT p50 | TTFT p90 | ITL p50 | ITL p99 | goodput |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (trace, cfg, kind), rows in sorted(ratios.items()):
+        cells = []
+        for i in range(5):
+            v = [row[i] for row in rows if row[i] is not None]
+            cells.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" if v else "-")
+        print(f"| {trace} | {cfg} | {kind} | {len(rows)} | " + " | ".join(cells) + " |")
+    print("\n(simulated / measured: the median over the rounds, and the range)")
 EOF
