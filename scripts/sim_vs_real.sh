@@ -117,55 +117,49 @@ done
 done
 
 python3 - "$out" <<'EOF'
-import glob, json, os, sys
+import glob, json, os, re, sys
 out = sys.argv[1]
 print("| trace | config | profile | TTFT p50 | TTFT p90 | ITL p50 | ITL p99 | goodput req/s |")
 print("|---|---|---|---|---|---|---|---|")
+def cells(s, r):
+    """(format, simulated, measured) of each column, from a simulation and a real run."""
+    return [
+        ("%.0f", s["ttft_ms"]["p50"], r["ttft"]["p50_ms"]),
+        ("%.0f", s["ttft_ms"]["p90"], r["ttft"]["p90_ms"]),
+        ("%.1f", s["itl_ms"]["p50"], r["itl"]["p50_ms"]),
+        ("%.1f", s["itl_ms"]["p99"], r["itl"]["p99_ms"]),
+        ("%.3f", s["goodput_per_s"], (r.get("goodput") or {}).get("requests_per_s")),
+    ]
+ratios = {}
 for real in sorted(glob.glob(f"{out}/*.real.json")):
     tag = os.path.basename(real)[: -len(".real.json")]
     r = json.load(open(real))["summary"]
-    good = (r.get("goodput") or {}).get("requests_per_s")
     for kind in ("offline", "live"):
         s = json.load(open(f"{out}/{tag}.sim-{kind}.json"))
-        cells = [
-            ("%.0f", s["ttft_ms"]["p50"], r["ttft"]["p50_ms"]),
-            ("%.0f", s["ttft_ms"]["p90"], r["ttft"]["p90_ms"]),
-            ("%.1f", s["itl_ms"]["p50"], r["itl"]["p50_ms"]),
-            ("%.1f", s["itl_ms"]["p99"], r["itl"]["p99_ms"]),
-            ("%.3f", s["goodput_per_s"], good),
-        ]
         row = []
-        for f, p, m in cells:
+        for f, p, m in cells(s, r):
             ratio = f" ({p / m:.2f})" if m else ""
             row.append(f"{f % p} / {f % m if m is not None else '-'}{ratio}")
         trace, cfg = tag.split(".", 1)
         print(f"| {trace} | {cfg} | {kind} | " + " | ".join(row) + " |")
+        # With rounds (files tagged .rN), each cell's ratios gathered over them.
+        tagged = re.fullmatch(r"(.*)\.r\d+", cfg)
+        if tagged:
+            ratios.setdefault((trace, tagged.group(1), kind), []).append(
+                [p / m if m else None for _, p, m in cells(s, r)])
 print("\n(simulated / measured (ratio); measured by genie-loadtest, simulated by genie plan simulate")
 print("with the offline profiles (genie profile) or the config's live profile from its calibration run)")
 
-# With rounds (files tagged .rN): each cell's median ratio over them, and their range.
-ratios = {}
-for real in glob.glob(f"{out}/*.r[0-9]*.real.json"):
-    tag = os.path.basename(real)[: -len(".real.json")]
-    trace, cfg = tag.split(".", 1)
-    cfg = cfg.rsplit(".r", 1)[0]
-    r = json.load(open(real))["summary"]
-    good = (r.get("goodput") or {}).get("requests_per_s")
-    for kind in ("offline", "live"):
-        s = json.load(open(f"{out}/{tag}.sim-{kind}.json"))
-        pairs = [(s["ttft_ms"]["p50"], r["ttft"]["p50_ms"]), (s["ttft_ms"]["p90"], r["ttft"]["p90_ms"]),
-                 (s["itl_ms"]["p50"], r["itl"]["p50_ms"]), (s["itl_ms"]["p99"], r["itl"]["p99_ms"]),
-                 (s["goodput_per_s"], good)]
-        ratios.setdefault((trace, cfg, kind), []).append([p / m if m else None for p, m in pairs])
+# With rounds: each cell's median ratio over them, and their range.
 if ratios:
     import statistics
     print("\n| trace | config | profile | rounds | TTFT p50 | TTFT p90 | ITL p50 | ITL p99 | goodput |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (trace, cfg, kind), rows in sorted(ratios.items()):
-        cells = []
+        cols = []
         for i in range(5):
             v = [row[i] for row in rows if row[i] is not None]
-            cells.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" if v else "-")
-        print(f"| {trace} | {cfg} | {kind} | {len(rows)} | " + " | ".join(cells) + " |")
+            cols.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" if v else "-")
+        print(f"| {trace} | {cfg} | {kind} | {len(rows)} | " + " | ".join(cols) + " |")
     print("\n(simulated / measured: the median over the rounds, and the range)")
 EOF

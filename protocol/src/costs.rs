@@ -8,7 +8,7 @@
 //!
 //! A relative error is taken against the curve's own prediction, not against the
 //! measurement: a weight of `1 / measured²` favours the fast measurements, so on a noisy
-//! host the curve falls below the mean time (6–11 % below on the decode steps of a
+//! host the curve falls below the mean time (5–10 % below on the decode steps of a
 //! 2-core host serving under load, BENCHMARKS.md), and times add up to queues.
 
 use serde::{Deserialize, Serialize};
@@ -40,9 +40,14 @@ pub struct LiveCurve {
     pub rms_rel_error: f64,
 }
 
+/// A curve's time at terms `x`: `coef · x`.
+pub fn curve_ms(coef: [f64; 3], x: [f64; 3]) -> f64 {
+    (0..3).map(|i| coef[i] * x[i]).sum()
+}
+
 impl LiveCurve {
     pub fn ms(&self, x: [f64; 3]) -> f64 {
-        (0..3).map(|i| self.coef[i] * x[i]).sum()
+        curve_ms(self.coef, x)
     }
 }
 
@@ -187,7 +192,7 @@ impl OnlineFit {
         if !(ms.is_finite() && ms > 0.0) {
             return;
         }
-        let pred = self.curve.map(|c| (0..3).map(|i| c[i] * x[i]).sum::<f64>());
+        let pred = self.curve.map(|c| curve_ms(c, x));
         if let Some(pred) = pred {
             let e = (pred - ms) / ms;
             self.err2 = self.err2 * self.keep + e * e;
@@ -306,7 +311,7 @@ mod tests {
             let r = new.ms(x) / truth(x);
             assert!((r - 1.0).abs() < 0.02, "{b} {c}: {r} {new:?}");
             // Weighted by each measurement instead, the curve sits 12 % under the mean.
-            let r_old = (0..3).map(|i| old[i] * x[i]).sum::<f64>() / truth(x);
+            let r_old = curve_ms(old, x) / truth(x);
             assert!(r_old < 0.9, "{b} {c}: {r_old}");
         }
     }

@@ -15,7 +15,7 @@
 //! The file format is versioned ([`CostProfile::VERSION`]); a reader refuses another
 //! version with a message naming both.
 
-use genie_protocol::costs::{decode_terms, prefill_terms, LiveCurve};
+use genie_protocol::costs::{curve_ms, decode_terms, prefill_terms, LiveCurve};
 use serde::{Deserialize, Serialize};
 
 /// A model's costs on one kind of hardware.
@@ -368,12 +368,11 @@ fn fit_n<const N: usize>(
             why: format!("a measured time of {y} ms"),
         });
     }
-    let predict = |c: &[f64; 3], x: &[f64; 3]| (0..3).map(|i| c[i] * x[i]).sum::<f64>();
     let mut c: Option<[f64; 3]> = None;
     for _ in 0..4 {
         let mut eq = genie_protocol::costs::Normal3::default();
         for (x, y) in rows {
-            eq.add_relative_to(*x, *y, c.map_or(*y, |c| predict(&c, x)));
+            eq.add_relative_to(*x, *y, c.map_or(*y, |c| curve_ms(c, *x)));
         }
         c = Some(
             eq.solve(std::array::from_fn(|i| i < N))
@@ -384,7 +383,10 @@ fn fit_n<const N: usize>(
         );
     }
     let c = c.expect("fitted");
-    let errs: Vec<f64> = rows.iter().map(|(x, y)| (predict(&c, x) - y) / y).collect();
+    let errs: Vec<f64> = rows
+        .iter()
+        .map(|(x, y)| (curve_ms(c, *x) - y) / y)
+        .collect();
     let fit = FitQuality {
         points: rows.len(),
         rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),

@@ -30,11 +30,11 @@
 //! - A forward's time is drawn around its curve: the curve's value times a log-normal
 //!   factor of mean 1 whose spread is the curve's fit error (`rms_rel_error`, at most
 //!   50 %), from a fixed seed, so a run is repeatable, where the fit saw at least 100
-//!   measurements (a worker's live decode curve; with fewer, the error is the fit's own). On a shared host the same step
-//!   varies by tens of percent (the prefill worker's forwards, the gateway and the
-//!   clients take the cores in turns); a token gap's median over such steps lies above a
-//!   fixed step's, and a fixed step gives no tail. A `genie profile` curve (a few
-//!   averaged shapes) or a preset runs fixed.
+//!   measurements (a worker's live decode curve; with fewer, the error is the fit's
+//!   own). On a shared host the same step varies by tens of percent (the prefill
+//!   worker's forwards, the gateway and the clients take the cores in turns); a token
+//!   gap's median over such steps lies above a fixed step's, and a fixed step gives no
+//!   tail. A `genie profile` curve (a few averaged shapes) or a preset runs fixed.
 //! - Not modelled: preemption when a decode worker's KV runs out (counted as
 //!   `kv_overflows` instead), prefix caching, the copying of arriving KV on the decode
 //!   thread, the HTTP and tokenizer time around a request.
