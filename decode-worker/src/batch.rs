@@ -61,6 +61,9 @@ pub(crate) struct BatchLoop {
     prefix: Option<SharedPrefix>,
     /// Where the prefix cache's stored and evicted blocks are reported.
     kv_events: KvEventLog,
+    /// Sequences (and their colocated prompt tokens) taken from the queue since the last
+    /// publish: admission counted them as pending, the published figures count them now.
+    taken: (usize, usize),
 }
 
 /// The token after `logits` for a sequence, by the workers' shared rule.
@@ -123,6 +126,7 @@ impl BatchLoop {
             worker_label,
             prefix,
             kv_events,
+            taken: (0, 0),
         }
     }
 
@@ -216,6 +220,7 @@ impl BatchLoop {
         };
         match input {
             DecodeInput::Expect { transfer, seq } => {
+                self.taken.0 += 1;
                 self.incoming.insert(
                     transfer,
                     Incoming {
@@ -225,7 +230,11 @@ impl BatchLoop {
                     },
                 );
             }
-            DecodeInput::Prefill { seq } => self.prefills.push_back(Pending { seq, generated: 0 }),
+            DecodeInput::Prefill { seq } => {
+                self.taken.0 += 1;
+                self.taken.1 += seq.tokens.len();
+                self.prefills.push_back(Pending { seq, generated: 0 })
+            }
             DecodeInput::Kv(m) => self.on_kv(m),
         }
         true
@@ -590,12 +599,20 @@ impl BatchLoop {
         kind
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         if let Some(pc) = self.prefix.as_ref() {
             self.kv_events.sync(&mut lock(pc));
         }
         let s = &self.stats;
         s.load.store(self.count(), Ordering::Relaxed);
+        // Prompts still to prefill (a step's own prompts left the queue when it began and
+        // stayed counted, in the figure published before it, until it ended).
+        let queued: usize = self.prefills.iter().map(|p| p.seq.tokens.len()).sum();
+        s.queued_tokens.store(queued, Ordering::Relaxed);
+        // Counted above now: off the pending counts (briefly counted twice, never missed).
+        let (seqs, tokens) = std::mem::take(&mut self.taken);
+        s.pending.fetch_sub(seqs, Ordering::Relaxed);
+        s.pending_tokens.fetch_sub(tokens, Ordering::Relaxed);
         s.running.store(self.running.len(), Ordering::Relaxed);
         let w = self.worker_label.clone();
         metrics::gauge!("genie_num_requests_running", "worker" => w.clone())

@@ -102,8 +102,17 @@ pub(crate) enum DecodeInput {
 /// Live counters the gateway reads for placement and metrics.
 #[derive(Debug, Default)]
 pub struct DecodeStats {
-    /// Sequences expected, queued or running here.
+    /// Sequences expected, queued or running in the batch loop, as it last published
+    /// (after each step).
     pub load: AtomicUsize,
+    /// Colocated prompt tokens queued in the batch loop or in its current step, as it last
+    /// published.
+    pub queued_tokens: AtomicUsize,
+    /// Sequences admitted that the loop had not taken in by its last publish, and their
+    /// colocated prompt tokens: counted at admission, so that placement sees a sequence
+    /// from the moment it is admitted, not only after the step running then ends.
+    pub pending: AtomicUsize,
+    pub pending_tokens: AtomicUsize,
     /// Sequences in the running batch.
     pub running: AtomicUsize,
     /// Preempted sequences waiting to be recomputed: while any waits, admission refuses
@@ -117,8 +126,13 @@ pub struct DecodeStats {
 }
 
 impl DecodeStats {
+    /// Sequences admitted here and not yet ended (what `status` reports as `load`).
     pub fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
+        self.load.load(Ordering::Relaxed) + self.pending.load(Ordering::Relaxed)
+    }
+    /// Colocated prompt tokens admitted here and not yet prefilled.
+    pub fn queued_tokens(&self) -> usize {
+        self.queued_tokens.load(Ordering::Relaxed) + self.pending_tokens.load(Ordering::Relaxed)
     }
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)

@@ -15,6 +15,7 @@ use genie_protocol::worker::WorkerStatus;
 use genie_worker_core::admit::check_lengths;
 use genie_worker_core::thread::Inbox;
 use genie_worker_core::{AdmitError, EventSender, KvEventLog, WorkerThread};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// A decode worker: its input queue, its KV budget and its compute thread.
@@ -157,7 +158,18 @@ impl DecodeWorker {
                 self.config.transfer_timeout,
             );
         }
+        // Counted before it is queued, so that no status read between the two misses it
+        // (the loop takes it over at its next publish).
+        let queued = if expected.is_none() { prompt_tokens } else { 0 };
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .pending_tokens
+            .fetch_add(queued, Ordering::Relaxed);
         self.thread.try_send(input).map_err(|(e, _)| {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            self.stats
+                .pending_tokens
+                .fetch_sub(queued, Ordering::Relaxed);
             if let (Some(r), Some(t)) = (&self.registry, expected) {
                 r.forget(t);
             }
@@ -209,7 +221,7 @@ impl DecodeWorker {
     pub fn status(&self) -> WorkerStatus {
         WorkerStatus {
             load: self.stats.load() as u64,
-            queued_tokens: 0,
+            queued_tokens: self.stats.queued_tokens() as u64,
             running: self.stats.running() as u64,
             kv_capacity_bytes: self.budget.capacity_bytes() as u64,
             kv_free_bytes: self.budget.free_bytes() as u64,

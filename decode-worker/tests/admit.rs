@@ -191,3 +191,40 @@ fn an_expected_transfer_is_registered_before_admission_returns_and_bad_input_is_
     let e = w.admit(seq(KvSource::Prompt(vec![1]), 0), tx).unwrap_err();
     assert!(matches!(e, AdmitError::Invalid(_)), "{e}");
 }
+
+#[test]
+fn a_sequence_counts_in_the_status_from_its_admission_until_it_ends() {
+    let (w, freed) = worker(4000, Some(TransferRegistry::new()));
+    // A long colocated prompt: the worker's loop is busy prefilling it (hundreds of ms).
+    let (tx, rx_a) = event_channel(8);
+    w.admit(seq(KvSource::Prompt(vec![1; 400]), 8), tx).unwrap();
+    // Admitted while that step runs: a second prompt (too long to join the first's step
+    // under `max_prefill_tokens` 512) and a sequence expecting its KV. Placement must see
+    // both at once, not only after the running step ends.
+    let (tx, rx_b) = event_channel(8);
+    w.admit(seq(KvSource::Prompt(vec![2; 300]), 8), tx).unwrap();
+    let transfer = KvSource::Transfer {
+        transfer: TransferId(9),
+        prompt: vec![3; 20],
+    };
+    let (tx, rx_c) = event_channel(8);
+    w.admit(seq(transfer, 8), tx).unwrap();
+    let s = w.status();
+    assert_eq!(s.load, 3, "{s:?}");
+    // The second prompt is queued until its own step ends (the first's may be counted
+    // too, until its step ends).
+    assert!(s.queued_tokens == 300 || s.queued_tokens == 700, "{s:?}");
+    // Every count goes back to nothing: the prompts run to their ends, the transfer that
+    // never comes is dropped with its client.
+    for rx in [rx_a, rx_b] {
+        let events = tokens_of(rx);
+        assert_eq!(events.len(), 8);
+    }
+    drop(rx_c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while w.status().load != 0 && std::time::Instant::now() < deadline {
+        let _ = freed.recv_timeout(Duration::from_millis(100));
+    }
+    let s = w.status();
+    assert_eq!((s.load, s.queued_tokens), (0, 0), "{s:?}");
+}

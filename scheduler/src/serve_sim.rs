@@ -609,8 +609,17 @@ impl Sim<'_> {
         let load =
             d.incoming + d.prefills.len() + d.ready.len() + d.running.len() + d.prompts.len();
         let (running, free) = (d.running.len(), d.free_blocks as u64 * self.block_bytes());
+        // Colocated prompts queued or in the step running, whole, as the worker reports
+        // them.
+        let queued: usize = d
+            .prefills
+            .iter()
+            .chain(&d.prompts)
+            .map(|&s| self.trace[s].prompt_tokens)
+            .sum();
         let v = &mut self.views[self.setup.prefill_workers + w];
         v.load = load;
+        v.queued_tokens = queued;
         v.running = running;
         v.kv_free_bytes = free;
     }
@@ -1019,6 +1028,29 @@ mod tests {
             );
             assert_eq!((r.completed, r.disaggregated), (1, shipped), "{r:?}");
             assert!((r.ttft_ms.p50 - ttft).abs() < 1e-9, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn routing_sees_the_prompts_a_decode_worker_has_queued() {
+        // Two colocated decode workers. A's 2000-token prompt (2010 ms) goes to the first,
+        // B's short one to the second (the first has a sequence). At 100 ms each holds one
+        // sequence, but the first is still computing A's prompt: C goes to the second and
+        // joins B's next step instead of waiting two seconds behind A.
+        for routing in [RoutingPolicy::KvAware, RoutingPolicy::LeastLoaded] {
+            let mut s = setup(0, 2);
+            s.routing = routing;
+            let r = simulate_serving(
+                &plan(100_000),
+                &s,
+                &costs(None),
+                &[req(0.0, 2000, 2), req(1.0, 16, 200), req(100.0, 16, 2)],
+                LOOSE,
+            );
+            assert_eq!(r.completed, 3);
+            assert!(r.ttft_ms.max > 2000.0, "{routing:?}: {r:?}");
+            // TTFTs: A 2010 ms, B 26 ms, C a step of B's and its own prompt.
+            assert!(r.ttft_ms.p50 < 100.0, "{routing:?}: {r:?}");
         }
     }
 
