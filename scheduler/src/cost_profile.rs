@@ -7,9 +7,13 @@
 //! - Prefill forward: `ms = fixed + per_token · T + per_token2 · Σ nᵢ²`, where `T` is the
 //!   batch's prompt tokens and `nᵢ` each sequence's (attention grows with the square of a
 //!   sequence's length; the matrices with the batch's tokens).
-//! - Decode step: `ms = fixed + per_seq · B + per_context · Σ cᵢ`, where `B` is the batch
-//!   and `cᵢ` each sequence's context (the matrices stream the weights once a step; each
-//!   sequence adds its own matrix-vector work and reads its KV).
+//! - Decode step: `ms = fixed + per_seq · B + per_context · Σ cᵢ (+ multi_seq when B ≥ 2)`,
+//!   where `B` is the batch and `cᵢ` each sequence's context (the matrices stream the
+//!   weights once a step; each sequence adds its own matrix-vector work and reads its KV).
+//!   The engine multiplies one token by the weights' rows and two or more by strips laid
+//!   out for batches, so a step of two sequences costs more than a straight line from
+//!   one to sixteen says: `multi_seq` is that step up (fitted where a profile measured
+//!   both; 0 for presets and workers' live curves).
 //! - KV link: `ms = latency + bytes / bandwidth`.
 //!
 //! The file format is versioned ([`CostProfile::VERSION`]); a reader refuses another
@@ -56,7 +60,14 @@ pub struct DecodeCurve {
     pub fixed_ms: f64,
     pub per_seq_ms: f64,
     pub per_context_ms: f64,
+    /// Added to steps of two or more sequences (the batched kernels' step up).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub multi_seq_ms: f64,
     pub fit: FitQuality,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// One KV transfer link's time for a transfer of `bytes`.
@@ -177,6 +188,7 @@ impl CostProfile {
                 fixed_ms: weights / (gbps * 1e9) * 1e3,
                 per_seq_ms: ms(flops),
                 per_context_ms: kv_bytes_token / (gbps * 1e9) * 1e3,
+                multi_seq_ms: 0.0,
                 fit: FitQuality::default(),
             },
             links: vec![LinkCurve {
@@ -232,17 +244,57 @@ impl PrefillCurve {
 impl DecodeCurve {
     /// Predicted ms of one decode step of sequences with `contexts` tokens of context.
     pub fn ms(&self, contexts: &[usize]) -> f64 {
-        self.as_live()
-            .ms(decode_terms(contexts.iter().map(|&n| n as f64)))
+        self.step_ms(decode_terms(contexts.iter().map(|&n| n as f64)))
     }
 
+    /// Predicted ms of a decode step with terms `x` ([`decode_terms`]).
+    pub fn step_ms(&self, x: [f64; 3]) -> f64 {
+        let multi = if x[1] >= 2.0 { self.multi_seq_ms } else { 0.0 };
+        self.as_live().ms(x) + multi
+    }
+
+    /// The least-squares curve through `points` (relative errors weighted equally). Where
+    /// there are steps of one sequence and at least three of two or more, the line is
+    /// fitted to the latter and the one-sequence steps set the fixed cost under it (the
+    /// step up is `multi_seq_ms`); else one line through all.
     pub fn fit(points: &[DecodePoint]) -> Result<Self, ProfileError> {
         let rows: Vec<([f64; 3], f64)> = points
             .iter()
             .map(|p| (decode_terms(p.contexts.iter().map(|&n| n as f64)), p.ms))
             .collect();
-        let (c, fit) = fit_n::<3>("decode", &rows)?;
-        Ok(Self::with(c, fit))
+        let (single, multi): (Vec<_>, Vec<_>) = rows.iter().partition(|(x, _)| x[1] < 2.0);
+        if single.is_empty() || multi.len() < 3 {
+            let (c, fit) = fit_n::<3>("decode", &rows)?;
+            return Ok(Self::with(c, fit));
+        }
+        let (c, _) = fit_n::<3>("decode", &multi)?;
+        // The fixed cost of one-sequence steps given the batched line's slopes: the
+        // weighted mean (relative errors) of what each leaves over the slopes.
+        let (mut num, mut den) = (0.0, 0.0);
+        for (x, y) in &single {
+            let rest = y - c[1] * x[1] - c[2] * x[2];
+            num += rest / (y * y);
+            den += 1.0 / (y * y);
+        }
+        let fixed = num / den;
+        if fixed > c[0] {
+            // No step up (one sequence costs more than the line says): a term the
+            // measurements contradict is dropped, as `fit_n` drops negative ones.
+            let (c, fit) = fit_n::<3>("decode", &rows)?;
+            return Ok(Self::with(c, fit));
+        }
+        let mut curve = Self::with([fixed, c[1], c[2]], FitQuality::default());
+        curve.multi_seq_ms = c[0] - fixed;
+        let errs: Vec<f64> = rows
+            .iter()
+            .map(|(x, y)| (curve.step_ms(*x) - y) / y)
+            .collect();
+        curve.fit = FitQuality {
+            points: rows.len(),
+            rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),
+            max_rel_error: errs.iter().fold(0.0f64, |m, e| m.max(e.abs())),
+        };
+        Ok(curve)
     }
 
     fn with([fixed_ms, per_seq_ms, per_context_ms]: [f64; 3], fit: FitQuality) -> Self {
@@ -250,10 +302,13 @@ impl DecodeCurve {
             fixed_ms,
             per_seq_ms,
             per_context_ms,
+            multi_seq_ms: 0.0,
             fit,
         }
     }
 
+    /// The curve in the form workers report theirs (without `multi_seq_ms`, which live
+    /// curves do not have).
     pub fn as_live(&self) -> LiveCurve {
         live(
             [self.fixed_ms, self.per_seq_ms, self.per_context_ms],
@@ -340,9 +395,13 @@ impl std::fmt::Display for DecodeCurve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context ({})",
-            self.fixed_ms, self.per_seq_ms, self.per_context_ms, self.fit
-        )
+            "decode step ms = {:.3} + {:.4} x batch + {:.3e} x total context",
+            self.fixed_ms, self.per_seq_ms, self.per_context_ms
+        )?;
+        if self.multi_seq_ms != 0.0 {
+            write!(f, " + {:.3} with two or more sequences", self.multi_seq_ms)?;
+        }
+        write!(f, " ({})", self.fit)
     }
 }
 
@@ -433,6 +492,7 @@ mod tests {
             fixed_ms: 7.0,
             per_seq_ms: 0.9,
             per_context_ms: 0.002,
+            multi_seq_ms: 0.0,
             fit: FitQuality::default(),
         };
         let points: Vec<DecodePoint> = [(1, 64), (4, 64), (16, 64), (1, 512), (4, 512), (16, 512)]
@@ -454,6 +514,46 @@ mod tests {
             "{got:?}"
         );
         assert!(got.fit.max_rel_error < 0.1);
+
+        // Steps of two or more sequences a step up from one (the batched kernels): the
+        // fit finds the step and the line under it, where one line through all misses
+        // the batch-4 points by a tenth.
+        let d = DecodeCurve {
+            fixed_ms: 2.4,
+            per_seq_ms: 1.6,
+            per_context_ms: 0.005,
+            multi_seq_ms: 4.0,
+            fit: FitQuality::default(),
+        };
+        let points: Vec<DecodePoint> = [(1, 64), (4, 64), (16, 64), (1, 512), (4, 512), (16, 512)]
+            .iter()
+            .map(|&(b, c)| DecodePoint {
+                ms: d.ms(&vec![c; b]),
+                contexts: vec![c; b],
+            })
+            .collect();
+        assert!((d.ms(&[64, 64]) - d.ms(&[64]) - (4.0 + 1.6 + 0.32)).abs() < 1e-9);
+        let got = DecodeCurve::fit(&points).unwrap();
+        for (g, t) in [
+            (got.fixed_ms, 2.4),
+            (got.per_seq_ms, 1.6),
+            (got.per_context_ms, 0.005),
+            (got.multi_seq_ms, 4.0),
+        ] {
+            assert!((g - t).abs() < 1e-6, "{got:?}");
+        }
+        assert!(got.fit.rms_rel_error < 1e-9, "{got:?}");
+        let rows: Vec<([f64; 3], f64)> = points
+            .iter()
+            .map(|p| (decode_terms(p.contexts.iter().map(|&n| n as f64)), p.ms))
+            .collect();
+        let (_, one_line) = fit_n::<3>("decode", &rows).unwrap();
+        assert!(one_line.max_rel_error > 0.1, "{one_line:?}");
+        // A profile's file without the field reads as no step.
+        let mut j: serde_json::Value = serde_json::to_value(got).unwrap();
+        j.as_object_mut().unwrap().remove("multi_seq_ms");
+        let back: DecodeCurve = serde_json::from_value(j).unwrap();
+        assert_eq!(back.multi_seq_ms, 0.0);
 
         let l = LinkCurve::fit(
             "tcp",

@@ -112,7 +112,7 @@ impl ServeCosts {
     /// curve at its prompts' (`decode_terms`, `prefill_terms`), sharing one fixed cost
     /// (one forward).
     fn step_ms(&self, decode: Option<[f64; 3]>, prefill: Option<[f64; 3]>) -> f64 {
-        let d = decode.map(|x| self.decode.as_live().ms(x));
+        let d = decode.map(|x| self.decode.step_ms(x));
         let p = prefill.map(|x| self.decode_prefill.as_live().ms(x));
         match (d, p) {
             (Some(d), Some(p)) => d + p - self.decode.fixed_ms.min(self.decode_prefill.fixed_ms),
@@ -986,6 +986,7 @@ mod tests {
                 fixed_ms: 5.0,
                 per_seq_ms: 1.0,
                 per_context_ms: 0.001,
+                multi_seq_ms: 0.0,
                 fit,
             },
             decode_prefill: prefill,
