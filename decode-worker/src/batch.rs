@@ -179,6 +179,7 @@ impl BatchLoop {
             match kind {
                 StepKind::Decode(contexts) => {
                     tracing::trace!(
+                        worker = %self.worker_label,
                         batch = contexts.len(),
                         context = contexts.iter().sum::<usize>(),
                         ms,
@@ -188,6 +189,7 @@ impl BatchLoop {
                 }
                 StepKind::Prefill(prompts) => {
                     tracing::trace!(
+                        worker = %self.worker_label,
                         prompts = prompts.len(),
                         tokens = prompts.iter().sum::<usize>(),
                         ms,
@@ -198,7 +200,13 @@ impl BatchLoop {
                 StepKind::Mixed {
                     batch,
                     prompt_tokens,
-                } => tracing::trace!(batch, prompt_tokens, ms, "mixed step"),
+                } => tracing::trace!(
+                    worker = %self.worker_label,
+                    batch,
+                    prompt_tokens,
+                    ms,
+                    "mixed step"
+                ),
                 StepKind::Idle => {}
             }
         }
