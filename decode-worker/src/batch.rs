@@ -612,15 +612,16 @@ impl BatchLoop {
             self.kv_events.sync(&mut lock(pc));
         }
         let s = &self.stats;
-        s.load.store(self.count(), Ordering::Relaxed);
+        s.load.store(self.count(), Ordering::SeqCst);
         // Prompts still to prefill (a step's own prompts left the queue when it began and
         // stayed counted, in the figure published before it, until it ended).
         let queued: usize = self.prefills.iter().map(|p| p.seq.tokens.len()).sum();
-        s.queued_tokens.store(queued, Ordering::Relaxed);
-        // Counted above now: off the pending counts (briefly counted twice, never missed).
+        s.queued_tokens.store(queued, Ordering::SeqCst);
+        // Counted above now: off the pending counts (a reader, which reads the pending
+        // count first, may count one twice for a moment, never miss it).
         let (seqs, tokens) = std::mem::take(&mut self.taken);
-        s.pending.fetch_sub(seqs, Ordering::Relaxed);
-        s.pending_tokens.fetch_sub(tokens, Ordering::Relaxed);
+        s.pending.fetch_sub(seqs, Ordering::SeqCst);
+        s.pending_tokens.fetch_sub(tokens, Ordering::SeqCst);
         s.running.store(self.running.len(), Ordering::Relaxed);
         let w = self.worker_label.clone();
         metrics::gauge!("genie_num_requests_running", "worker" => w.clone())

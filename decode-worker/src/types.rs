@@ -126,13 +126,17 @@ pub struct DecodeStats {
 }
 
 impl DecodeStats {
-    /// Sequences admitted here and not yet ended (what `status` reports as `load`).
+    /// Sequences admitted here and not yet ended (what `status` reports as `load`). The
+    /// pending count is read first: the loop publishes its own count before it takes the
+    /// pending ones off, so a sequence moving from one to the other is seen at least once.
     pub fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed) + self.pending.load(Ordering::Relaxed)
+        let pending = self.pending.load(Ordering::SeqCst);
+        pending + self.load.load(Ordering::SeqCst)
     }
-    /// Colocated prompt tokens admitted here and not yet prefilled.
+    /// Colocated prompt tokens admitted here and not yet prefilled (read as `load` is).
     pub fn queued_tokens(&self) -> usize {
-        self.queued_tokens.load(Ordering::Relaxed) + self.pending_tokens.load(Ordering::Relaxed)
+        let pending = self.pending_tokens.load(Ordering::SeqCst);
+        pending + self.queued_tokens.load(Ordering::SeqCst)
     }
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
