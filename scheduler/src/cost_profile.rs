@@ -262,10 +262,21 @@ impl DecodeCurve {
             .iter()
             .map(|p| (decode_terms(p.contexts.iter().map(|&n| n as f64)), p.ms))
             .collect();
+        if let Some(curve) = Self::fit_step(&rows)? {
+            return Ok(curve);
+        }
+        let (c, fit) = fit_n::<3>("decode", &rows)?;
+        Ok(Self::with(c, fit))
+    }
+
+    /// The line through the batched steps with the one-sequence steps' fixed cost under
+    /// it; `None` where the rows do not have both kinds, or where the step would come out
+    /// negative (a term the measurements contradict is dropped, as `fit_n` drops negative
+    /// ones).
+    fn fit_step(rows: &[([f64; 3], f64)]) -> Result<Option<Self>, ProfileError> {
         let (single, multi): (Vec<_>, Vec<_>) = rows.iter().partition(|(x, _)| x[1] < 2.0);
         if single.is_empty() || multi.len() < 3 {
-            let (c, fit) = fit_n::<3>("decode", &rows)?;
-            return Ok(Self::with(c, fit));
+            return Ok(None);
         }
         let (c, _) = fit_n::<3>("decode", &multi)?;
         // The fixed cost of one-sequence steps given the batched line's slopes: the
@@ -278,23 +289,12 @@ impl DecodeCurve {
         }
         let fixed = num / den;
         if fixed > c[0] {
-            // No step up (one sequence costs more than the line says): a term the
-            // measurements contradict is dropped, as `fit_n` drops negative ones.
-            let (c, fit) = fit_n::<3>("decode", &rows)?;
-            return Ok(Self::with(c, fit));
+            return Ok(None);
         }
         let mut curve = Self::with([fixed, c[1], c[2]], FitQuality::default());
         curve.multi_seq_ms = c[0] - fixed;
-        let errs: Vec<f64> = rows
-            .iter()
-            .map(|(x, y)| (curve.step_ms(*x) - y) / y)
-            .collect();
-        curve.fit = FitQuality {
-            points: rows.len(),
-            rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),
-            max_rel_error: errs.iter().fold(0.0f64, |m, e| m.max(e.abs())),
-        };
-        Ok(curve)
+        curve.fit = quality(rows, |x| curve.step_ms(x));
+        Ok(Some(curve))
     }
 
     fn with([fixed_ms, per_seq_ms, per_context_ms]: [f64; 3], fit: FitQuality) -> Self {
@@ -442,16 +442,17 @@ fn fit_n<const N: usize>(
         );
     }
     let c = c.expect("fitted");
-    let errs: Vec<f64> = rows
-        .iter()
-        .map(|(x, y)| (curve_ms(c, *x) - y) / y)
-        .collect();
-    let fit = FitQuality {
+    Ok((c, quality(rows, |x| curve_ms(c, x))))
+}
+
+/// How well `predict` fits `rows`: the rms and the largest of the relative errors.
+fn quality(rows: &[([f64; 3], f64)], predict: impl Fn([f64; 3]) -> f64) -> FitQuality {
+    let errs: Vec<f64> = rows.iter().map(|(x, y)| (predict(*x) - y) / y).collect();
+    FitQuality {
         points: rows.len(),
         rms_rel_error: (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt(),
         max_rel_error: errs.iter().fold(0.0f64, |m, e| m.max(e.abs())),
-    };
-    Ok((c, fit))
+    }
 }
 
 #[cfg(test)]
