@@ -18,5 +18,5 @@ pub mod service;
 mod types;
 mod worker;
 
-pub use types::{DecodeConfig, DecodeSeq, DecodeStats, KvSource, DEFAULT_QUEUE};
+pub use types::{Admission, DecodeConfig, DecodeSeq, DecodeStats, KvSource, DEFAULT_QUEUE};
 pub use worker::DecodeWorker;

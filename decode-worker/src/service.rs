@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use genie_engine::sampling::Sampler;
-use genie_protocol::worker::{DecodeRequest, WorkerStatus, CACHED_TOKENS_HEADER};
+use genie_protocol::worker::{DecodeRequest, WorkerStatus, ADMISSION_HEADER, CACHED_TOKENS_HEADER};
 use genie_worker_core::control::{event_response, health};
 use genie_worker_core::{event_channel, AdmitError};
 use std::sync::Arc;
@@ -45,9 +45,11 @@ async fn decode(State(w): State<Arc<DecodeWorker>>, Json(req): Json<DecodeReques
         sampler,
     };
     match w.admit(seq, tx) {
-        Ok(cached) => {
+        Ok(a) => {
             let mut r = event_response(rx);
-            r.headers_mut().insert(CACHED_TOKENS_HEADER, cached.into());
+            r.headers_mut()
+                .insert(CACHED_TOKENS_HEADER, a.cached.into());
+            r.headers_mut().insert(ADMISSION_HEADER, a.number.into());
             r
         }
         Err(e) => e.into_response(),

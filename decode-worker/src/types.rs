@@ -7,7 +7,7 @@ use genie_engine::sampling::Sampler;
 use genie_kv_transfer::KvMessage;
 use genie_protocol::{TransferId, WorkerId};
 use genie_worker_core::EventSender;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -99,6 +99,16 @@ pub(crate) enum DecodeInput {
     Kv(KvMessage),
 }
 
+/// A sequence [`DecodeWorker::admit`](crate::DecodeWorker::admit) took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Leading prompt tokens whose KV this worker's prefix cache already holds (0 for a
+    /// colocated sequence): the prefill worker sends only the rest.
+    pub cached: usize,
+    /// The admission's number ([`genie_protocol::worker::ADMISSION_HEADER`]).
+    pub number: u64,
+}
+
 /// Live counters the gateway reads for placement and metrics.
 #[derive(Debug, Default)]
 pub struct DecodeStats {
@@ -113,6 +123,9 @@ pub struct DecodeStats {
     /// from the moment it is admitted, not only after the step running then ends.
     pub pending: AtomicUsize,
     pub pending_tokens: AtomicUsize,
+    /// Admissions since the worker started; each takes the next number after it is
+    /// counted as pending ([`DecodeStats::admitted`]).
+    pub admissions: AtomicU64,
     /// Sequences in the running batch.
     pub running: AtomicUsize,
     /// Preempted sequences waiting to be recomputed: while any waits, admission refuses
@@ -132,6 +145,12 @@ impl DecodeStats {
     pub fn load(&self) -> usize {
         let pending = self.pending.load(Ordering::SeqCst);
         pending + self.load.load(Ordering::SeqCst)
+    }
+    /// The number of the last admission that `load` and `queued_tokens` read after this
+    /// include (each admission is counted as pending before it takes its number), so it
+    /// is read first.
+    pub fn admitted(&self) -> u64 {
+        self.admissions.load(Ordering::SeqCst)
     }
     /// Colocated prompt tokens admitted here and not yet prefilled (read as `load` is).
     pub fn queued_tokens(&self) -> usize {

@@ -3,7 +3,8 @@
 
 use crate::batch::BatchLoop;
 use crate::types::{
-    lock, DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, NewSeq, SharedPrefix,
+    lock, Admission, DecodeConfig, DecodeInput, DecodeSeq, DecodeStats, KvSource, NewSeq,
+    SharedPrefix,
 };
 use genie_engine::kv_budget::KvBudget;
 use genie_engine::kv_cache::{KvCache, KvShape, BLOCK_TOKENS};
@@ -97,7 +98,10 @@ impl DecodeWorker {
     /// prefix cache holds (shared blocks); the answer is how many tokens that is, so the
     /// prefill worker sends only the rest (0 for a colocated one, whose lookup happens when
     /// it is prefilled here).
-    pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<usize, AdmitError> {
+    ///
+    /// The answer also gives the admission's number, which the worker's status includes
+    /// once its `admitted` reaches it.
+    pub fn admit(&self, s: DecodeSeq, events: EventSender) -> Result<Admission, AdmitError> {
         // The prompt moves into the sequence; `expected` is its transfer, if disaggregated.
         let (prompt, expected) = match s.source {
             KvSource::Prompt(p) => (p, None),
@@ -161,21 +165,24 @@ impl DecodeWorker {
         // Counted before it is queued, so that no status read between the two misses it
         // (the loop takes it over at its next publish).
         let queued = if expected.is_none() { prompt_tokens } else { 0 };
-        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        self.stats.pending.fetch_add(1, Ordering::SeqCst);
         self.stats
             .pending_tokens
-            .fetch_add(queued, Ordering::Relaxed);
+            .fetch_add(queued, Ordering::SeqCst);
         self.thread.try_send(input).map_err(|(e, _)| {
-            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            self.stats.pending.fetch_sub(1, Ordering::SeqCst);
             self.stats
                 .pending_tokens
-                .fetch_sub(queued, Ordering::Relaxed);
+                .fetch_sub(queued, Ordering::SeqCst);
             if let (Some(r), Some(t)) = (&self.registry, expected) {
                 r.forget(t);
             }
             e
         })?;
-        Ok(cached)
+        // Numbered after it is counted: a status whose `admitted` reaches this number
+        // reads a load that includes it (or it has ended).
+        let number = self.stats.admissions.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Admission { cached, number })
     }
 
     /// Starts `cache` with the longest cached prefix of `prompt`; the tokens shared.
@@ -219,7 +226,10 @@ impl DecodeWorker {
 
     /// Load and KV room, as heartbeats and the gateway's placement read them.
     pub fn status(&self) -> WorkerStatus {
+        // Read before the counts it vouches for.
+        let admitted = self.stats.admitted();
         WorkerStatus {
+            admitted,
             load: self.stats.load() as u64,
             queued_tokens: self.stats.queued_tokens() as u64,
             running: self.stats.running() as u64,

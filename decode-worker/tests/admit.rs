@@ -197,20 +197,22 @@ fn a_sequence_counts_in_the_status_from_its_admission_until_it_ends() {
     let (w, freed) = worker(4000, Some(TransferRegistry::new()));
     // A long colocated prompt: the worker's loop is busy prefilling it (hundreds of ms).
     let (tx, rx_a) = event_channel(8);
-    w.admit(seq(KvSource::Prompt(vec![1; 400]), 8), tx).unwrap();
+    let a = w.admit(seq(KvSource::Prompt(vec![1; 400]), 8), tx).unwrap();
     // Admitted while that step runs: a second prompt (too long to join the first's step
     // under `max_prefill_tokens` 512) and a sequence expecting its KV. Placement must see
     // both at once, not only after the running step ends.
     let (tx, rx_b) = event_channel(8);
-    w.admit(seq(KvSource::Prompt(vec![2; 300]), 8), tx).unwrap();
+    let b = w.admit(seq(KvSource::Prompt(vec![2; 300]), 8), tx).unwrap();
     let transfer = KvSource::Transfer {
         transfer: TransferId(9),
         prompt: vec![3; 20],
     };
     let (tx, rx_c) = event_channel(8);
-    w.admit(seq(transfer, 8), tx).unwrap();
+    let c = w.admit(seq(transfer, 8), tx).unwrap();
+    // Admissions are numbered in order, and the status says it includes all three.
+    assert_eq!((a.number, b.number, c.number), (1, 2, 3));
     let s = w.status();
-    assert_eq!(s.load, 3, "{s:?}");
+    assert_eq!((s.load, s.admitted), (3, 3), "{s:?}");
     // The second prompt is queued until its own step ends (the first's may be counted
     // too, until its step ends).
     assert!(s.queued_tokens == 300 || s.queued_tokens == 700, "{s:?}");

@@ -734,3 +734,60 @@ async fn kv_aware_routing_sends_a_shared_prefix_where_its_blocks_are() {
         "after the first, only the 13 tokens past the decode worker's blocks cross"
     );
 }
+
+/// Between two heartbeats a worker's status is as old as the beat. The gateway counts the
+/// sequences it placed since, until a status includes them or they end, so a decode worker
+/// still running a long sequence is not taken for idle by the requests that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_counts_its_own_sequences_between_heartbeats() {
+    // No beat in the test's span after the registrations: every status is the first one.
+    let c = cluster(&[("GENIE_WORKERS__HEARTBEAT_MS", "30000")]).await;
+    let http = reqwest::Client::new();
+    let decode_of = async |id: &str| {
+        let p: Value = reqwest::get(c.gateway.url(&format!("/v1/plans/requests/{id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        p["sequences"][0]["placement"]["decode"].as_u64().unwrap()
+    };
+    // A long sequence, streamed: placed once its response starts.
+    let long = http
+        .post(c.gateway.url("/v1/completions"))
+        .json(
+            &json!({"model": MODEL, "prompt": "Count slowly:", "max_tokens": 400,
+                      "ignore_eos": true, "temperature": 0, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 200);
+    let long_id = long.headers()["x-genie-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let busy = decode_of(&long_id).await;
+    // Short requests one after another while it runs: each goes to the other decode
+    // worker (least loaded; ties would rotate, putting every other one beside it).
+    for i in 0..3 {
+        let r = http
+            .post(c.gateway.url("/v1/completions"))
+            .json(
+                &json!({"model": MODEL, "prompt": format!("Say {i}."), "max_tokens": 2,
+                          "temperature": 0}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-genie-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let _ = r.bytes().await.unwrap();
+        assert_ne!(decode_of(&id).await, busy, "short request {i}");
+    }
+    let body = long.text().await.unwrap();
+    assert!(body.contains("[DONE]"), "{body}");
+}

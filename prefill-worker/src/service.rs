@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use genie_engine::sampling::Sampler;
-use genie_protocol::worker::{PrefillRequest, WorkerStatus};
+use genie_protocol::worker::{PrefillRequest, WorkerStatus, ADMISSION_HEADER};
 use genie_worker_core::control::{event_response, health};
 use genie_worker_core::{event_channel, AdmitError};
 use std::sync::Arc;
@@ -32,7 +32,11 @@ async fn prefill(State(w): State<Arc<PrefillWorker>>, Json(req): Json<PrefillReq
     };
     // Opening the transfer connects to the decode worker: off the runtime.
     match tokio::task::spawn_blocking(move || w.admit(seq, tx)).await {
-        Ok(Ok(())) => event_response(rx),
+        Ok(Ok(number)) => {
+            let mut r = event_response(rx);
+            r.headers_mut().insert(ADMISSION_HEADER, number.into());
+            r
+        }
         Ok(Err(e)) => e.into_response(),
         Err(_) => AdmitError::Stopped.into_response(),
     }

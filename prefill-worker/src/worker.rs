@@ -13,7 +13,7 @@ use genie_worker_core::events::{prompt_scores, send_prompt_scores};
 use genie_worker_core::thread::Inbox;
 use genie_worker_core::{next_token, AdmitError, EventSender, KvEventLog, Next, WorkerThread};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -67,6 +67,9 @@ pub struct PrefillStats {
     pub load: AtomicUsize,
     /// Prompt tokens queued or running here.
     pub queued_tokens: AtomicUsize,
+    /// Admissions since the worker started; each takes the next number after it is
+    /// counted in `load` (see `WorkerStatus::admitted`).
+    pub admissions: AtomicU64,
     /// Cost curve fitted to this worker's prefill forwards.
     pub costs: genie_worker_core::costs::CostTracker,
 }
@@ -109,8 +112,9 @@ impl PrefillWorker {
     /// reserved the KV; [`AdmitError::KvUnreachable`] when it cannot be reached) and
     /// queues it ([`AdmitError::Busy`] when the queue is full). The first token (or the
     /// end) goes to `events`. Opening a network transfer may block for the transport's
-    /// connect timeout: call it off any async runtime.
-    pub fn admit(&self, s: PrefillSeq, events: EventSender) -> Result<(), AdmitError> {
+    /// connect timeout: call it off any async runtime. The answer is the admission's
+    /// number, which the worker's status includes once its `admitted` reaches it.
+    pub fn admit(&self, s: PrefillSeq, events: EventSender) -> Result<u64, AdmitError> {
         check_lengths(s.prompt.len(), s.max_tokens)?;
         if s.skip_tokens >= s.prompt.len() {
             return Err(AdmitError::Invalid(format!(
@@ -124,8 +128,8 @@ impl PrefillWorker {
             .open(&s.kv_endpoint, s.transfer)
             .map_err(|e| AdmitError::KvUnreachable(e.to_string()))?;
         let n = s.prompt.len();
-        self.stats.load.fetch_add(1, Ordering::Relaxed);
-        self.stats.queued_tokens.fetch_add(n, Ordering::Relaxed);
+        self.stats.load.fetch_add(1, Ordering::SeqCst);
+        self.stats.queued_tokens.fetch_add(n, Ordering::SeqCst);
         let job = Job {
             seq: Prompted {
                 prompt: s.prompt,
@@ -138,11 +142,14 @@ impl PrefillWorker {
             sink,
         };
         self.thread.try_send(job).map_err(|(e, job)| {
-            self.stats.load.fetch_sub(1, Ordering::Relaxed);
-            self.stats.queued_tokens.fetch_sub(n, Ordering::Relaxed);
+            self.stats.load.fetch_sub(1, Ordering::SeqCst);
+            self.stats.queued_tokens.fetch_sub(n, Ordering::SeqCst);
             job.sink.abort("the prefill worker refused the sequence");
             e
-        })
+        })?;
+        // Numbered after it is counted: a status whose `admitted` reaches this number
+        // reads a load that includes it (or it has ended).
+        Ok(self.stats.admissions.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
     pub fn stats(&self) -> &PrefillStats {
@@ -161,9 +168,12 @@ impl PrefillWorker {
     }
 
     pub fn status(&self) -> genie_protocol::worker::WorkerStatus {
+        // Read before the counts it vouches for.
+        let admitted = self.stats.admissions.load(Ordering::SeqCst);
         genie_protocol::worker::WorkerStatus {
-            load: self.stats.load.load(Ordering::Relaxed) as u64,
-            queued_tokens: self.stats.queued_tokens.load(Ordering::Relaxed) as u64,
+            admitted,
+            load: self.stats.load.load(Ordering::SeqCst) as u64,
+            queued_tokens: self.stats.queued_tokens.load(Ordering::SeqCst) as u64,
             running: 0,
             kv_capacity_bytes: 0,
             kv_free_bytes: 0,

@@ -88,6 +88,11 @@ fn an_unreachable_endpoint_and_an_empty_prompt_are_refused_with_their_codes() {
     let e = w.admit(seq(2, "decode-1", Vec::new()), tx).unwrap_err();
     assert!(matches!(e, AdmitError::Invalid(_)), "{e}");
     assert_eq!(w.stats().load.load(Ordering::Relaxed), 0);
+    // Refusals take no admission number; the first admission is number 1.
+    assert_eq!(w.status().admitted, 0);
+    let (tx, _rx) = event_channel(8);
+    assert_eq!(w.admit(seq(3, "decode-1", vec![1]), tx).unwrap(), 1);
+    assert_eq!(w.status().admitted, 1);
 }
 
 #[test]

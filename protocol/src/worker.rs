@@ -185,6 +185,12 @@ pub struct WorkerStatus {
     /// Cost curves the worker fitted to its own forward passes (once it has enough).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub costs: Option<crate::costs::LiveCosts>,
+    /// Sequences admitted since the worker started. Admissions are numbered 1, 2, …
+    /// ([`ADMISSION_HEADER`]), and `load` and `queued_tokens` count every admission up to
+    /// this number that has not ended: a gateway counts its own placements on this worker
+    /// until a status includes them (0 from a worker that does not number them).
+    #[serde(default)]
+    pub admitted: u64,
 }
 
 /// KV events: which prefix-cache blocks a worker stored and removed since its previous
@@ -232,6 +238,11 @@ pub struct DecodeRequest {
 /// The header of a decode worker's answer to `POST /internal/decode`: how many leading
 /// prompt tokens' KV it already holds, which the prefill worker then does not send.
 pub const CACHED_TOKENS_HEADER: &str = "x-genie-cached-tokens";
+
+/// The header of a worker's answer to an admission (`POST /internal/decode`,
+/// `POST /internal/prefill`): the admission's number, which the worker's status includes
+/// once its `admitted` reaches it ([`WorkerStatus::admitted`]).
+pub const ADMISSION_HEADER: &str = "x-genie-admission";
 
 /// `POST /internal/prefill` on a prefill worker: prefill one prompt and stream its KV to
 /// `kv_endpoint` as `transfer`. The response body streams the first token (or the end) as

@@ -86,7 +86,8 @@ impl LocalPool {
                 },
                 tx.clone(),
             )
-            .map_err(|e| refused(e, decode.config.id, decode.config.id))?;
+            .map_err(|e| refused(e, decode.config.id, decode.config.id))?
+            .cached;
         if let Placement::Disaggregated { prefill, .. } = placement {
             let p = self
                 .prefill

@@ -316,6 +316,16 @@ impl DecodeCurve {
         )
     }
 
+    /// The curve as a live one for steps of `batch` sequences: the step up for two or
+    /// more folded into the fixed cost where it applies.
+    pub fn live_at(&self, batch: usize) -> LiveCurve {
+        let mut c = self.as_live();
+        if batch >= 2 {
+            c.coef[0] += self.multi_seq_ms;
+        }
+        c
+    }
+
     pub fn from_live(c: &LiveCurve) -> Self {
         Self::with(c.coef, fit_of(c))
     }
@@ -550,6 +560,15 @@ mod tests {
             .collect();
         let (_, one_line) = fit_n::<3>("decode", &rows).unwrap();
         assert!(one_line.max_rel_error > 0.1, "{one_line:?}");
+        // As a live curve (the gateway's prediction where a worker has fitted none) the
+        // step is in the fixed cost for batches of two or more, and only there.
+        for ctx in [vec![64], vec![64, 512], vec![512; 16]] {
+            let x = decode_terms(ctx.iter().map(|&n| n as f64));
+            assert!(
+                (got.live_at(ctx.len()).ms(x) - d.ms(&ctx)).abs() < 1e-6,
+                "{ctx:?}"
+            );
+        }
         // A profile's file without the field reads as no step.
         let mut j: serde_json::Value = serde_json::to_value(got).unwrap();
         j.as_object_mut().unwrap().remove("multi_seq_ms");

@@ -180,11 +180,12 @@ fn request_plan(
         // A curve the worker has not fitted yet comes from the configured profile.
         let c = v.costs.unwrap_or_default();
         let profile = st.cost_profile.as_deref();
+        // The sequences decoding beside it now, and itself.
+        let batch = v.running + 1;
         let stage = genie_scheduler::LiveStage {
             prefill: c.prefill.or(profile.map(|p| p.prefill.as_live())),
-            decode: c.decode.or(profile.map(|p| p.decode.as_live())),
-            // The sequences decoding beside it now, and itself.
-            batch: v.running + 1,
+            decode: c.decode.or(profile.map(|p| p.decode.live_at(batch))),
+            batch,
         };
         (stage.prefill.is_some() || stage.decode.is_some()).then_some(stage)
     };

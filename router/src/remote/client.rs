@@ -4,13 +4,13 @@
 //! the sequence's one bounded channel. A refusal is read by its typed code. Every call is
 //! signed with the cluster secret (when the cluster has one).
 
-use super::registry::Registry;
+use super::registry::{Claim, Registry};
 use crate::pool::{on_refusal, SeqSpec, StartError};
 use futures_util::StreamExt;
 use genie_cluster_auth::ClusterSecret;
 use genie_protocol::worker::{
     events_capacity, ControlError, DecodeRequest, FailureCode, PrefillRequest, SeqEvent,
-    WorkerStatus, CACHED_TOKENS_HEADER,
+    WorkerStatus, ADMISSION_HEADER, CACHED_TOKENS_HEADER,
 };
 use genie_protocol::{TransferId, WorkerId};
 use genie_scheduler::Placement;
@@ -102,10 +102,18 @@ async fn post<T: serde::Serialize>(
         })
 }
 
-/// Starts both legs of a placed sequence and returns its merged event stream.
+/// The admission number a worker's answer gives ([`ADMISSION_HEADER`]), if any.
+fn admission(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(ADMISSION_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// Starts both legs of a placed sequence and returns its merged event stream. Each leg is
+/// counted in its worker's view from now on ([`Claim`]), before either worker answers.
 pub async fn start(
     client: &Signed,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     placement: Placement,
     seq: &SeqSpec,
 ) -> Result<Receiver<SeqEvent>, StartError> {
@@ -114,6 +122,11 @@ pub async fn start(
         worker,
         reason: "no longer registered".into(),
     };
+    // A colocated prompt queues its tokens on the decode worker, a disaggregated one on
+    // the prefill worker (all of them, as the worker counts them).
+    let prompt = seq.prompt.len();
+    let decode_claim = registry.claim(decode_id, if prefill_id.is_some() { 0 } else { prompt });
+    let prefill_claim = prefill_id.and_then(|p| registry.claim(p, prompt));
     let (daddr, kv_endpoint) = registry
         .addresses(decode_id)
         .ok_or_else(|| gone(decode_id))?;
@@ -139,10 +152,17 @@ pub async fn start(
     if !dresp.status().is_success() {
         return Err(refused(registry, dresp, decode_id, decode_id).await);
     }
+    if let Some(c) = &decode_claim {
+        c.admitted(admission(&dresp));
+    }
     let (tx, rx) = channel(events_capacity(seq.max_tokens));
     let changed = registry.changed();
     let Some(prefill_id) = prefill_id else {
-        tokio::spawn(forward(None, dresp, tx, changed));
+        let decode = Leg {
+            resp: dresp,
+            claim: decode_claim,
+        };
+        tokio::spawn(forward(None, decode, tx, changed));
         return Ok(rx);
     };
     // The decode worker may already hold the prompt's first blocks: they are not sent. A
@@ -175,8 +195,25 @@ pub async fn start(
     if !presp.status().is_success() {
         return Err(refused(registry, presp, prefill_id, decode_id).await);
     }
-    tokio::spawn(forward(Some(presp), dresp, tx, changed));
+    if let Some(c) = &prefill_claim {
+        c.admitted(admission(&presp));
+    }
+    let prefill = Leg {
+        resp: presp,
+        claim: prefill_claim,
+    };
+    let decode = Leg {
+        resp: dresp,
+        claim: decode_claim,
+    };
+    tokio::spawn(forward(Some(prefill), decode, tx, changed));
     Ok(rx)
+}
+
+/// One leg's event stream and its count in its worker's view.
+struct Leg {
+    resp: reqwest::Response,
+    claim: Option<Claim>,
 }
 
 /// Events of one JSON-lines body; an `Err` item means the body broke off.
@@ -218,41 +255,53 @@ fn lost(which: &str) -> SeqEvent {
 /// sequence's stream, waiting for room (backpressure reaches the workers' streams). A leg
 /// that ends without a final event is a lost worker: the client gets an error, never a
 /// hang. When the client goes away both legs are dropped, which closes their connections
-/// and cancels the sequence on both workers.
-async fn forward(
-    prefill: Option<reqwest::Response>,
-    decode: reqwest::Response,
-    tx: Sender<SeqEvent>,
-    changed: Arc<Notify>,
-) {
+/// and cancels the sequence on both workers. A leg's claim ends before the event that
+/// ends it goes on, so the next placement after a finished request sees it ended.
+async fn forward(prefill: Option<Leg>, decode: Leg, tx: Sender<SeqEvent>, changed: Arc<Notify>) {
     let run = async {
-        if let Some(p) = prefill {
+        if let Some(Leg { resp, mut claim }) = prefill {
             let mut got_token = false;
-            let mut s = std::pin::pin!(events(p));
+            let mut s = std::pin::pin!(events(resp));
             while let Some(ev) = s.next().await {
                 let Ok(ev) = ev else {
+                    drop(claim.take());
                     let _ = tx.send(lost("prefill")).await;
                     return;
                 };
                 got_token |= matches!(ev, SeqEvent::Token(_));
                 let end = ev.is_terminal();
+                if got_token || end {
+                    // Its work there is done with the first token.
+                    drop(claim.take());
+                }
                 if tx.send(ev).await.is_err() || end {
                     return;
                 }
             }
+            drop(claim);
             if !got_token {
                 let _ = tx.send(lost("prefill")).await;
                 return;
             }
         }
-        let mut s = std::pin::pin!(events(decode));
+        let Leg { resp, mut claim } = decode;
+        let mut prefilled = false;
+        let mut s = std::pin::pin!(events(resp));
         while let Some(ev) = s.next().await {
             let Ok(ev) = ev else { break };
             let end = ev.is_terminal();
+            if end {
+                drop(claim.take());
+            } else if let (SeqEvent::Token(_), Some(c), false) = (&ev, &claim, prefilled) {
+                // A colocated prompt has been prefilled once its first token comes.
+                c.prefilled();
+                prefilled = true;
+            }
             if tx.send(ev).await.is_err() || end {
                 return;
             }
         }
+        drop(claim);
         let _ = tx.send(lost("decode")).await;
     };
     tokio::select! {

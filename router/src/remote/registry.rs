@@ -50,6 +50,90 @@ struct Entry {
     last_seen: Option<Instant>,
     healthy: bool,
     is_static: bool,
+    claims: Claims,
+}
+
+/// Sequences this gateway placed on a worker that the worker's last status may not count
+/// yet: between two heartbeats a worker's status is as old as the beat, and placement
+/// would see a worker given several sequences since as idle. Each is counted from its
+/// placement until a status includes its admission (`admitted` reaches the number the
+/// admission's answer gave) or the gateway sees its leg end, whichever comes first.
+#[derive(Default)]
+struct Claims {
+    next_ticket: u64,
+    open: HashMap<u64, Claimed>,
+    /// The highest `admitted` this worker's status has given.
+    admitted: u64,
+}
+
+struct Claimed {
+    /// The admission's number, once the worker's answer gave it.
+    number: Option<u64>,
+    /// Prompt tokens it queues there until they are prefilled.
+    queued_tokens: usize,
+}
+
+impl Claims {
+    /// A status that includes admissions up to `admitted`: those claims are counted there.
+    /// A lower number than before is a restarted worker (a static one keeps its id):
+    /// numbers start again, and the old process's numbered claims are dropped (its
+    /// sequences' streams break and move).
+    fn seen(&mut self, admitted: u64) {
+        let restarted = admitted < self.admitted;
+        self.admitted = admitted;
+        self.open.retain(|_, c| match c.number {
+            None => true,
+            Some(n) => !restarted && n > admitted,
+        });
+    }
+
+    fn load(&self) -> (usize, usize) {
+        let tokens = self.open.values().map(|c| c.queued_tokens).sum();
+        (self.open.len(), tokens)
+    }
+}
+
+/// A sequence placed on a worker, counted in its view until the worker's status includes
+/// it or this is dropped (its leg ended, or its start failed).
+pub struct Claim {
+    registry: Arc<Registry>,
+    worker: WorkerId,
+    ticket: u64,
+}
+
+impl Claim {
+    /// The worker admitted it as `number` (`None`: the worker does not number its
+    /// admissions, and its status counts the sequence from now on).
+    pub fn admitted(&self, number: Option<u64>) {
+        self.registry
+            .update_claim(self.worker, self.ticket, |claims, ticket| {
+                let counted = number.is_none_or(|n| n <= claims.admitted);
+                if counted {
+                    claims.open.remove(&ticket);
+                } else if let Some(c) = claims.open.get_mut(&ticket) {
+                    c.number = number;
+                }
+            });
+    }
+
+    /// Its prompt has been prefilled: no tokens queued any more.
+    pub fn prefilled(&self) {
+        self.registry
+            .update_claim(self.worker, self.ticket, |claims, ticket| {
+                if let Some(c) = claims.open.get_mut(&ticket) {
+                    c.queued_tokens = 0;
+                }
+            });
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.registry
+            .update_claim(self.worker, self.ticket, |claims, ticket| {
+                claims.open.remove(&ticket);
+            });
+    }
 }
 
 pub struct Registry {
@@ -89,6 +173,7 @@ impl Registry {
                     last_seen: None,
                     healthy: false,
                     is_static: true,
+                    claims: Claims::default(),
                 },
             );
         }
@@ -166,6 +251,7 @@ impl Registry {
                 last_seen: Some(Instant::now()),
                 healthy: true,
                 is_static: false,
+                claims: Claims::default(),
             },
         );
         self.changed.notify_waiters();
@@ -184,6 +270,7 @@ impl Registry {
         if let Some(ev) = status.kv_events.take() {
             self.kv.apply(id, &ev);
         }
+        e.claims.seen(status.admitted);
         e.info.status = status;
         e.last_seen = Some(Instant::now());
         e.healthy = true;
@@ -272,11 +359,47 @@ impl Registry {
         v
     }
 
+    /// Every worker as placement sees it: its last status, and the sequences placed on it
+    /// that the status does not include yet ([`Claim`]).
     pub fn views(&self) -> Vec<WorkerView> {
         self.read()
             .iter()
-            .map(|(id, e)| view(*id, e.info.role, e.healthy, &e.info.status))
+            .map(|(id, e)| {
+                let mut v = view(*id, e.info.role, e.healthy, &e.info.status);
+                let (load, tokens) = e.claims.load();
+                v.load += load;
+                v.queued_tokens += tokens;
+                v
+            })
             .collect()
+    }
+
+    /// Counts a sequence placed on `worker`, with `queued_tokens` prompt tokens to prefill
+    /// there, in its view until the worker's status includes it or the claim is dropped.
+    /// `None` for a worker no longer listed.
+    pub fn claim(self: &Arc<Self>, worker: WorkerId, queued_tokens: usize) -> Option<Claim> {
+        let mut w = self.write();
+        let claims = &mut w.get_mut(&worker)?.claims;
+        claims.next_ticket += 1;
+        let ticket = claims.next_ticket;
+        claims.open.insert(
+            ticket,
+            Claimed {
+                number: None,
+                queued_tokens,
+            },
+        );
+        Some(Claim {
+            registry: Arc::clone(self),
+            worker,
+            ticket,
+        })
+    }
+
+    fn update_claim(&self, worker: WorkerId, ticket: u64, f: impl FnOnce(&mut Claims, u64)) {
+        if let Some(e) = self.write().get_mut(&worker) {
+            f(&mut e.claims, ticket);
+        }
     }
 
     /// A worker's control address and KV endpoint.
@@ -335,5 +458,84 @@ mod tests {
         p.hardware = "xeon".into();
         assert!(reg.register(p).is_ok());
         assert_eq!(reg.list().len(), 2);
+    }
+
+    fn status(admitted: u64, load: u64) -> WorkerStatus {
+        WorkerStatus {
+            admitted,
+            load,
+            ..WorkerStatus::default()
+        }
+    }
+
+    fn load_of(reg: &Registry, id: WorkerId) -> (usize, usize) {
+        let v = reg.views().into_iter().find(|v| v.id == id).unwrap();
+        (v.load, v.queued_tokens)
+    }
+
+    #[test]
+    fn a_placement_counts_until_a_status_includes_it_or_it_ends() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
+        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        let a = reg.claim(id, 100).unwrap();
+        let b = reg.claim(id, 0).unwrap();
+        assert_eq!(load_of(&reg, id), (2, 100), "counted from placement");
+        a.admitted(Some(1));
+        b.admitted(Some(2));
+        // A beat read before either admission, then one that includes the first.
+        assert!(reg.heartbeat(id, status(0, 0)));
+        assert_eq!(load_of(&reg, id), (2, 100));
+        assert!(reg.heartbeat(id, status(1, 1)));
+        assert_eq!(
+            load_of(&reg, id),
+            (2, 0),
+            "a by the status, b by the gateway"
+        );
+        // b ends before any status includes it: the gateway stops counting it.
+        drop(b);
+        assert_eq!(load_of(&reg, id), (1, 0));
+        // Ending after the status counted it changes nothing.
+        drop(a);
+        assert_eq!(load_of(&reg, id), (1, 0));
+    }
+
+    #[test]
+    fn a_claim_admitted_behind_the_status_or_unnumbered_ends_at_once() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
+        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        assert!(reg.heartbeat(id, status(5, 1)));
+        let c = reg.claim(id, 10).unwrap();
+        let prefilled = reg.claim(id, 10).unwrap();
+        prefilled.prefilled();
+        assert_eq!(load_of(&reg, id), (3, 10));
+        // The status already vouched for admission 5.
+        c.admitted(Some(5));
+        assert_eq!(load_of(&reg, id), (2, 0));
+        // A worker that does not number admissions counts it in its next status.
+        prefilled.admitted(None);
+        assert_eq!(load_of(&reg, id), (1, 0));
+        // A gone worker has nothing to claim.
+        assert!(reg.claim(WorkerId(1), 1).is_none());
+    }
+
+    #[test]
+    fn a_restarted_worker_s_numbers_do_not_keep_old_claims() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
+        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        assert!(reg.heartbeat(id, status(40, 0)));
+        let old = reg.claim(id, 0).unwrap();
+        old.admitted(Some(41));
+        let fresh = reg.claim(id, 0).unwrap();
+        // A static worker restarted under the same id: numbers start again.
+        assert!(reg.heartbeat(id, status(2, 1)));
+        assert_eq!(
+            load_of(&reg, id),
+            (2, 0),
+            "the status, and the claim not yet admitted"
+        );
+        fresh.admitted(Some(3));
+        assert!(reg.heartbeat(id, status(3, 1)));
+        assert_eq!(load_of(&reg, id), (1, 0));
+        drop((old, fresh));
     }
 }
