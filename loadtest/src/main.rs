@@ -81,6 +81,11 @@ struct Args {
     /// Write the full report as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Write every measured request here, one JSON line each: when it was sent (Unix ms),
+    /// its outcome, time to first token and every inter-token gap (ms), to find where a
+    /// tail came from.
+    #[arg(long)]
+    requests_out: Option<std::path::PathBuf>,
     /// Exit non-zero when the error rate is above this fraction.
     #[arg(long, default_value_t = 0.0)]
     max_error_rate: f64,
@@ -220,11 +225,15 @@ fn load_test(a: Args) -> Result<()> {
             turns: a.multi_turn,
             block_tokens: a.trace_block_tokens,
         };
-        let started = SystemTime::now()
+        let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+            .unwrap_or_default();
+        let started = started_at.as_secs();
         let outcomes = run(&target, &load).await;
+        if let Some(path) = &a.requests_out {
+            let lines = genie_loadtest::report::request_lines(&outcomes, started_at);
+            std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+        }
         let slo = Slo {
             ttft_ms: a.slo_ttft_ms,
             itl_ms: a.slo_itl_ms,

@@ -103,3 +103,61 @@ pub fn markdown(r: &Report) -> String {
     }
     out
 }
+
+/// One JSON line per request: sent (Unix ms, from the run's start `started`), outcome,
+/// time to first token and every inter-token gap in ms (`genie-loadtest --requests-out`).
+pub fn request_lines(outcomes: &[crate::client::Outcome], started: std::time::Duration) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut out = String::new();
+    for o in outcomes {
+        let line = serde_json::json!({
+            "sent_unix_ms": ms(started + o.sent_at),
+            "ok": o.ok,
+            "error": o.error,
+            "prompt_tokens": o.prompt_tokens,
+            "output_tokens": o.output_tokens,
+            "ttft_ms": o.ttft.map(ms),
+            "itl_ms": o.itl.iter().map(|&g| ms(g)).collect::<Vec<_>>(),
+            "e2e_ms": ms(o.e2e),
+        });
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Outcome;
+    use std::time::Duration;
+
+    #[test]
+    fn request_lines_give_each_request_its_send_time_and_every_gap_in_ms() {
+        let o = Outcome {
+            ok: true,
+            sent_at: Duration::from_millis(250),
+            ttft: Some(Duration::from_millis(40)),
+            itl: vec![Duration::from_micros(4500), Duration::from_millis(88)],
+            e2e: Duration::from_micros(132_500),
+            output_tokens: 3,
+            ..Outcome::default()
+        };
+        let failed = Outcome {
+            error: Some("HTTP 503: busy".into()),
+            ..Outcome::default()
+        };
+        let text = request_lines(&[o, failed], Duration::from_secs(1_000));
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["sent_unix_ms"], 1_000_250.0);
+        assert_eq!(lines[0]["ttft_ms"], 40.0);
+        assert_eq!(lines[0]["itl_ms"], serde_json::json!([4.5, 88.0]));
+        assert_eq!(lines[0]["e2e_ms"], 132.5);
+        assert_eq!(lines[1]["ok"], false);
+        assert_eq!(lines[1]["error"], "HTTP 503: busy");
+        assert!(lines[1]["ttft_ms"].is_null());
+    }
+}
