@@ -225,13 +225,13 @@ fn load_test(a: Args) -> Result<()> {
             turns: a.multi_turn,
             block_tokens: a.trace_block_tokens,
         };
-        let started_at = SystemTime::now()
+        let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let started = started_at.as_secs();
-        let outcomes = run(&target, &load).await;
+            .unwrap_or_default()
+            .as_secs();
+        let (outcomes, measured_from) = run(&target, &load).await;
         if let Some(path) = &a.requests_out {
-            let lines = genie_loadtest::report::request_lines(&outcomes, started_at);
+            let lines = genie_loadtest::report::request_lines(&outcomes, measured_from);
             std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
         }
         let slo = Slo {

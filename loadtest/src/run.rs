@@ -83,8 +83,10 @@ fn bar(total: Option<usize>, show: bool) -> ProgressBar {
     b
 }
 
-/// Runs `load` against `target`; returns the measured outcomes in completion order.
-pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
+/// Runs `load` against `target`; returns the measured outcomes in completion order, and
+/// when the measured run started (since the Unix epoch; outcomes' `sent_at` count from it,
+/// after the warm-up).
+pub async fn run(target: &Target, load: &Load) -> (Vec<Outcome>, Duration) {
     // A fresh connection per request: servers that close kept-alive connections after a
     // few requests (llama.cpp's server does after 5) would otherwise fail the request that
     // raced the close. On loopback the connect costs about 0.1 ms, the same for every server.
@@ -98,6 +100,9 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
     }
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let deadline = load.duration.map(|d| start + d);
     // Open loop and traces: when each request is sent, and its lengths if a trace fixes
     // them (prompts are built at send time).
@@ -231,5 +236,5 @@ pub async fn run(target: &Target, load: &Load) -> Vec<Outcome> {
     }
     progress.finish_and_clear();
     let v = outcomes.lock().map(|v| v.clone()).unwrap_or_default();
-    v
+    (v, started)
 }
