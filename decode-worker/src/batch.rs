@@ -43,6 +43,24 @@ struct Running {
 struct Pending {
     seq: NewSeq,
     generated: usize,
+    /// Leading tokens of `seq.tokens` in its cache (shared from the prefix cache, or
+    /// prefilled by earlier chunks); `None` until its cache is readied.
+    done: Option<usize>,
+}
+
+impl Pending {
+    fn new(seq: NewSeq, generated: usize) -> Self {
+        Pending {
+            seq,
+            generated,
+            done: None,
+        }
+    }
+
+    /// Tokens still to prefill.
+    fn left(&self) -> usize {
+        self.seq.tokens.len() - self.done.unwrap_or(0)
+    }
 }
 
 pub(crate) struct BatchLoop {
@@ -241,7 +259,7 @@ impl BatchLoop {
             DecodeInput::Prefill { seq } => {
                 self.taken.0 += 1;
                 self.taken.1 += seq.tokens.len();
-                self.prefills.push_back(Pending { seq, generated: 0 })
+                self.prefills.push_back(Pending::new(seq, 0))
             }
             DecodeInput::Kv(m) => self.on_kv(m),
         }
@@ -429,10 +447,7 @@ impl BatchLoop {
             tokens = r.seq.tokens.len(),
             "KV blocks ran out: a sequence is preempted and will be recomputed"
         );
-        self.prefills.push_front(Pending {
-            seq: r.seq,
-            generated: r.generated,
-        });
+        self.prefills.push_front(Pending::new(r.seq, r.generated));
     }
 
     /// Readies the front pending sequence's cache for its prefill: the longest cached
@@ -475,34 +490,65 @@ impl BatchLoop {
             }
         }
         self.grow_running();
-        // Prompts to prefill: (sequence, tokens reused from the prefix cache, its prompt's
-        // scores when it asked for them).
-        let mut prefilling: Vec<(Pending, usize, Option<TokenScores>)> = Vec::new();
+        // Prompts to prefill: (sequence, the first and one past the last of its tokens this
+        // step computes, its prompt's scores when it asked for them).
+        let mut prefilling: Vec<(Pending, usize, usize, Option<TokenScores>)> = Vec::new();
         let mut prompt_tokens = 0;
         let limits = StepLimits {
             max_seqs: max,
             max_prompt_tokens: self.config.max_prefill_tokens,
         };
+        // With sequences decoding, prompts go in chunks of at most this many tokens a step
+        // (chunked prefill), so that no running sequence's next token waits for a whole
+        // long prompt. A prompt whose tokens are scored goes whole.
+        let chunk = match self.config.prefill_chunk_tokens {
+            0 => None,
+            _ if self.running.is_empty() => None,
+            n => Some(n),
+        };
         while let Some(p) = self.prefills.front() {
-            let n = p.seq.tokens.len();
-            if !limits.takes(self.running.len(), prefilling.len(), prompt_tokens, n) {
+            let room = chunk.map_or(usize::MAX, |c| c.saturating_sub(prompt_tokens));
+            if room == 0
+                || !limits.takes(
+                    self.running.len(),
+                    prefilling.len(),
+                    prompt_tokens,
+                    p.left().min(room),
+                )
+            {
                 break;
             }
             let mut p = self.prefills.pop_front().expect("front exists");
-            let Some(reused) = self.ready_prefill(&mut p) else {
-                // No room yet: it stays first in line.
-                self.prefills.push_front(p);
-                break;
-            };
-            if p.generated == 0 {
-                p.seq.events.send(SeqEvent::Running);
-                if reused > 0 {
-                    p.seq.events.send(SeqEvent::Cached(reused as u32));
+            let start = match p.done {
+                Some(done) => done,
+                None => {
+                    let Some(reused) = self.ready_prefill(&mut p) else {
+                        // No room yet: it stays first in line.
+                        self.prefills.push_front(p);
+                        break;
+                    };
+                    if p.generated == 0 {
+                        p.seq.events.send(SeqEvent::Running);
+                        if reused > 0 {
+                            p.seq.events.send(SeqEvent::Cached(reused as u32));
+                        }
+                    }
+                    p.done = Some(reused);
+                    reused
                 }
-            }
-            prompt_tokens += n;
+            };
             let scores = prompt_scores(&p.seq.sampler, p.generated == 0);
-            prefilling.push((p, reused, scores));
+            let total = p.seq.tokens.len();
+            let end = match scores {
+                None => start.saturating_add(room).min(total),
+                Some(_) => total,
+            };
+            prompt_tokens += end - start;
+            prefilling.push((p, start, end, scores));
+            if end < total {
+                // Its next chunk goes first in a later step.
+                break;
+            }
         }
         self.count_preempted();
         if self.running.is_empty() && prefilling.is_empty() {
@@ -515,9 +561,9 @@ impl BatchLoop {
             .zip(&inputs)
             .map(|(r, t)| Segment::new(t, &mut r.seq.cache))
             .collect();
-        for (p, reused, scores) in prefilling.iter_mut() {
+        for (p, start, end, scores) in prefilling.iter_mut() {
             segs.push(Segment {
-                tokens: &p.seq.tokens[*reused..],
+                tokens: &p.seq.tokens[*start..*end],
                 cache: &mut p.seq.cache,
                 scores: scores.as_mut(),
             });
@@ -550,7 +596,7 @@ impl BatchLoop {
                 for r in self.running.drain(..) {
                     r.seq.events.send(internal());
                 }
-                for (p, _, _) in prefilling {
+                for (p, _, _, _) in prefilling {
                     p.seq.events.send(internal());
                 }
                 (self.on_free)();
@@ -558,6 +604,22 @@ impl BatchLoop {
             }
         };
         let prefill_logits = logits.split_off(n_decode);
+        // A prompt prefilled up to a chunk's end goes back to the front of the queue, its
+        // logits unused; the others are whole now.
+        let mut chunked = None;
+        let prefilling: Vec<_> = prefilling
+            .into_iter()
+            .zip(prefill_logits)
+            .filter_map(|((mut p, _, end, scores), l)| {
+                if end < p.seq.tokens.len() {
+                    p.done = Some(end);
+                    chunked = Some(p);
+                    None
+                } else {
+                    Some((p, scores, l))
+                }
+            })
+            .collect();
         let before = self.running.len() + prefilling.len();
         let mut kept = Vec::with_capacity(self.running.len() + prefilling.len());
         let mut finished = Vec::new();
@@ -583,10 +645,11 @@ impl BatchLoop {
             metrics::gauge!("genie_prefix_cache_bytes", "worker" => self.worker_label.clone())
                 .set(pc.used_bytes() as f64);
         }
-        for ((p, _, scores), mut l) in prefilling.into_iter().zip(prefill_logits) {
+        for (p, scores, mut l) in prefilling {
             let Pending {
                 mut seq,
                 mut generated,
+                ..
             } = p;
             send_prompt_scores(&seq.events, scores);
             if let Some(t) = step_sequence(&self.model, &mut seq, &mut generated, &mut l) {
@@ -596,6 +659,12 @@ impl BatchLoop {
                     generated,
                 });
             }
+        }
+        if let Some(p) = chunked {
+            self.prefills.push_front(p);
+            self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("genie_prefill_chunks_total", "worker" => self.worker_label.clone())
+                .increment(1);
         }
         // The finished sequences' KV goes back to the budget before anyone is told there
         // is room.
@@ -615,7 +684,7 @@ impl BatchLoop {
         s.load.store(self.count(), Ordering::SeqCst);
         // Prompts still to prefill (a step's own prompts left the queue when it began and
         // stayed counted, in the figure published before it, until it ended).
-        let queued: usize = self.prefills.iter().map(|p| p.seq.tokens.len()).sum();
+        let queued: usize = self.prefills.iter().map(Pending::left).sum();
         s.queued_tokens.store(queued, Ordering::SeqCst);
         // Counted above now: off the pending counts (a reader, which reads the pending
         // count first, may count one twice for a moment, never miss it).

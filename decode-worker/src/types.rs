@@ -32,6 +32,9 @@ pub struct DecodeConfig {
     pub max_batch: usize,
     /// Most prompt tokens prefilled in one step (colocated sequences).
     pub max_prefill_tokens: usize,
+    /// While sequences are decoding, a colocated prompt is prefilled in chunks of at most
+    /// this many tokens a step (0: whole), bounding how long their next token waits.
+    pub prefill_chunk_tokens: usize,
     /// A transfer that stalls this long between two layers is dropped.
     pub transfer_timeout: Duration,
     /// How long a reserved sequence waits for its transfer's first layer (the prefill
@@ -133,6 +136,9 @@ pub struct DecodeStats {
     pub preempted: AtomicUsize,
     /// Preemptions since the worker started.
     pub preemptions: AtomicUsize,
+    /// Steps that prefilled a prompt up to a chunk's end, leaving the rest for later
+    /// steps (`decode.prefill_chunk_tokens`), since the worker started.
+    pub prefill_chunks: AtomicUsize,
     /// Cost curves fitted to this worker's steps: decode steps alone, and steps that
     /// only prefill (colocated prompts with nothing running).
     pub costs: genie_worker_core::costs::CostTracker,

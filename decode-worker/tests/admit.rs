@@ -22,6 +22,15 @@ fn model() -> Model {
 /// A worker with room for `tokens` tokens of KV; `freed` gets a message whenever
 /// sequences leave it.
 fn worker(tokens: usize, registry: Option<TransferRegistry>) -> (DecodeWorker, mpsc::Receiver<()>) {
+    chunking_worker(tokens, registry, 0)
+}
+
+/// [`worker`] that prefills prompts in chunks of `chunk` tokens beside a running batch.
+fn chunking_worker(
+    tokens: usize,
+    registry: Option<TransferRegistry>,
+    chunk: usize,
+) -> (DecodeWorker, mpsc::Receiver<()>) {
     let m = model();
     let budget = KvBudget::new(tokens * m.kv_shape().bytes_per_token());
     let (tx, freed) = mpsc::channel();
@@ -31,6 +40,7 @@ fn worker(tokens: usize, registry: Option<TransferRegistry>) -> (DecodeWorker, m
             id: WorkerId(1),
             max_batch: 8,
             max_prefill_tokens: 512,
+            prefill_chunk_tokens: chunk,
             transfer_timeout: Duration::from_secs(60),
             kv_wait_timeout: Duration::from_secs(600),
             queue: 16,
@@ -229,4 +239,39 @@ fn a_sequence_counts_in_the_status_from_its_admission_until_it_ends() {
     }
     let s = w.status();
     assert_eq!((s.load, s.queued_tokens), (0, 0), "{s:?}");
+}
+
+#[test]
+fn a_long_prompt_joins_a_running_batch_in_chunks_and_answers_the_same() {
+    let prompt: Vec<u32> = (0..150u32).map(|i| 100 + (i * 37) % 3000).collect();
+    let run = |chunk: usize| {
+        let (w, _freed) = chunking_worker(2000, None, chunk);
+        // A decodes long enough to run beside every chunk of B.
+        let (tx, mut rx_a) = event_channel(200);
+        w.admit(seq(KvSource::Prompt(vec![5; 20]), 200), tx)
+            .unwrap();
+        loop {
+            match rx_a.blocking_recv() {
+                Some(SeqEvent::Token(_)) => break,
+                Some(_) => {}
+                None => panic!("A ended before its first token"),
+            }
+        }
+        let (tx, rx_b) = event_channel(8);
+        w.admit(seq(KvSource::Prompt(prompt.clone()), 8), tx)
+            .unwrap();
+        let b = tokens_of(rx_b);
+        drop(rx_a);
+        let chunks = w
+            .stats()
+            .prefill_chunks
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (b, chunks)
+    };
+    let (whole, none) = run(0);
+    let (chunked, chunks) = run(32);
+    assert_eq!(none, 0);
+    // 150 tokens beside a running sequence, 32 a step: four steps end mid-prompt.
+    assert_eq!(chunks, 4);
+    assert_eq!(chunked, whole, "chunked prefill changed the answer");
 }

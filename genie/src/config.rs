@@ -195,6 +195,10 @@ pub struct DecodeSection {
     pub max_batch: usize,
     /// Most prompt tokens prefilled per step by a decode worker (colocated prompts).
     pub max_prefill_tokens: usize,
+    /// While sequences are decoding, a colocated prompt is prefilled in chunks of at most
+    /// this many tokens a step (chunked prefill), so their next token never waits for a
+    /// whole long prompt; 0 prefills prompts whole.
+    pub prefill_chunk_tokens: usize,
     /// KV cache bytes each decode worker may hold.
     pub kv_cache_bytes: u64,
     /// A KV transfer that makes no progress (no layer) for this long once it has started
@@ -280,6 +284,7 @@ impl Default for DecodeSection {
             threads: 0,
             max_batch: 64,
             max_prefill_tokens: 2048,
+            prefill_chunk_tokens: 128,
             kv_cache_bytes: 4 << 30,
             transfer_timeout_secs: 60,
             kv_wait_timeout_secs: 600,

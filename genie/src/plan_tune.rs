@@ -534,6 +534,7 @@ impl Inputs {
             decode_workers: k.split.decode_workers,
             decode_max_batch: k.decode_max_batch,
             decode_max_prefill_tokens: self.cfg.decode.max_prefill_tokens,
+            decode_prefill_chunk_tokens: self.cfg.decode.prefill_chunk_tokens,
             prefill_max_batch_tokens: k.prefill_max_batch_tokens,
             routing: k.routing,
             kv_cache_bytes: self.cfg.decode.kv_cache_bytes,

@@ -332,6 +332,7 @@ fn local_pool(cfg: &ServeConfig, model: &Model) -> Result<LocalPool> {
                 id: WorkerId(100 + i as u64),
                 max_batch: cfg.decode.max_batch,
                 max_prefill_tokens: cfg.decode.max_prefill_tokens,
+                prefill_chunk_tokens: cfg.decode.prefill_chunk_tokens,
                 transfer_timeout: Duration::from_secs(cfg.decode.transfer_timeout_secs),
                 kv_wait_timeout: Duration::from_secs(cfg.decode.kv_wait_timeout_secs),
                 queue: genie_decode_worker::DEFAULT_QUEUE,

@@ -273,6 +273,7 @@ async fn decode_role(
             id: WorkerId(0),
             max_batch: cfg.decode.max_batch,
             max_prefill_tokens: cfg.decode.max_prefill_tokens,
+            prefill_chunk_tokens: cfg.decode.prefill_chunk_tokens,
             transfer_timeout: timeout,
             kv_wait_timeout: Duration::from_secs(cfg.decode.kv_wait_timeout_secs),
             queue: genie_decode_worker::DEFAULT_QUEUE,

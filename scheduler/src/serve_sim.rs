@@ -19,10 +19,13 @@
 //!   placed, and a block more whenever a sequence crosses into one. Its step is one forward:
 //!   first, sequences whose KV arrived join the running batch (up to `max_batch`); then
 //!   queued colocated prompts join whole, first come first served, within `max_batch`
-//!   sequences and `max_prefill_tokens` prompt tokens. The step costs the decode curve of
-//!   the running sequences' contexts plus the prefill curve of its prompts, with one
-//!   fixed cost; every running sequence gets a token at its end and each prompt its first
-//!   token. New work waits for the step to end.
+//!   sequences and `max_prefill_tokens` prompt tokens; while sequences are running, at
+//!   most `prefill_chunk_tokens` prompt tokens a step (a prompt cut at the limit goes on
+//!   first in the next step, as the worker's chunked prefill does). The step costs the
+//!   decode curve of the running sequences' contexts plus the prefill curve of its
+//!   prompts (a chunk at offset o of k tokens: k tokens, (o + k)² − o² for attention),
+//!   with one fixed cost; every running sequence gets a token at its end and each prompt
+//!   whose last chunk it was its first token. New work waits for the step to end.
 //! - A prefill worker runs one forward over the prompts at the head of its queue, up to
 //!   `max_batch_tokens`; at its end each prompt has its first token, and its KV reaches the
 //!   decode worker after the link's time for one layer's share (the other layers were
@@ -68,6 +71,10 @@ pub struct ServeSetup {
     pub decode_max_batch: usize,
     /// `decode.max_prefill_tokens`: most prompt tokens a decode step takes.
     pub decode_max_prefill_tokens: usize,
+    /// `decode.prefill_chunk_tokens`: most prompt tokens a decode step takes while
+    /// sequences are running (0: prompts whole).
+    #[serde(default)]
+    pub decode_prefill_chunk_tokens: usize,
     /// `prefill.max_batch_tokens`: most prompt tokens in one prefill forward.
     pub prefill_max_batch_tokens: usize,
     pub routing: RoutingPolicy,
@@ -337,6 +344,18 @@ impl Tasks {
     }
 }
 
+/// The prefill terms of a step's prompt chunks, each (tokens computed before it, its
+/// tokens): a chunk's queries attend to the tokens before it too, so its attention term is
+/// (o + k)² − o² (k² for a whole prompt).
+fn chunk_terms(chunks: impl IntoIterator<Item = (usize, usize)>) -> [f64; 3] {
+    chunks
+        .into_iter()
+        .fold([1.0, 0.0, 0.0], |[one, t, t2], (o, k)| {
+            let (o, k) = (o as f64, k as f64);
+            [one, t + k, t2 + (o + k) * (o + k) - o * o]
+        })
+}
+
 #[derive(Clone, Debug, Default)]
 struct Seq {
     decode: usize,
@@ -347,6 +366,8 @@ struct Seq {
     /// KV blocks the decode worker holds for it.
     blocks: usize,
     disaggregated: bool,
+    /// Prompt tokens a decode worker has computed for it in earlier chunks.
+    prefilled: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -356,8 +377,8 @@ struct DecodeWorker {
     running: Vec<usize>,
     /// Sequences waiting for their KV from a prefill worker.
     incoming: usize,
-    /// The prompts the current step prefills.
-    prompts: Vec<usize>,
+    /// The prompts the current step prefills, and how many of each one's tokens.
+    prompts: Vec<(usize, usize)>,
     free_blocks: usize,
     busy_ms: f64,
     steps: u64,
@@ -609,13 +630,13 @@ impl Sim<'_> {
         let load =
             d.incoming + d.prefills.len() + d.ready.len() + d.running.len() + d.prompts.len();
         let (running, free) = (d.running.len(), d.free_blocks as u64 * self.block_bytes());
-        // Colocated prompts queued or in the step running, whole, as the worker reports
-        // them.
+        // Colocated prompts queued or in the step running, less the chunks computed
+        // before it, as the worker reports them.
         let queued: usize = d
             .prefills
             .iter()
-            .chain(&d.prompts)
-            .map(|&s| self.trace[s].prompt_tokens)
+            .chain(d.prompts.iter().map(|(s, _)| s))
+            .map(|&s| self.trace[s].prompt_tokens - self.seqs[s].prefilled)
             .sum();
         let v = &mut self.views[self.setup.prefill_workers + w];
         v.load = load;
@@ -804,15 +825,27 @@ impl Sim<'_> {
             max_seqs: max,
             max_prompt_tokens: self.setup.decode_max_prefill_tokens,
         };
+        let chunk = match self.setup.decode_prefill_chunk_tokens {
+            0 => None,
+            _ if d.running.is_empty() => None,
+            n => Some(n),
+        };
         let mut tokens = 0;
         while let Some(&s) = d.prefills.front() {
-            let n = self.trace[s].prompt_tokens;
-            if !limits.takes(d.running.len(), d.prompts.len(), tokens, n) {
+            let done = self.seqs[s].prefilled;
+            let left = self.trace[s].computed_tokens() - done;
+            let room = chunk.map_or(usize::MAX, |c| c.saturating_sub(tokens));
+            let n = (self.trace[s].prompt_tokens - done).min(room);
+            if room == 0 || !limits.takes(d.running.len(), d.prompts.len(), tokens, n) {
                 break;
             }
             d.prefills.pop_front();
-            d.prompts.push(s);
-            tokens += n;
+            let k = left.min(room);
+            d.prompts.push((s, k));
+            tokens += k;
+            if k < left {
+                break;
+            }
         }
         let (batch, prompts) = (d.running.len(), d.prompts.len());
         if batch + prompts > 0 {
@@ -824,9 +857,8 @@ impl Sim<'_> {
                         .map(|&s| (trace[s].prompt_tokens + seqs[s].generated) as f64),
                 )
             });
-            let prompting = (prompts > 0).then(|| {
-                prefill_terms(d.prompts.iter().map(|&s| trace[s].computed_tokens() as f64))
-            });
+            let prompting = (prompts > 0)
+                .then(|| chunk_terms(d.prompts.iter().map(|&(s, k)| (seqs[s].prefilled, k))));
             let fit = if batch > 0 {
                 self.costs.decode.fit
             } else {
@@ -858,7 +890,15 @@ impl Sim<'_> {
                 kept.push(s);
             }
         }
-        for s in std::mem::take(&mut self.decode[w].prompts) {
+        let mut cut = None;
+        for (s, k) in std::mem::take(&mut self.decode[w].prompts) {
+            let seq = &mut self.seqs[s];
+            seq.prefilled += k;
+            if seq.prefilled < self.trace[s].computed_tokens() {
+                // Its next chunk goes first in the next step.
+                cut = Some(s);
+                continue;
+            }
             self.first_token(s);
             if self.trace[s].output_tokens <= 1 {
                 self.finish(s);
@@ -866,6 +906,9 @@ impl Sim<'_> {
             } else {
                 kept.push(s);
             }
+        }
+        if let Some(s) = cut {
+            self.decode[w].prefills.push_front(s);
         }
         self.decode[w].running = kept;
         self.start_step(w);
@@ -961,6 +1004,7 @@ mod tests {
             decode_workers,
             decode_max_batch: 64,
             decode_max_prefill_tokens: 2048,
+            decode_prefill_chunk_tokens: 0,
             prefill_max_batch_tokens: 4096,
             routing: RoutingPolicy::LeastLoaded,
             kv_cache_bytes: 1 << 30,
@@ -1110,6 +1154,41 @@ mod tests {
         s.decode_max_prefill_tokens = 500;
         let r2 = simulate_serving(&plan(0), &s, &costs(None), &trace, LOOSE);
         assert!((r2.ttft_ms.p50 - (510.0 + 511.501)).abs() < 1e-9, "{r2:?}");
+    }
+
+    #[test]
+    fn chunked_prefill_bounds_the_gaps_a_long_prompt_makes() {
+        // A decodes; B's 300-token prompt arrives while it runs.
+        let trace = [req(0.0, 100, 10), req(115.0, 300, 2)];
+        let s = setup(0, 1);
+        let whole = simulate_serving(&plan(0), &s, &costs(None), &trace, LOOSE);
+        // B whole: one step of A's token and B's 300 tokens (one fixed cost): A waits it.
+        assert!(whole.itl_ms.max > 300.0, "{whole:?}");
+        let mut c = s.clone();
+        c.decode_prefill_chunk_tokens = 128;
+        let chunked = simulate_serving(&plan(0), &c, &costs(None), &trace, LOOSE);
+        // Chunks of 128, 128 and 44 tokens: A's longest gap is one 128-token chunk's
+        // step (its token, 128 prompt tokens, one fixed cost), B's first token comes
+        // after the third.
+        let chunk_step = |ctx: f64, k: f64| 5.0 + 1.0 + 0.001 * ctx + 10.0 + k - 5.0;
+        assert!(
+            whole.itl_ms.max > 2.0 * chunked.itl_ms.max,
+            "{whole:?} {chunked:?}"
+        );
+        assert!(
+            chunked.itl_ms.max > chunk_step(101.0, 128.0) - 1e-9
+                && chunked.itl_ms.max < chunk_step(110.0, 128.0) + 1e-9,
+            "{chunked:?}"
+        );
+        assert!(
+            chunked.ttft_ms.max > whole.ttft_ms.max,
+            "{whole:?} {chunked:?}"
+        );
+        assert_eq!(chunked.completed, 2);
+        // An idle worker prefills a prompt whole: with nothing running, no one waits.
+        let alone = [req(0.0, 300, 2)];
+        let a = simulate_serving(&plan(0), &c, &costs(None), &alone, LOOSE);
+        assert!((a.ttft_ms.p50 - 310.0).abs() < 1e-9, "{a:?}");
     }
 
     #[test]
