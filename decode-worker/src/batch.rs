@@ -497,17 +497,13 @@ impl BatchLoop {
         let limits = StepLimits {
             max_seqs: max,
             max_prompt_tokens: self.config.max_prefill_tokens,
+            chunk_tokens: self.config.prefill_chunk_tokens,
         };
-        // With sequences decoding, prompts go in chunks of at most this many tokens a step
-        // (chunked prefill), so that no running sequence's next token waits for a whole
-        // long prompt. A prompt whose tokens are scored goes whole.
-        let chunk = match self.config.prefill_chunk_tokens {
-            0 => None,
-            _ if self.running.is_empty() => None,
-            n => Some(n),
-        };
+        // With sequences decoding, prompts go in chunks (chunked prefill), so that no
+        // running sequence's next token waits for a whole long prompt. A prompt whose
+        // tokens are scored goes whole.
         while let Some(p) = self.prefills.front() {
-            let room = chunk.map_or(usize::MAX, |c| c.saturating_sub(prompt_tokens));
+            let room = limits.room(self.running.len(), prompt_tokens);
             if room == 0
                 || !limits.takes(
                     self.running.len(),

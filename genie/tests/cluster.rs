@@ -752,31 +752,11 @@ async fn placement_counts_its_own_sequences_between_heartbeats() {
             .unwrap();
         p["sequences"][0]["placement"]["decode"].as_u64().unwrap()
     };
-    // A long sequence, streamed: placed once its response starts.
-    let long = http
-        .post(c.gateway.url("/v1/completions"))
-        .json(
-            &json!({"model": MODEL, "prompt": "Count slowly:", "max_tokens": 400,
-                      "ignore_eos": true, "temperature": 0, "stream": true}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(long.status(), 200);
-    let long_id = long.headers()["x-genie-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let busy = decode_of(&long_id).await;
-    // Short requests one after another while it runs: each goes to the other decode
-    // worker (least loaded; ties would rotate, putting every other one beside it).
-    for i in 0..3 {
+    // A completion's response (checked 200) and its request id.
+    let complete = async |body: Value| {
         let r = http
             .post(c.gateway.url("/v1/completions"))
-            .json(
-                &json!({"model": MODEL, "prompt": format!("Say {i}."), "max_tokens": 2,
-                          "temperature": 0}),
-            )
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -785,6 +765,19 @@ async fn placement_counts_its_own_sequences_between_heartbeats() {
             .to_str()
             .unwrap()
             .to_string();
+        (r, id)
+    };
+    // A long sequence, streamed: placed once its response starts.
+    let (long, long_id) = complete(json!({"model": MODEL, "prompt": "Count slowly:",
+        "max_tokens": 400, "ignore_eos": true, "temperature": 0, "stream": true}))
+    .await;
+    let busy = decode_of(&long_id).await;
+    // Short requests one after another while it runs: each goes to the other decode
+    // worker (least loaded; ties would rotate, putting every other one beside it).
+    for i in 0..3 {
+        let (r, id) = complete(json!({"model": MODEL, "prompt": format!("Say {i}."),
+            "max_tokens": 2, "temperature": 0}))
+        .await;
         let _ = r.bytes().await.unwrap();
         assert_ne!(decode_of(&id).await, busy, "short request {i}");
     }

@@ -217,6 +217,7 @@ fn run(
         let limits = StepLimits {
             max_seqs: usize::MAX,
             max_prompt_tokens: config.max_batch_tokens,
+            chunk_tokens: 0,
         };
         let mut jobs = vec![first];
         let mut tokens = jobs[0].seq.prompt.len();

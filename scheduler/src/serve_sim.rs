@@ -7,8 +7,8 @@
 //! - which workers: [`Scheduler::place`] with the configured routing policy, over worker
 //!   views with the loads the workers report (sequences, queued prompt tokens, running
 //!   batch, free KV), updated as each simulated event changes them;
-//! - which queued prompts join a step or a prefill batch: [`StepLimits::takes`], the rule
-//!   both workers call.
+//! - which queued prompts join a step or a prefill batch, and where a chunk cuts one:
+//!   [`StepLimits::takes`] and [`StepLimits::room`], the rules both workers call.
 //!
 //! How queues and batching are modelled (the workers' loops, `decode-worker/src/batch.rs`
 //! and `prefill-worker/src/worker.rs`):
@@ -737,6 +737,7 @@ impl Sim<'_> {
         let limits = StepLimits {
             max_seqs: usize::MAX,
             max_prompt_tokens: self.setup.prefill_max_batch_tokens,
+            chunk_tokens: 0,
         };
         let p = &mut self.prefill[w];
         let mut tokens = 0;
@@ -824,17 +825,13 @@ impl Sim<'_> {
         let limits = StepLimits {
             max_seqs: max,
             max_prompt_tokens: self.setup.decode_max_prefill_tokens,
-        };
-        let chunk = match self.setup.decode_prefill_chunk_tokens {
-            0 => None,
-            _ if d.running.is_empty() => None,
-            n => Some(n),
+            chunk_tokens: self.setup.decode_prefill_chunk_tokens,
         };
         let mut tokens = 0;
         while let Some(&s) = d.prefills.front() {
             let done = self.seqs[s].prefilled;
             let left = self.trace[s].computed_tokens() - done;
-            let room = chunk.map_or(usize::MAX, |c| c.saturating_sub(tokens));
+            let room = limits.room(d.running.len(), tokens);
             let n = (self.trace[s].prompt_tokens - done).min(room);
             if room == 0 || !limits.takes(d.running.len(), d.prompts.len(), tokens, n) {
                 break;

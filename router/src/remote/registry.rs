@@ -468,6 +468,13 @@ mod tests {
         }
     }
 
+    /// A registry (shared, as claims hold it) with one registered decode worker.
+    fn one_decode_worker() -> (Arc<Registry>, WorkerId) {
+        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
+        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        (reg, id)
+    }
+
     fn load_of(reg: &Registry, id: WorkerId) -> (usize, usize) {
         let v = reg.views().into_iter().find(|v| v.id == id).unwrap();
         (v.load, v.queued_tokens)
@@ -475,8 +482,7 @@ mod tests {
 
     #[test]
     fn a_placement_counts_until_a_status_includes_it_or_it_ends() {
-        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
-        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        let (reg, id) = one_decode_worker();
         let a = reg.claim(id, 100).unwrap();
         let b = reg.claim(id, 0).unwrap();
         assert_eq!(load_of(&reg, id), (2, 100), "counted from placement");
@@ -501,8 +507,7 @@ mod tests {
 
     #[test]
     fn a_claim_admitted_behind_the_status_or_unnumbered_ends_at_once() {
-        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
-        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        let (reg, id) = one_decode_worker();
         assert!(reg.heartbeat(id, status(5, 1)));
         let c = reg.claim(id, 10).unwrap();
         let prefilled = reg.claim(id, 10).unwrap();
@@ -520,8 +525,7 @@ mod tests {
 
     #[test]
     fn a_restarted_worker_s_numbers_do_not_keep_old_claims() {
-        let reg = Arc::new(Registry::new(Duration::from_secs(1), &[]));
-        let id = reg.register(decode("10.0.0.1:9000")).unwrap().id;
+        let (reg, id) = one_decode_worker();
         assert!(reg.heartbeat(id, status(40, 0)));
         let old = reg.claim(id, 0).unwrap();
         old.admitted(Some(41));
