@@ -540,12 +540,11 @@ impl Reader<'_> {
             .map(|widen| widen(raw));
         let m = QMatrix::from_bytes(format, rows, cols, widened.as_deref().unwrap_or(raw))
             .map_err(|e| self.err(format!("tensor `{name}`: {e}")))?;
-        // Blocks widened to Q8_0 take exact block sums (no llama.cpp lane order to keep).
-        Ok(if widened.is_some() {
-            m.with_exact_block_sums()
-        } else {
-            m
-        })
+        // Q8_0 blocks, stored or widened from Q4_0/Q5_0, take exact block sums: one
+        // integer per block and row, then one convert and one FMA. Stored Q8_0 kept
+        // llama.cpp's lane order (a convert and an FMA for every four products) until the
+        // 256-bit strip kernels were measured faster with exact sums at batch 1 and 16.
+        Ok(m.with_exact_block_sums())
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {

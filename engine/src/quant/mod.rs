@@ -166,9 +166,10 @@ pub enum QMatrix {
         blocks: Vec<BlockQ8_0>,
         /// As for Q4_1: the full strips for the strip kernels, where one runs.
         strips: Option<strips::Strips>,
-        /// Exact block sums ([`dot_scalar::dot_q8_0_exact`]): blocks widened from Q4_0 or
-        /// Q5_0, which have no llama.cpp lane order to keep. False: llama.cpp's eight
-        /// lane chains ([`dot_scalar::dot_q8_0_q8_0`]), the order of files stored Q8_0.
+        /// Exact block sums ([`dot_scalar::dot_q8_0_exact`]): every Q8_0 matrix a GGUF
+        /// loads, stored Q8_0 or widened from Q4_0/Q5_0/Q5_1. False: llama.cpp's eight
+        /// lane chains ([`dot_scalar::dot_q8_0_q8_0`]), which stored Q8_0 took until
+        /// exact sums were measured faster in the 256-bit strip kernels.
         exact: bool,
         /// Blocks widened from Q5_1 (`d · q + m`, `q` in 0..=31 kept as the block's
         /// integers): each block's `m` as f32, row-major `[row][block]`. The matmul adds
