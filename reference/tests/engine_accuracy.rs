@@ -5,19 +5,22 @@
 //! how far is its log-probability of the chosen token from the reference's.
 //!
 //! The bounds come from llama.cpp against the same reference on the same positions
-//! (`genie bench accuracy --llama-cpp-python`, BENCHMARKS.md "Accuracy against the exact
-//! reference", measured 2026-12-06 with llama-cpp-python 0.3.36, AVX-512 build): Genie's
-//! mean |Δ logprob| at most 10 % above llama.cpp's, its top-1 agreement at most 0.025
-//! below (four positions of the 166). Every kernel family computes the same bits, so the
-//! figures are the same on every host.
+//! (`genie bench accuracy --llama-cpp-python`, BENCHMARKS.md), Genie's mean |Δ logprob| at
+//! most 10 % above llama.cpp's, its top-1 agreement at most 0.025 below (four positions of
+//! 166). The positions are the engine's greedy continuations, so a change of the engine's
+//! bits moves them and llama.cpp is measured again on the new ones: last on 2026-12-08,
+//! when stored Q8_0 matrices took exact block sums (llama-cpp-python 0.3.36 on a native
+//! AVX2 build of the llama.cpp it vendors). Every kernel family computes the same bits, so
+//! the figures are the same on every host.
 
 use genie_engine::generate::{Engine, EngineOptions};
 use genie_reference::cases::{engine_cases, reference_rows, score, CHAT_PROMPTS};
 use genie_reference::Reference;
 
-/// llama.cpp against the reference on these positions (BENCHMARKS.md).
-const LLAMA_CPP_MEAN_ABS_DLOGPROB: f64 = 0.0447;
-const LLAMA_CPP_TOP1: f64 = 0.970;
+/// llama.cpp against the reference on these positions (BENCHMARKS.md, 2026-12-08: 166
+/// positions; Genie 0.952 and 0.0440, 1.00x).
+const LLAMA_CPP_MEAN_ABS_DLOGPROB: f64 = 0.0438;
+const LLAMA_CPP_TOP1: f64 = 0.958;
 const STEPS: usize = 24;
 
 /// The engine's greedy continuations of the chat prompts on `path`, scored against the
@@ -71,8 +74,8 @@ fn the_engine_is_as_close_to_the_exact_reference_as_llama_cpp() {
 
 /// The default model made Q4_K_M by `genie model quantize` (16 Q4_K, 14 Q6_K, 166 Q5_0
 /// run as Q8_0, 15 Q8_0 tensors): llama.cpp (native, AVX2 build of the same version) on
-/// the same positions, measured 2026-12-06 (BENCHMARKS.md): top-1 0.960, mean |Δ logprob|
-/// 0.0598 over 177 positions; Genie 0.955 and 0.0604 (1.01×).
+/// the same positions, measured 2026-12-08 (BENCHMARKS.md): top-1 0.958, mean |Δ logprob|
+/// 0.0692 over 168 positions; Genie 0.946 and 0.0668 (0.97×).
 #[test]
 fn the_k_quant_engine_is_as_close_to_the_exact_reference_as_llama_cpp() {
     let src = genie_engine::fetch::resolve_model(None).expect("the default model");
@@ -85,7 +88,7 @@ fn the_k_quant_engine_is_as_close_to_the_exact_reference_as_llama_cpp() {
         genie_engine::quantize::FileType::parse("q4_k_m").unwrap(),
     )
     .expect("quantize");
-    as_close_as_llama_cpp(&path, 0.0598, 0.960);
+    as_close_as_llama_cpp(&path, 0.0692, 0.958);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
