@@ -344,11 +344,18 @@ mod imp {
                             for t in 0..N {
                                 let x = |j: usize| act(t, b, k0 + j);
                                 s[t] = if VNNI {
-                                    let mut v = s[t];
-                                    for j in 0..4 {
-                                        v = _mm256_dpbusd_avx_epi32(v, u[j], x(j));
-                                    }
-                                    v
+                                    // Two chains of two, then one add into the sum: a
+                                    // `vpdpbusd` waits on its accumulator (about five
+                                    // cycles), so a chain of eight a block would bound a
+                                    // one-token call.
+                                    let two = |j: usize| {
+                                        _mm256_dpbusd_avx_epi32(
+                                            _mm256_dpbusd_avx_epi32(zero, u[j], x(j)),
+                                            u[j + 1],
+                                            x(j + 1),
+                                        )
+                                    };
+                                    _mm256_add_epi32(s[t], _mm256_add_epi32(two(0), two(2)))
                                 } else {
                                     let p = |j: usize| _mm256_maddubs_epi16(u[j], x(j));
                                     let four = _mm256_add_epi16(
@@ -368,7 +375,9 @@ mod imp {
                             for t in 0..N {
                                 let x = _mm256_sign_epi8(act(t, b, k), w);
                                 s[t] = if VNNI {
-                                    _mm256_dpbusd_avx_epi32(s[t], u, x)
+                                    // From zero, then added: the sum's chain is of
+                                    // one-cycle adds, not of `vpdpbusd` (see above).
+                                    _mm256_add_epi32(s[t], _mm256_dpbusd_avx_epi32(zero, u, x))
                                 } else {
                                     _mm256_add_epi32(
                                         s[t],
