@@ -390,7 +390,7 @@ pub fn run(a: EngineBenchArgs) -> Result<()> {
         let peak = median(compute.clone());
         let macs = model.weights().decode_step_macs() as f64;
         println!(
-            "compute: {} dot-step probe {:.1} GMAC/s ({threads} threads, operands in L1, median of rounds), a ceiling for the matrices' {:.1} M MACs a token: at most {:.0} tok/s however large the batch",
+            "compute: {} dot-step probe {:.1} GMAC/s ({threads} threads, operands in L1, median of rounds), the lane-order kernels' ceiling for the matrices' {:.1} M MACs a token: {:.0} tok/s (exact-sum kernels can pass it)",
             kind.isa(),
             peak / 1e9,
             macs / 1e6,

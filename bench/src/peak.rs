@@ -1,16 +1,19 @@
 //! A compute probe: how many int8 multiply-accumulates a second this host's threads reach
-//! with the instruction sequence the engine's kernels must use, the bound of a batched
-//! decode step (every weight read once for the whole batch, so the products and not the
-//! memory reads take the time).
+//! with the instruction sequence of the engine's lane-order kernels, a reference rate for
+//! a batched decode step (every weight read once for the whole batch, so the products and
+//! not the memory reads take the time).
 //!
-//! The kernels give the same bits on every path, so each four-product group of a row is
-//! converted to f32 and added with its own FMA (llama.cpp's order): on AVX2 a group of
+//! The lane-order kernels (Q4_1) convert each four-product group of a row to f32 and add
+//! it with its own FMA (llama.cpp's order), so that every path gives the same bits: on AVX2 a group of
 //! eight rows' four products costs `vpmaddubsw`, `vpmaddwd`, `vcvtdq2ps` and `vfmadd`;
 //! AVX-VNNI fuses the first two into one `vpdpbusd`; AVX-512 VNNI does the same on
 //! sixteen rows at once. The probe runs exactly that sequence on operands in L1, eight
 //! independent accumulators as the strip kernels keep, with nothing else: no nibble
-//! unpacking, broadcasts, scale products or memory traffic. So it is a ceiling the real
-//! kernel cannot pass on this host.
+//! unpacking, broadcasts, scale products or memory traffic. So it is a ceiling for the
+//! lane-order kernels on this host. The exact-sum kernels (Q8_0, Q4_0/Q5_0/Q5_1 as Q8_0
+//! blocks, K-quants) convert and scale once a block, not once per four products, and can
+//! pass it: on a Zen 3 host the AVX2 narrow kernel does 80 GMAC/s on one thread, where
+//! the probe gave 48–67 a thread in the same session (BENCHMARKS.md, 2026-12-08).
 
 use genie_engine::quant::KernelKind;
 use std::time::Instant;
